@@ -1,0 +1,253 @@
+"""Public kernel-level API: `estimate_susceptibilities` and `estimate_llc` (see README for the contract).
+
+Inputs are validated here, before anything is compiled, so bad input gets an error that names it.
+"""
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from suscept_jax import estimators, masks, mixing, sampler, sgld
+
+MAX_TRACE_POINTS = 1000
+
+
+# ---- validation --------------------------------------------------------------------------------------------
+
+def _check_params(params) -> None:
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  if not leaves:
+    raise ValueError("params has no array leaves")
+  for path, leaf in leaves:
+    arr = np.asarray(leaf)
+    if arr.dtype.kind != "f":
+      raise TypeError(f"params leaf {masks.leaf_path(path)} has dtype {arr.dtype}; SGLD needs floating point")
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"params leaf {masks.leaf_path(path)} contains NaN or inf "
+                       f"({int(np.sum(~np.isfinite(arr)))} of {arr.size} values)")
+
+
+def _check_dataset(name: str, data, batch_size: int, like=None) -> int:
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise ValueError(f"{name} is empty (no arrays)")
+  sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+  if len(sizes) != 1 or -1 in sizes:
+    raise ValueError(f"{name}: every array needs the same leading (sample) axis; got leading sizes {sorted(sizes)}")
+  n = sizes.pop()
+  if n == 0:
+    raise ValueError(f"{name} is empty (0 samples)")
+  if n < batch_size:
+    raise ValueError(f"{name} has {n} samples, fewer than batch_size={batch_size}")
+  if like is not None:
+    if jax.tree.structure(data) != jax.tree.structure(like):
+      raise ValueError(f"{name} has pytree structure {jax.tree.structure(data)}, but the base data has "
+                       f"{jax.tree.structure(like)}")
+    for a, b in zip(leaves, jax.tree.leaves(like)):
+      if np.shape(a)[1:] != np.shape(b)[1:] or np.asarray(a[:0]).dtype != np.asarray(b[:0]).dtype:
+        raise ValueError(f"{name}: sample shape/dtype {np.shape(a)[1:]} {np.asarray(a[:0]).dtype} differs "
+                         f"from the base data's {np.shape(b)[1:]} {np.asarray(b[:0]).dtype}")
+  return n
+
+
+def _check_loss_fn(loss_fn, params, base) -> None:
+  sample = jax.tree.map(lambda a: np.asarray(a[:2]), base)
+  try:
+    out = jax.eval_shape(loss_fn, params, sample)
+  except Exception as e:  # surface the user's own error with context
+    raise ValueError(f"loss_fn(params, batch) failed on a batch of 2 base samples: {e}") from e
+  if not hasattr(out, "shape") or tuple(out.shape) != (2,):
+    raise ValueError(f"loss_fn must return per-sample losses of shape [B]; for B=2 it returned "
+                     f"{getattr(out, 'shape', type(out))}")
+
+
+def _check_batching(batch_size: int, microbatch_size) -> None:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+  if microbatch_size is not None and (not isinstance(microbatch_size, (int, np.integer)) or microbatch_size < 1):
+    raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer or None")
+
+
+# ---- results -----------------------------------------------------------------------------------------------
+
+def _thin(trace_KxT):
+  step = max(1, math.ceil(trace_KxT.shape[-1] / MAX_TRACE_POINTS))
+  return trace_KxT[..., ::step]
+
+
+def _diagnostics(out: sampler.SamplerOutput, component: int, num_chains: int) -> estimators.ComponentDiagnostics:
+  sl = slice(component * num_chains, (component + 1) * num_chains)
+  loss_KxT, phi_KxT = out.loss_trace[:, sl].T, out.phi_trace[:, sl].T
+  diverged = out.diverged[sl]
+  ok = ~diverged
+  mala = out.mala[:, sl][:, ok]
+  mala = mala[np.isfinite(mala)]
+  return estimators.ComponentDiagnostics(
+      loss_trace=_thin(loss_KxT), phi_trace=_thin(phi_KxT),
+      r_hat=estimators.split_rhat(phi_KxT[ok]), ess=estimators.effective_sample_size(phi_KxT[ok]),
+      mala_acceptance=float(mala.mean()) if mala.size else float("nan"),
+      frac_phi_negative=float((phi_KxT[ok] < 0).mean()) if ok.any() else float("nan"),
+      diverged_chains=[int(k) for k in np.flatnonzero(diverged)],
+      diverged_at_draw=[int(d) for d in out.diverged_at[sl][diverged]])
+
+
+def _divergence_warnings(component_names, diagnostics, num_chains) -> list[str]:
+  warnings = []
+  for name in component_names:
+    bad = diagnostics[name].diverged_chains
+    if len(bad) == num_chains:
+      warnings.append(f"component {name!r}: all {num_chains} chains diverged; its estimates are NaN. "
+                      f"Lower step_size or raise localization.")
+    elif bad:
+      warnings.append(f"component {name!r}: chains {bad} diverged and were excluded.")
+  return warnings
+
+
+@dataclasses.dataclass
+class SusceptibilityResult:
+  """χ per probe × component (eq. 41) with error bars, LLCs, and diagnostics."""
+
+  chi: np.ndarray  # [P, C]
+  chi_stderr: np.ndarray  # [P, C] standard error across non-diverged chains
+  chi_per_chain: np.ndarray  # [P, C, K]
+  llc: np.ndarray  # [C] nβ·⟨φ⟩ ("full": ordinary LLC; else weight-refined)
+  llc_stderr: np.ndarray  # [C]
+  llc_per_chain: np.ndarray  # [C, K]
+  probe_names: list
+  component_names: list
+  diagnostics: dict  # component -> estimators.ComponentDiagnostics
+  warnings: list
+  config: sgld.SGLDConfig
+  batch_size: int
+  delta_h: float
+  num_probe_samples: int  # m = ⌊batch_size·δh⌋ probe samples per mixed batch
+  chi_form: str
+  scale_by_delta_h: bool
+  moments: estimators.Moments  # per entry (component-major), y = probes: recompute other forms offline
+  diverged: np.ndarray  # bool [C, K]
+  loss_star_trace: np.ndarray  # [draws] L_B(w*) on each draw's batch
+  seconds: float
+
+  def chi_with(self, form: str = "eq41", scale_by_delta_h: bool = False):
+    """(chi [P, C], stderr [P, C], per-chain [P, C, K]) for another estimator form, without resampling."""
+    return _chi_tables(self.moments, self.diverged, self.component_names, form,
+                       self.num_probe_samples / self.batch_size if scale_by_delta_h else None)
+
+  def records(self) -> list[dict]:
+    """Tidy rows, one per probe × component."""
+    rows = []
+    for p, probe in enumerate(self.probe_names):
+      for c, comp in enumerate(self.component_names):
+        rows.append({"probe": probe, "component": comp, "chi": float(self.chi[p, c]),
+                     "chi_stderr": float(self.chi_stderr[p, c]), "llc": float(self.llc[c]),
+                     "llc_stderr": float(self.llc_stderr[c]), **self.diagnostics[comp].summary()})
+    return rows
+
+
+def _chi_tables(moments, diverged_CxK, component_names, form, realised_fraction):
+  C, K = diverged_CxK.shape
+  full = component_names.index("full")
+  valid_E = ~diverged_CxK.reshape(-1)
+  full_sl = slice(full * K, (full + 1) * K)
+  full_mean = estimators.pooled_mean_y(estimators.Moments(*(a[full_sl] for a in moments)), valid_E[full_sl])
+  per_entry = estimators.chi_per_chain(moments, full_mean, form=form)  # [E, P]
+  if realised_fraction is not None:
+    per_entry = per_entry / realised_fraction
+  per_chain = per_entry.reshape(C, K, -1).transpose(2, 0, 1)  # [P, C, K]
+  chi, err = np.empty(per_chain.shape[:2]), np.empty(per_chain.shape[:2])
+  for c in range(C):
+    mean, se = estimators.mean_and_stderr(per_chain[:, c, :].T, ~diverged_CxK[c])
+    chi[:, c], err[:, c] = mean, se
+  return chi, err, per_chain
+
+
+def _llc_tables(moments, diverged_CxK, nbeta):
+  C, K = diverged_CxK.shape
+  per_chain = nbeta * moments.mean_x.reshape(C, K)
+  stats = [estimators.mean_and_stderr(per_chain[c], ~diverged_CxK[c]) for c in range(C)]
+  return np.array([s[0] for s in stats]), np.array([s[1] for s in stats]), per_chain
+
+
+# ---- entry points ----------------------------------------------------------------------------------------
+
+def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str, Any], base,
+                              probes: Mapping[str, Any], *, config: sgld.SGLDConfig | None = None,
+                              batch_size: int = 64, delta_h: float = 0.1, seed: int = 0,
+                              chi_form: str = "eq41", scale_by_delta_h: bool = False,
+                              microbatch_size: int | None = None, mesh=None, checkpoint_id: int = 0,
+                              progress=True, label: str = "susceptibilities") -> SusceptibilityResult:
+  """χ of every probe for every component (eq. 41), with the LLCs the same samples give.
+
+  loss_fn(params, batch) -> per-sample losses [B]; components maps names to masks (None = all free) and
+  must contain "full"; base and every probe are pytrees of arrays with a leading sample axis.
+  """
+  config = config or sgld.SGLDConfig()
+  _check_batching(batch_size, microbatch_size)
+  if chi_form not in estimators.CHI_FORMS:
+    raise ValueError(f"chi_form={chi_form!r}: expected one of {estimators.CHI_FORMS}")
+  if not isinstance(components, Mapping) or "full" not in components:
+    raise ValueError(f"components must be a mapping that contains 'full' (E[ΔL] in eq. 41 comes from the "
+                     f"full model's chains); got {list(components) if isinstance(components, Mapping) else type(components)}")
+  if not isinstance(probes, Mapping) or not probes:
+    raise ValueError("probes must be a non-empty mapping of name -> dataset")
+  m = len(mixing.probe_positions(batch_size, delta_h))
+  _check_params(params)
+  _check_dataset("base data", base, batch_size)
+  for name, probe in probes.items():
+    _check_dataset(f"probe {name!r}", probe, batch_size, like=base)
+  component_names, masks_C = masks.stack_masks(components, params)
+  _check_loss_fn(loss_fn, params, base)
+
+  out = sampler.run(loss_fn, params, component_names, masks_C, base, probes, config=config,
+                    batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
+                    microbatch_size=microbatch_size, mesh=mesh, progress=progress, label=label)
+  K = config.num_chains
+  diverged = out.diverged.reshape(len(component_names), K)
+  chi, chi_err, chi_chains = _chi_tables(out.moments, diverged, component_names, chi_form,
+                                         m / batch_size if scale_by_delta_h else None)
+  llc, llc_err, llc_chains = _llc_tables(out.moments, diverged, config.nbeta)
+  diagnostics = {name: _diagnostics(out, c, K) for c, name in enumerate(component_names)}
+  warnings = _divergence_warnings(component_names, diagnostics, K)
+  if diverged[component_names.index("full")].all():
+    warnings.append("every chain of 'full' diverged, so ⟨ΔL⟩_full is unknown and eq.41 χ is NaN for all "
+                    "components (chi_with(form='covariance') still works).")
+  return SusceptibilityResult(chi, chi_err, chi_chains, llc, llc_err, llc_chains, list(probes),
+                              component_names, diagnostics, warnings, config, batch_size, delta_h, m,
+                              chi_form, scale_by_delta_h, out.moments, diverged, out.loss_star_trace,
+                              out.seconds)
+
+
+@dataclasses.dataclass
+class LLCResult:
+  """Local learning coefficient estimate λ̂ = nβ·⟨L_B(w) − L_B(w*)⟩ with its error bar."""
+
+  mean: float
+  stderr: float  # standard error across non-diverged chains
+  per_chain: np.ndarray  # [K]
+  trace: np.ndarray  # [K, draws] L_B(w_t) per chain (thinned if long)
+  diagnostics: estimators.ComponentDiagnostics
+  warnings: list
+  seconds: float
+
+
+def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | None = None,
+                 batch_size: int = 64, mask=None, seed: int = 0, microbatch_size: int | None = None,
+                 mesh=None, progress=True, label: str = "llc") -> LLCResult:
+  """The (weight-refined, if `mask` is given) local learning coefficient at `params`."""
+  config = config or sgld.SGLDConfig()
+  _check_batching(batch_size, microbatch_size)
+  _check_params(params)
+  _check_dataset("data", data, batch_size)
+  names, masks_C = masks.stack_masks({"llc": mask}, params)
+  _check_loss_fn(loss_fn, params, data)
+  out = sampler.run(loss_fn, params, names, masks_C, data, {}, config=config, batch_size=batch_size,
+                    delta_h=None, seed=seed, microbatch_size=microbatch_size, mesh=mesh,
+                    progress=progress, label=label)
+  diverged = out.diverged.reshape(1, config.num_chains)
+  llc, llc_err, per_chain = _llc_tables(out.moments, diverged, config.nbeta)
+  diag = _diagnostics(out, 0, config.num_chains)
+  return LLCResult(float(llc[0]), float(llc_err[0]), per_chain[0], diag.loss_trace, diag,
+                   _divergence_warnings(names, {"llc": diag}, config.num_chains), out.seconds)

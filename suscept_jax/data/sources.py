@@ -1,0 +1,359 @@
+"""Dataset spec strings -> iterators of documents (str).
+
+One string names any text source the experiments can read, so a config or a command line can switch
+between the offline corpora, local files, the Hugging Face hub and TFDS without code changes:
+
+  code, pile, ...               a corpus built by `python -m experiments.build_corpora` (jsonl)
+  data/x.jsonl, file:data/x.jsonl
+                                a local .jsonl/.json (one JSON object per line), .txt (the whole
+                                file is one document), .parquet, or a directory of such files
+                                (one document per .txt file, files in sorted order)
+  hf:NAME?split=train&column=text&revision=...&name=CONFIG&cache_dir=...
+                                `datasets.load_dataset`; a local file or directory as NAME is
+                                loaded with the json/parquet/text builder of its extension
+  tfds:NAME?split=train&column=text&data_dir=...
+                                `tfds.data_source` (array_record, no TensorFlow needed)
+
+Local paths also take `?column=FIELD`. Without a column, the text field is `text`, else `content`,
+else the only string column. Empty documents are skipped; a source without any non-empty document
+is an error. Invalid UTF-8 in local files is replaced with U+FFFD rather than failing.
+"""
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping
+
+_SCHEMES = ("file", "hf", "tfds")
+_OPTIONS = {
+    "corpus": frozenset(),
+    "file": frozenset({"column"}),
+    "hf": frozenset({"split", "column", "revision", "name", "cache_dir"}),
+    "tfds": frozenset({"split", "column", "data_dir"}),
+}
+_HF_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+_DATA_SUFFIXES = tuple(_HF_BUILDERS)
+_CORPUS_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """A parsed spec: `kind` is corpus|file|hf|tfds, `target` the name or path, `options` the query."""
+  raw: str
+  kind: str
+  target: str
+  options: Mapping[str, str]
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+  """Parses a dataset spec string (see the module docstring); raises ValueError naming `spec`."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
+  spec = spec.strip()
+  if os.path.exists(os.path.expanduser(spec)):  # An existing path wins, even with ':' or '?'.
+    return DatasetSpec(spec, "file", spec, {})
+  match = _SCHEME_PREFIX.match(spec)
+  if match:
+    kind, rest = match.group(1).lower(), spec[match.end():]
+    if kind not in _SCHEMES:
+      raise ValueError(f"unknown scheme {kind!r} in dataset spec {spec!r}; expected a corpus name, "
+                       f"a local path, or one of {', '.join(s + ':' for s in _SCHEMES)}")
+  elif _CORPUS_NAME.fullmatch(spec):
+    kind, rest = "corpus", spec
+  else:
+    kind, rest = "file", spec
+  target, options = _split_query(rest, spec)
+  unknown = sorted(set(options) - _OPTIONS[kind])
+  if unknown:
+    allowed = ", ".join(sorted(_OPTIONS[kind])) or "none"
+    raise ValueError(f"unknown option(s) {unknown} in dataset spec {spec!r}; allowed for {kind}: {allowed}")
+  if not target:
+    raise ValueError(f"dataset spec {spec!r} names no dataset")
+  return DatasetSpec(spec, kind, target, options)
+
+
+def _split_query(rest: str, spec: str) -> tuple[str, dict[str, str]]:
+  if "?" not in rest or os.path.exists(os.path.expanduser(rest)):
+    return rest, {}
+  target, query = rest.split("?", 1)
+  options = {}
+  for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+    if key in options:
+      raise ValueError(f"option {key!r} given twice in dataset spec {spec!r}")
+    options[key] = value
+  return target, options
+
+
+def iter_documents(spec: str) -> Iterator[str]:
+  """Returns an iterator over the non-empty documents of `spec`.
+
+  The spec is parsed and the source opened eagerly (so a bad spec fails here, not at the first
+  `next`); documents are then read lazily, in the source's order.
+  """
+  parsed = parse_spec(spec)
+  if parsed.kind == "corpus":
+    return iter_local_documents(_corpus_path(parsed.target), column="text", name=spec)
+  if parsed.kind == "file":
+    return iter_local_documents(parsed.target, column=parsed.options.get("column"), name=spec)
+  if parsed.kind == "hf":
+    dataset, column = _load_hf(parsed)
+    return _non_empty(_iter_hf(dataset, column), spec)
+  source, column = _load_tfds(parsed)
+  return _non_empty(_iter_tfds(source, column), spec)
+
+
+def dataset_fingerprint(spec: str) -> str:
+  """A stable string identifying the data behind `spec`, for cache keys.
+
+  Local files: resolved path, size and mtime_ns of every data file. hf: the spec plus the loaded
+  dataset's own fingerprint (which covers the hub revision or local file metadata). tfds: the spec
+  plus version, split sizes and the size/mtime of the prepared files.
+  """
+  parsed = parse_spec(spec)
+  # Where HF caches does not change the data, so it is not part of the identity.
+  options = {k: v for k, v in sorted(parsed.options.items()) if k != "cache_dir"}
+  parts = {"kind": parsed.kind, "target": parsed.target, "options": options}
+  if parsed.kind == "corpus":
+    parts["files"] = _file_stats(data_files(_corpus_path(parsed.target)))
+  elif parsed.kind == "file":
+    parts["files"] = _file_stats(data_files(_existing_path(parsed.target, spec)))
+  elif parsed.kind == "hf":
+    dataset, column = _load_hf(parsed)
+    parts.update(column=column, rows=len(dataset), hf=getattr(dataset, "_fingerprint", None))
+    local = Path(parsed.target).expanduser()
+    if local.exists():
+      parts["files"] = _file_stats(data_files(local))
+  else:
+    parts.update(_tfds_identity(parsed))
+  digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+  return f"{parsed.kind}-{digest[:20]}"
+
+
+# --- local files ------------------------------------------------------------------------------
+
+
+def iter_local_documents(path, column: str | None = None, *, name: str | None = None) -> Iterator[str]:
+  """Non-empty documents of a local file or directory (see module docstring); `name` is for errors."""
+  name = name or str(path)
+  files = data_files(_existing_path(path, name))
+  return _non_empty((doc for f in files for doc in _read_file(f, column)), name)
+
+
+def files_fingerprint(path) -> str:
+  """Hash of (resolved path, size, mtime_ns) of every data file under a local `path`."""
+  stats = _file_stats(data_files(_existing_path(path, str(path))))
+  return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:20]
+
+
+def data_files(path) -> list[Path]:
+  """The data files of `path`: itself if a file, else its .jsonl/.json/.txt/.parquet files, sorted."""
+  path = Path(path).expanduser()
+  if path.is_file():
+    if path.suffix.lower() not in _DATA_SUFFIXES:
+      raise ValueError(f"unsupported file type {path.suffix!r} for {path}; expected one of {_DATA_SUFFIXES}")
+    return [path]
+  files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES)
+  if not files:
+    raise FileNotFoundError(f"no {'/'.join(_DATA_SUFFIXES)} files in directory {path}")
+  return files
+
+
+def _existing_path(path, name: str) -> Path:
+  resolved = Path(path).expanduser()
+  if not resolved.exists():
+    raise FileNotFoundError(f"dataset {name!r}: no such file or directory: {resolved}")
+  return resolved
+
+
+def _read_file(path: Path, column: str | None) -> Iterator[str]:
+  suffix = path.suffix.lower()
+  if suffix == ".txt":
+    # Text mode gives universal newlines, like the HF `text` builder, so both loaders agree.
+    yield path.read_text(encoding="utf-8", errors="replace")
+  elif suffix == ".parquet":
+    yield from _read_parquet(path, column)
+  else:
+    yield from _read_json_lines(path, column)
+
+
+def _read_json_lines(path: Path, column: str | None) -> Iterator[str]:
+  """Yields the text field of each JSON object in a jsonl file (or a .json holding one array)."""
+  with open(path, "rb") as f:
+    head = f.read(64).lstrip()
+    f.seek(0)
+    if head.startswith(b"["):
+      records = enumerate(json.loads(f.read().decode("utf-8", errors="replace")), 1)
+    else:
+      records = ((n, _parse_json_line(raw, path, n)) for n, raw in enumerate(f, 1) if raw.strip())
+    field = None
+    for line_no, record in records:
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+      if field is None:
+        field = pick_column({k: isinstance(v, str) for k, v in record.items()}, column, str(path))
+      value = record.get(field)
+      if value is None:
+        continue
+      if not isinstance(value, str):
+        raise ValueError(f"{path}:{line_no}: field {field!r} is a {type(value).__name__}, not a string")
+      yield value
+
+
+def _parse_json_line(raw: bytes, path: Path, line_no: int):
+  try:
+    return json.loads(raw.decode("utf-8", errors="replace"))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+
+
+def _read_parquet(path: Path, column: str | None) -> Iterator[str]:
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  parquet = pq.ParquetFile(path)
+  schema = parquet.schema_arrow
+  is_string = {f.name: pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in schema}
+  field = pick_column(is_string, column, str(path))
+  for batch in parquet.iter_batches(batch_size=_BATCH, columns=[field]):
+    yield from (text for text in batch.column(0).to_pylist() if text is not None)
+
+
+# --- Hugging Face datasets ----------------------------------------------------------------------
+
+
+def _load_hf(parsed: DatasetSpec):
+  """Returns (datasets.Dataset, text column) for an `hf:` spec."""
+  import datasets
+
+  split = parsed.options.get("split", "train")
+  kwargs = {"split": split, "cache_dir": parsed.options.get("cache_dir") or None}
+  local = Path(parsed.target).expanduser()
+  if local.exists():
+    files = data_files(local)
+    builders = {_HF_BUILDERS[f.suffix.lower()] for f in files}
+    if len(builders) != 1:
+      raise ValueError(f"dataset {parsed.raw!r} mixes file types {sorted(builders)}; use one type per directory")
+    path_or_builder = builders.pop()
+    kwargs["data_files"] = [str(f) for f in files]
+    if path_or_builder == "text":
+      kwargs.update(sample_by="document", encoding_errors="replace")
+  elif _looks_like_path(parsed.target):
+    raise FileNotFoundError(f"dataset {parsed.raw!r}: no such file or directory: {local}")
+  else:
+    path_or_builder = parsed.target
+    for key in ("name", "revision"):
+      if parsed.options.get(key):
+        kwargs[key] = parsed.options[key]
+  try:
+    dataset = datasets.load_dataset(path_or_builder, streaming=False, **kwargs)
+  except Exception as e:  # Keep the library's error, but say which spec it was about.
+    _add_note(e, f"while loading dataset spec {parsed.raw!r}")
+    raise
+  is_string = {k: isinstance(v, datasets.Value) and v.dtype in ("string", "large_string")
+               for k, v in dataset.features.items()}
+  return dataset, pick_column(is_string, parsed.options.get("column"), parsed.raw)
+
+
+def _iter_hf(dataset, column: str) -> Iterator[str]:
+  for batch in dataset.select_columns([column]).iter(batch_size=_BATCH):
+    yield from (text for text in batch[column] if text is not None)
+
+
+def _looks_like_path(target: str) -> bool:
+  return target.startswith(("/", "./", "../", "~")) or target.lower().endswith(_DATA_SUFFIXES)
+
+
+# --- TFDS -----------------------------------------------------------------------------------------
+
+
+def _load_tfds(parsed: DatasetSpec):
+  """Returns (tfds array_record data source, text feature name) for a `tfds:` spec."""
+  import tensorflow_datasets as tfds
+
+  try:
+    source = tfds.data_source(parsed.target, split=parsed.options.get("split", "train"),
+                              data_dir=parsed.options.get("data_dir") or None)
+  except Exception as e:
+    _add_note(e, f"while loading dataset spec {parsed.raw!r}")
+    raise
+  features = source.dataset_info.features
+  is_string = {k: isinstance(v, tfds.features.Text) for k, v in features.items()}
+  return source, pick_column(is_string, parsed.options.get("column"), parsed.raw)
+
+
+def _iter_tfds(source, column: str) -> Iterator[str]:
+  for start in range(0, len(source), _BATCH):
+    for example in source.__getitems__(list(range(start, min(start + _BATCH, len(source))))):
+      value = example[column]
+      yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _tfds_identity(parsed: DatasetSpec) -> dict:
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(parsed.target, data_dir=parsed.options.get("data_dir") or None)
+  info = builder.info
+  split = parsed.options.get("split", "train")
+  splits = {name: [s.num_examples, s.num_bytes] for name, s in info.splits.items()}
+  data_path = Path(os.fspath(builder.data_path))
+  files = _file_stats(sorted(p for p in data_path.iterdir() if p.is_file())) if data_path.is_dir() else []
+  return {"full_name": info.full_name, "version": str(info.version), "split": split, "splits": splits,
+          "files": files}
+
+
+# --- shared helpers -------------------------------------------------------------------------------
+
+
+def pick_column(is_string: Mapping[str, bool], column: str | None, where: str) -> str:
+  """The text column: `column` if given, else `text`, `content`, or the only string column."""
+  available = ", ".join(f"{k} ({'string' if s else 'non-string'})" for k, s in is_string.items())
+  if column:
+    if column not in is_string:
+      raise ValueError(f"column {column!r} not found in {where}; available columns: {available or 'none'}")
+    if not is_string[column]:
+      raise ValueError(f"column {column!r} of {where} is not a string column; available columns: {available}")
+    return column
+  for candidate in ("text", "content"):
+    if is_string.get(candidate):
+      return candidate
+  strings = [k for k, s in is_string.items() if s]
+  if len(strings) == 1:
+    return strings[0]
+  raise ValueError(f"cannot tell which column of {where} holds the text; available columns: "
+                   f"{available or 'none'}; pick one with ?column=NAME")
+
+
+def _non_empty(documents: Iterable[str], name: str) -> Iterator[str]:
+  count = 0
+  for doc in documents:
+    if doc:
+      count += 1
+      yield doc
+  if count == 0:
+    raise ValueError(f"dataset {name!r} is empty: it has no non-empty documents")
+
+
+def _corpus_path(name: str) -> Path:
+  # Imported here so this module works whether or not the corpora module is present/built.
+  corpora = importlib.import_module("suscept_jax.data.corpora")
+  return Path(corpora.corpus_path(name))
+
+
+def _file_stats(files: Iterable[Path]) -> list:
+  """[resolved path, size, mtime_ns] of each file: changes whenever a file is rewritten."""
+  stats = []
+  for path in files:
+    stat = path.stat()
+    stats.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+  return stats
+
+
+def _add_note(error: BaseException, note: str) -> None:
+  if hasattr(error, "add_note"):  # Python >= 3.11
+    error.add_note(note)

@@ -1,0 +1,100 @@
+"""Byte-level BPE tokenizers (HF `tokenizers`): train, load, fingerprint, and check against a model.
+
+Byte-level pre-tokenization plus the byte-level decoder and no normalizer make
+`decode(encode(text)) == text` for every string, which the per-token views rely on.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from suscept_jax import paths
+
+EOT = "<|endoftext|>"
+_FILENAME = "tokenizer.json"
+
+
+def train_bpe_tokenizer(documents: Iterable[str], vocab_size: int = 5000, *, min_frequency: int = 2,
+                        special_tokens=(EOT,), path=None) -> tokenizers.Tokenizer:
+  """Trains a byte-level BPE tokenizer on `documents`; saves it atomically to `path` if given.
+
+  The 256 byte symbols are always in the vocabulary, so any text encodes without unknown tokens.
+  Training is deterministic for the same documents and settings. `path` is a .json file or a
+  directory (which then gets a tokenizer.json).
+  """
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+      vocab_size=vocab_size,
+      min_frequency=min_frequency,
+      special_tokens=list(special_tokens),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+      show_progress=False,
+  )
+  tokenizer.train_from_iterator(documents, trainer=trainer)
+  if path is not None:
+    save_tokenizer(tokenizer, path)
+  return tokenizer
+
+
+def save_tokenizer(tokenizer: tokenizers.Tokenizer, path) -> Path:
+  """Writes tokenizer.json atomically (to `path`, or into it if it is a directory); returns the file."""
+  path = _json_path(path)
+  paths.atomic_write_bytes(path, tokenizer.to_str(pretty=True).encode("utf-8"))
+  return path
+
+
+def load_tokenizer(path_or_spec) -> tokenizers.Tokenizer:
+  """Loads a tokenizer.json (a file, or a directory holding one).
+
+  `hf:REPO` loads the tokenizer.json of a hub repository instead (needs network or the HF cache).
+  """
+  spec = os.fspath(path_or_spec)
+  if spec.startswith("hf:"):
+    return tokenizers.Tokenizer.from_pretrained(spec[len("hf:"):])
+  path = _json_path(spec)
+  if not path.is_file():
+    raise FileNotFoundError(f"tokenizer file not found: {path}")
+  try:
+    return tokenizers.Tokenizer.from_file(str(path))
+  except Exception as e:  # The Rust side raises a bare Exception on malformed files.
+    raise ValueError(f"{path} is not a valid tokenizer.json: {e}") from e
+
+
+def eos_id(tokenizer: tokenizers.Tokenizer, token: str | None = None) -> int:
+  """Id of the end-of-text token: `token` if given, else `<|endoftext|>`."""
+  token = token or EOT
+  token_id = tokenizer.token_to_id(token)
+  if token_id is None:
+    specials = sorted(t.content for t in tokenizer.get_added_tokens_decoder().values())
+    raise ValueError(f"tokenizer has no {token!r} token (its added tokens: {specials or 'none'}); "
+                     "pass the end-of-text token it uses instead")
+  return token_id
+
+
+def vocab_size(tokenizer: tokenizers.Tokenizer) -> int:
+  """Number of token ids, added/special tokens included."""
+  return tokenizer.get_vocab_size(with_added_tokens=True)
+
+
+def check_vocab_fits(tokenizer: tokenizers.Tokenizer, d_vocab: int) -> None:
+  """Raises ValueError if some token id would fall outside the model's embedding of `d_vocab` rows."""
+  size = vocab_size(tokenizer)
+  if size > d_vocab:
+    raise ValueError(f"tokenizer vocab {size} does not fit the model's d_vocab={d_vocab}")
+
+
+def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
+  """Hash of the tokenizer's canonical JSON: equal for tokenizers that tokenize identically."""
+  canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+def _json_path(path) -> Path:
+  path = Path(path).expanduser()
+  return path / _FILENAME if path.is_dir() or not path.suffix else path

@@ -1,0 +1,119 @@
+"""Component masks: which parameters a weight-restricted posterior lets move.
+
+A mask is a pytree with the structure of the params whose leaves broadcast against the matching
+parameter leaves: nonzero/True = free, zero/False = frozen at w*. `None` stands for "every parameter
+free" (the full model). Masks are data, not structure: `stack_masks` gives every component's mask a
+common per-leaf shape so one compiled sampler serves all components.
+
+Nothing here knows about transformers; `suscept_jax.models.components` builds transformer masks on top.
+"""
+import re
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+
+def leaf_path(path) -> str:
+  """'blocks/0/attn/W_Q' for a jax key path."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def leaf_paths(tree) -> list[str]:
+  """Slash-joined path of every leaf, in jax.tree.leaves order."""
+  return [leaf_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def full_mask(params):
+  """Every parameter free."""
+  return jax.tree.map(lambda _: np.bool_(True), params)
+
+
+def regex_mask(params, pattern: str):
+  """Free exactly the leaves whose slash-joined path fully matches `pattern` (whole leaves)."""
+  compiled = re.compile(pattern)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: np.bool_(compiled.fullmatch(leaf_path(path)) is not None), params)
+
+
+def _as_bool(name: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
+  mask = np.asarray(mask_leaf)
+  if mask.dtype.kind not in "biuf":
+    raise TypeError(f"component {name!r}: mask leaf {path} has dtype {mask.dtype}; expected bool or numbers")
+  pshape = np.shape(param_leaf)
+  try:
+    np.broadcast_shapes(mask.shape, pshape)
+  except ValueError:
+    raise ValueError(f"component {name!r}: mask leaf {path} has shape {mask.shape}, which does not "
+                     f"broadcast against the parameter's shape {pshape}") from None
+  if mask.ndim > len(pshape) or np.broadcast_shapes(mask.shape, pshape) != pshape:
+    raise ValueError(f"component {name!r}: mask leaf {path} has shape {mask.shape}, larger than the "
+                     f"parameter's shape {pshape}")
+  return mask != 0
+
+
+def normalize_mask(name: str, mask, params):
+  """Check a mask against params and return it as a tree of bool arrays (None -> all True).
+
+  Raises a clear error naming the component for a structure mismatch, a leaf that does not broadcast,
+  or a mask that frees nothing.
+  """
+  if mask is None:
+    return full_mask(params)
+  params_def = jax.tree.structure(params)
+  mask_def = jax.tree.structure(mask)
+  if params_def != mask_def:
+    missing = sorted(set(leaf_paths(params)) - set(leaf_paths(mask)))
+    extra = sorted(set(leaf_paths(mask)) - set(leaf_paths(params)))
+    raise ValueError(f"component {name!r}: mask structure does not match the params structure "
+                     f"(missing leaves: {missing[:5]}, unexpected leaves: {extra[:5]})")
+  paths = leaf_paths(params)
+  leaves = [_as_bool(name, path, m, p)
+            for path, m, p in zip(paths, jax.tree.leaves(mask), jax.tree.leaves(params))]
+  if count_free(leaves, jax.tree.leaves(params)) == 0:
+    raise ValueError(f"component {name!r}: mask selects no parameters (every leaf frozen)")
+  return jax.tree.unflatten(params_def, leaves)
+
+
+def count_free(mask, params) -> int:
+  """Number of scalar parameters a mask frees."""
+  return int(sum(np.broadcast_to(np.asarray(m) != 0, np.shape(p)).sum()
+                 for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(params))))
+
+
+def preview(mask, params) -> list[tuple[str, tuple, int, int]]:
+  """(path, shape, free count, total count) for each leaf the mask touches: what a spec selects."""
+  rows = []
+  for path, m, p in zip(leaf_paths(params), jax.tree.leaves(mask), jax.tree.leaves(params)):
+    free = int(np.broadcast_to(np.asarray(m) != 0, np.shape(p)).sum())
+    if free:
+      rows.append((path, tuple(np.shape(p)), free, int(np.prod(np.shape(p)))))
+  return rows
+
+
+def stack_masks(components: Mapping, params):
+  """Validate every component's mask and stack them: (names, tree of bool arrays [C, *leaf_shape']).
+
+  Each leaf gets the smallest shape every component's mask broadcasts to (a head mask on W_Q
+  [H, D, Dh] stays [C, H, 1, 1]), so stacking costs almost no memory.
+  """
+  names = list(components)
+  if not names:
+    raise ValueError("components is empty: give at least {'full': None}")
+  normalized = [normalize_mask(name, components[name], params) for name in names]
+  flat = [jax.tree.leaves(m) for m in normalized]
+  stacked = []
+  for i, p in enumerate(jax.tree.leaves(params)):
+    ndim = np.ndim(p)
+    shapes = [(1,) * (ndim - m[i].ndim) + m[i].shape for m in flat]
+    common = tuple(max(dims) for dims in zip(*shapes)) if ndim else ()
+    stacked.append(np.stack([np.broadcast_to(m[i].reshape(s), common) for m, s in zip(flat, shapes)]))
+  return names, jax.tree.unflatten(jax.tree.structure(params), stacked)

@@ -1,0 +1,50 @@
+"""Model configurations: the attention-only transformer of the paper and small variants."""
+import dataclasses
+
+POSITIONAL_EMBEDDINGS = ("shortformer", "standard")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of an attention-only transformer (hashable: used as a jit static argument)."""
+
+  n_layers: int = 2  # attention blocks, no MLPs
+  d_model: int = 256  # residual stream width
+  n_heads: int = 8  # heads per layer
+  d_head: int = 32  # width of each head's Q/K/V
+  n_ctx: int = 1024  # longest input the model takes (positions)
+  d_vocab: int = 5000  # token vocabulary size
+  layer_norm: bool = True  # LayerNorm before each block and before the unembedding
+  positional_embedding: str = "shortformer"  # "shortformer": added to Q/K inputs only; "standard": to the residual
+  init_std: float = 0.02  # std of the normal initialisation of weight matrices (biases start at zero)
+  ln_eps: float = 1e-5  # LayerNorm epsilon (TransformerLens' default)
+
+  def __post_init__(self):
+    if self.positional_embedding not in POSITIONAL_EMBEDDINGS:
+      raise ValueError(f"positional_embedding={self.positional_embedding!r}: expected one of {POSITIONAL_EMBEDDINGS}")
+    for name in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1")
+
+  @property
+  def head_names(self) -> list[str]:
+    """Stable component names of every attention head: 'l0h0', 'l0h1', ..."""
+    return [f"l{layer}h{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
+
+
+CONFIGS = {
+    # The paper's model (Hoogland et al. 2025; Baker et al. App. C): 3.36M parameters.
+    "tetrahedron_3m": ModelConfig(),
+    # Small enough to train (~2 min) and sample on a 2-core CPU; its heads still specialise
+    # (previous-token and induction heads emerge), so susceptibilities differ across heads.
+    "demo": ModelConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=1024),
+    # For unit tests only: compiles in seconds.
+    "tiny": ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=16, d_vocab=64),
+}
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+  """A named config, optionally with fields replaced (e.g. d_vocab to match a tokenizer)."""
+  if name not in CONFIGS:
+    raise ValueError(f"Unknown model config {name!r}; known: {sorted(CONFIGS)}")
+  return dataclasses.replace(CONFIGS[name], **overrides)

@@ -1,0 +1,175 @@
+"""The attention-only transformer of the paper, in Flax NNX, plus pure functions over its params pytree.
+
+Every head is a slice of an explicit head axis (W_Q/W_K/W_V [H, D, Dh], W_O [H, Dh, D]) so that a
+component mask can select it. The NNX modules are the single implementation of the forward pass;
+`logits`, `per_token_nll` and `context_nll` rebuild a module from a plain params dict (at trace time
+only), which is what the SGLD kernels, optax and orbax work with.
+
+Params layout (all dict keys are strings, so orbax round-trips it unchanged):
+  embed/W_E [V, D]; pos_embed/W_pos [n_ctx, D]; blocks/<l>/ln1/{scale,bias} [D];
+  blocks/<l>/attn/{W_Q,W_K,W_V} [H, D, Dh], {b_Q,b_K,b_V} [H, Dh], W_O [H, Dh, D], b_O [D];
+  ln_final/{scale,bias} [D]; unembed/W_U [D, V], b_U [V].
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from suscept_jax.models.config import ModelConfig
+
+
+def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
+
+
+def _zeros(shape) -> nnx.Param:
+  return nnx.Param(jnp.zeros(shape, jnp.float32))
+
+
+class Attention(nnx.Module):
+  """Causal multi-head attention with an explicit head axis on every weight."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    h, d, k, std = config.n_heads, config.d_model, config.d_head, config.init_std
+    self.W_Q, self.W_K, self.W_V = (_normal(rngs, (h, d, k), std) for _ in range(3))
+    self.b_Q, self.b_K, self.b_V = (_zeros((h, k)) for _ in range(3))
+    self.W_O = _normal(rngs, (h, k, d), std)
+    self.b_O = _zeros((d,))
+
+  def __call__(self, qk_input_BxTxD, v_input_BxTxD, head_scale_H=None):
+    """Returns (output [B, T, D], attention pattern [B, H, T, T])."""
+    d_head = self.W_Q.shape[-1]
+    q_BxTxHxK = jnp.einsum("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...]) + self.b_Q[...]
+    k_BxTxHxK = jnp.einsum("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...]) + self.b_K[...]
+    v_BxTxHxK = jnp.einsum("btd,hdk->bthk", v_input_BxTxD, self.W_V[...]) + self.b_V[...]
+    scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK) / np.sqrt(d_head)
+    t = scores_BxHxTxS.shape[-1]
+    causal_TxS = jnp.tril(jnp.ones((t, t), bool))
+    scores_BxHxTxS = jnp.where(causal_TxS, scores_BxHxTxS, -jnp.inf)
+    pattern_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
+    z_BxTxHxK = jnp.einsum("bhts,bshk->bthk", pattern_BxHxTxS, v_BxTxHxK)
+    if head_scale_H is not None:
+      z_BxTxHxK = z_BxTxHxK * head_scale_H[:, None]
+    out_BxTxD = jnp.einsum("bthk,hkd->btd", z_BxTxHxK, self.W_O[...]) + self.b_O[...]
+    return out_BxTxD, pattern_BxHxTxS
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm attention block (no MLP)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    if config.layer_norm:
+      self.ln1 = nnx.LayerNorm(config.d_model, epsilon=config.ln_eps, rngs=rngs)
+    self.attn = Attention(config, rngs=rngs)
+
+  def _norm(self, x):
+    return self.ln1(x) if self.config.layer_norm else x
+
+  def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None):
+    if self.config.positional_embedding == "shortformer":
+      # Positions enter queries and keys only, never the values or the residual stream.
+      qk_input = self._norm(resid_BxTxD + pos_BxTxD)
+      v_input = self._norm(resid_BxTxD)
+    else:
+      qk_input = v_input = self._norm(resid_BxTxD)
+    attn_out_BxTxD, pattern = self.attn(qk_input, v_input, head_scale_H)
+    return resid_BxTxD + attn_out_BxTxD, pattern
+
+
+class TransformerLM(nnx.Module):
+  """Attention-only transformer language model (Elhage et al. 2021 / the paper's 'tetrahedron')."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = nnx.Dict(W_E=_normal(rngs, (config.d_vocab, config.d_model), config.init_std))
+    self.pos_embed = nnx.Dict(W_pos=_normal(rngs, (config.n_ctx, config.d_model), config.init_std))
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layers)])
+    if config.layer_norm:
+      self.ln_final = nnx.LayerNorm(config.d_model, epsilon=config.ln_eps, rngs=rngs)
+    self.unembed = nnx.Dict(W_U=_normal(rngs, (config.d_model, config.d_vocab), config.init_std),
+                            b_U=_zeros((config.d_vocab,)))
+
+  def __call__(self, tokens_BxT, *, head_scale_LxH=None, return_attention=False):
+    """Logits [B, T, V] for int tokens [B, T]; optionally every layer's pattern [L, B, H, T, T].
+
+    head_scale_LxH multiplies each head's output (zero = ablate the head).
+    """
+    t = tokens_BxT.shape[-1]
+    resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
+    pos_BxTxD = jnp.broadcast_to(self.pos_embed["W_pos"][...][:t], resid_BxTxD.shape)
+    if self.config.positional_embedding == "standard":
+      resid_BxTxD = resid_BxTxD + pos_BxTxD
+    patterns = []
+    for layer, block in enumerate(self.blocks):
+      scale_H = None if head_scale_LxH is None else head_scale_LxH[layer]
+      resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H)
+      patterns.append(pattern)
+    if self.config.layer_norm:
+      resid_BxTxD = self.ln_final(resid_BxTxD)
+    logits_BxTxV = resid_BxTxD @ self.unembed["W_U"][...] + self.unembed["b_U"][...]
+    if return_attention:
+      return logits_BxTxV, jnp.stack(patterns)
+    return logits_BxTxV
+
+
+def _stringify_keys(tree):
+  """Pure-dict keys as strings (NNX lists give int keys; orbax and path regexes want strings)."""
+  if isinstance(tree, dict):
+    return {str(k): _stringify_keys(v) for k, v in tree.items()}
+  return tree
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> dict:
+  """A freshly initialised params pytree (plain nested dict of float32 arrays)."""
+  model = TransformerLM(config, rngs=nnx.Rngs(seed))
+  return _stringify_keys(nnx.state(model, nnx.Param).to_pure_dict())
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(config: ModelConfig):
+  abstract_model = nnx.eval_shape(lambda: TransformerLM(config, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract_model)
+
+
+def bind(params: dict, config: ModelConfig) -> TransformerLM:
+  """A TransformerLM module whose parameters are `params` (works on tracers inside jit/vmap/grad)."""
+  graphdef, abstract_state = _graph(config)
+  state = jax.tree.map(lambda x: x, abstract_state)  # a fresh copy: replace_by_pure_dict mutates
+  nnx.replace_by_pure_dict(state, params)
+  return nnx.merge(graphdef, state)
+
+
+def check_tokens(tokens, config: ModelConfig, *, name: str = "tokens") -> None:
+  """Raise a clear error for inputs the model cannot take (too long; wrong dtype)."""
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise TypeError(f"{name} must be integer token ids, got dtype {tokens.dtype}")
+  if tokens.shape[-1] > config.n_ctx:
+    raise ValueError(f"{name} has length {tokens.shape[-1]} but the model's context is n_ctx={config.n_ctx}")
+
+
+def logits(params: dict, tokens_BxT, config: ModelConfig):
+  """Next-token logits [B, T, V] for int tokens [B, T] (T <= n_ctx)."""
+  check_tokens(tokens_BxT, config)
+  return bind(params, config)(tokens_BxT)
+
+
+def per_token_nll(params: dict, contexts_BxK, config: ModelConfig):
+  """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx)."""
+  inputs_BxT, targets_BxT = contexts_BxK[..., :-1], contexts_BxK[..., 1:]
+  check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
+  logits_BxTxV = bind(params, config)(inputs_BxT).astype(jnp.float32)
+  logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
+  return -jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+
+
+def context_nll(params: dict, contexts_BxK, config: ModelConfig):
+  """Mean next-token NLL of each context, [B] (eq. 48 before averaging over the batch)."""
+  return per_token_nll(params, contexts_BxK, config).mean(axis=-1)
+
+
+def param_count(params) -> int:
+  """Total number of scalar parameters in a pytree."""
+  return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))

@@ -1,0 +1,149 @@
+"""Pure SGLD kernels for the localized tempered posterior  p(w) ∝ exp(−nβ·L(w) − γ/2·‖w − w*‖²).
+
+Same update and constants as devinterp, so hyperparameters transfer (Lau et al. form):
+
+  SGLD:          w ← w + m ⊙ ( −(ε/2)·(nβ·∇L_B(w) + γ·(w − w*) + λ·w) + √ε·σ·ξ )
+  RMSProp-SGLD:  V ← αV + (1−α)·(∇L_B)²,  G = 1/(√V + eps)
+                 w ← w + m ⊙ ( −(ε/2)·G·(nβ·∇L_B(w) + γ·(w − w*) + λ·w) + √(εG)·σ·ξ )
+
+m is the component mask: it multiplies the whole update (drift and noise), and frozen coordinates are
+kept bit-exact with `where`. Kernels are pure functions of arrays; the driver (sampler.py) owns
+batching, keys, vmap and sharding. No Flax, no absl here.
+"""
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+SAMPLERS = ("sgld", "rmsprop_sgld")
+
+
+@dataclasses.dataclass(frozen=True)
+class SGLDConfig:
+  """SGLD hyperparameters (defaults: the paper's App. C.3) and sampling schedule."""
+
+  step_size: float = 1e-3  # ε
+  localization: float = 300.0  # γ, pull towards w*
+  nbeta: float = 30.0  # nβ, inverse temperature times dataset size
+  num_chains: int = 4
+  num_draws: int = 200
+  num_burnin: int = 0  # steps before the first draw
+  steps_between_draws: int = 1
+  sampler: str = "sgld"  # or "rmsprop_sgld"
+  noise_level: float = 1.0  # σ; 0 turns SGLD into (localized) gradient descent
+  weight_decay: float = 0.0  # λ (devinterp's extra L2 term; 0 in the paper)
+  rmsprop_alpha: float = 0.99  # RMSProp-SGLD: decay of the squared-gradient average
+  rmsprop_eps: float = 0.1  # RMSProp-SGLD: added to √V (devinterp's default)
+  mala_every: int = 10  # estimate MALA acceptance every this many draws (0 = never; costs one extra step)
+  max_loss_increase: float = 100.0  # a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) has diverged
+  bounding_box: float | None = None  # if set, clip every free coordinate to [w* − b, w* + b] (devinterp's option)
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"SGLDConfig.sampler={self.sampler!r}: expected one of {SAMPLERS}")
+    for name in ("step_size", "nbeta"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be > 0")
+    for name in ("localization", "noise_level", "weight_decay", "num_burnin", "mala_every"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 0")
+    for name in ("num_chains", "num_draws", "steps_between_draws"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 1")
+    if self.bounding_box is not None and not self.bounding_box > 0:
+      raise ValueError(f"SGLDConfig.bounding_box={self.bounding_box} must be > 0 or None")
+    if not 0 <= self.rmsprop_alpha < 1:
+      raise ValueError(f"SGLDConfig.rmsprop_alpha={self.rmsprop_alpha} must be in [0, 1)")
+
+  @property
+  def num_steps(self) -> int:
+    return self.num_burnin + self.num_draws * self.steps_between_draws
+
+
+class SGLDState(NamedTuple):
+  """One chain's sampler state. `square_avg` is () for plain SGLD."""
+
+  position: Any
+  square_avg: Any
+
+
+def init(position, config: SGLDConfig) -> SGLDState:
+  """Chain state at w (normally w*)."""
+  square_avg = jax.tree.map(jnp.zeros_like, position) if config.sampler == "rmsprop_sgld" else ()
+  return SGLDState(position, square_avg)
+
+
+def standard_normal_like(key, tree):
+  """One flat N(0, 1) draw shaped like `tree` (one RNG call compiles much faster than one per leaf)."""
+  flat, unravel = ravel_pytree(tree)
+  return unravel(jax.random.normal(key, flat.shape, flat.dtype))
+
+
+def preconditioner(state: SGLDState, grad, config: SGLDConfig):
+  """(new square_avg, G) — G is None for plain SGLD."""
+  if config.sampler != "rmsprop_sgld":
+    return (), None
+  a = config.rmsprop_alpha
+  square_avg = jax.tree.map(lambda v, g: a * v + (1 - a) * g * g, state.square_avg, grad)
+  precond = jax.tree.map(lambda v: 1.0 / (jnp.sqrt(v) + config.rmsprop_eps), square_avg)
+  return square_avg, precond
+
+
+def drift(position, grad, anchor, config: SGLDConfig):
+  """∇ of the energy U = nβ·L + γ/2·‖w − w*‖² + λ/2·‖w‖², given ∇L."""
+  return jax.tree.map(
+      lambda w, g, w0: config.nbeta * g + config.localization * (w - w0) + config.weight_decay * w,
+      position, grad, anchor)
+
+
+def step(state: SGLDState, grad, noise, anchor, mask, config: SGLDConfig) -> SGLDState:
+  """One SGLD / RMSProp-SGLD update; `grad` = ∇L_B(w) (batch mean), `noise` ~ N(0, I) like w."""
+  square_avg, precond = preconditioner(state, grad, config)
+  force = drift(state.position, grad, anchor, config)
+  half_eps, sqrt_eps = 0.5 * config.step_size, config.step_size ** 0.5
+  sigma = config.noise_level
+  if precond is None:
+    update = jax.tree.map(lambda f, xi: -half_eps * f + sqrt_eps * sigma * xi, force, noise)
+  else:
+    update = jax.tree.map(lambda f, xi, g: -half_eps * g * f + sqrt_eps * sigma * jnp.sqrt(g) * xi,
+                          force, noise, precond)
+  proposed = jax.tree.map(jnp.add, state.position, update)
+  if config.bounding_box is not None:
+    b = config.bounding_box
+    proposed = jax.tree.map(lambda w, w0: jnp.clip(w, w0 - b, w0 + b), proposed, anchor)
+  position = jax.tree.map(lambda w, new, m: jnp.where(m, new, w), state.position, proposed, mask)
+  if precond is not None:
+    square_avg = jax.tree.map(lambda v_new, v_old, m: jnp.where(m, v_new, v_old),
+                              square_avg, state.square_avg, mask)
+  return SGLDState(position, square_avg)
+
+
+def energy(loss, position, anchor, config: SGLDConfig):
+  """U(w) = nβ·L(w) + γ/2·‖w − w*‖² + λ/2·‖w‖² for a batch loss value L(w)."""
+  sq = lambda t: sum(jnp.vdot(x, x) for x in jax.tree.leaves(t))
+  diff = jax.tree.map(jnp.subtract, position, anchor)
+  return config.nbeta * loss + 0.5 * config.localization * sq(diff) + 0.5 * config.weight_decay * sq(position)
+
+
+def mala_acceptance(w, w_new, loss, loss_new, grad, grad_new, anchor, mask, precond, config: SGLDConfig):
+  """Metropolis-adjusted acceptance probability of the move w → w_new (a diagnostic; healthy ≈ 0.9).
+
+  Both losses and gradients must come from the same batch. The proposal is the (preconditioned)
+  Langevin step restricted to the free coordinates; G is held fixed over the move.
+  """
+  eps = config.step_size * config.noise_level ** 2
+  g_tree = precond if precond is not None else jax.tree.map(jnp.ones_like, w)
+  force = drift(w, grad, anchor, config)
+  force_new = drift(w_new, grad_new, anchor, config)
+
+  def log_q(to, frm, f):  # log density (up to a constant) of proposing `to` from `frm`
+    terms = jax.tree.map(
+        lambda t, s, ff, g, m: jnp.sum(jnp.where(m, (t - s + 0.5 * config.step_size * g * ff) ** 2 / g, 0.0)),
+        to, frm, f, g_tree, mask)
+    return -sum(jax.tree.leaves(terms)) / (2 * eps)
+
+  log_ratio = (energy(loss, w, anchor, config) - energy(loss_new, w_new, anchor, config)
+               + log_q(w, w_new, force_new) - log_q(w_new, w, force))
+  return jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0)))
