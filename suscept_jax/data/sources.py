@@ -238,7 +238,8 @@ def _load_hf(parsed: DatasetSpec):
     files = data_files(local)
     builders = {_HF_BUILDERS[f.suffix.lower()] for f in files}
     if len(builders) != 1:
-      raise ValueError(f"dataset {parsed.raw!r} mixes file types {sorted(builders)}; use one type per directory")
+      raise ValueError(f"dataset {parsed.raw!r} mixes file types {sorted(builders)}; "
+                       "use one type per directory")
     path_or_builder = builders.pop()
     kwargs["data_files"] = [str(f) for f in files]
     if path_or_builder == "text":

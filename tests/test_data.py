@@ -1,0 +1,283 @@
+"""Data pipeline: spec parsing, the local/HF/TFDS loaders, BPE tokenizers, packing and its cache."""
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from suscept_jax import data
+from suscept_jax.data import packing, sources
+
+EOT = "<|endoftext|>"
+K = 16
+
+DOCUMENTS = [
+    "The quick brown fox jumps over the lazy dog.\nIt was not amused.",
+    "def add(a, b):\n    return a + b\n",
+    "héllo wörld, 漢字 and an emoji 🙂 in one line",
+    "Short.",
+    "Tabs\tand  double  spaces and a trailing newline\n",
+] * 6
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return data.train_bpe_tokenizer(DOCUMENTS, vocab_size=300)
+
+
+@pytest.fixture
+def jsonl_path(tmp_path):
+  records = [{"text": doc, "id": i} for i, doc in enumerate(DOCUMENTS)]
+  records.insert(3, {"text": "", "id": -1})  # Empty documents are skipped by every loader.
+  path = tmp_path / "docs.jsonl"
+  path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+  return path
+
+
+def _contexts(spec, tokenizer, tmp_path, **kwargs):
+  return data.load_contexts(spec, tokenizer, K, cache_dir=tmp_path / "cache", progress=False, **kwargs)
+
+
+# --- packing and tokenizers -------------------------------------------------------------------
+
+
+def test_pack_round_trips_text(tokenizer):
+  ascii_docs = [f"Document number {i} says: " + "lorem ipsum dolor " * (i % 4 + 1) for i in range(12)]
+  eos = data.eos_id(tokenizer)
+  ids_per_doc = [tokenizer.encode(doc).ids for doc in ascii_docs]
+  contexts_NxK = data.pack_documents(ids_per_doc, K, eos)
+  n_stream = sum(len(ids) + 1 for ids in ids_per_doc)
+  assert contexts_NxK.dtype == np.int32 and contexts_NxK.shape == (n_stream // K, K)
+  decoded = "".join(data.decode_context(tokenizer, row) for row in contexts_NxK)
+  joined = "".join(doc + EOT for doc in ascii_docs)
+  assert joined.startswith(decoded)
+  tail_ids = [t for ids in ids_per_doc for t in ids + [eos]][contexts_NxK.size:]
+  assert decoded + tokenizer.decode(tail_ids, skip_special_tokens=False) == joined
+  assert len(tail_ids) < K
+
+
+def test_pack_documents_limits_and_errors():
+  docs = [[1, 2, 3]] * 10  # 40 tokens with eos.
+  assert data.pack_documents(docs, 8, 0).shape == (5, 8)
+  capped = data.pack_documents(iter(docs), 8, 0, max_contexts=2)
+  np.testing.assert_array_equal(capped, [[1, 2, 3, 0, 1, 2, 3, 0]] * 2)
+  with pytest.raises(ValueError, match=r"gave 8 tokens.*2 documents.*context of 16 tokens"):
+    data.pack_documents(docs[:2], 16, 0)
+  with pytest.raises(ValueError, match="context_length"):
+    data.pack_documents(docs, 1, 0)
+
+
+def test_tokenizer_round_trip_determinism_and_save(tokenizer, tmp_path):
+  for text in DOCUMENTS[:5] + ["unseen: Ωμέγα ∑ 🚀\r\n\x00 end", " leading space"]:
+    assert tokenizer.decode(tokenizer.encode(text).ids) == text
+  again = data.train_bpe_tokenizer(DOCUMENTS, vocab_size=300, path=tmp_path / "tok")
+  assert data.tokenizer_fingerprint(again) == data.tokenizer_fingerprint(tokenizer)
+  assert sorted(os.listdir(tmp_path / "tok")) == ["tokenizer.json"]  # No temp file left behind.
+  loaded = data.load_tokenizer(tmp_path / "tok" / "tokenizer.json")
+  assert data.tokenizer_fingerprint(loaded) == data.tokenizer_fingerprint(tokenizer)
+  from_dir = data.load_tokenizer(tmp_path / "tok")
+  assert data.tokenizer_fingerprint(from_dir) == data.tokenizer_fingerprint(loaded)
+  other = data.train_bpe_tokenizer(DOCUMENTS, vocab_size=280)
+  assert data.tokenizer_fingerprint(other) != data.tokenizer_fingerprint(tokenizer)
+
+
+def test_load_tokenizer_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.json"):
+    data.load_tokenizer(tmp_path / "nope.json")
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not json")
+  with pytest.raises(ValueError, match="bad.json is not a valid tokenizer"):
+    data.load_tokenizer(bad)
+
+
+def test_eos_id_and_vocab_fit(tokenizer):
+  assert tokenizer.id_to_token(data.eos_id(tokenizer)) == EOT
+  no_eot = data.train_bpe_tokenizer(DOCUMENTS, vocab_size=300, special_tokens=("<pad>",))
+  with pytest.raises(ValueError, match=r"no '<\|endoftext\|>' token.*<pad>"):
+    data.eos_id(no_eot)
+  assert data.eos_id(no_eot, "<pad>") == no_eot.token_to_id("<pad>")
+  data.check_vocab_fits(tokenizer, 300)
+  with pytest.raises(ValueError, match=r"^tokenizer vocab 300 does not fit the model's d_vocab=299$"):
+    data.check_vocab_fits(tokenizer, 299)
+
+
+# --- loaders agree ------------------------------------------------------------------------------
+
+
+def test_plain_hf_and_tfds_loaders_agree_on_jsonl(jsonl_path, tokenizer, tmp_path):
+  hf_cache = tmp_path / "hf"
+  tfds_dir = tmp_path / "tfds"
+  data.build_tfds_text_dataset("suscept_docs", jsonl_path, tfds_dir)
+  specs = [str(jsonl_path), f"file:{jsonl_path}", f"hf:{jsonl_path}?cache_dir={hf_cache}",
+           f"tfds:suscept_docs?data_dir={tfds_dir}&split=train"]
+  assert [list(sources.iter_documents(s)) for s in specs] == [DOCUMENTS] * len(specs)
+  reference = _contexts(specs[0], tokenizer, tmp_path)
+  assert reference.shape[1] == K and reference.shape[0] > 10
+  for spec in specs[1:]:
+    np.testing.assert_array_equal(_contexts(spec, tokenizer, tmp_path), reference, err_msg=spec)
+  fingerprints = [data.dataset_fingerprint(s) for s in specs]
+  assert fingerprints[0] == fingerprints[1]  # `file:` is just explicit about a local path.
+  assert len(set(fingerprints)) == 3
+
+
+def test_plain_and_hf_loaders_agree_on_parquet(tokenizer, tmp_path):
+  path = tmp_path / "docs.parquet"
+  pq.write_table(pa.table({"id": list(range(len(DOCUMENTS))), "body": DOCUMENTS}), path)
+  plain = _contexts(str(path), tokenizer, tmp_path)  # `body` is the only string column.
+  hf = _contexts(f"hf:{path}?cache_dir={tmp_path / 'hf'}&column=body", tokenizer, tmp_path)
+  np.testing.assert_array_equal(plain, hf)
+  assert list(sources.iter_documents(str(path))) == DOCUMENTS
+
+
+def test_text_directory_is_one_document_per_file_for_all_loaders(tmp_path):
+  folder = tmp_path / "texts"
+  folder.mkdir()
+  for i, doc in enumerate(DOCUMENTS[:5]):
+    (folder / f"{i:02d}.txt").write_text(doc, encoding="utf-8")
+  (folder / "03b.txt").write_bytes(b"windows\r\nline endings\r\n")
+  expected = DOCUMENTS[:4] + ["windows\nline endings\n"] + DOCUMENTS[4:5]
+  data.build_tfds_text_dataset("suscept_texts", folder, tmp_path / "tfds")
+  for spec in [str(folder), f"hf:{folder}?cache_dir={tmp_path / 'hf'}",
+               f"tfds:suscept_texts?data_dir={tmp_path / 'tfds'}"]:
+    assert list(sources.iter_documents(spec)) == expected, spec
+
+
+def test_tfds_dataset_is_rebuilt_when_source_changes(tmp_path):
+  source = tmp_path / "a.jsonl"
+  source.write_text('{"text": "first"}\n')
+  data.build_tfds_text_dataset("suscept_rebuild", source, tmp_path / "tfds")
+  spec = f"tfds:suscept_rebuild?data_dir={tmp_path / 'tfds'}"
+  assert list(sources.iter_documents(spec)) == ["first"]
+  source.write_text('{"text": "second"}\n{"text": "third"}\n')
+  data.build_tfds_text_dataset("suscept_rebuild", source, tmp_path / "tfds")
+  assert list(sources.iter_documents(spec)) == ["second", "third"]
+
+
+# --- cache ----------------------------------------------------------------------------------------
+
+
+def _cache_entries(cache_dir):
+  return sorted(p.name for p in cache_dir.iterdir()) if cache_dir.exists() else []
+
+
+def test_cache_hit_does_not_tokenize(jsonl_path, tokenizer, tmp_path, monkeypatch):
+  first = _contexts(str(jsonl_path), tokenizer, tmp_path)
+  assert isinstance(first, np.memmap) and not first.flags.writeable
+  [npy] = (tmp_path / "cache").glob("*.npy")
+  mtime = npy.stat().st_mtime_ns
+  sidecar = json.loads(npy.with_suffix(".json").read_text())
+  assert sidecar["spec"] == str(jsonl_path) and sidecar["n_contexts"] == len(first)
+  assert sidecar["tokenizer"] == data.tokenizer_fingerprint(tokenizer)
+  assert sidecar["n_documents_read"] == len(DOCUMENTS)
+
+  def no_tokenizing(*args):
+    raise AssertionError("cache miss: tokenized again")
+
+  monkeypatch.setattr(packing, "_tokenize", no_tokenizing)
+  np.testing.assert_array_equal(_contexts(str(jsonl_path), tokenizer, tmp_path), first)
+  assert npy.stat().st_mtime_ns == mtime
+  with pytest.raises(AssertionError, match="cache miss"):  # Another key is another entry.
+    _contexts(str(jsonl_path), tokenizer, tmp_path, max_contexts=3)
+  monkeypatch.undo()
+  capped = _contexts(str(jsonl_path), tokenizer, tmp_path, max_contexts=3)
+  np.testing.assert_array_equal(capped, first[:3])
+
+
+def test_interrupted_write_leaves_no_cache_file(jsonl_path, tokenizer, tmp_path, monkeypatch):
+  real_tokenize = packing._tokenize
+
+  def interrupted(documents, tok):
+    batches = real_tokenize(documents, tok)
+    yield next(batches)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(packing, "_DOCS_PER_BATCH", 4)
+  monkeypatch.setattr(packing, "_tokenize", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    _contexts(str(jsonl_path), tokenizer, tmp_path)
+  assert _cache_entries(tmp_path / "cache") == []
+  monkeypatch.setattr(packing, "_tokenize", real_tokenize)
+  assert len(_contexts(str(jsonl_path), tokenizer, tmp_path)) > 0
+
+
+def test_dataset_fingerprint_follows_file_changes(jsonl_path):
+  before = data.dataset_fingerprint(str(jsonl_path))
+  assert data.dataset_fingerprint(str(jsonl_path)) == before
+  with open(jsonl_path, "a") as f:
+    f.write('{"text": "one more"}\n')
+  assert data.dataset_fingerprint(str(jsonl_path)) != before
+
+
+# --- errors and edge cases --------------------------------------------------------------------
+
+
+def test_errors_name_the_input(jsonl_path, tmp_path):
+  missing = tmp_path / "missing.jsonl"
+  for spec in [str(missing), f"file:{missing}", f"hf:{missing}"]:
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+      data.iter_documents(spec)
+  with pytest.raises(ValueError, match=r"unknown scheme 'gs' in dataset spec 'gs://bucket/x.jsonl'"):
+    data.iter_documents("gs://bucket/x.jsonl")
+  with pytest.raises(ValueError, match=r"unknown option.*'splitt'.*hf"):
+    data.iter_documents(f"hf:{jsonl_path}?splitt=train")
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text('{"text": ""}\n\n{"text": null}\n')
+  with pytest.raises(ValueError, match=r"empty\.jsonl' is empty"):
+    list(data.iter_documents(str(empty)))
+  with pytest.raises(ValueError, match=r"empty\.jsonl.* is empty"):
+    list(data.iter_documents(f"hf:{empty}?cache_dir={tmp_path / 'hf'}"))
+
+
+@pytest.mark.parametrize("scheme", ["plain", "hf", "tfds", "parquet"])
+def test_unknown_column_lists_available_columns(scheme, jsonl_path, tmp_path):
+  spec = {
+      "plain": f"{jsonl_path}?column=body",
+      "hf": f"hf:{jsonl_path}?column=body&cache_dir={tmp_path / 'hf'}",
+      "tfds": f"tfds:suscept_cols?data_dir={tmp_path / 'tfds'}&column=body",
+      "parquet": f"{tmp_path / 'x.parquet'}?column=body",
+  }[scheme]
+  if scheme == "tfds":
+    data.build_tfds_text_dataset("suscept_cols", jsonl_path, tmp_path / "tfds")
+  if scheme == "parquet":
+    pq.write_table(pa.table({"text": ["a"], "id": [1]}), tmp_path / "x.parquet")
+  with pytest.raises(ValueError, match=r"column 'body' not found in .*available columns: text"):
+    list(data.iter_documents(spec))
+
+
+def test_column_auto_detection(tmp_path):
+  path = tmp_path / "c.jsonl"
+  path.write_text('{"id": 1, "content": "x", "meta": "m"}\n')
+  assert list(data.iter_documents(str(path))) == ["x"]
+  path.write_text('{"id": 1, "a": "x", "b": "y"}\n')
+  with pytest.raises(ValueError, match=r"cannot tell which column.*a \(string\), b \(string\)"):
+    list(data.iter_documents(str(path)))
+  assert list(data.iter_documents(f"{path}?column=b")) == ["y"]
+
+
+def test_invalid_utf8_is_replaced(tmp_path):
+  txt = tmp_path / "bad.txt"
+  txt.write_bytes(b"abc\xffdef")
+  jsonl = tmp_path / "bad.jsonl"
+  jsonl.write_bytes(b'{"text": "x\xc3y"}\n')
+  assert list(data.iter_documents(str(txt))) == ["abc\ufffddef"]
+  assert list(data.iter_documents(str(jsonl))) == ["x\ufffdy"]
+
+
+def test_corpus_name_reads_built_corpus(jsonl_path, monkeypatch):
+  fake = types.ModuleType("suscept_jax.data.corpora")
+  fake.corpus_path = lambda name, out_dir=None: {"code": jsonl_path}[name]
+  monkeypatch.setitem(sys.modules, "suscept_jax.data.corpora", fake)
+  assert list(data.iter_documents("code")) == DOCUMENTS
+  assert data.dataset_fingerprint("code").startswith("corpus-")
+
+
+def test_import_stays_light():
+  code = ("import sys, suscept_jax.data; "
+          "print(sorted(m for m in ('datasets', 'tensorflow_datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
