@@ -148,12 +148,17 @@ class SusceptibilityResult:
 
 
 def _chi_tables(moments, diverged_CxK, component_names, form, realised_fraction):
+  """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full, so the
+  per-chain estimates are independent and their spread carries the full chains' uncertainty too
+  (a diverged full chain is replaced by the pooled mean of the valid ones)."""
   C, K = diverged_CxK.shape
   full = component_names.index("full")
-  valid_E = ~diverged_CxK.reshape(-1)
   full_sl = slice(full * K, (full + 1) * K)
-  full_mean = estimators.pooled_mean_y(estimators.Moments(*(a[full_sl] for a in moments)), valid_E[full_sl])
-  per_entry = estimators.chi_per_chain(moments, full_mean, form=form)  # [E, P]
+  full_moments = estimators.Moments(*(a[full_sl] for a in moments))
+  full_valid = ~diverged_CxK[full]
+  pooled = estimators.pooled_mean_y(full_moments, full_valid)
+  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * (pooled.ndim)), full_moments.mean_y, pooled)
+  per_entry = estimators.chi_per_chain(moments, np.tile(full_mean_K, (C,) + (1,) * pooled.ndim), form=form)
   if realised_fraction is not None:
     per_entry = per_entry / realised_fraction
   per_chain = per_entry.reshape(C, K, -1).transpose(2, 0, 1)  # [P, C, K]

@@ -6,8 +6,9 @@ memory independent of the number of draws) per entry (= component × chain) and 
 serves per-token susceptibilities, where "probe" becomes "token".
 
 Estimates, from the per-chain moments (host side, float64):
-  χ_{C,k}^d  = −⟨φ·ΔL^d⟩_{C,k} + ⟨φ⟩_{C,k}·⟨ΔL^d⟩_full            ("eq41", App. C.1)
-             = −Cov_{C,k}(φ, ΔL^d) − ⟨φ⟩_{C,k}·(⟨ΔL^d⟩_{C,k} − ⟨ΔL^d⟩_full)
+  χ_{C,k}^d  = −⟨φ·ΔL^d⟩_{C,k} + ⟨φ⟩_{C,k}·⟨ΔL^d⟩_{full,k}          ("eq41", App. C.1)
+             = −Cov_{C,k}(φ, ΔL^d) − ⟨φ⟩_{C,k}·(⟨ΔL^d⟩_{C,k} − ⟨ΔL^d⟩_{full,k})
+  (chain k of C is paired with chain k of the full model, so per-chain estimates are independent)
   "covariance": −Cov_{C,k}(φ, ΔL^d);  scale_by_delta_h divides by the realised fraction m/n (Remark 3.1)
   λ̂_{C,k}   = nβ·⟨φ⟩_{C,k}
 χ_C and λ̂_C average the non-diverged chains; error bars are the standard error across those chains.
@@ -56,7 +57,7 @@ def to_numpy(m: Moments) -> Moments:
 
 
 def chi_per_chain(m: Moments, full_mean_y, *, form: str = "eq41"):
-  """χ per entry [E, ...] from moments; `full_mean_y` = ⟨y⟩ over the full model's chains [...]."""
+  """χ per entry [E, ...] from moments; `full_mean_y` = ⟨y⟩ of the paired full-model chain [E, ...]."""
   if form not in CHI_FORMS:
     raise ValueError(f"chi form {form!r}: expected one of {CHI_FORMS}")
   n = np.maximum(m.count, 1).reshape((-1,) + (1,) * (m.mean_y.ndim - 1))

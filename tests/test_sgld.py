@@ -1,0 +1,187 @@
+"""SGLD kernels and the sampler against things we did not write: gradient descent, known learning
+coefficients, closed-form Gaussian posteriors, exact invariances."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+from suscept_jax import parallel, sgld
+
+
+def quadratic_loss(w, batch):
+  """ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²: a Gaussian posterior with known covariance."""
+  return 0.5 * jnp.sum(batch["s"] * (w["w"] - batch["a"]) ** 2, axis=-1)
+
+
+def test_zero_noise_sgld_is_localized_gradient_descent():
+  config = sj.SGLDConfig(step_size=1e-2, localization=3.0, nbeta=5.0, noise_level=0.0)
+  w = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+  anchor = {"a": jnp.array([0.5, 0.0]), "b": jnp.array(0.0)}
+  grad = {"a": jnp.array([0.3, 0.1]), "b": jnp.array(-1.0)}
+  noise = jax.tree.map(lambda x: 7.0 * jnp.ones_like(x), w)  # must be ignored at σ = 0
+  mask = sj.full_mask(w)
+  new = sgld.step(sgld.init(w, config), grad, noise, anchor, mask, config).position
+  expected = jax.tree.map(lambda x, g, x0: x - 0.5 * 1e-2 * (5.0 * g + 3.0 * (x - x0)), w, grad, anchor)
+  for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_masked_coordinates_are_bit_exact_even_with_nan_updates():
+  config = sj.SGLDConfig(sampler="rmsprop_sgld")
+  w = {"w": jnp.array([1.0, 2.0, 3.0])}
+  mask = {"w": np.array([True, False, True])}
+  grad = {"w": jnp.array([jnp.nan, jnp.nan, 1.0])}
+  new = sgld.step(sgld.init(w, config), grad, {"w": jnp.ones(3)}, w, mask, config)
+  assert new.position["w"][1] == 2.0
+  assert jnp.isnan(new.position["w"][0]) and jnp.isfinite(new.position["w"][2])
+
+
+def test_masked_coordinates_never_move_in_a_run():
+  """The loss sees only the frozen coordinates, so φ ≡ 0 (to float rounding) iff they never move."""
+  rng = np.random.default_rng(0)
+  data = {"a": rng.normal(size=(64, 4)).astype(np.float32), "s": np.ones((64, 4), np.float32)}
+  frozen = np.array([False, True, False, True])
+
+  def loss_fn(w, batch):
+    return quadratic_loss({"w": jnp.where(frozen, w["w"], 0.0)}, {"a": jnp.where(frozen, batch["a"], 0.0), "s": batch["s"]})
+
+  w_star = {"w": data["a"].mean(0)}
+  config = sj.SGLDConfig(step_size=1e-2, localization=1.0, nbeta=10.0, num_chains=2, num_draws=30)
+  res = sj.estimate_llc(loss_fn, w_star, data, config=config, batch_size=16, mask={"w": ~frozen}, progress=False)
+  assert np.abs(res.diagnostics.phi_trace).max() < 1e-6  # L_B(w_t) and L_B(w*) differ only by rounding
+  moving = sj.estimate_llc(loss_fn, w_star, data, config=config, batch_size=16, mask={"w": frozen}, progress=False)
+  assert moving.diagnostics.phi_trace[:, 1:].mean() > 1e-3
+
+
+def gaussian_llc_exact(h_eig, config):
+  """nβ·E[½ uᵀHu] under the stationary law of discretized SGLD on the quadratic (exact, not asymptotic)."""
+  a = config.nbeta * h_eig + config.localization
+  v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
+  return config.nbeta * 0.5 * np.sum(h_eig * v)
+
+
+@pytest.mark.parametrize("free", [None, 2])
+def test_regular_model_llc_is_half_the_dimension(free):
+  """Linear regression: λ = d/2, and k/2 when restricted to k coordinates (closed form incl. discretization)."""
+  rng = np.random.default_rng(0)
+  n, d = 256, 5
+  x = rng.normal(size=(n, d))
+  x = np.linalg.qr(x)[0] * np.sqrt(n)  # whitened: XᵀX/n = I, so the posterior is isotropic
+  w_true = rng.normal(size=d)
+  y = x @ w_true + 0.5 * rng.normal(size=n)
+  w_ols = np.linalg.lstsq(x, y, rcond=None)[0]
+
+  def loss_fn(p, batch):
+    xb, yb = batch
+    return 0.5 * (yb - xb @ p["w"]) ** 2
+
+  config = sj.SGLDConfig(step_size=1e-4, localization=0.0, nbeta=n / np.log(n), num_chains=8, num_draws=2000,
+                         num_burnin=200)
+  mask = None if free is None else {"w": np.arange(d) < free}
+  res = sj.estimate_llc(loss_fn, {"w": jnp.asarray(w_ols, jnp.float32)}, (x.astype(np.float32), y.astype(np.float32)),
+                        config=config, batch_size=n, mask=mask, progress=False)
+  k = d if free is None else free
+  exact = gaussian_llc_exact(np.ones(k), config)
+  assert abs(exact - k / 2) < 0.05 * k  # discretization bias is small here
+  assert abs(res.mean - exact) < 4 * res.stderr + 1e-3, (res.mean, res.stderr, exact)
+  assert res.stderr < 0.1 * exact
+
+
+# Normal crossing f(x; w) = x·w1^k1·w2^k2 at w = 0, the anchors' known-λ cases. The noise is made exactly
+# orthogonal to x, so the empirical minimum sits at w* = 0 as the theory assumes.
+NORMAL_CROSSING = [((0, 1), 1 / 2), ((1, 1), 1 / 2), ((0, 2), 1 / 4), ((1, 2), 1 / 4), ((2, 2), 1 / 4),
+                   ((0, 3), 1 / 6), ((3, 3), 1 / 6)]
+
+
+@pytest.fixture(scope="module")
+def normal_crossing_data():
+  rng = np.random.default_rng(0)
+  n = 1000
+  x = rng.normal(0, 2, n)
+  y = 0.25 * rng.normal(0, 1, n)
+  y = y - x * (x @ y) / (x @ x)
+  return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.mark.parametrize("powers,true_lambda", NORMAL_CROSSING)
+def test_normal_crossing_learning_coefficient(normal_crossing_data, powers, true_lambda):
+  x, y = normal_crossing_data
+  n = len(x)
+  k1, k2 = powers
+
+  def loss_fn(p, batch):
+    xb, yb = batch
+    return (yb - xb * p["w"][0] ** k1 * p["w"][1] ** k2) ** 2
+
+  config = sj.SGLDConfig(step_size=2e-4, localization=0.0, nbeta=n / np.log(n), num_chains=10, num_draws=5000,
+                         num_burnin=1000, bounding_box=1.0, mala_every=0)
+  res = sj.estimate_llc(loss_fn, {"w": jnp.zeros(2)}, (x, y), config=config, batch_size=n, progress=False)
+  chain_std = np.std(res.per_chain, ddof=1)
+  assert abs(res.mean - true_lambda) < 3.5 * chain_std, (res.mean, chain_std, true_lambda)
+  # Not trivially wide: the band excludes the neighbouring λ values of the family.
+  assert 3.5 * chain_std < 0.3
+
+
+def test_llc_invariant_to_scaling_loss_and_inverse_temperature():
+  """λ̂(2L, nβ/2) = λ̂(L, nβ): the chains are the same up to rounding."""
+  rng = np.random.default_rng(0)
+  data = {"a": rng.normal(size=(128, 3)).astype(np.float32), "s": rng.uniform(0.5, 2, (128, 3)).astype(np.float32)}
+  w_star = {"w": (data["a"] * data["s"]).sum(0) / data["s"].sum(0)}
+  base = sj.SGLDConfig(step_size=1e-3, localization=5.0, nbeta=40.0, num_chains=2, num_draws=50)
+  half = sj.SGLDConfig(step_size=1e-3, localization=5.0, nbeta=20.0, num_chains=2, num_draws=50)
+  r1 = sj.estimate_llc(quadratic_loss, w_star, data, config=base, batch_size=32, progress=False)
+  r2 = sj.estimate_llc(lambda w, b: 2.0 * quadratic_loss(w, b), w_star, data, config=half, batch_size=32,
+                       progress=False)
+  np.testing.assert_allclose(r1.per_chain, r2.per_chain, rtol=1e-5)
+
+
+def test_rmsprop_sgld_samples_the_same_gaussian():
+  """RMSProp-SGLD preconditions but should still give the Gaussian's LLC at small steps."""
+  rng = np.random.default_rng(0)
+  n, d = 256, 4
+  data = {"a": (0.01 * rng.normal(size=(n, d))).astype(np.float32), "s": np.ones((n, d), np.float32)}
+  w_star = {"w": data["a"].mean(0)}
+  config = sj.SGLDConfig(step_size=1e-4, localization=0.0, nbeta=100.0, num_chains=8, num_draws=2000,
+                         num_burnin=500, sampler="rmsprop_sgld")
+  res = sj.estimate_llc(quadratic_loss, w_star, data, config=config, batch_size=n, progress=False)
+  assert abs(res.mean - d / 2) < 0.15 * d / 2 + 4 * res.stderr, (res.mean, res.stderr)
+
+
+def test_mala_acceptance_is_high_for_small_steps_and_low_for_large():
+  data = {"a": np.zeros((64, 3), np.float32), "s": np.ones((64, 3), np.float32)}
+  w = {"w": np.zeros(3, np.float32)}
+  accept = {}
+  for eps in (1e-4, 3e-2):
+    config = sj.SGLDConfig(step_size=eps, localization=0.0, nbeta=60.0, num_chains=2, num_draws=40, mala_every=1)
+    res = sj.estimate_llc(quadratic_loss, w, data, config=config, batch_size=64, progress=False)
+    accept[eps] = res.diagnostics.mala_acceptance
+  assert accept[1e-4] > 0.95 and accept[3e-2] < accept[1e-4]
+
+
+def test_diverged_chains_are_reported_and_excluded():
+  data = {"a": np.zeros((64, 3), np.float32), "s": np.ones((64, 3), np.float32)}
+  w = {"w": np.zeros(3, np.float32)}
+  config = sj.SGLDConfig(step_size=1.0, localization=0.0, nbeta=100.0, num_chains=3, num_draws=30, mala_every=0)
+  res = sj.estimate_llc(quadratic_loss, w, data, config=config, batch_size=64, progress=False)
+  assert res.diagnostics.diverged_chains == [0, 1, 2]
+  assert np.isnan(res.mean)
+  assert any("diverged" in w and "step_size" in w for w in res.warnings)
+
+
+def test_one_and_four_devices_give_identical_numbers():
+  assert jax.device_count() == 4
+  rng = np.random.default_rng(0)
+  data = {"a": rng.normal(size=(96, 3)).astype(np.float32), "s": rng.uniform(0.5, 2, (96, 3)).astype(np.float32)}
+  probe = {"a": rng.normal(size=(80, 3)).astype(np.float32), "s": rng.uniform(1, 3, (80, 3)).astype(np.float32)}
+  w_star = {"w": (data["a"] * data["s"]).sum(0) / data["s"].sum(0)}
+  comps = {"full": None, "c0": {"w": np.array([True, False, False])}}
+  config = sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=50.0, num_chains=3, num_draws=25, num_burnin=5,
+                         steps_between_draws=2, mala_every=4)
+  kw = dict(config=config, batch_size=32, delta_h=0.1, progress=False)
+  r4 = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, data, {"p": probe}, **kw)
+  r1 = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, data, {"p": probe}, **kw,
+                                    mesh=parallel.entry_mesh(jax.devices()[:1]))
+  np.testing.assert_array_equal(r4.chi_per_chain, r1.chi_per_chain)
+  np.testing.assert_array_equal(r4.llc_per_chain, r1.llc_per_chain)
+  np.testing.assert_array_equal(r4.diagnostics["c0"].loss_trace, r1.diagnostics["c0"].loss_trace)

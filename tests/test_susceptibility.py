@@ -1,0 +1,183 @@
+"""χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+
+
+def quadratic_loss(w, batch):
+  """ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²."""
+  return 0.5 * jnp.sum(batch["s"] * (w["w"] - batch["a"]) ** 2, axis=-1)
+
+
+D, N = 6, 64
+H_BASE = np.linspace(0.5, 2.0, D)
+H_CURVY = np.array([3.0, 0.2, 3.0, 0.2, 3.0, 0.2])
+FIRST3 = np.arange(D) < 3
+
+
+def dataset(seed, curvature):
+  rng = np.random.default_rng(seed)
+  return {"a": (0.05 * rng.normal(size=(N, D))).astype(np.float32),
+          "s": np.broadcast_to(curvature, (N, D)).astype(np.float32).copy()}
+
+
+@pytest.fixture(scope="module")
+def gaussian_problem():
+  base = dataset(0, H_BASE)
+  probes = {"same": base, "curvy": dataset(1, H_CURVY), "shift": {"a": base["a"] + 1.0, "s": base["s"].copy()}}
+  w_star = {"w": (base["s"] * base["a"]).sum(0) / base["s"].sum(0)}
+  comps = {"full": None, "first3": {"w": FIRST3}, "last3": {"w": ~FIRST3}}
+  return base, probes, w_star, comps
+
+
+def chi_closed_form(h, h_probe, free, m_over_n, config):
+  """χ_C (eq. 41) when every φ and ΔL is a quadratic form under the SGLD chain's stationary Gaussian.
+
+  u_i ~ N(0, v_i) independently, v_i = 1/(a_i(1 − εa_i/4)) with a_i = nβh_i + γ (discretized SGLD is an
+  exact Gaussian AR(1) process). φ = ½Σ_{i∈C} h_i u_i², E[ΔL | u] = (m/n)(½Σ c_i u_i² + linear + const)
+  with c = h' − h. Then χ_C = −(m/n)[½Σ_{C} h c v² − (½Σ_{C} h v)(½Σ_{∉C} c v)].
+  """
+  a = config.nbeta * h + config.localization
+  v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
+  c = h_probe - h
+  return -m_over_n * (0.5 * np.sum((h * c * v**2)[free])
+                      - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free]))
+
+
+def test_chi_matches_closed_form_gaussian(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=16, num_draws=4000,
+                         num_burnin=200, mala_every=20)
+  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=N,
+                                     delta_h=0.5, progress=False)
+  assert res.num_probe_samples == 32
+  free = {"full": np.ones(D, bool), "first3": FIRST3, "last3": ~FIRST3}
+  curvy = res.probe_names.index("curvy")
+  for c, name in enumerate(res.component_names):
+    exact = chi_closed_form(H_BASE, H_CURVY, free[name], 0.5, config)
+    got, err = res.chi[curvy, c], res.chi_stderr[curvy, c]
+    assert abs(got - exact) < 4 * err, (name, got, err, exact)
+    assert abs(exact) > 8 * err  # the check has power: χ is resolved well away from 0
+    # Only the linear terms change in "shift": χ = 0 exactly in expectation.
+    assert abs(res.chi[res.probe_names.index("shift"), c]) < 4 * res.chi_stderr[res.probe_names.index("shift"), c]
+    # The weight-refined LLC of the same samples: nβ·½Σ_C h v.
+    a = config.nbeta * H_BASE + config.localization
+    v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
+    assert abs(res.llc[c] - config.nbeta * 0.5 * np.sum((H_BASE * v)[free[name]])) < 4 * res.llc_stderr[c]
+  diag = res.diagnostics["full"]
+  assert diag.r_hat < 1.05 and diag.mala_acceptance > 0.9 and diag.frac_phi_negative == 0.0
+
+
+def test_chi_is_exactly_zero_when_probe_is_the_base_data(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=4, num_draws=40)
+  for batch_size in (N, 20):  # also with mini-batches and micro-batching
+    res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, {"same": base, "curvy": probes["curvy"]},
+                                       config=config, batch_size=batch_size, delta_h=0.1, microbatch_size=8,
+                                       progress=False)
+    assert np.all(res.chi[0] == 0.0) and np.all(res.chi_per_chain[0] == 0.0)
+    assert np.all(res.chi[1] != 0.0)
+    for form in ("eq41", "covariance"):
+      assert np.all(res.chi_with(form, scale_by_delta_h=True)[0][0] == 0.0)
+
+
+def test_vmapped_components_match_separate_runs(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=30)
+  kw = dict(config=config, batch_size=32, delta_h=0.25, progress=False)
+  together = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, **kw)
+  for c, name in enumerate(together.component_names):
+    alone = sj.estimate_susceptibilities(quadratic_loss, w_star, {"full": None, name: comps[name]}, base, probes, **kw)
+    c_alone = alone.component_names.index(name)
+    np.testing.assert_allclose(alone.llc_per_chain[c_alone], together.llc_per_chain[c], rtol=1e-5)
+    np.testing.assert_allclose(alone.chi_per_chain[:, c_alone], together.chi_per_chain[:, c], rtol=1e-4, atol=1e-9)
+
+
+def test_chi_forms_and_scaling_are_consistent(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=30)
+  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=32,
+                                     delta_h=0.1, progress=False)
+  chi, _, _ = res.chi_with("eq41")
+  np.testing.assert_allclose(chi, res.chi)
+  scaled, _, _ = res.chi_with("eq41", scale_by_delta_h=True)
+  np.testing.assert_allclose(scaled, res.chi * 32 / 3)  # m/n = ⌊3.2⌋/32
+  cov, _, _ = res.chi_with("covariance")
+  full = res.component_names.index("full")
+  np.testing.assert_allclose(cov[:, full], res.chi[:, full], rtol=1e-6)  # same chain: the forms agree for "full"
+  rows = res.records()
+  assert len(rows) == 3 * 3 and {"probe", "component", "chi", "chi_stderr", "llc", "r_hat"} <= set(rows[0])
+
+
+# ---- Algorithm 1 --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,dh,m", [(64, 0.1, 6), (16, 0.1, 1), (100, 0.1, 10), (10, 0.3, 3), (7, 0.5, 3)])
+def test_algorithm1_places_floor_n_delta_h_probe_samples(n, dh, m):
+  pattern = sj.mixing_pattern(n, dh)
+  assert pattern.sum() == m == len(sj.probe_positions(n, dh))
+  # even spacing: the running count never strays from j·δh by a sample or more
+  assert np.all(np.abs(np.cumsum(pattern) - np.arange(1, n + 1) * dh) < 1)
+
+
+def test_algorithm1_mixing_a_dataset_with_itself_is_the_identity():
+  data = list(range(50))
+  assert sj.mix(data, data, 0.3) == data
+  mixed = sj.mix(data, [-x for x in data], 0.1)
+  assert sum(x < 0 for x in mixed) == 5 and mixed[9] == -9
+
+
+def test_batch_too_small_for_delta_h_is_a_configuration_error(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  with pytest.raises(ValueError, match=r"batch_size=8 with delta_h=0.1 places no probe sample.*at least 10"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, batch_size=8, delta_h=0.1)
+
+
+# ---- bad input: clear errors that name the input, before compiling ---------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(delta_h=1.5), r"delta_h=1.5 must lie strictly between 0 and 1"),
+    (dict(delta_h=0.0), r"delta_h=0.0"),
+    (dict(batch_size=0), r"batch_size=0"),
+    (dict(batch_size=100), r"base data has 64 samples, fewer than batch_size=100"),
+    (dict(microbatch_size=-1), r"microbatch_size=-1"),
+    (dict(chi_form="bogus"), r"chi_form='bogus'"),
+])
+def test_bad_settings(gaussian_problem, kwargs, match):
+  base, probes, w_star, comps = gaussian_problem
+  with pytest.raises(ValueError, match=match):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, **{"batch_size": 32, **kwargs})
+
+
+def test_bad_inputs_name_what_is_wrong(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  call = lambda **kw: sj.estimate_susceptibilities(
+      **{"loss_fn": quadratic_loss, "params": w_star, "components": comps, "base": base, "probes": probes,
+         "batch_size": 32, **kw})
+  with pytest.raises(ValueError, match="must be a mapping that contains 'full'"):
+    call(components={"first3": {"w": FIRST3}})
+  with pytest.raises(ValueError, match="component 'nothing': mask selects no parameters"):
+    call(components={"full": None, "nothing": {"w": np.zeros(D, bool)}})
+  with pytest.raises(ValueError, match=r"component 'bad': mask structure does not match.*unexpected leaves: \['v'\]"):
+    call(components={"full": None, "bad": {"v": FIRST3}})
+  with pytest.raises(ValueError, match=r"component 'wide': mask leaf w has shape \(7,\)"):
+    call(components={"full": None, "wide": {"w": np.ones(7, bool)}})
+  with pytest.raises(ValueError, match=r"params leaf w contains NaN"):
+    call(params={"w": np.full(D, np.nan, np.float32)})
+  with pytest.raises(ValueError, match=r"probe 'tiny' has 5 samples, fewer than batch_size=32"):
+    call(probes={"tiny": jax_tree_head(base, 5)})
+  with pytest.raises(ValueError, match=r"probe 'odd' has pytree structure"):
+    call(probes={"odd": {"a": base["a"]}})
+  with pytest.raises(ValueError, match=r"probe 'wrongshape': sample shape/dtype"):
+    call(probes={"wrongshape": {"a": base["a"][:, :3], "s": base["s"][:, :3]}})
+  with pytest.raises(ValueError, match=r"base data is empty"):
+    call(base={"a": base["a"][:0], "s": base["s"][:0]})
+  with pytest.raises(ValueError, match="probes must be a non-empty mapping"):
+    call(probes={})
+  with pytest.raises(ValueError, match=r"loss_fn must return per-sample losses of shape \[B\]"):
+    call(loss_fn=lambda w, b: quadratic_loss(w, b).sum())
+
+
+def jax_tree_head(tree, k):
+  return {key: value[:k] for key, value in tree.items()}
