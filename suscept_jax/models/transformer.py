@@ -125,7 +125,7 @@ def _stringify_keys(tree):
 def init_params(config: ModelConfig, seed: int = 0) -> dict:
   """A freshly initialised params pytree (plain nested dict of float32 arrays)."""
   model = TransformerLM(config, rngs=nnx.Rngs(seed))
-  return _stringify_keys(nnx.state(model, nnx.Param).to_pure_dict())
+  return _stringify_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 @functools.lru_cache(maxsize=None)

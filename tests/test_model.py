@@ -1,0 +1,164 @@
+"""The attention-only transformer: size, positional variants, a plain-numpy reference forward, components."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+from suscept_jax.models import components, config as model_config, transformer
+
+
+def test_tetrahedron_parameter_count():
+  params = jax.eval_shape(lambda: transformer.init_params(model_config.get_config("tetrahedron_3m")))
+  count = transformer.param_count(params)
+  print(f"tetrahedron_3m: {count:,} parameters")
+  assert count == 3_355_016  # ≈ 3.36M, as in the paper (2 layers, 256 wide, 8×32 heads, ctx 1024, vocab 5000)
+  assert params["blocks"]["1"]["attn"]["W_Q"].shape == (8, 256, 32)
+  assert params["blocks"]["1"]["attn"]["W_O"].shape == (8, 32, 256)
+
+
+def numpy_forward_nll(params, contexts, cfg):
+  """Independent plain-numpy forward (float64) of the architecture as specified, for cross-checking."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  x_in, targets = contexts[:, :-1], contexts[:, 1:]
+  B, T = x_in.shape
+
+  def ln(x, scale, bias):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + cfg.ln_eps) * scale + bias
+
+  resid = p["embed"]["W_E"][x_in]
+  pos = p["pos_embed"]["W_pos"][:T][None]
+  if cfg.positional_embedding == "standard":
+    resid = resid + pos
+  for layer in range(cfg.n_layers):
+    blk = p["blocks"][str(layer)]
+    norm = (lambda x: ln(x, blk["ln1"]["scale"], blk["ln1"]["bias"])) if cfg.layer_norm else (lambda x: x)
+    qk_in = norm(resid + pos) if cfg.positional_embedding == "shortformer" else norm(resid)
+    v_in = norm(resid)
+    a = blk["attn"]
+    out = np.zeros_like(resid) + a["b_O"]
+    for h in range(cfg.n_heads):
+      q = qk_in @ a["W_Q"][h] + a["b_Q"][h]
+      k = qk_in @ a["W_K"][h] + a["b_K"][h]
+      v = v_in @ a["W_V"][h] + a["b_V"][h]
+      scores = q @ k.transpose(0, 2, 1) / np.sqrt(cfg.d_head)
+      scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
+      w = np.exp(scores - scores.max(-1, keepdims=True))
+      w /= w.sum(-1, keepdims=True)
+      out += (w @ v) @ a["W_O"][h]
+    resid = resid + out
+  if cfg.layer_norm:
+    resid = ln(resid, p["ln_final"]["scale"], p["ln_final"]["bias"])
+  logits = resid @ p["unembed"]["W_U"] + p["unembed"]["b_U"]
+  logits -= logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_per_token_nll_matches_numpy_reference(positional, layer_norm):
+  cfg = dataclasses.replace(model_config.get_config("tiny"), positional_embedding=positional, layer_norm=layer_norm,
+                            init_std=0.5)
+  params = transformer.init_params(cfg, seed=1)
+  # Random (non-trivial) biases and LayerNorm parameters too.
+  keys = iter(jax.random.split(jax.random.key(7), 64))
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(next(keys), a.shape), params)
+  contexts = np.random.default_rng(0).integers(0, cfg.d_vocab, (3, cfg.n_ctx + 1)).astype(np.int32)
+  got = np.asarray(transformer.per_token_nll(params, contexts, cfg))
+  want = numpy_forward_nll(params, contexts, cfg)
+  assert got.shape == (3, cfg.n_ctx)
+  np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(np.asarray(transformer.context_nll(params, contexts, cfg)), want.mean(-1), rtol=2e-4)
+
+
+def test_shortformer_positions_reach_only_queries_and_keys():
+  """Shortformer: with one uniform-attention head the values, hence the output, ignore positions;
+  the standard variant puts positions in the residual stream, so the output depends on them."""
+  for positional, should_depend in (("shortformer", False), ("standard", True)):
+    cfg = dataclasses.replace(model_config.get_config("tiny"), positional_embedding=positional, n_layers=1)
+    params = transformer.init_params(cfg, seed=0)
+    tokens = np.full((1, cfg.n_ctx), 3, np.int32)  # one repeated token: only positions differ across a row
+    out1 = transformer.logits(params, tokens, cfg)
+    params2 = jax.tree.map(lambda a: a, params)
+    params2["pos_embed"]["W_pos"] = params["pos_embed"]["W_pos"] * 5.0
+    out2 = transformer.logits(params2, tokens, cfg)
+    # Identical tokens: under shortformer every value vector is the same, so attention (whatever its
+    # pattern) returns it unchanged and the positions cannot matter.
+    assert (not np.allclose(out1, out2, atol=1e-5)) == should_depend, positional
+  # ...but under shortformer positions do change the attention pattern.
+  cfg = dataclasses.replace(model_config.get_config("tiny"), positional_embedding="shortformer", init_std=0.5)
+  params = transformer.init_params(cfg, seed=0)
+  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (1, cfg.n_ctx)).astype(np.int32)
+  _, pat1 = transformer.bind(params, cfg)(tokens, return_attention=True)
+  params["pos_embed"]["W_pos"] = params["pos_embed"]["W_pos"] * 5.0
+  _, pat2 = transformer.bind(params, cfg)(tokens, return_attention=True)
+  assert not np.allclose(pat1, pat2, atol=1e-4)
+
+
+def test_context_longer_than_model_is_rejected():
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg)
+  with pytest.raises(ValueError, match=r"length 17 but the model's context is n_ctx=16"):
+    transformer.per_token_nll(params, np.zeros((1, cfg.n_ctx + 2), np.int32), cfg)
+  with pytest.raises(TypeError, match="integer token ids"):
+    transformer.logits(params, np.zeros((1, 4), np.float32), cfg)
+
+
+def test_unknown_config_and_bad_fields():
+  with pytest.raises(ValueError, match="Unknown model config 'huge'"):
+    model_config.get_config("huge")
+  with pytest.raises(ValueError, match="positional_embedding='rotary'"):
+    model_config.ModelConfig(positional_embedding="rotary")
+
+
+def test_head_components_select_exactly_one_head():
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg)
+  mask = components.component_mask("l1h0", params, cfg)
+  attn = params["blocks"]["1"]["attn"]
+  free = sj.count_free(mask, params)
+  assert free == 3 * cfg.d_model * cfg.d_head + 3 * cfg.d_head + cfg.d_head * cfg.d_model
+  assert np.asarray(mask["blocks"]["1"]["attn"]["W_Q"]).shape == (cfg.n_heads, 1, 1)
+  assert not np.asarray(mask["blocks"]["1"]["attn"]["b_O"]) and not np.asarray(mask["blocks"]["0"]["attn"]["W_Q"]).any()
+  assert attn["W_Q"].shape[0] == cfg.n_heads
+  names = components.default_components(cfg)
+  assert names == ["full", "l0h0", "l0h1", "l1h0", "l1h1"]
+  masks_by_name = components.component_masks(names, params, cfg)
+  _, stacked = sj.stack_masks(masks_by_name, params)
+  assert stacked["blocks"]["0"]["attn"]["W_K"].shape == (5, cfg.n_heads, 1, 1)
+  # Heads partition the per-head weights: their masks never overlap.
+  heads = np.stack([np.broadcast_to(stacked["blocks"]["1"]["attn"]["W_V"][i], attn["W_V"].shape) for i in range(1, 5)])
+  assert heads.sum(0).max() == 1
+
+
+def test_zeroing_a_heads_output_gives_zero_gradient_in_its_mask():
+  """devinterp's check: if head l0h1 is ablated (W_O slice 0), its Q/K/V get no gradient."""
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg, seed=3)
+  params["blocks"]["0"]["attn"]["W_O"] = params["blocks"]["0"]["attn"]["W_O"].at[1].set(0.0)
+  contexts = np.random.default_rng(0).integers(0, cfg.d_vocab, (4, cfg.n_ctx + 1)).astype(np.int32)
+  grad = jax.grad(lambda p: transformer.context_nll(p, contexts, cfg).mean())(params)
+  mask = components.component_mask("l0h1", params, cfg)
+  for name in ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"):
+    g = np.asarray(grad["blocks"]["0"]["attn"][name])
+    m = np.broadcast_to(np.asarray(mask["blocks"]["0"]["attn"][name]), g.shape)
+    assert np.all(g[m] == 0.0) and np.any(g[~m] != 0.0), name
+
+
+def test_component_spec_errors_and_preview():
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg)
+  with pytest.raises(ValueError, match=r"unknown component spec 'head3'"):
+    components.component_mask("head3", params, cfg)
+  with pytest.raises(ValueError, match=r"component 'l0h7': head 7 does not exist"):
+    components.component_mask("l0h7", params, cfg)
+  with pytest.raises(ValueError, match=r"component 're:nothing/.*': mask selects no parameters"):
+    components.component_masks(["re:nothing/.*"], params, cfg)
+  text = components.describe("unembed", params, cfg)
+  assert "unembed/W_U" in text and "unembed/b_U" in text and "blocks" not in text
+  assert components.describe("re:blocks/0/attn/W_[QK]", params, cfg).count("\n  blocks/0/attn/W_") == 2
