@@ -1,0 +1,92 @@
+"""Orbax checkpoints of a training run, and loading any saved step's params.
+
+A run directory holds:
+  checkpoints/<step>/params   the params pytree at each scheduled step (what sweeps load)
+  train_state/<step>/...      params + optimizer state for resuming (only the latest is kept)
+  run.json                    the model config and training settings (so params can be rebuilt)
+"""
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from suscept_jax.models.config import ModelConfig
+from suscept_jax.paths import atomic_write_bytes
+
+PARAMS_DIR = "checkpoints"
+TRAIN_STATE_DIR = "train_state"
+RUN_FILE = "run.json"
+
+
+def params_manager(run_dir) -> ocp.CheckpointManager:
+  """Manager of the scheduled params checkpoints (all kept)."""
+  return ocp.CheckpointManager(Path(run_dir).absolute() / PARAMS_DIR,
+                               options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+
+
+def train_state_manager(run_dir) -> ocp.CheckpointManager:
+  """Manager of resume states (params, optimizer state, step); only the newest is kept."""
+  return ocp.CheckpointManager(Path(run_dir).absolute() / TRAIN_STATE_DIR,
+                               options=ocp.CheckpointManagerOptions(create=True, max_to_keep=1,
+                                                                    enable_async_checkpointing=False))
+
+
+def write_run_info(run_dir, model_config: ModelConfig, **settings) -> None:
+  info = {"model_config": model_config.__dict__, **settings}
+  atomic_write_bytes(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2, default=str).encode())
+
+
+def read_run_info(run_dir) -> dict:
+  path = Path(run_dir) / RUN_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {run_dir} is not a suscept_jax training run "
+                            f"(train one with `python -m experiments.train --workdir={run_dir}`)")
+  return json.loads(path.read_text())
+
+
+def read_model_config(run_dir) -> ModelConfig:
+  return ModelConfig(**read_run_info(run_dir)["model_config"])
+
+
+def available_steps(run_dir) -> list[int]:
+  """Sorted steps with a saved params checkpoint; a clear error if there are none."""
+  ckpt_dir = Path(run_dir) / PARAMS_DIR
+  if not ckpt_dir.is_dir():
+    raise FileNotFoundError(f"no checkpoint directory {ckpt_dir} (is {run_dir!s} a training run directory?)")
+  with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    steps = sorted(int(s) for s in mngr.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"checkpoint directory {ckpt_dir} holds no checkpoints")
+  return steps
+
+
+def save_params(mngr: ocp.CheckpointManager, step: int, params) -> None:
+  mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+  mngr.wait_until_finished()
+
+
+def load_params(run_dir, step: int | None = None):
+  """The params pytree (numpy arrays) saved at `step` (default: the last saved step)."""
+  steps = available_steps(run_dir)
+  if step is None:
+    step = steps[-1]
+  if step not in steps:
+    raise ValueError(f"no checkpoint at step {step} in {Path(run_dir) / PARAMS_DIR}; available steps: "
+                     f"{_summarize(steps)}")
+  config = read_model_config(run_dir)
+  abstract = _abstract_params(config)
+  with ocp.CheckpointManager((Path(run_dir) / PARAMS_DIR).absolute(),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+  return jax.tree.map(np.asarray, restored["params"])
+
+
+def _abstract_params(config: ModelConfig):
+  from suscept_jax.models import transformer  # local: keep checkpoint listing free of model imports
+  return jax.eval_shape(lambda: transformer.init_params(config))
+
+
+def _summarize(steps: list[int]) -> str:
+  return str(steps) if len(steps) <= 12 else f"{steps[:6]} ... {steps[-6:]} ({len(steps)} in all)"

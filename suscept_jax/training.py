@@ -1,0 +1,181 @@
+"""Training the transformer LM: AdamW (the paper's settings), data-parallel, checkpointed, resumable.
+
+Batches come from a deterministic schedule keyed by (seed, step), so a run resumed from its latest
+train state sees exactly the batches an uninterrupted run would and ends with the same params.
+"""
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from suscept_jax import checkpoints, mixing
+from suscept_jax.models import transformer
+from suscept_jax.models.config import ModelConfig
+
+# App. C.1: the checkpoint steps of the paper's 50k-step run.
+PAPER_CHECKPOINT_STEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000, 3000, 4000, 5000,
+                          6000, 7000, 8000, 9000, 10000, 12500, 15000, 17500, 20000, 25000, 30000, 40000, 49900)
+PAPER_TOTAL_STEPS = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation settings (defaults: the paper's AdamW run)."""
+
+  steps: int = PAPER_TOTAL_STEPS
+  batch_size: int = 100
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.05
+  b1: float = 0.9
+  b2: float = 0.999
+  grad_clip: float = 1.0
+  seed: int = 0
+  eval_every: int = 500  # steps between test-loss evaluations
+  eval_contexts: int = 256  # held-out contexts (taken from the end of the data) for the test loss
+  resume_every: int = 200  # steps between resume states (also saved at every scheduled checkpoint)
+  checkpoint_steps: tuple = ()  # empty: the paper's schedule scaled to `steps`
+
+  def schedule(self) -> list[int]:
+    return sorted(set(self.checkpoint_steps)) if self.checkpoint_steps else scaled_paper_schedule(self.steps)
+
+
+def scaled_paper_schedule(total_steps: int) -> list[int]:
+  """The paper's checkpoint list S scaled to a run of `total_steps` (deduplicated, last step included)."""
+  scale = total_steps / PAPER_TOTAL_STEPS
+  steps = {min(total_steps, round(s * scale)) for s in PAPER_CHECKPOINT_STEPS}
+  return sorted(steps | {total_steps})
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                     optax.adamw(cfg.learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
+
+
+def make_train_step(model_config: ModelConfig, optimizer, mesh):
+  """jit'd (params, opt_state, batch) -> (params, opt_state, loss); the batch is split over the mesh."""
+  replicated = NamedSharding(mesh, P())
+  data_sharded = NamedSharding(mesh, P("data"))
+
+  def step(params, opt_state, contexts_BxK):
+    def loss(p):
+      return transformer.context_nll(p, contexts_BxK, model_config).mean()
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  return jax.jit(step, in_shardings=(replicated, replicated, data_sharded),
+                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+
+
+def make_eval(model_config: ModelConfig, batch_size: int = 64):
+  nll = jax.jit(lambda p, c: transformer.context_nll(p, c, model_config))
+
+  def evaluate(params, contexts_NxK) -> float:
+    losses = [np.asarray(nll(params, np.asarray(contexts_NxK[i:i + batch_size])))
+              for i in range(0, len(contexts_NxK), batch_size)]
+    return float(np.concatenate(losses).mean())
+
+  return evaluate
+
+
+def unigram_entropy(contexts_NxK, vocab_size: int) -> float:
+  """Entropy (nats) of the empirical unigram distribution of the predicted tokens: the loss to beat."""
+  counts = np.bincount(np.asarray(contexts_NxK[:, 1:]).reshape(-1), minlength=vocab_size).astype(np.float64)
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def data_mesh():
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *, progress=True,
+          stop_after: int | None = None, log=print) -> dict:
+  """Train (or resume) a run in `run_dir`; returns a summary. `stop_after` ends early (as a kill would)."""
+  run_dir = Path(run_dir)
+  run_dir.mkdir(parents=True, exist_ok=True)
+  if cfg.batch_size % jax.device_count():
+    raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {jax.device_count()} devices")
+  if contexts_NxK.shape[1] - 1 > model_config.n_ctx:
+    raise ValueError(f"contexts of length {contexts_NxK.shape[1]} need n_ctx >= {contexts_NxK.shape[1] - 1}; "
+                     f"the model has n_ctx={model_config.n_ctx}")
+  n_eval = min(cfg.eval_contexts, len(contexts_NxK) // 10)
+  train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
+  schedule_steps = cfg.schedule()
+  checkpoints.write_run_info(run_dir, model_config, train_config=dataclasses.asdict(cfg),
+                             num_train_contexts=len(train_data), num_test_contexts=n_eval,
+                             context_length=int(contexts_NxK.shape[1]))
+
+  mesh = data_mesh()
+  optimizer = make_optimizer(cfg)
+  train_step = make_train_step(model_config, optimizer, mesh)
+  evaluate = make_eval(model_config)
+  batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed, name="training data")
+
+  params = transformer.init_params(model_config, seed=cfg.seed)
+  opt_state = optimizer.init(params)
+  state_mngr = checkpoints.train_state_manager(run_dir)
+  params_mngr = checkpoints.params_manager(run_dir)
+  start = 0
+  if state_mngr.latest_step() is not None:
+    start = state_mngr.latest_step()
+    restored = state_mngr.restore(start, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
+    params, opt_state = restored["params"], restored["opt_state"]
+    log(f"resumed from step {start} in {run_dir}")
+  saved = set(params_mngr.all_steps())
+  metrics_path = run_dir / "metrics.jsonl"
+
+  def save(step):
+    if step in schedule_steps and step not in saved:
+      checkpoints.save_params(params_mngr, step, params)
+      saved.add(step)
+    state_mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                  opt_state=ocp.args.StandardSave(opt_state)), force=True)
+    state_mngr.wait_until_finished()
+
+  def record(step, **values):
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps({"step": step, **values}) + "\n")
+
+  if start == 0:
+    save(0)
+    record(0, test_loss=evaluate(params, test_data))
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  t0, loss = time.perf_counter(), float("nan")
+  end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+  for step in range(start, end):
+    batch = np.asarray(train_data[np.sort(batches.indices(step))])
+    params, opt_state, loss = train_step(params, opt_state, batch)
+    done = step + 1
+    if done % cfg.eval_every == 0 or done == cfg.steps:
+      loss = float(loss)
+      if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss} at step {done}; lower the learning rate")
+      test_loss = evaluate(params, test_data)
+      record(done, train_loss=loss, test_loss=test_loss)
+      if bar is not None:
+        bar.set_postfix(train=f"{loss:.3f}", test=f"{test_loss:.3f}")
+    if done in schedule_steps or done % cfg.resume_every == 0 or done == end:
+      save(done)
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  state_mngr.close()
+  params_mngr.close()
+  return {"steps_run": end - start, "seconds": time.perf_counter() - t0, "final_step": end,
+          "train_loss": float(loss), "test_loss": evaluate(params, test_data),
+          "unigram_entropy": unigram_entropy(train_data, model_config.d_vocab),
+          "checkpoints": sorted(saved)}
