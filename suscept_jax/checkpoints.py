@@ -55,7 +55,7 @@ def available_steps(run_dir) -> list[int]:
   ckpt_dir = Path(run_dir) / PARAMS_DIR
   if not ckpt_dir.is_dir():
     raise FileNotFoundError(f"no checkpoint directory {ckpt_dir} (is {run_dir!s} a training run directory?)")
-  with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+  with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(create=False)) as mngr:
     steps = sorted(int(s) for s in mngr.all_steps())
   if not steps:
     raise FileNotFoundError(f"checkpoint directory {ckpt_dir} holds no checkpoints")
@@ -78,7 +78,7 @@ def load_params(run_dir, step: int | None = None):
   config = read_model_config(run_dir)
   abstract = _abstract_params(config)
   with ocp.CheckpointManager((Path(run_dir) / PARAMS_DIR).absolute(),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+                             options=ocp.CheckpointManagerOptions(create=False)) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   return jax.tree.map(np.asarray, restored["params"])
 

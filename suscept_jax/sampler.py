@@ -9,12 +9,14 @@ or on how the run is split into chunks.
 
 A step's forward pass at w_t gives the per-sample base losses of the draw for free; a draw adds one
 forward at w* (shared by all entries) and one forward over the probe samples placed by Algorithm 1
-(plus the base samples they replace, so that identical inputs give bit-identical losses).
+plus the base samples they replace (evaluated in the same call, so both sides of ΔL share rounding; a
+probe sample identical to the base sample it replaces contributes exactly 0).
 
 The host loop runs the draws in chunks (one `while_loop` per chunk) so it can show progress with an ETA
 and prepare the next chunk's batches while the device works.
 """
 import dataclasses
+import functools
 import math
 import time
 import zlib
@@ -163,7 +165,13 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, keys, comps, masks_C, anchor,
                                 base_at_probe, probes)
       eval_losses = jax.vmap(lambda w: batched_losses(loss_fn, w, eval_batch, plan.microbatch_size))(
           c.state.position).reshape(num_local, plan.num_probes + 1, m)
-      delta_loss_ED = (eval_losses[:, 1:, :] - eval_losses[:, :1, :]).sum(axis=-1) / n
+      # A probe sample identical to the base sample it replaces changes nothing: make that exact
+      # (otherwise rounding in a batched forward could leave ~1e-10 where the paper's identity says 0).
+      same_DxM = functools.reduce(jnp.logical_and, [
+          jnp.all((p == b[None]).reshape(p.shape[:2] + (-1,)), axis=-1)
+          for p, b in zip(jax.tree.leaves(probes), jax.tree.leaves(base_at_probe))])
+      diff_EDxM = jnp.where(same_DxM, 0.0, eval_losses[:, 1:, :] - eval_losses[:, :1, :])
+      delta_loss_ED = diff_EDxM.sum(axis=-1) / n
     else:
       delta_loss_ED = jnp.zeros((num_local, 0))
     if config.mala_every and config.noise_level > 0:

@@ -1,0 +1,56 @@
+"""Named settings for the runners: `demo` (a 2-core CPU, minutes) and `paper` (Baker et al., App. C)."""
+import dataclasses
+
+from suscept_jax.sgld import SGLDConfig
+from suscept_jax.training import TrainConfig
+
+# The paper's probe datasets (App. A, Table 2) on the Hugging Face hub, and its base distribution (App. C.1).
+PAPER_PROBES = tuple(f"hf:timaeus/pile-{name}" for name in (
+    "github", "pile-cc", "pubmed_abstracts", "uspto_backgrounds", "pubmed_central", "stackexchange",
+    "wikipedia_en", "freelaw", "arxiv", "dm_mathematics", "enron_emails", "hackernews", "nih_exporter"))
+PAPER_BASE = "hf:timaeus/dsir-pile-1m-2"
+# Offline stand-ins for the Pile subsets (suscept_jax.data.corpora), all built by the demo.
+DEMO_PROBES = ("code", "legal", "wiki", "literature", "prose", "techdocs", "dictionary", "math")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Everything a sweep (and, for the demo, its training run) needs besides the output directory."""
+
+  model: str  # named model config (suscept_jax.models.config.CONFIGS)
+  run_dir: str | None  # training run with checkpoints; None: must be given
+  tokenizer: str | None  # tokenizer.json; None: the run's own (run_dir/tokenizer.json)
+  vocab_size: int  # vocab of a tokenizer trained when missing
+  train_data: str  # dataset spec the model is trained on
+  train: TrainConfig
+  base: str  # dataset spec of q (the base distribution)
+  probes: tuple  # dataset specs of the probes q'
+  components: tuple | None  # None: every head + "full"
+  checkpoint_steps: tuple | None  # None: every saved checkpoint
+  sgld: SGLDConfig
+  batch_size: int
+  delta_h: float
+  microbatch_size: int | None
+  max_contexts: int | None  # per dataset, after tokenization (bounds tokenization time and disk)
+  output_dir: str
+
+
+PRESETS = {
+    "demo": Preset(
+        model="demo", run_dir="runs/demo/train", tokenizer="runs/demo/tokenizer.json", vocab_size=512,
+        train_data="pile", train=TrainConfig(steps=6000, batch_size=32, eval_every=500, resume_every=500),
+        base="pile", probes=DEMO_PROBES, components=None, checkpoint_steps=(0, 600, 1500, 3000, 6000),
+        sgld=SGLDConfig(step_size=1e-3, localization=300.0, nbeta=30.0, num_chains=4, num_draws=100),
+        batch_size=20, delta_h=0.1, microbatch_size=None, max_contexts=20_000, output_dir="runs/demo/sweep"),
+    "paper": Preset(
+        model="tetrahedron_3m", run_dir=None, tokenizer=None, vocab_size=5000, train_data=PAPER_BASE,
+        train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None, checkpoint_steps=None,
+        sgld=SGLDConfig(), batch_size=64, delta_h=0.1, microbatch_size=8, max_contexts=100_000,
+        output_dir="runs/paper/sweep"),
+}
+
+
+def get_preset(name: str) -> Preset:
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+  return PRESETS[name]

@@ -1,0 +1,85 @@
+"""Figures of a sweep: χ per head over training for each probe, and the LLCs over training."""
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _x(steps):
+  return np.asarray(steps, float)
+
+
+def _symlog_steps(ax, steps) -> None:
+  """Log-like step axis that still shows step 0 (training changes fastest early)."""
+  positive = np.asarray(steps, float)
+  positive = positive[positive > 0]
+  ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+
+
+def plot_chi_over_training(table, path) -> Path:
+  """One panel per probe: χ of every component against checkpoint, with ±1 stderr bands."""
+  plt = _pyplot()
+  probes = list(dict.fromkeys(table.probe))
+  comps = list(dict.fromkeys(table.component))
+  heads = [c for c in comps if c != "full"]
+  cols = min(4, len(probes))
+  rows = math.ceil(len(probes) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharex=True)
+  cmap = plt.get_cmap("tab20" if len(heads) > 10 else "tab10")
+  for ax, probe in zip(axes.flat, probes):
+    t = table[table.probe == probe]
+    for i, comp in enumerate(comps):
+      c = t[t.component == comp].sort_values("checkpoint")
+      x, y, e = _x(c.checkpoint), c.chi.to_numpy(), c.chi_stderr.to_numpy()
+      style = dict(color="black", lw=2, ls="--") if comp == "full" else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2)
+      ax.plot(x, y, label=comp, marker=".", **style)
+      ax.fill_between(x, y - e, y + e, alpha=0.15, color=style["color"], lw=0)
+    ax.axhline(0, color="grey", lw=0.5)
+    _symlog_steps(ax, table.checkpoint)
+    ax.set_title(probe, fontsize=10)
+    ax.set_xlabel("checkpoint step")
+    ax.set_ylabel("χ")
+  for ax in list(axes.flat)[len(probes):]:
+    ax.axis("off")
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+  fig.suptitle("Susceptibility χ per component over training (bands: ±1 s.e. across chains)")
+  fig.tight_layout(rect=(0, 0, 0.9, 0.96))
+  path = Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_llc_over_training(table, path) -> Path:
+  """LLC of the full model and weight-refined LLC of each head against checkpoint."""
+  plt = _pyplot()
+  t = table.drop_duplicates(["checkpoint", "component"])
+  fig, (ax_full, ax_heads) = plt.subplots(1, 2, figsize=(10, 3.6))
+  for comp in dict.fromkeys(t.component):
+    c = t[t.component == comp].sort_values("checkpoint")
+    ax = ax_full if comp == "full" else ax_heads
+    ax.errorbar(_x(c.checkpoint), c.llc, yerr=c.llc_stderr, label=comp, marker=".", capsize=2, lw=1)
+  for ax, title in ((ax_full, "LLC (full model)"), (ax_heads, "weight-refined LLC per component")):
+    _symlog_steps(ax, t.checkpoint)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("checkpoint step")
+  ax_heads.legend(fontsize=7, ncol=2, frameon=False)
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def sweep_figures(table, out_dir) -> list[Path]:
+  out_dir = Path(out_dir)
+  return [plot_chi_over_training(table, out_dir / "chi_over_training.png"),
+          plot_llc_over_training(table, out_dir / "llc_over_training.png")]
