@@ -1,5 +1,10 @@
 """Small helpers shared by the absl runners."""
-from absl import flags, logging
+import sys
+import traceback
+
+from absl import app, flags, logging
+
+INPUT_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError)
 
 
 def quiet_libraries() -> None:
@@ -7,3 +12,20 @@ def quiet_libraries() -> None:
   asked for a verbosity with --verbosity / -v."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def run(main) -> None:
+  """app.run(main), but bad input ends with its message (exit status 2), not a traceback.
+
+  The traceback is still printed with --verbosity=1 (or higher) for debugging.
+  """
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except INPUT_ERRORS as e:
+      if flags.FLAGS["verbosity"].value >= 1:
+        traceback.print_exc()
+      print(f"error: {e}\n(run with --verbosity=1 to see the traceback)", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(wrapped)

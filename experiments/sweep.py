@@ -126,7 +126,7 @@ def main(argv):
   steps = settings["checkpoint_steps"] or available
   missing = [s for s in steps if s not in available]
   if missing:
-    raise app.UsageError(f"checkpoint steps {missing} are not saved in {run_dir}; available: {available}")
+    raise ValueError(f"checkpoint steps {missing} are not saved in {run_dir}; available: {available}")
   abstract = transformer.init_params(model_cfg)
   specs = settings["components"] or components_lib.default_components(model_cfg)
   specs = ["full"] + [s for s in specs if s != "full"]
@@ -136,6 +136,8 @@ def main(argv):
   base = pipeline.load_dataset(settings["base"], tokenizer, context_length, settings["max_contexts"])
   probes = {spec: pipeline.load_dataset(spec, tokenizer, context_length, settings["max_contexts"])
             for spec in settings["probes"]}
+  for name, data in [("base " + settings["base"], base)] + [(f"probe {k}", v) for k, v in probes.items()]:
+    transformer.check_token_range(data, model_cfg, name=name)
   out = results.ResultsDir(_OUTPUT.value or presets.get_preset(settings["preset"]).output_dir)
   out.start(settings, overwrite=_OVERWRITE.value)
   done = out.finished_steps()
@@ -173,4 +175,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

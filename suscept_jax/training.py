@@ -107,6 +107,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   if contexts_NxK.shape[1] - 1 > model_config.n_ctx:
     raise ValueError(f"contexts of length {contexts_NxK.shape[1]} need n_ctx >= {contexts_NxK.shape[1] - 1}; "
                      f"the model has n_ctx={model_config.n_ctx}")
+  transformer.check_token_range(contexts_NxK, model_config, name="training contexts")
   n_eval = min(cfg.eval_contexts, len(contexts_NxK) // 10)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
   schedule_steps = cfg.schedule()

@@ -150,6 +150,14 @@ def check_tokens(tokens, config: ModelConfig, *, name: str = "tokens") -> None:
     raise ValueError(f"{name} has length {tokens.shape[-1]} but the model's context is n_ctx={config.n_ctx}")
 
 
+def check_token_range(contexts, config: ModelConfig, *, name: str = "contexts") -> None:
+  """Raise if any token id falls outside the model's vocabulary (inside jit it would silently give NaN)."""
+  arr = np.asarray(contexts)
+  if arr.size and (arr.min() < 0 or arr.max() >= config.d_vocab):
+    raise ValueError(f"{name} holds token ids in [{arr.min()}, {arr.max()}], outside the model's vocabulary "
+                     f"[0, {config.d_vocab}); was it tokenized with a tokenizer larger than d_vocab?")
+
+
 def logits(params: dict, tokens_BxT, config: ModelConfig):
   """Next-token logits [B, T, V] for int tokens [B, T] (T <= n_ctx)."""
   check_tokens(tokens_BxT, config)

@@ -1,0 +1,43 @@
+"""Tiny real artifacts for tests: a local corpus, a trained BPE tokenizer, a trained tiny model run."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from suscept_jax import training
+from suscept_jax.data import math_gen, packing
+from suscept_jax.data import tokenizer as tokenizers_lib
+from suscept_jax.models import config as model_config
+
+
+def write_jsonl(path: Path, documents) -> Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))
+  return path
+
+
+def math_documents(count: int, seed: int = 0) -> list[str]:
+  return [math_gen.generate_batch(i, seed=seed, problems_per_batch=8) for i in range(count)]
+
+
+def prose_documents(count: int, seed: int = 0) -> list[str]:
+  rng = np.random.default_rng(seed)
+  words = "the a cat dog sat on mat and ran to house garden quickly slowly red blue".split()
+  return [" ".join(rng.choice(words, size=60)) + "." for _ in range(count)]
+
+
+def tiny_run(root: Path, *, steps: int = 40, checkpoint_steps=(0, 20, 40), seed: int = 0):
+  """(run_dir, tokenizer_path, {name: jsonl}) for a tiny model trained on generated math + prose."""
+  data = {"math": write_jsonl(root / "math.jsonl", math_documents(60, seed)),
+          "prose": write_jsonl(root / "prose.jsonl", prose_documents(120, seed)),
+          "mix": write_jsonl(root / "mix.jsonl", math_documents(60, seed + 1) + prose_documents(120, seed + 1))}
+  tok_path = root / "tokenizer.json"
+  tokenizer = tokenizers_lib.train_bpe_tokenizer(
+      (json.loads(line)["text"] for line in data["mix"].read_text().splitlines()), vocab_size=320, path=tok_path)
+  cfg = model_config.get_config("tiny", d_vocab=320)
+  contexts = packing.load_contexts(str(data["mix"]), tokenizer, cfg.n_ctx, cache_dir=root / "cache", progress=False)
+  run_dir = root / "run"
+  training.train(run_dir, cfg, contexts, training.TrainConfig(steps=steps, batch_size=8, eval_every=20,
+                                                              checkpoint_steps=tuple(checkpoint_steps), seed=seed),
+                 progress=False)
+  return run_dir, tok_path, data

@@ -1,0 +1,98 @@
+"""The sweep runner end to end on a tiny trained model, including a real kill and resume."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from suscept_jax import results
+
+from tests import helpers
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  run_dir, tok, data = helpers.tiny_run(root, steps=40, checkpoint_steps=(0, 20, 40))
+  return root, run_dir, tok, data
+
+
+def sweep_cmd(run_dir, tok, data, out, *extra):
+  return [sys.executable, "-m", "experiments.sweep", "--preset=paper", f"--run_dir={run_dir}", f"--tokenizer={tok}",
+          f"--base={data['mix']}", f"--probes={data['math']},{data['prose']},{data['mix']}", "--steps=0,20,40",
+          "--components=l0h0,l1h1,l1 attn", "--num_chains=2", "--num_draws=12", "--batch_size=10",
+          "--microbatch_size=5", "--num_burnin=2", f"--output_dir={out}", *extra]
+
+
+def env():
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  e["PYTHONPATH"] = str(REPO)
+  e["SUSCEPT_JAX_CACHE"] = e.get("SUSCEPT_JAX_CACHE", str(Path.home() / ".cache" / "suscept_jax"))
+  return e
+
+
+def test_sweep_end_to_end_and_resume_after_kill(tiny):
+  root, run_dir, tok, data = tiny
+  straight, killed = root / "straight", root / "killed"
+  done = subprocess.run(sweep_cmd(run_dir, tok, data, straight), cwd=REPO, env=env(), capture_output=True, text=True,
+                        timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  table = pd.read_csv(straight / "results.csv")
+  assert list(table.columns) == results.TABLE_COLUMNS
+  assert len(table) == 3 * 3 * 4  # checkpoints × probes × (full + 3 components)
+  assert set(table.component) == {"full", "l0h0", "l1h1", "l1 attn"}
+  assert (table.status == "ok").all() and table[["chi", "chi_stderr", "llc"]].notna().all().all()
+  # The base data as a probe: χ ≡ 0 exactly, through the real runner.
+  assert (table[table.probe == str(data["mix"])].chi == 0).all()
+  assert (table[table.probe == str(data["math"])].chi != 0).all()
+  assert (straight / "chi_over_training.png").stat().st_size > 10_000
+  cfg = json.loads((straight / "config.json").read_text())
+  assert cfg["settings"]["sgld"]["num_draws"] == 12 and "jax" in cfg["environment"]
+  arrays, meta = results.ResultsDir(straight).read_unit(40)
+  assert arrays["chi_per_chain"].shape == (3, 4, 2) and arrays["loss_trace"].shape == (4, 2, 12)
+  assert "χ ± stderr at checkpoint 40" in done.stdout
+
+  # Kill a second run once its first unit is on disk, then rerun: same table as the uninterrupted run.
+  proc = subprocess.Popen(sweep_cmd(run_dir, tok, data, killed), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not list((killed / "units").glob("step_*.json")) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  finished = results.ResultsDir(killed).finished_steps()
+  assert 1 <= len(finished) < 3, finished
+  again = subprocess.run(sweep_cmd(run_dir, tok, data, killed), cwd=REPO, env=env(), capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"{len(finished)} of 3 checkpoints already finished" in again.stdout
+  pd.testing.assert_frame_equal(pd.read_csv(killed / "results.csv"), table)
+
+  # Different settings into the same directory are refused, naming what differs.
+  clash = subprocess.run(sweep_cmd(run_dir, tok, data, killed, "--delta_h=0.2"), cwd=REPO, env=env(),
+                         capture_output=True, text=True, timeout=600)
+  assert clash.returncode != 0 and "different settings" in clash.stderr and "delta_h" in clash.stderr
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--steps=0,7"], "checkpoint steps [7] are not saved"),
+    (["--components=l0h9"], "component 'l0h9': head 9 does not exist"),
+    (["--probes=/nonexistent/probe.jsonl"], "/nonexistent/probe.jsonl"),
+    (["--delta_h=0.01"], "places no probe sample"),
+])
+def test_sweep_bad_input_fails_fast_with_a_clear_message(tiny, extra, message):
+  root, run_dir, tok, data = tiny
+  proc = subprocess.run(sweep_cmd(run_dir, tok, data, root / "bad", *extra), cwd=REPO, env=env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr  # the message, not a stack trace

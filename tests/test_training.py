@@ -1,0 +1,85 @@
+"""Training with orbax checkpoints: learning, resume after a kill, loading steps, errors."""
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from suscept_jax import checkpoints, training
+from suscept_jax.data import packing
+from suscept_jax.data import tokenizer as tokenizers_lib
+from suscept_jax.models import config as model_config
+
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train")
+  docs = helpers.math_documents(150) + helpers.prose_documents(300)
+  path = helpers.write_jsonl(root / "mix.jsonl", docs)
+  tokenizer = tokenizers_lib.train_bpe_tokenizer(docs, vocab_size=320, path=root / "tokenizer.json")
+  cfg = model_config.get_config("tiny", d_vocab=320)
+  contexts = packing.load_contexts(str(path), tokenizer, cfg.n_ctx, cache_dir=root / "cache", progress=False)
+  return root, cfg, np.asarray(contexts)
+
+
+def test_scaled_paper_schedule():
+  assert training.scaled_paper_schedule(50_000)[:3] == [0, 100, 200]
+  assert training.scaled_paper_schedule(50_000)[-2:] == [49_900, 50_000]
+  small = training.scaled_paper_schedule(1000)
+  assert small[0] == 0 and small[-1] == 1000 and small == sorted(set(small))
+
+
+def test_loss_falls_well_below_unigram_entropy(corpus):
+  root, cfg, contexts = corpus
+  summary = training.train(root / "learn", cfg, contexts,
+                           training.TrainConfig(steps=300, batch_size=16, learning_rate=3e-3, eval_every=100,
+                                                checkpoint_steps=(0, 300)), progress=False)
+  print(summary)
+  # The data has strong sequential structure, so a trained model must beat the best context-free guess.
+  assert summary["test_loss"] < summary["unigram_entropy"] - 0.5
+  assert checkpoints.available_steps(root / "learn") == [0, 300]
+
+
+def test_resume_after_a_kill_gives_identical_params(corpus):
+  root, cfg, contexts = corpus
+  tc = training.TrainConfig(steps=30, batch_size=8, eval_every=10, resume_every=7, checkpoint_steps=(0, 10, 20, 30))
+  training.train(root / "straight", cfg, contexts, tc, progress=False)
+  training.train(root / "killed", cfg, contexts, tc, progress=False, stop_after=17)  # dies after step 17
+  assert checkpoints.available_steps(root / "killed") == [0, 10]
+  summary = training.train(root / "killed", cfg, contexts, tc, progress=False)
+  assert summary["steps_run"] == 13  # resumed at 17: no step lost, none repeated
+  for step in (10, 20, 30):
+    a = checkpoints.load_params(root / "straight", step)
+    b = checkpoints.load_params(root / "killed", step)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_checkpoint_errors_name_the_input(corpus, tmp_path):
+  root, cfg, contexts = corpus
+  training.train(tmp_path / "run", cfg, contexts, training.TrainConfig(steps=4, batch_size=8, checkpoint_steps=(0, 4)),
+                 progress=False)
+  with pytest.raises(ValueError, match=r"no checkpoint at step 3 in .*available steps: \[0, 4\]"):
+    checkpoints.load_params(tmp_path / "run", 3)
+  with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
+    checkpoints.available_steps(tmp_path / "nowhere")
+  (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+    checkpoints.available_steps(tmp_path / "empty")
+  shutil.copy(tmp_path / "run" / "run.json", tmp_path / "empty" / "run.json")
+  with pytest.raises(FileNotFoundError, match="holds no checkpoints"):
+    checkpoints.load_params(tmp_path / "empty", 0)
+  with pytest.raises(ValueError, match="need n_ctx >= 20"):
+    training.train(tmp_path / "long", cfg, np.zeros((100, 21), np.int32), training.TrainConfig(steps=1), progress=False)
+
+
+def test_vocab_that_does_not_fit_the_model_is_rejected(corpus):
+  root, cfg, _ = corpus
+  tokenizer = tokenizers_lib.load_tokenizer(root / "tokenizer.json")
+  with pytest.raises(ValueError, match=r"does not fit the model's d_vocab=300"):
+    tokenizers_lib.check_vocab_fits(tokenizer, 300)
+  with pytest.raises(ValueError, match=r"training contexts holds token ids in \[0, 319\], outside .* \[0, 64\)"):
+    training.train(root / "bad", cfg.__class__(**{**cfg.__dict__, "d_vocab": 64}),
+                   np.full((100, 16), 319, np.int32) * (np.arange(16) % 2), training.TrainConfig(steps=1),
+                   progress=False)
