@@ -31,7 +31,7 @@ class Preset:
   batch_size: int
   delta_h: float
   microbatch_size: int | None
-  max_contexts: int | None  # per dataset, after tokenization (bounds tokenization time and disk)
+  max_contexts: int | None  # per sweep dataset (base and probes), after tokenization; training uses all
   output_dir: str
 
 

@@ -84,8 +84,7 @@ def prepare_demo_run(settings: dict) -> None:
   tokenizer = pipeline.ensure_tokenizer(settings["tokenizer"], train_data=preset.train_data,
                                         vocab_size=preset.vocab_size)
   pipeline.ensure_trained(settings["run_dir"], model=preset.model, tokenizer=tokenizer,
-                          train_data=preset.train_data, train_config=preset.train,
-                          max_contexts=preset.max_contexts)
+                          train_data=preset.train_data, train_config=preset.train)
 
 
 def summary_text(table, step: int) -> str:

@@ -48,7 +48,7 @@ def main(argv):
   tokenizer = pipeline.ensure_tokenizer(tokenizer_path, train_data=data, vocab_size=_VOCAB.value or preset.vocab_size)
   summary = pipeline.ensure_trained(workdir, model=_MODEL.value or preset.model, tokenizer=tokenizer, train_data=data,
                                     train_config=train_config(preset),
-                                    max_contexts=_MAX_CONTEXTS.value or preset.max_contexts)
+                                    max_contexts=_MAX_CONTEXTS.value)
   if summary is None:
     print(f"{workdir} is already trained to its last step; nothing to do")
   else:

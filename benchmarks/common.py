@@ -1,0 +1,35 @@
+"""Shared set-up for the benchmarks: a model, data and components like the sweep uses."""
+import dataclasses
+import functools
+
+import numpy as np
+
+from suscept_jax.models import components, config as model_config, transformer
+
+
+def setup(model: str = "demo", *, num_contexts: int = 4096, seed: int = 0, **overrides):
+  """(loss_fn, params, component masks, base [N, K], 8 probes) with random tokens: timing only."""
+  cfg = dataclasses.replace(model_config.get_config(model), **overrides)
+  rng = np.random.default_rng(seed)
+  data = lambda: rng.integers(0, cfg.d_vocab, (num_contexts, cfg.n_ctx), dtype=np.int32)
+  params = transformer.init_params(cfg, seed=seed)
+  masks = components.component_masks(components.default_components(cfg), params, cfg)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  probes = {f"probe{i}": data() for i in range(8)}
+  return cfg, loss_fn, params, masks, data(), probes
+
+
+def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Measured float32 matmul throughput of the default device (FLOP/s): the machine's practical peak."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = f(a)
+  out.block_until_ready()
+  return 2 * n**3 * repeats / (time.perf_counter() - t)
