@@ -35,7 +35,7 @@ def step_flops(loss_fn, params, masks, base, config, batch_size) -> float:
   def one(state, comp):
     losses, grad = sampler.loss_and_grad(loss_fn, state.position, batch, None)
     noise = sgld.standard_normal_like(jax.random.key(0), state.position)
-    mask = jax.tree.map(lambda m: m[comp], masks_C)
+    mask = jax.tree.map(lambda m: jnp.asarray(m)[comp], masks_C)
     return sgld.step(state, grad, noise, params, mask, config)
 
   compiled = jax.jit(jax.vmap(one)).lower(states, comps).compile()
@@ -49,7 +49,7 @@ def main():
   parser.add_argument("--model", default="demo")
   parser.add_argument("--batch_size", type=int, default=20)
   parser.add_argument("--num_chains", type=int, default=4)
-  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--steps", type=int, default=80)
   args = parser.parse_args()
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model)
   delta_h = 0.1
@@ -73,7 +73,7 @@ def main():
     print(f"  draw with 8 probes (MALA every {mala or '—'} draws): {draw_s * 1e3:8.1f} ms = "
           f"{draw_s / step_s:.2f} × the bare step ({step_s * 1e3:.1f} ms)")
   samples_touched = args.batch_size + 8 * m
-  print(f"  forward samples per draw: {args.batch_size} (step) + {8 * m} probe + {m} base-at-probe, "
+  print(f"  forward samples per draw: {args.batch_size} (step, with its backward) + {8 * m} probe samples, "
         f"vs {args.batch_size * 9} for separate mixed batches")
   flops = step_flops(loss_fn, params, masks, base, sj.SGLDConfig(num_chains=args.num_chains), args.batch_size)
   peak = common.peak_matmul_flops()

@@ -8,9 +8,8 @@ fold_in(seed, checkpoint, component-name hash, chain, step): results do not depe
 or on how the run is split into chunks.
 
 A step's forward pass at w_t gives the per-sample base losses of the draw for free; a draw adds one
-forward at w* (shared by all entries) and one forward over the probe samples placed by Algorithm 1
-plus the base samples they replace (evaluated in the same call, so both sides of ΔL share rounding; a
-probe sample identical to the base sample it replaces contributes exactly 0).
+forward at w* (shared by all entries) and one forward over the D·m probe samples placed by Algorithm 1
+(a probe sample identical to the base sample it replaces contributes exactly 0 to ΔL).
 
 The host loop runs the draws in chunks (one `while_loop` per chunk) so it can show progress with an ETA
 and prepare the next chunk's batches while the device works.
@@ -159,18 +158,19 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, keys, comps, masks_C, anchor,
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star
     if plan.num_probes:
+      # Only the probe samples need a forward pass: the base samples they replace were just evaluated
+      # at w_t by the gradient pass (losses_En).
       base_at_probe = jax.tree.map(lambda a: a[positions], batch)
       probes = jax.tree.map(lambda a: a[l], eval_LxD)  # [D, m, ...]
-      eval_batch = jax.tree.map(lambda b, p: jnp.concatenate([b, p.reshape((-1,) + p.shape[2:])]),
-                                base_at_probe, probes)
-      eval_losses = jax.vmap(lambda w: batched_losses(loss_fn, w, eval_batch, plan.microbatch_size))(
-          c.state.position).reshape(num_local, plan.num_probes + 1, m)
-      # A probe sample identical to the base sample it replaces changes nothing: make that exact
-      # (otherwise rounding in a batched forward could leave ~1e-10 where the paper's identity says 0).
+      flat_probes = jax.tree.map(lambda p: p.reshape((-1,) + p.shape[2:]), probes)
+      probe_losses_EDxM = jax.vmap(lambda w: batched_losses(loss_fn, w, flat_probes, plan.microbatch_size))(
+          c.state.position).reshape(num_local, plan.num_probes, m)
+      # A probe sample identical to the base sample it replaces changes nothing: that is exact here, not
+      # left to rounding (the two losses come from differently shaped forward passes).
       same_DxM = functools.reduce(jnp.logical_and, [
           jnp.all((p == b[None]).reshape(p.shape[:2] + (-1,)), axis=-1)
           for p, b in zip(jax.tree.leaves(probes), jax.tree.leaves(base_at_probe))])
-      diff_EDxM = jnp.where(same_DxM, 0.0, eval_losses[:, 1:, :] - eval_losses[:, :1, :])
+      diff_EDxM = jnp.where(same_DxM, 0.0, probe_losses_EDxM - losses_En[:, None, positions])
       delta_loss_ED = diff_EDxM.sum(axis=-1) / n
     else:
       delta_loss_ED = jnp.zeros((num_local, 0))
