@@ -11,15 +11,18 @@ import functools
 import time
 from pathlib import Path
 
+import numpy as np
 from absl import app, flags, logging
 
 from experiments import cli, pipeline, presets
 from suscept_jax import api, checkpoints, results
-from suscept_jax.analysis import plots
+from suscept_jax.analysis import head_scores, plots
 from suscept_jax.data import tokenizer as tokenizers_lib
 from suscept_jax.models import components as components_lib
 from suscept_jax.models import transformer
 from suscept_jax.sgld import SGLDConfig
+
+HEAD_SCORE_CONTEXTS = 32  # base contexts for the per-head zero-ablation loss deltas
 
 _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory with orbax checkpoints.")
@@ -159,7 +162,11 @@ def main(argv):
         microbatch_size=settings["microbatch_size"], checkpoint_id=step, progress=bar)
     for warning in res.warnings:
       logging.warning("checkpoint %d: %s", step, warning)
-    out.write_unit(step, *results.unit_from_result(step, res))
+    arrays, meta = results.unit_from_result(step, res)
+    # Independent labels for each head (not from susceptibilities), kept beside the χ of the same checkpoint.
+    meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(
+        params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]
+    out.write_unit(step, arrays, meta)
     seconds[step] = res.seconds
     out.write_table()
     out.write_progress(out.finished_steps(), [s for s in todo if s not in seconds], seconds)

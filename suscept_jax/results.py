@@ -6,6 +6,7 @@ Layout:
   units/step_<N>.json      the unit's scalar metadata (seconds, warnings, names)
   progress.json            finished units and timings (rewritten after each unit)
   results.csv, .parquet    the tidy table over all finished units (one row per checkpoint × probe × component)
+  head_scores.csv          previous-token / induction / ablation scores per checkpoint × head (independent labels)
 
 A killed sweep restarts, finds its finished units, and runs only the rest; since every unit's random
 numbers depend only on (seed, checkpoint, component, chain, step), the final table is identical.
@@ -127,7 +128,18 @@ class ResultsDir:
     import pandas as pd
     return pd.DataFrame(self.rows(), columns=TABLE_COLUMNS)
 
+  def head_scores(self):
+    """pandas DataFrame of the per-head labels of every finished unit (empty if none were recorded)."""
+    import pandas as pd
+    rows = []
+    for step in self.finished_steps():
+      rows.extend(self.read_unit(step)[1].get("head_scores", []))
+    return pd.DataFrame(rows)
+
   def write_table(self) -> None:
+    scores = self.head_scores()
+    if len(scores):
+      atomic_write_bytes(self.path / "head_scores.csv", scores.to_csv(index=False, float_format="%.6g").encode())
     df = self.table()
     atomic_write_bytes(self.path / "results.csv", df.to_csv(index=False, float_format="%.9g").encode())
     buf = io.BytesIO()

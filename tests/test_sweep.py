@@ -60,6 +60,8 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   arrays, meta = results.ResultsDir(straight).read_unit(40)
   assert arrays["chi_per_chain"].shape == (3, 4, 2) and arrays["loss_trace"].shape == (4, 2, 12)
   assert "χ ± stderr at checkpoint 40" in done.stdout
+  scores = pd.read_csv(straight / "head_scores.csv")
+  assert len(scores) == 3 * 4 and scores[["prev_token", "induction", "ablation_delta"]].notna().all().all()
 
   # Kill a second run once its first unit is on disk, then rerun: same table as the uninterrupted run.
   proc = subprocess.Popen(sweep_cmd(run_dir, tok, data, killed), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
