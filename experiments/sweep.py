@@ -129,10 +129,10 @@ def main(argv):
   missing = [s for s in steps if s not in available]
   if missing:
     raise ValueError(f"checkpoint steps {missing} are not saved in {run_dir}; available: {available}")
-  abstract = transformer.init_params(model_cfg)
+  template_params = transformer.init_params(model_cfg)  # masks need only the params' structure and shapes
   specs = settings["components"] or components_lib.default_components(model_cfg)
   specs = ["full"] + [s for s in specs if s != "full"]
-  component_masks = components_lib.component_masks(specs, abstract, model_cfg)
+  component_masks = components_lib.component_masks(specs, template_params, model_cfg)
   config = SGLDConfig(**settings["sgld"])
 
   base = pipeline.load_dataset(settings["base"], tokenizer, context_length, settings["max_contexts"])

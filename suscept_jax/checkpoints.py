@@ -38,6 +38,12 @@ def write_run_info(run_dir, model_config: ModelConfig, **settings) -> None:
   atomic_write_bytes(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2, default=str).encode())
 
 
+def _params_reader(run_dir) -> ocp.CheckpointManager:
+  """Manager over an existing params checkpoint directory (never creates it)."""
+  return ocp.CheckpointManager((Path(run_dir) / PARAMS_DIR).absolute(),
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
 def read_run_info(run_dir) -> dict:
   path = Path(run_dir) / RUN_FILE
   if not path.exists():
@@ -55,7 +61,7 @@ def available_steps(run_dir) -> list[int]:
   ckpt_dir = Path(run_dir) / PARAMS_DIR
   if not ckpt_dir.is_dir():
     raise FileNotFoundError(f"no checkpoint directory {ckpt_dir} (is {run_dir!s} a training run directory?)")
-  with ocp.CheckpointManager(ckpt_dir.absolute(), options=ocp.CheckpointManagerOptions(create=False)) as mngr:
+  with _params_reader(run_dir) as mngr:
     steps = sorted(int(s) for s in mngr.all_steps())
   if not steps:
     raise FileNotFoundError(f"checkpoint directory {ckpt_dir} holds no checkpoints")
@@ -77,8 +83,7 @@ def load_params(run_dir, step: int | None = None):
                      f"{_summarize(steps)}")
   config = read_model_config(run_dir)
   abstract = _abstract_params(config)
-  with ocp.CheckpointManager((Path(run_dir) / PARAMS_DIR).absolute(),
-                             options=ocp.CheckpointManagerOptions(create=False)) as mngr:
+  with _params_reader(run_dir) as mngr:
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   return jax.tree.map(np.asarray, restored["params"])
 
