@@ -91,20 +91,23 @@ def prepare_demo_run(settings: dict) -> None:
 
 
 def summary_text(table, step: int) -> str:
-  """χ ± stderr per probe × component at one checkpoint, as aligned text."""
+  """χ ± 95 % interval per probe × component at one checkpoint, as aligned text."""
   t = table[table.checkpoint == step]
   comps = list(dict.fromkeys(t.component))
   width = 20
-  lines = [f"χ ± stderr at checkpoint {step} (rows: probes; columns: components)",
+  chains = int(t.num_chains_used.max()) if len(t) else 0
+  lines = [f"χ ± 95% interval at checkpoint {step} (rows: probes; columns: components); intervals are "
+           f"Student-t with chains − 1 = {chains - 1} degrees of freedom; realised δh "
+           f"{t.realised_delta_h.iloc[0]:.4f}",
            " " * 12 + "".join(f"{c:>{width}}" for c in comps)]
   for probe in dict.fromkeys(t.probe):
     cells = []
     for comp in comps:
       row = t[(t.probe == probe) & (t.component == comp)].iloc[0]
-      cells.append(f"{row.chi:+.2e}±{row.chi_stderr:.1e}".rjust(width))
+      cells.append(f"{row.chi:+.2e}±{row.chi_ci95:.1e}".rjust(width))
     lines.append(f"{probe[:12]:12s}" + "".join(cells))
   llc = t.drop_duplicates("component").set_index("component")
-  lines.append(f"{'LLC':12s}" + "".join(f"{llc.llc[c]:.2f}±{llc.llc_stderr[c]:.2f}".rjust(width) for c in comps))
+  lines.append(f"{'LLC':12s}" + "".join(f"{llc.llc[c]:.2f}±{llc.llc_ci95[c]:.2f}".rjust(width) for c in comps))
   return "\n".join(lines)
 
 

@@ -5,12 +5,12 @@ Inputs are validated here, before anything is compiled, so bad input gets an err
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from suscept_jax import estimators, masks, mixing, sampler, sgld
+from suscept_jax import diagnostics, estimators, masks, mixing, sampler, sgld
 
 MAX_TRACE_POINTS = 1000
 
@@ -78,32 +78,64 @@ def _thin(trace_KxT):
   return trace_KxT[..., ::step]
 
 
-def _diagnostics(out: sampler.SamplerOutput, component: int, num_chains: int) -> estimators.ComponentDiagnostics:
+def _finite_draws(trace_KxT):
+  """Drop the draws (columns) where some chain has no value (a dropped probe contribution)."""
+  return trace_KxT[:, np.all(np.isfinite(trace_KxT), axis=0)]
+
+
+def _component_diagnostics(out: sampler.SamplerOutput, component: int, num_chains: int):
   sl = slice(component * num_chains, (component + 1) * num_chains)
   loss_KxT, phi_KxT = out.loss_trace[:, sl].T, out.phi_trace[:, sl].T
   diverged = out.diverged[sl]
   ok = ~diverged
   mala = out.mala[:, sl][:, ok]
   mala = mala[np.isfinite(mala)]
-  return estimators.ComponentDiagnostics(
+  phi_delta_DxKxT = (out.phi_trace[:, sl, None] * out.delta_loss_trace[:, sl, :]).transpose(2, 1, 0)[:, ok]
+  return diagnostics.ComponentDiagnostics(
       loss_trace=_thin(loss_KxT), phi_trace=_thin(phi_KxT),
-      r_hat=estimators.split_rhat(phi_KxT[ok]), ess=estimators.effective_sample_size(phi_KxT[ok]),
+      r_hat=diagnostics.rhat(phi_KxT[ok]), ess_bulk=diagnostics.ess_bulk(phi_KxT[ok]),
+      ess_tail=diagnostics.ess_tail(phi_KxT[ok]),
+      r_hat_chi=np.array([diagnostics.rhat(_finite_draws(t)) for t in phi_delta_DxKxT]),
+      ess_bulk_chi=np.array([diagnostics.ess_bulk(_finite_draws(t)) for t in phi_delta_DxKxT]),
       mala_acceptance=float(mala.mean()) if mala.size else float("nan"),
       frac_phi_negative=float((phi_KxT[ok] < 0).mean()) if ok.any() else float("nan"),
       diverged_chains=[int(k) for k in np.flatnonzero(diverged)],
       diverged_at_draw=[int(d) for d in out.diverged_at[sl][diverged]])
 
 
-def _divergence_warnings(component_names, diagnostics, num_chains) -> list[str]:
+def _divergence_warnings(component_names, diagnostics_by_name, num_chains) -> list[str]:
   warnings = []
   for name in component_names:
-    bad = diagnostics[name].diverged_chains
+    bad = diagnostics_by_name[name].diverged_chains
     if len(bad) == num_chains:
       warnings.append(f"component {name!r}: all {num_chains} chains diverged; its estimates are NaN. "
                       f"Lower step_size or raise localization.")
     elif bad:
       warnings.append(f"component {name!r}: chains {bad} diverged and were excluded.")
   return warnings
+
+
+def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, dropped_D, microbatch_size):
+  """Name the probe samples whose non-finite loss made draws drop out (data faults if so at w* too)."""
+  warnings = []
+  for d, name in enumerate(probes):
+    if not dropped_D[d]:
+      continue
+    faulty = sampler.nonfinite_samples(loss_fn, params, probes[name], out.nonfinite_probe_samples[name],
+                                       microbatch_size)
+    cause = (f"sample(s) {faulty[:10]} have a non-finite loss at w* itself (a data fault: fix or remove them)"
+             if faulty else "the loss was finite at w*, so the chains moved somewhere the probe's loss overflows")
+    warnings.append(f"probe {name!r}: {int(dropped_D[d])} draw contribution(s) dropped for a non-finite probe "
+                    f"loss; {cause}.")
+  return warnings
+
+
+class ChiTable(NamedTuple):
+  """χ of every probe × component for one estimator form."""
+
+  chi: np.ndarray  # [P, C] mean over the non-diverged chains
+  stderr: np.ndarray  # [P, C] standard error across those chains
+  per_chain: np.ndarray  # [P, C, K]
 
 
 @dataclasses.dataclass
@@ -118,62 +150,108 @@ class SusceptibilityResult:
   llc_per_chain: np.ndarray  # [C, K]
   probe_names: list
   component_names: list
-  diagnostics: dict  # component -> estimators.ComponentDiagnostics
+  diagnostics: dict  # component -> diagnostics.ComponentDiagnostics
   warnings: list
   config: sgld.SGLDConfig
   batch_size: int
   delta_h: float
-  num_probe_samples: int  # m = ⌊batch_size·δh⌋ probe samples per mixed batch
+  realised_delta_h: float  # probe samples placed per sample evaluated (Algorithm 1 over the run: ≈ δh)
+  probe_draws_dropped: np.ndarray  # int [P, C] draw contributions dropped for a non-finite probe loss
   chi_form: str
   scale_by_delta_h: bool
   moments: estimators.Moments  # per entry (component-major), y = probes: recompute other forms offline
   diverged: np.ndarray  # bool [C, K]
-  loss_star_trace: np.ndarray  # [draws] L_B(w*) on each draw's batch
+  loss_star_trace: np.ndarray  # [draws, K] L_B(w*) on each chain's draw batch
   seconds: float
 
-  def chi_with(self, form: str = "eq41", scale_by_delta_h: bool = False):
-    """(chi [P, C], stderr [P, C], per-chain [P, C, K]) for another estimator form, without resampling."""
-    return _chi_tables(self.moments, self.diverged, self.component_names, form,
-                       self.num_probe_samples / self.batch_size if scale_by_delta_h else None)
+  @property
+  def num_chains_used(self) -> np.ndarray:
+    """int [C] non-diverged chains behind each component's numbers."""
+    return (~self.diverged).sum(axis=1)
+
+  def interval(self, level: float = 0.95):
+    """Half-widths [P, C] of Student-t intervals for χ: chi ± this covers `level` (chains − 1 d.o.f.)."""
+    return estimators.t_quantile(self.num_chains_used, level)[None, :] * self.chi_stderr
+
+  def llc_interval(self, level: float = 0.95):
+    """Half-widths [C] of Student-t intervals for the LLCs."""
+    return estimators.t_quantile(self.num_chains_used, level) * self.llc_stderr
+
+  def chi_with(self, form: str = "eq41", scale_by_delta_h: bool = False) -> ChiTable:
+    """χ for another estimator form, without resampling."""
+    return _chi_table(self.moments, self.diverged, self.component_names, form,
+                      self.realised_delta_h if scale_by_delta_h else None)
 
   def records(self) -> list[dict]:
     """Tidy rows, one per probe × component."""
     rows = []
+    chi_ci, llc_ci = self.interval(), self.llc_interval()
     for p, probe in enumerate(self.probe_names):
       for c, comp in enumerate(self.component_names):
+        diag = self.diagnostics[comp]
         rows.append({"probe": probe, "component": comp, "chi": float(self.chi[p, c]),
-                     "chi_stderr": float(self.chi_stderr[p, c]), "llc": float(self.llc[c]),
-                     "llc_stderr": float(self.llc_stderr[c]), **self.diagnostics[comp].summary()})
+                     "chi_stderr": float(self.chi_stderr[p, c]), "chi_ci95": float(chi_ci[p, c]),
+                     "llc": float(self.llc[c]), "llc_stderr": float(self.llc_stderr[c]),
+                     "llc_ci95": float(llc_ci[c]), "num_chains_used": int(self.num_chains_used[c]),
+                     **diag.summary(), "r_hat_chi": float(diag.r_hat_chi[p]),
+                     "ess_bulk_chi": float(diag.ess_bulk_chi[p]),
+                     "probe_draws_dropped": int(self.probe_draws_dropped[p, c]),
+                     "realised_delta_h": float(self.realised_delta_h)})
     return rows
 
 
-def _chi_tables(moments, diverged_CxK, component_names, form, realised_fraction):
-  """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full, so the
-  per-chain estimates are independent and their spread carries the full chains' uncertainty too
-  (a diverged full chain is replaced by the pooled mean of the valid ones)."""
+def _chi_table(moments, diverged_CxK, component_names, form, realised_fraction) -> ChiTable:
+  """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full (both read data
+  stream k), so the per-chain estimates are independent and their spread carries the full chains'
+  uncertainty and the batch noise (a diverged full chain is replaced by the pooled mean of the valid ones)."""
   C, K = diverged_CxK.shape
   full = component_names.index("full")
-  full_sl = slice(full * K, (full + 1) * K)
-  full_moments = estimators.Moments(*(a[full_sl] for a in moments))
+  full_moments = estimators.select(moments, slice(full * K, (full + 1) * K))
   full_valid = ~diverged_CxK[full]
   pooled = estimators.pooled_mean_y(full_moments, full_valid)
-  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * (pooled.ndim)), full_moments.mean_y, pooled)
+  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * pooled.ndim), full_moments.mean_y, pooled)
   per_entry = estimators.chi_per_chain(moments, np.tile(full_mean_K, (C,) + (1,) * pooled.ndim), form=form)
   if realised_fraction is not None:
     per_entry = per_entry / realised_fraction
   per_chain = per_entry.reshape(C, K, -1).transpose(2, 0, 1)  # [P, C, K]
   chi, err = np.empty(per_chain.shape[:2]), np.empty(per_chain.shape[:2])
   for c in range(C):
-    mean, se = estimators.mean_and_stderr(per_chain[:, c, :].T, ~diverged_CxK[c])
-    chi[:, c], err[:, c] = mean, se
-  return chi, err, per_chain
+    chi[:, c], err[:, c] = estimators.mean_and_stderr(per_chain[:, c, :].T, ~diverged_CxK[c])
+  return ChiTable(chi, err, per_chain)
 
 
-def _llc_tables(moments, diverged_CxK, nbeta):
+def _llc_tables(moments, diverged_CxK, nbeta_C):
   C, K = diverged_CxK.shape
-  per_chain = nbeta * moments.mean_x.reshape(C, K)
+  per_chain = np.asarray(nbeta_C, np.float64).reshape(-1, 1) * moments.mean_x.reshape(C, K)
   stats = [estimators.mean_and_stderr(per_chain[c], ~diverged_CxK[c]) for c in range(C)]
   return np.array([s[0] for s in stats]), np.array([s[1] for s in stats]), per_chain
+
+
+def _preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_streams, seed, checkpoint_id,
+               config: sgld.SGLDConfig, microbatch_size) -> None:
+  """Before compiling the sampler: the loss at w* must be finite on the first draw batches of the first
+  (up to two) streams of every dataset, or the dataset is named with its faulty samples."""
+  first_eval_step = config.num_burnin + config.steps_between_draws
+  for name, data in datasets.items():
+    indices = np.concatenate([
+        mixing.BatchSchedule(sampler.num_rows(data), batch_size, sampler.stream_seed(seed, checkpoint_id, k),
+                             name=name).indices(first_eval_step) for k in range(min(num_streams, 2))])
+    faulty = sampler.nonfinite_samples(loss_fn, params, data, indices, microbatch_size)
+    if faulty:
+      raise sampler.DataFaultError(
+          f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
+          f"{' …' if len(faulty) > 20 else ''}: a fault of the data, not of the sampler. Fix or remove them.")
+
+
+def _check_full_is_full(components: Mapping[str, Any], params) -> None:
+  mask = components["full"]
+  if mask is None:
+    return
+  frozen = masks.count_free(masks.full_mask(params), params) - masks.count_free(
+      masks.normalize_mask("full", mask, params), params)
+  if frozen:
+    raise ValueError(f"component 'full' must free every parameter (E[ΔL] in eq. 41 and the LLC are the full "
+                     f"posterior's), but its mask freezes {frozen} of them; pass None for 'full'")
 
 
 # ---- entry points ----------------------------------------------------------------------------------------
@@ -183,7 +261,8 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                               batch_size: int = 64, delta_h: float = 0.1, seed: int = 0,
                               chi_form: str = "eq41", scale_by_delta_h: bool = False,
                               microbatch_size: int | None = None, mesh=None, checkpoint_id: int = 0,
-                              progress=True, label: str = "susceptibilities") -> SusceptibilityResult:
+                              progress=True, label: str = "susceptibilities",
+                              base_name: str = "base data") -> SusceptibilityResult:
   """χ of every probe for every component (eq. 41), with the LLCs the same samples give.
 
   loss_fn(params, batch) -> per-sample losses [B]; components maps names to masks (None = all free) and
@@ -198,31 +277,43 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                      f"full model's chains); got {list(components) if isinstance(components, Mapping) else type(components)}")
   if not isinstance(probes, Mapping) or not probes:
     raise ValueError("probes must be a non-empty mapping of name -> dataset")
-  m = len(mixing.probe_positions(batch_size, delta_h))
+  mixing.check_mixing(batch_size, delta_h, config.num_draws)
   _check_params(params)
-  _check_dataset("base data", base, batch_size)
+  _check_dataset(base_name, base, batch_size)
   for name, probe in probes.items():
     _check_dataset(f"probe {name!r}", probe, batch_size, like=base)
+  _check_full_is_full(components, params)
   component_names, masks_C = masks.stack_masks(components, params)
   _check_loss_fn(loss_fn, params, base)
+  _preflight(loss_fn, params, {base_name: base, **{f"probe {k!r}": v for k, v in probes.items()}},
+             batch_size=batch_size, num_streams=config.num_chains, seed=seed, checkpoint_id=checkpoint_id,
+             config=config, microbatch_size=microbatch_size)
 
   out = sampler.run(loss_fn, params, component_names, masks_C, base, probes, config=config,
                     batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
-                    microbatch_size=microbatch_size, mesh=mesh, progress=progress, label=label)
-  K = config.num_chains
-  diverged = out.diverged.reshape(len(component_names), K)
-  chi, chi_err, chi_chains = _chi_tables(out.moments, diverged, component_names, chi_form,
-                                         m / batch_size if scale_by_delta_h else None)
-  llc, llc_err, llc_chains = _llc_tables(out.moments, diverged, config.nbeta)
-  diagnostics = {name: _diagnostics(out, c, K) for c, name in enumerate(component_names)}
-  warnings = _divergence_warnings(component_names, diagnostics, K)
+                    microbatch_size=microbatch_size, mesh=mesh, progress=progress, label=label,
+                    base_name=base_name)
+  C, K = len(component_names), config.num_chains
+  diverged = out.diverged.reshape(C, K)
+  table = _chi_table(out.moments, diverged, component_names, chi_form,
+                     out.realised_delta_h if scale_by_delta_h else None)
+  llc, llc_err, llc_chains = _llc_tables(out.moments, diverged, np.full(C, config.nbeta))
+  diags = {name: _component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
+  # Draws in which a probe's contribution was dropped, over the non-diverged chains: [P, C].
+  dropped_ExD = out.moments.count[:, None] - out.moments.count_y
+  dropped = np.where(~diverged[..., None], dropped_ExD.reshape(C, K, -1), 0).sum(axis=1).T
+  warnings = _divergence_warnings(component_names, diags, K)
   if diverged[component_names.index("full")].all():
     warnings.append("every chain of 'full' diverged, so ⟨ΔL⟩_full is unknown and eq.41 χ is NaN for all "
                     "components (chi_with(form='covariance') still works).")
-  return SusceptibilityResult(chi, chi_err, chi_chains, llc, llc_err, llc_chains, list(probes),
-                              component_names, diagnostics, warnings, config, batch_size, delta_h, m,
-                              chi_form, scale_by_delta_h, out.moments, diverged, out.loss_star_trace,
-                              out.seconds)
+  warnings += _probe_fault_warnings(loss_fn, params, probes, out, dropped.sum(axis=1), microbatch_size)
+  return SusceptibilityResult(
+      chi=table.chi, chi_stderr=table.stderr, chi_per_chain=table.per_chain, llc=llc, llc_stderr=llc_err,
+      llc_per_chain=llc_chains, probe_names=list(probes), component_names=component_names, diagnostics=diags,
+      warnings=warnings, config=config, batch_size=batch_size, delta_h=delta_h,
+      realised_delta_h=out.realised_delta_h, probe_draws_dropped=dropped, chi_form=chi_form,
+      scale_by_delta_h=scale_by_delta_h, moments=out.moments, diverged=diverged,
+      loss_star_trace=out.loss_star_trace, seconds=out.seconds)
 
 
 @dataclasses.dataclass
@@ -233,26 +324,35 @@ class LLCResult:
   stderr: float  # standard error across non-diverged chains
   per_chain: np.ndarray  # [K]
   trace: np.ndarray  # [K, draws] L_B(w_t) per chain (thinned if long)
-  diagnostics: estimators.ComponentDiagnostics
+  diagnostics: diagnostics.ComponentDiagnostics
   warnings: list
   seconds: float
+
+  def interval(self, level: float = 0.95) -> float:
+    """Half-width of the Student-t interval (non-diverged chains − 1 d.o.f.): mean ± this covers `level`."""
+    used = len(self.per_chain) - len(self.diagnostics.diverged_chains)
+    return float(estimators.t_quantile(used, level) * self.stderr)
 
 
 def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | None = None,
                  batch_size: int = 64, mask=None, seed: int = 0, microbatch_size: int | None = None,
-                 mesh=None, progress=True, label: str = "llc") -> LLCResult:
+                 mesh=None, checkpoint_id: int = 0, progress=True, label: str = "llc",
+                 data_name: str = "data") -> LLCResult:
   """The (weight-refined, if `mask` is given) local learning coefficient at `params`."""
   config = config or sgld.SGLDConfig()
   _check_batching(batch_size, microbatch_size)
   _check_params(params)
-  _check_dataset("data", data, batch_size)
+  _check_dataset(data_name, data, batch_size)
   names, masks_C = masks.stack_masks({"llc": mask}, params)
   _check_loss_fn(loss_fn, params, data)
+  _preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
+             checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
   out = sampler.run(loss_fn, params, names, masks_C, data, {}, config=config, batch_size=batch_size,
-                    delta_h=None, seed=seed, microbatch_size=microbatch_size, mesh=mesh,
-                    progress=progress, label=label)
+                    delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size,
+                    mesh=mesh, progress=progress, label=label, base_name=data_name)
   diverged = out.diverged.reshape(1, config.num_chains)
-  llc, llc_err, per_chain = _llc_tables(out.moments, diverged, config.nbeta)
-  diag = _diagnostics(out, 0, config.num_chains)
-  return LLCResult(float(llc[0]), float(llc_err[0]), per_chain[0], diag.loss_trace, diag,
-                   _divergence_warnings(names, {"llc": diag}, config.num_chains), out.seconds)
+  llc, llc_err, per_chain = _llc_tables(out.moments, diverged, [config.nbeta])
+  diag = _component_diagnostics(out, 0, config.num_chains)
+  return LLCResult(mean=float(llc[0]), stderr=float(llc_err[0]), per_chain=per_chain[0], trace=diag.loss_trace,
+                   diagnostics=diag, warnings=_divergence_warnings(names, {"llc": diag}, config.num_chains),
+                   seconds=out.seconds)

@@ -1,23 +1,28 @@
-"""Streaming moments and the estimators built from them: χ (eq. 41), LLC, and sampler diagnostics.
+"""Streaming moments and the estimators built from them: χ (eq. 41) and the LLC.
 
 Per draw t of chain k of component C the sampler produces φ_t = L_B(w_t) − L_B(w*) and, per probe d,
 ΔL_t^d. Accumulators keep running means and co-moments (Welford: numerically stable in float32,
 memory independent of the number of draws) per entry (= component × chain) and probe. The same update
 serves per-token susceptibilities, where "probe" becomes "token".
 
+A y value can be missing for a draw (a probe sample whose loss is not finite): then that draw is left
+out of that y's moments only, so each y keeps its own count and its own ⟨φ⟩ over the draws it saw.
+
 Estimates, from the per-chain moments (host side, float64):
   χ_{C,k}^d  = −⟨φ·ΔL^d⟩_{C,k} + ⟨φ⟩_{C,k}·⟨ΔL^d⟩_{full,k}          ("eq41", App. C.1)
              = −Cov_{C,k}(φ, ΔL^d) − ⟨φ⟩_{C,k}·(⟨ΔL^d⟩_{C,k} − ⟨ΔL^d⟩_{full,k})
-  (chain k of C is paired with chain k of the full model, so per-chain estimates are independent)
-  "covariance": −Cov_{C,k}(φ, ΔL^d);  scale_by_delta_h divides by the realised fraction m/n (Remark 3.1)
+  (chain k of C is paired with chain k of the full model, and both read data stream k, so the
+  per-chain estimates are independent and carry the batch noise)
+  "covariance": −Cov_{C,k}(φ, ΔL^d);  scale_by_delta_h divides by the realised probe fraction (Remark 3.1)
   λ̂_{C,k}   = nβ·⟨φ⟩_{C,k}
-χ_C and λ̂_C average the non-diverged chains; error bars are the standard error across those chains.
+χ_C and λ̂_C average the non-diverged chains; error bars are the standard error across those chains,
+and intervals use Student-t quantiles with (chains − 1) degrees of freedom.
 """
-import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 CHI_FORMS = ("eq41", "covariance")
 
@@ -25,55 +30,75 @@ CHI_FORMS = ("eq41", "covariance")
 class Moments(NamedTuple):
   """Running moments over draws for E entries; y has trailing axes (probes, tokens, …)."""
 
-  count: jnp.ndarray  # int32 [E] draws accumulated
-  mean_x: jnp.ndarray  # [E]     ⟨φ⟩
-  m2_x: jnp.ndarray  # [E]     Σ(φ − ⟨φ⟩)²
-  mean_y: jnp.ndarray  # [E, ...] ⟨y⟩
-  comoment: jnp.ndarray  # [E, ...] Σ(φ − ⟨φ⟩)(y − ⟨y⟩)
+  count: jnp.ndarray  # int32 [E]      draws accumulated
+  mean_x: jnp.ndarray  # [E]           ⟨φ⟩
+  m2_x: jnp.ndarray  # [E]             Σ(φ − ⟨φ⟩)²
+  count_y: jnp.ndarray  # int32 [E, ...] draws in which y was present
+  mean_x_y: jnp.ndarray  # [E, ...]    ⟨φ⟩ over those draws
+  mean_y: jnp.ndarray  # [E, ...]      ⟨y⟩
+  comoment: jnp.ndarray  # [E, ...]    Σ(φ − ⟨φ⟩)(y − ⟨y⟩) over those draws
 
 
 def init_moments(num_entries: int, y_shape: tuple = ()) -> Moments:
   zeros = lambda *s: jnp.zeros((num_entries, *s), jnp.float32)
-  return Moments(jnp.zeros((num_entries,), jnp.int32), zeros(), zeros(), zeros(*y_shape), zeros(*y_shape))
+  count = lambda *s: jnp.zeros((num_entries, *s), jnp.int32)
+  return Moments(count(), zeros(), zeros(), count(*y_shape), zeros(*y_shape), zeros(*y_shape), zeros(*y_shape))
 
 
-def update_moments(m: Moments, x_E, y_Ex, active_E) -> Moments:
-  """Welford update with one draw (x [E], y [E, ...]) for the entries where `active` is True."""
-  expand = lambda a, like: a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+def _expand(a, like):
+  return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
+
+
+def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
+  """Welford update with one draw (x [E], y [E, ...]) for the active entries; y only where present."""
   count = m.count + active_E.astype(jnp.int32)
   n = jnp.maximum(count, 1).astype(jnp.float32)
   dx = x_E - m.mean_x
   mean_x = m.mean_x + dx / n
   m2_x = m.m2_x + dx * (x_E - mean_x)
-  mean_y = m.mean_y + (y_Ex - m.mean_y) / expand(n, y_Ex)
-  comoment = m.comoment + expand(dx, y_Ex) * (y_Ex - mean_y)
-  keep = lambda new, old: jnp.where(expand(active_E, new), new, old)
-  return Moments(count, keep(mean_x, m.mean_x), keep(m2_x, m.m2_x), keep(mean_y, m.mean_y),
-                 keep(comoment, m.comoment))
+  keep = lambda new, old, on: jnp.where(_expand(on, new), new, old)
+
+  use_y = _expand(active_E, y_Ex) if present_Ex is None else _expand(active_E, y_Ex) & present_Ex
+  use_y = jnp.broadcast_to(use_y, y_Ex.shape)
+  y = jnp.where(use_y, y_Ex, 0.0)  # a missing y may be NaN: keep it out of the arithmetic
+  count_y = m.count_y + use_y.astype(jnp.int32)
+  n_y = jnp.maximum(count_y, 1).astype(jnp.float32)
+  x_Ex = _expand(x_E, y_Ex)
+  dx_y = x_Ex - m.mean_x_y
+  mean_x_y = m.mean_x_y + dx_y / n_y
+  mean_y = m.mean_y + (y - m.mean_y) / n_y
+  comoment = m.comoment + dx_y * (y - mean_y)
+  return Moments(count, keep(mean_x, m.mean_x, active_E), keep(m2_x, m.m2_x, active_E), count_y,
+                 jnp.where(use_y, mean_x_y, m.mean_x_y), jnp.where(use_y, mean_y, m.mean_y),
+                 jnp.where(use_y, comoment, m.comoment))
 
 
 def to_numpy(m: Moments) -> Moments:
-  return Moments(*(np.asarray(a, np.float64 if a.dtype != np.int32 else np.int64) for a in m))
+  return Moments(*(np.asarray(a, np.int64 if np.asarray(a).dtype.kind in "iu" else np.float64) for a in m))
+
+
+def select(m: Moments, index) -> Moments:
+  """The moments of some entries (a slice or index array over the entry axis)."""
+  return Moments(*(a[index] for a in m))
 
 
 def chi_per_chain(m: Moments, full_mean_y, *, form: str = "eq41"):
   """χ per entry [E, ...] from moments; `full_mean_y` = ⟨y⟩ of the paired full-model chain [E, ...]."""
   if form not in CHI_FORMS:
     raise ValueError(f"chi form {form!r}: expected one of {CHI_FORMS}")
-  n = np.maximum(m.count, 1).reshape((-1,) + (1,) * (m.mean_y.ndim - 1))
+  n = np.maximum(m.count_y, 1)
   cov = m.comoment / n
   if form == "covariance":
     return -cov
-  mean_x = m.mean_x.reshape(n.shape)
-  return -cov - mean_x * (m.mean_y - full_mean_y)
+  return -cov - m.mean_x_y * (m.mean_y - full_mean_y)
 
 
 def pooled_mean_y(m: Moments, valid_E) -> np.ndarray:
   """Draw-weighted ⟨y⟩ over the valid entries (e.g. the full model's non-diverged chains)."""
-  w = np.where(valid_E, m.count, 0).astype(np.float64)
-  if w.sum() == 0:
-    return np.full(m.mean_y.shape[1:], np.nan)
-  return np.tensordot(w, m.mean_y, axes=(0, 0)) / w.sum()
+  w = np.where(_expand(np.asarray(valid_E), m.count_y), m.count_y, 0).astype(np.float64)
+  total = w.sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(total > 0, (w * m.mean_y).sum(axis=0) / np.maximum(total, 1), np.nan)
 
 
 def mean_and_stderr(per_chain_K, valid_K):
@@ -88,67 +113,12 @@ def mean_and_stderr(per_chain_K, valid_K):
   return mean, x.std(axis=0, ddof=1) / np.sqrt(x.shape[0])
 
 
-# ---- diagnostics on host-side traces ----------------------------------------------------------------
+def t_quantile(num_chains, level: float = 0.95):
+  """Two-sided Student-t multiplier with (chains − 1) degrees of freedom: mean ± q·stderr covers `level`.
 
-def split_rhat(trace_KxT) -> float:
-  """Split-R̂ (Gelman et al.) of one scalar across chains; NaN when it cannot be computed."""
-  x = np.asarray(trace_KxT, np.float64)
-  x = x[np.all(np.isfinite(x), axis=1)]
-  t = x.shape[1] // 2 if x.ndim == 2 else 0
-  if x.shape[0] < 1 or t < 2 or (x.shape[0] < 2 and t < 2):
-    return float("nan")
-  halves = np.concatenate([x[:, :t], x[:, -t:]], axis=0)
-  chain_means = halves.mean(axis=1)
-  within = halves.var(axis=1, ddof=1).mean()
-  between = t * chain_means.var(ddof=1)
-  if within == 0:
-    return float("nan") if between == 0 else float("inf")
-  var_plus = (t - 1) / t * within + between / t
-  return float(np.sqrt(var_plus / within))
-
-
-def effective_sample_size(trace_KxT) -> float:
-  """Multi-chain ESS with Geyer's initial monotone sequence (Stan's estimator, without ranks)."""
-  x = np.asarray(trace_KxT, np.float64)
-  x = x[np.all(np.isfinite(x), axis=1)]
-  if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] < 4:
-    return float("nan")
-  k, t = x.shape
-  centered = x - x.mean(axis=1, keepdims=True)
-  f = np.fft.rfft(centered, n=2 * t, axis=1)
-  acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :t] / t  # [K, T]
-  chain_var = acov[:, 0] * t / (t - 1)
-  within = chain_var.mean()
-  if within == 0:
-    return float("nan")
-  var_plus = within * (t - 1) / t + (x.mean(axis=1).var(ddof=1) if k > 1 else 0.0)
-  rho = 1.0 - (within - acov.mean(axis=0)) / var_plus
-  rho[0] = 1.0
-  total, prev_pair = 0.0, np.inf
-  for lag in range(0, t - 1, 2):
-    pair = rho[lag] + rho[lag + 1]
-    if pair < 0:
-      break
-    pair = min(pair, prev_pair)
-    total += pair
-    prev_pair = pair
-  tau = max(-1.0 + 2.0 * total, 1.0 / np.log10(max(k * t, 10)))
-  return float(k * t / tau)
-
-
-@dataclasses.dataclass
-class ComponentDiagnostics:
-  """What tells a user whether to trust one component's numbers."""
-
-  loss_trace: np.ndarray  # [K, draws] L_B(w_t) per chain (thinned if long)
-  phi_trace: np.ndarray  # [K, draws] φ_t per chain (thinned if long)
-  r_hat: float  # split-R̂ of φ across non-diverged chains (≈ 1 is healthy; > 1.1 suspicious)
-  ess: float  # effective sample size of φ across non-diverged chains
-  mala_acceptance: float  # mean MALA acceptance of SGLD steps (≈ 0.9 healthy; NaN if not measured)
-  frac_phi_negative: float  # fraction of draws with φ < 0 (large: w* is not a local minimum)
-  diverged_chains: list  # indices of chains excluded for divergence
-  diverged_at_draw: list  # first draw at which each excluded chain diverged
-
-  def summary(self) -> dict:
-    return {"r_hat": self.r_hat, "ess": self.ess, "mala_acceptance": self.mala_acceptance,
-            "frac_phi_negative": self.frac_phi_negative, "num_diverged": len(self.diverged_chains)}
+  With the paper's 4 chains q = 3.18 for 95 %, not 1.96: a standard error from 4 numbers is itself noisy.
+  NaN with fewer than 2 chains.
+  """
+  dof = np.asarray(num_chains, np.float64) - 1
+  with np.errstate(invalid="ignore"):
+    return np.where(dof >= 1, scipy.stats.t.ppf(0.5 + level / 2, np.maximum(dof, 1)), np.nan)

@@ -23,8 +23,10 @@ import numpy as np
 
 from suscept_jax.paths import atomic_write_bytes
 
-TABLE_COLUMNS = ["checkpoint", "probe", "component", "chi", "chi_stderr", "llc", "llc_stderr", "r_hat", "ess",
-                 "mala_acceptance", "frac_phi_negative", "num_diverged", "status"]
+# chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (num_chains_used − 1) degrees of freedom.
+TABLE_COLUMNS = ["checkpoint", "probe", "component", "chi", "chi_stderr", "chi_ci95", "llc", "llc_stderr", "llc_ci95",
+                 "num_chains_used", "r_hat", "ess_bulk", "ess_tail", "r_hat_chi", "ess_bulk_chi", "mala_acceptance",
+                 "frac_phi_negative", "num_diverged", "probe_draws_dropped", "realised_delta_h", "status"]
 
 
 def git_revision(path=None) -> str:
@@ -164,6 +166,6 @@ def unit_from_result(step: int, res) -> tuple[dict, dict]:
     status = "ok" if ndiv == 0 else ("all chains diverged" if ndiv == K else f"{ndiv}/{K} chains diverged")
     rows.append({"checkpoint": int(step), **row, "status": status})
   meta = {"checkpoint": int(step), "probe_names": res.probe_names, "component_names": comps,
-          "seconds": res.seconds, "warnings": res.warnings, "num_probe_samples": res.num_probe_samples,
+          "seconds": res.seconds, "warnings": res.warnings, "realised_delta_h": res.realised_delta_h,
           "rows": rows}
   return arrays, meta

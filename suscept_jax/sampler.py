@@ -1,18 +1,31 @@
 """The SGLD driver: every chain of every component as one compiled program, sharded over devices.
 
-Entries are the flattened (component, chain) pairs. Their sampler states carry a leading entry axis
-that is vmapped inside each device and split across the devices of a mesh with `jax.shard_map`. Masks
-are data (a stacked mask tree indexed by the entry's component), so one compilation serves every
-component. All entries see the same batch at a step (common random numbers). Noise keys come from
-fold_in(seed, checkpoint, component-name hash, chain, step): results do not depend on the device count
-or on how the run is split into chunks.
+Entries are the flattened (component, chain) pairs, component-major. Their sampler states carry a
+leading entry axis that is vmapped inside each device and split across the devices of a mesh with
+`jax.shard_map`. Masks are data (a stacked mask tree indexed by the entry's component), so one
+compilation serves every component; so are ε, nβ and γ (`sgld.Hyper`), so a grid of settings is one
+program too.
 
-A step's forward pass at w_t gives the per-sample base losses of the draw for free; a draw adds one
-forward at w* (shared by all entries) and one forward over the D·m probe samples placed by Algorithm 1
-(a probe sample identical to the base sample it replaces contributes exactly 0 to ΔL).
+Data streams: chain k of *every* component reads stream k, whose base and probe batches come from
+schedules seeded by (seed, checkpoint, k). Chain k of C and chain k of "full" therefore share their
+batches (eq. 41's pairing keeps its common random numbers), while different chains see different
+batches, so the spread across chains carries the batch noise and the error bars hold.
+Noise keys are fold_in(seed, checkpoint, component-name hash, chain, step): results do not depend on
+the device count or on how the run is split into chunks.
 
-The host loop runs the draws in chunks (one `while_loop` per chunk) so it can show progress with an ETA
-and prepare the next chunk's batches while the device works.
+Draws come *after* updates (as in devinterp): the run is a sequence of blocks, each evaluating the
+current position and then taking `steps_between_draws` updates; block 0 evaluates the starting point
+and is not recorded, block t ≥ 1 is draw t. The evaluation is the forward pass of the block's first
+gradient step, so L_B(w_t) costs nothing extra; a draw adds K forwards at w* (one per stream, shared
+by all entries) and one forward over the D·M probe slots placed by Algorithm 1 (a probe sample
+identical to the base sample it replaces contributes exactly 0).
+
+Faults: a non-finite L_B(w*) is a fault of the base data (raised as `DataFaultError` naming the samples),
+not a divergence; a probe sample with a non-finite loss drops that probe's contribution for that draw
+(counted per entry × probe in the moments) instead of killing the chain.
+
+Shape letters: E entries (local to a device inside the chunk), K chains = streams, D probes, M probe
+slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, T draws.
 """
 import dataclasses
 import functools
@@ -30,6 +43,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from suscept_jax import estimators, mixing, parallel, sgld
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
+
+
+class DataFaultError(ValueError):
+  """A dataset sample whose loss at w* is not finite: a fault of the data, not of the sampler."""
 
 
 # ---- losses and gradients over (micro-)batches --------------------------------------------------------
@@ -88,15 +105,67 @@ def loss_and_grad(loss_fn, params, batch, micro: int | None):
   return losses.reshape(-1)[:n], grad
 
 
+def _flatten_rows(tree, lead: int):
+  """Merge the first `lead` axes of every leaf into one row axis."""
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[lead:]), tree)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _losses_at(loss_fn, params, batch, micro):
+  return batched_losses(loss_fn, params, batch, micro)
+
+
+def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None) -> list[int]:
+  """The sample indices among `indices` whose loss at `params` is not finite (host-side check)."""
+  indices = np.unique(np.asarray(indices, np.int64))
+  if indices.size == 0:
+    return []
+  batch = jax.tree.map(lambda a: np.asarray(a[indices]), data)
+  losses = np.asarray(_losses_at(loss_fn, params, batch, microbatch_size))
+  return [int(i) for i in indices[~np.isfinite(losses)]]
+
+
 # ---- the compiled chunk programs ------------------------------------------------------------------------
 
+class Entries(NamedTuple):
+  """Per-entry constants, leading axis E (split across devices)."""
+
+  key_data: Any  # uint32 [E, 2] noise key of the entry: fold_in(seed, checkpoint, component, chain)
+  component: Any  # int32 [E] index into the stacked masks
+  chain: Any  # int32 [E] chain index = the data stream the entry reads
+  hyper: sgld.Hyper  # ε, nβ, γ, each float32 [E]
+
+
 class Carry(NamedTuple):
-  """Everything that persists across chunks, with a leading entry axis."""
+  """Everything that persists across chunks, leading axis E."""
 
   state: sgld.SGLDState
   moments: estimators.Moments
-  diverged: jnp.ndarray  # bool [E]
-  diverged_at: jnp.ndarray  # int32 [E], first draw index at which the chain diverged (-1: never)
+  diverged: Any  # bool [E]
+  diverged_at: Any  # int32 [E] first draw at which the chain diverged (-1: never)
+
+
+class ChunkData(NamedTuple):
+  """One chunk's batches and schedule (replicated on every device)."""
+
+  base_LxSxK: Any  # pytree, leaves [L, S, K, n, ...]: every step's batch of every stream
+  probe_LxKxDxM: Any  # pytree, leaves [L, K, D, M, ...]: probe samples in Algorithm 1's slots
+  slot_position_LxM: Any  # int32 [L, M] batch position of each slot
+  slot_weight_LxM: Any  # float32 [L, M] 1 = a placed probe sample, 0 = padding (and block 0)
+  first_step: Any  # int32 [] global SGLD step of the chunk's first block
+  first_block: Any  # int32 [] index of the chunk's first block (block b ≥ 1 is draw b − 1)
+  num_blocks: Any  # int32 [] blocks to run (≤ L; the rest is padding)
+
+
+class ChunkTraces(NamedTuple):
+  """Per-block values of a chunk (block axis L first)."""
+
+  loss_LxE: Any  # L_B(w) at the evaluated position
+  phi_LxE: Any  # φ = L_B(w) − L_B(w*)
+  delta_loss_LxExD: Any  # ΔL per probe (NaN where dropped)
+  mala_LxE: Any  # MALA acceptance of the block's first move (NaN where not measured)
+  probe_nonfinite_LxExD: Any  # bool: some placed probe sample had a non-finite loss
+  loss_star_LxK: Any  # L_B(w*) per stream (replicated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,108 +174,128 @@ class Plan:
 
   config: sgld.SGLDConfig
   batch_size: int
-  probe_positions: tuple  # Algorithm 1's positions in a batch (empty without probes)
-  num_probes: int
+  num_streams: int  # K
+  num_probes: int  # D
+  num_slots: int  # M (0 without probes)
   microbatch_size: int | None
-  draws_per_chunk: int
-  burnin_per_chunk: int
+  blocks_per_chunk: int
 
 
-def _entry_fns(loss_fn, plan: Plan, masks_C, anchor):
-  """Per-entry step functions (vmapped by the caller)."""
+def _specs(tree_type, spec):
+  return tree_type(*([spec] * len(tree_type._fields)))
+
+
+_E, _REP, _LE = P(ENTRY_AXIS), P(), P(None, ENTRY_AXIS)
+ENTRIES_SPEC = Entries(_E, _E, _E, sgld.Hyper(_E, _E, _E))
+CHUNK_DATA_SPEC = _specs(ChunkData, _REP)
+TRACES_SPEC = ChunkTraces(_LE, _LE, _LE, _LE, _LE, _REP)
+
+
+def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
+  """step(state, key, component, hyper, batch, global_step) for one entry (vmapped by the callers)."""
   config = plan.config
 
-  def mask_of(comp):
-    return jax.tree.map(lambda m: m[comp], masks_C)
-
-  def step(state, key, comp, batch, global_step):
+  def step(state, key, comp, hyper, batch, global_step):
     losses, grad = loss_and_grad(loss_fn, state.position, batch, plan.microbatch_size)
     noise = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
-    return sgld.step(state, grad, noise, anchor, mask_of(comp), config), losses, grad
+    mask = jax.tree.map(lambda m: m[comp], masks_C)
+    return sgld.step(state, grad, noise, anchor, mask, config, hyper), losses, grad
 
-  def mala(state, new_state, comp, batch, losses, grad):
+  return step
+
+
+def _stream_rows(tree_K, chain_E):
+  """Each entry's rows of its own stream: leaves [K, ...] -> [E, ...]."""
+  return jax.tree.map(lambda a: a[chain_E], tree_K)
+
+
+def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_C, data: ChunkData):
+  """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
+  config = plan.config
+  n, K, D, M = plan.batch_size, plan.num_streams, plan.num_probes, plan.num_slots
+  keys = jax.random.wrap_key_data(entries.key_data)
+  vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_C, anchor), in_axes=(0, 0, 0, 0, 0, None))
+  E = entries.component.shape[0]
+  L = plan.blocks_per_chunk
+
+  def mala(state, new_state, comp, hyper, batch, losses, grad):
     new_losses, new_grad = loss_and_grad(loss_fn, new_state.position, batch, plan.microbatch_size)
     _, precond = sgld.preconditioner(state, grad, config)
+    mask = jax.tree.map(lambda m: m[comp], masks_C)
     return sgld.mala_acceptance(state.position, new_state.position, losses.mean(), new_losses.mean(),
-                                grad, new_grad, anchor, mask_of(comp), precond, config)
+                                grad, new_grad, anchor, mask, precond, config, hyper)
 
-  return step, mala
+  def probe_deltas(position_E, batch_E, losses_En, l):
+    """(ΔL [E, D] with NaN where dropped, non-finite flags [E, D]) for block l."""
+    slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
+    probes_E = _stream_rows(jax.tree.map(lambda a: a[l], data.probe_LxKxDxM), entries.chain)  # [E, D, M, ...]
+    probe_losses_ExDxM = jax.vmap(
+        lambda w, p: batched_losses(loss_fn, w, _flatten_rows(p, 2), plan.microbatch_size).reshape(D, M))(
+            position_E, probes_E)
+    base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M], batch_E)  # [E, M, ...]
+    # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
+    # rounding (the two losses come from differently shaped forward passes).
+    same_ExDxM = functools.reduce(jnp.logical_and, [
+        jnp.all((p == b[:, None]).reshape(p.shape[:3] + (-1,)), axis=-1)
+        for p, b in zip(jax.tree.leaves(probes_E), jax.tree.leaves(base_at_slots_E))])
+    placed_M = weight_M > 0
+    nonfinite_ExD = jnp.any(placed_M & ~jnp.isfinite(probe_losses_ExDxM), axis=-1)
+    diff_ExDxM = jnp.where(placed_M & ~same_ExDxM, probe_losses_ExDxM - losses_En[:, None, slot_M], 0.0)
+    delta_ExD = jnp.where(nonfinite_ExD, jnp.nan, diff_ExDxM.sum(axis=-1) / n)
+    return delta_ExD, nonfinite_ExD
 
-
-def _draw_chunk(loss_fn, plan: Plan, carry: Carry, keys, comps, masks_C, anchor, base_LxS, eval_LxD,
-                first_step, first_draw, n_draws):
-  """Run `n_draws` draw blocks (a draw step then steps_between_draws − 1 plain steps) on local entries."""
-  config = plan.config
-  step_fn, mala_fn = _entry_fns(loss_fn, plan, masks_C, anchor)
-  keys = jax.random.wrap_key_data(keys)
-  vstep = jax.vmap(step_fn, in_axes=(0, 0, 0, None, None))
-  positions = np.asarray(plan.probe_positions, np.int32)
-  m, n = len(positions), plan.batch_size
-  num_local = comps.shape[0]
-  L = plan.draws_per_chunk
-  buffers = (jnp.zeros((L, num_local)), jnp.zeros((L, num_local)), jnp.zeros((L,)),
-             jnp.full((L, num_local), jnp.nan))
-
-  def draw_block(l, loop_carry):
-    c, (loss_buf, phi_buf, star_buf, mala_buf) = loop_carry
-    s = config.steps_between_draws
-    draw = first_draw + l
-    global_step = first_step + l * s
-    batch = jax.tree.map(lambda a: a[l, 0], base_LxS)
-    loss_star = batched_losses(loss_fn, anchor, batch, plan.microbatch_size).mean()
-    new_state, losses_En, grads = vstep(c.state, keys, comps, batch, global_step)
+  def block_body(l, loop_carry):
+    c, traces = loop_carry
+    S = config.steps_between_draws
+    block = data.first_block + l
+    draw = block - 1
+    global_step = data.first_step + l * S
+    batch_K = jax.tree.map(lambda a: a[l, 0], data.base_LxSxK)
+    batch_E = _stream_rows(batch_K, entries.chain)
+    loss_star_K = batched_losses(loss_fn, anchor, _flatten_rows(batch_K, 2), plan.microbatch_size).reshape(K, n).mean(-1)
+    loss_star_E = loss_star_K[entries.chain]
+    new_state, losses_En, grads = vstep(c.state, keys, entries.component, entries.hyper, batch_E, global_step)
     loss_E = losses_En.mean(axis=-1)
-    phi_E = loss_E - loss_star
-    if plan.num_probes:
-      # Only the probe samples need a forward pass: the base samples they replace were just evaluated
-      # at w_t by the gradient pass (losses_En).
-      base_at_probe = jax.tree.map(lambda a: a[positions], batch)
-      probes = jax.tree.map(lambda a: a[l], eval_LxD)  # [D, m, ...]
-      flat_probes = jax.tree.map(lambda p: p.reshape((-1,) + p.shape[2:]), probes)
-      probe_losses_EDxM = jax.vmap(lambda w: batched_losses(loss_fn, w, flat_probes, plan.microbatch_size))(
-          c.state.position).reshape(num_local, plan.num_probes, m)
-      # A probe sample identical to the base sample it replaces changes nothing: that is exact here, not
-      # left to rounding (the two losses come from differently shaped forward passes).
-      same_DxM = functools.reduce(jnp.logical_and, [
-          jnp.all((p == b[None]).reshape(p.shape[:2] + (-1,)), axis=-1)
-          for p, b in zip(jax.tree.leaves(probes), jax.tree.leaves(base_at_probe))])
-      diff_EDxM = jnp.where(same_DxM, 0.0, probe_losses_EDxM - losses_En[:, None, positions])
-      delta_loss_ED = diff_EDxM.sum(axis=-1) / n
+    phi_E = loss_E - loss_star_E
+    if D:
+      delta_ExD, nonfinite_ExD = probe_deltas(c.state.position, batch_E, losses_En, l)
     else:
-      delta_loss_ED = jnp.zeros((num_local, 0))
+      delta_ExD, nonfinite_ExD = jnp.zeros((E, 0)), jnp.zeros((E, 0), bool)
     if config.mala_every and config.noise_level > 0:
-      acceptance = jax.lax.cond(
-          draw % config.mala_every == 0,
-          lambda: jax.vmap(mala_fn, in_axes=(0, 0, 0, None, 0, 0))(c.state, new_state, comps, batch,
-                                                                  losses_En, grads),
-          lambda: jnp.full((num_local,), jnp.nan))
+      acceptance_E = jax.lax.cond(
+          (draw >= 0) & (jnp.maximum(draw, 0) % config.mala_every == 0),
+          lambda: jax.vmap(mala)(c.state, new_state, entries.component, entries.hyper, batch_E, losses_En, grads),
+          lambda: jnp.full((E,), jnp.nan))
     else:
-      acceptance = jnp.full((num_local,), jnp.nan)
-    bad = ~jnp.isfinite(phi_E) | (phi_E > config.max_loss_increase) | ~jnp.all(jnp.isfinite(delta_loss_ED), axis=-1)
-    diverged_at = jnp.where(bad & ~c.diverged, draw, c.diverged_at)
-    diverged = c.diverged | bad
-    moments = estimators.update_moments(c.moments, phi_E, delta_loss_ED, ~diverged)
+      acceptance_E = jnp.full((E,), jnp.nan)
+    star_ok_E = jnp.isfinite(loss_star_E)  # otherwise a data fault, reported by the host
+    bad_E = star_ok_E & (~jnp.isfinite(phi_E) | (phi_E > config.max_loss_increase))
+    diverged_at = jnp.where(bad_E & ~c.diverged, jnp.maximum(draw, 0), c.diverged_at)
+    diverged = c.diverged | bad_E
+    active_E = (draw >= 0) & ~diverged & star_ok_E
+    moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
 
     def plain(i, st):
-      b = jax.tree.map(lambda a: a[l, i], base_LxS)
-      return vstep(st, keys, comps, b, global_step + i)[0]
+      b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.chain)
+      return vstep(st, keys, entries.component, entries.hyper, b, global_step + i)[0]
 
-    new_state = jax.lax.fori_loop(1, s, plain, new_state)
-    buffers = (loss_buf.at[l].set(loss_E), phi_buf.at[l].set(phi_E), star_buf.at[l].set(loss_star),
-               mala_buf.at[l].set(acceptance))
-    return Carry(new_state, moments, diverged, diverged_at), buffers
+    new_state = jax.lax.fori_loop(1, S, plain, new_state)
+    values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD, loss_star_K)
+    traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
+    return Carry(new_state, moments, diverged, diverged_at), traces
 
-  carry, buffers = jax.lax.fori_loop(0, n_draws, draw_block, (carry, buffers))
-  return (carry,) + buffers
+  traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
+                       jnp.zeros((L, E, D), bool), jnp.zeros((L, K)))
+  return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 
-def _burnin_chunk(loss_fn, plan: Plan, state, keys, comps, masks_C, anchor, base_L, first_step, n_steps):
-  step_fn, _ = _entry_fns(loss_fn, plan, masks_C, anchor)
-  keys = jax.random.wrap_key_data(keys)
-  vstep = jax.vmap(step_fn, in_axes=(0, 0, 0, None, None))
+def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_C, base_LxK, first_step, n_steps):
+  keys = jax.random.wrap_key_data(entries.key_data)
+  vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_C, anchor), in_axes=(0, 0, 0, 0, 0, None))
 
   def body(i, st):
-    return vstep(st, keys, comps, jax.tree.map(lambda a: a[i], base_L), first_step + i)[0]
+    batch_E = _stream_rows(jax.tree.map(lambda a: a[i], base_LxK), entries.chain)
+    return vstep(st, keys, entries.component, entries.hyper, batch_E, first_step + i)[0]
 
   return jax.lax.fori_loop(0, n_steps, body, state)
 
@@ -218,19 +307,16 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
   """jit(shard_map(chunk)) for a plan, cached so a sweep compiles once for all checkpoints."""
   cache_key = (kind, loss_fn, plan, mesh)
   if cache_key not in _COMPILED:
-    e, rep = P(ENTRY_AXIS), P()
     if kind == "draw":
-      fn = lambda *a: _draw_chunk(loss_fn, plan, *a)
-      in_specs = (e, e, e, rep, rep, rep, rep, rep, rep, rep)
-      out_specs = (e, P(None, ENTRY_AXIS), P(None, ENTRY_AXIS), rep, P(None, ENTRY_AXIS))
-      donate = (0,)
+      fn = functools.partial(_draw_chunk, loss_fn, plan)
+      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC)
+      out_specs = (_E, TRACES_SPEC)
     else:
-      fn = lambda *a: _burnin_chunk(loss_fn, plan, *a)
-      in_specs = (e, e, e, rep, rep, rep, rep, rep)
-      out_specs = e
-      donate = (0,)
-    _COMPILED[cache_key] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
-                                   donate_argnums=donate)
+      fn = functools.partial(_burnin_chunk, loss_fn, plan)
+      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP)
+      out_specs = _E
+    _COMPILED[cache_key] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                                 check_vma=False), donate_argnums=(0,))
   return _COMPILED[cache_key]
 
 
@@ -242,10 +328,13 @@ class SamplerOutput(NamedTuple):
   moments: estimators.Moments  # y axis = probes
   diverged: np.ndarray  # bool [E]
   diverged_at: np.ndarray  # int [E]
-  loss_trace: np.ndarray  # [draws, E] L_B(w_t)
-  phi_trace: np.ndarray  # [draws, E] φ_t
-  loss_star_trace: np.ndarray  # [draws] L_B(w*)
-  mala: np.ndarray  # [draws, E] acceptance (NaN where not measured)
+  loss_trace: np.ndarray  # [T, E] L_B(w_t)
+  phi_trace: np.ndarray  # [T, E] φ_t
+  delta_loss_trace: np.ndarray  # [T, E, D] ΔL_t^d (NaN where a probe's contribution was dropped)
+  loss_star_trace: np.ndarray  # [T, K] L_B(w*) of each stream's draw batch
+  mala: np.ndarray  # [T, E] acceptance (NaN where not measured)
+  nonfinite_probe_samples: dict  # probe name -> sorted sample indices whose loss was not finite at some w_t
+  realised_delta_h: float  # probe samples placed per sample evaluated over the run (nan without probes)
   seconds: float
 
 
@@ -262,12 +351,9 @@ def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) 
   return np.asarray(jax.random.key_data(jnp.stack(keys)))
 
 
-def _gather(tree, idx):
-  return jax.tree.map(lambda a: np.asarray(a[idx]), tree)
-
-
-def _stack(trees):
-  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+def stream_seed(seed: int, checkpoint_id: int, chain: int) -> tuple:
+  """Seed of data stream (= chain) k: the same for every component, different for every chain."""
+  return (int(seed), int(checkpoint_id), int(chain))
 
 
 def _progress_bar(progress, total: int, label: str):
@@ -279,106 +365,171 @@ def _progress_bar(progress, total: int, label: str):
   return tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
+class _Streams:
+  """Host side of the data streams: gathers each chunk's batches from (memory-mapped) arrays."""
+
+  def __init__(self, base, probes: Mapping[str, Any], *, batch_size, delta_h, seed, checkpoint_id, num_chains,
+               base_name):
+    self.base, self.probes, self.base_name = base, probes, base_name
+    self.n, self.delta_h = batch_size, delta_h
+    seeds = [stream_seed(seed, checkpoint_id, k) for k in range(num_chains)]
+    self.base_schedules = [mixing.BatchSchedule(num_rows(base), batch_size, s, name=base_name) for s in seeds]
+    self.probe_schedules = {d: [mixing.BatchSchedule(num_rows(p), batch_size, s, name=f"probe {d!r}") for s in seeds]
+                            for d, p in probes.items()}
+    self.num_slots = mixing.max_probe_samples(batch_size, delta_h) if probes else 0
+
+  def base_indices(self, steps) -> np.ndarray:
+    """int64 [*steps.shape, K, n]."""
+    steps = np.asarray(steps)
+    idx = [sch.indices_many(steps.ravel()).reshape(steps.shape + (self.n,)) for sch in self.base_schedules]
+    return np.stack(idx, axis=steps.ndim)
+
+  def gather_base(self, steps):
+    idx = self.base_indices(steps)
+    return jax.tree.map(lambda a: np.asarray(a[idx]), self.base)
+
+  def probe_indices(self, eval_steps, slots: mixing.ProbeSlots) -> np.ndarray:
+    """int64 [L, K, D, M]: the probe sample in every slot of every stream's evaluation batch."""
+    out = []
+    for schedules in self.probe_schedules.values():
+      per_stream = [np.take_along_axis(sch.indices_many(eval_steps), slots.position_TxM.astype(np.int64), axis=1)
+                    for sch in schedules]
+      out.append(np.stack(per_stream, axis=1))  # [L, K, M]
+    return np.stack(out, axis=2)
+
+  def gather_probes(self, probe_idx_LxKxDxM):
+    per_probe = [jax.tree.map(lambda a, d=d: np.asarray(a[probe_idx_LxKxDxM[:, :, d]]), p)
+                 for d, p in enumerate(self.probes.values())]
+    return jax.tree.map(lambda *xs: np.stack(xs, axis=2), *per_probe)
+
+
 def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
         config: sgld.SGLDConfig, batch_size: int, delta_h: float | None, seed: int = 0,
-        checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None,
-        draws_per_chunk: int | None = None, progress=True, label: str = "sgld") -> SamplerOutput:
-  """Sample every (component, chain) and stream the draw statistics. Inputs are assumed validated."""
+        checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None, hyper_C: sgld.Hyper | None = None,
+        draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
+        base_name: str = "base data") -> SamplerOutput:
+  """Sample every (component, chain) and stream the draw statistics. Inputs are assumed validated.
+
+  hyper_C: per-component ε, nβ, γ (arrays [C]); default: the config's for every component.
+  """
   t0 = time.perf_counter()
   mesh = mesh or parallel.entry_mesh()
   n_dev = mesh.size
   probe_names = list(probes)
-  positions = tuple(int(p) for p in mixing.probe_positions(batch_size, delta_h)) if probe_names else ()
-  K, C = config.num_chains, len(component_names)
+  K, C, S, T = config.num_chains, len(component_names), config.steps_between_draws, config.num_draws
   E = C * K
   E_pad = -(-E // n_dev) * n_dev
-  draws_per_chunk = draws_per_chunk or max(1, min(config.num_draws, math.ceil(config.num_draws / 20), 64))
+  num_blocks = T + 1
+  blocks_per_chunk = draws_per_chunk or max(1, min(num_blocks, math.ceil(num_blocks / 20), 64))
   burnin_per_chunk = max(1, min(config.num_burnin, 64)) if config.num_burnin else 1
-  plan = Plan(config, batch_size, positions, len(probe_names), microbatch_size, draws_per_chunk,
-              burnin_per_chunk)
+  streams = _Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
+                     num_chains=K, base_name=base_name)
+  plan = Plan(config=config, batch_size=batch_size, num_streams=K, num_probes=len(probe_names),
+              num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk)
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
-  comps = np.repeat(np.arange(C, dtype=np.int32), K)
-  keys = chain_keys(seed, checkpoint_id, component_names, K)
   pad = E_pad - E
-  comps = np.concatenate([comps, np.zeros(pad, np.int32)])
-  keys = np.concatenate([keys, np.repeat(keys[:1], pad, axis=0)])
+  padded = lambda a: np.concatenate([a, np.repeat(a[:1], pad, axis=0)])
+  if hyper_C is None:
+    hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
+  components_E = np.repeat(np.arange(C, dtype=np.int32), K)
+  entries = Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
+                    component=padded(components_E), chain=padded(np.tile(np.arange(K, dtype=np.int32), C)),
+                    hyper=sgld.Hyper(*(padded(np.asarray(h, np.float32)[components_E]) for h in hyper_C)))
 
   entry_sharding = NamedSharding(mesh, P(ENTRY_AXIS))
   replicated = NamedSharding(mesh, P())
   put_e = lambda x: jax.device_put(x, entry_sharding)
   put_r = lambda x: jax.device_put(x, replicated)
-  anchor = put_r(params)
-  masks_dev = put_r(masks_C)
+  anchor, masks_dev = put_r(params), put_r(masks_C)
   state0 = jax.vmap(lambda _: sgld.init(params, config))(jnp.arange(E_pad))
   carry = Carry(state0, estimators.init_moments(E_pad, (len(probe_names),)),
                 jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32))
   carry = jax.tree.map(put_e, carry)
-  keys_dev, comps_dev = put_e(keys), put_e(comps)
-
-  base_schedule = mixing.BatchSchedule(num_rows(base), batch_size, seed, name="base data")
-  probe_schedules = [mixing.BatchSchedule(num_rows(probes[d]), batch_size, seed, name=f"probe {d!r}")
-                     for d in probe_names]
+  entries_dev = jax.tree.map(put_e, entries)
   bar = _progress_bar(progress, config.num_steps, label)
-
-  def base_batches(steps):
-    return _stack([_gather(base, base_schedule.indices(s)) for s in steps])
 
   # Burn-in.
   step = 0
   if config.num_burnin:
     burn = _compiled("burnin", loss_fn, plan, mesh)
     while step < config.num_burnin:
-      n = min(burnin_per_chunk, config.num_burnin - step)
-      steps = list(range(step, step + n)) + [step] * (burnin_per_chunk - n)
-      state = burn(carry.state, keys_dev, comps_dev, masks_dev, anchor, put_r(base_batches(steps)),
-                   np.int32(step), np.int32(n))
+      count = min(burnin_per_chunk, config.num_burnin - step)
+      steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
+      state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
+                   np.int32(step), np.int32(count))
       carry = carry._replace(state=state)
-      step += n
+      step += count
       if bar is not None:
         jax.block_until_ready(state)
-        bar.update(n)
+        bar.update(count)
 
-  # Draws, in chunks; the next chunk's batches are gathered while the device runs the current one.
+  # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
   draw_fn = _compiled("draw", loss_fn, plan, mesh)
-  S = config.steps_between_draws
-  traces = {"loss": [], "phi": [], "star": [], "mala": []}
 
-  def chunk_inputs(first_draw):
-    n = min(draws_per_chunk, config.num_draws - first_draw)
-    draws = list(range(first_draw, first_draw + n)) + [first_draw] * (draws_per_chunk - n)
-    first = config.num_burnin + first_draw * S
-    steps = [[config.num_burnin + d * S + i for i in range(S)] for d in draws]
-    base_LxS = _stack([base_batches(row) for row in steps])
+  def chunk_inputs(first_block):
+    count = min(blocks_per_chunk, num_blocks - first_block)
+    blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (blocks_per_chunk - count))
+    first_step = config.num_burnin + first_block * S
+    steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
+    probe_idx = None
     if probe_names:
-      eval_LxD = _stack([_stack([_gather(probes[d], sch.indices(row[0])[list(positions)])
-                                 for d, sch in zip(probe_names, probe_schedules)]) for row in steps])
+      slots = mixing.probe_slots(batch_size, delta_h, np.maximum(blocks - 1, 0))
+      slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
+      probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
+      probe_data = streams.gather_probes(probe_idx)
     else:
-      eval_LxD = np.zeros((draws_per_chunk, 0), np.float32)
-    return n, first, put_r(base_LxS), put_r(eval_LxD)
+      slots = mixing.ProbeSlots(np.zeros((blocks_per_chunk, 0), np.int32), np.zeros((blocks_per_chunk, 0), np.float32))
+      probe_data = np.zeros((blocks_per_chunk, K, 0, 0), np.float32)
+    data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
+                     slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
+                     first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
+    return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
 
-  first_draw = 0
+  kept = []  # per chunk: ChunkTraces of the recorded blocks, host numpy
+  nonfinite_probe = {d: set() for d in probe_names}
+  first_block = 0
   pending = chunk_inputs(0)
-  while first_draw < config.num_draws:
-    n, first, base_dev, eval_dev = pending
-    carry, loss_b, phi_b, star_b, mala_b = draw_fn(
-        carry, keys_dev, comps_dev, masks_dev, anchor, base_dev, eval_dev,
-        np.int32(first), np.int32(first_draw), np.int32(n))
-    next_draw = first_draw + n
-    if next_draw < config.num_draws:
-      pending = chunk_inputs(next_draw)
-    traces["loss"].append(np.asarray(loss_b)[:n, :E])
-    traces["phi"].append(np.asarray(phi_b)[:n, :E])
-    traces["star"].append(np.asarray(star_b)[:n])
-    traces["mala"].append(np.asarray(mala_b)[:n, :E])
-    first_draw = next_draw
+  while first_block < num_blocks:
+    count, steps_LxS, probe_idx, data_dev = pending
+    carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev)
+    next_block = first_block + count
+    if next_block < num_blocks:
+      pending = chunk_inputs(next_block)
+    traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
+    _check_base_faults(traces.loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
+    if probe_names and traces.probe_nonfinite_LxExD.any():
+      chain_E = np.asarray(entries.chain)
+      for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
+        nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, chain_E[e], d])
+    recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
+    drop_padding = lambda a: a[recorded, :E]
+    kept.append(ChunkTraces(*map(drop_padding, traces[:-1]), loss_star_LxK=traces.loss_star_LxK[recorded]))
+    first_block = next_block
     if bar is not None:
-      bar.update(n * S)
+      bar.update(count * S)
   if bar is not None and not hasattr(progress, "update"):
     bar.close()
 
   moments = estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.moments))
-  return SamplerOutput(moments, np.asarray(carry.diverged)[:E], np.asarray(carry.diverged_at)[:E],
-                       np.concatenate(traces["loss"]), np.concatenate(traces["phi"]),
-                       np.concatenate(traces["star"]), np.concatenate(traces["mala"]),
-                       time.perf_counter() - t0)
+  cat = lambda field: np.concatenate([getattr(t, field) for t in kept])
+  return SamplerOutput(
+      moments=moments, diverged=np.asarray(carry.diverged)[:E], diverged_at=np.asarray(carry.diverged_at)[:E],
+      loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"), delta_loss_trace=cat("delta_loss_LxExD"),
+      loss_star_trace=cat("loss_star_LxK"), mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
+      realised_delta_h=mixing.realised_fraction(batch_size, delta_h, T) if probe_names else float("nan"),
+      seconds=time.perf_counter() - t0)
+
+
+def _check_base_faults(loss_star_LxK, steps_LxS, streams: _Streams, loss_fn, params, micro, first_block):
+  """Raise DataFaultError, naming the samples, if a stream's L_B(w*) was not finite in this chunk."""
+  bad_l, bad_k = np.nonzero(~np.isfinite(loss_star_LxK))
+  if not bad_l.size:
+    return
+  l, k = int(bad_l[0]), int(bad_k[0])
+  indices = streams.base_schedules[k].indices(int(steps_LxS[l, 0]))
+  samples = nonfinite_samples(loss_fn, params, streams.base, indices, micro)
+  raise DataFaultError(
+      f"{streams.base_name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {samples} "
+      f"(in the evaluation batch of draw {first_block + l} of chain {k}): a fault of the data, not of the "
+      f"sampler. Remove or fix these samples.")

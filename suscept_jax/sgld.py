@@ -9,6 +9,9 @@ Same update and constants as devinterp, so hyperparameters transfer (Lau et al. 
 m is the component mask: it multiplies the whole update (drift and noise), and frozen coordinates are
 kept bit-exact with `where`. Kernels are pure functions of arrays; the driver (sampler.py) owns
 batching, keys, vmap and sharding. No Flax, no absl here.
+
+ε, nβ and γ travel as `Hyper` (arrays, so a vmapped grid of settings runs as one program); everything
+else in `SGLDConfig` is static structure. `hyper=None` takes them from the config.
 """
 import dataclasses
 from typing import Any, NamedTuple
@@ -59,7 +62,21 @@ class SGLDConfig:
 
   @property
   def num_steps(self) -> int:
-    return self.num_burnin + self.num_draws * self.steps_between_draws
+    """SGLD updates a run performs: burn-in, then draw t is taken after burn-in + t·steps_between_draws
+    updates (t = 1 … num_draws, never at w* itself), plus the block whose evaluation closes the run."""
+    return self.num_burnin + (self.num_draws + 1) * self.steps_between_draws
+
+
+class Hyper(NamedTuple):
+  """The hyperparameters that may differ between entries of one vectorized run (scalars or [E])."""
+
+  step_size: Any  # ε
+  nbeta: Any  # nβ
+  localization: Any  # γ
+
+
+def hyper_of(config: SGLDConfig) -> Hyper:
+  return Hyper(config.step_size, config.nbeta, config.localization)
 
 
 class SGLDState(NamedTuple):
@@ -91,18 +108,20 @@ def preconditioner(state: SGLDState, grad, config: SGLDConfig):
   return square_avg, precond
 
 
-def drift(position, grad, anchor, config: SGLDConfig):
+def drift(position, grad, anchor, config: SGLDConfig, hyper: Hyper | None = None):
   """∇ of the energy U = nβ·L + γ/2·‖w − w*‖² + λ/2·‖w‖², given ∇L."""
+  h = hyper or hyper_of(config)
   return jax.tree.map(
-      lambda w, g, w0: config.nbeta * g + config.localization * (w - w0) + config.weight_decay * w,
+      lambda w, g, w0: h.nbeta * g + h.localization * (w - w0) + config.weight_decay * w,
       position, grad, anchor)
 
 
-def step(state: SGLDState, grad, noise, anchor, mask, config: SGLDConfig) -> SGLDState:
+def step(state: SGLDState, grad, noise, anchor, mask, config: SGLDConfig, hyper: Hyper | None = None) -> SGLDState:
   """One SGLD / RMSProp-SGLD update; `grad` = ∇L_B(w) (batch mean), `noise` ~ N(0, I) like w."""
+  h = hyper or hyper_of(config)
   square_avg, precond = preconditioner(state, grad, config)
-  force = drift(state.position, grad, anchor, config)
-  half_eps, sqrt_eps = 0.5 * config.step_size, config.step_size ** 0.5
+  force = drift(state.position, grad, anchor, config, h)
+  half_eps, sqrt_eps = 0.5 * h.step_size, jnp.sqrt(h.step_size)
   sigma = config.noise_level
   if precond is None:
     update = jax.tree.map(lambda f, xi: -half_eps * f + sqrt_eps * sigma * xi, force, noise)
@@ -120,30 +139,33 @@ def step(state: SGLDState, grad, noise, anchor, mask, config: SGLDConfig) -> SGL
   return SGLDState(position, square_avg)
 
 
-def energy(loss, position, anchor, config: SGLDConfig):
+def energy(loss, position, anchor, config: SGLDConfig, hyper: Hyper | None = None):
   """U(w) = nβ·L(w) + γ/2·‖w − w*‖² + λ/2·‖w‖² for a batch loss value L(w)."""
+  h = hyper or hyper_of(config)
   sq = lambda t: sum(jnp.vdot(x, x) for x in jax.tree.leaves(t))
   diff = jax.tree.map(jnp.subtract, position, anchor)
-  return config.nbeta * loss + 0.5 * config.localization * sq(diff) + 0.5 * config.weight_decay * sq(position)
+  return h.nbeta * loss + 0.5 * h.localization * sq(diff) + 0.5 * config.weight_decay * sq(position)
 
 
-def mala_acceptance(w, w_new, loss, loss_new, grad, grad_new, anchor, mask, precond, config: SGLDConfig):
+def mala_acceptance(w, w_new, loss, loss_new, grad, grad_new, anchor, mask, precond, config: SGLDConfig,
+                    hyper: Hyper | None = None):
   """Metropolis-adjusted acceptance probability of the move w → w_new (a diagnostic; healthy ≈ 0.9).
 
   Both losses and gradients must come from the same batch. The proposal is the (preconditioned)
   Langevin step restricted to the free coordinates; G is held fixed over the move.
   """
-  eps = config.step_size * config.noise_level ** 2
+  h = hyper or hyper_of(config)
+  eps = h.step_size * config.noise_level ** 2
   g_tree = precond if precond is not None else jax.tree.map(jnp.ones_like, w)
-  force = drift(w, grad, anchor, config)
-  force_new = drift(w_new, grad_new, anchor, config)
+  force = drift(w, grad, anchor, config, h)
+  force_new = drift(w_new, grad_new, anchor, config, h)
 
   def log_q(to, frm, f):  # log density (up to a constant) of proposing `to` from `frm`
     terms = jax.tree.map(
-        lambda t, s, ff, g, m: jnp.sum(jnp.where(m, (t - s + 0.5 * config.step_size * g * ff) ** 2 / g, 0.0)),
+        lambda t, s, ff, g, m: jnp.sum(jnp.where(m, (t - s + 0.5 * h.step_size * g * ff) ** 2 / g, 0.0)),
         to, frm, f, g_tree, mask)
     return -sum(jax.tree.leaves(terms)) / (2 * eps)
 
-  log_ratio = (energy(loss, w, anchor, config) - energy(loss_new, w_new, anchor, config)
+  log_ratio = (energy(loss, w, anchor, config, h) - energy(loss_new, w_new, anchor, config, h)
                + log_q(w, w_new, force_new) - log_q(w_new, w, force))
   return jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0)))

@@ -19,8 +19,13 @@ def test_tetrahedron_parameter_count():
   assert params["blocks"]["1"]["attn"]["W_O"].shape == (8, 32, 256)
 
 
-def numpy_forward_nll(params, contexts, cfg):
-  """Independent plain-numpy forward (float64) of the architecture as specified, for cross-checking."""
+def numpy_forward_nll(params, contexts, cfg, *, positions_after_ln1=True):
+  """Independent plain-numpy forward (float64) of the architecture as specified, for cross-checking.
+
+  Shortformer follows TransformerLens (the paper's implementation): W_pos is added to ln1's *output* on
+  the query/key path. `positions_after_ln1=False` is the other reading (ln1(resid + W_pos)), kept only to
+  show that the reference test can tell the two apart.
+  """
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   x_in, targets = contexts[:, :-1], contexts[:, 1:]
   B, T = x_in.shape
@@ -37,8 +42,12 @@ def numpy_forward_nll(params, contexts, cfg):
   for layer in range(cfg.n_layers):
     blk = p["blocks"][str(layer)]
     norm = (lambda x: ln(x, blk["ln1"]["scale"], blk["ln1"]["bias"])) if cfg.layer_norm else (lambda x: x)
-    qk_in = norm(resid + pos) if cfg.positional_embedding == "shortformer" else norm(resid)
+    # TransformerLens' shortformer: q/k input = ln1(resid) + W_pos, value input = ln1(resid).
     v_in = norm(resid)
+    if cfg.positional_embedding != "shortformer":
+      qk_in = v_in
+    else:
+      qk_in = v_in + pos if positions_after_ln1 else norm(resid + pos)
     a = blk["attn"]
     out = np.zeros_like(resid) + a["b_O"]
     for h in range(cfg.n_heads):
@@ -74,6 +83,9 @@ def test_per_token_nll_matches_numpy_reference(positional, layer_norm):
   assert got.shape == (3, cfg.n_ctx)
   np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
   np.testing.assert_allclose(np.asarray(transformer.context_nll(params, contexts, cfg)), want.mean(-1), rtol=2e-4)
+  if positional == "shortformer" and layer_norm:  # the test has power: the other convention is far off
+    other = numpy_forward_nll(params, contexts, cfg, positions_after_ln1=False)
+    assert np.abs(other - want).max() > 0.1
 
 
 def test_shortformer_positions_reach_only_queries_and_keys():

@@ -24,7 +24,7 @@ def _symlog_steps(ax, steps) -> None:
 
 
 def plot_chi_over_training(table, path) -> Path:
-  """One panel per probe: χ of every component against checkpoint, with ±1 stderr bands."""
+  """One panel per probe: χ of every component against checkpoint, with 95 % Student-t interval bands."""
   plt = _pyplot()
   probes = list(dict.fromkeys(table.probe))
   comps = list(dict.fromkeys(table.component))
@@ -37,7 +37,7 @@ def plot_chi_over_training(table, path) -> Path:
     t = table[table.probe == probe]
     for i, comp in enumerate(comps):
       c = t[t.component == comp].sort_values("checkpoint")
-      x, y, e = _x(c.checkpoint), c.chi.to_numpy(), c.chi_stderr.to_numpy()
+      x, y, e = _x(c.checkpoint), c.chi.to_numpy(), c.chi_ci95.to_numpy()
       style = dict(color="black", lw=2, ls="--") if comp == "full" else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2)
       ax.plot(x, y, label=comp, marker=".", **style)
       ax.fill_between(x, y - e, y + e, alpha=0.15, color=style["color"], lw=0)
@@ -50,7 +50,8 @@ def plot_chi_over_training(table, path) -> Path:
     ax.axis("off")
   handles, labels = axes.flat[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
-  fig.suptitle("Susceptibility χ per component over training (bands: ±1 s.e. across chains)")
+  fig.suptitle("Susceptibility χ per component over training (bands: 95% Student-t intervals across chains, "
+               "chains − 1 d.o.f.)")
   fig.tight_layout(rect=(0, 0, 0.9, 0.96))
   path = Path(path)
   fig.savefig(path, dpi=110)
@@ -66,8 +67,9 @@ def plot_llc_over_training(table, path) -> Path:
   for comp in dict.fromkeys(t.component):
     c = t[t.component == comp].sort_values("checkpoint")
     ax = ax_full if comp == "full" else ax_heads
-    ax.errorbar(_x(c.checkpoint), c.llc, yerr=c.llc_stderr, label=comp, marker=".", capsize=2, lw=1)
-  for ax, title in ((ax_full, "LLC (full model)"), (ax_heads, "weight-refined LLC per component")):
+    ax.errorbar(_x(c.checkpoint), c.llc, yerr=c.llc_ci95, label=comp, marker=".", capsize=2, lw=1)
+  for ax, title in ((ax_full, "LLC (full model), 95% t-intervals"),
+                    (ax_heads, "weight-refined LLC per component, 95% t-intervals")):
     _symlog_steps(ax, t.checkpoint)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("checkpoint step")

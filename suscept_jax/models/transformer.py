@@ -69,12 +69,13 @@ class Block(nnx.Module):
     return self.ln1(x) if self.config.layer_norm else x
 
   def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None):
+    v_input = self._norm(resid_BxTxD)
     if self.config.positional_embedding == "shortformer":
-      # Positions enter queries and keys only, never the values or the residual stream.
-      qk_input = self._norm(resid_BxTxD + pos_BxTxD)
-      v_input = self._norm(resid_BxTxD)
+      # Positions enter queries and keys only, added *after* ln1 (TransformerLens' convention, the paper's
+      # implementation): never the values or the residual stream.
+      qk_input = v_input + pos_BxTxD
     else:
-      qk_input = v_input = self._norm(resid_BxTxD)
+      qk_input = v_input
     attn_out_BxTxD, pattern = self.attn(qk_input, v_input, head_scale_H)
     return resid_BxTxD + attn_out_BxTxD, pattern
 
