@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import parallel, sgld
+from suscept_jax import parallel, sgld, toys
 
 
-def quadratic_loss(w, batch):
-  """ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²: a Gaussian posterior with known covariance."""
-  return 0.5 * jnp.sum(batch["s"] * (w["w"] - batch["a"]) ** 2, axis=-1)
+quadratic_loss = toys.quadratic_loss  # a Gaussian posterior with known covariance
 
 
 def test_zero_noise_sgld_is_localized_gradient_descent():
@@ -54,13 +52,6 @@ def test_masked_coordinates_never_move_in_a_run():
   assert moving.diagnostics.phi_trace[:, 1:].mean() > 1e-3
 
 
-def gaussian_llc_exact(h_eig, config):
-  """nβ·E[½ uᵀHu] under the stationary law of discretized SGLD on the quadratic (exact, not asymptotic)."""
-  a = config.nbeta * h_eig + config.localization
-  v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
-  return config.nbeta * 0.5 * np.sum(h_eig * v)
-
-
 @pytest.mark.parametrize("free", [None, 2])
 def test_regular_model_llc_is_half_the_dimension(free):
   """Linear regression: λ = d/2, and k/2 when restricted to k coordinates (closed form incl. discretization)."""
@@ -82,7 +73,7 @@ def test_regular_model_llc_is_half_the_dimension(free):
   res = sj.estimate_llc(loss_fn, {"w": jnp.asarray(w_ols, jnp.float32)}, (x.astype(np.float32), y.astype(np.float32)),
                         config=config, batch_size=n, mask=mask, progress=False)
   k = d if free is None else free
-  exact = gaussian_llc_exact(np.ones(k), config)
+  exact = toys.quadratic_llc(np.ones(k), np.ones(k, bool), config)
   assert abs(exact - k / 2) < 0.05 * k  # discretization bias is small here
   assert abs(res.mean - exact) < 4 * res.stderr + 1e-3, (res.mean, res.stderr, exact)
   assert res.stderr < 0.1 * exact

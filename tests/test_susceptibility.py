@@ -4,13 +4,10 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import mixing
+from suscept_jax import mixing, toys
 
 
-def quadratic_loss(w, batch):
-  """ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²."""
-  return 0.5 * jnp.sum(batch["s"] * (w["w"] - batch["a"]) ** 2, axis=-1)
-
+quadratic_loss = toys.quadratic_loss
 
 D, N = 6, 64
 H_BASE = np.linspace(0.5, 2.0, D)
@@ -33,20 +30,6 @@ def gaussian_problem():
   return base, probes, w_star, comps
 
 
-def chi_closed_form(h, h_probe, free, m_over_n, config):
-  """χ_C (eq. 41) when every φ and ΔL is a quadratic form under the SGLD chain's stationary Gaussian.
-
-  u_i ~ N(0, v_i) independently, v_i = 1/(a_i(1 − εa_i/4)) with a_i = nβh_i + γ (discretized SGLD is an
-  exact Gaussian AR(1) process). φ = ½Σ_{i∈C} h_i u_i², E[ΔL | u] = (m/n)(½Σ c_i u_i² + linear + const)
-  with c = h' − h. Then χ_C = −(m/n)[½Σ_{C} h c v² − (½Σ_{C} h v)(½Σ_{∉C} c v)].
-  """
-  a = config.nbeta * h + config.localization
-  v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
-  c = h_probe - h
-  return -m_over_n * (0.5 * np.sum((h * c * v**2)[free])
-                      - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free]))
-
-
 def test_chi_matches_closed_form_gaussian(gaussian_problem):
   base, probes, w_star, comps = gaussian_problem
   config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=16, num_draws=4000,
@@ -57,16 +40,14 @@ def test_chi_matches_closed_form_gaussian(gaussian_problem):
   free = {"full": np.ones(D, bool), "first3": FIRST3, "last3": ~FIRST3}
   curvy = res.probe_names.index("curvy")
   for c, name in enumerate(res.component_names):
-    exact = chi_closed_form(H_BASE, H_CURVY, free[name], 0.5, config)
+    exact = toys.quadratic_chi(H_BASE, H_CURVY, free[name], 0.5, config)
     got, err = res.chi[curvy, c], res.chi_stderr[curvy, c]
     assert abs(got - exact) < 4 * err, (name, got, err, exact)
     assert abs(exact) > 8 * err  # the check has power: χ is resolved well away from 0
     # Only the linear terms change in "shift": χ = 0 exactly in expectation.
     assert abs(res.chi[res.probe_names.index("shift"), c]) < 4 * res.chi_stderr[res.probe_names.index("shift"), c]
     # The weight-refined LLC of the same samples: nβ·½Σ_C h v.
-    a = config.nbeta * H_BASE + config.localization
-    v = 1.0 / (a * (1.0 - config.step_size * a / 4.0))
-    assert abs(res.llc[c] - config.nbeta * 0.5 * np.sum((H_BASE * v)[free[name]])) < 4 * res.llc_stderr[c]
+    assert abs(res.llc[c] - toys.quadratic_llc(H_BASE, free[name], config)) < 4 * res.llc_stderr[c]
   diag = res.diagnostics["full"]
   assert diag.r_hat < 1.05 and diag.mala_acceptance > 0.9 and diag.frac_phi_negative == 0.0
 

@@ -1,0 +1,84 @@
+"""Models with known answers, for checking the estimators (tests, benchmarks, a user's own sanity checks).
+
+Quadratic per-sample loss ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)². Over a dataset with mean curvature h the
+posterior of the (discretised) SGLD chain is an exact Gaussian AR(1) process, so the LLC and χ of eq. 41
+have closed forms (full batches; with mini-batches they hold up to the batch noise of the gradient).
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from suscept_jax.sgld import SGLDConfig
+
+
+def quadratic_loss(params, batch):
+  """Per-sample losses [B] of ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²; params {"w": [D]}, batch {"a", "s": [B, D]}."""
+  return 0.5 * jnp.sum(batch["s"] * (params["w"] - batch["a"]) ** 2, axis=-1)
+
+
+def quadratic_dataset(rng: np.random.Generator, num_samples: int, curvature, spread: float) -> dict:
+  """Samples with targets a ~ N(0, spread²) and curvature s (broadcast [D], or [N, D] per sample)."""
+  curvature = np.asarray(curvature, np.float64)
+  dim = curvature.shape[-1]
+  return {"a": (spread * rng.normal(size=(num_samples, dim))).astype(np.float32),
+          "s": np.broadcast_to(curvature, (num_samples, dim)).astype(np.float32).copy()}
+
+
+def quadratic_minimum(data) -> dict:
+  """w* = the minimiser of the mean loss over `data` (curvature-weighted mean of the targets)."""
+  return {"w": (data["s"] * data["a"]).sum(0) / data["s"].sum(0)}
+
+
+def stationary_variance(h, config: SGLDConfig):
+  """Per-coordinate variance of discretised SGLD on U = nβ·½h u² + γ/2 u²: 1/(a(1 − εa/4)), a = nβh + γ."""
+  a = config.nbeta * np.asarray(h, np.float64) + config.localization
+  return 1.0 / (a * (1.0 - config.step_size * a / 4.0))
+
+
+def quadratic_llc(h, free, config: SGLDConfig) -> float:
+  """nβ·E[φ] = nβ·½ Σ_{i free} h_i v_i: the (weight-refined) LLC of the quadratic, discretisation included."""
+  v = stationary_variance(h, config)
+  return float(config.nbeta * 0.5 * np.sum((np.asarray(h) * v)[np.asarray(free, bool)]))
+
+
+def quadratic_chi(h, h_probe, free, realised_fraction: float, config: SGLDConfig) -> float:
+  """χ_C of eq. 41 when φ and ΔL are quadratic forms under the chain's stationary Gaussian.
+
+  u_i ~ N(0, v_i) independently. φ = ½Σ_{i∈C} h_i u_i²; E[ΔL | u] = f·(½Σ c_i u_i² + linear + const) with
+  c = h' − h and f the realised probe fraction. Then χ_C = −f·[½Σ_C h c v² − (½Σ_C h v)(½Σ_{∉C} c v)].
+  """
+  h, c, free = np.asarray(h, np.float64), np.asarray(h_probe, np.float64) - np.asarray(h, np.float64), np.asarray(free, bool)
+  v = stationary_variance(h, config)
+  return float(-realised_fraction * (0.5 * np.sum((h * c * v**2)[free])
+                                     - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free])))
+
+
+def quadratic_minibatch_prediction(base, probe, free, *, config: SGLDConfig, batch_size: int,
+                                   realised_fraction: float) -> tuple[float, float]:
+  """(LLC, χ of eq. 41) of the quadratic under mini-batch SGLD, to first order in 1/batch_size.
+
+  Two mini-batch effects on top of the full-batch closed forms (w* = the minimiser over all of `base`;
+  b_j = w* − a_j; batches drawn without replacement from N samples; each coordinate independent):
+  - the gradient noise of the batch, variance σ²_g = (N−n)/(N−1)·mean_j (s_j b_j)²/n per coordinate,
+    widens the stationary variance: v = (ε + ε²nβ²σ²_g/4) / (1 − (1 − εa/2)²), a = nβh + γ;
+  - the base samples replaced by probe samples enter both φ (through the batch's linear term) and ΔL, so
+    −Cov(φ, ΔL) gains f/n·Σ_{i∈C} v_i·(N−n)/(N−1)·mean_j (s_ji b_ji)² (f the realised probe fraction),
+    and the curvatures they share give −¾·f/n·Σ_{i∈C} var(s_i)·(N−n)/(N−1)·v_i² (small).
+  Measured agreement (benchmarks/error_bar_calibration.py): χ within its Monte Carlo error, the LLC ≈ 2 %
+  above (batches drawn without replacement within an epoch correlate w_t with the next batch's gradient,
+  which this first-order form leaves out). Per-chain estimates also carry O(τ/T) finite-chain bias.
+  """
+  s, a = np.asarray(base["s"], np.float64), np.asarray(base["a"], np.float64)
+  num, n = s.shape[0], batch_size
+  fpc = (num - n) / (num - 1)
+  w_star = (s * a).sum(0) / s.sum(0)
+  h, c = s.mean(0), np.asarray(probe["s"], np.float64).mean(0) - s.mean(0)
+  free = np.asarray(free, bool)
+  mu2 = ((s * (w_star - a)) ** 2).mean(0)
+  eps, nbeta = config.step_size, config.nbeta
+  rate = nbeta * h + config.localization
+  v = (eps + eps**2 * nbeta**2 * fpc * mu2 / n / 4) / (1 - (1 - eps * rate / 2) ** 2)
+  f = realised_fraction
+  llc = nbeta * 0.5 * np.sum((h * v)[free])
+  chi = (-f * (0.5 * np.sum((h * c * v**2)[free]) - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free]))
+         + f / n * fpc * np.sum((v * mu2)[free]) - 0.75 * f / n * fpc * np.sum((s.var(0) * v**2)[free]))
+  return float(llc), float(chi)
