@@ -57,7 +57,8 @@ def rhat(trace_KxT) -> float:
 
 
 def _ess_plain(x_KxT) -> float:
-  """ESS of [K, T] chains with Geyer's initial monotone sequence (Stan's multi-chain estimator)."""
+  """ESS of [K, T] chains with Geyer's initial monotone sequence over the combined autocorrelations
+  (Stan's estimator, as Vehtari et al. define it, including the positive even-lag term at the cut)."""
   k, t = x_KxT.shape
   if t < 4:
     return float("nan")
@@ -70,15 +71,21 @@ def _ess_plain(x_KxT) -> float:
   var_plus = within * (t - 1) / t + (x_KxT.mean(axis=1).var(ddof=1) if k > 1 else 0.0)
   rho = 1.0 - (within - acov_KxT.mean(axis=0)) / var_plus
   rho[0] = 1.0
-  total, prev_pair = 0.0, np.inf
-  for lag in range(0, t - 1, 2):
+  pair_sums, tail = [rho[0] + rho[1]], 0.0
+  for lag in range(2, t - 2, 2):  # pairs (lag, lag + 1) while their sum stays positive
     pair = rho[lag] + rho[lag + 1]
     if pair < 0:
+      tail = max(rho[lag], 0.0)
       break
-    pair = min(pair, prev_pair)
-    total += pair
-    prev_pair = pair
-  tau = max(-1.0 + 2.0 * total, 1.0 / np.log10(max(k * t, 10)))
+    pair_sums.append(pair)
+    if pair == 0:
+      break
+  else:  # ran out of lags: the last pair counts by its even term only
+    if len(pair_sums) > 1:
+      last = pair_sums.pop()
+      tail = max(last - rho[2 * len(pair_sums) + 1], 0.0)
+  monotone = np.minimum.accumulate(np.asarray(pair_sums))
+  tau = max(-1.0 + 2.0 * monotone.sum() + tail, 1.0 / np.log10(k * t))
   return float(k * t / tau)
 
 
