@@ -92,6 +92,33 @@ def mix(base, probe, delta_h: float):
   return [probe[j] if take_probe[j] else base[j] for j in range(n)]
 
 
+_U64 = np.uint64
+
+
+def _splitmix64(x):
+  """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a fast, well-mixed counter hash."""
+  with np.errstate(over="ignore"):
+    z = np.asarray(x, _U64) + _U64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31))
+
+
+def epoch_permutations(seed, epochs, num_samples: int) -> np.ndarray:
+  """int64 [len(epochs), num_samples]: the permutation of every epoch, a pure function of (seed…, epoch).
+
+  Sorting hashed counters gives every epoch its own uniformly random permutation, many epochs at once
+  (a full-batch run starts a new epoch every step, thousands per run).
+  """
+  state = _U64(0)
+  for word in np.atleast_1d(seed):
+    state = _splitmix64(state ^ _U64(int(word) & 0xFFFFFFFFFFFFFFFF))
+  epoch_keys = _splitmix64(state ^ np.asarray(epochs, np.int64).astype(_U64))
+  with np.errstate(over="ignore"):
+    keys = _splitmix64(epoch_keys[:, None] + np.arange(num_samples, dtype=_U64)[None, :])
+  return np.argsort(keys, axis=1, kind="stable")
+
+
 class BatchSchedule:
   """Batch indices per global step: consecutive slices of a fresh permutation every epoch."""
 
@@ -105,24 +132,19 @@ class BatchSchedule:
     self.steps_per_epoch = num_samples // batch_size
     self._epoch, self._perm = None, None
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._epoch:
-      self._epoch = epoch
-      self._perm = np.random.default_rng([*self.seed, epoch]).permutation(self.num_samples)
-    return self._perm
-
   def indices(self, step: int) -> np.ndarray:
     """int64 [batch_size] sample indices for a global step."""
-    epoch, offset = divmod(int(step), self.steps_per_epoch)
-    return self._permutation(epoch)[offset * self.batch_size:(offset + 1) * self.batch_size]
+    return self.indices_many([step])[0]
 
   def indices_many(self, steps) -> np.ndarray:
     """int64 [len(steps), batch_size] for several global steps (in any order)."""
     steps = np.asarray(steps, np.int64).reshape(-1)
-    out = np.empty((len(steps), self.batch_size), np.int64)
     epochs, offsets = np.divmod(steps, self.steps_per_epoch)
-    cols = np.arange(self.batch_size)
-    for epoch in np.unique(epochs):
-      rows = np.flatnonzero(epochs == epoch)
-      out[rows] = self._permutation(int(epoch))[offsets[rows, None] * self.batch_size + cols]
-    return out
+    unique, inverse = np.unique(epochs, return_inverse=True)
+    if len(unique) == 1 and unique[0] == self._epoch:
+      perms = self._perm[None]
+    else:
+      perms = epoch_permutations(self.seed, unique, self.num_samples)
+      self._epoch, self._perm = int(unique[-1]), perms[-1]
+    cols = offsets[:, None] * self.batch_size + np.arange(self.batch_size)[None, :]
+    return perms[inverse[:, None], cols]

@@ -9,7 +9,8 @@ program too.
 Data streams: chain k of *every* component reads stream k, whose base and probe batches come from
 schedules seeded by (seed, checkpoint, k). Chain k of C and chain k of "full" therefore share their
 batches (eq. 41's pairing keeps its common random numbers), while different chains see different
-batches, so the spread across chains carries the batch noise and the error bars hold.
+batches, so the spread across chains carries the batch noise and the error bars hold. (A full-batch
+run without probes has no batch noise: its one stream is the whole dataset in order, shared by all.)
 Noise keys are fold_in(seed, checkpoint, component-name hash, chain, step): results do not depend on
 the device count or on how the run is split into chunks.
 
@@ -24,7 +25,7 @@ Faults: a non-finite L_B(w*) is a fault of the base data (raised as `DataFaultEr
 not a divergence; a probe sample with a non-finite loss drops that probe's contribution for that draw
 (counted per entry × probe in the moments) instead of killing the chain.
 
-Shape letters: E entries (local to a device inside the chunk), K chains = streams, D probes, M probe
+Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe
 slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, T draws.
 """
 import dataclasses
@@ -132,7 +133,7 @@ class Entries(NamedTuple):
 
   key_data: Any  # uint32 [E, 2] noise key of the entry: fold_in(seed, checkpoint, component, chain)
   component: Any  # int32 [E] index into the stacked masks
-  chain: Any  # int32 [E] chain index = the data stream the entry reads
+  stream: Any  # int32 [E] the data stream the entry reads (its chain index)
   hyper: sgld.Hyper  # ε, nβ, γ, each float32 [E]
 
 
@@ -204,9 +205,9 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
   return step
 
 
-def _stream_rows(tree_K, chain_E):
+def _stream_rows(tree_K, stream_E):
   """Each entry's rows of its own stream: leaves [K, ...] -> [E, ...]."""
-  return jax.tree.map(lambda a: a[chain_E], tree_K)
+  return jax.tree.map(lambda a: a[stream_E], tree_K)
 
 
 def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_C, data: ChunkData):
@@ -228,7 +229,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   def probe_deltas(position_E, batch_E, losses_En, l):
     """(ΔL [E, D] with NaN where dropped, non-finite flags [E, D]) for block l."""
     slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
-    probes_E = _stream_rows(jax.tree.map(lambda a: a[l], data.probe_LxKxDxM), entries.chain)  # [E, D, M, ...]
+    probes_E = _stream_rows(jax.tree.map(lambda a: a[l], data.probe_LxKxDxM), entries.stream)  # [E, D, M, ...]
     probe_losses_ExDxM = jax.vmap(
         lambda w, p: batched_losses(loss_fn, w, _flatten_rows(p, 2), plan.microbatch_size).reshape(D, M))(
             position_E, probes_E)
@@ -251,9 +252,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     draw = block - 1
     global_step = data.first_step + l * S
     batch_K = jax.tree.map(lambda a: a[l, 0], data.base_LxSxK)
-    batch_E = _stream_rows(batch_K, entries.chain)
+    batch_E = _stream_rows(batch_K, entries.stream)
     loss_star_K = batched_losses(loss_fn, anchor, _flatten_rows(batch_K, 2), plan.microbatch_size).reshape(K, n).mean(-1)
-    loss_star_E = loss_star_K[entries.chain]
+    loss_star_E = loss_star_K[entries.stream]
     new_state, losses_En, grads = vstep(c.state, keys, entries.component, entries.hyper, batch_E, global_step)
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
@@ -276,7 +277,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
 
     def plain(i, st):
-      b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.chain)
+      b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
       return vstep(st, keys, entries.component, entries.hyper, b, global_step + i)[0]
 
     new_state = jax.lax.fori_loop(1, S, plain, new_state)
@@ -294,7 +295,7 @@ def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_C,
   vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_C, anchor), in_axes=(0, 0, 0, 0, 0, None))
 
   def body(i, st):
-    batch_E = _stream_rows(jax.tree.map(lambda a: a[i], base_LxK), entries.chain)
+    batch_E = _stream_rows(jax.tree.map(lambda a: a[i], base_LxK), entries.stream)
     return vstep(st, keys, entries.component, entries.hyper, batch_E, first_step + i)[0]
 
   return jax.lax.fori_loop(0, n_steps, body, state)
@@ -356,6 +357,12 @@ def stream_seed(seed: int, checkpoint_id: int, chain: int) -> tuple:
   return (int(seed), int(checkpoint_id), int(chain))
 
 
+def num_streams(num_samples: int, batch_size: int, num_chains: int, has_probes: bool) -> int:
+  """One stream per chain, except a full-batch run without probes: every batch is then the whole dataset
+  and the order cannot matter, so all chains share one stream taken in order (no shuffling, one L_B(w*))."""
+  return 1 if batch_size == num_samples and not has_probes else num_chains
+
+
 def _progress_bar(progress, total: int, label: str):
   if progress is False or progress is None:
     return None
@@ -372,7 +379,8 @@ class _Streams:
                base_name):
     self.base, self.probes, self.base_name = base, probes, base_name
     self.n, self.delta_h = batch_size, delta_h
-    seeds = [stream_seed(seed, checkpoint_id, k) for k in range(num_chains)]
+    self.num_streams = num_streams(num_rows(base), batch_size, num_chains, bool(probes))
+    seeds = [stream_seed(seed, checkpoint_id, k) for k in range(self.num_streams)]
     self.base_schedules = [mixing.BatchSchedule(num_rows(base), batch_size, s, name=base_name) for s in seeds]
     self.probe_schedules = {d: [mixing.BatchSchedule(num_rows(p), batch_size, s, name=f"probe {d!r}") for s in seeds]
                             for d, p in probes.items()}
@@ -381,6 +389,8 @@ class _Streams:
   def base_indices(self, steps) -> np.ndarray:
     """int64 [*steps.shape, K, n]."""
     steps = np.asarray(steps)
+    if self.num_streams == 1 and self.n == num_rows(self.base) and not self.probes:
+      return np.broadcast_to(np.arange(self.n), steps.shape + (1, self.n))
     idx = [sch.indices_many(steps.ravel()).reshape(steps.shape + (self.n,)) for sch in self.base_schedules]
     return np.stack(idx, axis=steps.ndim)
 
@@ -424,7 +434,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   burnin_per_chunk = max(1, min(config.num_burnin, 64)) if config.num_burnin else 1
   streams = _Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                      num_chains=K, base_name=base_name)
-  plan = Plan(config=config, batch_size=batch_size, num_streams=K, num_probes=len(probe_names),
+  plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk)
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
@@ -434,7 +444,8 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
   components_E = np.repeat(np.arange(C, dtype=np.int32), K)
   entries = Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
-                    component=padded(components_E), chain=padded(np.tile(np.arange(K, dtype=np.int32), C)),
+                    component=padded(components_E),
+                    stream=padded(np.tile(np.arange(K, dtype=np.int32) % streams.num_streams, C)),
                     hyper=sgld.Hyper(*(padded(np.asarray(h, np.float32)[components_E]) for h in hyper_C)))
 
   entry_sharding = NamedSharding(mesh, P(ENTRY_AXIS))
@@ -499,9 +510,8 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
     _check_base_faults(traces.loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
     if probe_names and traces.probe_nonfinite_LxExD.any():
-      chain_E = np.asarray(entries.chain)
       for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
-        nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, chain_E[e], d])
+        nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
     recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
     drop_padding = lambda a: a[recorded, :E]
     kept.append(ChunkTraces(*map(drop_padding, traces[:-1]), loss_star_LxK=traces.loss_star_LxK[recorded]))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import mixing, toys
+from suscept_jax import mixing, sampler, toys
 
 
 quadratic_loss = toys.quadratic_loss
@@ -192,3 +192,69 @@ def test_bad_inputs_name_what_is_wrong(gaussian_problem):
 
 def jax_tree_head(tree, k):
   return {key: value[:k] for key, value in tree.items()}
+
+
+# ---- data faults are data faults ------------------------------------------------------------------------------
+
+def _with_nan_sample(data, index):
+  out = {k: v.copy() for k, v in data.items()}
+  out["a"][index] = np.nan
+  return out
+
+
+def _first_draw_batch(num, batch_size, stream, config):
+  """Sample indices of a stream's first evaluation batch (what the preflight checks)."""
+  return mixing.BatchSchedule(num, batch_size, sampler.stream_seed(0, 0, stream)).indices(
+      config.num_burnin + config.steps_between_draws)
+
+
+def test_a_nan_sample_seen_by_the_preflight_is_named_before_sampling(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(num_chains=2, num_draws=10)
+  bad = int(_first_draw_batch(N, 16, 0, config)[3])
+  with pytest.raises(sj.DataFaultError, match=rf"base data: the loss at w\* .* not finite for sample\(s\) \[{bad}\]"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
+                                 batch_size=16, progress=False)
+  with pytest.raises(sj.DataFaultError, match=rf"probe 'curvy': .* sample\(s\) \[{bad}\]"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, {"curvy": _with_nan_sample(probes["curvy"], bad)},
+                                 config=config, batch_size=16, progress=False)
+
+
+def _unchecked_index(config):
+  checked = set(_first_draw_batch(N, 16, 0, config)) | set(_first_draw_batch(N, 16, 1, config))
+  return next(i for i in range(N) if i not in checked)
+
+
+def test_a_nan_base_sample_met_while_sampling_is_a_data_fault_not_a_divergence(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40)
+  bad = _unchecked_index(config)
+  with pytest.raises(sj.DataFaultError, match=rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
+                                 batch_size=16, progress=False)
+
+
+def test_a_nan_probe_sample_drops_its_draws_and_is_reported(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=200)
+  bad = _unchecked_index(config)
+  probes = {"curvy": probes["curvy"], "faulty": _with_nan_sample(probes["curvy"], bad)}
+  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=16,
+                                     delta_h=0.5, progress=False)
+  dropped = res.probe_draws_dropped
+  assert np.all(dropped[0] == 0) and np.all(dropped[1] > 0)  # only the faulty probe loses draws
+  assert not res.diverged.any() and np.all(np.isfinite(res.chi))  # no chain was killed by it
+  assert any(f"probe 'faulty'" in w and f"[{bad}]" in w and "data fault" in w for w in res.warnings), res.warnings
+  # Its χ comes from the draws that remain: close to the clean probe's (same samples otherwise).
+  np.testing.assert_allclose(res.chi[1], res.chi[0], atol=4 * res.chi_stderr[0].max())
+  assert {"probe_draws_dropped", "realised_delta_h"} <= set(res.records()[0])
+
+
+def test_full_must_free_every_parameter(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  with pytest.raises(ValueError, match=r"component 'full' must free every parameter .* freezes 3 of them"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, {"full": {"w": FIRST3}}, base, probes, batch_size=16)
+  # An explicit all-ones mask is fine.
+  config = sj.SGLDConfig(num_chains=2, num_draws=2)
+  sj.estimate_susceptibilities(quadratic_loss, w_star, {"full": {"w": np.ones(D, bool)}}, base, probes,
+                               config=config, batch_size=16, progress=False)
