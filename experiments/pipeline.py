@@ -5,6 +5,7 @@ atomically, and training resumes from its latest train state.
 """
 from pathlib import Path
 
+from experiments import presets
 from suscept_jax import checkpoints, training
 from suscept_jax.data import corpora, packing, sources
 from suscept_jax.data import tokenizer as tokenizers_lib
@@ -57,3 +58,11 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
   print(f"trained: test loss {summary['test_loss']:.3f} nats vs unigram entropy {summary['unigram_entropy']:.3f} "
         f"({summary['seconds']:.0f} s)")
   return summary
+
+
+def prepare_demo_run(preset_name: str, run_dir, tokenizer_path) -> None:
+  """The demo trains its own model (and builds corpora and tokenizer) when they are missing."""
+  preset = presets.get_preset(preset_name)
+  tokenizer = ensure_tokenizer(tokenizer_path, train_data=preset.train_data, vocab_size=preset.vocab_size)
+  ensure_trained(run_dir, model=preset.model, tokenizer=tokenizer, train_data=preset.train_data,
+                 train_config=preset.train)

@@ -81,15 +81,6 @@ def resolve_settings() -> dict:
   }
 
 
-def prepare_demo_run(settings: dict) -> None:
-  """The demo trains its own model (and builds corpora and tokenizer) when they are missing."""
-  preset = presets.get_preset(settings["preset"])
-  tokenizer = pipeline.ensure_tokenizer(settings["tokenizer"], train_data=preset.train_data,
-                                        vocab_size=preset.vocab_size)
-  pipeline.ensure_trained(settings["run_dir"], model=preset.model, tokenizer=tokenizer,
-                          train_data=preset.train_data, train_config=preset.train)
-
-
 def summary_text(table, step: int) -> str:
   """χ ± 95 % interval per probe × component at one checkpoint, as aligned text."""
   t = table[table.checkpoint == step]
@@ -118,7 +109,7 @@ def main(argv):
   t_start = time.perf_counter()
   settings = resolve_settings()
   if settings["preset"] == "demo":
-    prepare_demo_run(settings)
+    pipeline.prepare_demo_run(settings["preset"], settings["run_dir"], settings["tokenizer"])
   run_dir = settings["run_dir"]
   model_cfg = checkpoints.read_model_config(run_dir)
   context_length = int(checkpoints.read_run_info(run_dir).get("context_length", model_cfg.n_ctx))

@@ -4,6 +4,8 @@ Genuine mini-batching (batch 16 of N = 4096 noisy samples): the batch noise is a
 error bars that only see the spread of chains sharing one data stream are too small (the old design,
 re-created here to show that this test can fail).
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,45 @@ def test_a_shared_data_stream_fails_the_same_check():
   table = error_bar_calibration.measure(16, SEEDS, num_draws=100, num_burnin=50, shared_streams=True)
   chi_ratios = [std / rms for (quantity, _), (std, rms, _) in table.items() if quantity == "chi"]
   assert max(chi_ratios) > 1.33, chi_ratios
+
+
+# ---- choosing the step size ----------------------------------------------------------------------------------
+
+def test_step_size_calibration_on_a_known_posterior():
+  """A grid of ε for two components runs as one program; too small a step fails R̂ (still climbing from
+  w*), too large fails MALA acceptance or diverges, and the recommended ε samples the known posterior."""
+  from suscept_jax import calibration, sampler, toys
+  import suscept_jax as sj
+  rng = np.random.default_rng(0)
+  h = np.array([0.5, 1.0, 2.0])
+  data = toys.quadratic_dataset(rng, 256, h, 0.3)
+  config = sj.SGLDConfig(localization=10.0, nbeta=100.0, num_chains=8, num_draws=300, mala_every=2)
+  comps = {"full": None, "c0": {"w": np.array([True, False, False])}}
+  compiled_before = len(sampler._COMPILED)
+  res = calibration.calibrate(toys.quadratic_loss, toys.quadratic_minimum(data), data, comps,
+                              step_sizes=[1e-4, 3e-3, 1e-2, 3e-2], config=config, batch_size=256, progress=False)
+  assert len(sampler._COMPILED) - compiled_before <= 1  # the whole grid is one compiled program
+  cell = {(c.setting.step_size, c.component): c for c in res.cells}
+  assert cell[(1e-4, "full")].r_hat > calibration.RHAT_MAX
+  assert cell[(1e-2, "full")].mala_acceptance < 0.9 and cell[(3e-2, "full")].num_diverged == 8
+  best = res.recommend()
+  assert best is not None and best.step_size == 3e-3, res.explain()
+  for comp, free in (("full", [True, True, True]), ("c0", [True, False, False])):
+    got = cell[(3e-3, comp)]
+    exact = toys.quadratic_llc(h, free, dataclasses.replace(config, step_size=3e-3))
+    assert abs(got.llc - exact) < 4 * got.llc_stderr + 0.05 * exact, (comp, got.llc, got.llc_stderr, exact)
+  lines = res.explain()
+  assert lines[0].startswith("ε=0.0001") and "R̂" in lines[0] and lines[1].endswith("passes")
+  assert res.to_json()["recommended"]["step_size"] == 3e-3
+
+
+def test_calibration_rejects_a_grid_it_cannot_judge():
+  from suscept_jax import calibration, toys
+  import suscept_jax as sj
+  data = toys.quadratic_dataset(np.random.default_rng(0), 32, np.ones(2), 0.1)
+  w = toys.quadratic_minimum(data)
+  with pytest.raises(ValueError, match=r"step_sizes=\[0.0\]"):
+    calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[0.0], batch_size=32)
+  with pytest.raises(ValueError, match="mala_every must be > 0"):
+    calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[1e-3], batch_size=32,
+                          config=sj.SGLDConfig(mala_every=0))

@@ -85,3 +85,57 @@ def sweep_figures(table, out_dir) -> list[Path]:
   out_dir = Path(out_dir)
   return [plot_chi_over_training(table, out_dir / "chi_over_training.png"),
           plot_llc_over_training(table, out_dir / "llc_over_training.png")]
+
+
+def plot_calibration(result, path) -> Path:
+  """LLC traces per setting (one panel per setting, a line per chain and component), and MALA acceptance
+  and LLC against ε per component, with the recommended ε marked."""
+  plt = _pyplot()
+  settings, comps = result.settings, result.components
+  cols = min(4, len(settings))
+  rows = math.ceil(len(settings) / cols)
+  fig = plt.figure(figsize=(4.0 * cols, 2.8 * rows + 3.4))
+  grid = fig.add_gridspec(rows + 1, cols, height_ratios=[1.0] * rows + [1.25])
+  colors = plt.get_cmap("tab10")
+  best = result.recommend()
+  for i, setting in enumerate(settings):
+    ax = fig.add_subplot(grid[i // cols, i % cols])
+    for j, comp in enumerate(comps):
+      cell = next(c for c in result.cells if c.setting == setting and c.component == comp)
+      for k, trace in enumerate(cell.llc_trace):
+        ax.plot(trace, color=colors(j), lw=0.7, alpha=0.7, label=comp if k == 0 else None)
+      t = cell.llc_trace.shape[1]
+      ax.axvspan(t // 2, t, color="grey", alpha=0.08, lw=0)
+    verdict = "passes" if all(c.passes(result.min_acceptance) for c in result.cells if c.setting == setting) else "fails"
+    ax.set_title(f"{setting.label}\n{verdict}{'  ← recommended' if setting == best else ''}", fontsize=8)
+    ax.set_xlabel("draw", fontsize=8)
+    ax.set_ylabel("nβ·φ (LLC trace)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if i == 0:
+      ax.legend(fontsize=7, frameon=False)
+  ax_acc = fig.add_subplot(grid[rows, :cols // 2 or 1])
+  ax_llc = fig.add_subplot(grid[rows, cols // 2 or 1:] if cols > 1 else grid[rows, 0])
+  for j, comp in enumerate(comps):
+    for nbeta, gamma in dict.fromkeys((s.nbeta, s.localization) for s in settings):
+      cells = sorted((c for c in result.cells if c.component == comp and c.setting.nbeta == nbeta
+                      and c.setting.localization == gamma), key=lambda c: c.setting.step_size)
+      eps = [c.setting.step_size for c in cells]
+      label = f"{comp} (nβ={nbeta:g}, γ={gamma:g})"
+      ax_acc.plot(eps, [c.mala_acceptance for c in cells], marker="o", color=colors(j), label=label)
+      ax_llc.errorbar(eps, [c.llc for c in cells], yerr=[c.llc_stderr for c in cells], marker="o", color=colors(j),
+                      capsize=2, label=label)
+  ax_acc.axhline(result.min_acceptance, color="grey", ls="--", lw=1)
+  for ax, ylabel in ((ax_acc, "MALA acceptance"), (ax_llc, "LLC (± 1 s.e.)")):
+    ax.set_xscale("log")
+    ax.set_xlabel("step size ε")
+    ax.set_ylabel(ylabel)
+    if best is not None:
+      ax.axvline(best.step_size, color="green", lw=1)
+  ax_acc.legend(fontsize=7, frameon=False)
+  fig.suptitle("SGLD calibration: " + (f"recommended {best.label}" if best else "no setting passes (see JSON)"),
+               fontsize=10)
+  fig.tight_layout()
+  path = Path(path)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -1,0 +1,189 @@
+"""Choosing SGLD's step size (and nβ, γ) from the chains themselves, as one vectorized program.
+
+devinterp's users call ε and nβ "more art than science". Here every setting of a grid (ε × nβ × γ) runs
+for every chosen component as extra entries of one compiled sampler (ε, nβ, γ are data, see sgld.Hyper),
+all reading the same data streams, and each setting is judged by two stated tests:
+  - MALA acceptance ≥ `min_acceptance` (0.9 by default) for every component: the Langevin step is small
+    enough that a Metropolis correction would rarely reject it (Lau et al. use ≈ 0.9 as healthy);
+  - the LLC trace is flat in its second half, for every component: over chains, the mean change of
+    nβ·φ from the third to the fourth quarter of the draws is within 2 standard errors, or below 5 % of
+    the LLC (a trace still rising there means the draws are dominated by the start at w*);
+  - the chains agree and the whole trace looks stationary: rank-normalised split-R̂ of nβ·φ ≤ 1.1 (too
+    small a step fails here: chains still climbing from w*, each its own way, while the quarter test
+    alone has little power with few chains);
+and no chain diverged. The recommendation is the largest passing ε (larger steps mix faster).
+"""
+import dataclasses
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from suscept_jax import api, diagnostics, estimators, masks, sampler, sgld
+
+FLAT_Z = 2.0  # quarter-to-quarter change within this many standard errors counts as flat
+FLAT_RELATIVE = 0.05  # … or within this fraction of the LLC
+RHAT_MAX = 1.1  # rank-normalised split-R̂ of the LLC trace above this fails
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  step_size: float
+  nbeta: float
+  localization: float
+
+  @property
+  def label(self) -> str:
+    return f"ε={self.step_size:g}, nβ={self.nbeta:g}, γ={self.localization:g}"
+
+
+@dataclasses.dataclass
+class SettingResult:
+  """One (setting, component) cell of the grid."""
+
+  setting: Setting
+  component: str
+  llc: float  # nβ·⟨φ⟩ over non-diverged chains
+  llc_stderr: float
+  mala_acceptance: float  # mean over measured moves of non-diverged chains
+  num_diverged: int
+  second_half_change: float  # mean over chains of (4th-quarter − 3rd-quarter mean of nβ·φ)
+  second_half_change_stderr: float
+  r_hat: float  # rank-normalised split-R̂ of the LLC trace over non-diverged chains
+  llc_trace: np.ndarray  # [K, T] nβ·φ_t per chain
+
+  @property
+  def flat(self) -> bool:
+    change = abs(self.second_half_change)
+    return bool(np.isfinite(change) and (change <= FLAT_Z * self.second_half_change_stderr
+                                         or change <= FLAT_RELATIVE * abs(self.llc)))
+
+  def passes(self, min_acceptance: float) -> bool:
+    return (self.num_diverged == 0 and self.mala_acceptance >= min_acceptance and self.flat
+            and self.r_hat <= RHAT_MAX)
+
+  def reasons(self, min_acceptance: float) -> list[str]:
+    """Why this cell fails (empty if it passes)."""
+    out = []
+    if self.num_diverged:
+      out.append(f"{self.num_diverged} chain(s) diverged")
+      if not np.isfinite(self.llc):
+        return out
+    if not self.mala_acceptance >= min_acceptance:
+      out.append(f"MALA acceptance {self.mala_acceptance:.2f} < {min_acceptance}")
+    if not self.flat:
+      out.append(f"LLC still moving in the second half ({self.second_half_change:+.3g} ± "
+                 f"{self.second_half_change_stderr:.2g} from the 3rd to the 4th quarter)")
+    if not self.r_hat <= RHAT_MAX:
+      out.append(f"R̂ {self.r_hat:.2f} > {RHAT_MAX} (chains disagree or are not yet stationary)")
+    return out
+
+  def summary(self) -> dict:
+    return {"step_size": self.setting.step_size, "nbeta": self.setting.nbeta,
+            "localization": self.setting.localization, "component": self.component, "llc": self.llc,
+            "llc_stderr": self.llc_stderr, "mala_acceptance": self.mala_acceptance,
+            "num_diverged": self.num_diverged, "second_half_change": self.second_half_change,
+            "second_half_change_stderr": self.second_half_change_stderr, "flat": self.flat, "r_hat": self.r_hat}
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+  cells: list  # SettingResult for every setting × component
+  components: list
+  settings: list
+  min_acceptance: float
+  seconds: float
+
+  def recommend(self, nbeta: float | None = None, localization: float | None = None) -> Setting | None:
+    """The largest ε that passes for every component at the given (nβ, γ) (default: the grid's first)."""
+    nbeta = self.settings[0].nbeta if nbeta is None else nbeta
+    localization = self.settings[0].localization if localization is None else localization
+    passing = [s for s in self.settings if s.nbeta == nbeta and s.localization == localization
+               and all(c.passes(self.min_acceptance) for c in self.cells if c.setting == s)]
+    return max(passing, key=lambda s: s.step_size) if passing else None
+
+  def explain(self) -> list[str]:
+    """One line per setting: passes, or why not."""
+    lines = []
+    for s in self.settings:
+      why = [f"{c.component}: {'; '.join(c.reasons(self.min_acceptance))}" for c in self.cells
+             if c.setting == s and not c.passes(self.min_acceptance)]
+      lines.append(f"{s.label}: " + ("passes" if not why else " | ".join(why)))
+    return lines
+
+  def to_json(self) -> dict:
+    best = self.recommend()
+    return {"recommended": None if best is None else dataclasses.asdict(best),
+            "criteria": {"min_acceptance": self.min_acceptance, "flat_z": FLAT_Z, "flat_relative": FLAT_RELATIVE,
+                         "r_hat_max": RHAT_MAX},
+            "explanation": self.explain(), "cells": [c.summary() for c in self.cells], "seconds": self.seconds}
+
+
+def _second_half_change(trace_KxT):
+  """(mean, stderr) over chains of (mean of the 4th quarter − mean of the 3rd quarter)."""
+  t = trace_KxT.shape[1]
+  q3, q4 = trace_KxT[:, t // 2:3 * t // 4], trace_KxT[:, 3 * t // 4:]
+  if q3.shape[1] == 0 or q4.shape[1] == 0:
+    return float("nan"), float("nan")
+  mean, se = estimators.mean_and_stderr(q4.mean(axis=1) - q3.mean(axis=1), np.ones(len(trace_KxT), bool))
+  return float(mean), float(se)
+
+
+def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_sizes, nbetas=None, localizations=None,
+              config: sgld.SGLDConfig | None = None, batch_size: int = 64, min_acceptance: float = 0.9,
+              seed: int = 0, checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None,
+              progress=True, data_name: str = "data") -> CalibrationResult:
+  """Run every (ε, nβ, γ) of the grid for every component in one program and judge each setting.
+
+  `config` gives everything else (chains, draws, sampler, MALA frequency; its ε, nβ, γ are the defaults of
+  the grid axes that are not given).
+  """
+  config = config or sgld.SGLDConfig()
+  if not config.mala_every:
+    raise ValueError("calibration judges settings by MALA acceptance: config.mala_every must be > 0")
+  if config.num_draws < 8:
+    raise ValueError(f"calibration needs at least 8 draws to test flatness; got num_draws={config.num_draws}")
+  axes = {"step_sizes": step_sizes, "nbetas": nbetas or [config.nbeta],
+          "localizations": localizations or [config.localization]}
+  for name, values in axes.items():
+    values = list(values)
+    if not values or any(not np.isfinite(v) or v < 0 or (name != "localizations" and v == 0) for v in values):
+      raise ValueError(f"calibration grid {name}={values}: expected a non-empty list of "
+                       f"{'non-negative' if name == 'localizations' else 'positive'} numbers")
+  settings = [Setting(float(e), float(b), float(g))
+              for b, g, e in itertools.product(axes["nbetas"], axes["localizations"], axes["step_sizes"])]
+  api._check_batching(batch_size, microbatch_size)
+  api._check_params(params)
+  api._check_dataset(data_name, data, batch_size)
+  names, masks_C = masks.stack_masks(components, params)
+  api._check_loss_fn(loss_fn, params, data)
+  api._preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
+                 checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
+
+  # Entries: settings × components, each with its own ε, nβ, γ; the grid shares the data streams.
+  grid_names = [f"{name} | {s.label}" for s in settings for name in names]
+  stacked = jax.tree.map(lambda m: np.concatenate([m] * len(settings)), masks_C)
+  hyper = sgld.Hyper(*(np.repeat(np.array([getattr(s, f) for s in settings], np.float32), len(names))
+                       for f in ("step_size", "nbeta", "localization")))
+  out = sampler.run(loss_fn, params, grid_names, stacked, data, {}, config=config, batch_size=batch_size,
+                    delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size,
+                    mesh=mesh, hyper_C=hyper, progress=progress, label="calibration", base_name=data_name)
+  K = config.num_chains
+  cells = []
+  for i, (setting, name) in enumerate((s, n) for s in settings for n in names):
+    sl = slice(i * K, (i + 1) * K)
+    ok = ~out.diverged[sl]
+    llc_KxT = setting.nbeta * out.phi_trace[:, sl].T
+    llc, llc_err = estimators.mean_and_stderr(setting.nbeta * out.moments.mean_x[sl], ok)
+    mala = out.mala[:, sl][:, ok]
+    mala = mala[np.isfinite(mala)]
+    change, change_err = _second_half_change(llc_KxT[ok]) if ok.sum() >= 2 else (float("nan"), float("nan"))
+    cells.append(SettingResult(setting=setting, component=name, llc=float(llc), llc_stderr=float(llc_err),
+                               mala_acceptance=float(mala.mean()) if mala.size else float("nan"),
+                               num_diverged=int((~ok).sum()), second_half_change=change,
+                               second_half_change_stderr=change_err, r_hat=diagnostics.rhat(llc_KxT[ok]),
+                               llc_trace=llc_KxT))
+  return CalibrationResult(cells=cells, components=names, settings=settings, min_acceptance=min_acceptance,
+                           seconds=out.seconds)
