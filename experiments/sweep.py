@@ -15,7 +15,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import cli, pipeline, presets
-from suscept_jax import api, checkpoints, results
+from suscept_jax import api, checkpoints, mixing, results
 from suscept_jax.analysis import head_scores, plots
 from suscept_jax.data import tokenizer as tokenizers_lib
 from suscept_jax.models import components as components_lib
@@ -128,6 +128,7 @@ def main(argv):
   specs = ["full"] + [s for s in specs if s != "full"]
   component_masks = components_lib.component_masks(specs, template_params, model_cfg)
   config = SGLDConfig(**settings["sgld"])
+  mixing.check_mixing(settings["batch_size"], settings["delta_h"], config.num_draws)
 
   base = pipeline.load_dataset(settings["base"], tokenizer, context_length, settings["max_contexts"])
   probes = {spec: pipeline.load_dataset(spec, tokenizer, context_length, settings["max_contexts"])
