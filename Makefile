@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(PY) -m benchmarks.draw_cost
 	$(PY) -m benchmarks.memory_vs_draws
+	$(PY) -m benchmarks.error_bar_calibration
 
 clean:
 	rm -rf runs .pytest_cache

@@ -141,6 +141,9 @@ def main(argv):
   todo = [s for s in steps if s not in done]
   if done:
     print(f"resuming {out.path}: {len(steps) - len(todo)} of {len(steps)} checkpoints already finished")
+  preset = presets.get_preset(settings["preset"])
+  note = preset.sgld_note if config == preset.sgld else "set by flags"
+  print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
   print(f"sweep: {len(todo)} checkpoint(s) × {len(probes)} probes × {len(specs)} components × "
         f"{config.num_chains} chains × {config.num_draws} draws -> {out.path}")
 
