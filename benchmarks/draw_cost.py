@@ -6,7 +6,6 @@ step against the machine's measured matmul peak.
 Prints the figures recorded in BUILD_NOTES.md.
 """
 import argparse
-import time
 from unittest import mock
 
 import jax

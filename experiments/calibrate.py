@@ -58,11 +58,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_libraries()
-  preset = presets.get_preset(_PRESET.value)
-  run_dir = _RUN_DIR.value or preset.run_dir
-  if run_dir is None:
-    raise app.UsageError(f"--run_dir is required with --preset={_PRESET.value}")
-  tokenizer_path = _TOKENIZER.value or preset.tokenizer or str(Path(run_dir) / "tokenizer.json")
+  preset, run_dir, tokenizer_path = cli.resolve_run(_PRESET.value, _RUN_DIR.value, _TOKENIZER.value)
   step_sizes, nbetas, gammas = (_floats("step_sizes", _STEP_SIZES.value), _floats("nbetas", _NBETAS.value),
                                 _floats("localizations", _LOCALIZATIONS.value))
   config = dataclasses.replace(preset.sgld, mala_every=_MALA_EVERY.value,

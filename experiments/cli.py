@@ -1,6 +1,7 @@
 """Small helpers shared by the absl runners."""
 import sys
 import traceback
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -29,3 +30,13 @@ def run(main) -> None:
       sys.exit(2)
 
   app.run(wrapped)
+
+
+def resolve_run(preset_name: str, run_dir: str | None, tokenizer: str | None, *, run_dir_flag: str = "run_dir"):
+  """(preset, run directory, tokenizer path): the flags, else the preset's, else <run_dir>/tokenizer.json."""
+  from experiments import presets
+  preset = presets.get_preset(preset_name)
+  run_dir = run_dir or preset.run_dir
+  if run_dir is None:
+    raise app.UsageError(f"--{run_dir_flag} is required with --preset={preset_name}")
+  return preset, run_dir, tokenizer or preset.tokenizer or str(Path(run_dir) / "tokenizer.json")

@@ -6,7 +6,6 @@
 Killed runs resume from their latest train state with no lost steps: rerun the same command.
 """
 import dataclasses
-from pathlib import Path
 
 from absl import app, flags
 
@@ -39,12 +38,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_libraries()
-  preset = presets.get_preset(_PRESET.value)
-  workdir = _WORKDIR.value or preset.run_dir
-  if workdir is None:
-    raise app.UsageError(f"--workdir is required with --preset={_PRESET.value}")
+  preset, workdir, tokenizer_path = cli.resolve_run(_PRESET.value, _WORKDIR.value, _TOKENIZER.value,
+                                                    run_dir_flag="workdir")
   data = _DATA.value or preset.train_data
-  tokenizer_path = _TOKENIZER.value or preset.tokenizer or str(Path(workdir) / "tokenizer.json")
   tokenizer = pipeline.ensure_tokenizer(tokenizer_path, train_data=data, vocab_size=_VOCAB.value or preset.vocab_size)
   summary = pipeline.ensure_trained(workdir, model=_MODEL.value or preset.model, tokenizer=tokenizer, train_data=data,
                                     train_config=train_config(preset),

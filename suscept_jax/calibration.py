@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from suscept_jax import api, diagnostics, estimators, masks, sampler, sgld
+from suscept_jax import diagnostics, estimators, masks, sampler, sgld, validation
 
 FLAT_Z = 2.0  # quarter-to-quarter change within this many standard errors counts as flat
 FLAT_RELATIVE = 0.05  # … or within this fraction of the LLC
@@ -154,12 +154,12 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
                        f"{'non-negative' if name == 'localizations' else 'positive'} numbers")
   settings = [Setting(float(e), float(b), float(g))
               for b, g, e in itertools.product(axes["nbetas"], axes["localizations"], axes["step_sizes"])]
-  api._check_batching(batch_size, microbatch_size)
-  api._check_params(params)
-  api._check_dataset(data_name, data, batch_size)
+  validation.check_batching(batch_size, microbatch_size)
+  validation.check_params(params)
+  validation.check_dataset(data_name, data, batch_size)
   names, masks_C = masks.stack_masks(components, params)
-  api._check_loss_fn(loss_fn, params, data)
-  api._preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
+  validation.check_loss_fn(loss_fn, params, data)
+  validation.preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
                  checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
 
   # Entries: settings × components, each with its own ε, nβ, γ; the grid shares the data streams.

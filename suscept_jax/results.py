@@ -13,7 +13,6 @@ numbers depend only on (seed, checkpoint, component, chain, step), the final tab
 """
 import io
 import json
-import os
 import platform
 import subprocess
 import time

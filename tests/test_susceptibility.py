@@ -1,5 +1,4 @@
 """χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -244,7 +243,7 @@ def test_a_nan_probe_sample_drops_its_draws_and_is_reported(gaussian_problem):
   dropped = res.probe_draws_dropped
   assert np.all(dropped[0] == 0) and np.all(dropped[1] > 0)  # only the faulty probe loses draws
   assert not res.diverged.any() and np.all(np.isfinite(res.chi))  # no chain was killed by it
-  assert any(f"probe 'faulty'" in w and f"[{bad}]" in w and "data fault" in w for w in res.warnings), res.warnings
+  assert any("probe 'faulty'" in w and f"[{bad}]" in w and "data fault" in w for w in res.warnings), res.warnings
   # Its χ comes from the draws that remain: close to the clean probe's (same samples otherwise).
   np.testing.assert_allclose(res.chi[1], res.chi[0], atol=4 * res.chi_stderr[0].max())
   assert {"probe_draws_dropped", "realised_delta_h"} <= set(res.records()[0])

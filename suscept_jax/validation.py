@@ -1,0 +1,92 @@
+"""Checks on what a user passes to the estimators, run before anything is compiled, so bad input gets an
+error that names it (never a traceback from inside JAX, never a silent NaN)."""
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from suscept_jax import masks, mixing, sampler, sgld
+
+
+# ---- validation --------------------------------------------------------------------------------------------
+
+def check_params(params) -> None:
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  if not leaves:
+    raise ValueError("params has no array leaves")
+  for path, leaf in leaves:
+    arr = np.asarray(leaf)
+    if arr.dtype.kind != "f":
+      raise TypeError(f"params leaf {masks.leaf_path(path)} has dtype {arr.dtype}; SGLD needs floating point")
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"params leaf {masks.leaf_path(path)} contains NaN or inf "
+                       f"({int(np.sum(~np.isfinite(arr)))} of {arr.size} values)")
+
+
+def check_dataset(name: str, data, batch_size: int, like=None) -> int:
+  leaves = jax.tree.leaves(data)
+  if not leaves:
+    raise ValueError(f"{name} is empty (no arrays)")
+  sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
+  if len(sizes) != 1 or -1 in sizes:
+    raise ValueError(f"{name}: every array needs the same leading (sample) axis; got leading sizes {sorted(sizes)}")
+  n = sizes.pop()
+  if n == 0:
+    raise ValueError(f"{name} is empty (0 samples)")
+  if n < batch_size:
+    raise ValueError(f"{name} has {n} samples, fewer than batch_size={batch_size}")
+  if like is not None:
+    if jax.tree.structure(data) != jax.tree.structure(like):
+      raise ValueError(f"{name} has pytree structure {jax.tree.structure(data)}, but the base data has "
+                       f"{jax.tree.structure(like)}")
+    for a, b in zip(leaves, jax.tree.leaves(like)):
+      if np.shape(a)[1:] != np.shape(b)[1:] or np.asarray(a[:0]).dtype != np.asarray(b[:0]).dtype:
+        raise ValueError(f"{name}: sample shape/dtype {np.shape(a)[1:]} {np.asarray(a[:0]).dtype} differs "
+                         f"from the base data's {np.shape(b)[1:]} {np.asarray(b[:0]).dtype}")
+  return n
+
+
+def check_loss_fn(loss_fn, params, base) -> None:
+  sample = jax.tree.map(lambda a: np.asarray(a[:2]), base)
+  try:
+    out = jax.eval_shape(loss_fn, params, sample)
+  except Exception as e:  # surface the user's own error with context
+    raise ValueError(f"loss_fn(params, batch) failed on a batch of 2 base samples: {e}") from e
+  if not hasattr(out, "shape") or tuple(out.shape) != (2,):
+    raise ValueError(f"loss_fn must return per-sample losses of shape [B]; for B=2 it returned "
+                     f"{getattr(out, 'shape', type(out))}")
+
+
+def check_batching(batch_size: int, microbatch_size) -> None:
+  if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+  if microbatch_size is not None and (not isinstance(microbatch_size, (int, np.integer)) or microbatch_size < 1):
+    raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer or None")
+
+
+def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_streams, seed, checkpoint_id,
+               config: sgld.SGLDConfig, microbatch_size) -> None:
+  """Before compiling the sampler: the loss at w* must be finite on the first draw batches of the first
+  (up to two) streams of every dataset, or the dataset is named with its faulty samples."""
+  first_eval_step = config.num_burnin + config.steps_between_draws
+  for name, data in datasets.items():
+    indices = np.concatenate([
+        mixing.BatchSchedule(sampler.num_rows(data), batch_size, sampler.stream_seed(seed, checkpoint_id, k),
+                             name=name).indices(first_eval_step) for k in range(min(num_streams, 2))])
+    faulty = sampler.nonfinite_samples(loss_fn, params, data, indices, microbatch_size)
+    if faulty:
+      raise sampler.DataFaultError(
+          f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
+          f"{' …' if len(faulty) > 20 else ''}: a fault of the data, not of the sampler. Fix or remove them.")
+
+
+def check_full_is_full(components: Mapping[str, Any], params) -> None:
+  mask = components["full"]
+  if mask is None:
+    return
+  frozen = masks.count_free(masks.full_mask(params), params) - masks.count_free(
+      masks.normalize_mask("full", mask, params), params)
+  if frozen:
+    raise ValueError(f"component 'full' must free every parameter (E[ΔL] in eq. 41 and the LLC are the full "
+                     f"posterior's), but its mask freezes {frozen} of them; pass None for 'full'")
