@@ -5,12 +5,13 @@ names it.
 """
 import dataclasses
 import math
+import warnings as warnings_lib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from suscept_jax import diagnostics, estimators, masks, mixing, sampler, sgld, validation
+from suscept_jax import diagnostics, estimators, health, masks, mixing, sampler, sgld, validation
 
 MAX_TRACE_POINTS = 1000
 
@@ -59,6 +60,26 @@ def _divergence_warnings(component_names, diagnostics_by_name, num_chains) -> li
   return warnings
 
 
+def _health_warnings(component_names, component_flags, probe_names, cell_flags) -> list[str]:
+  """One line per flagged component (other than divergence, reported on its own) and per flagged probe."""
+  lines = []
+  for name, flags in zip(component_names, component_flags):
+    rest = [f for f in flags if "diverged" not in f]
+    if rest:
+      lines.append(f"component {name!r}: {'; '.join(rest)}")
+  for p, probe in enumerate(probe_names):
+    cells = [f"{comp}: {'; '.join(cell_flags[p][c])}" for c, comp in enumerate(component_names) if cell_flags[p][c]]
+    if cells:
+      lines.append(f"probe {probe!r}: " + " | ".join(cells))
+  return lines
+
+
+def _emit(messages) -> None:
+  """Messages reach the user as Python warnings of our own category (filterable), not only in a list."""
+  for message in messages:
+    warnings_lib.warn(message, health.SusceptibilityWarning, stacklevel=3)
+
+
 def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, dropped_D, microbatch_size):
   """Name the probe samples whose non-finite loss made draws drop out (data faults if so at w* too)."""
   warnings = []
@@ -103,6 +124,7 @@ class SusceptibilityResult:
   probe_draws_dropped: np.ndarray  # int [P, C] draw contributions dropped for a non-finite probe loss
   chi_form: str
   scale_by_delta_h: bool
+  status: np.ndarray  # object [P, C]: "ok" or the failed health tests of the cell (suscept_jax.health)
   moments: estimators.Moments  # per entry (component-major), y = probes: recompute other forms offline
   diverged: np.ndarray  # bool [C, K]
   loss_star_trace: np.ndarray  # [draws, K] L_B(w*) on each chain's draw batch
@@ -140,7 +162,7 @@ class SusceptibilityResult:
                      **diag.summary(), "r_hat_chi": float(diag.r_hat_chi[p]),
                      "ess_bulk_chi": float(diag.ess_bulk_chi[p]),
                      "probe_draws_dropped": int(self.probe_draws_dropped[p, c]),
-                     "realised_delta_h": float(self.realised_delta_h)})
+                     "realised_delta_h": float(self.realised_delta_h), "status": str(self.status[p, c])})
     return rows
 
 
@@ -223,13 +245,22 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
   if diverged[component_names.index("full")].all():
     warnings.append("every chain of 'full' diverged, so ⟨ΔL⟩_full is unknown and eq.41 χ is NaN for all "
                     "components (chi_with(form='covariance') still works).")
+  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
+  cell_flags = [[comp_flags[c] + health.probe_flags(diags[name].r_hat_chi[p], diags[name].ess_bulk_chi[p],
+                                                    int(dropped[p, c]), out.realised_delta_h, delta_h)
+                 for c, name in enumerate(component_names)] for p in range(len(probes))]
+  status = np.array([[health.status(flags) for flags in row] for row in cell_flags], dtype=object)
+  warnings += _health_warnings(component_names, comp_flags, list(probes),
+                               [[[f for f in cell if f not in comp_flags[c]] for c, cell in enumerate(row)]
+                                for row in cell_flags])
   warnings += _probe_fault_warnings(loss_fn, params, probes, out, dropped.sum(axis=1), microbatch_size)
+  _emit(warnings)
   return SusceptibilityResult(
       chi=table.chi, chi_stderr=table.stderr, chi_per_chain=table.per_chain, llc=llc, llc_stderr=llc_err,
       llc_per_chain=llc_chains, probe_names=list(probes), component_names=component_names, diagnostics=diags,
       warnings=warnings, config=config, batch_size=batch_size, delta_h=delta_h,
       realised_delta_h=out.realised_delta_h, probe_draws_dropped=dropped, chi_form=chi_form,
-      scale_by_delta_h=scale_by_delta_h, moments=out.moments, diverged=diverged,
+      scale_by_delta_h=scale_by_delta_h, status=status, moments=out.moments, diverged=diverged,
       loss_star_trace=out.loss_star_trace, seconds=out.seconds)
 
 
@@ -243,6 +274,7 @@ class LLCResult:
   trace: np.ndarray  # [K, draws] L_B(w_t) per chain (thinned if long)
   diagnostics: diagnostics.ComponentDiagnostics
   warnings: list
+  status: str  # "ok" or the failed health tests (suscept_jax.health)
   seconds: float
 
   def interval(self, level: float = 0.95) -> float:
@@ -270,6 +302,9 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
   diverged = out.diverged.reshape(1, config.num_chains)
   llc, llc_err, per_chain = _llc_tables(out.moments, diverged, [config.nbeta])
   diag = _component_diagnostics(out, 0, config.num_chains)
+  flags = health.component_flags(diag, llc[0], config.num_chains)
+  warnings = _divergence_warnings(names, {"llc": diag}, config.num_chains)
+  warnings += _health_warnings(names, [flags], [], [])
+  _emit(warnings)
   return LLCResult(mean=float(llc[0]), stderr=float(llc_err[0]), per_chain=per_chain[0], trace=diag.loss_trace,
-                   diagnostics=diag, warnings=_divergence_warnings(names, {"llc": diag}, config.num_chains),
-                   seconds=out.seconds)
+                   diagnostics=diag, warnings=warnings, status=health.status(flags), seconds=out.seconds)

@@ -38,10 +38,22 @@ def full_mask(params):
 
 
 def regex_mask(params, pattern: str):
-  """Free exactly the leaves whose slash-joined path fully matches `pattern` (whole leaves)."""
-  compiled = re.compile(pattern)
-  return jax.tree_util.tree_map_with_path(
+  """Free exactly the leaves whose slash-joined path fully matches `pattern` (whole leaves).
+
+  A pattern that matches no path is an error that lists the paths there are.
+  """
+  try:
+    compiled = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"regex_mask: {pattern!r} is not a regular expression ({e})") from None
+  mask = jax.tree_util.tree_map_with_path(
       lambda path, _: np.bool_(compiled.fullmatch(leaf_path(path)) is not None), params)
+  if not any(jax.tree.leaves(mask)):
+    paths = leaf_paths(params)
+    shown = ", ".join(paths[:40]) + (f", … ({len(paths)} in all)" if len(paths) > 40 else "")
+    raise ValueError(f"regex_mask: {pattern!r} matches no parameter path (it must match a whole path); "
+                     f"the paths are: {shown}")
+  return mask
 
 
 def _as_bool(name: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
@@ -57,6 +69,12 @@ def _as_bool(name: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
   if mask.ndim > len(pshape) or np.broadcast_shapes(mask.shape, pshape) != pshape:
     raise ValueError(f"component {name!r}: mask leaf {path} has shape {mask.shape}, larger than the "
                      f"parameter's shape {pshape}")
+  if mask.dtype.kind != "b":
+    odd = mask[(mask != 0) & (mask != 1)]
+    if odd.size:
+      raise ValueError(f"component {name!r}: mask leaf {path} holds values other than 0 and 1 (e.g. "
+                       f"{odd.flat[0].item()!r}); a mask selects parameters (1 = free, 0 = frozen at w*), it does not "
+                       f"scale them")
   return mask != 0
 
 

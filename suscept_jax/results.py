@@ -158,12 +158,7 @@ def unit_from_result(step: int, res) -> tuple[dict, dict]:
       "loss_trace": np.stack([res.diagnostics[c].loss_trace for c in comps]),
       "phi_trace": np.stack([res.diagnostics[c].phi_trace for c in comps]),
   }
-  K = res.config.num_chains
-  rows = []
-  for row in res.records():
-    ndiv = row["num_diverged"]
-    status = "ok" if ndiv == 0 else ("all chains diverged" if ndiv == K else f"{ndiv}/{K} chains diverged")
-    rows.append({"checkpoint": int(step), **row, "status": status})
+  rows = [{"checkpoint": int(step), **row} for row in res.records()]
   meta = {"checkpoint": int(step), "probe_names": res.probe_names, "component_names": comps,
           "seconds": res.seconds, "warnings": res.warnings, "realised_delta_h": res.realised_delta_h,
           "rows": rows}

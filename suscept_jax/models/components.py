@@ -56,8 +56,8 @@ def component_mask(spec: str, params, config: ModelConfig):
   if spec.startswith("re:"):
     try:
       return masks.regex_mask(params, spec[3:])
-    except re.error as e:
-      raise ValueError(f"component {spec!r}: invalid regex: {e}") from None
+    except ValueError as e:
+      raise ValueError(f"component {spec!r}: {e}") from None
   if spec in _WHOLE:
     return masks.regex_mask(params, _WHOLE[spec])
   if m := _HEAD.fullmatch(spec):

@@ -1,0 +1,82 @@
+"""When not to trust a number: the stated tests behind each result's `status` and warnings.
+
+Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". Thresholds (README, "Status"):
+  diverged      any chain excluded for divergence (its numbers are not averaged in)
+  R̂             rank-normalised split-R̂ of φ (component) or of φ·ΔL (probe cell) above R_HAT_MAX
+  ESS           bulk ESS of φ, or of φ·ΔL, below MIN_ESS effective draws
+  MALA          mean MALA acceptance below MIN_MALA (healthy ≈ 0.9; the step is far too large)
+  start         non-stationary start: ⟨φ⟩ over the first START_FRACTION of the draws lies below the rest by
+                more than START_Z standard errors (across chains) and by enough to move the run's ⟨φ⟩ by more
+                than START_SHIFT (the draws are dominated by the climb away from w*: run longer or burn in)
+  negative LLC  the LLC estimate is below 0: w* is not a local minimum of the loss (e.g. an untrained model)
+  δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
+  dropped       some draws of this probe were dropped for a non-finite probe loss
+"""
+import numpy as np
+
+from suscept_jax import estimators
+
+R_HAT_MAX = 1.1
+MIN_ESS = 50.0
+MIN_MALA = 0.2
+START_FRACTION, START_Z, START_SHIFT = 0.1, 2.0, 0.05
+DELTA_H_TOLERANCE = 0.05
+
+
+class SusceptibilityWarning(UserWarning):
+  """A number the estimators return should not be trusted as is (filter with `warnings.simplefilter`)."""
+
+
+def start_shift(phi_KxT) -> tuple[float, float, float]:
+  """(difference rest − early of ⟨φ⟩ averaged over chains, its stderr, shift of the run's ⟨φ⟩ it causes,
+  relative to the rest's mean); NaN when there are too few draws or chains."""
+  phi = np.asarray(phi_KxT, np.float64)
+  phi = phi[np.all(np.isfinite(phi), axis=1)]
+  k, t = phi.shape
+  early = max(2, int(round(START_FRACTION * t)))
+  if k < 2 or t < 2 * early:
+    return float("nan"), float("nan"), float("nan")
+  diff, se = estimators.mean_and_stderr(phi[:, early:].mean(1) - phi[:, :early].mean(1), np.ones(k, bool))
+  rest = phi[:, early:].mean()
+  return float(diff), float(se), float(diff * early / t / abs(rest)) if rest else float("inf")
+
+
+def component_flags(diag, llc: float, num_chains: int) -> list[str]:
+  """Failed tests that concern a whole component (every probe row of it)."""
+  flags = []
+  bad = len(diag.diverged_chains)
+  if bad:
+    flags.append("all chains diverged" if bad == num_chains else f"{bad}/{num_chains} chains diverged")
+    if bad == num_chains:
+      return flags
+  if diag.r_hat > R_HAT_MAX:
+    flags.append(f"R̂ {diag.r_hat:.2f} > {R_HAT_MAX}")
+  if diag.ess_bulk < MIN_ESS:
+    flags.append(f"ESS {diag.ess_bulk:.0f} < {MIN_ESS:.0f}")
+  if diag.mala_acceptance < MIN_MALA:
+    flags.append(f"MALA acceptance {diag.mala_acceptance:.2g} < {MIN_MALA}")
+  diff, se, shift = start_shift(diag.phi_trace)
+  if diff > START_Z * se and shift > START_SHIFT:
+    flags.append(f"non-stationary start (first {START_FRACTION:.0%} of draws below the rest; moves ⟨φ⟩ by "
+                 f"{shift:.0%})")
+  if llc < 0:
+    flags.append(f"negative LLC ({llc:.3g}): w* is not a local minimum")
+  return flags
+
+
+def probe_flags(r_hat_chi: float, ess_chi: float, dropped: int, realised_delta_h: float, delta_h: float) -> list[str]:
+  """Failed tests that concern one probe × component cell."""
+  flags = []
+  if r_hat_chi > R_HAT_MAX:
+    flags.append(f"R̂(φ·ΔL) {r_hat_chi:.2f} > {R_HAT_MAX}")
+  if ess_chi < MIN_ESS:
+    flags.append(f"ESS(φ·ΔL) {ess_chi:.0f} < {MIN_ESS:.0f}")
+  if dropped:
+    flags.append(f"{dropped} probe draws dropped (non-finite loss)")
+  if abs(realised_delta_h - delta_h) > DELTA_H_TOLERANCE * delta_h:
+    flags.append(f"realised δh {realised_delta_h:.3g} vs {delta_h:g}")
+  return flags
+
+
+def status(flags) -> str:
+  return "; ".join(flags) if flags else "ok"

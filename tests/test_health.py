@@ -1,0 +1,110 @@
+"""Numbers that should not be trusted say so: status per cell, Python warnings of our own category, and an API
+that refuses what it cannot mean."""
+import warnings
+
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+from suscept_jax import health, toys
+
+D, N = 3, 64
+
+
+@pytest.fixture(scope="module")
+def problem():
+  rng = np.random.default_rng(0)
+  base = toys.quadratic_dataset(rng, N, np.array([0.5, 1.0, 2.0]), 0.1)
+  probe = toys.quadratic_dataset(rng, N, np.array([2.0, 1.0, 0.5]), 0.1)
+  return base, {"p": probe}, toys.quadratic_minimum(base), {"full": None, "c0": {"w": np.array([True, False, False])}}
+
+
+def run(problem, recwarn=None, **config):
+  base, probes, w_star, comps = problem
+  cfg = sj.SGLDConfig(**{"step_size": 1e-3, "localization": 10.0, "nbeta": 100.0, "num_chains": 4, "num_draws": 200,
+                         "mala_every": 5, **config})
+  return sj.estimate_susceptibilities(toys.quadratic_loss, w_star, comps, base, probes, config=cfg, batch_size=N,
+                                      delta_h=0.25, progress=False)
+
+
+def test_a_healthy_run_is_ok_and_silent(problem):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", sj.SusceptibilityWarning)
+    res = run(problem, step_size=5e-3, num_draws=400)
+  assert np.all(res.status == "ok") and res.warnings == []
+  assert all(row["status"] == "ok" for row in res.records())
+
+
+def test_each_component_test_on_stated_values():
+  """The thresholds as stated (MALA is tested on given values: a Gaussian toy cannot drive it below ≈ 0.5,
+  since a Langevin step near its stability limit reflects the chain and the Metropolis ratio turns symmetric)."""
+  def diag(**kw):
+    base = dict(loss_trace=None, phi_trace=np.ones((4, 100)), r_hat=1.0, ess_bulk=400.0, ess_tail=400.0,
+                r_hat_chi=np.ones(1), ess_bulk_chi=np.full(1, 400.0), mala_acceptance=0.9, frac_phi_negative=0.0,
+                diverged_chains=[], diverged_at_draw=[])
+    return sj.diagnostics.ComponentDiagnostics(**{**base, **kw})
+  assert health.component_flags(diag(), 3.0, 4) == []
+  assert health.component_flags(diag(mala_acceptance=1e-8), 3.0, 4) == ["MALA acceptance 1e-08 < 0.2"]
+  assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 11 < 50"]
+  assert health.component_flags(diag(diverged_chains=[1], diverged_at_draw=[3]), 3.0, 4) == ["1/4 chains diverged"]
+  assert health.component_flags(diag(), -5.81, 4) == ["negative LLC (-5.81): w* is not a local minimum"]
+  assert health.probe_flags(1.0, 400.0, 0, 0.094, 0.1) == ["realised δh 0.094 vs 0.1"]
+  assert health.probe_flags(1.0, 400.0, 3, 0.1, 0.1) == ["3 probe draws dropped (non-finite loss)"]
+
+
+def test_a_run_where_everything_diverges_is_not_silent(problem):
+  with pytest.warns(sj.SusceptibilityWarning, match="all 4 chains diverged"):
+    res = run(problem, step_size=1.0, localization=0.0, num_draws=20, mala_every=0)
+  assert np.all(np.isnan(res.chi)) and all(s.startswith("all chains diverged") for s in res.status.ravel())
+
+
+def test_a_run_dominated_by_its_start_is_flagged(problem):
+  """ε = 1e-5 for 40 draws: the chains are still climbing away from w* (relaxation ≈ 1000 steps)."""
+  with pytest.warns(sj.SusceptibilityWarning, match="non-stationary start"):
+    res = run(problem, step_size=1e-5, num_draws=40, mala_every=0)
+  assert "non-stationary start" in res.status[0, 0]
+
+
+def test_a_checkpoint_that_is_not_a_minimum_gets_a_negative_llc_flag():
+  rng = np.random.default_rng(1)
+  data = toys.quadratic_dataset(rng, N, np.ones(D), 0.1)
+  w_off = {"w": toys.quadratic_minimum(data)["w"] + 0.5}  # the loss falls as the chain moves towards the minimum
+  config = sj.SGLDConfig(step_size=1e-3, localization=1.0, nbeta=100.0, num_chains=4, num_draws=100)
+  with pytest.warns(sj.SusceptibilityWarning, match="negative LLC"):
+    res = sj.estimate_llc(toys.quadratic_loss, w_off, data, config=config, batch_size=N, progress=False)
+  assert res.mean < 0 and "negative LLC" in res.status
+
+
+def test_start_shift_test_on_known_traces():
+  flat = np.random.default_rng(0).normal(1.0, 0.1, (4, 100))
+  diff, se, shift = health.start_shift(flat)
+  assert abs(diff) < 3 * se and shift < health.START_SHIFT
+  climbing = flat * np.minimum(1.0, np.arange(100) / 20.0)  # 20 draws to rise
+  diff, se, shift = health.start_shift(climbing)
+  assert diff > health.START_Z * se and shift > health.START_SHIFT
+
+
+def test_masks_must_be_zero_or_one(problem):
+  base, probes, w_star, _ = problem
+  with pytest.raises(ValueError, match=r"component 'half': mask leaf w holds values other than 0 and 1 \(e.g. 0.5\)"):
+    sj.estimate_susceptibilities(toys.quadratic_loss, w_star, {"full": None, "half": {"w": np.array([0.5, 1, 0])}},
+                                 base, probes, batch_size=N)
+  names, stacked = sj.stack_masks({"full": None, "ints": {"w": np.array([1, 0, 1])}}, w_star)
+  assert stacked["w"].dtype == bool and stacked["w"][1].tolist() == [True, False, True]
+
+
+def test_regex_mask_that_matches_nothing_lists_the_paths():
+  params = {"blocks": {"0": {"W_Q": np.zeros(2)}}, "embed": np.zeros(3)}
+  with pytest.raises(ValueError, match=r"'blocks/1/.\*' matches no parameter path.*the paths are: blocks/0/W_Q, embed"):
+    sj.regex_mask(params, "blocks/1/.*")
+  with pytest.raises(ValueError, match="not a regular expression"):
+    sj.regex_mask(params, "(")
+
+
+def test_results_are_named_and_readable(problem):
+  res = run(problem, num_draws=50)
+  table = res.chi_with("covariance")
+  assert isinstance(table, sj.ChiTable) and table.chi.shape == table.stderr.shape == (1, 2)
+  text = repr(res.diagnostics["full"])
+  assert text.startswith("ComponentDiagnostics(r_hat=") and "array" not in text and len(text) < 400
+  assert set(res.records()[0]) >= {"status", "chi_ci95", "r_hat_chi", "realised_delta_h"}
