@@ -1,16 +1,21 @@
-"""A sweep's results directory: written unit by unit, atomically; readable without re-running anything.
+"""A sweep's results directory: written unit by unit, atomically; grows; readable without re-running anything.
 
 Layout:
-  config.json              every setting, library versions, git revision, devices (written once)
-  units/step_<N>.npz       one finished work unit (a checkpoint): χ/LLC tables, per-chain values, traces
-  units/step_<N>.json      the unit's scalar metadata (seconds, warnings, names)
-  progress.json            finished units and timings (rewritten after each unit)
+  config.json              the settings that change numbers (written once), the scopes asked for so far
+  units/<unit>.npz         one finished unit: a checkpoint × a probe set × a component set (χ/LLC per chain,
+                           traces); <unit> = step_<N>-<hash of the probe and component lists>
+  units/<unit>.json        the unit's metadata, written last: names, probe fingerprints, rows, timings,
+                           environment (versions, devices, matmul precision), head scores
+  progress.json            every finished unit with its time (kept across kills), and what remains
   results.csv, .parquet    the tidy table over all finished units (one row per checkpoint × probe × component)
   head_scores.csv          previous-token / induction / ablation scores per checkpoint × head (independent labels)
 
-A killed sweep restarts, finds its finished units, and runs only the rest; since every unit's random
-numbers depend only on (seed, checkpoint, component, chain, step), the final table is identical.
+A sweep into an existing directory with the same number-changing settings reuses every finished unit:
+more checkpoints, probes or components only add units. Units do not depend on which other probes or
+components share them (noise keys follow component names, data streams follow (seed, checkpoint, chain)),
+so a killed or grown sweep ends with the same table as one run straight through.
 """
+import hashlib
 import io
 import json
 import platform
@@ -40,7 +45,7 @@ def git_revision(path=None) -> str:
 
 
 def environment() -> dict:
-  """Versions and devices, recorded with every run."""
+  """Versions, devices and numeric settings, recorded with every run and every unit."""
   import flax
   import jax
   import optax
@@ -50,7 +55,18 @@ def environment() -> dict:
   return {"suscept_jax": suscept_jax.__version__, "git_revision": git_revision(), "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__, "orbax": orbax.checkpoint.__version__,
           "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-          "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count()}
+          "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+          "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
+          "x64": bool(jax.config.jax_enable_x64)}
+
+
+def unit_name(step: int, probes, components) -> str:
+  digest = hashlib.sha256(json.dumps([list(probes), list(components)]).encode()).hexdigest()[:10]
+  return f"step_{int(step):08d}-{digest}"
+
+
+def _jsonable(value):
+  return json.loads(json.dumps(value, default=str))
 
 
 class ResultsDir:
@@ -60,26 +76,39 @@ class ResultsDir:
     self.path = Path(path)
     self.units = self.path / "units"
 
-  # -- config ------------------------------------------------------------------------------------------
-  def start(self, settings: dict, *, overwrite: bool = False) -> None:
-    """Record the settings; refuse to mix results of different settings in one directory."""
+  # -- settings ---------------------------------------------------------------------------------------
+  def check_settings(self, settings: dict, *, ignore=()) -> None:
+    """Refuse (before anything is written) settings that would change the numbers of the units already
+    here; the message names just the differing keys, with both values. Keys in `ignore` are not compared."""
+    config_path = self.path / "config.json"
+    if not config_path.exists():
+      return
+    old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in ignore and old.get(k) != new.get(k)}
+    if diff:
+      listed = "; ".join(f"{k}: {a!r} here, {b!r} now" for k, (a, b) in diff.items())
+      raise ValueError(f"{self.path} holds results made with other settings ({listed}); use another "
+                       f"--output_dir, or --overwrite to discard them")
+
+  def start(self, settings: dict, scope: dict, *, overwrite: bool = False) -> None:
+    """Record the settings (once) and the scope asked for; `check_settings` must have passed."""
     self.units.mkdir(parents=True, exist_ok=True)
     config_path = self.path / "config.json"
-    if config_path.exists() and not overwrite:
-      old = json.loads(config_path.read_text())["settings"]
-      new = json.loads(json.dumps(settings, default=str))
-      diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
-      if diff:
-        raise ValueError(f"{self.path} holds results of a sweep with different settings {diff}; use another "
-                         f"--output_dir, or --overwrite to discard them")
-      return
     if overwrite:
       for f in self.units.glob("*"):
         f.unlink()
-      for name in ("progress.json", "results.csv", "results.parquet"):
+      for name in ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json"):
         (self.path / name).unlink(missing_ok=True)
-    payload = {"settings": settings, "environment": environment(), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_bytes(config_path, json.dumps(payload, indent=2, default=str).encode())
+    if config_path.exists():
+      payload = json.loads(config_path.read_text())
+    else:
+      payload = {"settings": _jsonable(settings), "environment": environment(),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "scopes": []}
+    scope = _jsonable(scope)
+    if scope not in payload["scopes"]:
+      payload["scopes"].append(scope)
+    atomic_write_bytes(config_path, json.dumps(payload, indent=2).encode())
 
   def settings(self) -> dict:
     path = self.path / "config.json"
@@ -88,53 +117,98 @@ class ResultsDir:
     return json.loads(path.read_text())["settings"]
 
   # -- units ------------------------------------------------------------------------------------------
-  def unit_name(self, step: int) -> str:
-    return f"step_{int(step):08d}"
-
-  def finished_steps(self) -> list[int]:
-    """Checkpoints whose unit is completely written (the json is written last)."""
+  def finished_units(self) -> list[str]:
+    """Units completely written (the json is written last), in name order."""
     if not self.units.exists():
       return []
-    return sorted(int(p.stem.split("_")[1]) for p in self.units.glob("step_*.json")
-                  if (self.units / (p.stem + ".npz")).exists())
+    return sorted(p.stem for p in self.units.glob("step_*.json") if (self.units / (p.stem + ".npz")).exists())
 
-  def write_unit(self, step: int, arrays: dict, meta: dict) -> None:
+  def finished_steps(self) -> list[int]:
+    return sorted({int(name.split("_")[1].split("-")[0]) for name in self.finished_units()})
+
+  def unit_meta(self, name: str) -> dict:
+    return json.loads((self.units / f"{name}.json").read_text())
+
+  def plan(self, steps, probes, components, probe_fingerprints: dict) -> list[tuple[int, list, list]]:
+    """The units still to compute for checkpoints × probes × components ("full" first in components).
+
+    Finished units are reused cell by cell; a probe whose data changed since its cells were computed is
+    an error naming it. Each new unit holds "full" (eq. 41 pairs every chain with the full model's).
+    """
+    covered = {}
+    for name in self.finished_units():
+      meta = self.unit_meta(name)
+      for probe, fp in meta.get("probe_fingerprints", {}).items():
+        if probe_fingerprints is not None and probe in probe_fingerprints and fp != probe_fingerprints[probe]:
+          raise ValueError(f"probe {probe!r} has changed since {self.path} computed it (fingerprint {fp} "
+                           f"there, {probe_fingerprints[probe]} now); use another --output_dir or --overwrite")
+      cells = covered.setdefault(meta["checkpoint"], set())
+      cells.update((p, c) for p in meta["probe_names"] for c in meta["component_names"])
+    units = []
+    for step in steps:
+      missing = {(p, c) for p in probes for c in components} - covered.get(step, set())
+      if not missing:
+        continue
+      new_probes = [p for p in probes if all((p, c) in missing for c in components)]
+      rest = {(p, c) for p, c in missing if p not in new_probes}
+      if new_probes:
+        units.append((step, new_probes, list(components)))
+      if rest:
+        rest_probes = [p for p in probes if any(q == p for q, _ in rest)]
+        rest_comps = [c for c in components if any(d == c for _, d in rest)]
+        units.append((step, rest_probes, ["full"] + [c for c in rest_comps if c != "full"]))
+    return units
+
+  def write_unit(self, name: str, arrays: dict, meta: dict) -> None:
     """Arrays first, metadata last: a unit counts as finished only once both are in place."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(self.units / f"{self.unit_name(step)}.npz", buf.getvalue())
-    atomic_write_bytes(self.units / f"{self.unit_name(step)}.json", json.dumps(meta, indent=2, default=str).encode())
+    atomic_write_bytes(self.units / f"{name}.npz", buf.getvalue())
+    meta = {**meta, "written_at": time.time()}
+    atomic_write_bytes(self.units / f"{name}.json", json.dumps(meta, indent=2, default=str).encode())
 
-  def read_unit(self, step: int) -> tuple[dict, dict]:
-    name = self.unit_name(step)
+  def read_unit(self, name: str) -> tuple[dict, dict]:
     with np.load(self.units / f"{name}.npz") as f:
       arrays = {k: f[k] for k in f.files}
-    return arrays, json.loads((self.units / f"{name}.json").read_text())
+    return arrays, self.unit_meta(name)
 
-  def write_progress(self, done: list[int], todo: list[int], seconds: dict) -> None:
-    payload = {"finished": done, "remaining": todo, "seconds_per_unit": seconds,
+  def write_progress(self, remaining: list[str]) -> None:
+    """Every finished unit with its time (from the units themselves, so kills lose none), and the rest."""
+    done = {name: self.unit_meta(name).get("seconds") for name in self.finished_units()}
+    payload = {"finished": done, "remaining": remaining, "seconds_total": sum(v or 0 for v in done.values()),
                "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_bytes(self.path / "progress.json", json.dumps(payload, indent=2).encode())
 
   # -- the tidy table -------------------------------------------------------------------------------------
   def rows(self) -> list[dict]:
-    rows = []
-    for step in self.finished_steps():
-      _, meta = self.read_unit(step)
-      rows.extend(meta["rows"])
-    return rows
+    """One row per checkpoint × probe × component over all finished units (the first unit written that has
+    a cell provides it), sorted by checkpoint, then in the order probes and components were first seen."""
+    seen, rows = set(), []
+    metas = sorted((self.unit_meta(name) for name in self.finished_units()), key=lambda m: m.get("written_at", 0))
+    for meta in metas:  # the oldest unit with a cell provides it: growing a sweep never changes old cells
+      for row in meta["rows"]:
+        key = (row["checkpoint"], row["probe"], row["component"])
+        if key not in seen:
+          seen.add(key)
+          rows.append(row)
+    order = lambda key: {v: i for i, v in enumerate(dict.fromkeys(r[key] for r in rows))}
+    probes, comps = order("probe"), order("component")
+    return sorted(rows, key=lambda r: (r["checkpoint"], probes[r["probe"]], comps[r["component"]]))
 
   def table(self):
-    """pandas DataFrame of every finished unit (TABLE_COLUMNS)."""
+    """pandas DataFrame of every finished cell (TABLE_COLUMNS)."""
     import pandas as pd
     return pd.DataFrame(self.rows(), columns=TABLE_COLUMNS)
 
   def head_scores(self):
-    """pandas DataFrame of the per-head labels of every finished unit (empty if none were recorded)."""
+    """pandas DataFrame of the per-head labels of every finished checkpoint (empty if none were recorded)."""
     import pandas as pd
-    rows = []
-    for step in self.finished_steps():
-      rows.extend(self.read_unit(step)[1].get("head_scores", []))
+    rows, seen = [], set()
+    for name in self.finished_units():
+      meta = self.unit_meta(name)
+      if meta.get("head_scores") and meta["checkpoint"] not in seen:
+        seen.add(meta["checkpoint"])
+        rows.extend(meta["head_scores"])
     return pd.DataFrame(rows)
 
   def write_table(self) -> None:
@@ -148,8 +222,8 @@ class ResultsDir:
     atomic_write_bytes(self.path / "results.parquet", buf.getvalue())
 
 
-def unit_from_result(step: int, res) -> tuple[dict, dict]:
-  """(arrays, meta) of one checkpoint's SusceptibilityResult, ready for `write_unit`."""
+def unit_from_result(step: int, res, *, probe_fingerprints: dict) -> tuple[dict, dict]:
+  """(arrays, meta) of one unit's SusceptibilityResult, ready for `write_unit`."""
   comps = res.component_names
   arrays = {
       "chi": res.chi, "chi_stderr": res.chi_stderr, "chi_per_chain": res.chi_per_chain,
@@ -160,6 +234,7 @@ def unit_from_result(step: int, res) -> tuple[dict, dict]:
   }
   rows = [{"checkpoint": int(step), **row} for row in res.records()]
   meta = {"checkpoint": int(step), "probe_names": res.probe_names, "component_names": comps,
+          "probe_fingerprints": {p: probe_fingerprints[p] for p in res.probe_names},
           "seconds": res.seconds, "warnings": res.warnings, "realised_delta_h": res.realised_delta_h,
-          "rows": rows}
+          "environment": environment(), "rows": rows}
   return arrays, meta

@@ -13,59 +13,13 @@ batching, keys, vmap and sharding. No Flax, no absl here.
 ε, nβ and γ travel as `Hyper` (arrays, so a vmapped grid of settings runs as one program); everything
 else in `SGLDConfig` is static structure. `hyper=None` takes them from the config.
 """
-import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-SAMPLERS = ("sgld", "rmsprop_sgld")
-
-
-@dataclasses.dataclass(frozen=True)
-class SGLDConfig:
-  """SGLD hyperparameters (defaults: the paper's App. C.3) and sampling schedule."""
-
-  step_size: float = 1e-3  # ε
-  localization: float = 300.0  # γ, pull towards w*
-  nbeta: float = 30.0  # nβ, inverse temperature times dataset size
-  num_chains: int = 4
-  num_draws: int = 200
-  num_burnin: int = 0  # steps before the first draw
-  steps_between_draws: int = 1
-  sampler: str = "sgld"  # or "rmsprop_sgld"
-  noise_level: float = 1.0  # σ; 0 turns SGLD into (localized) gradient descent
-  weight_decay: float = 0.0  # λ (devinterp's extra L2 term; 0 in the paper)
-  rmsprop_alpha: float = 0.99  # RMSProp-SGLD: decay of the squared-gradient average
-  rmsprop_eps: float = 0.1  # RMSProp-SGLD: added to √V (devinterp's default)
-  mala_every: int = 10  # estimate MALA acceptance every this many draws (0 = never; costs one extra step)
-  max_loss_increase: float = 100.0  # a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) has diverged
-  bounding_box: float | None = None  # if set, clip every free coordinate to [w* − b, w* + b] (devinterp's option)
-
-  def __post_init__(self):
-    if self.sampler not in SAMPLERS:
-      raise ValueError(f"SGLDConfig.sampler={self.sampler!r}: expected one of {SAMPLERS}")
-    for name in ("step_size", "nbeta"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be > 0")
-    for name in ("localization", "noise_level", "weight_decay", "num_burnin", "mala_every"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 0")
-    for name in ("num_chains", "num_draws", "steps_between_draws"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 1")
-    if self.bounding_box is not None and not self.bounding_box > 0:
-      raise ValueError(f"SGLDConfig.bounding_box={self.bounding_box} must be > 0 or None")
-    if not 0 <= self.rmsprop_alpha < 1:
-      raise ValueError(f"SGLDConfig.rmsprop_alpha={self.rmsprop_alpha} must be in [0, 1)")
-
-  @property
-  def num_steps(self) -> int:
-    """SGLD updates a run performs: burn-in, then draw t is taken after burn-in + t·steps_between_draws
-    updates (t = 1 … num_draws, never at w* itself), plus the block whose evaluation closes the run."""
-    return self.num_burnin + (self.num_draws + 1) * self.steps_between_draws
-
+from suscept_jax.sgld_config import SAMPLERS, SGLDConfig  # noqa: F401  (SGLDConfig is part of this module's API)
 
 class Hyper(NamedTuple):
   """The hyperparameters that may differ between entries of one vectorized run (scalars or [E])."""

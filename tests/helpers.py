@@ -39,5 +39,5 @@ def tiny_run(root: Path, *, steps: int = 40, checkpoint_steps=(0, 20, 40), seed:
   run_dir = root / "run"
   training.train(run_dir, cfg, contexts, training.TrainConfig(steps=steps, batch_size=8, eval_every=20,
                                                               checkpoint_steps=tuple(checkpoint_steps), seed=seed),
-                 progress=False)
+                 progress=False, run_info={"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer)})
   return run_dir, tok_path, data

@@ -41,6 +41,10 @@ def plot_chi_over_training(table, path) -> Path:
       style = dict(color="black", lw=2, ls="--") if comp == "full" else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2)
       ax.plot(x, y, label=comp, marker=".", **style)
       ax.fill_between(x, y - e, y + e, alpha=0.15, color=style["color"], lw=0)
+      bad = (c.status != "ok").to_numpy()
+      if bad.any():  # flagged cells: a red ring (see the status column / summary.txt)
+        ax.scatter(x[bad], y[bad], s=60, facecolors="none", edgecolors="red", lw=1.2, zorder=5,
+                   label="flagged" if "flagged" not in ax.get_legend_handles_labels()[1] else None)
     ax.axhline(0, color="grey", lw=0.5)
     _symlog_steps(ax, table.checkpoint)
     ax.set_title(probe, fontsize=10)
@@ -51,7 +55,7 @@ def plot_chi_over_training(table, path) -> Path:
   handles, labels = axes.flat[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
   fig.suptitle("Susceptibility χ per component over training (bands: 95% Student-t intervals across chains, "
-               "chains − 1 d.o.f.)")
+               "chains − 1 d.o.f.; red rings: flagged cells)")
   fig.tight_layout(rect=(0, 0, 0.9, 0.96))
   path = Path(path)
   fig.savefig(path, dpi=110)
@@ -81,10 +85,50 @@ def plot_llc_over_training(table, path) -> Path:
   return path
 
 
+def plot_chi_heatmaps(table, path) -> Path:
+  """One probes × components heatmap of χ per checkpoint (shared symmetric colour scale); flagged cells
+  carry a ×, and each cell prints χ in units of its 95 % interval half-width (|z| ≥ 1: resolved)."""
+  plt = _pyplot()
+  steps = sorted(set(table.checkpoint))
+  probes = list(dict.fromkeys(table.probe))
+  comps = list(dict.fromkeys(table.component))
+  cols = min(3, len(steps))
+  rows = math.ceil(len(steps) / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(1.0 + 0.75 * len(comps) * cols, 0.9 + 0.42 * len(probes) * rows),
+                           squeeze=False)
+  finite = table.chi[np.isfinite(table.chi)]
+  vmax = float(np.abs(finite).max()) if len(finite) else 1.0
+  labels = [p if len(p) <= 18 else "…" + p[-17:] for p in probes]
+  for ax, step in zip(axes.flat, steps):
+    t = table[table.checkpoint == step].set_index(["probe", "component"])
+    grid = np.full((len(probes), len(comps)), np.nan)
+    for i, p in enumerate(probes):
+      for j, c in enumerate(comps):
+        if (p, c) in t.index:
+          row = t.loc[(p, c)]
+          grid[i, j] = row.chi
+          z = row.chi / row.chi_ci95 if row.chi_ci95 > 0 else np.nan
+          ax.text(j, i, "×" if row.status != "ok" else (f"{z:.1f}" if np.isfinite(z) else ""), ha="center",
+                  va="center", fontsize=7, color="black")
+    image = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(comps)), comps, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(probes)), labels, fontsize=7)
+    ax.set_title(f"checkpoint {step}", fontsize=9)
+  for ax in list(axes.flat)[len(steps):]:
+    ax.axis("off")
+  fig.colorbar(image, ax=axes, shrink=0.8, label="χ")
+  fig.suptitle("χ per probe × component (numbers: χ / 95% half-width; ×: flagged, see summary.txt)", fontsize=9)
+  path = Path(path)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
 def sweep_figures(table, out_dir) -> list[Path]:
   out_dir = Path(out_dir)
   return [plot_chi_over_training(table, out_dir / "chi_over_training.png"),
-          plot_llc_over_training(table, out_dir / "llc_over_training.png")]
+          plot_llc_over_training(table, out_dir / "llc_over_training.png"),
+          plot_chi_heatmaps(table, out_dir / "chi_heatmap.png")]
 
 
 def plot_calibration(result, path) -> Path:

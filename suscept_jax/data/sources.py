@@ -90,6 +90,28 @@ def _split_query(rest: str, spec: str) -> tuple[str, dict[str, str]]:
   return target, options
 
 
+def check_spec(spec: str) -> DatasetSpec:
+  """Everything about `spec` that can be checked without reading data: its syntax, a corpus name that
+  exists (built or buildable), a local path that exists and holds data files. Hub and TFDS names are only
+  checked for syntax here (reaching them is the slow part). Raises ValueError/FileNotFoundError naming it."""
+  parsed = parse_spec(spec)
+  if parsed.kind == "corpus":
+    known = corpus_names()
+    if parsed.target not in known:
+      raise ValueError(f"dataset {spec!r}: no such corpus (known: {', '.join(known)}) and no such file")
+  elif parsed.kind == "file":
+    data_files(_existing_path(parsed.target, spec))
+  elif parsed.kind == "hf" and _looks_like_path(parsed.target):
+    data_files(_existing_path(parsed.target, spec))
+  return parsed
+
+
+def corpus_names() -> list[str]:
+  """Names of the offline corpora (built by `python -m experiments.build_corpora`, or on first use)."""
+  corpora = importlib.import_module("suscept_jax.data.corpora")
+  return sorted(set(corpora.CORPUS_SPECS) | {"pile"})
+
+
 def iter_documents(spec: str) -> Iterator[str]:
   """Returns an iterator over the non-empty documents of `spec`.
 

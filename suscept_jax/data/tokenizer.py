@@ -89,6 +89,16 @@ def check_vocab_fits(tokenizer: tokenizers.Tokenizer, d_vocab: int) -> None:
     raise ValueError(f"tokenizer vocab {size} does not fit the model's d_vocab={d_vocab}")
 
 
+def check_vocab_matches(tokenizer: tokenizers.Tokenizer, d_vocab: int, *, name: str = "tokenizer") -> None:
+  """Raises ValueError unless the tokenizer's vocabulary is exactly the model's: a smaller one leaves
+  embedding rows no text can reach (and is usually the wrong tokenizer), a larger one produces ids the
+  model has no row for."""
+  size = vocab_size(tokenizer)
+  if size != d_vocab:
+    raise ValueError(f"{name} has a vocabulary of {size} tokens but the model has d_vocab={d_vocab}: "
+                     f"use the tokenizer the model was trained with")
+
+
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
   """Hash of the tokenizer's canonical JSON: equal for tokenizers that tokenize identically."""
   canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True, separators=(",", ":"))

@@ -129,6 +129,12 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict:
   return _stringify_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
+def param_shapes(config: ModelConfig) -> dict:
+  """The params pytree as shapes and dtypes only (jax.ShapeDtypeStruct leaves): enough for masks, and
+  instant where building real params on a fresh CPU backend takes seconds."""
+  return jax.eval_shape(lambda: init_params(config))
+
+
 @functools.lru_cache(maxsize=None)
 def _graph(config: ModelConfig):
   abstract_model = nnx.eval_shape(lambda: TransformerLM(config, rngs=nnx.Rngs(0)))

@@ -1,8 +1,8 @@
 """Named settings for the runners: `demo` (a 2-core CPU, minutes) and `paper` (Baker et al., App. C)."""
 import dataclasses
 
-from suscept_jax.sgld import SGLDConfig
-from suscept_jax.training import TrainConfig
+from suscept_jax.sgld_config import SGLDConfig
+from suscept_jax.train_config import TrainConfig
 
 # The paper's probe datasets (App. A, Table 2) on the Hugging Face hub, and its base distribution (App. C.1).
 PAPER_PROBES = tuple(f"hf:timaeus/pile-{name}" for name in (
@@ -34,6 +34,7 @@ class Preset:
   max_contexts: int | None  # per sweep dataset (base and probes), after tokenization; training uses all
   output_dir: str
   sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep)
+  trains_itself: bool = False  # the runners build corpora, tokenizer and model in run_dir when missing
 
 
 PRESETS = {
@@ -43,6 +44,7 @@ PRESETS = {
         base="pile", probes=DEMO_PROBES, components=None, checkpoint_steps=(0, 600, 1500, 3000, 6000),
         sgld=SGLDConfig(step_size=1e-3, localization=300.0, nbeta=30.0, num_chains=4, num_draws=100),
         batch_size=20, delta_h=0.1, microbatch_size=None, max_contexts=20_000, output_dir="runs/demo/sweep",
+        trains_itself=True,
         sgld_note=("ε = 1e-3 is the paper's, not a calibrated value: `python -m experiments.calibrate` finds no ε "
                    "for this model whose MALA acceptance is ≥ 0.9 and whose LLC trace settles within 100 draws "
                    "(acceptance 0.26–0.44 for ε ≥ 1e-4, where nβ·λ_max(Hessian) ≈ 2800 makes the step stiff; "

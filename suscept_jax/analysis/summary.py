@@ -1,0 +1,47 @@
+"""The sweep's plain-text summary: every checkpoint, full probe names, flagged cells marked and explained."""
+import textwrap
+
+import numpy as np
+
+
+def summary_text(table, *, width: int = 19) -> str:
+  """χ ± 95 % interval per probe × component for every checkpoint, then the LLCs, then the flags.
+
+  Probes are labelled P1, P2, … in the grids, with a legend of their full names (specs can be long paths).
+  A cell whose status is not "ok" carries a '*' and is explained at the end.
+  """
+  if not len(table):
+    return "no finished results yet"
+  probes = list(dict.fromkeys(table.probe))
+  comps = list(dict.fromkeys(table.component))
+  labels = {p: f"P{i + 1}" for i, p in enumerate(probes)}
+  chains = int(table.num_chains_used.max())
+  lines = [f"Susceptibilities χ ± 95% interval (Student-t, chains − 1 = {chains - 1} degrees of freedom); "
+           f"rows: probes, columns: components; * = flagged (see the end).",
+           "Probes: " + "; ".join(f"{labels[p]} = {p}" for p in probes)]
+  lines = [textwrap.fill(line, 120, subsequent_indent="  ") for line in lines]
+  header = " " * 8 + "".join(f"{c[:width - 1]:>{width}}" for c in comps)
+  flagged = []
+  for step in sorted(set(table.checkpoint)):
+    t = table[table.checkpoint == step]
+    lines += ["", f"checkpoint {step}  (realised δh {t.realised_delta_h.iloc[0]:.4f})", header]
+    for probe in probes:
+      cells = []
+      for comp in comps:
+        row = t[(t.probe == probe) & (t.component == comp)]
+        if not len(row):
+          cells.append("—".rjust(width))
+          continue
+        row = row.iloc[0]
+        mark = "*" if row.status != "ok" else " "
+        if row.status != "ok":
+          flagged.append(f"checkpoint {step}, {labels[probe]}, {comp}: {row.status}")
+        cells.append(f"{row.chi:+.2e}±{row.chi_ci95:.1e}{mark}".rjust(width))
+      lines.append(f"{labels[probe]:8s}" + "".join(cells))
+    llc = t.drop_duplicates("component").set_index("component")
+    lines.append(f"{'LLC':8s}" + "".join(
+        (f"{llc.llc[c]:.3g}±{llc.llc_ci95[c]:.2g}" if c in llc.index and np.isfinite(llc.llc[c]) else "—").rjust(width)
+        for c in comps))
+  lines += ["", f"Flagged cells: {len(flagged)} of {len(table)}" + (":" if flagged else ".")]
+  lines += [textwrap.fill(f, 120, subsequent_indent="    ") for f in dict.fromkeys(flagged)]
+  return "\n".join(lines)

@@ -1,0 +1,55 @@
+"""SGLD hyperparameters and schedule: plain data (no JAX import), so runners can show and check them fast.
+
+Every field carries its help text in `metadata["help"]`; the runners build one flag per field from it.
+"""
+import dataclasses
+
+SAMPLERS = ("sgld", "rmsprop_sgld")
+
+
+def _field(default, help_text: str):
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class SGLDConfig:
+  """SGLD hyperparameters (defaults: the paper's App. C.3) and sampling schedule."""
+
+  step_size: float = _field(1e-3, "step size ε")
+  localization: float = _field(300.0, "localization γ, the pull towards w*")
+  nbeta: float = _field(30.0, "nβ, inverse temperature times dataset size")
+  num_chains: int = _field(4, "chains per component (chain k reads data stream k)")
+  num_draws: int = _field(200, "draws per chain (draw t after burn-in + t·steps_between_draws steps)")
+  num_burnin: int = _field(0, "SGLD steps before the first draw")
+  steps_between_draws: int = _field(1, "SGLD steps per draw (thinning)")
+  sampler: str = _field("sgld", "SGLD variant: sgld or rmsprop_sgld")
+  noise_level: float = _field(1.0, "noise scale σ; 0 turns SGLD into (localized) gradient descent")
+  weight_decay: float = _field(0.0, "λ, devinterp's extra L2 term (0 in the paper)")
+  rmsprop_alpha: float = _field(0.99, "RMSProp-SGLD: decay of the squared-gradient average")
+  rmsprop_eps: float = _field(0.1, "RMSProp-SGLD: added to √V (devinterp's default)")
+  mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; one extra step each)")
+  max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) diverged")
+  bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
+
+  def __post_init__(self):
+    if self.sampler not in SAMPLERS:
+      raise ValueError(f"SGLDConfig.sampler={self.sampler!r}: expected one of {SAMPLERS}")
+    for name in ("step_size", "nbeta"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be > 0")
+    for name in ("localization", "noise_level", "weight_decay", "num_burnin", "mala_every"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 0")
+    for name in ("num_chains", "num_draws", "steps_between_draws"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be >= 1")
+    if self.bounding_box is not None and not self.bounding_box > 0:
+      raise ValueError(f"SGLDConfig.bounding_box={self.bounding_box} must be > 0 or None")
+    if not 0 <= self.rmsprop_alpha < 1:
+      raise ValueError(f"SGLDConfig.rmsprop_alpha={self.rmsprop_alpha} must be in [0, 1)")
+
+  @property
+  def num_steps(self) -> int:
+    """SGLD updates a run performs: burn-in, then draw t is taken after burn-in + t·steps_between_draws
+    updates (t = 1 … num_draws, never at w* itself), plus the block whose evaluation closes the run."""
+    return self.num_burnin + (self.num_draws + 1) * self.steps_between_draws

@@ -1,0 +1,91 @@
+"""Small helpers shared by the absl runners: error handling, preset-aware flags, the run to work on.
+
+Runner modules import only absl and light modules at the top (presets, configs), and the JAX stack
+inside `main`, so `--help` answers in well under a second.
+"""
+import dataclasses
+import sys
+import traceback
+import types
+import typing
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from suscept_jax.sgld_config import SAMPLERS, SGLDConfig
+from suscept_jax_runners import presets
+
+INPUT_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError)
+
+
+def quiet_libraries() -> None:
+  """Show warnings and errors only (orbax logs every checkpoint operation at INFO), unless the user
+  asked for a verbosity with --verbosity / -v."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+
+
+def run(main) -> None:
+  """app.run(main), but bad input ends with its message (exit status 2), not a traceback.
+
+  The traceback is still printed with --verbosity=1 (or higher) for debugging.
+  """
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except INPUT_ERRORS as e:
+      if flags.FLAGS["verbosity"].value >= 1:
+        traceback.print_exc()
+      print(f"error: {e}\n(run with --verbosity=1 to see the traceback)", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(wrapped)
+
+
+def by_preset(getter) -> str:
+  """'(demo: X; paper: Y)': a flag's effective default under each preset, for its --help text."""
+  values = []
+  for name, preset in presets.PRESETS.items():
+    value = getter(preset)
+    if isinstance(value, (list, tuple)):
+      value = ",".join(map(str, value)) if len(value) <= 4 else f"{len(value)} items"
+    values.append(f"{name}: {value}")
+  return "(default " + "; ".join(values) + ")"
+
+
+def _base_type(annotation):
+  if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    return next(a for a in typing.get_args(annotation) if a is not type(None))
+  return annotation
+
+
+def define_sgld_flags(exclude=()) -> dict:
+  """One flag per SGLDConfig field (help from the field's metadata, defaults per preset): {field: holder}."""
+  holders = {}
+  for field in dataclasses.fields(SGLDConfig):
+    if field.name in exclude:
+      continue
+    help_text = f"SGLD: {field.metadata['help']} {by_preset(lambda p, n=field.name: getattr(p.sgld, n))}."
+    kind = _base_type(field.type)
+    if field.name == "sampler":
+      holders[field.name] = flags.DEFINE_enum(field.name, None, list(SAMPLERS), help_text)
+    elif kind is int:
+      holders[field.name] = flags.DEFINE_integer(field.name, None, help_text)
+    else:
+      holders[field.name] = flags.DEFINE_float(field.name, None, help_text)
+  return holders
+
+
+def sgld_config(base: SGLDConfig, holders: dict, **fixed) -> SGLDConfig:
+  """`base` with every SGLD flag the user gave (and `fixed` values) replaced; invalid values raise here."""
+  given = {name: holder.value for name, holder in holders.items() if holder.value is not None}
+  return dataclasses.replace(base, **given, **fixed)
+
+
+def resolve_run(preset_name: str, run_dir: str | None, tokenizer: str | None, *, run_dir_flag: str = "run_dir"):
+  """(preset, run directory, tokenizer path): the flags, else the preset's, else <run_dir>/tokenizer.json."""
+  preset = presets.get_preset(preset_name)
+  run_dir = run_dir or preset.run_dir
+  if run_dir is None:
+    raise app.UsageError(f"--{run_dir_flag} is required with --preset={preset_name}")
+  return preset, run_dir, tokenizer or preset.tokenizer or str(Path(run_dir) / "tokenizer.json")

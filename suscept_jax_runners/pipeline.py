@@ -1,0 +1,158 @@
+"""Steps shared by the runners: check what a run needs, build it if it is the demo's own, then load it.
+
+`resolve_target` checks everything that can be checked without tokenizing data or training a model (the
+run directory, its checkpoints, the tokenizer against the model); the `ensure_*` steps are idempotent
+and resumable: corpora and tokenized contexts are cached, a tokenizer is written atomically, and
+training resumes from its latest train state.
+"""
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from suscept_jax import checkpoints, training
+from suscept_jax.data import corpora, packing, sources
+from suscept_jax.data import tokenizer as tokenizers_lib
+from suscept_jax.models import config as model_config
+from suscept_jax.models.config import ModelConfig
+from suscept_jax_runners import presets
+
+
+@dataclasses.dataclass
+class RunTarget:
+  """The training run a sweep or a calibration works on, as far as it is known before any work."""
+
+  run_dir: str
+  model_config: ModelConfig
+  available_steps: list  # saved checkpoints (for a demo run still to be trained: its schedule)
+  context_length: int  # tokens per context the model was trained on
+  tokenizer_path: str
+  needs_training: bool  # the demo preset's own run, not (fully) trained yet: the runner trains it first
+
+  def check_steps(self, steps) -> list[int]:
+    """`steps` (None: all), each of which must be saved (or scheduled, for a run still to be trained)."""
+    steps = list(self.available_steps) if steps is None else list(steps)
+    missing = [s for s in steps if s not in self.available_steps]
+    if missing:
+      raise ValueError(f"checkpoint steps {missing} are not saved in {self.run_dir}; available: "
+                       f"{self.available_steps}")
+    return steps
+
+
+def resolve_target(preset_name: str, run_dir, tokenizer_path) -> RunTarget:
+  """Check the run directory and the tokenizer; never trains or tokenizes anything.
+
+  A directory that holds no training run is an error, except the demo preset's own directory (the demo
+  trains it). The tokenizer's vocabulary must equal the model's, and must be the tokenizer the run was
+  trained with when the run recorded one.
+  """
+  preset = presets.get_preset(preset_name)
+  own_demo = preset.trains_itself and Path(run_dir).resolve() == Path(preset.run_dir).resolve()
+  try:
+    info = checkpoints.read_run_info(run_dir)
+  except FileNotFoundError:
+    if not own_demo:
+      raise FileNotFoundError(
+          f"--run_dir={run_dir} holds no training run (no {checkpoints.RUN_FILE}); train one with "
+          f"`python -m experiments.train --workdir={run_dir}`, or leave --run_dir out to use the demo's") from None
+    info = None
+  if info is None:
+    cfg = model_config.get_config(preset.model)
+    steps, context_length, needs_training = preset.train.schedule(), cfg.n_ctx, True
+  else:
+    cfg = ModelConfig(**info["model_config"])
+    try:
+      steps = checkpoints.available_steps(run_dir)
+    except FileNotFoundError:
+      if not own_demo:
+        raise
+      steps = []
+    needs_training = own_demo and preset.train.steps not in steps
+    if needs_training:
+      steps = preset.train.schedule()
+    context_length = int(info.get("context_length", cfg.n_ctx))
+  tokenizer_path = str(tokenizer_path)
+  if Path(tokenizer_path).exists():
+    tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
+    tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab, name=f"tokenizer {tokenizer_path}")
+    recorded = (info or {}).get("tokenizer_fingerprint")
+    if recorded and recorded != tokenizers_lib.tokenizer_fingerprint(tokenizer):
+      raise ValueError(f"tokenizer {tokenizer_path} is not the one {run_dir} was trained with (fingerprint "
+                       f"{tokenizers_lib.tokenizer_fingerprint(tokenizer)} vs {recorded} recorded with the run)")
+  elif not own_demo:
+    raise FileNotFoundError(f"tokenizer {tokenizer_path} not found (give the one the run was trained with as "
+                            f"--tokenizer)")
+  return RunTarget(run_dir=str(run_dir), model_config=cfg, available_steps=list(steps),
+                   context_length=context_length, tokenizer_path=tokenizer_path, needs_training=needs_training)
+
+
+def check_datasets(specs) -> None:
+  """Every dataset spec names something that exists (no data is read): fail in seconds, not after work."""
+  for spec in specs:
+    sources.check_spec(spec)
+
+
+def contexts_fingerprint(spec: str, tokenizer, context_length: int, max_contexts) -> str:
+  """Identity of the contexts a spec gives (its data files or hub revision, the tokenizer, the packing),
+  without tokenizing: what a results directory records so changed data cannot be mixed in silently."""
+  ensure_corpora([spec])
+  parts = [sources.dataset_fingerprint(spec), tokenizers_lib.tokenizer_fingerprint(tokenizer), int(context_length),
+           max_contexts]
+  return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def ensure_corpora(specs) -> None:
+  """Build the offline corpora if any spec names one that is not built yet."""
+  names = [s for s in specs if s in corpora.CORPUS_SPECS or s == "pile"]
+  missing = []
+  for name in names:
+    try:
+      corpora.corpus_path(name)
+    except FileNotFoundError:
+      missing.append(name)
+  if missing:
+    print(f"building the offline corpora (missing: {', '.join(missing)})")
+    corpora.build_corpora()
+
+
+def ensure_tokenizer(path, *, train_data: str, vocab_size: int):
+  """Load the tokenizer at `path`, training a byte-level BPE on `train_data` first if it is missing."""
+  path = Path(path)
+  if not path.exists():
+    print(f"training a {vocab_size}-token byte-level BPE tokenizer on {train_data!r} -> {path}")
+    ensure_corpora([train_data])
+    tokenizers_lib.train_bpe_tokenizer(sources.iter_documents(train_data), vocab_size=vocab_size, path=path)
+  return tokenizers_lib.load_tokenizer(path)
+
+
+def load_dataset(spec: str, tokenizer, context_length: int, max_contexts=None):
+  """Tokenized contexts int32 [N, K] of a dataset spec (memory-mapped from the cache)."""
+  ensure_corpora([spec])
+  return packing.load_contexts(spec, tokenizer, context_length, max_contexts=max_contexts)
+
+
+def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_config: training.TrainConfig,
+                   max_contexts=None) -> dict | None:
+  """Train (or finish training) the model in `run_dir`; a no-op when its last step is already saved."""
+  cfg = model_config.get_config(model)
+  tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab)
+  try:
+    if train_config.steps in checkpoints.available_steps(run_dir):
+      return None
+  except FileNotFoundError:
+    pass
+  contexts = load_dataset(train_data, tokenizer, cfg.n_ctx, max_contexts)
+  print(f"training the {model!r} model ({train_config.steps} steps) in {run_dir}")
+  summary = training.train(run_dir, cfg, contexts, train_config,
+                           run_info={"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer)})
+  print(f"trained: test loss {summary['test_loss']:.3f} nats vs unigram entropy {summary['unigram_entropy']:.3f} "
+        f"({summary['seconds']:.0f} s)")
+  return summary
+
+
+def prepare_demo_run(preset_name: str, run_dir, tokenizer_path) -> None:
+  """The demo trains its own model (and builds corpora and tokenizer) when they are missing."""
+  preset = presets.get_preset(preset_name)
+  tokenizer = ensure_tokenizer(tokenizer_path, train_data=preset.train_data, vocab_size=preset.vocab_size)
+  ensure_trained(run_dir, model=preset.model, tokenizer=tokenizer, train_data=preset.train_data,
+                 train_config=preset.train)

@@ -1,0 +1,226 @@
+"""Susceptibility sweep: every checkpoint × probe dataset × component (each head and the full model).
+
+  python -m experiments.sweep                       # the built-in demo: builds and trains what is missing
+  python -m experiments.sweep --preset=paper --run_dir=runs/tetra --output_dir=runs/tetra/sweep
+  python -m experiments.sweep --dry_run             # the resolved settings and the work planned, nothing else
+
+Everything that can be wrong with the flags, the run, the tokenizer, the components and the dataset names
+is checked before any output is written, any data tokenized or any model trained. Writes one results
+directory (see suscept_jax.results): each checkpoint × probe set × component set is a unit written
+atomically; a killed sweep rerun with the same flags skips the finished units, and a sweep that asks for
+more checkpoints, probes or components reuses what is there; both end with the same table.
+"""
+import json
+import time
+import warnings
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from suscept_jax_runners import cli, presets
+
+HEAD_SCORE_CONTEXTS = 32  # base contexts for the per-head zero-ablation loss deltas
+
+_PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory with orbax checkpoints "
+                               + cli.by_preset(lambda p: p.run_dir) + ".")
+_STEPS = flags.DEFINE_list("steps", None, "Checkpoint steps to measure, or 'all' "
+                           + cli.by_preset(lambda p: p.checkpoint_steps or "all") + ".")
+_BASE = flags.DEFINE_string("base", None, "Base dataset q: corpus name, local file, hf:NAME or tfds:NAME "
+                            + cli.by_preset(lambda p: p.base) + ".")
+_PROBES = flags.DEFINE_list("probes", None, "Probe datasets q' (same spec forms as --base) "
+                            + cli.by_preset(lambda p: p.probes) + ".")
+_COMPONENTS = flags.DEFINE_list("components", None, "Component specs (see suscept_jax.models.components); "
+                                "'full' is always added (default: every head + full).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json "
+                                 + cli.by_preset(lambda p: p.tokenizer or "<run_dir>/tokenizer.json") + ".")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory " + cli.by_preset(lambda p: p.output_dir) + ".")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step and evaluation batch "
+                              + cli.by_preset(lambda p: p.batch_size) + ".")
+_MICRO = flags.DEFINE_integer("microbatch_size", None, "Split gradient batches into micro-batches of this size "
+                              + cli.by_preset(lambda p: p.microbatch_size) + ".")
+_DELTA_H = flags.DEFINE_float("delta_h", None, "Mixing fraction δh of the probe " + cli.by_preset(lambda p: p.delta_h) + ".")
+_CHI_FORM = flags.DEFINE_enum("chi_form", "eq41", ["eq41", "covariance"], "Estimator of χ.")
+_MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
+                                     + cli.by_preset(lambda p: p.max_contexts) + ".")
+_SGLD = cli.define_sgld_flags()
+
+
+def resolve_settings() -> dict:
+  """Preset values overridden by the flags given; every value checked; plain JSON-able values."""
+  from suscept_jax import mixing
+  preset, run_dir, tokenizer = cli.resolve_run(_PRESET.value, _RUN_DIR.value, _TOKENIZER.value)
+  pick = lambda flag, default: default if flag.value is None else flag.value
+  steps = _STEPS.value if _STEPS.value is not None else preset.checkpoint_steps
+  if steps is not None and list(steps) != ["all"]:
+    try:
+      steps = [int(s) for s in steps]
+    except ValueError:
+      raise app.UsageError(f"--steps must be integers or 'all', got {steps}") from None
+  else:
+    steps = None
+  sgld = cli.sgld_config(preset.sgld, _SGLD)
+  batch_size, micro = pick(_BATCH, preset.batch_size), pick(_MICRO, preset.microbatch_size)
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size} must be a positive integer")
+  if micro is not None and micro < 1:
+    raise ValueError(f"--microbatch_size={micro} must be a positive integer")
+  delta_h = pick(_DELTA_H, preset.delta_h)
+  mixing.check_mixing(batch_size, delta_h, sgld.num_draws)  # also: 0 < δh < 1
+  max_contexts = pick(_MAX_CONTEXTS, preset.max_contexts)
+  if max_contexts is not None and max_contexts < batch_size:
+    raise ValueError(f"--max_contexts={max_contexts} is smaller than --batch_size={batch_size}")
+  probes = list(pick(_PROBES, preset.probes))
+  if not probes:
+    raise ValueError("--probes is empty: name at least one probe dataset")
+  comps = _COMPONENTS.value or preset.components
+  return {
+      "preset": _PRESET.value, "run_dir": run_dir, "checkpoint_steps": steps, "base": pick(_BASE, preset.base),
+      "probes": probes, "components": None if comps is None else list(comps), "tokenizer": tokenizer,
+      "seed": _SEED.value, "batch_size": batch_size, "microbatch_size": micro, "delta_h": delta_h,
+      "chi_form": _CHI_FORM.value, "max_contexts": max_contexts, "sgld": sgld,
+  }
+
+
+def number_settings(settings: dict, target, **fingerprints) -> dict:
+  """The settings that change a unit's numbers (what a results directory must agree on)."""
+  import dataclasses
+  keys = ("base", "seed", "batch_size", "microbatch_size", "delta_h", "chi_form", "max_contexts")
+  return {**{k: settings[k] for k in keys}, "sgld": dataclasses.asdict(settings["sgld"]),
+          "run_dir": str(Path(target.run_dir).resolve()), "model_config": dataclasses.asdict(target.model_config),
+          **fingerprints}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_libraries()
+  t_start = time.perf_counter()
+  settings = resolve_settings()
+
+  # Everything else that can be checked without work, before anything is written.
+  from suscept_jax import results
+  from suscept_jax.models import components as components_lib
+  from suscept_jax.models import transformer
+  from suscept_jax_runners import pipeline
+  target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
+  steps = target.check_steps(settings["checkpoint_steps"])
+  model_cfg = target.model_config
+  specs = settings["components"] or components_lib.default_components(model_cfg)
+  specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
+  component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
+  pipeline.check_datasets([settings["base"]] + settings["probes"])
+  preset = presets.get_preset(settings["preset"])
+  out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
+  if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
+    out.check_settings(number_settings(settings, target), ignore=("tokenizer_fingerprint", "base_fingerprint"))
+  config = settings["sgld"]
+  note = preset.sgld_note if config == preset.sgld else "set by flags"
+  scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
+  if _DRY_RUN.value:
+    planned = out.plan(steps, settings["probes"], specs, None) if not _OVERWRITE.value else \
+        [(s, settings["probes"], specs) for s in steps]
+    shown = {**settings, "sgld": vars(config), "components": specs, "checkpoint_steps": steps}
+    print("resolved settings:\n" + json.dumps(shown, indent=2, default=str))
+    print(f"SGLD settings: {note}" if note else "")
+    if target.needs_training:
+      print(f"first: train the demo model in {target.run_dir} ({preset.train.steps} steps)")
+    print(f"planned: {len(planned)} unit(s) into {out.path} "
+          f"({len(out.finished_units()) if not _OVERWRITE.value else 0} finished unit(s) reused)")
+    for step, probes, comps in planned:
+      print(f"  checkpoint {step}: {len(probes)} probe(s) × {len(comps)} component(s) × {config.num_chains} "
+            f"chains × {config.num_draws} draws = {config.num_steps} SGLD steps for {len(comps) * config.num_chains} "
+            f"entries")
+    return
+
+  # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  if target.needs_training:
+    pipeline.prepare_demo_run(settings["preset"], target.run_dir, target.tokenizer_path)
+    target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
+  tokenizer = tokenizers_lib.load_tokenizer(target.tokenizer_path)
+  fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
+                                                           settings["max_contexts"])
+  run_settings = number_settings(settings, target, tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
+                                 base_fingerprint=fingerprint(settings["base"]))
+  if not _OVERWRITE.value:
+    out.check_settings(run_settings)
+  probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
+  out.start(run_settings, scope, overwrite=_OVERWRITE.value)
+  planned = out.plan(steps, settings["probes"], specs, probe_fps)
+  reused = len(out.finished_units())
+  print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
+  print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
+        + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
+        f"{config.num_draws} draws")
+  num_warnings = run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps)
+
+  out.write_table()
+  out.write_progress([])
+  table = out.table()
+  from suscept_jax.analysis import plots, summary
+  figures = plots.sweep_figures(table, out.path)
+  text = summary.summary_text(table)
+  (out.path / "summary.txt").write_text(text + "\n")
+  print(text)
+  flagged = int((table.status != "ok").sum())
+  print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) this run); "
+        f"figures: {', '.join(str(f) for f in figures)}")
+  print(f"total time {time.perf_counter() - t_start:.0f} s")
+
+
+def run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps) -> int:
+  """Sample every planned unit, writing each as it finishes; returns the number of warnings logged."""
+  import functools
+
+  import numpy as np
+  from tqdm.auto import tqdm
+
+  from suscept_jax import api, checkpoints, results
+  from suscept_jax.analysis import head_scores
+  from suscept_jax.models import transformer
+  from suscept_jax_runners import pipeline
+  if not planned:
+    return 0
+  model_cfg, config = target.model_config, settings["sgld"]
+  needed = {settings["base"]} | {p for _, probes, _ in planned for p in probes}
+  data = {spec: pipeline.load_dataset(spec, tokenizer, target.context_length, settings["max_contexts"])
+          for spec in [settings["base"]] + [p for p in settings["probes"] if p in needed]}
+  for spec, contexts in data.items():
+    transformer.check_token_range(contexts, model_cfg, name=spec)
+  base = data[settings["base"]]
+  scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
+  loss_fn = functools.partial(transformer.context_nll, config=model_cfg)
+  bar = tqdm(total=len(planned) * config.num_steps, unit="step", dynamic_ncols=True, smoothing=0.05)
+  names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
+  num_warnings = 0
+  for i, (step, probes, comps) in enumerate(planned):
+    bar.set_description(f"checkpoint {step}")
+    params = checkpoints.load_params(target.run_dir, step)
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      res = api.estimate_susceptibilities(
+          loss_fn, params, {c: component_masks[c] for c in comps}, base, {p: data[p] for p in probes}, config=config,
+          batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"],
+          chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
+          progress=bar, base_name=f"base data {settings['base']!r}")
+    for w in caught:
+      logging.warning("checkpoint %d: %s", step, w.message)
+      num_warnings += 1
+    arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
+    if step not in scored:  # independent labels for each head (not from susceptibilities)
+      meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(
+          params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]
+      scored.add(step)
+    out.write_unit(names[i], arrays, meta)
+    out.write_table()
+    out.write_progress(names[i + 1:])
+  bar.close()
+  return num_warnings
+
+
+if __name__ == "__main__":
+  cli.run(main)

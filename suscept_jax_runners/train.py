@@ -1,0 +1,66 @@
+"""Train an attention-only transformer and keep orbax checkpoints over training.
+
+  python -m experiments.train                         # the demo model on the offline "pile" (a few minutes)
+  python -m experiments.train --preset=paper --workdir=runs/tetra --data=hf:timaeus/dsir-pile-1m-2
+
+Killed runs resume from their latest train state with no lost steps: rerun the same command.
+"""
+import dataclasses
+
+from absl import app, flags
+
+from suscept_jax.train_config import TrainConfig
+from suscept_jax_runners import cli, presets
+
+_PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, train state, metrics). Default: the preset's.")
+_MODEL = flags.DEFINE_string("model", None, "Named model config: demo, tetrahedron_3m, tiny "
+                             + cli.by_preset(lambda p: p.model) + ".")
+_DATA = flags.DEFINE_string("data", None, "Training data: a corpus name, a local file, hf:NAME or tfds:NAME.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json (trained on --data if it does not exist).")
+_VOCAB = flags.DEFINE_integer("vocab_size", None, "Vocab of a tokenizer trained because --tokenizer is missing.")
+_STEPS = flags.DEFINE_integer("steps", None, "Optimizer steps " + cli.by_preset(lambda p: p.train.steps) + ".")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per step, split over all devices "
+                              + cli.by_preset(lambda p: p.train.batch_size) + ".")
+_LR = flags.DEFINE_float("learning_rate", None, "AdamW learning rate (paper: 1e-3).")
+_WD = flags.DEFINE_float("weight_decay", None, "AdamW weight decay (paper: 0.05).")
+_SEED = flags.DEFINE_integer("seed", None, "Initialisation and data-order seed.")
+_CKPT_STEPS = flags.DEFINE_list("checkpoint_steps", None, "Steps to checkpoint (default: the paper's list S, scaled).")
+_MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized training contexts.")
+
+
+def train_config(preset: presets.Preset) -> TrainConfig:
+  overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
+               "weight_decay": _WD.value, "seed": _SEED.value,
+               "checkpoint_steps": tuple(int(s) for s in _CKPT_STEPS.value) if _CKPT_STEPS.value else None}
+  return dataclasses.replace(preset.train, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_libraries()
+  preset, workdir, tokenizer_path = cli.resolve_run(_PRESET.value, _WORKDIR.value, _TOKENIZER.value,
+                                                    run_dir_flag="workdir")
+  data = _DATA.value or preset.train_data
+  model = _MODEL.value or preset.model
+  config = train_config(preset)
+  from suscept_jax.models import config as model_config
+  from suscept_jax_runners import pipeline
+  d_vocab = model_config.get_config(model).d_vocab  # an unknown model name fails here, before any work
+  vocab = _VOCAB.value or preset.vocab_size
+  if vocab != d_vocab:
+    raise ValueError(f"--vocab_size={vocab} differs from model {model!r}'s d_vocab={d_vocab}")
+  pipeline.check_datasets([data])
+  tokenizer = pipeline.ensure_tokenizer(tokenizer_path, train_data=data, vocab_size=vocab)
+  summary = pipeline.ensure_trained(workdir, model=model, tokenizer=tokenizer, train_data=data, train_config=config,
+                                    max_contexts=_MAX_CONTEXTS.value)
+  if summary is None:
+    print(f"{workdir} is already trained to its last step; nothing to do")
+  else:
+    print(f"trained {workdir}: test loss {summary['test_loss']:.3f} nats (unigram entropy "
+          f"{summary['unigram_entropy']:.3f}) in {summary['seconds']:.0f} s; checkpoints at {summary['checkpoints']}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
