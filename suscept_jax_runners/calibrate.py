@@ -37,6 +37,7 @@ _MALA_EVERY = flags.DEFINE_integer("mala_every", 2, "Measure MALA acceptance eve
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where to write calibration.png/.json (default: <run_dir>/../calibration).")
 _SGLD = cli.define_sgld_flags(exclude=("step_size", "nbeta", "localization", "mala_every"))
+flags.adopt_module_key_flags(cli)  # the SGLD flags show in --help
 
 
 def _floats(name: str, values) -> list[float] | None:

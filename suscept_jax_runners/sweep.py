@@ -47,6 +47,7 @@ _CHI_FORM = flags.DEFINE_enum("chi_form", "eq41", ["eq41", "covariance"], "Estim
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
 _SGLD = cli.define_sgld_flags()
+flags.adopt_module_key_flags(cli)  # the SGLD flags show in --help
 
 
 def resolve_settings() -> dict:

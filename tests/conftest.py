@@ -10,3 +10,16 @@ import jax  # noqa: E402
 _cache = pathlib.Path(os.environ.get("SUSCEPT_JAX_CACHE", pathlib.Path.home() / ".cache" / "suscept_jax")) / "jax_compilation"
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+  """(root, run_dir, tokenizer, {name: jsonl}): a tiny model trained through the real code path, shared."""
+  from tests import helpers
+  root = tmp_path_factory.mktemp("sweep")
+  run_dir, tok, data = helpers.tiny_run(root, steps=40, checkpoint_steps=(0, 20, 40))
+  data["math2"] = helpers.write_jsonl(root / "math2.jsonl", helpers.math_documents(40, seed=7))
+  return root, run_dir, tok, data

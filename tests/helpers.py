@@ -1,5 +1,7 @@
 """Tiny real artifacts for tests: a local corpus, a trained BPE tokenizer, a trained tiny model run."""
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +43,22 @@ def tiny_run(root: Path, *, steps: int = 40, checkpoint_steps=(0, 20, 40), seed:
                                                               checkpoint_steps=tuple(checkpoint_steps), seed=seed),
                  progress=False, run_info={"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer)})
   return run_dir, tok_path, data
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sweep_cmd(run_dir, tok, data, out, *extra):
+  """The sweep runner on the tiny run, as a user would type it (a real subprocess)."""
+  return [sys.executable, "-m", "experiments.sweep", "--preset=paper", f"--run_dir={run_dir}", f"--tokenizer={tok}",
+          f"--base={data['mix']}", f"--probes={data['math']},{data['prose']},{data['mix']}", "--steps=0,20,40",
+          "--components=l0h0,l1h1,l1 attn", "--num_chains=2", "--num_draws=12", "--batch_size=10",
+          "--microbatch_size=5", "--num_burnin=2", f"--output_dir={out}", *extra]
+
+
+def env():
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  e["PYTHONPATH"] = str(REPO)
+  e["SUSCEPT_JAX_CACHE"] = e.get("SUSCEPT_JAX_CACHE", str(Path.home() / ".cache" / "suscept_jax"))
+  return e

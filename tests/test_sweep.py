@@ -1,11 +1,8 @@
 """The sweep runner end to end on a tiny trained model, including a real kill and resume."""
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,32 +10,8 @@ import pytest
 
 from suscept_jax import results
 
-from tests import helpers
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-  root = tmp_path_factory.mktemp("sweep")
-  run_dir, tok, data = helpers.tiny_run(root, steps=40, checkpoint_steps=(0, 20, 40))
-  data["math2"] = helpers.write_jsonl(root / "math2.jsonl", helpers.math_documents(40, seed=7))
-  return root, run_dir, tok, data
-
-
-def sweep_cmd(run_dir, tok, data, out, *extra):
-  return [sys.executable, "-m", "experiments.sweep", "--preset=paper", f"--run_dir={run_dir}", f"--tokenizer={tok}",
-          f"--base={data['mix']}", f"--probes={data['math']},{data['prose']},{data['mix']}", "--steps=0,20,40",
-          "--components=l0h0,l1h1,l1 attn", "--num_chains=2", "--num_draws=12", "--batch_size=10",
-          "--microbatch_size=5", "--num_burnin=2", f"--output_dir={out}", *extra]
-
-
-def env():
-  e = dict(os.environ)
-  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  e["PYTHONPATH"] = str(REPO)
-  e["SUSCEPT_JAX_CACHE"] = e.get("SUSCEPT_JAX_CACHE", str(Path.home() / ".cache" / "suscept_jax"))
-  return e
+from tests.helpers import REPO, env, sweep_cmd
 
 
 def direct_estimate(run_dir, tok, data, step):

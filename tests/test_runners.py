@@ -1,0 +1,110 @@
+"""The runners fail before work, never after; say what they will do; and live under a name of their own."""
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from suscept_jax.data import tokenizer as tokenizers_lib
+from tests import helpers
+from tests.helpers import REPO, env, sweep_cmd
+
+
+def run(cmd, timeout=120):
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+  return proc, time.perf_counter() - t0
+
+
+def test_help_is_quick_and_shows_each_presets_defaults():
+  proc, seconds = run([sys.executable, "-m", "experiments.sweep", "--help"])
+  assert "Traceback" not in proc.stderr  # (absl ends --help with exit status 1)
+  assert seconds < 5, seconds  # no JAX import for --help (0.2 s here; generous for a loaded CI machine)
+  text = " ".join(proc.stdout.split())
+  assert "(default demo: 20; paper: 64)" in text  # batch_size under each preset
+  from suscept_jax.sgld_config import SGLDConfig
+  for field in dataclasses.fields(SGLDConfig):  # every SGLDConfig field has a flag
+    assert f"--{field.name}" in proc.stdout, field.name
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--run_dir=/nonexistent/run"], "--run_dir=/nonexistent/run holds no training run"),
+    (["--delta_h=0"], "delta_h=0.0 must lie strictly between 0 and 1"),
+    (["--step_size=-1"], "SGLDConfig.step_size=-1.0 must be > 0"),
+    (["--probes=nosuchcorpus"], "dataset 'nosuchcorpus': no such corpus"),
+    (["--components=l0h9"], "component 'l0h9': head 9 does not exist"),
+    (["--steps=0,7"], "checkpoint steps [7] are not saved"),
+    (["--num_draws=1", "--delta_h=0.05"], "places no probe sample"),
+])
+def test_bad_input_fails_in_seconds_before_any_output(tiny, tmp_path, extra, message):
+  root, run_dir, tok, data = tiny
+  out = tmp_path / "out"
+  proc, seconds = run(sweep_cmd(run_dir, tok, data, out, *extra))
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not out.exists()  # nothing written: the corrected rerun into the same directory just works
+  assert seconds < 30, seconds
+
+
+def test_a_tokenizer_that_does_not_match_the_model_is_refused(tiny, tmp_path):
+  root, run_dir, tok, data = tiny
+  small = tmp_path / "small.json"
+  tokenizers_lib.train_bpe_tokenizer(helpers.prose_documents(50), vocab_size=300, path=small)
+  proc, _ = run(sweep_cmd(run_dir, small, data, tmp_path / "out"))
+  assert proc.returncode == 2 and "has a vocabulary of" in proc.stderr and "d_vocab=320" in proc.stderr
+  other = tmp_path / "other.json"  # the right size, but not the tokenizer the run was trained with
+  tokenizers_lib.train_bpe_tokenizer(helpers.prose_documents(400, seed=3) + helpers.math_documents(80, seed=3),
+                                     vocab_size=320, path=other)
+  if tokenizers_lib.vocab_size(tokenizers_lib.load_tokenizer(other)) == 320:
+    proc, _ = run(sweep_cmd(run_dir, other, data, tmp_path / "out"))
+    assert proc.returncode == 2 and "is not the one" in proc.stderr and "was trained with" in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny, tmp_path):
+  root, run_dir, tok, data = tiny
+  out = tmp_path / "out"
+  proc, _ = run(sweep_cmd(run_dir, tok, data, out, "--dry_run"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "resolved settings:" in proc.stdout and '"num_draws": 12' in proc.stdout
+  assert "planned: 3 unit(s)" in proc.stdout and "checkpoint 40: 3 probe(s) × 4 component(s)" in proc.stdout
+  assert not out.exists()
+
+
+def test_the_demo_presets_run_dir_is_the_only_one_that_trains_itself(tmp_path):
+  proc, seconds = run([sys.executable, "-m", "experiments.sweep", f"--run_dir={tmp_path / 'typo'}",
+                       f"--output_dir={tmp_path / 'out'}"])
+  assert proc.returncode == 2 and "holds no training run" in proc.stderr
+  assert not (tmp_path / "typo").exists() and not (tmp_path / "out").exists()
+
+
+def test_runner_package_name_and_checkout_shims():
+  import suscept_jax_runners.sweep  # noqa: F401  (the installed name)
+  pyproject = (REPO / "pyproject.toml").read_text()
+  assert '"experiments' not in pyproject  # the generic name is not installed
+  for runner in ("sweep", "train", "calibrate", "build_corpora"):
+    proc, _ = run([sys.executable, "-m", f"experiments.{runner}", "--help"])
+    assert f"suscept_jax_runners/{runner}.py" in proc.stdout, (runner, proc.stderr[-500:])
+
+
+def test_summary_covers_every_checkpoint_with_full_probe_names(tiny):
+  from suscept_jax import results
+  from suscept_jax.analysis import summary
+  root, run_dir, tok, data = tiny
+  out = root / "summary_sweep"
+  proc, _ = run(sweep_cmd(run_dir, tok, data, out, "--steps=0,40"), timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = (out / "summary.txt").read_text()
+  table = results.ResultsDir(out).table()
+  assert text == summary.summary_text(table) + "\n"
+  assert "checkpoint 0" in text and "checkpoint 40" in text
+  for probe in (data["math"], data["prose"], data["mix"]):
+    assert f"= {probe}" in text.replace("\n  ", " ")  # the legend names every probe in full
+  flagged = int((table.status != "ok").sum())
+  assert f"Flagged cells: {flagged} of {len(table)}" in text and text.count("*") >= flagged
+  assert (out / "chi_heatmap.png").stat().st_size > 10_000
+  unit = json.loads(next((out / "units").glob("step_*.json")).read_text())
+  assert {"jax", "devices", "matmul_precision"} <= set(unit["environment"])
