@@ -108,3 +108,25 @@ def test_results_are_named_and_readable(problem):
   text = repr(res.diagnostics["full"])
   assert text.startswith("ComponentDiagnostics(r_hat=") and "array" not in text and len(text) < 400
   assert set(res.records()[0]) >= {"status", "chi_ci95", "r_hat_chi", "realised_delta_h"}
+
+
+def test_the_readme_examples_are_what_the_code_says():
+  """The README's status examples are produced by suscept_jax.health, not written by hand."""
+  from pathlib import Path
+
+  def diag(**kw):
+    base = dict(loss_trace=None, phi_trace=np.ones((4, 100)), r_hat=1.0, ess_bulk=400.0, ess_tail=400.0,
+                r_hat_chi=np.ones(1), ess_bulk_chi=np.full(1, 400.0), mala_acceptance=0.9, frac_phi_negative=0.0,
+                diverged_chains=[], diverged_at_draw=[])
+    return sj.diagnostics.ComponentDiagnostics(**{**base, **kw})
+  climbing = np.random.default_rng(0).normal(1.0, 0.02, (4, 100)) * np.minimum(1.0, (np.arange(100) + 1) / 24.0)
+  examples = [
+      health.status(health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), -5.81, 4)),
+      health.status(health.component_flags(diag(diverged_chains=[2], diverged_at_draw=[7], mala_acceptance=1e-8),
+                                            3.0, 4)),
+      health.status(health.component_flags(diag(phi_trace=climbing), 3.0, 4)),
+      health.status(health.probe_flags(1.21, 400.0, 0, 0.094, 0.1)),
+  ]
+  readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+  block = readme.split("## Status and warnings")[1].split("```")[1].strip().splitlines()
+  assert block == examples, examples
