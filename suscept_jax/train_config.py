@@ -24,6 +24,20 @@ class TrainConfig:
   resume_every: int = 200  # steps between resume states (also saved at every scheduled checkpoint)
   checkpoint_steps: tuple = ()  # empty: the paper's schedule scaled to `steps`
 
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "eval_every", "resume_every"):
+      if not getattr(self, name) >= 1:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")
+    for name in ("learning_rate", "grad_clip"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be > 0")
+    if self.weight_decay < 0 or not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+      raise ValueError(f"TrainConfig: weight_decay={self.weight_decay} must be >= 0 and b1={self.b1}, "
+                       f"b2={self.b2} in [0, 1)")
+    bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
+    if bad:
+      raise ValueError(f"TrainConfig.checkpoint_steps {bad} lie outside [0, steps={self.steps}]")
+
   def schedule(self) -> list[int]:
     return sorted(set(self.checkpoint_steps)) if self.checkpoint_steps else scaled_paper_schedule(self.steps)
 

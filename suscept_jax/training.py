@@ -69,13 +69,13 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
 
   `run_info` is recorded with the run (e.g. the tokenizer's fingerprint, which the sweep checks)."""
   run_dir = Path(run_dir)
-  run_dir.mkdir(parents=True, exist_ok=True)
   if cfg.batch_size % jax.device_count():
     raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {jax.device_count()} devices")
   if contexts_NxK.shape[1] - 1 > model_config.n_ctx:
     raise ValueError(f"contexts of length {contexts_NxK.shape[1]} need n_ctx >= {contexts_NxK.shape[1] - 1}; "
                      f"the model has n_ctx={model_config.n_ctx}")
   transformer.check_token_range(contexts_NxK, model_config, name="training contexts")
+  run_dir.mkdir(parents=True, exist_ok=True)
   n_eval = min(cfg.eval_contexts, len(contexts_NxK) // 10)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
   schedule_steps = cfg.schedule()

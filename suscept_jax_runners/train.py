@@ -48,6 +48,9 @@ def main(argv):
   from suscept_jax.models import config as model_config
   from suscept_jax_runners import pipeline
   d_vocab = model_config.get_config(model).d_vocab  # an unknown model name fails here, before any work
+  import jax
+  if config.batch_size % jax.device_count():
+    raise ValueError(f"--batch_size={config.batch_size} must be divisible by the {jax.device_count()} devices")
   vocab = _VOCAB.value or preset.vocab_size
   if vocab != d_vocab:
     raise ValueError(f"--vocab_size={vocab} differs from model {model!r}'s d_vocab={d_vocab}")

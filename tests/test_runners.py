@@ -108,3 +108,17 @@ def test_summary_covers_every_checkpoint_with_full_probe_names(tiny):
   assert (out / "chi_heatmap.png").stat().st_size > 10_000
   unit = json.loads(next((out / "units").glob("step_*.json")).read_text())
   assert {"jax", "devices", "matmul_precision"} <= set(unit["environment"])
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model=huge"], "Unknown model config 'huge'"),
+    (["--steps=0"], "TrainConfig.steps=0 must be >= 1"),
+    (["--batch_size=6"], "--batch_size=6 must be divisible by the 4 devices"),
+    (["--data=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
+])
+def test_train_runner_fails_before_work(tmp_path, extra, message):
+  workdir = tmp_path / "run"
+  proc, _ = run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
+                 f"--tokenizer={tmp_path / 'tok.json'}", *extra])
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+  assert not workdir.exists() and not (tmp_path / "tok.json").exists()
