@@ -35,7 +35,7 @@ def summary_text(table, *, width: int = 19) -> str:
         row = row.iloc[0]
         mark = "*" if row.status != "ok" else " "
         if row.status != "ok":
-          flagged.append(f"checkpoint {step}, {labels[probe]}, {comp}: {row.status}")
+          flagged.append((step, comp, row.status, labels[probe]))
         cells.append(f"{row.chi:+.2e}±{row.chi_ci95:.1e}{mark}".rjust(width))
       lines.append(f"{labels[probe]:8s}" + "".join(cells))
     llc = t.drop_duplicates("component").set_index("component")
@@ -43,5 +43,10 @@ def summary_text(table, *, width: int = 19) -> str:
         (f"{llc.llc[c]:.3g}±{llc.llc_ci95[c]:.2g}" if c in llc.index and np.isfinite(llc.llc[c]) else "—").rjust(width)
         for c in comps))
   lines += ["", f"Flagged cells: {len(flagged)} of {len(table)}" + (":" if flagged else ".")]
-  lines += [textwrap.fill(f, 120, subsequent_indent="    ") for f in dict.fromkeys(flagged)]
+  groups = {}
+  for step, comp, status, label in flagged:  # one line per checkpoint × component × reason
+    groups.setdefault((step, comp, status), []).append(label)
+  for (step, comp, status), cells in groups.items():
+    where = f"all {len(cells)} probes" if len(cells) == len(probes) else ", ".join(cells)
+    lines.append(textwrap.fill(f"checkpoint {step}, {comp} ({where}): {status}", 120, subsequent_indent="    "))
   return "\n".join(lines)
