@@ -122,3 +122,18 @@ def test_train_runner_fails_before_work(tmp_path, extra, message):
                  f"--tokenizer={tmp_path / 'tok.json'}", *extra])
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
   assert not workdir.exists() and not (tmp_path / "tok.json").exists()
+
+
+def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
+  root, run_dir, tok, data = tiny
+  out = tmp_path / "calibration"
+  proc, _ = run([sys.executable, "-m", "experiments.calibrate", "--preset=paper", f"--run_dir={run_dir}",
+                 f"--tokenizer={tok}", f"--data={data['mix']}", "--step_sizes=1e-4,1e-2", "--num_chains=2",
+                 "--num_draws=16", "--batch_size=10", f"--output_dir={out}"], timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  verdict = json.loads((out / "calibration.json").read_text())
+  assert verdict["checkpoint"] == 40 and verdict["components"] == ["full", "l0h0"]
+  assert len(verdict["cells"]) == 2 * 2 and len(verdict["explanation"]) == 2
+  assert verdict["criteria"]["min_acceptance"] == 0.9
+  assert ("recommended: ε=" in proc.stdout) == (verdict["recommended"] is not None)
+  assert (out / "calibration.png").stat().st_size > 10_000
