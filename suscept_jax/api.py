@@ -7,7 +7,7 @@ import dataclasses
 import math
 import warnings as warnings_lib
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -95,14 +95,6 @@ def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, d
   return warnings
 
 
-class ChiTable(NamedTuple):
-  """χ of every probe × component for one estimator form."""
-
-  chi: np.ndarray  # [P, C] mean over the non-diverged chains
-  stderr: np.ndarray  # [P, C] standard error across those chains
-  per_chain: np.ndarray  # [P, C, K]
-
-
 @dataclasses.dataclass
 class SusceptibilityResult:
   """χ per probe × component (eq. 41) with error bars, LLCs, and diagnostics."""
@@ -143,9 +135,9 @@ class SusceptibilityResult:
     """Half-widths [C] of Student-t intervals for the LLCs."""
     return estimators.t_quantile(self.num_chains_used, level) * self.llc_stderr
 
-  def chi_with(self, form: str = "eq41", scale_by_delta_h: bool = False) -> ChiTable:
+  def chi_with(self, form: str = "eq41", scale_by_delta_h: bool = False) -> estimators.ChiTable:
     """χ for another estimator form, without resampling."""
-    return _chi_table(self.moments, self.diverged, self.component_names, form,
+    return estimators.chi_table(self.moments, self.diverged, self.component_names, form,
                       self.realised_delta_h if scale_by_delta_h else None)
 
   def records(self) -> list[dict]:
@@ -164,33 +156,6 @@ class SusceptibilityResult:
                      "probe_draws_dropped": int(self.probe_draws_dropped[p, c]),
                      "realised_delta_h": float(self.realised_delta_h), "status": str(self.status[p, c])})
     return rows
-
-
-def _chi_table(moments, diverged_CxK, component_names, form, realised_fraction) -> ChiTable:
-  """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full (both read data
-  stream k), so the per-chain estimates are independent and their spread carries the full chains'
-  uncertainty and the batch noise (a diverged full chain is replaced by the pooled mean of the valid ones)."""
-  C, K = diverged_CxK.shape
-  full = component_names.index("full")
-  full_moments = estimators.select(moments, slice(full * K, (full + 1) * K))
-  full_valid = ~diverged_CxK[full]
-  pooled = estimators.pooled_mean_y(full_moments, full_valid)
-  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * pooled.ndim), full_moments.mean_y, pooled)
-  per_entry = estimators.chi_per_chain(moments, np.tile(full_mean_K, (C,) + (1,) * pooled.ndim), form=form)
-  if realised_fraction is not None:
-    per_entry = per_entry / realised_fraction
-  per_chain = per_entry.reshape(C, K, -1).transpose(2, 0, 1)  # [P, C, K]
-  chi, err = np.empty(per_chain.shape[:2]), np.empty(per_chain.shape[:2])
-  for c in range(C):
-    chi[:, c], err[:, c] = estimators.mean_and_stderr(per_chain[:, c, :].T, ~diverged_CxK[c])
-  return ChiTable(chi, err, per_chain)
-
-
-def _llc_tables(moments, diverged_CxK, nbeta_C):
-  C, K = diverged_CxK.shape
-  per_chain = np.asarray(nbeta_C, np.float64).reshape(-1, 1) * moments.mean_x.reshape(C, K)
-  stats = [estimators.mean_and_stderr(per_chain[c], ~diverged_CxK[c]) for c in range(C)]
-  return np.array([s[0] for s in stats]), np.array([s[1] for s in stats]), per_chain
 
 
 # ---- entry points ----------------------------------------------------------------------------------------
@@ -232,11 +197,19 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                     batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                     microbatch_size=microbatch_size, mesh=mesh, progress=progress, label=label,
                     base_name=base_name)
+  return result_from_output(out, loss_fn, params, component_names, probes, config=config, batch_size=batch_size,
+                            delta_h=delta_h, chi_form=chi_form, scale_by_delta_h=scale_by_delta_h,
+                            microbatch_size=microbatch_size)
+
+
+def result_from_output(out: sampler.SamplerOutput, loss_fn, params, component_names, probes, *, config, batch_size,
+                       delta_h, chi_form, scale_by_delta_h, microbatch_size, emit: bool = True) -> SusceptibilityResult:
+  """The dataset-level result of a sampler run (also used by the per-token estimator on its own chains)."""
   C, K = len(component_names), config.num_chains
   diverged = out.diverged.reshape(C, K)
-  table = _chi_table(out.moments, diverged, component_names, chi_form,
+  table = estimators.chi_table(out.moments, diverged, component_names, chi_form,
                      out.realised_delta_h if scale_by_delta_h else None)
-  llc, llc_err, llc_chains = _llc_tables(out.moments, diverged, np.full(C, config.nbeta))
+  llc, llc_err, llc_chains = estimators.llc_table(out.moments, diverged, np.full(C, config.nbeta))
   diags = {name: _component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
   # Draws in which a probe's contribution was dropped, over the non-diverged chains: [P, C].
   dropped_ExD = out.moments.count[:, None] - out.moments.count_y
@@ -254,7 +227,8 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                                [[[f for f in cell if f not in comp_flags[c]] for c, cell in enumerate(row)]
                                 for row in cell_flags])
   warnings += _probe_fault_warnings(loss_fn, params, probes, out, dropped.sum(axis=1), microbatch_size)
-  _emit(warnings)
+  if emit:
+    _emit(warnings)
   return SusceptibilityResult(
       chi=table.chi, chi_stderr=table.stderr, chi_per_chain=table.per_chain, llc=llc, llc_stderr=llc_err,
       llc_per_chain=llc_chains, probe_names=list(probes), component_names=component_names, diagnostics=diags,
@@ -300,7 +274,7 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
                     delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size,
                     mesh=mesh, progress=progress, label=label, base_name=data_name)
   diverged = out.diverged.reshape(1, config.num_chains)
-  llc, llc_err, per_chain = _llc_tables(out.moments, diverged, [config.nbeta])
+  llc, llc_err, per_chain = estimators.llc_table(out.moments, diverged, [config.nbeta])
   diag = _component_diagnostics(out, 0, config.num_chains)
   flags = health.component_flags(diag, llc[0], config.num_chains)
   warnings = _divergence_warnings(names, {"llc": diag}, config.num_chains)

@@ -122,3 +122,38 @@ def t_quantile(num_chains, level: float = 0.95):
   dof = np.asarray(num_chains, np.float64) - 1
   with np.errstate(invalid="ignore"):
     return np.where(dof >= 1, scipy.stats.t.ppf(0.5 + level / 2, np.maximum(dof, 1)), np.nan)
+
+
+class ChiTable(NamedTuple):
+  """χ of every probe × component for one estimator form."""
+
+  chi: np.ndarray  # [P, C] mean over the non-diverged chains
+  stderr: np.ndarray  # [P, C] standard error across those chains
+  per_chain: np.ndarray  # [P, C, K]
+
+
+def chi_table(moments, diverged_CxK, component_names, form, realised_fraction) -> ChiTable:
+  """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full (both read data
+  stream k), so the per-chain estimates are independent and their spread carries the full chains'
+  uncertainty and the batch noise (a diverged full chain is replaced by the pooled mean of the valid ones)."""
+  C, K = diverged_CxK.shape
+  full = component_names.index("full")
+  full_moments = select(moments, slice(full * K, (full + 1) * K))
+  full_valid = ~diverged_CxK[full]
+  pooled = pooled_mean_y(full_moments, full_valid)
+  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * pooled.ndim), full_moments.mean_y, pooled)
+  per_entry = chi_per_chain(moments, np.tile(full_mean_K, (C,) + (1,) * pooled.ndim), form=form)
+  if realised_fraction is not None:
+    per_entry = per_entry / realised_fraction
+  per_chain = per_entry.reshape(C, K, -1).transpose(2, 0, 1)  # [P, C, K]
+  chi, err = np.empty(per_chain.shape[:2]), np.empty(per_chain.shape[:2])
+  for c in range(C):
+    chi[:, c], err[:, c] = mean_and_stderr(per_chain[:, c, :].T, ~diverged_CxK[c])
+  return ChiTable(chi, err, per_chain)
+
+
+def llc_table(moments, diverged_CxK, nbeta_C):
+  C, K = diverged_CxK.shape
+  per_chain = np.asarray(nbeta_C, np.float64).reshape(-1, 1) * moments.mean_x.reshape(C, K)
+  stats = [mean_and_stderr(per_chain[c], ~diverged_CxK[c]) for c in range(C)]
+  return np.array([s[0] for s in stats]), np.array([s[1] for s in stats]), per_chain

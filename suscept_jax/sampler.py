@@ -25,8 +25,13 @@ Faults: a non-finite L_B(w*) is a fault of the base data (raised as `DataFaultEr
 not a divergence; a probe sample with a non-finite loss drops that probe's contribution for that draw
 (counted per entry × probe in the moments) instead of killing the chain.
 
+Per-token observation (optional): at every draw each entry also evaluates `token_loss_fn` on a fixed set
+of observed contexts and streams the moments of (ℓ_i(w_t) − L_B(w_t), φ_t) per token: what per-token
+susceptibilities average, with memory independent of the number of draws.
+
 Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe
-slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, T draws.
+slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, T draws, O observed
+contexts, J token positions per observed context.
 """
 import dataclasses
 import functools
@@ -72,13 +77,13 @@ def _split_micro(batch, micro: int):
 
 
 def batched_losses(loss_fn, params, batch, micro: int | None):
-  """Per-sample losses [n] of `batch`, evaluated `micro` rows at a time."""
+  """Per-sample losses [n, ...] of `batch`, evaluated `micro` rows at a time."""
   n = num_rows(batch)
   if micro is None or micro >= n:
     return loss_fn(params, batch)
   batches, _ = _split_micro(batch, micro)
   losses = jax.lax.map(lambda b: loss_fn(params, b), batches)
-  return losses.reshape(-1)[:n]
+  return losses.reshape((-1,) + losses.shape[2:])[:n]
 
 
 def loss_and_grad(loss_fn, params, batch, micro: int | None):
@@ -112,7 +117,8 @@ def _flatten_rows(tree, lead: int):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def _losses_at(loss_fn, params, batch, micro):
+def losses_at(loss_fn, params, batch, micro=None):
+  """Per-sample (or per-token) losses of `batch` at `params`, compiled once per (loss_fn, shapes)."""
   return batched_losses(loss_fn, params, batch, micro)
 
 
@@ -122,7 +128,7 @@ def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None) -> l
   if indices.size == 0:
     return []
   batch = jax.tree.map(lambda a: np.asarray(a[indices]), data)
-  losses = np.asarray(_losses_at(loss_fn, params, batch, microbatch_size))
+  losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))
   return [int(i) for i in indices[~np.isfinite(losses)]]
 
 
@@ -144,6 +150,7 @@ class Carry(NamedTuple):
   moments: estimators.Moments
   diverged: Any  # bool [E]
   diverged_at: Any  # int32 [E] first draw at which the chain diverged (-1: never)
+  token_moments: Any  # estimators.Moments with y [E, O, J] (per-token observation), or () without
 
 
 class ChunkData(NamedTuple):
@@ -180,6 +187,8 @@ class Plan:
   num_slots: int  # M (0 without probes)
   microbatch_size: int | None
   blocks_per_chunk: int
+  token_loss_fn: Callable | None = None  # (params, contexts [O', ...]) -> per-token losses [O', J]
+  observed_microbatch: int | None = None  # observed contexts evaluated this many at a time
 
 
 def _specs(tree_type, spec):
@@ -210,7 +219,7 @@ def _stream_rows(tree_K, stream_E):
   return jax.tree.map(lambda a: a[stream_E], tree_K)
 
 
-def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_C, data: ChunkData):
+def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_C, data: ChunkData, observed):
   """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
   config = plan.config
   n, K, D, M = plan.batch_size, plan.num_streams, plan.num_probes, plan.num_slots
@@ -275,6 +284,12 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     diverged = c.diverged | bad_E
     active_E = (draw >= 0) & ~diverged & star_ok_E
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
+    token_moments = c.token_moments
+    if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
+      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, w, observed, plan.observed_microbatch))(
+          c.state.position)
+      token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
+                                                jnp.isfinite(tokens_ExOxJ))
 
     def plain(i, st):
       b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
@@ -283,7 +298,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     new_state = jax.lax.fori_loop(1, S, plain, new_state)
     values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD, loss_star_K)
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
-    return Carry(new_state, moments, diverged, diverged_at), traces
+    return Carry(new_state, moments, diverged, diverged_at, token_moments), traces
 
   traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
                        jnp.zeros((L, E, D), bool), jnp.zeros((L, K)))
@@ -310,7 +325,7 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
   if cache_key not in _COMPILED:
     if kind == "draw":
       fn = functools.partial(_draw_chunk, loss_fn, plan)
-      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC)
+      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP)
       out_specs = (_E, TRACES_SPEC)
     else:
       fn = functools.partial(_burnin_chunk, loss_fn, plan)
@@ -337,6 +352,7 @@ class SamplerOutput(NamedTuple):
   nonfinite_probe_samples: dict  # probe name -> sorted sample indices whose loss was not finite at some w_t
   realised_delta_h: float  # probe samples placed per sample evaluated over the run (nan without probes)
   seconds: float
+  token_moments: estimators.Moments | None = None  # y = ℓ_i − L_B per observed token [E, O, J], if observed
 
 
 def component_seed(name: str) -> int:
@@ -417,10 +433,12 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
         config: sgld.SGLDConfig, batch_size: int, delta_h: float | None, seed: int = 0,
         checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None, hyper_C: sgld.Hyper | None = None,
         draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
-        base_name: str = "base data") -> SamplerOutput:
+        base_name: str = "base data", observed=None, token_loss_fn=None,
+        observed_microbatch: int | None = None) -> SamplerOutput:
   """Sample every (component, chain) and stream the draw statistics. Inputs are assumed validated.
 
   hyper_C: per-component ε, nβ, γ (arrays [C]); default: the config's for every component.
+  observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
   """
   t0 = time.perf_counter()
   mesh = mesh or parallel.entry_mesh()
@@ -435,7 +453,9 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   streams = _Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                      num_chains=K, base_name=base_name)
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
-              num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk)
+              num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
+              token_loss_fn=token_loss_fn if observed is not None else None,
+              observed_microbatch=observed_microbatch)
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
   pad = E_pad - E
@@ -454,8 +474,13 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   put_r = lambda x: jax.device_put(x, replicated)
   anchor, masks_dev = put_r(params), put_r(masks_C)
   state0 = jax.vmap(lambda _: sgld.init(params, config))(jnp.arange(E_pad))
+  token_moments = ()
+  if plan.token_loss_fn is not None:
+    token_shape = jax.eval_shape(plan.token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
+    token_moments = estimators.init_moments(E_pad, (num_rows(observed), *token_shape[1:]))
   carry = Carry(state0, estimators.init_moments(E_pad, (len(probe_names),)),
-                jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32))
+                jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32), token_moments)
+  observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
   carry = jax.tree.map(put_e, carry)
   entries_dev = jax.tree.map(put_e, entries)
   bar = _progress_bar(progress, config.num_steps, label)
@@ -503,7 +528,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   pending = chunk_inputs(0)
   while first_block < num_blocks:
     count, steps_LxS, probe_idx, data_dev = pending
-    carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev)
+    carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
     next_block = first_block + count
     if next_block < num_blocks:
       pending = chunk_inputs(next_block)
@@ -528,7 +553,9 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
       loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"), delta_loss_trace=cat("delta_loss_LxExD"),
       loss_star_trace=cat("loss_star_LxK"), mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
       realised_delta_h=mixing.realised_fraction(batch_size, delta_h, T) if probe_names else float("nan"),
-      seconds=time.perf_counter() - t0)
+      seconds=time.perf_counter() - t0,
+      token_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.token_moments))
+                     if plan.token_loss_fn is not None else None))
 
 
 def _check_base_faults(loss_star_LxK, steps_LxS, streams: _Streams, loss_fn, params, micro, first_block):

@@ -58,6 +58,20 @@ def check_loss_fn(loss_fn, params, base) -> None:
                      f"{getattr(out, 'shape', type(out))}")
 
 
+def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
+  """token_loss_fn(params, contexts) must return per-token losses [B, J, ...]; returns the shape for B = 2."""
+  sample = jax.tree.map(lambda a: np.asarray(a[:2]), contexts)
+  try:
+    out = jax.eval_shape(token_loss_fn, params, sample)
+  except Exception as e:  # surface the user's own error with context
+    raise ValueError(f"token_loss_fn(params, contexts) failed on 2 contexts: {e}") from e
+  shape = tuple(getattr(out, "shape", ()))
+  if len(shape) < 2 or shape[0] != min(2, len(jax.tree.leaves(contexts)[0])):
+    raise ValueError(f"token_loss_fn must return per-token losses of shape [B, J]; for B=2 it returned "
+                     f"{getattr(out, 'shape', type(out))}")
+  return shape
+
+
 def check_batching(batch_size: int, microbatch_size) -> None:
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be a positive integer")

@@ -1,0 +1,134 @@
+"""Per-token susceptibilities (Definition 3.2, App. C.2): which tokens in which contexts a component responds to.
+
+For every token i of a fixed set of observed contexts,
+  χ_i = −⟨φ·(ℓ_i − L_B)⟩_C + ⟨φ⟩_C·⟨ℓ_i − L_B⟩_full      (per chain k, paired with full chain k)
+with φ and L_B = L_{B_t}(w_t) exactly as in the dataset-level estimator: the same chains, the same per-chain
+data streams, draws after updates. ℓ_i is the token's NLL at the draw. The moments stream on the device
+(memory O(components × chains × tokens), never the draws); contexts are observed in chunks, each chunk
+re-running the same (deterministic) chains, so the result does not depend on the chunking. With `probes`,
+the first chunk also gives the dataset-level χ of those probes from the same chains (δh·mean_i χ_i ≈ χ,
+eq. 45, on shared samples).
+
+Shape letters: C components, K chains, O observed contexts, J token positions per context, P probes.
+"""
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from suscept_jax import api, estimators, health, masks, mixing, sampler, sgld, validation
+
+
+@dataclasses.dataclass
+class PerTokenResult:
+  """χ for every component × observed token, with error bars, the LLCs and the sampler's diagnostics."""
+
+  chi: np.ndarray  # [C, O, J] per-token χ (mean over non-diverged chains)
+  chi_stderr: np.ndarray  # [C, O, J] standard error across chains
+  chi_per_chain: np.ndarray  # [C, K, O, J]
+  loss_at_star: np.ndarray  # [O, J] each token's NLL at w* (the checkpoint)
+  component_names: list
+  llc: np.ndarray  # [C] from the same chains
+  llc_stderr: np.ndarray  # [C]
+  diagnostics: dict  # component -> diagnostics.ComponentDiagnostics (of the first chunk's run)
+  status: dict  # component -> "ok" or the failed health tests of its chains
+  warnings: list
+  dataset: Any  # api.SusceptibilityResult of `probes` from the same chains, or None
+  config: sgld.SGLDConfig
+  batch_size: int
+  num_chunks: int
+  seconds: float
+
+  def interval(self, level: float = 0.95) -> np.ndarray:
+    """[C, O, J] half-widths of Student-t intervals (non-diverged chains − 1 d.o.f.)."""
+    used = np.array([self.chi_per_chain.shape[1] - len(self.diagnostics[c].diverged_chains)
+                     for c in self.component_names])
+    return estimators.t_quantile(used, level)[:, None, None] * self.chi_stderr
+
+
+def _chunk(tree, start: int, size: int, total: int):
+  """Rows [start, start + size) of every leaf, padded to `size` by repeating the last row (dropped later)."""
+  idx = np.minimum(np.arange(start, start + size), total - 1)
+  return jax.tree.map(lambda a: np.asarray(a[idx]), tree)
+
+
+def estimate_per_token_susceptibilities(
+    loss_fn: Callable, token_loss_fn: Callable, params, components: Mapping[str, Any], base, contexts, *,
+    probes: Mapping[str, Any] | None = None, config: sgld.SGLDConfig | None = None, batch_size: int = 16,
+    delta_h: float = 0.1, seed: int = 0, contexts_per_chunk: int | None = None, microbatch_size: int | None = None,
+    observed_microbatch: int | None = None, mesh=None, checkpoint_id: int = 0, progress=True,
+    base_name: str = "base data") -> PerTokenResult:
+  """Per-token χ of every observed token for every component (Definition 3.2; paper: 100 draws, batch 16).
+
+  loss_fn(params, batch) -> per-sample losses [B] (drives SGLD, as in `estimate_susceptibilities`);
+  token_loss_fn(params, contexts) -> per-token losses [B, J]; contexts: pytree with leading axis O.
+  """
+  config = config or sgld.SGLDConfig(num_draws=100)
+  validation.check_batching(batch_size, microbatch_size)
+  if not isinstance(components, Mapping) or "full" not in components:
+    raise ValueError("components must be a mapping that contains 'full' (⟨ℓ_i − L_B⟩_full comes from its chains)")
+  validation.check_params(params)
+  validation.check_dataset(base_name, base, batch_size)
+  num_contexts = validation.check_dataset("contexts", contexts, 1)
+  validation.check_full_is_full(components, params)
+  if probes:
+    mixing.check_mixing(batch_size, delta_h, config.num_draws)
+    for name, probe in probes.items():
+      validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base)
+  component_names, masks_C = masks.stack_masks(components, params)
+  validation.check_loss_fn(loss_fn, params, base)
+  token_shape = validation.check_token_loss_fn(token_loss_fn, params, contexts)
+  chunk = min(num_contexts, contexts_per_chunk or num_contexts)
+  if chunk < 1:
+    raise ValueError(f"contexts_per_chunk={contexts_per_chunk} must be >= 1")
+  validation.preflight(loss_fn, params, {base_name: base, **{f"probe {k!r}": v for k, v in (probes or {}).items()}},
+                       batch_size=batch_size, num_streams=config.num_chains, seed=seed, checkpoint_id=checkpoint_id,
+                       config=config, microbatch_size=microbatch_size)
+  loss_at_star = np.asarray(sampler.losses_at(token_loss_fn, params, contexts, observed_microbatch))
+  bad = np.flatnonzero(~np.all(np.isfinite(loss_at_star.reshape(num_contexts, -1)), axis=1))
+  if bad.size:
+    raise sampler.DataFaultError(f"contexts: the token losses at w* are not finite in context(s) "
+                                 f"{bad[:20].tolist()}: a fault of the data. Fix or remove them.")
+
+  C, K = len(component_names), config.num_chains
+  num_chunks = math.ceil(num_contexts / chunk)
+  per_chain_chunks, dataset, first, seconds = [], None, None, 0.0
+  for i in range(num_chunks):
+    out = sampler.run(loss_fn, params, component_names, masks_C, base, probes if (probes and i == 0) else {},
+                      config=config, batch_size=batch_size, delta_h=delta_h if (probes and i == 0) else None, seed=seed,
+                      checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
+                      progress=progress if i == 0 else False, label=f"per-token chunk {i + 1}/{num_chunks}",
+                      base_name=base_name, observed=_chunk(contexts, i * chunk, chunk, num_contexts),
+                      token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch)
+    diverged = out.diverged.reshape(C, K)
+    table = estimators.chi_table(out.token_moments, diverged, component_names, "eq41", None)
+    per_chain_chunks.append(table.per_chain.reshape(chunk, *token_shape[1:], C, K))  # [O', J, C, K]
+    seconds += out.seconds
+    if i == 0:
+      first = out
+  per_chain = np.concatenate(per_chain_chunks)[:num_contexts]  # [O, J, C, K]
+  per_chain_CxKxOxJ = np.moveaxis(per_chain, (2, 3), (0, 1))
+  diverged = first.diverged.reshape(C, K)
+  chi = np.empty(per_chain_CxKxOxJ.shape[:1] + per_chain_CxKxOxJ.shape[2:])
+  err = np.empty_like(chi)
+  for c in range(C):
+    chi[c], err[c] = estimators.mean_and_stderr(per_chain_CxKxOxJ[c], ~diverged[c])
+  llc, llc_err, _ = estimators.llc_table(first.moments, diverged, np.full(C, config.nbeta))
+  diags = {name: api._component_diagnostics(first, c, K) for c, name in enumerate(component_names)}
+  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
+  warnings = api._divergence_warnings(component_names, diags, K)
+  warnings += api._health_warnings(component_names, comp_flags, [], [])
+  if probes:
+    dataset = api.result_from_output(first, loss_fn, params, component_names, probes, config=config,
+                                     batch_size=batch_size, delta_h=delta_h, chi_form="eq41",
+                                     scale_by_delta_h=False, microbatch_size=microbatch_size, emit=False)
+  api._emit(warnings)
+  return PerTokenResult(
+      chi=chi, chi_stderr=err, chi_per_chain=per_chain_CxKxOxJ, loss_at_star=loss_at_star,
+      component_names=component_names, llc=llc, llc_stderr=llc_err, diagnostics=diags,
+      status={name: health.status(flags) for name, flags in zip(component_names, comp_flags)},
+      warnings=warnings, dataset=dataset, config=config, batch_size=batch_size, num_chunks=num_chunks,
+      seconds=seconds)

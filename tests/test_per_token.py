@@ -1,0 +1,90 @@
+"""Per-token susceptibilities against the closed-form Gaussian posterior, and invariances of the estimator."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+from suscept_jax import parallel, toys
+
+D, N = 6, 64
+H_BASE = np.linspace(0.5, 2.0, D)
+FIRST3 = np.arange(D) < 3
+
+
+def token_losses(params, batch):
+  """Each sample is a 'context' of one token: per-token losses [B, 1]."""
+  return toys.quadratic_loss(params, batch)[:, None]
+
+
+@pytest.fixture(scope="module")
+def problem():
+  rng = np.random.default_rng(0)
+  base = toys.quadratic_dataset(rng, N, H_BASE, 0.05)
+  curvatures = rng.uniform(0.2, 3.0, (8, D))  # every observed sample its own curvature: its own χ_i
+  contexts = toys.quadratic_dataset(rng, 8, curvatures, 0.05)
+  comps = {"full": None, "first3": {"w": FIRST3}}
+  return base, contexts, toys.quadratic_minimum(base), comps, curvatures
+
+
+def test_per_token_chi_matches_the_closed_form(problem):
+  base, contexts, w_star, comps, curvatures = problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=16, num_draws=4000,
+                         num_burnin=200, mala_every=0)
+  res = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
+                                               config=config, batch_size=N, progress=False)
+  assert res.chi.shape == (2, 8, 1) and res.loss_at_star.shape == (8, 1)
+  free = {"full": np.ones(D, bool), "first3": FIRST3}
+  for c, name in enumerate(res.component_names):
+    for i in range(8):
+      # χ_i = −Cov(φ, ℓ_i − L): the closed form of eq. 41 with the sample's curvature as the "probe", f = 1.
+      exact = toys.quadratic_chi(H_BASE, curvatures[i], free[name], 1.0, config)
+      got, err = res.chi[c, i, 0], res.chi_stderr[c, i, 0]
+      assert abs(got - exact) < 4 * err + 1e-6, (name, i, got, err, exact)
+    resolved = np.abs([toys.quadratic_chi(H_BASE, s, free[name], 1.0, config) for s in curvatures])
+    assert (resolved > 6 * res.chi_stderr[c, :, 0]).sum() >= 6  # the check has power for most samples
+
+
+def test_chunking_and_devices_do_not_change_the_numbers(problem):
+  base, contexts, w_star, comps, _ = problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=3, num_draws=40, mala_every=0)
+  kw = dict(config=config, batch_size=16, progress=False)
+  whole = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts, **kw)
+  chunked = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
+                                                   contexts_per_chunk=3, **kw)
+  assert chunked.num_chunks == 3
+  np.testing.assert_allclose(chunked.chi_per_chain, whole.chi_per_chain, rtol=1e-5, atol=1e-12)
+  one = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
+                                               mesh=parallel.entry_mesh(jax.devices()[:1]), **kw)
+  np.testing.assert_array_equal(one.chi_per_chain, whole.chi_per_chain)
+
+
+def test_additivity_on_shared_samples(problem):
+  """δh·mean_i χ_i over a probe's samples ≈ the dataset-level χ of that probe from the same chains (eq. 45)."""
+  base, _, w_star, comps, _ = problem
+  rng = np.random.default_rng(5)
+  probe = toys.quadratic_dataset(rng, N, rng.uniform(0.2, 3.0, (N, D)), 0.05)
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=8, num_draws=2000,
+                         num_burnin=100, mala_every=0)
+  res = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, probe,
+                                               probes={"p": probe}, config=config, batch_size=N, delta_h=0.25,
+                                               progress=False)
+  dataset = res.dataset
+  assert dataset.probe_names == ["p"] and dataset.realised_delta_h == 0.25
+  predicted = dataset.realised_delta_h * res.chi[:, :, 0].mean(axis=1)
+  for c in range(2):
+    assert abs(predicted[c] - dataset.chi[0, c]) < 4 * dataset.chi_stderr[0, c], (predicted, dataset.chi)
+
+
+def test_bad_inputs(problem):
+  base, contexts, w_star, comps, _ = problem
+  with pytest.raises(ValueError, match=r"token_loss_fn must return per-token losses of shape \[B, J\]"):
+    sj.estimate_per_token_susceptibilities(toys.quadratic_loss, toys.quadratic_loss, w_star, comps, base, contexts,
+                                           batch_size=16)
+  bad = {k: v.copy() for k, v in contexts.items()}
+  bad["a"][2] = np.nan
+  with pytest.raises(sj.DataFaultError, match=r"context\(s\) \[2\]"):
+    sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, bad, batch_size=16)
+  with pytest.raises(ValueError, match="contains 'full'"):
+    sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, {"first3": {"w": FIRST3}}, base,
+                                           contexts, batch_size=16)
