@@ -123,15 +123,20 @@ def test_scores_of_a_random_model_are_attention_weights():
 def test_ablation_deltas_and_single_compilation():
   params, config = planted_induction_model("standard")
   contexts_NxK = repeated_contexts(20, 16, seed=7)  # K = 32 <= n_ctx + 1; 20 rows = 3 batches of 8, padded
-  hs._ablated_nll_sum.clear_cache()
+  hs._ablated_nll.clear_cache()
   delta_LxH = hs.ablation_loss_deltas(params, config, contexts_NxK, batch_size=8)
-  assert hs._ablated_nll_sum._cache_size() == 1  # one compile for 5 head scales x 3 batches
+  assert hs._ablated_nll._cache_size() == 1  # one compile for 5 head scales x 3 batches
   assert delta_LxH.shape == (2, 2)
   assert delta_LxH[0, 0] == 0.0 and delta_LxH[1, 1] == 0.0  # W_O = 0: ablating changes nothing
   assert delta_LxH[PREV_HEAD] > 1.0 and delta_LxH[INDUCTION_HEAD] > 1.0, delta_LxH
   # Batching does not change the result (up to float32 summation order).
   np.testing.assert_allclose(hs.ablation_loss_deltas(params, config, contexts_NxK, batch_size=20), delta_LxH,
                              rtol=1e-4, atol=1e-5)
+  # Per token: the same numbers before averaging, zero everywhere for heads whose output is zero.
+  nll_NxT, per_token_LxHxNxT = hs.per_token_ablation_deltas(params, config, contexts_NxK, batch_size=8)
+  assert per_token_LxHxNxT.shape == (2, 2, 20, 31) and nll_NxT.shape == (20, 31)
+  assert np.all(per_token_LxHxNxT[0, 0] == 0.0) and np.all(per_token_LxHxNxT[1, 1] == 0.0)
+  np.testing.assert_allclose(per_token_LxHxNxT.mean(axis=(2, 3)), delta_LxH, rtol=1e-12)
 
 
 def test_head_score_table():

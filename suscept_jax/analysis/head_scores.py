@@ -9,9 +9,10 @@ reads repeated random sequences r_0..r_{T-1} r_0..r_{T-1} (no BOS token), and
 Both are averaged over the batch, so they lie in [0, 1]. A head attending uniformly scores
 mean_i 1 / (i + 1) over its queries (about 0.1 and 0.04 for T = 16), not 0.
 
-Ablation deltas are mean next-token NLL with one head's output zeroed minus the unablated mean NLL,
-over given real contexts (positive = the head helps). The NLL is computed by one jitted function taking
-the head scale as an array argument, so it compiles once per (config, batch shape), not once per head.
+Ablation deltas are next-token NLL with one head's output zeroed minus the unablated NLL, per token or
+averaged over given real contexts (positive = the head helps). The NLL is the model's one per-token NLL,
+jitted with the head scale as an array argument, so it compiles once per (config, batch shape), not
+once per head.
 """
 import functools
 
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from suscept_jax.models.config import ModelConfig
-from suscept_jax.models.transformer import bind
+from suscept_jax.models.transformer import bind, per_token_nll
 
 DEFAULT_MAX_SEQ_LEN = 128  # longest default repeat: 2 * 128 = 256 positions keep patterns cheap
 
@@ -109,21 +110,16 @@ def check_contexts(contexts_BxK, config: ModelConfig, *, name: str = "contexts_B
   return contexts_BxK.astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _ablated_nll_sum(params: dict, contexts_BxK, weight_B, head_scale_LxH, config: ModelConfig):
-  """Sum over rows (weighted by weight_B) and positions of next-token NLL with heads scaled by head_scale_LxH."""
-  inputs_BxT, targets_BxT = contexts_BxK[:, :-1], contexts_BxK[:, 1:]
-  logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH).astype(jnp.float32)
-  logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  nll_BxT = -jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return jnp.sum(nll_BxT.sum(axis=-1) * weight_B)
+_ablated_nll = jax.jit(per_token_nll, static_argnames=("config",))  # compiles once per (config, batch shape)
 
 
-def ablation_loss_deltas(params: dict, config: ModelConfig, contexts_BxK, *, batch_size: int = 16) -> np.ndarray:
-  """[L, H] mean next-token NLL with each head's output zeroed minus the unablated mean NLL.
+def per_token_ablation_deltas(params: dict, config: ModelConfig, contexts_BxK, *,
+                              batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+  """(NLL [B, K-1] of every next token, ablation deltas [L, H, B, K-1]: the NLL with each head's output
+  zeroed minus the unablated NLL; positive = the head helps predict that token).
 
   contexts_BxK are int token rows (the model input is contexts[:, :-1]). Rows are evaluated in batches
-  of batch_size; the last batch is padded with zero-weight rows so every call has one shape.
+  of batch_size; the last batch is padded (its rows dropped) so every call has one shape.
   """
   contexts_BxK = check_contexts(contexts_BxK, config)
   if batch_size < 1:
@@ -133,23 +129,23 @@ def ablation_loss_deltas(params: dict, config: ModelConfig, contexts_BxK, *, bat
   num_batches = -(-n // batch_size)
   padded_NxK = np.zeros((num_batches * batch_size, k), np.int32)
   padded_NxK[:n] = contexts_BxK
-  weight_N = (np.arange(num_batches * batch_size) < n).astype(np.float32)
-
   l, h = config.n_layers, config.n_heads
   # Scale 0: the unablated model; scale 1 + l * H + h: head (l, h) zeroed.
   scales_SxLxH = np.ones((1 + l * h, l, h), np.float32)
   scales_SxLxH[1 + np.arange(l * h), np.arange(l * h) // h, np.arange(l * h) % h] = 0.0
-  scales_SxLxH = jnp.asarray(scales_SxLxH)
-  sums_SxNb = []
-  for start in range(0, num_batches * batch_size, batch_size):
-    batch_BxK = jnp.asarray(padded_NxK[start:start + batch_size])
-    batch_weight_B = jnp.asarray(weight_N[start:start + batch_size])
-    sums_SxNb.append([_ablated_nll_sum(params, batch_BxK, batch_weight_B, scale_LxH, config)
-                      for scale_LxH in scales_SxLxH])
-  mean_nll_S = np.asarray(jax.device_get(sums_SxNb), np.float64).sum(axis=0) / (n * (k - 1))
-  if not np.all(np.isfinite(mean_nll_S)):
-    raise FloatingPointError(f"non-finite mean NLL under head ablation (params give NaN/inf logits?): {mean_nll_S}")
-  return (mean_nll_S[1:] - mean_nll_S[0]).reshape(l, h)
+  nll_SxNxT = np.concatenate([
+      np.stack([np.asarray(_ablated_nll(params, jnp.asarray(padded_NxK[start:start + batch_size]), config,
+                                        jnp.asarray(scale_LxH))) for scale_LxH in scales_SxLxH], axis=0)
+      for start in range(0, num_batches * batch_size, batch_size)], axis=1)[:, :n].astype(np.float64)
+  if not np.all(np.isfinite(nll_SxNxT)):
+    raise FloatingPointError("non-finite NLL under head ablation (params give NaN/inf logits?)")
+  return nll_SxNxT[0], (nll_SxNxT[1:] - nll_SxNxT[0]).reshape(l, h, n, k - 1)
+
+
+def ablation_loss_deltas(params: dict, config: ModelConfig, contexts_BxK, *, batch_size: int = 16) -> np.ndarray:
+  """[L, H] mean next-token NLL with each head's output zeroed minus the unablated mean NLL."""
+  _, deltas_LxHxBxT = per_token_ablation_deltas(params, config, contexts_BxK, batch_size=batch_size)
+  return deltas_LxHxBxT.mean(axis=(2, 3))
 
 
 def head_score_table(params: dict, config: ModelConfig, contexts_BxK=None, *, seq_len=None, batch: int = 64,

@@ -171,11 +171,14 @@ def logits(params: dict, tokens_BxT, config: ModelConfig):
   return bind(params, config)(tokens_BxT)
 
 
-def per_token_nll(params: dict, contexts_BxK, config: ModelConfig):
-  """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx)."""
+def per_token_nll(params: dict, contexts_BxK, config: ModelConfig, head_scale_LxH=None):
+  """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx).
+
+  head_scale_LxH multiplies each head's output (0 = zero-ablate it). The one per-token NLL of the project.
+  """
   inputs_BxT, targets_BxT = contexts_BxK[..., :-1], contexts_BxK[..., 1:]
   check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
-  logits_BxTxV = bind(params, config)(inputs_BxT).astype(jnp.float32)
+  logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH).astype(jnp.float32)
   logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
   return -jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
 
