@@ -117,11 +117,11 @@ class ResultsDir:
     return json.loads(path.read_text())["settings"]
 
   # -- units ------------------------------------------------------------------------------------------
-  def finished_units(self) -> list[str]:
+  def finished_units(self, prefix: str = "step_") -> list[str]:
     """Units completely written (the json is written last), in name order."""
     if not self.units.exists():
       return []
-    return sorted(p.stem for p in self.units.glob("step_*.json") if (self.units / (p.stem + ".npz")).exists())
+    return sorted(p.stem for p in self.units.glob(f"{prefix}*.json") if (self.units / (p.stem + ".npz")).exists())
 
   def finished_steps(self) -> list[int]:
     return sorted({int(name.split("_")[1].split("-")[0]) for name in self.finished_units()})

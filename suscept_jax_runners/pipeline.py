@@ -150,6 +150,15 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
   return summary
 
 
+def ready_target(target: RunTarget, preset_name: str, run_dir, tokenizer_path):
+  """(target, tokenizer) ready for work: the demo's own run is built first when it is missing."""
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  if target.needs_training:
+    prepare_demo_run(preset_name, target.run_dir, target.tokenizer_path)
+    target = resolve_target(preset_name, run_dir, tokenizer_path)
+  return target, tokenizers_lib.load_tokenizer(target.tokenizer_path)
+
+
 def prepare_demo_run(preset_name: str, run_dir, tokenizer_path) -> None:
   """The demo trains its own model (and builds corpora and tokenizer) when they are missing."""
   preset = presets.get_preset(preset_name)

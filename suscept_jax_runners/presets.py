@@ -35,6 +35,10 @@ class Preset:
   output_dir: str
   sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep)
   trains_itself: bool = False  # the runners build corpora, tokenizer and model in run_dir when missing
+  per_token_sgld: SGLDConfig = SGLDConfig(num_draws=100)  # per-token runs (paper App. C.3: 100 draws)
+  per_token_batch_size: int = 16  # paper: 16
+  per_token_contexts: int = 160  # contexts per dataset, chosen by a seeded shuffle (paper: 160)
+  per_token_output_dir: str = "runs/per_token"
 
 
 PRESETS = {
@@ -44,7 +48,7 @@ PRESETS = {
         base="pile", probes=DEMO_PROBES, components=None, checkpoint_steps=(0, 600, 1500, 3000, 6000),
         sgld=SGLDConfig(step_size=1e-3, localization=300.0, nbeta=30.0, num_chains=4, num_draws=100),
         batch_size=20, delta_h=0.1, microbatch_size=None, max_contexts=20_000, output_dir="runs/demo/sweep",
-        trains_itself=True,
+        trains_itself=True, per_token_contexts=4, per_token_output_dir="runs/demo/per_token",
         sgld_note=("ε = 1e-3 is the paper's, not a calibrated value: `python -m experiments.calibrate` finds no ε "
                    "for this model whose MALA acceptance is ≥ 0.9 and whose LLC trace settles within 100 draws "
                    "(acceptance 0.26–0.44 for ε ≥ 1e-4, where nβ·λ_max(Hessian) ≈ 2800 makes the step stiff; "
@@ -53,7 +57,7 @@ PRESETS = {
         model="tetrahedron_3m", run_dir=None, tokenizer=None, vocab_size=5000, train_data=PAPER_BASE,
         train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None, checkpoint_steps=None,
         sgld=SGLDConfig(), batch_size=64, delta_h=0.1, microbatch_size=8, max_contexts=100_000,
-        output_dir="runs/paper/sweep",
+        output_dir="runs/paper/sweep", per_token_output_dir="runs/paper/per_token",
         sgld_note="the paper's settings (App. C.3); check them on your model with `python -m experiments.calibrate`"),
 }
 

@@ -139,10 +139,7 @@ def main(argv):
 
   # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
   from suscept_jax.data import tokenizer as tokenizers_lib
-  if target.needs_training:
-    pipeline.prepare_demo_run(settings["preset"], target.run_dir, target.tokenizer_path)
-    target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
-  tokenizer = tokenizers_lib.load_tokenizer(target.tokenizer_path)
+  target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
                                                            settings["max_contexts"])
   run_settings = number_settings(settings, target, tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),

@@ -1,0 +1,409 @@
+"""Views of per-token susceptibilities: highlighted text (self-contained HTML), top tokens, totals, bimodal
+tokens, additivity, comparisons with ablation and loss, and position profiles (matplotlib PNG).
+
+Every view reads a tidy token table (one row per dataset × context × position × component, see
+`suscept_jax_runners.per_token`): columns dataset, context, position, token_id, token, loss_at_star,
+component, chi, chi_stderr, ablation_delta.
+
+Colours follow App. C.2 of the paper: green for χ > 0, red otherwise, with opacity |χ|/max|χ| squared
+("quadratic", bright green 255) or linear ("linear", green 128), max|χ| shared by every head shown.
+"""
+import html
+from pathlib import Path
+
+import numpy as np
+
+COLOUR_SCHEMES = ("quadratic", "linear")
+
+
+# ---- colours ----------------------------------------------------------------------------------------------
+
+def token_colour(chi: float, max_abs: float, scheme: str = "quadratic") -> tuple[int, int, int, float]:
+  """(r, g, b, alpha) of one per-token χ (App. C.2's two algorithms)."""
+  if scheme not in COLOUR_SCHEMES:
+    raise ValueError(f"colour scheme {scheme!r}: expected one of {COLOUR_SCHEMES}")
+  if not np.isfinite(chi) or not max_abs > 0:
+    return (255, 255, 255, 0.0)
+  ratio = min(abs(float(chi)) / float(max_abs), 1.0)
+  alpha = ratio**2 if scheme == "quadratic" else ratio
+  if chi > 0:
+    return (0, 255 if scheme == "quadratic" else 128, 0, round(alpha, 4))
+  return (255, 0, 0, round(alpha, 4))
+
+
+def css_rgba(colour) -> str:
+  r, g, b, a = colour
+  return f"rgba({r}, {g}, {b}, {a:g})"
+
+
+# ---- highlighted text ---------------------------------------------------------------------------------------
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+.ctx {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 2.1; margin: 0.6em 0 1.2em;
+        padding: 0.4em; border: 1px solid #ddd; }}
+.tok {{ padding: 1px 0; }}
+.stack {{ display: inline-block; }}
+.legend span {{ padding: 0 0.5em; }}
+h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
+.meta {{ color: #666; font-size: 0.85em; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+</style></head><body>
+<h1>{title}</h1>
+{body}
+</body></html>
+"""
+
+
+def _legend(heads, scheme: str, max_abs: float) -> str:
+  items = "".join(f'<span style="background-color: {css_rgba(token_colour(s * max_abs, max_abs, scheme))}">'
+                  f'{"+" if s > 0 else "−"}{abs(s):g}·max</span>' for s in (-1.0, -0.5, 0.5, 1.0))
+  bands = " / ".join(html.escape(h) for h in heads)
+  return (f'<p class="legend">Colour: green χ &gt; 0, red χ &lt; 0; opacity {"(|χ|/max)²" if scheme == "quadratic" else "|χ|/max"}'
+          f' with max |χ| = {max_abs:.3g} shared by all heads shown. {items}</p>'
+          + (f'<p class="legend">Each token carries one band per head, top to bottom: {bands}.</p>' if len(heads) > 1 else ""))
+
+
+def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "") -> str:
+  """One element per token. One head: its background; several: stacked horizontal bands, one per head."""
+  shown = html.escape(text.replace("\n", "↵"))
+  after = "\n" * text.count("\n")  # the line break itself stays outside the coloured element
+  colours = [css_rgba(token_colour(c, max_abs, scheme)) for c in chis]
+  data = " ".join(f'data-chi{i}="{c:.6g}"' for i, c in enumerate(chis))
+  if len(colours) == 1:
+    return f'<span class="tok" {data}{extra} style="background-color: {colours[0]}">{shown}</span>{after}'
+  n = len(colours)
+  stops = ", ".join(f"{c} {100 * i / n:.2f}%, {c} {100 * (i + 1) / n:.2f}%" for i, c in enumerate(colours))
+  return f'<span class="tok stack" {data}{extra} style="background: linear-gradient(to bottom, {stops})">{shown}</span>{after}'
+
+
+def highlighted_text_html(contexts, chi_HxOxJ, heads, *, title: str, scheme: str = "linear",
+                          captions=None, max_abs: float | None = None) -> str:
+  """A page with every context's tokens highlighted by their per-token χ for one or several heads.
+
+  contexts: list (O) of lists (J) of token strings, the tokens whose prediction χ scores.
+  chi_HxOxJ: per-token χ per head. The normalisation max|χ| is shared by all heads (the paper's).
+  """
+  chi = np.asarray(chi_HxOxJ, np.float64)
+  if chi.ndim != 3 or chi.shape[0] != len(heads) or chi.shape[1] != len(contexts):
+    raise ValueError(f"chi must be [heads={len(heads)}, contexts={len(contexts)}, tokens]; got {chi.shape}")
+  max_abs = float(np.nanmax(np.abs(chi))) if max_abs is None and np.isfinite(chi).any() else (max_abs or 0.0)
+  parts = [_legend(heads, scheme, max_abs)]
+  for o, tokens in enumerate(contexts):
+    if len(tokens) != chi.shape[2]:
+      raise ValueError(f"context {o} has {len(tokens)} tokens but χ has {chi.shape[2]} positions")
+    caption = html.escape(captions[o]) if captions is not None else f"context {o}"
+    spans = "".join(_token_span(t, chi[:, o, j], max_abs, scheme) for j, t in enumerate(tokens))
+    parts.append(f'<h2>{caption}</h2><div class="ctx">{spans}</div>')
+  return _PAGE.format(title=html.escape(title), body="\n".join(parts))
+
+
+def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str) -> str:
+  """One token (a table row) highlighted with ±window tokens of its context (cut at the context's ends)."""
+  g = by_context[(row.dataset, row.context)]
+  near = g[(g.position >= row.position - window) & (g.position <= row.position + window)]
+  spans = "".join(_token_span(r.token, [r.chi], max_abs, scheme, ' data-focus="1"' if r.position == row.position else "")
+                  for r in near.itertuples())
+  return (f'<div class="meta">χ = {row.chi:+.3g} ± {row.chi_stderr:.2g} at {html.escape(str(row.dataset))}, '
+          f'context {row.context}, position {row.position}</div><div class="ctx">{spans}</div>')
+
+
+def _head_rows(table, head: str):
+  t = table[table.component == head]
+  if not len(t):
+    raise ValueError(f"head {head!r} is not in the per-token results (components: {sorted(set(table.component))})")
+  return t
+
+
+def extreme_tokens_html(table, head: str, *, title: str, k: int = 100, window: int = 200,
+                        scheme: str = "quadratic") -> str:
+  """The k most positive and k most negative tokens of one head, each with ±window tokens of its context
+  highlighted (the paper's Fig. 32 layout; the window is cut at the context's ends)."""
+  t = _head_rows(table, head)
+  max_abs = float(np.nanmax(np.abs(t.chi)))
+  by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
+  parts = [_legend([head], scheme, max_abs)]
+  for label, rows in (("most positive", t.nlargest(k, "chi")), ("most negative", t.nsmallest(k, "chi"))):
+    parts.append(f"<h2>{k} {label} tokens of {html.escape(head)}</h2>")
+    parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in rows.itertuples()]
+  return _PAGE.format(title=html.escape(title), body="\n".join(parts))
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+
+def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool: int = 100):
+  """(positive, negative): the top-k *distinct* tokens among the `pool` most positive (negative) per-token χ
+  of a head (App. D's tables), with how often each occurs in the pool (Fig. 30's counts)."""
+  t = table[table.component == head]
+  if dataset is not None:
+    t = t[t.dataset == dataset]
+  out = []
+  for frame in (t.nlargest(pool, "chi"), t.nsmallest(pool, "chi")):
+    counts = frame.groupby("token", sort=False).chi.agg(["size", "mean"]).reset_index()
+    counts = counts.rename(columns={"size": "count", "mean": "mean_chi"})
+    out.append(counts.head(k))
+  return tuple(out)
+
+
+def totals(table):
+  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1)."""
+  t = table.assign(positive=table.chi.clip(lower=0), negative=table.chi.clip(upper=0))
+  per_head = t.groupby("component", sort=False)[["positive", "negative", "chi"]].sum()
+  per_token = (t.groupby(["component", "token"], sort=False)
+               .agg(positive=("positive", "sum"), negative=("negative", "sum"), count=("chi", "size"),
+                    mean=("chi", "mean"), std=("chi", "std"))
+               .reset_index())
+  return per_head, per_token
+
+
+# ---- bimodal tokens ------------------------------------------------------------------------------------------
+
+BIMODAL_MIN_DELTA_BIC = 10.0  # BIC(1 Gaussian) − BIC(2-Gaussian mixture) above this: "very strong" evidence
+BIMODAL_MIN_WEIGHT = 0.1  # each mode must hold at least this share of the occurrences
+BIMODAL_MIN_SEPARATION = 2.0  # Ashman's D = √2·|μ1 − μ2| / √(σ1² + σ2²): above 2, the modes are distinct
+
+
+def _gaussian_mixture_2(x, iterations: int = 200):
+  """(weights [2], means [2], stds [2], log-likelihood) of a 2-component 1-D mixture by EM (started at the
+  quartiles). Written here: no mixture library is a dependency, and 1-D EM is twenty lines."""
+  mu = np.quantile(x, [0.25, 0.75]).astype(np.float64)
+  sd = np.full(2, max(x.std(), 1e-12) / 2)
+  w = np.array([0.5, 0.5])
+  for _ in range(iterations):
+    log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
+    log_norm = np.logaddexp(log_p[:, 0], log_p[:, 1])
+    r = np.exp(log_p - log_norm[:, None])
+    n = r.sum(0) + 1e-12
+    w, mu = n / len(x), (r * x[:, None]).sum(0) / n
+    sd = np.sqrt(np.maximum((r * (x[:, None] - mu) ** 2).sum(0) / n, (1e-6 * x.std()) ** 2 + 1e-30))
+  log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2 - 0.5 * np.log(2 * np.pi)
+  return w, mu, sd, float(np.logaddexp(log_p[:, 0], log_p[:, 1]).sum())
+
+
+def bimodality(values) -> dict:
+  """Is the distribution of one token's χ over its contexts two populations? (§4.6)
+
+  Stated test: a 2-Gaussian mixture must beat one Gaussian by ΔBIC > 10, both modes must hold ≥ 10 % of
+  the occurrences, and the modes must be separated (Ashman's D > 2). Needs ≥ 20 occurrences.
+  """
+  x = np.asarray(values, np.float64)
+  x = x[np.isfinite(x)]
+  result = {"n": int(x.size), "bimodal": False}
+  if x.size < 20 or x.std() == 0:
+    return result
+  ll1 = float(x.size * (-0.5 * np.log(2 * np.pi * x.var()) - 0.5))  # the Gaussian MLE
+  w, mu, sd, ll2 = _gaussian_mixture_2(x)
+  delta_bic = (2 * np.log(x.size) - 2 * ll1) - (5 * np.log(x.size) - 2 * ll2)
+  separation = float(np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2))
+  order = np.argsort(mu)
+  result.update(delta_bic=float(delta_bic), separation=separation, weights=w[order].tolist(), means=mu[order].tolist(),
+                stds=sd[order].tolist(),
+                bimodal=bool(delta_bic > BIMODAL_MIN_DELTA_BIC and w.min() >= BIMODAL_MIN_WEIGHT
+                             and separation > BIMODAL_MIN_SEPARATION))
+  return result
+
+
+def bimodal_tokens(table, head: str, *, min_count: int = 20):
+  """Every token of a head with ≥ min_count occurrences, tested for bimodality, most evident first."""
+  import pandas as pd
+  rows = []
+  for token, g in table[table.component == head].groupby("token", sort=False):
+    if len(g) >= min_count:
+      rows.append({"token": token, **bimodality(g.chi)})
+  frame = pd.DataFrame(rows)
+  return frame.sort_values("delta_bic", ascending=False) if len(frame) else frame
+
+
+def pick_histogram_token(table, heads, token: str | None = None):
+  """(head, token, candidates) for the histogram view: the named token (under the head where it is most
+  bimodal), or else the most evidently bimodal token of `heads`, or else the most frequent token of heads[0]."""
+  import pandas as pd
+  frames = [bimodal_tokens(table, h).assign(head=h) for h in heads]
+  candidates = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+  if token is not None:
+    present = table[(table.token == token) & table.component.isin(heads)]
+    if not len(present):
+      raise ValueError(f"token {token!r} does not occur for head(s) {list(heads)} in the per-token results")
+    mine = candidates[candidates.token == token] if candidates is not None else []
+    head = mine.sort_values("delta_bic").iloc[-1]["head"] if len(mine) else heads[0]
+    return head, token, candidates
+  if candidates is not None:
+    best = candidates.sort_values("delta_bic", ascending=False).iloc[0]
+    return best["head"], best.token, candidates
+  return heads[0], _head_rows(table, heads[0]).token.value_counts().index[0], candidates
+
+
+def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None, *, examples: int = 3,
+                 window: int = 20, scheme: str = "quadratic") -> str:
+  """The χ histogram of one (head, token) with its mixture verdict, and for each mode the contexts whose χ
+  lies nearest the mode's mean (§4.6: two kinds of contexts for one token)."""
+  t = _head_rows(table, head)
+  rows = t[t.token == token]
+  if not len(rows):
+    raise ValueError(f"token {token!r} does not occur for head {head!r} in the per-token results")
+  verdict = bimodality(rows.chi)
+  max_abs = float(np.nanmax(np.abs(t.chi)))
+  by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
+  stated = (f"Stated test: a two-Gaussian mixture beats one Gaussian by ΔBIC &gt; {BIMODAL_MIN_DELTA_BIC:g}, each mode "
+            f"holds ≥ {BIMODAL_MIN_WEIGHT:.0%} of the occurrences and Ashman's D &gt; {BIMODAL_MIN_SEPARATION:g}; "
+            f"needs ≥ 20 occurrences.")
+  parts = [f"<p>{html.escape(head)}, token {html.escape(repr(token))}: {verdict['n']} occurrences, "
+           f"<b>{'bimodal' if verdict['bimodal'] else 'not bimodal'}</b>"
+           + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.2f})" if "delta_bic" in verdict else "")
+           + f". {stated}</p>", figure_html, _legend([head], scheme, max_abs)]
+  centres = verdict.get("means") or [float(rows.chi.mean())]
+  for m, centre in enumerate(centres):
+    near = rows.assign(gap=(rows.chi - centre).abs()).nsmallest(examples, "gap")
+    label = f"mode {m + 1} of 2 (mean χ {centre:+.3g}, weight {verdict['weights'][m]:.0%})" if len(centres) == 2 else "typical"
+    parts.append(f"<h2>Contexts nearest {label}</h2>")
+    parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in near.itertuples()]
+  if candidates is not None and len(candidates):
+    parts.append("<h2>Tokens tested (most evident first)</h2>" + table_html(candidates.head(30)))
+  return _PAGE.format(title=html.escape(f"χ histogram of {token!r} for {head}"), body="\n".join(parts))
+
+
+# ---- figures ---------------------------------------------------------------------------------------------
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig, path) -> Path:
+  path = Path(path)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  _pyplot().close(fig)
+  return path
+
+
+def plot_token_histogram(table, head: str, token: str, path) -> Path:
+  """Histogram of χ for one (head, token) over its contexts, with the mixture fit and verdict (Fig. 11)."""
+  plt = _pyplot()
+  values = table[(table.component == head) & (table.token == token)].chi.to_numpy()
+  if not len(values):
+    raise ValueError(f"token {token!r} does not occur for head {head!r} in the per-token results")
+  verdict = bimodality(values)
+  fig, ax = plt.subplots(figsize=(5.5, 3.2))
+  ax.hist(values, bins=max(10, int(np.sqrt(len(values)))), color="grey", alpha=0.7, density=True)
+  if "means" in verdict:
+    grid = np.linspace(values.min(), values.max(), 200)
+    for w, m, s in zip(verdict["weights"], verdict["means"], verdict["stds"]):
+      ax.plot(grid, w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)), lw=1.5)
+  ax.set_title(f"{head}, token {token!r}: n = {verdict['n']}, "
+               + ("bimodal" if verdict["bimodal"] else "not bimodal")
+               + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.1f})" if "delta_bic" in verdict else ""),
+               fontsize=9)
+  ax.set_xlabel("per-token χ")
+  ax.set_ylabel("density")
+  return _save(fig, path)
+
+
+def additivity(per_token_table, dataset_table, delta_h: float):
+  """Per head × dataset: δh·(mean per-token χ) against the dataset-level χ, with slope and Pearson r
+  (eq. 45: slope 1 if the per-token χ add up; the paper found r = 0.82 and a slope of 16 against 1/δh = 10
+  when regressing χ on mean per-token χ)."""
+  means = per_token_table.groupby(["component", "dataset"], sort=False).chi.mean().rename("mean_token_chi")
+  merged = dataset_table.set_index(["component", "probe"]).chi.rename("chi")
+  merged.index = merged.index.set_names(["component", "dataset"])
+  joined = means.to_frame().join(merged, how="inner").reset_index()
+  joined["predicted"] = delta_h * joined.mean_token_chi
+  x, y = joined.predicted.to_numpy(), joined.chi.to_numpy()
+  ok = np.isfinite(x) & np.isfinite(y)
+  slope = float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
+  r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() >= 3 else float("nan")
+  return joined, slope, r
+
+
+def plot_additivity(joined, slope: float, r: float, path) -> Path:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(4.8, 4.2))
+  for comp, g in joined.groupby("component", sort=False):
+    ax.scatter(g.predicted, g.chi, s=16, label=comp)
+  lim = np.nanmax(np.abs(np.r_[joined.predicted, joined.chi])) * 1.1 or 1.0
+  ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--", label="slope 1")
+  ax.set_xlabel("δh · mean per-token χ")
+  ax.set_ylabel("dataset-level χ")
+  ax.set_title(f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}", fontsize=9)
+  ax.legend(fontsize=6, ncol=2, frameon=False)
+  return _save(fig, path)
+
+
+def plot_comparisons(table, heads, path) -> Path:
+  """Hexbin densities of per-token χ against the zero-ablation delta and against the loss at w*, per head,
+  with Pearson r (Fig. 7, Fig. 31)."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(2, len(heads), figsize=(3.2 * len(heads), 5.6), squeeze=False)
+  for col, head in enumerate(heads):
+    t = table[table.component == head]
+    for row, (column, label) in enumerate((("ablation_delta", "zero-ablation Δloss"), ("loss_at_star", "loss at w*"))):
+      ax = axes[row, col]
+      x, y = t[column].to_numpy(), t.chi.to_numpy()
+      ok = np.isfinite(x) & np.isfinite(y)
+      if ok.sum() >= 3:
+        ax.hexbin(x[ok], y[ok], gridsize=30, mincnt=1, cmap="viridis")
+        r = np.corrcoef(x[ok], y[ok])[0, 1]
+        ax.text(0.03, 0.93, f"r = {r:.2f}", transform=ax.transAxes, fontsize=8, color="black",
+                bbox=dict(facecolor="white", alpha=0.7, lw=0))
+      ax.set_xlabel(label, fontsize=8)
+      ax.set_ylabel(f"χ ({head})", fontsize=8)
+      ax.tick_params(labelsize=7)
+  fig.suptitle("per-token χ against ablation and loss (hexbin counts)", fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_position_profiles(table, path) -> Path:
+  """Mean and variance of per-token χ against context position, layer-0 heads against layer-1 heads (Fig. 33/34)."""
+  plt = _pyplot()
+  heads = [c for c in dict.fromkeys(table.component) if c != "full"]
+  fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(9, 3.3))
+  cmap = plt.get_cmap("tab10")
+  for i, head in enumerate(heads):
+    g = table[table.component == head].groupby("position").chi
+    style = dict(color=cmap(i % 10), lw=1.0, ls="-" if head.startswith("l0") else "--")
+    ax_mean.plot(g.mean().index, g.mean().to_numpy(), label=head, **style)
+    ax_var.plot(g.var().index, g.var().to_numpy(), **style)
+  ax_mean.set_title("mean per-token χ by position (solid: layer 0, dashed: others)", fontsize=8)
+  ax_var.set_title("variance of per-token χ by position", fontsize=8)
+  for ax in (ax_mean, ax_var):
+    ax.set_xlabel("position in context")
+  ax_mean.legend(fontsize=6, ncol=2, frameon=False)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
+  """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10)."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(heads), 2, figsize=(9, 2.2 * len(heads)), squeeze=False)
+  for row, head in enumerate(heads):
+    t = per_token_totals[per_token_totals.component == head]
+    for col, (column, colour) in enumerate((("negative", "red"), ("positive", "green"))):
+      top = t.reindex(t[column].abs().sort_values(ascending=False).index).head(k)
+      ax = axes[row, col]
+      ax.barh([repr(s)[1:-1][:12] for s in top.token], top[column], color=colour)
+      ax.invert_yaxis()
+      ax.set_title(f"{head}: total {column} χ by token", fontsize=8)
+      ax.tick_params(labelsize=7)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def index_html(title: str, sections) -> str:
+  """A self-contained index page: sections of (heading, html) with images embedded as data URIs."""
+  body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
+  return _PAGE.format(title=html.escape(title), body=body)
+
+
+def embedded_png(path, alt: str) -> str:
+  import base64
+  data = base64.b64encode(Path(path).read_bytes()).decode()
+  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width: 100%">'
+
+
+def table_html(frame, max_rows: int = 200) -> str:
+  return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)

@@ -1,0 +1,328 @@
+"""Per-token susceptibilities of one checkpoint, and the views that make them readable.
+
+  python -m experiments.per_token                         # the demo's last checkpoint, a few contexts per probe
+  python -m experiments.per_token --preset=paper --run_dir=runs/tetra --step=49900 --contexts_per_dataset=160
+  python -m experiments.per_token --views_only --view_heads=l0h1,l1h2   # re-render views from the results
+
+For every probe dataset, `--contexts_per_dataset` contexts (a seeded shuffle) are observed at every draw of
+the same chains; each token gets χ ± stderr per component, its loss at w* and its zero-ablation loss delta
+per head. Work runs in chunks of contexts, each written atomically (units/chunk_<i>), so a killed run
+resumes. Writes `tokens.parquet` (and `.csv` when small): one row per dataset × context × position ×
+component, and `views/` (index.html with the figures embedded, highlighted-text pages, top-token tables).
+"""
+import json
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from suscept_jax_runners import cli, presets
+
+ALL_VIEWS = ("highlight", "extremes", "top", "totals", "bimodal", "additivity", "comparisons", "positions")
+
+_PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory " + cli.by_preset(lambda p: p.run_dir) + ".")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the last one saved).")
+_BASE = flags.DEFINE_string("base", None, "Base dataset q " + cli.by_preset(lambda p: p.base) + ".")
+_PROBES = flags.DEFINE_list("probes", None, "Datasets whose contexts are observed " + cli.by_preset(lambda p: p.probes) + ".")
+_CONTEXTS = flags.DEFINE_integer("contexts_per_dataset", None, "Contexts per dataset, chosen by a seeded shuffle "
+                                 + cli.by_preset(lambda p: p.per_token_contexts) + ".")
+_COMPONENTS = flags.DEFINE_list("components", None, "Component specs; 'full' is always added (default: every head).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json "
+                                 + cli.by_preset(lambda p: p.tokenizer or "<run_dir>/tokenizer.json") + ".")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory " + cli.by_preset(lambda p: p.per_token_output_dir) + ".")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step " + cli.by_preset(lambda p: p.per_token_batch_size) + ".")
+_DELTA_H = flags.DEFINE_float("delta_h", None, "δh of the dataset-level χ computed alongside " + cli.by_preset(lambda p: p.delta_h) + ".")
+_DATASET_CHI = flags.DEFINE_bool("dataset_chi", True, "Also estimate the dataset-level χ of the probes from the same "
+                                 "chains (for the additivity view, on shared samples).")
+_CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per unit of work (default: all at once).")
+_MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
+                                     + cli.by_preset(lambda p: p.max_contexts) + ".")
+_VIEWS = flags.DEFINE_list("views", list(ALL_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
+_VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first head of "
+                                "each layer, then more).")
+_VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
+_VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir.")
+_SGLD = cli.define_sgld_flags()
+flags.adopt_module_key_flags(cli)
+
+
+def resolve_settings() -> dict:
+  preset, run_dir, tokenizer = cli.resolve_run(_PRESET.value, _RUN_DIR.value, _TOKENIZER.value)
+  pick = lambda flag, default: default if flag.value is None else flag.value
+  views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
+  unknown = sorted(set(views) - set(ALL_VIEWS))
+  if unknown:
+    raise ValueError(f"--views: unknown view(s) {unknown}; known: {', '.join(ALL_VIEWS)}, or none")
+  sgld = cli.sgld_config(preset.per_token_sgld, _SGLD)
+  settings = {
+      "preset": _PRESET.value, "run_dir": run_dir, "tokenizer": tokenizer, "step": _STEP.value,
+      "base": pick(_BASE, preset.base), "probes": list(pick(_PROBES, preset.probes)),
+      "contexts_per_dataset": pick(_CONTEXTS, preset.per_token_contexts),
+      "components": _COMPONENTS.value, "seed": _SEED.value, "batch_size": pick(_BATCH, preset.per_token_batch_size),
+      "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
+      "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views,
+  }
+  if settings["contexts_per_dataset"] < 1:
+    raise ValueError(f"--contexts_per_dataset={settings['contexts_per_dataset']} must be >= 1")
+  if settings["batch_size"] < 1:
+    raise ValueError(f"--batch_size={settings['batch_size']} must be >= 1")
+  if not settings["probes"]:
+    raise ValueError("--probes is empty: name at least one dataset to draw contexts from")
+  if _CHUNK.value is not None and _CHUNK.value < 1:
+    raise ValueError(f"--contexts_per_chunk={_CHUNK.value} must be >= 1")
+  if settings["dataset_chi"]:
+    from suscept_jax import mixing
+    mixing.check_mixing(settings["batch_size"], settings["delta_h"], sgld.num_draws)
+  return settings
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_libraries()
+  t_start = time.perf_counter()
+  preset = presets.get_preset(_PRESET.value)
+  out = Path(_OUTPUT.value or preset.per_token_output_dir)
+  if _VIEWS_ONLY.value:
+    views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
+    paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value)
+    print(f"views: {out / 'views' / 'index.html'} ({len(paths)} files)")
+    return
+  settings = resolve_settings()
+
+  import dataclasses
+  import hashlib
+
+  import numpy as np
+
+  from suscept_jax.models import components as components_lib
+  from suscept_jax.models import transformer
+  from suscept_jax_runners import pipeline
+  from suscept_jax import results
+  target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
+  step = target.check_steps(None)[-1] if settings["step"] is None else target.check_steps([settings["step"]])[0]
+  model_cfg = target.model_config
+  specs = settings["components"] or components_lib.default_components(model_cfg)
+  specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
+  component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
+  pipeline.check_datasets([settings["base"]] + settings["probes"])
+  store = results.ResultsDir(out)
+  number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "batch_size",
+                                                  "delta_h", "dataset_chi", "max_contexts")},
+                     "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
+                     "contexts_per_chunk": _CHUNK.value,  # names the units: a resume must chunk alike
+                     "run_dir": str(Path(target.run_dir).resolve())}
+  if not _OVERWRITE.value:
+    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"))
+  if _DRY_RUN.value:
+    print("resolved settings:\n" + json.dumps({**number_settings, "output_dir": str(out), "views": settings["views"]},
+                                               indent=2, default=str))
+    total = len(settings["probes"]) * settings["contexts_per_dataset"]
+    chunk = _CHUNK.value or total
+    print(f"planned: {-(-total // chunk)} chunk(s) of ≤ {chunk} contexts ({total} in all) × {len(specs)} components × "
+          f"{settings['sgld'].num_chains} chains × {settings['sgld'].num_draws} draws at checkpoint {step} -> {out}")
+    return
+
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
+  load = lambda spec: pipeline.load_dataset(spec, tokenizer, target.context_length, settings["max_contexts"])
+  base = load(settings["base"])
+  transformer.check_token_range(base, model_cfg, name=settings["base"])
+  chosen, labels = [], []
+  for spec in settings["probes"]:
+    data = load(spec)
+    transformer.check_token_range(data, model_cfg, name=spec)
+    n = settings["contexts_per_dataset"]
+    if len(data) < n:
+      raise ValueError(f"dataset {spec!r} has {len(data)} contexts, fewer than --contexts_per_dataset={n}")
+    ids = np.sort(np.random.default_rng([settings["seed"], len(chosen)]).permutation(len(data))[:n])
+    chosen.append(np.asarray(data[ids]))
+    labels += [(spec, int(i)) for i in ids]
+  contexts = np.concatenate(chosen)
+  fingerprint = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+  run_settings = {**number_settings, "tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer),
+                  "contexts_fingerprint": fingerprint(contexts)}
+  if not _OVERWRITE.value:
+    store.check_settings(run_settings)
+  store.start(run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value)
+  probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
+  compute(store, settings, target, step, component_masks, base, contexts, labels, probes, tokenizer)
+  paths = render_views(out, settings["views"], heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value)
+  print(f"per-token results: {out / 'tokens.parquet'}; views: {out / 'views' / 'index.html'} ({len(paths)} files); "
+        f"total time {time.perf_counter() - t_start:.0f} s")
+
+
+def compute(store, settings, target, step, component_masks, base, contexts, labels, probes, tokenizer) -> None:
+  """Run the chunks still missing, then write the tidy token table."""
+  import functools
+  import io
+  import warnings
+
+  import numpy as np
+  import pandas as pd
+
+  import suscept_jax as sj
+  from suscept_jax import checkpoints
+  from suscept_jax.analysis import head_scores
+  from suscept_jax.models import transformer
+  from suscept_jax.paths import atomic_write_bytes
+  model_cfg, config = target.model_config, settings["sgld"]
+  params = checkpoints.load_params(target.run_dir, step)
+  num = len(contexts)
+  chunk = min(_CHUNK.value or num, num)
+  num_chunks = -(-num // chunk)
+  loss_fn = functools.partial(transformer.context_nll, config=model_cfg)
+  token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg)
+  done = set(store.finished_units(prefix="chunk_"))
+  for i in range(num_chunks):
+    name = f"chunk_{i:05d}"
+    if name in done:
+      continue
+    idx = np.minimum(np.arange(i * chunk, (i + 1) * chunk), num - 1)  # fixed shape: one compilation
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      res = sj.estimate_per_token_susceptibilities(
+          loss_fn, token_loss_fn, params, component_masks, base, contexts[idx], config=config,
+          batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
+          probes=probes if (probes and i == 0) else None, progress=True, base_name=f"base data {settings['base']!r}")
+    for w in caught:
+      logging.warning("chunk %d: %s", i, w.message)
+    keep = slice(0, min(chunk, num - i * chunk))
+    arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
+    meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
+            "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
+            "seconds": res.seconds}
+    if res.dataset is not None:
+      meta["dataset_rows"] = res.dataset.records()
+      meta["realised_delta_h"] = res.dataset.realised_delta_h
+    store.write_unit(name, arrays, meta)
+  # Assemble: one row per dataset × context × position × component.
+  parts = [store.read_unit(f"chunk_{i:05d}") for i in range(num_chunks)]
+  chi = np.concatenate([a["chi"] for a, _ in parts], axis=1)  # [C, O, J]
+  err = np.concatenate([a["chi_stderr"] for a, _ in parts], axis=1)
+  loss = np.concatenate([a["loss_at_star"] for a, _ in parts])  # [O, J]
+  comps = parts[0][1]["component_names"]
+  _, deltas_LxHxOxJ = head_scores.per_token_ablation_deltas(params, model_cfg, contexts, batch_size=16)
+  heads = model_cfg.head_names
+  O, J = loss.shape
+  targets = contexts[:, 1:J + 1]
+  token_text = {int(t): tokenizer.decode([int(t)], skip_special_tokens=False) for t in np.unique(targets)}
+  base_cols = {"dataset": np.repeat([d for d, _ in labels], J), "context": np.repeat([c for _, c in labels], J),
+               "position": np.tile(np.arange(1, J + 1), O), "token_id": targets.reshape(-1),
+               "token": [token_text[int(t)] for t in targets.reshape(-1)], "loss_at_star": loss.reshape(-1)}
+  frames = []
+  for c, comp in enumerate(comps):
+    ablation = (deltas_LxHxOxJ.reshape(len(heads), O * J)[heads.index(comp)] if comp in heads
+                else np.full(O * J, np.nan))
+    frames.append(pd.DataFrame({**base_cols, "component": comp, "chi": chi[c].reshape(-1),
+                                "chi_stderr": err[c].reshape(-1), "ablation_delta": ablation}))
+  table = pd.concat(frames, ignore_index=True)
+  buf = io.BytesIO()
+  table.to_parquet(buf, index=False)
+  atomic_write_bytes(store.path / "tokens.parquet", buf.getvalue())
+  if len(table) <= 300_000:
+    atomic_write_bytes(store.path / "tokens.csv", table.to_csv(index=False, float_format="%.6g").encode())
+  dataset_rows = parts[0][1].get("dataset_rows")
+  if dataset_rows:
+    frame = pd.DataFrame(dataset_rows)
+    atomic_write_bytes(store.path / "dataset_chi.csv", frame.to_csv(index=False, float_format="%.9g").encode())
+  info = {"checkpoint": step, "delta_h": parts[0][1].get("realised_delta_h", settings["delta_h"]),
+          "components": comps, "datasets": settings["probes"], "num_contexts": O, "tokens_per_context": J,
+          "llc": dict(zip(comps, parts[0][1]["llc"])), "status": parts[0][1]["status"]}
+  atomic_write_bytes(store.path / "per_token.json", json.dumps(info, indent=2).encode())
+
+
+def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
+  """Every requested view of a per-token results directory (see suscept_jax.analysis.token_views)."""
+  import pandas as pd
+
+  from suscept_jax.analysis import token_views as tv
+  from suscept_jax.paths import atomic_write_bytes
+  path = Path(out) / "tokens.parquet"
+  if not path.exists():
+    raise FileNotFoundError(f"{out} holds no per-token results (no tokens.parquet); run experiments.per_token first")
+  table = pd.read_parquet(path)
+  info = json.loads((Path(out) / "per_token.json").read_text())
+  all_heads = [c for c in info["components"] if c != "full"]
+  if heads:
+    missing = [h for h in heads if h not in info["components"]]
+    if missing:
+      raise ValueError(f"--view_heads {missing} are not in the per-token results (components: {info['components']})")
+  else:
+    layers = {}
+    for h in all_heads:
+      layers.setdefault(h.split("h")[0], h)
+    heads = (list(layers.values()) + [h for h in all_heads if h not in layers.values()])[:3] or info["components"][:1]
+  views_dir = Path(out) / "views"
+  views_dir.mkdir(parents=True, exist_ok=True)
+  written, sections = [], []
+  write = lambda name, text: (atomic_write_bytes(views_dir / name, text.encode()), written.append(views_dir / name))
+  if "highlight" in views:
+    links = []
+    for d, dataset in enumerate(info["datasets"]):
+      t = table[table.dataset == dataset]
+      keys = list(dict.fromkeys(zip(t.context, t.position)))
+      contexts_ids = list(dict.fromkeys(t.context))
+      tokens = [t[(t.context == c) & (t.component == heads[0])].sort_values("position").token.tolist() for c in contexts_ids]
+      chi = [[t[(t.context == c) & (t.component == h)].sort_values("position").chi.to_numpy() for c in contexts_ids]
+             for h in heads]
+      name = f"highlight_{d:02d}.html"
+      write(name, tv.highlighted_text_html(tokens, chi, heads, title=f"per-token χ on {dataset}",
+                                          captions=[f"{dataset} · context {c}" for c in contexts_ids]))
+      links.append(f'<li><a href="{name}">{dataset}</a> ({len(contexts_ids)} contexts, {len(keys)} tokens)</li>')
+    sections.append(("Highlighted text", f"<ul>{''.join(links)}</ul>"))
+  if "extremes" in views:
+    links = []
+    for h in heads:
+      name = f"extremes_{h.replace(' ', '_')}.html"
+      write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}"))
+      links.append(f'<li><a href="{name}">{h}</a></li>')
+    sections.append(("Top-100 positive and negative tokens in context", f"<ul>{''.join(links)}</ul>"))
+  if "top" in views:
+    rows = []
+    for h in all_heads or heads:
+      for dataset in info["datasets"]:
+        pos, neg = tv.top_tokens(table, h, dataset)
+        rows.append({"head": h, "dataset": dataset, "top positive": ", ".join(repr(s) for s in pos.token),
+                     "top negative": ", ".join(repr(s) for s in neg.token)})
+    frame = pd.DataFrame(rows)
+    atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
+    written.append(views_dir / "top_tokens.csv")
+    sections.append(("Top tokens per head and dataset (3 distinct among the 100 most extreme)", tv.table_html(frame)))
+  if "totals" in views:
+    per_head, per_token = tv.totals(table)
+    figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
+    written.append(figure)
+    sections.append(("Total positive and negative χ", tv.table_html(per_head.reset_index()) + tv.embedded_png(figure, "totals")))
+  if "bimodal" in views:
+    head, token, candidates = tv.pick_histogram_token(table, heads, token)
+    figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")
+    written.append(figure)
+    write("bimodal.html", tv.bimodal_html(table, head, token, tv.embedded_png(figure, "histogram"), candidates))
+    sections.append((f"χ of {token!r} for {head} over its contexts",
+                     tv.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>'))
+  if "additivity" in views:
+    dataset_csv = Path(out) / "dataset_chi.csv"
+    if dataset_csv.exists():
+      joined, slope, r = tv.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
+      figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png")
+      written.append(figure)
+      sections.append((f"Additivity: slope {slope:.2f}, r = {r:.2f}", tv.embedded_png(figure, "additivity")))
+  if "comparisons" in views:
+    figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
+    written.append(figure)
+    sections.append(("χ against ablation and loss", tv.embedded_png(figure, "comparisons")))
+  if "positions" in views:
+    figure = tv.plot_position_profiles(table, views_dir / "positions.png")
+    written.append(figure)
+    sections.append(("χ by position", tv.embedded_png(figure, "positions")))
+  write("index.html", tv.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}", sections))
+  return written
+
+
+if __name__ == "__main__":
+  cli.run(main)

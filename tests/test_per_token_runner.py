@@ -1,0 +1,119 @@
+"""The per-token runner on the tiny trained run: the token table, resumption, the views, and bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests import browser
+from tests.helpers import REPO, env
+
+
+def per_token_cmd(tiny, out, *extra):
+  root, run_dir, tok, data = tiny
+  return [sys.executable, "-m", "experiments.per_token", "--preset=paper", f"--run_dir={run_dir}",
+          f"--tokenizer={tok}", f"--base={data['mix']}", f"--probes={data['math']},{data['prose']}",
+          "--contexts_per_dataset=3", "--contexts_per_chunk=2", "--components=l0h0,l1h1", "--num_chains=2",
+          "--num_draws=10", "--batch_size=10", "--step=40", f"--output_dir={out}", *extra]
+
+
+def run(cmd, timeout=300):
+  return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+  out = tmp_path_factory.mktemp("per_token") / "out"
+  proc = run(per_token_cmd(tiny, out))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return out, proc
+
+
+def test_token_table_holds_every_token_of_every_chosen_context(tiny, finished):
+  out, _ = finished
+  table = pd.read_parquet(out / "tokens.parquet")
+  info = json.loads((out / "per_token.json").read_text())
+  assert info["components"] == ["full", "l0h0", "l1h1"] and info["num_contexts"] == 6
+  J = info["tokens_per_context"]
+  assert len(table) == 3 * 6 * J  # components × (2 datasets × 3 contexts) × positions
+  assert set(table.columns) >= {"dataset", "context", "position", "token_id", "token", "loss_at_star", "component",
+                                "chi", "chi_stderr", "ablation_delta"}
+  assert np.isfinite(table.chi).all() and (table.chi_stderr > 0).all()
+  heads = table[table.component != "full"]
+  assert np.isfinite(heads.ablation_delta).all() and table[table.component == "full"].ablation_delta.isna().all()
+  # decoded text is the tokenizer's, token by token
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  tok = tokenizers_lib.load_tokenizer(tiny[2])
+  row = table.iloc[5]
+  assert row.token == tok.decode([int(row.token_id)], skip_special_tokens=False)
+  assert (out / "dataset_chi.csv").exists()  # dataset-level χ of the probes from the same chains
+  dataset = pd.read_csv(out / "dataset_chi.csv")
+  assert set(dataset.probe) == {str(tiny[3]["math"]), str(tiny[3]["prose"])}
+
+
+def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
+  out, _ = finished
+  import shutil
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  before = pd.read_parquet(copy / "tokens.parquet")
+  # as if killed while writing the last chunk: its json (written last) and the table are missing
+  (copy / "units" / "chunk_00002.json").unlink()
+  (copy / "tokens.parquet").unlink()
+  kept = (copy / "units" / "chunk_00000.npz").stat().st_mtime_ns
+  proc = run(per_token_cmd(tiny, copy, "--views=none"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (copy / "units" / "chunk_00000.npz").stat().st_mtime_ns == kept  # finished work is not redone
+  pd.testing.assert_frame_equal(pd.read_parquet(copy / "tokens.parquet"), before)
+
+
+def test_views_are_written_and_linked(finished):
+  out, _ = finished
+  views = out / "views"
+  index = (views / "index.html").read_text()
+  for name in ("highlight_00.html", "highlight_01.html", "extremes_l0h0.html"):
+    assert (views / name).exists() and name in index
+  for figure in ("comparisons.png", "positions.png", "totals.png", "additivity.png"):
+    assert (views / figure).stat().st_size > 5000
+  assert "data:image/png;base64," in index  # figures embedded: the page is self-contained
+  assert "http://" not in index and "https://" not in index  # nothing fetched from a network
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
+    (["--seed=3"], "holds results made with other settings (seed: 0 here, 3 now)"),
+    (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
+])
+def test_bad_input_is_refused_naming_it(tiny, finished, tmp_path, extra, message):
+  out = finished[0] if "--seed=3" in extra else tmp_path / "out"  # the finished directory, or a fresh one
+  proc = run(per_token_cmd(tiny, out, *extra))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  if "{n}" in message:  # the dataset named, with its size
+    assert "dataset '" in proc.stderr and "fewer than --contexts_per_dataset=100000" in proc.stderr, proc.stderr[-2000:]
+  else:
+    assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  if out != finished[0]:
+    assert not out.exists()  # refused before anything was written
+
+
+def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):
+  out, _ = finished
+  base = [sys.executable, "-m", "experiments.per_token", f"--output_dir={out}", "--views_only"]
+  proc = run(base + ["--view_heads=l0h0,l1h3"])
+  assert proc.returncode == 2 and "--view_heads ['l1h3'] are not in the per-token results" in proc.stderr
+  proc = run(base + ["--views=bimodal", "--view_token=zzqqxx"])
+  assert proc.returncode == 2 and "token 'zzqqxx' does not occur for head" in proc.stderr, proc.stderr[-2000:]
+  proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={tmp_path}", "--views_only"])
+  assert proc.returncode == 2 and "holds no per-token results" in proc.stderr
+
+
+@browser.requires_browser
+def test_the_written_views_load_offline_in_a_browser(finished, tmp_path):
+  out, _ = finished
+  for name in ("index.html", "highlight_00.html", "extremes_l0h0.html", "bimodal.html"):
+    png = tmp_path / f"{name}.png"
+    assert not browser.screenshot(out / "views" / name, png), name  # no console errors, nothing fetched
+    assert browser.pixel_summary(png)["ink"] > 0.02, name

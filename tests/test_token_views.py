@@ -1,0 +1,104 @@
+"""Per-token views on hand-made inputs: the paper's colour algorithms (App. C.2), the bimodality test, top
+tokens, totals and additivity."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from suscept_jax.analysis import token_views as tv
+
+
+@pytest.mark.parametrize("chi,scheme,expected", [
+    # App. C.2, first algorithm: rgba(0, 255, 0, (|χ|/max)²) for χ > 0, rgba(255, 0, 0, (|χ|/max)²) otherwise
+    (2.0, "quadratic", (0, 255, 0, 1.0)),
+    (1.0, "quadratic", (0, 255, 0, 0.25)),
+    (-0.5, "quadratic", (255, 0, 0, 0.0625)),
+    # second algorithm: rgba(0, 128, 0, |χ|/max), red alike, linear opacity
+    (1.0, "linear", (0, 128, 0, 0.5)),
+    (-1.5, "linear", (255, 0, 0, 0.75)),
+    (0.0, "linear", (255, 0, 0, 0.0)),  # zero is white (fully transparent)
+])
+def test_colours_follow_the_papers_two_algorithms(chi, scheme, expected):
+  assert tv.token_colour(chi, 2.0, scheme) == expected
+
+
+def test_colour_input_checks():
+  with pytest.raises(ValueError, match="colour scheme 'cubic'"):
+    tv.token_colour(1.0, 1.0, "cubic")
+  assert tv.token_colour(float("nan"), 1.0)[3] == 0.0 and tv.token_colour(1.0, 0.0)[3] == 0.0
+
+
+def test_normalisation_is_shared_by_all_heads_shown():
+  chi = np.array([[[0.5, -1.0]], [[4.0, 2.0]]])  # heads × contexts × tokens: head b holds the max
+  page = tv.highlighted_text_html([["x", "y"]], chi, ["a", "b"], title="t", scheme="linear")
+  assert "max |χ| = 4 shared" in page
+  # head a's first token: 0.5/4 = 0.125 green; its band is the top half of the token's element
+  assert "rgba(0, 128, 0, 0.125) 0.00%, rgba(0, 128, 0, 0.125) 50.00%" in page
+  assert "rgba(255, 0, 0, 0.25) 0.00%" in page and "rgba(0, 128, 0, 0.5) 50.00%" in page
+  assert page.count('class="tok stack"') == 2  # one element per token
+  with pytest.raises(ValueError, match="context 0 has 3 tokens but χ has 2 positions"):
+    tv.highlighted_text_html([["x", "y", "z"]], chi, ["a", "b"], title="t")
+  with pytest.raises(ValueError, match=r"chi must be \[heads=1"):
+    tv.highlighted_text_html([["x", "y"]], chi, ["a"], title="t")
+
+
+def test_text_is_escaped_and_newlines_stay_outside_the_coloured_element():
+  page = tv.highlighted_text_html([["<b>", "\n"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
+  assert "&lt;b&gt;</span>" in page and "<b>" not in page.split("<body>")[1]
+  assert "↵</span>\n" in page
+
+
+def _table(values_by_token, component="h", dataset="d"):
+  rows = []
+  position = 0
+  for token, values in values_by_token.items():
+    for v in values:
+      position += 1
+      rows.append({"dataset": dataset, "context": 0, "position": position, "token": token, "component": component,
+                   "chi": float(v), "chi_stderr": 0.1, "loss_at_star": 1.0, "ablation_delta": 0.0})
+  return pd.DataFrame(rows)
+
+
+def test_bimodality_test_finds_two_modes_and_only_then():
+  rng = np.random.default_rng(0)
+  two = np.r_[rng.normal(-1, 0.2, 60), rng.normal(1, 0.2, 40)]
+  verdict = tv.bimodality(two)
+  assert verdict["bimodal"] and verdict["delta_bic"] > 10 and verdict["separation"] > 2
+  np.testing.assert_allclose(verdict["means"], [-1, 1], atol=0.1)
+  np.testing.assert_allclose(verdict["weights"], [0.6, 0.4], atol=0.02)
+  assert not tv.bimodality(rng.normal(0, 1, 200))["bimodal"]  # one Gaussian
+  skewed_small_mode = np.r_[rng.normal(0, 0.2, 190), rng.normal(3, 0.2, 10)]  # second mode 5 % < 10 %
+  assert not tv.bimodality(skewed_small_mode)["bimodal"]
+  close = np.r_[rng.normal(-0.2, 0.3, 100), rng.normal(0.2, 0.3, 100)]  # overlapping: D < 2
+  assert not tv.bimodality(close)["bimodal"]
+  assert tv.bimodality(two[:10]) == {"n": 10, "bimodal": False}  # too few occurrences to say
+  table = _table({"two": two, "one": rng.normal(0, 1, 100), "rare": [1.0, 2.0]})
+  found = tv.bimodal_tokens(table, "h")
+  assert list(found.token[:1]) == ["two"] and "rare" not in set(found.token)
+  head, token, _ = tv.pick_histogram_token(table, ["h"])
+  assert (head, token) == ("h", "two")
+  page = tv.bimodal_html(table, "h", "two", "<img>")
+  assert "<b>bimodal</b>" in page and page.count("Contexts nearest mode") == 2
+  with pytest.raises(ValueError, match="token 'zz' does not occur"):
+    tv.pick_histogram_token(table, ["h"], "zz")
+
+
+def test_top_tokens_and_totals():
+  table = _table({"a": [3.0, 2.0, 2.5], "b": [1.0], "c": [-4.0, -1.0], "d": [-0.5]})
+  pos, neg = tv.top_tokens(table, "h", k=2, pool=4)
+  assert list(pos.token) == ["a", "b"] and list(pos["count"]) == [3, 1]  # the pool holds 3, 2.5, 2, 1
+  assert list(neg.token) == ["c", "d"] and neg["mean_chi"].iloc[0] == pytest.approx(-2.5)
+  per_head, per_token = tv.totals(table)
+  assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
+  assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)
+
+
+def test_additivity_slope_and_r_on_exact_sums():
+  rows, dataset_rows = [], []
+  rng = np.random.default_rng(1)
+  for head in ("h1", "h2"):
+    for d in ("p", "q", "r"):
+      values = rng.normal(size=50)
+      rows.append(_table({"x": values}, component=head, dataset=d))
+      dataset_rows.append({"component": head, "probe": d, "chi": 0.1 * values.mean()})
+  joined, slope, r = tv.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
+  assert len(joined) == 6 and slope == pytest.approx(1.0) and r == pytest.approx(1.0)
