@@ -11,6 +11,7 @@ _EXPORTS = {
     "estimate_susceptibilities": "suscept_jax.api", "estimate_llc": "suscept_jax.api",
     "SusceptibilityResult": "suscept_jax.api", "LLCResult": "suscept_jax.api", "ChiTable": "suscept_jax.estimators",
     "estimate_per_token_susceptibilities": "suscept_jax.per_token", "PerTokenResult": "suscept_jax.per_token",
+    "estimate_bif": "suscept_jax.bif", "BIFResult": "suscept_jax.bif",
     "DataFaultError": "suscept_jax.sampler", "SusceptibilityWarning": "suscept_jax.health",
     "full_mask": "suscept_jax.masks", "regex_mask": "suscept_jax.masks", "stack_masks": "suscept_jax.masks",
     "preview": "suscept_jax.masks", "count_free": "suscept_jax.masks", "leaf_paths": "suscept_jax.masks",

@@ -73,8 +73,39 @@ def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
                  jnp.where(use_y, comoment, m.comoment))
 
 
-def to_numpy(m: Moments) -> Moments:
-  return Moments(*(np.asarray(a, np.int64 if np.asarray(a).dtype.kind in "iu" else np.float64) for a in m))
+class CrossMoments(NamedTuple):
+  """Running moments of two observed vectors q [E, Q] and s [E, S] over draws: enough for their covariance
+  and correlation (Bayesian influence functions) in O(E·Q·S) memory, however many draws."""
+
+  count: jnp.ndarray  # int32 [E]   draws accumulated (a draw with any non-finite value is left out)
+  mean_q: jnp.ndarray  # [E, Q]
+  m2_q: jnp.ndarray  # [E, Q]       Σ(q − ⟨q⟩)²
+  mean_s: jnp.ndarray  # [E, S]
+  m2_s: jnp.ndarray  # [E, S]
+  comoment: jnp.ndarray  # [E, Q, S]  Σ(q − ⟨q⟩)(s − ⟨s⟩)
+
+
+def init_cross_moments(num_entries: int, num_q: int, num_s: int) -> CrossMoments:
+  z = lambda *shape: jnp.zeros((num_entries, *shape), jnp.float32)
+  return CrossMoments(jnp.zeros((num_entries,), jnp.int32), z(num_q), z(num_q), z(num_s), z(num_s), z(num_q, num_s))
+
+
+def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoments:
+  """Welford's co-moment update with one draw, for the active entries whose values are all finite."""
+  ok_E = active_E & jnp.all(jnp.isfinite(q_ExQ), -1) & jnp.all(jnp.isfinite(s_ExS), -1)
+  q, s = jnp.where(ok_E[:, None], q_ExQ, 0.0), jnp.where(ok_E[:, None], s_ExS, 0.0)
+  count = m.count + ok_E.astype(jnp.int32)
+  n = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+  dq, ds = q - m.mean_q, s - m.mean_s
+  mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
+  new = CrossMoments(count, mean_q, m.m2_q + dq * (q - mean_q), mean_s, m.m2_s + ds * (s - mean_s),
+                     m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :])
+  return CrossMoments(count, *(jnp.where(_expand(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:])))
+
+
+def to_numpy(m):
+  """Moments (or CrossMoments) as float64 / int64 host arrays."""
+  return type(m)(*(np.asarray(a, np.int64 if np.asarray(a).dtype.kind in "iu" else np.float64) for a in m))
 
 
 def select(m: Moments, index) -> Moments:

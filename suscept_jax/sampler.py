@@ -151,6 +151,7 @@ class Carry(NamedTuple):
   diverged: Any  # bool [E]
   diverged_at: Any  # int32 [E] first draw at which the chain diverged (-1: never)
   token_moments: Any  # estimators.Moments with y [E, O, J] (per-token observation), or () without
+  pair_moments: Any  # estimators.CrossMoments of query × sample token losses (pair_split), or () without
 
 
 class ChunkData(NamedTuple):
@@ -189,6 +190,7 @@ class Plan:
   blocks_per_chunk: int
   token_loss_fn: Callable | None = None  # (params, contexts [O', ...]) -> per-token losses [O', J]
   observed_microbatch: int | None = None  # observed contexts evaluated this many at a time
+  pair_split: int | None = None  # observed rows [0, split) are queries, the rest samples: stream their covariance
 
 
 def _specs(tree_type, spec):
@@ -290,6 +292,11 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
           c.state.position)
       token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
                                                 jnp.isfinite(tokens_ExOxJ))
+    pair_moments = c.pair_moments
+    if plan.pair_split is not None:  # raw token losses of queries against samples (Bayesian influence)
+      split = plan.pair_split
+      pair_moments = estimators.update_cross_moments(pair_moments, tokens_ExOxJ[:, :split].reshape(E, -1),
+                                                     tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
 
     def plain(i, st):
       b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
@@ -298,7 +305,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     new_state = jax.lax.fori_loop(1, S, plain, new_state)
     values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD, loss_star_K)
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
-    return Carry(new_state, moments, diverged, diverged_at, token_moments), traces
+    return Carry(new_state, moments, diverged, diverged_at, token_moments, pair_moments), traces
 
   traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
                        jnp.zeros((L, E, D), bool), jnp.zeros((L, K)))
@@ -353,6 +360,7 @@ class SamplerOutput(NamedTuple):
   realised_delta_h: float  # probe samples placed per sample evaluated over the run (nan without probes)
   seconds: float
   token_moments: estimators.Moments | None = None  # y = ℓ_i − L_B per observed token [E, O, J], if observed
+  pair_moments: estimators.CrossMoments | None = None  # query × sample token losses, with pair_split
 
 
 def component_seed(name: str) -> int:
@@ -434,11 +442,12 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
         checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None, hyper_C: sgld.Hyper | None = None,
         draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
         base_name: str = "base data", observed=None, token_loss_fn=None,
-        observed_microbatch: int | None = None) -> SamplerOutput:
+        observed_microbatch: int | None = None, pair_split: int | None = None) -> SamplerOutput:
   """Sample every (component, chain) and stream the draw statistics. Inputs are assumed validated.
 
   hyper_C: per-component ε, nβ, γ (arrays [C]); default: the config's for every component.
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
+  pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
   """
   t0 = time.perf_counter()
   mesh = mesh or parallel.entry_mesh()
@@ -455,7 +464,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
               token_loss_fn=token_loss_fn if observed is not None else None,
-              observed_microbatch=observed_microbatch)
+              observed_microbatch=observed_microbatch, pair_split=pair_split if observed is not None else None)
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
   pad = E_pad - E
@@ -478,8 +487,13 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   if plan.token_loss_fn is not None:
     token_shape = jax.eval_shape(plan.token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
     token_moments = estimators.init_moments(E_pad, (num_rows(observed), *token_shape[1:]))
+  pair_moments = ()
+  if plan.pair_split is not None:
+    per_row = int(np.prod(token_shape[1:]))
+    pair_moments = estimators.init_cross_moments(E_pad, plan.pair_split * per_row,
+                                                 (num_rows(observed) - plan.pair_split) * per_row)
   carry = Carry(state0, estimators.init_moments(E_pad, (len(probe_names),)),
-                jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32), token_moments)
+                jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32), token_moments, pair_moments)
   observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
   carry = jax.tree.map(put_e, carry)
   entries_dev = jax.tree.map(put_e, entries)
@@ -555,7 +569,9 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
       realised_delta_h=mixing.realised_fraction(batch_size, delta_h, T) if probe_names else float("nan"),
       seconds=time.perf_counter() - t0,
       token_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.token_moments))
-                     if plan.token_loss_fn is not None else None))
+                     if plan.token_loss_fn is not None else None),
+      pair_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.pair_moments))
+                    if plan.pair_split is not None else None))
 
 
 def _check_base_faults(loss_star_LxK, steps_LxS, streams: _Streams, loss_fn, params, micro, first_block):

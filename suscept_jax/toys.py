@@ -52,6 +52,17 @@ def quadratic_chi(h, h_probe, free, realised_fraction: float, config: SGLDConfig
                                      - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free])))
 
 
+def quadratic_loss_covariance(queries, samples, w_star, h, free, config: SGLDConfig) -> np.ndarray:
+  """[Q, S] posterior covariance of per-sample losses (the Bayesian influence function, up to sign) under
+  full-batch SGLD: w = w* + u, u_i ~ N(0, v_i) on the free coordinates. With b = w* − a,
+  ℓ = ½Σ s_i (u_i + b_i)², so Cov(ℓ_q, ℓ_x) = Σ_{i free} s_qi s_xi (½ v_i² + b_qi b_xi v_i)."""
+  v = np.where(np.asarray(free, bool), stationary_variance(h, config), 0.0)
+  w = np.asarray(w_star["w"] if isinstance(w_star, dict) else w_star, np.float64)
+  sq, bq = np.asarray(queries["s"], np.float64), w - np.asarray(queries["a"], np.float64)
+  sx, bx = np.asarray(samples["s"], np.float64), w - np.asarray(samples["a"], np.float64)
+  return (sq * 0.5 * v**2) @ sx.T + (sq * bq * v) @ (sx * bx).T
+
+
 def quadratic_minibatch_prediction(base, probe, free, *, config: SGLDConfig, batch_size: int,
                                    realised_fraction: float) -> tuple[float, float]:
   """(LLC, χ of eq. 41) of the quadratic under mini-batch SGLD, to first order in 1/batch_size.

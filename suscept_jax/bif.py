@@ -1,0 +1,123 @@
+"""Bayesian influence functions: the posterior covariance (and correlation) of losses between a set of query
+tokens and a set of samples, streamed from the SGLD draws.
+
+For query token q and sample token x, over the localized posterior of each component (default: the full
+model), Cov_C(ℓ_q, ℓ_x) and Corr_C(ℓ_q, ℓ_x) — what devinterp's `bif()` reports, there from stored traces.
+Here the sampler keeps running co-moments (estimators.CrossMoments) of the token losses at every draw, so
+memory is O(components × chains × queries × samples) and never grows with the draws. Each chain gives its
+own covariance; the estimate averages the non-diverged chains, with the standard error across them.
+
+Queries and samples are two pytrees of contexts with the same structure and trailing shapes (they are
+evaluated together in one batch). Shape letters: C components, K chains, Q query rows, S sample rows,
+J loss positions per row (1 for per-sample losses).
+"""
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from suscept_jax import api, estimators, health, masks, sampler, sgld, validation
+
+
+@dataclasses.dataclass
+class BIFResult:
+  """Posterior covariance and correlation of losses, queries × samples, per component."""
+
+  covariance: np.ndarray  # [C, Q, J, S, J] mean over non-diverged chains
+  covariance_stderr: np.ndarray  # [C, Q, J, S, J] standard error across chains
+  correlation: np.ndarray  # [C, Q, J, S, J] chain-mean covariance over the chain-mean standard deviations
+  correlation_stderr: np.ndarray  # [C, Q, J, S, J] standard error of the per-chain correlations
+  component_names: list
+  draws_used: np.ndarray  # [C, K] draws in each chain's moments (draws with a non-finite loss are left out)
+  llc: np.ndarray  # [C] from the same chains
+  llc_stderr: np.ndarray
+  status: dict
+  warnings: list
+  config: sgld.SGLDConfig
+  seconds: float
+
+
+@functools.lru_cache(maxsize=None)
+def _per_sample_as_tokens(loss_fn: Callable) -> Callable:
+  """loss_fn's per-sample losses [B] as one 'token' per sample, [B, 1] (one wrapper per loss_fn: compiled once)."""
+  return lambda params, batch: loss_fn(params, batch)[:, None]
+
+
+def _concat_rows(a, b):
+  return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
+
+
+def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_loss_fn: Callable | None = None,
+                 components: Mapping[str, Any] | None = None, config: sgld.SGLDConfig | None = None,
+                 batch_size: int = 16, seed: int = 0, microbatch_size: int | None = None,
+                 observed_microbatch: int | None = None, mesh=None, checkpoint_id: int = 0, progress=True,
+                 base_name: str = "base data") -> BIFResult:
+  """Cov and Corr of the losses of every query token with every sample token under each component's posterior.
+
+  loss_fn(params, batch) -> per-sample losses [B] drives SGLD on `base` (as in `estimate_susceptibilities`).
+  token_loss_fn(params, contexts) -> per-token losses [B, J]; default: loss_fn's per-sample losses (J = 1).
+  """
+  config = config or sgld.SGLDConfig()
+  components = {"full": None} if components is None else components
+  if not isinstance(components, Mapping) or not components:
+    raise ValueError("components must be a non-empty mapping of name -> mask (None: the full model)")
+  validation.check_batching(batch_size, microbatch_size)
+  validation.check_params(params)
+  validation.check_dataset(base_name, base, batch_size)
+  num_q = validation.check_dataset("queries", queries, 1)
+  num_s = validation.check_dataset("samples", samples, 1, like=queries)
+  if "full" in components:
+    validation.check_full_is_full(components, params)
+  token_loss_fn = token_loss_fn or _per_sample_as_tokens(loss_fn)
+  validation.check_loss_fn(loss_fn, params, base)
+  token_shape = validation.check_token_loss_fn(token_loss_fn, params, queries)
+  if validation.check_token_loss_fn(token_loss_fn, params, samples)[1:] != token_shape[1:]:
+    raise ValueError("queries and samples must give losses of the same trailing shape per row")
+  validation.preflight(loss_fn, params, {base_name: base}, batch_size=batch_size, num_streams=config.num_chains,
+                       seed=seed, checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
+  observed = _concat_rows(queries, samples)
+  at_star = np.asarray(sampler.losses_at(token_loss_fn, params, observed, observed_microbatch))
+  bad = np.flatnonzero(~np.all(np.isfinite(at_star.reshape(num_q + num_s, -1)), axis=1))
+  if bad.size:
+    named = [f"query {i}" if i < num_q else f"sample {i - num_q}" for i in bad[:20]]
+    raise sampler.DataFaultError(f"the losses at w* are not finite for {', '.join(named)}: a fault of the data")
+
+  component_names, masks_C = masks.stack_masks(components, params)
+  C, K = len(component_names), config.num_chains
+  out = sampler.run(loss_fn, params, component_names, masks_C, base, {}, config=config, batch_size=batch_size,
+                    delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
+                    progress=progress, label="bif", base_name=base_name, observed=observed,
+                    token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch, pair_split=num_q)
+  m = out.pair_moments
+  draws = m.count.reshape(C, K)
+  denominator = np.maximum(m.count - 1, 1).astype(np.float64)
+  cov_E = m.comoment / denominator[:, None, None]  # [E, Q·J, S·J]
+  sd_q_E, sd_s_E = np.sqrt(m.m2_q / denominator[:, None]), np.sqrt(m.m2_s / denominator[:, None])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    corr_E = cov_E / (sd_q_E[:, :, None] * sd_s_E[:, None, :])
+  valid = ~out.diverged.reshape(C, K) & (draws >= 2)
+  J = tuple(token_shape[1:])
+  shape = (num_q, *J, num_s, *J)
+  cov, cov_err, corr, corr_err = (np.empty((C, *shape)) for _ in range(4))
+  for c in range(C):
+    rows = slice(c * K, (c + 1) * K)
+    mean, err = estimators.mean_and_stderr(cov_E[rows], valid[c])
+    cov[c], cov_err[c] = mean.reshape(shape), err.reshape(shape)
+    var_q = estimators.mean_and_stderr(sd_q_E[rows] ** 2, valid[c])[0]
+    var_s = estimators.mean_and_stderr(sd_s_E[rows] ** 2, valid[c])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+      corr[c] = (mean / np.sqrt(var_q[:, None] * var_s[None, :])).reshape(shape)
+    corr_err[c] = estimators.mean_and_stderr(corr_E[rows], valid[c])[1].reshape(shape)
+  llc, llc_err, _ = estimators.llc_table(out.moments, out.diverged.reshape(C, K), np.full(C, config.nbeta))
+  diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
+  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
+  warnings = api._divergence_warnings(component_names, diags, K) + api._health_warnings(component_names, comp_flags,
+                                                                                          [], [])
+  api._emit(warnings)
+  return BIFResult(covariance=cov, covariance_stderr=cov_err, correlation=corr, correlation_stderr=corr_err,
+                   component_names=component_names, draws_used=draws, llc=llc, llc_stderr=llc_err,
+                   status={name: health.status(f) for name, f in zip(component_names, comp_flags)},
+                   warnings=warnings, config=config, seconds=out.seconds)
