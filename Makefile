@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m experiments.sweep
+	$(PY) -m experiments.per_token
 
 test: setup
 	$(PY) -m pytest -q
@@ -24,6 +25,7 @@ bench: setup
 	$(PY) -m benchmarks.draw_cost
 	$(PY) -m benchmarks.memory_vs_draws
 	$(PY) -m benchmarks.error_bar_calibration
+	$(PY) -m benchmarks.per_token_cost
 
 clean:
 	rm -rf runs .pytest_cache

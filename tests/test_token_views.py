@@ -41,10 +41,10 @@ def test_normalisation_is_shared_by_all_heads_shown():
     tv.highlighted_text_html([["x", "y"]], chi, ["a"], title="t")
 
 
-def test_text_is_escaped_and_newlines_stay_outside_the_coloured_element():
+def test_text_is_escaped_and_newlines_are_marked():
   page = tv.highlighted_text_html([["<b>", "\n"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
   assert "&lt;b&gt;</span>" in page and "<b>" not in page.split("<body>")[1]
-  assert "↵</span>\n" in page
+  assert "↵\n</span>" in page
 
 
 def _table(values_by_token, component="h", dataset="d"):

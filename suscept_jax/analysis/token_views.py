@@ -44,8 +44,7 @@ _PAGE = """<!doctype html>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .ctx {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 2.1; margin: 0.6em 0 1.2em;
         padding: 0.4em; border: 1px solid #ddd; }}
-.tok {{ padding: 1px 0; }}
-.stack {{ display: inline-block; }}
+.tok {{ padding: 4px 0; }}
 .legend span {{ padding: 0 0.5em; }}
 h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
 .meta {{ color: #666; font-size: 0.85em; }}
@@ -68,15 +67,14 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
 
 def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "") -> str:
   """One element per token. One head: its background; several: stacked horizontal bands, one per head."""
-  shown = html.escape(text.replace("\n", "↵"))
-  after = "\n" * text.count("\n")  # the line break itself stays outside the coloured element
+  shown = html.escape(text).replace("\n", "↵\n")  # a visible mark, then the break (inside: one element per token)
   colours = [css_rgba(token_colour(c, max_abs, scheme)) for c in chis]
   data = " ".join(f'data-chi{i}="{c:.6g}"' for i, c in enumerate(chis))
   if len(colours) == 1:
-    return f'<span class="tok" {data}{extra} style="background-color: {colours[0]}">{shown}</span>{after}'
+    return f'<span class="tok" {data}{extra} style="background-color: {colours[0]}">{shown}</span>'
   n = len(colours)
   stops = ", ".join(f"{c} {100 * i / n:.2f}%, {c} {100 * (i + 1) / n:.2f}%" for i, c in enumerate(colours))
-  return f'<span class="tok stack" {data}{extra} style="background: linear-gradient(to bottom, {stops})">{shown}</span>{after}'
+  return f'<span class="tok stack" {data}{extra} style="background: linear-gradient(to bottom, {stops})">{shown}</span>'
 
 
 def highlighted_text_html(contexts, chi_HxOxJ, heads, *, title: str, scheme: str = "linear",
