@@ -91,7 +91,8 @@ def estimate_per_token_susceptibilities(
   bad = np.flatnonzero(~np.all(np.isfinite(loss_at_star.reshape(num_contexts, -1)), axis=1))
   if bad.size:
     raise sampler.DataFaultError(f"contexts: the token losses at w* are not finite in context(s) "
-                                 f"{bad[:20].tolist()}: a fault of the data. Fix or remove them.")
+                                 f"{bad[:20].tolist()}: a fault of the data (for a language model, e.g. token ids outside "
+                                 f"its vocabulary). Fix or remove them.")
 
   C, K = len(component_names), config.num_chains
   num_chunks = math.ceil(num_contexts / chunk)

@@ -38,7 +38,9 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
 _DELTA_H = flags.DEFINE_float("delta_h", None, "δh of the dataset-level χ computed alongside " + cli.by_preset(lambda p: p.delta_h) + ".")
 _DATASET_CHI = flags.DEFINE_bool("dataset_chi", True, "Also estimate the dataset-level χ of the probes from the same "
                                  "chains (for the additivity view, on shared samples).")
-_CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per unit of work (default: all at once).")
+_CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per unit of work; each unit re-runs the "
+                               "same chains (default: " + cli.by_preset(
+                                   lambda p: "one dataset" if p.per_token_unit_per_dataset else "all at once")[9:])
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
 _VIEWS = flags.DEFINE_list("views", list(ALL_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
@@ -66,14 +68,17 @@ def resolve_settings() -> dict:
       "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
       "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views,
   }
+  total = len(settings["probes"]) * settings["contexts_per_dataset"]
+  settings["contexts_per_chunk"] = pick(_CHUNK, settings["contexts_per_dataset"] if preset.per_token_unit_per_dataset
+                                        else total)
   if settings["contexts_per_dataset"] < 1:
     raise ValueError(f"--contexts_per_dataset={settings['contexts_per_dataset']} must be >= 1")
   if settings["batch_size"] < 1:
     raise ValueError(f"--batch_size={settings['batch_size']} must be >= 1")
   if not settings["probes"]:
     raise ValueError("--probes is empty: name at least one dataset to draw contexts from")
-  if _CHUNK.value is not None and _CHUNK.value < 1:
-    raise ValueError(f"--contexts_per_chunk={_CHUNK.value} must be >= 1")
+  if settings["contexts_per_chunk"] < 1:
+    raise ValueError(f"--contexts_per_chunk={settings['contexts_per_chunk']} must be >= 1")
   if settings["dataset_chi"]:
     from suscept_jax import mixing
     mixing.check_mixing(settings["batch_size"], settings["delta_h"], sgld.num_draws)
@@ -114,7 +119,7 @@ def main(argv):
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "batch_size",
                                                   "delta_h", "dataset_chi", "max_contexts")},
                      "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
-                     "contexts_per_chunk": _CHUNK.value,  # names the units: a resume must chunk alike
+                     "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
   if not _OVERWRITE.value:
     store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"))
@@ -122,7 +127,7 @@ def main(argv):
     print("resolved settings:\n" + json.dumps({**number_settings, "output_dir": str(out), "views": settings["views"]},
                                                indent=2, default=str))
     total = len(settings["probes"]) * settings["contexts_per_dataset"]
-    chunk = _CHUNK.value or total
+    chunk = settings["contexts_per_chunk"]
     print(f"planned: {-(-total // chunk)} chunk(s) of ≤ {chunk} contexts ({total} in all) × {len(specs)} components × "
           f"{settings['sgld'].num_chains} chains × {settings['sgld'].num_draws} draws at checkpoint {step} -> {out}")
     return
@@ -173,7 +178,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
   num = len(contexts)
-  chunk = min(_CHUNK.value or num, num)
+  chunk = min(settings["contexts_per_chunk"], num)
   num_chunks = -(-num // chunk)
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg)
   token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg)

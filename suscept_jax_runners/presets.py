@@ -39,6 +39,9 @@ class Preset:
   per_token_batch_size: int = 16  # paper: 16
   per_token_contexts: int = 160  # contexts per dataset, chosen by a seeded shuffle (paper: 160)
   per_token_output_dir: str = "runs/per_token"
+  # One unit of work per dataset (a kill loses at most one dataset; each unit re-runs the same chains, so
+  # this costs sampling time where the SGLD step, not the observation, dominates: off for the demo).
+  per_token_unit_per_dataset: bool = True
 
 
 PRESETS = {
@@ -49,6 +52,7 @@ PRESETS = {
         sgld=SGLDConfig(step_size=1e-3, localization=300.0, nbeta=30.0, num_chains=4, num_draws=100),
         batch_size=20, delta_h=0.1, microbatch_size=None, max_contexts=20_000, output_dir="runs/demo/sweep",
         trains_itself=True, per_token_contexts=4, per_token_output_dir="runs/demo/per_token",
+        per_token_unit_per_dataset=False,
         sgld_note=("ε = 1e-3 is the paper's, not a calibrated value: `python -m experiments.calibrate` finds no ε "
                    "for this model whose MALA acceptance is ≥ 0.9 and whose LLC trace settles within 100 draws "
                    "(acceptance 0.26–0.44 for ε ≥ 1e-4, where nβ·λ_max(Hessian) ≈ 2800 makes the step stiff; "

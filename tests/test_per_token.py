@@ -88,3 +88,23 @@ def test_bad_inputs(problem):
   with pytest.raises(ValueError, match="contains 'full'"):
     sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, {"first3": {"w": FIRST3}}, base,
                                            contexts, batch_size=16)
+
+
+def test_contexts_a_language_model_cannot_take_are_refused_naming_them():
+  import functools
+  from suscept_jax.models import components, config as model_config, transformer
+  cfg = model_config.get_config("tiny", d_vocab=64)
+  params = transformer.init_params(cfg, seed=0)
+  masks = components.component_masks(["full", "l0h0"], params, cfg)
+  loss, tokens = (functools.partial(f, config=cfg) for f in (transformer.context_nll, transformer.per_token_nll))
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, 64, (32, cfg.n_ctx), dtype=np.int32)
+  run = lambda contexts: sj.estimate_per_token_susceptibilities(
+      loss, tokens, params, masks, base, contexts, config=sj.SGLDConfig(num_draws=4, num_chains=2), batch_size=16,
+      progress=False)
+  with pytest.raises(ValueError, match=r"has length 18 but the model's context is n_ctx=16"):
+    run(rng.integers(0, 64, (4, cfg.n_ctx + 3), dtype=np.int32))
+  contexts = rng.integers(0, 64, (4, cfg.n_ctx), dtype=np.int32)
+  contexts[2, 5] = 70
+  with pytest.raises(sj.DataFaultError, match=r"context\(s\) \[2\].*outside its vocabulary"):
+    run(contexts)
