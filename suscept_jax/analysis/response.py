@@ -1,0 +1,116 @@
+"""The response matrix X of one or more sweep results directories: one row per (probe, checkpoint), one column
+per component, "full" kept apart; with standard errors and per-chain values for the bootstrap.
+
+Incompatible input never becomes a silently wrong matrix: directories from different training runs or with
+different model configs are refused; components are those every directory has (or the ones asked for,
+which every directory must have); a row with a missing cell or a non-finite χ is excluded and the
+exclusion is reported in `ResponseData.excluded`.
+"""
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from suscept_jax import results
+
+
+class ResponseData(NamedTuple):
+  X_RxH: np.ndarray  # χ per (probe, checkpoint) row and component column
+  stderr_RxH: np.ndarray
+  per_chain_RxHxK: np.ndarray  # χ per chain (NaN: a chain excluded for divergence)
+  rows: list  # [(probe, checkpoint)], probes in first-seen order, checkpoints ascending
+  components: list  # the columns (heads and other components, never "full")
+  full_R: np.ndarray  # χ of "full" per row (NaN where absent)
+  full_stderr_R: np.ndarray
+  excluded: list  # one message per excluded row or component, saying why
+
+  @property
+  def datasets_R(self) -> np.ndarray:
+    return np.array([p for p, _ in self.rows])
+
+  @property
+  def checkpoints_R(self) -> np.ndarray:
+    return np.array([t for _, t in self.rows])
+
+
+def _cells(store: results.ResultsDir) -> dict:
+  """(checkpoint, probe, component) -> (χ, stderr, per-chain χ with NaN for diverged chains)."""
+  cells = {}
+  metas = sorted(((name, store.unit_meta(name)) for name in store.finished_units()),
+                 key=lambda nm: nm[1].get("written_at", 0))
+  for name, meta in metas:  # the oldest unit with a cell provides it (as in the tidy table)
+    arrays = store.read_unit(name)[0]
+    per_chain = np.where(arrays["diverged"][None], np.nan, arrays["chi_per_chain"])  # [P, C, K]
+    for p, probe in enumerate(meta["probe_names"]):
+      for c, comp in enumerate(meta["component_names"]):
+        cells.setdefault((meta["checkpoint"], probe, comp),
+                         (float(arrays["chi"][p, c]), float(arrays["chi_stderr"][p, c]), per_chain[p, c]))
+  return cells
+
+
+def assemble(results_dirs, *, components=None) -> ResponseData:
+  """X from the sweep results in `results_dirs` (a path or a list of paths)."""
+  dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
+  if not dirs:
+    raise ValueError("no results directory given")
+  cells, identity, comps_by_dir = {}, {}, {}
+  for d in dirs:
+    if not (d / "config.json").exists():
+      raise FileNotFoundError(f"{d} is not a sweep results directory (no config.json)")
+    settings = json.loads((d / "config.json").read_text())["settings"]
+    key = (settings.get("run_dir"), json.dumps(settings.get("model_config"), sort_keys=True))
+    identity.setdefault(key, []).append(str(d))
+    mine = _cells(results.ResultsDir(d))
+    if not mine:
+      raise ValueError(f"{d} holds no finished results")
+    comps_by_dir[str(d)] = list(dict.fromkeys(c for _, _, c in mine))
+    for k, v in mine.items():
+      cells.setdefault(k, v)  # the first directory named provides a cell found in several
+  if len(identity) > 1:
+    runs = "; ".join(f"{', '.join(ds)}: run {k[0]}" for k, ds in identity.items())
+    raise ValueError(f"the results directories come from different training runs or model configs ({runs}); "
+                     "a response matrix needs one model")
+  if components is None:
+    shared = [c for c in next(iter(comps_by_dir.values())) if all(c in v for v in comps_by_dir.values())]
+    components = [c for c in shared if c != "full"]
+    dropped = sorted({c for v in comps_by_dir.values() for c in v} - set(shared))
+    excluded = [f"component {c!r}: not in every results directory" for c in dropped]
+  else:
+    missing = {d: [c for c in components if c not in v] for d, v in comps_by_dir.items()}
+    missing = {d: m for d, m in missing.items() if m}
+    if missing:
+      raise ValueError(f"components not in the results: {missing}")
+    components, excluded = [c for c in components if c != "full"], []
+  if len(components) < 2:
+    raise ValueError(f"a response matrix needs >= 2 components besides 'full'; have {components}")
+  probes = list(dict.fromkeys(p for _, p, _ in cells))
+  steps = sorted({t for t, _, _ in cells})
+  rows, X, err, chains, full, full_err = [], [], [], [], [], []
+  K = max(len(v[2]) for v in cells.values())
+  for probe in probes:
+    for step in steps:
+      have = [cells.get((step, probe, c)) for c in components]
+      if all(h is None for h in have):
+        if any((s, probe, c) in cells for s in steps for c in components):
+          excluded.append(f"row ({probe}, {step}): no results at this checkpoint")
+        continue
+      if any(h is None for h in have):
+        lacking = [c for c, h in zip(components, have) if h is None]
+        excluded.append(f"row ({probe}, {step}): missing components {lacking}")
+        continue
+      if not all(np.isfinite(h[0]) for h in have):
+        bad = [c for c, h in zip(components, have) if not np.isfinite(h[0])]
+        excluded.append(f"row ({probe}, {step}): χ is not finite for {bad}")
+        continue
+      rows.append((probe, step))
+      X.append([h[0] for h in have])
+      err.append([h[1] for h in have])
+      chains.append([np.pad(h[2], (0, K - len(h[2])), constant_values=np.nan) for h in have])
+      f = cells.get((step, probe, "full"))
+      full.append(f[0] if f else np.nan)
+      full_err.append(f[1] if f else np.nan)
+  if len(rows) < 2:
+    raise ValueError(f"only {len(rows)} complete row(s) in the results ({'; '.join(excluded) or 'nothing excluded'})")
+  return ResponseData(np.array(X), np.array(err), np.array(chains), rows, list(components), np.array(full),
+                      np.array(full_err), excluded)

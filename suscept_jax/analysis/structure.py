@@ -1,0 +1,199 @@
+"""Structural inference (§2.5, §3.3, App. B): principal components of the response matrix, their stability,
+their agreement with independent head labels, and the patterning re-weighting.
+
+X has one row per (probe dataset, checkpoint) and one column per component (heads; "full" is kept apart),
+X ≈ C·P: data couplings C (rows × modes) and head loadings P (modes × heads). Pure numpy on host arrays.
+
+Shape letters: R rows (probe × checkpoint), H columns (components), k kept PCs, B bootstrap resamples,
+K chains, D datasets, T checkpoints.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class PCA(NamedTuple):
+  """SVD of the standardised response matrix, with a fixed sign per PC."""
+
+  explained_variance_ratio: np.ndarray  # [min(R, H)] share of the total variance per PC, descending
+  loadings_kxH: np.ndarray  # P = Vᵀ (rows: PCs), the largest-|·| loading of each PC positive
+  scores_Rxk: np.ndarray  # U·Σ: each row's coordinates on the PCs (π_d(t) when rows are (d, t))
+  singular_values: np.ndarray  # [min(R, H)]
+  column_mean_H: np.ndarray  # what standardising subtracted ...
+  column_scale_H: np.ndarray  # ... and divided by (1 where a column is constant)
+
+
+def standardise(X_RxH: np.ndarray):
+  """(Z, mean, scale): every column centred and scaled to unit variance (constant columns only centred)."""
+  X = np.asarray(X_RxH, np.float64)
+  mean, scale = X.mean(0), X.std(0)
+  scale = np.where(scale > 0, scale, 1.0)
+  return (X - mean) / scale, mean, scale
+
+
+def fix_signs(loadings_kxH: np.ndarray) -> np.ndarray:
+  """+1/−1 per PC so that its largest-magnitude loading is positive: one convention for every run."""
+  idx = np.argmax(np.abs(loadings_kxH), axis=1)
+  return np.where(loadings_kxH[np.arange(len(idx)), idx] < 0, -1.0, 1.0)
+
+
+def pca(X_RxH: np.ndarray, *, standardise_columns: bool = True) -> PCA:
+  """PCA of the response matrix by SVD (every PC kept; slice what you need)."""
+  X = np.asarray(X_RxH, np.float64)
+  if X.ndim != 2 or min(X.shape) < 2:
+    raise ValueError(f"the response matrix needs at least 2 rows and 2 columns; got shape {X.shape}")
+  if not np.isfinite(X).all():
+    raise ValueError("the response matrix holds NaN or inf: exclude those rows first (see response.assemble)")
+  if standardise_columns:
+    Z, mean, scale = standardise(X)
+  else:
+    mean, scale = X.mean(0), np.ones(X.shape[1])
+    Z = X - mean
+  U, S, Vt = np.linalg.svd(Z, full_matrices=False)
+  signs = fix_signs(Vt)
+  total = float((S**2).sum())
+  return PCA(explained_variance_ratio=S**2 / total if total > 0 else np.zeros_like(S), loadings_kxH=Vt * signs[:, None],
+             scores_Rxk=U * S * signs, singular_values=S, column_mean_H=mean, column_scale_H=scale)
+
+
+def check_num_pcs(num_pcs: int, X_RxH) -> int:
+  rows, cols = np.shape(X_RxH)
+  if not 1 <= num_pcs <= min(rows, cols):
+    raise ValueError(f"{num_pcs} principal components asked for, but the response matrix has {rows} rows and "
+                     f"{cols} columns: at most {min(rows, cols)}")
+  return num_pcs
+
+
+def principal_angles(A_kxH: np.ndarray, B_kxH: np.ndarray) -> np.ndarray:
+  """Principal angles (radians, ascending) between the row spaces of A and B."""
+  Qa, _ = np.linalg.qr(np.asarray(A_kxH, np.float64).T)
+  Qb, _ = np.linalg.qr(np.asarray(B_kxH, np.float64).T)
+  cosines = np.clip(np.linalg.svd(Qa.T @ Qb, compute_uv=False), -1.0, 1.0)
+  return np.sort(np.arccos(cosines))
+
+
+def data_couplings(scores_Rxk: np.ndarray, datasets_R) -> dict:
+  """{dataset: [k] mean of its rows' scores over checkpoints}: the data side C of X ≈ C·P (Fig. 12)."""
+  datasets_R = np.asarray(datasets_R)
+  return {d: scores_Rxk[datasets_R == d].mean(0) for d in dict.fromkeys(datasets_R.tolist())}
+
+
+class Stability(NamedTuple):
+  """Is each of the top PCs to be believed? Two stated tests, both must pass:
+  - resampling: span(PC1..j) moves by less than `STABLE_ANGLE_DEG` (median over resamples of X);
+  - noise floor (parallel analysis): PC j's singular value exceeds the 95th percentile of the largest
+    singular value of pure-noise matrices with the cells' own standard errors (standardised like X)."""
+
+  subspace_angle_deg_Bxk: np.ndarray  # largest principal angle between span(PC1..j) of a resample and of X
+  pc_cosine_Bxk: np.ndarray  # |cos| between PC j of X and the resample's PC j
+  median_angle_deg_k: np.ndarray
+  singular_value_k: np.ndarray  # of the standardised X
+  noise_floor: float  # 95th percentile of the largest noise singular value (nan without error bars)
+  stable_k: np.ndarray  # bool
+
+  def describe(self) -> list[str]:
+    cos = np.median(self.pc_cosine_Bxk, 0)
+    return [f"PC{j + 1}: span(PC1..{j + 1}) moves {a:.1f}° (median), |cos| {c:.2f}; singular value {v:.3g} vs noise "
+            f"floor {self.noise_floor:.3g} -> {'stable' if ok else 'UNSTABLE'}"
+            for j, (a, c, v, ok) in enumerate(zip(self.median_angle_deg_k, cos, self.singular_value_k, self.stable_k))]
+
+
+STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
+
+
+def noise_floor(stderr_RxH: np.ndarray, column_scale_H: np.ndarray, *, num_draws: int = 200, seed: int = 0,
+                quantile: float = 0.95) -> float:
+  """The `quantile` of the largest singular value of centred noise matrices N ~ N(0, stderr²), scaled like X."""
+  rng = np.random.default_rng(seed)
+  err = np.asarray(stderr_RxH, np.float64) / column_scale_H
+  tops = []
+  for _ in range(num_draws):
+    N = err * rng.standard_normal(err.shape)
+    tops.append(np.linalg.svd(N - N.mean(0), compute_uv=False)[0])
+  return float(np.quantile(tops, quantile))
+
+
+def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH=None, num_resamples: int = 200,
+                        seed: int = 0, threshold_deg: float = STABLE_ANGLE_DEG) -> Stability:
+  """Stability of PC1..k when X is re-estimated: `resample(rng) -> X'` (e.g. chains drawn with replacement
+  per cell, `chain_resampler`), and against the noise floor of the cells' standard errors when given."""
+  check_num_pcs(num_pcs, X_RxH)
+  rng = np.random.default_rng(seed)
+  ref = pca(X_RxH)
+  ref_P = ref.loadings_kxH[:num_pcs]
+  angles, cosines = np.zeros((num_resamples, num_pcs)), np.zeros((num_resamples, num_pcs))
+  for b in range(num_resamples):
+    P = pca(resample(rng)).loadings_kxH[:num_pcs]
+    for j in range(num_pcs):
+      angles[b, j] = np.degrees(principal_angles(ref_P[:j + 1], P[:j + 1])[-1])
+      cosines[b, j] = abs(float(ref_P[j] @ P[j]))
+  median = np.median(angles, 0)
+  floor = noise_floor(stderr_RxH, ref.column_scale_H, seed=seed) if stderr_RxH is not None else float("nan")
+  values = ref.singular_values[:num_pcs]
+  stable = (median < threshold_deg) & (~np.isfinite(floor) | (values > floor))
+  return Stability(angles, cosines, median, values, floor, stable)
+
+
+def chain_resampler(per_chain_RxHxK: np.ndarray):
+  """resample(rng) for `bootstrap_stability`: every cell's χ re-averaged over its chains drawn with
+  replacement (NaN = an excluded chain, never drawn)."""
+  per_chain = np.asarray(per_chain_RxHxK, np.float64)
+  valid = np.isfinite(per_chain)
+  counts = valid.sum(-1)
+  if (counts < 2).any():
+    raise ValueError("bootstrap over chains needs >= 2 valid chains in every cell")
+  order = np.argsort(~valid, axis=-1, kind="stable")  # valid chains first
+  ordered = np.take_along_axis(per_chain, order, -1)
+
+  def resample(rng):
+    draw = (rng.random(per_chain.shape) * counts[..., None]).astype(int)
+    return np.take_along_axis(ordered, draw, -1).mean(-1)
+
+  return resample
+
+
+def label_correlations(loadings_kxH: np.ndarray, labels_HxL: dict) -> dict:
+  """{label: [k] Pearson r across heads between each PC's loadings and the label} (independent head labels:
+  previous-token, induction, ablation delta)."""
+  out = {}
+  for name, values in labels_HxL.items():
+    v = np.asarray(values, np.float64)
+    out[name] = np.array([np.corrcoef(p, v)[0, 1] if v.std() > 0 and p.std() > 0 else np.nan for p in loadings_kxH])
+  return out
+
+
+class Patterning(NamedTuple):
+  """Minimum-norm re-weighting of probe datasets for a target change of the component observables."""
+
+  delta_h_D: np.ndarray  # re-weighting per dataset
+  predicted_H: np.ndarray  # Xᵀ·dh: the change it produces (= the target when reachable)
+  predicted_stderr_H: np.ndarray  # spread of the prediction over X drawn within its error bars
+  delta_h_stderr_D: np.ndarray
+  residual_norm: float  # |predicted − target|: 0 when the target lies in the reachable span
+
+
+def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, num_samples: int = 500,
+               seed: int = 0, rcond: float = 1e-10) -> Patterning:
+  """dh = (Xᵀ)⁺·dμ: the smallest change of dataset weights whose first-order effect on the components is dμ
+  (rows of X: datasets at one checkpoint; columns: components; dμ_C = Σ_d dh_d·χ_{d,C}). With error bars
+  on X, the spread of dh and of the prediction over X ~ N(X, stderr²) (independent cells)."""
+  X = np.asarray(X_DxH, np.float64)
+  target = np.asarray(target_H, np.float64)
+  if target.shape != (X.shape[1],):
+    raise ValueError(f"target must have one entry per component ({X.shape[1]}); got shape {target.shape}")
+  if not np.isfinite(X).all():
+    raise ValueError("X holds NaN or inf")
+  dh = np.linalg.pinv(X.T, rcond=rcond) @ target
+  predicted = X.T @ dh
+  dh_err, pred_err = np.full(X.shape[0], np.nan), np.full(X.shape[1], np.nan)
+  if X_stderr_DxH is not None:
+    rng = np.random.default_rng(seed)
+    err = np.asarray(X_stderr_DxH, np.float64)
+    draws_dh, draws_pred = [], []
+    for _ in range(num_samples):
+      Xs = X + err * rng.standard_normal(X.shape)
+      d = np.linalg.pinv(Xs.T, rcond=rcond) @ target
+      draws_dh.append(d)
+      draws_pred.append(Xs.T @ dh)  # the planned dh applied to a plausible true X
+    dh_err, pred_err = np.std(draws_dh, 0, ddof=1), np.std(draws_pred, 0, ddof=1)
+  return Patterning(dh, predicted, pred_err, dh_err, float(np.linalg.norm(predicted - target)))

@@ -1,0 +1,130 @@
+"""Structural inference on response matrices of known structure: rank, subspace, stability, patterning."""
+import numpy as np
+import pytest
+
+from suscept_jax.analysis import structure as st
+
+
+def low_rank(rng, rows=40, cols=8, rank=3, noise=0.02):
+  C = rng.normal(size=(rows, rank)) * np.array([3.0, 2.0, 1.0])[:rank]
+  P, _ = np.linalg.qr(rng.normal(size=(cols, rank)))
+  return C @ P.T + noise * rng.normal(size=(rows, cols)), P.T
+
+
+def test_rank_and_subspace_are_recovered():
+  rng = np.random.default_rng(0)
+  X, P_true = low_rank(rng)
+  raw = st.pca(X, standardise_columns=False)
+  assert raw.explained_variance_ratio[:3].sum() > 0.99 and raw.explained_variance_ratio[3] < 1e-3  # scree: rank 3
+  assert np.degrees(st.principal_angles(raw.loadings_kxH[:3], P_true).max()) < 2
+  # standardised columns: the subspace is that of P·diag(1/scale)
+  res = st.pca(X)
+  assert np.degrees(st.principal_angles(res.loadings_kxH[:3], P_true / res.column_scale_H).max()) < 2
+  # the scores reproduce the standardised matrix
+  Z = st.standardise(X)[0]
+  np.testing.assert_allclose(res.scores_Rxk @ res.loadings_kxH, Z, atol=1e-10)
+
+
+def test_sign_convention_is_fixed():
+  rng = np.random.default_rng(1)
+  X, _ = low_rank(rng)
+  a, b = st.pca(X), st.pca(-X[:, ::-1][:, ::-1] * -1)  # the same matrix, rebuilt
+  np.testing.assert_allclose(a.loadings_kxH, b.loadings_kxH)
+  for row in a.loadings_kxH:
+    assert row[np.argmax(np.abs(row))] > 0
+
+
+def test_bootstrap_flags_a_noise_pc_as_unstable():
+  rng = np.random.default_rng(2)
+  X_true, _ = low_rank(rng, rows=30, cols=8, rank=2, noise=0.0)
+  per_chain = X_true[..., None] + 0.15 * rng.normal(size=X_true.shape + (4,))
+  per_chain[3, 2, 1] = np.nan  # an excluded chain is never drawn
+  X = np.nanmean(per_chain, -1)
+  stderr = np.nanstd(per_chain, -1, ddof=1) / np.sqrt(np.isfinite(per_chain).sum(-1))
+  stab = st.bootstrap_stability(X, st.chain_resampler(per_chain), 3, stderr_RxH=stderr, num_resamples=60)
+  assert stab.stable_k.tolist() == [True, True, False], stab.describe()
+  assert stab.median_angle_deg_k[0] < 10 and "UNSTABLE" in stab.describe()[2]
+
+
+def test_label_correlations_find_the_head_a_pc_loads_on():
+  loadings = np.array([[0.1, 0.2, 0.9, 0.1], [0.5, -0.5, 0.0, 0.5]])
+  labels = {"induction": [0.05, 0.04, 0.8, 0.06], "constant": [1, 1, 1, 1]}
+  r = st.label_correlations(loadings, labels)
+  assert r["induction"][0] > 0.98 and np.isnan(r["constant"]).all()
+
+
+def test_patterning_is_exact_on_a_full_rank_matrix():
+  rng = np.random.default_rng(3)
+  X = rng.normal(size=(4, 4))
+  target = np.array([1.0, -0.5, 0.0, 2.0])
+  res = st.patterning(X, target, X_stderr_DxH=np.full((4, 4), 1e-3))
+  np.testing.assert_allclose(res.delta_h_D, np.linalg.solve(X.T, target), rtol=1e-10)
+  np.testing.assert_allclose(res.predicted_H, target, atol=1e-10)
+  assert res.residual_norm < 1e-10 and (res.predicted_stderr_H > 0).all()
+  # more datasets than components: the minimum-norm solution among the exact ones
+  wide = rng.normal(size=(6, 3))
+  sol = st.patterning(wide, target[:3])
+  np.testing.assert_allclose(wide.T @ sol.delta_h_D, target[:3], atol=1e-10)
+  np.testing.assert_allclose(sol.delta_h_D, np.linalg.lstsq(wide.T, target[:3], rcond=None)[0], atol=1e-10)
+
+
+def test_bad_input():
+  with pytest.raises(ValueError, match="NaN or inf"):
+    st.pca(np.array([[1.0, np.nan], [2.0, 3.0], [1.0, 0.0]]))
+  with pytest.raises(ValueError, match="at least 2 rows"):
+    st.pca(np.ones((1, 4)))
+  with pytest.raises(ValueError, match="5 principal components asked for, but the response matrix has 4 rows"):
+    st.check_num_pcs(5, np.ones((4, 8)))
+  with pytest.raises(ValueError, match="one entry per component"):
+    st.patterning(np.ones((3, 2)), np.ones(3))
+
+
+def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"), comps=("full", "l0h0", "l0h1", "l1h0"),
+                 K=4, seed=0, nan_cell=None):
+  """A results directory as the sweep writes it (config.json + units), with χ = a known rank-1 pattern."""
+  from suscept_jax import results
+  rng = np.random.default_rng(seed)
+  store = results.ResultsDir(path)
+  store.start({"run_dir": run_dir, "model_config": {"d_model": 8}, "seed": seed}, {"steps": list(steps)})
+  for step in steps:
+    per_chain = (np.log1p(step) * np.arange(1, len(probes) + 1)[:, None, None] * np.linspace(-1, 1, len(comps))[None, :, None]
+                 + 0.01 * rng.normal(size=(len(probes), len(comps), K)))
+    diverged = np.zeros((len(comps), K), bool)
+    diverged[1, 0] = True
+    chi = np.nanmean(np.where(diverged[None], np.nan, per_chain), -1)
+    if nan_cell is not None and nan_cell[0] == step:
+      chi[nan_cell[1], nan_cell[2]] = np.nan
+    arrays = {"chi": chi, "chi_stderr": np.full(chi.shape, 0.01), "chi_per_chain": per_chain, "diverged": diverged}
+    store.write_unit(results.unit_name(step, probes, comps), arrays,
+                     {"checkpoint": step, "probe_names": list(probes), "component_names": list(comps), "rows": []})
+  return path
+
+
+def test_response_matrix_from_results_directories(tmp_path):
+  from suscept_jax.analysis import response
+  a = _write_sweep(tmp_path / "a")
+  data = response.assemble(a)
+  assert data.components == ["l0h0", "l0h1", "l1h0"] and data.X_RxH.shape == (6, 3)
+  assert data.rows[:3] == [("a", 0), ("a", 10), ("a", 100)] and np.isfinite(data.full_R).all()
+  assert np.isnan(data.per_chain_RxHxK[:, 0, 0]).all()  # l0h0's diverged chain 0 is excluded, never resampled
+  # a second directory with more checkpoints of the same run: rows are added; a NaN row is excluded, reported
+  b = _write_sweep(tmp_path / "b", steps=(1000,), nan_cell=(1000, 1, 2))
+  both = response.assemble([a, b])
+  assert len(both.rows) == 7 and ("b", 1000) not in both.rows
+  assert any("row (b, 1000): χ is not finite for ['l0h1']" in m for m in both.excluded)
+  assert ("a", 1000) in both.rows  # the other probe at that checkpoint is complete
+
+
+def test_incompatible_results_are_refused_or_reported(tmp_path):
+  from suscept_jax.analysis import response
+  a = _write_sweep(tmp_path / "a")
+  other = _write_sweep(tmp_path / "other", run_dir="runs/y", steps=(1000,))
+  with pytest.raises(ValueError, match="different training runs"):
+    response.assemble([a, other])
+  fewer = _write_sweep(tmp_path / "fewer", steps=(1000,), comps=("full", "l0h0", "l0h1"))
+  data = response.assemble([a, fewer])
+  assert data.components == ["l0h0", "l0h1"] and any("component 'l1h0': not in every" in m for m in data.excluded)
+  with pytest.raises(ValueError, match="components not in the results"):
+    response.assemble([a, fewer], components=["l0h0", "l1h0"])
+  with pytest.raises(FileNotFoundError, match="is not a sweep results directory"):
+    response.assemble(tmp_path / "nothing")
