@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m experiments.sweep
 	$(PY) -m experiments.per_token
+	$(PY) -m experiments.analyze
 
 test: setup
 	$(PY) -m pytest -q

@@ -2,6 +2,7 @@
 import json
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from suscept_jax import results
 
 
+from tests import browser
 from tests.helpers import REPO, env, sweep_cmd
 
 
@@ -101,6 +103,24 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   key = ["checkpoint", "probe", "component"]
   old = bigger.merge(table[key], on=key)
   pd.testing.assert_frame_equal(old.reset_index(drop=True), table.reset_index(drop=True))  # old cells untouched
+
+  # The analysis reads the grown directory: rows lacking the new component are excluded and reported.
+  analyze = [sys.executable, "-m", "experiments.analyze", f"--results={straight}", "--num_resamples=20",
+             f"--per_token_dir={root / 'no_per_token'}"]
+  rep = subprocess.run(analyze, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+  assert rep.returncode == 0, rep.stderr[-3000:]
+  assert f"report: {straight / 'report.html'}" in rep.stdout
+  page = (straight / "report.html").read_text()
+  assert "missing components [&#x27;l0h1&#x27;]" in page and "Response matrix X: 8 rows" in page  # (HTML-escaped)
+  assert page.count("data:image/png;base64,") == 8 and "r with induction" in page
+  too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+  assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
+  if browser.find_browser():
+    dom, errors = browser.dump_dom(straight / "report.html")
+    assert not errors, errors
+    assert 'id="results"' in dom and dom.count("<img") == 8 and 'id="labels"' in dom
+    assert not browser.screenshot(straight / "report.html", root / "report.png")
+    assert browser.pixel_summary(root / "report.png")["ink"] > 0.02
 
   # Different settings into the same directory are refused, naming what differs.
   clash = subprocess.run(sweep_cmd(run_dir, tok, data, killed, "--delta_h=0.2"), cwd=REPO, env=env(),

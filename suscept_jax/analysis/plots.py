@@ -5,11 +5,20 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
+
+
+def save_figure(fig, path, *, tight: bool = True) -> Path:
+  """Write a figure as PNG (110 dpi) and close it."""
+  path = Path(path)
+  fig.savefig(path, dpi=110, **({"bbox_inches": "tight"} if tight else {}))
+  pyplot().close(fig)
+  return path
 
 
 def _x(steps):
@@ -25,7 +34,7 @@ def _symlog_steps(ax, steps) -> None:
 
 def plot_chi_over_training(table, path) -> Path:
   """One panel per probe: χ of every component against checkpoint, with 95 % Student-t interval bands."""
-  plt = _pyplot()
+  plt = pyplot()
   probes = list(dict.fromkeys(table.probe))
   comps = list(dict.fromkeys(table.component))
   heads = [c for c in comps if c != "full"]
@@ -58,14 +67,12 @@ def plot_chi_over_training(table, path) -> Path:
                "chains − 1 d.o.f.; red rings: flagged cells)")
   fig.tight_layout(rect=(0, 0, 0.9, 0.96))
   path = Path(path)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, tight=False)
 
 
 def plot_llc_over_training(table, path) -> Path:
   """LLC of the full model and weight-refined LLC of each head against checkpoint."""
-  plt = _pyplot()
+  plt = pyplot()
   t = table.drop_duplicates(["checkpoint", "component"])
   fig, (ax_full, ax_heads) = plt.subplots(1, 2, figsize=(10, 3.6))
   for comp in dict.fromkeys(t.component):
@@ -80,15 +87,13 @@ def plot_llc_over_training(table, path) -> Path:
   ax_heads.legend(fontsize=7, ncol=2, frameon=False)
   fig.tight_layout()
   path = Path(path)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, tight=False)
 
 
 def plot_chi_heatmaps(table, path) -> Path:
   """One probes × components heatmap of χ per checkpoint (shared symmetric colour scale); flagged cells
   carry a ×, and each cell prints χ in units of its 95 % interval half-width (|z| ≥ 1: resolved)."""
-  plt = _pyplot()
+  plt = pyplot()
   steps = sorted(set(table.checkpoint))
   probes = list(dict.fromkeys(table.probe))
   comps = list(dict.fromkeys(table.component))
@@ -119,9 +124,7 @@ def plot_chi_heatmaps(table, path) -> Path:
   fig.colorbar(image, ax=axes, shrink=0.8, label="χ")
   fig.suptitle("χ per probe × component (numbers: χ / 95% half-width; ×: flagged, see summary.txt)", fontsize=9)
   path = Path(path)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def sweep_figures(table, out_dir) -> list[Path]:
@@ -134,7 +137,7 @@ def sweep_figures(table, out_dir) -> list[Path]:
 def plot_calibration(result, path) -> Path:
   """LLC traces per setting (one panel per setting, a line per chain and component), and MALA acceptance
   and LLC against ε per component, with the recommended ε marked."""
-  plt = _pyplot()
+  plt = pyplot()
   settings, comps = result.settings, result.components
   cols = min(4, len(settings))
   rows = math.ceil(len(settings) / cols)
@@ -180,6 +183,4 @@ def plot_calibration(result, path) -> Path:
                fontsize=10)
   fig.tight_layout()
   path = Path(path)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path, tight=False)

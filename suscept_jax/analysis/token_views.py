@@ -265,17 +265,13 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
 # ---- figures ---------------------------------------------------------------------------------------------
 
 def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+  from suscept_jax.analysis.plots import pyplot
+  return pyplot()
 
 
 def _save(fig, path) -> Path:
-  path = Path(path)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  _pyplot().close(fig)
-  return path
+  from suscept_jax.analysis.plots import save_figure
+  return save_figure(fig, path)
 
 
 def plot_token_histogram(table, head: str, token: str, path) -> Path:

@@ -1,0 +1,141 @@
+"""One self-contained HTML page for one or more sweep results directories: the run's config, the tidy table
+(sortable, flagged cells in colour), the sweep figures, structural inference (scree, loadings, couplings,
+trajectories, PC time series, stability, correlations with independent head labels) and links to the
+per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
+opens offline."""
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from suscept_jax import results
+from suscept_jax.analysis import plots, response, structure, structure_plots
+from suscept_jax.analysis.token_views import embedded_png, index_html
+
+_SORT_SCRIPT = """<script>
+for (const table of document.querySelectorAll('table.sortable')) {
+  table.querySelectorAll('th').forEach((th, col) => th.addEventListener('click', () => {
+    const body = table.tBodies[0], rows = Array.from(body.rows);
+    const asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
+    const key = r => { const t = r.cells[col].textContent, v = parseFloat(t); return isNaN(v) ? t : v; };
+    rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (asc ? 1 : -1));
+    rows.forEach(r => body.appendChild(r));
+  }));
+}
+</script>"""
+
+TABLE_SHOWN = ["checkpoint", "probe", "component", "chi", "chi_ci95", "llc", "llc_ci95", "num_chains_used",
+               "num_diverged", "r_hat", "ess_bulk", "mala_acceptance", "status"]
+
+
+def _table_html(table) -> str:
+  """The tidy table, sortable by clicking a header; cells whose status is not ok are coloured and the
+  diagnostic that failed is highlighted."""
+  cols = [c for c in TABLE_SHOWN if c in table.columns]
+  head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+  body = []
+  for row in table[cols].itertuples(index=False):
+    record = dict(zip(cols, row))
+    flagged = record.get("status", "ok") != "ok"
+    cells = []
+    for c in cols:
+      v = record[c]
+      text = f"{v:.4g}" if isinstance(v, (float, np.floating)) else html.escape(str(v))
+      bad = ((c == "r_hat" and isinstance(v, float) and v > 1.1) or (c == "num_diverged" and v)
+             or (c == "mala_acceptance" and isinstance(v, float) and v < 0.2) or (c == "ess_bulk" and isinstance(v, float) and v < 50))
+      cells.append(f'<td class="{"bad" if bad else ""}">{text}</td>')
+    body.append(f'<tr class="{"flagged" if flagged else ""}">{"".join(cells)}</tr>')
+  return (f'<p class="meta">{len(table)} cells, {int((table.status != "ok").sum())} flagged (rows in orange; the '
+          f'failing diagnostic in red). Click a header to sort.</p><div style="max-height: 480px; overflow: auto">'
+          f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+          f'</table></div>')
+
+
+def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_resamples: int = 200,
+          log=print) -> Path:
+  """Write the report to out_path (figures next to it, in report_figures/) and return its path."""
+  import pandas as pd
+  dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
+  out_path = Path(out_path)
+  fig_dir = out_path.parent / "report_figures"
+  fig_dir.mkdir(parents=True, exist_ok=True)
+  data = response.assemble(dirs)
+  structure.check_num_pcs(num_pcs, data.X_RxH)
+  table = pd.concat([results.ResultsDir(d).table() for d in dirs], ignore_index=True)
+  table = table.drop_duplicates(["checkpoint", "probe", "component"])
+  sections = []
+  config = json.loads((dirs[0] / "config.json").read_text())
+  sections.append(("Run", f"<p>Results: {', '.join(html.escape(str(d)) for d in dirs)}</p>"
+                          f"<details><summary>config.json (settings, versions)</summary><pre>"
+                          f"{html.escape(json.dumps(config, indent=2, default=str))}</pre></details>"))
+  sections.append(("Results table", _table_html(table)))
+  figures = plots.sweep_figures(table, fig_dir)
+  sections.append(("χ and LLC over training", "".join(embedded_png(f, f.stem) for f in figures)))
+
+  # Structural inference.
+  pca = structure.pca(data.X_RxH)
+  valid_chains = np.isfinite(data.per_chain_RxHxK).sum(-1)
+  if (valid_chains >= 2).all():
+    stability = structure.bootstrap_stability(data.X_RxH, structure.chain_resampler(data.per_chain_RxHxK), num_pcs,
+                                              stderr_RxH=data.stderr_RxH, num_resamples=num_resamples)
+    stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
+  else:
+    stability = structure.Stability(*(np.zeros((0, num_pcs)),) * 2, np.full(num_pcs, np.nan),
+                                    pca.singular_values[:num_pcs], float("nan"), np.zeros(num_pcs, bool))
+    stability_html = "<p>Some cells have fewer than 2 valid chains: no bootstrap.</p>"
+  datasets, steps = data.datasets_R, data.checkpoints_R
+  couplings = structure.data_couplings(pca.scores_Rxk, datasets)
+  struct_figs = [
+      structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
+      structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png"),
+      structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png"),
+      structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png"),
+      structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png"),
+  ]
+  explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
+  excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
+              + "</ul>") if data.excluded else "<p>Nothing excluded.</p>"
+  labels_html = _label_table(dirs, data, pca, num_pcs)
+  sections.append(("Structural inference",
+                   f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
+                   f"components, columns standardised; explained variance {explained}.</p>{excluded}"
+                   f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
+                   f"<h3>Loadings against independent head labels</h3>{labels_html}"
+                   + "".join(embedded_png(f, f.stem) for f in struct_figs)))
+  if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
+    target = (Path(per_token_dir) / "views" / "index.html").resolve()
+    sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
+                                                   f'({html.escape(str(per_token_dir))})</p>'))
+  page = index_html("susceptibilities: report", sections)
+  page = page.replace("</style>", ".flagged td { background: #fff1dc; } td.bad { background: #ffc9c9; } "
+                                  "th { cursor: pointer; background: #f3f3f3; position: sticky; top: 0; } "
+                                  "#results td { white-space: nowrap; } "
+                                  "#results td:last-child { white-space: normal; min-width: 24em; font-size: 0.8em; }\n</style>")
+  page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
+  from suscept_jax.paths import atomic_write_bytes
+  atomic_write_bytes(out_path, page.encode())
+  log(f"report: {out_path}")
+  return out_path
+
+
+def _label_table(dirs, data, pca, num_pcs) -> str:
+  """Pearson r across heads between each PC's loadings and the head scores at the last checkpoint."""
+  scores = results.ResultsDir(dirs[0]).head_scores()
+  if not len(scores):
+    return "<p>No head scores recorded in these results.</p>"
+  last = scores[scores.checkpoint == scores.checkpoint.max()] if "checkpoint" in scores else scores
+  last = last.set_index("component")
+  heads = [c for c in data.components if c in last.index]
+  if len(heads) < 3:
+    return "<p>Too few heads with scores to correlate.</p>"
+  cols = [data.components.index(h) for h in heads]
+  labels = {name: last.loc[heads, name].to_numpy(float) for name in ("prev_token", "induction", "ablation_delta")
+            if name in last.columns}
+  r = structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels)
+  rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(f"<td>{r[name][j]:+.2f}</td>" for name in labels) + "</tr>"
+                 for j in range(num_pcs))
+  header = "".join(f"<th>r with {html.escape(n)}</th>" for n in labels)
+  return (f'<p class="meta">Head scores at checkpoint {int(last["checkpoint"].iloc[0]) if "checkpoint" in last else "?"} '
+          f'({len(heads)} heads); labels are computed from attention patterns and ablations, never from χ.</p>'
+          f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')

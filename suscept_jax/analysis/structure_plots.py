@@ -1,0 +1,101 @@
+"""Figures of structural inference (matplotlib PNG): scree (Fig. 13), loadings heatmap (Fig. 6), dataset
+couplings (Fig. 12), 2-D trajectories (Fig. 14) and PCs as time series (Fig. 15)."""
+import re
+from pathlib import Path
+
+import numpy as np
+
+from suscept_jax.analysis.plots import _symlog_steps, pyplot, save_figure
+
+
+def head_label(component: str) -> str:
+  """'l1h3' -> '1:3' (the paper's labels); other component names unchanged."""
+  m = re.fullmatch(r"l(\d+)h(\d+)", component)
+  return f"{m.group(1)}:{m.group(2)}" if m else component
+
+
+def plot_scree(pca, stability, path) -> Path:
+  plt = pyplot()
+  ratio = pca.explained_variance_ratio
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  x = np.arange(1, len(ratio) + 1)
+  colours = ["tab:blue" if j < len(stability.stable_k) and stability.stable_k[j] else "lightgrey" for j in range(len(ratio))]
+  ax.bar(x, ratio, color=colours)
+  ax.plot(x, np.cumsum(ratio), "k.-", lw=1, label="cumulative")
+  ax.set_xlabel("principal component")
+  ax.set_ylabel("explained variance ratio")
+  ax.set_xticks(x)
+  ax.set_ylim(0, 1.02)
+  ax.set_title("scree (blue: stable under resampling and above the noise floor)", fontsize=8)
+  ax.legend(fontsize=7, frameon=False)
+  return save_figure(fig, path)
+
+
+def plot_loadings(pca, components, num_pcs: int, path) -> Path:
+  plt = pyplot()
+  P = pca.loadings_kxH[:num_pcs]
+  fig, ax = plt.subplots(figsize=(0.5 * len(components) + 2, 0.5 * num_pcs + 1.4))
+  lim = float(np.abs(P).max()) or 1.0
+  image = ax.imshow(P, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+  ax.set_xticks(range(len(components)), [head_label(c) for c in components], fontsize=7)
+  ax.set_yticks(range(num_pcs), [f"PC{j + 1}" for j in range(num_pcs)], fontsize=8)
+  for j in range(num_pcs):
+    for h in range(len(components)):
+      ax.text(h, j, f"{P[j, h]:.2f}", ha="center", va="center", fontsize=6)
+  ax.set_xlabel("component (layer:head)")
+  ax.set_title("loadings P (sign: largest loading positive)", fontsize=8)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  return save_figure(fig, path)
+
+
+def plot_couplings(couplings: dict, num_pcs: int, path) -> Path:
+  plt = pyplot()
+  names = list(couplings)
+  C = np.array([couplings[d][:num_pcs] for d in names])
+  fig, ax = plt.subplots(figsize=(1.3 * num_pcs + 3, 0.35 * len(names) + 1.4))
+  lim = float(np.abs(C).max()) or 1.0
+  image = ax.imshow(C, cmap="PuOr", vmin=-lim, vmax=lim, aspect="auto")
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_xticks(range(num_pcs), [f"PC{j + 1}" for j in range(num_pcs)], fontsize=8)
+  ax.set_title("data couplings (scores averaged over checkpoints)", fontsize=8)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  return save_figure(fig, path)
+
+
+def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0, 1), (1, 2))) -> Path:
+  """π_d(t) in the planes of PC pairs; first and last checkpoints marked."""
+  plt = pyplot()
+  pairs = [p for p in pairs if max(p) < scores_Rxk.shape[1]]
+  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False)
+  cmap = plt.get_cmap("tab10")
+  for ax, (a, b) in zip(axes[0], pairs):
+    for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
+      rows = np.flatnonzero(datasets_R == d)
+      rows = rows[np.argsort(checkpoints_R[rows])]
+      x, y = scores_Rxk[rows, a], scores_Rxk[rows, b]
+      ax.plot(x, y, "-", color=cmap(i % 10), lw=1, label=d)
+      ax.plot(x[:1], y[:1], "o", color=cmap(i % 10), ms=4, mfc="white")
+      ax.plot(x[-1:], y[-1:], "s", color=cmap(i % 10), ms=5)
+    ax.set_xlabel(f"PC{a + 1}")
+    ax.set_ylabel(f"PC{b + 1}")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+  axes[0, 0].legend(fontsize=6, frameon=False)
+  fig.suptitle("trajectories π_d(t) (○ first checkpoint, ■ last)", fontsize=9)
+  return save_figure(fig, path)
+
+
+def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path) -> Path:
+  plt = pyplot()
+  fig, axes = plt.subplots(1, num_pcs, figsize=(3.6 * num_pcs, 3), squeeze=False)
+  cmap = plt.get_cmap("tab10")
+  for j, ax in enumerate(axes[0]):
+    for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
+      rows = np.flatnonzero(datasets_R == d)
+      rows = rows[np.argsort(checkpoints_R[rows])]
+      ax.plot(checkpoints_R[rows], scores_Rxk[rows, j], ".-", color=cmap(i % 10), lw=1, label=d)
+    _symlog_steps(ax, checkpoints_R)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"PC{j + 1} score")
+  axes[0, 0].legend(fontsize=6, frameon=False)
+  return save_figure(fig, path)
