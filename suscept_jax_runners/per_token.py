@@ -292,12 +292,13 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
     for h in all_heads or heads:
       for dataset in info["datasets"]:
         pos, neg = tv.top_tokens(table, h, dataset)
-        rows.append({"head": h, "dataset": dataset, "top positive": ", ".join(repr(s) for s in pos.token),
-                     "top negative": ", ".join(repr(s) for s in neg.token)})
+        listed = lambda top: ", ".join(f"{t!r} ({n})" for t, n in zip(top.token, top["count"]))
+        rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg)})
     frame = pd.DataFrame(rows)
     atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
     written.append(views_dir / "top_tokens.csv")
-    sections.append(("Top tokens per head and dataset (3 distinct among the 100 most extreme)", tv.table_html(frame)))
+    sections.append(("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
+                     "often each is among them)", tv.table_html(frame)))
   if "totals" in views:
     per_head, per_token = tv.totals(table)
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
