@@ -10,8 +10,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from suscept_jax import checkpoints, training
-from suscept_jax.data import corpora, packing, sources
+from suscept_jax.data import corpora, packing, repeats, sources
 from suscept_jax.data import tokenizer as tokenizers_lib
 from suscept_jax.models import config as model_config
 from suscept_jax.models.config import ModelConfig
@@ -89,20 +91,22 @@ def resolve_target(preset_name: str, run_dir, tokenizer_path) -> RunTarget:
 def check_datasets(specs) -> None:
   """Every dataset spec names something that exists (no data is read): fail in seconds, not after work."""
   for spec in specs:
-    sources.check_spec(spec)
+    sources.check_spec(repeats.split_spec(spec)[0])
 
 
 def contexts_fingerprint(spec: str, tokenizer, context_length: int, max_contexts) -> str:
   """Identity of the contexts a spec gives (its data files or hub revision, the tokenizer, the packing),
   without tokenizing: what a results directory records so changed data cannot be mixed in silently."""
-  ensure_corpora([spec])
-  parts = [sources.dataset_fingerprint(spec), tokenizers_lib.tokenizer_fingerprint(tokenizer), int(context_length),
-           max_contexts]
+  inner, marked = repeats.split_spec(spec)
+  ensure_corpora([inner])
+  parts = [sources.dataset_fingerprint(inner), tokenizers_lib.tokenizer_fingerprint(tokenizer), int(context_length),
+           max_contexts] + (["repeated spans v1"] if marked else [])
   return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 def ensure_corpora(specs) -> None:
   """Build the offline corpora if any spec names one that is not built yet."""
+  specs = [repeats.split_spec(s)[0] for s in specs]
   names = [s for s in specs if s in corpora.CORPUS_SPECS or s == "pile"]
   missing = []
   for name in names:
@@ -126,13 +130,20 @@ def ensure_tokenizer(path, *, train_data: str, vocab_size: int):
 
 
 def load_dataset(spec: str, tokenizer, context_length: int, max_contexts=None):
-  """Tokenized contexts int32 [N, K] of a dataset spec (memory-mapped from the cache)."""
-  ensure_corpora([spec])
-  return packing.load_contexts(spec, tokenizer, context_length, max_contexts=max_contexts)
+  """Tokenized contexts int32 [N, K] of a dataset spec (memory-mapped from the cache). 'repeats:<spec>': the
+  contexts of <spec>, every one with a repeated span of random tokens (data/repeats.py)."""
+  inner, marked = repeats.split_spec(spec)
+  ensure_corpora([inner])
+  contexts = packing.load_contexts(inner, tokenizer, context_length, max_contexts=max_contexts)
+  if not marked:
+    return contexts
+  low, high = repeats.span_lengths(contexts.shape[1])
+  return repeats.add_repeated_spans(contexts, 1.0, seed=0, min_len=low, max_len=high,
+                                    d_vocab=tokenizers_lib.vocab_size(tokenizer))
 
 
 def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_config: training.TrainConfig,
-                   max_contexts=None) -> dict | None:
+                   max_contexts=None, repeat_fraction: float = 0.0) -> dict | None:
   """Train (or finish training) the model in `run_dir`; a no-op when its last step is already saved."""
   cfg = model_config.get_config(model)
   tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab)
@@ -142,6 +153,12 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
   except FileNotFoundError:
     pass
   contexts = load_dataset(train_data, tokenizer, cfg.n_ctx, max_contexts)
+  if repeat_fraction:  # a share of the training rows carry a repeated span; the test split (the last rows) does not
+    test_contexts = train_config.eval_contexts
+    low, high = repeats.span_lengths(contexts.shape[1])
+    marked = repeats.add_repeated_spans(contexts[:-test_contexts], repeat_fraction, seed=train_config.seed,
+                                        min_len=low, max_len=high, d_vocab=cfg.d_vocab)
+    contexts = np.concatenate([marked, np.asarray(contexts[-test_contexts:], np.int32)])
   print(f"training the {model!r} model ({train_config.steps} steps) in {run_dir}")
   summary = training.train(run_dir, cfg, contexts, train_config,
                            run_info={"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer)})
@@ -164,4 +181,4 @@ def prepare_demo_run(preset_name: str, run_dir, tokenizer_path) -> None:
   preset = presets.get_preset(preset_name)
   tokenizer = ensure_tokenizer(tokenizer_path, train_data=preset.train_data, vocab_size=preset.vocab_size)
   ensure_trained(run_dir, model=preset.model, tokenizer=tokenizer, train_data=preset.train_data,
-                 train_config=preset.train)
+                 train_config=preset.train, repeat_fraction=preset.train_repeat_fraction)

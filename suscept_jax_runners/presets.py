@@ -10,7 +10,8 @@ PAPER_PROBES = tuple(f"hf:timaeus/pile-{name}" for name in (
     "wikipedia_en", "freelaw", "arxiv", "dm_mathematics", "enron_emails", "hackernews", "nih_exporter"))
 PAPER_BASE = "hf:timaeus/dsir-pile-1m-2"
 # Offline stand-ins for the Pile subsets (suscept_jax.data.corpora), all built by the demo.
-DEMO_PROBES = ("code", "legal", "wiki", "literature", "prose", "techdocs", "dictionary", "math")
+# Plus pile contexts that each carry a repeated span (suscept_jax.data.repeats): where induction matters.
+DEMO_PROBES = ("code", "legal", "wiki", "literature", "prose", "techdocs", "dictionary", "math", "repeats:pile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Preset:
   output_dir: str
   sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep)
   trains_itself: bool = False  # the runners build corpora, tokenizer and model in run_dir when missing
+  train_repeat_fraction: float = 0.0  # share of training contexts given a repeated span (data/repeats.py)
   per_token_sgld: SGLDConfig = SGLDConfig(num_draws=100)  # per-token runs (paper App. C.3: 100 draws)
   per_token_batch_size: int = 16  # paper: 16
   per_token_contexts: int = 160  # contexts per dataset, chosen by a seeded shuffle (paper: 160)
@@ -47,8 +49,12 @@ class Preset:
 PRESETS = {
     "demo": Preset(
         model="demo", run_dir="runs/demo/train", tokenizer="runs/demo/tokenizer.json", vocab_size=512,
-        train_data="pile", train=TrainConfig(steps=6000, batch_size=32, eval_every=500, resume_every=500),
-        base="pile", probes=DEMO_PROBES, components=None, checkpoint_steps=(0, 600, 1500, 3000, 6000),
+        # 75 % of the training contexts carry a repeated span and lr is 5e-3: a previous-token head and an
+        # induction head form between steps 1300 and 1600 (BUILD_NOTES.md); the checkpoints bracket that.
+        train_data="pile", train_repeat_fraction=0.75,
+        train=TrainConfig(steps=3000, batch_size=32, learning_rate=5e-3, eval_every=500, resume_every=500,
+                          checkpoint_steps=(0, 400, 1000, 1300, 1600, 2000, 3000)),
+        base="pile", probes=DEMO_PROBES, components=None, checkpoint_steps=(0, 1000, 1300, 1600, 3000),
         sgld=SGLDConfig(step_size=1e-3, localization=300.0, nbeta=30.0, num_chains=4, num_draws=100),
         batch_size=20, delta_h=0.1, microbatch_size=None, max_contexts=20_000, output_dir="runs/demo/sweep",
         trains_itself=True, per_token_contexts=4, per_token_output_dir="runs/demo/per_token",
