@@ -18,7 +18,8 @@ from absl import app, flags, logging
 
 from suscept_jax_runners import cli, presets
 
-ALL_VIEWS = ("highlight", "extremes", "top", "totals", "bimodal", "additivity", "comparisons", "positions")
+DEFAULT_VIEWS = ("highlight", "extremes", "top", "totals", "bimodal", "additivity", "comparisons", "positions")
+ALL_VIEWS = DEFAULT_VIEWS + ("umap",)  # umap: on request (needs umap-learn; its first use compiles for ~1 min)
 
 _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory " + cli.by_preset(lambda p: p.run_dir) + ".")
@@ -43,7 +44,7 @@ _CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per
                                    lambda p: "one dataset" if p.per_token_unit_per_dataset else "all at once")[9:])
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
-_VIEWS = flags.DEFINE_list("views", list(ALL_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
+_VIEWS = flags.DEFINE_list("views", list(DEFAULT_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
 _VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first head of "
                                 "each layer, then more).")
 _VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
@@ -322,6 +323,10 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)
     sections.append(("χ against ablation and loss", tv.embedded_png(figure, "comparisons")))
+  if "umap" in views:
+    figure = tv.plot_umap(table, views_dir / "umap.png")
+    written.append(figure)
+    sections.append(("Per-token susceptibility vectors (UMAP)", tv.embedded_png(figure, "umap")))
   if "positions" in views:
     figure = tv.plot_position_profiles(table, views_dir / "positions.png")
     written.append(figure)

@@ -102,3 +102,24 @@ def test_additivity_slope_and_r_on_exact_sums():
       dataset_rows.append({"component": head, "probe": d, "chi": 0.1 * values.mean()})
   joined, slope, r = tv.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
   assert len(joined) == 6 and slope == pytest.approx(1.0) and r == pytest.approx(1.0)
+
+
+def test_umap_of_susceptibility_vectors_separates_two_kinds_of_tokens(tmp_path):
+  pytest.importorskip("umap", reason="the UMAP view needs umap-learn (in the test extra)")
+  rng = np.random.default_rng(0)
+  frames = []
+  for dataset, centre in (("a", np.array([2.0, 0.0, -1.0])), ("b", np.array([-2.0, 1.0, 1.0]))):
+    for context in range(4):
+      for position in range(1, 26):
+        chi = centre + 0.3 * rng.normal(size=3)
+        for head, value in zip(("l0h0", "l0h1", "l1h0"), chi):
+          frames.append({"dataset": dataset, "context": context, "position": position, "token": f"t{position}",
+                         "component": head, "chi": value})
+  table = pd.DataFrame(frames)
+  embedding, rows = tv.umap_embedding(table)
+  assert embedding.shape == (200, 2)
+  labels = rows.dataset.to_numpy()
+  distances = ((embedding[:, None] - embedding[None]) ** 2).sum(-1)
+  np.fill_diagonal(distances, np.inf)
+  assert (labels[distances.argmin(1)] == labels).mean() > 0.95  # each token's nearest neighbour: same kind
+  assert tv.plot_umap(table, tmp_path / "u.png").stat().st_size > 5000

@@ -401,3 +401,49 @@ def embedded_png(path, alt: str) -> str:
 
 def table_html(frame, max_rows: int = 200) -> str:
   return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
+
+
+# ---- UMAP of per-token susceptibility vectors ("embryology" view) --------------------------------------------
+
+def umap_available() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("umap") is not None
+
+
+def susceptibility_vectors(table):
+  """(vectors [N, H] of per-token χ over the heads, standardised per head; the tokens' rows [N] with dataset,
+  context, position, token). "full" is left out."""
+  heads = [c for c in dict.fromkeys(table.component) if c != "full"]
+  wide = table[table.component.isin(heads)].pivot_table(index=["dataset", "context", "position", "token"],
+                                                        columns="component", values="chi")[heads].dropna()
+  X = wide.to_numpy(np.float64)
+  scale = X.std(0)
+  return (X - X.mean(0)) / np.where(scale > 0, scale, 1.0), wide.index.to_frame(index=False)
+
+
+def umap_embedding(table, *, n_neighbors: int = 15, seed: int = 0):
+  """(embedding [N, 2], token rows): UMAP of the per-token susceptibility vectors. Needs `umap-learn`."""
+  if not umap_available():
+    raise ValueError("the UMAP view needs umap-learn: pip install umap-learn")
+  import umap
+  X, rows = susceptibility_vectors(table)
+  if len(X) < 3:
+    raise ValueError(f"UMAP needs at least 3 tokens with χ for every head; have {len(X)}")
+  reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(X) - 1), random_state=seed, n_components=2)
+  return reducer.fit_transform(X), rows
+
+
+def plot_umap(table, path, *, seed: int = 0) -> Path:
+  """Per-token susceptibility vectors in 2-D (UMAP), coloured by dataset."""
+  embedding, rows = umap_embedding(table, seed=seed)
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  cmap = plt.get_cmap("tab10")
+  for i, dataset in enumerate(dict.fromkeys(rows.dataset)):
+    mine = (rows.dataset == dataset).to_numpy()
+    ax.scatter(embedding[mine, 0], embedding[mine, 1], s=4, color=cmap(i % 10), label=dataset, alpha=0.7)
+  ax.set_xlabel("UMAP 1")
+  ax.set_ylabel("UMAP 2")
+  ax.set_title(f"per-token susceptibility vectors over {table.component.nunique() - 1} heads (UMAP)", fontsize=8)
+  ax.legend(fontsize=6, markerscale=3, frameon=False)
+  return _save(fig, path)
