@@ -47,12 +47,17 @@ def check_dataset(name: str, data, batch_size: int, like=None) -> int:
   return n
 
 
-def check_loss_fn(loss_fn, params, base) -> None:
-  sample = jax.tree.map(lambda a: np.asarray(a[:2]), base)
+def _output_of_two_rows(fn, params, data, failure: str):
+  """The abstract output of fn(params, first 2 rows of data), or a ValueError that starts with `failure`."""
+  sample = jax.tree.map(lambda a: np.asarray(a[:2]), data)
   try:
-    out = jax.eval_shape(loss_fn, params, sample)
+    return jax.eval_shape(fn, params, sample)
   except Exception as e:  # surface the user's own error with context
-    raise ValueError(f"loss_fn(params, batch) failed on a batch of 2 base samples: {e}") from e
+    raise ValueError(f"{failure}: {e}") from e
+
+
+def check_loss_fn(loss_fn, params, base) -> None:
+  out = _output_of_two_rows(loss_fn, params, base, "loss_fn(params, batch) failed on a batch of 2 base samples")
   if not hasattr(out, "shape") or tuple(out.shape) != (2,):
     raise ValueError(f"loss_fn must return per-sample losses of shape [B]; for B=2 it returned "
                      f"{getattr(out, 'shape', type(out))}")
@@ -60,11 +65,7 @@ def check_loss_fn(loss_fn, params, base) -> None:
 
 def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
   """token_loss_fn(params, contexts) must return per-token losses [B, J, ...]; returns the shape for B = 2."""
-  sample = jax.tree.map(lambda a: np.asarray(a[:2]), contexts)
-  try:
-    out = jax.eval_shape(token_loss_fn, params, sample)
-  except Exception as e:  # surface the user's own error with context
-    raise ValueError(f"token_loss_fn(params, contexts) failed on 2 contexts: {e}") from e
+  out = _output_of_two_rows(token_loss_fn, params, contexts, "token_loss_fn(params, contexts) failed on 2 contexts")
   shape = tuple(getattr(out, "shape", ()))
   if len(shape) < 2 or shape[0] != min(2, len(jax.tree.leaves(contexts)[0])):
     raise ValueError(f"token_loss_fn must return per-token losses of shape [B, J]; for B=2 it returned "

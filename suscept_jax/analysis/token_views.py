@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from suscept_jax.analysis.plots import pyplot, save_figure
+
 COLOUR_SCHEMES = ("quadratic", "linear")
 
 
@@ -264,19 +266,9 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
 
 # ---- figures ---------------------------------------------------------------------------------------------
 
-def _pyplot():
-  from suscept_jax.analysis.plots import pyplot
-  return pyplot()
-
-
-def _save(fig, path) -> Path:
-  from suscept_jax.analysis.plots import save_figure
-  return save_figure(fig, path)
-
-
 def plot_token_histogram(table, head: str, token: str, path) -> Path:
   """Histogram of χ for one (head, token) over its contexts, with the mixture fit and verdict (Fig. 11)."""
-  plt = _pyplot()
+  plt = pyplot()
   values = table[(table.component == head) & (table.token == token)].chi.to_numpy()
   if not len(values):
     raise ValueError(f"token {token!r} does not occur for head {head!r} in the per-token results")
@@ -293,7 +285,7 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
                fontsize=9)
   ax.set_xlabel("per-token χ")
   ax.set_ylabel("density")
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def additivity(per_token_table, dataset_table, delta_h: float):
@@ -313,7 +305,7 @@ def additivity(per_token_table, dataset_table, delta_h: float):
 
 
 def plot_additivity(joined, slope: float, r: float, path) -> Path:
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(4.8, 4.2))
   for comp, g in joined.groupby("component", sort=False):
     ax.scatter(g.predicted, g.chi, s=16, label=comp)
@@ -323,13 +315,13 @@ def plot_additivity(joined, slope: float, r: float, path) -> Path:
   ax.set_ylabel("dataset-level χ")
   ax.set_title(f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}", fontsize=9)
   ax.legend(fontsize=6, ncol=2, frameon=False)
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_comparisons(table, heads, path) -> Path:
   """Hexbin densities of per-token χ against the zero-ablation delta and against the loss at w*, per head,
   with Pearson r (Fig. 7, Fig. 31)."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(2, len(heads), figsize=(3.2 * len(heads), 5.6), squeeze=False)
   for col, head in enumerate(heads):
     t = table[table.component == head]
@@ -347,12 +339,12 @@ def plot_comparisons(table, heads, path) -> Path:
       ax.tick_params(labelsize=7)
   fig.suptitle("per-token χ against ablation and loss (hexbin counts)", fontsize=9)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_position_profiles(table, path) -> Path:
   """Mean and variance of per-token χ against context position, layer-0 heads against layer-1 heads (Fig. 33/34)."""
-  plt = _pyplot()
+  plt = pyplot()
   heads = [c for c in dict.fromkeys(table.component) if c != "full"]
   fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(9, 3.3))
   cmap = plt.get_cmap("tab10")
@@ -367,12 +359,12 @@ def plot_position_profiles(table, path) -> Path:
     ax.set_xlabel("position in context")
   ax_mean.legend(fontsize=6, ncol=2, frameon=False)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
   """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10)."""
-  plt = _pyplot()
+  plt = pyplot()
   fig, axes = plt.subplots(len(heads), 2, figsize=(9, 2.2 * len(heads)), squeeze=False)
   for row, head in enumerate(heads):
     t = per_token_totals[per_token_totals.component == head]
@@ -384,7 +376,7 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
       ax.set_title(f"{head}: total {column} χ by token", fontsize=8)
       ax.tick_params(labelsize=7)
   fig.tight_layout()
-  return _save(fig, path)
+  return save_figure(fig, path)
 
 
 def index_html(title: str, sections) -> str:
@@ -436,7 +428,7 @@ def umap_embedding(table, *, n_neighbors: int = 15, seed: int = 0):
 def plot_umap(table, path, *, seed: int = 0) -> Path:
   """Per-token susceptibility vectors in 2-D (UMAP), coloured by dataset."""
   embedding, rows = umap_embedding(table, seed=seed)
-  plt = _pyplot()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   cmap = plt.get_cmap("tab10")
   for i, dataset in enumerate(dict.fromkeys(rows.dataset)):
@@ -446,4 +438,4 @@ def plot_umap(table, path, *, seed: int = 0) -> Path:
   ax.set_ylabel("UMAP 2")
   ax.set_title(f"per-token susceptibility vectors over {table.component.nunique() - 1} heads (UMAP)", fontsize=8)
   ax.legend(fontsize=6, markerscale=3, frameon=False)
-  return _save(fig, path)
+  return save_figure(fig, path)
