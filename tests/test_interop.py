@@ -1,0 +1,163 @@
+"""TransformerLens import/export: exact round trips here, and against TransformerLens itself (the
+`interop` extra: torch + transformer-lens<4) on random weights: the same per-token NLL."""
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+
+from suscept_jax.models import config as model_config
+from suscept_jax.models import interop, transformer
+
+TINY = model_config.get_config("tiny")
+
+
+def _random_params(cfg, seed=0):
+  """Params with every leaf random (biases and LayerNorm weights too), so no mapping error can hide."""
+  rng = np.random.default_rng(seed)
+  import jax
+  return jax.tree.map(lambda x: (0.3 * rng.standard_normal(x.shape)).astype(np.float32),
+                      transformer.param_shapes(cfg))
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_round_trip_is_exact(layer_norm):
+  cfg = dataclasses.replace(TINY, layer_norm=layer_norm, positional_embedding="standard")
+  params = _random_params(cfg)
+  state_dict = interop.to_transformer_lens(params, cfg)
+  assert "blocks.1.attn.W_O" in state_dict and ("ln_final.w" in state_dict) == layer_norm
+  back, back_cfg = interop.from_transformer_lens(state_dict, config={"positional_embedding_type": "standard"})
+  assert back_cfg == cfg
+  import jax
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_inferred_config_takes_the_papers_choices():
+  cfg = interop.infer_config(interop.to_transformer_lens(_random_params(TINY), TINY))
+  assert cfg == TINY  # shortformer, LayerNorm because ln weights are present
+
+
+def test_bad_state_dicts_are_named():
+  sd = interop.to_transformer_lens(_random_params(TINY), TINY)
+  with pytest.raises(ValueError, match=r"'blocks.0.mlp.W_in'.*MLP"):
+    interop.from_transformer_lens({**sd, "blocks.0.mlp.W_in": np.zeros((16, 64), np.float32)})
+  with pytest.raises(ValueError, match=r"unknown state dict key 'decoder.weight'"):
+    interop.from_transformer_lens({**sd, "decoder.weight": np.zeros(3, np.float32)})
+  bad = dict(sd, **{"blocks.1.attn.W_K": np.zeros((2, 16, 4), np.float32)})
+  with pytest.raises(ValueError, match=r"'blocks.1.attn.W_K' has shape \(2, 16, 4\), expected \(2, 16, 8\)"):
+    interop.from_transformer_lens(bad)
+  missing = {k: v for k, v in sd.items() if k != "blocks.1.attn.b_V"}
+  with pytest.raises(ValueError, match=r"no 'blocks.1.attn.b_V'"):
+    interop.from_transformer_lens(missing)
+  with pytest.raises(ValueError, match=r"config.d_vocab=100 but the state dict's weights have d_vocab=64"):
+    interop.from_transformer_lens(sd, dataclasses.replace(TINY, d_vocab=100))
+  with pytest.raises(ValueError, match="LayerNorm weights .* layer_norm=False"):
+    interop.from_transformer_lens(sd, {"normalization_type": None})
+  with pytest.raises(ValueError, match="normalization_type='RMS'"):
+    interop.from_transformer_lens(sd, {"normalization_type": "RMS"})
+
+
+def test_checkpoint_files_need_step_numbers(tmp_path):
+  for step in (0, 100, 49900):
+    (tmp_path / f"checkpoint_{step:07d}.safetensors").write_bytes(b"")
+  assert list(interop.checkpoint_files(tmp_path)) == [0, 100, 49900]
+  (tmp_path / "final.safetensors").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"final.safetensors: no step number"):
+    interop.checkpoint_files(tmp_path)
+  with pytest.raises(FileNotFoundError, match="nothing_here not found"):
+    interop.checkpoint_files(tmp_path / "nothing_here")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no .pth"):
+    interop.checkpoint_files(tmp_path / "empty")
+
+
+def test_safetensors_file_round_trip(tmp_path):
+  safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors comes with the interop extra: "
+                                          "pip install -e '.[interop]'")
+  sd = interop.to_transformer_lens(_random_params(TINY), TINY)
+  safetensors_numpy.save_file(sd, str(tmp_path / "checkpoint_100.safetensors"))
+  loaded = interop.load_state_dict(tmp_path / "checkpoint_100.safetensors")
+  assert sorted(loaded) == sorted(sd)
+  np.testing.assert_array_equal(loaded["unembed.W_U"], sd["unembed.W_U"])
+
+
+# ---- against TransformerLens ---------------------------------------------------------------------------------
+
+def _transformer_lens():
+  pytest.importorskip("torch", reason="the TransformerLens checks need the interop extra: pip install -e '.[interop]'")
+  return pytest.importorskip("transformer_lens", reason="the TransformerLens checks need the interop extra "
+                             "(transformer-lens<4): pip install -e '.[interop]'")
+
+
+def _hooked_transformer(tl, cfg_kwargs, **more):
+  with warnings.catch_warnings():  # TransformerLens 3.x deprecates HookedTransformer in favour of its 4.x bridge
+    warnings.simplefilter("ignore", DeprecationWarning)
+    return tl.HookedTransformer(tl.HookedTransformerConfig(**cfg_kwargs, device="cpu", **more))
+
+
+def _tl_model(tl, cfg_kwargs, seed):
+  import torch
+  torch.manual_seed(seed)
+  model = _hooked_transformer(tl, cfg_kwargs, seed=seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_(0.3 * torch.randn_like(p) + (1.0 if name.endswith("ln1.w") or name.endswith("ln_final.w") else 0.0))
+  return model.eval()
+
+
+def _tl_nll(model, tokens):
+  import torch
+  with torch.no_grad():
+    return model(torch.from_numpy(np.asarray(tokens, np.int64)), return_type="loss", loss_per_token=True).numpy()
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+@pytest.mark.parametrize("normalization", ["LN", None, "LNPre"])
+def test_import_matches_transformer_lens(positional, normalization):
+  tl = _transformer_lens()
+  kwargs = dict(n_layers=2, d_model=16, n_ctx=16, d_head=8, n_heads=2, d_vocab=64, attn_only=True, act_fn=None,
+                normalization_type=normalization, positional_embedding_type=positional)
+  model = _tl_model(tl, kwargs, seed=1)
+  given = {"positional_embedding_type": positional, "normalization_type": normalization}
+  params, cfg = interop.from_transformer_lens(model.state_dict(), config=given)
+  assert cfg.layer_norm == (normalization is not None) and cfg.positional_embedding == positional
+  tokens = np.random.default_rng(0).integers(0, 64, size=(3, 16))
+  ours = np.asarray(transformer.per_token_nll(params, tokens, cfg))
+  np.testing.assert_allclose(ours, _tl_nll(model, tokens), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_export_matches_transformer_lens(positional, layer_norm):
+  tl = _transformer_lens()
+  import torch
+  cfg = dataclasses.replace(TINY, positional_embedding=positional, layer_norm=layer_norm)
+  params = _random_params(cfg, seed=2)
+  model = _hooked_transformer(tl, interop.transformer_lens_config(cfg))
+  state_dict = {k: torch.from_numpy(v) for k, v in interop.to_transformer_lens(params, cfg).items()}
+  result = model.load_state_dict(state_dict, strict=False)
+  assert not result.unexpected_keys
+  assert all(k.endswith(("attn.mask", "attn.IGNORE")) for k in result.missing_keys), result.missing_keys
+  tokens = np.random.default_rng(1).integers(0, 64, size=(3, 16))
+  np.testing.assert_allclose(np.asarray(transformer.per_token_nll(params, tokens, cfg)),
+                             _tl_nll(model.eval(), tokens), atol=1e-4, rtol=0)
+  # and the torch tensors of a real TL model read back exactly
+  back, _ = interop.from_transformer_lens(model.state_dict(), {"positional_embedding_type": positional,
+                                                               "normalization_type": "LN" if layer_norm else None})
+  np.testing.assert_array_equal(back["blocks"]["1"]["attn"]["W_O"], params["blocks"]["1"]["attn"]["W_O"])
+
+
+def test_pth_file_and_wrapped_state_dict(tmp_path):
+  _transformer_lens()
+  import torch
+  sd = {k: torch.from_numpy(v) for k, v in interop.to_transformer_lens(_random_params(TINY), TINY).items()}
+  torch.save(sd, tmp_path / "checkpoint_0000100.pth")
+  torch.save({"state_dict": sd, "step": 200}, tmp_path / "checkpoint_0000200.pth")
+  for step in (100, 200):
+    loaded = interop.load_state_dict(tmp_path / f"checkpoint_{step:07d}.pth")
+    np.testing.assert_array_equal(loaded["embed.W_E"].numpy(), sd["embed.W_E"].numpy())
+  (tmp_path / "checkpoint_0000300.pth").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match=r"checkpoint_0000300.pth could not be read"):
+    interop.load_state_dict(tmp_path / "checkpoint_0000300.pth")
