@@ -2,7 +2,7 @@
 import dataclasses
 
 from suscept_jax.sgld_config import SGLDConfig
-from suscept_jax.train_config import TrainConfig
+from suscept_jax.train_config import PAPER_CHECKPOINT_STEPS, TrainConfig
 
 # The paper's probe datasets (App. A, Table 2) on the Hugging Face hub, and its base distribution (App. C.1).
 PAPER_PROBES = tuple(f"hf:timaeus/pile-{name}" for name in (
@@ -65,7 +65,8 @@ PRESETS = {
                    "ε ≤ 1e-5 accepts but has not left w* after 100 draws). See BUILD_NOTES.md.")),
     "paper": Preset(
         model="tetrahedron_3m", run_dir=None, tokenizer=None, vocab_size=5000, train_data=PAPER_BASE,
-        train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None, checkpoint_steps=None,
+        train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None,
+        checkpoint_steps=PAPER_CHECKPOINT_STEPS,  # S of App. C.1; the per-token run uses the last, 49900
         sgld=SGLDConfig(), batch_size=64, delta_h=0.1, microbatch_size=8, max_contexts=100_000,
         output_dir="runs/paper/sweep", per_token_output_dir="runs/paper/per_token",
         sgld_note="the paper's settings (App. C.3); check them on your model with `python -m experiments.calibrate`"),

@@ -1,0 +1,100 @@
+"""Turn TransformerLens checkpoints into a run directory the sweep and the per-token runner read.
+
+  python -m experiments.convert_tl --input=tetrahedron-3m/checkpoints --output=runs/tetra --tokenizer=tokenizer.json
+  python -m experiments.convert_tl --input=checkpoint_0049900.pth --output=runs/tetra --positional_embedding=standard
+
+Each `checkpoint_XXXXXXX.pth` (or `.safetensors`) becomes the orbax params checkpoint of step XXXXXXX; the step is
+read from the file name. The model config is inferred from the weights (positions and normalisation from the
+flags, which default to the paper's model: shortformer, LayerNorm when ln weights are present). The tokenizer is
+copied to <output>/tokenizer.json after checking its vocabulary against the model. Rerunning skips steps that are
+already converted, so an interrupted conversion finishes where it stopped. Reading `.pth` needs torch
+(`pip install 'suscept_jax[interop]'`).
+"""
+import json
+from pathlib import Path
+
+from absl import app, flags
+
+from suscept_jax_runners import cli
+
+_INPUT = flags.DEFINE_string("input", None, "A TransformerLens checkpoint file, or a directory of them "
+                             "(checkpoint_<step>.pth / .safetensors).")
+_OUTPUT = flags.DEFINE_string("output", None, "Run directory to write (orbax checkpoints + run.json).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "The model's tokenizer.json, copied into the run directory.")
+_POSITIONAL = flags.DEFINE_enum("positional_embedding", "shortformer", ["shortformer", "standard"],
+                                "TransformerLens positional_embedding_type of the checkpoints.")
+_NORMALIZATION = flags.DEFINE_enum("normalization", "auto", ["auto", "LN", "LNPre", "none"],
+                                   "TransformerLens normalization_type (auto: LN when the state dict has ln weights, "
+                                   "else none).")
+_CONFIG = flags.DEFINE_string("config", None, "Optional JSON of the TransformerLens config (cfg.to_dict()); its "
+                              "positional_embedding_type and normalization_type win over the flags.")
+flags.mark_flags_as_required(["input", "output"])
+
+
+def _overrides() -> dict:
+  overrides = {"positional_embedding_type": _POSITIONAL.value}
+  if _NORMALIZATION.value != "auto":
+    overrides["normalization_type"] = None if _NORMALIZATION.value == "none" else _NORMALIZATION.value
+  if _CONFIG.value:
+    path = Path(_CONFIG.value)
+    if not path.is_file():
+      raise FileNotFoundError(f"--config={path} not found")
+    try:
+      overrides.update(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--config={path} is not valid JSON: {e}") from None
+  return overrides
+
+
+def convert(input_path, run_dir, *, tokenizer_path=None, config=None, log=print) -> list[int]:
+  """Convert every checkpoint under `input_path` into `run_dir`; returns the converted steps (all of them)."""
+  from suscept_jax import checkpoints
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  from suscept_jax.models import interop
+  from suscept_jax.paths import atomic_write_bytes
+
+  files = interop.checkpoint_files(input_path)
+  run_dir = Path(run_dir)
+  first_step, first_file = next(iter(files.items()))
+  _, model_config = interop.from_transformer_lens(interop.load_state_dict(first_file), config)
+  info = {"source": "transformer_lens", "converted_from": str(Path(input_path).absolute()),
+          "context_length": model_config.n_ctx}
+  try:
+    existing = checkpoints.read_model_config(run_dir)
+  except FileNotFoundError:
+    existing = None
+  if existing is not None and existing != model_config:
+    raise ValueError(f"--output={run_dir} already holds a run of another model ({existing}); the checkpoints in "
+                     f"{input_path} are {model_config}")
+  if tokenizer_path:
+    tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
+    tokenizers_lib.check_vocab_matches(tokenizer, model_config.d_vocab, name=f"--tokenizer={tokenizer_path}")
+    atomic_write_bytes(run_dir / "tokenizer.json", Path(tokenizer_path).read_bytes())
+    info["tokenizer_fingerprint"] = tokenizers_lib.tokenizer_fingerprint(tokenizer)
+  elif not (run_dir / "tokenizer.json").exists():
+    log(f"note: no --tokenizer given; the sweep will need --tokenizer, or {run_dir / 'tokenizer.json'}")
+  checkpoints.write_run_info(run_dir, model_config, **info)
+  with checkpoints.params_manager(run_dir) as mngr:
+    done = {int(s) for s in mngr.all_steps()}
+    for i, (step, file) in enumerate(files.items()):
+      if step in done:
+        continue
+      params, cfg = interop.from_transformer_lens(interop.load_state_dict(file), config)
+      if cfg != model_config:
+        raise ValueError(f"{file} is a different model ({cfg}) from {first_file} ({model_config})")
+      checkpoints.save_params(mngr, step, params)
+      log(f"[{i + 1}/{len(files)}] step {step}: {file.name}")
+  log(f"{len(files)} checkpoints (steps {list(files)[:3]}{' …' if len(files) > 3 else ''}) in {run_dir}; model "
+      f"{model_config}")
+  return list(files)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.quiet_libraries()
+  convert(_INPUT.value, _OUTPUT.value, tokenizer_path=_TOKENIZER.value, config=_overrides())
+
+
+if __name__ == "__main__":
+  cli.run(main)
