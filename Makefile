@@ -3,14 +3,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The interop tests' torch, installed before the extras so that pip takes this release (where the machine keeps
+# a CPU build of it, that one) instead of the newest: override with `make test TORCH=torch==X.Y`.
+TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-test demo test bench clean
 
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[runners]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
@@ -19,10 +28,10 @@ demo: setup
 	$(PY) -m experiments.per_token
 	$(PY) -m experiments.analyze
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q
 
-bench: setup
+bench: setup-test
 	$(PY) -m benchmarks.draw_cost
 	$(PY) -m benchmarks.memory_vs_draws
 	$(PY) -m benchmarks.error_bar_calibration
