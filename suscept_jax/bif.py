@@ -12,7 +12,6 @@ evaluated together in one batch). Shape letters: C components, K chains, Q query
 J loss positions per row (1 for per-sample losses).
 """
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,9 +39,9 @@ class BIFResult:
   seconds: float
 
 
-@functools.lru_cache(maxsize=None)
 def _per_sample_as_tokens(loss_fn: Callable) -> Callable:
-  """loss_fn's per-sample losses [B] as one 'token' per sample, [B, 1] (one wrapper per loss_fn: compiled once)."""
+  """loss_fn's per-sample losses [B] as one 'token' per sample, [B, 1] (a fresh wrapper each call compiles once:
+  the sampler keys programs by sampler.function_key, which sees through the wrapper to loss_fn)."""
   return lambda params, batch: loss_fn(params, batch)[:, None]
 
 

@@ -33,10 +33,13 @@ Shape letters: E entries (local to a device inside the chunk), K streams (= chai
 slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, T draws, O observed
 contexts, J token positions per observed context.
 """
+import collections
 import dataclasses
 import functools
+import inspect
 import math
 import time
+import types
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -323,13 +326,52 @@ def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_C,
   return jax.lax.fori_loop(0, n_steps, body, state)
 
 
-_COMPILED: dict = {}
+COMPILED_CACHE_SIZE = 8  # compiled programs kept (least recently used dropped first)
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+
+
+def function_key(fn, _depth: int = 0):
+  """A hashable key, equal for functions that compute the same thing: the same code, defaults and closed-over
+  values (functions among them keyed the same way), and bound object. So `lambda p, b: loss(p, b, cfg)` written
+  anew for every call keys the same; a function closing over something unhashable (an array, a list) keys by
+  identity."""
+  if _depth > 4:
+    return fn
+  if isinstance(fn, functools.partial):
+    key = ("partial", function_key(fn.func, _depth + 1), fn.args, tuple(sorted(fn.keywords.items())))
+  elif inspect.ismethod(fn):
+    key = ("method", function_key(fn.__func__, _depth + 1), fn.__self__)
+  elif isinstance(fn, types.FunctionType):
+    cells = tuple(function_key(c, _depth + 1) if callable(c) else c
+                  for c in (_cell_value(cell) for cell in fn.__closure__ or ()))
+    key = ("function", fn.__code__, fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items())), cells)
+  else:
+    return fn  # other callables: their own equality
+  try:
+    hash(key)
+  except TypeError:
+    return fn
+  return key
+
+
+def _cell_value(cell):
+  try:
+    return cell.cell_contents
+  except ValueError:  # a cell not yet assigned
+    return cell
 
 
 def _compiled(kind: str, loss_fn, plan: Plan, mesh):
-  """jit(shard_map(chunk)) for a plan, cached so a sweep compiles once for all checkpoints."""
-  cache_key = (kind, loss_fn, plan, mesh)
-  if cache_key not in _COMPILED:
+  """jit(shard_map(chunk)) for a plan, cached so a sweep compiles once for all checkpoints.
+
+  Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
+  recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
+  """
+  cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
+               dataclasses.replace(plan, token_loss_fn=None), mesh)
+  if cache_key in _COMPILED:
+    _COMPILED.move_to_end(cache_key)
+  else:
     if kind == "draw":
       fn = functools.partial(_draw_chunk, loss_fn, plan)
       in_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP)
@@ -340,6 +382,8 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
       out_specs = _E
     _COMPILED[cache_key] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                                                  check_vma=False), donate_argnums=(0,))
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+      _COMPILED.popitem(last=False)
   return _COMPILED[cache_key]
 
 
@@ -450,7 +494,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
   """
   t0 = time.perf_counter()
-  mesh = mesh or parallel.entry_mesh()
+  mesh = parallel.as_entry_mesh(mesh)
   n_dev = mesh.size
   probe_names = list(probes)
   K, C, S, T = config.num_chains, len(component_names), config.steps_between_draws, config.num_draws
