@@ -173,3 +173,36 @@ def test_component_spec_errors_and_preview():
   text = components.describe("unembed", params, cfg)
   assert "unembed/W_U" in text and "unembed/b_U" in text and "blocks" not in text
   assert components.describe("re:blocks/0/attn/W_[QK]", params, cfg).count("\n  blocks/0/attn/W_") == 2
+
+
+@pytest.mark.parametrize("positional", ["shortformer", "standard"])
+def test_fused_attention_matches_the_plain_implementation(positional):
+  """jax.nn.dot_product_attention (XLA here, cuDNN on GPU) against the explicit softmax: NLL and gradients."""
+  cfg = dataclasses.replace(model_config.get_config("tiny"), positional_embedding=positional)
+  params = jax.tree.map(lambda x: x * 10.0, transformer.init_params(cfg, seed=3))  # peaked patterns, not uniform
+  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, size=(4, cfg.n_ctx + 1))
+  plain, fused = model_config.Numerics(), model_config.Numerics(attention="fused")
+  nll = {n: np.asarray(transformer.per_token_nll(params, tokens, cfg, numerics=n)) for n in (plain, fused)}
+  np.testing.assert_allclose(nll[fused], nll[plain], atol=2e-5, rtol=0)
+  assert np.abs(nll[plain] - nll[plain].mean()).max() > 0.1  # the comparison sees real variation
+  grad = {n: jax.grad(lambda p: transformer.context_nll(p, tokens, cfg, numerics=n).mean())(params)
+          for n in (plain, fused)}
+  for g_fused, g_plain in zip(jax.tree.leaves(grad[fused]), jax.tree.leaves(grad[plain])):
+    np.testing.assert_allclose(g_fused, g_plain, atol=2e-5 * max(1.0, float(np.abs(g_plain).max())), rtol=0)
+
+
+def test_bfloat16_matmuls_stay_close_and_report_float32():
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg, seed=4)
+  tokens = np.random.default_rng(1).integers(0, cfg.d_vocab, size=(4, cfg.n_ctx + 1))
+  exact = transformer.per_token_nll(params, tokens, cfg)
+  for numerics in (model_config.Numerics(precision="bfloat16"),
+                   model_config.Numerics(attention="fused", precision="bfloat16")):
+    low = transformer.per_token_nll(params, tokens, cfg, numerics=numerics)
+    assert low.dtype == np.float32
+    diff = np.abs(np.asarray(low) - np.asarray(exact)).max()
+    assert 0 < diff < 0.02, diff  # rounded (so not the float32 program), but only at bf16's ~3 significant digits
+  with pytest.raises(ValueError, match="precision='fp8'"):
+    model_config.Numerics(precision="fp8")
+  with pytest.raises(ValueError, match="attention='flash'"):
+    model_config.Numerics(attention="flash")

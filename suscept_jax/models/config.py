@@ -32,6 +32,32 @@ class ModelConfig:
     return [f"l{layer}h{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
 
 
+ATTENTION_IMPLEMENTATIONS = ("plain", "fused")
+PRECISIONS = ("float32", "default", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+  """How the forward pass computes (not what the model is): a setting of a run, recorded with its results.
+
+  attention: "plain" (explicit softmax(QKᵀ)V, the reference) or "fused" (`jax.nn.dot_product_attention`:
+    cuDNN flash attention on GPU, XLA elsewhere; never materialises the [T, T] pattern in HBM on GPU).
+  precision: "float32" (float32 activations, matmuls at HIGHEST precision: exact float32 everywhere),
+    "default" (float32 activations, the accelerator's default matmul precision: TF32 on recent NVIDIA
+    GPUs, bf16 passes on TPU, float32 on CPU), "bfloat16" (matmul inputs rounded to bfloat16 with float32
+    accumulation; params, residual stream, LayerNorm, softmax, losses and φ stay float32).
+  """
+
+  attention: str = "plain"
+  precision: str = "float32"
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"precision={self.precision!r}: expected one of {PRECISIONS}")
+
+
 CONFIGS = {
     # The paper's model (Hoogland et al. 2025; Baker et al. App. C): 3.36M parameters.
     "tetrahedron_3m": ModelConfig(),

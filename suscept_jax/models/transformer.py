@@ -17,7 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from suscept_jax.models.config import ModelConfig
+from suscept_jax.models.config import ModelConfig, Numerics
+
+_EXACT = Numerics()
+
+
+def _matmul(spec: str, a, b, numerics: Numerics):
+  """einsum as `numerics` says: inputs rounded to the compute dtype, accumulated and returned in float32."""
+  dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
+  precision = jax.lax.Precision.HIGHEST if numerics.precision == "float32" else jax.lax.Precision.DEFAULT
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
@@ -38,22 +47,40 @@ class Attention(nnx.Module):
     self.W_O = _normal(rngs, (h, k, d), std)
     self.b_O = _zeros((d,))
 
-  def __call__(self, qk_input_BxTxD, v_input_BxTxD, head_scale_H=None):
-    """Returns (output [B, T, D], attention pattern [B, H, T, T])."""
-    d_head = self.W_Q.shape[-1]
-    q_BxTxHxK = jnp.einsum("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...]) + self.b_Q[...]
-    k_BxTxHxK = jnp.einsum("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...]) + self.b_K[...]
-    v_BxTxHxK = jnp.einsum("btd,hdk->bthk", v_input_BxTxD, self.W_V[...]) + self.b_V[...]
-    scores_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK) / np.sqrt(d_head)
-    t = scores_BxHxTxS.shape[-1]
-    causal_TxS = jnp.tril(jnp.ones((t, t), bool))
-    scores_BxHxTxS = jnp.where(causal_TxS, scores_BxHxTxS, -jnp.inf)
-    pattern_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
-    z_BxTxHxK = jnp.einsum("bhts,bshk->bthk", pattern_BxHxTxS, v_BxTxHxK)
+  def __call__(self, qk_input_BxTxD, v_input_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
+               return_pattern: bool = False):
+    """Returns (output [B, T, D], attention pattern [B, H, T, T] or None when not asked for and fused)."""
+    q_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...], numerics) + self.b_Q[...]
+    k_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...], numerics) + self.b_K[...]
+    v_BxTxHxK = _matmul("btd,hdk->bthk", v_input_BxTxD, self.W_V[...], numerics) + self.b_V[...]
+    if numerics.attention == "fused" and not return_pattern:
+      z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+    else:
+      z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
     if head_scale_H is not None:
       z_BxTxHxK = z_BxTxHxK * head_scale_H[:, None]
-    out_BxTxD = jnp.einsum("bthk,hkd->btd", z_BxTxHxK, self.W_O[...]) + self.b_O[...]
+    out_BxTxD = _matmul("bthk,hkd->btd", z_BxTxHxK, self.W_O[...], numerics) + self.b_O[...]
     return out_BxTxD, pattern_BxHxTxS
+
+
+def _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
+  """The reference: causal softmax(QKᵀ/√d_head)·V with the pattern [B, H, T, S] (softmax in float32)."""
+  scores_BxHxTxS = _matmul("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK, numerics) / np.sqrt(q_BxTxHxK.shape[-1])
+  t = scores_BxHxTxS.shape[-1]
+  causal_TxS = jnp.tril(jnp.ones((t, t), bool))
+  scores_BxHxTxS = jnp.where(causal_TxS, scores_BxHxTxS, -jnp.inf)
+  pattern_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
+  return _matmul("bhts,bshk->bthk", pattern_BxHxTxS, v_BxTxHxK, numerics), pattern_BxHxTxS
+
+
+def _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
+  """jax.nn.dot_product_attention (cuDNN on GPU, XLA elsewhere), in the compute dtype; output float32."""
+  dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
+  precision = "highest" if numerics.precision == "float32" else "default"
+  with jax.default_matmul_precision(precision):
+    z_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK.astype(dtype), k_BxTxHxK.astype(dtype),
+                                             v_BxTxHxK.astype(dtype), is_causal=True)
+  return z_BxTxHxK.astype(jnp.float32)
 
 
 class Block(nnx.Module):
@@ -68,7 +95,8 @@ class Block(nnx.Module):
   def _norm(self, x):
     return self.ln1(x) if self.config.layer_norm else x
 
-  def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None):
+  def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
+               return_pattern: bool = False):
     v_input = self._norm(resid_BxTxD)
     if self.config.positional_embedding == "shortformer":
       # Positions enter queries and keys only, added *after* ln1 (TransformerLens' convention, the paper's
@@ -76,7 +104,8 @@ class Block(nnx.Module):
       qk_input = v_input + pos_BxTxD
     else:
       qk_input = v_input
-    attn_out_BxTxD, pattern = self.attn(qk_input, v_input, head_scale_H)
+    attn_out_BxTxD, pattern = self.attn(qk_input, v_input, head_scale_H, numerics=numerics,
+                                        return_pattern=return_pattern)
     return resid_BxTxD + attn_out_BxTxD, pattern
 
 
@@ -93,10 +122,11 @@ class TransformerLM(nnx.Module):
     self.unembed = nnx.Dict(W_U=_normal(rngs, (config.d_model, config.d_vocab), config.init_std),
                             b_U=_zeros((config.d_vocab,)))
 
-  def __call__(self, tokens_BxT, *, head_scale_LxH=None, return_attention=False):
-    """Logits [B, T, V] for int tokens [B, T]; optionally every layer's pattern [L, B, H, T, T].
+  def __call__(self, tokens_BxT, *, head_scale_LxH=None, return_attention=False, numerics: Numerics = _EXACT):
+    """Logits [B, T, V] (float32) for int tokens [B, T]; optionally every layer's pattern [L, B, H, T, T].
 
-    head_scale_LxH multiplies each head's output (zero = ablate the head).
+    head_scale_LxH multiplies each head's output (zero = ablate the head). numerics: attention
+    implementation and matmul precision (config.Numerics; default exact float32, plain attention).
     """
     t = tokens_BxT.shape[-1]
     resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
@@ -106,11 +136,12 @@ class TransformerLM(nnx.Module):
     patterns = []
     for layer, block in enumerate(self.blocks):
       scale_H = None if head_scale_LxH is None else head_scale_LxH[layer]
-      resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H)
+      resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H, numerics=numerics,
+                                   return_pattern=return_attention)
       patterns.append(pattern)
     if self.config.layer_norm:
       resid_BxTxD = self.ln_final(resid_BxTxD)
-    logits_BxTxV = resid_BxTxD @ self.unembed["W_U"][...] + self.unembed["b_U"][...]
+    logits_BxTxV = _matmul("btd,dv->btv", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
     if return_attention:
       return logits_BxTxV, jnp.stack(patterns)
     return logits_BxTxV
@@ -171,21 +202,21 @@ def logits(params: dict, tokens_BxT, config: ModelConfig):
   return bind(params, config)(tokens_BxT)
 
 
-def per_token_nll(params: dict, contexts_BxK, config: ModelConfig, head_scale_LxH=None):
+def per_token_nll(params: dict, contexts_BxK, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT):
   """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx).
 
   head_scale_LxH multiplies each head's output (0 = zero-ablate it). The one per-token NLL of the project.
   """
   inputs_BxT, targets_BxT = contexts_BxK[..., :-1], contexts_BxK[..., 1:]
   check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
-  logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH).astype(jnp.float32)
+  logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics).astype(jnp.float32)
   logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
   return -jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
 
 
-def context_nll(params: dict, contexts_BxK, config: ModelConfig):
+def context_nll(params: dict, contexts_BxK, config: ModelConfig, numerics: Numerics = _EXACT):
   """Mean next-token NLL of each context, [B] (eq. 48 before averaging over the batch)."""
-  return per_token_nll(params, contexts_BxK, config).mean(axis=-1)
+  return per_token_nll(params, contexts_BxK, config, numerics=numerics).mean(axis=-1)
 
 
 def param_count(params) -> int:
