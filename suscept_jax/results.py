@@ -77,13 +77,15 @@ class ResultsDir:
     self.units = self.path / "units"
 
   # -- settings ---------------------------------------------------------------------------------------
-  def check_settings(self, settings: dict, *, ignore=()) -> None:
+  def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None) -> None:
     """Refuse (before anything is written) settings that would change the numbers of the units already
-    here; the message names just the differing keys, with both values. Keys in `ignore` are not compared."""
+    here; the message names just the differing keys, with both values. Keys in `ignore` are not compared;
+    `legacy` gives the value of a key that directories written before it existed did not record."""
     config_path = self.path / "config.json"
     if not config_path.exists():
       return
     old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
+    old = {**_jsonable(legacy or {}), **old}
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k not in ignore and old.get(k) != new.get(k)}
     if diff:

@@ -76,6 +76,27 @@ def define_sgld_flags(exclude=()) -> dict:
   return holders
 
 
+def define_numerics_flags() -> dict:
+  """--attention and --precision: how the forward pass computes (suscept_jax.models.config.Numerics)."""
+  from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
+  return {"attention": flags.DEFINE_enum("attention", "plain", list(ATTENTION_IMPLEMENTATIONS),
+                                         "Attention: plain (explicit softmax, the reference) or fused "
+                                         "(jax.nn.dot_product_attention: cuDNN on GPU, XLA elsewhere)."),
+          "precision": flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
+                                         "Matmuls: float32 (exact, HIGHEST), default (the accelerator's: TF32 on "
+                                         "NVIDIA GPUs, bf16 passes on TPU) or bfloat16 (bf16 inputs, float32 "
+                                         "accumulation, params and losses). Recorded with the results.")}
+
+
+def numerics(holders: dict) -> dict:
+  """The numerics flags as the JSON-able dict results directories record (config.Numerics(**it))."""
+  return {name: holder.value for name, holder in holders.items()}
+
+
+# What results made before the numerics setting existed were computed with.
+LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}}
+
+
 def sgld_config(base: SGLDConfig, holders: dict, **fixed) -> SGLDConfig:
   """`base` with every SGLD flag the user gave (and `fixed` values) replaced; invalid values raise here."""
   given = {name: holder.value for name, holder in holders.items() if holder.value is not None}

@@ -50,6 +50,7 @@ _VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text vie
 _VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
 _VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir.")
 _SGLD = cli.define_sgld_flags()
+_NUMERICS = cli.define_numerics_flags()
 flags.adopt_module_key_flags(cli)
 
 
@@ -67,7 +68,7 @@ def resolve_settings() -> dict:
       "contexts_per_dataset": pick(_CONTEXTS, preset.per_token_contexts),
       "components": _COMPONENTS.value, "seed": _SEED.value, "batch_size": pick(_BATCH, preset.per_token_batch_size),
       "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
-      "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views,
+      "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views, "numerics": cli.numerics(_NUMERICS),
   }
   total = len(settings["probes"]) * settings["contexts_per_dataset"]
   settings["contexts_per_chunk"] = pick(_CHUNK, settings["contexts_per_dataset"] if preset.per_token_unit_per_dataset
@@ -118,12 +119,13 @@ def main(argv):
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   store = results.ResultsDir(out)
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "batch_size",
-                                                  "delta_h", "dataset_chi", "max_contexts")},
+                                                  "delta_h", "dataset_chi", "max_contexts", "numerics")},
                      "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
                      "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
   if not _OVERWRITE.value:
-    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"))
+    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"),
+                         legacy=cli.LEGACY_SETTINGS)
   if _DRY_RUN.value:
     print("resolved settings:\n" + json.dumps({**number_settings, "output_dir": str(out), "views": settings["views"]},
                                                indent=2, default=str))
@@ -153,7 +155,7 @@ def main(argv):
   run_settings = {**number_settings, "tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer),
                   "contexts_fingerprint": fingerprint(contexts)}
   if not _OVERWRITE.value:
-    store.check_settings(run_settings)
+    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
   store.start(run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
   compute(store, settings, target, step, component_masks, base, contexts, labels, probes, tokenizer)
@@ -181,8 +183,10 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   num = len(contexts)
   chunk = min(settings["contexts_per_chunk"], num)
   num_chunks = -(-num // chunk)
-  loss_fn = functools.partial(transformer.context_nll, config=model_cfg)
-  token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg)
+  from suscept_jax.models.config import Numerics
+  numerics = Numerics(**settings["numerics"])
+  loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=numerics)
+  token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg, numerics=numerics)
   done = set(store.finished_units(prefix="chunk_"))
   for i in range(num_chunks):
     name = f"chunk_{i:05d}"

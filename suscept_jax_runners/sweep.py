@@ -47,6 +47,7 @@ _CHI_FORM = flags.DEFINE_enum("chi_form", "eq41", ["eq41", "covariance"], "Estim
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
 _SGLD = cli.define_sgld_flags()
+_NUMERICS = cli.define_numerics_flags()
 flags.adopt_module_key_flags(cli)  # the SGLD flags show in --help
 
 
@@ -82,14 +83,14 @@ def resolve_settings() -> dict:
       "preset": _PRESET.value, "run_dir": run_dir, "checkpoint_steps": steps, "base": pick(_BASE, preset.base),
       "probes": probes, "components": None if comps is None else list(comps), "tokenizer": tokenizer,
       "seed": _SEED.value, "batch_size": batch_size, "microbatch_size": micro, "delta_h": delta_h,
-      "chi_form": _CHI_FORM.value, "max_contexts": max_contexts, "sgld": sgld,
+      "chi_form": _CHI_FORM.value, "max_contexts": max_contexts, "sgld": sgld, "numerics": cli.numerics(_NUMERICS),
   }
 
 
 def number_settings(settings: dict, target, **fingerprints) -> dict:
   """The settings that change a unit's numbers (what a results directory must agree on)."""
   import dataclasses
-  keys = ("base", "seed", "batch_size", "microbatch_size", "delta_h", "chi_form", "max_contexts")
+  keys = ("base", "seed", "batch_size", "microbatch_size", "delta_h", "chi_form", "max_contexts", "numerics")
   return {**{k: settings[k] for k in keys}, "sgld": dataclasses.asdict(settings["sgld"]),
           "run_dir": str(Path(target.run_dir).resolve()), "model_config": dataclasses.asdict(target.model_config),
           **fingerprints}
@@ -117,7 +118,8 @@ def main(argv):
   preset = presets.get_preset(settings["preset"])
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
-    out.check_settings(number_settings(settings, target), ignore=("tokenizer_fingerprint", "base_fingerprint"))
+    out.check_settings(number_settings(settings, target), ignore=("tokenizer_fingerprint", "base_fingerprint"),
+                       legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   note = preset.sgld_note if config == preset.sgld else "set by flags"
   scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
@@ -145,7 +147,7 @@ def main(argv):
   run_settings = number_settings(settings, target, tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
                                  base_fingerprint=fingerprint(settings["base"]))
   if not _OVERWRITE.value:
-    out.check_settings(run_settings)
+    out.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
   out.start(run_settings, scope, overwrite=_OVERWRITE.value)
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
@@ -191,7 +193,8 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
     transformer.check_token_range(contexts, model_cfg, name=spec)
   base = data[settings["base"]]
   scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
-  loss_fn = functools.partial(transformer.context_nll, config=model_cfg)
+  from suscept_jax.models.config import Numerics
+  loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=Numerics(**settings["numerics"]))
   bar = tqdm(total=len(planned) * config.num_steps, unit="step", dynamic_ncols=True, smoothing=0.05)
   names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
   num_warnings = 0

@@ -127,6 +127,13 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
                          capture_output=True, text=True, timeout=600)
   assert clash.returncode == 2 and "delta_h: 0.1 here, 0.2 now" in clash.stderr, clash.stderr[-2000:]
   assert "sgld" not in clash.stderr.split("other settings")[1]  # only the keys that differ are named
+  # ... and so is another precision: a results directory holds numbers of one numerics setting.
+  clash = subprocess.run(sweep_cmd(run_dir, tok, data, killed, "--precision=bfloat16"), cwd=REPO, env=env(),
+                         capture_output=True, text=True, timeout=600)
+  assert clash.returncode == 2 and "'precision': 'float32'}" in clash.stderr and "'bfloat16'}" in clash.stderr, \
+      clash.stderr[-2000:]
+  assert json.loads((killed / "config.json").read_text())["settings"]["numerics"] == {"attention": "plain",
+                                                                                     "precision": "float32"}
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -142,3 +149,14 @@ def test_sweep_bad_input_fails_fast_with_a_clear_message(tiny, extra, message):
   assert proc.returncode == 2
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr  # the message, not a stack trace
+
+
+def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_path):
+  from suscept_jax_runners import cli
+  store = results.ResultsDir(tmp_path / "old")
+  store.start({"seed": 0}, {"checkpoint_steps": [0]})  # written before "numerics" was recorded
+  store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "float32"}},
+                       legacy=cli.LEGACY_SETTINGS)
+  with pytest.raises(ValueError, match=r"numerics: .*'float32'.* here, .*'bfloat16'.* now"):
+    store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "bfloat16"}},
+                         legacy=cli.LEGACY_SETTINGS)
