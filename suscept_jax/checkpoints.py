@@ -39,9 +39,14 @@ def write_run_info(run_dir, model_config: ModelConfig, **settings) -> None:
 
 
 def _params_reader(run_dir) -> ocp.CheckpointManager:
-  """Manager over an existing params checkpoint directory (never creates it)."""
+  """Manager over an existing params checkpoint directory (never creates it). Reading is this process's own
+  business: in a multi-process sweep every process reads other checkpoints, so orbax must not synchronise
+  the processes (it would wait for peers that read something else)."""
+  me = jax.process_index()
+  local = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                             barrier_sync_key_prefix=f"reader{me}")
   return ocp.CheckpointManager((Path(run_dir) / PARAMS_DIR).absolute(),
-                               options=ocp.CheckpointManagerOptions(create=False))
+                               options=ocp.CheckpointManagerOptions(create=False, multiprocessing_options=local))
 
 
 def read_run_info(run_dir) -> dict:
@@ -89,8 +94,11 @@ def load_params(run_dir, step: int | None = None):
 
 
 def _abstract_params(config: ModelConfig):
+  """Shapes and dtypes of the params, placed on this process's first device (restored arrays are local)."""
   from suscept_jax.models import transformer  # local: keep checkpoint listing free of model imports
-  return jax.eval_shape(lambda: transformer.init_params(config))
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=here),
+                      jax.eval_shape(lambda: transformer.init_params(config)))
 
 
 def _summarize(steps: list[int]) -> str:

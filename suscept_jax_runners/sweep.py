@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from suscept_jax_runners import cli, presets
+from suscept_jax_runners import cli, distributed, presets
 
 HEAD_SCORE_CONTEXTS = 32  # base contexts for the per-head zero-ablation loss deltas
 
@@ -49,6 +49,7 @@ _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized con
 _SGLD = cli.define_sgld_flags()
 _NUMERICS = cli.define_numerics_flags()
 flags.adopt_module_key_flags(cli)  # the SGLD flags show in --help
+flags.adopt_module_key_flags(distributed)
 
 
 def resolve_settings() -> dict:
@@ -102,6 +103,7 @@ def main(argv):
   cli.quiet_libraries()
   t_start = time.perf_counter()
   settings = resolve_settings()
+  process_index, num_processes = distributed.initialize()  # before anything touches a JAX backend
 
   # Everything else that can be checked without work, before anything is written.
   from suscept_jax import results
@@ -140,6 +142,9 @@ def main(argv):
     return
 
   # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
+  if num_processes > 1 and target.needs_training:
+    raise ValueError(f"the demo model in {target.run_dir} is not trained yet: run the sweep once as one process "
+                     f"(or experiments.train) before a multi-process sweep")
   from suscept_jax.data import tokenizer as tokenizers_lib
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
@@ -152,11 +157,21 @@ def main(argv):
   out.start(run_settings, scope, overwrite=_OVERWRITE.value)
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
+  if num_processes > 1:  # this process's checkpoints only
+    planned = [u for u in planned if distributed.owner(u[0], steps, num_processes) == process_index]
+    print(f"process {process_index} of {num_processes}: checkpoints "
+          f"{[s for s in steps if distributed.owner(s, steps, num_processes) == process_index]}")
   print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
   print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
         f"{config.num_draws} draws")
-  num_warnings = run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps)
+  mesh = distributed.local_mesh() if num_processes > 1 else None
+  num_warnings = run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps, mesh=mesh)
+  if process_index != 0:
+    print(f"process {process_index}: its units are written; process 0 assembles the table")
+    return
+  if num_processes > 1:
+    distributed.wait_for_units(lambda: out.plan(steps, settings["probes"], specs, probe_fps))
 
   out.write_table()
   out.write_progress([])
@@ -172,7 +187,7 @@ def main(argv):
   print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-def run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps) -> int:
+def run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps, mesh=None) -> int:
   """Sample every planned unit, writing each as it finishes; returns the number of warnings logged."""
   import functools
 
@@ -207,7 +222,7 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
           loss_fn, params, {c: component_masks[c] for c in comps}, base, {p: data[p] for p in probes}, config=config,
           batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"],
           chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
-          progress=bar, base_name=f"base data {settings['base']!r}")
+          progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
     for w in caught:
       logging.warning("checkpoint %d: %s", step, w.message)
       num_warnings += 1

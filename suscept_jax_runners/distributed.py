@@ -1,0 +1,113 @@
+"""Several processes (hosts) on one sweep: `jax.distributed`, units partitioned by checkpoint, process 0 assembles.
+
+Each process samples the units of the checkpoints it owns on its own local devices (no cross-host collectives:
+the units are independent), writes each unit atomically into the shared results directory, and process 0
+waits for every unit before writing the table. Ownership depends only on the requested checkpoint list, never
+on what is finished, so processes that start at different times agree on it; a process that dies leaves its
+finished units, and rerunning the same command computes only the rest.
+
+  python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0   # host 0
+  python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=1   # host 1
+  python -m experiments.sweep ... --distributed    # TPU pod slices / SLURM: jax.distributed finds its peers
+"""
+import socket
+import time
+
+from absl import flags
+
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a sweep over several "
+                                   "processes (jax.distributed); with --num_processes and --process_id.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process sweep.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_AUTO = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the environment (TPU pod slices, "
+                          "SLURM) instead of the three flags above.")
+_TIMEOUT = flags.DEFINE_integer("coordinator_timeout_s", 120, "Seconds to wait for all processes to join.")
+_WAIT = flags.DEFINE_integer("wait_for_processes_s", 86_400, "Seconds process 0 waits for the other processes' units "
+                             "before giving up (their finished units stay; rerun to complete the rest).")
+
+
+def requested() -> bool:
+  return bool(_AUTO.value or _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None)
+
+
+def check_flags() -> None:
+  """Clear errors for an incomplete or inconsistent process layout (before any work)."""
+  if _AUTO.value or not requested():
+    return
+  missing = [name for name, flag in (("--coordinator_address", _COORDINATOR), ("--num_processes", _NUM_PROCESSES),
+                                     ("--process_id", _PROCESS_ID)) if flag.value is None]
+  if missing:
+    raise ValueError(f"a multi-process sweep needs --coordinator_address, --num_processes and --process_id; "
+                     f"missing {', '.join(missing)}")
+  if _NUM_PROCESSES.value < 1:
+    raise ValueError(f"--num_processes={_NUM_PROCESSES.value} must be >= 1")
+  if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+    raise ValueError(f"--process_id={_PROCESS_ID.value} is outside [0, --num_processes={_NUM_PROCESSES.value})")
+  if ":" not in _COORDINATOR.value:
+    raise ValueError(f"--coordinator_address={_COORDINATOR.value!r} must be host:port")
+
+
+def initialize() -> tuple[int, int]:
+  """(process index, process count): (0, 1) for a single-process sweep."""
+  check_flags()
+  if not requested():
+    return 0, 1
+  import jax
+  if not _AUTO.value and _PROCESS_ID.value != 0:
+    _wait_for_coordinator(_COORDINATOR.value, _TIMEOUT.value)  # JAX's own client aborts the process instead
+  kwargs = {} if _AUTO.value else dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                                       process_id=_PROCESS_ID.value)
+  try:
+    # Processes that finish their units early wait at shutdown for the others (as long as process 0 waits).
+    jax.distributed.initialize(**kwargs, initialization_timeout=_TIMEOUT.value,
+                               shutdown_timeout_seconds=_WAIT.value)
+  except Exception as e:  # the coordination service's own errors (deadline exceeded, connection refused, …)
+    where = f"the coordinator at {_COORDINATOR.value}" if _COORDINATOR.value else "jax.distributed's peers"
+    raise ValueError(f"could not join {where} within --coordinator_timeout_s={_TIMEOUT.value}: is process 0 running "
+                     f"there, and do all processes give the same --num_processes? ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  return jax.process_index(), jax.process_count()
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Return once something listens at host:port; a clear error after `timeout_s`."""
+  host, _, port = address.rpartition(":")
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=1.0):
+        return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise ValueError(f"could not join the coordinator at {address} within --coordinator_timeout_s={timeout_s}: "
+                         f"is process 0 running there? ({e})") from None
+      time.sleep(0.5)
+
+
+def owner(step: int, steps: list[int], num_processes: int) -> int:
+  """The process that computes checkpoint `step`: round-robin over the requested checkpoint list."""
+  return steps.index(step) % num_processes
+
+
+def local_mesh():
+  """This process's own devices as the sampler's mesh (units never span hosts)."""
+  import jax
+
+  from suscept_jax import parallel
+  return parallel.entry_mesh(jax.local_devices())
+
+
+def wait_for_units(plan_remaining, *, poll_s: float = 2.0, log=print) -> None:
+  """Block until `plan_remaining()` is empty (the other processes' units are written), saying what it waits for."""
+  remaining = plan_remaining()
+  last, deadline = None, time.monotonic() + _WAIT.value
+  while remaining:
+    if time.monotonic() > deadline:
+      raise TimeoutError(f"process 0 waited --wait_for_processes_s={_WAIT.value} s for {len(remaining)} unit(s) "
+                         f"that never came; the finished units are kept: rerun the sweep to compute the rest")
+    steps = sorted({step for step, _, _ in remaining})
+    if steps != last:
+      log(f"process 0: waiting for {len(remaining)} unit(s) of checkpoints {steps} from the other processes")
+      last = steps
+    time.sleep(poll_s)
+    remaining = plan_remaining()
