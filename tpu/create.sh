@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
 # Create a TPU v4 VM.
 source "$(dirname "$0")/common.sh"
-gcloud compute tpus tpu-vm create "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" \
+run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" \
   --accelerator-type "$ACCELERATOR" --version "$RUNTIME"

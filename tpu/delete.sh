@@ -1,4 +1,4 @@
 #!/usr/bin/env bash
 # Delete the TPU VM (stops billing).
 source "$(dirname "$0")/common.sh"
-gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" --quiet
+run gcloud compute tpus tpu-vm delete "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" --quiet

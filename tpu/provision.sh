@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Copy the repository (without runs/ and .venv/) to the VM and install it with JAX for TPU.
+# Copy the repository (without runs/ and .venv/) to every worker and install it with JAX for TPU; with BUCKET set,
+# mount it at ~/shared on every worker (multi-host sweeps need one results directory all hosts write to).
 source "$(dirname "$0")/common.sh"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-tarball="$(mktemp -d)/repo.tgz"
-tar -C "$repo" --exclude=.venv --exclude=runs --exclude=.git -czf "$tarball" .
-gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:~/repo.tgz" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all
+tarball="${TMPDIR:-/tmp}/suscept_jax_repo.tgz"
+run tar -C "$repo" --exclude=.venv --exclude=runs --exclude=.git -czf "$tarball" .
+run gcloud compute tpus tpu-vm scp "$tarball" "$TPU_NAME:~/repo.tgz" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all
 ssh_tpu "mkdir -p ~/$REMOTE_DIR && tar -C ~/$REMOTE_DIR -xzf ~/repo.tgz && cd ~/$REMOTE_DIR && \
-  python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
-  .venv/bin/pip install -q 'jax[tpu]' && .venv/bin/pip install -q -e '.[test]' && \
-  .venv/bin/python -c 'import jax; print(jax.devices())'"
+python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && \
+.venv/bin/pip install -q 'jax[tpu]' && .venv/bin/pip install -q -e '.[runners]' && \
+.venv/bin/python -c 'import jax; print(jax.process_index(), jax.local_devices())'"
+if [[ -n "$BUCKET" ]]; then
+  path="${BUCKET#gs://}"; bucket="${path%%/*}"; only_dir="${path#"$bucket"}"; only_dir="${only_dir#/}"
+  ssh_tpu "sudo apt-get install -y -q gcsfuse >/dev/null && mkdir -p ~/shared && \
+gcsfuse --implicit-dirs ${only_dir:+--only-dir $only_dir} $bucket ~/shared"
+elif (( HOSTS > 1 )); then
+  echo "note: $ACCELERATOR has $HOSTS hosts; set BUCKET so that they share ~/shared for runs and results" >&2
+fi

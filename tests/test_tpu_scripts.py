@@ -1,0 +1,56 @@
+"""tpu/*.sh --dry-run prints every command (and runs none): checked for a single-host v4-8 and a v4-32 pod slice."""
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from tests.helpers import REPO
+
+
+def dry_run(script, *args, **environment):
+  env = {k: v for k, v in os.environ.items() if k not in ("TPU_NAME", "ZONE", "ACCELERATOR", "BUCKET", "PROJECT")}
+  env.update(PATH="/usr/bin:/bin", **environment)  # no gcloud on PATH: a command that ran would fail
+  proc = subprocess.run(["bash", str(REPO / "tpu" / script), "--dry-run", *args], env=env, capture_output=True,
+                        text=True, timeout=30)
+  return proc, [shlex.split(line) for line in proc.stdout.splitlines()]
+
+
+def test_v4_8_single_host():
+  proc, cmds = dry_run("create.sh", TPU_NAME="t1", PROJECT="p")
+  assert proc.returncode == 0, proc.stderr
+  assert cmds == [["gcloud", "compute", "tpus", "tpu-vm", "create", "t1", "--zone", "us-central2-b", "--project", "p",
+                   "--accelerator-type", "v4-8", "--version", "tpu-ubuntu2204-base"]]
+  proc, cmds = dry_run("provision.sh")
+  assert proc.returncode == 0 and [c[0] for c in cmds] == ["tar", "gcloud", "gcloud"] and "note:" not in proc.stderr
+  install = cmds[-1][-1]
+  assert "pip install -q 'jax[tpu]'" in install and "'.[runners]'" in install and "--worker=all" in cmds[-1]
+  sweep = "python -m experiments.sweep --preset=paper --run_dir=runs/tetra"
+  proc, cmds = dry_run("run.sh", *sweep.split())
+  assert proc.returncode == 0 and len(cmds) == 1
+  assert cmds[0][-1] == f"cd ~/suscept_jax && source .venv/bin/activate && {sweep}"  # one host: no --distributed
+  proc, cmds = dry_run("fetch.sh", "runs/tetra/sweep")
+  assert cmds[-1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"]
+  assert "suscept-v4:~/suscept_jax/runs/tetra/sweep" in cmds[-1]
+  proc, cmds = dry_run("delete.sh")
+  assert cmds == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "suscept-v4", "--zone", "us-central2-b", "--quiet"]]
+
+
+def test_v4_32_pod_slice_shares_a_bucket_and_runs_distributed():
+  pod = {"ACCELERATOR": "v4-32", "BUCKET": "gs://my-bucket/suscept"}
+  proc, cmds = dry_run("provision.sh", **pod)
+  assert proc.returncode == 0
+  assert "gcsfuse --implicit-dirs --only-dir suscept my-bucket ~/shared" in cmds[-1][-1]
+  sweep = "python -m experiments.sweep --preset=paper --run_dir=~/shared/tetra --output_dir=~/shared/sweep"
+  proc, cmds = dry_run("run.sh", *sweep.split(), **pod)
+  assert proc.returncode == 0 and cmds[0][-1].endswith(f"{sweep} --distributed") and "--worker=all" in cmds[0]
+  proc, _ = dry_run("run.sh", "python", "-m", "experiments.sweep", "--preset=paper", **pod)
+  assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
+  proc, _ = dry_run("provision.sh", ACCELERATOR="v4-32")
+  assert "set BUCKET" in proc.stderr
+
+
+@pytest.mark.parametrize("script", ["run.sh", "fetch.sh"])
+def test_missing_arguments_print_usage(script):
+  proc, _ = dry_run(script)
+  assert proc.returncode == 2 and "usage: tpu/" in proc.stderr
