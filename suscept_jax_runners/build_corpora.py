@@ -10,6 +10,7 @@ from absl import app
 from absl import flags
 
 from suscept_jax.data import corpora
+from suscept_jax_runners import corpus_fetch
 
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Output directory (default: cache root/corpora/v1)."
@@ -52,9 +53,8 @@ def format_table(manifest: dict) -> str:
 def main(argv):
   del argv
   start = time.perf_counter()
-  manifest = corpora.build_corpora(
-      _OUT_DIR.value, _NAMES.value, max_bytes_per_corpus=_MAX_BYTES.value
-  )
+  manifest = corpora.build_corpora(_OUT_DIR.value, _NAMES.value, max_bytes_per_corpus=_MAX_BYTES.value,
+                                   fetch=corpus_fetch.fetch_archive)
   print(format_table(manifest))
   out_dir = _OUT_DIR.value or corpora.default_out_dir()
   print(f"\n{out_dir}  ({time.perf_counter() - start:.1f} s)")

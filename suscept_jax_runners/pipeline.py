@@ -116,7 +116,8 @@ def ensure_corpora(specs) -> None:
       missing.append(name)
   if missing:
     print(f"building the offline corpora (missing: {', '.join(missing)})")
-    corpora.build_corpora()
+    from suscept_jax_runners import corpus_fetch
+    corpora.build_corpora(fetch=corpus_fetch.fetch_archive)
 
 
 def ensure_tokenizer(path, *, train_data: str, vocab_size: int):

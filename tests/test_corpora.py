@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from suscept_jax.data import corpora
+from suscept_jax_runners import corpus_fetch
 from suscept_jax.data import math_gen
 
 # --- math generator -----------------------------------------------------------------------
@@ -253,7 +254,7 @@ def _build(out_dir: Path, sources, names=NAMES, **kwargs) -> dict:
       min_bytes=20_000,
       progress=False,
       sources=sources,
-      **kwargs,
+      **{"fetch": corpus_fetch.fetch_archive, **kwargs},
   )
 
 
@@ -343,7 +344,8 @@ def test_rebuild_is_cached_and_resumes_missing_corpus(tmp_path, sources, no_clie
 
 def test_too_few_corpora_raises_naming_failures(tmp_path, no_clients):
   with pytest.raises(RuntimeError, match=r"techdocs: .*apt-get"):
-    corpora.build_corpora(tmp_path, ["math", "techdocs"], max_bytes_per_corpus=CAP, progress=False)
+    corpora.build_corpora(tmp_path, ["math", "techdocs"], max_bytes_per_corpus=CAP, progress=False,
+                          fetch=corpus_fetch.fetch_archive)
 
 
 def test_unknown_and_missing_names_give_clear_errors(tmp_path, sources, no_clients):
@@ -371,3 +373,20 @@ def test_corpus_specs_registry():
       "techdocs",
       "dictionary",
   }
+
+
+def test_the_library_never_downloads(tmp_path, sources):
+  """Without a fetcher, a corpus whose archive is not downloaded is skipped, naming the build command."""
+  manifest = _build(tmp_path, sources, names=["math", "techdocs"], fetch=None, min_corpora=1)
+  reason = manifest["corpora"]["techdocs"]["reason"]
+  assert manifest["corpora"]["techdocs"]["status"] == "skipped" and corpora.BUILD_COMMAND in reason
+  assert manifest["corpora"]["math"]["status"] == "built"
+
+
+def test_no_subprocess_in_the_library():
+  """Package clients run from the runners only (suscept_jax_runners.corpus_fetch); results.py runs git."""
+  root = Path(corpora.__file__).resolve().parents[1]
+  offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+               if re.search(r"^\s*(import subprocess|from subprocess)", p.read_text(), re.M)
+               and p.name != "results.py"]
+  assert offenders == []
