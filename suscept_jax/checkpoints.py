@@ -103,3 +103,46 @@ def _abstract_params(config: ModelConfig):
 
 def _summarize(steps: list[int]) -> str:
   return str(steps) if len(steps) <= 12 else f"{steps[:6]} ... {steps[-6:]} ({len(steps)} in all)"
+
+
+def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=None, log=print) -> list[int]:
+  """TransformerLens checkpoints (a file or a directory of `checkpoint_<step>.pth`/`.safetensors`) -> the run
+  directory `run_dir` (params checkpoints, run.json, tokenizer.json); steps already there are skipped.
+  Returns every step of the input. `config`: see `interop.from_transformer_lens`."""
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  from suscept_jax.models import interop
+
+  files = interop.checkpoint_files(input_path)
+  run_dir = Path(run_dir)
+  first_file = next(iter(files.values()))
+  _, model_config = interop.from_transformer_lens(interop.load_state_dict(first_file), config)
+  info = {"source": "transformer_lens", "converted_from": str(Path(input_path).absolute()),
+          "context_length": model_config.n_ctx}
+  try:
+    existing = read_model_config(run_dir)
+  except FileNotFoundError:
+    existing = None
+  if existing is not None and existing != model_config:
+    raise ValueError(f"run directory {run_dir} already holds a run of another model ({existing}); the checkpoints in "
+                     f"{input_path} are {model_config}")
+  if tokenizer_path:
+    tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
+    tokenizers_lib.check_vocab_matches(tokenizer, model_config.d_vocab, name=f"tokenizer {tokenizer_path}")
+    atomic_write_bytes(run_dir / "tokenizer.json", Path(tokenizer_path).read_bytes())
+    info["tokenizer_fingerprint"] = tokenizers_lib.tokenizer_fingerprint(tokenizer)
+  elif not (run_dir / "tokenizer.json").exists():
+    log(f"note: no --tokenizer given; the sweep will need --tokenizer, or {run_dir / 'tokenizer.json'}")
+  write_run_info(run_dir, model_config, **info)
+  with params_manager(run_dir) as mngr:
+    done = {int(s) for s in mngr.all_steps()}
+    for i, (step, file) in enumerate(files.items()):
+      if step in done:
+        continue
+      params, cfg = interop.from_transformer_lens(interop.load_state_dict(file), config)
+      if cfg != model_config:
+        raise ValueError(f"{file} is a different model ({cfg}) from {first_file} ({model_config})")
+      save_params(mngr, step, params)
+      log(f"[{i + 1}/{len(files)}] step {step}: {file.name}")
+  log(f"{len(files)} checkpoints (steps {list(files)[:3]}{' …' if len(files) > 3 else ''}) in {run_dir}; model "
+      f"{model_config}")
+  return list(files)

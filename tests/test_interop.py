@@ -167,25 +167,26 @@ def test_convert_command_refuses_bad_input_naming_it(tmp_path, tiny):
   _transformer_lens()
   import torch
   from suscept_jax import checkpoints
-  from suscept_jax_runners import convert_tl
   _, _, tok, _ = tiny
   cfg = dataclasses.replace(TINY, d_vocab=320)
   for step in (0, 50):
     sd = interop.to_transformer_lens(_random_params(cfg, seed=step), cfg)
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / f"checkpoint_{step:07d}.pth")
   run_dir = tmp_path / "run"
-  assert convert_tl.convert(tmp_path, run_dir, tokenizer_path=tok, log=lambda *_: None) == [0, 50]
+  assert checkpoints.import_transformer_lens(tmp_path, run_dir, tokenizer_path=tok, log=lambda *_: None) == [0, 50]
   assert checkpoints.available_steps(run_dir) == [0, 50] and checkpoints.read_model_config(run_dir) == cfg
   np.testing.assert_array_equal(checkpoints.load_params(run_dir, 50)["embed"]["W_E"], sd["embed.W_E"])
-  assert convert_tl.convert(tmp_path, run_dir, log=lambda *_: None) == [0, 50]  # a rerun is a no-op
+  assert checkpoints.import_transformer_lens(tmp_path, run_dir, log=print) == [0, 50]  # a rerun is a no-op
   other = dataclasses.replace(TINY, d_vocab=64)
   (tmp_path / "small").mkdir()
   torch.save({k: torch.from_numpy(v) for k, v in interop.to_transformer_lens(_random_params(other), other).items()},
              tmp_path / "small" / "checkpoint_7.pth")
-  with pytest.raises(ValueError, match=r"--tokenizer=.*vocabulary of 320 tokens but the model has d_vocab=64"):
-    convert_tl.convert(tmp_path / "small", tmp_path / "run_small", tokenizer_path=tok, log=lambda *_: None)
-  with pytest.raises(ValueError, match=r"--output=.* already holds a run of another model"):
-    convert_tl.convert(tmp_path / "small", run_dir, log=lambda *_: None)
+  quiet = dict(log=lambda *_: None)
+  with pytest.raises(ValueError, match=r"tokenizer .*tokenizer.json has a vocabulary of 320 tokens but the model "
+                     r"has d_vocab=64"):
+    checkpoints.import_transformer_lens(tmp_path / "small", tmp_path / "run_small", tokenizer_path=tok, **quiet)
+  with pytest.raises(ValueError, match=r"run directory .*run already holds a run of another model"):
+    checkpoints.import_transformer_lens(tmp_path / "small", run_dir, log=lambda *_: None)
   (tmp_path / "small" / "checkpoint_7.pth").rename(tmp_path / "small" / "final.pth")
   with pytest.raises(ValueError, match=r"final.pth: no step number"):
-    convert_tl.convert(tmp_path / "small", tmp_path / "run_small", log=lambda *_: None)
+    checkpoints.import_transformer_lens(tmp_path / "small", tmp_path / "run_small", log=lambda *_: None)

@@ -66,11 +66,12 @@ def test_paper_preset_end_to_end_on_local_stand_ins(tiny, tmp_path):
         f"--tokenizer={tok}"], cwd=tmp_path)
   assert (run_dir / "tokenizer.json").read_bytes() == tok.read_bytes()
   small = ["--num_chains=2", "--num_draws=3", "--batch_size=10", "--max_contexts=40"]
+  swept = (0, 49900)  # of the three converted (the preset's default is all of S, which these stand-ins lack)
   sweep = _run([sys.executable, "-m", "experiments.sweep", "--preset=paper", f"--run_dir={run_dir}",
-                "--steps=" + ",".join(map(str, steps)), "--microbatch_size=5", *small], cwd=tmp_path)
+                "--steps=" + ",".join(map(str, swept)), "--microbatch_size=5", *small], cwd=tmp_path)
   import pandas as pd
   table = pd.read_parquet(tmp_path / "runs" / "paper" / "sweep" / "results.parquet")
-  assert sorted(table["checkpoint"].unique()) == list(steps)
+  assert sorted(table["checkpoint"].unique()) == list(swept)
   assert set(table["probe"]) == set(paper.probes)
   assert set(table["component"]) == {"full", "l0h0", "l0h1", "l1h0", "l1h1"}
   assert np.isfinite(table["chi"]).all(), sweep.stdout[-1000:]
