@@ -54,7 +54,7 @@ def main(argv):
   del argv
   start = time.perf_counter()
   manifest = corpora.build_corpora(_OUT_DIR.value, _NAMES.value, max_bytes_per_corpus=_MAX_BYTES.value,
-                                   fetch=corpus_fetch.fetch_archive)
+                                   fetch=corpus_fetch.fetch_archive, deb_to_tar=corpus_fetch.deb_data_tar)
   print(format_table(manifest))
   out_dir = _OUT_DIR.value or corpora.default_out_dir()
   print(f"\n{out_dir}  ({time.perf_counter() - start:.1f} s)")

