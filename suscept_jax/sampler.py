@@ -38,6 +38,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import time
 import types
 import zlib
@@ -130,6 +131,7 @@ def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None) -> l
   indices = np.unique(np.asarray(indices, np.int64))
   if indices.size == 0:
     return []
+  microbatch_size = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
   batch = jax.tree.map(lambda a: np.asarray(a[indices]), data)
   losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))
   return [int(i) for i in indices[~np.isfinite(losses)]]
@@ -387,6 +389,58 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
   return _COMPILED[cache_key]
 
 
+MICROBATCH_AUTO = "auto"
+MEMORY_FRACTION = 0.85  # of a device's memory a program may plan to use (the rest: allocator slack, other buffers)
+_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> chosen micro-batch: search once per process
+
+
+def device_memory_bytes(device) -> int:
+  """What one device holds: its allocator's limit (GPU, TPU), else the host's RAM shared by the local devices."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, len(jax.local_devices()))
+
+
+def program_bytes(compiled) -> int:
+  """Peak memory XLA plans for a compiled program on one device: arguments + outputs + temporaries, less
+  what outputs reuse of donated arguments."""
+  ma = compiled.memory_analysis()
+  return int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes)
+
+
+def microbatch_candidates(batch_size: int) -> list:
+  """None (the whole batch at once), then halving down to 1."""
+  sizes, micro = [], batch_size // 2
+  while micro >= 1:
+    sizes.append(micro)
+    micro //= 2
+  return [None] + sorted(set(sizes), reverse=True)
+
+
+def _auto_microbatch(loss_fn, plan: Plan, mesh, args):
+  """(plan with the largest micro-batch whose draw program fits MEMORY_FRACTION of every device, its compiled
+  program or None when the choice was cached). Micro-batching changes only the summation order, not the maths."""
+  shapes = tuple(f"{np.shape(a)}{getattr(a, 'dtype', '')}" for a in jax.tree.leaves(args))
+  key = (function_key(loss_fn), function_key(plan.token_loss_fn), dataclasses.replace(plan, token_loss_fn=None),
+         mesh, shapes)
+  if key in _AUTO_CHOICES:
+    return dataclasses.replace(plan, microbatch_size=_AUTO_CHOICES[key]), None
+  limit = int(MEMORY_FRACTION * min(device_memory_bytes(d) for d in mesh.devices.flat))
+  tried = []
+  for micro in microbatch_candidates(plan.batch_size):
+    candidate = dataclasses.replace(plan, microbatch_size=micro)
+    compiled = _compiled("draw", loss_fn, candidate, mesh).lower(*args).compile()
+    need = program_bytes(compiled)
+    tried.append(f"{micro or plan.batch_size}: {need / 2**30:.2f} GiB")
+    if need <= limit:
+      _AUTO_CHOICES[key] = micro
+      return candidate, compiled
+  raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.2f} GiB per device "
+                    f"({MEMORY_FRACTION:.0%} of the smallest device); needed per micro-batch size: {'; '.join(tried)}. "
+                    f"Use more devices (fewer entries per device) or fewer components × chains per run")
+
+
 # ---- host driver -----------------------------------------------------------------------------------------
 
 class SamplerOutput(NamedTuple):
@@ -543,24 +597,6 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   entries_dev = jax.tree.map(put_e, entries)
   bar = _progress_bar(progress, config.num_steps, label)
 
-  # Burn-in.
-  step = 0
-  if config.num_burnin:
-    burn = _compiled("burnin", loss_fn, plan, mesh)
-    while step < config.num_burnin:
-      count = min(burnin_per_chunk, config.num_burnin - step)
-      steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
-      state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
-                   np.int32(step), np.int32(count))
-      carry = carry._replace(state=state)
-      step += count
-      if bar is not None:
-        jax.block_until_ready(state)
-        bar.update(count)
-
-  # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
-  draw_fn = _compiled("draw", loss_fn, plan, mesh)
-
   def chunk_inputs(first_block):
     count = min(blocks_per_chunk, num_blocks - first_block)
     blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (blocks_per_chunk - count))
@@ -580,13 +616,44 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
                      first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
     return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
 
+  draw_fn = None
+  if plan.microbatch_size == MICROBATCH_AUTO:  # the largest micro-batch whose program fits the devices
+    plan, draw_fn = _auto_microbatch(loss_fn, plan, mesh, (carry, entries_dev, anchor, masks_dev,
+                                                           chunk_inputs(0)[3], observed_dev))
+    microbatch_size = plan.microbatch_size
+
+  # Burn-in.
+  step = 0
+  if config.num_burnin:
+    burn = _compiled("burnin", loss_fn, plan, mesh)
+    while step < config.num_burnin:
+      count = min(burnin_per_chunk, config.num_burnin - step)
+      steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
+      state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
+                   np.int32(step), np.int32(count))
+      carry = carry._replace(state=state)
+      step += count
+      if bar is not None:
+        jax.block_until_ready(state)
+        bar.update(count)
+
+  # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
+  draw_fn = draw_fn or _compiled("draw", loss_fn, plan, mesh)
+
   kept = []  # per chunk: ChunkTraces of the recorded blocks, host numpy
   nonfinite_probe = {d: set() for d in probe_names}
   first_block = 0
   pending = chunk_inputs(0)
   while first_block < num_blocks:
     count, steps_LxS, probe_idx, data_dev = pending
-    carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
+    try:
+      carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
+                        f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device); pass "
+                        f"microbatch_size='auto' (or a smaller one), or more devices") from None
     next_block = first_block + count
     if next_block < num_blocks:
       pending = chunk_inputs(next_block)

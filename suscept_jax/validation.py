@@ -76,8 +76,10 @@ def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
 def check_batching(batch_size: int, microbatch_size) -> None:
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
-  if microbatch_size is not None and (not isinstance(microbatch_size, (int, np.integer)) or microbatch_size < 1):
-    raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer or None")
+  if microbatch_size is None or microbatch_size == "auto":
+    return
+  if not isinstance(microbatch_size, (int, np.integer)) or microbatch_size < 1:
+    raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer, 'auto' or None")
 
 
 def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_streams, seed, checkpoint_id,

@@ -31,7 +31,7 @@ class Preset:
   sgld: SGLDConfig
   batch_size: int
   delta_h: float
-  microbatch_size: int | None
+  microbatch_size: int | str | None  # None: whole batches; "auto": the largest that fits
   max_contexts: int | None  # per sweep dataset (base and probes), after tokenization; training uses all
   output_dir: str
   sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep)
@@ -67,7 +67,10 @@ PRESETS = {
         model="tetrahedron_3m", run_dir=None, tokenizer=None, vocab_size=5000, train_data=PAPER_BASE,
         train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None,
         checkpoint_steps=PAPER_CHECKPOINT_STEPS,  # S of App. C.1; the per-token run uses the last, 49900
-        sgld=SGLDConfig(), batch_size=64, delta_h=0.1, microbatch_size=8, max_contexts=100_000,
+        sgld=SGLDConfig(), batch_size=64, delta_h=0.1, max_contexts=100_000,
+        # 17 entries per chip at micro-batch 8 need ≈ 37 GiB (XLA's analysis), more than a v4 chip's 32: sized
+        # per device from XLA's memory analysis instead (sampler.MICROBATCH_AUTO).
+        microbatch_size="auto",
         output_dir="runs/paper/sweep", per_token_output_dir="runs/paper/per_token",
         sgld_note="the paper's settings (App. C.3); check them on your model with `python -m experiments.calibrate`"),
 }

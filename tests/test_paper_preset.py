@@ -24,6 +24,7 @@ def test_paper_preset_is_the_papers_configuration():
   assert paper.base == "hf:timaeus/dsir-pile-1m-2" and len(paper.probes) == 13
   assert {"hf:timaeus/pile-github", "hf:timaeus/pile-freelaw", "hf:timaeus/pile-hackernews"} <= set(paper.probes)
   assert paper.model == "tetrahedron_3m" and paper.batch_size == 64 and paper.delta_h == 0.1
+  assert paper.microbatch_size == "auto"  # sized from XLA's memory analysis per device
   sgld = paper.sgld
   assert (sgld.step_size, sgld.localization, sgld.nbeta, sgld.num_chains, sgld.num_draws, sgld.num_burnin) == (
       1e-3, 300.0, 30.0, 4, 200, 0)
@@ -68,7 +69,7 @@ def test_paper_preset_end_to_end_on_local_stand_ins(tiny, tmp_path):
   small = ["--num_chains=2", "--num_draws=3", "--batch_size=10", "--max_contexts=40"]
   swept = (0, 49900)  # of the three converted (the preset's default is all of S, which these stand-ins lack)
   sweep = _run([sys.executable, "-m", "experiments.sweep", "--preset=paper", f"--run_dir={run_dir}",
-                "--steps=" + ",".join(map(str, swept)), "--microbatch_size=5", *small], cwd=tmp_path)
+                "--steps=" + ",".join(map(str, swept)), *small], cwd=tmp_path)  # micro-batch: the preset's auto
   import pandas as pd
   table = pd.read_parquet(tmp_path / "runs" / "paper" / "sweep" / "results.parquet")
   assert sorted(table["checkpoint"].unique()) == list(swept)

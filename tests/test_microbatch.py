@@ -1,0 +1,68 @@
+"""microbatch_size='auto': the largest micro-batch whose compiled program fits the devices (XLA's memory
+analysis against device memory); choosing it never changes the numbers beyond summation order."""
+import warnings
+
+import numpy as np
+import pytest
+
+import suscept_jax as sj
+from suscept_jax import sampler
+from suscept_jax.models import config as model_config, transformer
+
+pytestmark = pytest.mark.filterwarnings("ignore::suscept_jax.health.SusceptibilityWarning")
+CFG = model_config.get_config("tiny")
+SGLD = sj.SGLDConfig(num_chains=2, num_draws=4)
+
+
+def _problem():
+  params = transformer.init_params(CFG, seed=0)
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, CFG.d_vocab, size=(64, CFG.n_ctx + 1)).astype(np.int32)
+  probe = rng.integers(0, CFG.d_vocab // 2, size=(64, CFG.n_ctx + 1)).astype(np.int32)
+  loss_fn = lambda p, b: transformer.context_nll(p, b, CFG)  # noqa: E731
+  return loss_fn, params, {"full": None}, base, {"probe": probe}
+
+
+def _run(micro):
+  loss_fn, params, comps, base, probes = _problem()
+  return sj.estimate_susceptibilities(loss_fn, params, comps, base, probes, config=SGLD, batch_size=32,
+                                      microbatch_size=micro, progress=False)
+
+
+def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
+  need = []
+  real_program_bytes = sampler.program_bytes
+  monkeypatch.setattr(sampler, "program_bytes", lambda compiled: need.append(real_program_bytes(compiled)) or need[-1])
+  sampler._AUTO_CHOICES.clear()
+  whole = _run(None)
+  auto = _run("auto")  # this machine's memory holds the whole batch: no micro-batching, the same numbers
+  assert list(sampler._AUTO_CHOICES.values()) == [None] and len(need) == 1
+  np.testing.assert_array_equal(auto.chi, whole.chi)
+  # A device that holds a little less than the whole batch's program: a smaller micro-batch is chosen.
+  whole_batch_bytes = need.pop()
+  sampler._AUTO_CHOICES.clear()
+  monkeypatch.setattr(sampler, "device_memory_bytes",
+                      lambda device: int(whole_batch_bytes / sampler.MEMORY_FRACTION) - 1)
+  small = _run("auto")
+  chosen = list(sampler._AUTO_CHOICES.values())[0]
+  assert chosen is not None and chosen < 32 and need[0] == whole_batch_bytes and need[-1] < whole_batch_bytes
+  explicit = _run(chosen)
+  np.testing.assert_array_equal(small.chi, explicit.chi)  # auto = the same micro-batch given by hand
+  np.testing.assert_allclose(small.chi, whole.chi, rtol=1e-4, atol=1e-7)  # = no micro-batching, up to rounding
+  np.testing.assert_allclose(small.llc, whole.llc, rtol=1e-4)
+
+
+def test_nothing_fits_is_a_clear_error(monkeypatch):
+  sampler._AUTO_CHOICES.clear()
+  monkeypatch.setattr(sampler, "device_memory_bytes", lambda device: 1000)
+  with pytest.raises(MemoryError, match=r"microbatch_size='auto': no micro-batch fits .* needed per micro-batch "
+                                        r"size: 32: .* GiB; 16: "):
+    _run("auto")
+
+
+def test_candidates_halve_down_to_one():
+  assert sampler.microbatch_candidates(64) == [None, 32, 16, 8, 4, 2, 1]
+  assert sampler.microbatch_candidates(20) == [None, 10, 5, 2, 1]
+  with pytest.raises(ValueError, match="microbatch_size='big' must be a positive integer, 'auto' or None"):
+    with warnings.catch_warnings():
+      _run("big")
