@@ -166,11 +166,13 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                               chi_form: str = "eq41", scale_by_delta_h: bool = False,
                               microbatch_size: int | None = None, mesh=None, checkpoint_id: int = 0,
                               progress=True, label: str = "susceptibilities",
-                              base_name: str = "base data") -> SusceptibilityResult:
+                              base_name: str = "base data", restrict_gradients: bool = True) -> SusceptibilityResult:
   """χ of every probe for every component (eq. 41), with the LLCs the same samples give.
 
   loss_fn(params, batch) -> per-sample losses [B]; components maps names to masks (None = all free) and
   must contain "full"; base and every probe are pytrees of arrays with a leading sample axis.
+  restrict_gradients: components freeing the same parameter leaves share a program that differentiates only
+  those (same numbers, less work; one compilation per group); False: one program, full gradients.
   """
   config = config or sgld.SGLDConfig()
   validation.check_batching(batch_size, microbatch_size)
@@ -196,7 +198,7 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
   out = sampler.run(loss_fn, params, component_names, masks_C, base, probes, config=config,
                     batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                     microbatch_size=microbatch_size, mesh=mesh, progress=progress, label=label,
-                    base_name=base_name)
+                    base_name=base_name, restrict_gradients=restrict_gradients)
   return result_from_output(out, loss_fn, params, component_names, probes, config=config, batch_size=batch_size,
                             delta_h=delta_h, chi_form=chi_form, scale_by_delta_h=scale_by_delta_h,
                             microbatch_size=microbatch_size)
@@ -261,7 +263,8 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
                  batch_size: int = 64, mask=None, seed: int = 0, microbatch_size: int | None = None,
                  mesh=None, checkpoint_id: int = 0, progress=True, label: str = "llc",
                  data_name: str = "data") -> LLCResult:
-  """The (weight-refined, if `mask` is given) local learning coefficient at `params`."""
+  """The (weight-refined, if `mask` is given) local learning coefficient at `params`. With a mask, only the
+  parameter leaves it frees are differentiated."""
   config = config or sgld.SGLDConfig()
   validation.check_batching(batch_size, microbatch_size)
   validation.check_params(params)

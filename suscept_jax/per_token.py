@@ -60,11 +60,12 @@ def estimate_per_token_susceptibilities(
     probes: Mapping[str, Any] | None = None, config: sgld.SGLDConfig | None = None, batch_size: int = 16,
     delta_h: float = 0.1, seed: int = 0, contexts_per_chunk: int | None = None, microbatch_size: int | None = None,
     observed_microbatch: int | None = None, mesh=None, checkpoint_id: int = 0, progress=True,
-    base_name: str = "base data") -> PerTokenResult:
+    base_name: str = "base data", restrict_gradients: bool = True) -> PerTokenResult:
   """Per-token χ of every observed token for every component (Definition 3.2; paper: 100 draws, batch 16).
 
   loss_fn(params, batch) -> per-sample losses [B] (drives SGLD, as in `estimate_susceptibilities`);
   token_loss_fn(params, contexts) -> per-token losses [B, J]; contexts: pytree with leading axis O.
+  restrict_gradients: as in `estimate_susceptibilities`.
   """
   config = config or sgld.SGLDConfig(num_draws=100)
   validation.check_batching(batch_size, microbatch_size)
@@ -103,7 +104,8 @@ def estimate_per_token_susceptibilities(
                       checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
                       progress=progress if i == 0 else False, label=f"per-token chunk {i + 1}/{num_chunks}",
                       base_name=base_name, observed=_chunk(contexts, i * chunk, chunk, num_contexts),
-                      token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch)
+                      token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch,
+                      restrict_gradients=restrict_gradients)
     diverged = out.diverged.reshape(C, K)
     table = estimators.chi_table(out.token_moments, diverged, component_names, "eq41", None)
     per_chain_chunks.append(table.per_chain.reshape(chunk, *token_shape[1:], C, K))  # [O', J, C, K]

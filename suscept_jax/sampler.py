@@ -90,8 +90,27 @@ def batched_losses(loss_fn, params, batch, micro: int | None):
   return losses.reshape((-1,) + losses.shape[2:])[:n]
 
 
-def loss_and_grad(loss_fn, params, batch, micro: int | None):
-  """(per-sample losses [n], ∇ of their mean), accumulated exactly over micro-batches."""
+def loss_and_grad(loss_fn, params, batch, micro: int | None, free=None, anchor=None):
+  """(per-sample losses [n], ∇ of their mean), accumulated exactly over micro-batches.
+
+  free (a bool per parameter leaf, or None = all): only those leaves are differentiated; the others are
+  taken from `anchor` (w*), where a chain that never frees them keeps them, and get a zero gradient.
+  """
+  if free is None or all(free):
+    return _loss_and_grad(loss_fn, params, batch, micro)
+  anchor_leaves, treedef = jax.tree.flatten(anchor)
+
+  def on_free_leaves(differentiated, b):
+    it = iter(differentiated)
+    return loss_fn(treedef.unflatten([next(it) if f else a for a, f in zip(anchor_leaves, free)]), b)
+
+  losses, grad_free = _loss_and_grad(on_free_leaves, [w for w, f in zip(jax.tree.leaves(params), free) if f],
+                                     batch, micro)
+  it = iter(grad_free)
+  return losses, treedef.unflatten([next(it) if f else jnp.zeros_like(a) for a, f in zip(anchor_leaves, free)])
+
+
+def _loss_and_grad(loss_fn, params, batch, micro: int | None):
   n = num_rows(batch)
   if micro is None or micro >= n:
     def mean_loss(p):
@@ -113,6 +132,36 @@ def loss_and_grad(loss_fn, params, batch, micro: int | None):
 
   grad, losses = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (batches, weights))
   return losses.reshape(-1)[:n], grad
+
+
+# ---- cost that follows what is free ---------------------------------------------------------------------
+
+def free_leaves(masks_C, components) -> tuple[bool, ...]:
+  """Per parameter leaf: whether any of `components` (indices into the stacked masks) frees a coordinate."""
+  idx = np.asarray(list(components), np.int64)
+  return tuple(bool(np.any(np.asarray(m)[idx])) for m in jax.tree.leaves(masks_C))
+
+
+def component_groups(masks_C, num_components: int) -> list[tuple[tuple[bool, ...], list[int]]]:
+  """Components grouped by the set of leaves they free, in order of first appearance: one program each.
+
+  A group's program differentiates only its free leaves and holds the rest at w* as constants shared by all
+  its entries, so XLA drops the weight gradients of frozen leaves and the backward pass below the lowest free
+  layer, and runs the frozen layers' matmuls as one batch over entries (e.g. a layer-1 head: no backward into
+  layer 0, no unembedding weight gradient). The numbers do not change: a frozen coordinate never moves.
+  """
+  groups: dict = {}
+  for c in range(num_components):
+    groups.setdefault(free_leaves(masks_C, [c]), []).append(c)
+  return list(groups.items())
+
+
+def pinned(position, anchor, free):
+  """`position` with the leaves outside `free` replaced by w* (equal in value; constants to XLA)."""
+  if free is None:
+    return position
+  leaves, treedef = jax.tree.flatten(position)
+  return treedef.unflatten([w if f else a for w, a, f in zip(leaves, jax.tree.leaves(anchor), free)])
 
 
 def _flatten_rows(tree, lead: int):
@@ -196,6 +245,7 @@ class Plan:
   token_loss_fn: Callable | None = None  # (params, contexts [O', ...]) -> per-token losses [O', J]
   observed_microbatch: int | None = None  # observed contexts evaluated this many at a time
   pair_split: int | None = None  # observed rows [0, split) are queries, the rest samples: stream their covariance
+  free_leaves: tuple | None = None  # leaves differentiated (a bool per leaf; None = all): see component_groups
 
 
 def _specs(tree_type, spec):
@@ -213,7 +263,7 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
   config = plan.config
 
   def step(state, key, comp, hyper, batch, global_step):
-    losses, grad = loss_and_grad(loss_fn, state.position, batch, plan.microbatch_size)
+    losses, grad = loss_and_grad(loss_fn, state.position, batch, plan.microbatch_size, plan.free_leaves, anchor)
     noise = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
     mask = jax.tree.map(lambda m: m[comp], masks_C)
     return sgld.step(state, grad, noise, anchor, mask, config, hyper), losses, grad
@@ -236,7 +286,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   L = plan.blocks_per_chunk
 
   def mala(state, new_state, comp, hyper, batch, losses, grad):
-    new_losses, new_grad = loss_and_grad(loss_fn, new_state.position, batch, plan.microbatch_size)
+    new_losses, new_grad = loss_and_grad(loss_fn, new_state.position, batch, plan.microbatch_size, plan.free_leaves,
+                                         anchor)
     _, precond = sgld.preconditioner(state, grad, config)
     mask = jax.tree.map(lambda m: m[comp], masks_C)
     return sgld.mala_acceptance(state.position, new_state.position, losses.mean(), new_losses.mean(),
@@ -247,7 +298,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
     probes_E = _stream_rows(jax.tree.map(lambda a: a[l], data.probe_LxKxDxM), entries.stream)  # [E, D, M, ...]
     probe_losses_ExDxM = jax.vmap(
-        lambda w, p: batched_losses(loss_fn, w, _flatten_rows(p, 2), plan.microbatch_size).reshape(D, M))(
+        lambda w, p: batched_losses(loss_fn, pinned(w, anchor, plan.free_leaves), _flatten_rows(p, 2),
+                                    plan.microbatch_size).reshape(D, M))(
             position_E, probes_E)
     base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M], batch_E)  # [E, M, ...]
     # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
@@ -293,8 +345,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
     token_moments = c.token_moments
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
-      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, w, observed, plan.observed_microbatch))(
-          c.state.position)
+      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, pinned(w, anchor, plan.free_leaves),
+                                                       observed, plan.observed_microbatch))(c.state.position)
       token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
                                                 jnp.isfinite(tokens_ExOxJ))
     pair_moments = c.pair_moments
@@ -536,14 +588,65 @@ class _Streams:
 
 
 def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
-        config: sgld.SGLDConfig, batch_size: int, delta_h: float | None, seed: int = 0,
-        checkpoint_id: int = 0, microbatch_size: int | None = None, mesh=None, hyper_C: sgld.Hyper | None = None,
-        draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
-        base_name: str = "base data", observed=None, token_loss_fn=None,
-        observed_microbatch: int | None = None, pair_split: int | None = None) -> SamplerOutput:
+        config: sgld.SGLDConfig, hyper_C: sgld.Hyper | None = None, restrict_gradients: bool = True,
+        progress=True, label: str = "sgld", **options) -> SamplerOutput:
   """Sample every (component, chain) and stream the draw statistics. Inputs are assumed validated.
 
   hyper_C: per-component ε, nβ, γ (arrays [C]); default: the config's for every component.
+  restrict_gradients: one program per group of components freeing the same parameter leaves, each
+    differentiating only those (`component_groups`); False: one program over all entries, full gradients.
+  options: batch_size, delta_h, seed, checkpoint_id, microbatch_size, mesh, draws_per_chunk, base_name,
+    observed, token_loss_fn, observed_microbatch, pair_split (see `_run_program`).
+  """
+  t0 = time.perf_counter()
+  C = len(component_names)
+  if hyper_C is None:
+    hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
+  groups = component_groups(masks_C, C) if restrict_gradients else [(None, list(range(C)))]
+  if len(groups) == 1:
+    free = groups[0][0]
+    return _run_program(loss_fn, params, component_names, masks_C, base, probes, config=config, hyper_C=hyper_C,
+                        free=None if free is None or all(free) else free, progress=progress, label=label, **options)
+  bar = _progress_bar(progress, config.num_steps * len(groups), label)
+  outputs = []
+  for free, comps in groups:
+    outputs.append(_run_program(
+        loss_fn, params, [component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
+        base, probes, config=config, hyper_C=sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
+        free=None if all(free) else free, progress=bar if bar is not None else False, label=label, **options))
+  if bar is not None and not hasattr(progress, "update"):
+    bar.close()
+  return _merge_groups(outputs, [comps for _, comps in groups], config.num_chains, time.perf_counter() - t0)
+
+
+def _merge_groups(outputs, groups, num_chains: int, seconds: float) -> SamplerOutput:
+  """One SamplerOutput over all entries, in the original component-major order, from the groups' outputs."""
+  order = np.concatenate(groups)
+  position = np.empty_like(order)
+  position[order] = np.arange(order.size)
+  rows_E = (position[:, None] * num_chains + np.arange(num_chains)).ravel()  # entry -> row of the concatenation
+  per_entry = lambda axis: lambda *xs: np.take(np.concatenate(xs, axis=axis), rows_E, axis=axis)
+  over = lambda field, axis: (None if getattr(outputs[0], field) is None else
+                              jax.tree.map(per_entry(axis), *[getattr(o, field) for o in outputs]))
+  first = outputs[0]
+  return SamplerOutput(
+      moments=over("moments", 0), diverged=over("diverged", 0), diverged_at=over("diverged_at", 0),
+      loss_trace=over("loss_trace", 1), phi_trace=over("phi_trace", 1), delta_loss_trace=over("delta_loss_trace", 1),
+      loss_star_trace=first.loss_star_trace, mala=over("mala", 1),
+      nonfinite_probe_samples={d: sorted(set().union(*(o.nonfinite_probe_samples[d] for o in outputs)))
+                               for d in first.nonfinite_probe_samples},
+      realised_delta_h=first.realised_delta_h, seconds=seconds,
+      token_moments=over("token_moments", 0), pair_moments=over("pair_moments", 0))
+
+
+def _run_program(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
+                 config: sgld.SGLDConfig, batch_size: int, delta_h: float | None, hyper_C: sgld.Hyper,
+                 free: tuple | None = None, seed: int = 0, checkpoint_id: int = 0, microbatch_size: int | None = None,
+                 mesh=None, draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
+                 base_name: str = "base data", observed=None, token_loss_fn=None,
+                 observed_microbatch: int | None = None, pair_split: int | None = None) -> SamplerOutput:
+  """`run` for components sharing one compiled program, differentiating the leaves in `free` (None: all).
+
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
   pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
   """
@@ -562,13 +665,12 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
               token_loss_fn=token_loss_fn if observed is not None else None,
-              observed_microbatch=observed_microbatch, pair_split=pair_split if observed is not None else None)
+              observed_microbatch=observed_microbatch, pair_split=pair_split if observed is not None else None,
+              free_leaves=free)
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
   pad = E_pad - E
   padded = lambda a: np.concatenate([a, np.repeat(a[:1], pad, axis=0)])
-  if hyper_C is None:
-    hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
   components_E = np.repeat(np.arange(C, dtype=np.int32), K)
   entries = Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
                     component=padded(components_E),

@@ -1,0 +1,81 @@
+"""What restricting gradients to the free leaves saves, per component kind and for a whole sweep step.
+
+  python -m benchmarks.restricted_gradients [--model=demo] [--batch_size=20] [--num_chains=4] [--draws=40]
+
+Per kind (the full model, a head of the first layer, of the last layer, the unembedding): XLA's FLOP count of
+one entry's gradient with every leaf differentiated and with only the kind's, and the measured time of that
+gradient vmapped over the kind's entries (its heads × chains). Then `sampler.run` over the model's default
+components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+import suscept_jax as sj
+from suscept_jax import sampler
+from suscept_jax.models import components
+
+from benchmarks import common
+
+
+def gradient_cost(loss_fn, params, batch_ExN, free, repeats: int):
+  """(XLA FLOPs of one entry's gradient, seconds per call of the gradient vmapped over entries)."""
+  one = lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, params)
+  flops = jax.jit(one).lower(params, batch_ExN[0]).compile().cost_analysis()["flops"]
+  positions = jax.tree.map(lambda a: np.broadcast_to(a, (batch_ExN.shape[0],) + a.shape).copy(), params)
+  vmapped = jax.jit(jax.vmap(one))
+  jax.block_until_ready(vmapped(positions, batch_ExN))
+  t = time.perf_counter()
+  for _ in range(repeats):
+    out = vmapped(positions, batch_ExN)
+  jax.block_until_ready(out)
+  return float(flops), (time.perf_counter() - t) / repeats
+
+
+def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):
+  """(seconds of the first run, compilation included; of a second, compiled, run)."""
+  kw = dict(config=config, batch_size=batch_size, delta_h=0.1, progress=False, restrict_gradients=restrict)
+  first = sampler.run(loss_fn, params, names, masks_C, base, probes, **kw).seconds
+  return first, sampler.run(loss_fn, params, names, masks_C, base, probes, **kw).seconds
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--model", default="demo")
+  parser.add_argument("--batch_size", type=int, default=20)
+  parser.add_argument("--num_chains", type=int, default=4)
+  parser.add_argument("--draws", type=int, default=40)
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args(argv)
+  cfg, loss_fn, params, masks, base, probes = common.setup(args.model, num_contexts=1024)
+  last = cfg.n_layers - 1
+  kinds = {"full": ("full", 1), "layer-0 head": ("l0h0", cfg.n_heads), f"layer-{last} head": (f"l{last}h0", cfg.n_heads),
+           "unembed": ("unembed", 1)}
+  print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model {args.model} "
+        f"({sum(np.size(x) for x in jax.tree.leaves(params)):,} params, ctx {cfg.n_ctx}, {cfg.n_layers} layers × "
+        f"{cfg.n_heads} heads); batch {args.batch_size}, {args.num_chains} chains")
+  rng = np.random.default_rng(0)
+  for kind, (spec, count) in kinds.items():
+    _, masks_C = sj.stack_masks(components.component_masks([spec], params, cfg), params)
+    free = sampler.free_leaves(masks_C, [0])
+    entries = count * args.num_chains
+    batch_ExN = rng.integers(0, cfg.d_vocab, (entries, args.batch_size, cfg.n_ctx), dtype=np.int32)
+    flops_all, s_all = gradient_cost(loss_fn, params, batch_ExN, None, args.repeats)
+    flops_free, s_free = gradient_cost(loss_fn, params, batch_ExN, None if all(free) else free, args.repeats)
+    print(f"  {kind:>13}: {entries:3d} entries; gradient {flops_all / 1e6:8.1f} -> {flops_free / 1e6:8.1f} MFLOP "
+          f"({flops_free / flops_all:.2f}×); vmapped over the entries {s_all * 1e3:7.1f} -> {s_free * 1e3:7.1f} ms "
+          f"({s_free / s_all:.2f}×)")
+  names, masks_C = sj.stack_masks(masks, params)
+  groups = sampler.component_groups(masks_C, len(names))
+  config = sj.SGLDConfig(num_chains=args.num_chains, num_draws=args.draws, mala_every=0)
+  off = run_seconds(loss_fn, params, names, masks_C, base, probes, config, args.batch_size, False)
+  on = run_seconds(loss_fn, params, names, masks_C, base, probes, config, args.batch_size, True)
+  print(f"  sampler.run, {len(names)} components × {args.num_chains} chains × {args.draws} draws, 8 probes "
+        f"({len(groups)} programs when restricted): full gradients {off[0]:.1f} s ({off[1]:.1f} s compiled), "
+        f"restricted {on[0]:.1f} s ({on[1]:.1f} s compiled): {off[0] / on[0]:.2f}× ({off[1] / on[1]:.2f}× compiled)")
+
+
+if __name__ == "__main__":
+  main()

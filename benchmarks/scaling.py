@@ -1,0 +1,148 @@
+"""Time per draw as replicas grow, FLOP/s against peak, and a projection of the paper's runs.
+
+  python -m benchmarks.scaling [--model=demo] [--batch_size=20] [--replicas=1,4,17,68] [--draws=20]
+
+1. Replicas (component × chain entries, here chains of the full model) E = 1, 4, 17, 68: seconds per draw and
+   per replica-draw, and the draw program's achieved FLOP/s (XLA's count) against a measured matmul peak.
+   Per-replica time falls while a replica alone leaves the device idle and flattens once the matmuls fill it.
+2. The per-token pass (per-token NLL of O contexts for E parameter copies): FLOP/s against the same peak.
+3. Projection: FLOPs of the paper's sweep and per-token run (XLA's count for the paper model at batch 64 ×
+   ctx 1024, restricted gradients per component kind) over the peaks of one H100 and of a TPU v4-8 at a given
+   utilisation. A FLOP count over a peak, not a measurement: replace it with device figures when measured.
+"""
+import argparse
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import suscept_jax as sj
+from suscept_jax import mixing, sampler
+from suscept_jax.models import components, config as model_config, transformer
+
+from benchmarks import common
+
+# Vendor datasheet peaks, dense FLOP/s.
+PEAKS = {"H100 SXM (bf16)": 989e12, "H100 SXM (tf32)": 495e12, "TPU v4-8, 4 chips (bf16)": 4 * 275e12}
+# The paper's runs (App. C): sweep over S × probes × components × chains × draws, and the per-token run.
+PAPER = dict(checkpoints=30, probes=14, chains=4, draws=200, batch=64, delta_h=0.1,
+             per_token_draws=100, per_token_batch=16, per_token_contexts=160)
+
+
+def flops_of(fn, *args) -> float:
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
+def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draws: int) -> float:
+  """A run of `replicas` chains of the full model, minus a one-draw run, per extra draw (compiled)."""
+  names, masks_C = sj.stack_masks({"full": None}, params)
+
+  def timed(num_draws):
+    kw = dict(config=sj.SGLDConfig(num_chains=replicas, num_draws=num_draws, mala_every=0), batch_size=batch_size,
+              delta_h=None, progress=False)
+    sampler.run(loss_fn, params, names, masks_C, base, {}, **kw)  # compile
+    return sampler.run(loss_fn, params, names, masks_C, base, {}, **kw).seconds
+
+  return (timed(draws) - timed(1)) / (draws - 1)
+
+
+def replica_curve(loss_fn, params, base, replica_counts, batch_size, draws, peak):
+  grad_flops = flops_of(lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None), params, base[:batch_size])
+  print(f"replicas (chains of the full model), batch {batch_size}: one gradient = {grad_flops / 1e6:.1f} MFLOP")
+  previous = None
+  for E in replica_counts:
+    s = seconds_per_draw(loss_fn, params, base, E, batch_size, draws)
+    rate = E * grad_flops / s
+    note = "" if previous is None else f"; per replica ×{(s / E) / previous:.2f} vs the previous row"
+    print(f"  E = {E:3d}: {s * 1e3:8.1f} ms per draw, {s / E * 1e3:7.2f} ms per replica-draw, "
+          f"{rate / 1e9:6.1f} GFLOP/s = {100 * rate / peak:4.1f}% of peak{note}")
+    previous = s / E
+
+
+def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
+  stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
+  forward = lambda w: jax.vmap(lambda p: token_loss_fn(p, contexts))(w)
+  flops = flops_of(forward, stacked)
+  compiled = jax.jit(forward)
+  compiled(stacked).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(5):
+    out = compiled(stacked)
+  out.block_until_ready()
+  s = (time.perf_counter() - t) / 5
+  print(f"per-token pass: {replicas} replicas × {contexts.shape[0]} contexts × {contexts.shape[1]} tokens: "
+        f"{s * 1e3:.1f} ms, {flops / s / 1e9:.1f} GFLOP/s = {100 * flops / s / peak:.1f}% of peak")
+
+
+def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
+  """FLOPs of the paper's sweep and per-token run from XLA's count on the paper model (compiled, not run)."""
+  cfg = model_config.get_config(model)
+  params = jax.eval_shape(lambda: transformer.init_params(cfg))
+  loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
+  batch = jax.ShapeDtypeStruct((PAPER["batch"], cfg.n_ctx), jnp.int32)
+  one = jax.ShapeDtypeStruct((1, cfg.n_ctx), jnp.int32)
+  forward_1 = flops_of(loss_fn, params, one)
+  specs = components.default_components(cfg)
+  masks = components.component_masks(specs, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params), cfg)
+  names, masks_C = sj.stack_masks(masks, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
+  groups = sampler.component_groups(masks_C, len(names))
+
+  def step_flops(batch):  # {component: FLOPs of its restricted gradient at `batch`}
+    out = {}
+    for free, comps in groups:
+      free = None if all(free) else free
+      grad = flops_of(lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
+      out.update({names[c]: grad for c in comps})
+    return out
+
+  step = step_flops(batch)
+  slots = mixing.max_probe_samples(PAPER["batch"], PAPER["delta_h"])
+  K, T = PAPER["chains"], PAPER["draws"]
+  # Per draw: every entry's step + its probe slots; per stream one batch at w*.
+  per_draw = sum(K * (g + PAPER["probes"] * slots * forward_1) for g in step.values()) + K * PAPER["batch"] * forward_1
+  unrestricted = len(names) * K * (step["full"] + PAPER["probes"] * slots * forward_1) + K * PAPER["batch"] * forward_1
+  sweep = PAPER["checkpoints"] * T * per_draw
+  observed = PAPER["probes"] * PAPER["per_token_contexts"]
+  per_token_batch = jax.ShapeDtypeStruct((PAPER["per_token_batch"], cfg.n_ctx), jnp.int32)
+  token_forward = flops_of(token_loss_fn, params, one)
+  per_token = PAPER["per_token_draws"] * K * sum(g + observed * token_forward
+                                                  for g in step_flops(per_token_batch).values())
+  print(f"{model} model ({cfg.n_layers} layers × {cfg.n_heads} heads, ctx {cfg.n_ctx}, {len(names)} components): "
+        f"forward of one context {forward_1 / 1e9:.2f} GFLOP; gradient at batch {PAPER['batch']}: "
+        + ", ".join(f"{n} {g / 1e12:.2f} TFLOP" for n, g in list(step.items())[:3]) + " …")
+  print(f"  sweep ({PAPER['checkpoints']} checkpoints × {PAPER['probes']} probes × {len(names)} components × {K} "
+        f"chains × {T} draws): {sweep / 1e15:.1f} PFLOP (full gradients everywhere: "
+        f"{PAPER['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
+  print(f"  per-token run ({PAPER['per_token_draws']} draws, {observed} observed contexts): {per_token / 1e15:.1f} PFLOP")
+  for device, peak in PEAKS.items():
+    print(f"  {device} at {utilisation:.0%} of peak: sweep {sweep / (peak * utilisation) / 60:.0f} min, "
+          f"per-token run {per_token / (peak * utilisation) / 60:.0f} min")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--model", default="demo")
+  parser.add_argument("--batch_size", type=int, default=20)
+  parser.add_argument("--replicas", default="1,4,17,68")
+  parser.add_argument("--draws", type=int, default=20)
+  parser.add_argument("--utilisation", type=float, default=0.3, help="assumed fraction of peak for the projection")
+  parser.add_argument("--projection_model", default="tetrahedron_3m", help="the paper's model (a smaller one in tests)")
+  parser.add_argument("--skip_projection", action="store_true")
+  args = parser.parse_args(argv)
+  cfg, loss_fn, params, _, base, _ = common.setup(args.model, num_contexts=1024)
+  peak = common.peak_matmul_flops()
+  print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model {args.model} "
+        f"({sum(np.size(x) for x in jax.tree.leaves(params)):,} params, ctx {cfg.n_ctx}); measured f32 matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s")
+  replica_curve(loss_fn, params, base, [int(r) for r in args.replicas.split(",")], args.batch_size, args.draws, peak)
+  per_token_rate(functools.partial(transformer.per_token_nll, config=cfg), params, jnp.asarray(base[:32]), 36, peak)
+  if not args.skip_projection:
+    paper_projection(args.utilisation, args.projection_model)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,21 @@
+"""The benchmark scripts run end to end at tiny sizes, so they cannot rot (their figures are not checked
+here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed tests)."""
+import re
+
+from benchmarks import restricted_gradients, scaling
+
+
+def test_restricted_gradients_prints_every_kind(capsys):
+  restricted_gradients.main(["--model=tiny", "--batch_size=8", "--num_chains=2", "--draws=3", "--repeats=1"])
+  out = capsys.readouterr().out
+  for kind in ("full", "layer-0 head", "layer-1 head", "unembed"):
+    assert re.search(rf"{kind}: .* MFLOP \(\d\.\d\d×\)", out), out
+  assert re.search(r"sampler.run, 5 components .* \(3 programs when restricted\)", out), out
+
+
+def test_scaling_prints_the_curve_and_a_projection(capsys):
+  scaling.main(["--model=tiny", "--batch_size=8", "--replicas=1,3", "--draws=3", "--projection_model=tiny"])
+  out = capsys.readouterr().out
+  assert len(re.findall(r"E = +\d+: .* ms per draw", out)) == 2, out
+  assert "per-token pass" in out and "% of peak" in out
+  assert re.search(r"TPU v4-8, 4 chips \(bf16\) at 30% of peak: sweep \d+ min", out), out

@@ -1,0 +1,70 @@
+"""Cost that follows what is free: one program per group of components freeing the same leaves, each
+differentiating only those. The chains must be the same as with full gradients (within rounding), and the
+restricted programs must really do less work."""
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from suscept_jax import masks as masks_lib, sampler, sgld
+from suscept_jax.models import components, config as model_config, transformer
+
+SPECS = ["full", "l0h1", "l1h0", "l1h1", "unembed"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+  cfg = model_config.get_config("tiny", d_vocab=64)
+  params = transformer.init_params(cfg, seed=0)
+  names, masks_C = masks_lib.stack_masks(components.component_masks(SPECS, params, cfg), params)
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, 64, (96, cfg.n_ctx), dtype=np.int32)
+  probes = {"other": rng.integers(0, 32, (96, cfg.n_ctx), dtype=np.int32)}
+  observed = rng.integers(0, 64, (3, cfg.n_ctx), dtype=np.int32)
+  loss, tokens = (functools.partial(f, config=cfg) for f in (transformer.context_nll, transformer.per_token_nll))
+  return cfg, params, names, masks_C, base, probes, observed, loss, tokens
+
+
+def test_components_are_grouped_by_the_leaves_they_free(problem):
+  cfg, params, names, masks_C, *_ = problem
+  groups = sampler.component_groups(masks_C, len(names))
+  assert [[names[c] for c in comps] for _, comps in groups] == [["full"], ["l0h1"], ["l1h0", "l1h1"], ["unembed"]]
+  paths = masks_lib.leaf_paths(params)
+  free_paths = {names[comps[0]]: {p for p, f in zip(paths, free) if f} for free, comps in groups}
+  assert free_paths["full"] == set(paths)
+  assert free_paths["l1h0"] and all("1" in p for p in free_paths["l1h0"]), free_paths["l1h0"]
+  assert free_paths["unembed"] and all("unembed" in p for p in free_paths["unembed"]), free_paths["unembed"]
+
+
+def test_restricted_programs_give_the_same_chains(problem):
+  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
+  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, num_burnin=2,
+                           mala_every=2)
+  run = lambda restrict: sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16,
+                                     delta_h=0.25, restrict_gradients=restrict, progress=False, observed=observed,
+                                     token_loss_fn=tokens)
+  full, restricted = run(False), run(True)
+  assert np.ptp(full.phi_trace) > 1e-3  # the chains moved, so equality below says something
+  for field in ("loss_trace", "phi_trace", "delta_loss_trace", "mala"):
+    np.testing.assert_allclose(getattr(restricted, field), getattr(full, field), rtol=2e-4, atol=2e-6, err_msg=field)
+  np.testing.assert_array_equal(restricted.loss_star_trace, full.loss_star_trace)
+  for a, b in zip(jax.tree.leaves(restricted.token_moments), jax.tree.leaves(full.token_moments)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  for a, b in zip(jax.tree.leaves(restricted.moments), jax.tree.leaves(full.moments)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def test_a_restricted_program_does_less_work(problem):
+  """XLA's own flop count of one gradient: a layer-1 head skips the backward pass into layer 0 and the
+  unembedding's weight gradient; an unembedding component skips the whole backward pass below it."""
+  cfg, params, names, masks_C, base, *_ , loss, _ = problem
+  batch = base[:16]
+  flops = {}
+  for free, comps in sampler.component_groups(masks_C, len(names)):
+    fn = jax.jit(lambda w, b, free=None if all(free) else free: sampler.loss_and_grad(loss, w, b, None, free, params))
+    flops[names[comps[0]]] = fn.lower(params, batch).compile().cost_analysis()["flops"]
+  forward = jax.jit(loss).lower(params, batch).compile().cost_analysis()["flops"]
+  assert flops["unembed"] < flops["l1h0"] < flops["l0h1"] <= flops["full"], flops
+  assert flops["full"] > 2.5 * forward  # a full gradient is forward + ~2× backward
+  assert flops["unembed"] < 1.6 * forward, (flops, forward)
