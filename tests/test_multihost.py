@@ -37,6 +37,14 @@ def test_two_processes_give_the_same_table_as_one(tiny, tmp_path):
   b = pd.read_csv(tmp_path / "two" / "results.csv")
   pd.testing.assert_frame_equal(a, b)
   assert sorted(a["checkpoint"].unique()) == [0, 20, 40]
+  # Process 1 died before writing its unit: the other units stay, and rerunning completes only the rest.
+  for f in (tmp_path / "two" / "units").glob("step_00000020-*"):
+    f.unlink()
+  rerun = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "two", *SMALL), cwd=REPO, env=env(),
+                         capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "1 unit(s) to run, 2 finished unit(s) reused" in rerun.stdout, rerun.stdout[-2000:]
+  pd.testing.assert_frame_equal(a, pd.read_csv(tmp_path / "two" / "results.csv"))
 
 
 @pytest.mark.parametrize("extra,message", [
