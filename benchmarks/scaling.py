@@ -113,7 +113,8 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
                                                   for g in step_flops(per_token_batch).values())
   print(f"{model} model ({cfg.n_layers} layers × {cfg.n_heads} heads, ctx {cfg.n_ctx}, {len(names)} components): "
         f"forward of one context {forward_1 / 1e9:.2f} GFLOP; gradient at batch {PAPER['batch']}: "
-        + ", ".join(f"{n} {g / 1e12:.2f} TFLOP" for n, g in list(step.items())[:3]) + " …")
+        + ", ".join(f"{names[comps[0]]} (and {len(comps) - 1} alike) {step[names[comps[0]]] / 1e12:.2f} TFLOP"
+                    for _, comps in groups))
   print(f"  sweep ({PAPER['checkpoints']} checkpoints × {PAPER['probes']} probes × {len(names)} components × {K} "
         f"chains × {T} draws): {sweep / 1e15:.1f} PFLOP (full gradients everywhere: "
         f"{PAPER['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
