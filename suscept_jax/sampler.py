@@ -380,7 +380,8 @@ def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_C,
   return jax.lax.fori_loop(0, n_steps, body, state)
 
 
-COMPILED_CACHE_SIZE = 8  # compiled programs kept (least recently used dropped first)
+COMPILED_CACHE_SIZE = 32  # compiled programs kept, least recently used dropped first (a sweep cycles through
+# a draw and a burn-in program per component group, so this bounds the groups a sweep can use without recompiling)
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 
 
