@@ -36,6 +36,10 @@ bench: setup-test
 	$(PY) -m benchmarks.memory_vs_draws
 	$(PY) -m benchmarks.error_bar_calibration
 	$(PY) -m benchmarks.per_token_cost
+	$(PY) -m benchmarks.restricted_gradients
+	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.paper_memory
+	$(PY) -m benchmarks.devinterp_side_by_side
 
 clean:
 	rm -rf runs .pytest_cache

@@ -471,27 +471,38 @@ def microbatch_candidates(batch_size: int) -> list:
   return [None] + sorted(set(sizes), reverse=True)
 
 
-def _auto_microbatch(loss_fn, plan: Plan, mesh, args):
+def _auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = None):
   """(plan with the largest micro-batch whose draw program fits MEMORY_FRACTION of every device, its compiled
-  program or None when the choice was cached). Micro-batching changes only the summation order, not the maths."""
+  program or None when the choice was cached, the bytes it needs per device). Micro-batching changes only the
+  summation order, not the maths. device_bytes: the devices' memory (default: asked of the devices)."""
   shapes = tuple(f"{np.shape(a)}{getattr(a, 'dtype', '')}" for a in jax.tree.leaves(args))
+  limit = int(MEMORY_FRACTION * (device_bytes or min(device_memory_bytes(d) for d in mesh.devices.flat)))
   key = (function_key(loss_fn), function_key(plan.token_loss_fn), dataclasses.replace(plan, token_loss_fn=None),
-         mesh, shapes)
+         mesh, shapes, limit)
   if key in _AUTO_CHOICES:
-    return dataclasses.replace(plan, microbatch_size=_AUTO_CHOICES[key]), None
-  limit = int(MEMORY_FRACTION * min(device_memory_bytes(d) for d in mesh.devices.flat))
+    micro, need = _AUTO_CHOICES[key]
+    return dataclasses.replace(plan, microbatch_size=micro), None, need
   tried = []
   for micro in microbatch_candidates(plan.batch_size):
     candidate = dataclasses.replace(plan, microbatch_size=micro)
     compiled = _compiled("draw", loss_fn, candidate, mesh).lower(*args).compile()
     need = program_bytes(compiled)
-    tried.append(f"{micro or plan.batch_size}: {need / 2**30:.2f} GiB")
+    tried.append(f"{micro or plan.batch_size}: {need / 2**30:.3g} GiB")
     if need <= limit:
-      _AUTO_CHOICES[key] = micro
-      return candidate, compiled
-  raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.2f} GiB per device "
+      _AUTO_CHOICES[key] = (micro, need)
+      return candidate, compiled, need
+  raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.3g} GiB per device "
                     f"({MEMORY_FRACTION:.0%} of the smallest device); needed per micro-batch size: {'; '.join(tried)}. "
                     f"Use more devices (fewer entries per device) or fewer components × chains per run")
+
+
+class ProgramMemory(NamedTuple):
+  """What one compiled draw program (one component group) needs on each device."""
+
+  components: list  # the group's component names
+  entries_per_device: int
+  microbatch_size: int | None  # None: whole batches
+  bytes_per_device: int  # XLA's memory analysis: arguments + outputs + temporaries − aliased
 
 
 # ---- host driver -----------------------------------------------------------------------------------------
@@ -600,24 +611,44 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     observed, token_loss_fn, observed_microbatch, pair_split (see `_run_program`).
   """
   t0 = time.perf_counter()
+  calls = _program_calls(component_names, masks_C, config, hyper_C, restrict_gradients)
+  if len(calls) == 1:
+    return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
+                        **options)
+  bar = _progress_bar(progress, config.num_steps * len(calls), label)
+  outputs = [_run_program(loss_fn, params, *call, base, probes, config=config,
+                          progress=bar if bar is not None else False, label=label, **options) for call in calls]
+  if bar is not None and not hasattr(progress, "update"):
+    bar.close()
+  groups = [[component_names.index(name) for name in call[0]] for call in calls]
+  return _merge_groups(outputs, groups, config.num_chains, time.perf_counter() - t0)
+
+
+def memory_plan(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
+                config: sgld.SGLDConfig, restrict_gradients: bool = True, device_bytes: int | None = None,
+                **options) -> list[ProgramMemory]:
+  """What `run` with the same arguments would need per device, program by program, without running it:
+  each group's draw program is compiled (with microbatch_size="auto": the size auto-sizing picks against
+  `device_bytes`, default the devices' own memory). For sizing a run for another machine (e.g. a 4-device mesh
+  of emulated CPU devices with device_bytes of a TPU v4 chip)."""
+  return [_run_program(loss_fn, params, *call, base, probes, config=config, progress=False, plan_only=True,
+                       device_bytes=device_bytes, **options)
+          for call in _program_calls(component_names, masks_C, config, None, restrict_gradients)]
+
+
+def _program_calls(component_names, masks_C, config, hyper_C, restrict: bool) -> list[tuple]:
+  """(names, masks, hyper, free) of each compiled program: one per component group, or one for all."""
   C = len(component_names)
   if hyper_C is None:
     hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
-  groups = component_groups(masks_C, C) if restrict_gradients else [(None, list(range(C)))]
-  if len(groups) == 1:
-    free = groups[0][0]
-    return _run_program(loss_fn, params, component_names, masks_C, base, probes, config=config, hyper_C=hyper_C,
-                        free=None if free is None or all(free) else free, progress=progress, label=label, **options)
-  bar = _progress_bar(progress, config.num_steps * len(groups), label)
-  outputs = []
-  for free, comps in groups:
-    outputs.append(_run_program(
-        loss_fn, params, [component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
-        base, probes, config=config, hyper_C=sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
-        free=None if all(free) else free, progress=bar if bar is not None else False, label=label, **options))
-  if bar is not None and not hasattr(progress, "update"):
-    bar.close()
-  return _merge_groups(outputs, [comps for _, comps in groups], config.num_chains, time.perf_counter() - t0)
+  if not restrict:
+    return [(list(component_names), masks_C, hyper_C, None)]
+  calls = []
+  for free, comps in component_groups(masks_C, C):
+    calls.append(([component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
+                  sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
+                  None if all(free) else free))
+  return calls
 
 
 def _merge_groups(outputs, groups, num_chains: int, seconds: float) -> SamplerOutput:
@@ -640,16 +671,18 @@ def _merge_groups(outputs, groups, num_chains: int, seconds: float) -> SamplerOu
       token_moments=over("token_moments", 0), pair_moments=over("pair_moments", 0))
 
 
-def _run_program(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
-                 config: sgld.SGLDConfig, batch_size: int, delta_h: float | None, hyper_C: sgld.Hyper,
-                 free: tuple | None = None, seed: int = 0, checkpoint_id: int = 0, microbatch_size: int | None = None,
+def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: sgld.Hyper, free: tuple | None,
+                 base, probes: Mapping[str, Any], *, config: sgld.SGLDConfig, batch_size: int,
+                 delta_h: float | None, seed: int = 0, checkpoint_id: int = 0, microbatch_size: int | None = None,
                  mesh=None, draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
                  base_name: str = "base data", observed=None, token_loss_fn=None,
-                 observed_microbatch: int | None = None, pair_split: int | None = None) -> SamplerOutput:
+                 observed_microbatch: int | None = None, pair_split: int | None = None, plan_only: bool = False,
+                 device_bytes: int | None = None) -> SamplerOutput | ProgramMemory:
   """`run` for components sharing one compiled program, differentiating the leaves in `free` (None: all).
 
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
   pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
+  plan_only: compile the draw program (choosing the micro-batch if "auto") and return its ProgramMemory.
   """
   t0 = time.perf_counter()
   mesh = parallel.as_entry_mesh(mesh)
@@ -719,11 +752,15 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, base, prob
                      first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
     return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
 
-  draw_fn = None
-  if plan.microbatch_size == MICROBATCH_AUTO:  # the largest micro-batch whose program fits the devices
-    plan, draw_fn = _auto_microbatch(loss_fn, plan, mesh, (carry, entries_dev, anchor, masks_dev,
-                                                           chunk_inputs(0)[3], observed_dev))
+  draw_fn, program_args = None, (carry, entries_dev, anchor, masks_dev, chunk_inputs(0)[3], observed_dev)
+  auto = plan.microbatch_size == MICROBATCH_AUTO
+  if auto:  # the largest micro-batch whose program fits the devices
+    plan, draw_fn, need = _auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
     microbatch_size = plan.microbatch_size
+  if plan_only:
+    if not auto:
+      need = program_bytes(_compiled("draw", loss_fn, plan, mesh).lower(*program_args).compile())
+    return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
 
   # Burn-in.
   step = 0

@@ -36,7 +36,7 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   sampler._AUTO_CHOICES.clear()
   whole = _run(None)
   auto = _run("auto")  # this machine's memory holds the whole batch: no micro-batching, the same numbers
-  assert list(sampler._AUTO_CHOICES.values()) == [None] and len(need) == 1
+  assert [micro for micro, _ in sampler._AUTO_CHOICES.values()] == [None] and len(need) == 1
   np.testing.assert_array_equal(auto.chi, whole.chi)
   # A device that holds a little less than the whole batch's program: a smaller micro-batch is chosen.
   whole_batch_bytes = need.pop()
@@ -44,7 +44,7 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   monkeypatch.setattr(sampler, "device_memory_bytes",
                       lambda device: int(whole_batch_bytes / sampler.MEMORY_FRACTION) - 1)
   small = _run("auto")
-  chosen = list(sampler._AUTO_CHOICES.values())[0]
+  chosen = list(sampler._AUTO_CHOICES.values())[0][0]
   assert chosen is not None and chosen < 32 and need[0] == whole_batch_bytes and need[-1] < whole_batch_bytes
   explicit = _run(chosen)
   np.testing.assert_array_equal(small.chi, explicit.chi)  # auto = the same micro-batch given by hand
@@ -66,3 +66,20 @@ def test_candidates_halve_down_to_one():
   with pytest.raises(ValueError, match="microbatch_size='big' must be a positive integer, 'auto' or None"):
     with warnings.catch_warnings():
       _run("big")
+
+
+def test_memory_plan_sizes_a_run_for_another_machine_without_running_it():
+  """Per component group: the micro-batch auto-sizing would pick for a device of a given size, and the bytes."""
+  loss_fn, params, _, base, probes = _problem()
+  names, masks_C = sj.stack_masks({"full": None, "l0h0": sj.regex_mask(params, r"blocks/0/attn/W_Q")}, params)
+  plan = lambda **kw: sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, config=SGLD, batch_size=32,
+                                          delta_h=0.1, **kw)
+  whole = plan(microbatch_size=None)
+  assert [p.components for p in whole] == [["full"], ["l0h0"]] and all(p.microbatch_size is None for p in whole)
+  assert whole[1].bytes_per_device < whole[0].bytes_per_device  # the restricted program needs less
+  sampler._AUTO_CHOICES.clear()
+  small = plan(microbatch_size="auto", device_bytes=int(whole[0].bytes_per_device / sampler.MEMORY_FRACTION) - 1)
+  assert small[0].microbatch_size is not None and small[0].bytes_per_device < whole[0].bytes_per_device
+  assert small[1].microbatch_size is None  # the lighter group still fits whole
+  explicit = plan(microbatch_size=small[0].microbatch_size)
+  assert explicit[0].bytes_per_device == small[0].bytes_per_device
