@@ -359,7 +359,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
       b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
       return vstep(st, keys, entries.component, entries.hyper, b, global_step + i)[0]
 
-    new_state = jax.lax.fori_loop(1, S, plain, new_state)
+    if S > 1:  # (S is static: with one step per draw the program holds no second copy of the step)
+      new_state = jax.lax.fori_loop(1, S, plain, new_state)
     values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD, loss_star_K)
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
     return Carry(new_state, moments, diverged, diverged_at, token_moments, pair_moments), traces
