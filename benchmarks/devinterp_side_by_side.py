@@ -1,0 +1,439 @@
+"""Side by side with devinterp 2.0.1: the same weights, contexts and SGLD settings; time and χ/LLC agreement.
+
+  python -m benchmarks.devinterp_side_by_side [--tiny] [--run_dir=runs/demo [--checkpoint=STEP]]
+      [--tokens BASE.npy PROBE.npy [PROBE.npy ...]] [--num_chains=4] [--num_draws=100] [--batch_size=20]
+      [--components full l0h0 ...] [--work_dir=runs/devinterp_side_by_side] [--skip_devinterp]
+
+What runs:
+  devinterp  in its own virtualenv ($SUSCEPT_JAX_DEVINTERP_VENV, default <cache>/devinterp-venv; built on
+             first use with devinterp==2.0.1, torch==2.13.0 (CPU) and transformer-lens<4, reused once complete), as a
+             subprocess (benchmarks/devinterp_job.py) on files written here: the weights exported to a
+             TransformerLens state dict, its config, the contexts. One `susceptibilities` call (every head +
+             "full", sampling task = the base data, observables = base + probes, both at their defaults: 3
+             evaluation batches per observable per draw, 32 initial-loss batches) gives its dataset-level and
+             per-token χ, so its one time counts for both.
+  ours       in this process, compilation included: `estimate_susceptibilities` (dataset level) and
+             `estimate_per_token_susceptibilities` observing the probe contexts devinterp evaluates.
+Same ε, nβ, γ, chains, draws, batch size, components (head = its W_Q/W_K/W_V/b_Q/b_K/b_V/W_O slices on both
+sides) and contexts (each probe dataset is exactly the batch_size × 3 contexts devinterp observes).
+
+Definitions, and how they map (devinterp's estimator: see devinterp_job.py):
+  dataset level  ours χ = −Cov(φ, ΔL) − ⟨φ⟩(⟨ΔL⟩_C − ⟨ΔL⟩_full), ΔL = L(batch with a fraction δh of probe samples)
+                 − L(batch) ≈ δh·(L_probe − L_base); devinterp's χ (the mean of its per-token table) has
+                 L_probe − L_base in place of ΔL. So χ_devinterp ≈ χ_ours / δh: ours is shown divided by the
+                 realised δh (`chi_with(scale_by_delta_h=True)`).
+  per token      the same formula on both sides (χ_i with ℓ_i − L_base), no scaling.
+  two offsets    (1) devinterp's φ = L_base(w_t) − ⟨init_loss⟩, the initial loss taken on 32 other batches, so
+                 φ(w*) ≠ 0: the offset c = L_base(w*) − ⟨init_loss⟩ adds −c·(⟨ℓ_i − L_base⟩_C − ⟨ℓ_i − L_base⟩_full)
+                 to its χ, and nβ·(its step batches' L(w*) − ⟨init_loss⟩) to every LLC. (2) ours takes φ and L_B
+                 on each draw's own random batch, which adds β = (1/n)·Cov_j(ℓ_j(w) − ℓ_j(w*), ℓ_j(w)) (n = batch
+                 size, j over base samples) to every χ, per token and (on devinterp's scale) dataset level;
+                 devinterp's fixed contexts have no such term.
+  forms          devinterp is shown three ways, from its own samples: "reported" (as it computes them),
+                 "anchored" (φ = L_base(w_t) − L_base(w*) on its fixed contexts; LLC on its step batches minus
+                 their own loss at w*, steps ≥ 1) and "mapped" (anchored + β estimated from its base contexts):
+                 the last is what ours should equal, and what the agreement verdicts judge.
+  also           devinterp reports no χ for "full"; the job computes it with its formula.
+Error bars: ours, the standard error across chains (each reads its own data stream). devinterp's chains all read
+the same batches and observe the same fixed contexts, so their spread misses the noise of which batch_size × 3
+base contexts it fixed: its χ error bar adds a bootstrap over those contexts (for heads 3–8× the chain spread
+per token, on a trained demo-size model); its LLC error bar is the chain spread.
+Agreement: z = (ours − devinterp) / √(se_ours² + se_devinterp²). PASS when every
+dataset-level |z| ≤ 3 and the LLC of "full" has |z| ≤ 3; per token, when at most 5 % of the tokens of each
+component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there).
+Speed targets (ratios in one run, compilation included): dataset level ≥ 10×, per token ≥ 3×.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REQUIREMENTS = ("torch==2.13.0", "devinterp==2.0.1", "transformer-lens<4")
+VENV_MARKER = "suscept_jax_venv.json"
+BATCHES_PER_DRAW = 3  # devinterp's default evaluation batches per observable per draw
+JOB_SCRIPT = Path(__file__).with_name("devinterp_job.py")
+TARGETS = {"dataset": 10.0, "per_token": 3.0}
+Z_MAX, TOKEN_FRACTION_MAX = 3.0, 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """One run's settings, shared by both sides (δh and num_base are ours only)."""
+
+  model: str = "demo"
+  num_chains: int = 4
+  num_draws: int = 100
+  batch_size: int = 20
+  step_size: float = 1e-3  # ε (devinterp: lr)
+  nbeta: float = 30.0  # nβ (devinterp: n_beta)
+  localization: float = 300.0  # γ
+  delta_h: float = 0.1  # our probe fraction (devinterp evaluates probes apart)
+  num_base: int = 2048  # base contexts when they are random
+  seed: int = 0
+
+  @property
+  def probe_rows(self) -> int:
+    """Contexts per probe: exactly what devinterp observes (batch_size × its 3 batches per draw)."""
+    return self.batch_size * BATCHES_PER_DRAW
+
+
+TINY = Settings(model="tiny", num_chains=2, num_draws=8, batch_size=8, num_base=128)
+
+
+@dataclasses.dataclass
+class Side:
+  """One implementation's results on the common grid (P probes, C components, O contexts, J positions)."""
+
+  name: str
+  chi_PxC: np.ndarray  # dataset-level χ on devinterp's scale (ours divided by the realised δh)
+  chi_se_PxC: np.ndarray
+  token_chi: dict  # probe -> [C, O, J]
+  token_se: dict  # probe -> [C, O, J]
+  llc_C: np.ndarray
+  llc_se_C: np.ndarray
+  context_ids: dict  # probe -> [O, T], the row order of token_chi
+  seconds: dict  # "dataset", "per_token" -> wall seconds
+
+
+# ---- weights and contexts ------------------------------------------------------------------------------------
+
+def load_weights(settings: Settings, run_dir=None, checkpoint=None):
+  """(model config, params, description): a saved checkpoint, else a random initialisation (timing only)."""
+  if run_dir:
+    from suscept_jax import checkpoints
+    cfg = checkpoints.read_model_config(run_dir)
+    step = checkpoint if checkpoint is not None else checkpoints.available_steps(run_dir)[-1]
+    return cfg, checkpoints.load_params(run_dir, step), f"checkpoint step {step} of {run_dir}"
+  from suscept_jax.models import config as model_config, transformer
+  cfg = model_config.get_config(settings.model)
+  return cfg, transformer.init_params(cfg, seed=settings.seed), (
+      f"random initialisation of the {settings.model!r} config (untrained: timing is meaningful, χ only as a check)")
+
+
+def random_contexts(cfg, settings: Settings) -> dict:
+  """base: uniform tokens; probes: 'repeats' (a repeated random span) and 'narrow' (tokens < d_vocab/8)."""
+  from suscept_jax.data import repeats
+  rng = np.random.default_rng(settings.seed + 1)
+  T, V = cfg.n_ctx, cfg.d_vocab
+  uniform = lambda n, v: rng.integers(0, v, (n, T), dtype=np.int32)  # noqa: E731
+  lo, hi = repeats.span_lengths(T)
+  spans = repeats.add_repeated_spans(uniform(settings.probe_rows, V), 1.0, seed=settings.seed + 2, min_len=lo,
+                                     max_len=hi, d_vocab=V)
+  return {"base": uniform(settings.num_base, V), "repeats": spans,
+          "narrow": uniform(settings.probe_rows, max(2, V // 8))}
+
+
+def file_contexts(cfg, settings: Settings, paths) -> dict:
+  """base = the first file, one probe per further file (named by its stem, its first batch_size × 3 rows)."""
+  if len(paths) < 2:
+    raise ValueError("--tokens needs a base file and at least one probe file")
+  out = {}
+  for i, path in enumerate(paths):
+    tokens = np.load(path)
+    if tokens.ndim != 2 or tokens.shape[1] < cfg.n_ctx:
+      raise ValueError(f"{path}: expected int contexts [N, >= {cfg.n_ctx}], got shape {tokens.shape}")
+    tokens = np.asarray(tokens[:, :cfg.n_ctx], np.int32)  # devinterp feeds whole rows: at most n_ctx tokens
+    if tokens.min() < 0 or tokens.max() >= cfg.d_vocab:
+      raise ValueError(f"{path}: token ids outside the model's vocabulary [0, {cfg.d_vocab})")
+    name = "base" if i == 0 else Path(path).stem
+    if name in out:
+      raise ValueError(f"{path}: a second dataset named {name!r} (probes are named by their file stems)")
+    if len(tokens) < settings.probe_rows:  # devinterp observes batch_size × 3 contexts of the base data too
+      raise ValueError(f"{path}: {len(tokens)} contexts, need at least {settings.probe_rows}")
+    out[name] = tokens if i == 0 else tokens[:settings.probe_rows]
+  return out
+
+
+# ---- the devinterp side --------------------------------------------------------------------------------------
+
+def venv_dir() -> Path:
+  from suscept_jax import paths
+  return Path(os.environ.get("SUSCEPT_JAX_DEVINTERP_VENV") or paths.cache_root() / "devinterp-venv")
+
+
+def venv_ready(venv: Path) -> bool:
+  """Complete = built by `build_venv` with these requirements (its marker is written last)."""
+  marker = venv / VENV_MARKER
+  return marker.exists() and json.loads(marker.read_text()).get("requirements") == list(REQUIREMENTS)
+
+
+def build_venv(venv: Path, log=print) -> None:
+  """Create (or finish) the devinterp virtualenv: CPU torch first, so pip keeps that build."""
+  log(f"building the devinterp virtualenv in {venv} ({', '.join(REQUIREMENTS)})")
+  if not (venv / "bin" / "python").exists():
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+  subprocess.run(pip + [REQUIREMENTS[0]], check=True)
+  subprocess.run(pip + list(REQUIREMENTS), check=True)
+  subprocess.run([str(venv / "bin" / "python"), "-c", "import devinterp.slt.susceptibilities, transformer_lens, "
+                  "datasets, xarray"], check=True)
+  (venv / VENV_MARKER).write_text(json.dumps({"requirements": list(REQUIREMENTS)}))
+
+
+def write_job(job_dir: Path, cfg, params, contexts: dict, settings: Settings, components: list) -> None:
+  """The files the devinterp job reads: job.json, weights.npz (TransformerLens names), contexts.npz."""
+  from suscept_jax.models import interop
+  job_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(job_dir / "weights.npz", **interop.to_transformer_lens(params, cfg))
+  np.savez(job_dir / "contexts.npz", **contexts)
+  sgld = dict(lr=settings.step_size, n_beta=settings.nbeta, localization=settings.localization,
+              num_chains=settings.num_chains, num_draws=settings.num_draws, batch_size=settings.batch_size)
+  job = dict(tl_config=interop.transformer_lens_config(cfg), sgld=sgld, components=components,
+             probes=[p for p in contexts if p != "base"])
+  (job_dir / "job.json").write_text(json.dumps(job, indent=2))
+
+
+def run_devinterp(job_dir: Path, venv: Path) -> None:
+  """Run the job in the devinterp virtualenv (its progress bars off); its output streams through."""
+  for name in ("devinterp_result.npz", "devinterp_result.json"):
+    (job_dir / name).unlink(missing_ok=True)
+  subprocess.run([str(venv / "bin" / "python"), str(JOB_SCRIPT), str(job_dir)], check=True,
+                 env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+VARIANTS = ("reported", "anchored", "mapped")  # the last one is what the agreement verdicts judge
+
+
+def devinterp_side(job_dir: Path, variant: str = "mapped") -> Side:
+  """devinterp's results as a Side in one of three forms; χ error bars = its spread across chains ⊕ the bootstrap
+  over its fixed base contexts (devinterp_job.context_se); LLC error bars = spread across chains. Forms:
+  "reported" (its χ and `compute_llc` as they come), "anchored" (φ re-anchored at L_base(w*) on its own
+  contexts; LLC on the same batches), "mapped" (anchored + our same-batch term β: what ours should equal)."""
+  info = json.loads((job_dir / "devinterp_result.json").read_text())
+  with np.load(job_dir / "devinterp_result.npz") as f:
+    arrays = {k: f[k] for k in f.files}
+  form = "reported" if variant == "reported" else "anchored"
+  shift_CxK = arrays["batch_term_per_chain"] if variant == "mapped" else 0.0
+  token_chi, token_se, chi, chi_se, ids = {}, {}, [], [], {}
+  for p in info["probes"]:
+    per_chain_CxKxOxJ = arrays[f"chi_token_per_chain/{form}/{p}"] + np.asarray(shift_CxK)[..., None, None]
+    token_chi[p], chains_se = mean_se(per_chain_CxKxOxJ, axis=1)
+    token_se[p] = np.hypot(chains_se, arrays[f"chi_token_context_se/{form}/{p}"])
+    dataset_CxK = per_chain_CxKxOxJ.mean(axis=(2, 3))
+    chi.append(dataset_CxK.mean(axis=1))
+    chi_se.append(np.hypot(mean_se(dataset_CxK, axis=1)[1], arrays[f"chi_context_se/{form}/{p}"]))
+    ids[p] = arrays[f"context_ids/{p}"]
+  llc, llc_se = mean_se(arrays[f"llc_per_chain/{form}"], axis=1)
+  seconds = {"dataset": info["seconds"], "per_token": info["seconds"], "imports": info["import_seconds"]}
+  return Side(f"devinterp {variant}", np.array(chi), np.array(chi_se), token_chi, token_se, llc, llc_se, ids,
+              seconds)
+
+
+def mean_se(x, axis: int):
+  """Mean and standard error along `axis` (chains)."""
+  x = np.asarray(x, np.float64)
+  return x.mean(axis=axis), x.std(axis=axis, ddof=1) / np.sqrt(x.shape[axis])
+
+
+# ---- our side ------------------------------------------------------------------------------------------------
+
+def run_ours(cfg, params, contexts: dict, settings: Settings, components: list) -> Side:
+  """Both of our estimators, each timed with its compilation; probe contexts observed in file order."""
+  import functools
+
+  import suscept_jax as sj
+  from suscept_jax.models import components as comps, transformer
+  masks = comps.component_masks(components, params, cfg)
+  base = contexts["base"]
+  probes = {p: x for p, x in contexts.items() if p != "base"}
+  config = sj.SGLDConfig(step_size=settings.step_size, nbeta=settings.nbeta, localization=settings.localization,
+                         num_chains=settings.num_chains, num_draws=settings.num_draws)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
+  t0 = time.perf_counter()
+  res = sj.estimate_susceptibilities(loss_fn, params, masks, base, probes, config=config,
+                                     batch_size=settings.batch_size, delta_h=settings.delta_h, seed=settings.seed,
+                                     progress=False)
+  t1 = time.perf_counter()
+  observed = np.concatenate(list(probes.values()))
+  tok = sj.estimate_per_token_susceptibilities(loss_fn, token_loss_fn, params, masks, base, observed, config=config,
+                                               batch_size=settings.batch_size, seed=settings.seed, progress=False)
+  t2 = time.perf_counter()
+  return ours_side(res, tok, probes, {"dataset": t1 - t0, "per_token": t2 - t1})
+
+
+def ours_side(res, tok, probes: dict, seconds: dict) -> Side:
+  """Our results as a Side: dataset χ divided by the realised δh (devinterp's scale), per-token χ split by probe."""
+  table = res.chi_with(form="eq41", scale_by_delta_h=True)
+  token_chi, token_se, start = {}, {}, 0
+  for p, rows in probes.items():
+    token_chi[p] = tok.chi[:, start:start + len(rows)]
+    token_se[p] = tok.chi_stderr[:, start:start + len(rows)]
+    start += len(rows)
+  return Side("ours", table.chi, table.stderr, token_chi, token_se, res.llc, res.llc_stderr,
+              {p: np.asarray(x) for p, x in probes.items()}, seconds)
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------
+
+def z_score(a, se_a, b, se_b):
+  """(a − b) / √(se_a² + se_b²); 0 where both the difference and the error bars are 0."""
+  diff, se = np.asarray(a) - np.asarray(b), np.sqrt(np.square(se_a) + np.square(se_b))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where((diff == 0) & (se == 0), 0.0, diff / se)
+
+
+def row_order(ours_ids_OxT: np.ndarray, theirs_ids_OxT: np.ndarray) -> np.ndarray:
+  """For each of devinterp's context rows, the index of the same context among ours."""
+  index = {row.tobytes(): i for i, row in enumerate(np.asarray(ours_ids_OxT, np.int64))}
+  order = [index.get(row.tobytes()) for row in np.asarray(theirs_ids_OxT, np.int64)]
+  if None in order:
+    raise ValueError("devinterp observed contexts that are not among ours: the job files are out of date")
+  return np.array(order)
+
+
+def compare(ours: Side, theirs: Side, components: list, probes: list) -> dict:
+  """z-scores: dataset χ [P, C], LLC [C], and per component the per-token |z| summary over all probes."""
+  token = {c: {"z": [], "diff": [], "ours": [], "theirs": []} for c in components}
+  for p in probes:
+    order = row_order(ours.context_ids[p], theirs.context_ids[p])
+    a, se_a = ours.token_chi[p][:, order], ours.token_se[p][:, order]
+    b, se_b = theirs.token_chi[p], theirs.token_se[p]
+    z = z_score(a, se_a, b, se_b)
+    for c, name in enumerate(components):
+      for key, value in (("z", z[c]), ("diff", a[c] - b[c]), ("ours", a[c]), ("theirs", b[c])):
+        token[name][key].append(value.ravel())
+  per_token = {}
+  for name, parts in token.items():
+    z, ours_c, theirs_c = (np.concatenate(parts[k]) for k in ("z", "ours", "theirs"))
+    per_token[name] = {"tokens": int(z.size), "frac_abs_z_gt_3": float(np.mean(np.abs(z) > Z_MAX)),
+                       "median_abs_z": float(np.median(np.abs(z))), "mean_z": float(np.mean(z)),
+                       "mean_diff": float(np.mean(np.concatenate(parts["diff"]))),
+                       "corr": float(np.corrcoef(ours_c, theirs_c)[0, 1]) if np.std(ours_c) * np.std(theirs_c) > 0
+                       else float("nan")}
+  return {"chi_z": z_score(ours.chi_PxC, ours.chi_se_PxC, theirs.chi_PxC, theirs.chi_se_PxC),
+          "llc_z": z_score(ours.llc_C, ours.llc_se_C, theirs.llc_C, theirs.llc_se_C), "per_token": per_token}
+
+
+def verdicts(ours: Side, judged: Side, comparison: dict, components: list) -> dict:
+  """PASS/FAIL of the speed targets and of the agreement checks against the judged devinterp form."""
+  full = components.index("full")
+  ratio = {k: judged.seconds[k] / ours.seconds[k] for k in TARGETS}
+  return {**{f"speed_{k}": bool(ratio[k] >= TARGETS[k]) for k in TARGETS},
+          "agree_chi": bool(np.all(np.abs(comparison["chi_z"]) <= Z_MAX)),
+          "agree_llc_full": bool(abs(comparison["llc_z"][full]) <= Z_MAX),
+          "agree_per_token": all(v["frac_abs_z_gt_3"] <= TOKEN_FRACTION_MAX for v in comparison["per_token"].values()),
+          "ratios": ratio}
+
+
+def report(ours: Side, theirs: dict, comparisons: dict, components: list, probes: list, log=print) -> dict:
+  """Print times, ratios and agreement tables against each devinterp form {label: Side}; the verdicts judge
+  the last form. Returns the verdicts."""
+  labels = list(theirs)
+  judged = labels[-1]
+  v = verdicts(ours, theirs[judged], comparisons[judged], components)
+  flag = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
+  other = theirs[judged]
+  log(f"\ntime (wall s, compilation included): devinterp {other.seconds['dataset']:.1f} (one run gives both levels; "
+      f"+ {other.seconds.get('imports', 0):.1f} s imports)  |  ours dataset-level {ours.seconds['dataset']:.1f}, "
+      f"per-token {ours.seconds['per_token']:.1f}")
+  for k in TARGETS:
+    log(f"  {k:9s} ratio {v['ratios'][k]:6.2f}×  (target ≥ {TARGETS[k]:g}×)  {flag(v['speed_' + k])}")
+  log("\ndataset-level χ (devinterp's scale = ours / realised δh), mean ± s.e. across chains; "
+      "(z) = diff / √(se_ours² + se_devinterp²)")
+  log("  columns: ours | " + " | ".join(labels))
+  for p, probe in enumerate(probes):
+    log(f"  probe {probe!r}")
+    for c, name in enumerate(components):
+      cells = [f"{theirs[k].chi_PxC[p, c]:+.3e} ± {theirs[k].chi_se_PxC[p, c]:.1e} "
+               f"({comparisons[k]['chi_z'][p, c]:+6.2f})" for k in labels]
+      log(f"    {name:6s} {ours.chi_PxC[p, c]:+.3e} ± {ours.chi_se_PxC[p, c]:.1e} | " + " | ".join(cells))
+  log(f"  every |z| ≤ {Z_MAX:g} against {judged}: {flag(v['agree_chi'])}")
+  log("\nLLC, mean ± s.e. (z); columns: ours | " + " | ".join(labels))
+  for c, name in enumerate(components):
+    cells = [f"{theirs[k].llc_C[c]:8.3f} ± {theirs[k].llc_se_C[c]:.3f} ({comparisons[k]['llc_z'][c]:+6.2f})"
+             for k in labels]
+    log(f"    {name:6s} {ours.llc_C[c]:8.3f} ± {ours.llc_se_C[c]:.3f} | " + " | ".join(cells))
+  log(f"  LLC of full |z| ≤ {Z_MAX:g} against {judged}: {flag(v['agree_llc_full'])}")
+  log("\nper-token χ on the same contexts, all probes: % of tokens with |z| > 3, median |z|, mean (ours − theirs), "
+      "correlation")
+  for k in labels:
+    log(f"  against {k}")
+    for name, s in comparisons[k]["per_token"].items():
+      log(f"    {name:6s} {s['tokens']:5d} tokens  {100 * s['frac_abs_z_gt_3']:5.1f} %  {s['median_abs_z']:6.2f}  "
+          f"{s['mean_diff']:+.2e}  {s['corr']:+.3f}")
+  log(f"  each component ≤ {100 * TOKEN_FRACTION_MAX:g} % of tokens with |z| > 3 against {judged}: "
+      f"{flag(v['agree_per_token'])}")
+  return v
+
+
+def save_results(job_dir: Path, ours: Side, theirs: dict, comparisons: dict, v: dict, meta: dict) -> None:
+  """summary.json (every number printed) and ours_result.npz (our per-token tables, for later analysis)."""
+  side = lambda s: {"seconds": s.seconds, "chi": s.chi_PxC.tolist(), "chi_se": s.chi_se_PxC.tolist(),  # noqa: E731
+                    "llc": s.llc_C.tolist(), "llc_se": s.llc_se_C.tolist()}
+  out = {**meta, "ours": side(ours), **{k: side(s) for k, s in theirs.items()},
+         "comparisons": {k: {"chi_z": c["chi_z"].tolist(), "llc_z": c["llc_z"].tolist(), "per_token": c["per_token"]}
+                         for k, c in comparisons.items()}, "verdicts": v}
+  (job_dir / "summary.json").write_text(json.dumps(out, indent=2, default=float))
+  np.savez(job_dir / "ours_result.npz", **{f"{k}/{p}": x for k, d in (("token_chi", ours.token_chi),
+                                                                      ("token_se", ours.token_se),
+                                                                      ("context_ids", ours.context_ids))
+                                           for p, x in d.items()})
+
+
+# ---- main ----------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--tiny", action="store_true", help="the 'tiny' model, 2 chains × 8 draws (for the tests)")
+  parser.add_argument("--run_dir", help="a training run to take the weights from (default: random init)")
+  parser.add_argument("--checkpoint", type=int, help="its step (default: the last)")
+  parser.add_argument("--tokens", nargs="+", help="BASE.npy PROBE.npy ...: int contexts [N, ≥ n_ctx]")
+  for field in ("num_chains", "num_draws", "batch_size"):
+    parser.add_argument(f"--{field}", type=int)
+  parser.add_argument("--components", nargs="+", help="component specs (default: every head and 'full')")
+  parser.add_argument("--work_dir", default="runs/devinterp_side_by_side")
+  parser.add_argument("--skip_devinterp", action="store_true", help="our half only (no comparison)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict | None:
+  args = parse_args(argv)
+  settings = TINY if args.tiny else Settings()
+  settings = dataclasses.replace(settings, **{k: getattr(args, k) for k in ("num_chains", "num_draws", "batch_size")
+                                              if getattr(args, k) is not None})
+  cfg, params, source = load_weights(settings, args.run_dir, args.checkpoint)
+  contexts = file_contexts(cfg, settings, args.tokens) if args.tokens else random_contexts(cfg, settings)
+  from suscept_jax.models import components as comps
+  components = args.components or comps.default_components(cfg)
+  if "full" not in components:
+    raise ValueError("--components must include 'full' (both sides take ⟨ΔL⟩_full from its chains)")
+  probes = [p for p in contexts if p != "base"]
+  load = os.getloadavg()[0]
+  print(f"weights: {source}\ncontexts: {'files ' + ' '.join(args.tokens) if args.tokens else 'random tokens'}; "
+        f"base {contexts['base'].shape}, probes {probes} × {settings.probe_rows}\n"
+        f"{len(components)} components × {settings.num_chains} chains × {settings.num_draws} draws × {len(probes)} "
+        f"probes, batch {settings.batch_size}; ε {settings.step_size:g}, nβ {settings.nbeta:g}, "
+        f"γ {settings.localization:g}; load average {load:.2f}")
+  job_dir = Path(args.work_dir)
+  write_job(job_dir, cfg, params, contexts, settings, components)
+  ours = run_ours(cfg, params, contexts, settings, components)
+  print(f"ours: dataset-level {ours.seconds['dataset']:.1f} s, per-token {ours.seconds['per_token']:.1f} s")
+  if args.skip_devinterp:
+    return None
+  venv = venv_dir()
+  if not venv_ready(venv):
+    build_venv(venv)
+  run_devinterp(job_dir, venv)
+  theirs = {variant: devinterp_side(job_dir, variant) for variant in VARIANTS}
+  comparisons = {k: compare(ours, side, components, probes) for k, side in theirs.items()}
+  v = report(ours, theirs, comparisons, components, probes)
+  info = json.loads((job_dir / "devinterp_result.json").read_text())
+  init, star = info["init_loss_mean"], info["base_loss_at_star"]
+  print(f"\ndevinterp's φ anchor: ⟨init_loss⟩ {init:.4f} vs L_base(w*) {star:.4f} on its fixed base contexts "
+        f"(c = {star - init:+.4f} nats)")
+  meta = {"weights": source, "settings": dataclasses.asdict(settings), "components": components, "probes": probes,
+          "load_average": [load, os.getloadavg()[0]], "devinterp": info}
+  save_results(job_dir, ours, theirs, comparisons, v, meta)
+  print(f"summary: {job_dir / 'summary.json'}")
+  return v
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,119 @@
+"""The devinterp side-by-side benchmark at tiny size: the job files, our half, the comparison (our own results
+fed as both sides: z ≡ 0), and, where the devinterp virtualenv is built, the devinterp job on the same files."""
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from benchmarks import devinterp_side_by_side as sbs
+from suscept_jax.models import interop
+
+COMPONENTS = ["full", "l0h1", "l1h0"]
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+  """(job_dir, settings, contexts, our Side): the tiny model's job files and both of our estimators' results."""
+  settings = sbs.TINY
+  cfg, params, _ = sbs.load_weights(settings)
+  contexts = sbs.random_contexts(cfg, settings)
+  job_dir = tmp_path_factory.mktemp("side_by_side")
+  sbs.write_job(job_dir, cfg, params, contexts, settings, COMPONENTS)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # 8 draws trip our health checks (ESS, R̂): expected at this size
+    side = sbs.run_ours(cfg, params, contexts, settings, COMPONENTS)
+  return job_dir, settings, cfg, params, contexts, side
+
+
+def test_job_files_hold_the_exported_weights_contexts_and_settings(ours):
+  job_dir, settings, cfg, params, contexts, _ = ours
+  job = json.loads((job_dir / "job.json").read_text())
+  assert job["components"] == COMPONENTS and job["probes"] == ["repeats", "narrow"]
+  assert job["tl_config"] == interop.transformer_lens_config(cfg)
+  assert job["sgld"] == dict(lr=settings.step_size, n_beta=settings.nbeta, localization=settings.localization,
+                             num_chains=settings.num_chains, num_draws=settings.num_draws,
+                             batch_size=settings.batch_size)
+  expected = interop.to_transformer_lens(params, cfg)
+  with np.load(job_dir / "weights.npz") as weights:
+    assert sorted(weights.files) == sorted(expected)
+    for key in expected:
+      np.testing.assert_array_equal(weights[key], expected[key])
+  with np.load(job_dir / "contexts.npz") as saved:
+    assert saved.files == ["base", "repeats", "narrow"]
+    for name in saved.files:
+      np.testing.assert_array_equal(saved[name], contexts[name])
+      assert saved[name].shape[1] == cfg.n_ctx and saved[name].max() < cfg.d_vocab
+  assert contexts["repeats"].shape[0] == contexts["narrow"].shape[0] == settings.batch_size * sbs.BATCHES_PER_DRAW
+
+
+def test_our_half_gives_every_table_on_the_common_grid(ours):
+  _, settings, cfg, _, contexts, side = ours
+  P, C, O, J = 2, len(COMPONENTS), settings.probe_rows, cfg.n_ctx - 1
+  assert side.chi_PxC.shape == side.chi_se_PxC.shape == (P, C) and side.llc_C.shape == (C,)
+  for probe in ("repeats", "narrow"):
+    assert side.token_chi[probe].shape == side.token_se[probe].shape == (C, O, J)
+    np.testing.assert_array_equal(side.context_ids[probe], contexts[probe])
+  assert np.isfinite(side.chi_PxC).all() and np.isfinite(side.token_chi["repeats"]).all()
+  assert side.seconds["dataset"] > 0 and side.seconds["per_token"] > 0
+
+
+def _permuted(side, seed=0):
+  """The same results with each probe's context rows in another order (as devinterp's observables have them)."""
+  rng = np.random.default_rng(seed)
+  perms = {p: rng.permutation(len(ids)) for p, ids in side.context_ids.items()}
+  return dataclasses.replace(side, name="ours again",
+                             token_chi={p: x[:, perms[p]] for p, x in side.token_chi.items()},
+                             token_se={p: x[:, perms[p]] for p, x in side.token_se.items()},
+                             context_ids={p: x[perms[p]] for p, x in side.context_ids.items()})
+
+
+def test_comparison_of_our_results_with_themselves_agrees_exactly(ours):
+  _, _, _, _, _, side = ours
+  probes = ["repeats", "narrow"]
+  comparison = sbs.compare(side, _permuted(side), COMPONENTS, probes)
+  assert np.all(comparison["chi_z"] == 0) and np.all(comparison["llc_z"] == 0)
+  for stats in comparison["per_token"].values():
+    assert stats["frac_abs_z_gt_3"] == 0 and stats["mean_diff"] == 0 and stats["corr"] == pytest.approx(1.0)
+  lines = []
+  verdicts = sbs.report(side, {"ours again": _permuted(side)}, {"ours again": comparison}, COMPONENTS, probes,
+                        log=lines.append)
+  assert verdicts["agree_chi"] and verdicts["agree_llc_full"] and verdicts["agree_per_token"]
+  assert verdicts["ratios"]["dataset"] == pytest.approx(1.0) and not verdicts["speed_dataset"]
+  assert any("dataset   ratio   1.00×" in line and "FAIL" in line for line in lines)
+
+
+def test_row_order_and_z_scores():
+  ours_ids = np.array([[1, 2], [3, 4], [5, 6]])
+  assert sbs.row_order(ours_ids, ours_ids[[2, 0, 1]]).tolist() == [2, 0, 1]
+  with pytest.raises(ValueError, match="not among ours"):
+    sbs.row_order(ours_ids, np.array([[9, 9]]))
+  np.testing.assert_allclose(sbs.z_score([1.0, 0.0], [0.3, 0.0], [0.0, 0.0], [0.4, 0.0]), [2.0, 0.0])
+
+
+def test_devinterp_job_on_the_same_files(ours):
+  venv = sbs.venv_dir()
+  if not sbs.venv_ready(venv):
+    pytest.skip(f"the devinterp virtualenv is not built at {venv}: run `python -m benchmarks.devinterp_side_by_side "
+                f"--tiny` once (it installs {', '.join(sbs.REQUIREMENTS)} there), or point "
+                f"SUSCEPT_JAX_DEVINTERP_VENV at such a virtualenv")
+  job_dir, settings, cfg, _, _, side = ours
+  sbs.run_devinterp(job_dir, venv)
+  info = json.loads((job_dir / "devinterp_result.json").read_text())
+  assert info["versions"]["devinterp"] == "2.0.1" and info["versions"]["transformer-lens"].startswith("3.")
+  assert info["max_abs_diff_vs_returned_chi"] < 1e-6  # its per-chain χ averages to the χ it returned
+  theirs = {variant: sbs.devinterp_side(job_dir, variant) for variant in sbs.VARIANTS}
+  anchored, mapped = theirs["anchored"], theirs["mapped"]
+  for form in theirs.values():
+    assert form.chi_PxC.shape == side.chi_PxC.shape and np.isfinite(form.chi_PxC).all()
+    assert np.isfinite(form.llc_C).all() and form.llc_C[0] > 0  # "full" moves away from w*
+  # re-anchoring φ moves head χ by c·(⟨ℓ − L_base⟩_C − ⟨ℓ − L_base⟩_full); β shifts every token of a component alike
+  shift = mapped.token_chi["repeats"] - anchored.token_chi["repeats"]
+  np.testing.assert_allclose(shift, shift[:, :1, :1] * np.ones_like(shift), rtol=1e-5)  # float32 losses
+  comparisons = {k: sbs.compare(side, form, COMPONENTS, ["repeats", "narrow"]) for k, form in theirs.items()}
+  assert comparisons["mapped"]["chi_z"].shape == (2, len(COMPONENTS))
+  lines = []
+  sbs.report(side, theirs, comparisons, COMPONENTS, ["repeats", "narrow"], log=lines.append)
+  assert any("against mapped" in line for line in lines)
+
