@@ -45,13 +45,13 @@ def step_flops(loss_fn, params, masks, base, config, batch_size) -> float:
   return float(cost["flops"])
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--model", default="demo")
   parser.add_argument("--batch_size", type=int, default=20)
   parser.add_argument("--num_chains", type=int, default=4)
   parser.add_argument("--steps", type=int, default=80)
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model)
   delta_h = 0.1
   m = mixing.max_probe_samples(args.batch_size, delta_h)

@@ -9,7 +9,8 @@ XLA's buffer assignment on CPU approximates the accelerator's; confirm on the de
 """
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # (before jax is imported)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402

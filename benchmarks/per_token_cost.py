@@ -76,13 +76,13 @@ def memory(model: str, num_contexts: int, draws: int) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser()
   parser.add_argument("--model", default="demo")
   parser.add_argument("--contexts", type=int, default=32)
   parser.add_argument("--draws", type=int, default=40)
   parser.add_argument("--skip_memory", action="store_true")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   print(f"device: {jax.devices()[0].device_kind}, model {args.model}")
   r = throughput(args.model, args.contexts, args.draws)
   print(f"  {r['entries']} entries × {r['contexts']} contexts × {r['tokens_per_context']} tokens, {r['draws']} draws: "

@@ -2,7 +2,7 @@
 here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed tests)."""
 import re
 
-from benchmarks import restricted_gradients, scaling
+from benchmarks import paper_memory, restricted_gradients, scaling
 
 
 def test_restricted_gradients_prints_every_kind(capsys):
@@ -19,3 +19,11 @@ def test_scaling_prints_the_curve_and_a_projection(capsys):
   assert len(re.findall(r"E = +\d+: .* ms per draw", out)) == 2, out
   assert "per-token pass" in out and "% of peak" in out
   assert re.search(r"TPU v4-8, 4 chips \(bf16\) at 30% of peak: sweep \d+ min", out), out
+
+
+def test_paper_memory_sizes_every_group_on_both_machines(capsys):
+  paper_memory.main(["--model=tiny", "--probes=2", "--batch_size=8", "--num_chains=2"])
+  out = capsys.readouterr().out
+  assert out.count("entries per device, micro-batch 8:") == 6, out  # 3 groups × 2 machines, whole batches fit
+  assert "TPU v4-8" in out and "H100" in out
+
