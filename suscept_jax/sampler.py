@@ -612,7 +612,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     observed, token_loss_fn, observed_microbatch, pair_split (see `_run_program`).
   """
   t0 = time.perf_counter()
-  calls = _program_calls(component_names, masks_C, config, hyper_C, restrict_gradients)
+  groups, calls = zip(*_program_calls(component_names, masks_C, config, hyper_C, restrict_gradients))
   if len(calls) == 1:
     return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
                         **options)
@@ -621,8 +621,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
                           progress=bar if bar is not None else False, label=label, **options) for call in calls]
   if bar is not None and not hasattr(progress, "update"):
     bar.close()
-  groups = [[component_names.index(name) for name in call[0]] for call in calls]
-  return _merge_groups(outputs, groups, config.num_chains, time.perf_counter() - t0)
+  return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
 
 
 def memory_plan(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,
@@ -634,21 +633,22 @@ def memory_plan(loss_fn: Callable, params, component_names, masks_C, base, probe
   of emulated CPU devices with device_bytes of a TPU v4 chip)."""
   return [_run_program(loss_fn, params, *call, base, probes, config=config, progress=False, plan_only=True,
                        device_bytes=device_bytes, **options)
-          for call in _program_calls(component_names, masks_C, config, None, restrict_gradients)]
+          for _, call in _program_calls(component_names, masks_C, config, None, restrict_gradients)]
 
 
 def _program_calls(component_names, masks_C, config, hyper_C, restrict: bool) -> list[tuple]:
-  """(names, masks, hyper, free) of each compiled program: one per component group, or one for all."""
+  """(component indices, (names, masks, hyper, free)) of each compiled program: one per component group, or
+  one for all."""
   C = len(component_names)
   if hyper_C is None:
     hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
   if not restrict:
-    return [(list(component_names), masks_C, hyper_C, None)]
+    return [(list(range(C)), (list(component_names), masks_C, hyper_C, None))]
   calls = []
   for free, comps in component_groups(masks_C, C):
-    calls.append(([component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
-                  sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
-                  None if all(free) else free))
+    calls.append((comps, ([component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
+                          sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
+                          None if all(free) else free)))
   return calls
 
 
@@ -753,15 +753,18 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                      first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
     return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
 
-  draw_fn, program_args = None, (carry, entries_dev, anchor, masks_dev, chunk_inputs(0)[3], observed_dev)
+  first_chunk = chunk_inputs(0)
+  draw_fn = None
   auto = plan.microbatch_size == MICROBATCH_AUTO
-  if auto:  # the largest micro-batch whose program fits the devices
-    plan, draw_fn, need = _auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
-    microbatch_size = plan.microbatch_size
-  if plan_only:
-    if not auto:
-      need = program_bytes(_compiled("draw", loss_fn, plan, mesh).lower(*program_args).compile())
-    return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
+  if auto or plan_only:
+    program_args = (carry, entries_dev, anchor, masks_dev, first_chunk[3], observed_dev)
+    if auto:  # the largest micro-batch whose program fits the devices
+      plan, draw_fn, need = _auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
+      microbatch_size = plan.microbatch_size
+    if plan_only:
+      if not auto:
+        need = program_bytes(_compiled("draw", loss_fn, plan, mesh).lower(*program_args).compile())
+      return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
 
   # Burn-in.
   step = 0
@@ -784,7 +787,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   kept = []  # per chunk: ChunkTraces of the recorded blocks, host numpy
   nonfinite_probe = {d: set() for d in probe_names}
   first_block = 0
-  pending = chunk_inputs(0)
+  pending = first_chunk
   while first_block < num_blocks:
     count, steps_LxS, probe_idx, data_dev = pending
     try:
