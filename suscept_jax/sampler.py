@@ -175,6 +175,19 @@ def losses_at(loss_fn, params, batch, micro=None):
   return batched_losses(loss_fn, params, batch, micro)
 
 
+def _anchor_losses(loss_fn, micro, anchor, base_LxSxK):
+  """L_B(w*) [L, K] of every block's evaluation batch (its first step's) of every stream, one batch (or
+  micro-batch) at a time.
+
+  Outside the draw programs: it does not depend on the component group, so it is compiled once per run
+  rather than once per group, and each group's program holds one forward copy fewer."""
+  base_LxKxn = jax.tree.map(lambda a: a[:, 0], base_LxSxK)
+  L, K, n = jax.tree.leaves(base_LxKxn)[0].shape[:3]
+  micro = micro if isinstance(micro, int) else n
+  losses = jax.lax.map(lambda b: batched_losses(loss_fn, anchor, b, micro), _flatten_rows(base_LxKxn, 2))
+  return losses.reshape(L, K, n).mean(-1)
+
+
 def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None) -> list[int]:
   """The sample indices among `indices` whose loss at `params` is not finite (host-side check)."""
   indices = np.unique(np.asarray(indices, np.int64))
@@ -215,6 +228,7 @@ class ChunkData(NamedTuple):
   probe_LxKxDxM: Any  # pytree, leaves [L, K, D, M, ...]: probe samples in Algorithm 1's slots
   slot_position_LxM: Any  # int32 [L, M] batch position of each slot
   slot_weight_LxM: Any  # float32 [L, M] 1 = a placed probe sample, 0 = padding (and block 0)
+  loss_star_LxK: Any  # float32 [L, K] L_B(w*) of each block's evaluation batch, per stream (`anchor_losses`)
   first_step: Any  # int32 [] global SGLD step of the chunk's first block
   first_block: Any  # int32 [] index of the chunk's first block (block b ≥ 1 is draw b − 1)
   num_blocks: Any  # int32 [] blocks to run (≤ L; the rest is padding)
@@ -228,7 +242,6 @@ class ChunkTraces(NamedTuple):
   delta_loss_LxExD: Any  # ΔL per probe (NaN where dropped)
   mala_LxE: Any  # MALA acceptance of the block's first move (NaN where not measured)
   probe_nonfinite_LxExD: Any  # bool: some placed probe sample had a non-finite loss
-  loss_star_LxK: Any  # L_B(w*) per stream (replicated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,11 +268,12 @@ def _specs(tree_type, spec):
 _E, _REP, _LE = P(ENTRY_AXIS), P(), P(None, ENTRY_AXIS)
 ENTRIES_SPEC = Entries(_E, _E, _E, sgld.Hyper(_E, _E, _E))
 CHUNK_DATA_SPEC = _specs(ChunkData, _REP)
-TRACES_SPEC = ChunkTraces(_LE, _LE, _LE, _LE, _LE, _REP)
+TRACES_SPEC = _specs(ChunkTraces, _LE)
 
 
 def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
-  """step(state, key, component, hyper, batch, global_step) for one entry (vmapped by the callers)."""
+  """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L) for one entry
+  (vmapped by the callers)."""
   config = plan.config
 
   def step(state, key, comp, hyper, batch, global_step):
@@ -271,6 +285,64 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
   return step
 
 
+def _measures_mala(config: sgld.SGLDConfig) -> bool:
+  return bool(config.mala_every) and config.noise_level > 0
+
+
+def _block_moves(loss_fn, plan: Plan, masks_C, anchor, entries: Entries, state, batch_of, global_step, measure):
+  """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
+  acceptance of its first move.
+
+  batch_of(i): the entries' batches [E, n, ...] of the block's step i. Returns (new state, per-sample losses
+  [E, n] of step 0's batch at the block's starting point, acceptance [E], NaN where not measured). Every
+  gradient is taken at one call site inside one loop, so the program holds one copy of the backward pass:
+  with `measure`, iteration 1 re-evaluates step 0's batch at the moved-to point w' instead of stepping
+  (log α = half(w, w') − half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps
+  go on.
+  """
+  config = plan.config
+  keys = jax.random.wrap_key_data(entries.key_data)
+  step = _entry_step_fn(loss_fn, plan, masks_C, anchor)
+  mala = _measures_mala(config)
+
+  def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted):
+    new_state, losses, grad = step(state, key, comp, hyper, batch, step_index)
+    if not mala:
+      return new_state, losses, jnp.zeros(())
+
+    def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
+      choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
+      precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
+      mask = jax.tree.map(lambda m: m[comp], masks_C)
+      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), grad, anchor, mask,
+                            precond, config, hyper)
+
+    return new_state, losses, jax.lax.cond(half_wanted, half, lambda: jnp.zeros(()))
+
+  iterate = jax.vmap(entry_iteration, in_axes=(0, 0, 0, 0, 0, 0, None, None, None))
+  args = lambda st, i, is_eval, half_wanted: (st, state.position, keys, entries.component, entries.hyper, batch_of(i),
+                                              global_step + i, is_eval, half_wanted)
+  S = config.steps_between_draws
+  if S == 1 and not mala:  # one plain step: no loop
+    new_state, losses_En, _ = iterate(*args(state, 0, False, False))
+    return new_state, losses_En, jnp.full(losses_En.shape[:1], jnp.nan)
+
+  def body(j, carry):
+    st, losses0_En, log_ratio_E = carry
+    is_eval = measure & (j == 1)
+    i = j - (measure & (j >= 1)).astype(jnp.int32)  # the step whose batch this iteration reads
+    new_st, losses_En, half_E = iterate(*args(st, i, is_eval, measure & (j <= 1)))
+    st = jax.tree.map(lambda old, new: jnp.where(is_eval, old, new), st, new_st)
+    return (st, jnp.where(j == 0, losses_En, losses0_En).astype(losses0_En.dtype),
+            log_ratio_E + jnp.where(j == 0, half_E, -half_E))
+
+  E, n = entries.component.shape[0], plan.batch_size
+  measure = jnp.asarray(measure if mala else False)
+  new_state, losses_En, log_ratio_E = jax.lax.fori_loop(
+      0, S + measure.astype(jnp.int32), body, (state, jnp.zeros((E, n)), jnp.zeros((E,))))
+  return new_state, losses_En, jnp.where(measure, sgld.acceptance_of(log_ratio_E), jnp.nan)
+
+
 def _stream_rows(tree_K, stream_E):
   """Each entry's rows of its own stream: leaves [K, ...] -> [E, ...]."""
   return jax.tree.map(lambda a: a[stream_E], tree_K)
@@ -280,18 +352,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
   config = plan.config
   n, K, D, M = plan.batch_size, plan.num_streams, plan.num_probes, plan.num_slots
-  keys = jax.random.wrap_key_data(entries.key_data)
-  vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_C, anchor), in_axes=(0, 0, 0, 0, 0, None))
   E = entries.component.shape[0]
   L = plan.blocks_per_chunk
-
-  def mala(state, new_state, comp, hyper, batch, losses, grad):
-    new_losses, new_grad = loss_and_grad(loss_fn, new_state.position, batch, plan.microbatch_size, plan.free_leaves,
-                                         anchor)
-    _, precond = sgld.preconditioner(state, grad, config)
-    mask = jax.tree.map(lambda m: m[comp], masks_C)
-    return sgld.mala_acceptance(state.position, new_state.position, losses.mean(), new_losses.mean(),
-                                grad, new_grad, anchor, mask, precond, config, hyper)
 
   def probe_deltas(position_E, batch_E, losses_En, l):
     """(ΔL [E, D] with NaN where dropped, non-finite flags [E, D]) for block l."""
@@ -319,24 +381,18 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     block = data.first_block + l
     draw = block - 1
     global_step = data.first_step + l * S
-    batch_K = jax.tree.map(lambda a: a[l, 0], data.base_LxSxK)
-    batch_E = _stream_rows(batch_K, entries.stream)
-    loss_star_K = batched_losses(loss_fn, anchor, _flatten_rows(batch_K, 2), plan.microbatch_size).reshape(K, n).mean(-1)
-    loss_star_E = loss_star_K[entries.stream]
-    new_state, losses_En, grads = vstep(c.state, keys, entries.component, entries.hyper, batch_E, global_step)
+    batch_of = lambda i: _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
+    batch_E = batch_of(0)
+    loss_star_E = data.loss_star_LxK[l][entries.stream]
+    measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
+    new_state, losses_En, acceptance_E = _block_moves(loss_fn, plan, masks_C, anchor, entries, c.state, batch_of,
+                                                      global_step, measure)
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
     if D:
       delta_ExD, nonfinite_ExD = probe_deltas(c.state.position, batch_E, losses_En, l)
     else:
       delta_ExD, nonfinite_ExD = jnp.zeros((E, 0)), jnp.zeros((E, 0), bool)
-    if config.mala_every and config.noise_level > 0:
-      acceptance_E = jax.lax.cond(
-          (draw >= 0) & (jnp.maximum(draw, 0) % config.mala_every == 0),
-          lambda: jax.vmap(mala)(c.state, new_state, entries.component, entries.hyper, batch_E, losses_En, grads),
-          lambda: jnp.full((E,), jnp.nan))
-    else:
-      acceptance_E = jnp.full((E,), jnp.nan)
     star_ok_E = jnp.isfinite(loss_star_E)  # otherwise a data fault, reported by the host
     bad_E = star_ok_E & (~jnp.isfinite(phi_E) | (phi_E > config.max_loss_increase))
     diverged_at = jnp.where(bad_E & ~c.diverged, jnp.maximum(draw, 0), c.diverged_at)
@@ -355,18 +411,12 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
       pair_moments = estimators.update_cross_moments(pair_moments, tokens_ExOxJ[:, :split].reshape(E, -1),
                                                      tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
 
-    def plain(i, st):
-      b = _stream_rows(jax.tree.map(lambda a: a[l, i], data.base_LxSxK), entries.stream)
-      return vstep(st, keys, entries.component, entries.hyper, b, global_step + i)[0]
-
-    if S > 1:  # (S is static: with one step per draw the program holds no second copy of the step)
-      new_state = jax.lax.fori_loop(1, S, plain, new_state)
-    values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD, loss_star_K)
+    values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD)
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
     return Carry(new_state, moments, diverged, diverged_at, token_moments, pair_moments), traces
 
   traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
-                       jnp.zeros((L, E, D), bool), jnp.zeros((L, K)))
+                       jnp.zeros((L, E, D), bool))
   return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 
@@ -418,29 +468,36 @@ def _cell_value(cell):
 
 
 def _compiled(kind: str, loss_fn, plan: Plan, mesh):
-  """jit(shard_map(chunk)) for a plan, cached so a sweep compiles once for all checkpoints.
+  """The compiled program of a kind ("draw", "burnin": jit(shard_map(chunk)) for a plan; "anchor": the
+  evaluation batches' L_B(w*), which depends only on the loss function and micro-batch), cached so a sweep
+  compiles once for all checkpoints.
 
   Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
   recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
   """
-  cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
-               dataclasses.replace(plan, token_loss_fn=None), mesh)
+  if kind == "anchor":
+    cache_key = (kind, function_key(loss_fn), plan.microbatch_size)
+  else:
+    cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
+                 dataclasses.replace(plan, token_loss_fn=None), mesh)
   if cache_key in _COMPILED:
     _COMPILED.move_to_end(cache_key)
+    return _COMPILED[cache_key]
+  if kind == "anchor":
+    program = jax.jit(functools.partial(_anchor_losses, loss_fn, plan.microbatch_size))
   else:
     if kind == "draw":
       fn = functools.partial(_draw_chunk, loss_fn, plan)
-      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP)
-      out_specs = (_E, TRACES_SPEC)
+      in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
     else:
       fn = functools.partial(_burnin_chunk, loss_fn, plan)
-      in_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP)
-      out_specs = _E
-    _COMPILED[cache_key] = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                                 check_vma=False), donate_argnums=(0,))
-    while len(_COMPILED) > COMPILED_CACHE_SIZE:
-      _COMPILED.popitem(last=False)
-  return _COMPILED[cache_key]
+      in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
+    program = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
+                      donate_argnums=(0,))
+  _COMPILED[cache_key] = program
+  while len(_COMPILED) > COMPILED_CACHE_SIZE:
+    _COMPILED.popitem(last=False)
+  return program
 
 
 MICROBATCH_AUTO = "auto"
@@ -750,8 +807,14 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
       probe_data = np.zeros((blocks_per_chunk, K, 0, 0), np.float32)
     data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
                      slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
+                     loss_star_LxK=np.zeros((blocks_per_chunk, streams.num_streams), np.float32),
                      first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
     return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
+
+  def with_anchor_losses(chunk):  # (after the micro-batch is settled)
+    count, steps_LxS, probe_idx, data_dev = chunk
+    loss_star = _compiled("anchor", loss_fn, plan, mesh)(anchor, data_dev.base_LxSxK)
+    return count, steps_LxS, probe_idx, data_dev._replace(loss_star_LxK=loss_star)
 
   first_chunk = chunk_inputs(0)
   draw_fn = None
@@ -784,10 +847,10 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
   draw_fn = draw_fn or _compiled("draw", loss_fn, plan, mesh)
 
-  kept = []  # per chunk: ChunkTraces of the recorded blocks, host numpy
+  kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
   nonfinite_probe = {d: set() for d in probe_names}
   first_block = 0
-  pending = first_chunk
+  pending = with_anchor_losses(first_chunk)
   while first_block < num_blocks:
     count, steps_LxS, probe_idx, data_dev = pending
     try:
@@ -800,15 +863,16 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                         f"microbatch_size='auto' (or a smaller one), or more devices") from None
     next_block = first_block + count
     if next_block < num_blocks:
-      pending = chunk_inputs(next_block)
+      pending = with_anchor_losses(chunk_inputs(next_block))
     traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
-    _check_base_faults(traces.loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
+    loss_star_LxK = np.asarray(data_dev.loss_star_LxK)[:count]
+    _check_base_faults(loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
     if probe_names and traces.probe_nonfinite_LxExD.any():
       for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
         nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
     recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
     drop_padding = lambda a: a[recorded, :E]
-    kept.append(ChunkTraces(*map(drop_padding, traces[:-1]), loss_star_LxK=traces.loss_star_LxK[recorded]))
+    kept.append((ChunkTraces(*map(drop_padding, traces)), loss_star_LxK[recorded]))
     first_block = next_block
     if bar is not None:
       bar.update(count * S)
@@ -816,11 +880,11 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     bar.close()
 
   moments = estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.moments))
-  cat = lambda field: np.concatenate([getattr(t, field) for t in kept])
+  cat = lambda field: np.concatenate([getattr(t, field) for t, _ in kept])
   return SamplerOutput(
       moments=moments, diverged=np.asarray(carry.diverged)[:E], diverged_at=np.asarray(carry.diverged_at)[:E],
       loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"), delta_loss_trace=cat("delta_loss_LxExD"),
-      loss_star_trace=cat("loss_star_LxK"), mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
+      loss_star_trace=np.concatenate([star for _, star in kept]), mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
       realised_delta_h=mixing.realised_fraction(batch_size, delta_h, T) if probe_names else float("nan"),
       seconds=time.perf_counter() - t0,
       token_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.token_moments))

@@ -46,8 +46,11 @@ def test_restricted_programs_give_the_same_chains(problem):
                                      token_loss_fn=tokens)
   full, restricted = run(False), run(True)
   assert np.ptp(full.phi_trace) > 1e-3  # the chains moved, so equality below says something
-  for field in ("loss_trace", "phi_trace", "delta_loss_trace", "mala"):
+  for field in ("loss_trace", "phi_trace", "delta_loss_trace"):
     np.testing.assert_allclose(getattr(restricted, field), getattr(full, field), rtol=2e-4, atol=2e-6, err_msg=field)
+  # MALA's log-ratio is the difference of two float32 sums over every free coordinate (each ≈ half their
+  # number), so rounding leaves ≈ 1e-4 of the acceptance even between identical chains.
+  np.testing.assert_allclose(restricted.mala, full.mala, rtol=0, atol=5e-4)
   np.testing.assert_array_equal(restricted.loss_star_trace, full.loss_star_trace)
   for a, b in zip(jax.tree.leaves(restricted.token_moments), jax.tree.leaves(full.token_moments)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)

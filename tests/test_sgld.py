@@ -240,3 +240,39 @@ def test_draws_are_taken_after_updates(burnin, between):
   expected_loss = 0.5 * 2.0 * (expected_w - 1.0) ** 2
   np.testing.assert_allclose(res.trace, np.broadcast_to(expected_loss, (2, 6)), rtol=1e-5)
   assert np.all(res.diagnostics.phi_trace != 0.0)
+
+
+@pytest.mark.parametrize("variant", ["sgld", "rmsprop_sgld"])
+def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
+  """The sampler measures MALA inside its step loop (the gradient at the moved-to point from the same call
+  site as the steps, two half log-ratios carried as scalars); rebuilt here move by move from the kernels and
+  the documented noise keys fold_in(chain key, step), on a full batch so every step sees the same data."""
+  from suscept_jax import masks as masks_lib, sampler
+  rng = np.random.default_rng(3)
+  data = {"a": rng.normal(size=(16, 3)).astype(np.float32), "s": rng.uniform(0.5, 2, (16, 3)).astype(np.float32)}
+  w_star = {"w": jnp.asarray(toys.quadratic_minimum(data)["w"])}
+  config = sj.SGLDConfig(step_size=2e-2, localization=1.0, nbeta=20.0, num_chains=1, num_draws=5,
+                         steps_between_draws=2, num_burnin=1, mala_every=2, sampler=variant)
+  mask = masks_lib.full_mask(w_star)
+  out = sampler.run(quadratic_loss, w_star, *masks_lib.stack_masks({"llc": None}, w_star), data, {},
+                    config=config, batch_size=16, delta_h=None, progress=False)
+  key = jax.random.wrap_key_data(sampler.chain_keys(0, 0, ["llc"], 1)[0])
+  loss_grad = jax.value_and_grad(lambda w: quadratic_loss(w, data).mean())
+  state, expected = sgld.init(w_star, config), []
+  for s in range(config.num_steps):
+    loss, grad = loss_grad(state.position)
+    new = sgld.step(state, grad, sgld.standard_normal_like(jax.random.fold_in(key, s), state.position), w_star, mask,
+                    config)
+    draw = (s - config.num_burnin) // config.steps_between_draws - 1  # block b ≥ 1 is draw b − 1
+    if s >= config.num_burnin and (s - config.num_burnin) % config.steps_between_draws == 0 and draw >= 0:
+      if draw % config.mala_every == 0:
+        new_loss, new_grad = loss_grad(new.position)
+        expected.append(sgld.mala_acceptance(state.position, new.position, loss, new_loss, grad, new_grad, w_star, mask,
+                                             sgld.preconditioner(state, grad, config)[1], config))
+      else:
+        expected.append(np.nan)
+    state = new
+  assert len(expected) == config.num_draws
+  np.testing.assert_allclose(out.mala[:, 0], np.asarray(expected, np.float32), rtol=1e-4, atol=1e-6)
+  measured = out.mala[np.isfinite(out.mala)]
+  assert measured.size == 3 and np.any((0.05 < measured) & (measured < 0.99))  # moves that are sometimes refused
