@@ -40,8 +40,9 @@ class Moments(NamedTuple):
 
 
 def init_moments(num_entries: int, y_shape: tuple = ()) -> Moments:
-  zeros = lambda *s: jnp.zeros((num_entries, *s), jnp.float32)
-  count = lambda *s: jnp.zeros((num_entries, *s), jnp.int32)
+  """Empty moments (host arrays: placing them on devices compiles nothing)."""
+  zeros = lambda *s: np.zeros((num_entries, *s), np.float32)
+  count = lambda *s: np.zeros((num_entries, *s), np.int32)
   return Moments(count(), zeros(), zeros(), count(*y_shape), zeros(*y_shape), zeros(*y_shape), zeros(*y_shape))
 
 
@@ -86,8 +87,9 @@ class CrossMoments(NamedTuple):
 
 
 def init_cross_moments(num_entries: int, num_q: int, num_s: int) -> CrossMoments:
-  z = lambda *shape: jnp.zeros((num_entries, *shape), jnp.float32)
-  return CrossMoments(jnp.zeros((num_entries,), jnp.int32), z(num_q), z(num_q), z(num_s), z(num_s), z(num_q, num_s))
+  """Empty co-moments (host arrays)."""
+  z = lambda *shape: np.zeros((num_entries, *shape), np.float32)
+  return CrossMoments(np.zeros((num_entries,), np.int32), z(num_q), z(num_q), z(num_s), z(num_s), z(num_q, num_s))
 
 
 def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoments:

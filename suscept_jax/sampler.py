@@ -2,9 +2,11 @@
 
 Entries are the flattened (component, chain) pairs, component-major. Their sampler states carry a
 leading entry axis that is vmapped inside each device and split across the devices of a mesh with
-`jax.shard_map`. Masks are data (a stacked mask tree indexed by the entry's component), so one
-compilation serves every component; so are ε, nβ and γ (`sgld.Hyper`), so a grid of settings is one
-program too.
+`jax.shard_map`. A state is flat (position [P], `ravel_pytree`'s order): the update, the noise, the mask
+and MALA are one fused pass over P instead of a few per parameter leaf (much less to compile, fewer kernels
+to launch); only the loss functions see the parameter tree. Masks are data (one bool row [P] per component,
+indexed by the entry's component), so one compilation serves every component of a group
+(`component_groups`); so are ε, nβ and γ (`sgld.Hyper`), so a grid of settings is one program too.
 
 Data streams: chain k of *every* component reads stream k, whose base and probe batches come from
 schedules seeded by (seed, checkpoint, k). Chain k of C and chain k of "full" therefore share their
@@ -17,9 +19,11 @@ the device count or on how the run is split into chunks.
 Draws come *after* updates (as in devinterp): the run is a sequence of blocks, each evaluating the
 current position and then taking `steps_between_draws` updates; block 0 evaluates the starting point
 and is not recorded, block t ≥ 1 is draw t. The evaluation is the forward pass of the block's first
-gradient step, so L_B(w_t) costs nothing extra; a draw adds K forwards at w* (one per stream, shared
-by all entries) and one forward over the D·M probe slots placed by Algorithm 1 (a probe sample
-identical to the base sample it replaces contributes exactly 0).
+gradient step, so L_B(w_t) costs nothing extra; a draw adds one forward over the D·M probe slots placed
+by Algorithm 1 (a probe sample identical to the base sample it replaces contributes exactly 0), and
+L_B(w*) of each stream's batch comes from one small program per chunk shared by every group
+(`_anchor_losses`). A MALA measurement is one more gradient, taken at the same call site as the steps
+(`_block_moves`), so a program holds one copy of the backward pass.
 
 Faults: a non-finite L_B(w*) is a fault of the base data (raised as `DataFaultError` naming the samples),
 not a divergence; a probe sample with a non-finite loss drops that probe's contribution for that draw
@@ -48,6 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, sgld
@@ -271,16 +276,32 @@ CHUNK_DATA_SPEC = _specs(ChunkData, _REP)
 TRACES_SPEC = _specs(ChunkTraces, _LE)
 
 
-def _entry_step_fn(loss_fn, plan: Plan, masks_C, anchor):
-  """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L) for one entry
-  (vmapped by the callers)."""
+def flat_masks(masks_C, params) -> np.ndarray:
+  """The stacked component masks as one bool row per component over the flattened parameters, [C, P] (the
+  order of `ravel_pytree(params)`): the sampler's state is flat, so every update is one fused pass."""
+  rows = [np.broadcast_to(np.asarray(m, bool), (np.shape(m)[0],) + np.shape(p)).reshape(np.shape(m)[0], -1)
+          for m, p in zip(jax.tree.leaves(masks_C), jax.tree.leaves(params))]
+  return np.concatenate(rows, axis=1)
+
+
+def ravel(tree):
+  """The leaves of `tree` flattened into one vector, in `ravel_pytree`'s order (a bare array: itself, raveled)."""
+  leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
+  return leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
+
+
+def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
+  """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L [P]) for one entry
+  (vmapped by the callers). The state is flat (position [P]); the loss sees the parameter tree."""
   config = plan.config
+  anchor_P, unravel = ravel_pytree(anchor)
 
   def step(state, key, comp, hyper, batch, global_step):
-    losses, grad = loss_and_grad(loss_fn, state.position, batch, plan.microbatch_size, plan.free_leaves, anchor)
-    noise = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
-    mask = jax.tree.map(lambda m: m[comp], masks_C)
-    return sgld.step(state, grad, noise, anchor, mask, config, hyper), losses, grad
+    losses, grad = loss_and_grad(loss_fn, unravel(state.position), batch, plan.microbatch_size, plan.free_leaves,
+                                 anchor)
+    grad_P = ravel(grad)
+    noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
+    return sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper), losses, grad_P
 
   return step
 
@@ -289,7 +310,7 @@ def _measures_mala(config: sgld.SGLDConfig) -> bool:
   return bool(config.mala_every) and config.noise_level > 0
 
 
-def _block_moves(loss_fn, plan: Plan, masks_C, anchor, entries: Entries, state, batch_of, global_step, measure):
+def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state, batch_of, global_step, measure):
   """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
   acceptance of its first move.
 
@@ -302,7 +323,8 @@ def _block_moves(loss_fn, plan: Plan, masks_C, anchor, entries: Entries, state, 
   """
   config = plan.config
   keys = jax.random.wrap_key_data(entries.key_data)
-  step = _entry_step_fn(loss_fn, plan, masks_C, anchor)
+  step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
+  anchor_P = ravel(anchor)
   mala = _measures_mala(config)
 
   def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted):
@@ -313,9 +335,8 @@ def _block_moves(loss_fn, plan: Plan, masks_C, anchor, entries: Entries, state, 
     def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
-      mask = jax.tree.map(lambda m: m[comp], masks_C)
-      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), grad, anchor, mask,
-                            precond, config, hyper)
+      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), grad, anchor_P,
+                            masks_CxP[comp], precond, config, hyper)
 
     return new_state, losses, jax.lax.cond(half_wanted, half, lambda: jnp.zeros(()))
 
@@ -348,9 +369,11 @@ def _stream_rows(tree_K, stream_E):
   return jax.tree.map(lambda a: a[stream_E], tree_K)
 
 
-def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_C, data: ChunkData, observed):
+def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxP, data: ChunkData, observed):
   """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
   config = plan.config
+  _, unravel = ravel_pytree(anchor)
+  params_at = lambda w_P: pinned(unravel(w_P), anchor, plan.free_leaves)  # the tree the loss functions see
   n, K, D, M = plan.batch_size, plan.num_streams, plan.num_probes, plan.num_slots
   E = entries.component.shape[0]
   L = plan.blocks_per_chunk
@@ -360,8 +383,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
     probes_E = _stream_rows(jax.tree.map(lambda a: a[l], data.probe_LxKxDxM), entries.stream)  # [E, D, M, ...]
     probe_losses_ExDxM = jax.vmap(
-        lambda w, p: batched_losses(loss_fn, pinned(w, anchor, plan.free_leaves), _flatten_rows(p, 2),
-                                    plan.microbatch_size).reshape(D, M))(
+        lambda w, p: batched_losses(loss_fn, params_at(w), _flatten_rows(p, 2), plan.microbatch_size).reshape(D, M))(
             position_E, probes_E)
     base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M], batch_E)  # [E, M, ...]
     # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
@@ -385,7 +407,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     batch_E = batch_of(0)
     loss_star_E = data.loss_star_LxK[l][entries.stream]
     measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
-    new_state, losses_En, acceptance_E = _block_moves(loss_fn, plan, masks_C, anchor, entries, c.state, batch_of,
+    new_state, losses_En, acceptance_E = _block_moves(loss_fn, plan, masks_CxP, anchor, entries, c.state, batch_of,
                                                       global_step, measure)
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
@@ -401,8 +423,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
     token_moments = c.token_moments
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
-      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, pinned(w, anchor, plan.free_leaves),
-                                                       observed, plan.observed_microbatch))(c.state.position)
+      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
+                                                       plan.observed_microbatch))(c.state.position)
       token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
                                                 jnp.isfinite(tokens_ExOxJ))
     pair_moments = c.pair_moments
@@ -420,9 +442,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 
-def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_C, base_LxK, first_step, n_steps):
+def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxP, base_LxK, first_step, n_steps):
   keys = jax.random.wrap_key_data(entries.key_data)
-  vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_C, anchor), in_axes=(0, 0, 0, 0, 0, None))
+  vstep = jax.vmap(_entry_step_fn(loss_fn, plan, masks_CxP, anchor), in_axes=(0, 0, 0, 0, 0, None))
 
   def body(i, st):
     batch_E = _stream_rows(jax.tree.map(lambda a: a[i], base_LxK), entries.stream)
@@ -590,10 +612,17 @@ def component_seed(name: str) -> int:
 
 def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) -> np.ndarray:
   """uint32 key data [C·K, 2]: fold_in(seed, checkpoint, component, chain)."""
+  for name, value in (("seed", seed), ("checkpoint_id", checkpoint_id)):
+    if not 0 <= int(value) < 2**32:
+      raise ValueError(f"{name}={value} must be an integer in [0, 2**32)")
+  ids = np.array([(component_seed(name), k) for name in component_names for k in range(num_chains)], np.uint32)
+  return np.asarray(_entry_keys(np.uint32(seed), np.uint32(checkpoint_id), ids))
+
+
+@jax.jit
+def _entry_keys(seed, checkpoint_id, ids_Ex2):
   root = jax.random.fold_in(jax.random.key(seed), checkpoint_id)
-  keys = [jax.random.fold_in(jax.random.fold_in(root, component_seed(name)), k)
-          for name in component_names for k in range(num_chains)]
-  return np.asarray(jax.random.key_data(jnp.stack(keys)))
+  return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(root, i[0]), i[1])))(ids_Ex2)
 
 
 def stream_seed(seed: int, checkpoint_id: int, chain: int) -> tuple:
@@ -773,8 +802,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   replicated = NamedSharding(mesh, P())
   put_e = lambda x: jax.device_put(x, entry_sharding)
   put_r = lambda x: jax.device_put(x, replicated)
-  anchor, masks_dev = put_r(params), put_r(masks_C)
-  state0 = jax.vmap(lambda _: sgld.init(params, config))(jnp.arange(E_pad))
+  anchor, masks_dev = put_r(params), put_r(flat_masks(masks_C, params))
+  anchor_P = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(params)])
+  state0 = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (E_pad,) + np.shape(a)), sgld.init(anchor_P, config))
   token_moments = ()
   if plan.token_loss_fn is not None:
     token_shape = jax.eval_shape(plan.token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
