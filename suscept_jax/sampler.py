@@ -38,11 +38,13 @@ slots per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per bl
 contexts, J token positions per observed context.
 """
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import inspect
 import math
 import os
+import threading
 import time
 import types
 import zlib
@@ -456,6 +458,7 @@ def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_Cx
 COMPILED_CACHE_SIZE = 32  # compiled programs kept, least recently used dropped first (a sweep cycles through
 # a draw and a burn-in program per component group, so this bounds the groups a sweep can use without recompiling)
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
+_CACHE_LOCK = threading.RLock()  # component groups may run (and look up their programs) from several threads
 
 
 def function_key(fn, _depth: int = 0):
@@ -502,24 +505,28 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
   else:
     cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
                  dataclasses.replace(plan, token_loss_fn=None), mesh)
-  if cache_key in _COMPILED:
-    _COMPILED.move_to_end(cache_key)
-    return _COMPILED[cache_key]
+  with _CACHE_LOCK:
+    if cache_key in _COMPILED:
+      _COMPILED.move_to_end(cache_key)
+      return _COMPILED[cache_key]
+    program = _new_program(kind, loss_fn, plan, mesh)
+    _COMPILED[cache_key] = program
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+      _COMPILED.popitem(last=False)
+    return program
+
+
+def _new_program(kind: str, loss_fn, plan: Plan, mesh):
   if kind == "anchor":
-    program = jax.jit(functools.partial(_anchor_losses, loss_fn, plan.microbatch_size))
+    return jax.jit(functools.partial(_anchor_losses, loss_fn, plan.microbatch_size))
+  if kind == "draw":
+    fn = functools.partial(_draw_chunk, loss_fn, plan)
+    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
   else:
-    if kind == "draw":
-      fn = functools.partial(_draw_chunk, loss_fn, plan)
-      in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
-    else:
-      fn = functools.partial(_burnin_chunk, loss_fn, plan)
-      in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
-    program = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
-                      donate_argnums=(0,))
-  _COMPILED[cache_key] = program
-  while len(_COMPILED) > COMPILED_CACHE_SIZE:
-    _COMPILED.popitem(last=False)
-  return program
+    fn = functools.partial(_burnin_chunk, loss_fn, plan)
+    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
+                 donate_argnums=(0,))
 
 
 MICROBATCH_AUTO = "auto"
@@ -703,11 +710,35 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
                         **options)
   bar = _progress_bar(progress, config.num_steps * len(calls), label)
-  outputs = [_run_program(loss_fn, params, *call, base, probes, config=config,
-                          progress=bar if bar is not None else False, label=label, **options) for call in calls]
+  run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config,
+                                        progress=bar if bar is not None else False, label=label, **options)
+  workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
+  if workers > 1:
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="suscept_jax-group") as pool:
+      outputs = [future.result() for future in [pool.submit(run_group, call) for call in calls]]
+  else:
+    outputs = [run_group(call) for call in calls]
   if bar is not None and not hasattr(progress, "update"):
     bar.close()
   return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
+
+
+MAX_CONCURRENT_PROGRAMS: int | None = None  # None: the host's cores on a CPU mesh, 1 on accelerators
+
+
+def concurrent_programs(mesh, num_programs: int) -> int:
+  """How many component groups' programs run at once, each from its own host thread.
+
+  On CPU a draw program keeps about one core busy (its kernels are small and run one after another) and a
+  program that runs in the calling thread blocks it, so groups run side by side, one per core, and one
+  group's compilation overlaps another's sampling. On an accelerator the programs would share one device's
+  memory, which auto-sizing plans for one program at a time: one at a time there.
+  """
+  if MAX_CONCURRENT_PROGRAMS is not None:
+    return max(1, min(num_programs, MAX_CONCURRENT_PROGRAMS))
+  if any(d.platform != "cpu" for d in mesh.devices.flat):
+    return 1
+  return max(1, min(num_programs, os.cpu_count() or 1))
 
 
 def memory_plan(loss_fn: Callable, params, component_names, masks_C, base, probes: Mapping[str, Any], *,

@@ -2,12 +2,13 @@
 differentiating only those. The chains must be the same as with full gradients (within rounding), and the
 restricted programs must really do less work."""
 import functools
+import os
 
 import jax
 import numpy as np
 import pytest
 
-from suscept_jax import masks as masks_lib, sampler, sgld
+from suscept_jax import masks as masks_lib, parallel, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 
 SPECS = ["full", "l0h1", "l1h0", "l1h1", "unembed"]
@@ -71,3 +72,28 @@ def test_a_restricted_program_does_less_work(problem):
   assert flops["unembed"] < flops["l1h0"] < flops["l0h1"] <= flops["full"], flops
   assert flops["full"] > 2.5 * forward  # a full gradient is forward + ~2× backward
   assert flops["unembed"] < 1.6 * forward, (flops, forward)
+
+
+def test_groups_running_side_by_side_give_identical_numbers(problem, monkeypatch):
+  """On CPU the groups' programs run from one thread each (one core each); the numbers must not notice."""
+  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
+  assert sampler.concurrent_programs(parallel.as_entry_mesh(None), 4) == min(4, os.cpu_count())
+  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=5, mala_every=2)
+  run = lambda: sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16,
+                            delta_h=0.25, progress=False, observed=observed, token_loss_fn=tokens)
+  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 3)
+  side_by_side = run()
+  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 1)
+  one_by_one = run()
+  compared = lambda out: out._replace(seconds=0.0)
+  for a, b in zip(jax.tree.leaves(compared(side_by_side)), jax.tree.leaves(compared(one_by_one)), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_accelerators_run_one_program_at_a_time():
+  """Programs running side by side would share one device's memory, which auto-sizing plans for one."""
+  class Device:
+    platform = "tpu"
+  class Mesh:
+    devices = np.array([Device(), Device()])
+  assert sampler.concurrent_programs(Mesh(), 4) == 1
