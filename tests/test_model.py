@@ -191,6 +191,29 @@ def test_fused_attention_matches_the_plain_implementation(positional):
     np.testing.assert_allclose(g_fused, g_plain, atol=2e-5 * max(1.0, float(np.abs(g_plain).max())), rtol=0)
 
 
+def test_pallas_flash_attention_matches_the_plain_implementation():
+  """The Pallas TPU flash kernel, interpreted on this CPU (`pltpu.force_tpu_interpret_mode`): the same per-token
+  NLL and gradients as the explicit softmax; outside TPU and interpret mode it is refused, naming the fix."""
+  from jax.experimental.pallas import tpu as pltpu
+  cfg = dataclasses.replace(model_config.get_config("tiny"), n_layers=1, n_ctx=128)  # the kernel tiles by 128
+  params = jax.tree.map(lambda x: x * 10.0, transformer.init_params(cfg, seed=3))  # peaked patterns
+  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, size=(2, cfg.n_ctx + 1))
+  plain, flash = model_config.Numerics(), model_config.Numerics(attention="flash")
+  loss = lambda p, n: transformer.context_nll(p, tokens, cfg, numerics=n).mean()
+  with pltpu.force_tpu_interpret_mode():
+    nll_flash = np.asarray(transformer.per_token_nll(params, tokens, cfg, numerics=flash))
+    grad_flash = jax.grad(loss)(params, flash)
+  nll_plain = np.asarray(transformer.per_token_nll(params, tokens, cfg, numerics=plain))
+  np.testing.assert_allclose(nll_flash, nll_plain, atol=2e-5, rtol=0)
+  assert np.abs(nll_plain - nll_plain.mean()).max() > 0.1
+  for g_flash, g_plain in zip(jax.tree.leaves(grad_flash), jax.tree.leaves(jax.grad(loss)(params, plain))):
+    np.testing.assert_allclose(g_flash, g_plain, atol=2e-5 * max(1.0, float(np.abs(g_plain).max())), rtol=0)
+  with pytest.raises(ValueError, match="attention='flash' is the Pallas TPU kernel; this backend is 'cpu'"):
+    transformer.per_token_nll(params, tokens, cfg, numerics=flash)
+  with pltpu.force_tpu_interpret_mode(), pytest.raises(ValueError, match="tiles positions by 128; this context has 64"):
+    transformer.per_token_nll(params, tokens[:, :65], cfg, numerics=flash)
+
+
 def test_bfloat16_matmuls_stay_close_and_report_float32():
   cfg = model_config.get_config("tiny")
   params = transformer.init_params(cfg, seed=4)
@@ -204,5 +227,5 @@ def test_bfloat16_matmuls_stay_close_and_report_float32():
     assert 0 < diff < 0.02, diff  # rounded (so not the float32 program), but only at bf16's ~3 significant digits
   with pytest.raises(ValueError, match="precision='fp8'"):
     model_config.Numerics(precision="fp8")
-  with pytest.raises(ValueError, match="attention='flash'"):
-    model_config.Numerics(attention="flash")
+  with pytest.raises(ValueError, match="attention='magic'"):
+    model_config.Numerics(attention="magic")

@@ -32,7 +32,7 @@ class ModelConfig:
     return [f"l{layer}h{head}" for layer in range(self.n_layers) for head in range(self.n_heads)]
 
 
-ATTENTION_IMPLEMENTATIONS = ("plain", "fused")
+ATTENTION_IMPLEMENTATIONS = ("plain", "fused", "flash")
 PRECISIONS = ("float32", "default", "bfloat16")
 
 
@@ -40,8 +40,9 @@ PRECISIONS = ("float32", "default", "bfloat16")
 class Numerics:
   """How the forward pass computes (not what the model is): a setting of a run, recorded with its results.
 
-  attention: "plain" (explicit softmax(QKᵀ)V, the reference) or "fused" (`jax.nn.dot_product_attention`:
-    cuDNN flash attention on GPU, XLA elsewhere; never materialises the [T, T] pattern in HBM on GPU).
+  attention: "plain" (explicit softmax(QKᵀ)V, the reference), "fused" (`jax.nn.dot_product_attention`:
+    cuDNN flash attention on GPU, XLA elsewhere; never materialises the [T, T] pattern in HBM on GPU) or
+    "flash" (the Pallas flash-attention kernel for TPU, tiles of 128 positions; TPU only).
   precision: "float32" (float32 activations, matmuls at HIGHEST precision: exact float32 everywhere),
     "default" (float32 activations, the accelerator's default matmul precision: TF32 on recent NVIDIA
     GPUs, bf16 passes on TPU, float32 on CPU), "bfloat16" (matmul inputs rounded to bfloat16 with float32

@@ -55,6 +55,8 @@ class Attention(nnx.Module):
     v_BxTxHxK = _matmul("btd,hdk->bthk", v_input_BxTxD, self.W_V[...], numerics) + self.b_V[...]
     if numerics.attention == "fused" and not return_pattern:
       z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+    elif numerics.attention == "flash" and not return_pattern:
+      z_BxTxHxK, pattern_BxHxTxS = _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
     else:
       z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
     if head_scale_H is not None:
@@ -81,6 +83,39 @@ def _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
     z_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK.astype(dtype), k_BxTxHxK.astype(dtype),
                                              v_BxTxHxK.astype(dtype), is_causal=True)
   return z_BxTxHxK.astype(jnp.float32)
+
+
+def _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
+  """The Pallas flash-attention kernel for TPU (jax.experimental.pallas.ops.tpu.flash_attention): causal, in
+  tiles of at most 128 positions, never materialising the [T, T] pattern; output float32. On other
+  backends it runs only under `pltpu.force_tpu_interpret_mode()` (the tests' CPU check)."""
+  from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+  if jax.default_backend() != "tpu" and not _tpu_interpret_mode():
+    raise ValueError(f"attention='flash' is the Pallas TPU kernel; this backend is {jax.default_backend()!r}: "
+                     f"use attention='fused' (cuDNN flash attention on GPU, XLA elsewhere)")
+  t, d_head = q_BxTxHxK.shape[1], q_BxTxHxK.shape[-1]
+  block = 128  # the kernel's smallest tile
+  if t % block:
+    raise ValueError(f"attention='flash': the Pallas kernel tiles positions by {block}; this context has {t} "
+                     f"(use a multiple of {block}, or attention='fused')")
+  dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
+  sizes = pallas_flash.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
+                                  block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
+                                  block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
+  to_heads = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)  # [B, H, T, K]
+  with jax.default_matmul_precision("highest" if numerics.precision == "float32" else "default"):
+    z_BxHxTxK = pallas_flash.flash_attention(to_heads(q_BxTxHxK), to_heads(k_BxTxHxK), to_heads(v_BxTxHxK),
+                                             causal=True, sm_scale=1.0 / np.sqrt(d_head), block_sizes=sizes)
+  return jnp.swapaxes(z_BxHxTxK, 1, 2).astype(jnp.float32)
+
+
+def _tpu_interpret_mode() -> bool:
+  """Whether Pallas TPU kernels are being interpreted on this host (`pltpu.force_tpu_interpret_mode`)."""
+  try:
+    from jax._src import config as jax_config
+    return jax_config.pallas_tpu_interpret_mode_context_manager.value is not None
+  except AttributeError:  # a JAX without the switch: let Pallas say what it can do
+    return True
 
 
 class Block(nnx.Module):
