@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
+import scipy.special
 
 CHI_FORMS = ("eq41", "covariance")
 
@@ -154,7 +154,7 @@ def t_quantile(num_chains, level: float = 0.95):
   """
   dof = np.asarray(num_chains, np.float64) - 1
   with np.errstate(invalid="ignore"):
-    return np.where(dof >= 1, scipy.stats.t.ppf(0.5 + level / 2, np.maximum(dof, 1)), np.nan)
+    return np.where(dof >= 1, scipy.special.stdtrit(np.maximum(dof, 1), 0.5 + level / 2), np.nan)
 
 
 class ChiTable(NamedTuple):

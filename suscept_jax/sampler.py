@@ -195,14 +195,16 @@ def _anchor_losses(loss_fn, micro, anchor, base_LxSxK):
   return losses.reshape(L, K, n).mean(-1)
 
 
-def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None) -> list[int]:
-  """The sample indices among `indices` whose loss at `params` is not finite (host-side check)."""
+def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None, rows: int | None = None) -> list[int]:
+  """The sample indices among `indices` whose loss at `params` is not finite (host-side check). rows: evaluate
+  exactly this many (repeating the first index), so checks of several datasets share one compiled program."""
   indices = np.unique(np.asarray(indices, np.int64))
   if indices.size == 0:
     return []
   microbatch_size = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
-  batch = jax.tree.map(lambda a: np.asarray(a[indices]), data)
-  losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))
+  evaluated = np.concatenate([indices, np.full(max(0, (rows or 0) - indices.size), indices[0])])
+  batch = jax.tree.map(lambda a: np.asarray(a[evaluated]), data)
+  losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))[:indices.size]
   return [int(i) for i in indices[~np.isfinite(losses)]]
 
 

@@ -91,7 +91,7 @@ def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_s
     indices = np.concatenate([
         mixing.BatchSchedule(sampler.num_rows(data), batch_size, sampler.stream_seed(seed, checkpoint_id, k),
                              name=name).indices(first_eval_step) for k in range(min(num_streams, 2))])
-    faulty = sampler.nonfinite_samples(loss_fn, params, data, indices, microbatch_size)
+    faulty = sampler.nonfinite_samples(loss_fn, params, data, indices, microbatch_size, rows=indices.size)
     if faulty:
       raise sampler.DataFaultError(
           f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
