@@ -717,7 +717,13 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
   if workers > 1:
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="suscept_jax-group") as pool:
-      outputs = [future.result() for future in [pool.submit(run_group, call) for call in calls]]
+      futures = [pool.submit(run_group, call) for call in calls]
+      try:
+        outputs = [future.result() for future in futures]
+      except BaseException:  # (a data fault, an interrupt): groups not yet started never start
+        for future in futures:
+          future.cancel()
+        raise
   else:
     outputs = [run_group(call) for call in calls]
   if bar is not None and not hasattr(progress, "update"):

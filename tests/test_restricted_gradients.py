@@ -5,6 +5,7 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -97,3 +98,18 @@ def test_accelerators_run_one_program_at_a_time():
   class Mesh:
     devices = np.array([Device(), Device()])
   assert sampler.concurrent_programs(Mesh(), 4) == 1
+
+
+def test_a_data_fault_in_one_group_stops_the_run_with_its_error(problem, monkeypatch):
+  """A group running in a worker thread that meets a non-finite base sample raises DataFaultError in the caller,
+  naming the sample; groups not yet started never start."""
+  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
+  base = np.where(base[:, :1] == 63, 62, base)  # no context starts with token 63 …
+  bad = 37
+  base[bad, 0] = 63  # … except this one, whose loss is NaN
+  nan_loss = lambda p, b: jnp.where(b[:, 0] == 63, jnp.nan, loss(p, b))  # noqa: E731
+  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 2)
+  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=30, mala_every=0)
+  with pytest.raises(sampler.DataFaultError, match=rf"sample\(s\) \[{bad}\]"):
+    sampler.run(nan_loss, params, names, masks_C, base, probes, config=config, batch_size=16, delta_h=0.25,
+                progress=False)
