@@ -288,12 +288,6 @@ def flat_masks(masks_C, params) -> np.ndarray:
   return np.concatenate(rows, axis=1)
 
 
-def ravel(tree):
-  """The leaves of `tree` flattened into one vector, in `ravel_pytree`'s order (a bare array: itself, raveled)."""
-  leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
-  return leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
-
-
 def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
   """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L [P]) for one entry
   (vmapped by the callers). The state is flat (position [P]); the loss sees the parameter tree."""
@@ -303,7 +297,7 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
   def step(state, key, comp, hyper, batch, global_step):
     losses, grad = loss_and_grad(loss_fn, unravel(state.position), batch, plan.microbatch_size, plan.free_leaves,
                                  anchor)
-    grad_P = ravel(grad)
+    grad_P = sgld.ravel(grad)
     noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
     return sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper), losses, grad_P
 
@@ -328,7 +322,7 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
   config = plan.config
   keys = jax.random.wrap_key_data(entries.key_data)
   step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
-  anchor_P = ravel(anchor)
+  anchor_P = sgld.ravel(anchor)
   mala = _measures_mala(config)
 
   def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted):

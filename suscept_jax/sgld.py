@@ -116,16 +116,18 @@ def mala_half(frm, to, loss, grad, anchor, mask, precond, config: SGLDConfig, hy
   """
   h = hyper or hyper_of(config)
   eps = h.step_size * config.noise_level ** 2
-  w, w_to, g, w0 = (_ravel(t) for t in (frm, to, grad, anchor))
-  free = _ravel(jax.tree.map(lambda m, x: jnp.broadcast_to(m, jnp.shape(x)), mask, frm))
-  precond = _ravel(precond) if precond is not None else 1.0
+  w, w_to, g, w0 = (ravel(t) for t in (frm, to, grad, anchor))
+  free = ravel(jax.tree.map(lambda m, x: jnp.broadcast_to(m, jnp.shape(x)), mask, frm))
+  precond = ravel(precond) if precond is not None else 1.0
   proposal_sq = (w_to - w + 0.5 * h.step_size * precond * drift(w, g, w0, config, h)) ** 2 / precond
   log_q = -jnp.sum(jnp.where(free, proposal_sq, 0.0)) / (2 * eps)  # log density (up to a constant) of `to`
   return energy(loss, w, w0, config, h) - log_q
 
 
-def _ravel(tree):
-  return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+def ravel(tree):
+  """The leaves of `tree` flattened into one vector, in `ravel_pytree`'s order (a bare array: itself, raveled)."""
+  leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
+  return leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
 
 
 def acceptance_of(log_ratio):
