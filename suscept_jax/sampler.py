@@ -724,7 +724,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
 
 
-MAX_CONCURRENT_PROGRAMS: int | None = 1  # opt-in: None = one per core on a CPU mesh (1 on accelerators)
+MAX_CONCURRENT_PROGRAMS: int | None = None  # None: one per core on a CPU mesh (always 1 on accelerators); 1: off
 _GROUP_POOLS: dict = {}  # workers -> a thread pool kept for the process (threads that ran XLA programs never exit)
 
 
@@ -732,11 +732,12 @@ def concurrent_programs(mesh, num_programs: int) -> int:
   """How many component groups' programs run at once, each from its own host thread.
 
   On CPU a draw program keeps about one core busy (its kernels are small and run one after another) and a
-  program runs in the thread that calls it, so groups can run side by side, one per core, one group compiling
-  while another samples (the demo's per-token run 3.2–3.3× devinterp's speed instead of ≈ 2.8×). Opt-in
-  (`MAX_CONCURRENT_PROGRAMS = None`): two of about eight full test runs with it on by default aborted the
-  process later, in unrelated XLA calls, for a reason not found yet. On an accelerator the programs would
-  share one device's memory, which auto-sizing plans for one program: always one at a time there.
+  program runs in the thread that calls it, so groups run side by side, one per core, one group compiling
+  while another samples (the demo's per-token run 3.2–3.3× devinterp's speed instead of ≈ 2.8×). The threads
+  are one pool kept for the process (`_group_pool`): when every run made (and ended) its own pool, two of
+  about eight full test runs aborted later in unrelated XLA calls. `MAX_CONCURRENT_PROGRAMS = 1` turns it off.
+  On an accelerator the programs would share one device's memory, which auto-sizing plans for one program:
+  always one at a time there.
   """
   if any(d.platform != "cpu" for d in mesh.devices.flat):
     return 1
