@@ -25,6 +25,18 @@ _COMPILATION_CACHE = flags.DEFINE_string(
     "$SUSCEPT_JAX_CACHE or ~/.cache/suscept_jax, unless $JAX_COMPILATION_CACHE_DIR is set; 'off' disables it).")
 
 
+_GROUPS_SIDE_BY_SIDE = flags.DEFINE_bool(
+    "groups_side_by_side", True, "On a CPU, run the component groups' compiled programs side by side, one host "
+    "thread per core (one group compiles while another samples); --nogroups_side_by_side runs one at a time. "
+    "Accelerators always run one at a time.")
+
+
+def apply_groups_side_by_side() -> None:
+  """--groups_side_by_side to the sampler (`sampler.MAX_CONCURRENT_PROGRAMS`)."""
+  from suscept_jax import sampler
+  sampler.MAX_CONCURRENT_PROGRAMS = None if _GROUPS_SIDE_BY_SIDE.value else 1
+
+
 def enable_compilation_cache() -> None:
   """Point JAX's persistent compilation cache at --compilation_cache (one program per component group is
   compiled per process; on a rerun they load in a fraction of the time)."""
@@ -51,6 +63,7 @@ def run(main) -> None:
   def wrapped(argv):
     try:
       enable_compilation_cache()
+      apply_groups_side_by_side()
       return main(argv)
     except INPUT_ERRORS as e:
       if flags.FLAGS["verbosity"].value >= 1:

@@ -109,3 +109,22 @@ def test_accelerators_run_one_program_at_a_time():
   class Mesh:
     devices = np.array([Device(), Device()])
   assert sampler.concurrent_programs(Mesh(), 4) == 1
+
+
+def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
+  from absl import flags
+  from absl.testing import flagsaver
+  from suscept_jax_runners import cli
+  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", None)
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  try:
+    with flagsaver.flagsaver(groups_side_by_side=False):
+      cli.apply_groups_side_by_side()
+      assert sampler.MAX_CONCURRENT_PROGRAMS == 1
+    with flagsaver.flagsaver(groups_side_by_side=True):
+      cli.apply_groups_side_by_side()
+      assert sampler.MAX_CONCURRENT_PROGRAMS is None
+  finally:
+    if not was_parsed:
+      flags.FLAGS.unparse_flags()
