@@ -1,8 +1,9 @@
 """The benchmark scripts run end to end at tiny sizes, so they cannot rot (their figures are not checked
 here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed tests)."""
+import json
 import re
 
-from benchmarks import paper_memory, restricted_gradients, scaling
+from benchmarks import accelerator_figures, paper_memory, restricted_gradients, scaling
 
 
 def test_restricted_gradients_prints_every_kind(capsys):
@@ -27,3 +28,15 @@ def test_paper_memory_sizes_every_group_on_both_machines(capsys):
   assert out.count("entries per device, micro-batch 8:") == 6, out  # 3 groups × 2 machines, whole batches fit
   assert "TPU v4-8" in out and "H100" in out
 
+
+
+def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, tmp_path):
+  result = accelerator_figures.main(["--tiny", "--draws=2", "--budget_s=0.5", f"--out={tmp_path}"])
+  out = capsys.readouterr().out
+  ran = [row for row in result["settings"] if "seconds_per_draw" in row]
+  assert len(ran) == 1 and ran[0]["precision"] == "default" and ran[0]["entries"] == 4, result  # the paper step first
+  assert 0 < ran[0]["fraction_of_peak"] < 1 and ran[0]["microbatch"] == [None], ran
+  assert out.count("not started") == len(accelerator_figures.SETTINGS) - 1, out
+  assert set(result["matmul_peak_tflops"]) == {"bf16", "f32 default", "f32 highest"}
+  assert 0 < result["per_token"]["fraction_of_bf16_peak"] < 1
+  assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))

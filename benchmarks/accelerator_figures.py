@@ -1,0 +1,182 @@
+"""The figures a lent accelerator should give first, from one process, most important first.
+
+  python -m benchmarks.accelerator_figures [--out=DIR] [--model=tetrahedron_3m] [--batch_size=64]
+      [--draws=4] [--budget_s=420] [--tiny]
+
+1. The device and its measured matmul peaks: bf16 inputs (float32 accumulation), float32 at HIGHEST, float32 at
+   the backend's default precision (TF32 on recent NVIDIA GPUs).
+2. The paper preset's SGLD draw (batch 64 × ctx 1024, one probe at δh 0.1, micro-batch "auto"), in settings
+   of (entries, precision, attention): the full model × 4 chains at each precision and attention, then every
+   component × 4 chains (one program per component group, as a sweep runs them). For each: the first run's
+   wall time (compilation included), the compiled run's seconds per draw (host work included), the
+   step's gradient FLOPs (XLA's count, restricted per group) per second against the matching peak, the
+   micro-batch auto-sizing chose, and `memory_plan`'s bytes against the device's peak bytes in use.
+3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
+
+Settings after the first start only while the budget lasts (a compile on a large model can take a
+minute); the per-token pass always runs. Every figure is printed as it comes and DIR/accelerator_figures.json
+is rewritten after each, so an interrupted run still leaves what it measured. --tiny: the tiny model at small
+sizes (the test suite runs it on CPU).
+
+On the lent GPU (its image has jax with CUDA, flax, scipy, tqdm; nothing to carry), one call:
+  PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.accelerator_figures --out=$OUT 2>&1 | tee $OUT/log.txt
+"""
+import argparse
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import suscept_jax as sj
+from suscept_jax import sampler
+from suscept_jax.models import components, config as model_config, transformer
+from suscept_jax.models.config import Numerics
+
+from benchmarks.scaling import flops_of
+
+# (components, precision, attention), in the order they run: the paper preset's step first.
+SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
+            ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
+            ("all", "float32", "plain")]
+PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
+
+
+def matmul_peaks(n: int, repeats: int = 10) -> dict:
+  """Measured matmul FLOP/s of the default device: bf16 inputs, float32 at default and at HIGHEST precision."""
+  rng = np.random.default_rng(0)  # random data: zeros run faster than real inputs on some chips
+  a = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
+  kinds = {"bf16": (jnp.bfloat16, jax.lax.Precision.DEFAULT), "f32 default": (jnp.float32, jax.lax.Precision.DEFAULT),
+           "f32 highest": (jnp.float32, jax.lax.Precision.HIGHEST)}
+  peaks = {}
+  for name, (dtype, precision) in kinds.items():
+    x = a.astype(dtype)
+    f = jax.jit(lambda x, p=precision: jnp.matmul(x, x, precision=p, preferred_element_type=jnp.float32))
+    f(x).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(repeats):
+      out = f(x)
+    out.block_until_ready()
+    peaks[name] = 2 * n**3 * repeats / (time.perf_counter() - t)
+  return peaks
+
+
+def step_flops(loss_fn, params, names, masks_C, batch) -> float:
+  """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
+  total = 0.0
+  for free, comps in sampler.component_groups(masks_C, len(names)):
+    free = None if all(free) else free
+    grad = flops_of(lambda w, b, free=free: sampler.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
+    total += grad * len(comps)
+  return total
+
+
+def peak_bytes_in_use() -> int | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+def measure_setting(cfg, params, base, probes, which: str, precision: str, attention: str, *, batch_size: int,
+                    num_chains: int, draws: int, peaks: dict) -> dict:
+  """One (components, precision, attention) setting: compile-included and compiled times, FLOP/s, memory."""
+  numerics = Numerics(precision=precision, attention=attention)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics)
+  specs = ["full"] if which == "full" else components.default_components(cfg)
+  names, masks_C = sj.stack_masks(components.component_masks(specs, params, cfg), params)
+  config = sj.SGLDConfig(num_chains=num_chains, num_draws=draws, mala_every=0)
+  kw = dict(config=config, batch_size=batch_size, delta_h=0.1, microbatch_size="auto")
+  t = time.perf_counter()
+  sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw)
+  first = time.perf_counter() - t
+  out = sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw)
+  plans = sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, **kw)  # (compiled by now)
+  per_draw = out.seconds / (draws + 1)  # draws + the start's evaluation block
+  flops = num_chains * step_flops(loss_fn, params, names, masks_C, jnp.asarray(base[:batch_size]))
+  peak = peaks[PEAK_FOR[precision]]
+  return dict(components=which, entries=len(names) * num_chains, precision=precision, attention=attention,
+              first_run_s=first, seconds_per_draw=per_draw, step_tflop=flops / 1e12,
+              achieved_tflops=flops / per_draw / 1e12, fraction_of_peak=flops / per_draw / peak,
+              peak_used=PEAK_FOR[precision], microbatch=[p.microbatch_size for p in plans],
+              planned_gib=[p.bytes_per_device / 2**30 for p in plans],
+              device_peak_gib=(peak_bytes_in_use() or 0) / 2**30 or None)
+
+
+def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts: int = 16) -> dict:
+  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
+                                    numerics=Numerics(precision="bfloat16", attention="fused"))
+  stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
+  batch = jnp.asarray(base[:contexts])
+  forward = jax.jit(lambda w: jax.vmap(lambda p: token_loss_fn(p, batch))(w))
+  flops = flops_of(forward, stacked)
+  forward(stacked).block_until_ready()
+  t = time.perf_counter()
+  for _ in range(5):
+    out = forward(stacked)
+  out.block_until_ready()
+  seconds = (time.perf_counter() - t) / 5
+  return dict(replicas=replicas, contexts=contexts, seconds=seconds, achieved_tflops=flops / seconds / 1e12,
+              fraction_of_bf16_peak=flops / seconds / peaks["bf16"])
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", default="runs/accelerator_figures")
+  parser.add_argument("--model", default="tetrahedron_3m")
+  parser.add_argument("--batch_size", type=int, default=64)
+  parser.add_argument("--num_chains", type=int, default=4)
+  parser.add_argument("--draws", type=int, default=4)
+  parser.add_argument("--budget_s", type=float, default=420.0, help="start no new setting after this many seconds")
+  parser.add_argument("--tiny", action="store_true", help="the tiny model at small sizes (tests, CPU)")
+  args = parser.parse_args(argv)
+  t0 = time.perf_counter()
+  model, batch_size, matmul_n = (("tiny", 8, 256) if args.tiny else (args.model, args.batch_size, 8192))
+  cfg = model_config.get_config(model)
+  params = transformer.init_params(cfg, seed=0)
+  rng = np.random.default_rng(0)
+  tokens = lambda n: rng.integers(0, cfg.d_vocab, (n, cfg.n_ctx), dtype=np.int32)
+  base, probes = tokens(16 * batch_size), {"probe": tokens(4 * batch_size)}
+  out_dir = Path(args.out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  result = dict(device=f"{jax.devices()[0].device_kind} ×{jax.device_count()}", backend=jax.default_backend(),
+                jax=jax.__version__, model=model, ctx=cfg.n_ctx, batch_size=batch_size, settings=[])
+
+  def save():
+    (out_dir / "accelerator_figures.json").write_text(json.dumps(result, indent=1))
+
+  peaks = matmul_peaks(matmul_n)
+  result["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
+  print(f"{result['device']} ({result['backend']}, jax {jax.__version__}); matmul peaks (TFLOP/s): "
+        + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in peaks.items()), flush=True)
+  save()
+  for i, (which, precision, attention) in enumerate(SETTINGS):
+    if i and time.perf_counter() - t0 > args.budget_s:  # (the paper preset's step always runs)
+      print(f"budget of {args.budget_s:.0f} s spent: not started: {which}/{precision}/{attention}", flush=True)
+      continue
+    try:
+      row = measure_setting(cfg, params, base, probes, which, precision, attention, batch_size=batch_size,
+                            num_chains=args.num_chains, draws=args.draws, peaks=peaks)
+    except (MemoryError, ValueError) as e:  # (e.g. no micro-batch fits; an attention this backend lacks)
+      row = dict(components=which, precision=precision, attention=attention, error=str(e)[:300])
+      print(f"{which}/{precision}/{attention}: {row['error']}", flush=True)
+    else:
+      print(f"{which:4s} × {args.num_chains} chains ({row['entries']} entries), {precision}/{attention}: "
+            f"first run {row['first_run_s']:.1f} s; {row['seconds_per_draw'] * 1e3:.1f} ms per draw; "
+            f"{row['achieved_tflops']:.2f} TFLOP/s = {100 * row['fraction_of_peak']:.1f}% of the {row['peak_used']} "
+            f"peak; micro-batch {row['microbatch']}, planned {max(row['planned_gib']):.2f} GiB per group, "
+            f"device peak {row['device_peak_gib'] or float('nan'):.2f} GiB", flush=True)
+    result["settings"].append(row)
+    save()
+  result["per_token"] = p = per_token_figure(cfg, params, base, peaks)  # (one small program: always)
+  print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused): {p['seconds'] * 1e3:.1f} ms, "
+        f"{p['achieved_tflops']:.2f} TFLOP/s = {100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 peak", flush=True)
+  result["seconds"] = time.perf_counter() - t0
+  save()
+  print(f"wrote {out_dir / 'accelerator_figures.json'} ({result['seconds']:.0f} s)")
+  return result
+
+
+if __name__ == "__main__":
+  main()
