@@ -724,7 +724,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
 
 
-MAX_CONCURRENT_PROGRAMS: int | None = None  # None: one per core on a CPU mesh (always 1 on accelerators); 1: off
+MAX_CONCURRENT_PROGRAMS: int | None = None  # None: one per core on a one-device CPU mesh (else 1); 1: off
 _GROUP_POOLS: dict = {}  # workers -> a thread pool kept for the process (threads that ran XLA programs never exit)
 
 
@@ -733,13 +733,15 @@ def concurrent_programs(mesh, num_programs: int) -> int:
 
   On CPU a draw program keeps about one core busy (its kernels are small and run one after another) and a
   program runs in the thread that calls it, so groups run side by side, one per core, one group compiling
-  while another samples (the demo's per-token run 3.2–3.3× devinterp's speed instead of ≈ 2.8×). The threads
-  are one pool kept for the process (`_group_pool`): when every run made (and ended) its own pool, two of
-  about eight full test runs aborted later in unrelated XLA calls. `MAX_CONCURRENT_PROGRAMS = 1` turns it off.
-  On an accelerator the programs would share one device's memory, which auto-sizing plans for one program:
-  always one at a time there.
+  while another samples (the demo's per-token run 3.0–3.6× devinterp's speed instead of ≈ 2.8×). Only on a
+  mesh of one CPU device (a plain CPU process): in test processes of 4 emulated CPU devices that ran groups
+  side by side, 3 of about 14 full test runs later aborted in XLA:CPU's all-reduce rendezvous (3 of 4
+  participants arrived) of a data-parallel training step; our sampler programs hold no collectives, but the
+  cause is not found, so multi-device meshes run one program at a time. So do accelerators (the programs
+  would share one device's memory, which auto-sizing plans for one). `MAX_CONCURRENT_PROGRAMS = 1` turns it
+  off. The threads are one pool kept for the process.
   """
-  if any(d.platform != "cpu" for d in mesh.devices.flat):
+  if mesh.devices.size > 1 or any(d.platform != "cpu" for d in mesh.devices.flat):
     return 1
   limit = (os.cpu_count() or 1) if MAX_CONCURRENT_PROGRAMS is None else MAX_CONCURRENT_PROGRAMS
   return max(1, min(num_programs, limit))

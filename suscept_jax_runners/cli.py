@@ -26,9 +26,9 @@ _COMPILATION_CACHE = flags.DEFINE_string(
 
 
 _GROUPS_SIDE_BY_SIDE = flags.DEFINE_bool(
-    "groups_side_by_side", True, "On a CPU, run the component groups' compiled programs side by side, one host "
-    "thread per core (one group compiles while another samples); --nogroups_side_by_side runs one at a time. "
-    "Accelerators always run one at a time.")
+    "groups_side_by_side", True, "On one CPU device, run the component groups' compiled programs side by side, one "
+    "host thread per core (one group compiles while another samples); --nogroups_side_by_side runs one at a time. "
+    "Several devices and accelerators always run one at a time.")
 
 
 def apply_groups_side_by_side() -> None:

@@ -3,9 +3,10 @@ differentiating only those. The chains must be the same as with full gradients (
 restricted programs must really do less work."""
 import functools
 import os
+import subprocess
+import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -75,31 +76,65 @@ def test_a_restricted_program_does_less_work(problem):
   assert flops["unembed"] < 1.6 * forward, (flops, forward)
 
 
-def test_groups_running_side_by_side_give_identical_numbers_and_surface_faults(problem, monkeypatch):
-  """On by default on CPU: the groups' programs run from one pool thread each. The numbers must not notice,
-  and a data fault met in a worker thread is raised in the caller naming the sample."""
-  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
-  assert sampler.MAX_CONCURRENT_PROGRAMS is None  # the default
-  assert sampler.concurrent_programs(parallel.as_entry_mesh(None), 4) == min(4, os.cpu_count())
-  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=5, mala_every=2)
-  run = lambda lf, b, config=config: sampler.run(lf, params, names, masks_C, b, probes, config=config, batch_size=16,
-                                                 delta_h=0.25, progress=False, observed=observed,
-                                                 token_loss_fn=tokens)
-  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 3)
-  side_by_side = run(loss, base)
-  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 1)
-  one_by_one = run(loss, base)
-  compared = lambda out: out._replace(seconds=0.0)
-  for a, b in zip(jax.tree.leaves(compared(side_by_side)), jax.tree.leaves(compared(one_by_one)), strict=True):
-    np.testing.assert_array_equal(a, b)
-  # A group meeting a non-finite base sample in a worker thread: DataFaultError in the caller, naming it.
-  monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", 2)
-  bad, base = 37, np.where(base == 63, 62, base)
-  base[bad, 0] = 63  # the only context starting with token 63: its loss is NaN
-  nan_loss = lambda p, b: jnp.where(b[:, 0] == 63, jnp.nan, loss(p, b))
-  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=30, mala_every=0)
-  with pytest.raises(sampler.DataFaultError, match=rf"sample\(s\) \[{bad}\]"):
-    run(nan_loss, base, config)
+_SIDE_BY_SIDE_CHECK = """
+import functools, os
+import jax, jax.numpy as jnp, numpy as np
+from suscept_jax import masks as masks_lib, parallel, sampler, sgld
+from suscept_jax.models import components, config as model_config, transformer
+assert jax.device_count() == 1
+cfg = model_config.get_config("tiny", d_vocab=64)
+params = transformer.init_params(cfg, seed=0)
+names, masks_C = masks_lib.stack_masks(components.component_masks(%r, params, cfg), params)
+rng = np.random.default_rng(0)
+base = rng.integers(0, 63, (96, cfg.n_ctx), dtype=np.int32)
+probes = {"other": rng.integers(0, 32, (96, cfg.n_ctx), dtype=np.int32)}
+observed = rng.integers(0, 64, (3, cfg.n_ctx), dtype=np.int32)
+loss, tokens = (functools.partial(f, config=cfg) for f in (transformer.context_nll, transformer.per_token_nll))
+assert sampler.MAX_CONCURRENT_PROGRAMS is None  # the default
+assert sampler.concurrent_programs(parallel.as_entry_mesh(None), 4) == min(4, os.cpu_count())
+config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=5, mala_every=2)
+run = lambda lf, b: sampler.run(lf, params, names, masks_C, b, probes, config=config, batch_size=16, delta_h=0.25,
+                                progress=False, observed=observed, token_loss_fn=tokens)
+sampler.MAX_CONCURRENT_PROGRAMS = 3
+side_by_side = run(loss, base)
+sampler.MAX_CONCURRENT_PROGRAMS = 1
+one_by_one = run(loss, base)
+compared = lambda out: out._replace(seconds=0.0)
+for a, b in zip(jax.tree.leaves(compared(side_by_side)), jax.tree.leaves(compared(one_by_one)), strict=True):
+  np.testing.assert_array_equal(a, b)
+# A group meeting a non-finite base sample in a worker thread: DataFaultError in the caller, naming it.
+sampler.MAX_CONCURRENT_PROGRAMS = 2
+bad = 37
+base[bad, 0] = 63  # the only context starting with token 63: its loss is NaN
+nan_loss = lambda p, b: jnp.where(b[:, 0] == 63, jnp.nan, loss(p, b))
+config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=30, mala_every=0)
+try:
+  run(nan_loss, base)
+except sampler.DataFaultError as e:
+  assert f"sample(s) [{bad}]" in str(e), e
+else:
+  raise AssertionError("no DataFaultError")
+print("side by side = one by one; faults surface")
+"""
+
+
+def test_groups_running_side_by_side_give_identical_numbers_and_surface_faults():
+  """On by default on a one-device CPU mesh: the groups' programs run from one pool thread each. The numbers
+  must not notice, and a data fault met in a worker thread is raised in the caller naming the sample. In a
+  child process with one CPU device (this one has 4 emulated devices, where groups run one at a time)."""
+  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
+      "--xla_force_host_platform_device_count=4", "")}
+  done = subprocess.run([sys.executable, "-c", _SIDE_BY_SIDE_CHECK % (SPECS,)], capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert done.returncode == 0 and "side by side = one by one" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_mesh_of_several_devices_runs_one_program_at_a_time():
+  assert sampler.MAX_CONCURRENT_PROGRAMS is None
+  assert jax.device_count() == 4
+  assert sampler.concurrent_programs(parallel.as_entry_mesh(None), 4) == 1
+  one_device = parallel.as_entry_mesh(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",)))
+  assert sampler.concurrent_programs(one_device, 4) == min(4, os.cpu_count())
 
 
 def test_accelerators_run_one_program_at_a_time():
