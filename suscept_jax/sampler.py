@@ -734,12 +734,10 @@ def concurrent_programs(mesh, num_programs: int) -> int:
   On CPU a draw program keeps about one core busy (its kernels are small and run one after another) and a
   program runs in the thread that calls it, so groups run side by side, one per core, one group compiling
   while another samples (the demo's per-token run 3.0–3.6× devinterp's speed instead of ≈ 2.8×). Only on a
-  mesh of one CPU device (a plain CPU process), as a precaution: test processes of 4 emulated CPU devices
-  sometimes abort in a later data-parallel training step (XLA:CPU's all-reduce rendezvous: one device's
-  launch waits for an in-flight slot that never frees), which was first seen with groups side by side and
-  then without (see BUILD_NOTES); concurrent launches on the same devices are kept out of it. Accelerators
-  run one at a time too (the programs would share one device's memory, which auto-sizing plans for one).
-  `MAX_CONCURRENT_PROGRAMS = 1` turns it off. The threads are one pool kept for the process.
+  mesh of one CPU device (a plain CPU process): on several CPU devices each program already runs on one
+  thread per device. Accelerators run one at a time (the programs would share one device's memory, which
+  auto-sizing plans for one). `MAX_CONCURRENT_PROGRAMS = 1` turns it off. The threads are one pool kept for
+  the process.
   """
   if mesh.devices.size > 1 or any(d.platform != "cpu" for d in mesh.devices.flat):
     return 1

@@ -126,7 +126,13 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   for step in range(start, end):
     batch = np.asarray(train_data[np.sort(batches.indices(step))])
+    previous_loss = loss
     params, opt_state, loss = train_step(params, opt_state, batch)
+    # At most two steps in flight. Unbounded, XLA:CPU with several devices could deadlock: each device holds
+    # at most 32 computations in flight, and one device's slots filled with later steps while its launch of
+    # an earlier step, whose gradient all-reduce the other devices were waiting in, never started (the test
+    # process aborted at the rendezvous timeout in about 1 of 5 runs of tests/test_training.py).
+    jax.block_until_ready(previous_loss)
     done = step + 1
     if done % cfg.eval_every == 0 or done == cfg.steps:
       loss = float(loss)
