@@ -36,6 +36,7 @@ from suscept_jax import sampler
 from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
+from benchmarks import common
 from benchmarks.scaling import flops_of
 
 # (components, precision, attention), in the order they run: the paper preset's step first.
@@ -55,12 +56,7 @@ def matmul_peaks(n: int, repeats: int = 10) -> dict:
   for name, (dtype, precision) in kinds.items():
     x = a.astype(dtype)
     f = jax.jit(lambda x, p=precision: jnp.matmul(x, x, precision=p, preferred_element_type=jnp.float32))
-    f(x).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(repeats):
-      out = f(x)
-    out.block_until_ready()
-    peaks[name] = 2 * n**3 * repeats / (time.perf_counter() - t)
+    peaks[name] = 2 * n**3 / common.seconds_per_call(f, x, repeats=repeats)
   return peaks
 
 
@@ -111,12 +107,7 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
   batch = jnp.asarray(base[:contexts])
   forward = jax.jit(lambda w: jax.vmap(lambda p: token_loss_fn(p, batch))(w))
   flops = flops_of(forward, stacked)
-  forward(stacked).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(5):
-    out = forward(stacked)
-  out.block_until_ready()
-  seconds = (time.perf_counter() - t) / 5
+  seconds = common.seconds_per_call(forward, stacked)
   return dict(replicas=replicas, contexts=contexts, seconds=seconds, achieved_tflops=flops / seconds / 1e12,
               fraction_of_bf16_peak=flops / seconds / peaks["bf16"])
 

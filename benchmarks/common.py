@@ -19,17 +19,22 @@ def setup(model: str = "demo", *, num_contexts: int = 4096, seed: int = 0, **ove
   return cfg, loss_fn, params, masks, data(), probes
 
 
-def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
-  """Measured float32 matmul throughput of the default device (FLOP/s): the machine's practical peak."""
+def seconds_per_call(fn, *args, repeats: int = 5) -> float:
+  """Wall seconds of one call of a jitted `fn` (compiled and warmed first), averaged over `repeats` calls."""
   import time
 
   import jax
-  import jax.numpy as jnp
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
+  jax.block_until_ready(fn(*args))
   t = time.perf_counter()
   for _ in range(repeats):
-    out = f(a)
-  out.block_until_ready()
-  return 2 * n**3 * repeats / (time.perf_counter() - t)
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t) / repeats
+
+
+def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+  """Measured float32 matmul throughput of the default device (FLOP/s): the machine's practical peak."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  return 2 * n**3 / seconds_per_call(jax.jit(lambda x: x @ x), a, repeats=repeats)

@@ -12,7 +12,6 @@
 """
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -66,13 +65,7 @@ def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
   stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
   forward = lambda w: jax.vmap(lambda p: token_loss_fn(p, contexts))(w)
   flops = flops_of(forward, stacked)
-  compiled = jax.jit(forward)
-  compiled(stacked).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(5):
-    out = compiled(stacked)
-  out.block_until_ready()
-  s = (time.perf_counter() - t) / 5
+  s = common.seconds_per_call(jax.jit(forward), stacked)
   print(f"per-token pass: {replicas} replicas × {contexts.shape[0]} contexts × {contexts.shape[1]} tokens: "
         f"{s * 1e3:.1f} ms, {flops / s / 1e9:.1f} GFLOP/s = {100 * flops / s / peak:.1f}% of peak")
 
