@@ -725,7 +725,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
 
 
 MAX_CONCURRENT_PROGRAMS: int | None = None  # None: one per core on a one-device CPU mesh (else 1); 1: off
-_GROUP_POOLS: dict = {}  # workers -> a thread pool kept for the process (threads that ran XLA programs never exit)
+_GROUP_POOLS: dict = {}  # workers -> a thread pool kept for the process (reused by every run)
 
 
 def concurrent_programs(mesh, num_programs: int) -> int:
