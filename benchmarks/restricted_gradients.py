@@ -1,14 +1,15 @@
 """What restricting gradients to the free leaves saves, per component kind and for a whole sweep step.
 
   python -m benchmarks.restricted_gradients [--model=demo] [--batch_size=20] [--num_chains=4] [--draws=40]
+  python -m benchmarks.restricted_gradients --model=tetrahedron_3m --batch_size=64 --flops_only
 
-Per kind (the full model, a head of the first layer, of the last layer, the unembedding): XLA's FLOP count of
-one entry's gradient with every leaf differentiated and with only the kind's, and the measured time of that
-gradient vmapped over the kind's entries (its heads × chains). Then `sampler.run` over the model's default
+Per kind (the full model, a head of the first layer, of the last layer, the unembedding), over the kind's
+entries (its heads × chains): XLA's FLOP count per entry and the measured time of the vmapped gradient with
+every leaf differentiated and with only the kind's leaves. Then `sampler.run` over the model's default
 components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
+--flops_only: the FLOP counts only (compiled, not run), e.g. for the paper's model, too big to time here.
 """
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -21,17 +22,17 @@ from benchmarks import common
 
 
 def gradient_cost(loss_fn, params, batch_ExN, free, repeats: int):
-  """(XLA FLOPs of one entry's gradient, seconds per call of the gradient vmapped over entries)."""
+  """(XLA FLOPs per entry, seconds per call) of the gradient vmapped over entries, each with its own batch;
+  repeats 0: compiled, not run (seconds NaN)."""
+  E = batch_ExN.shape[0]
   one = lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, params)
-  flops = jax.jit(one).lower(params, batch_ExN[0]).compile().cost_analysis()["flops"]
-  positions = jax.tree.map(lambda a: np.broadcast_to(a, (batch_ExN.shape[0],) + a.shape).copy(), params)
-  vmapped = jax.jit(jax.vmap(one))
-  jax.block_until_ready(vmapped(positions, batch_ExN))
-  t = time.perf_counter()
-  for _ in range(repeats):
-    out = vmapped(positions, batch_ExN)
-  jax.block_until_ready(out)
-  return float(flops), (time.perf_counter() - t) / repeats
+  positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
+  compiled = jax.jit(jax.vmap(one)).lower(positions, jax.ShapeDtypeStruct(batch_ExN.shape, batch_ExN.dtype)).compile()
+  flops = float(compiled.cost_analysis()["flops"]) / E
+  if not repeats:
+    return flops, float("nan")
+  positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)
+  return flops, common.seconds_per_call(compiled, positions, batch_ExN, repeats=repeats)
 
 
 def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):
@@ -48,7 +49,9 @@ def main(argv=None):
   parser.add_argument("--num_chains", type=int, default=4)
   parser.add_argument("--draws", type=int, default=40)
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--flops_only", action="store_true", help="FLOP counts only (compiled, not run)")
   args = parser.parse_args(argv)
+  repeats = 0 if args.flops_only else args.repeats
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model, num_contexts=1024)
   last = cfg.n_layers - 1
   kinds = {"full": ("full", 1), "layer-0 head": ("l0h0", cfg.n_heads), f"layer-{last} head": (f"l{last}h0", cfg.n_heads),
@@ -62,11 +65,14 @@ def main(argv=None):
     free = sampler.free_leaves(masks_C, [0])
     entries = count * args.num_chains
     batch_ExN = rng.integers(0, cfg.d_vocab, (entries, args.batch_size, cfg.n_ctx), dtype=np.int32)
-    flops_all, s_all = gradient_cost(loss_fn, params, batch_ExN, None, args.repeats)
-    flops_free, s_free = gradient_cost(loss_fn, params, batch_ExN, None if all(free) else free, args.repeats)
+    flops_all, s_all = gradient_cost(loss_fn, params, batch_ExN, None, repeats)
+    flops_free, s_free = gradient_cost(loss_fn, params, batch_ExN, None if all(free) else free, repeats)
+    timed = "" if args.flops_only else (f"; vmapped over the entries {s_all * 1e3:7.1f} -> {s_free * 1e3:7.1f} ms "
+                                        f"({s_free / s_all:.2f}×)")
     print(f"  {kind:>13}: {entries:3d} entries; gradient {flops_all / 1e6:8.1f} -> {flops_free / 1e6:8.1f} MFLOP "
-          f"({flops_free / flops_all:.2f}×); vmapped over the entries {s_all * 1e3:7.1f} -> {s_free * 1e3:7.1f} ms "
-          f"({s_free / s_all:.2f}×)")
+          f"per entry ({flops_free / flops_all:.2f}×){timed}")
+  if args.flops_only:
+    return
   names, masks_C = sj.stack_masks(masks, params)
   groups = sampler.component_groups(masks_C, len(names))
   config = sj.SGLDConfig(num_chains=args.num_chains, num_draws=args.draws, mala_every=0)

@@ -10,8 +10,11 @@ def test_restricted_gradients_prints_every_kind(capsys):
   restricted_gradients.main(["--model=tiny", "--batch_size=8", "--num_chains=2", "--draws=3", "--repeats=1"])
   out = capsys.readouterr().out
   for kind in ("full", "layer-0 head", "layer-1 head", "unembed"):
-    assert re.search(rf"{kind}: .* MFLOP \(\d\.\d\d×\)", out), out
+    assert re.search(rf"{kind}: .* MFLOP per entry \(\d\.\d\d×\)", out), out
   assert re.search(r"sampler.run, 5 components .* \(3 programs when restricted\)", out), out
+  restricted_gradients.main(["--model=tiny", "--batch_size=8", "--num_chains=2", "--flops_only"])
+  out = capsys.readouterr().out
+  assert len(re.findall(r"MFLOP per entry \(\d\.\d\d×\)", out)) == 4 and "sampler.run" not in out, out
 
 
 def test_scaling_prints_the_curve_and_a_projection(capsys):
