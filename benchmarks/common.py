@@ -32,6 +32,18 @@ def seconds_per_call(fn, *args, repeats: int = 5) -> float:
   return (time.perf_counter() - t) / repeats
 
 
+def compiled_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program, NaN where the backend gives none (`cost_analysis` is a dict on
+  current JAX, a list of dicts on older ones, and may be unavailable): a missing count must not stop a run
+  that also measures time."""
+  try:
+    cost = compiled.cost_analysis()
+  except NotImplementedError:
+    return float("nan")
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  return float(cost.get("flops", float("nan"))) if isinstance(cost, dict) else float("nan")
+
+
 def peak_matmul_flops(n: int = 2048, repeats: int = 10) -> float:
   """Measured float32 matmul throughput of the default device (FLOP/s): the machine's practical peak."""
   import jax

@@ -39,10 +39,7 @@ def step_flops(loss_fn, params, masks, base, config, batch_size) -> float:
     mask = jax.tree.map(lambda m: jnp.asarray(m)[comp], masks_C)
     return sgld.step(state, grad, noise, params, mask, config)
 
-  compiled = jax.jit(jax.vmap(one)).lower(states, comps).compile()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+  return common.compiled_flops(jax.jit(jax.vmap(one)).lower(states, comps).compile())
 
 
 def main(argv=None):

@@ -28,7 +28,7 @@ def gradient_cost(loss_fn, params, batch_ExN, free, repeats: int):
   one = lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, params)
   positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
   compiled = jax.jit(jax.vmap(one)).lower(positions, jax.ShapeDtypeStruct(batch_ExN.shape, batch_ExN.dtype)).compile()
-  flops = float(compiled.cost_analysis()["flops"]) / E
+  flops = common.compiled_flops(compiled) / E
   if not repeats:
     return flops, float("nan")
   positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)

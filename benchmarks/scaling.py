@@ -31,8 +31,8 @@ PAPER = dict(checkpoints=30, probes=14, chains=4, draws=200, batch=64, delta_h=0
 
 
 def flops_of(fn, *args) -> float:
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  """XLA's FLOP count of jit(fn) at these arguments (compiled, not run)."""
+  return common.compiled_flops(jax.jit(fn).lower(*args).compile())
 
 
 def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draws: int) -> float:

@@ -43,3 +43,26 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert set(result["matmul_peak_tflops"]) == {"bf16", "f32 default", "f32 highest"}
   assert 0 < result["per_token"]["fraction_of_bf16_peak"] < 1
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_compiled_flops_reads_every_form_of_the_cost_analysis():
+  import jax
+  import jax.numpy as jnp
+
+  from benchmarks import common
+  a = jnp.ones((64, 32), jnp.float32)
+  assert common.compiled_flops(jax.jit(lambda x: x @ x.T).lower(a).compile()) == 2 * 64 * 64 * 32
+
+  class Compiled:  # what other JAX versions and backends return
+    def __init__(self, cost):
+      self.cost = cost
+
+    def cost_analysis(self):
+      if self.cost is NotImplementedError:
+        raise NotImplementedError("no cost model")
+      return self.cost
+
+  assert common.compiled_flops(Compiled([{"flops": 7.0}])) == 7.0
+  assert common.compiled_flops(Compiled({"flops": 5})) == 5.0
+  for missing in (NotImplementedError, None, [], {"bytes accessed": 1.0}):
+    assert common.compiled_flops(Compiled(missing)) != common.compiled_flops(Compiled(missing))  # NaN
