@@ -58,6 +58,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, sgld
+from suscept_jax.progress import progress_bar
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
 
@@ -640,12 +641,12 @@ def num_streams(num_samples: int, batch_size: int, num_chains: int, has_probes: 
 
 
 def _progress_bar(progress, total: int, label: str):
+  """The caller's bar (anything with `update`), a new one when `progress` is true, else None."""
   if progress is False or progress is None:
     return None
   if hasattr(progress, "update"):
     return progress
-  from tqdm.auto import tqdm
-  return tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, smoothing=0.1)
+  return progress_bar(total, label)
 
 
 class _Streams:

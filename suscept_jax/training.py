@@ -18,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from suscept_jax import checkpoints, mixing
 from suscept_jax.models import transformer
 from suscept_jax.models.config import ModelConfig
+from suscept_jax.progress import progress_bar
 from suscept_jax.train_config import PAPER_CHECKPOINT_STEPS, TrainConfig, scaled_paper_schedule  # noqa: F401
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -118,10 +119,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   if start == 0:
     save(0)
     record(0, test_loss=evaluate(params, test_data))
-  bar = None
-  if progress:
-    from tqdm.auto import tqdm
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+  bar = progress_bar(cfg.steps, "train", initial=start) if progress else None
   t0, loss = time.perf_counter(), float("nan")
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   for step in range(start, end):

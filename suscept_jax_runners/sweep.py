@@ -198,9 +198,8 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
   import functools
 
   import numpy as np
-  from tqdm.auto import tqdm
-
   from suscept_jax import api, checkpoints, results
+  from suscept_jax.progress import progress_bar
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
@@ -216,7 +215,7 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
   scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
   from suscept_jax.models.config import Numerics
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=Numerics(**settings["numerics"]))
-  bar = tqdm(total=len(planned) * config.num_steps, unit="step", dynamic_ncols=True, smoothing=0.05)
+  bar = progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05)
   names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
   num_warnings = 0
   for i, (step, probes, comps) in enumerate(planned):

@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from suscept_jax import paths
+from suscept_jax.progress import progress_bar
 from suscept_jax.data import sources
 from suscept_jax.data import tokenizer as tokenizer_lib
 
@@ -111,7 +112,8 @@ def load_contexts(spec: str, tokenizer, context_length: int, *, max_contexts: in
   tmp_path = cache_dir / f".{npy_path.name}.{uuid.uuid4().hex}.tmp"
   try:
     packer = _Packer(context_length, eos, max_contexts)
-    with open(raw_path, "wb") as raw, _progress_bar(spec, max_contexts, progress) as bar:
+    with open(raw_path, "wb") as raw, progress_bar(max_contexts, f"tokenizing {spec}", unit="ctx",
+                                                   enabled=progress) as bar:
       for ids_per_document in _tokenize(sources.iter_documents(spec), tokenizer):
         rows_nxk = packer.add(ids_per_document)
         raw.write(rows_nxk.tobytes())
@@ -167,12 +169,6 @@ def _write_npy(raw_path: Path, npy_path: Path, shape: tuple[int, int]) -> None:
     shutil.copyfileobj(raw, out, 1 << 24)
     out.flush()
     os.fsync(out.fileno())
-
-
-def _progress_bar(spec: str, max_contexts: int | None, enabled: bool):
-  from tqdm.auto import tqdm
-
-  return tqdm(total=max_contexts, unit="ctx", desc=f"tokenizing {spec}", disable=not enabled)
 
 
 def _slug(spec: str) -> str:
