@@ -4,8 +4,10 @@
   python -m benchmarks.restricted_gradients --model=tetrahedron_3m --batch_size=64 --flops_only
 
 Per kind (the full model, a head of the first layer, of the last layer, the unembedding), over the kind's
-entries (its heads × chains): XLA's FLOP count per entry and the measured time of the vmapped gradient with
-every leaf differentiated and with only the kind's leaves. Then `sampler.run` over the model's default
+entries (its heads × chains, chain k reading batch k): XLA's FLOP count per entry and the measured time of
+the vmapped gradient with every leaf differentiated, with only the kind's leaves, and (kinds of several
+heads) with only those on the sampler's entry grid, where the frozen layers below the heads are computed
+once per chain (`sampler.over_entries`). Then `sampler.run` over the model's default
 components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
 --flops_only: the FLOP counts only (compiled, not run), e.g. for the paper's model, too big to time here.
 """
@@ -21,18 +23,20 @@ from suscept_jax.models import components
 from benchmarks import common
 
 
-def gradient_cost(loss_fn, params, batch_ExN, free, repeats: int):
-  """(XLA FLOPs per entry, seconds per call) of the gradient vmapped over entries, each with its own batch;
-  repeats 0: compiled, not run (seconds NaN)."""
-  E = batch_ExN.shape[0]
+def gradient_cost(loss_fn, params, batch_KxN, free, heads: int, grid, repeats: int):
+  """(XLA FLOPs per entry, seconds per call) of the gradient over heads × K entries (component-major, chain k
+  reading batch k), laid out flat (grid None) or on the entry grid; repeats 0: compiled, not run (NaN s)."""
+  K = batch_KxN.shape[0]
+  E = heads * K
   one = lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, params)
+  over = lambda w, b: sampler.over_entries(one, grid, (w,), b, np.tile(np.arange(K), heads))
   positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
-  compiled = jax.jit(jax.vmap(one)).lower(positions, jax.ShapeDtypeStruct(batch_ExN.shape, batch_ExN.dtype)).compile()
+  compiled = jax.jit(over).lower(positions, jax.ShapeDtypeStruct(batch_KxN.shape, batch_KxN.dtype)).compile()
   flops = common.compiled_flops(compiled) / E
   if not repeats:
     return flops, float("nan")
   positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)
-  return flops, common.seconds_per_call(compiled, positions, batch_ExN, repeats=repeats)
+  return flops, common.seconds_per_call(compiled, positions, batch_KxN, repeats=repeats)
 
 
 def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):
@@ -63,14 +67,18 @@ def main(argv=None):
   for kind, (spec, count) in kinds.items():
     _, masks_C = sj.stack_masks(components.component_masks([spec], params, cfg), params)
     free = sampler.free_leaves(masks_C, [0])
-    entries = count * args.num_chains
-    batch_ExN = rng.integers(0, cfg.d_vocab, (entries, args.batch_size, cfg.n_ctx), dtype=np.int32)
-    flops_all, s_all = gradient_cost(loss_fn, params, batch_ExN, None, repeats)
-    flops_free, s_free = gradient_cost(loss_fn, params, batch_ExN, None if all(free) else free, repeats)
-    timed = "" if args.flops_only else (f"; vmapped over the entries {s_all * 1e3:7.1f} -> {s_free * 1e3:7.1f} ms "
-                                        f"({s_free / s_all:.2f}×)")
-    print(f"  {kind:>13}: {entries:3d} entries; gradient {flops_all / 1e6:8.1f} -> {flops_free / 1e6:8.1f} MFLOP "
-          f"per entry ({flops_free / flops_all:.2f}×){timed}")
+    batch_KxN = rng.integers(0, cfg.d_vocab, (args.num_chains, args.batch_size, cfg.n_ctx), dtype=np.int32)
+    free = None if all(free) else free
+    costs = {"all leaves": gradient_cost(loss_fn, params, batch_KxN, None, count, None, repeats),
+             "free leaves": gradient_cost(loss_fn, params, batch_KxN, free, count, None, repeats)}
+    grid = sampler.entry_grid(count, args.num_chains, 1, free)
+    if grid:
+      costs["free, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats)
+    flops_all, s_all = costs["all leaves"]
+    figure = lambda flops, s: f"{flops / 1e6:9.1f} MFLOP ({flops / flops_all:.2f}×)" + (
+        "" if args.flops_only else f", {s * 1e3:7.1f} ms ({s / s_all:.2f}×)")
+    print(f"  {kind:>13}: {count * args.num_chains:3d} entries; per entry: " + "; ".join(
+        f"{name} {figure(*cost)}" for name, cost in costs.items()))
   if args.flops_only:
     return
   names, masks_C = sj.stack_masks(masks, params)

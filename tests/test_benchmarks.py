@@ -10,11 +10,13 @@ def test_restricted_gradients_prints_every_kind(capsys):
   restricted_gradients.main(["--model=tiny", "--batch_size=8", "--num_chains=2", "--draws=3", "--repeats=1"])
   out = capsys.readouterr().out
   for kind in ("full", "layer-0 head", "layer-1 head", "unembed"):
-    assert re.search(rf"{kind}: .* MFLOP per entry \(\d\.\d\d×\)", out), out
+    assert re.search(rf"{kind}: .* free leaves +[\d.]+ MFLOP \(\d\.\d\d×\), +[\d.]+ ms", out), out
+  assert len(re.findall(r"on the grid +[\d.]+ MFLOP", out)) == 2, out  # the two kinds of several heads
   assert re.search(r"sampler.run, 5 components .* \(3 programs when restricted\)", out), out
   restricted_gradients.main(["--model=tiny", "--batch_size=8", "--num_chains=2", "--flops_only"])
   out = capsys.readouterr().out
-  assert len(re.findall(r"MFLOP per entry \(\d\.\d\d×\)", out)) == 4 and "sampler.run" not in out, out
+  assert len(re.findall(r"free leaves +[\d.]+ MFLOP \(\d\.\d\d×\);", out)) == 2, out  # (then the grid's)
+  assert " ms" not in out and "sampler.run" not in out, out
 
 
 def test_scaling_prints_the_curve_and_a_projection(capsys):

@@ -163,3 +163,48 @@ def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
   finally:
     if not was_parsed:
       flags.FLAGS.unparse_flags()
+
+
+def test_the_entry_grid_is_used_where_there_is_work_to_share():
+  some_frozen, all_free = (True, False, True), (True, True, True)
+  assert sampler.entry_grid(4, 4, 1, some_frozen) == (4, 4)
+  assert sampler.entry_grid(8, 4, 4, some_frozen) == (2, 4)  # a TPU v4-8: two heads of a layer per chip
+  assert sampler.entry_grid(4, 4, 4, some_frozen) is None  # one component per device: nothing to share
+  assert sampler.entry_grid(3, 4, 2, some_frozen) is None  # not whole components per device
+  assert sampler.entry_grid(4, 4, 1, all_free) is None and sampler.entry_grid(4, 4, 1, None) is None
+
+
+def test_frozen_layers_run_once_per_chain_on_the_entry_grid(problem):
+  """Two layer-1 heads × two chains: on the grid, the embedding and layer 0 (frozen, and fed the same batch
+  by chain k of both heads) are computed once per chain. Same numbers as the flat layout to rounding, and
+  XLA counts less work."""
+  cfg, params, names, masks_C, base, *_ , loss, _ = problem
+  (free, comps), = [(f, c) for f, c in sampler.component_groups(masks_C, len(names)) if names[c[0]] == "l1h0"]
+  C, K = len(comps), 2
+  scale_E = 1 + 1e-2 * np.arange(C * K, dtype=np.float32)  # every entry at its own point
+  positions = jax.tree.map(lambda a: a[None] * scale_E.reshape((-1,) + (1,) * np.ndim(a)), params)
+  batch_K = base[:K * 16].reshape(K, 16, -1)
+  stream_E = np.tile(np.arange(K), C)
+  grad = lambda w, b: sampler.loss_and_grad(loss, w, b, None, free, params)
+  program = lambda grid: jax.jit(lambda w, b: sampler.over_entries(grad, grid, (w,), b, stream_E)).lower(
+      positions, batch_K).compile()
+  flat, grid = program(None), program(sampler.entry_grid(C, K, 1, free))
+  for a, b in zip(jax.tree.leaves(flat(positions, batch_K)), jax.tree.leaves(grid(positions, batch_K))):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  assert grid.cost_analysis()["flops"] < 0.95 * flat.cost_analysis()["flops"]
+
+
+def test_one_and_four_devices_agree_on_a_transformer(problem):
+  """The device count changes only rounding: the same batches and noise, but XLA may round a vmap of
+  another size differently, and on one device the layer-1 heads run on the entry grid (on four, flat)."""
+  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
+  assert jax.device_count() == 4
+  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, mala_every=2)
+  run = lambda mesh: sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16,
+                                 delta_h=0.25, progress=False, mesh=mesh, observed=observed, token_loss_fn=tokens)
+  four, one = run(None), run(parallel.entry_mesh(jax.devices()[:1]))
+  assert np.ptp(one.phi_trace) > 1e-3
+  for field in ("loss_trace", "phi_trace", "delta_loss_trace"):  # losses ≈ 4 nats: float32's spacing is 5e-7
+    np.testing.assert_allclose(getattr(one, field), getattr(four, field), rtol=1e-5, atol=2e-6, err_msg=field)
+  for a, b in zip(jax.tree.leaves(one.token_moments), jax.tree.leaves(four.token_moments)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
