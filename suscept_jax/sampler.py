@@ -405,6 +405,9 @@ def over_entries(fn, grid, entry_args: tuple, stream_data, stream_E):
   if grid is None:
     return jax.vmap(fn)(*entry_args, _stream_rows(stream_data, stream_E))
   C, K = grid
+  E = jax.tree.leaves(entry_args)[0].shape[0]
+  if E != C * K:
+    raise ValueError(f"over_entries: grid {grid} holds {C * K} entries, but the entry arguments have {E}")
   to_KxC = lambda a: jnp.swapaxes(a.reshape((C, K) + a.shape[1:]), 0, 1)
   from_KxC = lambda a: jnp.swapaxes(a, 0, 1).reshape((C * K,) + a.shape[2:])
   per_chain_K = jax.tree.map(lambda a: a[np.arange(K) % a.shape[0]], stream_data)
@@ -429,7 +432,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
         lambda w, p: batched_losses(loss_fn, params_at(w), _flatten_rows(p, 2), plan.microbatch_size).reshape(D, M),
         plan.entry_grid, (position_E,), probes_K, entries.stream)
     probes_E = _stream_rows(probes_K, entries.stream)  # [E, D, M, ...]
-    base_at_slots_E = jax.tree.map(lambda a: a[entries.stream][:, slot_M], batch_K)  # [E, M, ...]
+    base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M][entries.stream], batch_K)  # [E, M, ...]
     # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
     # rounding (the two losses come from differently shaped forward passes).
     same_ExDxM = functools.reduce(jnp.logical_and, [

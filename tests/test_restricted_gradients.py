@@ -192,6 +192,8 @@ def test_frozen_layers_run_once_per_chain_on_the_entry_grid(problem):
   for a, b in zip(jax.tree.leaves(flat(positions, batch_K)), jax.tree.leaves(grid(positions, batch_K))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
   assert grid.cost_analysis()["flops"] < 0.95 * flat.cost_analysis()["flops"]
+  with pytest.raises(ValueError, match=r"grid \(2, 3\) holds 6 entries, but the entry arguments have 4"):
+    sampler.over_entries(grad, (2, 3), (positions,), batch_K, stream_E)
 
 
 def test_one_and_four_devices_agree_on_a_transformer(problem):
