@@ -545,11 +545,12 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
   Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
   recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
   """
+  options = tuple(sorted(compiler_options(mesh).items()))
   if kind == "anchor":
-    cache_key = (kind, function_key(loss_fn), plan.microbatch_size)
+    cache_key = (kind, function_key(loss_fn), plan.microbatch_size, options)
   else:
     cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
-                 dataclasses.replace(plan, token_loss_fn=None), mesh)
+                 dataclasses.replace(plan, token_loss_fn=None), mesh, options)
   with _CACHE_LOCK:
     if cache_key in _COMPILED:
       _COMPILED.move_to_end(cache_key)
@@ -561,9 +562,27 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
     return program
 
 
+CPU_BACKEND_OPTIMIZATION_LEVEL = 1  # LLVM's level for programs on CPU; None: XLA's default (2)
+
+
+def compiler_options(mesh) -> dict:
+  """XLA options for the sampler's programs on `mesh`'s platform.
+
+  On CPU, compilation is the larger half of a small job (the demo's dataset-level run: ≈ 10 of 24 s, three
+  programs of 250–340 fused kernels, each compiled by LLVM). LLVM at level 1 instead of 2 compiles them ≈ 25 %
+  faster; the kernels' speed did not move beyond the machine's noise (BUILD_NOTES, "Scale, ninth session").
+  Accelerators keep their defaults.
+  """
+  on_cpu = all(d.platform == "cpu" for d in np.asarray(mesh.devices).flat)
+  if on_cpu and CPU_BACKEND_OPTIMIZATION_LEVEL is not None:
+    return {"xla_backend_optimization_level": CPU_BACKEND_OPTIMIZATION_LEVEL}
+  return {}
+
+
 def _new_program(kind: str, loss_fn, plan: Plan, mesh):
+  options = compiler_options(mesh)
   if kind == "anchor":
-    return jax.jit(functools.partial(_anchor_losses, loss_fn, plan.microbatch_size))
+    return jax.jit(functools.partial(_anchor_losses, loss_fn, plan.microbatch_size), compiler_options=options)
   if kind == "draw":
     fn = functools.partial(_draw_chunk, loss_fn, plan)
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
@@ -571,7 +590,7 @@ def _new_program(kind: str, loss_fn, plan: Plan, mesh):
     fn = functools.partial(_burnin_chunk, loss_fn, plan)
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=options)
 
 
 MICROBATCH_AUTO = "auto"

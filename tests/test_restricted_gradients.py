@@ -146,6 +146,28 @@ def test_accelerators_run_one_program_at_a_time():
   assert sampler.concurrent_programs(Mesh(), 4) == 1
 
 
+def test_cpu_programs_compiled_at_llvm_level_1_give_the_same_chains(problem, monkeypatch):
+  """Level 1 is a compile-time lever only: the chains match XLA's default level within float rounding."""
+  cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
+  config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, mala_every=2)
+  def run(level):
+    monkeypatch.setattr(sampler, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
+    return sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16, delta_h=0.25,
+                       progress=False, observed=observed, token_loss_fn=tokens)
+  default, level_1 = run(None), run(1)
+  assert np.ptp(default.phi_trace) > 1e-3
+  for field in ("loss_trace", "phi_trace", "delta_loss_trace"):
+    np.testing.assert_allclose(getattr(level_1, field), getattr(default, field), rtol=2e-4, atol=2e-6, err_msg=field)
+  for a, b in zip(jax.tree.leaves(level_1.token_moments), jax.tree.leaves(default.token_moments)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+  class Device:
+    platform = "gpu"
+  class Mesh:
+    devices = np.array([Device()])
+  assert sampler.compiler_options(Mesh()) == {}  # accelerators keep XLA's defaults
+  assert sampler.compiler_options(parallel.as_entry_mesh(None)) == {"xla_backend_optimization_level": 1}
+
+
 def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
   from absl import flags
   from absl.testing import flagsaver
