@@ -687,7 +687,12 @@ def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) 
     if not 0 <= int(value) < 2**32:
       raise ValueError(f"{name}={value} must be an integer in [0, 2**32)")
   ids = np.array([(component_seed(name), k) for name in component_names for k in range(num_chains)], np.uint32)
-  return np.asarray(_entry_keys(np.uint32(seed), np.uint32(checkpoint_id), ids))
+  rows = -(-len(ids) // KEY_ROWS_BUCKET) * KEY_ROWS_BUCKET  # one compiled shape for every group up to its size
+  padded = np.concatenate([ids, np.zeros((rows - len(ids), 2), np.uint32)])
+  return np.asarray(_entry_keys(np.uint32(seed), np.uint32(checkpoint_id), padded))[:len(ids)]
+
+
+KEY_ROWS_BUCKET = 64  # key rows are derived in padded blocks: groups of different sizes share one program
 
 
 @jax.jit

@@ -65,3 +65,19 @@ def test_a_mesh_that_is_not_a_mesh_is_refused():
   with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
     sj.estimate_llc(toys.quadratic_loss, toys.quadratic_minimum(data), data, config=CFG, batch_size=10,
                     progress=False, mesh=jax.devices())
+
+
+def test_chain_keys_do_not_depend_on_the_group_they_are_derived_with():
+  """Keys are derived in padded blocks (one program for groups of any size up to the block): each entry's key
+  is fold_in(seed, checkpoint, component, chain) whatever else is derived with it, so adding a component
+  changes no other chain's noise."""
+  names = ["full", "l0h0", "l1h3"]
+  together = sampler.chain_keys(7, 3, names, 3)
+  assert together.shape == (9, 2)
+  alone = np.concatenate([sampler.chain_keys(7, 3, [name], 3) for name in names])
+  np.testing.assert_array_equal(together, alone)
+  root = jax.random.fold_in(jax.random.key(7), 3)
+  expected = jax.random.key_data(jax.random.fold_in(jax.random.fold_in(root, sampler.component_seed("l1h3")), 2))
+  np.testing.assert_array_equal(together[-1], expected)
+  many = [f"c{i}" for i in range(40)]  # more rows than one block
+  np.testing.assert_array_equal(sampler.chain_keys(7, 3, many, 2)[-2:], sampler.chain_keys(7, 3, many[-1:], 2))
