@@ -66,6 +66,8 @@ def estimate_per_token_susceptibilities(
   loss_fn(params, batch) -> per-sample losses [B] (drives SGLD, as in `estimate_susceptibilities`);
   token_loss_fn(params, contexts) -> per-token losses [B, J]; contexts: pytree with leading axis O.
   restrict_gradients: as in `estimate_susceptibilities`.
+  observed_microbatch: contexts evaluated at a time at each draw; None: on CPU about 128 token losses' worth
+    (`sampler.observed_microbatch_for`), on accelerators all of a chunk at once.
   """
   config = config or sgld.SGLDConfig(num_draws=100)
   validation.check_batching(batch_size, microbatch_size)

@@ -562,6 +562,10 @@ def _compiled(kind: str, loss_fn, plan: Plan, mesh):
     return program
 
 
+def _on_cpu(mesh) -> bool:
+  return all(d.platform == "cpu" for d in np.asarray(mesh.devices).flat)
+
+
 CPU_BACKEND_OPTIMIZATION_LEVEL = 1  # LLVM's level for programs on CPU; None: XLA's default (2)
 
 
@@ -573,8 +577,7 @@ def compiler_options(mesh) -> dict:
   faster; the kernels' speed did not move beyond the machine's noise (BUILD_NOTES, "Scale, ninth session").
   Accelerators keep their defaults.
   """
-  on_cpu = all(d.platform == "cpu" for d in np.asarray(mesh.devices).flat)
-  if on_cpu and CPU_BACKEND_OPTIMIZATION_LEVEL is not None:
+  if _on_cpu(mesh) and CPU_BACKEND_OPTIMIZATION_LEVEL is not None:
     return {"xla_backend_optimization_level": CPU_BACKEND_OPTIMIZATION_LEVEL}
   return {}
 
@@ -591,6 +594,25 @@ def _new_program(kind: str, loss_fn, plan: Plan, mesh):
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
                  donate_argnums=(0,), compiler_options=options)
+
+
+CPU_OBSERVED_TOKENS_PER_MICROBATCH = 128
+
+
+def observed_microbatch_for(mesh, token_loss_fn, params, observed, requested: int | None) -> int | None:
+  """Observed contexts per evaluation at each draw: `requested`, or on CPU by default as many as hold about
+  CPU_OBSERVED_TOKENS_PER_MICROBATCH token losses (at least one context).
+
+  Evaluating all observed contexts at once makes every entry's [contexts, tokens, vocabulary] logits one
+  tensor far larger than the CPU's caches: the demo's per-token run (16 entries × 120 contexts × 31 tokens ×
+  512) took 13.5–15.0 s against 7.4–9.9 s four contexts at a time, with the same χ to 1e-6 (BUILD_NOTES,
+  "Scale, ninth session"). Accelerators keep None (all at once; `contexts_per_chunk` bounds their memory).
+  """
+  if requested is not None or observed is None or not _on_cpu(mesh):
+    return requested
+  token_shape = jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
+  tokens_per_context = max(1, math.prod(token_shape[1:]))
+  return max(1, CPU_OBSERVED_TOKENS_PER_MICROBATCH // tokens_per_context)
 
 
 MICROBATCH_AUTO = "auto"
@@ -901,7 +923,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
               token_loss_fn=token_loss_fn if observed is not None else None,
-              observed_microbatch=observed_microbatch, pair_split=pair_split if observed is not None else None,
+              observed_microbatch=observed_microbatch_for(mesh, token_loss_fn, params, observed, observed_microbatch),
+              pair_split=pair_split if observed is not None else None,
               free_leaves=free, entry_grid=entry_grid(C, K, n_dev, free))
 
   # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).

@@ -108,3 +108,33 @@ def test_contexts_a_language_model_cannot_take_are_refused_naming_them():
   contexts[2, 5] = 70
   with pytest.raises(sj.DataFaultError, match=r"context\(s\) \[2\].*outside its vocabulary"):
     run(contexts)
+
+
+def test_the_cpu_default_observes_contexts_a_few_at_a_time_with_the_same_numbers():
+  """On CPU the observed contexts are evaluated ≈ 128 token losses at a time unless told: a speed lever only."""
+  import functools
+  from suscept_jax import sampler
+  from suscept_jax.models import components, config as model_config, transformer
+  cfg = model_config.get_config("tiny", d_vocab=64)  # n_ctx 16: 15 token losses per context -> 8 contexts
+  params = transformer.init_params(cfg, seed=0)
+  masks = components.component_masks(["full", "l1h0", "l1h1"], params, cfg)
+  loss, tokens = (functools.partial(f, config=cfg) for f in (transformer.context_nll, transformer.per_token_nll))
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, 64, (64, cfg.n_ctx), dtype=np.int32)
+  contexts = rng.integers(0, 64, (21, cfg.n_ctx), dtype=np.int32)
+  mesh = parallel.as_entry_mesh(None)
+  assert sampler.observed_microbatch_for(mesh, tokens, params, contexts, None) == 128 // (cfg.n_ctx - 1)
+  assert sampler.observed_microbatch_for(mesh, tokens, params, contexts, 5) == 5  # asked for: kept
+  assert sampler.observed_microbatch_for(mesh, tokens, params, None, None) is None  # nothing observed
+
+  class Device:
+    platform = "gpu"
+  class Mesh:
+    devices = np.array([Device()])
+  assert sampler.observed_microbatch_for(Mesh(), tokens, params, contexts, None) is None  # accelerators: all at once
+  run = lambda micro: sj.estimate_per_token_susceptibilities(
+      loss, tokens, params, masks, base, contexts, config=sj.SGLDConfig(num_draws=6, num_chains=2), batch_size=16,
+      observed_microbatch=micro, progress=False)
+  default, at_once = run(None), run(len(contexts))
+  assert np.ptp(at_once.chi_per_chain) > 0
+  np.testing.assert_allclose(default.chi_per_chain, at_once.chi_per_chain, rtol=1e-4, atol=1e-7)
