@@ -599,18 +599,18 @@ def _new_program(kind: str, loss_fn, plan: Plan, mesh):
 CPU_OBSERVED_TOKENS_PER_MICROBATCH = 128
 
 
-def observed_microbatch_for(mesh, token_loss_fn, params, observed, requested: int | None) -> int | None:
+def observed_microbatch_for(mesh, token_shape, requested: int | None) -> int | None:
   """Observed contexts per evaluation at each draw: `requested`, or on CPU by default as many as hold about
-  CPU_OBSERVED_TOKENS_PER_MICROBATCH token losses (at least one context).
+  CPU_OBSERVED_TOKENS_PER_MICROBATCH token losses (at least one context). token_shape: the token loss
+  function's output shape for one context ([1, J, ...]), None when nothing is observed.
 
   Evaluating all observed contexts at once makes every entry's [contexts, tokens, vocabulary] logits one
   tensor far larger than the CPU's caches: the demo's per-token run (16 entries × 120 contexts × 31 tokens ×
   512) took 13.5–15.0 s against 7.4–9.9 s four contexts at a time, with the same χ to 1e-6 (BUILD_NOTES,
   "Scale, ninth session"). Accelerators keep None (all at once; `contexts_per_chunk` bounds their memory).
   """
-  if requested is not None or observed is None or not _on_cpu(mesh):
+  if requested is not None or token_shape is None or not _on_cpu(mesh):
     return requested
-  token_shape = jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
   tokens_per_context = max(1, math.prod(token_shape[1:]))
   return max(1, CPU_OBSERVED_TOKENS_PER_MICROBATCH // tokens_per_context)
 
@@ -703,6 +703,9 @@ def component_seed(name: str) -> int:
   return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
+KEY_ROWS_BUCKET = 64  # key rows are derived in padded blocks: groups of different sizes share one program
+
+
 def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) -> np.ndarray:
   """uint32 key data [C·K, 2]: fold_in(seed, checkpoint, component, chain)."""
   for name, value in (("seed", seed), ("checkpoint_id", checkpoint_id)):
@@ -712,9 +715,6 @@ def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) 
   rows = -(-len(ids) // KEY_ROWS_BUCKET) * KEY_ROWS_BUCKET  # one compiled shape for every group up to its size
   padded = np.concatenate([ids, np.zeros((rows - len(ids), 2), np.uint32)])
   return np.asarray(_entry_keys(np.uint32(seed), np.uint32(checkpoint_id), padded))[:len(ids)]
-
-
-KEY_ROWS_BUCKET = 64  # key rows are derived in padded blocks: groups of different sizes share one program
 
 
 @jax.jit
@@ -834,7 +834,7 @@ def concurrent_programs(mesh, num_programs: int) -> int:
   auto-sizing plans for one). `MAX_CONCURRENT_PROGRAMS = 1` turns it off. The threads are one pool kept for
   the process.
   """
-  if mesh.devices.size > 1 or any(d.platform != "cpu" for d in mesh.devices.flat):
+  if mesh.devices.size > 1 or not _on_cpu(mesh):
     return 1
   limit = (os.cpu_count() or 1) if MAX_CONCURRENT_PROGRAMS is None else MAX_CONCURRENT_PROGRAMS
   return max(1, min(num_programs, limit))
@@ -920,10 +920,12 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   burnin_per_chunk = max(1, min(config.num_burnin, 64)) if config.num_burnin else 1
   streams = _Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                      num_chains=K, base_name=base_name)
+  token_shape = (None if observed is None else
+                 jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape)  # [1, J, ...]
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
               token_loss_fn=token_loss_fn if observed is not None else None,
-              observed_microbatch=observed_microbatch_for(mesh, token_loss_fn, params, observed, observed_microbatch),
+              observed_microbatch=observed_microbatch_for(mesh, token_shape, observed_microbatch),
               pair_split=pair_split if observed is not None else None,
               free_leaves=free, entry_grid=entry_grid(C, K, n_dev, free))
 
@@ -945,7 +947,6 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   state0 = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (E_pad,) + np.shape(a)), sgld.init(anchor_P, config))
   token_moments = ()
   if plan.token_loss_fn is not None:
-    token_shape = jax.eval_shape(plan.token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape
     token_moments = estimators.init_moments(E_pad, (num_rows(observed), *token_shape[1:]))
   pair_moments = ()
   if plan.pair_split is not None:

@@ -123,15 +123,16 @@ def test_the_cpu_default_observes_contexts_a_few_at_a_time_with_the_same_numbers
   base = rng.integers(0, 64, (64, cfg.n_ctx), dtype=np.int32)
   contexts = rng.integers(0, 64, (21, cfg.n_ctx), dtype=np.int32)
   mesh = parallel.as_entry_mesh(None)
-  assert sampler.observed_microbatch_for(mesh, tokens, params, contexts, None) == 128 // (cfg.n_ctx - 1)
-  assert sampler.observed_microbatch_for(mesh, tokens, params, contexts, 5) == 5  # asked for: kept
-  assert sampler.observed_microbatch_for(mesh, tokens, params, None, None) is None  # nothing observed
+  shape = jax.eval_shape(tokens, params, contexts[:1]).shape  # [1, 15]
+  assert sampler.observed_microbatch_for(mesh, shape, None) == 128 // (cfg.n_ctx - 1)
+  assert sampler.observed_microbatch_for(mesh, shape, 5) == 5  # asked for: kept
+  assert sampler.observed_microbatch_for(mesh, None, None) is None  # nothing observed
 
   class Device:
     platform = "gpu"
   class Mesh:
     devices = np.array([Device()])
-  assert sampler.observed_microbatch_for(Mesh(), tokens, params, contexts, None) is None  # accelerators: all at once
+  assert sampler.observed_microbatch_for(Mesh(), shape, None) is None  # accelerators: all at once
   run = lambda micro: sj.estimate_per_token_susceptibilities(
       loss, tokens, params, masks, base, contexts, config=sj.SGLDConfig(num_draws=6, num_chains=2), batch_size=16,
       observed_microbatch=micro, progress=False)
