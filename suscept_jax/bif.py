@@ -64,6 +64,7 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   if not isinstance(components, Mapping) or not components:
     raise ValueError("components must be a non-empty mapping of name -> mask (None: the full model)")
   validation.check_batching(batch_size, microbatch_size)
+  validation.check_observed_microbatch(observed_microbatch)
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   num_q = validation.check_dataset("queries", queries, 1)

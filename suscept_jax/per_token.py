@@ -71,6 +71,7 @@ def estimate_per_token_susceptibilities(
   """
   config = config or sgld.SGLDConfig(num_draws=100)
   validation.check_batching(batch_size, microbatch_size)
+  validation.check_observed_microbatch(observed_microbatch)
   if not isinstance(components, Mapping) or "full" not in components:
     raise ValueError("components must be a mapping that contains 'full' (⟨ℓ_i − L_B⟩_full comes from its chains)")
   validation.check_params(params)

@@ -82,6 +82,12 @@ def check_batching(batch_size: int, microbatch_size) -> None:
     raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer, 'auto' or None")
 
 
+def check_observed_microbatch(observed_microbatch) -> None:
+  if observed_microbatch is not None and (not isinstance(observed_microbatch, (int, np.integer))
+                                          or observed_microbatch < 1):
+    raise ValueError(f"observed_microbatch={observed_microbatch!r} must be a positive integer or None")
+
+
 def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_streams, seed, checkpoint_id,
                config: sgld.SGLDConfig, microbatch_size) -> None:
   """Before compiling the sampler: the loss at w* must be finite on the first draw batches of the first

@@ -88,6 +88,10 @@ def test_bad_inputs(problem):
   with pytest.raises(ValueError, match="contains 'full'"):
     sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, {"first3": {"w": FIRST3}}, base,
                                            contexts, batch_size=16)
+  for micro in (0, 2.5):
+    with pytest.raises(ValueError, match=rf"observed_microbatch={micro!r} must be a positive integer or None"):
+      sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
+                                             batch_size=16, observed_microbatch=micro)
 
 
 def test_contexts_a_language_model_cannot_take_are_refused_naming_them():
