@@ -28,8 +28,12 @@ demo: setup
 	$(PY) -m experiments.per_token
 	$(PY) -m experiments.analyze
 
+# Two pytest workers, each taking whole test files (module fixtures built once): on 2 cores the suite takes
+# ≈ 7 min instead of ≈ 11. `make test PYTEST_WORKERS=0` runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: setup-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: setup-test
 	$(PY) -m benchmarks.draw_cost

@@ -2,7 +2,9 @@
 import os
 import pathlib
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=4"
+if DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):  # (pytest-xdist workers inherit it already set)
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DEVICE_COUNT_FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

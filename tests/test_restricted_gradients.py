@@ -122,8 +122,9 @@ def test_groups_running_side_by_side_give_identical_numbers_and_surface_faults()
   """On by default on a one-device CPU mesh: the groups' programs run from one pool thread each. The numbers
   must not notice, and a data fault met in a worker thread is raised in the caller naming the sample. In a
   child process with one CPU device (this one has 4 emulated devices, where groups run one at a time)."""
-  env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "").replace(
-      "--xla_force_host_platform_device_count=4", "")}
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
   done = subprocess.run([sys.executable, "-c", _SIDE_BY_SIDE_CHECK % (SPECS,)], capture_output=True, text=True,
                         timeout=600, env=env)
   assert done.returncode == 0 and "side by side = one by one" in done.stdout, done.stderr[-3000:]

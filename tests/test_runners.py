@@ -102,7 +102,7 @@ def test_summary_covers_every_checkpoint_with_full_probe_names(tiny):
   assert text == summary.summary_text(table) + "\n"
   assert "checkpoint 0" in text and "checkpoint 40" in text
   for probe in (data["math"], data["prose"], data["mix"]):
-    assert f"= {probe}" in text.replace("\n  ", " ")  # the legend names every probe in full
+    assert f"= {probe}\n" in text  # the legend names every probe in full, on one line
   flagged = int((table.status != "ok").sum())
   assert f"Flagged cells: {flagged} of {len(table)}" in text and text.count("*") >= flagged
   assert (out / "chi_heatmap.png").stat().st_size > 10_000

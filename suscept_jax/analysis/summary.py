@@ -7,7 +7,8 @@ import numpy as np
 def summary_text(table, *, width: int = 19) -> str:
   """χ ± 95 % interval per probe × component for every checkpoint, then the LLCs, then the flags.
 
-  Probes are labelled P1, P2, … in the grids, with a legend of their full names (specs can be long paths).
+  Probes are labelled P1, P2, … in the grids, with a legend of their full names, one per line and never
+  wrapped (specs can be long paths, to be copied whole).
   A cell whose status is not "ok" carries a '*' and is explained at the end.
   """
   if not len(table):
@@ -16,10 +17,10 @@ def summary_text(table, *, width: int = 19) -> str:
   comps = list(dict.fromkeys(table.component))
   labels = {p: f"P{i + 1}" for i, p in enumerate(probes)}
   chains = int(table.num_chains_used.max())
-  lines = [f"Susceptibilities χ ± 95% interval (Student-t, chains − 1 = {chains - 1} degrees of freedom); "
-           f"rows: probes, columns: components; * = flagged (see the end).",
-           "Probes: " + "; ".join(f"{labels[p]} = {p}" for p in probes)]
-  lines = [textwrap.fill(line, 120, subsequent_indent="  ") for line in lines]
+  lines = [textwrap.fill(f"Susceptibilities χ ± 95% interval (Student-t, chains − 1 = {chains - 1} degrees of "
+                         f"freedom); rows: probes, columns: components; * = flagged (see the end).", 120,
+                         subsequent_indent="  "), "Probes:"]
+  lines += [f"  {labels[p]} = {p}" for p in probes]
   header = " " * 8 + "".join(f"{c[:width - 1]:>{width}}" for c in comps)
   flagged = []
   for step in sorted(set(table.checkpoint)):
