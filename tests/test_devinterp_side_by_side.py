@@ -56,7 +56,8 @@ def test_our_half_gives_every_table_on_the_common_grid(ours):
     assert side.token_chi[probe].shape == side.token_se[probe].shape == (C, O, J)
     np.testing.assert_array_equal(side.context_ids[probe], contexts[probe])
   assert np.isfinite(side.chi_PxC).all() and np.isfinite(side.token_chi["repeats"]).all()
-  assert side.seconds["dataset"] > 0 and side.seconds["per_token"] > 0
+  assert set(side.seconds) == {"dataset", "per_token", "dataset_compiled", "per_token_compiled"}
+  assert all(s > 0 for s in side.seconds.values())
 
 
 def _permuted(side, seed=0):
@@ -82,6 +83,9 @@ def test_comparison_of_our_results_with_themselves_agrees_exactly(ours):
   assert verdicts["agree_chi"] and verdicts["agree_llc_full"] and verdicts["agree_per_token"]
   assert verdicts["ratios"]["dataset"] == pytest.approx(1.0) and not verdicts["speed_dataset"]
   assert any("dataset   ratio   1.00×" in line and "FAIL" in line for line in lines)
+  compiled = side.seconds["dataset"] / side.seconds["dataset_compiled"]
+  assert verdicts["ratios_compiled"]["dataset"] == pytest.approx(compiled)
+  assert any(line.startswith("ours again, programs compiled") and f"= {compiled:.2f}×" in line for line in lines)
 
 
 def test_row_order_and_z_scores():
