@@ -66,7 +66,27 @@ def initialize() -> tuple[int, int]:
     raise ValueError(f"could not join {where} within --coordinator_timeout_s={_TIMEOUT.value}: is process 0 running "
                      f"there, and do all processes give the same --num_processes? ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  if not _AUTO.value:
+    check_same_process_count(_NUM_PROCESSES.value)
   return jax.process_index(), jax.process_count()
+
+
+def check_same_process_count(given: int) -> None:
+  """Every process was given the same --num_processes: a clear error on all of them otherwise.
+
+  jax.distributed takes the count from process 0 alone, so a process started with another --num_processes
+  would join silently (and its user would wait for a process that is not part of the sweep). One small
+  all-gather of the flags, before any work.
+  """
+  import jax
+  import numpy as np
+  from jax.experimental import multihost_utils
+  given_P = multihost_utils.process_allgather(np.array([given])).ravel().tolist()
+  if len(set(given_P)) > 1:
+    raise ValueError(f"the processes were given different --num_processes ("
+                     + ", ".join(f"process {i}: {n}" for i, n in enumerate(given_P))
+                     + f"); the coordinator runs a sweep of {jax.process_count()} processes (process 0's value): "
+                       "start every process with the same --num_processes")
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:

@@ -59,3 +59,19 @@ def test_bad_process_layouts_fail_clearly(tiny, tmp_path, extra, message):
   proc = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, *extra), cwd=REPO, env=env(),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
+
+
+def test_processes_given_different_counts_both_fail_clearly(tiny, tmp_path):
+  """jax.distributed takes process 0's count; a process started with another --num_processes would join
+  silently. Both processes stop before any work, naming every process's value."""
+  root, run_dir, tok, data = tiny
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, f"--coordinator_address={address}",
+                                      f"--num_processes={n}", f"--process_id={i}", "--coordinator_timeout_s=60"),
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i, n in enumerate((2, 3))]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 2, err[-3000:]
+    assert "different --num_processes (process 0: 2, process 1: 3)" in err, err[-3000:]
+  assert not (tmp_path / "out" / "units").exists() or not any((tmp_path / "out" / "units").iterdir())
