@@ -4,8 +4,8 @@
 
 It needs numpy, torch, transformer-lens<4, datasets and devinterp==2.0.1 — never suscept_jax or jax. JOB_DIR
 holds what the side-by-side script wrote: `job.json` (TransformerLens config, SGLD settings, component and
-probe names), `weights.npz` (a TransformerLens state dict) and `contexts.npz` (base and probe token
-contexts [N, T]). It times one `devinterp.slt.susceptibilities.susceptibilities` call (wall clock from
+probe names, torch device), `weights.npz` (a TransformerLens state dict) and `contexts.npz` (base and
+probe token contexts [N, T]). It times one `devinterp.slt.susceptibilities.susceptibilities` call (wall clock from
 building the model to the returned tree; imports timed apart), then reads devinterp's per-draw losses back
 from the zarr stores it wrote, to get what devinterp does not report (untimed):
 
@@ -46,9 +46,9 @@ IMPORT_SECONDS = time.perf_counter() - T_START
 SAMPLING_TASK = "base"
 
 
-def build_model(tl_config: dict, weights_path: Path):
-  """A HookedTransformer with the exported weights (buffers keep TransformerLens' own values)."""
-  model = transformer_lens.HookedTransformer(transformer_lens.HookedTransformerConfig(**tl_config, device="cpu"))
+def build_model(tl_config: dict, weights_path: Path, device: str = "cpu"):
+  """A HookedTransformer with the exported weights (buffers keep TransformerLens' own values), on `device`."""
+  model = transformer_lens.HookedTransformer(transformer_lens.HookedTransformerConfig(**tl_config, device=device))
   with np.load(weights_path) as weights:
     state = {k: torch.from_numpy(weights[k]) for k in weights.files}
   result = model.load_state_dict(state, strict=False)
@@ -74,7 +74,7 @@ def run(job: dict, job_dir: Path):
   for component in job["components"]:
     shutil.rmtree(store_path(output, component), ignore_errors=True)  # devinterp silently reuses old stores
   t0 = time.perf_counter()
-  model = build_model(job["tl_config"], job_dir / "weights.npz")
+  model = build_model(job["tl_config"], job_dir / "weights.npz", job.get("device", "cpu"))
   with np.load(job_dir / "contexts.npz") as contexts:
     data = {name: as_dataset(contexts[name]) for name in [SAMPLING_TASK, *job["probes"]]}
   restrictions = {name: None if name == "full" else create_param_masks(model, name) for name in job["components"]}
@@ -83,7 +83,7 @@ def run(job: dict, job_dir: Path):
                           sampling_task=SAMPLING_TASK, lr=sgld["lr"], n_beta=sgld["n_beta"],
                           localization=sgld["localization"], num_chains=sgld["num_chains"],
                           num_draws=sgld["num_draws"], batch_size=sgld["batch_size"], output_path=output,
-                          device="cpu")
+                          device=job.get("device", "cpu"))
   return time.perf_counter() - t0, tree, model, output
 
 
@@ -98,8 +98,8 @@ def token_losses(model, ids_NxT: np.ndarray, chunk: int = 512) -> np.ndarray:
   out = []
   with torch.no_grad():
     for start in range(0, len(ids_NxT), chunk):
-      ids = torch.from_numpy(np.asarray(ids_NxT[start:start + chunk], np.int64))
-      out.append(model(ids, return_type="loss", loss_per_token=True).numpy())
+      ids = torch.from_numpy(np.asarray(ids_NxT[start:start + chunk], np.int64)).to(model.cfg.device)
+      out.append(model(ids, return_type="loss", loss_per_token=True).cpu().numpy())
   return np.concatenate(out)
 
 
@@ -213,7 +213,9 @@ def main(job_dir: Path) -> None:
   info = {"seconds": seconds, "import_seconds": IMPORT_SECONDS, "components": components, "probes": probes,
           "max_abs_diff_vs_returned_chi": consistency, "init_loss_mean": init_mean,
           "base_loss_at_star": float(star_base_O.mean()),
-          "versions": {p: version(p) for p in ("devinterp", "torch", "transformer-lens", "datasets")}}
+          "versions": {p: version(p) for p in ("devinterp", "torch", "transformer-lens", "datasets")},
+          "device": str(model.cfg.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
+                                             and str(model.cfg.device).startswith("cuda") else "")}
   (job_dir / "devinterp_result.json").write_text(json.dumps(info, indent=2))
   print(json.dumps({"seconds": round(seconds, 2), "max_abs_diff_vs_returned_chi": consistency}))
 

@@ -3,6 +3,7 @@
   python -m benchmarks.devinterp_side_by_side [--tiny] [--run_dir=runs/demo [--checkpoint=STEP]]
       [--tokens BASE.npy PROBE.npy [PROBE.npy ...]] [--num_chains=4] [--num_draws=100] [--batch_size=20]
       [--components full l0h0 ...] [--work_dir=runs/devinterp_side_by_side] [--skip_devinterp]
+      [--devinterp_device=cuda] [--devinterp_wheels=.whl]
 
 What runs:
   devinterp  in its own virtualenv ($SUSCEPT_JAX_DEVINTERP_VENV, default <cache>/devinterp-venv; built on
@@ -11,7 +12,10 @@ What runs:
              TransformerLens state dict, its config, the contexts. One `susceptibilities` call (every head +
              "full", sampling task = the base data, observables = base + probes, both at their defaults: 3
              evaluation batches per observable per draw, 32 initial-loss batches) gives its dataset-level and
-             per-token χ, so its one time counts for both.
+             per-token χ, so its one time counts for both. On a machine with its own torch and no package
+             index (the accelerator), --devinterp_wheels builds that virtualenv offline on the machine's torch
+             from carried wheels (devinterp_wheels_h200.txt lists what the H200 image lacks), and
+             --devinterp_device=cuda runs devinterp on the GPU.
   ours       in this process, compilation included: `estimate_susceptibilities` (dataset level) and
              `estimate_per_token_susceptibilities` observing the probe contexts devinterp evaluates; then
              both again with their programs compiled (what each further checkpoint of a sweep costs).
@@ -49,6 +53,7 @@ import argparse
 import dataclasses
 import json
 import os
+import site
 import subprocess
 import sys
 import time
@@ -160,9 +165,10 @@ def venv_dir() -> Path:
 
 
 def venv_ready(venv: Path) -> bool:
-  """Complete = built by `build_venv` with these requirements (its marker is written last)."""
+  """Complete = built by `build_venv` or `build_venv_offline` (their marker is written last) with devinterp
+  and transformer-lens as required here (torch: the pinned CPU build, or the machine's own)."""
   marker = venv / VENV_MARKER
-  return marker.exists() and json.loads(marker.read_text()).get("requirements") == list(REQUIREMENTS)
+  return marker.exists() and set(REQUIREMENTS[1:]) <= set(json.loads(marker.read_text()).get("requirements", []))
 
 
 def build_venv(venv: Path, log=print) -> None:
@@ -173,13 +179,39 @@ def build_venv(venv: Path, log=print) -> None:
   pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
   subprocess.run(pip + [REQUIREMENTS[0]], check=True)
   subprocess.run(pip + list(REQUIREMENTS), check=True)
+  _finish_venv(venv, list(REQUIREMENTS))
+
+
+def build_venv_offline(venv: Path, wheels: Path, log=print) -> None:
+  """The devinterp virtualenv on a machine with no package index but its own torch (an accelerator image):
+  the machine's packages plus every wheel in `wheels` (devinterp, transformer-lens and what the machine lacks,
+  e.g. `devinterp_wheels_h200.txt`), installed as they are, without resolving."""
+  files = sorted(str(p) for p in Path(wheels).glob("*.whl"))
+  if not files:
+    raise ValueError(f"--devinterp_wheels={wheels} holds no .whl files")
+  log(f"building the devinterp virtualenv in {venv} from {len(files)} wheels in {wheels} (the machine's torch)")
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  python = str(venv / "bin" / "python")
+  # The machine's packages through a .pth file: `--system-site-packages` would reach only the base
+  # interpreter's, not those of a virtualenv that this Python may itself be (as on the accelerator's image).
+  venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+  (Path(venv_site) / "machine_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+  subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *files], check=True)
+  _finish_venv(venv, list(REQUIREMENTS[1:]) + ["torch (the machine's)"])
+
+
+def _finish_venv(venv: Path, requirements: list) -> None:
+  """Check that the job's imports work, then write the marker (last: it says the build is complete)."""
   subprocess.run([str(venv / "bin" / "python"), "-c", "import devinterp.slt.susceptibilities, transformer_lens, "
                   "datasets, xarray"], check=True)
-  (venv / VENV_MARKER).write_text(json.dumps({"requirements": list(REQUIREMENTS)}))
+  (venv / VENV_MARKER).write_text(json.dumps({"requirements": requirements}))
 
 
-def write_job(job_dir: Path, cfg, params, contexts: dict, settings: Settings, components: list) -> None:
-  """The files the devinterp job reads: job.json, weights.npz (TransformerLens names), contexts.npz."""
+def write_job(job_dir: Path, cfg, params, contexts: dict, settings: Settings, components: list,
+              device: str = "cpu") -> None:
+  """The files the devinterp job reads: job.json, weights.npz (TransformerLens names), contexts.npz; device:
+  where torch runs devinterp ("cpu", "cuda")."""
   from suscept_jax.models import interop
   job_dir.mkdir(parents=True, exist_ok=True)
   np.savez(job_dir / "weights.npz", **interop.to_transformer_lens(params, cfg))
@@ -187,7 +219,7 @@ def write_job(job_dir: Path, cfg, params, contexts: dict, settings: Settings, co
   sgld = dict(lr=settings.step_size, n_beta=settings.nbeta, localization=settings.localization,
               num_chains=settings.num_chains, num_draws=settings.num_draws, batch_size=settings.batch_size)
   job = dict(tl_config=interop.transformer_lens_config(cfg), sgld=sgld, components=components,
-             probes=[p for p in contexts if p != "base"])
+             probes=[p for p in contexts if p != "base"], device=device)
   (job_dir / "job.json").write_text(json.dumps(job, indent=2))
 
 
@@ -406,6 +438,9 @@ def parse_args(argv=None):
   parser.add_argument("--components", nargs="+", help="component specs (default: every head and 'full')")
   parser.add_argument("--work_dir", default="runs/devinterp_side_by_side")
   parser.add_argument("--skip_devinterp", action="store_true", help="our half only (no comparison)")
+  parser.add_argument("--devinterp_device", default="cpu", help="torch device for devinterp (cpu, cuda)")
+  parser.add_argument("--devinterp_wheels", help="build devinterp's virtualenv offline from the wheels in this "
+                      "folder, on the machine's own torch (when it is not built yet)")
   return parser.parse_args(argv)
 
 
@@ -428,7 +463,7 @@ def main(argv=None) -> dict | None:
         f"probes, batch {settings.batch_size}; ε {settings.step_size:g}, nβ {settings.nbeta:g}, "
         f"γ {settings.localization:g}; load average {load:.2f}")
   job_dir = Path(args.work_dir)
-  write_job(job_dir, cfg, params, contexts, settings, components)
+  write_job(job_dir, cfg, params, contexts, settings, components, args.devinterp_device)
   ours = run_ours(cfg, params, contexts, settings, components)
   print(f"ours: dataset-level {ours.seconds['dataset']:.1f} s, per-token {ours.seconds['per_token']:.1f} s "
         f"(compiled: {ours.seconds['dataset_compiled']:.1f} s, {ours.seconds['per_token_compiled']:.1f} s)")
@@ -436,7 +471,7 @@ def main(argv=None) -> dict | None:
     return None
   venv = venv_dir()
   if not venv_ready(venv):
-    build_venv(venv)
+    build_venv_offline(venv, Path(args.devinterp_wheels)) if args.devinterp_wheels else build_venv(venv)
   run_devinterp(job_dir, venv)
   theirs = {variant: devinterp_side(job_dir, variant) for variant in VARIANTS}
   comparisons = {k: compare(ours, side, components, probes) for k, side in theirs.items()}
@@ -444,12 +479,18 @@ def main(argv=None) -> dict | None:
   info = json.loads((job_dir / "devinterp_result.json").read_text())
   init, star = info["init_loss_mean"], info["base_loss_at_star"]
   print(f"\ndevinterp's φ anchor: ⟨init_loss⟩ {init:.4f} vs L_base(w*) {star:.4f} on its fixed base contexts "
-        f"(c = {star - init:+.4f} nats)")
+        f"(c = {star - init:+.4f} nats)\ndevinterp ran on {info.get('device', 'cpu')} with torch "
+        f"{info['versions']['torch']}; ours on {jax_device()}")
   meta = {"weights": source, "settings": dataclasses.asdict(settings), "components": components, "probes": probes,
           "load_average": [load, os.getloadavg()[0]], "devinterp": info}
   save_results(job_dir, ours, theirs, comparisons, v, meta)
   print(f"summary: {job_dir / 'summary.json'}")
   return v
+
+
+def jax_device() -> str:
+  import jax
+  return f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def ours(tmp_path_factory):
 def test_job_files_hold_the_exported_weights_contexts_and_settings(ours):
   job_dir, settings, cfg, params, contexts, _ = ours
   job = json.loads((job_dir / "job.json").read_text())
-  assert job["components"] == COMPONENTS and job["probes"] == ["repeats", "narrow"]
+  assert job["components"] == COMPONENTS and job["probes"] == ["repeats", "narrow"] and job["device"] == "cpu"
   assert job["tl_config"] == interop.transformer_lens_config(cfg)
   assert job["sgld"] == dict(lr=settings.step_size, n_beta=settings.nbeta, localization=settings.localization,
                              num_chains=settings.num_chains, num_draws=settings.num_draws,
@@ -121,3 +121,31 @@ def test_devinterp_job_on_the_same_files(ours):
   sbs.report(side, theirs, comparisons, COMPONENTS, ["repeats", "narrow"], log=lines.append)
   assert any("against mapped" in line for line in lines)
 
+
+
+def test_virtualenv_markers_and_the_offline_build_refuses_an_empty_wheel_folder(tmp_path):
+  """A virtualenv counts as built when its marker (written last) lists devinterp and transformer-lens as required
+  here, with the pinned CPU torch (`build_venv`) or the machine's own (`build_venv_offline`, for an accelerator
+  image with no package index)."""
+  venv = tmp_path / "venv"
+  assert not sbs.venv_ready(venv)
+  venv.mkdir()
+  for requirements, ready in [(list(sbs.REQUIREMENTS), True), (list(sbs.REQUIREMENTS[1:]) + ["torch (the machine's)"],
+                                                                True), (["devinterp==1.0"], False)]:
+    (venv / sbs.VENV_MARKER).write_text(json.dumps({"requirements": requirements}))
+    assert sbs.venv_ready(venv) == ready
+  (tmp_path / "wheels").mkdir()
+  with pytest.raises(ValueError, match=r"--devinterp_wheels=.*wheels holds no \.whl files"):
+    sbs.build_venv_offline(tmp_path / "other", tmp_path / "wheels")
+  assert not (tmp_path / "other").exists()  # refused before anything is built
+
+
+def test_the_accelerator_wheel_list_pins_what_the_job_requires():
+  """devinterp_wheels_h200.txt (what the H200 image lacks, carried as wheels) agrees with REQUIREMENTS."""
+  lines = [line.strip() for line in (sbs.JOB_SCRIPT.parent / "devinterp_wheels_h200.txt").read_text().splitlines()
+           if line.strip() and not line.startswith("#")]
+  pins = dict(line.split("==") for line in lines)
+  assert len(pins) == len(lines)  # every line an exact pin
+  assert f"devinterp=={pins['devinterp']}" in sbs.REQUIREMENTS
+  assert "transformer-lens<4" in sbs.REQUIREMENTS and int(pins["transformer-lens"].split(".")[0]) < 4
+  assert "torch" not in pins  # the machine's own
