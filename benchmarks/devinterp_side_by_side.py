@@ -190,14 +190,15 @@ def build_venv_offline(venv: Path, wheels: Path, log=print) -> None:
   if not files:
     raise ValueError(f"--devinterp_wheels={wheels} holds no .whl files")
   log(f"building the devinterp virtualenv in {venv} from {len(files)} wheels in {wheels} (the machine's torch)")
-  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)  # (ensurepip may be absent)
   python = str(venv / "bin" / "python")
   # The machine's packages through a .pth file: `--system-site-packages` would reach only the base
   # interpreter's, not those of a virtualenv that this Python may itself be (as on the accelerator's image).
   venv_site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
                              capture_output=True, text=True).stdout.strip()
   (Path(venv_site) / "machine_packages.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-  subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *files], check=True)
+  subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", venv_site,
+                  *files], check=True)
   _finish_venv(venv, list(REQUIREMENTS[1:]) + ["torch (the machine's)"])
 
 
