@@ -84,9 +84,7 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
   names, masks_C = sj.stack_masks(components.component_masks(specs, params, cfg), params)
   config = sj.SGLDConfig(num_chains=num_chains, num_draws=draws, mala_every=0)
   kw = dict(config=config, batch_size=batch_size, delta_h=0.1, microbatch_size="auto")
-  t = time.perf_counter()
-  sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw)
-  first = time.perf_counter() - t
+  _, first = common.timed(lambda: sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw))
   out = sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw)
   plans = sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, **kw)  # (compiled by now)
   per_draw = out.seconds / (draws + 1)  # draws + the start's evaluation block

@@ -19,6 +19,14 @@ def setup(model: str = "demo", *, num_contexts: int = 4096, seed: int = 0, **ove
   return cfg, loss_fn, params, masks, data(), probes
 
 
+def timed(fn):
+  """(fn(), wall seconds of that one call): compilation included when it is the first."""
+  import time
+  t0 = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - t0
+
+
 def seconds_per_call(fn, *args, repeats: int = 5) -> float:
   """Wall seconds of one call of a jitted `fn` (compiled and warmed first), averaged over `repeats` calls."""
   import time
