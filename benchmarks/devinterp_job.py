@@ -73,8 +73,9 @@ def run(job: dict, job_dir: Path):
   output = job_dir / "devinterp_samples.zarr"
   for component in job["components"]:
     shutil.rmtree(store_path(output, component), ignore_errors=True)  # devinterp silently reuses old stores
+  device = job.get("device", "cpu")
   t0 = time.perf_counter()
-  model = build_model(job["tl_config"], job_dir / "weights.npz", job.get("device", "cpu"))
+  model = build_model(job["tl_config"], job_dir / "weights.npz", device)
   with np.load(job_dir / "contexts.npz") as contexts:
     data = {name: as_dataset(contexts[name]) for name in [SAMPLING_TASK, *job["probes"]]}
   restrictions = {name: None if name == "full" else create_param_masks(model, name) for name in job["components"]}
@@ -83,7 +84,7 @@ def run(job: dict, job_dir: Path):
                           sampling_task=SAMPLING_TASK, lr=sgld["lr"], n_beta=sgld["n_beta"],
                           localization=sgld["localization"], num_chains=sgld["num_chains"],
                           num_draws=sgld["num_draws"], batch_size=sgld["batch_size"], output_path=output,
-                          device=job.get("device", "cpu"))
+                          device=device)
   return time.perf_counter() - t0, tree, model, output
 
 
