@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from suscept_jax import api, estimators, health, masks, mixing, sampler, sgld, validation
+from suscept_jax.progress import bar_for, owns
 
 
 @dataclasses.dataclass
@@ -66,6 +67,8 @@ def estimate_per_token_susceptibilities(
   loss_fn(params, batch) -> per-sample losses [B] (drives SGLD, as in `estimate_susceptibilities`);
   token_loss_fn(params, contexts) -> per-token losses [B, J]; contexts: pytree with leading axis O.
   restrict_gradients: as in `estimate_susceptibilities`.
+  progress: True (one bar over every chunk), False, or the caller's bar (anything with `update`), which
+    advances by config.num_steps per chunk of contexts.
   observed_microbatch: contexts evaluated at a time at each draw; None: on CPU about 128 token losses' worth
     (`sampler.observed_microbatch_for`), on accelerators all of a chunk at once.
   """
@@ -101,11 +104,14 @@ def estimate_per_token_susceptibilities(
   C, K = len(component_names), config.num_chains
   num_chunks = math.ceil(num_contexts / chunk)
   per_chain_chunks, dataset, first, seconds = [], None, None, 0.0
+  bar = bar_for(progress, num_chunks * config.num_steps, "per-token")  # one bar over every chunk's chains
   for i in range(num_chunks):
+    if owns(bar, progress):
+      bar.set_description(f"per-token chunk {i + 1}/{num_chunks}")
     out = sampler.run(loss_fn, params, component_names, masks_C, base, probes if (probes and i == 0) else {},
                       config=config, batch_size=batch_size, delta_h=delta_h if (probes and i == 0) else None, seed=seed,
                       checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
-                      progress=progress if i == 0 else False, label=f"per-token chunk {i + 1}/{num_chunks}",
+                      progress=bar if bar is not None else False, label="per-token",
                       base_name=base_name, observed=_chunk(contexts, i * chunk, chunk, num_contexts),
                       token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch,
                       restrict_gradients=restrict_gradients)
@@ -115,6 +121,8 @@ def estimate_per_token_susceptibilities(
     seconds += out.seconds
     if i == 0:
       first = out
+  if owns(bar, progress):
+    bar.close()
   per_chain = np.concatenate(per_chain_chunks)[:num_contexts]  # [O, J, C, K]
   per_chain_CxKxOxJ = np.moveaxis(per_chain, (2, 3), (0, 1))
   diverged = first.diverged.reshape(C, K)

@@ -1,4 +1,5 @@
 """The one progress bar of the project: rate and ETA for long work (sampling, training, tokenizing, sweeps)."""
+import threading
 
 
 def progress_bar(total: int | None, label: str, *, unit: str = "step", enabled: bool = True, initial: int = 0,
@@ -13,3 +14,39 @@ def progress_bar(total: int | None, label: str, *, unit: str = "step", enabled: 
 
   return tqdm(total=total, initial=initial, desc=label, unit=unit, dynamic_ncols=True, smoothing=smoothing,
               disable=not enabled)
+
+
+def bar_for(progress, total: int, label: str):
+  """What a function taking `progress=` reports to: the caller's bar (anything with `update`, which the
+  caller sized and closes), a new bar of `total` when `progress` is True (the function closes it), else None."""
+  if progress is False or progress is None:
+    return None
+  if hasattr(progress, "update"):
+    return progress
+  return progress_bar(total, label)
+
+
+def owns(bar, progress) -> bool:
+  """Whether the function that got `progress=` made `bar` itself (so it labels and closes it)."""
+  return bar is not None and bar is not progress
+
+
+class MeanOfParts:
+  """Advances `bar` by the mean of `parts` reporters' counts, in whole units, from any thread.
+
+  A run of several programs side by side (one per component group), each performing the run's N steps,
+  then counts N on its caller's bar, not N × parts: the caller sizes its bar from the settings alone, and
+  the ETA follows the slowest-finishing share of the work rather than overshooting the total."""
+
+  def __init__(self, bar, parts: int):
+    self.bar, self.parts = bar, parts
+    self._counted = self._sent = 0
+    self._lock = threading.Lock()
+
+  def update(self, n: int = 1) -> None:
+    with self._lock:
+      self._counted += n
+      whole = self._counted // self.parts
+      if whole > self._sent:
+        self.bar.update(whole - self._sent)
+        self._sent = whole

@@ -66,7 +66,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, sgld
-from suscept_jax.progress import progress_bar
+from suscept_jax.progress import MeanOfParts, bar_for, owns
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
 
@@ -734,15 +734,6 @@ def num_streams(num_samples: int, batch_size: int, num_chains: int, has_probes: 
   return 1 if batch_size == num_samples and not has_probes else num_chains
 
 
-def _progress_bar(progress, total: int, label: str):
-  """The caller's bar (anything with `update`), a new one when `progress` is true, else None."""
-  if progress is False or progress is None:
-    return None
-  if hasattr(progress, "update"):
-    return progress
-  return progress_bar(total, label)
-
-
 class _Streams:
   """Host side of the data streams: gathers each chunk's batches from (memory-mapped) arrays."""
 
@@ -792,6 +783,8 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   hyper_C: per-component ε, nβ, γ (arrays [C]); default: the config's for every component.
   restrict_gradients: one program per group of components freeing the same parameter leaves, each
     differentiating only those (`component_groups`); False: one program over all entries, full gradients.
+  progress: True (a bar of config.num_steps), False, or the caller's bar (anything with `update`), which
+    advances by config.num_steps in all, however many programs run.
   options: batch_size, delta_h, seed, checkpoint_id, microbatch_size, mesh, draws_per_chunk, base_name,
     observed, token_loss_fn, observed_microbatch, pair_split (see `_run_program`).
   """
@@ -800,9 +793,10 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   if len(calls) == 1:
     return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
                         **options)
-  bar = _progress_bar(progress, config.num_steps * len(calls), label)
-  run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config,
-                                        progress=bar if bar is not None else False, label=label, **options)
+  bar = bar_for(progress, config.num_steps, label)
+  shared = MeanOfParts(bar, len(calls)) if bar is not None else False  # the run counts num_steps in all
+  run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
+                                        label=label, **options)
   workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
   if workers > 1:
     futures = [_group_pool(workers).submit(run_group, call) for call in calls]
@@ -814,7 +808,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
       raise
   else:
     outputs = [run_group(call) for call in calls]
-  if bar is not None and not hasattr(progress, "update"):
+  if owns(bar, progress):
     bar.close()
   return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
 
@@ -958,7 +952,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
   carry = jax.tree.map(put_e, carry)
   entries_dev = jax.tree.map(put_e, entries)
-  bar = _progress_bar(progress, config.num_steps, label)
+  bar = bar_for(progress, config.num_steps, label)
 
   def chunk_inputs(first_block):
     count = min(blocks_per_chunk, num_blocks - first_block)
@@ -1045,7 +1039,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     first_block = next_block
     if bar is not None:
       bar.update(count * S)
-  if bar is not None and not hasattr(progress, "update"):
+  if owns(bar, progress):
     bar.close()
 
   moments = estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.moments))

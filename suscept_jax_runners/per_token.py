@@ -178,6 +178,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes
+  from suscept_jax.progress import progress_bar
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
   num = len(contexts)
@@ -188,17 +189,18 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=numerics)
   token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg, numerics=numerics)
   done = set(store.finished_units(prefix="chunk_"))
-  for i in range(num_chunks):
+  todo = [i for i in range(num_chunks) if f"chunk_{i:05d}" not in done]
+  bar = progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05)  # rate and ETA over the chunks
+  for i in todo:
     name = f"chunk_{i:05d}"
-    if name in done:
-      continue
+    bar.set_description(f"chunk {i + 1}/{num_chunks}")
     idx = np.minimum(np.arange(i * chunk, (i + 1) * chunk), num - 1)  # fixed shape: one compilation
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       res = sj.estimate_per_token_susceptibilities(
           loss_fn, token_loss_fn, params, component_masks, base, contexts[idx], config=config,
           batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
-          probes=probes if (probes and i == 0) else None, progress=True, base_name=f"base data {settings['base']!r}")
+          probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
     for w in caught:
       logging.warning("chunk %d: %s", i, w.message)
     keep = slice(0, min(chunk, num - i * chunk))
@@ -210,6 +212,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
       meta["dataset_rows"] = res.dataset.records()
       meta["realised_delta_h"] = res.dataset.realised_delta_h
     store.write_unit(name, arrays, meta)
+  bar.close()
   # Assemble: one row per dataset × context × position × component.
   parts = [store.read_unit(f"chunk_{i:05d}") for i in range(num_chunks)]
   chi = np.concatenate([a["chi"] for a, _ in parts], axis=1)  # [C, O, J]
@@ -252,6 +255,7 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
 
   from suscept_jax.analysis import token_views as tv
   from suscept_jax.paths import atomic_write_bytes
+  from suscept_jax.progress import progress_bar
   path = Path(out) / "tokens.parquet"
   if not path.exists():
     raise FileNotFoundError(f"{out} holds no per-token results (no tokens.parquet); run experiments.per_token first")
