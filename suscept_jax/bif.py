@@ -4,7 +4,7 @@ tokens and a set of samples, streamed from the SGLD draws.
 For query token q and sample token x, over the localized posterior of each component (default: the full
 model), Cov_C(ℓ_q, ℓ_x) and Corr_C(ℓ_q, ℓ_x) — what devinterp's `bif()` reports, there from stored traces.
 Here the sampler keeps running co-moments (estimators.CrossMoments) of the token losses at every draw, so
-memory is O(components × chains × queries × samples) and never grows with the draws. Each chain gives its
+memory is O(components × chains × queries × samples per chunk) and never grows with the draws. Each chain gives its
 own covariance; the estimate averages the non-diverged chains, with the standard error across them.
 
 Queries and samples are two pytrees of contexts with the same structure and trailing shapes (they are
@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from suscept_jax import api, estimators, health, masks, sampler, sgld, validation
+from suscept_jax.progress import bar_for, owns
 
 
 @dataclasses.dataclass
@@ -49,15 +50,42 @@ def _concat_rows(a, b):
   return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
 
 
+def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, kept: int):
+  """(cov, cov_err, corr, corr_err) [C, Q·J, kept] and draws [C, K] from one run's cross moments: per chain,
+  then the mean over non-diverged chains with its standard error (the first `kept` sample columns)."""
+  draws = np.asarray(m.count).reshape(C, K)
+  denominator = np.maximum(np.asarray(m.count) - 1, 1).astype(np.float64)
+  cov_E = np.asarray(m.comoment)[:, :, :kept] / denominator[:, None, None]  # [E, Q·J, kept]
+  sd_q_E = np.sqrt(np.asarray(m.m2_q) / denominator[:, None])
+  sd_s_E = np.sqrt(np.asarray(m.m2_s)[:, :kept] / denominator[:, None])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    corr_E = cov_E / (sd_q_E[:, :, None] * sd_s_E[:, None, :])
+  valid = ~diverged_CxK & (draws >= 2)
+  cov, cov_err, corr, corr_err = (np.empty((C,) + cov_E.shape[1:]) for _ in range(4))
+  for c in range(C):
+    rows = slice(c * K, (c + 1) * K)
+    cov[c], cov_err[c] = estimators.mean_and_stderr(cov_E[rows], valid[c])
+    var_q = estimators.mean_and_stderr(sd_q_E[rows] ** 2, valid[c])[0]
+    var_s = estimators.mean_and_stderr(sd_s_E[rows] ** 2, valid[c])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+      corr[c] = cov[c] / np.sqrt(var_q[:, None] * var_s[None, :])
+    corr_err[c] = estimators.mean_and_stderr(corr_E[rows], valid[c])[1]
+  return cov, cov_err, corr, corr_err, draws
+
+
 def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_loss_fn: Callable | None = None,
                  components: Mapping[str, Any] | None = None, config: sgld.SGLDConfig | None = None,
                  batch_size: int = 16, seed: int = 0, microbatch_size: int | None = None,
-                 observed_microbatch: int | None = None, mesh=None, checkpoint_id: int = 0, progress=True,
-                 base_name: str = "base data") -> BIFResult:
+                 observed_microbatch: int | None = None, samples_per_chunk: int | None = None, mesh=None,
+                 checkpoint_id: int = 0, progress=True, base_name: str = "base data") -> BIFResult:
   """Cov and Corr of the losses of every query token with every sample token under each component's posterior.
 
   loss_fn(params, batch) -> per-sample losses [B] drives SGLD on `base` (as in `estimate_susceptibilities`).
   token_loss_fn(params, contexts) -> per-token losses [B, J]; default: loss_fn's per-sample losses (J = 1).
+  samples_per_chunk: samples observed per run; None: all at once. The co-moments take components × chains ×
+    queries × samples floats per run, so a large sample set is taken in chunks, each re-running the same
+    chains (the same numbers, more sampling time; the progress bar spans every chunk).
+  progress: True, False, or the caller's bar, which advances by config.num_steps per chunk.
   """
   config = config or sgld.SGLDConfig()
   components = {"full": None} if components is None else components
@@ -71,6 +99,8 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   num_s = validation.check_dataset("samples", samples, 1, like=queries)
   if "full" in components:
     validation.check_full_is_full(components, params)
+  if samples_per_chunk is not None and (not isinstance(samples_per_chunk, (int, np.integer)) or samples_per_chunk < 1):
+    raise ValueError(f"samples_per_chunk={samples_per_chunk!r} must be a positive integer (or None: all at once)")
   token_loss_fn = token_loss_fn or _per_sample_as_tokens(loss_fn)
   validation.check_loss_fn(loss_fn, params, base)
   token_shape = validation.check_token_loss_fn(token_loss_fn, params, queries)
@@ -87,30 +117,31 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
 
   component_names, masks_C = masks.stack_masks(components, params)
   C, K = len(component_names), config.num_chains
-  out = sampler.run(loss_fn, params, component_names, masks_C, base, {}, config=config, batch_size=batch_size,
-                    delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
-                    progress=progress, label="bif", base_name=base_name, observed=observed,
-                    token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch, pair_split=num_q)
-  m = out.pair_moments
-  draws = m.count.reshape(C, K)
-  denominator = np.maximum(m.count - 1, 1).astype(np.float64)
-  cov_E = m.comoment / denominator[:, None, None]  # [E, Q·J, S·J]
-  sd_q_E, sd_s_E = np.sqrt(m.m2_q / denominator[:, None]), np.sqrt(m.m2_s / denominator[:, None])
-  with np.errstate(invalid="ignore", divide="ignore"):
-    corr_E = cov_E / (sd_q_E[:, :, None] * sd_s_E[:, None, :])
-  valid = ~out.diverged.reshape(C, K) & (draws >= 2)
+  chunk = min(num_s, samples_per_chunk or num_s)
+  num_chunks = -(-num_s // chunk)
+  bar = bar_for(progress, num_chunks * config.num_steps, "bif")  # one bar over every chunk's chains
+  parts, out = [], None
+  for i in range(num_chunks):
+    if owns(bar, progress):
+      bar.set_description(f"bif samples {i * chunk + 1}–{min((i + 1) * chunk, num_s)} of {num_s}")
+    rows = np.minimum(np.arange(i * chunk, (i + 1) * chunk), num_s - 1)  # fixed shape: one compilation
+    chunk_out = sampler.run(loss_fn, params, component_names, masks_C, base, {}, config=config,
+                            batch_size=batch_size, delta_h=None, seed=seed, checkpoint_id=checkpoint_id,
+                            microbatch_size=microbatch_size, mesh=mesh, progress=bar if bar is not None else False,
+                            label="bif", base_name=base_name,
+                            observed=_concat_rows(queries, jax.tree.map(lambda a: np.asarray(a)[rows], samples)),
+                            token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch, pair_split=num_q)
+    if out is None:  # the chains (hence the LLC and diagnostics) are the same in every chunk
+      out = chunk_out
+    kept = min(chunk, num_s - i * chunk) * int(np.prod(token_shape[1:], dtype=int))
+    parts.append(_pair_statistics(chunk_out.pair_moments, chunk_out.diverged.reshape(C, K), C, K, kept))
+  if owns(bar, progress):
+    bar.close()
   J = tuple(token_shape[1:])
   shape = (num_q, *J, num_s, *J)
-  cov, cov_err, corr, corr_err = (np.empty((C, *shape)) for _ in range(4))
-  for c in range(C):
-    rows = slice(c * K, (c + 1) * K)
-    mean, err = estimators.mean_and_stderr(cov_E[rows], valid[c])
-    cov[c], cov_err[c] = mean.reshape(shape), err.reshape(shape)
-    var_q = estimators.mean_and_stderr(sd_q_E[rows] ** 2, valid[c])[0]
-    var_s = estimators.mean_and_stderr(sd_s_E[rows] ** 2, valid[c])[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-      corr[c] = (mean / np.sqrt(var_q[:, None] * var_s[None, :])).reshape(shape)
-    corr_err[c] = estimators.mean_and_stderr(corr_E[rows], valid[c])[1].reshape(shape)
+  cov, cov_err, corr, corr_err = (np.concatenate([part[k] for part in parts], axis=-1).reshape(C, *shape)
+                                  for k in range(4))
+  draws = np.min([part[4] for part in parts], axis=0)
   llc, llc_err, _ = estimators.llc_table(out.moments, out.diverged.reshape(C, K), np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
   comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
