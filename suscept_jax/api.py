@@ -35,7 +35,7 @@ def _component_diagnostics(out: sampler.SamplerOutput, component: int, num_chain
   ok = ~diverged
   mala = out.mala[:, sl][:, ok]
   mala = mala[np.isfinite(mala)]
-  phi_delta_DxKxT = (out.phi_trace[:, sl, None] * out.delta_loss_trace[:, sl, :]).transpose(2, 1, 0)[:, ok]
+  phi_delta_DxKxT = (out.phi_trace[:, sl][:, ok, None] * out.delta_loss_trace[:, sl][:, ok, :]).transpose(2, 1, 0)
   return diagnostics.ComponentDiagnostics(
       loss_trace=_thin(loss_KxT), phi_trace=_thin(phi_KxT),
       r_hat=diagnostics.rhat(phi_KxT[ok]), ess_bulk=diagnostics.ess_bulk(phi_KxT[ok]),
