@@ -1021,9 +1021,11 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
+      observing = (f", observing {num_rows(observed)} rows' token losses (fewer per chunk: contexts_per_chunk "
+                   f"or samples_per_chunk)") if observed is not None else ""
       raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
-                        f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device); pass "
-                        f"microbatch_size='auto' (or a smaller one), or more devices") from None
+                        f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device){observing}; "
+                        f"pass microbatch_size='auto' (or a smaller one), or more devices") from None
     next_block = first_block + count
     if next_block < num_blocks:
       pending = with_anchor_losses(chunk_inputs(next_block))
