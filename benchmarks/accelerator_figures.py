@@ -18,7 +18,8 @@ minute); the per-token pass always runs. Every figure is printed as it comes and
 is rewritten after each, so an interrupted run still leaves what it measured. --tiny: the tiny model at small
 sizes (the test suite runs it on CPU).
 
-On the lent GPU (its image has jax with CUDA, flax, scipy, tqdm; nothing to carry), one call:
+On the lent GPU (its image has jax with CUDA, flax, scipy, tqdm; nothing to carry) it runs as the first part of
+`benchmarks.device_session`, the one prepared call that also runs the devinterp side by side there; alone:
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.accelerator_figures --out=$OUT 2>&1 | tee $OUT/log.txt
 """
 import argparse
@@ -110,7 +111,7 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
               fraction_of_bf16_peak=flops / seconds / peaks["bf16"])
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="runs/accelerator_figures")
   parser.add_argument("--model", default="tetrahedron_3m")
@@ -119,7 +120,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--draws", type=int, default=4)
   parser.add_argument("--budget_s", type=float, default=420.0, help="start no new setting after this many seconds")
   parser.add_argument("--tiny", action="store_true", help="the tiny model at small sizes (tests, CPU)")
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
   t0 = time.perf_counter()
   model, batch_size, matmul_n = (("tiny", 8, 256) if args.tiny else (args.model, args.batch_size, 8192))
   cfg = model_config.get_config(model)

@@ -3,7 +3,10 @@ here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed 
 import json
 import re
 
-from benchmarks import accelerator_figures, paper_memory, restricted_gradients, scaling
+import importlib
+import importlib.metadata
+
+from benchmarks import accelerator_figures, device_session, paper_memory, restricted_gradients, scaling
 
 
 def test_restricted_gradients_prints_every_kind(capsys):
@@ -68,3 +71,27 @@ def test_compiled_flops_reads_every_form_of_the_cost_analysis():
   assert common.compiled_flops(Compiled({"flops": 5})) == 5.0
   for missing in (NotImplementedError, None, [], {"bytes accessed": 1.0}):
     assert common.compiled_flops(Compiled(missing)) != common.compiled_flops(Compiled(missing))  # NaN
+
+
+def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp_path):
+  """The one call a lent accelerator gets: a renamed flag in a part would waste it, so every part's argv must
+  parse with that script's own parser (at paper size and tiny), and the versions are written first."""
+  for extra in ([], ["--tiny"]):
+    args = device_session.parse_args(["--out", str(tmp_path), *extra])
+    for name, module, argv, seconds, env in device_session.parts(args):
+      importlib.import_module(module).parse_args(argv)  # exits (SystemExit) on an unknown flag
+      assert seconds > 0
+  device_session.main(["--out", str(tmp_path), "--dry_run"])
+  printed = capsys.readouterr().out
+  assert "--- figures: timeout 300 python3 -m benchmarks.accelerator_figures" in printed
+  assert "benchmarks.devinterp_side_by_side --work_dir" in printed and "--devinterp_device cuda" in printed
+  versions = json.loads((tmp_path / "versions.json").read_text())
+  assert versions["jax"] == importlib.metadata.version("jax") and "pyarrow" in versions
+  assert device_session.installed_versions(["no-such-distribution"]) == {"no-such-distribution": None}
+
+
+def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
+  outcome = device_session.run_part("sleeper", "timeit", ["-n", "1", "import time; time.sleep(60)"], 1.0, {},
+                                    tmp_path)
+  assert outcome == "stopped at its 1 s" and (tmp_path / "sleeper.log").exists()
+  assert device_session.run_part("quick", "timeit", ["-n", "1", "pass"], 30.0, {}, tmp_path) == "ok"

@@ -1,0 +1,116 @@
+"""One call on a lent accelerator machine: what its few minutes should measure, most important first, each
+part within its own time so that a slow part cannot eat the next one's.
+
+  python3 -m benchmarks.device_session --out=$OUT [--figures_s=300] [--side_by_side_s=260] [--dry_run]
+
+0. versions.json: the versions that decide whether the parts run (jax, jaxlib, torch, transformers, and the
+   image's packages that the carried devinterp wheels constrain: pyarrow, fsspec, protobuf, typing-extensions).
+1. benchmarks.accelerator_figures: matmul peaks, the paper preset's SGLD draw at batch 64 × ctx 1024 (precision,
+   attention, FLOP/s against peak, memory), the per-token pass. It rewrites OUT/accelerator_figures.json after
+   each figure, so a part stopped at its time still leaves what it measured.
+2. benchmarks.devinterp_side_by_side on the demo weights with devinterp on the GPU (its virtualenv built
+   offline from the carried wheels, on the machine's torch); OUT/summary.json.
+
+Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped and the next
+starts. The device tool's call (15 minutes of device time per session, at most 10 per command; carry
+[".whl", "runs/demo/train"], ≈ 42 MB):
+  PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT   (timeout_s ≈ 590)
+"""
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+VERSIONS_OF = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "libtpu", "numpy", "torch", "transformers",
+               "pyarrow", "fsspec", "protobuf", "typing-extensions")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", required=True, help="where the figures, logs and summaries go ($OUT)")
+  parser.add_argument("--figures_s", type=float, default=300.0, help="time of the accelerator figures")
+  parser.add_argument("--figures_budget_s", type=float, default=200.0,
+                      help="the figures start no new setting after this (the part's own budget)")
+  parser.add_argument("--side_by_side_s", type=float, default=260.0, help="time of the devinterp side by side")
+  parser.add_argument("--run_dir", default="runs/demo/train", help="the side by side's weights")
+  parser.add_argument("--wheels", default=".whl", help="devinterp's wheels (benchmarks/devinterp_wheels_h200.txt)")
+  parser.add_argument("--devinterp_device", default="cuda")
+  parser.add_argument("--work_dir", default="/tmp/device_session_sbs", help="the side by side's job files")
+  parser.add_argument("--devinterp_venv", default="/tmp/device_session_dv", help="devinterp's virtualenv")
+  parser.add_argument("--tiny", action="store_true", help="both parts at tiny size (CPU)")
+  parser.add_argument("--dry_run", action="store_true", help="write versions.json, print the parts, run nothing")
+  return parser.parse_args(argv)
+
+
+def installed_versions(names=VERSIONS_OF) -> dict:
+  """{distribution: version, or None when it is not installed}."""
+  versions = {}
+  for name in names:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def parts(args) -> list[tuple[str, str, list[str], float, dict]]:
+  """(name, module, argv, seconds, extra environment) of each part, in the order they run."""
+  tiny = ["--tiny"] if args.tiny else []
+  figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
+  side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
+                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir])]
+  # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
+  shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}
+  return [("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
+          ("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu)]
+
+
+def run_part(name: str, module: str, argv: list[str], seconds: float, extra_env: dict, out: Path) -> str:
+  """Run one part for at most `seconds`, its output printed and kept in OUT/<name>.log; its outcome in words."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
+  with open(out / f"{name}.log", "w") as log:
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(seconds, proc.kill)  # the output loop below ends when the process does
+    timer.start()
+    try:
+      for line in proc.stdout:
+        print(line, end="", flush=True)
+        log.write(line)
+    finally:
+      timer.cancel()
+      proc.wait()
+  if proc.returncode == 0:
+    return "ok"
+  return f"stopped at its {seconds:.0f} s" if proc.returncode == -9 else f"exit status {proc.returncode}"
+
+
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  versions = installed_versions()
+  (out / "versions.json").write_text(json.dumps(versions, indent=1))
+  print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), flush=True)
+  outcomes = {}
+  for name, module, part_argv, seconds, extra_env in parts(args):
+    command = " ".join([f"{k}={v}" for k, v in extra_env.items()] + ["timeout", f"{seconds:.0f}", "python3", "-m",
+                                                                      module, *part_argv])
+    print(f"--- {name}: {command}", flush=True)
+    if args.dry_run:
+      continue
+    outcomes[name] = run_part(name, module, part_argv, seconds, extra_env, out)
+  summary = Path(args.work_dir) / "summary.json"
+  if not args.dry_run and summary.exists():
+    shutil.copy(summary, out / "summary.json")
+  print(f"--- parts: {outcomes or 'none run (dry run)'}", flush=True)
+  return outcomes
+
+
+if __name__ == "__main__":
+  main()
