@@ -62,3 +62,14 @@ def env():
   e["PYTHONPATH"] = str(REPO)
   e["SUSCEPT_JAX_CACHE"] = e.get("SUSCEPT_JAX_CACHE", str(Path.home() / ".cache" / "suscept_jax"))
   return e
+
+
+class CountingBar:
+  """A progress bar stand-in for the tests: counts what it is told (anything with `update` is a bar)."""
+
+  def __init__(self):
+    self.n, self.updates = 0, 0
+
+  def update(self, n=1):
+    self.n += n
+    self.updates += 1

@@ -5,7 +5,7 @@ import pytest
 
 import suscept_jax as sj
 from suscept_jax import parallel, toys
-from tests.test_progress import CountingBar
+from tests.helpers import CountingBar
 
 D, N = 6, 64
 H_BASE = np.linspace(0.5, 2.0, D)

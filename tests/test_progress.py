@@ -10,15 +10,7 @@ import suscept_jax as sj
 from suscept_jax import masks as masks_lib, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.progress import MeanOfParts
-
-
-class CountingBar:
-  def __init__(self):
-    self.n, self.updates = 0, 0
-
-  def update(self, n=1):
-    self.n += n
-    self.updates += 1
+from tests.helpers import CountingBar
 
 
 @pytest.fixture(scope="module")
