@@ -1,44 +1,49 @@
 """Progress a caller can size from the settings alone: a run advances its caller's bar by the run's SGLD
 steps (config.num_steps) however many programs run side by side, and per-token estimation by that per
 chunk of contexts. (A sweep sized its bar so and overshot it by the number of component groups.)"""
-import functools
-
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import masks as masks_lib, sampler, sgld
-from suscept_jax.models import components, config as model_config, transformer
+from suscept_jax import masks as masks_lib, sampler, sgld, toys
 from suscept_jax.progress import MeanOfParts
 from tests.helpers import CountingBar
 
 
+def two_leaf_loss(params, batch):
+  """The quadratic toy over two parameter leaves, so that components freeing one leaf form their own group."""
+  return toys.quadratic_loss({"w": jnp.concatenate([params["a"], params["b"]])}, batch)
+
+
 @pytest.fixture(scope="module")
-def tiny():
-  cfg = model_config.get_config("tiny", d_vocab=64)
-  params = transformer.init_params(cfg, seed=0)
-  specs = {spec: m for spec, m in components.component_masks(["full", "l0h1", "l1h0"], params, cfg).items()}
+def problem():
   rng = np.random.default_rng(0)
-  base = rng.integers(0, 64, (64, cfg.n_ctx), dtype=np.int32)
-  loss, tokens = (functools.partial(f, config=cfg) for f in (transformer.context_nll, transformer.per_token_nll))
+  base = toys.quadratic_dataset(rng, 64, np.linspace(0.5, 2.0, 4), 0.1)
+  w = toys.quadratic_minimum(base)["w"]
+  params = {"a": w[:2], "b": w[2:]}
+  components = {"full": None, "a": {"a": True, "b": False}, "b": {"a": False, "b": True}}
   config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=4, num_burnin=2)
-  return params, specs, base, loss, tokens, config
+  return params, components, base, config
 
 
-def test_a_run_of_several_programs_counts_its_steps_once(tiny):
-  params, specs, base, loss, _, config = tiny
-  names, masks_C = masks_lib.stack_masks(specs, params)
-  assert len(sampler.component_groups(masks_C, len(names))) == 3  # full, a layer-0 head, a layer-1 head
+def test_a_run_of_several_programs_counts_its_steps_once(problem):
+  params, components, base, config = problem
+  names, masks_C = masks_lib.stack_masks(components, params)
+  assert len(sampler.component_groups(masks_C, len(names))) == 3  # full, leaf a, leaf b: three programs
   bar = CountingBar()
-  sampler.run(loss, params, names, masks_C, base, {}, config=config, batch_size=16, delta_h=None, progress=bar)
+  sampler.run(two_leaf_loss, params, names, masks_C, base, {}, config=config, batch_size=16, delta_h=None,
+              progress=bar)
   assert bar.n == config.num_steps and bar.updates >= 2
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_per_token_chunks_each_count_their_steps(tiny):
-  params, specs, base, loss, tokens, config = tiny
+def test_per_token_chunks_each_count_their_steps(problem):
+  params, components, base, config = problem
   bar = CountingBar()
-  sj.estimate_per_token_susceptibilities(loss, tokens, params, specs, base, base[:3], config=config, batch_size=16,
+  contexts = {k: v[:3] for k, v in base.items()}
+  sj.estimate_per_token_susceptibilities(two_leaf_loss, lambda p, b: two_leaf_loss(p, b)[:, None], params,
+                                         components, base, contexts, config=config, batch_size=16,
                                          contexts_per_chunk=2, progress=bar)
   assert bar.n == 2 * config.num_steps
 
