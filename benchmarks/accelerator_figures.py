@@ -12,6 +12,9 @@
    step's gradient FLOPs (XLA's count, restricted per group) per second against the matching peak, the
    micro-batch auto-sizing chose, and `memory_plan`'s bytes against the device's peak bytes in use.
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
+4. Numerics on this device (after the paper preset's step): per-token NLL and its gradient at every precision
+   and attention against exact float32 with plain attention, on 4 contexts at weights with sharp attention
+   patterns; fused attention (cuDNN on GPU) against plain at its own precision (`numerics_check`).
 
 Settings after the first start only while the budget lasts (a compile on a large model can take a
 minute); the per-token pass always runs. Every figure is printed as it comes and DIR/accelerator_figures.json
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -99,6 +103,44 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
               device_peak_gib=(peak_bytes_in_use() or 0) / 2**30 or None)
 
 
+def peaked(params, qk: float = 6.0, unembed: float = 10.0):
+  """The random init with sharp attention patterns and logits: at init both are nearly uniform (scores of
+  std ≈ 0.1 on the paper preset), where any two attention kernels agree trivially."""
+  scale = {"W_Q": qk, "W_K": qk, "W_U": unembed}
+  return jax.tree_util.tree_map_with_path(lambda path, w: w * scale.get(getattr(path[-1], "key", None), 1.0), params)
+
+
+def numerics_check(cfg, params, tokens) -> list[dict]:
+  """Every (precision, attention) on this device against exact float32 with plain attention: per-token NLL
+  and the gradient of its mean. Fused attention (cuDNN on GPU, until now only checked against XLA on CPU)
+  is also compared with plain attention at its own precision, and agrees when that difference is within
+  twice the precision's own deviation from exact (at least 1e-4 nats)."""
+  results = {}
+  for precision in model_config.PRECISIONS:
+    for attention in ("plain", "fused"):
+      numerics = Numerics(precision=precision, attention=attention)
+      mean_and_tokens = lambda p, n=numerics: (lambda t: (t.mean(), t))(transformer.per_token_nll(p, tokens, cfg,
+                                                                                                  numerics=n))
+      (_, nll), grad = jax.jit(jax.value_and_grad(mean_and_tokens, has_aux=True))(params)
+      results[precision, attention] = (np.asarray(nll, np.float64),
+                                       np.asarray(jax.flatten_util.ravel_pytree(grad)[0], np.float64))
+  exact_nll, exact_grad = results["float32", "plain"]
+  relative = lambda g, ref: float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
+  rows = []
+  for (precision, attention), (nll, grad) in results.items():
+    plain_nll, plain_grad = results[precision, "plain"]
+    row = dict(precision=precision, attention=attention, nll_spread=float(exact_nll.std()),
+               nll_max_abs_vs_exact=float(np.abs(nll - exact_nll).max()),
+               mean_nll_shift_vs_exact=float(nll.mean() - exact_nll.mean()), grad_rel_vs_exact=relative(grad, exact_grad))
+    if attention == "fused":
+      differs = float(np.abs(nll - plain_nll).max())
+      own = float(np.abs(plain_nll - exact_nll).max())
+      row.update(nll_max_abs_vs_plain=differs, grad_rel_vs_plain=relative(grad, plain_grad),
+                 agrees_with_plain=bool(differs <= max(2 * own, 1e-4)))
+    rows.append(row)
+  return rows
+
+
 def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts: int = 16) -> dict:
   token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
                                     numerics=Numerics(precision="bfloat16", attention="fused"))
@@ -163,6 +205,16 @@ def main(argv=None) -> dict:
             f"device peak {row['device_peak_gib'] or float('nan'):.2f} GiB", flush=True)
     result["settings"].append(row)
     save()
+    if i == 0:  # correctness on this device, right after the main figure (always: six small programs)
+      result["numerics"] = numerics_check(cfg, peaked(params), base[:4])
+      for row in result["numerics"]:
+        print(f"numerics {row['precision']}/{row['attention']}: per-token NLL max |Δ| {row['nll_max_abs_vs_exact']:.2e} "
+              f"vs exact (spread {row['nll_spread']:.2f}), mean shift {row['mean_nll_shift_vs_exact']:+.2e}, "
+              f"gradient {row['grad_rel_vs_exact']:.1e} relative"
+              + (f"; fused vs plain {row['nll_max_abs_vs_plain']:.2e}: "
+                 f"{'agrees' if row['agrees_with_plain'] else 'DIFFERS'}" if "agrees_with_plain" in row else ""),
+              flush=True)
+      save()
   result["per_token"] = p = per_token_figure(cfg, params, base, peaks)  # (one small program: always)
   print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused): {p['seconds'] * 1e3:.1f} ms, "
         f"{p['achieved_tflops']:.2f} TFLOP/s = {100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 peak", flush=True)

@@ -47,6 +47,10 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert out.count("not started") == len(accelerator_figures.SETTINGS) - 1, out
   assert set(result["matmul_peak_tflops"]) == {"bf16", "f32 default", "f32 highest"}
   assert 0 < result["per_token"]["fraction_of_bf16_peak"] < 1
+  numerics = {(row["precision"], row["attention"]): row for row in result["numerics"]}  # (run whatever the budget)
+  assert len(numerics) == 6 and all(row["agrees_with_plain"] for row in numerics.values() if "agrees_with_plain" in row)
+  assert numerics["float32", "fused"]["nll_max_abs_vs_plain"] < 1e-4 and numerics["float32", "plain"]["nll_spread"] > 0.1
+  assert 1e-5 < numerics["bfloat16", "plain"]["nll_max_abs_vs_exact"] < 0.1  # bf16 visibly rounds, mildly
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
 
 
