@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 VERSIONS_OF = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin", "libtpu", "numpy", "torch", "transformers",
                "pyarrow", "fsspec", "protobuf", "typing-extensions")
@@ -58,25 +59,33 @@ def installed_versions(names=VERSIONS_OF) -> dict:
   return versions
 
 
-def parts(args) -> list[tuple[str, str, list[str], float, dict]]:
-  """(name, module, argv, seconds, extra environment) of each part, in the order they run."""
+class Part(NamedTuple):
+  name: str  # its log is OUT/<name>.log
+  module: str  # run as python -m module argv
+  argv: list
+  seconds: float  # stopped after this
+  env: dict  # added to the environment
+
+
+def parts(args) -> list[Part]:
+  """The parts, in the order they run."""
   tiny = ["--tiny"] if args.tiny else []
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
                   "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir])]
   # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
   shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}
-  return [("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
-          ("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu)]
+  return [Part("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
+          Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu)]
 
 
-def run_part(name: str, module: str, argv: list[str], seconds: float, extra_env: dict, out: Path) -> str:
-  """Run one part for at most `seconds`, its output printed and kept in OUT/<name>.log; its outcome in words."""
-  env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
-  with open(out / f"{name}.log", "w") as log:
-    proc = subprocess.Popen([sys.executable, "-m", module, *argv], env=env, stdout=subprocess.PIPE,
+def run_part(part: Part, out: Path) -> str:
+  """Run one part for at most its seconds, its output printed and kept in OUT/<name>.log; its outcome in words."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", **part.env}
+  with open(out / f"{part.name}.log", "w") as log:
+    proc = subprocess.Popen([sys.executable, "-m", part.module, *part.argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(seconds, proc.kill)  # the output loop below ends when the process does
+    timer = threading.Timer(part.seconds, proc.kill)  # the output loop below ends when the process does
     timer.start()
     try:
       for line in proc.stdout:
@@ -87,7 +96,7 @@ def run_part(name: str, module: str, argv: list[str], seconds: float, extra_env:
       proc.wait()
   if proc.returncode == 0:
     return "ok"
-  return f"stopped at its {seconds:.0f} s" if proc.returncode == -9 else f"exit status {proc.returncode}"
+  return f"stopped at its {part.seconds:.0f} s" if proc.returncode == -9 else f"exit status {proc.returncode}"
 
 
 def main(argv=None) -> dict:
@@ -98,13 +107,13 @@ def main(argv=None) -> dict:
   (out / "versions.json").write_text(json.dumps(versions, indent=1))
   print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), flush=True)
   outcomes = {}
-  for name, module, part_argv, seconds, extra_env in parts(args):
-    command = " ".join([f"{k}={v}" for k, v in extra_env.items()] + ["timeout", f"{seconds:.0f}", "python3", "-m",
-                                                                      module, *part_argv])
-    print(f"--- {name}: {command}", flush=True)
+  for part in parts(args):
+    command = " ".join([f"{k}={v}" for k, v in part.env.items()] + ["timeout", f"{part.seconds:.0f}", "python3", "-m",
+                                                                     part.module, *part.argv])
+    print(f"--- {part.name}: {command}", flush=True)
     if args.dry_run:
       continue
-    outcomes[name] = run_part(name, module, part_argv, seconds, extra_env, out)
+    outcomes[part.name] = run_part(part, out)
   summary = Path(args.work_dir) / "summary.json"
   if not args.dry_run and summary.exists():
     shutil.copy(summary, out / "summary.json")

@@ -13,13 +13,13 @@ J loss positions per row (1 for per-sample losses).
 """
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from suscept_jax import api, estimators, health, masks, sampler, sgld, validation
-from suscept_jax.progress import bar_for, owns
+from suscept_jax.progress import over_chunks
 
 
 @dataclasses.dataclass
@@ -50,9 +50,18 @@ def _concat_rows(a, b):
   return jax.tree.map(lambda x, y: np.concatenate([np.asarray(x), np.asarray(y)]), a, b)
 
 
-def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, kept: int):
-  """(cov, cov_err, corr, corr_err) [C, Q·J, kept] and draws [C, K] from one run's cross moments: per chain,
-  then the mean over non-diverged chains with its standard error (the first `kept` sample columns)."""
+class PairStatistics(NamedTuple):
+  """One run's covariance and correlation over its first `kept` sample columns, chain-averaged."""
+
+  covariance: np.ndarray  # [C, Q·J, kept]
+  covariance_stderr: np.ndarray
+  correlation: np.ndarray
+  correlation_stderr: np.ndarray
+  draws: np.ndarray  # [C, K]
+
+
+def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, kept: int) -> PairStatistics:
+  """From one run's cross moments: per chain, then the mean over non-diverged chains with its standard error."""
   draws = np.asarray(m.count).reshape(C, K)
   denominator = np.maximum(np.asarray(m.count) - 1, 1).astype(np.float64)
   cov_E = np.asarray(m.comoment)[:, :, :kept] / denominator[:, None, None]  # [E, Q·J, kept]
@@ -70,7 +79,7 @@ def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, k
     with np.errstate(invalid="ignore", divide="ignore"):
       corr[c] = cov[c] / np.sqrt(var_q[:, None] * var_s[None, :])
     corr_err[c] = estimators.mean_and_stderr(corr_E[rows], valid[c])[1]
-  return cov, cov_err, corr, corr_err, draws
+  return PairStatistics(cov, cov_err, corr, corr_err, draws)
 
 
 def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_loss_fn: Callable | None = None,
@@ -119,29 +128,23 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   C, K = len(component_names), config.num_chains
   chunk = min(num_s, samples_per_chunk or num_s)
   num_chunks = -(-num_s // chunk)
-  bar = bar_for(progress, num_chunks * config.num_steps, "bif")  # one bar over every chunk's chains
   parts, out = [], None
-  for i in range(num_chunks):
-    if owns(bar, progress):
-      bar.set_description(f"bif samples {i * chunk + 1}–{min((i + 1) * chunk, num_s)} of {num_s}")
-    rows = np.minimum(np.arange(i * chunk, (i + 1) * chunk), num_s - 1)  # fixed shape: one compilation
+  for i, chunk_progress in over_chunks(progress, num_chunks, config.num_steps, "bif"):
     chunk_out = sampler.run(loss_fn, params, component_names, masks_C, base, {}, config=config,
                             batch_size=batch_size, delta_h=None, seed=seed, checkpoint_id=checkpoint_id,
-                            microbatch_size=microbatch_size, mesh=mesh, progress=bar if bar is not None else False,
-                            label="bif", base_name=base_name,
-                            observed=_concat_rows(queries, jax.tree.map(lambda a: np.asarray(a)[rows], samples)),
+                            microbatch_size=microbatch_size, mesh=mesh, progress=chunk_progress, label="bif",
+                            base_name=base_name,
+                            observed=_concat_rows(queries, sampler.padded_rows(samples, i * chunk, chunk, num_s)),
                             token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch, pair_split=num_q)
     if out is None:  # the chains (hence the LLC and diagnostics) are the same in every chunk
       out = chunk_out
     kept = min(chunk, num_s - i * chunk) * int(np.prod(token_shape[1:], dtype=int))
     parts.append(_pair_statistics(chunk_out.pair_moments, chunk_out.diverged.reshape(C, K), C, K, kept))
-  if owns(bar, progress):
-    bar.close()
   J = tuple(token_shape[1:])
   shape = (num_q, *J, num_s, *J)
-  cov, cov_err, corr, corr_err = (np.concatenate([part[k] for part in parts], axis=-1).reshape(C, *shape)
-                                  for k in range(4))
-  draws = np.min([part[4] for part in parts], axis=0)
+  cov, cov_err, corr, corr_err = (np.concatenate([getattr(part, field) for part in parts], axis=-1).reshape(C, *shape)
+                                  for field in PairStatistics._fields[:4])
+  draws = np.min([part.draws for part in parts], axis=0)
   llc, llc_err, _ = estimators.llc_table(out.moments, out.diverged.reshape(C, K), np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
   comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]

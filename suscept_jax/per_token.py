@@ -16,11 +16,10 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 from suscept_jax import api, estimators, health, masks, mixing, sampler, sgld, validation
-from suscept_jax.progress import bar_for, owns
+from suscept_jax.progress import over_chunks
 
 
 @dataclasses.dataclass
@@ -48,12 +47,6 @@ class PerTokenResult:
     used = np.array([self.chi_per_chain.shape[1] - len(self.diagnostics[c].diverged_chains)
                      for c in self.component_names])
     return estimators.t_quantile(used, level)[:, None, None] * self.chi_stderr
-
-
-def _chunk(tree, start: int, size: int, total: int):
-  """Rows [start, start + size) of every leaf, padded to `size` by repeating the last row (dropped later)."""
-  idx = np.minimum(np.arange(start, start + size), total - 1)
-  return jax.tree.map(lambda a: np.asarray(a[idx]), tree)
 
 
 def estimate_per_token_susceptibilities(
@@ -104,15 +97,12 @@ def estimate_per_token_susceptibilities(
   C, K = len(component_names), config.num_chains
   num_chunks = math.ceil(num_contexts / chunk)
   per_chain_chunks, dataset, first, seconds = [], None, None, 0.0
-  bar = bar_for(progress, num_chunks * config.num_steps, "per-token")  # one bar over every chunk's chains
-  for i in range(num_chunks):
-    if owns(bar, progress):
-      bar.set_description(f"per-token chunk {i + 1}/{num_chunks}")
+  for i, chunk_progress in over_chunks(progress, num_chunks, config.num_steps, "per-token"):
     out = sampler.run(loss_fn, params, component_names, masks_C, base, probes if (probes and i == 0) else {},
                       config=config, batch_size=batch_size, delta_h=delta_h if (probes and i == 0) else None, seed=seed,
                       checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
-                      progress=bar if bar is not None else False, label="per-token",
-                      base_name=base_name, observed=_chunk(contexts, i * chunk, chunk, num_contexts),
+                      progress=chunk_progress, label="per-token",
+                      base_name=base_name, observed=sampler.padded_rows(contexts, i * chunk, chunk, num_contexts),
                       token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch,
                       restrict_gradients=restrict_gradients)
     diverged = out.diverged.reshape(C, K)
@@ -121,8 +111,6 @@ def estimate_per_token_susceptibilities(
     seconds += out.seconds
     if i == 0:
       first = out
-  if owns(bar, progress):
-    bar.close()
   per_chain = np.concatenate(per_chain_chunks)[:num_contexts]  # [O, J, C, K]
   per_chain_CxKxOxJ = np.moveaxis(per_chain, (2, 3), (0, 1))
   diverged = first.diverged.reshape(C, K)

@@ -31,6 +31,20 @@ def owns(bar, progress) -> bool:
   return bar is not None and bar is not progress
 
 
+def over_chunks(progress, num_chunks: int, steps_per_chunk: int, label: str):
+  """(chunk index, what to pass as that chunk's `progress=`) for each chunk, all on one bar: the caller's, or
+  one made here of num_chunks × steps_per_chunk, labelled per chunk and closed after the last."""
+  bar = bar_for(progress, num_chunks * steps_per_chunk, label)
+  try:
+    for i in range(num_chunks):
+      if owns(bar, progress):
+        bar.set_description(f"{label} chunk {i + 1}/{num_chunks}")
+      yield i, (bar if bar is not None else False)
+  finally:
+    if owns(bar, progress):
+      bar.close()
+
+
 class MeanOfParts:
   """Advances `bar` by the mean of `parts` reporters' counts, in whole units, from any thread.
 

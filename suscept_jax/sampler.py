@@ -81,6 +81,13 @@ def num_rows(batch) -> int:
   return int(jax.tree.leaves(batch)[0].shape[0])
 
 
+def padded_rows(tree, start: int, size: int, total: int):
+  """Rows [start, start + size) of every leaf (of `total`), padded to `size` by repeating the last row: chunks
+  of one shape, so one compilation serves them all (the caller drops the padding)."""
+  idx = np.minimum(np.arange(start, start + size), total - 1)
+  return jax.tree.map(lambda a: np.asarray(a[idx]), tree)
+
+
 def _split_micro(batch, micro: int):
   """Pad rows (repeating the first ones) to a multiple of `micro`; reshape to [k, micro, ...]."""
   n = num_rows(batch)

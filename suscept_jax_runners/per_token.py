@@ -174,7 +174,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   import pandas as pd
 
   import suscept_jax as sj
-  from suscept_jax import checkpoints
+  from suscept_jax import checkpoints, sampler
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes
@@ -194,11 +194,11 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   for i in todo:
     name = f"chunk_{i:05d}"
     bar.set_description(f"chunk {i + 1}/{num_chunks}")
-    idx = np.minimum(np.arange(i * chunk, (i + 1) * chunk), num - 1)  # fixed shape: one compilation
+    chunk_contexts = sampler.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       res = sj.estimate_per_token_susceptibilities(
-          loss_fn, token_loss_fn, params, component_masks, base, contexts[idx], config=config,
+          loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
           batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
           probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
     for w in caught:
@@ -255,7 +255,6 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
 
   from suscept_jax.analysis import token_views as tv
   from suscept_jax.paths import atomic_write_bytes
-  from suscept_jax.progress import progress_bar
   path = Path(out) / "tokens.parquet"
   if not path.exists():
     raise FileNotFoundError(f"{out} holds no per-token results (no tokens.parquet); run experiments.per_token first")

@@ -95,7 +95,8 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
 
 
 def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
-  outcome = device_session.run_part("sleeper", "timeit", ["-n", "1", "import time; time.sleep(60)"], 1.0, {},
-                                    tmp_path)
+  sleeper = device_session.Part("sleeper", "timeit", ["-n", "1", "import time; time.sleep(60)"], 1.0, {})
+  outcome = device_session.run_part(sleeper, tmp_path)
   assert outcome == "stopped at its 1 s" and (tmp_path / "sleeper.log").exists()
-  assert device_session.run_part("quick", "timeit", ["-n", "1", "pass"], 30.0, {}, tmp_path) == "ok"
+  quick = device_session.Part("quick", "timeit", ["-n", "1", "pass"], 30.0, {})
+  assert device_session.run_part(quick, tmp_path) == "ok"
