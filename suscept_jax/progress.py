@@ -1,19 +1,61 @@
 """The one progress bar of the project: rate and ETA for long work (sampling, training, tokenizing, sweeps)."""
+import functools
 import threading
 
 
 def progress_bar(total: int | None, label: str, *, unit: str = "step", enabled: bool = True, initial: int = 0,
-                 smoothing: float = 0.1):
+                 smoothing: float = 0.1, waiting: str | None = None):
   """A tqdm bar (console or notebook) counting `unit`s towards `total`, with rate and ETA.
 
   Disabled, it still takes updates and does nothing, so callers need no branch. smoothing: weight of the
   latest rate in the ETA (tqdm's exponential average); lower for work whose pace varies, e.g. a sweep's
-  compile-then-sample units.
+  compile-then-sample units. The pace starts at the first update (`_PacedFromFirstStep`); `waiting` is
+  shown until then (e.g. "compiling"), so a bar that does not move yet says why.
   """
+  bar = _paced_bar_class()(total=total, initial=initial, desc=label, unit=unit, dynamic_ncols=True,
+                           smoothing=smoothing, disable=not enabled)
+  if waiting and enabled:
+    bar.set_postfix_str(waiting)
+  return bar
+
+
+@functools.cache
+def _paced_bar_class():
   from tqdm.auto import tqdm
 
-  return tqdm(total=total, initial=initial, desc=label, unit=unit, dynamic_ncols=True, smoothing=smoothing,
-              disable=not enabled)
+  class _PacedFromFirstStep(tqdm):
+    """tqdm whose rate (hence ETA) counts only the time after its first update. The wait before it —
+    loading data, compiling the programs: seconds on CPU, minutes for a large model — is a one-off that
+    tqdm would average in as the pace of the first steps, showing an ETA of the compile time times the
+    steps left (33 min for a 90 s demo sweep). Elapsed time still counts from the start."""
+
+    _paced = False  # the first update has come
+    _closing = False
+
+    def update(self, n=1):
+      if self._paced or not n or self.disable:
+        return super().update(n)
+      self._paced = True
+      self.last_print_t = self._time()  # the next refresh's rate spans only the steps after this one
+      super().update(n)  # (within tqdm's minimum interval: counted, no rate sample)
+      self.last_print_n = self.n
+      if self.postfix:
+        self.set_postfix_str("", refresh=False)
+      self.refresh()
+      return True
+
+    @property
+    def format_dict(self):
+      shown = super().format_dict
+      if self._paced and not self._closing and self.smoothing and shown["rate"] is None:
+        shown["rate"] = 0  # no rate measured since the first update: "?", where tqdm would average in the wait
+      return shown
+
+    def close(self):
+      self._closing = True  # the closing line shows the average over all the elapsed time, as tqdm does
+      return super().close()
+
+  return _PacedFromFirstStep
 
 
 def bar_for(progress, total: int, label: str):
@@ -23,7 +65,7 @@ def bar_for(progress, total: int, label: str):
     return None
   if hasattr(progress, "update"):
     return progress
-  return progress_bar(total, label)
+  return progress_bar(total, label, waiting="compiling")
 
 
 def owns(bar, progress) -> bool:

@@ -119,7 +119,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   if start == 0:
     save(0)
     record(0, test_loss=evaluate(params, test_data))
-  bar = progress_bar(cfg.steps, "train", initial=start) if progress else None
+  bar = progress_bar(cfg.steps, "train", initial=start, waiting="compiling") if progress else None
   t0, loss = time.perf_counter(), float("nan")
   end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
   for step in range(start, end):

@@ -190,7 +190,8 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg, numerics=numerics)
   done = set(store.finished_units(prefix="chunk_"))
   todo = [i for i in range(num_chunks) if f"chunk_{i:05d}" not in done]
-  bar = progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05)  # rate and ETA over the chunks
+  bar = progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
+                     waiting="compiling")
   for i in todo:
     name = f"chunk_{i:05d}"
     bar.set_description(f"chunk {i + 1}/{num_chunks}")

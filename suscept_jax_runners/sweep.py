@@ -215,7 +215,8 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
   scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
   from suscept_jax.models.config import Numerics
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=Numerics(**settings["numerics"]))
-  bar = progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05)
+  bar = progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05,
+                     waiting="loading data, compiling")
   names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
   num_warnings = 0
   for i, (step, probes, comps) in enumerate(planned):

@@ -7,7 +7,7 @@ import pytest
 
 import suscept_jax as sj
 from suscept_jax import masks as masks_lib, sampler, sgld, toys
-from suscept_jax.progress import MeanOfParts
+from suscept_jax.progress import MeanOfParts, progress_bar
 from tests.helpers import CountingBar
 
 
@@ -56,3 +56,44 @@ def test_mean_of_parts_sends_whole_units_and_loses_none():
   assert bar.n == 25 // 3
   shared.update(5)
   assert bar.n == 10
+
+
+def test_the_wait_before_the_first_step_is_not_the_pace():
+  """100 s of loading and compiling, then 10 steps/s: the ETA follows the steps from its first display (tqdm
+  alone showed the first steps' pace as 2 per 100 s, an ETA of hours), and elapsed still counts the wait."""
+  clock = [0.0]
+  bar = progress_bar(1000, "sweep", smoothing=0.05, waiting="loading data, compiling")
+  bar._time = lambda: clock[0]
+  bar.start_t = bar.last_print_t = 0.0
+  assert "loading data, compiling" in str(bar)
+  clock[0] = 100.0
+  bar.update(2)
+  assert "<?" in str(bar) and "compiling" not in str(bar)  # counted; no pace measured yet
+  etas = []
+  for _ in range(5):
+    clock[0] += 0.5
+    bar.update(5)
+    etas.append((bar.total - bar.n) / bar.format_dict["rate"])
+  assert np.allclose(etas, [(1000 - bar.n + 5 * (4 - i)) / 10 for i in range(5)], rtol=0.01), etas
+  assert bar.format_dict["elapsed"] == pytest.approx(102.5)
+  bar.close()
+
+
+def test_a_disabled_bar_takes_updates_silently():
+  bar = progress_bar(10, "quiet", enabled=False, waiting="compiling")
+  bar.update(3)
+  bar.update(4)
+  bar.close()
+
+
+def test_the_closing_line_shows_the_average_rate():
+  clock = [0.0]
+  bar = progress_bar(20, "sweep", smoothing=0.05)
+  bar._time = lambda: clock[0]
+  bar.start_t = bar.last_print_t = 0.0
+  clock[0] = 8.0
+  bar.update(10)
+  clock[0] = 10.0
+  bar.update(10)
+  bar.close()
+  assert "20/20 [00:10<00:00,  2.00step/s]" in str(bar)
