@@ -1,10 +1,13 @@
-"""Test set-up: 4 emulated CPU devices and a persistent compilation cache (set before jax is imported)."""
+"""Test set-up: the tests' XLA flags (tests/__init__.py) and a persistent compilation cache, set before jax is
+imported."""
 import os
 import pathlib
 
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=4"
-if DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):  # (pytest-xdist workers inherit it already set)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DEVICE_COUNT_FLAG).strip()
+from tests import XLA_TEST_FLAGS
+
+for _flag in XLA_TEST_FLAGS:
+  if _flag not in os.environ.get("XLA_FLAGS", ""):  # (pytest-xdist workers inherit them already set)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

@@ -10,6 +10,7 @@ from suscept_jax import training
 from suscept_jax.data import math_gen, packing
 from suscept_jax.data import tokenizer as tokenizers_lib
 from suscept_jax.models import config as model_config
+from tests import XLA_TEST_FLAGS
 
 
 def write_jsonl(path: Path, documents) -> Path:
@@ -58,7 +59,7 @@ def sweep_cmd(run_dir, tok, data, out, *extra):
 
 def env():
   e = dict(os.environ)
-  e["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  e["XLA_FLAGS"] = " ".join(XLA_TEST_FLAGS)
   e["PYTHONPATH"] = str(REPO)
   e["SUSCEPT_JAX_CACHE"] = e.get("SUSCEPT_JAX_CACHE", str(Path.home() / ".cache" / "suscept_jax"))
   return e

@@ -12,6 +12,7 @@ import pytest
 
 from suscept_jax import masks as masks_lib, parallel, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
+from tests import XLA_TEST_FLAGS
 
 SPECS = ["full", "l0h1", "l1h0", "l1h1", "unembed"]
 
@@ -121,9 +122,9 @@ print("side by side = one by one; faults surface")
 def test_groups_running_side_by_side_give_identical_numbers_and_surface_faults():
   """On by default on a one-device CPU mesh: the groups' programs run from one pool thread each. The numbers
   must not notice, and a data fault met in a worker thread is raised in the caller naming the sample. In a
-  child process with one CPU device (this one has 4 emulated devices, where groups run one at a time)."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
+  child process with one CPU device (this one has 4 emulated devices, where groups run one at a time) and
+  XLA's default emitters, as users run it (the suite's other processes compile with the older ones)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in XLA_TEST_FLAGS]
   env = {**os.environ, "XLA_FLAGS": " ".join(flags)}
   done = subprocess.run([sys.executable, "-c", _SIDE_BY_SIDE_CHECK % (SPECS,)], capture_output=True, text=True,
                         timeout=600, env=env)
