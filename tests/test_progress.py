@@ -79,11 +79,16 @@ def test_the_wait_before_the_first_step_is_not_the_pace():
   bar.close()
 
 
-def test_a_disabled_bar_takes_updates_silently():
+def test_a_disabled_bar_takes_updates_silently(capsys):
   bar = progress_bar(10, "quiet", enabled=False, waiting="compiling")
   bar.update(3)
   bar.update(4)
   bar.close()
+  assert capsys.readouterr() == ("", "")
+  shown = progress_bar(10, "shown", waiting="compiling")
+  shown.update(3)
+  shown.close()
+  assert "shown" in capsys.readouterr().err
 
 
 def test_the_closing_line_shows_the_average_rate():
