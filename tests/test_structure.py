@@ -128,3 +128,35 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
     response.assemble([a, fewer], components=["l0h0", "l1h0"])
   with pytest.raises(FileNotFoundError, match="is not a sweep results directory"):
     response.assemble(tmp_path / "nothing")
+
+
+def test_scaled_patterns_use_only_the_directions_above_the_noise():
+  """X = two strong directions + noise of known size: plans go through those two only; a target inside their
+  span is produced exactly, one outside is missed by the share that lies outside (computed from the SVD)."""
+  rng = np.random.default_rng(7)
+  U, _ = np.linalg.qr(rng.normal(size=(6, 2)))
+  V, _ = np.linalg.qr(rng.normal(size=(4, 2)))
+  clean = U @ np.diag([3.0, 1.0]) @ V.T
+  stderr = np.full((6, 4), 1e-3)
+  X = clean + stderr * rng.normal(size=(6, 4))
+  inside = V @ np.array([0.6, -0.8])
+  outside = np.eye(4)[0]
+  plans = st.scaled_patterns(X, np.stack([inside, outside]), stderr, max_weight=0.1)
+  assert plans.rank == 2 and 0 < plans.noise_floor < 0.1
+  np.testing.assert_allclose(np.abs(plans.delta_h_TxD).max(1), 0.1)
+  # inside the span: the effect is the target, scaled; the plan is the minimum-norm solution on the clean X
+  exact = np.linalg.lstsq(clean.T, inside, rcond=None)[0]
+  np.testing.assert_allclose(plans.delta_h_TxD[0], exact * 0.1 / np.abs(exact).max(), rtol=0.02, atol=1e-4)
+  assert plans.residual_T[0] < 0.01
+  np.testing.assert_allclose(plans.change_TxH[0] / np.linalg.norm(plans.change_TxH[0]), inside, atol=0.01)
+  assert plans.signal_T([inside])[0] / plans.noise_T([inside])[0] > 20
+  # outside: the share of e_0 outside span(V) is missed
+  missed = np.sqrt(1 - np.sum(V[0] ** 2))
+  np.testing.assert_allclose(plans.residual_T[1], missed, rtol=0.02)
+  # without error bars every direction is used, the noise ones too: e_0 is produced exactly (D > H)
+  exact_plans = st.scaled_patterns(X, outside)
+  assert exact_plans.rank == 4 and exact_plans.residual_T[0] < 1e-9 and np.isnan(exact_plans.noise_floor)
+  with pytest.raises(ValueError, match="all zeros"):
+    st.scaled_patterns(X, np.zeros(4))
+  with pytest.raises(ValueError, match="one entry per component"):
+    st.scaled_patterns(X, np.ones(3))

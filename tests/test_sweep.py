@@ -112,13 +112,15 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert f"report: {straight / 'report.html'}" in rep.stdout
   page = (straight / "report.html").read_text()
   assert "missing components [&#x27;l0h1&#x27;]" in page and "Response matrix X: 8 rows" in page  # (HTML-escaped)
-  assert page.count("data:image/png;base64,") == 8 and "r with induction" in page
+  assert page.count("data:image/png;base64,") == 9 and "r with induction" in page
+  assert 'id="patterning"' in page and ("PC1 (stable)" in page or "PC1 (unstable)" in page)
+  assert "l0h0 alone" in page and "direction(s)</b> above the noise floor" in page
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   if browser.find_browser():
     dom, errors = browser.dump_dom(straight / "report.html")
     assert not errors, errors
-    assert 'id="results"' in dom and dom.count("<img") == 8 and 'id="labels"' in dom
+    assert 'id="results"' in dom and dom.count("<img") == 9 and 'id="labels"' in dom and 'id="patterning"' in dom
     assert not browser.screenshot(straight / "report.html", root / "report.png")
     assert browser.pixel_summary(root / "report.png")["ink"] > 0.02
 

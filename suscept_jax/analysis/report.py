@@ -1,7 +1,7 @@
 """One self-contained HTML page for one or more sweep results directories: the run's config, the tidy table
 (sortable, flagged cells in colour), the sweep figures, structural inference (scree, loadings, couplings,
-trajectories, PC time series, stability, correlations with independent head labels) and links to the
-per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
+trajectories, PC time series, stability, correlations with independent head labels), patterning (the probe
+re-weighting that moves one component alone) and links to the per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
 opens offline."""
 import html
 import json
@@ -103,6 +103,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                    f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
                    f"<h3>Loadings against independent head labels</h3>{labels_html}"
                    + "".join(embedded_png(f, f.stem) for f in struct_figs)))
+  sections.append(("Patterning", _patterning_html(data, pca, stability, config["settings"].get("delta_h", 0.1),
+                                                  fig_dir)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
     target = (Path(per_token_dir) / "views" / "index.html").resolve()
     sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
@@ -139,3 +141,36 @@ def _label_table(dirs, data, pca, num_pcs) -> str:
   return (f'<p class="meta">Head scores at checkpoint {int(last["checkpoint"].iloc[0]) if "checkpoint" in last else "?"} '
           f'({len(heads)} heads); labels are computed from attention patterns and ablations, never from χ.</p>'
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
+
+
+def _patterning_html(data, pca, stability, delta_h: float, fig_dir: Path) -> str:
+  """At the last checkpoint: for each top PC's direction and each component alone, the re-weighting of the
+  probes (no weight beyond δh) whose first-order effect best produces it, and how well it does."""
+  last = int(data.checkpoints_R.max())
+  rows = np.flatnonzero(data.checkpoints_R == last)
+  if len(rows) < 2:
+    return f"<p>Only {len(rows)} probe at checkpoint {last}: patterning needs at least 2.</p>"
+  datasets = data.datasets_R[rows].tolist()
+  num_pcs = len(stability.stable_k)
+  names = [f"PC{j + 1} ({'stable' if stability.stable_k[j] else 'unstable'})" for j in range(num_pcs)]
+  names += [f"{c} alone" for c in data.components]
+  targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components))])
+  plans = structure.scaled_patterns(data.X_RxH[rows], targets_TxH, data.stderr_RxH[rows], max_weight=delta_h)
+  figure = structure_plots.plot_patterns(plans.delta_h_TxD, names, datasets, last, fig_dir / "patterning.png")
+  signal, noise = plans.signal_T(targets_TxH), plans.noise_T(targets_TxH)
+  body = "".join(f"<tr><td>{html.escape(n)}</td><td>{signal[t]:.3g}</td><td>{noise[t]:.2g}</td>"
+                 f"<td>{signal[t] / noise[t] if noise[t] > 0 else float('inf'):.3g}</td>"
+                 f"<td>{plans.residual_T[t]:.2f}</td></tr>" for t, n in enumerate(names))
+  return (f'<p class="meta">Checkpoint {last}, {len(datasets)} probes: X there has <b>{plans.rank} direction(s)'
+          f"</b> above the noise floor of its error bars ({plans.noise_floor:.2g}), so the probes can move the "
+          f"components independently in {plans.rank} direction(s) at first order. For each target (a PC's "
+          f"loadings, in χ's units, or one component with the others held fixed) the plan is dh = (Xᵀ)⁺·target "
+          f"over those directions, scaled so that no probe's weight exceeds δh = {delta_h:g} (where χ was "
+          f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ along "
+          f"the target, in nats (× nβ for weight-refined LLCs). Off-target: what the plan does besides, and its "
+          f"spread over X within the cells' error bars. Residual: the share of the target these probes cannot "
+          f"produce (1: none of it). A target with effect / off-target below ≈ 2 is not one these probes can "
+          f"steer.</p>"
+          f'<table id="patterning" class="sortable"><thead><tr><th>target</th><th>effect</th><th>off-target</th>'
+          f"<th>effect / off-target</th><th>residual</th></tr></thead><tbody>{body}</tbody></table>"
+          f"{embedded_png(figure, figure.stem)}")

@@ -101,15 +101,16 @@ class Stability(NamedTuple):
 STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
 
 
-def noise_floor(stderr_RxH: np.ndarray, column_scale_H: np.ndarray, *, num_draws: int = 200, seed: int = 0,
-                quantile: float = 0.95) -> float:
-  """The `quantile` of the largest singular value of centred noise matrices N ~ N(0, stderr²), scaled like X."""
+def noise_floor(stderr_RxH: np.ndarray, column_scale_H=None, *, centre: bool = True, num_draws: int = 200,
+                seed: int = 0, quantile: float = 0.95) -> float:
+  """The `quantile` of the largest singular value of noise matrices N ~ N(0, stderr²), scaled like X (columns
+  divided by `column_scale_H`, centred unless `centre` is False)."""
   rng = np.random.default_rng(seed)
-  err = np.asarray(stderr_RxH, np.float64) / column_scale_H
+  err = np.asarray(stderr_RxH, np.float64) / (1.0 if column_scale_H is None else column_scale_H)
   tops = []
   for _ in range(num_draws):
     N = err * rng.standard_normal(err.shape)
-    tops.append(np.linalg.svd(N - N.mean(0), compute_uv=False)[0])
+    tops.append(np.linalg.svd(N - N.mean(0) if centre else N, compute_uv=False)[0])
   return float(np.quantile(tops, quantile))
 
 
@@ -197,3 +198,64 @@ def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, nu
       draws_pred.append(Xs.T @ dh)  # the planned dh applied to a plausible true X
     dh_err, pred_err = np.std(draws_dh, 0, ddof=1), np.std(draws_pred, 0, ddof=1)
   return Patterning(dh, predicted, pred_err, dh_err, float(np.linalg.norm(predicted - target)))
+
+
+class ScaledPatterns(NamedTuple):
+  """`patterning` for several targets, each plan scaled to a common largest weight (rows: targets)."""
+
+  delta_h_TxD: np.ndarray  # weight per probe dataset; the largest |weight| of each row is `max_weight`
+  delta_h_stderr_TxD: np.ndarray  # spread of the re-weighting over X drawn within its error bars
+  change_TxH: np.ndarray  # Σ_d dh_d·χ_{d,c}: the plan's first-order effect on every component c
+  change_stderr_TxH: np.ndarray  # its spread over X drawn within the error bars (the plan held fixed)
+  residual_T: np.ndarray  # |effect − target| / |target| before scaling: 0 when the probes can produce the target
+  rank: int  # directions of X used: its singular values above the noise floor of its error bars (all without)
+  noise_floor: float  # the largest singular value expected of X's noise alone (nan without error bars)
+
+  def signal_T(self, targets_TxH) -> np.ndarray:
+    """Length of the effect along its target direction."""
+    unit = np.asarray(targets_TxH, np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    return np.abs((self.change_TxH * unit).sum(1))
+
+  def noise_T(self, targets_TxH) -> np.ndarray:
+    """Length of what the plan may do besides its target: the effect's part off the target direction and
+    its spread over X, together."""
+    unit = np.asarray(targets_TxH, np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    off = self.change_TxH - (self.change_TxH * unit).sum(1, keepdims=True) * unit
+    spread = np.nan_to_num(self.change_stderr_TxH)
+    return np.sqrt((off**2).sum(1) + (spread**2).sum(1))
+
+
+def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None, *, max_weight: float = 0.1,
+                    num_samples: int = 500, seed: int = 0) -> ScaledPatterns:
+  """`patterning` for each target (a row: the desired change of every component), each plan scaled so that
+  no dataset's weight exceeds `max_weight` (the δh at which χ was measured, where first order holds): the
+  scaled effect says how far the probes can move the components in that direction at that weight.
+
+  With error bars, the pseudo-inverse keeps only the directions of X whose singular values exceed the noise
+  floor: an exact solution through a direction that noise alone could produce is noise amplified (on the demo
+  it gave plans whose spread exceeded their effect for every target). The part of a target outside the kept
+  directions is reported as its residual."""
+  X = np.asarray(X_DxH, np.float64)
+  targets = np.atleast_2d(np.asarray(targets_TxH, np.float64))
+  if targets.ndim != 2 or targets.shape[1] != X.shape[1]:
+    raise ValueError(f"targets must have one entry per component ({X.shape[1]}); got shape {targets.shape}")
+  if (np.linalg.norm(targets, axis=1) == 0).any():
+    raise ValueError("a patterning target is all zeros")
+  singular = np.linalg.svd(X, compute_uv=False)
+  floor, rcond = float("nan"), 1e-10
+  if stderr_DxH is not None:
+    floor = noise_floor(stderr_DxH, centre=False, seed=seed)
+    rcond = max(floor / singular[0], 1e-10) if singular[0] > 0 else 1e-10
+  rank = int((singular > rcond * singular[0]).sum())
+  rows = [patterning(X, t, X_stderr_DxH=stderr_DxH, num_samples=num_samples, seed=seed, rcond=rcond)
+          for t in targets]
+  scale_T = np.array([max_weight / max(float(np.abs(r.delta_h_D).max()), 1e-300) for r in rows])
+  return ScaledPatterns(
+      delta_h_TxD=np.array([r.delta_h_D for r in rows]) * scale_T[:, None],
+      delta_h_stderr_TxD=np.array([r.delta_h_stderr_D for r in rows]) * scale_T[:, None],
+      change_TxH=np.array([r.predicted_H for r in rows]) * scale_T[:, None],
+      change_stderr_TxH=np.array([r.predicted_stderr_H for r in rows]) * scale_T[:, None],
+      residual_T=np.array([r.residual_norm / np.linalg.norm(t) for r, t in zip(rows, targets)]), rank=rank,
+      noise_floor=floor)

@@ -99,3 +99,23 @@ def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, pat
     ax.set_ylabel(f"PC{j + 1} score")
   axes[0, 0].legend(fontsize=6, frameon=False)
   return save_figure(fig, path)
+
+
+def plot_patterns(delta_h_TxD, targets, datasets, checkpoint, path) -> Path:
+  """Rows: patterning targets; columns: the weight of each probe dataset in the plan that produces it."""
+  plt = pyplot()
+  W = np.asarray(delta_h_TxD)
+  fig, ax = plt.subplots(figsize=(0.75 * len(datasets) + 3.2, 0.36 * len(targets) + 1.8))
+  lim = float(np.abs(W).max()) or 1.0
+  image = ax.imshow(W, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+  ax.set_yticks(range(len(targets)), [head_label(t.removesuffix(" alone")) for t in targets], fontsize=7)
+  ax.set_xticks(range(len(datasets)), datasets, fontsize=7, rotation=35, ha="right")
+  for t in range(W.shape[0]):
+    for d in range(W.shape[1]):
+      ax.text(d, t, f"{W[t, d]:+.2f}", ha="center", va="center", fontsize=6,
+              color="white" if abs(W[t, d]) > 0.6 * lim else "black")
+  ax.set_ylabel("target (a component: moved alone)")
+  ax.set_title(f"patterning at checkpoint {checkpoint}: probe weights dh of each plan (largest |dh| = {lim:.2g})",
+               fontsize=8)
+  fig.colorbar(image, ax=ax, shrink=0.8)
+  return save_figure(fig, path)
