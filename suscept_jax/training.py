@@ -3,6 +3,7 @@
 Batches come from a deterministic schedule keyed by (seed, step), so a run resumed from its latest
 train state sees exactly the batches an uninterrupted run would and ends with the same params.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -120,32 +121,31 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
     save(0)
     record(0, test_loss=evaluate(params, test_data))
   bar = progress_bar(cfg.steps, "train", initial=start, waiting="compiling") if progress else None
-  t0, loss = time.perf_counter(), float("nan")
-  end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-  for step in range(start, end):
-    batch = np.asarray(train_data[np.sort(batches.indices(step))])
-    previous_loss = loss
-    params, opt_state, loss = train_step(params, opt_state, batch)
-    # At most two steps in flight. Unbounded, XLA:CPU with several devices could deadlock: each device holds
-    # at most 32 computations in flight, and one device's slots filled with later steps while its launch of
-    # an earlier step, whose gradient all-reduce the other devices were waiting in, never started (the test
-    # process aborted at the rendezvous timeout in about 1 of 5 runs of tests/test_training.py).
-    jax.block_until_ready(previous_loss)
-    done = step + 1
-    if done % cfg.eval_every == 0 or done == cfg.steps:
-      loss = float(loss)
-      if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss} at step {done}; lower the learning rate")
-      test_loss = evaluate(params, test_data)
-      record(done, train_loss=loss, test_loss=test_loss)
+  with bar if bar is not None else contextlib.nullcontext():  # closed also when a step fails
+    t0, loss = time.perf_counter(), float("nan")
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    for step in range(start, end):
+      batch = np.asarray(train_data[np.sort(batches.indices(step))])
+      previous_loss = loss
+      params, opt_state, loss = train_step(params, opt_state, batch)
+      # At most two steps in flight. Unbounded, XLA:CPU with several devices could deadlock: each device holds
+      # at most 32 computations in flight, and one device's slots filled with later steps while its launch of
+      # an earlier step, whose gradient all-reduce the other devices were waiting in, never started (the test
+      # process aborted at the rendezvous timeout in about 1 of 5 runs of tests/test_training.py).
+      jax.block_until_ready(previous_loss)
+      done = step + 1
+      if done % cfg.eval_every == 0 or done == cfg.steps:
+        loss = float(loss)
+        if not math.isfinite(loss):
+          raise FloatingPointError(f"training loss became {loss} at step {done}; lower the learning rate")
+        test_loss = evaluate(params, test_data)
+        record(done, train_loss=loss, test_loss=test_loss)
+        if bar is not None:
+          bar.set_postfix(train=f"{loss:.3f}", test=f"{test_loss:.3f}")
+      if done in schedule_steps or done % cfg.resume_every == 0 or done == end:
+        save(done)
       if bar is not None:
-        bar.set_postfix(train=f"{loss:.3f}", test=f"{test_loss:.3f}")
-    if done in schedule_steps or done % cfg.resume_every == 0 or done == end:
-      save(done)
-    if bar is not None:
-      bar.update(1)
-  if bar is not None:
-    bar.close()
+        bar.update(1)
   state_mngr.close()
   params_mngr.close()
   return {"steps_run": end - start, "seconds": time.perf_counter() - t0, "final_step": end,

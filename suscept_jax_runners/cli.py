@@ -56,7 +56,9 @@ def quiet_libraries() -> None:
 
 
 def run(main) -> None:
-  """app.run(main), but bad input ends with its message (exit status 2), not a traceback.
+  """app.run(main), but bad input ends with its message (exit status 2), not a traceback, and Ctrl-C with a
+  line saying that finished work is kept (exit status 130: every runner writes its units atomically and
+  resumes from them).
 
   The traceback is still printed with --verbosity=1 (or higher) for debugging.
   """
@@ -70,6 +72,12 @@ def run(main) -> None:
         traceback.print_exc()
       print(f"error: {e}\n(run with --verbosity=1 to see the traceback)", file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:
+      if flags.FLAGS["verbosity"].value >= 1:
+        traceback.print_exc()
+      print("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
+            "per-token run and training resume from their finished units)", file=sys.stderr)
+      sys.exit(130)
 
   app.run(wrapped)
 

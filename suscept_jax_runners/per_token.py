@@ -190,30 +190,29 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg, numerics=numerics)
   done = set(store.finished_units(prefix="chunk_"))
   todo = [i for i in range(num_chunks) if f"chunk_{i:05d}" not in done]
-  bar = progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
-                     waiting="compiling")
-  for i in todo:
-    name = f"chunk_{i:05d}"
-    bar.set_description(f"chunk {i + 1}/{num_chunks}")
-    chunk_contexts = sampler.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      res = sj.estimate_per_token_susceptibilities(
-          loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
-          batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
-          probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
-    for w in caught:
-      logging.warning("chunk %d: %s", i, w.message)
-    keep = slice(0, min(chunk, num - i * chunk))
-    arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
-    meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
-            "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
-            "seconds": res.seconds}
-    if res.dataset is not None:
-      meta["dataset_rows"] = res.dataset.records()
-      meta["realised_delta_h"] = res.dataset.realised_delta_h
-    store.write_unit(name, arrays, meta)
-  bar.close()
+  with progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
+                    waiting="compiling") as bar:  # closed also when a chunk fails
+    for i in todo:
+      name = f"chunk_{i:05d}"
+      bar.set_description(f"chunk {i + 1}/{num_chunks}")
+      chunk_contexts = sampler.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = sj.estimate_per_token_susceptibilities(
+            loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
+            batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
+            probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
+      for w in caught:
+        logging.warning("chunk %d: %s", i, w.message)
+      keep = slice(0, min(chunk, num - i * chunk))
+      arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
+      meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
+              "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
+              "seconds": res.seconds}
+      if res.dataset is not None:
+        meta["dataset_rows"] = res.dataset.records()
+        meta["realised_delta_h"] = res.dataset.realised_delta_h
+      store.write_unit(name, arrays, meta)
   # Assemble: one row per dataset × context × position × component.
   parts = [store.read_unit(f"chunk_{i:05d}") for i in range(num_chunks)]
   chi = np.concatenate([a["chi"] for a, _ in parts], axis=1)  # [C, O, J]

@@ -215,32 +215,31 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
   scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
   from suscept_jax.models.config import Numerics
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=Numerics(**settings["numerics"]))
-  bar = progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05,
-                     waiting="loading data, compiling")
-  names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
-  num_warnings = 0
-  for i, (step, probes, comps) in enumerate(planned):
-    bar.set_description(f"checkpoint {step}")
-    params = checkpoints.load_params(target.run_dir, step)
-    with warnings.catch_warnings(record=True) as caught:
-      warnings.simplefilter("always")
-      res = api.estimate_susceptibilities(
-          loss_fn, params, {c: component_masks[c] for c in comps}, base, {p: data[p] for p in probes}, config=config,
-          batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"],
-          chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
-          progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
-    for w in caught:
-      logging.warning("checkpoint %d: %s", step, w.message)
-      num_warnings += 1
-    arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
-    if step not in scored:  # independent labels for each head (not from susceptibilities)
-      meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(
-          params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]
-      scored.add(step)
-    out.write_unit(names[i], arrays, meta)
-    out.write_table()
-    out.write_progress(names[i + 1:])
-  bar.close()
+  with progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05,  # closed also when a unit fails
+                    waiting="loading data, compiling") as bar:
+    names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
+    num_warnings = 0
+    for i, (step, probes, comps) in enumerate(planned):
+      bar.set_description(f"checkpoint {step}")
+      params = checkpoints.load_params(target.run_dir, step)
+      with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = api.estimate_susceptibilities(
+            loss_fn, params, {c: component_masks[c] for c in comps}, base, {p: data[p] for p in probes}, config=config,
+            batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"],
+            chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
+            progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
+      for w in caught:
+        logging.warning("checkpoint %d: %s", step, w.message)
+        num_warnings += 1
+      arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
+      if step not in scored:  # independent labels for each head (not from susceptibilities)
+        meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(
+            params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]
+        scored.add(step)
+      out.write_unit(names[i], arrays, meta)
+      out.write_table()
+      out.write_progress(names[i + 1:])
   return num_warnings
 
 

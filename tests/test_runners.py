@@ -137,3 +137,16 @@ def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
   assert verdict["criteria"]["min_acceptance"] == 0.9
   assert ("recommended: ε=" in proc.stdout) == (verdict["recommended"] is not None)
   assert (out / "calibration.png").stat().st_size > 10_000
+
+
+def test_ctrl_c_ends_with_a_line_not_a_traceback():
+  """An interrupt (Ctrl-C) mid-run: exit status 130 and one line saying that written results are kept."""
+  script = ("from suscept_jax_runners import cli\n"
+            "def main(argv):\n"
+            "  raise KeyboardInterrupt\n"
+            "cli.run(main)\n")
+  proc, _ = run([sys.executable, "-c", script])
+  assert proc.returncode == 130, proc.stderr[-2000:]
+  assert "interrupted: results already written are kept" in proc.stderr and "Traceback" not in proc.stderr
+  verbose, _ = run([sys.executable, "-c", script, "--verbosity=1"])
+  assert verbose.returncode == 130 and "Traceback" in verbose.stderr  # the traceback on request
