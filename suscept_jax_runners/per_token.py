@@ -48,7 +48,8 @@ _VIEWS = flags.DEFINE_list("views", list(DEFAULT_VIEWS), f"Views to render: any 
 _VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first head of "
                                 "each layer, then more).")
 _VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
-_VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir.")
+_VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir (the "
+                                 "index keeps the sections of views rendered before and not asked for now).")
 _SGLD = cli.define_sgld_flags()
 _NUMERICS = cli.define_numerics_flags()
 flags.adopt_module_key_flags(cli)
@@ -96,7 +97,7 @@ def main(argv):
   out = Path(_OUTPUT.value or preset.per_token_output_dir)
   if _VIEWS_ONLY.value:
     views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
-    paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value)
+    paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value, keep_other_views=True)
     print(f"views: {out / 'views' / 'index.html'} ({len(paths)} files)")
     return
   settings = resolve_settings()
@@ -249,8 +250,11 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   atomic_write_bytes(store.path / "per_token.json", json.dumps(info, indent=2).encode())
 
 
-def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
-  """Every requested view of a per-token results directory (see suscept_jax.analysis.token_views)."""
+def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
+  """Every requested view of a per-token results directory (see suscept_jax.analysis.token_views), and
+  index.html over them. With `keep_other_views` (--views_only), the index keeps the sections of views
+  rendered earlier and not asked for now (adding the UMAP view later does not drop the others); each
+  view's section is kept in views/sections.json for that."""
   import pandas as pd
 
   from suscept_jax.analysis import token_views as tv
@@ -272,7 +276,7 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
     heads = (list(layers.values()) + [h for h in all_heads if h not in layers.values()])[:3] or info["components"][:1]
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
-  written, sections = [], []
+  written, sections = [], {}
   write = lambda name, text: (atomic_write_bytes(views_dir / name, text.encode()), written.append(views_dir / name))
   if "highlight" in views:
     links = []
@@ -287,14 +291,14 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
       write(name, tv.highlighted_text_html(tokens, chi, heads, title=f"per-token χ on {dataset}",
                                           captions=[f"{dataset} · context {c}" for c in contexts_ids]))
       links.append(f'<li><a href="{name}">{dataset}</a> ({len(contexts_ids)} contexts, {len(keys)} tokens)</li>')
-    sections.append(("Highlighted text", f"<ul>{''.join(links)}</ul>"))
+    sections["highlight"] = ("Highlighted text", f"<ul>{''.join(links)}</ul>")
   if "extremes" in views:
     links = []
     for h in heads:
       name = f"extremes_{h.replace(' ', '_')}.html"
       write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}"))
       links.append(f'<li><a href="{name}">{h}</a></li>')
-    sections.append(("Top-100 positive and negative tokens in context", f"<ul>{''.join(links)}</ul>"))
+    sections["extremes"] = ("Top-100 positive and negative tokens in context", f"<ul>{''.join(links)}</ul>")
   if "top" in views:
     rows = []
     for h in all_heads or heads:
@@ -305,40 +309,46 @@ def render_views(out: Path, views, *, heads=None, token=None) -> list[Path]:
     frame = pd.DataFrame(rows)
     atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
     written.append(views_dir / "top_tokens.csv")
-    sections.append(("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
-                     "often each is among them)", tv.table_html(frame)))
+    sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
+                       "often each is among them)", tv.table_html(frame))
   if "totals" in views:
     per_head, per_token = tv.totals(table)
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
-    sections.append(("Total positive and negative χ", tv.table_html(per_head.reset_index()) + tv.embedded_png(figure, "totals")))
+    sections["totals"] = ("Total positive and negative χ", tv.table_html(per_head.reset_index()) + tv.embedded_png(figure, "totals"))
   if "bimodal" in views:
     head, token, candidates = tv.pick_histogram_token(table, heads, token)
     figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")
     written.append(figure)
     write("bimodal.html", tv.bimodal_html(table, head, token, tv.embedded_png(figure, "histogram"), candidates))
-    sections.append((f"χ of {token!r} for {head} over its contexts",
-                     tv.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>'))
+    sections["bimodal"] = (f"χ of {token!r} for {head} over its contexts",
+                           tv.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>')
   if "additivity" in views:
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():
       joined, slope, r = tv.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
       figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png")
       written.append(figure)
-      sections.append((f"Additivity: slope {slope:.2f}, r = {r:.2f}", tv.embedded_png(figure, "additivity")))
+      sections["additivity"] = (f"Additivity: slope {slope:.2f}, r = {r:.2f}", tv.embedded_png(figure, "additivity"))
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)
-    sections.append(("χ against ablation and loss", tv.embedded_png(figure, "comparisons")))
+    sections["comparisons"] = ("χ against ablation and loss", tv.embedded_png(figure, "comparisons"))
   if "umap" in views:
     figure = tv.plot_umap(table, views_dir / "umap.png")
     written.append(figure)
-    sections.append(("Per-token susceptibility vectors (UMAP)", tv.embedded_png(figure, "umap")))
+    sections["umap"] = ("Per-token susceptibility vectors (UMAP)", tv.embedded_png(figure, "umap"))
   if "positions" in views:
     figure = tv.plot_position_profiles(table, views_dir / "positions.png")
     written.append(figure)
-    sections.append(("χ by position", tv.embedded_png(figure, "positions")))
-  write("index.html", tv.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}", sections))
+    sections["positions"] = ("χ by position", tv.embedded_png(figure, "positions"))
+  kept_path = views_dir / "sections.json"
+  if keep_other_views and kept_path.exists():
+    sections = {**{v: tuple(sec) for v, sec in json.loads(kept_path.read_text()).items()}, **sections}
+  sections = {v: sections[v] for v in ALL_VIEWS if v in sections}  # one order, whatever was rendered when
+  atomic_write_bytes(kept_path, json.dumps(sections).encode())
+  write("index.html", tv.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}",
+                                    list(sections.values())))
   return written
 
 

@@ -99,6 +99,21 @@ def test_bad_input_is_refused_naming_it(tiny, finished, tmp_path, extra, message
     assert not out.exists()  # refused before anything was written
 
 
+def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_path):
+  """`--views_only --views=positions` (as when adding the UMAP view later): the index keeps every section."""
+  import shutil
+  copy = tmp_path / "copy"
+  shutil.copytree(finished[0], copy)
+  before = (copy / "views" / "index.html").read_text()
+  proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
+              "--views=positions"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  after = (copy / "views" / "index.html").read_text()
+  headings = lambda page: [line for line in page.splitlines() if line.startswith("<h2>")]
+  assert len(headings(before)) >= 7 and headings(after) == headings(before)
+  assert "Highlighted text" in after and "χ by position" in after
+
+
 def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):
   out, _ = finished
   base = [sys.executable, "-m", "experiments.per_token", f"--output_dir={out}", "--views_only"]

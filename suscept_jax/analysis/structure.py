@@ -177,7 +177,8 @@ def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, nu
                seed: int = 0, rcond: float = 1e-10) -> Patterning:
   """dh = (Xᵀ)⁺·dμ: the smallest change of dataset weights whose first-order effect on the components is dμ
   (rows of X: datasets at one checkpoint; columns: components; dμ_C = Σ_d dh_d·χ_{d,C}). With error bars
-  on X, the spread of dh and of the prediction over X ~ N(X, stderr²) (independent cells)."""
+  on X, the spread of dh and of the prediction over X ~ N(X, stderr²) (independent cells). Every direction of X
+  above `rcond` is used, noise ones too: `scaled_patterns` keeps only those above the noise floor."""
   X = np.asarray(X_DxH, np.float64)
   target = np.asarray(target_H, np.float64)
   if target.shape != (X.shape[1],):
