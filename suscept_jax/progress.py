@@ -1,5 +1,7 @@
 """The one progress bar of the project: rate and ETA for long work (sampling, training, tokenizing, sweeps)."""
 import functools
+import logging
+import sys
 import threading
 
 
@@ -17,6 +19,15 @@ def progress_bar(total: int | None, label: str, *, unit: str = "step", enabled: 
   if waiting and enabled:
     bar.set_postfix_str(waiting)
   return bar
+
+
+def warn_above(bar, message: str) -> None:
+  """A warning printed on its own line above a running bar, which is redrawn below it (a log line would
+  land in the middle of the bar's line); through `logging` when no bar is shown."""
+  if bar is not None and not getattr(bar, "disable", True):
+    bar.write(f"warning: {message}", file=sys.stderr)
+  else:
+    logging.getLogger("suscept_jax").warning(message)
 
 
 @functools.cache

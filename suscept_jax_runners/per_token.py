@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from suscept_jax_runners import cli, presets
 
@@ -179,7 +179,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes
-  from suscept_jax.progress import progress_bar
+  from suscept_jax.progress import progress_bar, warn_above
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
   num = len(contexts)
@@ -204,7 +204,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
             batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
             probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
       for w in caught:
-        logging.warning("chunk %d: %s", i, w.message)
+        warn_above(bar, f"chunk {i}: {w.message}")
       keep = slice(0, min(chunk, num - i * chunk))
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,

@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from suscept_jax_runners import cli, distributed, presets
 
@@ -199,7 +199,7 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
 
   import numpy as np
   from suscept_jax import api, checkpoints, results
-  from suscept_jax.progress import progress_bar
+  from suscept_jax.progress import progress_bar, warn_above
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
@@ -230,7 +230,7 @@ def run_units(planned, out, target, tokenizer, settings, component_masks, probe_
             chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
             progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
       for w in caught:
-        logging.warning("checkpoint %d: %s", step, w.message)
+        warn_above(bar, f"checkpoint {step}: {w.message}")
         num_warnings += 1
       arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
       if step not in scored:  # independent labels for each head (not from susceptibilities)

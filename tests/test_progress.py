@@ -102,3 +102,20 @@ def test_the_closing_line_shows_the_average_rate():
   bar.update(10)
   bar.close()
   assert "20/20 [00:10<00:00,  2.00step/s]" in str(bar)
+
+
+def test_a_warning_during_a_run_gets_its_own_line_above_the_bar(capsys, caplog):
+  """(A log line landed in the middle of the bar's line: `4.92step/s]W1202 08:28:40 ... sweep.py:233] ...`.)"""
+  from suscept_jax.progress import warn_above
+  bar = progress_bar(10, "sweep")
+  bar.update(3)
+  warn_above(bar, "checkpoint 0: component 'l0h0': negative LLC")
+  bar.update(2)
+  bar.close()
+  lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+  at = lines.index("warning: checkpoint 0: component 'l0h0': negative LLC")  # a line of its own
+  below = [line for line in lines[at + 1:] if line.strip()]
+  assert "3/10" in below[0] and "5/10" in below[-1]  # the bar, redrawn below it
+  warn_above(None, "no bar shown")  # without a bar: to the log
+  warn_above(progress_bar(10, "quiet", enabled=False), "bar disabled")
+  assert [r.getMessage() for r in caplog.records] == ["no bar shown", "bar disabled"]
