@@ -170,7 +170,8 @@ def _patterning_html(data, pca, stability, delta_h: float, fig_dir: Path) -> str
           f"the target, in nats (× nβ for weight-refined LLCs). Off-target: what the plan does besides, and its "
           f"spread over X within the cells' error bars. Residual: the share of the target these probes cannot "
           f"produce (1: none of it). A target with effect / off-target below ≈ 2 is not one these probes can "
-          f"steer.</p>"
+          f"steer. (The PCs come from every checkpoint, the plans from the last one's X alone: a PC along which "
+          f"the checkpoints differ can be out of reach at any one of them.)</p>"
           f'<table id="patterning" class="sortable"><thead><tr><th>target</th><th>effect</th><th>off-target</th>'
           f"<th>effect / off-target</th><th>residual</th></tr></thead><tbody>{body}</tbody></table>"
           f"{embedded_png(figure, figure.stem)}")
