@@ -46,6 +46,50 @@ def test_bootstrap_flags_a_noise_pc_as_unstable():
   assert stab.median_angle_deg_k[0] < 10 and "UNSTABLE" in stab.describe()[2]
 
 
+def shared_chain_noise(seed):
+  """A rank-1 X observed as a sweep observes it: 10 checkpoints × 3 probes, 8 components, 4 chains, where
+  chain k of a checkpoint moves every cell of its rows along one direction u (the probes share the chains,
+  the components share the batches): the noise is one direction, which independent-cell noise misses."""
+  rng = np.random.default_rng(seed)
+  groups, H, K = np.repeat(np.arange(10), 3), 8, 4
+  X_true = np.outer(rng.normal(size=len(groups)) * 3, rng.normal(size=H))
+  u = rng.normal(size=H)
+  u /= np.linalg.norm(u)
+  shift = 0.4 * rng.normal(size=(10, K))[groups]
+  per_chain = X_true[..., None] + shift[:, None, :] * u[None, :, None] + 0.01 * rng.normal(size=(len(groups), H, K))
+  return per_chain.mean(-1), per_chain.std(-1, ddof=1) / np.sqrt(K), per_chain, groups
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_noise_shared_through_the_chains_is_not_taken_for_a_pc(seed):
+  """Independent resampling and an independent-cell floor called this noise PC2 stable in 4 of these 6 seeds
+  (0, 2, 4, 5); resampling the checkpoint's chains together and the floor of noise correlated as they are
+  flag it in all."""
+  X, stderr, per_chain, groups = shared_chain_noise(seed)
+  stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, stderr_RxH=stderr,
+                                num_resamples=100)
+  assert stab.stable_k.tolist() == [True, False], stab.describe()
+  assert stab.correlated_noise_floor > stab.independent_noise_floor and stab.noise_floor == stab.correlated_noise_floor
+  if seed in (0, 5):  # caught by the correlated floor alone
+    assert stab.independent_noise_floor < stab.singular_value_k[1] < stab.correlated_noise_floor
+
+
+def test_chains_shared_by_rows_are_resampled_together():
+  rng = np.random.default_rng(4)
+  per_chain = rng.normal(size=(4, 3, 5))
+  per_chain[1] = per_chain[0] + 1.0  # rows 0 and 1: the same chains (one checkpoint, two probes)
+  per_chain[2, 1, 3] = np.nan  # an excluded chain
+  resample = st.chain_resampler(per_chain, shared_chains_R=[7, 7, 8, 9])
+  for _ in range(20):
+    Xb = resample(rng)
+    np.testing.assert_allclose(Xb[1], Xb[0] + 1.0)  # drawn together
+    assert np.isfinite(Xb).all()
+  alone = st.chain_resampler(per_chain)(rng)
+  assert not np.allclose(alone[1], alone[0] + 1.0)
+  with pytest.raises(ValueError, match="3 labels for 4 rows"):
+    st.chain_resampler(per_chain, shared_chains_R=[1, 1, 2])
+
+
 def test_label_correlations_find_the_head_a_pc_loads_on():
   loadings = np.array([[0.1, 0.2, 0.9, 0.1], [0.5, -0.5, 0.0, 0.5]])
   labels = {"induction": [0.05, 0.04, 0.8, 0.06], "constant": [1, 1, 1, 1]}
@@ -153,7 +197,13 @@ def test_scaled_patterns_use_only_the_directions_above_the_noise():
   # outside: the share of e_0 outside span(V) is missed
   missed = np.sqrt(1 - np.sum(V[0] ** 2))
   np.testing.assert_allclose(plans.residual_T[1], missed, rtol=0.02)
+  # noise draws correlated along the second direction, larger than it: that direction is no longer used
+  rng_noise = np.random.default_rng(8)
+  correlated = rng_noise.normal(size=(200, 1, 1)) * 0.8 * np.outer(U[:, 1], V[:, 1])[None]
+  fewer = st.scaled_patterns(X, np.stack([inside, outside]), stderr, noise_BxDxH=correlated)
+  assert fewer.rank == 1 and fewer.noise_floor > 1.0 and fewer.residual_T[0] > 0.5
   # without error bars every direction is used, the noise ones too: e_0 is produced exactly (D > H)
+
   exact_plans = st.scaled_patterns(X, outside)
   assert exact_plans.rank == 4 and exact_plans.residual_T[0] < 1e-9 and np.isnan(exact_plans.noise_floor)
   with pytest.raises(ValueError, match="all zeros"):

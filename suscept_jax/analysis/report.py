@@ -76,13 +76,17 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   # Structural inference.
   pca = structure.pca(data.X_RxH)
   valid_chains = np.isfinite(data.per_chain_RxHxK).sum(-1)
-  if (valid_chains >= 2).all():
-    stability = structure.bootstrap_stability(data.X_RxH, structure.chain_resampler(data.per_chain_RxHxK), num_pcs,
-                                              stderr_RxH=data.stderr_RxH, num_resamples=num_resamples)
+  resampler = None
+  if (valid_chains >= 2).all():  # a checkpoint's probes and components share its chains: drawn together
+    resampler = structure.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.checkpoints_R)
+    stability = structure.bootstrap_stability(data.X_RxH, resampler, num_pcs, stderr_RxH=data.stderr_RxH,
+                                              num_resamples=num_resamples)
     stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
   else:
-    stability = structure.Stability(*(np.zeros((0, num_pcs)),) * 2, np.full(num_pcs, np.nan),
-                                    pca.singular_values[:num_pcs], float("nan"), np.zeros(num_pcs, bool))
+    stability = structure.Stability(
+        subspace_angle_deg_Bxk=np.zeros((0, num_pcs)), pc_cosine_Bxk=np.zeros((0, num_pcs)),
+        median_angle_deg_k=np.full(num_pcs, np.nan), singular_value_k=pca.singular_values[:num_pcs],
+        noise_floor=float("nan"), stable_k=np.zeros(num_pcs, bool))
     stability_html = "<p>Some cells have fewer than 2 valid chains: no bootstrap.</p>"
   datasets, steps = data.datasets_R, data.checkpoints_R
   couplings = structure.data_couplings(pca.scores_Rxk, datasets)
@@ -103,8 +107,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                    f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
                    f"<h3>Loadings against independent head labels</h3>{labels_html}"
                    + "".join(embedded_png(f, f.stem) for f in struct_figs)))
-  sections.append(("Patterning", _patterning_html(data, pca, stability, config["settings"].get("delta_h", 0.1),
-                                                  fig_dir)))
+  sections.append(("Patterning", _patterning_html(data, pca, stability, resampler, num_resamples,
+                                                  config["settings"].get("delta_h", 0.1), fig_dir)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
     target = (Path(per_token_dir) / "views" / "index.html").resolve()
     sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
@@ -143,7 +147,7 @@ def _label_table(dirs, data, pca, num_pcs) -> str:
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
 
 
-def _patterning_html(data, pca, stability, delta_h: float, fig_dir: Path) -> str:
+def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_h: float, fig_dir: Path) -> str:
   """At the last checkpoint: for each top PC's direction and each component alone, the re-weighting of the
   probes (no weight beyond δh) whose first-order effect best produces it, and how well it does."""
   last = int(data.checkpoints_R.max())
@@ -155,7 +159,13 @@ def _patterning_html(data, pca, stability, delta_h: float, fig_dir: Path) -> str
   names = [f"PC{j + 1} ({'stable' if stability.stable_k[j] else 'unstable'})" for j in range(num_pcs)]
   names += [f"{c} alone" for c in data.components]
   targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components))])
-  plans = structure.scaled_patterns(data.X_RxH[rows], targets_TxH, data.stderr_RxH[rows], max_weight=delta_h)
+  X_DxH, stderr_DxH = data.X_RxH[rows], data.stderr_RxH[rows]
+  noise = None
+  if resampler is not None:  # the probes' χ share the checkpoint's chains: their errors are correlated
+    rng = np.random.default_rng(0)
+    noise = structure.resampled_noise(X_DxH, np.array([resampler(rng)[rows] for _ in range(num_resamples)]),
+                                      stderr_DxH)
+  plans = structure.scaled_patterns(X_DxH, targets_TxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
   figure = structure_plots.plot_patterns(plans.delta_h_TxD, names, datasets, last, fig_dir / "patterning.png")
   signal, noise = plans.signal_T(targets_TxH), plans.noise_T(targets_TxH)
   body = "".join(f"<tr><td>{html.escape(n)}</td><td>{signal[t]:.3g}</td><td>{noise[t]:.2g}</td>"
@@ -168,7 +178,7 @@ def _patterning_html(data, pca, stability, delta_h: float, fig_dir: Path) -> str
           f"over those directions, scaled so that no probe's weight exceeds δh = {delta_h:g} (where χ was "
           f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ along "
           f"the target, in nats (× nβ for weight-refined LLCs). Off-target: what the plan does besides, and its "
-          f"spread over X within the cells' error bars. Residual: the share of the target these probes cannot "
+          f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: the share of the target these probes cannot "
           f"produce (1: none of it). A target with effect / off-target below ≈ 2 is not one these probes can "
           f"steer. (The PCs come from every checkpoint, the plans from the last one's X alone: a PC along which "
           f"the checkpoints differ can be out of reach at any one of them.)</p>"

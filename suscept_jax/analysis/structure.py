@@ -82,62 +82,102 @@ class Stability(NamedTuple):
   """Is each of the top PCs to be believed? Two stated tests, both must pass:
   - resampling: span(PC1..j) moves by less than `STABLE_ANGLE_DEG` (median over resamples of X);
   - noise floor (parallel analysis): PC j's singular value exceeds the 95th percentile of the largest
-    singular value of pure-noise matrices with the cells' own standard errors (standardised like X)."""
+    singular value of pure-noise matrices of the cells' own standard errors (standardised like X), drawn
+    both independently per cell and with the correlation the resampling shows between cells (the larger)."""
 
   subspace_angle_deg_Bxk: np.ndarray  # largest principal angle between span(PC1..j) of a resample and of X
   pc_cosine_Bxk: np.ndarray  # |cos| between PC j of X and the resample's PC j
   median_angle_deg_k: np.ndarray
   singular_value_k: np.ndarray  # of the standardised X
-  noise_floor: float  # 95th percentile of the largest noise singular value (nan without error bars)
+  noise_floor: float  # the larger of the two floors below (nan without error bars)
   stable_k: np.ndarray  # bool
+  independent_noise_floor: float = float("nan")  # cells' noise drawn independently
+  correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
 
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)
+    floors = (f" (independent cells {self.independent_noise_floor:.3g}, correlated as resampled "
+              f"{self.correlated_noise_floor:.3g})" if np.isfinite(self.correlated_noise_floor) else "")
     return [f"PC{j + 1}: span(PC1..{j + 1}) moves {a:.1f}° (median), |cos| {c:.2f}; singular value {v:.3g} vs noise "
-            f"floor {self.noise_floor:.3g} -> {'stable' if ok else 'UNSTABLE'}"
+            f"floor {self.noise_floor:.3g}{floors} -> {'stable' if ok else 'UNSTABLE'}"
             for j, (a, c, v, ok) in enumerate(zip(self.median_angle_deg_k, cos, self.singular_value_k, self.stable_k))]
 
 
 STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
 
 
+def top_singular_quantile(noise_BxRxH: np.ndarray, column_scale_H=None, *, centre: bool = True,
+                          quantile: float = 0.95) -> float:
+  """The `quantile` over draws of the largest singular value of noise matrices scaled like X (columns divided
+  by `column_scale_H`, centred unless `centre` is False)."""
+  N = np.asarray(noise_BxRxH, np.float64) / (1.0 if column_scale_H is None else column_scale_H)
+  if centre:
+    N = N - N.mean(1, keepdims=True)
+  return float(np.quantile(np.linalg.svd(N, compute_uv=False)[:, 0], quantile))
+
+
+def independent_noise(stderr_RxH: np.ndarray, num_draws: int, rng) -> np.ndarray:
+  """[B, R, H] draws of N(0, stderr²), independent per cell."""
+  err = np.asarray(stderr_RxH, np.float64)
+  return err * rng.standard_normal((num_draws,) + err.shape)
+
+
+def resampled_noise(X_RxH: np.ndarray, resamples_BxRxH: np.ndarray, stderr_RxH: np.ndarray) -> np.ndarray:
+  """[B, R, H] noise draws with the correlation between cells that resampling shows (the probes of one
+  checkpoint are observed on the same chains, and chain k of every component sees the same batches) and
+  each cell's spread equal to its reported stderr: resample − X, rescaled per cell."""
+  deviations = np.asarray(resamples_BxRxH, np.float64) - np.asarray(X_RxH, np.float64)
+  spread = deviations.std(0)
+  return deviations * np.where(spread > 0, np.asarray(stderr_RxH, np.float64) / np.where(spread > 0, spread, 1), 0)
+
+
 def noise_floor(stderr_RxH: np.ndarray, column_scale_H=None, *, centre: bool = True, num_draws: int = 200,
                 seed: int = 0, quantile: float = 0.95) -> float:
-  """The `quantile` of the largest singular value of noise matrices N ~ N(0, stderr²), scaled like X (columns
-  divided by `column_scale_H`, centred unless `centre` is False)."""
-  rng = np.random.default_rng(seed)
-  err = np.asarray(stderr_RxH, np.float64) / (1.0 if column_scale_H is None else column_scale_H)
-  tops = []
-  for _ in range(num_draws):
-    N = err * rng.standard_normal(err.shape)
-    tops.append(np.linalg.svd(N - N.mean(0) if centre else N, compute_uv=False)[0])
-  return float(np.quantile(tops, quantile))
+  """The `quantile` of the largest singular value of noise matrices N ~ N(0, stderr²) (independent cells),
+  scaled like X (see `top_singular_quantile`)."""
+  noise = independent_noise(stderr_RxH, num_draws, np.random.default_rng(seed))
+  return top_singular_quantile(noise, column_scale_H, centre=centre, quantile=quantile)
 
 
 def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH=None, num_resamples: int = 200,
                         seed: int = 0, threshold_deg: float = STABLE_ANGLE_DEG) -> Stability:
-  """Stability of PC1..k when X is re-estimated: `resample(rng) -> X'` (e.g. chains drawn with replacement
-  per cell, `chain_resampler`), and against the noise floor of the cells' standard errors when given."""
+  """Stability of PC1..k when X is re-estimated: `resample(rng) -> X'` (chains drawn with replacement,
+  `chain_resampler`), and, when the cells' standard errors are given, against the noise floor (the larger of
+  independent cells and cells correlated as the resamples are)."""
   check_num_pcs(num_pcs, X_RxH)
   rng = np.random.default_rng(seed)
   ref = pca(X_RxH)
   ref_P = ref.loadings_kxH[:num_pcs]
   angles, cosines = np.zeros((num_resamples, num_pcs)), np.zeros((num_resamples, num_pcs))
+  resamples = []
   for b in range(num_resamples):
-    P = pca(resample(rng)).loadings_kxH[:num_pcs]
+    resamples.append(resample(rng))
+    P = pca(resamples[-1]).loadings_kxH[:num_pcs]
     for j in range(num_pcs):
       angles[b, j] = np.degrees(principal_angles(ref_P[:j + 1], P[:j + 1])[-1])
       cosines[b, j] = abs(float(ref_P[j] @ P[j]))
   median = np.median(angles, 0)
-  floor = noise_floor(stderr_RxH, ref.column_scale_H, seed=seed) if stderr_RxH is not None else float("nan")
+  independent = correlated = float("nan")
+  if stderr_RxH is not None:
+    independent = noise_floor(stderr_RxH, ref.column_scale_H, seed=seed)
+    correlated = top_singular_quantile(resampled_noise(X_RxH, np.array(resamples), stderr_RxH), ref.column_scale_H)
+  floor = max(independent, correlated) if stderr_RxH is not None else float("nan")
   values = ref.singular_values[:num_pcs]
   stable = (median < threshold_deg) & (~np.isfinite(floor) | (values > floor))
-  return Stability(angles, cosines, median, values, floor, stable)
+  return Stability(subspace_angle_deg_Bxk=angles, pc_cosine_Bxk=cosines, median_angle_deg_k=median,
+                   singular_value_k=values, noise_floor=floor, stable_k=stable, independent_noise_floor=independent,
+                   correlated_noise_floor=correlated)
 
 
-def chain_resampler(per_chain_RxHxK: np.ndarray):
-  """resample(rng) for `bootstrap_stability`: every cell's χ re-averaged over its chains drawn with
-  replacement (NaN = an excluded chain, never drawn)."""
+def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):
+  """resample(rng) for `bootstrap_stability`: every cell's χ re-averaged over chains drawn with replacement
+  (NaN = an excluded chain, never drawn).
+
+  `shared_chains_R` labels the rows estimated on the same chains (a sweep's checkpoint: its probes are
+  observed on one set of chains, and chain k of every component sees the same batches). Chain indices are
+  then drawn once per label and used for every cell of its rows, so the resamples keep the correlation the
+  shared chains put between cells (on the demo: 0.40 between probes, 0.18 between components); a cell
+  whose drawn chains are all excluded re-averages its own valid chains. Without it, every cell draws alone."""
   per_chain = np.asarray(per_chain_RxHxK, np.float64)
   valid = np.isfinite(per_chain)
   counts = valid.sum(-1)
@@ -146,11 +186,25 @@ def chain_resampler(per_chain_RxHxK: np.ndarray):
   order = np.argsort(~valid, axis=-1, kind="stable")  # valid chains first
   ordered = np.take_along_axis(per_chain, order, -1)
 
-  def resample(rng):
+  def independently(rng):
     draw = (rng.random(per_chain.shape) * counts[..., None]).astype(int)
     return np.take_along_axis(ordered, draw, -1).mean(-1)
 
-  return resample
+  if shared_chains_R is None:
+    return independently
+  labels, group_R = np.unique(np.asarray(shared_chains_R), return_inverse=True)
+  if len(group_R) != per_chain.shape[0]:
+    raise ValueError(f"shared_chains_R has {len(group_R)} labels for {per_chain.shape[0]} rows")
+  num_chains = per_chain.shape[-1]
+
+  def jointly(rng):
+    draw_RxK = rng.integers(0, num_chains, size=(len(labels), num_chains))[group_R]
+    drawn = np.take_along_axis(per_chain, np.broadcast_to(draw_RxK[:, None, :], per_chain.shape), -1)
+    kept = np.isfinite(drawn)
+    mean = np.where(kept, drawn, 0).sum(-1) / np.maximum(kept.sum(-1), 1)
+    return mean if kept.any(-1).all() else np.where(kept.any(-1), mean, independently(rng))
+
+  return jointly
 
 
 def label_correlations(loadings_kxH: np.ndarray, labels_HxL: dict) -> dict:
@@ -173,12 +227,14 @@ class Patterning(NamedTuple):
   residual_norm: float  # |predicted − target|: 0 when the target lies in the reachable span
 
 
-def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, num_samples: int = 500,
-               seed: int = 0, rcond: float = 1e-10) -> Patterning:
+def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, X_noise_BxDxH=None,
+               num_samples: int = 500, seed: int = 0, rcond: float = 1e-10) -> Patterning:
   """dh = (Xᵀ)⁺·dμ: the smallest change of dataset weights whose first-order effect on the components is dμ
   (rows of X: datasets at one checkpoint; columns: components; dμ_C = Σ_d dh_d·χ_{d,C}). With error bars
-  on X, the spread of dh and of the prediction over X ~ N(X, stderr²) (independent cells). Every direction of X
-  above `rcond` is used, noise ones too: `scaled_patterns` keeps only those above the noise floor."""
+  on X, the spread of dh and of the prediction over X + noise: `X_noise_BxDxH` draws when given (e.g.
+  `resampled_noise`, correlated as the chains make them), else N(0, stderr²) per cell, independently. Every
+  direction of X above `rcond` is used, noise ones too: `scaled_patterns` keeps only those above the noise
+  floor."""
   X = np.asarray(X_DxH, np.float64)
   target = np.asarray(target_H, np.float64)
   if target.shape != (X.shape[1],):
@@ -188,15 +244,14 @@ def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, nu
   dh = np.linalg.pinv(X.T, rcond=rcond) @ target
   predicted = X.T @ dh
   dh_err, pred_err = np.full(X.shape[0], np.nan), np.full(X.shape[1], np.nan)
-  if X_stderr_DxH is not None:
-    rng = np.random.default_rng(seed)
-    err = np.asarray(X_stderr_DxH, np.float64)
+  noise = X_noise_BxDxH
+  if noise is None and X_stderr_DxH is not None:
+    noise = independent_noise(X_stderr_DxH, num_samples, np.random.default_rng(seed))
+  if noise is not None:
     draws_dh, draws_pred = [], []
-    for _ in range(num_samples):
-      Xs = X + err * rng.standard_normal(X.shape)
-      d = np.linalg.pinv(Xs.T, rcond=rcond) @ target
-      draws_dh.append(d)
-      draws_pred.append(Xs.T @ dh)  # the planned dh applied to a plausible true X
+    for N in np.asarray(noise, np.float64):
+      draws_dh.append(np.linalg.pinv((X + N).T, rcond=rcond) @ target)
+      draws_pred.append((X + N).T @ dh)  # the planned dh applied to a plausible true X
     dh_err, pred_err = np.std(draws_dh, 0, ddof=1), np.std(draws_pred, 0, ddof=1)
   return Patterning(dh, predicted, pred_err, dh_err, float(np.linalg.norm(predicted - target)))
 
@@ -228,14 +283,15 @@ class ScaledPatterns(NamedTuple):
     return np.sqrt((off**2).sum(1) + (spread**2).sum(1))
 
 
-def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None, *, max_weight: float = 0.1,
-                    num_samples: int = 500, seed: int = 0) -> ScaledPatterns:
+def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None, *, noise_BxDxH=None,
+                    max_weight: float = 0.1, num_samples: int = 500, seed: int = 0) -> ScaledPatterns:
   """`patterning` for each target (a row: the desired change of every component), each plan scaled so that
   no dataset's weight exceeds `max_weight` (the δh at which χ was measured, where first order holds): the
   scaled effect says how far the probes can move the components in that direction at that weight.
 
-  With error bars, the pseudo-inverse keeps only the directions of X whose singular values exceed the noise
-  floor: an exact solution through a direction that noise alone could produce is noise amplified (on the demo
+  With error bars (`stderr_DxH`, and `noise_BxDxH` draws correlated as the chains make them), the
+  pseudo-inverse keeps only the directions of X whose singular values exceed the noise floor (the larger of
+  the two): an exact solution through a direction that noise alone could produce is noise amplified (on the demo
   it gave plans whose spread exceeded their effect for every target). The part of a target outside the kept
   directions is reported as its residual."""
   X = np.asarray(X_DxH, np.float64)
@@ -245,13 +301,16 @@ def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None,
   if (np.linalg.norm(targets, axis=1) == 0).any():
     raise ValueError("a patterning target is all zeros")
   singular = np.linalg.svd(X, compute_uv=False)
-  floor, rcond = float("nan"), 1e-10
+  floors = []
   if stderr_DxH is not None:
-    floor = noise_floor(stderr_DxH, centre=False, seed=seed)
-    rcond = max(floor / singular[0], 1e-10) if singular[0] > 0 else 1e-10
+    floors.append(noise_floor(stderr_DxH, centre=False, seed=seed))
+  if noise_BxDxH is not None:
+    floors.append(top_singular_quantile(noise_BxDxH, centre=False))
+  floor = max(floors) if floors else float("nan")
+  rcond = max(floor / singular[0], 1e-10) if floors and singular[0] > 0 else 1e-10
   rank = int((singular > rcond * singular[0]).sum())
-  rows = [patterning(X, t, X_stderr_DxH=stderr_DxH, num_samples=num_samples, seed=seed, rcond=rcond)
-          for t in targets]
+  rows = [patterning(X, t, X_stderr_DxH=stderr_DxH, X_noise_BxDxH=noise_BxDxH, num_samples=num_samples, seed=seed,
+                     rcond=rcond) for t in targets]
   scale_T = np.array([max_weight / max(float(np.abs(r.delta_h_D).max()), 1e-300) for r in rows])
   return ScaledPatterns(
       delta_h_TxD=np.array([r.delta_h_D for r in rows]) * scale_T[:, None],
