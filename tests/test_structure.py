@@ -97,6 +97,25 @@ def test_label_correlations_find_the_head_a_pc_loads_on():
   assert r["induction"][0] > 0.98 and np.isnan(r["constant"]).all()
 
 
+def test_label_correlation_intervals_follow_the_resampled_loadings():
+  rng = np.random.default_rng(5)
+  induction = np.array([0.05, 0.04, 0.8, 0.06, 0.7, 0.1])
+  loadings = np.array([induction - induction.mean() + 0.1 * rng.normal(size=6), rng.normal(size=6)])
+  point = st.label_correlations(loadings, {"induction": induction})["induction"]
+  near = st.label_correlation_intervals(loadings[None] + 0.01 * rng.normal(size=(300, 2, 6)), {"induction": induction})
+  near = near["induction"]
+  assert near.shape == (2, 2) and ((near[:, 0] <= point) & (point <= near[:, 1])).all()
+  assert (near[:, 1] - near[:, 0] < 0.05).all()
+  far = st.label_correlation_intervals(loadings[None] + 0.3 * rng.normal(size=(300, 2, 6)), {"induction": induction})
+  assert (far["induction"][:, 1] - far["induction"][:, 0] > 0.3).all()  # noisier loadings, wider intervals
+  # bootstrap_stability keeps each resample's PCs with their signs matched to X's
+  X, stderr, per_chain, groups = shared_chain_noise(0)
+  stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, stderr_RxH=stderr,
+                                num_resamples=30)
+  assert stab.loadings_Bxkxh.shape == (30, 2, 8)
+  assert ((stab.loadings_Bxkxh * st.pca(X).loadings_kxH[:2]).sum(-1) >= 0).all()
+
+
 def test_patterning_is_exact_on_a_full_rank_matrix():
   rng = np.random.default_rng(3)
   X = rng.normal(size=(4, 4))

@@ -1,5 +1,6 @@
 """The sweep runner end to end on a tiny trained model, including a real kill and resume."""
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert page.count("data:image/png;base64,") == 9 and "r with induction" in page
   assert 'id="patterning"' in page and ("PC1 (stable)" in page or "PC1 (unstable)" in page)
   assert "l0h0 alone" in page and "direction(s)</b> above the noise floor" in page
+  assert re.search(r"<td>[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]</td>", page)  # r with its interval
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   if browser.find_browser():

@@ -100,7 +100,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
               + "</ul>") if data.excluded else "<p>Nothing excluded.</p>"
-  labels_html = _label_table(dirs, data, pca, num_pcs)
+  labels_html = _label_table(dirs, data, pca, stability, num_pcs)
   sections.append(("Structural inference",
                    f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
                    f"components, columns standardised; explained variance {explained}.</p>{excluded}"
@@ -125,8 +125,9 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   return out_path
 
 
-def _label_table(dirs, data, pca, num_pcs) -> str:
-  """Pearson r across heads between each PC's loadings and the head scores at the last checkpoint."""
+def _label_table(dirs, data, pca, stability, num_pcs) -> str:
+  """Pearson r across heads between each PC's loadings and the head scores at the last checkpoint, with its
+  95 % interval over the chain resamples when there are any."""
   scores = results.ResultsDir(dirs[0]).head_scores()
   if not len(scores):
     return "<p>No head scores recorded in these results.</p>"
@@ -139,11 +140,17 @@ def _label_table(dirs, data, pca, num_pcs) -> str:
   labels = {name: last.loc[heads, name].to_numpy(float) for name in ("prev_token", "induction", "ablation_delta")
             if name in last.columns}
   r = structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels)
-  rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(f"<td>{r[name][j]:+.2f}</td>" for name in labels) + "</tr>"
+  interval = {name: np.full((num_pcs, 2), np.nan) for name in labels}
+  if stability.loadings_Bxkxh is not None and len(stability.loadings_Bxkxh):
+    interval = structure.label_correlation_intervals(stability.loadings_Bxkxh[:, :, cols], labels)
+  cell = lambda v, lo_hi: f"<td>{v:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all() else "") + "</td>"
+  rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(cell(r[name][j], interval[name][j]) for name in labels) + "</tr>"
                  for j in range(num_pcs))
   header = "".join(f"<th>r with {html.escape(n)}</th>" for n in labels)
   return (f'<p class="meta">Head scores at checkpoint {int(last["checkpoint"].iloc[0]) if "checkpoint" in last else "?"} '
-          f'({len(heads)} heads); labels are computed from attention patterns and ablations, never from χ.</p>'
+          f'({len(heads)} heads); labels are computed from attention patterns and ablations, never from χ. In '
+          f'brackets: the 95 % interval of r over the chain resamples (the estimation noise of X; the heads '
+          f'being few is not in it).</p>'
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
 
 

@@ -93,6 +93,7 @@ class Stability(NamedTuple):
   stable_k: np.ndarray  # bool
   independent_noise_floor: float = float("nan")  # cells' noise drawn independently
   correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
+  loadings_Bxkxh: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
 
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)
@@ -149,10 +150,11 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   ref = pca(X_RxH)
   ref_P = ref.loadings_kxH[:num_pcs]
   angles, cosines = np.zeros((num_resamples, num_pcs)), np.zeros((num_resamples, num_pcs))
-  resamples = []
+  resamples, loadings = [], []
   for b in range(num_resamples):
     resamples.append(resample(rng))
     P = pca(resamples[-1]).loadings_kxH[:num_pcs]
+    loadings.append(P * np.where((P * ref_P).sum(1, keepdims=True) < 0, -1.0, 1.0))
     for j in range(num_pcs):
       angles[b, j] = np.degrees(principal_angles(ref_P[:j + 1], P[:j + 1])[-1])
       cosines[b, j] = abs(float(ref_P[j] @ P[j]))
@@ -166,7 +168,7 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   stable = (median < threshold_deg) & (~np.isfinite(floor) | (values > floor))
   return Stability(subspace_angle_deg_Bxk=angles, pc_cosine_Bxk=cosines, median_angle_deg_k=median,
                    singular_value_k=values, noise_floor=floor, stable_k=stable, independent_noise_floor=independent,
-                   correlated_noise_floor=correlated)
+                   correlated_noise_floor=correlated, loadings_Bxkxh=np.array(loadings))
 
 
 def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):
@@ -215,6 +217,15 @@ def label_correlations(loadings_kxH: np.ndarray, labels_HxL: dict) -> dict:
     v = np.asarray(values, np.float64)
     out[name] = np.array([np.corrcoef(p, v)[0, 1] if v.std() > 0 and p.std() > 0 else np.nan for p in loadings_kxH])
   return out
+
+
+def label_correlation_intervals(loadings_Bxkxh: np.ndarray, labels_HxL: dict, *, level: float = 0.95) -> dict:
+  """{label: [k, 2]} interval of each PC's r with the label over resampled loadings (`Stability.loadings_Bxkxh`):
+  how far the estimation noise of X moves r. (The few heads themselves are a sample too; that part of r's
+  uncertainty is not in it.)"""
+  per_resample = [label_correlations(P, labels_HxL) for P in loadings_Bxkxh]
+  tails = [50 * (1 - level), 100 - 50 * (1 - level)]
+  return {name: np.nanpercentile(np.array([r[name] for r in per_resample]), tails, axis=0).T for name in labels_HxL}
 
 
 class Patterning(NamedTuple):
