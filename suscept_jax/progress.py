@@ -1,4 +1,5 @@
 """The one progress bar of the project: rate and ETA for long work (sampling, training, tokenizing, sweeps)."""
+import contextlib
 import functools
 import logging
 import sys
@@ -84,18 +85,26 @@ def owns(bar, progress) -> bool:
   return bar is not None and bar is not progress
 
 
+@contextlib.contextmanager
+def reporting(progress, total: int, label: str):
+  """`bar_for` as a context: the bar to update (or None); one made here is closed on the way out, also when
+  the work raises, so an error starts on its own line."""
+  bar = bar_for(progress, total, label)
+  try:
+    yield bar
+  finally:
+    if owns(bar, progress):
+      bar.close()
+
+
 def over_chunks(progress, num_chunks: int, steps_per_chunk: int, label: str):
   """(chunk index, what to pass as that chunk's `progress=`) for each chunk, all on one bar: the caller's, or
   one made here of num_chunks × steps_per_chunk, labelled per chunk and closed after the last."""
-  bar = bar_for(progress, num_chunks * steps_per_chunk, label)
-  try:
+  with reporting(progress, num_chunks * steps_per_chunk, label) as bar:
     for i in range(num_chunks):
       if owns(bar, progress):
         bar.set_description(f"{label} chunk {i + 1}/{num_chunks}")
       yield i, (bar if bar is not None else False)
-  finally:
-    if owns(bar, progress):
-      bar.close()
 
 
 class MeanOfParts:

@@ -66,7 +66,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, sgld
-from suscept_jax.progress import MeanOfParts, bar_for, owns
+from suscept_jax.progress import MeanOfParts, reporting
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
 
@@ -800,23 +800,21 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   if len(calls) == 1:
     return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
                         **options)
-  bar = bar_for(progress, config.num_steps, label)
-  shared = MeanOfParts(bar, len(calls)) if bar is not None else False  # the run counts num_steps in all
-  run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
-                                        label=label, **options)
-  workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
-  if workers > 1:
-    futures = [_group_pool(workers).submit(run_group, call) for call in calls]
-    try:
-      outputs = [future.result() for future in futures]
-    except BaseException:  # (a data fault, an interrupt): groups not yet started never start
-      for future in futures:
-        future.cancel()
-      raise
-  else:
-    outputs = [run_group(call) for call in calls]
-  if owns(bar, progress):
-    bar.close()
+  with reporting(progress, config.num_steps, label) as bar:
+    shared = MeanOfParts(bar, len(calls)) if bar is not None else False  # the run counts num_steps in all
+    run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
+                                          label=label, **options)
+    workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
+    if workers > 1:
+      futures = [_group_pool(workers).submit(run_group, call) for call in calls]
+      try:
+        outputs = [future.result() for future in futures]
+      except BaseException:  # (a data fault, an interrupt): groups not yet started never start
+        for future in futures:
+          future.cancel()
+        raise
+    else:
+      outputs = [run_group(call) for call in calls]
   return _merge_groups(outputs, list(groups), config.num_chains, time.perf_counter() - t0)
 
 
@@ -959,97 +957,95 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
   carry = jax.tree.map(put_e, carry)
   entries_dev = jax.tree.map(put_e, entries)
-  bar = bar_for(progress, config.num_steps, label)
+  with reporting(progress, config.num_steps, label) as bar:
 
-  def chunk_inputs(first_block):
-    count = min(blocks_per_chunk, num_blocks - first_block)
-    blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (blocks_per_chunk - count))
-    first_step = config.num_burnin + first_block * S
-    steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
-    probe_idx = None
-    if probe_names:
-      slots = mixing.probe_slots(batch_size, delta_h, np.maximum(blocks - 1, 0))
-      slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
-      probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
-      probe_data = streams.gather_probes(probe_idx)
-    else:
-      slots = mixing.ProbeSlots(np.zeros((blocks_per_chunk, 0), np.int32), np.zeros((blocks_per_chunk, 0), np.float32))
-      probe_data = np.zeros((blocks_per_chunk, K, 0, 0), np.float32)
-    data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
-                     slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
-                     loss_star_LxK=np.zeros((blocks_per_chunk, streams.num_streams), np.float32),
-                     first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
-    return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
+    def chunk_inputs(first_block):
+      count = min(blocks_per_chunk, num_blocks - first_block)
+      blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (blocks_per_chunk - count))
+      first_step = config.num_burnin + first_block * S
+      steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
+      probe_idx = None
+      if probe_names:
+        slots = mixing.probe_slots(batch_size, delta_h, np.maximum(blocks - 1, 0))
+        slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
+        probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
+        probe_data = streams.gather_probes(probe_idx)
+      else:
+        slots = mixing.ProbeSlots(np.zeros((blocks_per_chunk, 0), np.int32), np.zeros((blocks_per_chunk, 0), np.float32))
+        probe_data = np.zeros((blocks_per_chunk, K, 0, 0), np.float32)
+      data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
+                       slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
+                       loss_star_LxK=np.zeros((blocks_per_chunk, streams.num_streams), np.float32),
+                       first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
+      return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
 
-  def with_anchor_losses(chunk):  # (after the micro-batch is settled)
-    count, steps_LxS, probe_idx, data_dev = chunk
-    loss_star = _compiled("anchor", loss_fn, plan, mesh)(anchor, data_dev.base_LxSxK)
-    return count, steps_LxS, probe_idx, data_dev._replace(loss_star_LxK=loss_star)
+    def with_anchor_losses(chunk):  # (after the micro-batch is settled)
+      count, steps_LxS, probe_idx, data_dev = chunk
+      loss_star = _compiled("anchor", loss_fn, plan, mesh)(anchor, data_dev.base_LxSxK)
+      return count, steps_LxS, probe_idx, data_dev._replace(loss_star_LxK=loss_star)
 
-  first_chunk = chunk_inputs(0)
-  draw_fn = None
-  auto = plan.microbatch_size == MICROBATCH_AUTO
-  if auto or plan_only:
-    program_args = (carry, entries_dev, anchor, masks_dev, first_chunk[3], observed_dev)
-    if auto:  # the largest micro-batch whose program fits the devices
-      plan, draw_fn, need = _auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
-      microbatch_size = plan.microbatch_size
-    if plan_only:
-      if not auto:
-        need = program_bytes(_compiled("draw", loss_fn, plan, mesh).lower(*program_args).compile())
-      return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
+    first_chunk = chunk_inputs(0)
+    draw_fn = None
+    auto = plan.microbatch_size == MICROBATCH_AUTO
+    if auto or plan_only:
+      program_args = (carry, entries_dev, anchor, masks_dev, first_chunk[3], observed_dev)
+      if auto:  # the largest micro-batch whose program fits the devices
+        plan, draw_fn, need = _auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
+        microbatch_size = plan.microbatch_size
+      if plan_only:
+        if not auto:
+          need = program_bytes(_compiled("draw", loss_fn, plan, mesh).lower(*program_args).compile())
+        return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
 
-  # Burn-in.
-  step = 0
-  if config.num_burnin:
-    burn = _compiled("burnin", loss_fn, plan, mesh)
-    while step < config.num_burnin:
-      count = min(burnin_per_chunk, config.num_burnin - step)
-      steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
-      state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
-                   np.int32(step), np.int32(count))
-      carry = carry._replace(state=state)
-      step += count
+    # Burn-in.
+    step = 0
+    if config.num_burnin:
+      burn = _compiled("burnin", loss_fn, plan, mesh)
+      while step < config.num_burnin:
+        count = min(burnin_per_chunk, config.num_burnin - step)
+        steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
+        state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
+                     np.int32(step), np.int32(count))
+        carry = carry._replace(state=state)
+        step += count
+        if bar is not None:
+          jax.block_until_ready(state)
+          bar.update(count)
+
+    # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
+    draw_fn = draw_fn or _compiled("draw", loss_fn, plan, mesh)
+
+    kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
+    nonfinite_probe = {d: set() for d in probe_names}
+    first_block = 0
+    pending = with_anchor_losses(first_chunk)
+    while first_block < num_blocks:
+      count, steps_LxS, probe_idx, data_dev = pending
+      try:
+        carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
+      except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+          raise
+        observing = (f", observing {num_rows(observed)} rows' token losses (fewer per chunk: contexts_per_chunk "
+                     f"or samples_per_chunk)") if observed is not None else ""
+        raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
+                          f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device){observing}; "
+                          f"pass microbatch_size='auto' (or a smaller one), or more devices") from None
+      next_block = first_block + count
+      if next_block < num_blocks:
+        pending = with_anchor_losses(chunk_inputs(next_block))
+      traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
+      loss_star_LxK = np.asarray(data_dev.loss_star_LxK)[:count]
+      _check_base_faults(loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
+      if probe_names and traces.probe_nonfinite_LxExD.any():
+        for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
+          nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
+      recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
+      drop_padding = lambda a: a[recorded, :E]
+      kept.append((ChunkTraces(*map(drop_padding, traces)), loss_star_LxK[recorded]))
+      first_block = next_block
       if bar is not None:
-        jax.block_until_ready(state)
-        bar.update(count)
-
-  # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
-  draw_fn = draw_fn or _compiled("draw", loss_fn, plan, mesh)
-
-  kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
-  nonfinite_probe = {d: set() for d in probe_names}
-  first_block = 0
-  pending = with_anchor_losses(first_chunk)
-  while first_block < num_blocks:
-    count, steps_LxS, probe_idx, data_dev = pending
-    try:
-      carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
-    except jax.errors.JaxRuntimeError as e:
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      observing = (f", observing {num_rows(observed)} rows' token losses (fewer per chunk: contexts_per_chunk "
-                   f"or samples_per_chunk)") if observed is not None else ""
-      raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
-                        f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device){observing}; "
-                        f"pass microbatch_size='auto' (or a smaller one), or more devices") from None
-    next_block = first_block + count
-    if next_block < num_blocks:
-      pending = with_anchor_losses(chunk_inputs(next_block))
-    traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
-    loss_star_LxK = np.asarray(data_dev.loss_star_LxK)[:count]
-    _check_base_faults(loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
-    if probe_names and traces.probe_nonfinite_LxExD.any():
-      for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
-        nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
-    recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
-    drop_padding = lambda a: a[recorded, :E]
-    kept.append((ChunkTraces(*map(drop_padding, traces)), loss_star_LxK[recorded]))
-    first_block = next_block
-    if bar is not None:
-      bar.update(count * S)
-  if owns(bar, progress):
-    bar.close()
+        bar.update(count * S)
 
   moments = estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.moments))
   cat = lambda field: np.concatenate([getattr(t, field) for t, _ in kept])

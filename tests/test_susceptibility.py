@@ -224,13 +224,19 @@ def _unchecked_index(config):
   return next(i for i in range(N) if i not in checked)
 
 
-def test_a_nan_base_sample_met_while_sampling_is_a_data_fault_not_a_divergence(gaussian_problem):
+def test_a_nan_base_sample_met_while_sampling_is_a_data_fault_not_a_divergence(gaussian_problem, capsys):
   base, probes, w_star, comps = gaussian_problem
   config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40)
   bad = _unchecked_index(config)
-  with pytest.raises(sj.DataFaultError, match=rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw"):
-    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
-                                 batch_size=16, progress=False)
+  for progress in (False, True):
+    with pytest.raises(sj.DataFaultError, match=rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw") \
+        as raised:
+      sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
+                                   batch_size=16, progress=progress)
+  # Its own bar is closed while the traceback (which keeps the frames alive, as a notebook does) is still held:
+  # the error starts on a line of its own.
+  from tqdm import tqdm
+  assert raised.tb is not None and not tqdm._instances and capsys.readouterr().err.endswith("\n")
 
 
 def test_a_nan_probe_sample_drops_its_draws_and_is_reported(gaussian_problem):
