@@ -6,7 +6,8 @@ four coordinates; components "full" and a restricted one. For each chain count K
 runs give the seed-to-seed std of each estimate; calibrated error bars have
     ratio = std over seeds / RMS of the reported stderr ≈ 1.
 `shared_streams=True` re-creates the old design (every chain reads one data stream) for comparison: its
-error bars miss the batch noise common to all chains.
+error bars miss the batch noise common to all chains. Per-token χ (each of `OBSERVED` probe samples a
+one-token "context") is checked the same way, token by token.
 
   python -m benchmarks.error_bar_calibration [--seeds=100] [--num_draws=200]
 """
@@ -21,6 +22,7 @@ import suscept_jax as sj
 from suscept_jax import sampler, toys
 
 N, DIM, BATCH, DELTA_H = 4096, 4, 16, 0.25
+OBSERVED = 8  # probe samples observed as one-token contexts by the per-token check
 RESTRICTED = np.array([True, False, True, False])
 
 
@@ -73,6 +75,24 @@ def measure(num_chains: int, seeds, *, num_draws: int = 100, num_burnin: int = 0
   return out
 
 
+def measure_per_token(num_chains: int, seeds, *, num_draws: int = 100, num_burnin: int = 0):
+  """{component: [OBSERVED] seed-to-seed std / RMS reported stderr of each observed token's χ} over `seeds`."""
+  base, probes, w_star, comps = problem()
+  observed = {k: v[:OBSERVED] for k, v in probes["curvy"].items()}
+  token_loss = lambda params, contexts: toys.quadratic_loss(params, contexts)[:, None]  # one token per context
+  config = sgld_config(num_chains, num_draws, num_burnin)
+  chi, err = [], []
+  for seed in seeds:
+    res = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_loss, w_star, comps, base, observed,
+                                                 config=config, batch_size=BATCH, delta_h=DELTA_H, seed=int(seed),
+                                                 progress=False)
+    chi.append(res.chi[..., 0])
+    err.append(res.chi_stderr[..., 0])
+  chi_SxCxO, err_SxCxO = np.array(chi), np.array(err)
+  ratio_CxO = chi_SxCxO.std(0, ddof=1) / np.sqrt((err_SxCxO**2).mean(0))
+  return {comp: ratio_CxO[c] for c, comp in enumerate(res.component_names)}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seeds", type=int, default=100)
@@ -96,6 +116,11 @@ def main():
         print(f"{'shared' if shared else 'per-chain':>9} {k:>3} {quantity:>8} {comp:>11} {mean:>11.3e} "
               f"{expected[(quantity, comp)]:>11.3e} {z:>6.1f} {std:>10.3e} {rms:>10.3e} {std / rms:>6.2f}")
       print(f"{'':>9} ({time.perf_counter() - t0:.0f} s)")
+  print(f"per-token χ of {OBSERVED} observed probe samples (per-chain streams): ratio per token")
+  for k in (4, 16):
+    for comp, ratios in measure_per_token(k, range(args.seeds), num_draws=args.num_draws,
+                                          num_burnin=args.num_burnin).items():
+      print(f"{'per-token':>9} {k:>3} {comp:>11}  mean {ratios.mean():.2f}  range [{ratios.min():.2f}, {ratios.max():.2f}]")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ def test_error_bars_are_calibrated_under_mini_batching(num_chains):
     assert abs(expected[key]) > 3 * seed_mean_se
 
 
+@pytest.mark.parametrize("num_chains", [4, 16])
+def test_per_token_error_bars_are_calibrated_under_mini_batching(num_chains):
+  """Each observed token's χ ± stderr, the claim the per-token views make token by token."""
+  ratios = error_bar_calibration.measure_per_token(num_chains, SEEDS, num_draws=100, num_burnin=50)
+  assert set(ratios) == {"full", "restricted"}
+  for comp, per_token in ratios.items():
+    assert per_token.shape == (error_bar_calibration.OBSERVED,)
+    assert ((0.75 <= per_token) & (per_token <= 1.33)).all(), (num_chains, comp, per_token)
+
+
 def test_a_shared_data_stream_fails_the_same_check():
   """The design this replaced (one batch stream for every chain) under-reports χ's error at K = 16."""
   table = error_bar_calibration.measure(16, SEEDS, num_draws=100, num_burnin=50, shared_streams=True)
