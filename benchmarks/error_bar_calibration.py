@@ -7,7 +7,8 @@ runs give the seed-to-seed std of each estimate; calibrated error bars have
     ratio = std over seeds / RMS of the reported stderr ≈ 1.
 `shared_streams=True` re-creates the old design (every chain reads one data stream) for comparison: its
 error bars miss the batch noise common to all chains. Per-token χ (each of `OBSERVED` probe samples a
-one-token "context") is checked the same way, token by token.
+one-token "context") and the BIF's covariance and correlation of losses (queries × samples of the probe) are
+checked the same way, cell by cell.
 
   python -m benchmarks.error_bar_calibration [--seeds=100] [--num_draws=200]
 """
@@ -93,6 +94,27 @@ def measure_per_token(num_chains: int, seeds, *, num_draws: int = 100, num_burni
   return {comp: ratio_CxO[c] for c, comp in enumerate(res.component_names)}
 
 
+def measure_bif(num_chains: int, seeds, *, num_draws: int = 100, num_burnin: int = 0):
+  """{"covariance" | "correlation": (ratio, mean over seeds)}, each [C, Q, S]: seed-to-seed std / RMS reported
+  stderr of the BIF between 3 query and 4 sample losses of the probe, and the estimate's mean."""
+  base, probes, w_star, comps = problem()
+  queries = {k: v[:3] for k, v in probes["curvy"].items()}
+  samples = {k: v[3:7] for k, v in probes["curvy"].items()}
+  config = sgld_config(num_chains, num_draws, num_burnin)
+  draws = {"covariance": ([], []), "correlation": ([], [])}
+  for seed in seeds:
+    res = sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, components=comps, config=config,
+                          batch_size=BATCH, seed=int(seed), progress=False)
+    for name, (values, errors) in draws.items():
+      values.append(getattr(res, name)[:, :, 0, :, 0])
+      errors.append(getattr(res, f"{name}_stderr")[:, :, 0, :, 0])
+  out = {}
+  for name, (values, errors) in draws.items():
+    values, errors = np.array(values), np.array(errors)
+    out[name] = (values.std(0, ddof=1) / np.sqrt((errors**2).mean(0)), values.mean(0))
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seeds", type=int, default=100)
@@ -121,6 +143,13 @@ def main():
     for comp, ratios in measure_per_token(k, range(args.seeds), num_draws=args.num_draws,
                                           num_burnin=args.num_burnin).items():
       print(f"{'per-token':>9} {k:>3} {comp:>11}  mean {ratios.mean():.2f}  range [{ratios.min():.2f}, {ratios.max():.2f}]")
+  print("BIF between 3 query and 4 sample losses of the probe (per-chain streams): ratio per cell")
+  for k in (4, 16):
+    for name, (ratio, mean) in measure_bif(k, range(args.seeds), num_draws=args.num_draws,
+                                           num_burnin=args.num_burnin).items():
+      near_one = np.abs(mean) > 0.95
+      print(f"{'BIF':>9} {k:>3} {name:>11}  mean {ratio.mean():.2f}  range [{ratio.min():.2f}, {ratio.max():.2f}]"
+            + (f"; |value| > 0.95: {np.round(ratio[near_one], 2).tolist()}" if name == "correlation" else ""))
 
 
 if __name__ == "__main__":

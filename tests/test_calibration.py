@@ -38,6 +38,18 @@ def test_per_token_error_bars_are_calibrated_under_mini_batching(num_chains):
     assert ((0.75 <= per_token) & (per_token <= 1.33)).all(), (num_chains, comp, per_token)
 
 
+@pytest.mark.parametrize("num_chains", [4, 16])
+def test_bif_error_bars_are_calibrated_under_mini_batching(num_chains):
+  """Covariance of losses everywhere; correlation where |ρ| ≤ 0.95 (nearer ±1 its per-chain spread is skewed
+  and the stderr under-states it: ratio ≈ 1.5 at ρ = 0.99, a limit stated in the README)."""
+  table = error_bar_calibration.measure_bif(num_chains, SEEDS, num_draws=100, num_burnin=50)
+  cov_ratio, _ = table["covariance"]
+  corr_ratio, corr_mean = table["correlation"]
+  assert cov_ratio.shape == (2, 3, 4) and ((0.75 <= cov_ratio) & (cov_ratio <= 1.33)).all(), cov_ratio
+  inside = np.abs(corr_mean) <= 0.95
+  assert inside.sum() >= 16 and ((0.75 <= corr_ratio[inside]) & (corr_ratio[inside] <= 1.33)).all(), corr_ratio
+
+
 def test_a_shared_data_stream_fails_the_same_check():
   """The design this replaced (one batch stream for every chain) under-reports χ's error at K = 16."""
   table = error_bar_calibration.measure(16, SEEDS, num_draws=100, num_burnin=50, shared_streams=True)
