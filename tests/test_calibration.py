@@ -40,14 +40,13 @@ def test_per_token_error_bars_are_calibrated_under_mini_batching(num_chains):
 
 @pytest.mark.parametrize("num_chains", [4, 16])
 def test_bif_error_bars_are_calibrated_under_mini_batching(num_chains):
-  """Covariance of losses everywhere; correlation where |ρ| ≤ 0.95 (nearer ±1 its per-chain spread is skewed
-  and the stderr under-states it: ratio ≈ 1.5 at ρ = 0.99, a limit stated in the README)."""
+  """Covariance and correlation of losses, every cell, near ρ = ±1 too (the correlation's stderr was the
+  spread of the per-chain correlations until the thirteenth session: 1.5× too small at ρ = 0.99)."""
   table = error_bar_calibration.measure_bif(num_chains, SEEDS, num_draws=100, num_burnin=50)
-  cov_ratio, _ = table["covariance"]
-  corr_ratio, corr_mean = table["correlation"]
-  assert cov_ratio.shape == (2, 3, 4) and ((0.75 <= cov_ratio) & (cov_ratio <= 1.33)).all(), cov_ratio
-  inside = np.abs(corr_mean) <= 0.95
-  assert inside.sum() >= 16 and ((0.75 <= corr_ratio[inside]) & (corr_ratio[inside] <= 1.33)).all(), corr_ratio
+  for name in ("covariance", "correlation"):
+    ratio, _ = table[name]
+    assert ratio.shape == (2, 3, 4) and ((0.75 <= ratio) & (ratio <= 1.33)).all(), (name, ratio)
+  assert (np.abs(table["correlation"][1]) > 0.95).any()  # the hard cells are in it
 
 
 def test_a_shared_data_stream_fails_the_same_check():
