@@ -6,7 +6,11 @@ import re
 import importlib
 import importlib.metadata
 
-from benchmarks import accelerator_figures, device_session, paper_memory, restricted_gradients, scaling
+import numpy as np
+
+from benchmarks import (accelerator_figures, device_session, error_bars_on_demo, paper_memory, restricted_gradients,
+                        scaling)
+from tests.helpers import sweep_cmd
 
 
 def test_restricted_gradients_prints_every_kind(capsys):
@@ -100,3 +104,18 @@ def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
   assert outcome == "stopped at its 1 s" and (tmp_path / "sleeper.log").exists()
   quick = device_session.Part("quick", "timeit", ["-n", "1", "pass"], 30.0, {})
   assert device_session.run_part(quick, tmp_path) == "ok"
+
+
+def test_error_bars_on_demo_runs_one_sweep_per_seed_and_compares(tiny, tmp_path, capsys):
+  root, run_dir, tok, data = tiny
+  sweep_args = [a for a in sweep_cmd(run_dir, tok, data, tmp_path / "unused")[3:] if not a.startswith("--output_dir")]
+  table = error_bars_on_demo.main(["--seeds=2", f"--work_dir={tmp_path}", "--", *sweep_args, "--steps=40"])
+  out = capsys.readouterr().out
+  assert sorted(p.name for p in tmp_path.glob("seed_*")) == ["seed_000", "seed_001"]
+  assert {key[0] for key in table} == {"chi", "llc"} and {key[1] for key in table} == {40}
+  chi, probes = table[("chi", 40, "l0h0")]
+  assert probes == [str(data[name]) for name in ("math", "prose", "mix")] and (chi[:2] > 0).all()
+  assert np.isnan(chi[2])  # the probe that is the base data: χ ≡ 0 in every run, no ratio
+  assert out.count("checkpoint 40") == 4 and "every χ cell: median" in out, out  # full + the 3 components
+  error_bars_on_demo.main(["--seeds=2", f"--work_dir={tmp_path}", "--", *sweep_args, "--steps=40"])
+  assert "seed 0:" not in capsys.readouterr().out  # finished seeds are reused
