@@ -2,6 +2,7 @@
 
   python -m experiments.analyze                                  # the demo's sweep
   python -m experiments.analyze --results=runs/tetra/sweep,runs/tetra/sweep_late --num_pcs=3
+  python -m experiments.analyze --patterning_targets=l1h2+l1h3   # also: the data that moves these two together
 
 Writes report.html (self-contained: figures embedded, no network) into the first results directory, with
 figures in report_figures/ next to it, and prints its path.
@@ -19,6 +20,8 @@ _PER_TOKEN = flags.DEFINE_string("per_token_dir", None, "Per-token results to li
                                  + cli.by_preset(lambda p: p.per_token_output_dir) + ", when present.")
 _OUTPUT = flags.DEFINE_string("output", None, "Report path (default: <first results dir>/report.html).")
 _RESAMPLES = flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for the stability of the PCs.")
+_PATTERNING = flags.DEFINE_list("patterning_targets", [], "Groups of components to move together in the patterning "
+                                "section, '+'-joined (e.g. l1h2+l1h3), besides the top PCs and each component alone.")
 
 
 def main(argv):
@@ -35,7 +38,8 @@ def main(argv):
   cli.quiet_libraries()
   from suscept_jax.analysis import report
   report.build(dirs, Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html", num_pcs=_NUM_PCS.value,
-               per_token_dir=_PER_TOKEN.value or preset.per_token_output_dir, num_resamples=_RESAMPLES.value)
+               per_token_dir=_PER_TOKEN.value or preset.per_token_output_dir, num_resamples=_RESAMPLES.value,
+               patterning_targets=[group.split("+") for group in _PATTERNING.value])
 
 
 if __name__ == "__main__":

@@ -108,17 +108,22 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   # The analysis reads the grown directory: rows lacking the new component are excluded and reported.
   analyze = [sys.executable, "-m", "experiments.analyze", f"--results={straight}", "--num_resamples=20",
              f"--per_token_dir={root / 'no_per_token'}"]
-  rep = subprocess.run(analyze, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+  rep = subprocess.run(analyze + ["--patterning_targets=l0h0+l1h1"], cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=300)
   assert rep.returncode == 0, rep.stderr[-3000:]
   assert f"report: {straight / 'report.html'}" in rep.stdout
   page = (straight / "report.html").read_text()
   assert "missing components [&#x27;l0h1&#x27;]" in page and "Response matrix X: 8 rows" in page  # (HTML-escaped)
   assert page.count("data:image/png;base64,") == 9 and "r with induction" in page
   assert 'id="patterning"' in page and ("PC1 (stable)" in page or "PC1 (unstable)" in page)
-  assert "l0h0 alone" in page and "direction(s)</b> above the noise floor" in page
+  assert "l0h0 alone" in page and "l0h0+l1h1 together" in page and "direction(s)</b> above the noise floor" in page
   assert re.search(r"<td>[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]</td>", page)  # r with its interval
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
+  excluded = subprocess.run(analyze + ["--patterning_targets=l0h0+full"], cwd=REPO, env=env(), capture_output=True,
+                            text=True, timeout=300)  # "full" is kept apart from the matrix's columns
+  assert excluded.returncode == 2 and "patterning targets name components not in the response matrix: ['full']" \
+      in excluded.stderr, excluded.stderr[-2000:]
   if browser.find_browser():
     dom, errors = browser.dump_dom(straight / "report.html")
     assert not errors, errors

@@ -53,8 +53,11 @@ def _table_html(table) -> str:
 
 
 def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_resamples: int = 200,
-          log=print) -> Path:
-  """Write the report to out_path (figures next to it, in report_figures/) and return its path."""
+          patterning_targets=(), log=print) -> Path:
+  """Write the report to out_path (figures next to it, in report_figures/) and return its path.
+
+  patterning_targets: groups of components (e.g. [["l1h2", "l1h3"]]) to move together, the others held
+  fixed, as rows of the patterning section besides the top PCs and each component alone."""
   import pandas as pd
   dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
   out_path = Path(out_path)
@@ -62,6 +65,10 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   fig_dir.mkdir(parents=True, exist_ok=True)
   data = response.assemble(dirs)
   structure.check_num_pcs(num_pcs, data.X_RxH)
+  unknown = sorted({c for group in patterning_targets for c in group} - set(data.components))
+  if unknown:
+    raise ValueError(f"patterning targets name components not in the response matrix: {unknown} (its components: "
+                     f"{', '.join(data.components)})")
   table = pd.concat([results.ResultsDir(d).table() for d in dirs], ignore_index=True)
   table = table.drop_duplicates(["checkpoint", "probe", "component"])
   sections = []
@@ -108,7 +115,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                    f"<h3>Loadings against independent head labels</h3>{labels_html}"
                    + "".join(embedded_png(f, f.stem) for f in struct_figs)))
   sections.append(("Patterning", _patterning_html(data, pca, stability, resampler, num_resamples,
-                                                  config["settings"].get("delta_h", 0.1), fig_dir)))
+                                                  config["settings"].get("delta_h", 0.1), fig_dir,
+                                                  patterning_targets)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
     target = (Path(per_token_dir) / "views" / "index.html").resolve()
     sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
@@ -154,9 +162,11 @@ def _label_table(dirs, data, pca, stability, num_pcs) -> str:
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
 
 
-def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_h: float, fig_dir: Path) -> str:
-  """At the last checkpoint: for each top PC's direction and each component alone, the re-weighting of the
-  probes (no weight beyond δh) whose first-order effect best produces it, and how well it does."""
+def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_h: float, fig_dir: Path,
+                     groups=()) -> str:
+  """At the last checkpoint: for each top PC's direction, each component alone and each group of components
+  asked for (moved together), the re-weighting of the probes (no weight beyond δh) whose first-order effect
+  best produces it, and how well it does."""
   last = int(data.checkpoints_R.max())
   rows = np.flatnonzero(data.checkpoints_R == last)
   if len(rows) < 2:
@@ -164,8 +174,10 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
   datasets = data.datasets_R[rows].tolist()
   num_pcs = len(stability.stable_k)
   names = [f"PC{j + 1} ({'stable' if stability.stable_k[j] else 'unstable'})" for j in range(num_pcs)]
-  names += [f"{c} alone" for c in data.components]
-  targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components))])
+  names += [f"{c} alone" for c in data.components] + [f"{'+'.join(g)} together" for g in groups]
+  together_GxH = np.array([[float(c in g) for c in data.components] for g in groups]).reshape(len(groups), -1)
+  targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components)),
+                                together_GxH])
   X_DxH, stderr_DxH = data.X_RxH[rows], data.stderr_RxH[rows]
   noise = None
   if resampler is not None:  # the probes' χ share the checkpoint's chains: their errors are correlated

@@ -108,7 +108,8 @@ def plot_patterns(delta_h_TxD, targets, datasets, checkpoint, path) -> Path:
   fig, ax = plt.subplots(figsize=(0.75 * len(datasets) + 3.2, 0.36 * len(targets) + 1.8))
   lim = float(np.abs(W).max()) or 1.0
   image = ax.imshow(W, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-  ax.set_yticks(range(len(targets)), [head_label(t.removesuffix(" alone")) for t in targets], fontsize=7)
+  ax.set_yticks(range(len(targets)), ["+".join(head_label(c) for c in t.removesuffix(" alone").removesuffix(
+      " together").split("+")) for t in targets], fontsize=7)
   ax.set_xticks(range(len(datasets)), datasets, fontsize=7, rotation=35, ha="right")
   for t in range(W.shape[0]):
     for d in range(W.shape[1]):
