@@ -212,7 +212,7 @@ def test_scaled_patterns_use_only_the_directions_above_the_noise():
   np.testing.assert_allclose(plans.delta_h_TxD[0], exact * 0.1 / np.abs(exact).max(), rtol=0.02, atol=1e-4)
   assert plans.residual_T[0] < 0.01
   np.testing.assert_allclose(plans.change_TxH[0] / np.linalg.norm(plans.change_TxH[0]), inside, atol=0.01)
-  assert plans.signal_T([inside])[0] / plans.noise_T([inside])[0] > 20
+  assert plans.effect_T([inside])[0] / plans.off_target_T([inside])[0] > 20
   # outside: the share of e_0 outside span(V) is missed
   missed = np.sqrt(1 - np.sum(V[0] ** 2))
   np.testing.assert_allclose(plans.residual_T[1], missed, rtol=0.02)

@@ -1,7 +1,8 @@
 """One self-contained HTML page for one or more sweep results directories: the run's config, the tidy table
 (sortable, flagged cells in colour), the sweep figures, structural inference (scree, loadings, couplings,
 trajectories, PC time series, stability, correlations with independent head labels), patterning (the probe
-re-weighting that moves one component alone) and links to the per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
+re-weightings that move the components along each top PC, or one component alone) and links to the
+per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
 opens offline."""
 import html
 import json
@@ -151,7 +152,8 @@ def _label_table(dirs, data, pca, stability, num_pcs) -> str:
   interval = {name: np.full((num_pcs, 2), np.nan) for name in labels}
   if stability.loadings_Bxkxh is not None and len(stability.loadings_Bxkxh):
     interval = structure.label_correlation_intervals(stability.loadings_Bxkxh[:, :, cols], labels)
-  cell = lambda v, lo_hi: f"<td>{v:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all() else "") + "</td>"
+  cell = lambda v, lo_hi: (f"<td>{v:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all()
+                                                else "") + "</td>")
   rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(cell(r[name][j], interval[name][j]) for name in labels) + "</tr>"
                  for j in range(num_pcs))
   header = "".join(f"<th>r with {html.escape(n)}</th>" for n in labels)
@@ -160,6 +162,13 @@ def _label_table(dirs, data, pca, stability, num_pcs) -> str:
           f'brackets: the 95 % interval of r over the chain resamples (the estimation noise of X; the heads '
           f'being few is not in it).</p>'
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
+
+
+def _ratio_text(effect: float, off_target: float) -> str:
+  """effect / off-target; '–' when the plan does nothing (no direction of X above its noise floor)."""
+  if effect == 0:
+    return "–"
+  return f"{effect / off_target:.3g}" if off_target > 0 else "∞"
 
 
 def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_h: float, fig_dir: Path,
@@ -175,7 +184,8 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
   num_pcs = len(stability.stable_k)
   names = [f"PC{j + 1} ({'stable' if stability.stable_k[j] else 'unstable'})" for j in range(num_pcs)]
   names += [f"{c} alone" for c in data.components] + [f"{'+'.join(g)} together" for g in groups]
-  together_GxH = np.array([[float(c in g) for c in data.components] for g in groups]).reshape(len(groups), -1)
+  together_GxH = np.array([[float(c in g) for c in data.components] for g in groups]).reshape(len(groups),
+                                                                                           len(data.components))
   targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components)),
                                 together_GxH])
   X_DxH, stderr_DxH = data.X_RxH[rows], data.stderr_RxH[rows]
@@ -186,9 +196,9 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
                                       stderr_DxH)
   plans = structure.scaled_patterns(X_DxH, targets_TxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
   figure = structure_plots.plot_patterns(plans.delta_h_TxD, names, datasets, last, fig_dir / "patterning.png")
-  signal, noise = plans.signal_T(targets_TxH), plans.noise_T(targets_TxH)
-  body = "".join(f"<tr><td>{html.escape(n)}</td><td>{signal[t]:.3g}</td><td>{noise[t]:.2g}</td>"
-                 f"<td>{signal[t] / noise[t] if noise[t] > 0 else float('inf'):.3g}</td>"
+  effect, off_target = plans.effect_T(targets_TxH), plans.off_target_T(targets_TxH)
+  body = "".join(f"<tr><td>{html.escape(n)}</td><td>{effect[t]:.3g}</td><td>{off_target[t]:.2g}</td>"
+                 f"<td>{_ratio_text(effect[t], off_target[t])}</td>"
                  f"<td>{plans.residual_T[t]:.2f}</td></tr>" for t, n in enumerate(names))
   return (f'<p class="meta">Checkpoint {last}, {len(datasets)} probes: X there has <b>{plans.rank} direction(s)'
           f"</b> above the noise floor of its error bars ({plans.noise_floor:.2g}), so the probes can move the "
@@ -197,8 +207,9 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
           f"over those directions, scaled so that no probe's weight exceeds δh = {delta_h:g} (where χ was "
           f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ along "
           f"the target, in nats (× nβ for weight-refined LLCs). Off-target: what the plan does besides, and its "
-          f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: the share of the target these probes cannot "
-          f"produce (1: none of it). A target with effect / off-target below ≈ 2 is not one these probes can "
+          f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: "
+          f"the share of the target these probes cannot produce (1: none of it). A target with effect / "
+          f"off-target below ≈ 2 is not one these probes can "
           f"steer. (The PCs come from every checkpoint, the plans from the last one's X alone: a PC along which "
           f"the checkpoints differ can be out of reach at any one of them.)</p>"
           f'<table id="patterning" class="sortable"><thead><tr><th>target</th><th>effect</th><th>off-target</th>'

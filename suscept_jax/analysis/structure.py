@@ -278,13 +278,13 @@ class ScaledPatterns(NamedTuple):
   rank: int  # directions of X used: its singular values above the noise floor of its error bars (all without)
   noise_floor: float  # the largest singular value expected of X's noise alone (nan without error bars)
 
-  def signal_T(self, targets_TxH) -> np.ndarray:
+  def effect_T(self, targets_TxH) -> np.ndarray:
     """Length of the effect along its target direction."""
     unit = np.asarray(targets_TxH, np.float64)
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
     return np.abs((self.change_TxH * unit).sum(1))
 
-  def noise_T(self, targets_TxH) -> np.ndarray:
+  def off_target_T(self, targets_TxH) -> np.ndarray:
     """Length of what the plan may do besides its target: the effect's part off the target direction and
     its spread over X, together."""
     unit = np.asarray(targets_TxH, np.float64)
