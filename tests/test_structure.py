@@ -112,8 +112,8 @@ def test_label_correlation_intervals_follow_the_resampled_loadings():
   X, stderr, per_chain, groups = shared_chain_noise(0)
   stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, stderr_RxH=stderr,
                                 num_resamples=30)
-  assert stab.loadings_Bxkxh.shape == (30, 2, 8)
-  assert ((stab.loadings_Bxkxh * st.pca(X).loadings_kxH[:2]).sum(-1) >= 0).all()
+  assert stab.loadings_BxkxH.shape == (30, 2, 8)
+  assert ((stab.loadings_BxkxH * st.pca(X).loadings_kxH[:2]).sum(-1) >= 0).all()
 
 
 def test_patterning_is_exact_on_a_full_rank_matrix():
@@ -206,25 +206,25 @@ def test_scaled_patterns_use_only_the_directions_above_the_noise():
   outside = np.eye(4)[0]
   plans = st.scaled_patterns(X, np.stack([inside, outside]), stderr, max_weight=0.1)
   assert plans.rank == 2 and 0 < plans.noise_floor < 0.1
-  np.testing.assert_allclose(np.abs(plans.delta_h_TxD).max(1), 0.1)
+  np.testing.assert_allclose(np.abs(plans.delta_h_GxD).max(1), 0.1)
   # inside the span: the effect is the target, scaled; the plan is the minimum-norm solution on the clean X
   exact = np.linalg.lstsq(clean.T, inside, rcond=None)[0]
-  np.testing.assert_allclose(plans.delta_h_TxD[0], exact * 0.1 / np.abs(exact).max(), rtol=0.02, atol=1e-4)
-  assert plans.residual_T[0] < 0.01
-  np.testing.assert_allclose(plans.change_TxH[0] / np.linalg.norm(plans.change_TxH[0]), inside, atol=0.01)
-  assert plans.effect_T([inside])[0] / plans.off_target_T([inside])[0] > 20
+  np.testing.assert_allclose(plans.delta_h_GxD[0], exact * 0.1 / np.abs(exact).max(), rtol=0.02, atol=1e-4)
+  assert plans.residual_G[0] < 0.01
+  np.testing.assert_allclose(plans.change_GxH[0] / np.linalg.norm(plans.change_GxH[0]), inside, atol=0.01)
+  assert plans.effect_G([inside])[0] / plans.off_target_G([inside])[0] > 20
   # outside: the share of e_0 outside span(V) is missed
   missed = np.sqrt(1 - np.sum(V[0] ** 2))
-  np.testing.assert_allclose(plans.residual_T[1], missed, rtol=0.02)
+  np.testing.assert_allclose(plans.residual_G[1], missed, rtol=0.02)
   # noise draws correlated along the second direction, larger than it: that direction is no longer used
   rng_noise = np.random.default_rng(8)
   correlated = rng_noise.normal(size=(200, 1, 1)) * 0.8 * np.outer(U[:, 1], V[:, 1])[None]
   fewer = st.scaled_patterns(X, np.stack([inside, outside]), stderr, noise_BxDxH=correlated)
-  assert fewer.rank == 1 and fewer.noise_floor > 1.0 and fewer.residual_T[0] > 0.5
+  assert fewer.rank == 1 and fewer.noise_floor > 1.0 and fewer.residual_G[0] > 0.5
   # without error bars every direction is used, the noise ones too: e_0 is produced exactly (D > H)
 
   exact_plans = st.scaled_patterns(X, outside)
-  assert exact_plans.rank == 4 and exact_plans.residual_T[0] < 1e-9 and np.isnan(exact_plans.noise_floor)
+  assert exact_plans.rank == 4 and exact_plans.residual_G[0] < 1e-9 and np.isnan(exact_plans.noise_floor)
   with pytest.raises(ValueError, match="all zeros"):
     st.scaled_patterns(X, np.zeros(4))
   with pytest.raises(ValueError, match="one entry per component"):

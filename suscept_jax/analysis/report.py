@@ -150,8 +150,8 @@ def _label_table(dirs, data, pca, stability, num_pcs) -> str:
             if name in last.columns}
   r = structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels)
   interval = {name: np.full((num_pcs, 2), np.nan) for name in labels}
-  if stability.loadings_Bxkxh is not None and len(stability.loadings_Bxkxh):
-    interval = structure.label_correlation_intervals(stability.loadings_Bxkxh[:, :, cols], labels)
+  if stability.loadings_BxkxH is not None and len(stability.loadings_BxkxH):
+    interval = structure.label_correlation_intervals(stability.loadings_BxkxH[:, :, cols], labels)
   cell = lambda v, lo_hi: (f"<td>{v:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all()
                                                 else "") + "</td>")
   rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(cell(r[name][j], interval[name][j]) for name in labels) + "</tr>"
@@ -186,7 +186,7 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
   names += [f"{c} alone" for c in data.components] + [f"{'+'.join(g)} together" for g in groups]
   together_GxH = np.array([[float(c in g) for c in data.components] for g in groups]).reshape(len(groups),
                                                                                            len(data.components))
-  targets_TxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components)),
+  targets_GxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components)),
                                 together_GxH])
   X_DxH, stderr_DxH = data.X_RxH[rows], data.stderr_RxH[rows]
   noise = None
@@ -194,12 +194,12 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
     rng = np.random.default_rng(0)
     noise = structure.resampled_noise(X_DxH, np.array([resampler(rng)[rows] for _ in range(num_resamples)]),
                                       stderr_DxH)
-  plans = structure.scaled_patterns(X_DxH, targets_TxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
-  figure = structure_plots.plot_patterns(plans.delta_h_TxD, names, datasets, last, fig_dir / "patterning.png")
-  effect, off_target = plans.effect_T(targets_TxH), plans.off_target_T(targets_TxH)
+  plans = structure.scaled_patterns(X_DxH, targets_GxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
+  figure = structure_plots.plot_patterns(plans.delta_h_GxD, names, datasets, last, fig_dir / "patterning.png")
+  effect, off_target = plans.effect_G(targets_GxH), plans.off_target_G(targets_GxH)
   body = "".join(f"<tr><td>{html.escape(n)}</td><td>{effect[t]:.3g}</td><td>{off_target[t]:.2g}</td>"
                  f"<td>{_ratio_text(effect[t], off_target[t])}</td>"
-                 f"<td>{plans.residual_T[t]:.2f}</td></tr>" for t, n in enumerate(names))
+                 f"<td>{plans.residual_G[t]:.2f}</td></tr>" for t, n in enumerate(names))
   return (f'<p class="meta">Checkpoint {last}, {len(datasets)} probes: X there has <b>{plans.rank} direction(s)'
           f"</b> above the noise floor of its error bars ({plans.noise_floor:.2g}), so the probes can move the "
           f"components independently in {plans.rank} direction(s) at first order. For each target (a PC's "

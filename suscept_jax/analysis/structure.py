@@ -5,7 +5,7 @@ X has one row per (probe dataset, checkpoint) and one column per component (head
 X ≈ C·P: data couplings C (rows × modes) and head loadings P (modes × heads). Pure numpy on host arrays.
 
 Shape letters: R rows (probe × checkpoint), H columns (components), k kept PCs, B bootstrap resamples,
-K chains, D datasets, T checkpoints.
+K chains, D datasets, T checkpoints, G patterning targets (goals: a desired change of every component).
 """
 from typing import NamedTuple
 
@@ -93,7 +93,7 @@ class Stability(NamedTuple):
   stable_k: np.ndarray  # bool
   independent_noise_floor: float = float("nan")  # cells' noise drawn independently
   correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
-  loadings_Bxkxh: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
+  loadings_BxkxH: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
 
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)
@@ -168,7 +168,7 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   stable = (median < threshold_deg) & (~np.isfinite(floor) | (values > floor))
   return Stability(subspace_angle_deg_Bxk=angles, pc_cosine_Bxk=cosines, median_angle_deg_k=median,
                    singular_value_k=values, noise_floor=floor, stable_k=stable, independent_noise_floor=independent,
-                   correlated_noise_floor=correlated, loadings_Bxkxh=np.array(loadings))
+                   correlated_noise_floor=correlated, loadings_BxkxH=np.array(loadings))
 
 
 def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):
@@ -219,11 +219,11 @@ def label_correlations(loadings_kxH: np.ndarray, labels_HxL: dict) -> dict:
   return out
 
 
-def label_correlation_intervals(loadings_Bxkxh: np.ndarray, labels_HxL: dict, *, level: float = 0.95) -> dict:
-  """{label: [k, 2]} interval of each PC's r with the label over resampled loadings (`Stability.loadings_Bxkxh`):
+def label_correlation_intervals(loadings_BxkxH: np.ndarray, labels_HxL: dict, *, level: float = 0.95) -> dict:
+  """{label: [k, 2]} interval of each PC's r with the label over resampled loadings (`Stability.loadings_BxkxH`):
   how far the estimation noise of X moves r. (The few heads themselves are a sample too; that part of r's
   uncertainty is not in it.)"""
-  per_resample = [label_correlations(P, labels_HxL) for P in loadings_Bxkxh]
+  per_resample = [label_correlations(P, labels_HxL) for P in loadings_BxkxH]
   tails = [50 * (1 - level), 100 - 50 * (1 - level)]
   return {name: np.nanpercentile(np.array([r[name] for r in per_resample]), tails, axis=0).T for name in labels_HxL}
 
@@ -270,31 +270,31 @@ def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, X_
 class ScaledPatterns(NamedTuple):
   """`patterning` for several targets, each plan scaled to a common largest weight (rows: targets)."""
 
-  delta_h_TxD: np.ndarray  # weight per probe dataset; the largest |weight| of each row is `max_weight`
-  delta_h_stderr_TxD: np.ndarray  # spread of the re-weighting over X drawn within its error bars
-  change_TxH: np.ndarray  # Σ_d dh_d·χ_{d,c}: the plan's first-order effect on every component c
-  change_stderr_TxH: np.ndarray  # its spread over X drawn within the error bars (the plan held fixed)
-  residual_T: np.ndarray  # |effect − target| / |target| before scaling: 0 when the probes can produce the target
+  delta_h_GxD: np.ndarray  # weight per probe dataset; the largest |weight| of each row is `max_weight`
+  delta_h_stderr_GxD: np.ndarray  # spread of the re-weighting over X drawn within its error bars
+  change_GxH: np.ndarray  # Σ_d dh_d·χ_{d,c}: the plan's first-order effect on every component c
+  change_stderr_GxH: np.ndarray  # its spread over X drawn within the error bars (the plan held fixed)
+  residual_G: np.ndarray  # |effect − target| / |target| before scaling: 0 when the probes can produce the target
   rank: int  # directions of X used: its singular values above the noise floor of its error bars (all without)
   noise_floor: float  # the largest singular value expected of X's noise alone (nan without error bars)
 
-  def effect_T(self, targets_TxH) -> np.ndarray:
+  def effect_G(self, targets_GxH) -> np.ndarray:
     """Length of the effect along its target direction."""
-    unit = np.asarray(targets_TxH, np.float64)
+    unit = np.asarray(targets_GxH, np.float64)
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
-    return np.abs((self.change_TxH * unit).sum(1))
+    return np.abs((self.change_GxH * unit).sum(1))
 
-  def off_target_T(self, targets_TxH) -> np.ndarray:
+  def off_target_G(self, targets_GxH) -> np.ndarray:
     """Length of what the plan may do besides its target: the effect's part off the target direction and
     its spread over X, together."""
-    unit = np.asarray(targets_TxH, np.float64)
+    unit = np.asarray(targets_GxH, np.float64)
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
-    off = self.change_TxH - (self.change_TxH * unit).sum(1, keepdims=True) * unit
-    spread = np.nan_to_num(self.change_stderr_TxH)
+    off = self.change_GxH - (self.change_GxH * unit).sum(1, keepdims=True) * unit
+    spread = np.nan_to_num(self.change_stderr_GxH)
     return np.sqrt((off**2).sum(1) + (spread**2).sum(1))
 
 
-def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None, *, noise_BxDxH=None,
+def scaled_patterns(X_DxH: np.ndarray, targets_GxH: np.ndarray, stderr_DxH=None, *, noise_BxDxH=None,
                     max_weight: float = 0.1, num_samples: int = 500, seed: int = 0) -> ScaledPatterns:
   """`patterning` for each target (a row: the desired change of every component), each plan scaled so that
   no dataset's weight exceeds `max_weight` (the δh at which χ was measured, where first order holds): the
@@ -306,7 +306,7 @@ def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None,
   it gave plans whose spread exceeded their effect for every target). The part of a target outside the kept
   directions is reported as its residual."""
   X = np.asarray(X_DxH, np.float64)
-  targets = np.atleast_2d(np.asarray(targets_TxH, np.float64))
+  targets = np.atleast_2d(np.asarray(targets_GxH, np.float64))
   if targets.ndim != 2 or targets.shape[1] != X.shape[1]:
     raise ValueError(f"targets must have one entry per component ({X.shape[1]}); got shape {targets.shape}")
   if (np.linalg.norm(targets, axis=1) == 0).any():
@@ -322,11 +322,11 @@ def scaled_patterns(X_DxH: np.ndarray, targets_TxH: np.ndarray, stderr_DxH=None,
   rank = int((singular > rcond * singular[0]).sum())
   rows = [patterning(X, t, X_stderr_DxH=stderr_DxH, X_noise_BxDxH=noise_BxDxH, num_samples=num_samples, seed=seed,
                      rcond=rcond) for t in targets]
-  scale_T = np.array([max_weight / max(float(np.abs(r.delta_h_D).max()), 1e-300) for r in rows])
+  scale_G = np.array([max_weight / max(float(np.abs(r.delta_h_D).max()), 1e-300) for r in rows])
   return ScaledPatterns(
-      delta_h_TxD=np.array([r.delta_h_D for r in rows]) * scale_T[:, None],
-      delta_h_stderr_TxD=np.array([r.delta_h_stderr_D for r in rows]) * scale_T[:, None],
-      change_TxH=np.array([r.predicted_H for r in rows]) * scale_T[:, None],
-      change_stderr_TxH=np.array([r.predicted_stderr_H for r in rows]) * scale_T[:, None],
-      residual_T=np.array([r.residual_norm / np.linalg.norm(t) for r, t in zip(rows, targets)]), rank=rank,
+      delta_h_GxD=np.array([r.delta_h_D for r in rows]) * scale_G[:, None],
+      delta_h_stderr_GxD=np.array([r.delta_h_stderr_D for r in rows]) * scale_G[:, None],
+      change_GxH=np.array([r.predicted_H for r in rows]) * scale_G[:, None],
+      change_stderr_GxH=np.array([r.predicted_stderr_H for r in rows]) * scale_G[:, None],
+      residual_G=np.array([r.residual_norm / np.linalg.norm(t) for r, t in zip(rows, targets)]), rank=rank,
       noise_floor=floor)

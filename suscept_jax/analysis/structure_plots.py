@@ -101,10 +101,10 @@ def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, pat
   return save_figure(fig, path)
 
 
-def plot_patterns(delta_h_TxD, targets, datasets, checkpoint, path) -> Path:
+def plot_patterns(delta_h_GxD, targets, datasets, checkpoint, path) -> Path:
   """Rows: patterning targets; columns: the weight of each probe dataset in the plan that produces it."""
   plt = pyplot()
-  W = np.asarray(delta_h_TxD)
+  W = np.asarray(delta_h_GxD)
   fig, ax = plt.subplots(figsize=(0.75 * len(datasets) + 3.2, 0.36 * len(targets) + 1.8))
   lim = float(np.abs(W).max()) or 1.0
   image = ax.imshow(W, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
