@@ -41,6 +41,15 @@ def sgld_config(num_chains: int, num_draws: int, num_burnin: int = 0) -> sj.SGLD
                        num_burnin=num_burnin, mala_every=0)
 
 
+def calibration_ratio(values_SxN, stderrs_SxN) -> np.ndarray:
+  """[N] seed-to-seed std of each estimate over the RMS of the stderr its runs reported (rows: seeds); ≈ 1 when
+  the error bars are calibrated, NaN where every reported stderr is 0 (an estimate that is exactly 0)."""
+  values, stderrs = np.asarray(values_SxN, np.float64), np.asarray(stderrs_SxN, np.float64)
+  rms = np.sqrt((stderrs**2).mean(0))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(rms > 0, values.std(0, ddof=1) / np.where(rms > 0, rms, 1), np.nan)
+
+
 def predictions(num_draws: int = 100, spread: float = 1.0) -> dict:
   """{(quantity, component): value} from the mini-batch closed form (toys.quadratic_minibatch_prediction)."""
   base, probes, _, comps = problem(spread)
@@ -89,8 +98,7 @@ def measure_per_token(num_chains: int, seeds, *, num_draws: int = 100, num_burni
                                                  progress=False)
     chi.append(res.chi[..., 0])
     err.append(res.chi_stderr[..., 0])
-  chi_SxCxO, err_SxCxO = np.array(chi), np.array(err)
-  ratio_CxO = chi_SxCxO.std(0, ddof=1) / np.sqrt((err_SxCxO**2).mean(0))
+  ratio_CxO = calibration_ratio(chi, err)
   return {comp: ratio_CxO[c] for c, comp in enumerate(res.component_names)}
 
 
@@ -110,8 +118,7 @@ def measure_bif(num_chains: int, seeds, *, num_draws: int = 100, num_burnin: int
       errors.append(getattr(res, f"{name}_stderr")[:, :, 0, :, 0])
   out = {}
   for name, (values, errors) in draws.items():
-    values, errors = np.array(values), np.array(errors)
-    out[name] = (values.std(0, ddof=1) / np.sqrt((errors**2).mean(0)), values.mean(0))
+    out[name] = (calibration_ratio(values, errors), np.mean(values, 0))
   return out
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.error_bar_calibration import calibration_ratio
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,12 +46,11 @@ def ratios(tables) -> dict:
   both = pd.concat([t.assign(seed=i) for i, t in enumerate(tables)], ignore_index=True)
   out = {}
   for (step, comp), cells in both.groupby(["checkpoint", "component"], sort=False):
-    by_probe = cells.groupby("probe", sort=False)
-    rms = np.sqrt(by_probe.chi_stderr.apply(lambda e: np.mean(e**2)))
-    chi = by_probe.chi.std(ddof=1) / rms.where(rms > 0)  # NaN where χ ≡ 0 (a probe that is the base data)
-    out[("chi", step, comp)] = (chi.to_numpy(), list(chi.index))
+    probes = list(dict.fromkeys(cells.probe))
+    by_seed = lambda column: cells.pivot(index="seed", columns="probe", values=column)[probes].to_numpy()  # [S, P]
+    out[("chi", step, comp)] = (calibration_ratio(by_seed("chi"), by_seed("chi_stderr")), probes)
     llc = cells.drop_duplicates("seed")
-    out[("llc", step, comp)] = (np.array([llc.llc.std(ddof=1) / np.sqrt(np.mean(llc.llc_stderr**2))]), ["-"])
+    out[("llc", step, comp)] = (calibration_ratio(llc[["llc"]].to_numpy(), llc[["llc_stderr"]].to_numpy()), ["-"])
   return out
 
 
@@ -68,8 +69,8 @@ def main(argv=None):
   tables = run_seeds(range(args.seeds), Path(args.work_dir), sweep_args)
   print(f"{args.seeds} seeds; ratio = seed-to-seed std / RMS reported stderr (calibrated ≈ 1; one cell's own "
         f"sampling error ≈ ±{1 / np.sqrt(2 * (args.seeds - 1)):.2f})")
-  all_chi = []
-  for (quantity, step, comp), (r, probes) in ratios(tables).items():
+  all_chi, table = [], ratios(tables)
+  for (quantity, step, comp), (r, probes) in table.items():
     if quantity == "chi":
       r = r[np.isfinite(r)]
       all_chi.append(r)
@@ -81,7 +82,7 @@ def main(argv=None):
   print(f"every χ cell: median {np.median(pooled):.2f}, middle 80 % [{np.quantile(pooled, 0.1):.2f}, "
         f"{np.quantile(pooled, 0.9):.2f}], {np.mean(pooled > 1.33):.0%} above 1.33, {np.mean(pooled < 0.75):.0%} "
         f"below 0.75")
-  return ratios(tables)
+  return table
 
 
 if __name__ == "__main__":
