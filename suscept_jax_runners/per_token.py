@@ -285,11 +285,12 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       keys = list(dict.fromkeys(zip(t.context, t.position)))
       contexts_ids = list(dict.fromkeys(t.context))
       tokens = [t[(t.context == c) & (t.component == heads[0])].sort_values("position").token.tolist() for c in contexts_ids]
-      chi = [[t[(t.context == c) & (t.component == h)].sort_values("position").chi.to_numpy() for c in contexts_ids]
-             for h in heads]
+      per_head = lambda column: [[t[(t.context == c) & (t.component == h)].sort_values("position")[column].to_numpy()
+                                  for c in contexts_ids] for h in heads]
       name = f"highlight_{d:02d}.html"
-      write(name, tv.highlighted_text_html(tokens, chi, heads, title=f"per-token χ on {dataset}",
-                                          captions=[f"{dataset} · context {c}" for c in contexts_ids]))
+      write(name, tv.highlighted_text_html(tokens, per_head("chi"), heads, title=f"per-token χ on {dataset}",
+                                          captions=[f"{dataset} · context {c}" for c in contexts_ids],
+                                          stderr_HxOxJ=per_head("chi_stderr")))
       links.append(f'<li><a href="{name}">{dataset}</a> ({len(contexts_ids)} contexts, {len(keys)} tokens)</li>')
     sections["highlight"] = ("Highlighted text", f"<ul>{''.join(links)}</ul>")
   if "extremes" in views:

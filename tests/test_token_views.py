@@ -41,6 +41,16 @@ def test_normalisation_is_shared_by_all_heads_shown():
     tv.highlighted_text_html([["x", "y"]], chi, ["a"], title="t")
 
 
+def test_hovering_a_token_shows_chi_with_its_error_bar_for_every_head():
+  chi = np.array([[[0.5, -1.0]], [[4.0, 2.0]]])
+  err = np.array([[[0.1, 0.25]], [[1.5, 0.02]]])
+  page = tv.highlighted_text_html([["x", "y"]], chi, ["a", "b"], title="t", stderr_HxOxJ=err)
+  assert 'title="a: χ = +0.5 ± 0.1\nb: χ = +4 ± 1.5"' in page and 'title="a: χ = -1 ± 0.25\nb: χ = +2 ± 0.02"' in page
+  assert "Hover a token" in page and "title=" not in tv.highlighted_text_html([["x", "y"]], chi, ["a", "b"], title="t")
+  with pytest.raises(ValueError, match=r"stderr must have χ's shape \(2, 1, 2\)"):
+    tv.highlighted_text_html([["x", "y"]], chi, ["a", "b"], title="t", stderr_HxOxJ=err[:1])
+
+
 def test_text_is_escaped_and_newlines_are_marked():
   page = tv.highlighted_text_html([["<b>", "\n"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
   assert "&lt;b&gt;</span>" in page and "<b>" not in page.split("<body>")[1]

@@ -67,11 +67,14 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
           + (f'<p class="legend">Each token carries one band per head, top to bottom: {bands}.</p>' if len(heads) > 1 else ""))
 
 
-def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "") -> str:
-  """One element per token. One head: its background; several: stacked horizontal bands, one per head."""
+def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "", tooltip: str | None = None) -> str:
+  """One element per token. One head: its background; several: stacked horizontal bands, one per head.
+  `tooltip`: shown on hover (the element's title)."""
   shown = html.escape(text).replace("\n", "↵\n")  # a visible mark, then the break (inside: one element per token)
   colours = [css_rgba(token_colour(c, max_abs, scheme)) for c in chis]
   data = " ".join(f'data-chi{i}="{c:.6g}"' for i, c in enumerate(chis))
+  if tooltip is not None:
+    extra += f' title="{html.escape(tooltip)}"'
   if len(colours) == 1:
     return f'<span class="tok" {data}{extra} style="background-color: {colours[0]}">{shown}</span>'
   n = len(colours)
@@ -80,22 +83,30 @@ def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "") -
 
 
 def highlighted_text_html(contexts, chi_HxOxJ, heads, *, title: str, scheme: str = "linear",
-                          captions=None, max_abs: float | None = None) -> str:
+                          captions=None, max_abs: float | None = None, stderr_HxOxJ=None) -> str:
   """A page with every context's tokens highlighted by their per-token χ for one or several heads.
 
   contexts: list (O) of lists (J) of token strings, the tokens whose prediction χ scores.
   chi_HxOxJ: per-token χ per head. The normalisation max|χ| is shared by all heads (the paper's).
+  stderr_HxOxJ: χ's standard errors; when given, hovering a token shows χ ± stderr for every head.
   """
   chi = np.asarray(chi_HxOxJ, np.float64)
   if chi.ndim != 3 or chi.shape[0] != len(heads) or chi.shape[1] != len(contexts):
     raise ValueError(f"chi must be [heads={len(heads)}, contexts={len(contexts)}, tokens]; got {chi.shape}")
+  err = None if stderr_HxOxJ is None else np.asarray(stderr_HxOxJ, np.float64)
+  if err is not None and err.shape != chi.shape:
+    raise ValueError(f"stderr must have χ's shape {chi.shape}; got {err.shape}")
   max_abs = float(np.nanmax(np.abs(chi))) if max_abs is None and np.isfinite(chi).any() else (max_abs or 0.0)
   parts = [_legend(heads, scheme, max_abs)]
+  if err is not None:
+    parts.append('<p class="legend">Hover a token for χ ± its standard error under every head shown.</p>')
+  tooltip = lambda o, j: (None if err is None else "\n".join(
+      f"{h}: χ = {chi[i, o, j]:+.3g} ± {err[i, o, j]:.2g}" for i, h in enumerate(heads)))
   for o, tokens in enumerate(contexts):
     if len(tokens) != chi.shape[2]:
       raise ValueError(f"context {o} has {len(tokens)} tokens but χ has {chi.shape[2]} positions")
     caption = html.escape(captions[o]) if captions is not None else f"context {o}"
-    spans = "".join(_token_span(t, chi[:, o, j], max_abs, scheme) for j, t in enumerate(tokens))
+    spans = "".join(_token_span(t, chi[:, o, j], max_abs, scheme, tooltip=tooltip(o, j)) for j, t in enumerate(tokens))
     parts.append(f'<h2>{caption}</h2><div class="ctx">{spans}</div>')
   return _PAGE.format(title=html.escape(title), body="\n".join(parts))
 
