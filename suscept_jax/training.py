@@ -3,7 +3,6 @@
 Batches come from a deterministic schedule keyed by (seed, step), so a run resumed from its latest
 train state sees exactly the batches an uninterrupted run would and ends with the same params.
 """
-import contextlib
 import dataclasses
 import json
 import math
@@ -120,8 +119,8 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   if start == 0:
     save(0)
     record(0, test_loss=evaluate(params, test_data))
-  bar = progress_bar(cfg.steps, "train", initial=start, waiting="compiling") if progress else None
-  with bar if bar is not None else contextlib.nullcontext():  # closed also when a step fails
+  # Closed also when a step fails; disabled, the bar takes its updates silently.
+  with progress_bar(cfg.steps, "train", initial=start, waiting="compiling", enabled=bool(progress)) as bar:
     t0, loss = time.perf_counter(), float("nan")
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     for step in range(start, end):
@@ -140,12 +139,10 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
           raise FloatingPointError(f"training loss became {loss} at step {done}; lower the learning rate")
         test_loss = evaluate(params, test_data)
         record(done, train_loss=loss, test_loss=test_loss)
-        if bar is not None:
-          bar.set_postfix(train=f"{loss:.3f}", test=f"{test_loss:.3f}")
+        bar.set_postfix(train=f"{loss:.3f}", test=f"{test_loss:.3f}")
       if done in schedule_steps or done % cfg.resume_every == 0 or done == end:
         save(done)
-      if bar is not None:
-        bar.update(1)
+      bar.update(1)
   state_mngr.close()
   params_mngr.close()
   return {"steps_run": end - start, "seconds": time.perf_counter() - t0, "final_step": end,
