@@ -213,6 +213,9 @@ def test_scaled_patterns_use_only_the_directions_above_the_noise():
   assert plans.residual_G[0] < 0.01
   np.testing.assert_allclose(plans.change_GxH[0] / np.linalg.norm(plans.change_GxH[0]), inside, atol=0.01)
   assert plans.effect_G([inside])[0] / plans.off_target_G([inside])[0] > 20
+  one = np.eye(4)[:1]  # for one component alone, the effect's spread is that component's spread
+  single = st.scaled_patterns(X, one, stderr, max_weight=0.1)
+  np.testing.assert_allclose(single.effect_stderr_G(one), single.change_stderr_GxH[:, 0])
   # outside: the share of e_0 outside span(V) is missed
   missed = np.sqrt(1 - np.sum(V[0] ** 2))
   np.testing.assert_allclose(plans.residual_G[1], missed, rtol=0.02)

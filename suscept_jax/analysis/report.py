@@ -197,7 +197,9 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
   plans = structure.scaled_patterns(X_DxH, targets_GxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
   figure = structure_plots.plot_patterns(plans.delta_h_GxD, names, datasets, last, fig_dir / "patterning.png")
   effect, off_target = plans.effect_G(targets_GxH), plans.off_target_G(targets_GxH)
-  body = "".join(f"<tr><td>{html.escape(n)}</td><td>{effect[t]:.3g}</td><td>{off_target[t]:.2g}</td>"
+  effect_err = plans.effect_stderr_G(targets_GxH)
+  body = "".join(f"<tr><td>{html.escape(n)}</td><td>{effect[t]:.3g} ± {effect_err[t]:.2g}</td>"
+                 f"<td>{off_target[t]:.2g}</td>"
                  f"<td>{_ratio_text(effect[t], off_target[t])}</td>"
                  f"<td>{plans.residual_G[t]:.2f}</td></tr>" for t, n in enumerate(names))
   return (f'<p class="meta">Checkpoint {last}, {len(datasets)} probes: X there has <b>{plans.rank} direction(s)'
@@ -206,7 +208,8 @@ def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_
           f"loadings, in χ's units, or one component with the others held fixed) the plan is dh = (Xᵀ)⁺·target "
           f"over those directions, scaled so that no probe's weight exceeds δh = {delta_h:g} (where χ was "
           f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ along "
-          f"the target, in nats (× nβ for weight-refined LLCs). Off-target: what the plan does besides, and its "
+          f"the target, in nats (× nβ for weight-refined LLCs), ± its spread over X within the cells' error "
+          f"bars. Off-target: what the plan does besides, and its "
           f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: "
           f"the share of the target these probes cannot produce (1: none of it). A target with effect / "
           f"off-target below ≈ 2 is not one these probes can "

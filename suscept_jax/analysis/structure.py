@@ -284,6 +284,13 @@ class ScaledPatterns(NamedTuple):
     unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
     return np.abs((self.change_GxH * unit).sum(1))
 
+  def effect_stderr_G(self, targets_GxH) -> np.ndarray:
+    """Spread of the effect along its target over X within its error bars (the components' spreads combined
+    as if independent: exact for a target that is one component)."""
+    unit = np.asarray(targets_GxH, np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    return np.sqrt(((unit * np.nan_to_num(self.change_stderr_GxH)) ** 2).sum(1))
+
   def off_target_G(self, targets_GxH) -> np.ndarray:
     """Length of what the plan may do besides its target: the effect's part off the target direction and
     its spread over X, together."""
