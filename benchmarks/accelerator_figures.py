@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import sampler
+from suscept_jax import batched, restricted, sampler
 from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
@@ -68,9 +68,9 @@ def matmul_peaks(n: int, repeats: int = 10) -> dict:
 def step_flops(loss_fn, params, names, masks_C, batch) -> float:
   """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
   total = 0.0
-  for free, comps in sampler.component_groups(masks_C, len(names)):
+  for free, comps in restricted.component_groups(masks_C, len(names)):
     free = None if all(free) else free
-    grad = flops_of(lambda w, b, free=free: sampler.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
+    grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
     total += grad * len(comps)
   return total
 

@@ -20,7 +20,7 @@ from unittest import mock
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import sampler, toys
+from suscept_jax import streams, toys
 
 N, DIM, BATCH, DELTA_H = 4096, 4, 16, 0.25
 OBSERVED = 8  # probe samples observed as one-token contexts by the per-token check
@@ -68,7 +68,7 @@ def measure(num_chains: int, seeds, *, num_draws: int = 100, num_burnin: int = 0
   """{(quantity, component): (seed-to-seed std, RMS reported stderr, mean)} over `seeds` runs."""
   base, probes, w_star, comps = problem(spread)
   config = sgld_config(num_chains, num_draws, num_burnin)
-  patch = (mock.patch.object(sampler, "stream_seed", lambda seed, checkpoint, chain: (seed, checkpoint, 0))
+  patch = (mock.patch.object(streams, "stream_seed", lambda seed, checkpoint, chain: (seed, checkpoint, 0))
            if shared_streams else contextlib.nullcontext())
   values = {}
   with patch:

@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import suscept_jax as sj  # noqa: E402
-from suscept_jax import sampler  # noqa: E402
+from suscept_jax import programs, sampler  # noqa: E402
 from suscept_jax.models import components, config as model_config, transformer  # noqa: E402
 
 GiB = 2**30
@@ -52,7 +52,7 @@ def main(argv=None):
     plan = sampler.memory_plan(loss_fn, params, names, masks_C, contexts, probes, config=config,
                                batch_size=args.batch_size, delta_h=0.1, microbatch_size="auto", mesh=mesh,
                                device_bytes=device_bytes)
-    print(f"{machine}: limit {sampler.MEMORY_FRACTION:.0%} of {device_bytes / GiB:.1f} GiB per device")
+    print(f"{machine}: limit {programs.MEMORY_FRACTION:.0%} of {device_bytes / GiB:.1f} GiB per device")
     for program in plan:
       kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
       print(f"  {kind}: {program.entries_per_device} entries per device, micro-batch "

@@ -7,7 +7,7 @@ Per kind (the full model, a head of the first layer, of the last layer, the unem
 entries (its heads × chains, chain k reading batch k): XLA's FLOP count per entry and the measured time of
 the vmapped gradient with every leaf differentiated, with only the kind's leaves, and (kinds of several
 heads) with only those on the sampler's entry grid, where the frozen layers below the heads are computed
-once per chain (`sampler.over_entries`). Then `sampler.run` over the model's default
+once per chain (`restricted.over_entries`). Then `sampler.run` over the model's default
 components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
 --flops_only: the FLOP counts only (compiled, not run), e.g. for the paper's model, too big to time here.
 """
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import sampler
+from suscept_jax import batched, restricted, sampler
 from suscept_jax.models import components
 
 from benchmarks import common
@@ -28,8 +28,8 @@ def gradient_cost(loss_fn, params, batch_KxN, free, heads: int, grid, repeats: i
   reading batch k), laid out flat (grid None) or on the entry grid; repeats 0: compiled, not run (NaN s)."""
   K = batch_KxN.shape[0]
   E = heads * K
-  one = lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, params)
-  over = lambda w, b: sampler.over_entries(one, grid, (w,), b, np.tile(np.arange(K), heads))
+  one = lambda w, b: batched.loss_and_grad(loss_fn, w, b, None, free, params)
+  over = lambda w, b: restricted.over_entries(one, grid, (w,), b, np.tile(np.arange(K), heads))
   positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
   compiled = jax.jit(over).lower(positions, jax.ShapeDtypeStruct(batch_KxN.shape, batch_KxN.dtype)).compile()
   flops = common.compiled_flops(compiled) / E
@@ -66,12 +66,12 @@ def main(argv=None):
   rng = np.random.default_rng(0)
   for kind, (spec, count) in kinds.items():
     _, masks_C = sj.stack_masks(components.component_masks([spec], params, cfg), params)
-    free = sampler.free_leaves(masks_C, [0])
+    free = restricted.free_leaves(masks_C, [0])
     batch_KxN = rng.integers(0, cfg.d_vocab, (args.num_chains, args.batch_size, cfg.n_ctx), dtype=np.int32)
     free = None if all(free) else free
     costs = {"all leaves": gradient_cost(loss_fn, params, batch_KxN, None, count, None, repeats),
              "free leaves": gradient_cost(loss_fn, params, batch_KxN, free, count, None, repeats)}
-    grid = sampler.entry_grid(count, args.num_chains, 1, free)
+    grid = restricted.entry_grid(count, args.num_chains, 1, free)
     if grid:
       costs["free, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats)
     flops_all, s_all = costs["all leaves"]
@@ -82,7 +82,7 @@ def main(argv=None):
   if args.flops_only:
     return
   names, masks_C = sj.stack_masks(masks, params)
-  groups = sampler.component_groups(masks_C, len(names))
+  groups = restricted.component_groups(masks_C, len(names))
   config = sj.SGLDConfig(num_chains=args.num_chains, num_draws=args.draws, mala_every=0)
   off = run_seconds(loss_fn, params, names, masks_C, base, probes, config, args.batch_size, False)
   on = run_seconds(loss_fn, params, names, masks_C, base, probes, config, args.batch_size, True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import mixing, sampler
+from suscept_jax import batched, mixing, restricted, sampler
 from suscept_jax.models import components, config as model_config, transformer
 
 from benchmarks import common
@@ -49,7 +49,7 @@ def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draw
 
 
 def replica_curve(loss_fn, params, base, replica_counts, batch_size, draws, peak):
-  grad_flops = flops_of(lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None), params, base[:batch_size])
+  grad_flops = flops_of(lambda w, b: batched.loss_and_grad(loss_fn, w, b, None), params, base[:batch_size])
   print(f"replicas (chains of the full model), batch {batch_size}: one gradient = {grad_flops / 1e6:.1f} MFLOP")
   previous = None
   for E in replica_counts:
@@ -82,13 +82,13 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
   specs = components.default_components(cfg)
   masks = components.component_masks(specs, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params), cfg)
   names, masks_C = sj.stack_masks(masks, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
-  groups = sampler.component_groups(masks_C, len(names))
+  groups = restricted.component_groups(masks_C, len(names))
 
   def step_flops(batch):  # {component: FLOPs of its restricted gradient at `batch`}
     out = {}
     for free, comps in groups:
       free = None if all(free) else free
-      grad = flops_of(lambda w, b: sampler.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
+      grad = flops_of(lambda w, b: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
       out.update({names[c]: grad for c in comps})
     return out
 

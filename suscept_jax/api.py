@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from suscept_jax import diagnostics, estimators, health, masks, mixing, sampler, sgld, validation
+from suscept_jax import batched, diagnostics, estimators, health, masks, mixing, sampler, sgld, validation
 
 MAX_TRACE_POINTS = 1000
 
@@ -86,7 +86,7 @@ def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, d
   for d, name in enumerate(probes):
     if not dropped_D[d]:
       continue
-    faulty = sampler.nonfinite_samples(loss_fn, params, probes[name], out.nonfinite_probe_samples[name],
+    faulty = batched.nonfinite_samples(loss_fn, params, probes[name], out.nonfinite_probe_samples[name],
                                        microbatch_size)
     cause = (f"sample(s) {faulty[:10]} have a non-finite loss at w* itself (a data fault: fix or remove them)"
              if faulty else "the loss was finite at w*, so the chains moved somewhere the probe's loss overflows")

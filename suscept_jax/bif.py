@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from suscept_jax import api, estimators, health, masks, sampler, sgld, validation
+from suscept_jax import api, batched, estimators, health, masks, sampler, sgld, validation
 from suscept_jax.progress import over_chunks
 
 
@@ -42,7 +42,7 @@ class BIFResult:
 
 def _per_sample_as_tokens(loss_fn: Callable) -> Callable:
   """loss_fn's per-sample losses [B] as one 'token' per sample, [B, 1] (a fresh wrapper each call compiles once:
-  the sampler keys programs by sampler.function_key, which sees through the wrapper to loss_fn)."""
+  the sampler keys programs by programs.function_key, which sees through the wrapper to loss_fn)."""
   return lambda params, batch: loss_fn(params, batch)[:, None]
 
 
@@ -132,11 +132,11 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   validation.preflight(loss_fn, params, {base_name: base}, batch_size=batch_size, num_streams=config.num_chains,
                        seed=seed, checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
   observed = _concat_rows(queries, samples)
-  at_star = np.asarray(sampler.losses_at(token_loss_fn, params, observed, observed_microbatch))
+  at_star = np.asarray(batched.losses_at(token_loss_fn, params, observed, observed_microbatch))
   bad = np.flatnonzero(~np.all(np.isfinite(at_star.reshape(num_q + num_s, -1)), axis=1))
   if bad.size:
     named = [f"query {i}" if i < num_q else f"sample {i - num_q}" for i in bad[:20]]
-    raise sampler.DataFaultError(f"the losses at w* are not finite for {', '.join(named)}: a fault of the data")
+    raise batched.DataFaultError(f"the losses at w* are not finite for {', '.join(named)}: a fault of the data")
 
   component_names, masks_C = masks.stack_masks(components, params)
   C, K = len(component_names), config.num_chains
@@ -148,7 +148,7 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
                             batch_size=batch_size, delta_h=None, seed=seed, checkpoint_id=checkpoint_id,
                             microbatch_size=microbatch_size, mesh=mesh, progress=chunk_progress, label="bif",
                             base_name=base_name,
-                            observed=_concat_rows(queries, sampler.padded_rows(samples, i * chunk, chunk, num_s)),
+                            observed=_concat_rows(queries, batched.padded_rows(samples, i * chunk, chunk, num_s)),
                             token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch, pair_split=num_q)
     if out is None:  # the chains (hence the LLC and diagnostics) are the same in every chunk
       out = chunk_out

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from suscept_jax import api, estimators, health, masks, mixing, sampler, sgld, validation
+from suscept_jax import api, batched, estimators, health, masks, mixing, sampler, sgld, validation
 from suscept_jax.progress import over_chunks
 
 
@@ -63,7 +63,7 @@ def estimate_per_token_susceptibilities(
   progress: True (one bar over every chunk), False, or the caller's bar (anything with `update`), which
     advances by config.num_steps per chunk of contexts.
   observed_microbatch: contexts evaluated at a time at each draw; None: on CPU about 128 token losses' worth
-    (`sampler.observed_microbatch_for`), on accelerators all of a chunk at once.
+    (`programs.observed_microbatch_for`), on accelerators all of a chunk at once.
   """
   config = config or sgld.SGLDConfig(num_draws=100)
   validation.check_batching(batch_size, microbatch_size)
@@ -87,10 +87,10 @@ def estimate_per_token_susceptibilities(
   validation.preflight(loss_fn, params, {base_name: base, **{f"probe {k!r}": v for k, v in (probes or {}).items()}},
                        batch_size=batch_size, num_streams=config.num_chains, seed=seed, checkpoint_id=checkpoint_id,
                        config=config, microbatch_size=microbatch_size)
-  loss_at_star = np.asarray(sampler.losses_at(token_loss_fn, params, contexts, observed_microbatch))
+  loss_at_star = np.asarray(batched.losses_at(token_loss_fn, params, contexts, observed_microbatch))
   bad = np.flatnonzero(~np.all(np.isfinite(loss_at_star.reshape(num_contexts, -1)), axis=1))
   if bad.size:
-    raise sampler.DataFaultError(f"contexts: the token losses at w* are not finite in context(s) "
+    raise batched.DataFaultError(f"contexts: the token losses at w* are not finite in context(s) "
                                  f"{bad[:20].tolist()}: a fault of the data (for a language model, e.g. token ids outside "
                                  f"its vocabulary). Fix or remove them.")
 
@@ -102,7 +102,7 @@ def estimate_per_token_susceptibilities(
                       config=config, batch_size=batch_size, delta_h=delta_h if (probes and i == 0) else None, seed=seed,
                       checkpoint_id=checkpoint_id, microbatch_size=microbatch_size, mesh=mesh,
                       progress=chunk_progress, label="per-token",
-                      base_name=base_name, observed=sampler.padded_rows(contexts, i * chunk, chunk, num_contexts),
+                      base_name=base_name, observed=batched.padded_rows(contexts, i * chunk, chunk, num_contexts),
                       token_loss_fn=token_loss_fn, observed_microbatch=observed_microbatch,
                       restrict_gradients=restrict_gradients)
     diverged = out.diverged.reshape(C, K)

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from suscept_jax import masks, mixing, sampler, sgld
+from suscept_jax import batched, masks, mixing, sgld, streams
 
 
 # ---- validation --------------------------------------------------------------------------------------------
@@ -95,11 +95,11 @@ def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_s
   first_eval_step = config.num_burnin + config.steps_between_draws
   for name, data in datasets.items():
     indices = np.concatenate([
-        mixing.BatchSchedule(sampler.num_rows(data), batch_size, sampler.stream_seed(seed, checkpoint_id, k),
+        mixing.BatchSchedule(batched.num_rows(data), batch_size, streams.stream_seed(seed, checkpoint_id, k),
                              name=name).indices(first_eval_step) for k in range(min(num_streams, 2))])
-    faulty = sampler.nonfinite_samples(loss_fn, params, data, indices, microbatch_size, rows=indices.size)
+    faulty = batched.nonfinite_samples(loss_fn, params, data, indices, microbatch_size, rows=indices.size)
     if faulty:
-      raise sampler.DataFaultError(
+      raise batched.DataFaultError(
           f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
           f"{' …' if len(faulty) > 20 else ''}: a fault of the data, not of the sampler. Fix or remove them.")
 

@@ -175,7 +175,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
   import pandas as pd
 
   import suscept_jax as sj
-  from suscept_jax import checkpoints, sampler
+  from suscept_jax import batched, checkpoints
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes
@@ -196,7 +196,7 @@ def compute(store, settings, target, step, component_masks, base, contexts, labe
     for i in todo:
       name = f"chunk_{i:05d}"
       bar.set_description(f"chunk {i + 1}/{num_chunks}")
-      chunk_contexts = sampler.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
+      chunk_contexts = batched.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
       with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = sj.estimate_per_token_susceptibilities(

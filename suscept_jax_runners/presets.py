@@ -69,7 +69,7 @@ PRESETS = {
         checkpoint_steps=PAPER_CHECKPOINT_STEPS,  # S of App. C.1; the per-token run uses the last, 49900
         sgld=SGLDConfig(), batch_size=64, delta_h=0.1, max_contexts=100_000,
         # 17 entries per chip at micro-batch 8 need ≈ 37 GiB (XLA's analysis), more than a v4 chip's 32: sized
-        # per device from XLA's memory analysis instead (sampler.MICROBATCH_AUTO).
+        # per device from XLA's memory analysis instead (batched.MICROBATCH_AUTO).
         microbatch_size="auto",
         output_dir="runs/paper/sweep", per_token_output_dir="runs/paper/per_token",
         sgld_note="the paper's settings (App. C.3); check them on your model with `python -m experiments.calibrate`"),

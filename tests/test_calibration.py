@@ -61,17 +61,17 @@ def test_a_shared_data_stream_fails_the_same_check():
 def test_step_size_calibration_on_a_known_posterior():
   """A grid of ε for two components runs as one program; too small a step fails R̂ (still climbing from
   w*), too large fails MALA acceptance or diverges, and the recommended ε samples the known posterior."""
-  from suscept_jax import calibration, sampler, toys
+  from suscept_jax import calibration, programs, toys
   import suscept_jax as sj
   rng = np.random.default_rng(0)
   h = np.array([0.5, 1.0, 2.0])
   data = toys.quadratic_dataset(rng, 256, h, 0.3)
   config = sj.SGLDConfig(localization=10.0, nbeta=100.0, num_chains=8, num_draws=300, mala_every=2)
   comps = {"full": None, "c0": {"w": np.array([True, False, False])}}
-  compiled_before = len(sampler._COMPILED)
+  compiled_before = len(programs._COMPILED)
   res = calibration.calibrate(toys.quadratic_loss, toys.quadratic_minimum(data), data, comps,
                               step_sizes=[1e-4, 3e-3, 1e-2, 3e-2], config=config, batch_size=256, progress=False)
-  assert len(sampler._COMPILED) - compiled_before <= 1  # the whole grid is one compiled program
+  assert len(programs._COMPILED) - compiled_before <= 1  # the whole grid is one compiled program
   cell = {(c.setting.step_size, c.component): c for c in res.cells}
   assert cell[(1e-4, "full")].r_hat > calibration.RHAT_MAX
   assert cell[(1e-2, "full")].mala_acceptance < 0.9 and cell[(3e-2, "full")].num_diverged == 8

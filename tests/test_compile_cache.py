@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import sampler, toys
+from suscept_jax import programs, streams, toys
 
 pytestmark = pytest.mark.filterwarnings("ignore::suscept_jax.health.SusceptibilityWarning")
 
@@ -19,32 +19,32 @@ def _data(seed=0):
 def test_function_key_sees_through_fresh_closures():
   def make(scale):
     return lambda p, b: scale * toys.quadratic_loss(p, b)
-  assert sampler.function_key(make(2.0)) == sampler.function_key(make(2.0))
-  assert sampler.function_key(make(2.0)) != sampler.function_key(make(3.0))
+  assert programs.function_key(make(2.0)) == programs.function_key(make(2.0))
+  assert programs.function_key(make(2.0)) != programs.function_key(make(3.0))
   wrap = lambda f: (lambda p, b: f(p, b)[:, None])  # noqa: E731
-  assert sampler.function_key(wrap(make(2.0))) == sampler.function_key(wrap(make(2.0)))
+  assert programs.function_key(wrap(make(2.0))) == programs.function_key(wrap(make(2.0)))
   array_closure = lambda: (lambda p, b: np.ones(3) @ b)  # noqa: E731
   a, b = (lambda arr: (lambda p, x: arr * x))(np.ones(2)), (lambda arr: (lambda p, x: arr * x))(np.ones(2))
-  assert sampler.function_key(a) is a and sampler.function_key(a) != sampler.function_key(b)  # unhashable: identity
-  assert sampler.function_key(array_closure()) == sampler.function_key(array_closure())
+  assert programs.function_key(a) is a and programs.function_key(a) != programs.function_key(b)  # unhashable: identity
+  assert programs.function_key(array_closure()) == programs.function_key(array_closure())
 
 
 def test_fresh_lambdas_compile_once_and_the_cache_is_bounded(monkeypatch):
   data = _data()
   params = toys.quadratic_minimum(data)
-  sampler._COMPILED.clear()
+  programs._COMPILED.clear()
   results = []
   for _ in range(3):  # a new lambda each call, as a user writes it inside a loop
     loss_fn = lambda p, b, scale=1.0: scale * toys.quadratic_loss(p, b)  # noqa: E731
     results.append(sj.estimate_llc(loss_fn, params, data, config=CFG, batch_size=10, progress=False).mean)
-  assert sorted(key[0] for key in sampler._COMPILED) == ["anchor", "draw"]  # one of each kind, not one per call
+  assert sorted(key[0] for key in programs._COMPILED) == ["anchor", "draw"]  # one of each kind, not one per call
   assert results[0] == results[1] == results[2]
-  monkeypatch.setattr(sampler, "COMPILED_CACHE_SIZE", 2)
+  monkeypatch.setattr(programs, "COMPILED_CACHE_SIZE", 2)
   for i in range(4):  # closures over arrays cannot be keyed by value: each compiles, but at most 2 are kept
     weight = np.float32(1.0) + np.zeros(1, np.float32) * i
     loss_fn = lambda p, b: weight[0] * toys.quadratic_loss(p, b)  # noqa: E731
     sj.estimate_llc(loss_fn, params, data, config=CFG, batch_size=10, progress=False)
-    assert len(sampler._COMPILED) <= 2
+    assert len(programs._COMPILED) <= 2
 
 
 @pytest.mark.parametrize("shape, names", [((4,), ("data",)), ((2, 2), ("x", "y"))])
@@ -72,12 +72,12 @@ def test_chain_keys_do_not_depend_on_the_group_they_are_derived_with():
   is fold_in(seed, checkpoint, component, chain) whatever else is derived with it, so adding a component
   changes no other chain's noise."""
   names = ["full", "l0h0", "l1h3"]
-  together = sampler.chain_keys(7, 3, names, 3)
+  together = streams.chain_keys(7, 3, names, 3)
   assert together.shape == (9, 2)
-  alone = np.concatenate([sampler.chain_keys(7, 3, [name], 3) for name in names])
+  alone = np.concatenate([streams.chain_keys(7, 3, [name], 3) for name in names])
   np.testing.assert_array_equal(together, alone)
   root = jax.random.fold_in(jax.random.key(7), 3)
-  expected = jax.random.key_data(jax.random.fold_in(jax.random.fold_in(root, sampler.component_seed("l1h3")), 2))
+  expected = jax.random.key_data(jax.random.fold_in(jax.random.fold_in(root, streams.component_seed("l1h3")), 2))
   np.testing.assert_array_equal(together[-1], expected)
   many = [f"c{i}" for i in range(40)]  # more rows than one block
-  np.testing.assert_array_equal(sampler.chain_keys(7, 3, many, 2)[-2:], sampler.chain_keys(7, 3, many[-1:], 2))
+  np.testing.assert_array_equal(streams.chain_keys(7, 3, many, 2)[-2:], streams.chain_keys(7, 3, many[-1:], 2))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import sampler
+from suscept_jax import programs, sampler
 from suscept_jax.models import config as model_config, transformer
 
 pytestmark = pytest.mark.filterwarnings("ignore::suscept_jax.health.SusceptibilityWarning")
@@ -31,20 +31,20 @@ def _run(micro):
 
 def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   need = []
-  real_program_bytes = sampler.program_bytes
-  monkeypatch.setattr(sampler, "program_bytes", lambda compiled: need.append(real_program_bytes(compiled)) or need[-1])
-  sampler._AUTO_CHOICES.clear()
+  real_program_bytes = programs.program_bytes
+  monkeypatch.setattr(programs, "program_bytes", lambda compiled: need.append(real_program_bytes(compiled)) or need[-1])
+  programs._AUTO_CHOICES.clear()
   whole = _run(None)
   auto = _run("auto")  # this machine's memory holds the whole batch: no micro-batching, the same numbers
-  assert [micro for micro, _ in sampler._AUTO_CHOICES.values()] == [None] and len(need) == 1
+  assert [micro for micro, _ in programs._AUTO_CHOICES.values()] == [None] and len(need) == 1
   np.testing.assert_array_equal(auto.chi, whole.chi)
   # A device that holds a little less than the whole batch's program: a smaller micro-batch is chosen.
   whole_batch_bytes = need.pop()
-  sampler._AUTO_CHOICES.clear()
-  monkeypatch.setattr(sampler, "device_memory_bytes",
-                      lambda device: int(whole_batch_bytes / sampler.MEMORY_FRACTION) - 1)
+  programs._AUTO_CHOICES.clear()
+  monkeypatch.setattr(programs, "device_memory_bytes",
+                      lambda device: int(whole_batch_bytes / programs.MEMORY_FRACTION) - 1)
   small = _run("auto")
-  chosen = list(sampler._AUTO_CHOICES.values())[0][0]
+  chosen = list(programs._AUTO_CHOICES.values())[0][0]
   assert chosen is not None and chosen < 32 and need[0] == whole_batch_bytes and need[-1] < whole_batch_bytes
   explicit = _run(chosen)
   np.testing.assert_array_equal(small.chi, explicit.chi)  # auto = the same micro-batch given by hand
@@ -53,16 +53,16 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
 
 
 def test_nothing_fits_is_a_clear_error(monkeypatch):
-  sampler._AUTO_CHOICES.clear()
-  monkeypatch.setattr(sampler, "device_memory_bytes", lambda device: 1000)
+  programs._AUTO_CHOICES.clear()
+  monkeypatch.setattr(programs, "device_memory_bytes", lambda device: 1000)
   with pytest.raises(MemoryError, match=r"microbatch_size='auto': no micro-batch fits .* needed per micro-batch "
                                         r"size: 32: .* GiB; 16: "):
     _run("auto")
 
 
 def test_candidates_halve_down_to_one():
-  assert sampler.microbatch_candidates(64) == [None, 32, 16, 8, 4, 2, 1]
-  assert sampler.microbatch_candidates(20) == [None, 10, 5, 2, 1]
+  assert programs.microbatch_candidates(64) == [None, 32, 16, 8, 4, 2, 1]
+  assert programs.microbatch_candidates(20) == [None, 10, 5, 2, 1]
   with pytest.raises(ValueError, match="microbatch_size='big' must be a positive integer, 'auto' or None"):
     with warnings.catch_warnings():
       _run("big")
@@ -77,8 +77,8 @@ def test_memory_plan_sizes_a_run_for_another_machine_without_running_it():
   whole = plan(microbatch_size=None)
   assert [p.components for p in whole] == [["full"], ["l0h0"]] and all(p.microbatch_size is None for p in whole)
   assert whole[1].bytes_per_device < whole[0].bytes_per_device  # the restricted program needs less
-  sampler._AUTO_CHOICES.clear()
-  small = plan(microbatch_size="auto", device_bytes=int(whole[0].bytes_per_device / sampler.MEMORY_FRACTION) - 1)
+  programs._AUTO_CHOICES.clear()
+  small = plan(microbatch_size="auto", device_bytes=int(whole[0].bytes_per_device / programs.MEMORY_FRACTION) - 1)
   assert small[0].microbatch_size is not None and small[0].bytes_per_device < whole[0].bytes_per_device
   assert small[1].microbatch_size is None  # the lighter group still fits whole
   explicit = plan(microbatch_size=small[0].microbatch_size)

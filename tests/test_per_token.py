@@ -117,7 +117,7 @@ def test_contexts_a_language_model_cannot_take_are_refused_naming_them():
 def test_the_cpu_default_observes_contexts_a_few_at_a_time_with_the_same_numbers():
   """On CPU the observed contexts are evaluated ≈ 128 token losses at a time unless told: a speed lever only."""
   import functools
-  from suscept_jax import sampler
+  from suscept_jax import programs
   from suscept_jax.models import components, config as model_config, transformer
   cfg = model_config.get_config("tiny", d_vocab=64)  # n_ctx 16: 15 token losses per context -> 8 contexts
   params = transformer.init_params(cfg, seed=0)
@@ -128,15 +128,15 @@ def test_the_cpu_default_observes_contexts_a_few_at_a_time_with_the_same_numbers
   contexts = rng.integers(0, 64, (21, cfg.n_ctx), dtype=np.int32)
   mesh = parallel.as_entry_mesh(None)
   shape = jax.eval_shape(tokens, params, contexts[:1]).shape  # [1, 15]
-  assert sampler.observed_microbatch_for(mesh, shape, None) == 128 // (cfg.n_ctx - 1)
-  assert sampler.observed_microbatch_for(mesh, shape, 5) == 5  # asked for: kept
-  assert sampler.observed_microbatch_for(mesh, None, None) is None  # nothing observed
+  assert programs.observed_microbatch_for(mesh, shape, None) == 128 // (cfg.n_ctx - 1)
+  assert programs.observed_microbatch_for(mesh, shape, 5) == 5  # asked for: kept
+  assert programs.observed_microbatch_for(mesh, None, None) is None  # nothing observed
 
   class Device:
     platform = "gpu"
   class Mesh:
     devices = np.array([Device()])
-  assert sampler.observed_microbatch_for(Mesh(), shape, None) is None  # accelerators: all at once
+  assert programs.observed_microbatch_for(Mesh(), shape, None) is None  # accelerators: all at once
   run = lambda micro: sj.estimate_per_token_susceptibilities(
       loss, tokens, params, masks, base, contexts, config=sj.SGLDConfig(num_draws=6, num_chains=2), batch_size=16,
       observed_microbatch=micro, progress=False)

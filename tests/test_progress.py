@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import masks as masks_lib, sampler, sgld, toys
+from suscept_jax import masks as masks_lib, restricted, sampler, sgld, toys
 from suscept_jax.progress import MeanOfParts, progress_bar
 from tests.helpers import CountingBar
 
@@ -30,7 +30,7 @@ def problem():
 def test_a_run_of_several_programs_counts_its_steps_once(problem):
   params, components, base, config = problem
   names, masks_C = masks_lib.stack_masks(components, params)
-  assert len(sampler.component_groups(masks_C, len(names))) == 3  # full, leaf a, leaf b: three programs
+  assert len(restricted.component_groups(masks_C, len(names))) == 3  # full, leaf a, leaf b: three programs
   bar = CountingBar()
   sampler.run(two_leaf_loss, params, names, masks_C, base, {}, config=config, batch_size=16, delta_h=None,
               progress=bar)

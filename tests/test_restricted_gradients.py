@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from suscept_jax import masks as masks_lib, parallel, sampler, sgld
+from suscept_jax import batched, masks as masks_lib, parallel, programs, restricted, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 from tests import XLA_TEST_FLAGS
 
@@ -32,7 +32,7 @@ def problem():
 
 def test_components_are_grouped_by_the_leaves_they_free(problem):
   cfg, params, names, masks_C, *_ = problem
-  groups = sampler.component_groups(masks_C, len(names))
+  groups = restricted.component_groups(masks_C, len(names))
   assert [[names[c] for c in comps] for _, comps in groups] == [["full"], ["l0h1"], ["l1h0", "l1h1"], ["unembed"]]
   paths = masks_lib.leaf_paths(params)
   free_paths = {names[comps[0]]: {p for p, f in zip(paths, free) if f} for free, comps in groups}
@@ -68,8 +68,8 @@ def test_a_restricted_program_does_less_work(problem):
   cfg, params, names, masks_C, base, *_ , loss, _ = problem
   batch = base[:16]
   flops = {}
-  for free, comps in sampler.component_groups(masks_C, len(names)):
-    fn = jax.jit(lambda w, b, free=None if all(free) else free: sampler.loss_and_grad(loss, w, b, None, free, params))
+  for free, comps in restricted.component_groups(masks_C, len(names)):
+    fn = jax.jit(lambda w, b, free=None if all(free) else free: batched.loss_and_grad(loss, w, b, None, free, params))
     flops[names[comps[0]]] = fn.lower(params, batch).compile().cost_analysis()["flops"]
   forward = jax.jit(loss).lower(params, batch).compile().cost_analysis()["flops"]
   assert flops["unembed"] < flops["l1h0"] < flops["l0h1"] <= flops["full"], flops
@@ -80,7 +80,7 @@ def test_a_restricted_program_does_less_work(problem):
 _SIDE_BY_SIDE_CHECK = """
 import functools, os
 import jax, jax.numpy as jnp, numpy as np
-from suscept_jax import masks as masks_lib, parallel, sampler, sgld
+from suscept_jax import batched, masks as masks_lib, parallel, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 assert jax.device_count() == 1
 cfg = model_config.get_config("tiny", d_vocab=64)
@@ -111,7 +111,7 @@ nan_loss = lambda p, b: jnp.where(b[:, 0] == 63, jnp.nan, loss(p, b))
 config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=30, mala_every=0)
 try:
   run(nan_loss, base)
-except sampler.DataFaultError as e:
+except batched.DataFaultError as e:
   assert f"sample(s) [{bad}]" in str(e), e
 else:
   raise AssertionError("no DataFaultError")
@@ -153,7 +153,7 @@ def test_cpu_programs_compiled_at_llvm_level_1_give_the_same_chains(problem, mon
   cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
   config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, mala_every=2)
   def run(level):
-    monkeypatch.setattr(sampler, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
+    monkeypatch.setattr(programs, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
     return sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16, delta_h=0.25,
                        progress=False, observed=observed, token_loss_fn=tokens)
   default, level_1 = run(None), run(1)
@@ -166,8 +166,8 @@ def test_cpu_programs_compiled_at_llvm_level_1_give_the_same_chains(problem, mon
     platform = "gpu"
   class Mesh:
     devices = np.array([Device()])
-  assert sampler.compiler_options(Mesh()) == {}  # accelerators keep XLA's defaults
-  assert sampler.compiler_options(parallel.as_entry_mesh(None)) == {"xla_backend_optimization_level": 1}
+  assert programs.compiler_options(Mesh()) == {}  # accelerators keep XLA's defaults
+  assert programs.compiler_options(parallel.as_entry_mesh(None)) == {"xla_backend_optimization_level": 1}
 
 
 def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
@@ -191,11 +191,11 @@ def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
 
 def test_the_entry_grid_is_used_where_there_is_work_to_share():
   some_frozen, all_free = (True, False, True), (True, True, True)
-  assert sampler.entry_grid(4, 4, 1, some_frozen) == (4, 4)
-  assert sampler.entry_grid(8, 4, 4, some_frozen) == (2, 4)  # a TPU v4-8: two heads of a layer per chip
-  assert sampler.entry_grid(4, 4, 4, some_frozen) is None  # one component per device: nothing to share
-  assert sampler.entry_grid(3, 4, 2, some_frozen) is None  # not whole components per device
-  assert sampler.entry_grid(4, 4, 1, all_free) is None and sampler.entry_grid(4, 4, 1, None) is None
+  assert restricted.entry_grid(4, 4, 1, some_frozen) == (4, 4)
+  assert restricted.entry_grid(8, 4, 4, some_frozen) == (2, 4)  # a TPU v4-8: two heads of a layer per chip
+  assert restricted.entry_grid(4, 4, 4, some_frozen) is None  # one component per device: nothing to share
+  assert restricted.entry_grid(3, 4, 2, some_frozen) is None  # not whole components per device
+  assert restricted.entry_grid(4, 4, 1, all_free) is None and restricted.entry_grid(4, 4, 1, None) is None
 
 
 def test_frozen_layers_run_once_per_chain_on_the_entry_grid(problem):
@@ -203,21 +203,21 @@ def test_frozen_layers_run_once_per_chain_on_the_entry_grid(problem):
   by chain k of both heads) are computed once per chain. Same numbers as the flat layout to rounding, and
   XLA counts less work."""
   cfg, params, names, masks_C, base, *_ , loss, _ = problem
-  (free, comps), = [(f, c) for f, c in sampler.component_groups(masks_C, len(names)) if names[c[0]] == "l1h0"]
+  (free, comps), = [(f, c) for f, c in restricted.component_groups(masks_C, len(names)) if names[c[0]] == "l1h0"]
   C, K = len(comps), 2
   scale_E = 1 + 1e-2 * np.arange(C * K, dtype=np.float32)  # every entry at its own point
   positions = jax.tree.map(lambda a: a[None] * scale_E.reshape((-1,) + (1,) * np.ndim(a)), params)
   batch_K = base[:K * 16].reshape(K, 16, -1)
   stream_E = np.tile(np.arange(K), C)
-  grad = lambda w, b: sampler.loss_and_grad(loss, w, b, None, free, params)
-  program = lambda grid: jax.jit(lambda w, b: sampler.over_entries(grad, grid, (w,), b, stream_E)).lower(
+  grad = lambda w, b: batched.loss_and_grad(loss, w, b, None, free, params)
+  program = lambda grid: jax.jit(lambda w, b: restricted.over_entries(grad, grid, (w,), b, stream_E)).lower(
       positions, batch_K).compile()
-  flat, grid = program(None), program(sampler.entry_grid(C, K, 1, free))
+  flat, grid = program(None), program(restricted.entry_grid(C, K, 1, free))
   for a, b in zip(jax.tree.leaves(flat(positions, batch_K)), jax.tree.leaves(grid(positions, batch_K))):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
   assert grid.cost_analysis()["flops"] < 0.95 * flat.cost_analysis()["flops"]
   with pytest.raises(ValueError, match=r"grid \(2, 3\) holds 6 entries, but the entry arguments have 4"):
-    sampler.over_entries(grad, (2, 3), (positions,), batch_K, stream_E)
+    restricted.over_entries(grad, (2, 3), (positions,), batch_K, stream_E)
 
 
 def test_one_and_four_devices_agree_on_a_transformer(problem):

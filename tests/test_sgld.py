@@ -247,7 +247,7 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
   """The sampler measures MALA inside its step loop (the gradient at the moved-to point from the same call
   site as the steps, two half log-ratios carried as scalars); rebuilt here move by move from the kernels and
   the documented noise keys fold_in(chain key, step), on a full batch so every step sees the same data."""
-  from suscept_jax import masks as masks_lib, sampler
+  from suscept_jax import masks as masks_lib, sampler, streams
   rng = np.random.default_rng(3)
   data = {"a": rng.normal(size=(16, 3)).astype(np.float32), "s": rng.uniform(0.5, 2, (16, 3)).astype(np.float32)}
   w_star = {"w": jnp.asarray(toys.quadratic_minimum(data)["w"])}
@@ -256,7 +256,7 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
   mask = masks_lib.full_mask(w_star)
   out = sampler.run(quadratic_loss, w_star, *masks_lib.stack_masks({"llc": None}, w_star), data, {},
                     config=config, batch_size=16, delta_h=None, progress=False)
-  key = jax.random.wrap_key_data(sampler.chain_keys(0, 0, ["llc"], 1)[0])
+  key = jax.random.wrap_key_data(streams.chain_keys(0, 0, ["llc"], 1)[0])
   loss_grad = jax.value_and_grad(lambda w: quadratic_loss(w, data).mean())
   state, expected = sgld.init(w_star, config), []
   for s in range(config.num_steps):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import mixing, sampler, toys
+from suscept_jax import mixing, streams, toys
 
 
 quadratic_loss = toys.quadratic_loss
@@ -203,7 +203,7 @@ def _with_nan_sample(data, index):
 
 def _first_draw_batch(num, batch_size, stream, config):
   """Sample indices of a stream's first evaluation batch (what the preflight checks)."""
-  return mixing.BatchSchedule(num, batch_size, sampler.stream_seed(0, 0, stream)).indices(
+  return mixing.BatchSchedule(num, batch_size, streams.stream_seed(0, 0, stream)).indices(
       config.num_burnin + config.steps_between_draws)
 
 

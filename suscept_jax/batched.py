@@ -1,0 +1,120 @@
+"""Per-sample losses, and the gradient of their mean, over batches evaluated a micro-batch at a time.
+
+A batch of n rows is cut into micro-batches of `micro` rows (padded with copies of the first rows, which get
+weight 0) whose gradients are summed exactly: micro-batching changes the summation order, never the maths.
+A loss function maps (params, batch with leaves [n, ...]) to per-sample losses [n] (or per-token [n, J]).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MICROBATCH_AUTO = "auto"  # microbatch_size="auto": the sampler picks the largest that fits the devices (programs.py)
+
+
+class DataFaultError(ValueError):
+  """A dataset sample whose loss at w* is not finite: a fault of the data, not of the sampler."""
+
+def num_rows(batch) -> int:
+  return int(jax.tree.leaves(batch)[0].shape[0])
+
+
+def padded_rows(tree, start: int, size: int, total: int):
+  """Rows [start, start + size) of every leaf (of `total`), padded to `size` by repeating the last row: chunks
+  of one shape, so one compilation serves them all (the caller drops the padding)."""
+  idx = np.minimum(np.arange(start, start + size), total - 1)
+  return jax.tree.map(lambda a: np.asarray(a[idx]), tree)
+
+
+def _split_micro(batch, micro: int):
+  """Pad rows (repeating the first ones) to a multiple of `micro`; reshape to [k, micro, ...]."""
+  n = num_rows(batch)
+  k = -(-n // micro)
+  pad = k * micro - n
+
+  def reshape(a):
+    if pad:
+      a = jnp.concatenate([a, jnp.broadcast_to(a[:1], (pad,) + a.shape[1:])], axis=0)
+    return a.reshape((k, micro) + a.shape[1:])
+
+  weights = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)]).reshape(k, micro)
+  return jax.tree.map(reshape, batch), weights
+
+
+def batched_losses(loss_fn, params, batch, micro: int | None):
+  """Per-sample losses [n, ...] of `batch`, evaluated `micro` rows at a time."""
+  n = num_rows(batch)
+  if micro is None or micro >= n:
+    return loss_fn(params, batch)
+  batches, _ = _split_micro(batch, micro)
+  losses = jax.lax.map(lambda b: loss_fn(params, b), batches)
+  return losses.reshape((-1,) + losses.shape[2:])[:n]
+
+
+def loss_and_grad(loss_fn, params, batch, micro: int | None, free=None, anchor=None):
+  """(per-sample losses [n], ∇ of their mean), accumulated exactly over micro-batches.
+
+  free (a bool per parameter leaf, or None = all): only those leaves are differentiated; the others are
+  taken from `anchor` (w*), where a chain that never frees them keeps them, and get a zero gradient.
+  """
+  if free is None or all(free):
+    return _loss_and_grad(loss_fn, params, batch, micro)
+  anchor_leaves, treedef = jax.tree.flatten(anchor)
+
+  def on_free_leaves(differentiated, b):
+    it = iter(differentiated)
+    return loss_fn(treedef.unflatten([next(it) if f else a for a, f in zip(anchor_leaves, free)]), b)
+
+  losses, grad_free = _loss_and_grad(on_free_leaves, [w for w, f in zip(jax.tree.leaves(params), free) if f],
+                                     batch, micro)
+  it = iter(grad_free)
+  return losses, treedef.unflatten([next(it) if f else jnp.zeros_like(a) for a, f in zip(anchor_leaves, free)])
+
+
+def _loss_and_grad(loss_fn, params, batch, micro: int | None):
+  n = num_rows(batch)
+  if micro is None or micro >= n:
+    def mean_loss(p):
+      losses = loss_fn(p, batch)
+      return losses.mean(), losses
+    (_, losses), grad = jax.value_and_grad(mean_loss, has_aux=True)(params)
+    return losses, grad
+  batches, weights = _split_micro(batch, micro)
+
+  def body(grad_sum, xs):
+    micro_batch, w = xs
+
+    def weighted_loss(p):
+      losses = loss_fn(p, micro_batch)
+      return jnp.dot(losses, w) / n, losses
+
+    (_, losses), grad = jax.value_and_grad(weighted_loss, has_aux=True)(params)
+    return jax.tree.map(jnp.add, grad_sum, grad), losses
+
+  grad, losses = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (batches, weights))
+  return losses.reshape(-1)[:n], grad
+
+
+def flatten_rows(tree, lead: int):
+  """Merge the first `lead` axes of every leaf into one row axis."""
+  return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[lead:]), tree)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def losses_at(loss_fn, params, batch, micro=None):
+  """Per-sample (or per-token) losses of `batch` at `params`, compiled once per (loss_fn, shapes)."""
+  return batched_losses(loss_fn, params, batch, micro)
+
+
+def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None, rows: int | None = None) -> list[int]:
+  """The sample indices among `indices` whose loss at `params` is not finite (host-side check). rows: evaluate
+  exactly this many (repeating the first index), so checks of several datasets share one compiled program."""
+  indices = np.unique(np.asarray(indices, np.int64))
+  if indices.size == 0:
+    return []
+  microbatch_size = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
+  evaluated = np.concatenate([indices, np.full(max(0, (rows or 0) - indices.size), indices[0])])
+  batch = jax.tree.map(lambda a: np.asarray(a[evaluated]), data)
+  losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))[:indices.size]
+  return [int(i) for i in indices[~np.isfinite(losses)]]

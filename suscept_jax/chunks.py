@@ -1,0 +1,309 @@
+"""The compiled chunk programs: a chunk of draw blocks (or of burn-in steps) of every local entry.
+
+Entries are the flattened (component, chain) pairs, component-major. Their sampler states carry a leading
+entry axis that is vmapped inside each device and split across the devices of a mesh with `jax.shard_map`.
+A state is flat (position [P], `ravel_pytree`'s order): the update, the noise, the mask and MALA are one
+fused pass over P instead of a few per parameter leaf (much less to compile, fewer kernels to launch); only
+the loss functions see the parameter tree. Masks are data (one bool row [P] per component, indexed by the
+entry's component), so one compilation serves every component of a group; so are ε, nβ and γ
+(`sgld.Hyper`), so a grid of settings is one program too.
+
+Draws come *after* updates (as in devinterp): the run is a sequence of blocks, each evaluating the current
+position and then taking `steps_between_draws` updates; block 0 evaluates the starting point and is not
+recorded, block t ≥ 1 is draw t. The evaluation is the forward pass of the block's first gradient step, so
+L_B(w_t) costs nothing extra; a draw adds one forward over the D·M probe slots placed by Algorithm 1 (a probe
+sample identical to the base sample it replaces contributes exactly 0), and L_B(w*) of each stream's batch
+comes from one small program per chunk shared by every group (`anchor_losses`). A MALA measurement is one
+more gradient, taken at the same call site as the steps (`_block_moves`), so a program holds one copy of the
+backward pass. A probe sample with a non-finite loss drops that probe's contribution for that draw (counted
+per entry × probe in the moments) instead of killing the chain.
+
+Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe slots
+per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, O observed contexts, J token
+positions per observed context, P flattened parameters, C components.
+"""
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from suscept_jax import estimators, parallel, sgld
+from suscept_jax.batched import batched_losses, flatten_rows, loss_and_grad
+from suscept_jax.restricted import over_entries, pinned, stream_rows
+
+ENTRY_AXIS = parallel.ENTRY_AXIS
+
+
+class Entries(NamedTuple):
+  """Per-entry constants, leading axis E (split across devices)."""
+
+  key_data: Any  # uint32 [E, 2] noise key of the entry: fold_in(seed, checkpoint, component, chain)
+  component: Any  # int32 [E] index into the stacked masks
+  stream: Any  # int32 [E] the data stream the entry reads (its chain index)
+  hyper: sgld.Hyper  # ε, nβ, γ, each float32 [E]
+
+
+class Carry(NamedTuple):
+  """Everything that persists across chunks, leading axis E."""
+
+  state: sgld.SGLDState
+  moments: estimators.Moments
+  diverged: Any  # bool [E]
+  diverged_at: Any  # int32 [E] first draw at which the chain diverged (-1: never)
+  token_moments: Any  # estimators.Moments with y [E, O, J] (per-token observation), or () without
+  pair_moments: Any  # estimators.CrossMoments of query × sample token losses (pair_split), or () without
+
+
+class ChunkData(NamedTuple):
+  """One chunk's batches and schedule (replicated on every device)."""
+
+  base_LxSxK: Any  # pytree, leaves [L, S, K, n, ...]: every step's batch of every stream
+  probe_LxKxDxM: Any  # pytree, leaves [L, K, D, M, ...]: probe samples in Algorithm 1's slots
+  slot_position_LxM: Any  # int32 [L, M] batch position of each slot
+  slot_weight_LxM: Any  # float32 [L, M] 1 = a placed probe sample, 0 = padding (and block 0)
+  loss_star_LxK: Any  # float32 [L, K] L_B(w*) of each block's evaluation batch, per stream (`anchor_losses`)
+  first_step: Any  # int32 [] global SGLD step of the chunk's first block
+  first_block: Any  # int32 [] index of the chunk's first block (block b ≥ 1 is draw b − 1)
+  num_blocks: Any  # int32 [] blocks to run (≤ L; the rest is padding)
+
+
+class ChunkTraces(NamedTuple):
+  """Per-block values of a chunk (block axis L first)."""
+
+  loss_LxE: Any  # L_B(w) at the evaluated position
+  phi_LxE: Any  # φ = L_B(w) − L_B(w*)
+  delta_loss_LxExD: Any  # ΔL per probe (NaN where dropped)
+  mala_LxE: Any  # MALA acceptance of the block's first move (NaN where not measured)
+  probe_nonfinite_LxExD: Any  # bool: some placed probe sample had a non-finite loss
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Static description of what a compiled chunk does (hashable: a compilation cache key)."""
+
+  config: sgld.SGLDConfig
+  batch_size: int
+  num_streams: int  # K
+  num_probes: int  # D
+  num_slots: int  # M (0 without probes)
+  microbatch_size: int | None
+  blocks_per_chunk: int
+  token_loss_fn: Callable | None = None  # (params, contexts [O', ...]) -> per-token losses [O', J]
+  observed_microbatch: int | None = None  # observed contexts evaluated this many at a time
+  pair_split: int | None = None  # observed rows [0, split) are queries, the rest samples: stream their covariance
+  free_leaves: tuple | None = None  # leaves differentiated (a bool per leaf; None = all): see component_groups
+  entry_grid: tuple[int, int] | None = None  # (components, chains) per device when each holds whole components
+
+
+def _specs(tree_type, spec):
+  return tree_type(*([spec] * len(tree_type._fields)))
+
+
+_E, _REP, _LE = P(ENTRY_AXIS), P(), P(None, ENTRY_AXIS)
+ENTRIES_SPEC = Entries(_E, _E, _E, sgld.Hyper(_E, _E, _E))
+CHUNK_DATA_SPEC = _specs(ChunkData, _REP)
+TRACES_SPEC = _specs(ChunkTraces, _LE)
+
+
+def flat_masks(masks_C, params) -> np.ndarray:
+  """The stacked component masks as one bool row per component over the flattened parameters, [C, P] (the
+  order of `ravel_pytree(params)`): the sampler's state is flat, so every update is one fused pass."""
+  rows = [np.broadcast_to(np.asarray(m, bool), (np.shape(m)[0],) + np.shape(p)).reshape(np.shape(m)[0], -1)
+          for m, p in zip(jax.tree.leaves(masks_C), jax.tree.leaves(params))]
+  return np.concatenate(rows, axis=1)
+
+
+def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
+  """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L [P]) for one entry
+  (vmapped by the callers). The state is flat (position [P]); the loss sees the parameter tree."""
+  config = plan.config
+  anchor_P, unravel = ravel_pytree(anchor)
+
+  def step(state, key, comp, hyper, batch, global_step):
+    losses, grad = loss_and_grad(loss_fn, unravel(state.position), batch, plan.microbatch_size, plan.free_leaves,
+                                 anchor)
+    grad_P = sgld.ravel(grad)
+    noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
+    return sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper), losses, grad_P
+
+  return step
+
+
+def _measures_mala(config: sgld.SGLDConfig) -> bool:
+  return bool(config.mala_every) and config.noise_level > 0
+
+
+def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state, batch_of, global_step, measure):
+  """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
+  acceptance of its first move.
+
+  batch_of(i): every stream's batch [K, n, ...] of the block's step i. Returns (new state, per-sample losses
+  [E, n] of step 0's batch at the block's starting point, acceptance [E], NaN where not measured). Every
+  gradient is taken at one call site inside one loop, so the program holds one copy of the backward pass:
+  with `measure`, iteration 1 re-evaluates step 0's batch at the moved-to point w' instead of stepping
+  (log α = half(w, w') − half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps
+  go on.
+  """
+  config = plan.config
+  step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
+  anchor_P = sgld.ravel(anchor)
+  mala = _measures_mala(config)
+
+  def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted):
+    new_state, losses, grad = step(state, key, comp, hyper, batch, step_index)
+    if not mala:
+      return new_state, losses, jnp.zeros(())
+
+    def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
+      choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
+      precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
+      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), grad, anchor_P,
+                            masks_CxP[comp], precond, config, hyper)
+
+    return new_state, losses, jax.lax.cond(half_wanted, half, lambda: jnp.zeros(()))
+
+  def iterate(st, i, is_eval, half_wanted):
+    one = lambda s, start, key_data, comp, hyper, batch: entry_iteration(
+        s, start, jax.random.wrap_key_data(key_data), comp, hyper, batch, global_step + i, is_eval, half_wanted)
+    return over_entries(one, plan.entry_grid, (st, state.position, entries.key_data, entries.component,
+                                                entries.hyper), batch_of(i), entries.stream)
+
+  S = config.steps_between_draws
+  if S == 1 and not mala:  # one plain step: no loop
+    new_state, losses_En, _ = iterate(state, 0, False, False)
+    return new_state, losses_En, jnp.full(losses_En.shape[:1], jnp.nan)
+
+  def body(j, carry):
+    st, losses0_En, log_ratio_E = carry
+    is_eval = measure & (j == 1)
+    i = j - (measure & (j >= 1)).astype(jnp.int32)  # the step whose batch this iteration reads
+    new_st, losses_En, half_E = iterate(st, i, is_eval, measure & (j <= 1))
+    st = jax.tree.map(lambda old, new: jnp.where(is_eval, old, new), st, new_st)
+    return (st, jnp.where(j == 0, losses_En, losses0_En).astype(losses0_En.dtype),
+            log_ratio_E + jnp.where(j == 0, half_E, -half_E))
+
+  E, n = entries.component.shape[0], plan.batch_size
+  measure = jnp.asarray(measure if mala else False)
+  new_state, losses_En, log_ratio_E = jax.lax.fori_loop(
+      0, S + measure.astype(jnp.int32), body, (state, jnp.zeros((E, n)), jnp.zeros((E,))))
+  return new_state, losses_En, jnp.where(measure, sgld.acceptance_of(log_ratio_E), jnp.nan)
+
+
+def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxP, data: ChunkData, observed):
+  """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
+  config = plan.config
+  _, unravel = ravel_pytree(anchor)
+  params_at = lambda w_P: pinned(unravel(w_P), anchor, plan.free_leaves)  # the tree the loss functions see
+  n, D, M = plan.batch_size, plan.num_probes, plan.num_slots
+  E = entries.component.shape[0]
+  L = plan.blocks_per_chunk
+
+  def probe_deltas(position_E, batch_K, losses_En, l):
+    """(ΔL [E, D] with NaN where dropped, non-finite flags [E, D]) for block l."""
+    slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
+    probes_K = jax.tree.map(lambda a: a[l], data.probe_LxKxDxM)  # [K, D, M, ...]
+    probe_losses_ExDxM = over_entries(
+        lambda w, p: batched_losses(loss_fn, params_at(w), flatten_rows(p, 2), plan.microbatch_size).reshape(D, M),
+        plan.entry_grid, (position_E,), probes_K, entries.stream)
+    probes_E = stream_rows(probes_K, entries.stream)  # [E, D, M, ...]
+    base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M][entries.stream], batch_K)  # [E, M, ...]
+    # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
+    # rounding (the two losses come from differently shaped forward passes).
+    same_ExDxM = functools.reduce(jnp.logical_and, [
+        jnp.all((p == b[:, None]).reshape(p.shape[:3] + (-1,)), axis=-1)
+        for p, b in zip(jax.tree.leaves(probes_E), jax.tree.leaves(base_at_slots_E))])
+    placed_M = weight_M > 0
+    nonfinite_ExD = jnp.any(placed_M & ~jnp.isfinite(probe_losses_ExDxM), axis=-1)
+    diff_ExDxM = jnp.where(placed_M & ~same_ExDxM, probe_losses_ExDxM - losses_En[:, None, slot_M], 0.0)
+    delta_ExD = jnp.where(nonfinite_ExD, jnp.nan, diff_ExDxM.sum(axis=-1) / n)
+    return delta_ExD, nonfinite_ExD
+
+  def block_body(l, loop_carry):
+    c, traces = loop_carry
+    S = config.steps_between_draws
+    block = data.first_block + l
+    draw = block - 1
+    global_step = data.first_step + l * S
+    batch_of = lambda i: jax.tree.map(lambda a: a[l, i], data.base_LxSxK)  # [K, n, ...]
+    loss_star_E = data.loss_star_LxK[l][entries.stream]
+    measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
+    new_state, losses_En, acceptance_E = _block_moves(loss_fn, plan, masks_CxP, anchor, entries, c.state, batch_of,
+                                                      global_step, measure)
+    loss_E = losses_En.mean(axis=-1)
+    phi_E = loss_E - loss_star_E
+    if D:
+      delta_ExD, nonfinite_ExD = probe_deltas(c.state.position, batch_of(0), losses_En, l)
+    else:
+      delta_ExD, nonfinite_ExD = jnp.zeros((E, 0)), jnp.zeros((E, 0), bool)
+    star_ok_E = jnp.isfinite(loss_star_E)  # otherwise a data fault, reported by the host
+    bad_E = star_ok_E & (~jnp.isfinite(phi_E) | (phi_E > config.max_loss_increase))
+    diverged_at = jnp.where(bad_E & ~c.diverged, jnp.maximum(draw, 0), c.diverged_at)
+    diverged = c.diverged | bad_E
+    active_E = (draw >= 0) & ~diverged & star_ok_E
+    moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
+    token_moments = c.token_moments
+    if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
+      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
+                                                       plan.observed_microbatch))(c.state.position)
+      token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
+                                                jnp.isfinite(tokens_ExOxJ))
+    pair_moments = c.pair_moments
+    if plan.pair_split is not None:  # raw token losses of queries against samples (Bayesian influence)
+      split = plan.pair_split
+      pair_moments = estimators.update_cross_moments(pair_moments, tokens_ExOxJ[:, :split].reshape(E, -1),
+                                                     tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
+
+    values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD)
+    traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
+    return Carry(new_state, moments, diverged, diverged_at, token_moments, pair_moments), traces
+
+  traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
+                       jnp.zeros((L, E, D), bool))
+  return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
+
+
+def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxP, base_LxK, first_step, n_steps):
+  step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
+
+  def body(i, st):
+    one = lambda s, key_data, comp, hyper, batch: step(s, jax.random.wrap_key_data(key_data), comp, hyper, batch,
+                                                       first_step + i)[0]
+    return over_entries(one, plan.entry_grid, (st, entries.key_data, entries.component, entries.hyper),
+                         jax.tree.map(lambda a: a[i], base_LxK), entries.stream)
+
+  return jax.lax.fori_loop(0, n_steps, body, state)
+
+
+def anchor_losses(loss_fn, micro, anchor, base_LxSxK):
+  """L_B(w*) [L, K] of every block's evaluation batch (its first step's) of every stream, one batch (or
+  micro-batch) at a time.
+
+  Outside the draw programs: it does not depend on the component group, so it is compiled once per run
+  rather than once per group, and each group's program holds one forward copy fewer."""
+  base_LxKxn = jax.tree.map(lambda a: a[:, 0], base_LxSxK)
+  L, K, n = jax.tree.leaves(base_LxKxn)[0].shape[:3]
+  micro = micro if isinstance(micro, int) else n
+  losses = jax.lax.map(lambda b: batched_losses(loss_fn, anchor, b, micro), flatten_rows(base_LxKxn, 2))
+  return losses.reshape(L, K, n).mean(-1)
+
+
+
+def program(kind: str, loss_fn, plan: Plan, mesh, compiler_options: dict):
+  """The uncompiled program of a kind: "draw" and "burnin" are jit(shard_map(chunk)) over `mesh`'s entry axis
+  (the carried state donated); "anchor" is `anchor_losses`, which depends only on the loss and micro-batch."""
+  if kind == "anchor":
+    return jax.jit(functools.partial(anchor_losses, loss_fn, plan.microbatch_size), compiler_options=compiler_options)
+  if kind == "draw":
+    fn = functools.partial(_draw_chunk, loss_fn, plan)
+    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
+  else:
+    fn = functools.partial(_burnin_chunk, loss_fn, plan)
+    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
+                 donate_argnums=(0,), compiler_options=compiler_options)

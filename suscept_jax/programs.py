@@ -1,0 +1,186 @@
+"""The sampler's compiled programs: cached across calls, compiled with per-platform options, sized to memory.
+
+A sweep calls the sampler once per checkpoint (and component group) with the same shapes: the programs are
+cached by what they compute (`function_key` of the loss functions and the static `chunks.Plan`), not by
+object identity, so fresh lambdas of the same code do not recompile, and at most COMPILED_CACHE_SIZE are
+held. `microbatch_size="auto"` compiles the draw program at halving micro-batches and keeps the largest whose
+XLA memory analysis fits the devices (`auto_microbatch`).
+"""
+import collections
+import dataclasses
+import functools
+import inspect
+import math
+import os
+import threading
+import types
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from suscept_jax import chunks
+from suscept_jax.chunks import Plan
+
+
+COMPILED_CACHE_SIZE = 32  # compiled programs kept, least recently used dropped first (a sweep cycles through
+# a draw and a burn-in program per component group, so this bounds the groups a sweep can use without recompiling)
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_CACHE_LOCK = threading.RLock()  # component groups may run (and look up their programs) from several threads
+
+
+def function_key(fn, _depth: int = 0):
+  """A hashable key, equal for functions that compute the same thing: the same code, defaults and closed-over
+  values (functions among them keyed the same way), and bound object. So `lambda p, b: loss(p, b, cfg)` written
+  anew for every call keys the same; a function closing over something unhashable (an array, a list) keys by
+  identity."""
+  if _depth > 4:
+    return fn
+  if isinstance(fn, functools.partial):
+    key = ("partial", function_key(fn.func, _depth + 1), fn.args, tuple(sorted(fn.keywords.items())))
+  elif inspect.ismethod(fn):
+    key = ("method", function_key(fn.__func__, _depth + 1), fn.__self__)
+  elif isinstance(fn, types.FunctionType):
+    cells = tuple(function_key(c, _depth + 1) if callable(c) else c
+                  for c in (_cell_value(cell) for cell in fn.__closure__ or ()))
+    key = ("function", fn.__code__, fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items())), cells)
+  else:
+    return fn  # other callables: their own equality
+  try:
+    hash(key)
+  except TypeError:
+    return fn
+  return key
+
+
+def _cell_value(cell):
+  try:
+    return cell.cell_contents
+  except ValueError:  # a cell not yet assigned
+    return cell
+
+
+def compiled_program(kind: str, loss_fn, plan: Plan, mesh):
+  """The compiled program of a kind ("draw", "burnin": jit(shard_map(chunk)) for a plan; "anchor": the
+  evaluation batches' L_B(w*), which depends only on the loss function and micro-batch), cached so a sweep
+  compiles once for all checkpoints.
+
+  Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
+  recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
+  """
+  options = tuple(sorted(compiler_options(mesh).items()))
+  if kind == "anchor":
+    cache_key = (kind, function_key(loss_fn), plan.microbatch_size, options)
+  else:
+    cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
+                 dataclasses.replace(plan, token_loss_fn=None), mesh, options)
+  with _CACHE_LOCK:
+    if cache_key in _COMPILED:
+      _COMPILED.move_to_end(cache_key)
+      return _COMPILED[cache_key]
+    program = chunks.program(kind, loss_fn, plan, mesh, compiler_options(mesh))
+    _COMPILED[cache_key] = program
+    while len(_COMPILED) > COMPILED_CACHE_SIZE:
+      _COMPILED.popitem(last=False)
+    return program
+
+
+def on_cpu(mesh) -> bool:
+  return all(d.platform == "cpu" for d in np.asarray(mesh.devices).flat)
+
+
+CPU_BACKEND_OPTIMIZATION_LEVEL = 1  # LLVM's level for programs on CPU; None: XLA's default (2)
+
+
+def compiler_options(mesh) -> dict:
+  """XLA options for the sampler's programs on `mesh`'s platform.
+
+  On CPU, compilation is the larger half of a small job (the demo's dataset-level run: ≈ 10 of 24 s, three
+  programs of 250–340 fused kernels, each compiled by LLVM). LLVM at level 1 instead of 2 compiles them ≈ 25 %
+  faster; the kernels' speed did not move beyond the machine's noise (BUILD_NOTES, "Scale, ninth session").
+  Accelerators keep their defaults.
+  """
+  if on_cpu(mesh) and CPU_BACKEND_OPTIMIZATION_LEVEL is not None:
+    return {"xla_backend_optimization_level": CPU_BACKEND_OPTIMIZATION_LEVEL}
+  return {}
+
+
+CPU_OBSERVED_TOKENS_PER_MICROBATCH = 128
+
+
+def observed_microbatch_for(mesh, token_shape, requested: int | None) -> int | None:
+  """Observed contexts per evaluation at each draw: `requested`, or on CPU by default as many as hold about
+  CPU_OBSERVED_TOKENS_PER_MICROBATCH token losses (at least one context). token_shape: the token loss
+  function's output shape for one context ([1, J, ...]), None when nothing is observed.
+
+  Evaluating all observed contexts at once makes every entry's [contexts, tokens, vocabulary] logits one
+  tensor far larger than the CPU's caches: the demo's per-token run (16 entries × 120 contexts × 31 tokens ×
+  512) took 13.5–15.0 s against 7.4–9.9 s four contexts at a time, with the same χ to 1e-6 (BUILD_NOTES,
+  "Scale, ninth session"). Accelerators keep None (all at once; `contexts_per_chunk` bounds their memory).
+  """
+  if requested is not None or token_shape is None or not on_cpu(mesh):
+    return requested
+  tokens_per_context = max(1, math.prod(token_shape[1:]))
+  return max(1, CPU_OBSERVED_TOKENS_PER_MICROBATCH // tokens_per_context)
+
+
+MEMORY_FRACTION = 0.85  # of a device's memory a program may plan to use (the rest: allocator slack, other buffers)
+_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> chosen micro-batch: search once per process
+
+
+def device_memory_bytes(device) -> int:
+  """What one device holds: its allocator's limit (GPU, TPU), else the host's RAM shared by the local devices."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, len(jax.local_devices()))
+
+
+def program_bytes(compiled) -> int:
+  """Peak memory XLA plans for a compiled program on one device: arguments + outputs + temporaries, less
+  what outputs reuse of donated arguments."""
+  ma = compiled.memory_analysis()
+  return int(ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes)
+
+
+def microbatch_candidates(batch_size: int) -> list:
+  """None (the whole batch at once), then halving down to 1."""
+  sizes, micro = [], batch_size // 2
+  while micro >= 1:
+    sizes.append(micro)
+    micro //= 2
+  return [None] + sorted(set(sizes), reverse=True)
+
+
+def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = None):
+  """(plan with the largest micro-batch whose draw program fits MEMORY_FRACTION of every device, its compiled
+  program or None when the choice was cached, the bytes it needs per device). Micro-batching changes only the
+  summation order, not the maths. device_bytes: the devices' memory (default: asked of the devices)."""
+  shapes = tuple(f"{np.shape(a)}{getattr(a, 'dtype', '')}" for a in jax.tree.leaves(args))
+  limit = int(MEMORY_FRACTION * (device_bytes or min(device_memory_bytes(d) for d in mesh.devices.flat)))
+  key = (function_key(loss_fn), function_key(plan.token_loss_fn), dataclasses.replace(plan, token_loss_fn=None),
+         mesh, shapes, limit)
+  if key in _AUTO_CHOICES:
+    micro, need = _AUTO_CHOICES[key]
+    return dataclasses.replace(plan, microbatch_size=micro), None, need
+  tried = []
+  for micro in microbatch_candidates(plan.batch_size):
+    candidate = dataclasses.replace(plan, microbatch_size=micro)
+    compiled = compiled_program("draw", loss_fn, candidate, mesh).lower(*args).compile()
+    need = program_bytes(compiled)
+    tried.append(f"{micro or plan.batch_size}: {need / 2**30:.3g} GiB")
+    if need <= limit:
+      _AUTO_CHOICES[key] = (micro, need)
+      return candidate, compiled, need
+  raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.3g} GiB per device "
+                    f"({MEMORY_FRACTION:.0%} of the smallest device); needed per micro-batch size: {'; '.join(tried)}. "
+                    f"Use more devices (fewer entries per device) or fewer components × chains per run")
+
+
+class ProgramMemory(NamedTuple):
+  """What one compiled draw program (one component group) needs on each device."""
+
+  components: list  # the group's component names
+  entries_per_device: int
+  microbatch_size: int | None  # None: whole batches
+  bytes_per_device: int  # XLA's memory analysis: arguments + outputs + temporaries − aliased

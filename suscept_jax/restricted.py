@@ -1,0 +1,84 @@
+"""Cost that follows what is free: components grouped by the parameter leaves they free, one program each.
+
+A group's program differentiates only its free leaves and holds the others at w* (`pinned`), so XLA drops
+the weight gradients of frozen leaves and the backward pass below the lowest free layer. On an entry grid
+where each device holds whole components (`entry_grid`) the map over chains is outside the map over
+components, so whatever depends on a chain's batch and w* alone (the embedding, every frozen layer below the
+free ones) is computed once per chain, not once per component (`over_entries`). A layer-1 head of the
+paper's model saves 13 % of its gradient's FLOPs this way, on top of what restricting the gradient saves.
+The numbers do not change: a frozen coordinate never moves.
+
+Shape letters: E entries (component-major (component, chain) pairs), C components, K streams (= chains).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def free_leaves(masks_C, components) -> tuple[bool, ...]:
+  """Per parameter leaf: whether any of `components` (indices into the stacked masks) frees a coordinate."""
+  idx = np.asarray(list(components), np.int64)
+  return tuple(bool(np.any(np.asarray(m)[idx])) for m in jax.tree.leaves(masks_C))
+
+
+def component_groups(masks_C, num_components: int) -> list[tuple[tuple[bool, ...], list[int]]]:
+  """Components grouped by the set of leaves they free, in order of first appearance: one program each.
+
+  A group's program differentiates only its free leaves and holds the rest at w* as constants shared by all
+  its entries, so XLA drops the weight gradients of frozen leaves and the backward pass below the lowest free
+  layer, and runs the frozen layers' matmuls as one batch over entries (e.g. a layer-1 head: no backward into
+  layer 0, no unembedding weight gradient). The numbers do not change: a frozen coordinate never moves.
+  """
+  groups: dict = {}
+  for c in range(num_components):
+    groups.setdefault(free_leaves(masks_C, [c]), []).append(c)
+  return list(groups.items())
+
+
+def pinned(position, anchor, free):
+  """`position` with the leaves outside `free` replaced by w* (equal in value; constants to XLA)."""
+  if free is None:
+    return position
+  leaves, treedef = jax.tree.flatten(position)
+  return treedef.unflatten([w if f else a for w, a, f in zip(leaves, jax.tree.leaves(anchor), free)])
+
+
+def stream_rows(tree_K, stream_E):
+  """Each entry's rows of its own stream: leaves [K, ...] -> [E, ...]."""
+  return jax.tree.map(lambda a: a[stream_E], tree_K)
+
+
+def entry_grid(num_components: int, num_chains: int, num_devices: int, free) -> tuple[int, int] | None:
+  """(components, chains) of each device's entries for `over_entries`, or None for the flat layout.
+
+  A grid needs whole components on every device (entries are component-major) and pays only when there is
+  work to share: at least two components per device, and frozen leaves (free not None and not all True), so
+  that some of the forward pass depends on the batch and w* alone. A group freeing everything stays flat.
+  """
+  C_local, rest = divmod(num_components, num_devices)
+  if rest or C_local < 2 or free is None or all(free):
+    return None
+  return C_local, num_chains
+
+
+def over_entries(fn, grid, entry_args: tuple, stream_data, stream_E):
+  """fn(*entry_args, data) for every local entry, vmapped: entry_args' leaves lead with the entry axis E,
+  stream_data's with the stream axis K.
+
+  grid None: each entry is handed its own stream's rows (stream_E). grid (C, K): the local entries are C
+  whole components of K chains, component-major, chain k reading stream k (mod the stream count). Then the
+  map over chains is the outer one and the map over components maps only the entry arguments, so whatever
+  depends on the stream's data and w* alone (the embedding, every frozen layer below a group's free ones) is
+  computed once per stream instead of once per entry. Same arithmetic per entry; XLA may round differently.
+  """
+  if grid is None:
+    return jax.vmap(fn)(*entry_args, stream_rows(stream_data, stream_E))
+  C, K = grid
+  E = jax.tree.leaves(entry_args)[0].shape[0]
+  if E != C * K:
+    raise ValueError(f"over_entries: grid {grid} holds {C * K} entries, but the entry arguments have {E}")
+  to_KxC = lambda a: jnp.swapaxes(a.reshape((C, K) + a.shape[1:]), 0, 1)
+  from_KxC = lambda a: jnp.swapaxes(a, 0, 1).reshape((C * K,) + a.shape[2:])
+  per_chain_K = jax.tree.map(lambda a: a[np.arange(K) % a.shape[0]], stream_data)
+  over_components = lambda args_C, data: jax.vmap(lambda *args: fn(*args, data))(*args_C)
+  return jax.tree.map(from_KxC, jax.vmap(over_components)(jax.tree.map(to_KxC, entry_args), per_chain_K))
