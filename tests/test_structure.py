@@ -232,3 +232,22 @@ def test_scaled_patterns_use_only_the_directions_above_the_noise():
     st.scaled_patterns(X, np.zeros(4))
   with pytest.raises(ValueError, match="one entry per component"):
     st.scaled_patterns(X, np.ones(3))
+
+
+@pytest.mark.parametrize("signal_rank", [0, 1])
+def test_the_noise_floor_holds_with_error_bars_from_four_chains(signal_rank):
+  """The floor takes each cell's stderr as its noise scale, but a stderr from 4 chains is itself uncertain (5–95 %:
+  0.2–1.6× the true one). With stderrs as uneven as the demo sweep's (a factor ≈ 1000 between cells), a PC that
+  is pure noise (PC1 without signal, PC2 after a rank-1 signal) still clears the floor no more often than the
+  floor's own 5 % (measured: 0 and 6 of 200 here; a floor at the median, or from half the stderr, fails)."""
+  rng = np.random.default_rng(7)
+  R, H, K, trials = 45, 8, 4, 200
+  sigma_RxH = 10 ** (0.7 * rng.normal(size=(R, H)))
+  exceed = 0
+  for trial in range(trials):
+    signal_RxH = np.outer(rng.normal(size=R), rng.normal(size=H)) * 20 * np.median(sigma_RxH) * signal_rank
+    per_chain = signal_RxH[..., None] + sigma_RxH[..., None] * np.sqrt(K) * rng.normal(size=(R, H, K))
+    X, stderr = per_chain.mean(-1), per_chain.std(-1, ddof=1) / np.sqrt(K)
+    ref = st.pca(X)
+    exceed += ref.singular_values[signal_rank] > st.noise_floor(stderr, ref.column_scale_H, seed=trial, num_draws=100)
+  assert exceed / trials <= 0.05, exceed
