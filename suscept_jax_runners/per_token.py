@@ -257,7 +257,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
   view's section is kept in views/sections.json for that."""
   import pandas as pd
 
-  from suscept_jax.analysis import token_views as tv
+  from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
   from suscept_jax.paths import atomic_write_bytes
   path = Path(out) / "tokens.parquet"
   if not path.exists():
@@ -304,51 +304,51 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     rows = []
     for h in all_heads or heads:
       for dataset in info["datasets"]:
-        pos, neg = tv.top_tokens(table, h, dataset)
+        pos, neg = ts.top_tokens(table, h, dataset)
         listed = lambda top: ", ".join(f"{t!r} ({n})" for t, n in zip(top.token, top["count"]))
         rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg)})
     frame = pd.DataFrame(rows)
     atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
     written.append(views_dir / "top_tokens.csv")
     sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
-                       "often each is among them)", tv.table_html(frame))
+                       "often each is among them)", pages.table_html(frame))
   if "totals" in views:
-    per_head, per_token = tv.totals(table)
+    per_head, per_token = ts.totals(table)
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
-    sections["totals"] = ("Total positive and negative χ", tv.table_html(per_head.reset_index()) + tv.embedded_png(figure, "totals"))
+    sections["totals"] = ("Total positive and negative χ", pages.table_html(per_head.reset_index()) + pages.embedded_png(figure, "totals"))
   if "bimodal" in views:
-    head, token, candidates = tv.pick_histogram_token(table, heads, token)
+    head, token, candidates = ts.pick_histogram_token(table, heads, token)
     figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")
     written.append(figure)
-    write("bimodal.html", tv.bimodal_html(table, head, token, tv.embedded_png(figure, "histogram"), candidates))
+    write("bimodal.html", tv.bimodal_html(table, head, token, pages.embedded_png(figure, "histogram"), candidates))
     sections["bimodal"] = (f"χ of {token!r} for {head} over its contexts",
-                           tv.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>')
+                           pages.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>')
   if "additivity" in views:
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():
-      joined, slope, r = tv.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
+      joined, slope, r = ts.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
       figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png")
       written.append(figure)
-      sections["additivity"] = (f"Additivity: slope {slope:.2f}, r = {r:.2f}", tv.embedded_png(figure, "additivity"))
+      sections["additivity"] = (f"Additivity: slope {slope:.2f}, r = {r:.2f}", pages.embedded_png(figure, "additivity"))
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)
-    sections["comparisons"] = ("χ against ablation and loss", tv.embedded_png(figure, "comparisons"))
+    sections["comparisons"] = ("χ against ablation and loss", pages.embedded_png(figure, "comparisons"))
   if "umap" in views:
     figure = tv.plot_umap(table, views_dir / "umap.png")
     written.append(figure)
-    sections["umap"] = ("Per-token susceptibility vectors (UMAP)", tv.embedded_png(figure, "umap"))
+    sections["umap"] = ("Per-token susceptibility vectors (UMAP)", pages.embedded_png(figure, "umap"))
   if "positions" in views:
     figure = tv.plot_position_profiles(table, views_dir / "positions.png")
     written.append(figure)
-    sections["positions"] = ("χ by position", tv.embedded_png(figure, "positions"))
+    sections["positions"] = ("χ by position", pages.embedded_png(figure, "positions"))
   kept_path = views_dir / "sections.json"
   if keep_other_views and kept_path.exists():
     sections = {**{v: tuple(sec) for v, sec in json.loads(kept_path.read_text()).items()}, **sections}
   sections = {v: sections[v] for v in ALL_VIEWS if v in sections}  # one order, whatever was rendered when
   atomic_write_bytes(kept_path, json.dumps(sections).encode())
-  write("index.html", tv.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}",
+  write("index.html", pages.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}",
                                     list(sections.values())))
   return written
 

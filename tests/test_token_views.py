@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suscept_jax.analysis import token_views as tv
+from suscept_jax.analysis import token_stats as ts, token_views as tv
 
 
 @pytest.mark.parametrize("chi,scheme,expected", [
@@ -71,33 +71,33 @@ def _table(values_by_token, component="h", dataset="d"):
 def test_bimodality_test_finds_two_modes_and_only_then():
   rng = np.random.default_rng(0)
   two = np.r_[rng.normal(-1, 0.2, 60), rng.normal(1, 0.2, 40)]
-  verdict = tv.bimodality(two)
+  verdict = ts.bimodality(two)
   assert verdict["bimodal"] and verdict["delta_bic"] > 10 and verdict["separation"] > 2
   np.testing.assert_allclose(verdict["means"], [-1, 1], atol=0.1)
   np.testing.assert_allclose(verdict["weights"], [0.6, 0.4], atol=0.02)
-  assert not tv.bimodality(rng.normal(0, 1, 200))["bimodal"]  # one Gaussian
+  assert not ts.bimodality(rng.normal(0, 1, 200))["bimodal"]  # one Gaussian
   skewed_small_mode = np.r_[rng.normal(0, 0.2, 190), rng.normal(3, 0.2, 10)]  # second mode 5 % < 10 %
-  assert not tv.bimodality(skewed_small_mode)["bimodal"]
+  assert not ts.bimodality(skewed_small_mode)["bimodal"]
   close = np.r_[rng.normal(-0.2, 0.3, 100), rng.normal(0.2, 0.3, 100)]  # overlapping: D < 2
-  assert not tv.bimodality(close)["bimodal"]
-  assert tv.bimodality(two[:10]) == {"n": 10, "bimodal": False}  # too few occurrences to say
+  assert not ts.bimodality(close)["bimodal"]
+  assert ts.bimodality(two[:10]) == {"n": 10, "bimodal": False}  # too few occurrences to say
   table = _table({"two": two, "one": rng.normal(0, 1, 100), "rare": [1.0, 2.0]})
-  found = tv.bimodal_tokens(table, "h")
+  found = ts.bimodal_tokens(table, "h")
   assert list(found.token[:1]) == ["two"] and "rare" not in set(found.token)
-  head, token, _ = tv.pick_histogram_token(table, ["h"])
+  head, token, _ = ts.pick_histogram_token(table, ["h"])
   assert (head, token) == ("h", "two")
   page = tv.bimodal_html(table, "h", "two", "<img>")
   assert "<b>bimodal</b>" in page and page.count("Contexts nearest mode") == 2
   with pytest.raises(ValueError, match="token 'zz' does not occur"):
-    tv.pick_histogram_token(table, ["h"], "zz")
+    ts.pick_histogram_token(table, ["h"], "zz")
 
 
 def test_top_tokens_and_totals():
   table = _table({"a": [3.0, 2.0, 2.5], "b": [1.0], "c": [-4.0, -1.0], "d": [-0.5]})
-  pos, neg = tv.top_tokens(table, "h", k=2, pool=4)
+  pos, neg = ts.top_tokens(table, "h", k=2, pool=4)
   assert list(pos.token) == ["a", "b"] and list(pos["count"]) == [3, 1]  # the pool holds 3, 2.5, 2, 1
   assert list(neg.token) == ["c", "d"] and neg["mean_chi"].iloc[0] == pytest.approx(-2.5)
-  per_head, per_token = tv.totals(table)
+  per_head, per_token = ts.totals(table)
   assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
   assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)
 
@@ -110,7 +110,7 @@ def test_additivity_slope_and_r_on_exact_sums():
       values = rng.normal(size=50)
       rows.append(_table({"x": values}, component=head, dataset=d))
       dataset_rows.append({"component": head, "probe": d, "chi": 0.1 * values.mean()})
-  joined, slope, r = tv.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
+  joined, slope, r = ts.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
   assert len(joined) == 6 and slope == pytest.approx(1.0) and r == pytest.approx(1.0)
 
 
@@ -126,7 +126,7 @@ def test_umap_of_susceptibility_vectors_separates_two_kinds_of_tokens(tmp_path):
           frames.append({"dataset": dataset, "context": context, "position": position, "token": f"t{position}",
                          "component": head, "chi": value})
   table = pd.DataFrame(frames)
-  embedding, rows = tv.umap_embedding(table)
+  embedding, rows = ts.umap_embedding(table)
   assert embedding.shape == (200, 2)
   labels = rows.dataset.to_numpy()
   distances = ((embedding[:, None] - embedding[None]) ** 2).sum(-1)

@@ -6,7 +6,7 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from suscept_jax.analysis import token_views as tv
+from suscept_jax.analysis import pages, token_views as tv
 from tests import browser
 
 pytestmark = browser.requires_browser
@@ -103,8 +103,8 @@ def test_a_page_with_figures_renders_visibly(tmp_path):
   chi = rng.normal(size=(1, 3, 40))
   text = tv.highlighted_text_html([[f" w{j}" for j in range(40)]] * 3, chi, ["h"], title="t", scheme="linear")
   page = tmp_path / "index.html"
-  page.write_text(tv.index_html("views", [("text", text.split("<body>")[1].split("</body>")[0]),
-                                          ("figure", tv.embedded_png(tmp_path / "f.png", "f"))]))
+  page.write_text(pages.index_html("views", [("text", text.split("<body>")[1].split("</body>")[0]),
+                                          ("figure", pages.embedded_png(tmp_path / "f.png", "f"))]))
   png = tmp_path / "shot.png"
   assert not browser.screenshot(page, png)
   seen = browser.pixel_summary(png)

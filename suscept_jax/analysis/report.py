@@ -12,7 +12,7 @@ import numpy as np
 
 from suscept_jax import results
 from suscept_jax.analysis import plots, response, structure, structure_plots
-from suscept_jax.analysis.token_views import embedded_png, index_html
+from suscept_jax.analysis.pages import embedded_png, index_html
 
 _SORT_SCRIPT = """<script>
 for (const table of document.querySelectorAll('table.sortable')) {

@@ -1,5 +1,6 @@
-"""Views of per-token susceptibilities: highlighted text (self-contained HTML), top tokens, totals, bimodal
-tokens, additivity, comparisons with ablation and loss, and position profiles (matplotlib PNG).
+"""Views of per-token susceptibilities: highlighted text, extreme tokens in context and bimodal tokens
+(self-contained HTML), and figures of bimodal histograms, additivity, comparisons with ablation and loss,
+position profiles, totals and UMAP (matplotlib PNG). The statistics they show are in `token_stats`.
 
 Every view reads a tidy token table (one row per dataset × context × position × component, see
 `suscept_jax_runners.per_token`): columns dataset, context, position, token_id, token, loss_at_star,
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from suscept_jax.analysis.pages import page, table_html
 from suscept_jax.analysis.plots import pyplot, save_figure
+from suscept_jax.analysis.token_stats import (BIMODAL_MIN_DELTA_BIC, BIMODAL_MIN_SEPARATION, BIMODAL_MIN_WEIGHT,
+                                              bimodality, head_rows, umap_embedding)
 
 COLOUR_SCHEMES = ("quadratic", "linear")
 
@@ -39,24 +43,6 @@ def css_rgba(colour) -> str:
 
 
 # ---- highlighted text ---------------------------------------------------------------------------------------
-
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
-.ctx {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 2.1; margin: 0.6em 0 1.2em;
-        padding: 0.4em; border: 1px solid #ddd; }}
-.tok {{ padding: 4px 0; }}
-.legend span {{ padding: 0 0.5em; }}
-h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
-.meta {{ color: #666; font-size: 0.85em; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
-</style></head><body>
-<h1>{title}</h1>
-{body}
-</body></html>
-"""
-
 
 def _legend(heads, scheme: str, max_abs: float) -> str:
   items = "".join(f'<span style="background-color: {css_rgba(token_colour(s * max_abs, max_abs, scheme))}">'
@@ -108,7 +94,7 @@ def highlighted_text_html(contexts, chi_HxOxJ, heads, *, title: str, scheme: str
     caption = html.escape(captions[o]) if captions is not None else f"context {o}"
     spans = "".join(_token_span(t, chi[:, o, j], max_abs, scheme, tooltip=tooltip(o, j)) for j, t in enumerate(tokens))
     parts.append(f'<h2>{caption}</h2><div class="ctx">{spans}</div>')
-  return _PAGE.format(title=html.escape(title), body="\n".join(parts))
+  return page(title, "\n".join(parts))
 
 
 def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str) -> str:
@@ -121,136 +107,25 @@ def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str) 
           f'context {row.context}, position {row.position}</div><div class="ctx">{spans}</div>')
 
 
-def _head_rows(table, head: str):
-  t = table[table.component == head]
-  if not len(t):
-    raise ValueError(f"head {head!r} is not in the per-token results (components: {sorted(set(table.component))})")
-  return t
-
-
 def extreme_tokens_html(table, head: str, *, title: str, k: int = 100, window: int = 200,
                         scheme: str = "quadratic") -> str:
   """The k most positive and k most negative tokens of one head, each with ±window tokens of its context
   highlighted (the paper's Fig. 32 layout; the window is cut at the context's ends)."""
-  t = _head_rows(table, head)
+  t = head_rows(table, head)
   max_abs = float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
   parts = [_legend([head], scheme, max_abs)]
   for label, rows in (("most positive", t.nlargest(k, "chi")), ("most negative", t.nsmallest(k, "chi"))):
     parts.append(f"<h2>{k} {label} tokens of {html.escape(head)}</h2>")
     parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in rows.itertuples()]
-  return _PAGE.format(title=html.escape(title), body="\n".join(parts))
-
-
-# ---- tables ---------------------------------------------------------------------------------------------
-
-def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool: int = 100):
-  """(positive, negative): the top-k *distinct* tokens among the `pool` most positive (negative) per-token χ
-  of a head (App. D's tables), with how often each occurs in the pool (Fig. 30's counts)."""
-  t = table[table.component == head]
-  if dataset is not None:
-    t = t[t.dataset == dataset]
-  out = []
-  for frame in (t.nlargest(pool, "chi"), t.nsmallest(pool, "chi")):
-    counts = frame.groupby("token", sort=False).chi.agg(["size", "mean"]).reset_index()
-    counts = counts.rename(columns={"size": "count", "mean": "mean_chi"})
-    out.append(counts.head(k))
-  return tuple(out)
-
-
-def totals(table):
-  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1)."""
-  t = table.assign(positive=table.chi.clip(lower=0), negative=table.chi.clip(upper=0))
-  per_head = t.groupby("component", sort=False)[["positive", "negative", "chi"]].sum()
-  per_token = (t.groupby(["component", "token"], sort=False)
-               .agg(positive=("positive", "sum"), negative=("negative", "sum"), count=("chi", "size"),
-                    mean=("chi", "mean"), std=("chi", "std"))
-               .reset_index())
-  return per_head, per_token
-
-
-# ---- bimodal tokens ------------------------------------------------------------------------------------------
-
-BIMODAL_MIN_DELTA_BIC = 10.0  # BIC(1 Gaussian) − BIC(2-Gaussian mixture) above this: "very strong" evidence
-BIMODAL_MIN_WEIGHT = 0.1  # each mode must hold at least this share of the occurrences
-BIMODAL_MIN_SEPARATION = 2.0  # Ashman's D = √2·|μ1 − μ2| / √(σ1² + σ2²): above 2, the modes are distinct
-
-
-def _gaussian_mixture_2(x, iterations: int = 200):
-  """(weights [2], means [2], stds [2], log-likelihood) of a 2-component 1-D mixture by EM (started at the
-  quartiles). Written here: no mixture library is a dependency, and 1-D EM is twenty lines."""
-  mu = np.quantile(x, [0.25, 0.75]).astype(np.float64)
-  sd = np.full(2, max(x.std(), 1e-12) / 2)
-  w = np.array([0.5, 0.5])
-  for _ in range(iterations):
-    log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
-    log_norm = np.logaddexp(log_p[:, 0], log_p[:, 1])
-    r = np.exp(log_p - log_norm[:, None])
-    n = r.sum(0) + 1e-12
-    w, mu = n / len(x), (r * x[:, None]).sum(0) / n
-    sd = np.sqrt(np.maximum((r * (x[:, None] - mu) ** 2).sum(0) / n, (1e-6 * x.std()) ** 2 + 1e-30))
-  log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2 - 0.5 * np.log(2 * np.pi)
-  return w, mu, sd, float(np.logaddexp(log_p[:, 0], log_p[:, 1]).sum())
-
-
-def bimodality(values) -> dict:
-  """Is the distribution of one token's χ over its contexts two populations? (§4.6)
-
-  Stated test: a 2-Gaussian mixture must beat one Gaussian by ΔBIC > 10, both modes must hold ≥ 10 % of
-  the occurrences, and the modes must be separated (Ashman's D > 2). Needs ≥ 20 occurrences.
-  """
-  x = np.asarray(values, np.float64)
-  x = x[np.isfinite(x)]
-  result = {"n": int(x.size), "bimodal": False}
-  if x.size < 20 or x.std() == 0:
-    return result
-  ll1 = float(x.size * (-0.5 * np.log(2 * np.pi * x.var()) - 0.5))  # the Gaussian MLE
-  w, mu, sd, ll2 = _gaussian_mixture_2(x)
-  delta_bic = (2 * np.log(x.size) - 2 * ll1) - (5 * np.log(x.size) - 2 * ll2)
-  separation = float(np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2))
-  order = np.argsort(mu)
-  result.update(delta_bic=float(delta_bic), separation=separation, weights=w[order].tolist(), means=mu[order].tolist(),
-                stds=sd[order].tolist(),
-                bimodal=bool(delta_bic > BIMODAL_MIN_DELTA_BIC and w.min() >= BIMODAL_MIN_WEIGHT
-                             and separation > BIMODAL_MIN_SEPARATION))
-  return result
-
-
-def bimodal_tokens(table, head: str, *, min_count: int = 20):
-  """Every token of a head with ≥ min_count occurrences, tested for bimodality, most evident first."""
-  import pandas as pd
-  rows = []
-  for token, g in table[table.component == head].groupby("token", sort=False):
-    if len(g) >= min_count:
-      rows.append({"token": token, **bimodality(g.chi)})
-  frame = pd.DataFrame(rows)
-  return frame.sort_values("delta_bic", ascending=False) if len(frame) else frame
-
-
-def pick_histogram_token(table, heads, token: str | None = None):
-  """(head, token, candidates) for the histogram view: the named token (under the head where it is most
-  bimodal), or else the most evidently bimodal token of `heads`, or else the most frequent token of heads[0]."""
-  import pandas as pd
-  frames = [bimodal_tokens(table, h).assign(head=h) for h in heads]
-  candidates = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
-  if token is not None:
-    present = table[(table.token == token) & table.component.isin(heads)]
-    if not len(present):
-      raise ValueError(f"token {token!r} does not occur for head(s) {list(heads)} in the per-token results")
-    mine = candidates[candidates.token == token] if candidates is not None else []
-    head = mine.sort_values("delta_bic").iloc[-1]["head"] if len(mine) else heads[0]
-    return head, token, candidates
-  if candidates is not None:
-    best = candidates.sort_values("delta_bic", ascending=False).iloc[0]
-    return best["head"], best.token, candidates
-  return heads[0], _head_rows(table, heads[0]).token.value_counts().index[0], candidates
+  return page(title, "\n".join(parts))
 
 
 def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None, *, examples: int = 3,
                  window: int = 20, scheme: str = "quadratic") -> str:
   """The χ histogram of one (head, token) with its mixture verdict, and for each mode the contexts whose χ
   lies nearest the mode's mean (§4.6: two kinds of contexts for one token)."""
-  t = _head_rows(table, head)
+  t = head_rows(table, head)
   rows = t[t.token == token]
   if not len(rows):
     raise ValueError(f"token {token!r} does not occur for head {head!r} in the per-token results")
@@ -272,7 +147,7 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
     parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in near.itertuples()]
   if candidates is not None and len(candidates):
     parts.append("<h2>Tokens tested (most evident first)</h2>" + table_html(candidates.head(30)))
-  return _PAGE.format(title=html.escape(f"χ histogram of {token!r} for {head}"), body="\n".join(parts))
+  return page(f"χ histogram of {token!r} for {head}", "\n".join(parts))
 
 
 # ---- figures ---------------------------------------------------------------------------------------------
@@ -297,22 +172,6 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
   ax.set_xlabel("per-token χ")
   ax.set_ylabel("density")
   return save_figure(fig, path)
-
-
-def additivity(per_token_table, dataset_table, delta_h: float):
-  """Per head × dataset: δh·(mean per-token χ) against the dataset-level χ, with slope and Pearson r
-  (eq. 45: slope 1 if the per-token χ add up; the paper found r = 0.82 and a slope of 16 against 1/δh = 10
-  when regressing χ on mean per-token χ)."""
-  means = per_token_table.groupby(["component", "dataset"], sort=False).chi.mean().rename("mean_token_chi")
-  merged = dataset_table.set_index(["component", "probe"]).chi.rename("chi")
-  merged.index = merged.index.set_names(["component", "dataset"])
-  joined = means.to_frame().join(merged, how="inner").reset_index()
-  joined["predicted"] = delta_h * joined.mean_token_chi
-  x, y = joined.predicted.to_numpy(), joined.chi.to_numpy()
-  ok = np.isfinite(x) & np.isfinite(y)
-  slope = float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
-  r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() >= 3 else float("nan")
-  return joined, slope, r
 
 
 def plot_additivity(joined, slope: float, r: float, path) -> Path:
@@ -388,52 +247,6 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
       ax.tick_params(labelsize=7)
   fig.tight_layout()
   return save_figure(fig, path)
-
-
-def index_html(title: str, sections) -> str:
-  """A self-contained index page: sections of (heading, html) with images embedded as data URIs."""
-  body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
-  return _PAGE.format(title=html.escape(title), body=body)
-
-
-def embedded_png(path, alt: str) -> str:
-  import base64
-  data = base64.b64encode(Path(path).read_bytes()).decode()
-  return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width: 100%">'
-
-
-def table_html(frame, max_rows: int = 200) -> str:
-  return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
-
-
-# ---- UMAP of per-token susceptibility vectors ("embryology" view) --------------------------------------------
-
-def umap_available() -> bool:
-  import importlib.util
-  return importlib.util.find_spec("umap") is not None
-
-
-def susceptibility_vectors(table):
-  """(vectors [N, H] of per-token χ over the heads, standardised per head; the tokens' rows [N] with dataset,
-  context, position, token). "full" is left out."""
-  heads = [c for c in dict.fromkeys(table.component) if c != "full"]
-  wide = table[table.component.isin(heads)].pivot_table(index=["dataset", "context", "position", "token"],
-                                                        columns="component", values="chi")[heads].dropna()
-  X = wide.to_numpy(np.float64)
-  scale = X.std(0)
-  return (X - X.mean(0)) / np.where(scale > 0, scale, 1.0), wide.index.to_frame(index=False)
-
-
-def umap_embedding(table, *, n_neighbors: int = 15, seed: int = 0):
-  """(embedding [N, 2], token rows): UMAP of the per-token susceptibility vectors. Needs `umap-learn`."""
-  if not umap_available():
-    raise ValueError("the UMAP view needs umap-learn: pip install umap-learn")
-  import umap
-  X, rows = susceptibility_vectors(table)
-  if len(X) < 3:
-    raise ValueError(f"UMAP needs at least 3 tokens with χ for every head; have {len(X)}")
-  reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(X) - 1), random_state=seed, n_components=2)
-  return reducer.fit_transform(X), rows
 
 
 def plot_umap(table, path, *, seed: int = 0) -> Path:

@@ -1,0 +1,160 @@
+"""Statistics of per-token susceptibilities: top tokens, totals, bimodal tokens, additivity (eq. 45), and the
+per-token susceptibility vectors of the UMAP view. Pure functions of the tidy token table (see token_views)."""
+import numpy as np
+
+
+def head_rows(table, head: str):
+  t = table[table.component == head]
+  if not len(t):
+    raise ValueError(f"head {head!r} is not in the per-token results (components: {sorted(set(table.component))})")
+  return t
+
+
+# ---- tables ---------------------------------------------------------------------------------------------
+
+def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool: int = 100):
+  """(positive, negative): the top-k *distinct* tokens among the `pool` most positive (negative) per-token χ
+  of a head (App. D's tables), with how often each occurs in the pool (Fig. 30's counts)."""
+  t = table[table.component == head]
+  if dataset is not None:
+    t = t[t.dataset == dataset]
+  out = []
+  for frame in (t.nlargest(pool, "chi"), t.nsmallest(pool, "chi")):
+    counts = frame.groupby("token", sort=False).chi.agg(["size", "mean"]).reset_index()
+    counts = counts.rename(columns={"size": "count", "mean": "mean_chi"})
+    out.append(counts.head(k))
+  return tuple(out)
+
+
+def totals(table):
+  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1)."""
+  t = table.assign(positive=table.chi.clip(lower=0), negative=table.chi.clip(upper=0))
+  per_head = t.groupby("component", sort=False)[["positive", "negative", "chi"]].sum()
+  per_token = (t.groupby(["component", "token"], sort=False)
+               .agg(positive=("positive", "sum"), negative=("negative", "sum"), count=("chi", "size"),
+                    mean=("chi", "mean"), std=("chi", "std"))
+               .reset_index())
+  return per_head, per_token
+
+
+# ---- bimodal tokens ------------------------------------------------------------------------------------------
+
+BIMODAL_MIN_DELTA_BIC = 10.0  # BIC(1 Gaussian) − BIC(2-Gaussian mixture) above this: "very strong" evidence
+BIMODAL_MIN_WEIGHT = 0.1  # each mode must hold at least this share of the occurrences
+BIMODAL_MIN_SEPARATION = 2.0  # Ashman's D = √2·|μ1 − μ2| / √(σ1² + σ2²): above 2, the modes are distinct
+
+
+def _gaussian_mixture_2(x, iterations: int = 200):
+  """(weights [2], means [2], stds [2], log-likelihood) of a 2-component 1-D mixture by EM (started at the
+  quartiles). Written here: no mixture library is a dependency, and 1-D EM is twenty lines."""
+  mu = np.quantile(x, [0.25, 0.75]).astype(np.float64)
+  sd = np.full(2, max(x.std(), 1e-12) / 2)
+  w = np.array([0.5, 0.5])
+  for _ in range(iterations):
+    log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
+    log_norm = np.logaddexp(log_p[:, 0], log_p[:, 1])
+    r = np.exp(log_p - log_norm[:, None])
+    n = r.sum(0) + 1e-12
+    w, mu = n / len(x), (r * x[:, None]).sum(0) / n
+    sd = np.sqrt(np.maximum((r * (x[:, None] - mu) ** 2).sum(0) / n, (1e-6 * x.std()) ** 2 + 1e-30))
+  log_p = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2 - 0.5 * np.log(2 * np.pi)
+  return w, mu, sd, float(np.logaddexp(log_p[:, 0], log_p[:, 1]).sum())
+
+
+def bimodality(values) -> dict:
+  """Is the distribution of one token's χ over its contexts two populations? (§4.6)
+
+  Stated test: a 2-Gaussian mixture must beat one Gaussian by ΔBIC > 10, both modes must hold ≥ 10 % of
+  the occurrences, and the modes must be separated (Ashman's D > 2). Needs ≥ 20 occurrences.
+  """
+  x = np.asarray(values, np.float64)
+  x = x[np.isfinite(x)]
+  result = {"n": int(x.size), "bimodal": False}
+  if x.size < 20 or x.std() == 0:
+    return result
+  ll1 = float(x.size * (-0.5 * np.log(2 * np.pi * x.var()) - 0.5))  # the Gaussian MLE
+  w, mu, sd, ll2 = _gaussian_mixture_2(x)
+  delta_bic = (2 * np.log(x.size) - 2 * ll1) - (5 * np.log(x.size) - 2 * ll2)
+  separation = float(np.sqrt(2) * abs(mu[0] - mu[1]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2))
+  order = np.argsort(mu)
+  result.update(delta_bic=float(delta_bic), separation=separation, weights=w[order].tolist(), means=mu[order].tolist(),
+                stds=sd[order].tolist(),
+                bimodal=bool(delta_bic > BIMODAL_MIN_DELTA_BIC and w.min() >= BIMODAL_MIN_WEIGHT
+                             and separation > BIMODAL_MIN_SEPARATION))
+  return result
+
+
+def bimodal_tokens(table, head: str, *, min_count: int = 20):
+  """Every token of a head with ≥ min_count occurrences, tested for bimodality, most evident first."""
+  import pandas as pd
+  rows = []
+  for token, g in table[table.component == head].groupby("token", sort=False):
+    if len(g) >= min_count:
+      rows.append({"token": token, **bimodality(g.chi)})
+  frame = pd.DataFrame(rows)
+  return frame.sort_values("delta_bic", ascending=False) if len(frame) else frame
+
+
+def pick_histogram_token(table, heads, token: str | None = None):
+  """(head, token, candidates) for the histogram view: the named token (under the head where it is most
+  bimodal), or else the most evidently bimodal token of `heads`, or else the most frequent token of heads[0]."""
+  import pandas as pd
+  frames = [bimodal_tokens(table, h).assign(head=h) for h in heads]
+  candidates = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else None
+  if token is not None:
+    present = table[(table.token == token) & table.component.isin(heads)]
+    if not len(present):
+      raise ValueError(f"token {token!r} does not occur for head(s) {list(heads)} in the per-token results")
+    mine = candidates[candidates.token == token] if candidates is not None else []
+    head = mine.sort_values("delta_bic").iloc[-1]["head"] if len(mine) else heads[0]
+    return head, token, candidates
+  if candidates is not None:
+    best = candidates.sort_values("delta_bic", ascending=False).iloc[0]
+    return best["head"], best.token, candidates
+  return heads[0], head_rows(table, heads[0]).token.value_counts().index[0], candidates
+
+
+def additivity(per_token_table, dataset_table, delta_h: float):
+  """Per head × dataset: δh·(mean per-token χ) against the dataset-level χ, with slope and Pearson r
+  (eq. 45: slope 1 if the per-token χ add up; the paper found r = 0.82 and a slope of 16 against 1/δh = 10
+  when regressing χ on mean per-token χ)."""
+  means = per_token_table.groupby(["component", "dataset"], sort=False).chi.mean().rename("mean_token_chi")
+  merged = dataset_table.set_index(["component", "probe"]).chi.rename("chi")
+  merged.index = merged.index.set_names(["component", "dataset"])
+  joined = means.to_frame().join(merged, how="inner").reset_index()
+  joined["predicted"] = delta_h * joined.mean_token_chi
+  x, y = joined.predicted.to_numpy(), joined.chi.to_numpy()
+  ok = np.isfinite(x) & np.isfinite(y)
+  slope = float(np.polyfit(x[ok], y[ok], 1)[0]) if ok.sum() >= 2 else float("nan")
+  r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() >= 3 else float("nan")
+  return joined, slope, r
+
+
+# ---- UMAP of per-token susceptibility vectors ("embryology" view) --------------------------------------------
+
+def umap_available() -> bool:
+  import importlib.util
+  return importlib.util.find_spec("umap") is not None
+
+
+def susceptibility_vectors(table):
+  """(vectors [N, H] of per-token χ over the heads, standardised per head; the tokens' rows [N] with dataset,
+  context, position, token). "full" is left out."""
+  heads = [c for c in dict.fromkeys(table.component) if c != "full"]
+  wide = table[table.component.isin(heads)].pivot_table(index=["dataset", "context", "position", "token"],
+                                                        columns="component", values="chi")[heads].dropna()
+  X = wide.to_numpy(np.float64)
+  scale = X.std(0)
+  return (X - X.mean(0)) / np.where(scale > 0, scale, 1.0), wide.index.to_frame(index=False)
+
+
+def umap_embedding(table, *, n_neighbors: int = 15, seed: int = 0):
+  """(embedding [N, 2], token rows): UMAP of the per-token susceptibility vectors. Needs `umap-learn`."""
+  if not umap_available():
+    raise ValueError("the UMAP view needs umap-learn: pip install umap-learn")
+  import umap
+  X, rows = susceptibility_vectors(table)
+  if len(X) < 3:
+    raise ValueError(f"UMAP needs at least 3 tokens with χ for every head; have {len(X)}")
+  reducer = umap.UMAP(n_neighbors=min(n_neighbors, len(X) - 1), random_state=seed, n_components=2)
+  return reducer.fit_transform(X), rows
