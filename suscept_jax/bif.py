@@ -77,7 +77,8 @@ def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, k
     with np.errstate(invalid="ignore", divide="ignore"):
       corr[c] = cov[c] / np.sqrt(var_q[:, None] * var_s[None, :])
     corr_err[c] = _jackknife_correlation_stderr(cov_E[rows], sd_q_E[rows] ** 2, sd_s_E[rows] ** 2, valid[c])
-  return PairStatistics(cov, cov_err, corr, corr_err, draws)
+  return PairStatistics(covariance=cov, covariance_stderr=cov_err, correlation=corr, correlation_stderr=corr_err,
+                        draws=draws)
 
 
 def _jackknife_correlation_stderr(cov_KxQxS, var_q_KxQ, var_s_KxS, valid_K) -> np.ndarray:

@@ -259,12 +259,14 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
       pair_moments = estimators.update_cross_moments(pair_moments, tokens_ExOxJ[:, :split].reshape(E, -1),
                                                      tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
 
-    values = ChunkTraces(loss_E, phi_E, delta_ExD, acceptance_E, nonfinite_ExD)
+    values = ChunkTraces(loss_LxE=loss_E, phi_LxE=phi_E, delta_loss_LxExD=delta_ExD, mala_LxE=acceptance_E,
+                         probe_nonfinite_LxExD=nonfinite_ExD)  # block l's row of each trace
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
-    return Carry(new_state, moments, diverged, diverged_at, token_moments, pair_moments), traces
+    return Carry(state=new_state, moments=moments, diverged=diverged, diverged_at=diverged_at,
+                 token_moments=token_moments, pair_moments=pair_moments), traces
 
-  traces = ChunkTraces(jnp.zeros((L, E)), jnp.zeros((L, E)), jnp.zeros((L, E, D)), jnp.full((L, E), jnp.nan),
-                       jnp.zeros((L, E, D), bool))
+  traces = ChunkTraces(loss_LxE=jnp.zeros((L, E)), phi_LxE=jnp.zeros((L, E)), delta_loss_LxExD=jnp.zeros((L, E, D)),
+                       mala_LxE=jnp.full((L, E), jnp.nan), probe_nonfinite_LxExD=jnp.zeros((L, E, D), bool))
   return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 

@@ -43,7 +43,8 @@ def init_moments(num_entries: int, y_shape: tuple = ()) -> Moments:
   """Empty moments (host arrays: placing them on devices compiles nothing)."""
   zeros = lambda *s: np.zeros((num_entries, *s), np.float32)
   count = lambda *s: np.zeros((num_entries, *s), np.int32)
-  return Moments(count(), zeros(), zeros(), count(*y_shape), zeros(*y_shape), zeros(*y_shape), zeros(*y_shape))
+  return Moments(count=count(), mean_x=zeros(), m2_x=zeros(), count_y=count(*y_shape), mean_x_y=zeros(*y_shape),
+                 mean_y=zeros(*y_shape), comoment=zeros(*y_shape))
 
 
 def _expand(a, like):
@@ -69,9 +70,9 @@ def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
   mean_x_y = m.mean_x_y + dx_y / n_y
   mean_y = m.mean_y + (y - m.mean_y) / n_y
   comoment = m.comoment + dx_y * (y - mean_y)
-  return Moments(count, keep(mean_x, m.mean_x, active_E), keep(m2_x, m.m2_x, active_E), count_y,
-                 jnp.where(use_y, mean_x_y, m.mean_x_y), jnp.where(use_y, mean_y, m.mean_y),
-                 jnp.where(use_y, comoment, m.comoment))
+  return Moments(count=count, mean_x=keep(mean_x, m.mean_x, active_E), m2_x=keep(m2_x, m.m2_x, active_E),
+                 count_y=count_y, mean_x_y=jnp.where(use_y, mean_x_y, m.mean_x_y),
+                 mean_y=jnp.where(use_y, mean_y, m.mean_y), comoment=jnp.where(use_y, comoment, m.comoment))
 
 
 class CrossMoments(NamedTuple):
@@ -89,7 +90,8 @@ class CrossMoments(NamedTuple):
 def init_cross_moments(num_entries: int, num_q: int, num_s: int) -> CrossMoments:
   """Empty co-moments (host arrays)."""
   z = lambda *shape: np.zeros((num_entries, *shape), np.float32)
-  return CrossMoments(np.zeros((num_entries,), np.int32), z(num_q), z(num_q), z(num_s), z(num_s), z(num_q, num_s))
+  return CrossMoments(count=np.zeros((num_entries,), np.int32), mean_q=z(num_q), m2_q=z(num_q), mean_s=z(num_s),
+                      m2_s=z(num_s), comoment=z(num_q, num_s))
 
 
 def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoments:
@@ -100,8 +102,8 @@ def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoment
   n = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
   dq, ds = q - m.mean_q, s - m.mean_s
   mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
-  new = CrossMoments(count, mean_q, m.m2_q + dq * (q - mean_q), mean_s, m.m2_s + ds * (s - mean_s),
-                     m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :])
+  new = CrossMoments(count=count, mean_q=mean_q, m2_q=m.m2_q + dq * (q - mean_q), mean_s=mean_s,
+                     m2_s=m.m2_s + ds * (s - mean_s), comoment=m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :])
   return CrossMoments(count, *(jnp.where(_expand(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:])))
 
 

@@ -33,9 +33,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, programs, sgld
 from suscept_jax.batched import MICROBATCH_AUTO, nonfinite_samples, num_rows
-from suscept_jax.progress import MeanOfParts, reporting
-from suscept_jax.chunks import Carry, ChunkData, ChunkTraces, Entries, Plan, flat_masks
+from suscept_jax.chunks import Carry, ChunkData, Entries, Plan, flat_masks
 from suscept_jax.programs import ProgramMemory
+from suscept_jax.progress import MeanOfParts, reporting
 from suscept_jax.restricted import component_groups, entry_grid
 from suscept_jax.streams import Streams, chain_keys
 # Kept importable from here, where they were defined before the split (callers outside the package use them).
@@ -234,8 +234,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     per_row = int(np.prod(token_shape[1:]))
     pair_moments = estimators.init_cross_moments(E_pad, plan.pair_split * per_row,
                                                  (num_rows(observed) - plan.pair_split) * per_row)
-  carry = Carry(state0, estimators.init_moments(E_pad, (len(probe_names),)),
-                jnp.zeros((E_pad,), bool), jnp.full((E_pad,), -1, jnp.int32), token_moments, pair_moments)
+  carry = Carry(state=state0, moments=estimators.init_moments(E_pad, (len(probe_names),)),
+                diverged=jnp.zeros((E_pad,), bool), diverged_at=jnp.full((E_pad,), -1, jnp.int32),
+                token_moments=token_moments, pair_moments=pair_moments)
   observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
   carry = jax.tree.map(put_e, carry)
   entries_dev = jax.tree.map(put_e, entries)
@@ -277,7 +278,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
       if plan_only:
         if not auto:
           need = programs.program_bytes(programs.compiled_program("draw", loss_fn, plan, mesh).lower(*program_args).compile())
-        return ProgramMemory(list(component_names), E_pad // n_dev, plan.microbatch_size, need)
+        return ProgramMemory(components=list(component_names), entries_per_device=E_pad // n_dev,
+                             microbatch_size=plan.microbatch_size, bytes_per_device=need)
 
     # Burn-in.
     step = 0
@@ -324,7 +326,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
           nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
       recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
       drop_padding = lambda a: a[recorded, :E]
-      kept.append((ChunkTraces(*map(drop_padding, traces)), loss_star_LxK[recorded]))
+      kept.append((jax.tree.map(drop_padding, traces), loss_star_LxK[recorded]))
       first_block = next_block
       if bar is not None:
         bar.update(count * S)

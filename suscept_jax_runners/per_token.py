@@ -159,13 +159,14 @@ def main(argv):
     store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
   store.start(run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
-  compute(store, settings, target, step, component_masks, base, contexts, labels, probes, tokenizer)
+  compute(store, settings, target=target, step=step, component_masks=component_masks, base=base, contexts=contexts,
+          labels=labels, probes=probes, tokenizer=tokenizer)
   paths = render_views(out, settings["views"], heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value)
   print(f"per-token results: {out / 'tokens.parquet'}; views: {out / 'views' / 'index.html'} ({len(paths)} files); "
         f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-def compute(store, settings, target, step, component_masks, base, contexts, labels, probes, tokenizer) -> None:
+def compute(store, settings, *, target, step, component_masks, base, contexts, labels, probes, tokenizer) -> None:
   """Run the chunks still missing, then write the tidy token table."""
   import functools
   import io

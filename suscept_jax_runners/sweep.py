@@ -172,7 +172,8 @@ def main(argv):
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
         f"{config.num_draws} draws")
   mesh = distributed.local_mesh() if num_processes > 1 else None
-  num_warnings = run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps, mesh=mesh)
+  num_warnings = run_units(planned, out, target, tokenizer=tokenizer, settings=settings,
+                           component_masks=component_masks, probe_fps=probe_fps, mesh=mesh)
   if process_index != 0:
     print(f"process {process_index}: its units are written; process 0 assembles the table")
     return
@@ -193,7 +194,7 @@ def main(argv):
   print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-def run_units(planned, out, target, tokenizer, settings, component_masks, probe_fps, mesh=None) -> int:
+def run_units(planned, out, target, *, tokenizer, settings, component_masks, probe_fps, mesh=None) -> int:
   """Sample every planned unit, writing each as it finishes; returns the number of warnings logged."""
   import functools
 

@@ -115,9 +115,9 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                    f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
                    f"<h3>Loadings against independent head labels</h3>{labels_html}"
                    + "".join(embedded_png(f, f.stem) for f in struct_figs)))
-  sections.append(("Patterning", _patterning_html(data, pca, stability, resampler, num_resamples,
-                                                  config["settings"].get("delta_h", 0.1), fig_dir,
-                                                  patterning_targets)))
+  sections.append(("Patterning", _patterning_html(data, pca, stability, resampler, num_resamples=num_resamples,
+                                                  delta_h=config["settings"].get("delta_h", 0.1), fig_dir=fig_dir,
+                                                  groups=patterning_targets)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
     target = (Path(per_token_dir) / "views" / "index.html").resolve()
     sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
@@ -171,7 +171,7 @@ def _ratio_text(effect: float, off_target: float) -> str:
   return f"{effect / off_target:.3g}" if off_target > 0 else "∞"
 
 
-def _patterning_html(data, pca, stability, resampler, num_resamples: int, delta_h: float, fig_dir: Path,
+def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, delta_h: float, fig_dir: Path,
                      groups=()) -> str:
   """At the last checkpoint: for each top PC's direction, each component alone and each group of components
   asked for (moved together), the re-weighting of the probes (no weight beyond δh) whose first-order effect

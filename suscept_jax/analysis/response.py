@@ -112,5 +112,6 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
       full_err.append(f[1] if f else np.nan)
   if len(rows) < 2:
     raise ValueError(f"only {len(rows)} complete row(s) in the results ({'; '.join(excluded) or 'nothing excluded'})")
-  return ResponseData(np.array(X), np.array(err), np.array(chains), rows, list(components), np.array(full),
-                      np.array(full_err), excluded)
+  return ResponseData(X_RxH=np.array(X), stderr_RxH=np.array(err), per_chain_RxHxK=np.array(chains), rows=rows,
+                      components=list(components), full_R=np.array(full), full_stderr_R=np.array(full_err),
+                      excluded=excluded)

@@ -264,7 +264,8 @@ def patterning(X_DxH: np.ndarray, target_H: np.ndarray, *, X_stderr_DxH=None, X_
       draws_dh.append(np.linalg.pinv((X + N).T, rcond=rcond) @ target)
       draws_pred.append((X + N).T @ dh)  # the planned dh applied to a plausible true X
     dh_err, pred_err = np.std(draws_dh, 0, ddof=1), np.std(draws_pred, 0, ddof=1)
-  return Patterning(dh, predicted, pred_err, dh_err, float(np.linalg.norm(predicted - target)))
+  return Patterning(delta_h_D=dh, predicted_H=predicted, predicted_stderr_H=pred_err, delta_h_stderr_D=dh_err,
+                    residual_norm=float(np.linalg.norm(predicted - target)))
 
 
 class ScaledPatterns(NamedTuple):
