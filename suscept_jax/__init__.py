@@ -12,7 +12,7 @@ _EXPORTS = {
     "SusceptibilityResult": "suscept_jax.api", "LLCResult": "suscept_jax.api", "ChiTable": "suscept_jax.estimators",
     "estimate_per_token_susceptibilities": "suscept_jax.per_token", "PerTokenResult": "suscept_jax.per_token",
     "estimate_bif": "suscept_jax.bif", "BIFResult": "suscept_jax.bif",
-    "DataFaultError": "suscept_jax.sampler", "SusceptibilityWarning": "suscept_jax.health",
+    "DataFaultError": "suscept_jax.batched", "SusceptibilityWarning": "suscept_jax.health",
     "full_mask": "suscept_jax.masks", "regex_mask": "suscept_jax.masks", "stack_masks": "suscept_jax.masks",
     "preview": "suscept_jax.masks", "count_free": "suscept_jax.masks", "leaf_paths": "suscept_jax.masks",
     "mix": "suscept_jax.mixing", "mixing_pattern": "suscept_jax.mixing", "probe_positions": "suscept_jax.mixing",
