@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -176,6 +175,24 @@ def _merge_groups(outputs, groups, num_chains: int, seconds: float) -> SamplerOu
       token_moments=over("token_moments", 0), pair_moments=over("pair_moments", 0))
 
 
+class _Resident(NamedTuple):
+  """What every call of a group's programs reads besides the carry and the chunk: placed on the devices once."""
+
+  entries: Entries  # split over the entry axis
+  anchor: Any  # w* (the parameter tree), replicated
+  masks_CxP: Any  # `flat_masks`, replicated
+  observed: Any  # the observed contexts (an empty array without), replicated
+
+
+class _Chunk(NamedTuple):
+  """One chunk of blocks: the host's bookkeeping and the program's input."""
+
+  count: int  # blocks run (≤ blocks_per_chunk; the rest is padding)
+  steps_LxS: np.ndarray  # the global SGLD step of every step of every block
+  probe_idx_LxKxDxM: np.ndarray | None  # the probe sample in every slot of every stream (None without probes)
+  data: ChunkData  # on the devices
+
+
 def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: sgld.Hyper, free: tuple | None,
                  base, probes: Mapping[str, Any], *, config: sgld.SGLDConfig, batch_size: int,
                  delta_h: float | None, seed: int = 0, checkpoint_id: int = 0, microbatch_size: int | None = None,
@@ -191,158 +208,181 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   """
   t0 = time.perf_counter()
   mesh = parallel.as_entry_mesh(mesh)
-  n_dev = mesh.size
   probe_names = list(probes)
-  K, C, S, T = config.num_chains, len(component_names), config.steps_between_draws, config.num_draws
+  K, C = config.num_chains, len(component_names)
   E = C * K
-  E_pad = -(-E // n_dev) * n_dev
-  num_blocks = T + 1
-  blocks_per_chunk = draws_per_chunk or max(1, min(num_blocks, math.ceil(num_blocks / 20), 64))
-  burnin_per_chunk = max(1, min(config.num_burnin, 64)) if config.num_burnin else 1
+  E_pad = -(-E // mesh.size) * mesh.size
+  num_blocks = config.num_draws + 1
   streams = Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
-                     num_chains=K, base_name=base_name)
+                    num_chains=K, base_name=base_name)
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape)  # [1, J, ...]
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
-              num_slots=streams.num_slots, microbatch_size=microbatch_size, blocks_per_chunk=blocks_per_chunk,
+              num_slots=streams.num_slots, microbatch_size=microbatch_size,
+              blocks_per_chunk=draws_per_chunk or max(1, min(num_blocks, math.ceil(num_blocks / 20), 64)),
               token_loss_fn=token_loss_fn if observed is not None else None,
               observed_microbatch=programs.observed_microbatch_for(mesh, token_shape, observed_microbatch),
               pair_split=pair_split if observed is not None else None,
-              free_leaves=free, entry_grid=entry_grid(C, K, n_dev, free))
+              free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free))
 
-  # Entry layout, padded to a multiple of the device count with copies of entry 0 (discarded).
-  pad = E_pad - E
-  padded = lambda a: np.concatenate([a, np.repeat(a[:1], pad, axis=0)])
-  components_E = np.repeat(np.arange(C, dtype=np.int32), K)
-  entries = Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
-                    component=padded(components_E),
-                    stream=padded(np.tile(np.arange(K, dtype=np.int32) % streams.num_streams, C)),
-                    hyper=sgld.Hyper(*(padded(np.asarray(h, np.float32)[components_E]) for h in hyper_C)))
-
-  entry_sharding = NamedSharding(mesh, P(ENTRY_AXIS))
-  replicated = NamedSharding(mesh, P())
-  put_e = lambda x: jax.device_put(x, entry_sharding)
-  put_r = lambda x: jax.device_put(x, replicated)
-  anchor, masks_dev = put_r(params), put_r(flat_masks(masks_C, params))
-  anchor_P = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(params)])
-  state0 = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (E_pad,) + np.shape(a)), sgld.init(anchor_P, config))
-  token_moments = ()
-  if plan.token_loss_fn is not None:
-    token_moments = estimators.init_moments(E_pad, (num_rows(observed), *token_shape[1:]))
-  pair_moments = ()
-  if plan.pair_split is not None:
-    per_row = int(np.prod(token_shape[1:]))
-    pair_moments = estimators.init_cross_moments(E_pad, plan.pair_split * per_row,
-                                                 (num_rows(observed) - plan.pair_split) * per_row)
-  carry = Carry(state=state0, moments=estimators.init_moments(E_pad, (len(probe_names),)),
-                diverged=jnp.zeros((E_pad,), bool), diverged_at=jnp.full((E_pad,), -1, jnp.int32),
-                token_moments=token_moments, pair_moments=pair_moments)
-  observed_dev = put_r(observed if observed is not None else np.zeros((0,), np.float32))
-  carry = jax.tree.map(put_e, carry)
-  entries_dev = jax.tree.map(put_e, entries)
+  put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
+  put_r = lambda x: jax.device_put(x, NamedSharding(mesh, P()))
+  entries = _entries(component_names, hyper_C, K, streams.num_streams, E_pad, seed, checkpoint_id)
+  resident = _Resident(entries=jax.tree.map(put_e, entries), anchor=put_r(params),
+                       masks_CxP=put_r(flat_masks(masks_C, params)),
+                       observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
+  carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
+                                             token_shape))
+  chunk_at = lambda first_block: _chunk_inputs(first_block, plan, streams, num_blocks, delta_h, put_r)
   with reporting(progress, config.num_steps, label) as bar:
-
-    def chunk_inputs(first_block):
-      count = min(blocks_per_chunk, num_blocks - first_block)
-      blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (blocks_per_chunk - count))
-      first_step = config.num_burnin + first_block * S
-      steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
-      probe_idx = None
-      if probe_names:
-        slots = mixing.probe_slots(batch_size, delta_h, np.maximum(blocks - 1, 0))
-        slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
-        probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
-        probe_data = streams.gather_probes(probe_idx)
-      else:
-        slots = mixing.ProbeSlots(np.zeros((blocks_per_chunk, 0), np.int32), np.zeros((blocks_per_chunk, 0), np.float32))
-        probe_data = np.zeros((blocks_per_chunk, K, 0, 0), np.float32)
-      data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
-                       slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
-                       loss_star_LxK=np.zeros((blocks_per_chunk, streams.num_streams), np.float32),
-                       first_step=np.int32(first_step), first_block=np.int32(first_block), num_blocks=np.int32(count))
-      return count, steps_LxS, probe_idx, jax.tree.map(put_r, data)
-
-    def with_anchor_losses(chunk):  # (after the micro-batch is settled)
-      count, steps_LxS, probe_idx, data_dev = chunk
-      loss_star = programs.compiled_program("anchor", loss_fn, plan, mesh)(anchor, data_dev.base_LxSxK)
-      return count, steps_LxS, probe_idx, data_dev._replace(loss_star_LxK=loss_star)
-
-    first_chunk = chunk_inputs(0)
+    first_chunk = chunk_at(0)
     draw_fn = None
     auto = plan.microbatch_size == MICROBATCH_AUTO
     if auto or plan_only:
-      program_args = (carry, entries_dev, anchor, masks_dev, first_chunk[3], observed_dev)
+      program_args = (carry, resident.entries, resident.anchor, resident.masks_CxP, first_chunk.data,
+                      resident.observed)
       if auto:  # the largest micro-batch whose program fits the devices
         plan, draw_fn, need = programs.auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
-        microbatch_size = plan.microbatch_size
       if plan_only:
         if not auto:
-          need = programs.program_bytes(programs.compiled_program("draw", loss_fn, plan, mesh).lower(*program_args).compile())
-        return ProgramMemory(components=list(component_names), entries_per_device=E_pad // n_dev,
+          compiled = programs.compiled_program("draw", loss_fn, plan, mesh).lower(*program_args).compile()
+          need = programs.program_bytes(compiled)
+        return ProgramMemory(components=list(component_names), entries_per_device=E_pad // mesh.size,
                              microbatch_size=plan.microbatch_size, bytes_per_device=need)
-
-    # Burn-in.
-    step = 0
     if config.num_burnin:
-      burn = programs.compiled_program("burnin", loss_fn, plan, mesh)
-      while step < config.num_burnin:
-        count = min(burnin_per_chunk, config.num_burnin - step)
-        steps = np.array(list(range(step, step + count)) + [step] * (burnin_per_chunk - count))
-        state = burn(carry.state, entries_dev, anchor, masks_dev, put_r(streams.gather_base(steps)),
-                     np.int32(step), np.int32(count))
-        carry = carry._replace(state=state)
-        step += count
-        if bar is not None:
-          jax.block_until_ready(state)
-          bar.update(count)
+      carry = _burn_in(programs.compiled_program("burnin", loss_fn, plan, mesh), carry, resident, streams, config,
+                       put_r, bar)
 
     # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
     draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
-
+    anchor_losses = programs.compiled_program("anchor", loss_fn, plan, mesh)  # (after the micro-batch is settled)
+    anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
+        loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
     kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
     nonfinite_probe = {d: set() for d in probe_names}
     first_block = 0
-    pending = with_anchor_losses(first_chunk)
+    pending = anchored(first_chunk)
     while first_block < num_blocks:
-      count, steps_LxS, probe_idx, data_dev = pending
+      chunk = pending
       try:
-        carry, traces = draw_fn(carry, entries_dev, anchor, masks_dev, data_dev, observed_dev)
+        carry, traces = draw_fn(carry, resident.entries, resident.anchor, resident.masks_CxP, chunk.data,
+                                resident.observed)
       except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
           raise
         observing = (f", observing {num_rows(observed)} rows' token losses (fewer per chunk: contexts_per_chunk "
                      f"or samples_per_chunk)") if observed is not None else ""
         raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
-                          f"microbatch_size={plan.microbatch_size} ({E_pad // n_dev} entries per device){observing}; "
-                          f"pass microbatch_size='auto' (or a smaller one), or more devices") from None
-      next_block = first_block + count
+                          f"microbatch_size={plan.microbatch_size} ({E_pad // mesh.size} entries per device)"
+                          f"{observing}; pass microbatch_size='auto' (or a smaller one), or more devices") from None
+      next_block = first_block + chunk.count
       if next_block < num_blocks:
-        pending = with_anchor_losses(chunk_inputs(next_block))
-      traces = jax.tree.map(lambda a: np.asarray(a)[:count], traces)
-      loss_star_LxK = np.asarray(data_dev.loss_star_LxK)[:count]
-      _check_base_faults(loss_star_LxK, steps_LxS, streams, loss_fn, params, microbatch_size, first_block)
+        pending = anchored(chunk_at(next_block))
+      traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
+      loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
+      _check_base_faults(loss_star_LxK, chunk.steps_LxS, streams, loss_fn, params, plan.microbatch_size, first_block)
       if probe_names and traces.probe_nonfinite_LxExD.any():
         for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
-          nonfinite_probe[probe_names[d]].update(int(i) for i in probe_idx[l, entries.stream[e], d])
-      recorded = slice(1 if first_block == 0 else 0, count)  # block 0 evaluates the start: not a draw
-      drop_padding = lambda a: a[recorded, :E]
-      kept.append((jax.tree.map(drop_padding, traces), loss_star_LxK[recorded]))
+          nonfinite_probe[probe_names[d]].update(int(i) for i in chunk.probe_idx_LxKxDxM[l, entries.stream[e], d])
+      recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
+      kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
       first_block = next_block
       if bar is not None:
-        bar.update(count * S)
+        bar.update(chunk.count * config.steps_between_draws)
 
-  moments = estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.moments))
-  cat = lambda field: np.concatenate([getattr(t, field) for t, _ in kept])
+  return _output(carry, kept, nonfinite_probe, E, plan,
+                 realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
+                                   else float("nan")),
+                 seconds=time.perf_counter() - t0)
+
+
+def _entries(component_names, hyper_C: sgld.Hyper, num_chains: int, num_streams: int, num_padded: int, seed: int,
+             checkpoint_id: int) -> Entries:
+  """The entries (component-major (component, chain) pairs), padded to `num_padded` (a multiple of the device
+  count) with copies of entry 0, whose results are discarded."""
+  C, K = len(component_names), num_chains
+  padded = lambda a: np.concatenate([a, np.repeat(a[:1], num_padded - C * K, axis=0)])
+  components_E = np.repeat(np.arange(C, dtype=np.int32), K)
+  return Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
+                 component=padded(components_E),
+                 stream=padded(np.tile(np.arange(K, dtype=np.int32) % num_streams, C)),
+                 hyper=sgld.Hyper(*(padded(np.asarray(h, np.float32)[components_E]) for h in hyper_C)))
+
+
+def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, token_shape) -> Carry:
+  """Every entry at w* with empty moments (host arrays): per-token moments over the observed rows' tokens, and
+  query × sample cross-moments when the plan splits them (`pair_split`)."""
+  anchor_P = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(params)])
+  state = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (num_entries,) + np.shape(a)),
+                       sgld.init(anchor_P, plan.config))
+  token_moments = pair_moments = ()
+  if plan.token_loss_fn is not None:
+    token_moments = estimators.init_moments(num_entries, (num_observed, *token_shape[1:]))
+  if plan.pair_split is not None:
+    per_row = int(np.prod(token_shape[1:]))
+    pair_moments = estimators.init_cross_moments(num_entries, plan.pair_split * per_row,
+                                                 (num_observed - plan.pair_split) * per_row)
+  return Carry(state=state, moments=estimators.init_moments(num_entries, (plan.num_probes,)),
+               diverged=np.zeros((num_entries,), bool), diverged_at=np.full((num_entries,), -1, np.int32),
+               token_moments=token_moments, pair_moments=pair_moments)
+
+
+def _chunk_inputs(first_block: int, plan: Plan, streams: Streams, num_blocks: int, delta_h, put) -> _Chunk:
+  """The chunk of blocks from `first_block`: every step's base batch, Algorithm 1's probe slots and samples,
+  padded to `plan.blocks_per_chunk` blocks (one shape, one program); L_B(w*) is filled in later."""
+  config, L = plan.config, plan.blocks_per_chunk
+  S = config.steps_between_draws
+  count = min(L, num_blocks - first_block)
+  blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (L - count))
+  steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
+  probe_idx = None
+  if plan.num_probes:
+    slots = mixing.probe_slots(plan.batch_size, delta_h, np.maximum(blocks - 1, 0))
+    slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
+    probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
+    probe_data = streams.gather_probes(probe_idx)
+  else:
+    slots = mixing.ProbeSlots(np.zeros((L, 0), np.int32), np.zeros((L, 0), np.float32))
+    probe_data = np.zeros((L, config.num_chains, 0, 0), np.float32)
+  data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
+                   slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
+                   loss_star_LxK=np.zeros((L, streams.num_streams), np.float32),
+                   first_step=np.int32(config.num_burnin + first_block * S), first_block=np.int32(first_block),
+                   num_blocks=np.int32(count))
+  return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(put, data))
+
+
+def _burn_in(burn, carry: Carry, resident: _Resident, streams: Streams, config: sgld.SGLDConfig, put, bar) -> Carry:
+  """`config.num_burnin` steps of every entry, up to 64 per call of the burn-in program; nothing is recorded."""
+  per_call = max(1, min(config.num_burnin, 64))
+  step = 0
+  while step < config.num_burnin:
+    count = min(per_call, config.num_burnin - step)
+    steps = np.array(list(range(step, step + count)) + [step] * (per_call - count))
+    state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxP, put(streams.gather_base(steps)),
+                 np.int32(step), np.int32(count))
+    carry = carry._replace(state=state)
+    step += count
+    if bar is not None:
+      jax.block_until_ready(state)
+      bar.update(count)
+  return carry
+
+
+def _output(carry: Carry, kept, nonfinite_probe: dict, num_entries: int, plan: Plan, *, realised_delta_h: float,
+            seconds: float) -> SamplerOutput:
+  """The host-side SamplerOutput of a finished run: the final moments of the real entries (padding dropped) and
+  the recorded blocks' traces, chunks concatenated."""
+  real = lambda tree: estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:num_entries], tree))
+  cat = lambda field: np.concatenate([getattr(traces, field) for traces, _ in kept])
   return SamplerOutput(
-      moments=moments, diverged=np.asarray(carry.diverged)[:E], diverged_at=np.asarray(carry.diverged_at)[:E],
-      loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"), delta_loss_trace=cat("delta_loss_LxExD"),
-      loss_star_trace=np.concatenate([star for _, star in kept]), mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
-      realised_delta_h=mixing.realised_fraction(batch_size, delta_h, T) if probe_names else float("nan"),
-      seconds=time.perf_counter() - t0,
-      token_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.token_moments))
-                     if plan.token_loss_fn is not None else None),
-      pair_moments=(estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:E], carry.pair_moments))
-                    if plan.pair_split is not None else None))
+      moments=real(carry.moments), diverged=np.asarray(carry.diverged)[:num_entries],
+      diverged_at=np.asarray(carry.diverged_at)[:num_entries], loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"),
+      delta_loss_trace=cat("delta_loss_LxExD"), loss_star_trace=np.concatenate([star for _, star in kept]),
+      mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
+      realised_delta_h=realised_delta_h, seconds=seconds,
+      token_moments=real(carry.token_moments) if plan.token_loss_fn is not None else None,
+      pair_moments=real(carry.pair_moments) if plan.pair_split is not None else None)
 
 
 def _check_base_faults(loss_star_LxK, steps_LxS, streams: Streams, loss_fn, params, micro, first_block):
