@@ -139,19 +139,30 @@ def memory_plan(loss_fn: Callable, params, component_names, masks_C, base, probe
           for _, call in _program_calls(component_names, masks_C, config, None, restrict_gradients)]
 
 
-def _program_calls(component_names, masks_C, config, hyper_C, restrict: bool) -> list[tuple]:
-  """(component indices, (names, masks, hyper, free)) of each compiled program: one per component group, or
-  one for all."""
+class _ProgramCall(NamedTuple):
+  """The components one compiled program samples (the leading arguments of `_run_program`)."""
+
+  component_names: list
+  masks_C: Any  # their stacked masks
+  hyper_C: sgld.Hyper  # their ε, nβ, γ
+  free: tuple | None  # the leaves the program differentiates (None: all)
+
+
+def _program_calls(component_names, masks_C, config, hyper_C, restrict: bool) -> list[tuple[list, _ProgramCall]]:
+  """(component indices, the call) of each compiled program: one per component group, or one for all."""
   C = len(component_names)
   if hyper_C is None:
     hyper_C = sgld.Hyper(*(np.full(C, v, np.float32) for v in sgld.hyper_of(config)))
   if not restrict:
-    return [(list(range(C)), (list(component_names), masks_C, hyper_C, None))]
+    return [(list(range(C)), _ProgramCall(component_names=list(component_names), masks_C=masks_C, hyper_C=hyper_C,
+                                         free=None))]
   calls = []
   for free, comps in component_groups(masks_C, C):
-    calls.append((comps, ([component_names[c] for c in comps], jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
-                          sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
-                          None if all(free) else free)))
+    calls.append((comps, _ProgramCall(
+        component_names=[component_names[c] for c in comps],
+        masks_C=jax.tree.map(lambda m: np.asarray(m)[comps], masks_C),
+        hyper_C=sgld.Hyper(*(np.broadcast_to(np.asarray(h, np.float32), (C,))[comps] for h in hyper_C)),
+        free=None if all(free) else free)))
   return calls
 
 
