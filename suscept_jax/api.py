@@ -2,6 +2,8 @@
 
 Inputs are validated (suscept_jax.validation) before anything is compiled, so bad input gets an error that
 names it.
+
+Shape letters: C components, K chains, E entries (component-major (component, chain) pairs), D probes, T draws.
 """
 import dataclasses
 import math

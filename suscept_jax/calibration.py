@@ -12,6 +12,8 @@ all reading the same data streams, and each setting is judged by two stated test
     small a step fails here: chains still climbing from w*, each its own way, while the quarter test
     alone has little power with few chains);
 and no chain diverged. The recommendation is the largest passing ε (larger steps mix faster).
+
+Shape letters: C components (the grid runs each once per setting), K chains, T draws.
 """
 import dataclasses
 import itertools

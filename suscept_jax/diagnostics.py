@@ -8,6 +8,8 @@ Traces are [K, T] (chains × draws), float. Each function drops chains that are 
 The autocorrelation sum uses Geyer's initial monotone sequence over the combined chains, as Stan does.
 Written here rather than imported from ArviZ because the kernels stay free of ArviZ's dependency stack
 (xarray et al.); the tests compare these numbers with ArviZ's.
+
+Shape letters: K chains, T draws.
 """
 import dataclasses
 

@@ -17,6 +17,9 @@ Estimates, from the per-chain moments (host side, float64):
   λ̂_{C,k}   = nβ·⟨φ⟩_{C,k}
 χ_C and λ̂_C average the non-diverged chains; error bars are the standard error across those chains,
 and intervals use Student-t quantiles with (chains − 1) degrees of freedom.
+
+Shape letters: E entries (component-major (component, chain) pairs), C components, K chains, Q query and S
+sample values of the cross-moments.
 """
 from typing import NamedTuple
 

@@ -2,6 +2,8 @@
 
 Batches come from a deterministic schedule keyed by (seed, step), so a run resumed from its latest
 train state sees exactly the batches an uninterrupted run would and ends with the same params.
+
+Shape letters: N contexts of the training set, B contexts per batch, K tokens per context (n_ctx + 1).
 """
 import dataclasses
 import json

@@ -13,6 +13,10 @@ Ablation deltas are next-token NLL with one head's output zeroed minus the unabl
 averaged over given real contexts (positive = the head helps). The NLL is the model's one per-token NLL,
 jitted with the head scale as an array argument, so it compiles once per (config, batch shape), not
 once per head.
+
+Shape letters: B contexts (or repeated sequences) in a batch, K tokens per context, N rows padded to whole
+batches, T scored positions, S key positions, Q scored queries, L layers, H heads, A ablation settings
+(none, then each head zeroed in turn).
 """
 import functools
 
@@ -131,15 +135,15 @@ def per_token_ablation_deltas(params: dict, config: ModelConfig, contexts_BxK, *
   padded_NxK[:n] = contexts_BxK
   l, h = config.n_layers, config.n_heads
   # Scale 0: the unablated model; scale 1 + l * H + h: head (l, h) zeroed.
-  scales_SxLxH = np.ones((1 + l * h, l, h), np.float32)
-  scales_SxLxH[1 + np.arange(l * h), np.arange(l * h) // h, np.arange(l * h) % h] = 0.0
-  nll_SxNxT = np.concatenate([
+  scales_AxLxH = np.ones((1 + l * h, l, h), np.float32)
+  scales_AxLxH[1 + np.arange(l * h), np.arange(l * h) // h, np.arange(l * h) % h] = 0.0
+  nll_AxNxT = np.concatenate([
       np.stack([np.asarray(_ablated_nll(params, jnp.asarray(padded_NxK[start:start + batch_size]), config,
-                                        jnp.asarray(scale_LxH))) for scale_LxH in scales_SxLxH], axis=0)
+                                        jnp.asarray(scale_LxH))) for scale_LxH in scales_AxLxH], axis=0)
       for start in range(0, num_batches * batch_size, batch_size)], axis=1)[:, :n].astype(np.float64)
-  if not np.all(np.isfinite(nll_SxNxT)):
+  if not np.all(np.isfinite(nll_AxNxT)):
     raise FloatingPointError("non-finite NLL under head ablation (params give NaN/inf logits?)")
-  return nll_SxNxT[0], (nll_SxNxT[1:] - nll_SxNxT[0]).reshape(l, h, n, k - 1)
+  return nll_AxNxT[0], (nll_AxNxT[1:] - nll_AxNxT[0]).reshape(l, h, n, k - 1)
 
 
 def ablation_loss_deltas(params: dict, config: ModelConfig, contexts_BxK, *, batch_size: int = 16) -> np.ndarray:

@@ -3,7 +3,11 @@
 trajectories, PC time series, stability, correlations with independent head labels), patterning (the probe
 re-weightings that move the components along each top PC, or one component alone) and links to the
 per-token views when present. Figures are embedded as data URIs and the sorting script is inline: the page
-opens offline."""
+opens offline.
+
+Shape letters (as in structure.py): R rows (probe × checkpoint), H components, K chains, D probes, B
+resamples, G patterning targets.
+"""
 import html
 import json
 from pathlib import Path

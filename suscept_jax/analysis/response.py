@@ -5,6 +5,8 @@ Incompatible input never becomes a silently wrong matrix: directories from diffe
 different model configs are refused; components are those every directory has (or the ones asked for,
 which every directory must have); a row with a missing cell or a non-finite χ is excluded and the
 exclusion is reported in `ResponseData.excluded`.
+
+Shape letters: R rows (probe × checkpoint), H columns (components), K chains.
 """
 import json
 from pathlib import Path

@@ -1,5 +1,8 @@
 """Figures of structural inference (matplotlib PNG): scree (Fig. 13), loadings heatmap (Fig. 6), dataset
-couplings (Fig. 12), 2-D trajectories (Fig. 14) and PCs as time series (Fig. 15)."""
+couplings (Fig. 12), 2-D trajectories (Fig. 14) and PCs as time series (Fig. 15).
+
+Shape letters (as in structure.py): R rows (probe × checkpoint), D probes, G patterning targets.
+"""
 import re
 from pathlib import Path
 

@@ -8,6 +8,8 @@ component, chi, chi_stderr, ablation_delta.
 
 Colours follow App. C.2 of the paper: green for χ > 0, red otherwise, with opacity |χ|/max|χ| squared
 ("quadratic", bright green 255) or linear ("linear", green 128), max|χ| shared by every head shown.
+
+Shape letters: H heads shown, O contexts, J token positions.
 """
 import html
 from pathlib import Path

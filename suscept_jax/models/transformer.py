@@ -9,6 +9,9 @@ Params layout (all dict keys are strings, so orbax round-trips it unchanged):
   embed/W_E [V, D]; pos_embed/W_pos [n_ctx, D]; blocks/<l>/ln1/{scale,bias} [D];
   blocks/<l>/attn/{W_Q,W_K,W_V} [H, D, Dh], {b_Q,b_K,b_V} [H, Dh], W_O [H, Dh, D], b_O [D];
   ln_final/{scale,bias} [D]; unembed/W_U [D, V], b_U [V].
+
+Shape letters: B contexts in a batch, C tokens per context (T inputs and the last target), T query
+positions, S key positions, D d_model, H heads, K d_head (Dh above), V vocabulary, L layers.
 """
 import functools
 
@@ -237,21 +240,21 @@ def logits(params: dict, tokens_BxT, config: ModelConfig):
   return bind(params, config)(tokens_BxT)
 
 
-def per_token_nll(params: dict, contexts_BxK, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT):
+def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT):
   """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx).
 
   head_scale_LxH multiplies each head's output (0 = zero-ablate it). The one per-token NLL of the project.
   """
-  inputs_BxT, targets_BxT = contexts_BxK[..., :-1], contexts_BxK[..., 1:]
+  inputs_BxT, targets_BxT = contexts_BxC[..., :-1], contexts_BxC[..., 1:]
   check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
   logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics).astype(jnp.float32)
   logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
   return -jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
 
 
-def context_nll(params: dict, contexts_BxK, config: ModelConfig, numerics: Numerics = _EXACT):
+def context_nll(params: dict, contexts_BxC, config: ModelConfig, numerics: Numerics = _EXACT):
   """Mean next-token NLL of each context, [B] (eq. 48 before averaging over the batch)."""
-  return per_token_nll(params, contexts_BxK, config, numerics=numerics).mean(axis=-1)
+  return per_token_nll(params, contexts_BxC, config, numerics=numerics).mean(axis=-1)
 
 
 def param_count(params) -> int:
