@@ -5,10 +5,10 @@ Chain k of *every* component reads stream k, whose base and probe batches come f
 keeps its common random numbers), while different chains see different batches, so the spread across chains
 carries the batch noise and the error bars hold. (A full-batch run without probes has no batch noise: its one
 stream is the whole dataset in order, shared by all.) Noise keys are fold_in(seed, checkpoint,
-component-name hash, chain): every chain meets the same batches and noise whatever the device count and
-however the run is split into chunks or component groups.
+component-name hash, chain), and each step folds in its global index: every chain meets the same batches and
+noise whatever the device count and however the run is split into chunks or component groups.
 
-Shape letters: K streams, D probes, M probe slots per batch, L blocks, n batch rows.
+Shape letters: C components, K streams (= chains), D probes, M probe slots per batch, L blocks, n batch rows.
 """
 import zlib
 from collections.abc import Mapping
