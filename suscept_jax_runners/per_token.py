@@ -178,6 +178,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   import suscept_jax as sj
   from suscept_jax import batched, checkpoints
   from suscept_jax.analysis import head_scores
+  from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes
   from suscept_jax.progress import progress_bar, warn_above
@@ -225,7 +226,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   heads = model_cfg.head_names
   O, J = loss.shape
   targets = contexts[:, 1:J + 1]
-  token_text = {int(t): tokenizer.decode([int(t)], skip_special_tokens=False) for t in np.unique(targets)}
+  token_text = tokenizers_lib.token_labels(tokenizer, np.unique(targets))  # distinct for distinct tokens
   base_cols = {"dataset": np.repeat([d for d, _ in labels], J), "context": np.repeat([c for _, c in labels], J),
                "position": np.tile(np.arange(1, J + 1), O), "token_id": targets.reshape(-1),
                "token": [token_text[int(t)] for t in targets.reshape(-1)], "loss_at_star": loss.reshape(-1)}

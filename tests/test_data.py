@@ -106,6 +106,30 @@ def test_eos_id_and_vocab_fit(tokenizer):
     data.check_vocab_fits(tokenizer, 299)
 
 
+def test_token_labels_are_distinct_and_carry_the_tokens_bytes():
+  """Tokens holding part of a multi-byte character decode alone to "\ufffd": one label for many tokens, which
+  the per-token tables then counted as one token. Their labels now carry their bytes, checked here against
+  what the tokenizer itself encodes."""
+  import re
+
+  from suscept_jax.data import tokenizer as tokenizer_lib
+  multibyte = "naïve café — “quoted” 日本語 and 🎉, Ωμέγα"
+  tok = data.train_bpe_tokenizer([multibyte] * 40 + DOCUMENTS, vocab_size=400)
+  labels = tokenizer_lib.token_labels(tok, range(tokenizer_lib.vocab_size(tok)))
+  assert len(set(labels.values())) == tokenizer_lib.vocab_size(tok)  # decoded alone, dozens of tokens share "\ufffd"
+  assert not any("\ufffd" in label for label in labels.values())
+  assert labels[tok.token_to_id(EOT)] == EOT and labels[tok.encode(" the").ids[0]] == " the"
+
+  def label_bytes(label):  # text as UTF-8, escapes as the bytes they name
+    parts = re.split(r"\\x([0-9a-f]{2})", label)
+    return b"".join(bytes([int(p, 16)]) if i % 2 else p.encode() for i, p in enumerate(parts))
+
+  for text in (multibyte, "unseen: 🚀 ∑ ü"):
+    ids = tok.encode(text).ids
+    assert b"".join(label_bytes(labels[i]) for i in ids) == text.encode()
+  assert "\\xf0\\x9f" in "".join(labels[i] for i in tok.encode("🚀").ids)  # a character split over tokens
+
+
 # --- loaders agree ------------------------------------------------------------------------------
 
 

@@ -99,6 +99,40 @@ def check_vocab_matches(tokenizer: tokenizers.Tokenizer, d_vocab: int, *, name: 
                      f"use the tokenizer the model was trained with")
 
 
+def _byte_level_symbols() -> dict[str, int]:
+  """The byte each symbol of the byte-level alphabet stands for (the GPT-2 alphabet that `tokenizers`'
+  ByteLevel uses): the 188 printable Latin-1 bytes stand for themselves, the other 68 bytes are shifted to
+  U+0100 onwards in byte order."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+  symbols = {chr(b): b for b in printable}
+  symbols.update({chr(0x100 + i): b for i, b in enumerate(b for b in range(256) if b not in printable)})
+  return symbols
+
+
+_BYTE_OF_SYMBOL = _byte_level_symbols()
+
+
+def token_labels(tokenizer: tokenizers.Tokenizer, token_ids) -> dict[int, str]:
+  """A readable label per token id, distinct for distinct tokens: the token's text, decoded alone.
+
+  A byte-level token that holds part of a multi-byte character decodes alone to U+FFFD ("�"), so every such
+  token would get the same label and the per-token tables would count different tokens as one (on the demo,
+  "�" was among the top tokens of every head). Such a token is labelled by its bytes instead, the valid part
+  as text and the rest as escapes (the bytes E2 80 become "\\xe2\\x80"); a token outside the byte-level alphabet
+  (another tokenizer's byte fallback, say) by its vocabulary entry."""
+  labels = {}
+  for token_id in map(int, token_ids):
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    if "\ufffd" in text:
+      entry = tokenizer.id_to_token(token_id) or text
+      if all(c in _BYTE_OF_SYMBOL for c in entry):
+        text = bytes(_BYTE_OF_SYMBOL[c] for c in entry).decode("utf-8", errors="backslashreplace")
+      else:
+        text = entry
+    labels[token_id] = text
+  return labels
+
+
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
   """Hash of the tokenizer's canonical JSON: equal for tokenizers that tokenize identically."""
   canonical = json.dumps(json.loads(tokenizer.to_str()), sort_keys=True, separators=(",", ":"))
