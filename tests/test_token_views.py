@@ -88,6 +88,8 @@ def test_bimodality_test_finds_two_modes_and_only_then():
   assert (head, token) == ("h", "two")
   page = tv.bimodal_html(table, "h", "two", "<img>")
   assert "<b>bimodal</b>" in page and page.count("Contexts nearest mode") == 2
+  one = tv.bimodal_html(table, "h", "one", "<img>")  # a fitted mixture the test rejects has no modes to show
+  assert "<b>not bimodal</b>" in one and "nearest mode" not in one and one.count("not a mode") == 2
   with pytest.raises(ValueError, match="token 'zz' does not occur"):
     ts.pick_histogram_token(table, ["h"], "zz")
 

@@ -144,7 +144,13 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
   centres = verdict.get("means") or [float(rows.chi.mean())]
   for m, centre in enumerate(centres):
     near = rows.assign(gap=(rows.chi - centre).abs()).nsmallest(examples, "gap")
-    label = f"mode {m + 1} of 2 (mean χ {centre:+.3g}, weight {verdict['weights'][m]:.0%})" if len(centres) == 2 else "typical"
+    if len(centres) == 1:
+      label = "typical"
+    elif verdict["bimodal"]:
+      label = f"mode {m + 1} of 2 (mean χ {centre:+.3g}, weight {verdict['weights'][m]:.0%})"
+    else:  # the mixture was fitted, but the test keeps one population: its components are not modes
+      label = (f"component {m + 1} of the two-Gaussian fit (mean χ {centre:+.3g}, weight {verdict['weights'][m]:.0%}; "
+               f"not a mode: the test finds one population)")
     parts.append(f"<h2>Contexts nearest {label}</h2>")
     parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in near.itertuples()]
   if candidates is not None and len(candidates):
@@ -163,10 +169,14 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
   verdict = bimodality(values)
   fig, ax = plt.subplots(figsize=(5.5, 3.2))
   ax.hist(values, bins=max(10, int(np.sqrt(len(values)))), color="grey", alpha=0.7, density=True)
-  if "means" in verdict:
+  if "means" in verdict:  # the model the test accepts: the two modes, or one Gaussian
     grid = np.linspace(values.min(), values.max(), 200)
-    for w, m, s in zip(verdict["weights"], verdict["means"], verdict["stds"]):
+    fits = (zip(verdict["weights"], verdict["means"], verdict["stds"]) if verdict["bimodal"]
+            else [(1.0, values.mean(), values.std())])
+    for w, m, s in fits:
       ax.plot(grid, w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)), lw=1.5)
+  ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+  ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
   ax.set_title(f"{head}, token {token!r}: n = {verdict['n']}, "
                + ("bimodal" if verdict["bimodal"] else "not bimodal")
                + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.1f})" if "delta_bic" in verdict else ""),
