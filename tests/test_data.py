@@ -120,14 +120,14 @@ def test_token_labels_are_distinct_and_carry_the_tokens_bytes():
   assert not any("\ufffd" in label for label in labels.values())
   assert labels[tok.token_to_id(EOT)] == EOT and labels[tok.encode(" the").ids[0]] == " the"
 
-  def label_bytes(label):  # text as UTF-8, escapes as the bytes they name
-    parts = re.split(r"\\x([0-9a-f]{2})", label)
+  def label_bytes(label):  # text as UTF-8, <0xNN> as the byte it names
+    parts = re.split(r"<0x([0-9A-F]{2})>", label)
     return b"".join(bytes([int(p, 16)]) if i % 2 else p.encode() for i, p in enumerate(parts))
 
   for text in (multibyte, "unseen: 🚀 ∑ ü"):
     ids = tok.encode(text).ids
     assert b"".join(label_bytes(labels[i]) for i in ids) == text.encode()
-  assert "\\xf0\\x9f" in "".join(labels[i] for i in tok.encode("🚀").ids)  # a character split over tokens
+  assert "<0xF0><0x9F>" in "".join(labels[i] for i in tok.encode("🚀").ids)  # a character split over tokens
 
 
 # --- loaders agree ------------------------------------------------------------------------------

@@ -195,6 +195,9 @@ def plot_additivity(joined, slope: float, r: float, path) -> Path:
   ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--", label="slope 1")
   ax.set_xlabel("δh · mean per-token χ")
   ax.set_ylabel("dataset-level χ")
+  for axis in (ax.xaxis, ax.yaxis):
+    axis.set_major_locator(plt.MaxNLocator(5))
+  ax.ticklabel_format(style="sci", scilimits=(-2, 3))
   ax.set_title(f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}", fontsize=9)
   ax.legend(fontsize=6, ncol=2, frameon=False)
   return save_figure(fig, path)

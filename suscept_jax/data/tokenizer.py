@@ -117,20 +117,36 @@ def token_labels(tokenizer: tokenizers.Tokenizer, token_ids) -> dict[int, str]:
 
   A byte-level token that holds part of a multi-byte character decodes alone to U+FFFD ("�"), so every such
   token would get the same label and the per-token tables would count different tokens as one (on the demo,
-  "�" was among the top tokens of every head). Such a token is labelled by its bytes instead, the valid part
-  as text and the rest as escapes (the bytes E2 80 become "\\xe2\\x80"); a token outside the byte-level alphabet
-  (another tokenizer's byte fallback, say) by its vocabulary entry."""
+  "�" was among the top tokens of every head). Such a token is labelled by its bytes instead: the whole
+  characters as text, each byte of a partial one as <0xE2> (the notation of byte-fallback tokenizers). A token
+  outside the byte-level alphabet (another tokenizer's byte fallback, say) is labelled by its vocabulary entry.
+  """
   labels = {}
   for token_id in map(int, token_ids):
     text = tokenizer.decode([token_id], skip_special_tokens=False)
     if "\ufffd" in text:
       entry = tokenizer.id_to_token(token_id) or text
-      if all(c in _BYTE_OF_SYMBOL for c in entry):
-        text = bytes(_BYTE_OF_SYMBOL[c] for c in entry).decode("utf-8", errors="backslashreplace")
-      else:
-        text = entry
+      in_alphabet = set(entry) <= _BYTE_OF_SYMBOL.keys()
+      text = _bytes_label(bytes(_BYTE_OF_SYMBOL[c] for c in entry)) if in_alphabet else entry
     labels[token_id] = text
   return labels
+
+
+def _bytes_label(raw: bytes) -> str:
+  """`raw` as text where it holds whole UTF-8 characters, each other byte as <0xNN>."""
+  out, i = [], 0
+  while i < len(raw):
+    for j in range(min(len(raw), i + 4), i, -1):  # the longest valid UTF-8 run of at most 4 bytes
+      try:
+        out.append(raw[i:j].decode("utf-8"))
+        break
+      except UnicodeDecodeError:
+        continue
+    else:
+      out.append(f"<0x{raw[i]:02X}>")
+      j = i + 1
+    i = j
+  return "".join(out)
 
 
 def tokenizer_fingerprint(tokenizer: tokenizers.Tokenizer) -> str:
