@@ -11,6 +11,7 @@ resamples, G patterning targets.
 import html
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,7 +113,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
               + "</ul>") if data.excluded else "<p>Nothing excluded.</p>"
-  labels_html = _label_table(dirs, data, pca, stability, num_pcs)
+  found = _label_correlations(dirs, data, pca, stability, num_pcs)
+  labels_html = _label_table(found, num_pcs)
   sections.append(("Structural inference",
                    f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
                    f"components, columns standardised; explained variance {explained}.</p>{excluded}"
@@ -134,38 +136,76 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
   from suscept_jax.paths import atomic_write_bytes
   atomic_write_bytes(out_path, page.encode())
+  for line in _summary_lines(data, pca, stability, found, num_pcs):
+    log(line)
   log(f"report: {out_path}")
   return out_path
 
 
-def _label_table(dirs, data, pca, stability, num_pcs) -> str:
-  """Pearson r across heads between each PC's loadings and the head scores at the last checkpoint, with its
-  95 % interval over the chain resamples when there are any."""
+class _LabelCorrelations(NamedTuple):
+  """Pearson r across heads between each PC's loadings and each head label, at one checkpoint."""
+
+  checkpoint: int | None
+  num_heads: int
+  r: dict  # label name -> [k]
+  interval: dict  # label name -> [k, 2]: the 95 % interval over the chain resamples (NaN without them)
+
+
+def _label_correlations(dirs, data, pca, stability, num_pcs) -> _LabelCorrelations | str:
+  """r between each PC's loadings and the head scores at the last checkpoint, with its 95 % interval over the
+  chain resamples when there are any; or a sentence saying why there is none."""
   scores = results.ResultsDir(dirs[0]).head_scores()
   if not len(scores):
-    return "<p>No head scores recorded in these results.</p>"
+    return "No head scores recorded in these results."
   last = scores[scores.checkpoint == scores.checkpoint.max()] if "checkpoint" in scores else scores
   last = last.set_index("component")
   heads = [c for c in data.components if c in last.index]
   if len(heads) < 3:
-    return "<p>Too few heads with scores to correlate.</p>"
+    return "Too few heads with scores to correlate."
   cols = [data.components.index(h) for h in heads]
   labels = {name: last.loc[heads, name].to_numpy(float) for name in ("prev_token", "induction", "ablation_delta")
             if name in last.columns}
-  r = structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels)
   interval = {name: np.full((num_pcs, 2), np.nan) for name in labels}
   if stability.loadings_BxkxH is not None and len(stability.loadings_BxkxH):
     interval = structure.label_correlation_intervals(stability.loadings_BxkxH[:, :, cols], labels)
-  cell = lambda v, lo_hi: (f"<td>{v:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all()
-                                                else "") + "</td>")
-  rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(cell(r[name][j], interval[name][j]) for name in labels) + "</tr>"
-                 for j in range(num_pcs))
-  header = "".join(f"<th>r with {html.escape(n)}</th>" for n in labels)
-  return (f'<p class="meta">Head scores at checkpoint {int(last["checkpoint"].iloc[0]) if "checkpoint" in last else "?"} '
-          f'({len(heads)} heads); labels are computed from attention patterns and ablations, never from χ. In '
-          f'brackets: the 95 % interval of r over the chain resamples (the estimation noise of X; the heads '
-          f'being few is not in it).</p>'
+  return _LabelCorrelations(checkpoint=int(last["checkpoint"].iloc[0]) if "checkpoint" in last else None,
+                            num_heads=len(heads),
+                            r=structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels),
+                            interval=interval)
+
+
+def _r_text(r: float, lo_hi) -> str:
+  return f"{r:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all() else "")
+
+
+def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
+  if isinstance(found, str):
+    return f"<p>{html.escape(found)}</p>"
+  names = list(found.r)
+  rows = "".join(f"<tr><td>PC{j + 1}</td>" + "".join(f"<td>{_r_text(found.r[n][j], found.interval[n][j])}</td>"
+                                                      for n in names) + "</tr>" for j in range(num_pcs))
+  header = "".join(f"<th>r with {html.escape(n)}</th>" for n in names)
+  checkpoint = found.checkpoint if found.checkpoint is not None else "?"
+  return (f'<p class="meta">Head scores at checkpoint {checkpoint} ({found.num_heads} heads); labels are computed '
+          f'from attention patterns and ablations, never from χ. In brackets: the 95 % interval of r over the chain '
+          f'resamples (the estimation noise of X; the heads being few is not in it).</p>'
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
+
+
+def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int) -> list[str]:
+  """The structural-inference findings in a few lines, for the terminal (a TPU VM has no browser)."""
+  explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
+  lines = [f"structure: X {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} components; "
+           f"explained variance {explained}"]
+  for j in range(num_pcs):
+    floor = (f" vs noise floor {stability.noise_floor:.3g}" if np.isfinite(stability.noise_floor) else "")
+    line = (f"  PC{j + 1}: {'stable' if stability.stable_k[j] else 'UNSTABLE'} (singular value "
+            f"{stability.singular_value_k[j]:.3g}{floor})")
+    if not isinstance(found, str):
+      name = max(found.r, key=lambda n: abs(found.r[n][j]))
+      line += f"; strongest head label: r with {name} {_r_text(found.r[name][j], found.interval[name][j])}"
+    lines.append(line)
+  return lines
 
 
 def _ratio_text(effect: float, off_target: float) -> str:
