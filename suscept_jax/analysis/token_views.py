@@ -247,6 +247,13 @@ def plot_position_profiles(table, path) -> Path:
   return save_figure(fig, path)
 
 
+def _axis_label(token: str, width: int = 12) -> str:
+  """A token as a tick label, quoted as in the tables (a leading space or a blank token stays visible),
+  with escapes for control characters."""
+  shown = repr(token)
+  return shown if len(shown) <= width + 2 else shown[:width + 1] + "…" + shown[-1]
+
+
 def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
   """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10)."""
   plt = pyplot()
@@ -256,7 +263,7 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
     for col, (column, colour) in enumerate((("negative", "red"), ("positive", "green"))):
       top = t.reindex(t[column].abs().sort_values(ascending=False).index).head(k)
       ax = axes[row, col]
-      ax.barh([repr(s)[1:-1][:12] for s in top.token], top[column], color=colour)
+      ax.barh([_axis_label(s) for s in top.token], top[column], color=colour)
       ax.invert_yaxis()
       ax.set_title(f"{head}: total {column} χ by token", fontsize=8)
       ax.tick_params(labelsize=7)
