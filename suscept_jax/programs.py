@@ -68,17 +68,17 @@ def compiled_program(kind: str, loss_fn, plan: Plan, mesh):
   Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
   recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
   """
-  options = tuple(sorted(compiler_options(mesh).items()))
+  options = compiler_options(mesh)
   if kind == "anchor":
-    cache_key = (kind, function_key(loss_fn), plan.microbatch_size, options)
+    cache_key = (kind, function_key(loss_fn), plan.microbatch_size, tuple(sorted(options.items())))
   else:
     cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
-                 dataclasses.replace(plan, token_loss_fn=None), mesh, options)
+                 dataclasses.replace(plan, token_loss_fn=None), mesh, tuple(sorted(options.items())))
   with _CACHE_LOCK:
     if cache_key in _COMPILED:
       _COMPILED.move_to_end(cache_key)
       return _COMPILED[cache_key]
-    program = chunks.program(kind, loss_fn, plan, mesh, compiler_options(mesh))
+    program = chunks.program(kind, loss_fn, plan, mesh, options)
     _COMPILED[cache_key] = program
     while len(_COMPILED) > COMPILED_CACHE_SIZE:
       _COMPILED.popitem(last=False)

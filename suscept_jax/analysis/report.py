@@ -110,7 +110,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png"),
       structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png"),
   ]
-  explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
+  explained = _explained_text(pca, num_pcs)
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
               + "</ul>") if data.excluded else "<p>Nothing excluded.</p>"
   found = _label_correlations(dirs, data, pca, stability, num_pcs)
@@ -192,9 +192,13 @@ def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
 
 
+def _explained_text(pca, num_pcs: int) -> str:
+  return ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
+
+
 def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int) -> list[str]:
   """The structural-inference findings in a few lines, for the terminal (a TPU VM has no browser)."""
-  explained = ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
+  explained = _explained_text(pca, num_pcs)
   lines = [f"structure: X {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} components; "
            f"explained variance {explained}"]
   for j in range(num_pcs):
