@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # a CPU build of it, that one) instead of the newest: override with `make test TORCH=torch==X.Y`.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup setup-test demo test bench clean
+.PHONY: setup setup-test demo test bench device-prep clean
 
 setup: $(VENV)/.installed
 setup-test: $(VENV)/.installed-test
@@ -45,6 +45,20 @@ bench: setup-test
 	$(PY) -m benchmarks.scaling
 	$(PY) -m benchmarks.paper_memory
 	$(PY) -m benchmarks.devinterp_side_by_side
+
+# What a lent accelerator's one call carries (benchmarks/device_session.py): the demo weights and devinterp's
+# wheels for the H200 image's Python 3.12 (benchmarks/devinterp_wheels_h200.txt), in .whl/ (ignored by git).
+# Training is skipped when runs/demo/train is complete (and resumed when it is not).
+WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+device-prep: setup
+	$(PY) -m experiments.train
+	mkdir -p .whl
+	grep -v -e '^#' -e stream-generator benchmarks/devinterp_wheels_h200.txt > .whl/requirements.txt
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(WHEEL_PLATFORMS) -d .whl -r .whl/requirements.txt
+	$(PY) -m pip wheel --quiet --no-deps -w .whl $$(grep -v '^#' benchmarks/devinterp_wheels_h200.txt | grep stream-generator)
+	ls .whl/*.whl | wc -l
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,7 +12,8 @@ part within its own time so that a slow part cannot eat the next one's.
    offline from the carried wheels, on the machine's torch); OUT/summary.json.
 
 Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped and the next
-starts. The device tool's call (15 minutes of device time per session, at most 10 per command; carry
+starts. Before it, `make device-prep` fetches the wheels into .whl/ and trains the demo weights if missing.
+The device tool's call (15 minutes of device time per session, at most 10 per command; carry
 [".whl", "runs/demo/train"], ≈ 42 MB):
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT   (timeout_s ≈ 590)
 """
