@@ -56,9 +56,9 @@ def quiet_libraries() -> None:
 
 
 def run(main) -> None:
-  """app.run(main), but bad input ends with its message (exit status 2), not a traceback, and Ctrl-C with a
-  line saying that finished work is kept (exit status 130: every runner writes its units atomically and
-  resumes from them).
+  """app.run(main), but bad input and a program too large for the devices end with their message (exit status
+  2), not a traceback, and Ctrl-C with a line saying that finished work is kept (exit status 130: every runner
+  writes its units atomically and resumes from them).
 
   The traceback is still printed with --verbosity=1 (or higher) for debugging.
   """
@@ -71,6 +71,12 @@ def run(main) -> None:
       if flags.FLAGS["verbosity"].value >= 1:
         traceback.print_exc()
       print(f"error: {e}\n(run with --verbosity=1 to see the traceback)", file=sys.stderr)
+      sys.exit(2)
+    except MemoryError as e:  # the sampler's own message says which setting to lower
+      if flags.FLAGS["verbosity"].value >= 1:
+        traceback.print_exc()
+      print(f"error: {e}\nresults already written are kept: run again with the lower setting (for a sweep, "
+            f"--microbatch_size=auto or a smaller size) to continue from them", file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
       if flags.FLAGS["verbosity"].value >= 1:

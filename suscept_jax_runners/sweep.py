@@ -94,10 +94,17 @@ def resolve_settings() -> dict:
   }
 
 
+# Recorded by results directories written before it was known not to change the numbers; not compared. The
+# micro-batch changes only the summation order of the gradient (exact accumulation), like the device count, so
+# a sweep that ran out of memory resumes with a smaller one (or "auto") and keeps its finished units; each unit
+# records the micro-batch it used.
+NOT_COMPARED = ("microbatch_size",)
+
+
 def number_settings(settings: dict, target, **fingerprints) -> dict:
   """The settings that change a unit's numbers (what a results directory must agree on)."""
   import dataclasses
-  keys = ("base", "seed", "batch_size", "microbatch_size", "delta_h", "chi_form", "max_contexts", "numerics")
+  keys = ("base", "seed", "batch_size", "delta_h", "chi_form", "max_contexts", "numerics")
   return {**{k: settings[k] for k in keys}, "sgld": dataclasses.asdict(settings["sgld"]),
           "run_dir": str(Path(target.run_dir).resolve()), "model_config": dataclasses.asdict(target.model_config),
           **fingerprints}
@@ -126,8 +133,8 @@ def main(argv):
   preset = presets.get_preset(settings["preset"])
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
-    out.check_settings(number_settings(settings, target), ignore=("tokenizer_fingerprint", "base_fingerprint"),
-                       legacy=cli.LEGACY_SETTINGS)
+    out.check_settings(number_settings(settings, target),
+                       ignore=("tokenizer_fingerprint", "base_fingerprint", *NOT_COMPARED), legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   note = preset.sgld_note if config == preset.sgld else "set by flags"
   scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
@@ -158,7 +165,7 @@ def main(argv):
   run_settings = number_settings(settings, target, tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
                                  base_fingerprint=fingerprint(settings["base"]))
   if not _OVERWRITE.value:
-    out.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
+    out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS)
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
   out.start(run_settings, scope, overwrite=_OVERWRITE.value)
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
@@ -234,6 +241,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
         warn_above(bar, f"checkpoint {step}: {w.message}")
         num_warnings += 1
       arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
+      meta["microbatch_size"] = settings["microbatch_size"]  # not a number setting: see NOT_COMPARED
       if step not in scored:  # independent labels for each head (not from susceptibilities)
         meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(
             params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]

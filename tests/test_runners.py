@@ -150,3 +150,17 @@ def test_ctrl_c_ends_with_a_line_not_a_traceback():
   assert "interrupted: results already written are kept" in proc.stderr and "Traceback" not in proc.stderr
   verbose, _ = run([sys.executable, "-c", script, "--verbosity=1"])
   assert verbose.returncode == 130 and "Traceback" in verbose.stderr  # the traceback on request
+
+
+def test_a_program_too_large_for_the_devices_ends_with_its_message():
+  """Out of device memory (the sampler's MemoryError names the setting to lower): exit status 2, its message and
+  how to continue, not a traceback."""
+  script = ("from suscept_jax_runners import cli\n"
+            "def main(argv):\n"
+            "  raise MemoryError(\"the sampler's program does not fit in device memory at batch_size=64\")\n"
+            "cli.run(main)\n")
+  proc, _ = run([sys.executable, "-c", script])
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "error: the sampler's program does not fit in device memory at batch_size=64" in proc.stderr
+  assert "results already written are kept" in proc.stderr and "--microbatch_size=auto" in proc.stderr
+  assert "Traceback" not in proc.stderr

@@ -92,13 +92,17 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   progress = json.loads((killed / "progress.json").read_text())
   assert len(progress["finished"]) == 3 and all(v > 0 for v in progress["finished"].values())  # kept across the kill
 
-  # The sweep grows: one more probe and one more component reuse every finished unit.
+  # The sweep grows: one more probe and one more component reuse every finished unit, also at another micro-batch
+  # (it changes only the gradient's summation order: a sweep that ran out of memory resumes with a smaller one).
+  before = set(out.finished_units())
   grown = subprocess.run(
       [*sweep_cmd(run_dir, tok, data, straight), f"--probes={data['math']},{data['prose']},{data['mix']},{data['math2']}",
-       "--components=l0h0,l1h1,l1 attn,l0h1", "--steps=20,40"], cwd=REPO, env=env(), capture_output=True, text=True,
-      timeout=600)
+       "--components=l0h0,l1h1,l1 attn,l0h1", "--steps=20,40", "--microbatch_size=2"], cwd=REPO, env=env(),
+      capture_output=True, text=True, timeout=600)
   assert grown.returncode == 0, grown.stderr[-3000:]
   assert "4 unit(s) to run, 3 finished unit(s) reused" in grown.stdout  # (new probe, new component) × 2 checkpoints
+  used = {name: out.unit_meta(name)["microbatch_size"] for name in out.finished_units()}
+  assert {used[n] for n in before} == {5} and {used[n] for n in set(used) - before} == {2}, used
   bigger = pd.read_csv(straight / "results.csv")
   assert len(bigger) == 3 * 3 * 4 + 2 * (4 * 5 - 3 * 4)
   key = ["checkpoint", "probe", "component"]
