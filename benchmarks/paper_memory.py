@@ -2,10 +2,13 @@
 memory analysis of the compiled draw programs (compiled here on emulated CPU devices, not run).
 
   python -m benchmarks.paper_memory [--model=tetrahedron_3m] [--probes=13] [--batch_size=64]
+                                    [--per_token_batch_size=16] [--per_token_contexts=160]
 
 For each machine: the mesh (4 chips for a v4-8, 1 GPU), the memory a JAX process gets on one device, and per
-component group (the restricted-gradient programs) the micro-batch that auto-sizing picks and the GiB it needs.
-XLA's buffer assignment on CPU approximates the accelerator's; confirm on the device when one is lent.
+component group (the restricted-gradient programs) the micro-batch that auto-sizing picks and the GiB it needs,
+for the sweep and for the per-token run (paper: batch 16, one dataset's 160 contexts observed per unit), each
+beside what the whole batch would need. XLA's buffer assignment on CPU approximates the accelerator's; confirm
+on the device when one is lent.
 """
 import os
 
@@ -35,6 +38,8 @@ def main(argv=None):
   parser.add_argument("--probes", type=int, default=13)
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--num_chains", type=int, default=4)
+  parser.add_argument("--per_token_batch_size", type=int, default=16)
+  parser.add_argument("--per_token_contexts", type=int, default=160, help="observed contexts per unit of work")
   parser.add_argument("--scale_memory", type=float, default=1.0, help="multiply the machines' memory (tests)")
   args = parser.parse_args(argv)
   cfg = model_config.get_config(args.model)
@@ -43,20 +48,30 @@ def main(argv=None):
   contexts = np.zeros((4 * args.batch_size, cfg.n_ctx + 1), np.int32)
   probes = {f"probe{i}": contexts for i in range(args.probes)}
   loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  runs = {  # what each run compiles: (batch size, probes, per-token observation)
+      f"sweep (batch {args.batch_size}, {args.probes} probes)": dict(batch_size=args.batch_size, probes=probes,
+                                                                    delta_h=0.1),
+      f"per-token run (batch {args.per_token_batch_size}, {args.per_token_contexts} contexts observed)": dict(
+          batch_size=args.per_token_batch_size, probes={}, delta_h=None,
+          observed=np.zeros((args.per_token_contexts, cfg.n_ctx + 1), np.int32),
+          token_loss_fn=functools.partial(transformer.per_token_nll, config=cfg))}
   config = sj.SGLDConfig(num_chains=args.num_chains)
   print(f"{args.model}: {transformer.param_count(params):,} params, ctx {cfg.n_ctx}; {len(names)} components × "
-        f"{args.num_chains} chains, {args.probes} probes, batch {args.batch_size}, δh 0.1")
+        f"{args.num_chains} chains")
   for machine, (num_devices, device_bytes) in MACHINES.items():
     device_bytes = int(device_bytes * args.scale_memory)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("entries",))
-    plan = sampler.memory_plan(loss_fn, params, names, masks_C, contexts, probes, config=config,
-                               batch_size=args.batch_size, delta_h=0.1, microbatch_size="auto", mesh=mesh,
-                               device_bytes=device_bytes)
     print(f"{machine}: limit {programs.MEMORY_FRACTION:.0%} of {device_bytes / GiB:.1f} GiB per device")
-    for program in plan:
-      kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
-      print(f"  {kind}: {program.entries_per_device} entries per device, micro-batch "
-            f"{program.microbatch_size or args.batch_size}: {program.bytes_per_device / GiB:.2f} GiB")
+    for run, options in runs.items():
+      plan = {micro: sampler.memory_plan(loss_fn, params, names, masks_C, contexts, config=config, mesh=mesh,
+                                         microbatch_size=micro, device_bytes=device_bytes, **options)
+              for micro in ("auto", None)}
+      print(f"  {run}:")
+      for program, whole in zip(*plan.values()):
+        kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
+        print(f"    {kind}: {program.entries_per_device} entries per device, micro-batch "
+              f"{program.microbatch_size or options['batch_size']}: {program.bytes_per_device / GiB:.2f} GiB "
+              f"(whole batch: {whole.bytes_per_device / GiB:.2f} GiB)")
 
 
 if __name__ == "__main__":

@@ -276,8 +276,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     while first_block < num_blocks:
       chunk = pending
       try:
-        carry, traces = draw_fn(carry, resident.entries, resident.anchor, resident.masks_CxP, chunk.data,
-                                resident.observed)
+        carry, traces = draw_fn(_empty_leaves_placed(carry, put_e), resident.entries, resident.anchor,
+                                resident.masks_CxP, chunk.data, resident.observed)
       except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
           raise
@@ -305,6 +305,13 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                  realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
                                    else float("nan")),
                  seconds=time.perf_counter() - t0)
+
+
+def _empty_leaves_placed(carry: Carry, put_e) -> Carry:
+  """The carry with its zero-size leaves (e.g. χ moments of no probe: an LLC run) placed on the entry axis again.
+  A program returns zero-size outputs replicated whatever its out_specs, and a program compiled ahead of time
+  (microbatch_size="auto") refuses an argument whose sharding differs from the one it was compiled for."""
+  return jax.tree.map(lambda a: put_e(a) if a.size == 0 else a, carry)
 
 
 def _entries(component_names, hyper_C: sgld.Hyper, num_chains: int, num_streams: int, num_padded: int, seed: int,

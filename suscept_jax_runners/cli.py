@@ -135,6 +135,28 @@ def define_numerics_flags() -> dict:
                                          "accumulation, params and losses). Recorded with the results.")}
 
 
+def define_microbatch_flag():
+  """--microbatch_size: how the SGLD step's gradient batch is split (the presets' sweep value for both runners)."""
+  return flags.DEFINE_string("microbatch_size", None, "Split gradient batches into micro-batches of this size, or "
+                             "'auto': the largest whose program fits the devices' memory (XLA's memory analysis) "
+                             + by_preset(lambda p: p.microbatch_size) + ". Changes only the summation order: a "
+                             "run may resume with another.")
+
+
+def microbatch_size(holder, default):
+  """The flag's value (else `default`) as the kernels take it: a positive int, "auto" or None."""
+  micro = default if holder.value is None else holder.value
+  if micro is None or micro == "auto":
+    return micro
+  try:
+    micro = int(micro)
+  except ValueError:
+    raise ValueError(f"--microbatch_size={micro!r} must be a positive integer or 'auto'") from None
+  if micro < 1:
+    raise ValueError(f"--microbatch_size={micro} must be a positive integer or 'auto'")
+  return micro
+
+
 def numerics(holders: dict) -> dict:
   """The numerics flags as the JSON-able dict results directories record (config.Numerics(**it))."""
   return {name: holder.value for name, holder in holders.items()}

@@ -36,6 +36,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step " + cli.by_preset(lambda p: p.per_token_batch_size) + ".")
+_MICRO = cli.define_microbatch_flag()
 _DELTA_H = flags.DEFINE_float("delta_h", None, "δh of the dataset-level χ computed alongside " + cli.by_preset(lambda p: p.delta_h) + ".")
 _DATASET_CHI = flags.DEFINE_bool("dataset_chi", True, "Also estimate the dataset-level χ of the probes from the same "
                                  "chains (for the additivity view, on shared samples).")
@@ -68,6 +69,7 @@ def resolve_settings() -> dict:
       "base": pick(_BASE, preset.base), "probes": list(pick(_PROBES, preset.probes)),
       "contexts_per_dataset": pick(_CONTEXTS, preset.per_token_contexts),
       "components": _COMPONENTS.value, "seed": _SEED.value, "batch_size": pick(_BATCH, preset.per_token_batch_size),
+      "microbatch_size": cli.microbatch_size(_MICRO, preset.microbatch_size),
       "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
       "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views, "numerics": cli.numerics(_NUMERICS),
   }
@@ -128,7 +130,8 @@ def main(argv):
     store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"),
                          legacy=cli.LEGACY_SETTINGS)
   if _DRY_RUN.value:
-    print("resolved settings:\n" + json.dumps({**number_settings, "output_dir": str(out), "views": settings["views"]},
+    print("resolved settings:\n" + json.dumps({**number_settings, "microbatch_size": settings["microbatch_size"],
+                                                "output_dir": str(out), "views": settings["views"]},
                                                indent=2, default=str))
     total = len(settings["probes"]) * settings["contexts_per_dataset"]
     chunk = settings["contexts_per_chunk"]
@@ -203,7 +206,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
         warnings.simplefilter("always")
         res = sj.estimate_per_token_susceptibilities(
             loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
-            batch_size=settings["batch_size"], delta_h=settings["delta_h"], seed=settings["seed"], checkpoint_id=step,
+            batch_size=settings["batch_size"], microbatch_size=settings["microbatch_size"], delta_h=settings["delta_h"],
+            seed=settings["seed"], checkpoint_id=step,
             probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
       for w in caught:
         warn_above(bar, f"chunk {i}: {w.message}")
@@ -211,7 +215,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
               "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
-              "seconds": res.seconds}
+              "seconds": res.seconds, "microbatch_size": settings["microbatch_size"]}  # may differ between chunks
       if res.dataset is not None:
         meta["dataset_rows"] = res.dataset.records()
         meta["realised_delta_h"] = res.dataset.realised_delta_h

@@ -40,9 +40,7 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step and evaluation batch "
                               + cli.by_preset(lambda p: p.batch_size) + ".")
-_MICRO = flags.DEFINE_string("microbatch_size", None, "Split gradient batches into micro-batches of this size, or "
-                             "'auto': the largest whose program fits the devices' memory (XLA's memory analysis) "
-                             + cli.by_preset(lambda p: p.microbatch_size) + ".")
+_MICRO = cli.define_microbatch_flag()
 _DELTA_H = flags.DEFINE_float("delta_h", None, "Mixing fraction δh of the probe " + cli.by_preset(lambda p: p.delta_h) + ".")
 _CHI_FORM = flags.DEFINE_enum("chi_form", "eq41", ["eq41", "covariance"], "Estimator of χ.")
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
@@ -67,16 +65,9 @@ def resolve_settings() -> dict:
   else:
     steps = None
   sgld = cli.sgld_config(preset.sgld, _SGLD)
-  batch_size, micro = pick(_BATCH, preset.batch_size), pick(_MICRO, preset.microbatch_size)
+  batch_size, micro = pick(_BATCH, preset.batch_size), cli.microbatch_size(_MICRO, preset.microbatch_size)
   if batch_size < 1:
     raise ValueError(f"--batch_size={batch_size} must be a positive integer")
-  if micro is not None and micro != "auto":
-    try:
-      micro = int(micro)
-    except ValueError:
-      raise ValueError(f"--microbatch_size={micro!r} must be a positive integer or 'auto'") from None
-    if micro < 1:
-      raise ValueError(f"--microbatch_size={micro} must be a positive integer or 'auto'")
   delta_h = pick(_DELTA_H, preset.delta_h)
   mixing.check_mixing(batch_size, delta_h, sgld.num_draws)  # also: 0 < δh < 1
   max_contexts = pick(_MAX_CONTEXTS, preset.max_contexts)

@@ -35,10 +35,12 @@ def test_scaling_prints_the_curve_and_a_projection(capsys):
 
 
 def test_paper_memory_sizes_every_group_on_both_machines(capsys):
-  paper_memory.main(["--model=tiny", "--probes=2", "--batch_size=8", "--num_chains=2"])
+  paper_memory.main(["--model=tiny", "--probes=2", "--batch_size=8", "--num_chains=2", "--per_token_batch_size=8",
+                     "--per_token_contexts=4"])
   out = capsys.readouterr().out
-  assert out.count("entries per device, micro-batch 8:") == 6, out  # 3 groups × 2 machines, whole batches fit
-  assert "TPU v4-8" in out and "H100" in out
+  # 3 groups × (sweep, per-token run) × 2 machines; whole batches fit, so auto-sizing keeps them
+  assert len(re.findall(r"entries per device, micro-batch 8: ([\d.]+) GiB \(whole batch: \1 GiB\)", out)) == 12, out
+  assert "TPU v4-8" in out and "H100" in out and out.count("per-token run (batch 8, 4 contexts observed)") == 2
 
 
 

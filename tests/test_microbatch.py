@@ -52,6 +52,17 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   np.testing.assert_allclose(small.llc, whole.llc, rtol=1e-4)
 
 
+def test_auto_runs_without_probes_and_after_a_burn_in():
+  """An LLC run (no probe: zero-size χ moments in the carry) with a burn-in, under "auto": the program compiled
+  ahead of time takes back the outputs of its own calls and of the burn-in, and gives the whole batch's numbers."""
+  loss_fn, params, _, base, _ = _problem()
+  config = sj.SGLDConfig(num_chains=2, num_draws=4, num_burnin=2)
+  whole = sj.estimate_llc(loss_fn, params, base, config=config, batch_size=32, progress=False)
+  programs._AUTO_CHOICES.clear()  # (a cached choice would run the jitted program instead)
+  auto = sj.estimate_llc(loss_fn, params, base, config=config, batch_size=32, microbatch_size="auto", progress=False)
+  np.testing.assert_array_equal(auto.per_chain, whole.per_chain)
+
+
 def test_nothing_fits_is_a_clear_error(monkeypatch):
   programs._AUTO_CHOICES.clear()
   monkeypatch.setattr(programs, "device_memory_bytes", lambda device: 1000)
