@@ -32,6 +32,7 @@ _STEP_SIZES = flags.DEFINE_list("step_sizes", list(DEFAULT_STEP_SIZES), "Grid of
 _NBETAS = flags.DEFINE_list("nbetas", None, "Grid of nβ " + cli.by_preset(lambda p: p.sgld.nbeta) + ".")
 _LOCALIZATIONS = flags.DEFINE_list("localizations", None, "Grid of γ " + cli.by_preset(lambda p: p.sgld.localization) + ".")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step " + cli.by_preset(lambda p: p.batch_size) + ".")
+_MICRO = cli.define_microbatch_flag()
 _MIN_ACCEPTANCE = flags.DEFINE_float("min_acceptance", 0.9, "Lowest MALA acceptance a recommended setting may have.")
 _MALA_EVERY = flags.DEFINE_integer("mala_every", 2, "Measure MALA acceptance every this many draws.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
@@ -57,7 +58,7 @@ def main(argv):
   step_sizes, nbetas, gammas = (_floats("step_sizes", _STEP_SIZES.value), _floats("nbetas", _NBETAS.value),
                                 _floats("localizations", _LOCALIZATIONS.value))
   config = cli.sgld_config(preset.sgld, _SGLD, mala_every=_MALA_EVERY.value)
-  batch_size = _BATCH.value or preset.batch_size
+  batch_size, micro = _BATCH.value or preset.batch_size, cli.microbatch_size(_MICRO, preset.microbatch_size)
   data_spec = _DATA.value or preset.base
 
   import functools
@@ -87,12 +88,12 @@ def main(argv):
         f"{config.num_draws} draws, batch {batch_size}")
   result = calibration.calibrate(
       functools.partial(transformer.context_nll, config=model_cfg), params, data, comps, step_sizes=step_sizes,
-      nbetas=nbetas, localizations=gammas, config=config, batch_size=batch_size,
+      nbetas=nbetas, localizations=gammas, config=config, batch_size=batch_size, microbatch_size=micro,
       min_acceptance=_MIN_ACCEPTANCE.value, seed=_SEED.value, checkpoint_id=step, data_name=data_spec)
   out = Path(_OUTPUT.value or Path(run_dir).parent / "calibration")
   out.mkdir(parents=True, exist_ok=True)
   payload = {"run_dir": str(run_dir), "checkpoint": step, "data": data_spec, "components": ["full", head],
-             "batch_size": batch_size, "config": dataclasses.asdict(config), **result.to_json()}
+             "batch_size": batch_size, "microbatch_size": micro, "config": dataclasses.asdict(config), **result.to_json()}
   atomic_write_bytes(out / "calibration.json", json.dumps(payload, indent=2).encode())
   figure = plots.plot_calibration(result, out / "calibration.png")
   print("\n".join(result.explain()))

@@ -133,6 +133,7 @@ def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   verdict = json.loads((out / "calibration.json").read_text())
   assert verdict["checkpoint"] == 40 and verdict["components"] == ["full", "l0h0"]
+  assert verdict["microbatch_size"] == "auto"  # the paper preset's: sized to the devices, as the sweep's
   assert len(verdict["cells"]) == 2 * 2 and len(verdict["explanation"]) == 2
   assert verdict["criteria"]["min_acceptance"] == 0.9
   assert ("recommended: ε=" in proc.stdout) == (verdict["recommended"] is not None)
