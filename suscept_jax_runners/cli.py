@@ -75,7 +75,7 @@ def run(main) -> None:
     except MemoryError as e:  # the sampler's own message says which setting to lower
       if flags.FLAGS["verbosity"].value >= 1:
         traceback.print_exc()
-      print(f"error: {e}\nresults already written are kept: run again with the lower setting (for a sweep, "
+      print(f"error: {e}\nresults already written are kept: run again with the setting it names lowered (e.g. "
             f"--microbatch_size=auto or a smaller size) to continue from them", file=sys.stderr)
       sys.exit(2)
     except KeyboardInterrupt:
@@ -136,7 +136,8 @@ def define_numerics_flags() -> dict:
 
 
 def define_microbatch_flag():
-  """--microbatch_size: how the SGLD step's gradient batch is split (the presets' sweep value for both runners)."""
+  """--microbatch_size: how the SGLD step's gradient batch is split (sweep, per-token and calibrate runners; the
+  default is the preset's `microbatch_size` for all three)."""
   return flags.DEFINE_string("microbatch_size", None, "Split gradient batches into micro-batches of this size, or "
                              "'auto': the largest whose program fits the devices' memory (XLA's memory analysis) "
                              + by_preset(lambda p: p.microbatch_size) + ". Changes only the summation order: a "
