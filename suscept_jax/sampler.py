@@ -19,6 +19,7 @@ Shape letters: E entries, C components, K streams (= chains), D probes, L blocks
 T draws, O observed contexts, J token positions per observed context.
 """
 import concurrent.futures
+import contextlib
 import math
 import os
 import threading
@@ -260,51 +261,61 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
           need = programs.program_bytes(compiled)
         return ProgramMemory(components=list(component_names), entries_per_device=E_pad // mesh.size,
                              microbatch_size=plan.microbatch_size, bytes_per_device=need)
-    if config.num_burnin:
-      carry = _burn_in(programs.compiled_program("burnin", loss_fn, plan, mesh), carry, resident, streams, config,
-                       put_r, bar)
+    # Out of device memory in any program below, at its call or when its results are read: a MemoryError.
+    with _out_of_memory_named(batch_size=batch_size, microbatch_size=plan.microbatch_size,
+                              entries_per_device=E_pad // mesh.size,
+                              observed_rows=num_rows(observed) if observed is not None else None):
+      if config.num_burnin:
+        carry = _burn_in(programs.compiled_program("burnin", loss_fn, plan, mesh), carry, resident, streams, config,
+                         put_r, bar)
 
-    # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
-    draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
-    anchor_losses = programs.compiled_program("anchor", loss_fn, plan, mesh)  # (after the micro-batch is settled)
-    anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
-        loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
-    kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
-    nonfinite_probe = {d: set() for d in probe_names}
-    first_block = 0
-    pending = anchored(first_chunk)
-    while first_block < num_blocks:
-      chunk = pending
-      try:
+      # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
+      draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
+      anchor_losses = programs.compiled_program("anchor", loss_fn, plan, mesh)  # (after the micro-batch is settled)
+      anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
+          loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
+      kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
+      nonfinite_probe = {d: set() for d in probe_names}
+      first_block = 0
+      pending = anchored(first_chunk)
+      while first_block < num_blocks:
+        chunk = pending
         carry, traces = draw_fn(_empty_leaves_placed(carry, put_e), resident.entries, resident.anchor,
                                 resident.masks_CxP, chunk.data, resident.observed)
-      except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" not in str(e):
-          raise
-        observing = (f", observing {num_rows(observed)} rows' token losses (fewer per chunk: contexts_per_chunk "
-                     f"or samples_per_chunk)") if observed is not None else ""
-        raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
-                          f"microbatch_size={plan.microbatch_size} ({E_pad // mesh.size} entries per device)"
-                          f"{observing}; pass microbatch_size='auto' (or a smaller one), or more devices") from None
-      next_block = first_block + chunk.count
-      if next_block < num_blocks:
-        pending = anchored(chunk_at(next_block))
-      traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
-      loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
-      _check_base_faults(loss_star_LxK, chunk.steps_LxS, streams, loss_fn, params, plan.microbatch_size, first_block)
-      if probe_names and traces.probe_nonfinite_LxExD.any():
-        for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
-          nonfinite_probe[probe_names[d]].update(int(i) for i in chunk.probe_idx_LxKxDxM[l, entries.stream[e], d])
-      recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
-      kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
-      first_block = next_block
-      if bar is not None:
-        bar.update(chunk.count * config.steps_between_draws)
+        next_block = first_block + chunk.count
+        if next_block < num_blocks:
+          pending = anchored(chunk_at(next_block))
+        traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
+        loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
+        _check_base_faults(loss_star_LxK, chunk.steps_LxS, streams, loss_fn, params, plan.microbatch_size, first_block)
+        if probe_names and traces.probe_nonfinite_LxExD.any():
+          for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
+            nonfinite_probe[probe_names[d]].update(int(i) for i in chunk.probe_idx_LxKxDxM[l, entries.stream[e], d])
+        recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
+        kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
+        first_block = next_block
+        if bar is not None:
+          bar.update(chunk.count * config.steps_between_draws)
 
   return _output(carry, kept, nonfinite_probe, E, plan,
                  realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
                                    else float("nan")),
                  seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _out_of_memory_named(*, batch_size: int, microbatch_size, entries_per_device: int, observed_rows: int | None):
+  """A device's out-of-memory error (RESOURCE_EXHAUSTED) raised as a MemoryError that names the settings to lower."""
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    observing = (f", observing {observed_rows} rows' token losses (fewer per chunk: contexts_per_chunk or "
+                 f"samples_per_chunk)") if observed_rows is not None else ""
+    raise MemoryError(f"the sampler's program does not fit in device memory at batch_size={batch_size}, "
+                      f"microbatch_size={microbatch_size} ({entries_per_device} entries per device){observing}; pass "
+                      f"microbatch_size='auto' (or a smaller one), or more devices") from None
 
 
 def _empty_leaves_placed(carry: Carry, put_e) -> Carry:

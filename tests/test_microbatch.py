@@ -2,6 +2,7 @@
 analysis against device memory); choosing it never changes the numbers beyond summation order."""
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
@@ -61,6 +62,22 @@ def test_auto_runs_without_probes_and_after_a_burn_in():
   programs._AUTO_CHOICES.clear()  # (a cached choice would run the jitted program instead)
   auto = sj.estimate_llc(loss_fn, params, base, config=config, batch_size=32, microbatch_size="auto", progress=False)
   np.testing.assert_array_equal(auto.per_chain, whole.per_chain)
+
+
+@pytest.mark.parametrize("kind", ["burnin", "draw"])
+def test_out_of_device_memory_is_a_memory_error_naming_the_settings(monkeypatch, kind):
+  """RESOURCE_EXHAUSTED from the burn-in or the draw program (simulated: this CPU does not run out) ends as a
+  MemoryError that names the batch, the micro-batch and the entries per device, not as XLA's error."""
+  real = programs.compiled_program
+  def exhausted(*args):
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.90GiB.")
+  monkeypatch.setattr(programs, "compiled_program",
+                      lambda k, *args: exhausted if k == kind else real(k, *args))
+  loss_fn, params, comps, base, probes = _problem()
+  with pytest.raises(MemoryError, match=r"does not fit in device memory at batch_size=32, microbatch_size=None "
+                                        r"\(1 entries per device\); pass microbatch_size='auto'"):
+    sj.estimate_susceptibilities(loss_fn, params, comps, base, probes, batch_size=32, progress=False,
+                                 config=sj.SGLDConfig(num_chains=2, num_draws=4, num_burnin=2))
 
 
 def test_nothing_fits_is_a_clear_error(monkeypatch):
