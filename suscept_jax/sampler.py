@@ -324,9 +324,10 @@ CPU_CHUNKS_PER_RUN = 4
 
 def blocks_per_chunk(num_blocks: int, mesh) -> int:
   """Blocks per call of the draw program: about CHUNKS_PER_RUN calls per run, at most 64 blocks (a chunk's
-  batches are gathered at once). On CPU, CPU_CHUNKS_PER_RUN: the component groups run side by side there and
-  meet at every call's host sync; 4 chunks instead of 17 made the demo's dataset-level job 10–13 % faster with
-  the same numbers (BUILD_NOTES, fifteenth session)."""
+  batches are gathered at once). On CPU, CPU_CHUNKS_PER_RUN: every call ends in a host sync, which on a one-device
+  CPU mesh is where the side-by-side component groups wait on each other. 4 chunks instead of 17 made the demo's
+  dataset-level job 10–13 % faster with the same numbers; one program alone gained 8 % from one chunk (BUILD_NOTES,
+  fifteenth session)."""
   chunks = CPU_CHUNKS_PER_RUN if programs.on_cpu(mesh) else CHUNKS_PER_RUN
   return max(1, min(num_blocks, math.ceil(num_blocks / chunks), 64))
 
