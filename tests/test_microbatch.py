@@ -88,6 +88,30 @@ def test_nothing_fits_is_a_clear_error(monkeypatch):
     _run("auto")
 
 
+def test_auto_compiles_only_sizes_that_may_fit_and_still_picks_the_largest_that_does(monkeypatch):
+  """After two compilations, a size whose need on the line through the last two measured exceeds the limit by
+  SKIP_BEYOND_LIMIT is skipped: for a device that holds the 2-row program but not the 4-row one, at most 4 of the
+  6 sizes are compiled, and the choice is the one compiling every size gives."""
+  loss_fn, params, _, base, probes = _problem()
+  names, masks_C = sj.stack_masks({"full": None}, params)
+  plan = lambda **kw: sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, config=SGLD, batch_size=32,
+                                          delta_h=0.1, **kw)[0]
+  need = {micro: plan(microbatch_size=micro).bytes_per_device for micro in programs.microbatch_candidates(32)}
+  assert need[4] > need[2]
+  compiled = []
+  real_program_bytes = programs.program_bytes
+  monkeypatch.setattr(programs, "program_bytes", lambda c: compiled.append(real_program_bytes(c)) or compiled[-1])
+  programs._AUTO_CHOICES.clear()
+  chosen = plan(microbatch_size="auto", device_bytes=int(need[2] / programs.MEMORY_FRACTION) + 2)
+  assert chosen.microbatch_size == 2 and chosen.bytes_per_device == need[2]
+  assert compiled[:2] == [need[None], need[16]] and compiled[-1] == need[2] and len(compiled) <= 4
+
+
+def test_predicted_bytes_follow_the_line_through_the_two_smallest_sizes_measured():
+  assert programs.predicted_bytes([(64, 1000)], 8) is None
+  assert programs.predicted_bytes([(64, 1000), (32, 520), (16, 280)], 8) == 160
+
+
 def test_candidates_halve_down_to_one():
   assert programs.microbatch_candidates(64) == [None, 32, 16, 8, 4, 2, 1]
   assert programs.microbatch_candidates(20) == [None, 10, 5, 2, 1]
