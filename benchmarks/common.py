@@ -4,19 +4,61 @@ import functools
 
 import numpy as np
 
-from suscept_jax.models import components, config as model_config, transformer
+from suscept_jax.models import config as model_config, transformer
+from suscept_jax.models.components import component_masks, default_components
 
 
-def setup(model: str = "demo", *, num_contexts: int = 4096, seed: int = 0, **overrides):
-  """(loss_fn, params, component masks, base [N, K], 8 probes) with random tokens: timing only."""
+def add_size_flags(parser, model: str = "demo") -> None:
+  """--model and --components, which every timing benchmark takes (the suite runs them at tiny size)."""
+  parser.add_argument("--model", default=model)
+  parser.add_argument("--components", default="", help="comma-separated specs (default: every head and full)")
+
+
+def draw_counts(text: str) -> tuple:
+  """"50,500" -> (50, 500): the two run lengths a memory-against-draws comparison takes."""
+  import argparse
+  try:
+    counts = tuple(int(n) for n in text.split(","))
+  except ValueError:
+    counts = ()
+  if len(counts) != 2 or min(counts) < 1:
+    raise argparse.ArgumentTypeError(f"want two positive draw counts, as in 50,500; got {text!r}")
+  return counts
+
+
+def setup(model: str = "demo", *, components: str = "", num_contexts: int = 4096, seed: int = 0, **overrides):
+  """(loss_fn, params, component masks, base [N, K], 8 probes) with random tokens: timing only.
+  components: comma-separated component specs ("full,l0h1"); empty: every head and the full model."""
   cfg = dataclasses.replace(model_config.get_config(model), **overrides)
   rng = np.random.default_rng(seed)
   data = lambda: rng.integers(0, cfg.d_vocab, (num_contexts, cfg.n_ctx), dtype=np.int32)
   params = transformer.init_params(cfg, seed=seed)
-  masks = components.component_masks(components.default_components(cfg), params, cfg)
+  specs = components.split(",") if components else default_components(cfg)
+  masks = component_masks(specs, params, cfg)
   loss_fn = functools.partial(transformer.context_nll, config=cfg)
   probes = {f"probe{i}": data() for i in range(8)}
   return cfg, loss_fn, params, masks, data(), probes
+
+
+def child_measurement(code: str, *args) -> dict:
+  """The JSON line a measuring child process prints last: peak RSS needs a fresh process per measurement."""
+  import json
+  import subprocess
+  import sys
+  out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_growth(measure, draws: tuple) -> float:
+  """Print the peak memory of `measure(draws)` (a dict with peak_rss_mb, seconds, maybe device_peak_mb) at the
+  two draw counts and the growth between them; return the growth (target: within 5 %)."""
+  runs = [measure(n) for n in draws]
+  for r in runs:
+    device = f", device peak {r['device_peak_mb']:.0f} MB" if r.get("device_peak_mb") else ""  # (none on CPU)
+    print(f"  {r['draws']:4d} draws: peak RSS {r['peak_rss_mb']:.0f} MB{device}, {r['seconds']:.0f} s")
+  growth = runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] - 1
+  print(f"  peak memory growth from {draws[0]} to {draws[1]} draws: {100 * growth:+.1f}% (target: within 5%)")
+  return growth
 
 
 def timed(fn):

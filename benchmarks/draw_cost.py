@@ -2,7 +2,7 @@
 per-chain data streams (K forwards at w* per draw instead of one shared), and the achieved FLOP/s of the
 step against the machine's measured matmul peak.
 
-  python -m benchmarks.draw_cost [--model=demo] [--batch_size=20] [--num_chains=4]
+  python -m benchmarks.draw_cost [--model=demo] [--components=full,l0h0] [--batch_size=20] [--num_chains=4]
 Prints the figures recorded in BUILD_NOTES.md.
 """
 import argparse
@@ -45,12 +45,12 @@ def step_flops(loss_fn, params, masks, base, config, batch_size) -> float:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--model", default="demo")
+  common.add_size_flags(parser)
   parser.add_argument("--batch_size", type=int, default=20)
   parser.add_argument("--num_chains", type=int, default=4)
   parser.add_argument("--steps", type=int, default=80)
   args = parser.parse_args(argv)
-  cfg, loss_fn, params, masks, base, probes = common.setup(args.model)
+  cfg, loss_fn, params, masks, base, probes = common.setup(args.model, components=args.components)
   delta_h = 0.1
   m = mixing.max_probe_samples(args.batch_size, delta_h)
   E = len(masks) * args.num_chains

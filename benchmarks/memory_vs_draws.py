@@ -2,19 +2,19 @@
 processes and compare peak RSS (host = device memory on CPU; on an accelerator the device's
 peak_bytes_in_use is printed too).
 
-  python -m benchmarks.memory_vs_draws
+  python -m benchmarks.memory_vs_draws [--model=demo] [--components=full,l0h0] [--draws=50,500]
 """
-import json
-import subprocess
-import sys
+import argparse
+
+from benchmarks import common
 
 CHILD = r"""
 import json, resource, sys
 import jax
 import suscept_jax as sj
 from benchmarks import common
-draws = int(sys.argv[1])
-cfg, loss_fn, params, masks, base, probes = common.setup("demo")
+draws, model, components = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+cfg, loss_fn, params, masks, base, probes = common.setup(model, components=components)
 res = sj.estimate_susceptibilities(loss_fn, params, masks, base, probes, config=sj.SGLDConfig(num_draws=draws),
                                    batch_size=20, delta_h=0.1, progress=False)
 stats = jax.devices()[0].memory_stats() or {}
@@ -23,18 +23,13 @@ print(json.dumps({"draws": draws, "peak_rss_mb": resource.getrusage(resource.RUS
 """
 
 
-def measure(draws: int) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, str(draws)], capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def main():
-  small, large = measure(50), measure(500)
-  for r in (small, large):
-    print(f"  {r['draws']:4d} draws: peak RSS {r['peak_rss_mb']:.0f} MB, device peak {r['device_peak_mb']:.0f} MB, "
-          f"{r['seconds']:.0f} s")
-  growth = large["peak_rss_mb"] / small["peak_rss_mb"] - 1
-  print(f"  peak memory growth from 50 to 500 draws: {100 * growth:+.1f}% (target: within 5%)")
+def main(argv=None) -> float:
+  parser = argparse.ArgumentParser(description=__doc__)
+  common.add_size_flags(parser)
+  parser.add_argument("--draws", type=common.draw_counts, default=(50, 500), help="the two run lengths")
+  args = parser.parse_args(argv)
+  return common.memory_growth(lambda draws: common.child_measurement(CHILD, draws, args.model, args.components),
+                              args.draws)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ the same entries (jit(vmap(per_token_nll)) over E parameter copies, once per dra
 is the per-token throughput as a fraction of the bare forward pass (target ≥ 0.8).
 Memory: the per-token estimator at 50 and at 500 draws in fresh processes, peak RSS compared (target: within 5%).
 
-  python -m benchmarks.per_token_cost [--model=demo] [--contexts=32] [--draws=40]
+  python -m benchmarks.per_token_cost [--model=demo] [--components=full,l0h0] [--contexts=32] [--draws=40]
+                                      [--memory_draws=50,500] [--skip_memory]
 """
 import argparse
 import functools
-import json
-import subprocess
-import sys
 import time
 
 import jax
@@ -30,8 +28,8 @@ import functools, json, resource, sys
 import suscept_jax as sj
 from suscept_jax.models import transformer
 from benchmarks import common
-draws, model, contexts = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-cfg, loss_fn, params, masks, base, probes = common.setup(model)
+draws, model, components, contexts = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+cfg, loss_fn, params, masks, base, probes = common.setup(model, components=components)
 token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
 res = sj.estimate_per_token_susceptibilities(loss_fn, token_loss_fn, params, masks, base, base[:contexts],
                                              config=sj.SGLDConfig(num_draws=draws), batch_size=16, progress=False)
@@ -47,8 +45,8 @@ def _run(loss_fn, params, masks, base, config, **kw) -> float:
   return sampler.run(*args, config=config, batch_size=16, delta_h=None, progress=False, **kw).seconds
 
 
-def throughput(model: str, num_contexts: int, draws: int) -> dict:
-  cfg, loss_fn, params, masks, base, _ = common.setup(model)
+def throughput(model: str, components: str, num_contexts: int, draws: int) -> dict:
+  cfg, loss_fn, params, masks, base, _ = common.setup(model, components=components)
   observed = base[:num_contexts]
   token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
   config = sj.SGLDConfig(num_draws=draws)
@@ -70,32 +68,26 @@ def throughput(model: str, num_contexts: int, draws: int) -> dict:
           "fraction_of_bare": bare / max(watched - plain, 1e-9)}
 
 
-def memory(model: str, num_contexts: int, draws: int) -> dict:
-  out = subprocess.run([sys.executable, "-c", CHILD, str(draws), model, str(num_contexts)], capture_output=True,
-                       text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None):
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--model", default="demo")
+  parser = argparse.ArgumentParser(description=__doc__)
+  common.add_size_flags(parser)
   parser.add_argument("--contexts", type=int, default=32)
   parser.add_argument("--draws", type=int, default=40)
+  parser.add_argument("--memory_draws", type=common.draw_counts, default=(50, 500), help="the two run lengths")
   parser.add_argument("--skip_memory", action="store_true")
   args = parser.parse_args(argv)
   print(f"device: {jax.devices()[0].device_kind}, model {args.model}")
-  r = throughput(args.model, args.contexts, args.draws)
+  r = throughput(args.model, args.components, args.contexts, args.draws)
   print(f"  {r['entries']} entries × {r['contexts']} contexts × {r['tokens_per_context']} tokens, {r['draws']} draws: "
         f"run {r['run_s']:.1f} s, observing {r['run_observing_s']:.1f} s -> observation {r['observation_s']:.1f} s; "
         f"bare forward over the same tokens {r['bare_forward_s']:.1f} s")
   print(f"  per-token throughput {r['observed_tokens_per_s']:.3g} tokens/s against bare {r['bare_tokens_per_s']:.3g}: "
         f"{r['fraction_of_bare']:.2f} of the bare forward pass (target ≥ 0.8)")
   if not args.skip_memory:
-    small, large = memory(args.model, args.contexts, 50), memory(args.model, args.contexts, 500)
-    for m in (small, large):
-      print(f"  {m['draws']:4d} draws: peak RSS {m['peak_rss_mb']:.0f} MB, {m['seconds']:.0f} s")
-    print(f"  peak memory growth from 50 to 500 draws: {100 * (large['peak_rss_mb'] / small['peak_rss_mb'] - 1):+.1f}% "
-          f"(target: within 5%)")
+    common.memory_growth(
+        lambda draws: common.child_measurement(CHILD, draws, args.model, args.components, args.contexts),
+        args.memory_draws)
+  return r
 
 
 if __name__ == "__main__":

@@ -1,15 +1,20 @@
 """The benchmark scripts run end to end at tiny sizes, so they cannot rot (their figures are not checked
 here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed tests)."""
+import contextlib
+import io
 import json
 import re
+import shutil
 
 import importlib
 import importlib.metadata
 
 import numpy as np
+import pandas as pd
+import pytest
 
-from benchmarks import (accelerator_figures, device_session, error_bars_on_demo, paper_memory, restricted_gradients,
-                        scaling)
+from benchmarks import (accelerator_figures, device_session, error_bars_on_demo, paper_memory, precision_shift,
+                        restricted_gradients, scaling)
 from tests.helpers import sweep_cmd
 
 
@@ -111,16 +116,52 @@ def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
   assert device_session.run_part(quick, tmp_path) == "ok"
 
 
-def test_error_bars_on_demo_runs_one_sweep_per_seed_and_compares(tiny, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def two_seed_sweeps(tiny, tmp_path_factory):
+  """(work dir holding seed_000/ and seed_001/, the sweep's arguments, error_bars_on_demo's table and printout)."""
   root, run_dir, tok, data = tiny
-  sweep_args = [a for a in sweep_cmd(run_dir, tok, data, tmp_path / "unused")[3:] if not a.startswith("--output_dir")]
-  table = error_bars_on_demo.main(["--seeds=2", f"--work_dir={tmp_path}", "--", *sweep_args, "--steps=40"])
-  out = capsys.readouterr().out
-  assert sorted(p.name for p in tmp_path.glob("seed_*")) == ["seed_000", "seed_001"]
+  work = tmp_path_factory.mktemp("error_bars")
+  sweep_args = [a for a in sweep_cmd(run_dir, tok, data, work / "unused")[3:] if not a.startswith("--output_dir")]
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    table = error_bars_on_demo.main(["--seeds=2", f"--work_dir={work}", "--", *sweep_args, "--steps=40"])
+  return work, sweep_args, table, printed.getvalue()
+
+
+def test_error_bars_on_demo_runs_one_sweep_per_seed_and_compares(tiny, two_seed_sweeps, capsys):
+  data = tiny[3]
+  work, sweep_args, table, out = two_seed_sweeps
+  assert sorted(p.name for p in work.glob("seed_*")) == ["seed_000", "seed_001"]
   assert {key[0] for key in table} == {"chi", "llc"} and {key[1] for key in table} == {40}
   chi, probes = table[("chi", 40, "l0h0")]
   assert probes == [str(data[name]) for name in ("math", "prose", "mix")] and (chi[:2] > 0).all()
   assert np.isnan(chi[2])  # the probe that is the base data: χ ≡ 0 in every run, no ratio
   assert out.count("checkpoint 40") == 4 and "every χ cell: median" in out, out  # full + the 3 components
-  error_bars_on_demo.main(["--seeds=2", f"--work_dir={tmp_path}", "--", *sweep_args, "--steps=40"])
+  error_bars_on_demo.main(["--seeds=2", f"--work_dir={work}", "--", *sweep_args, "--steps=40"])
   assert "seed 0:" not in capsys.readouterr().out  # finished seeds are reused
+
+
+def test_precision_shift_measures_a_known_shift_in_standard_errors(two_seed_sweeps, tmp_path, capsys):
+  """A real sweep directory against a copy whose χ moved by 0.5 and LLC by 2 standard errors, said to be bf16."""
+  reference = two_seed_sweeps[0] / "seed_000"
+  other = tmp_path / "bf16"
+  shutil.copytree(reference, other)
+  table = pd.read_csv(other / "results.csv")
+  table["chi"] += 0.5 * table.chi_stderr
+  table["llc"] += 2 * table.llc_stderr
+  table.to_csv(other / "results.csv", index=False)
+  config = json.loads((other / "config.json").read_text())
+  config["settings"]["numerics"]["precision"] = "bfloat16"
+  (other / "config.json").write_text(json.dumps(config))
+  precision_shift.main([str(reference), str(other)])
+  out = capsys.readouterr().out
+  cells = int((table.chi_stderr > 0).sum())  # (the base data as a probe: χ ≡ 0 with no error bar, left out)
+  assert f"reference {reference} (float32/plain): {len(table)} rows" in out
+  assert f"{other} (bfloat16/plain) against the reference:" in out
+  assert (f"|Δχ| / stderr: median 0.500, 90th pct 0.500, max 0.500 standard errors ({cells} values; 0% above 1)"
+          in out), out
+  assert "|ΔLLC| / stderr: median 2.000, 90th pct 2.000, max 2.000 standard errors (4 values; 100% above 1)" in out
+  table.iloc[1:].to_csv(other / "results.csv", index=False)
+  with pytest.raises(ValueError, match=f"the directories hold different rows \\({len(table)} in the reference, "
+                                       f"{len(table) - 1} shared\\)"):
+    precision_shift.main([str(reference), str(other)])

@@ -1,0 +1,48 @@
+"""The cost and memory benchmarks (draw cost, per-token cost, memory against draws) at tiny size, so that the
+scripts whose full-size figures BUILD_NOTES records cannot rot. Their figures are not judged here (timing on a
+shared CPU is not a test); what is checked is that each runs through and prints every figure it promises."""
+import math
+import re
+
+import pytest
+
+from benchmarks import draw_cost, memory_vs_draws, per_token_cost
+
+TINY = ["--model=tiny", "--components=full"]
+
+
+def test_draw_cost_prints_each_draw_against_the_bare_step(capsys):
+  draw_cost.main([*TINY, "--steps=4", "--num_chains=2"])
+  out = capsys.readouterr().out
+  assert "1 components × 2 chains = 2 entries" in out, out
+  ratios = re.findall(r"draw with 8 probes, (per-chain|shared) data streams \(MALA every (—|10) draws\): +[\d.]+ ms = "
+                      r"([\d.]+) × the bare step", out)
+  assert [(streams, mala) for streams, mala, _ in ratios] == [("per-chain", "—"), ("per-chain", "10"), ("shared", "—")]
+  assert all(0 < float(ratio) < math.inf for _, _, ratio in ratios)
+  assert re.search(r"step: [\d.]+ GFLOP \(XLA cost analysis\) .* -> \d+% of peak; 76 samples touched per draw", out), out
+
+
+def test_per_token_cost_prints_throughput_and_memory_against_draws(capsys):
+  figures = per_token_cost.main([*TINY, "--contexts=2", "--draws=3", "--memory_draws=2,6"])
+  out = capsys.readouterr().out
+  assert figures["entries"] == 4 and figures["contexts"] == 2 and figures["tokens_per_context"] == 15
+  assert 0 < figures["fraction_of_bare"] < math.inf and figures["observation_s"] == pytest.approx(
+      figures["run_observing_s"] - figures["run_s"])
+  assert "of the bare forward pass (target ≥ 0.8)" in out
+  assert re.search(r"   2 draws: peak RSS \d+ MB, \d+ s\n +6 draws: peak RSS \d+ MB", out), out
+  assert "peak memory growth from 2 to 6 draws: " in out
+
+
+def test_memory_vs_draws_compares_two_fresh_processes(capsys):
+  growth = memory_vs_draws.main([*TINY, "--draws=2,6"])
+  out = capsys.readouterr().out
+  assert re.search(r"   2 draws: peak RSS \d+ MB, \d+ s\n +6 draws: peak RSS \d+ MB", out), out  # (no device peak on CPU)
+  assert f"peak memory growth from 2 to 6 draws: {100 * growth:+.1f}% (target: within 5%)" in out
+  assert abs(growth) < 0.25  # the same program for a few more draws: RSS moves by the allocator's noise only
+
+
+@pytest.mark.parametrize("draws", ["5", "5,x", "0,5", "1,2,3"])
+def test_a_bad_draws_pair_is_refused_naming_it(capsys, draws):
+  with pytest.raises(SystemExit):
+    memory_vs_draws.main([*TINY, f"--draws={draws}"])
+  assert f"want two positive draw counts, as in 50,500; got {draws!r}" in capsys.readouterr().err
