@@ -3,8 +3,9 @@
 Each process samples the units of the checkpoints it owns on its own local devices (no cross-host collectives:
 the units are independent), writes each unit atomically into the shared results directory, and process 0
 waits for every unit before writing the table. Ownership depends only on the requested checkpoint list, never
-on what is finished, so processes that start at different times agree on it; a process that dies leaves its
-finished units, and rerunning the same command computes only the rest.
+on what is finished, so processes that start at different times agree on it. A process that dies leaves its
+finished units; jax.distributed stops the others --heartbeat_timeout_s later (JAX's "another task died"),
+and theirs stay too; rerunning the same command computes only the rest.
 
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0   # host 0
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=1   # host 1
@@ -22,6 +23,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _AUTO = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the environment (TPU pod slices, "
                           "SLURM) instead of the three flags above.")
 _TIMEOUT = flags.DEFINE_integer("coordinator_timeout_s", 120, "Seconds to wait for all processes to join.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100, "Seconds without a heartbeat after which a process "
+                                  "counts as dead and jax.distributed stops the others (their finished units stay).")
 _WAIT = flags.DEFINE_integer("wait_for_processes_s", 86_400, "Seconds process 0 waits for the other processes' units "
                              "before giving up (their finished units stay; rerun to complete the rest).")
 
@@ -60,7 +63,7 @@ def initialize() -> tuple[int, int]:
   try:
     # Processes that finish their units early wait at shutdown for the others (as long as process 0 waits).
     jax.distributed.initialize(**kwargs, initialization_timeout=_TIMEOUT.value,
-                               shutdown_timeout_seconds=_WAIT.value)
+                               heartbeat_timeout_seconds=_HEARTBEAT.value, shutdown_timeout_seconds=_WAIT.value)
   except Exception as e:  # the coordination service's own errors (deadline exceeded, connection refused, …)
     where = f"the coordinator at {_COORDINATOR.value}" if _COORDINATOR.value else "jax.distributed's peers"
     raise ValueError(f"could not join {where} within --coordinator_timeout_s={_TIMEOUT.value}: is process 0 running "

@@ -1,12 +1,15 @@
 """A sweep over two processes under jax.distributed (loopback, CPU): units split by checkpoint, each process
 writes its own, process 0 assembles: the same table as one process. Bad process layouts fail clearly."""
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 
+from suscept_jax import results
 from tests.helpers import REPO, env, sweep_cmd
 
 SMALL = ["--num_draws=6", "--components=l0h0,l1h1"]
@@ -18,33 +21,45 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_give_the_same_table_as_one(tiny, tmp_path):
+def _start_two(run_dir, tok, data, out, logs, *extra):
+  """The sweep's two processes on loopback, each logging to its file in `logs`."""
+  address = f"127.0.0.1:{_free_port()}"
+  return [subprocess.Popen(sweep_cmd(run_dir, tok, data, out, *SMALL, f"--coordinator_address={address}",
+                                     "--num_processes=2", f"--process_id={i}", *extra),
+                           cwd=REPO, env=env(), stdout=(logs / f"process{i}.log").open("w"), stderr=subprocess.STDOUT)
+          for i in range(2)]
+
+
+def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_path):
+  """Process 1 is killed as soon as it has joined. Process 0 writes its own units and is stopped by
+  jax.distributed's heartbeat; every unit it finished stays, and rerunning the two processes computes only the
+  rest: the table is the one-process table."""
   root, run_dir, tok, data = tiny
   one = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "one", *SMALL), cwd=REPO, env=env(),
                        capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
-  address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen(sweep_cmd(run_dir, tok, data, tmp_path / "two", *SMALL, f"--coordinator_address={address}",
-                                      "--num_processes=2", f"--process_id={i}"),
-                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  assert "process 0 of 2: checkpoints [0, 40]" in outputs[0][0]
-  assert "process 1 of 2: checkpoints [20]" in outputs[1][0] and "process 0 assembles the table" in outputs[1][0]
   a = pd.read_csv(tmp_path / "one" / "results.csv")
-  b = pd.read_csv(tmp_path / "two" / "results.csv")
-  pd.testing.assert_frame_equal(a, b)
   assert sorted(a["checkpoint"].unique()) == [0, 20, 40]
-  # Process 1 died before writing its unit: the other units stay, and rerunning completes only the rest.
-  for f in (tmp_path / "two" / "units").glob("step_00000020-*"):
-    f.unlink()
-  rerun = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "two", *SMALL), cwd=REPO, env=env(),
-                         capture_output=True, text=True, timeout=600)
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert "1 unit(s) to run, 2 finished unit(s) reused" in rerun.stdout, rerun.stdout[-2000:]
-  pd.testing.assert_frame_equal(a, pd.read_csv(tmp_path / "two" / "results.csv"))
+  two, logs = tmp_path / "two", tmp_path / "logs"
+  logs.mkdir()
+  procs = _start_two(run_dir, tok, data, two, logs, "--heartbeat_timeout_s=10")
+  deadline = time.monotonic() + 300
+  while "process 1 of 2: checkpoints [20]" not in (logs / "process1.log").read_text() and procs[1].poll() is None:
+    assert time.monotonic() < deadline, (logs / "process1.log").read_text()[-3000:]
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait()
+  assert procs[0].wait(timeout=300) != 0  # stopped by jax.distributed once process 1's heartbeats stop
+  finished = results.ResultsDir(two).finished_steps()
+  assert set(finished) <= {0, 40}, finished  # process 1 died before its checkpoint; process 0's units are whole
+  procs = _start_two(run_dir, tok, data, two, logs)
+  for i, p in enumerate(procs):
+    assert p.wait(timeout=600) == 0, (logs / f"process{i}.log").read_text()[-3000:]
+  first, second = ((logs / f"process{i}.log").read_text() for i in range(2))
+  assert "process 0 of 2: checkpoints [0, 40]" in first, first[-3000:]
+  assert f"{2 - len(finished)} unit(s) to run" in first, first[-3000:]  # only what process 0 had not finished
+  assert "process 1 of 2: checkpoints [20]" in second and "process 0 assembles the table" in second
+  pd.testing.assert_frame_equal(a, pd.read_csv(two / "results.csv"))
 
 
 @pytest.mark.parametrize("extra,message", [
