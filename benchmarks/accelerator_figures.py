@@ -10,7 +10,8 @@
    component × 4 chains (one program per component group, as a sweep runs them). For each: the first run's
    wall time (compilation included), the compiled run's seconds per draw (host work included), the
    step's gradient FLOPs (XLA's count, restricted per group) per second against the matching peak, the
-   micro-batch auto-sizing chose, and `memory_plan`'s bytes against the device's peak bytes in use.
+   micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes measured and
+   predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
 4. Numerics on this device (after the paper preset's step): per-token NLL and its gradient at every precision
    and attention against exact float32 with plain attention, on 4 contexts at weights with sharp attention
@@ -100,6 +101,7 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
               achieved_tflops=flops / per_draw / 1e12, fraction_of_peak=flops / per_draw / peak,
               peak_used=PEAK_FOR[precision], microbatch=[p.microbatch_size for p in plans],
               planned_gib=[p.bytes_per_device / 2**30 for p in plans],
+              auto_search=[[list(tried) for tried in p.searched] for p in plans],  # (rows, bytes or None, predicted)
               device_peak_gib=(peak_bytes_in_use() or 0) / 2**30 or None)
 
 

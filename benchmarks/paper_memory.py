@@ -63,15 +63,15 @@ def main(argv=None):
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("entries",))
     print(f"{machine}: limit {programs.MEMORY_FRACTION:.0%} of {device_bytes / GiB:.1f} GiB per device")
     for run, options in runs.items():
-      plan = {micro: sampler.memory_plan(loss_fn, params, names, masks_C, contexts, config=config, mesh=mesh,
-                                         microbatch_size=micro, device_bytes=device_bytes, **options)
-              for micro in ("auto", None)}
+      plan = functools.partial(sampler.memory_plan, loss_fn, params, names, masks_C, contexts, config=config,
+                               mesh=mesh, device_bytes=device_bytes, **options)
       print(f"  {run}:")
-      for program, whole in zip(*plan.values()):
+      for program in plan(microbatch_size="auto"):
         kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
+        searched = ", ".join(f"{rows}" if need is not None else f"({rows} skipped)" for rows, need, _ in program.searched)
         print(f"    {kind}: {program.entries_per_device} entries per device, micro-batch "
               f"{program.microbatch_size or options['batch_size']}: {program.bytes_per_device / GiB:.2f} GiB "
-              f"(whole batch: {whole.bytes_per_device / GiB:.2f} GiB)")
+              f"(whole batch: {program.searched[0][1] / GiB:.2f} GiB; compiled at {searched})")
 
 
 if __name__ == "__main__":

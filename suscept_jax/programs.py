@@ -125,7 +125,7 @@ def observed_microbatch_for(mesh, token_shape, requested: int | None) -> int | N
 
 
 MEMORY_FRACTION = 0.85  # of a device's memory a program may plan to use (the rest: allocator slack, other buffers)
-_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> chosen micro-batch: search once per process
+_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> AutoChoice (less its program): search once per process
 
 
 def device_memory_bytes(device) -> int:
@@ -171,10 +171,19 @@ def predicted_bytes(measured: list, rows: int) -> float | None:
   return bytes_b + per_row * (rows - rows_b)
 
 
-def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = None):
-  """(plan with the largest micro-batch whose draw program fits MEMORY_FRACTION of every device, its compiled
-  program or None when the choice was cached, the bytes it needs per device). Micro-batching changes only the
-  summation order, not the maths. device_bytes: the devices' memory (default: asked of the devices).
+class AutoChoice(NamedTuple):
+  """What `auto_microbatch` chose, and the search that chose it."""
+
+  plan: Plan  # with the chosen micro-batch
+  compiled: object  # its compiled draw program; None when the choice was cached
+  bytes_per_device: int  # what it needs per device
+  searched: tuple  # per size tried, largest first: (rows, bytes compiled or None, bytes predicted or None)
+
+
+def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = None) -> AutoChoice:
+  """The largest micro-batch whose draw program fits MEMORY_FRACTION of every device (`AutoChoice`).
+  Micro-batching changes only the summation order, not the maths. device_bytes: the devices' memory
+  (default: asked of the devices).
 
   The candidates halve from the whole batch; after two compilations each further size is compiled only if
   its predicted need (`predicted_bytes`) is within SKIP_BEYOND_LIMIT of the limit, and size 1 always is.
@@ -186,23 +195,24 @@ def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = 
   key = (function_key(loss_fn), function_key(plan.token_loss_fn), dataclasses.replace(plan, token_loss_fn=None),
          mesh, shapes, limit)
   if key in _AUTO_CHOICES:
-    micro, need = _AUTO_CHOICES[key]
-    return dataclasses.replace(plan, microbatch_size=micro), None, need
-  measured, tried = [], []
+    return _AUTO_CHOICES[key]._replace(compiled=None)
+  measured, searched = [], []
   for micro in microbatch_candidates(plan.batch_size):
     rows = micro or plan.batch_size
     prediction = predicted_bytes(measured, rows)
     if rows > 1 and prediction is not None and prediction > SKIP_BEYOND_LIMIT * limit:
-      tried.append(f"{rows}: ≈ {prediction / 2**30:.3g} GiB predicted")
+      searched.append((rows, None, prediction))
       continue
     candidate = dataclasses.replace(plan, microbatch_size=micro)
     compiled = compiled_program("draw", loss_fn, candidate, mesh).lower(*args).compile()
     need = program_bytes(compiled)
     measured.append((rows, need))
-    tried.append(f"{rows}: {need / 2**30:.3g} GiB")
+    searched.append((rows, need, prediction))
     if need <= limit:
-      _AUTO_CHOICES[key] = (micro, need)
-      return candidate, compiled, need
+      _AUTO_CHOICES[key] = AutoChoice(candidate, None, need, tuple(searched))
+      return _AUTO_CHOICES[key]._replace(compiled=compiled)
+  tried = [f"{rows}: {need / 2**30:.3g} GiB" if need is not None else f"{rows}: ≈ {prediction / 2**30:.3g} GiB predicted"
+           for rows, need, prediction in searched]
   raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.3g} GiB per device "
                     f"({MEMORY_FRACTION:.0%} of the smallest device); needed per micro-batch size: {'; '.join(tried)}. "
                     f"Use more devices (fewer entries per device) or fewer components × chains per run")
@@ -215,3 +225,4 @@ class ProgramMemory(NamedTuple):
   entries_per_device: int
   microbatch_size: int | None  # None: whole batches
   bytes_per_device: int  # XLA's memory analysis: arguments + outputs + temporaries − aliased
+  searched: tuple = ()  # with microbatch_size="auto": `AutoChoice.searched`

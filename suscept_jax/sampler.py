@@ -253,14 +253,15 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     if auto or plan_only:
       program_args = (carry, resident.entries, resident.anchor, resident.masks_CxP, first_chunk.data,
                       resident.observed)
+      searched = ()
       if auto:  # the largest micro-batch whose program fits the devices
-        plan, draw_fn, need = programs.auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
+        plan, draw_fn, need, searched = programs.auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
       if plan_only:
         if not auto:
           compiled = programs.compiled_program("draw", loss_fn, plan, mesh).lower(*program_args).compile()
           need = programs.program_bytes(compiled)
         return ProgramMemory(components=list(component_names), entries_per_device=E_pad // mesh.size,
-                             microbatch_size=plan.microbatch_size, bytes_per_device=need)
+                             microbatch_size=plan.microbatch_size, bytes_per_device=need, searched=searched)
     # Out of device memory in any program below, at its call or when its results are read: a MemoryError.
     with _out_of_memory_named(batch_size=batch_size, microbatch_size=plan.microbatch_size,
                               entries_per_device=E_pad // mesh.size,

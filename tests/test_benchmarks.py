@@ -44,7 +44,7 @@ def test_paper_memory_sizes_every_group_on_both_machines(capsys):
                      "--per_token_contexts=4"])
   out = capsys.readouterr().out
   # 3 groups × (sweep, per-token run) × 2 machines; whole batches fit, so auto-sizing keeps them
-  assert len(re.findall(r"entries per device, micro-batch 8: ([\d.]+) GiB \(whole batch: \1 GiB\)", out)) == 12, out
+  assert len(re.findall(r"entries per device, micro-batch 8: ([\d.]+) GiB \(whole batch: \1 GiB; compiled at 8\)", out)) == 12, out
   assert "TPU v4-8" in out and "H100" in out and out.count("per-token run (batch 8, 4 contexts observed)") == 2
 
 
@@ -55,6 +55,7 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   ran = [row for row in result["settings"] if "seconds_per_draw" in row]
   assert len(ran) == 1 and ran[0]["precision"] == "default" and ran[0]["entries"] == 4, result  # the paper step first
   assert 0 < ran[0]["fraction_of_peak"] < 1 and ran[0]["microbatch"] == [None], ran
+  assert [[bytes_ > 0 for _, bytes_, _ in search] for search in ran[0]["auto_search"]] == [[True]]  # whole batch fits
   assert out.count("not started") == len(accelerator_figures.SETTINGS) - 1, out
   assert set(result["matmul_peak_tflops"]) == {"bf16", "f32 default", "f32 highest"}
   # At tiny size the "peak" is a 256² bf16 matmul of microseconds, timed at another moment than the pass on a

@@ -37,7 +37,7 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   programs._AUTO_CHOICES.clear()
   whole = _run(None)
   auto = _run("auto")  # this machine's memory holds the whole batch: no micro-batching, the same numbers
-  assert [micro for micro, _ in programs._AUTO_CHOICES.values()] == [None] and len(need) == 1
+  assert [c.plan.microbatch_size for c in programs._AUTO_CHOICES.values()] == [None] and len(need) == 1
   np.testing.assert_array_equal(auto.chi, whole.chi)
   # A device that holds a little less than the whole batch's program: a smaller micro-batch is chosen.
   whole_batch_bytes = need.pop()
@@ -45,7 +45,7 @@ def test_auto_fits_and_never_changes_the_numbers(monkeypatch):
   monkeypatch.setattr(programs, "device_memory_bytes",
                       lambda device: int(whole_batch_bytes / programs.MEMORY_FRACTION) - 1)
   small = _run("auto")
-  chosen = list(programs._AUTO_CHOICES.values())[0][0]
+  chosen = list(programs._AUTO_CHOICES.values())[0].plan.microbatch_size
   assert chosen is not None and chosen < 32 and need[0] == whole_batch_bytes and need[-1] < whole_batch_bytes
   explicit = _run(chosen)
   np.testing.assert_array_equal(small.chi, explicit.chi)  # auto = the same micro-batch given by hand
@@ -105,6 +105,10 @@ def test_auto_compiles_only_sizes_that_may_fit_and_still_picks_the_largest_that_
   chosen = plan(microbatch_size="auto", device_bytes=int(need[2] / programs.MEMORY_FRACTION) + 2)
   assert chosen.microbatch_size == 2 and chosen.bytes_per_device == need[2]
   assert compiled[:2] == [need[None], need[16]] and compiled[-1] == need[2] and len(compiled) <= 4
+  assert [rows for rows, _, _ in chosen.searched] == [32, 16, 8, 4, 2]  # the search, as memory_plan reports it
+  assert [got for _, got, _ in chosen.searched if got is not None] == compiled
+  assert all(predicted > programs.SKIP_BEYOND_LIMIT * programs.MEMORY_FRACTION * need[2] * 0.99
+             for _, got, predicted in chosen.searched if got is None)
 
 
 def test_predicted_bytes_follow_the_line_through_the_two_smallest_sizes_measured():
