@@ -1,6 +1,10 @@
 """Shared set-up for the benchmarks: a model, data and components like the sweep uses."""
+import argparse
 import dataclasses
 import functools
+import json
+import subprocess
+import sys
 
 import numpy as np
 
@@ -16,7 +20,6 @@ def add_size_flags(parser, model: str = "demo") -> None:
 
 def draw_counts(text: str) -> tuple:
   """"50,500" -> (50, 500): the two run lengths a memory-against-draws comparison takes."""
-  import argparse
   try:
     counts = tuple(int(n) for n in text.split(","))
   except ValueError:
@@ -42,9 +45,6 @@ def setup(model: str = "demo", *, components: str = "", num_contexts: int = 4096
 
 def child_measurement(code: str, *args) -> dict:
   """The JSON line a measuring child process prints last: peak RSS needs a fresh process per measurement."""
-  import json
-  import subprocess
-  import sys
   out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -68,7 +68,8 @@ def main(argv=None):
       print(f"  {run}:")
       for program in plan(microbatch_size="auto"):
         kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
-        searched = ", ".join(f"{rows}" if need is not None else f"({rows} skipped)" for rows, need, _ in program.searched)
+        searched = ", ".join(f"{rows}" if need is not None else f"({rows} skipped)"
+                             for rows, need, _ in program.searched)
         print(f"    {kind}: {program.entries_per_device} entries per device, micro-batch "
               f"{program.microbatch_size or options['batch_size']}: {program.bytes_per_device / GiB:.2f} GiB "
               f"(whole batch: {program.searched[0][1] / GiB:.2f} GiB; compiled at {searched})")

@@ -3,8 +3,8 @@
 A sweep calls the sampler once per checkpoint (and component group) with the same shapes: the programs are
 cached by what they compute (`function_key` of the loss functions and the static `chunks.Plan`), not by
 object identity, so fresh lambdas of the same code do not recompile, and at most COMPILED_CACHE_SIZE are
-held. `microbatch_size="auto"` compiles the draw program at halving micro-batches (skipping those predicted not to
-fit) and keeps the largest whose XLA memory analysis fits the devices (`auto_microbatch`).
+held. `microbatch_size="auto"` compiles the draw program at halving micro-batches (skipping those predicted
+not to fit) and keeps the largest whose XLA memory analysis fits the devices (`auto_microbatch`).
 """
 import collections
 import dataclasses
@@ -125,7 +125,7 @@ def observed_microbatch_for(mesh, token_shape, requested: int | None) -> int | N
 
 
 MEMORY_FRACTION = 0.85  # of a device's memory a program may plan to use (the rest: allocator slack, other buffers)
-_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> AutoChoice (less its program): search once per process
+_AUTO_CHOICES: dict = {}  # (what was compiled, argument shapes) -> AutoChoice less its program: one search per process
 
 
 def device_memory_bytes(device) -> int:
@@ -211,8 +211,8 @@ def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = 
     if need <= limit:
       _AUTO_CHOICES[key] = AutoChoice(candidate, None, need, tuple(searched))
       return _AUTO_CHOICES[key]._replace(compiled=compiled)
-  tried = [f"{rows}: {need / 2**30:.3g} GiB" if need is not None else f"{rows}: ≈ {prediction / 2**30:.3g} GiB predicted"
-           for rows, need, prediction in searched]
+  tried = [f"{rows}: {need / 2**30:.3g} GiB" if need is not None else
+           f"{rows}: ≈ {prediction / 2**30:.3g} GiB predicted" for rows, need, prediction in searched]
   raise MemoryError(f"microbatch_size='auto': no micro-batch fits {limit / 2**30:.3g} GiB per device "
                     f"({MEMORY_FRACTION:.0%} of the smallest device); needed per micro-batch size: {'; '.join(tried)}. "
                     f"Use more devices (fewer entries per device) or fewer components × chains per run")
