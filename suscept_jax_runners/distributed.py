@@ -29,6 +29,10 @@ _WAIT = flags.DEFINE_integer("wait_for_processes_s", 86_400, "Seconds process 0 
                              "before giving up (their finished units stay; rerun to complete the rest).")
 
 
+IF_A_PROCESS_DIES = ("if a process dies, jax.distributed stops the others --heartbeat_timeout_s later "
+                     "(\"another task died\"); every finished unit stays: rerun the same commands for the rest")
+
+
 def requested() -> bool:
   return bool(_AUTO.value or _COORDINATOR.value or _NUM_PROCESSES.value or _PROCESS_ID.value is not None)
 

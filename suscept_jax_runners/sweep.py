@@ -164,7 +164,8 @@ def main(argv):
   if num_processes > 1:  # this process's checkpoints only
     planned = [u for u in planned if distributed.owner(u[0], steps, num_processes) == process_index]
     print(f"process {process_index} of {num_processes}: checkpoints "
-          f"{[s for s in steps if distributed.owner(s, steps, num_processes) == process_index]}")
+          f"{[s for s in steps if distributed.owner(s, steps, num_processes) == process_index]}; "
+          f"{distributed.IF_A_PROCESS_DIES}")
   print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
   print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
