@@ -39,7 +39,13 @@ def requested() -> bool:
 
 def check_flags() -> None:
   """Clear errors for an incomplete or inconsistent process layout (before any work)."""
-  if _AUTO.value or not requested():
+  if not requested():
+    return
+  for name, flag in (("coordinator_timeout_s", _TIMEOUT), ("heartbeat_timeout_s", _HEARTBEAT),
+                     ("wait_for_processes_s", _WAIT)):
+    if flag.value < 1:
+      raise ValueError(f"--{name}={flag.value} must be at least 1 second")
+  if _AUTO.value:
     return
   missing = [name for name, flag in (("--coordinator_address", _COORDINATOR), ("--num_processes", _NUM_PROCESSES),
                                      ("--process_id", _PROCESS_ID)) if flag.value is None]

@@ -67,6 +67,8 @@ def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_
     (["--num_processes=2", "--process_id=0"], "missing --coordinator_address"),
     (["--num_processes=2", "--process_id=1", "--coordinator_address=127.0.0.1:{port}", "--coordinator_timeout_s=3"],
      "could not join the coordinator at 127.0.0.1:"),
+    (["--num_processes=2", "--process_id=0", "--coordinator_address=127.0.0.1:1", "--heartbeat_timeout_s=0"],
+     "--heartbeat_timeout_s=0 must be at least 1 second"),
 ])
 def test_bad_process_layouts_fail_clearly(tiny, tmp_path, extra, message):
   root, run_dir, tok, data = tiny
