@@ -56,7 +56,8 @@ def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_
   for i, p in enumerate(procs):
     assert p.wait(timeout=600) == 0, (logs / f"process{i}.log").read_text()[-3000:]
   first, second = ((logs / f"process{i}.log").read_text() for i in range(2))
-  assert "process 0 of 2: checkpoints [0, 40]; if a process dies, jax.distributed stops the others" in first, first[-3000:]
+  assert "process 0 of 2: checkpoints [0, 40]; if a process dies, jax.distributed stops the others" in first, \
+      first[-3000:]
   assert f"{2 - len(finished)} unit(s) to run" in first, first[-3000:]  # only what process 0 had not finished
   assert "process 1 of 2: checkpoints [20]" in second and "process 0 assembles the table" in second
   pd.testing.assert_frame_equal(a, pd.read_csv(two / "results.csv"))
