@@ -43,8 +43,20 @@ def setup(model: str = "demo", *, components: str = "", num_contexts: int = 4096
   return cfg, loss_fn, params, masks, data(), probes
 
 
+def print_peak_memory(draws: int, seconds: float) -> None:
+  """In a measuring child process, after its run: the JSON line `child_measurement` reads (peak RSS, and the
+  device's peak bytes in use where the device reports them)."""
+  import resource
+
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  print(json.dumps({"draws": draws, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20, "seconds": seconds}))
+
+
 def child_measurement(code: str, *args) -> dict:
-  """The JSON line a measuring child process prints last: peak RSS needs a fresh process per measurement."""
+  """The JSON line a measuring child process prints last (`print_peak_memory`): peak RSS needs a fresh process
+  per measurement."""
   out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -9,17 +9,14 @@ import argparse
 from benchmarks import common
 
 CHILD = r"""
-import json, resource, sys
-import jax
+import sys
 import suscept_jax as sj
 from benchmarks import common
 draws, model, components = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 cfg, loss_fn, params, masks, base, probes = common.setup(model, components=components)
 res = sj.estimate_susceptibilities(loss_fn, params, masks, base, probes, config=sj.SGLDConfig(num_draws=draws),
                                    batch_size=20, delta_h=0.1, progress=False)
-stats = jax.devices()[0].memory_stats() or {}
-print(json.dumps({"draws": draws, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20, "seconds": res.seconds}))
+common.print_peak_memory(draws, res.seconds)
 """
 
 

@@ -24,7 +24,7 @@ from suscept_jax.models import transformer
 from benchmarks import common
 
 CHILD = r"""
-import functools, json, resource, sys
+import functools, sys
 import suscept_jax as sj
 from suscept_jax.models import transformer
 from benchmarks import common
@@ -33,8 +33,7 @@ cfg, loss_fn, params, masks, base, probes = common.setup(model, components=compo
 token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
 res = sj.estimate_per_token_susceptibilities(loss_fn, token_loss_fn, params, masks, base, base[:contexts],
                                              config=sj.SGLDConfig(num_draws=draws), batch_size=16, progress=False)
-print(json.dumps({"draws": draws, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "seconds": res.seconds}))
+common.print_peak_memory(draws, res.seconds)
 """
 
 

@@ -68,24 +68,24 @@ def run(main) -> None:
       apply_groups_side_by_side()
       return main(argv)
     except INPUT_ERRORS as e:
-      if flags.FLAGS["verbosity"].value >= 1:
-        traceback.print_exc()
-      print(f"error: {e}\n(run with --verbosity=1 to see the traceback)", file=sys.stderr)
-      sys.exit(2)
+      _stop(f"error: {e}\n(run with --verbosity=1 to see the traceback)", 2)
     except MemoryError as e:  # the sampler's own message says which setting to lower
-      if flags.FLAGS["verbosity"].value >= 1:
-        traceback.print_exc()
-      print(f"error: {e}\nresults already written are kept: run again with the setting it names lowered (e.g. "
-            f"--microbatch_size=auto or a smaller size) to continue from them", file=sys.stderr)
-      sys.exit(2)
+      _stop(f"error: {e}\nresults already written are kept: run again with the setting it names lowered (e.g. "
+            f"--microbatch_size=auto or a smaller size) to continue from them", 2)
     except KeyboardInterrupt:
-      if flags.FLAGS["verbosity"].value >= 1:
-        traceback.print_exc()
-      print("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
-            "per-token run and training resume from their finished units)", file=sys.stderr)
-      sys.exit(130)
+      _stop("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
+            "per-token run and training resume from their finished units)", 130)
 
   app.run(wrapped)
+
+
+def _stop(message: str, status: int) -> None:
+  """End the process with `message` on stderr and exit `status`, after the traceback with --verbosity >= 1
+  (called from an except block)."""
+  if flags.FLAGS["verbosity"].value >= 1:
+    traceback.print_exc()
+  print(message, file=sys.stderr)
+  sys.exit(status)
 
 
 def by_preset(getter) -> str:
