@@ -1,24 +1,25 @@
-"""Several processes (hosts) on one sweep: `jax.distributed`, units partitioned by checkpoint, process 0 assembles.
+"""Several processes (hosts) on one run: `jax.distributed`, units partitioned round-robin, process 0 assembles.
 
-Each process samples the units of the checkpoints it owns on its own local devices (no cross-host collectives:
-the units are independent), writes each unit atomically into the shared results directory, and process 0
-waits for every unit before writing the table. Ownership depends only on the requested checkpoint list, never
-on what is finished, so processes that start at different times agree on it. A process that dies leaves its
-finished units; jax.distributed stops the others --heartbeat_timeout_s later (JAX's "another task died"),
-and theirs stay too; rerunning the same command computes only the rest.
+The sweep partitions its units by checkpoint, the per-token runner by chunk of contexts. Each process samples
+the units it owns on its own local devices (no cross-host collectives: the units are independent), writes each
+unit atomically into the shared results directory, and process 0 waits for every unit before assembling the
+results. Ownership depends only on the requested work, never on what is finished, so processes that start at
+different times agree on it. A process that dies leaves its finished units; jax.distributed stops the others
+--heartbeat_timeout_s later (JAX's "another task died"), and theirs stay too; rerunning the same command
+computes only the rest.
 
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0   # host 0
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=1   # host 1
-  python -m experiments.sweep ... --distributed    # TPU pod slices / SLURM: jax.distributed finds its peers
+  python -m experiments.per_token ... --distributed    # TPU pod slices / SLURM: jax.distributed finds its peers
 """
 import socket
 import time
 
 from absl import flags
 
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a sweep over several "
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a run over several "
                                    "processes (jax.distributed); with --num_processes and --process_id.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process sweep.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
 _AUTO = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the environment (TPU pod slices, "
                           "SLURM) instead of the three flags above.")
@@ -50,7 +51,7 @@ def check_flags() -> None:
   missing = [name for name, flag in (("--coordinator_address", _COORDINATOR), ("--num_processes", _NUM_PROCESSES),
                                      ("--process_id", _PROCESS_ID)) if flag.value is None]
   if missing:
-    raise ValueError(f"a multi-process sweep needs --coordinator_address, --num_processes and --process_id; "
+    raise ValueError(f"a multi-process run needs --coordinator_address, --num_processes and --process_id; "
                      f"missing {', '.join(missing)}")
   if _NUM_PROCESSES.value < 1:
     raise ValueError(f"--num_processes={_NUM_PROCESSES.value} must be >= 1")
@@ -61,7 +62,7 @@ def check_flags() -> None:
 
 
 def initialize() -> tuple[int, int]:
-  """(process index, process count): (0, 1) for a single-process sweep."""
+  """(process index, process count): (0, 1) for a single-process run."""
   check_flags()
   if not requested():
     return 0, 1
@@ -88,7 +89,7 @@ def check_same_process_count(given: int) -> None:
   """Every process was given the same --num_processes: a clear error on all of them otherwise.
 
   jax.distributed takes the count from process 0 alone, so a process started with another --num_processes
-  would join silently (and its user would wait for a process that is not part of the sweep). One small
+  would join silently (and its user would wait for a process that is not part of the run). One small
   all-gather of the flags, before any work.
   """
   import jax
@@ -98,7 +99,7 @@ def check_same_process_count(given: int) -> None:
   if len(set(given_P)) > 1:
     raise ValueError(f"the processes were given different --num_processes ("
                      + ", ".join(f"process {i}: {n}" for i, n in enumerate(given_P))
-                     + f"); the coordinator runs a sweep of {jax.process_count()} processes (process 0's value): "
+                     + f"); the coordinator runs {jax.process_count()} processes (process 0's value): "
                        "start every process with the same --num_processes")
 
 
@@ -117,9 +118,26 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
       time.sleep(0.5)
 
 
-def owner(step: int, steps: list[int], num_processes: int) -> int:
-  """The process that computes checkpoint `step`: round-robin over the requested checkpoint list."""
-  return steps.index(step) % num_processes
+def owner(key, keys, num_processes: int) -> int:
+  """The process that computes `key` (a checkpoint, a chunk): round-robin over the requested list `keys`."""
+  return list(keys).index(key) % num_processes
+
+
+def refuse_untrained(target, num_processes: int, runner: str) -> None:
+  """Several processes must not each train the demo model into the same run directory: a clear error."""
+  if num_processes > 1 and target.needs_training:
+    raise ValueError(f"the demo model in {target.run_dir} is not trained yet: run experiments.{runner} once as one "
+                     f"process (or experiments.train) before a multi-process run")
+
+
+def start_results(store, settings: dict, scope: dict, *, overwrite: bool, process_index: int,
+                  num_processes: int) -> None:
+  """`store.start` on every process; with --overwrite only process 0 clears the directory, and no process
+  writes a unit before it has (a barrier), so a late process never deletes another's finished units."""
+  store.start(settings, scope, overwrite=overwrite and process_index == 0)
+  if num_processes > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("suscept_jax: results directory started")
 
 
 def local_mesh():
@@ -130,17 +148,18 @@ def local_mesh():
   return parallel.entry_mesh(jax.local_devices())
 
 
-def wait_for_units(plan_remaining, *, poll_s: float = 2.0, log=print) -> None:
-  """Block until `plan_remaining()` is empty (the other processes' units are written), saying what it waits for."""
+def wait_for_units(plan_remaining, describe, *, poll_s: float = 2.0, log=print) -> None:
+  """Block until `plan_remaining()` is empty (the other processes' units are written), saying what it waits for
+  (`describe(remaining)`, e.g. "3 unit(s) of checkpoints [20, 60]")."""
   remaining = plan_remaining()
   last, deadline = None, time.monotonic() + _WAIT.value
   while remaining:
     if time.monotonic() > deadline:
-      raise TimeoutError(f"process 0 waited --wait_for_processes_s={_WAIT.value} s for {len(remaining)} unit(s) "
-                         f"that never came; the finished units are kept: rerun the sweep to compute the rest")
-    steps = sorted({step for step, _, _ in remaining})
-    if steps != last:
-      log(f"process 0: waiting for {len(remaining)} unit(s) of checkpoints {steps} from the other processes")
-      last = steps
+      raise TimeoutError(f"process 0 waited --wait_for_processes_s={_WAIT.value} s for {describe(remaining)} that "
+                         f"never came; the finished units are kept: rerun the same command to compute the rest")
+    what = describe(remaining)
+    if what != last:
+      log(f"process 0: waiting for {what} from the other processes")
+      last = what
     time.sleep(poll_s)
     remaining = plan_remaining()

@@ -3,12 +3,14 @@
   python -m experiments.per_token                         # the demo's last checkpoint, a few contexts per probe
   python -m experiments.per_token --preset=paper --run_dir=runs/tetra --step=49900 --contexts_per_dataset=160
   python -m experiments.per_token --views_only --view_heads=l0h1,l1h2   # re-render views from the results
+  python -m experiments.per_token ... --distributed    # several hosts: chunks split between them
 
 For every probe dataset, `--contexts_per_dataset` contexts (a seeded shuffle) are observed at every draw of
 the same chains; each token gets χ ± stderr per component, its loss at w* and its zero-ablation loss delta
 per head. Work runs in chunks of contexts, each written atomically (units/chunk_<i>), so a killed run
-resumes. Writes `tokens.parquet` (and `.csv` when small): one row per dataset × context × position ×
-component, and `views/` (index.html with the figures embedded, highlighted-text pages, top-token tables).
+resumes; several processes (the sweep's flags, `distributed.py`) split the chunks and process 0 assembles.
+Writes `tokens.parquet` (and `.csv` when small): one row per dataset × context × position × component, and
+`views/` (index.html with the figures embedded, highlighted-text pages, top-token tables).
 """
 import json
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from suscept_jax_runners import cli, presets
+from suscept_jax_runners import cli, distributed, presets
 
 DEFAULT_VIEWS = ("highlight", "extremes", "top", "totals", "bimodal", "additivity", "comparisons", "positions")
 ALL_VIEWS = DEFAULT_VIEWS + ("umap",)  # umap: on request (needs umap-learn; its first use compiles for ~1 min)
@@ -54,6 +56,7 @@ _VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views o
 _SGLD = cli.define_sgld_flags()
 _NUMERICS = cli.define_numerics_flags()
 flags.adopt_module_key_flags(cli)
+flags.adopt_module_key_flags(distributed)
 
 
 def resolve_settings() -> dict:
@@ -98,11 +101,14 @@ def main(argv):
   preset = presets.get_preset(_PRESET.value)
   out = Path(_OUTPUT.value or preset.per_token_output_dir)
   if _VIEWS_ONLY.value:
+    if distributed.initialize()[0] != 0:  # (launched on every host of a slice) process 0 renders
+      return
     views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
     paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value, keep_other_views=True)
     print(f"views: {out / 'views' / 'index.html'} ({len(paths)} files)")
     return
   settings = resolve_settings()
+  process_index, num_processes = distributed.initialize()  # before anything touches a JAX backend
 
   import dataclasses
   import hashlib
@@ -140,6 +146,7 @@ def main(argv):
     return
 
   from suscept_jax.data import tokenizer as tokenizers_lib
+  distributed.refuse_untrained(target, num_processes, "per_token")
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   load = lambda spec: pipeline.load_dataset(spec, tokenizer, target.context_length, settings["max_contexts"])
   base = load(settings["base"])
@@ -160,17 +167,23 @@ def main(argv):
                   "contexts_fingerprint": fingerprint(contexts)}
   if not _OVERWRITE.value:
     store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
-  store.start(run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value)
+  distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,
+                            process_index=process_index, num_processes=num_processes)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
   compute(store, settings, target=target, step=step, component_masks=component_masks, base=base, contexts=contexts,
-          labels=labels, probes=probes, tokenizer=tokenizer)
+          labels=labels, probes=probes, tokenizer=tokenizer, process_index=process_index, num_processes=num_processes)
+  if process_index != 0:
+    print(f"process {process_index}: its chunks are written; process 0 assembles the tokens and renders the views")
+    return
   paths = render_views(out, settings["views"], heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value)
   print(f"per-token results: {out / 'tokens.parquet'}; views: {out / 'views' / 'index.html'} ({len(paths)} files); "
         f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-def compute(store, settings, *, target, step, component_masks, base, contexts, labels, probes, tokenizer) -> None:
-  """Run the chunks still missing, then write the tidy token table."""
+def compute(store, settings, *, target, step, component_masks, base, contexts, labels, probes, tokenizer,
+            process_index: int = 0, num_processes: int = 1) -> None:
+  """Run the chunks still missing (of several processes: this one's, round-robin), then (process 0, once every
+  chunk is written) the tidy token table."""
   import functools
   import io
   import warnings
@@ -195,11 +208,19 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=numerics)
   token_loss_fn = functools.partial(transformer.per_token_nll, config=model_cfg, numerics=numerics)
   done = set(store.finished_units(prefix="chunk_"))
-  todo = [i for i in range(num_chunks) if f"chunk_{i:05d}" not in done]
+  chunk_name = lambda i: f"chunk_{i:05d}"
+  todo = [i for i in range(num_chunks) if chunk_name(i) not in done]
+  mesh = None
+  if num_processes > 1:
+    own = [i for i in range(num_chunks) if distributed.owner(i, range(num_chunks), num_processes) == process_index]
+    todo = [i for i in todo if i in own]
+    mesh = distributed.local_mesh()
+    print(f"process {process_index} of {num_processes}: chunks {own} ({len(todo)} to run); "
+          f"{distributed.IF_A_PROCESS_DIES}")
   with progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
                     waiting="compiling") as bar:  # closed also when a chunk fails
     for i in todo:
-      name = f"chunk_{i:05d}"
+      name = chunk_name(i)
       bar.set_description(f"chunk {i + 1}/{num_chunks}")
       chunk_contexts = batched.padded_rows(contexts, i * chunk, chunk, num)  # fixed shape: one compilation
       with warnings.catch_warnings(record=True) as caught:
@@ -208,7 +229,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
             loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
             batch_size=settings["batch_size"], microbatch_size=settings["microbatch_size"], delta_h=settings["delta_h"],
             seed=settings["seed"], checkpoint_id=step,
-            probes=probes if (probes and i == 0) else None, progress=bar, base_name=f"base data {settings['base']!r}")
+            probes=probes if (probes and i == 0) else None, progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
       for w in caught:
         warn_above(bar, f"chunk {i}: {w.message}")
       keep = slice(0, min(chunk, num - i * chunk))
@@ -220,8 +241,13 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
         meta["dataset_rows"] = res.dataset.records()
         meta["realised_delta_h"] = res.dataset.realised_delta_h
       store.write_unit(name, arrays, meta)
+  if process_index != 0:
+    return
+  if num_processes > 1:
+    missing = lambda: [i for i in range(num_chunks) if chunk_name(i) not in store.finished_units(prefix="chunk_")]
+    distributed.wait_for_units(missing, lambda chunks: f"chunk(s) {chunks}")
   # Assemble: one row per dataset × context × position × component.
-  parts = [store.read_unit(f"chunk_{i:05d}") for i in range(num_chunks)]
+  parts = [store.read_unit(chunk_name(i)) for i in range(num_chunks)]
   chi = np.concatenate([a["chi"] for a, _ in parts], axis=1)  # [C, O, J]
   err = np.concatenate([a["chi_stderr"] for a, _ in parts], axis=1)
   loss = np.concatenate([a["loss_at_star"] for a, _ in parts])  # [O, J]

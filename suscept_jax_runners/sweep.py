@@ -146,9 +146,7 @@ def main(argv):
     return
 
   # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
-  if num_processes > 1 and target.needs_training:
-    raise ValueError(f"the demo model in {target.run_dir} is not trained yet: run the sweep once as one process "
-                     f"(or experiments.train) before a multi-process sweep")
+  distributed.refuse_untrained(target, num_processes, "sweep")
   from suscept_jax.data import tokenizer as tokenizers_lib
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
@@ -158,7 +156,8 @@ def main(argv):
   if not _OVERWRITE.value:
     out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS)
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
-  out.start(run_settings, scope, overwrite=_OVERWRITE.value)
+  distributed.start_results(out, run_settings, scope, overwrite=_OVERWRITE.value, process_index=process_index,
+                            num_processes=num_processes)
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
   if num_processes > 1:  # this process's checkpoints only
@@ -177,7 +176,8 @@ def main(argv):
     print(f"process {process_index}: its units are written; process 0 assembles the table")
     return
   if num_processes > 1:
-    distributed.wait_for_units(lambda: out.plan(steps, settings["probes"], specs, probe_fps))
+    distributed.wait_for_units(lambda: out.plan(steps, settings["probes"], specs, probe_fps),
+                               lambda units: f"{len(units)} unit(s) of checkpoints {sorted({u[0] for u in units})}")
 
   out.write_table()
   out.write_progress([])

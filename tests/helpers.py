@@ -1,6 +1,8 @@
 """Tiny real artifacts for tests: a local corpus, a trained BPE tokenizer, a trained tiny model run."""
 import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,6 +57,24 @@ def sweep_cmd(run_dir, tok, data, out, *extra):
           f"--base={data['mix']}", f"--probes={data['math']},{data['prose']},{data['mix']}", "--steps=0,20,40",
           "--components=l0h0,l1h1,l1 attn", "--num_chains=2", "--num_draws=12", "--batch_size=10",
           "--microbatch_size=5", "--num_burnin=2", f"--output_dir={out}", *extra]
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_two_processes(cmd, logs: Path, *extra) -> list[subprocess.Popen]:
+  """`cmd` as the two processes of a multi-process run on loopback, each logging to logs/process<i>.log."""
+  address = f"127.0.0.1:{free_port()}"
+  procs = []
+  for i in range(2):
+    with (logs / f"process{i}.log").open("w") as log:  # the child keeps its own copy of the file
+      procs.append(subprocess.Popen([*cmd, f"--coordinator_address={address}", "--num_processes=2",
+                                     f"--process_id={i}", *extra], cwd=REPO, env=env(), stdout=log,
+                                    stderr=subprocess.STDOUT))
+  return procs
 
 
 def env():

@@ -1,33 +1,21 @@
 """A sweep over two processes under jax.distributed (loopback, CPU): units split by checkpoint, each process
 writes its own, process 0 assembles: the same table as one process. Bad process layouts fail clearly."""
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
 from suscept_jax import results
-from tests.helpers import REPO, env, sweep_cmd
+from tests.helpers import REPO, env, free_port, start_two_processes, sweep_cmd
 
 SMALL = ["--num_draws=6", "--components=l0h0,l1h1"]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _start_two(run_dir, tok, data, out, logs, *extra):
   """The sweep's two processes on loopback, each logging to its file in `logs`."""
-  address = f"127.0.0.1:{_free_port()}"
-  return [subprocess.Popen(sweep_cmd(run_dir, tok, data, out, *SMALL, f"--coordinator_address={address}",
-                                     "--num_processes=2", f"--process_id={i}", *extra),
-                           cwd=REPO, env=env(), stdout=(logs / f"process{i}.log").open("w"), stderr=subprocess.STDOUT)
-          for i in range(2)]
+  return start_two_processes(sweep_cmd(run_dir, tok, data, out, *SMALL), logs, *extra)
 
 
 def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_path):
@@ -73,7 +61,7 @@ def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_
 ])
 def test_bad_process_layouts_fail_clearly(tiny, tmp_path, extra, message):
   root, run_dir, tok, data = tiny
-  extra = [e.format(port=_free_port()) for e in extra]
+  extra = [e.format(port=free_port()) for e in extra]
   proc = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, *extra), cwd=REPO, env=env(),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
@@ -83,7 +71,7 @@ def test_processes_given_different_counts_both_fail_clearly(tiny, tmp_path):
   """jax.distributed takes process 0's count; a process started with another --num_processes would join
   silently. Both processes stop before any work, naming every process's value."""
   root, run_dir, tok, data = tiny
-  address = f"127.0.0.1:{_free_port()}"
+  address = f"127.0.0.1:{free_port()}"
   procs = [subprocess.Popen(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, f"--coordinator_address={address}",
                                       f"--num_processes={n}", f"--process_id={i}", "--coordinator_timeout_s=60"),
                             cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

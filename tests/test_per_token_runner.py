@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tests import browser
-from tests.helpers import REPO, env
+from tests.helpers import REPO, env, start_two_processes
 
 
 def per_token_cmd(tiny, out, *extra):
@@ -75,6 +75,27 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   assert used == ["auto", "auto", 5], used  # the paper preset's "auto" (the whole batch fits here), then 5
 
 
+def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
+  """Under jax.distributed (two processes on loopback) the chunks are split round-robin: process 0 runs chunks
+  0 and 2 (with the dataset-level χ), process 1 chunk 1; process 0 waits for it and assembles the same table.
+  Run over a finished copy with --overwrite: process 0 clears it before either process plans its chunks."""
+  import shutil
+  out, _ = finished
+  two, logs = tmp_path / "two", tmp_path / "logs"
+  shutil.copytree(out, two)
+  logs.mkdir()
+  procs = start_two_processes(per_token_cmd(tiny, two, "--views=none", "--overwrite"), logs)
+  for i, p in enumerate(procs):
+    assert p.wait(timeout=600) == 0, (logs / f"process{i}.log").read_text()[-3000:]
+  first, second = ((logs / f"process{i}.log").read_text() for i in range(2))
+  assert "process 0 of 2: chunks [0, 2] (2 to run); if a process dies" in first, first[-3000:]
+  assert "process 1 of 2: chunks [1] (1 to run)" in second and "process 0 assembles" in second, second[-3000:]
+  assert [json.loads((two / "units" / f"chunk_{i:05d}.json").read_text()).get("dataset_rows") is not None
+          for i in range(3)] == [True, False, False]
+  pd.testing.assert_frame_equal(pd.read_parquet(two / "tokens.parquet"), pd.read_parquet(out / "tokens.parquet"))
+  pd.testing.assert_frame_equal(pd.read_csv(two / "dataset_chi.csv"), pd.read_csv(out / "dataset_chi.csv"))
+
+
 def test_views_are_written_and_linked(finished):
   out, _ = finished
   views = out / "views"
@@ -92,6 +113,8 @@ def test_views_are_written_and_linked(finished):
     (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
     (["--seed=3"], "holds results made with other settings (seed: 0 here, 3 now)"),
     (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
+    (["--num_processes=2", "--process_id=0"], "a multi-process run needs --coordinator_address, --num_processes and "
+                                              "--process_id; missing --coordinator_address"),
 ])
 def test_bad_input_is_refused_naming_it(tiny, finished, tmp_path, extra, message):
   out = finished[0] if "--seed=3" in extra else tmp_path / "out"  # the finished directory, or a fresh one

@@ -44,6 +44,11 @@ def test_v4_32_pod_slice_shares_a_bucket_and_runs_distributed():
   sweep = "python -m experiments.sweep --preset=paper --run_dir=~/shared/tetra --output_dir=~/shared/sweep"
   proc, cmds = dry_run("run.sh", *sweep.split(), **pod)
   assert proc.returncode == 0 and cmds[0][-1].endswith(f"{sweep} --distributed") and "--worker=all" in cmds[0]
+  per_token = "python -m experiments.per_token --preset=paper --run_dir=~/shared/tetra --output_dir=~/shared/pt"
+  proc, cmds = dry_run("run.sh", *per_token.split(), **pod)
+  assert proc.returncode == 0 and cmds[0][-1].endswith(f"{per_token} --distributed")
+  proc, _ = dry_run("run.sh", "python", "-m", "experiments.per_token", "--preset=paper", **pod)
+  assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
   proc, _ = dry_run("run.sh", "python", "-m", "experiments.sweep", "--preset=paper", **pod)
   assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
   proc, _ = dry_run("provision.sh", ACCELERATOR="v4-32")

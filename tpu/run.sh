@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Run a command in the repository on every worker, e.g. tpu/run.sh python -m experiments.sweep --preset=paper ...
-# On a multi-host slice a sweep gets --distributed: every host joins jax.distributed, computes its share of the
-# checkpoints on its own chips, and host 0 assembles the table; its --run_dir and --output_dir must be on the
-# shared mount (~/shared, see provision.sh).
+# On a multi-host slice a sweep or a per-token run gets --distributed: every host joins jax.distributed,
+# computes its share (checkpoints; chunks of contexts) on its own chips, and host 0 assembles the results; its
+# --run_dir and --output_dir must be on the shared mount (~/shared, see provision.sh).
 source "$(dirname "$0")/common.sh"
 if [[ $# -eq 0 ]]; then echo "usage: tpu/run.sh [--dry-run] <command...>" >&2; exit 2; fi
 command="$*"
-if (( HOSTS > 1 )) && [[ "$command" == *"experiments.sweep"* ]]; then
+if (( HOSTS > 1 )) && [[ "$command" == *"experiments.sweep"* || "$command" == *"experiments.per_token"* ]]; then
   if [[ "$command" != *"--output_dir=$HOME/shared"* && "$command" != *"--output_dir=~/shared"* \
         && "$command" != *"--output_dir=shared/"* && "$command" != *"--output_dir=../shared"* ]]; then
     echo "error: $ACCELERATOR has $HOSTS hosts: give --output_dir=~/shared/... (a directory every host writes to)" >&2
