@@ -196,6 +196,21 @@ class _Resident(NamedTuple):
   observed: Any  # the observed contexts (an empty array without), replicated
 
 
+class _GroupRun(NamedTuple):
+  """One component group's run, as the helpers of `_run_program` read it; fixed once the micro-batch is settled."""
+
+  plan: Plan
+  streams: Streams
+  resident: _Resident  # on the devices
+  probe_names: list
+  stream_E: np.ndarray  # each entry's stream (host), to name a probe's non-finite samples
+  num_entries: int  # E: the real entries (the rest, up to a multiple of the device count, is padding)
+  num_blocks: int  # draws + 1 (block 0 evaluates the start)
+  delta_h: float | None
+  put_e: Callable  # host array -> split over the entry axis
+  put_r: Callable  # host array -> replicated
+
+
 class _Chunk(NamedTuple):
   """One chunk of blocks: the host's bookkeeping and the program's input."""
 
@@ -245,9 +260,11 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                        observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
   carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
                                              token_shape))
-  chunk_at = lambda first_block: _chunk_inputs(first_block, plan, streams, num_blocks, delta_h, put_r)
+  group_run = _GroupRun(plan=plan, streams=streams, resident=resident, probe_names=probe_names,
+                        stream_E=entries.stream, num_entries=E, num_blocks=num_blocks, delta_h=delta_h, put_e=put_e,
+                        put_r=put_r)
   with reporting(progress, config.num_steps, label) as bar:
-    first_chunk = chunk_at(0)
+    first_chunk = _chunk_inputs(group_run, 0)
     draw_fn = None
     auto = plan.microbatch_size == MICROBATCH_AUTO
     if auto or plan_only:
@@ -256,6 +273,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
       searched = ()
       if auto:  # the largest micro-batch whose program fits the devices
         plan, draw_fn, need, searched = programs.auto_microbatch(loss_fn, plan, mesh, program_args, device_bytes)
+        group_run = group_run._replace(plan=plan)
       if plan_only:
         if not auto:
           compiled = programs.compiled_program("draw", loss_fn, plan, mesh).lower(*program_args).compile()
@@ -267,38 +285,12 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                               entries_per_device=E_pad // mesh.size,
                               observed_rows=num_rows(observed) if observed is not None else None):
       if config.num_burnin:
-        carry = _burn_in(programs.compiled_program("burnin", loss_fn, plan, mesh), carry, resident, streams, config,
-                         put_r, bar)
-
-      # Blocks, in chunks; the next chunk's batches are gathered while the device runs the current one.
+        carry = _burn_in(group_run, programs.compiled_program("burnin", loss_fn, plan, mesh), carry, bar)
       draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
       anchor_losses = programs.compiled_program("anchor", loss_fn, plan, mesh)  # (after the micro-batch is settled)
-      anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
-          loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
-      kept = []  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of the recorded blocks, host numpy
-      nonfinite_probe = {d: set() for d in probe_names}
-      first_block = 0
-      pending = anchored(first_chunk)
-      while first_block < num_blocks:
-        chunk = pending
-        carry, traces = draw_fn(_empty_leaves_placed(carry, put_e), resident.entries, resident.anchor,
-                                resident.masks_CxP, chunk.data, resident.observed)
-        next_block = first_block + chunk.count
-        if next_block < num_blocks:
-          pending = anchored(chunk_at(next_block))
-        traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
-        loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
-        _check_base_faults(loss_star_LxK, chunk.steps_LxS, streams, loss_fn, params, plan.microbatch_size, first_block)
-        if probe_names and traces.probe_nonfinite_LxExD.any():
-          for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
-            nonfinite_probe[probe_names[d]].update(int(i) for i in chunk.probe_idx_LxKxDxM[l, entries.stream[e], d])
-        recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
-        kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
-        first_block = next_block
-        if bar is not None:
-          bar.update(chunk.count * config.steps_between_draws)
+      sampled = _sample_blocks(group_run, draw_fn, anchor_losses, carry, first_chunk, loss_fn, params, bar)
 
-  return _output(carry, kept, nonfinite_probe, E, plan,
+  return _output(sampled, E, plan,
                  realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
                                    else float("nan")),
                  seconds=time.perf_counter() - t0)
@@ -371,17 +363,59 @@ def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, toke
                token_moments=token_moments, pair_moments=pair_moments)
 
 
-def _chunk_inputs(first_block: int, plan: Plan, streams: Streams, num_blocks: int, delta_h, put) -> _Chunk:
+class _Sampled(NamedTuple):
+  """What a group's blocks leave for its SamplerOutput."""
+
+  carry: Carry  # the final state and moments, on the devices
+  kept: list  # per chunk: (ChunkTraces, L_B(w*) [l, K]) of its recorded blocks, host numpy
+  nonfinite_probe: dict  # probe name -> indices of its samples whose loss was not finite at some draw
+
+
+def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, first_chunk: _Chunk, loss_fn, params,
+                   bar) -> _Sampled:
+  """Every block, chunk by chunk, the next chunk's batches gathered while the devices run the current one."""
+  resident, E = group_run.resident, group_run.num_entries
+  anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
+      loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
+  kept = []
+  nonfinite_probe = {d: set() for d in group_run.probe_names}
+  first_block = 0
+  pending = anchored(first_chunk)
+  while first_block < group_run.num_blocks:
+    chunk = pending
+    carry, traces = draw_fn(_empty_leaves_placed(carry, group_run.put_e), resident.entries, resident.anchor,
+                            resident.masks_CxP, chunk.data, resident.observed)
+    next_block = first_block + chunk.count
+    if next_block < group_run.num_blocks:
+      pending = anchored(_chunk_inputs(group_run, next_block))
+    traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
+    loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
+    _check_base_faults(loss_star_LxK, chunk.steps_LxS, group_run.streams, loss_fn, params,
+                       group_run.plan.microbatch_size, first_block)
+    if group_run.probe_names and traces.probe_nonfinite_LxExD.any():
+      for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
+        samples = chunk.probe_idx_LxKxDxM[l, group_run.stream_E[e], d]
+        nonfinite_probe[group_run.probe_names[d]].update(int(i) for i in samples)
+    recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
+    kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
+    first_block = next_block
+    if bar is not None:
+      bar.update(chunk.count * group_run.plan.config.steps_between_draws)
+  return _Sampled(carry=carry, kept=kept, nonfinite_probe=nonfinite_probe)
+
+
+def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   """The chunk of blocks from `first_block`: every step's base batch, Algorithm 1's probe slots and samples,
   padded to `plan.blocks_per_chunk` blocks (one shape, one program); L_B(w*) is filled in later."""
+  plan, streams = group_run.plan, group_run.streams
   config, L = plan.config, plan.blocks_per_chunk
   S = config.steps_between_draws
-  count = min(L, num_blocks - first_block)
+  count = min(L, group_run.num_blocks - first_block)
   blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (L - count))
   steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
   probe_idx = None
   if plan.num_probes:
-    slots = mixing.probe_slots(plan.batch_size, delta_h, np.maximum(blocks - 1, 0))
+    slots = mixing.probe_slots(plan.batch_size, group_run.delta_h, np.maximum(blocks - 1, 0))
     slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
     probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
     probe_data = streams.gather_probes(probe_idx)
@@ -393,17 +427,19 @@ def _chunk_inputs(first_block: int, plan: Plan, streams: Streams, num_blocks: in
                    loss_star_LxK=np.zeros((L, streams.num_streams), np.float32),
                    first_step=np.int32(config.num_burnin + first_block * S), first_block=np.int32(first_block),
                    num_blocks=np.int32(count))
-  return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(put, data))
+  return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(group_run.put_r, data))
 
 
-def _burn_in(burn, carry: Carry, resident: _Resident, streams: Streams, config: sgld.SGLDConfig, put, bar) -> Carry:
+def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
   """`config.num_burnin` steps of every entry, up to 64 per call of the burn-in program; nothing is recorded."""
+  config, resident = group_run.plan.config, group_run.resident
   per_call = max(1, min(config.num_burnin, 64))
   step = 0
   while step < config.num_burnin:
     count = min(per_call, config.num_burnin - step)
     steps = np.array(list(range(step, step + count)) + [step] * (per_call - count))
-    state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxP, put(streams.gather_base(steps)),
+    state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxP,
+                 group_run.put_r(group_run.streams.gather_base(steps)),
                  np.int32(step), np.int32(count))
     carry = carry._replace(state=state)
     step += count
@@ -413,10 +449,11 @@ def _burn_in(burn, carry: Carry, resident: _Resident, streams: Streams, config: 
   return carry
 
 
-def _output(carry: Carry, kept, nonfinite_probe: dict, num_entries: int, plan: Plan, *, realised_delta_h: float,
+def _output(sampled: _Sampled, num_entries: int, plan: Plan, *, realised_delta_h: float,
             seconds: float) -> SamplerOutput:
   """The host-side SamplerOutput of a finished run: the final moments of the real entries (padding dropped) and
   the recorded blocks' traces, chunks concatenated."""
+  carry, kept, nonfinite_probe = sampled
   real = lambda tree: estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:num_entries], tree))
   cat = lambda field: np.concatenate([getattr(traces, field) for traces, _ in kept])
   return SamplerOutput(
