@@ -123,6 +123,11 @@ def owner(key, keys, num_processes: int) -> int:
   return list(keys).index(key) % num_processes
 
 
+def share(keys, process_index: int, num_processes: int) -> list:
+  """The keys process `process_index` computes (`owner`), in order."""
+  return [k for k in keys if owner(k, keys, num_processes) == process_index]
+
+
 def refuse_untrained(target, num_processes: int, runner: str) -> None:
   """Several processes must not each train the demo model into the same run directory: a clear error."""
   if num_processes > 1 and target.needs_training:

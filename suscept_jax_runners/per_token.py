@@ -141,8 +141,12 @@ def main(argv):
                                                indent=2, default=str))
     total = len(settings["probes"]) * settings["contexts_per_dataset"]
     chunk = settings["contexts_per_chunk"]
-    print(f"planned: {-(-total // chunk)} chunk(s) of ≤ {chunk} contexts ({total} in all) × {len(specs)} components × "
+    num_chunks = -(-total // chunk)
+    print(f"planned: {num_chunks} chunk(s) of ≤ {chunk} contexts ({total} in all) × {len(specs)} components × "
           f"{settings['sgld'].num_chains} chains × {settings['sgld'].num_draws} draws at checkpoint {step} -> {out}")
+    if num_processes > 1:
+      print(f"process {process_index} of {num_processes}: chunks "
+            f"{distributed.share(range(num_chunks), process_index, num_processes)}")
     return
 
   from suscept_jax.data import tokenizer as tokenizers_lib
@@ -212,7 +216,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   todo = [i for i in range(num_chunks) if chunk_name(i) not in done]
   mesh = None
   if num_processes > 1:
-    own = [i for i in range(num_chunks) if distributed.owner(i, range(num_chunks), num_processes) == process_index]
+    own = distributed.share(range(num_chunks), process_index, num_processes)
     todo = [i for i in todo if i in own]
     mesh = distributed.local_mesh()
     print(f"process {process_index} of {num_processes}: chunks {own} ({len(todo)} to run); "

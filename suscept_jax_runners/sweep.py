@@ -161,10 +161,9 @@ def main(argv):
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
   if num_processes > 1:  # this process's checkpoints only
-    planned = [u for u in planned if distributed.owner(u[0], steps, num_processes) == process_index]
-    print(f"process {process_index} of {num_processes}: checkpoints "
-          f"{[s for s in steps if distributed.owner(s, steps, num_processes) == process_index]}; "
-          f"{distributed.IF_A_PROCESS_DIES}")
+    own = distributed.share(steps, process_index, num_processes)
+    planned = [u for u in planned if u[0] in own]
+    print(f"process {process_index} of {num_processes}: checkpoints {own}; {distributed.IF_A_PROCESS_DIES}")
   print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
   print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "

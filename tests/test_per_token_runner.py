@@ -96,6 +96,17 @@ def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
   pd.testing.assert_frame_equal(pd.read_csv(two / "dataset_chi.csv"), pd.read_csv(out / "dataset_chi.csv"))
 
 
+def test_two_processes_dry_run_names_each_ones_chunks(tiny, tmp_path):
+  logs = tmp_path / "logs"
+  logs.mkdir()
+  procs = start_two_processes(per_token_cmd(tiny, tmp_path / "out", "--dry_run"), logs)
+  for i, p in enumerate(procs):
+    assert p.wait(timeout=300) == 0, (logs / f"process{i}.log").read_text()[-3000:]
+  for i, chunks in enumerate(([0, 2], [1])):
+    assert f"process {i} of 2: chunks {chunks}" in (logs / f"process{i}.log").read_text()
+  assert not (tmp_path / "out").exists()
+
+
 def test_views_are_written_and_linked(finished):
   out, _ = finished
   views = out / "views"
