@@ -184,7 +184,8 @@ class ResultsDir:
   # -- the tidy table -------------------------------------------------------------------------------------
   def rows(self) -> list[dict]:
     """One row per checkpoint × probe × component over all finished units (the first unit written that has
-    a cell provides it), sorted by checkpoint, then in the order probes and components were first seen."""
+    a cell provides it), sorted by checkpoint, then in the order probes and components were asked for (the
+    scopes in config.json; units written side by side by several processes finish in any order)."""
     seen, rows = set(), []
     metas = sorted((self.unit_meta(name) for name in self.finished_units()), key=lambda m: m.get("written_at", 0))
     for meta in metas:  # the oldest unit with a cell provides it: growing a sweep never changes old cells
@@ -193,8 +194,11 @@ class ResultsDir:
         if key not in seen:
           seen.add(key)
           rows.append(row)
-    order = lambda key: {v: i for i, v in enumerate(dict.fromkeys(r[key] for r in rows))}
-    probes, comps = order("probe"), order("component")
+    config_path = self.path / "config.json"
+    scopes = json.loads(config_path.read_text()).get("scopes", []) if config_path.exists() else []
+    order = lambda key, asked: {v: i for i, v in enumerate(dict.fromkeys(
+        [*(v for scope in scopes for v in scope.get(asked, [])), *(r[key] for r in rows)]))}
+    probes, comps = order("probe", "probes"), order("component", "components")
     return sorted(rows, key=lambda r: (r["checkpoint"], probes[r["probe"]], comps[r["component"]]))
 
   def table(self):

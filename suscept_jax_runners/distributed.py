@@ -1,6 +1,7 @@
 """Several processes (hosts) on one run: `jax.distributed`, units partitioned round-robin, process 0 assembles.
 
-The sweep partitions its units by checkpoint, the per-token runner by chunk of contexts. Each process samples
+The sweep partitions its units by checkpoint (with fewer checkpoints than processes: by checkpoint × component
+group, `sweep.process_units`), the per-token runner by chunk of contexts. Each process samples
 the units it owns on its own local devices (no cross-host collectives: the units are independent), writes each
 unit atomically into the shared results directory, and process 0 waits for every unit before assembling the
 results. Ownership depends only on the requested work, never on what is finished, so processes that start at
@@ -137,9 +138,11 @@ def refuse_untrained(target, num_processes: int, runner: str) -> None:
 
 def start_results(store, settings: dict, scope: dict, *, overwrite: bool, process_index: int,
                   num_processes: int) -> None:
-  """`store.start` on every process; with --overwrite only process 0 clears the directory, and no process
-  writes a unit before it has (a barrier), so a late process never deletes another's finished units."""
-  store.start(settings, scope, overwrite=overwrite and process_index == 0)
+  """`store.start` by process 0 alone (with --overwrite it clears the directory); the others wait for it at a
+  barrier, so none plans or writes a unit into a directory about to be cleared or a config.json about to be
+  rewritten (every process was given the same command, so process 0's scope is theirs)."""
+  if process_index == 0:
+    store.start(settings, scope, overwrite=overwrite)
   if num_processes > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("suscept_jax: results directory started")

@@ -143,6 +143,10 @@ def main(argv):
       print(f"  checkpoint {step}: {len(probes)} probe(s) × {len(comps)} component(s) × {config.num_chains} "
             f"chains × {config.num_draws} draws = {config.num_steps} SGLD steps for {len(comps) * config.num_chains} "
             f"entries")
+    if num_processes > 1:
+      _, own = process_units(planned, steps, specs, component_masks, transformer.param_shapes(model_cfg),
+                             process_index, num_processes)
+      print(f"process {process_index} of {num_processes}: {own}")
     return
 
   # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
@@ -160,10 +164,10 @@ def main(argv):
                             num_processes=num_processes)
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
-  if num_processes > 1:  # this process's checkpoints only
-    own = distributed.share(steps, process_index, num_processes)
-    planned = [u for u in planned if u[0] in own]
-    print(f"process {process_index} of {num_processes}: checkpoints {own}; {distributed.IF_A_PROCESS_DIES}")
+  if num_processes > 1:  # this process's share only
+    planned, own = process_units(planned, steps, specs, component_masks, transformer.param_shapes(model_cfg),
+                                 process_index, num_processes)
+    print(f"process {process_index} of {num_processes}: {own}; {distributed.IF_A_PROCESS_DIES}")
   print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
   print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
@@ -190,6 +194,35 @@ def main(argv):
   print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) this run); "
         f"figures: {', '.join(str(f) for f in figures)}")
   print(f"total time {time.perf_counter() - t_start:.0f} s")
+
+
+def process_units(planned, steps, specs, component_masks, param_shapes, process_index: int,
+                  num_processes: int) -> tuple[list, str]:
+  """This process's share of the planned units of a multi-process sweep, and a line naming it.
+
+  Units are owned by checkpoint, round-robin over the requested list. With fewer checkpoints than processes
+  each unit is split into one unit per component group (the components freeing the same parameters: one
+  program each), each with "full" (every χ pairs its chains with the full model's), owned round-robin over
+  the requested checkpoint × group list: more processes get work, at the cost of sampling the full model's
+  chains once per group. Ownership depends on the requested work only, never on what is finished.
+  """
+  if len(steps) >= num_processes:
+    own = distributed.share(steps, process_index, num_processes)
+    return [u for u in planned if u[0] in own], f"checkpoints {own}"
+  from suscept_jax import masks, restricted
+  parts = [c for c in specs if c != "full"] or ["full"]
+  names, masks_C = masks.stack_masks({c: component_masks[c] for c in parts}, param_shapes)
+  groups = [[names[i] for i in members] for _, members in restricted.component_groups(masks_C, len(names))]
+  group_of = {c: g for g, members in enumerate(groups) for c in members}
+  keys = [(step, g) for step in steps for g in range(len(groups))]
+  own = distributed.share(keys, process_index, num_processes)
+  units = []
+  for step, probes, comps in planned:
+    split = [(g, [c for c in comps if c != "full" and group_of.get(c) == g]) for g in range(len(groups))]
+    split = [(g, members) for g, members in split if members] or [(0, [])]  # only "full" left: one unit
+    units += [(step, probes, ["full"] + members) for g, members in split if (step, g) in own]
+  return units, "checkpoint × component-group units " + ", ".join(
+      f"{step}: {'+'.join(groups[g])}" for step, g in own)
 
 
 def run_units(planned, out, target, *, tokenizer, settings, component_masks, probe_fps, mesh=None) -> int:

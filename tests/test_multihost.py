@@ -81,3 +81,44 @@ def test_processes_given_different_counts_both_fail_clearly(tiny, tmp_path):
     assert p.returncode == 2, err[-3000:]
     assert "different --num_processes (process 0: 2, process 1: 3)" in err, err[-3000:]
   assert not (tmp_path / "out" / "units").exists() or not any((tmp_path / "out" / "units").iterdir())
+
+
+def test_fewer_checkpoints_than_processes_are_split_by_component_group(tiny, tmp_path):
+  """One checkpoint on two processes: each samples one component group's unit (with the full model's chains,
+  which every χ pairs with); process 0 assembles the one-process table."""
+  root, run_dir, tok, data = tiny
+  one = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "one", *SMALL, "--steps=40"), cwd=REPO, env=env(),
+                       capture_output=True, text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  two, logs = tmp_path / "two", tmp_path / "logs"
+  logs.mkdir()
+  for extra in (["--dry_run"], []):  # the dry run names each process's share and writes nothing
+    procs = start_two_processes(sweep_cmd(run_dir, tok, data, two, *SMALL, "--steps=40", *extra), logs)
+    for i, p in enumerate(procs):
+      assert p.wait(timeout=600) == 0, (logs / f"process{i}.log").read_text()[-3000:]
+    for i, head in enumerate(("l0h0", "l1h1")):
+      log = (logs / f"process{i}.log").read_text()
+      assert f"process {i} of 2: checkpoint × component-group units 40: {head}" in log, log[-3000:]
+    assert (two / "units").exists() != bool(extra)
+  out = results.ResultsDir(two)
+  assert sorted(out.unit_meta(u)["component_names"] for u in out.finished_units()) == [["full", "l0h0"],
+                                                                                      ["full", "l1h1"]]
+  pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "results.csv"), pd.read_csv(two / "results.csv"))
+
+
+def test_units_are_shared_by_checkpoint_or_else_by_component_group():
+  """`sweep.process_units` on the tiny model's components (l1 attn frees one more leaf than l1h1: its own
+  group): by checkpoint when there are enough, else by checkpoint × group, a unit with "full" alone kept."""
+  from suscept_jax.models import components as components_lib, config as model_config, transformer
+  from suscept_jax_runners import sweep
+  cfg = model_config.get_config("tiny", d_vocab=320)
+  shapes = transformer.param_shapes(cfg)
+  specs = ["full", "l0h0", "l1h1", "l1 attn", "l0h1"]
+  masks = components_lib.component_masks(specs, shapes, cfg)
+  share = lambda planned, steps, i, n: sweep.process_units(planned, steps, specs, masks, shapes, i, n)
+  planned = [(s, ["p"], specs) for s in (0, 20, 40)]
+  assert share(planned, [0, 20, 40], 1, 2) == ([(20, ["p"], specs)], "checkpoints [20]")
+  units, line = share([(40, ["p"], specs), (40, ["q"], ["full"])], [40], 0, 2)
+  assert units == [(40, ["p"], ["full", "l0h0", "l0h1"]), (40, ["p"], ["full", "l1 attn"]), (40, ["q"], ["full"])]
+  assert line == "checkpoint × component-group units 40: l0h0+l0h1, 40: l1 attn"
+  assert share([(40, ["p"], specs), (40, ["q"], ["full"])], [40], 1, 2)[0] == [(40, ["p"], ["full", "l1h1"])]
