@@ -96,14 +96,20 @@ def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
   pd.testing.assert_frame_equal(pd.read_csv(two / "dataset_chi.csv"), pd.read_csv(out / "dataset_chi.csv"))
 
 
-def test_two_processes_dry_run_names_each_ones_chunks(tiny, tmp_path):
+@pytest.mark.parametrize("per_chunk,shares", [
+    (2, ["chunks [0, 2]", "chunks [1]"]),
+    (6, ["chunks [0] (only 1 chunk(s) for 2 processes: --contexts_per_chunk=3 would give every process work)",
+         "chunks [] (only 1 chunk(s)"]),
+])
+def test_two_processes_dry_run_names_each_ones_chunks(tiny, tmp_path, per_chunk, shares):
   logs = tmp_path / "logs"
   logs.mkdir()
-  procs = start_two_processes(per_token_cmd(tiny, tmp_path / "out", "--dry_run"), logs)
+  procs = start_two_processes(per_token_cmd(tiny, tmp_path / "out", "--dry_run", f"--contexts_per_chunk={per_chunk}"),
+                              logs)
   for i, p in enumerate(procs):
     assert p.wait(timeout=300) == 0, (logs / f"process{i}.log").read_text()[-3000:]
-  for i, chunks in enumerate(([0, 2], [1])):
-    assert f"process {i} of 2: chunks {chunks}" in (logs / f"process{i}.log").read_text()
+  for i, share in enumerate(shares):
+    assert f"process {i} of 2: {share}" in (logs / f"process{i}.log").read_text()
   assert not (tmp_path / "out").exists()
 
 
