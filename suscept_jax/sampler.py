@@ -453,14 +453,14 @@ def _output(sampled: _Sampled, num_entries: int, plan: Plan, *, realised_delta_h
             seconds: float) -> SamplerOutput:
   """The host-side SamplerOutput of a finished run: the final moments of the real entries (padding dropped) and
   the recorded blocks' traces, chunks concatenated."""
-  carry, kept, nonfinite_probe = sampled
+  carry = sampled.carry
   real = lambda tree: estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:num_entries], tree))
-  cat = lambda field: np.concatenate([getattr(traces, field) for traces, _ in kept])
+  cat = lambda field: np.concatenate([getattr(traces, field) for traces, _ in sampled.kept])
   return SamplerOutput(
       moments=real(carry.moments), diverged=np.asarray(carry.diverged)[:num_entries],
       diverged_at=np.asarray(carry.diverged_at)[:num_entries], loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"),
-      delta_loss_trace=cat("delta_loss_LxExD"), loss_star_trace=np.concatenate([star for _, star in kept]),
-      mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in nonfinite_probe.items()},
+      delta_loss_trace=cat("delta_loss_LxExD"), loss_star_trace=np.concatenate([star for _, star in sampled.kept]),
+      mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in sampled.nonfinite_probe.items()},
       realised_delta_h=realised_delta_h, seconds=seconds,
       token_moments=real(carry.token_moments) if plan.token_loss_fn is not None else None,
       pair_moments=real(carry.pair_moments) if plan.pair_split is not None else None)

@@ -1,9 +1,9 @@
 """Several processes (hosts) on one run: `jax.distributed`, units partitioned round-robin, process 0 assembles.
 
 The sweep partitions its units by checkpoint (with fewer checkpoints than processes: by checkpoint × component
-group, `sweep.process_units`), the per-token runner by chunk of contexts. Each process samples
-the units it owns on its own local devices (no cross-host collectives: the units are independent), writes each
-unit atomically into the shared results directory, and process 0 waits for every unit before assembling the
+group, `sweep.process_units`), the per-token runner by chunk of contexts. Each process samples the units it
+owns on its own local devices (no cross-host collectives: the units are independent), writes each unit
+atomically into the shared results directory, and process 0 waits for every unit before assembling the
 results. Ownership depends only on the requested work, never on what is finished, so processes that start at
 different times agree on it. A process that dies leaves its finished units; jax.distributed stops the others
 --heartbeat_timeout_s later (JAX's "another task died"), and theirs stay too; rerunning the same command

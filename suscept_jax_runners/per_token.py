@@ -243,7 +243,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
             loss_fn, token_loss_fn, params, component_masks, base, chunk_contexts, config=config,
             batch_size=settings["batch_size"], microbatch_size=settings["microbatch_size"], delta_h=settings["delta_h"],
             seed=settings["seed"], checkpoint_id=step,
-            probes=probes if (probes and i == 0) else None, progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
+            probes=probes if (probes and i == 0) else None, progress=bar, mesh=mesh,
+            base_name=f"base data {settings['base']!r}")
       for w in caught:
         warn_above(bar, f"chunk {i}: {w.message}")
       keep = slice(0, min(chunk, num - i * chunk))
