@@ -122,3 +122,19 @@ def test_units_are_shared_by_checkpoint_or_else_by_component_group():
   assert units == [(40, ["p"], ["full", "l0h0", "l0h1"]), (40, ["p"], ["full", "l1 attn"]), (40, ["q"], ["full"])]
   assert line == "checkpoint × component-group units 40: l0h0+l0h1, 40: l1 attn"
   assert share([(40, ["p"], specs), (40, ["q"], ["full"])], [40], 1, 2)[0] == [(40, ["p"], ["full", "l1h1"])]
+
+
+def test_only_process_0_starts_the_results_directory(tmp_path):
+  """`distributed.start_results`: with --overwrite a process other than 0 neither clears the directory nor
+  rewrites its settings (with several processes it waits for process 0 at a barrier); process 0 does both."""
+  import numpy as np
+  from suscept_jax_runners import distributed
+  store = results.ResultsDir(tmp_path / "out")
+  start = lambda seed, i: distributed.start_results(store, {"seed": seed}, {"probes": ["p"]}, overwrite=True,
+                                                    process_index=i, num_processes=1)
+  start(0, 0)
+  store.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0})
+  start(1, 1)
+  assert store.finished_units() == ["step_00000000-x"] and store.settings() == {"seed": 0}
+  start(1, 0)
+  assert store.finished_units() == [] and store.settings() == {"seed": 1}
