@@ -14,7 +14,8 @@ from absl import app, flags
 from suscept_jax_runners import cli, presets
 
 _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
-_RESULTS = flags.DEFINE_list("results", None, "Sweep results directories " + cli.by_preset(lambda p: p.output_dir) + ".")
+_RESULTS = flags.DEFINE_list("results", None, "Sweep results directories "
+                             + cli.by_preset(lambda p: p.output_dir) + ".")
 _NUM_PCS = flags.DEFINE_integer("num_pcs", 3, "Principal components analysed and plotted.")
 _PER_TOKEN = flags.DEFINE_string("per_token_dir", None, "Per-token results to link "
                                  + cli.by_preset(lambda p: p.per_token_output_dir) + ", when present.")

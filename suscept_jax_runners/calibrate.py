@@ -30,13 +30,16 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json "
 _COMPONENT = flags.DEFINE_string("component", None, "Component calibrated beside 'full' (default: the first head).")
 _STEP_SIZES = flags.DEFINE_list("step_sizes", list(DEFAULT_STEP_SIZES), "Grid of SGLD step sizes ε.")
 _NBETAS = flags.DEFINE_list("nbetas", None, "Grid of nβ " + cli.by_preset(lambda p: p.sgld.nbeta) + ".")
-_LOCALIZATIONS = flags.DEFINE_list("localizations", None, "Grid of γ " + cli.by_preset(lambda p: p.sgld.localization) + ".")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step " + cli.by_preset(lambda p: p.batch_size) + ".")
+_LOCALIZATIONS = flags.DEFINE_list("localizations", None, "Grid of γ "
+                                   + cli.by_preset(lambda p: p.sgld.localization) + ".")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step "
+                              + cli.by_preset(lambda p: p.batch_size) + ".")
 _MICRO = cli.define_microbatch_flag()
 _MIN_ACCEPTANCE = flags.DEFINE_float("min_acceptance", 0.9, "Lowest MALA acceptance a recommended setting may have.")
 _MALA_EVERY = flags.DEFINE_integer("mala_every", 2, "Measure MALA acceptance every this many draws.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
-_OUTPUT = flags.DEFINE_string("output_dir", None, "Where to write calibration.png/.json (default: <run_dir>/../calibration).")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Where to write calibration.png/.json "
+                              "(default: <run_dir>/../calibration).")
 _SGLD = cli.define_sgld_flags(exclude=("step_size", "nbeta", "localization", "mala_every"))
 flags.adopt_module_key_flags(cli)  # the SGLD flags show in --help
 
@@ -84,8 +87,8 @@ def main(argv):
   params = checkpoints.load_params(run_dir, step)
 
   print(f"calibrating at checkpoint {step} of {run_dir}: components full, {head}; {len(step_sizes)} step sizes × "
-        f"{len(nbetas or [config.nbeta])} nβ × {len(gammas or [config.localization])} γ; {config.num_chains} chains × "
-        f"{config.num_draws} draws, batch {batch_size}")
+        f"{len(nbetas or [config.nbeta])} nβ × {len(gammas or [config.localization])} γ; "
+        f"{config.num_chains} chains × {config.num_draws} draws, batch {batch_size}")
   result = calibration.calibrate(
       functools.partial(transformer.context_nll, config=model_cfg), params, data, comps, step_sizes=step_sizes,
       nbetas=nbetas, localizations=gammas, config=config, batch_size=batch_size, microbatch_size=micro,
@@ -93,7 +96,8 @@ def main(argv):
   out = Path(_OUTPUT.value or Path(run_dir).parent / "calibration")
   out.mkdir(parents=True, exist_ok=True)
   payload = {"run_dir": str(run_dir), "checkpoint": step, "data": data_spec, "components": ["full", head],
-             "batch_size": batch_size, "microbatch_size": micro, "config": dataclasses.asdict(config), **result.to_json()}
+             "batch_size": batch_size, "microbatch_size": micro, "config": dataclasses.asdict(config),
+             **result.to_json()}
   atomic_write_bytes(out / "calibration.json", json.dumps(payload, indent=2).encode())
   figure = plots.plot_calibration(result, out / "calibration.png")
   print("\n".join(result.explain()))

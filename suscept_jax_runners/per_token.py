@@ -27,19 +27,23 @@ _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named de
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Training run directory " + cli.by_preset(lambda p: p.run_dir) + ".")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the last one saved).")
 _BASE = flags.DEFINE_string("base", None, "Base dataset q " + cli.by_preset(lambda p: p.base) + ".")
-_PROBES = flags.DEFINE_list("probes", None, "Datasets whose contexts are observed " + cli.by_preset(lambda p: p.probes) + ".")
+_PROBES = flags.DEFINE_list("probes", None, "Datasets whose contexts are observed "
+                            + cli.by_preset(lambda p: p.probes) + ".")
 _CONTEXTS = flags.DEFINE_integer("contexts_per_dataset", None, "Contexts per dataset, chosen by a seeded shuffle "
                                  + cli.by_preset(lambda p: p.per_token_contexts) + ".")
 _COMPONENTS = flags.DEFINE_list("components", None, "Component specs; 'full' is always added (default: every head).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json "
                                  + cli.by_preset(lambda p: p.tokenizer or "<run_dir>/tokenizer.json") + ".")
-_OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory " + cli.by_preset(lambda p: p.per_token_output_dir) + ".")
+_OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory "
+                              + cli.by_preset(lambda p: p.per_token_output_dir) + ".")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step " + cli.by_preset(lambda p: p.per_token_batch_size) + ".")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
+                              + cli.by_preset(lambda p: p.per_token_batch_size) + ".")
 _MICRO = cli.define_microbatch_flag()
-_DELTA_H = flags.DEFINE_float("delta_h", None, "δh of the dataset-level χ computed alongside " + cli.by_preset(lambda p: p.delta_h) + ".")
+_DELTA_H = flags.DEFINE_float("delta_h", None, "δh of the dataset-level χ computed alongside "
+                              + cli.by_preset(lambda p: p.delta_h) + ".")
 _DATASET_CHI = flags.DEFINE_bool("dataset_chi", True, "Also estimate the dataset-level χ of the probes from the same "
                                  "chains (for the additivity view, on shared samples).")
 _CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per unit of work; each unit re-runs the "
@@ -48,8 +52,8 @@ _CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
 _VIEWS = flags.DEFINE_list("views", list(DEFAULT_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
-_VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first head of "
-                                "each layer, then more).")
+_VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first "
+                                "head of each layer, then more).")
 _VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
 _VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir (the "
                                  "index keeps the sections of views rendered before and not asked for now).")
@@ -74,7 +78,8 @@ def resolve_settings() -> dict:
       "components": _COMPONENTS.value, "seed": _SEED.value, "batch_size": pick(_BATCH, preset.per_token_batch_size),
       "microbatch_size": cli.microbatch_size(_MICRO, preset.microbatch_size),
       "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
-      "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views, "numerics": cli.numerics(_NUMERICS),
+      "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views,
+      "numerics": cli.numerics(_NUMERICS),
   }
   total = len(settings["probes"]) * settings["contexts_per_dataset"]
   settings["contexts_per_chunk"] = pick(_CHUNK, settings["contexts_per_dataset"] if preset.per_token_unit_per_dataset
@@ -331,7 +336,8 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       t = table[table.dataset == dataset]
       keys = list(dict.fromkeys(zip(t.context, t.position)))
       contexts_ids = list(dict.fromkeys(t.context))
-      tokens = [t[(t.context == c) & (t.component == heads[0])].sort_values("position").token.tolist() for c in contexts_ids]
+      tokens = [t[(t.context == c) & (t.component == heads[0])].sort_values("position").token.tolist()
+                for c in contexts_ids]
       per_head = lambda column: [[t[(t.context == c) & (t.component == h)].sort_values("position")[column].to_numpy()
                                   for c in contexts_ids] for h in heads]
       name = f"highlight_{d:02d}.html"
@@ -363,14 +369,16 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     per_head, per_token = ts.totals(table)
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
-    sections["totals"] = ("Total positive and negative χ", pages.table_html(per_head.reset_index()) + pages.embedded_png(figure, "totals"))
+    sections["totals"] = ("Total positive and negative χ",
+                          pages.table_html(per_head.reset_index()) + pages.embedded_png(figure, "totals"))
   if "bimodal" in views:
     head, token, candidates = ts.pick_histogram_token(table, heads, token)
     figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")
     written.append(figure)
     write("bimodal.html", tv.bimodal_html(table, head, token, pages.embedded_png(figure, "histogram"), candidates))
     sections["bimodal"] = (f"χ of {token!r} for {head} over its contexts",
-                           pages.embedded_png(figure, "histogram") + '<p><a href="bimodal.html">contexts from each mode</a></p>')
+                           pages.embedded_png(figure, "histogram")
+                           + '<p><a href="bimodal.html">contexts from each mode</a></p>')
   if "additivity" in views:
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():

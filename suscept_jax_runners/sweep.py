@@ -41,7 +41,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step and evaluation batch "
                               + cli.by_preset(lambda p: p.batch_size) + ".")
 _MICRO = cli.define_microbatch_flag()
-_DELTA_H = flags.DEFINE_float("delta_h", None, "Mixing fraction δh of the probe " + cli.by_preset(lambda p: p.delta_h) + ".")
+_DELTA_H = flags.DEFINE_float("delta_h", None, "Mixing fraction δh of the probe "
+                              + cli.by_preset(lambda p: p.delta_h) + ".")
 _CHI_FORM = flags.DEFINE_enum("chi_form", "eq41", ["eq41", "covariance"], "Estimator of χ.")
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
@@ -155,7 +156,8 @@ def main(argv):
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
                                                            settings["max_contexts"])
-  run_settings = number_settings(settings, target, tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
+  run_settings = number_settings(settings, target,
+                                 tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
                                  base_fingerprint=fingerprint(settings["base"]))
   if not _OVERWRITE.value:
     out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS)
@@ -168,8 +170,10 @@ def main(argv):
     planned, own = process_units(planned, steps, specs, component_masks, transformer.param_shapes(model_cfg),
                                  process_index, num_processes)
     print(f"process {process_index} of {num_processes}: {own}; {distributed.IF_A_PROCESS_DIES}")
-  print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}" + (f" — {note}" if note else ""))
-  print(f"sweep -> {out.path}: {len(planned)} unit(s) to run" + (f", {reused} finished unit(s) reused" if reused else "")
+  print(f"SGLD: ε={config.step_size:g}, nβ={config.nbeta:g}, γ={config.localization:g}"
+        + (f" — {note}" if note else ""))
+  print(f"sweep -> {out.path}: {len(planned)} unit(s) to run"
+        + (f", {reused} finished unit(s) reused" if reused else "")
         + f"; {len(settings['probes'])} probes × {len(specs)} components × {config.num_chains} chains × "
         f"{config.num_draws} draws")
   mesh = distributed.local_mesh() if num_processes > 1 else None
@@ -191,7 +195,8 @@ def main(argv):
   (out.path / "summary.txt").write_text(text + "\n")
   print(text)
   flagged = int((table.status != "ok").sum())
-  print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) this run); "
+  print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) "
+        f"this run); "
         f"figures: {', '.join(str(f) for f in figures)}")
   print(f"total time {time.perf_counter() - t_start:.0f} s")
 
@@ -244,7 +249,8 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
   for spec, contexts in data.items():
     transformer.check_token_range(contexts, model_cfg, name=spec)
   base = data[settings["base"]]
-  scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units() if out.unit_meta(name).get("head_scores")}
+  scored = {out.unit_meta(name)["checkpoint"] for name in out.finished_units()
+            if out.unit_meta(name).get("head_scores")}
   from suscept_jax.models.config import Numerics
   loss_fn = functools.partial(transformer.context_nll, config=model_cfg, numerics=Numerics(**settings["numerics"]))
   with progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05,  # closed also when a unit fails

@@ -13,7 +13,8 @@ from suscept_jax.train_config import TrainConfig
 from suscept_jax_runners import cli, presets
 
 _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named defaults for every other flag.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, train state, metrics). Default: the preset's.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, train state, metrics). "
+                               "Default: the preset's.")
 _MODEL = flags.DEFINE_string("model", None, "Named model config: demo, tetrahedron_3m, tiny "
                              + cli.by_preset(lambda p: p.model) + ".")
 _DATA = flags.DEFINE_string("data", None, "Training data: a corpus name, a local file, hf:NAME or tfds:NAME.")
