@@ -1,5 +1,6 @@
-"""A sweep over two processes under jax.distributed (loopback, CPU): units split by checkpoint, each process
-writes its own, process 0 assembles: the same table as one process. Bad process layouts fail clearly."""
+"""A sweep over two processes under jax.distributed (loopback, CPU): units split by checkpoint (or, with fewer
+checkpoints than processes, by checkpoint × component group), each process writes its own, process 0 starts the
+results directory and assembles: the same table as one process. Bad process layouts fail clearly."""
 import signal
 import subprocess
 import time

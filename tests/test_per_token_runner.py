@@ -1,4 +1,5 @@
-"""The per-token runner on the tiny trained run: the token table, resumption, the views, and bad input."""
+"""The per-token runner on the tiny trained run: the token table, resumption, two processes, the views, and bad
+input."""
 import json
 import subprocess
 import sys
