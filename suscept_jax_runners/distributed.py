@@ -119,14 +119,9 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
       time.sleep(0.5)
 
 
-def owner(key, keys, num_processes: int) -> int:
-  """The process that computes `key` (a checkpoint, a chunk): round-robin over the requested list `keys`."""
-  return list(keys).index(key) % num_processes
-
-
 def share(keys, process_index: int, num_processes: int) -> list:
-  """The keys process `process_index` computes (`owner`), in order."""
-  return [k for k in keys if owner(k, keys, num_processes) == process_index]
+  """The keys (checkpoints, chunks) process `process_index` computes: round-robin over the requested list."""
+  return list(keys)[process_index::num_processes]
 
 
 def refuse_untrained(target, num_processes: int, runner: str) -> None:

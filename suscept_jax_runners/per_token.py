@@ -150,7 +150,7 @@ def main(argv):
     print(f"planned: {num_chunks} chunk(s) of ≤ {chunk} contexts ({total} in all) × {len(specs)} components × "
           f"{settings['sgld'].num_chains} chains × {settings['sgld'].num_draws} draws at checkpoint {step} -> {out}")
     if num_processes > 1:
-      print(chunk_share(total, chunk, process_index, num_processes))
+      print(chunk_share(total, chunk, process_index, num_processes)[1])
     return
 
   from suscept_jax.data import tokenizer as tokenizers_lib
@@ -188,15 +188,15 @@ def main(argv):
         f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-def chunk_share(num_contexts: int, per_chunk: int, process_index: int, num_processes: int) -> str:
-  """The line naming this process's chunks, with a hint when there are fewer chunks than processes."""
+def chunk_share(num_contexts: int, per_chunk: int, process_index: int, num_processes: int) -> tuple[list, str]:
+  """This process's chunks, and the line naming them (with a hint when there are fewer chunks than processes)."""
   num_chunks = -(-num_contexts // per_chunk)
-  line = (f"process {process_index} of {num_processes}: chunks "
-          f"{distributed.share(range(num_chunks), process_index, num_processes)}")
+  own = distributed.share(range(num_chunks), process_index, num_processes)
+  line = f"process {process_index} of {num_processes}: chunks {own}"
   if num_chunks < num_processes:
     line += (f" (only {num_chunks} chunk(s) for {num_processes} processes: "
              f"--contexts_per_chunk={-(-num_contexts // num_processes)} would give every process work)")
-  return line
+  return own, line
 
 
 def compute(store, settings, *, target, step, component_masks, base, contexts, labels, probes, tokenizer,
@@ -231,11 +231,10 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   todo = [i for i in range(num_chunks) if chunk_name(i) not in done]
   mesh = None
   if num_processes > 1:
-    own = distributed.share(range(num_chunks), process_index, num_processes)
+    own, line = chunk_share(num, chunk, process_index, num_processes)
     todo = [i for i in todo if i in own]
     mesh = distributed.local_mesh()
-    print(f"{chunk_share(num, chunk, process_index, num_processes)} ({len(todo)} to run); "
-          f"{distributed.IF_A_PROCESS_DIES}")
+    print(f"{line} ({len(todo)} to run); {distributed.IF_A_PROCESS_DIES}")
   with progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
                     waiting="compiling") as bar:  # closed also when a chunk fails
     for i in todo:
