@@ -202,13 +202,15 @@ class _GroupRun(NamedTuple):
   plan: Plan
   streams: Streams
   resident: _Resident  # on the devices
-  probe_names: list
   stream_E: np.ndarray  # each entry's stream (host), to name a probe's non-finite samples
   num_entries: int  # E: the real entries (the rest, up to a multiple of the device count, is padding)
-  num_blocks: int  # draws + 1 (block 0 evaluates the start)
-  delta_h: float | None
   put_e: Callable  # host array -> split over the entry axis
   put_r: Callable  # host array -> replicated
+
+  @property
+  def num_blocks(self) -> int:
+    """Draws + 1: block 0 evaluates the start."""
+    return self.plan.config.num_draws + 1
 
 
 class _Chunk(NamedTuple):
@@ -260,9 +262,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                        observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
   carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
                                              token_shape))
-  group_run = _GroupRun(plan=plan, streams=streams, resident=resident, probe_names=probe_names,
-                        stream_E=entries.stream, num_entries=E, num_blocks=num_blocks, delta_h=delta_h, put_e=put_e,
-                        put_r=put_r)
+  group_run = _GroupRun(plan=plan, streams=streams, resident=resident, stream_E=entries.stream, num_entries=E,
+                        put_e=put_e, put_r=put_r)
   with reporting(progress, config.num_steps, label) as bar:
     first_chunk = _chunk_inputs(group_run, 0)
     draw_fn = None
@@ -375,10 +376,11 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, f
                    bar) -> _Sampled:
   """Every block, chunk by chunk, the next chunk's batches gathered while the devices run the current one."""
   resident, E = group_run.resident, group_run.num_entries
+  probe_names = list(group_run.streams.probes)
   anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
       loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
   kept = []
-  nonfinite_probe = {d: set() for d in group_run.probe_names}
+  nonfinite_probe = {d: set() for d in probe_names}
   first_block = 0
   pending = anchored(first_chunk)
   while first_block < group_run.num_blocks:
@@ -392,10 +394,10 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, f
     loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
     _check_base_faults(loss_star_LxK, chunk.steps_LxS, group_run.streams, loss_fn, params,
                        group_run.plan.microbatch_size, first_block)
-    if group_run.probe_names and traces.probe_nonfinite_LxExD.any():
+    if probe_names and traces.probe_nonfinite_LxExD.any():
       for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
         samples = chunk.probe_idx_LxKxDxM[l, group_run.stream_E[e], d]
-        nonfinite_probe[group_run.probe_names[d]].update(int(i) for i in samples)
+        nonfinite_probe[probe_names[d]].update(int(i) for i in samples)
     recorded = slice(1 if first_block == 0 else 0, chunk.count)  # block 0 evaluates the start: not a draw
     kept.append((jax.tree.map(lambda a: a[recorded, :E], traces), loss_star_LxK[recorded]))
     first_block = next_block
@@ -415,7 +417,7 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
   probe_idx = None
   if plan.num_probes:
-    slots = mixing.probe_slots(plan.batch_size, group_run.delta_h, np.maximum(blocks - 1, 0))
+    slots = mixing.probe_slots(plan.batch_size, streams.delta_h, np.maximum(blocks - 1, 0))
     slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
     probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
     probe_data = streams.gather_probes(probe_idx)
