@@ -139,3 +139,35 @@ def test_only_process_0_starts_the_results_directory(tmp_path):
   assert store.finished_units() == ["step_00000000-x"] and store.settings() == {"seed": 0}
   start(1, 0)
   assert store.finished_units() == [] and store.settings() == {"seed": 1}
+
+
+def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_path, monkeypatch):
+  """Two processes as threads, the barrier a threading.Barrier: process 0 is slow to start the directory
+  (--overwrite, new settings), and process 1 reads the new settings once `start_results` returns. Without the
+  barrier it would read the old ones, plan against them and write into a directory about to be cleared."""
+  import threading
+
+  from jax.experimental import multihost_utils
+
+  from suscept_jax_runners import distributed
+  barrier = threading.Barrier(2, timeout=60)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
+  out = tmp_path / "out"
+  results.ResultsDir(out).start({"seed": 0}, {"probes": ["p"]}, overwrite=False)
+  slow, seen_by_1 = results.ResultsDir(out), []
+  start_now = slow.start
+  monkeypatch.setattr(slow, "start", lambda *a, **k: (time.sleep(0.5), start_now(*a, **k)))
+
+  def process(i, store):
+    distributed.start_results(store, {"seed": 1}, {"probes": ["p"]}, overwrite=True, process_index=i,
+                              num_processes=2)
+    if i == 1:
+      seen_by_1.append(store.settings())
+
+  threads = [threading.Thread(target=process, args=(0, slow)),
+             threading.Thread(target=process, args=(1, results.ResultsDir(out)))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  assert seen_by_1 == [{"seed": 1}]
