@@ -133,7 +133,8 @@ def numerics_check(cfg, params, tokens) -> list[dict]:
     plain_nll, plain_grad = results[precision, "plain"]
     row = dict(precision=precision, attention=attention, nll_spread=float(exact_nll.std()),
                nll_max_abs_vs_exact=float(np.abs(nll - exact_nll).max()),
-               mean_nll_shift_vs_exact=float(nll.mean() - exact_nll.mean()), grad_rel_vs_exact=relative(grad, exact_grad))
+               mean_nll_shift_vs_exact=float(nll.mean() - exact_nll.mean()),
+               grad_rel_vs_exact=relative(grad, exact_grad))
     if attention == "fused":
       differs = float(np.abs(nll - plain_nll).max())
       own = float(np.abs(plain_nll - exact_nll).max())
@@ -210,8 +211,9 @@ def main(argv=None) -> dict:
     if i == 0:  # correctness on this device, right after the main figure (always: six small programs)
       result["numerics"] = numerics_check(cfg, peaked(params), base[:4])
       for row in result["numerics"]:
-        print(f"numerics {row['precision']}/{row['attention']}: per-token NLL max |Δ| {row['nll_max_abs_vs_exact']:.2e} "
-              f"vs exact (spread {row['nll_spread']:.2f}), mean shift {row['mean_nll_shift_vs_exact']:+.2e}, "
+        print(f"numerics {row['precision']}/{row['attention']}: per-token NLL max |Δ| "
+              f"{row['nll_max_abs_vs_exact']:.2e} vs exact (spread {row['nll_spread']:.2f}), "
+              f"mean shift {row['mean_nll_shift_vs_exact']:+.2e}, "
               f"gradient {row['grad_rel_vs_exact']:.1e} relative"
               + (f"; fused vs plain {row['nll_max_abs_vs_plain']:.2e}: "
                  f"{'agrees' if row['agrees_with_plain'] else 'DIFFERS'}" if "agrees_with_plain" in row else ""),

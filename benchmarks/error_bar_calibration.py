@@ -149,7 +149,8 @@ def main():
   for k in (4, 16):
     for comp, ratios in measure_per_token(k, range(args.seeds), num_draws=args.num_draws,
                                           num_burnin=args.num_burnin).items():
-      print(f"{'per-token':>9} {k:>3} {comp:>11}  mean {ratios.mean():.2f}  range [{ratios.min():.2f}, {ratios.max():.2f}]")
+      print(f"{'per-token':>9} {k:>3} {comp:>11}  mean {ratios.mean():.2f}  "
+            f"range [{ratios.min():.2f}, {ratios.max():.2f}]")
   print("BIF between 3 query and 4 sample losses of the probe (per-chain streams): ratio per cell")
   for k in (4, 16):
     for name, (ratio, mean) in measure_bif(k, range(args.seeds), num_draws=args.num_draws,

@@ -67,7 +67,8 @@ def main(argv=None):
                                mesh=mesh, device_bytes=device_bytes, **options)
       print(f"  {run}:")
       for program in plan(microbatch_size="auto"):
-        kind = program.components[0] + (f" and {len(program.components) - 1} alike" if len(program.components) > 1 else "")
+        alike = len(program.components) - 1
+        kind = program.components[0] + (f" and {alike} alike" if alike else "")
         searched = ", ".join(f"{rows}" if need is not None else f"({rows} skipped)"
                              for rows, need, _ in program.searched)
         print(f"    {kind}: {program.entries_per_device} entries per device, micro-batch "

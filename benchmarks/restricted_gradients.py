@@ -58,8 +58,8 @@ def main(argv=None):
   repeats = 0 if args.flops_only else args.repeats
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model, num_contexts=1024)
   last = cfg.n_layers - 1
-  kinds = {"full": ("full", 1), "layer-0 head": ("l0h0", cfg.n_heads), f"layer-{last} head": (f"l{last}h0", cfg.n_heads),
-           "unembed": ("unembed", 1)}
+  kinds = {"full": ("full", 1), "layer-0 head": ("l0h0", cfg.n_heads),
+           f"layer-{last} head": (f"l{last}h0", cfg.n_heads), "unembed": ("unembed", 1)}
   print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model {args.model} "
         f"({sum(np.size(x) for x in jax.tree.leaves(params)):,} params, ctx {cfg.n_ctx}, {cfg.n_layers} layers × "
         f"{cfg.n_heads} heads); batch {args.batch_size}, {args.num_chains} chains")

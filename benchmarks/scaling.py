@@ -111,7 +111,8 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
   print(f"  sweep ({PAPER['checkpoints']} checkpoints × {PAPER['probes']} probes × {len(names)} components × {K} "
         f"chains × {T} draws): {sweep / 1e15:.1f} PFLOP (full gradients everywhere: "
         f"{PAPER['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
-  print(f"  per-token run ({PAPER['per_token_draws']} draws, {observed} observed contexts): {per_token / 1e15:.1f} PFLOP")
+  print(f"  per-token run ({PAPER['per_token_draws']} draws, {observed} observed contexts): "
+        f"{per_token / 1e15:.1f} PFLOP")
   for device, peak in PEAKS.items():
     print(f"  {device} at {utilisation:.0%} of peak: sweep {sweep / (peak * utilisation) / 60:.0f} min, "
           f"per-token run {per_token / (peak * utilisation) / 60:.0f} min")

@@ -33,9 +33,11 @@ def report(name: str, res, per_token, llc) -> dict:
   """Print what an example measured and return it as plain numbers (what tests check)."""
   print(f"\n== {name}: χ ± s.e. (probe × component)")
   for p, probe in enumerate(res.probe_names):
-    cells = "  ".join(f"{c}: {res.chi[p, i]:+.2e} ± {res.chi_stderr[p, i]:.1e}" for i, c in enumerate(res.component_names))
+    cells = "  ".join(f"{c}: {res.chi[p, i]:+.2e} ± {res.chi_stderr[p, i]:.1e}"
+                      for i, c in enumerate(res.component_names))
     print(f"  {probe:11s} {cells}")
-  print("  weight-refined LLC per component (same chains):", "  ".join(f"{c}: {v:.3f}" for c, v in zip(res.component_names, res.llc)))
+  print("  weight-refined LLC per component (same chains):",
+        "  ".join(f"{c}: {v:.3f}" for c, v in zip(res.component_names, res.llc)))
   chi_CxOxT = np.asarray(per_token.chi)
   c, o, t = np.unravel_index(np.abs(chi_CxOxT).argmax(), chi_CxOxT.shape)
   print(f"  per-token χ {chi_CxOxT.shape} (component × context × position); largest |χ|: "

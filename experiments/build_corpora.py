@@ -1,4 +1,5 @@
-"""`python -m experiments.build_corpora` from a checkout: runs suscept_jax_runners.build_corpora (the installed runner package)."""
+"""`python -m experiments.build_corpora` from a checkout: runs suscept_jax_runners.build_corpora (the installed runner
+package)."""
 import runpy
 
 if __name__ == "__main__":

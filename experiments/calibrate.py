@@ -1,4 +1,5 @@
-"""`python -m experiments.calibrate` from a checkout: runs suscept_jax_runners.calibrate (the installed runner package)."""
+"""`python -m experiments.calibrate` from a checkout: runs suscept_jax_runners.calibrate (the installed runner
+package)."""
 import runpy
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`python -m experiments.convert_tl` from a checkout: runs suscept_jax_runners.convert_tl (the installed runner package)."""
+"""`python -m experiments.convert_tl` from a checkout: runs suscept_jax_runners.convert_tl (the installed runner
+package)."""
 import runpy
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`python -m experiments.per_token` from a checkout: runs suscept_jax_runners.per_token (the installed runner package)."""
+"""`python -m experiments.per_token` from a checkout: runs suscept_jax_runners.per_token (the installed runner
+package)."""
 import runpy
 
 if __name__ == "__main__":

@@ -181,8 +181,9 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
   if chi_form not in estimators.CHI_FORMS:
     raise ValueError(f"chi_form={chi_form!r}: expected one of {estimators.CHI_FORMS}")
   if not isinstance(components, Mapping) or "full" not in components:
+    got = list(components) if isinstance(components, Mapping) else type(components)
     raise ValueError(f"components must be a mapping that contains 'full' (E[ΔL] in eq. 41 comes from the "
-                     f"full model's chains); got {list(components) if isinstance(components, Mapping) else type(components)}")
+                     f"full model's chains); got {got}")
   if not isinstance(probes, Mapping) or not probes:
     raise ValueError("probes must be a non-empty mapping of name -> dataset")
   mixing.check_mixing(batch_size, delta_h, config.num_draws)
@@ -273,8 +274,8 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
   validation.check_dataset(data_name, data, batch_size)
   names, masks_C = masks.stack_masks({"llc": mask}, params)
   validation.check_loss_fn(loss_fn, params, data)
-  validation.preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
-             checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
+  validation.preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains,
+                       seed=seed, checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
   out = sampler.run(loss_fn, params, names, masks_C, data, {}, config=config, batch_size=batch_size,
                     delta_h=None, seed=seed, checkpoint_id=checkpoint_id, microbatch_size=microbatch_size,
                     mesh=mesh, progress=progress, label=label, base_name=data_name)

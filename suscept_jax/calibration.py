@@ -161,8 +161,8 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
   validation.check_dataset(data_name, data, batch_size)
   names, masks_C = masks.stack_masks(components, params)
   validation.check_loss_fn(loss_fn, params, data)
-  validation.preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains, seed=seed,
-                 checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
+  validation.preflight(loss_fn, params, {data_name: data}, batch_size=batch_size, num_streams=config.num_chains,
+                       seed=seed, checkpoint_id=checkpoint_id, config=config, microbatch_size=microbatch_size)
 
   # Entries: settings × components, each with its own ε, nβ, γ; the grid shares the data streams.
   grid_names = [f"{name} | {s.label}" for s in settings for name in names]

@@ -1,7 +1,7 @@
 """Per-token susceptibilities (Definition 3.2, App. C.2): which tokens in which contexts a component responds to.
 
 For every token i of a fixed set of observed contexts,
-  χ_i = −⟨φ·(ℓ_i − L_B)⟩_C + ⟨φ⟩_C·⟨ℓ_i − L_B⟩_full      (per chain k, paired with full chain k)
+  χ_i = −⟨φ·(ℓ_i − L_B)⟩_C + ⟨φ⟩_C·⟨ℓ_i − L_B⟩_full    (per chain k, paired with full chain k)
 with φ and L_B = L_{B_t}(w_t) exactly as in the dataset-level estimator: the same chains, the same per-chain
 data streams, draws after updates. ℓ_i is the token's NLL at the draw. The moments stream on the device
 (memory O(components × chains × tokens), never the draws); contexts are observed in chunks, each chunk
@@ -69,7 +69,8 @@ def estimate_per_token_susceptibilities(
   validation.check_batching(batch_size, microbatch_size)
   validation.check_observed_microbatch(observed_microbatch)
   if not isinstance(components, Mapping) or "full" not in components:
-    raise ValueError("components must be a mapping that contains 'full' (⟨ℓ_i − L_B⟩_full comes from its chains)")
+    raise ValueError("components must be a mapping that contains 'full' "
+                     "(⟨ℓ_i − L_B⟩_full comes from its chains)")
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   num_contexts = validation.check_dataset("contexts", contexts, 1)
@@ -91,8 +92,8 @@ def estimate_per_token_susceptibilities(
   bad = np.flatnonzero(~np.all(np.isfinite(loss_at_star.reshape(num_contexts, -1)), axis=1))
   if bad.size:
     raise batched.DataFaultError(f"contexts: the token losses at w* are not finite in context(s) "
-                                 f"{bad[:20].tolist()}: a fault of the data (for a language model, e.g. token ids outside "
-                                 f"its vocabulary). Fix or remove them.")
+                                 f"{bad[:20].tolist()}: a fault of the data (for a language model, e.g. token ids "
+                                 f"outside its vocabulary). Fix or remove them.")
 
   C, K = len(component_names), config.num_chains
   num_chunks = math.ceil(num_contexts / chunk)

@@ -28,7 +28,8 @@ class SGLDConfig:
   rmsprop_alpha: float = _field(0.99, "RMSProp-SGLD: decay of the squared-gradient average")
   rmsprop_eps: float = _field(0.1, "RMSProp-SGLD: added to √V (devinterp's default)")
   mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; one extra step each)")
-  max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) diverged")
+  max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) "
+                                            "diverged")
   bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
 
   def __post_init__(self):

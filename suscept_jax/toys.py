@@ -11,7 +11,8 @@ from suscept_jax.sgld import SGLDConfig
 
 
 def quadratic_loss(params, batch):
-  """Per-sample losses [B] of ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²; params {"w": [D]}, batch {"a", "s": [B, D]}."""
+  """Per-sample losses [B] of ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²; params {"w": [D]}, batch
+  {"a", "s": [B, D]}."""
   return 0.5 * jnp.sum(batch["s"] * (params["w"] - batch["a"]) ** 2, axis=-1)
 
 
@@ -46,7 +47,8 @@ def quadratic_chi(h, h_probe, free, realised_fraction: float, config: SGLDConfig
   u_i ~ N(0, v_i) independently. φ = ½Σ_{i∈C} h_i u_i²; E[ΔL | u] = f·(½Σ c_i u_i² + linear + const) with
   c = h' − h and f the realised probe fraction. Then χ_C = −f·[½Σ_C h c v² − (½Σ_C h v)(½Σ_{∉C} c v)].
   """
-  h, c, free = np.asarray(h, np.float64), np.asarray(h_probe, np.float64) - np.asarray(h, np.float64), np.asarray(free, bool)
+  h, free = np.asarray(h, np.float64), np.asarray(free, bool)
+  c = np.asarray(h_probe, np.float64) - h
   v = stationary_variance(h, config)
   return float(-realised_fraction * (0.5 * np.sum((h * c * v**2)[free])
                                      - 0.5 * np.sum((h * v)[free]) * 0.5 * np.sum((c * v)[~free])))

@@ -12,7 +12,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-_cache = pathlib.Path(os.environ.get("SUSCEPT_JAX_CACHE", pathlib.Path.home() / ".cache" / "suscept_jax")) / "jax_compilation"
+_cache_root = os.environ.get("SUSCEPT_JAX_CACHE", pathlib.Path.home() / ".cache" / "suscept_jax")
+_cache = pathlib.Path(_cache_root) / "jax_compilation"
 jax.config.update("jax_compilation_cache_dir", str(_cache))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

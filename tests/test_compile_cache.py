@@ -53,8 +53,8 @@ def test_any_user_mesh_gives_the_same_numbers(shape, names):
   params = toys.quadratic_minimum(data)
   components = {"full": None, "first": {"w": np.array([1.0, 0.0])}}
   probe = toys.quadratic_dataset(np.random.default_rng(5), 40, 2 * H, 0.5)
-  run = lambda mesh: sj.estimate_susceptibilities(toys.quadratic_loss, params, components, data, {"p": probe},  # noqa: E731
-                                                  config=CFG, batch_size=10, progress=False, mesh=mesh)
+  run = lambda mesh: sj.estimate_susceptibilities(  # noqa: E731
+      toys.quadratic_loss, params, components, data, {"p": probe}, config=CFG, batch_size=10, progress=False, mesh=mesh)
   reference = run(None)
   mesh = jax.make_mesh(shape, names, devices=jax.devices()[:4])
   np.testing.assert_array_equal(run(mesh).chi, reference.chi)

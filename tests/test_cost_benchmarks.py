@@ -16,8 +16,8 @@ def test_draw_cost_prints_each_draw_against_the_bare_step(capsys):
   out = capsys.readouterr().out
   assert "1 components × 2 chains = 2 entries" in out, out
   # (Differences of wall times of a few tiny draws: on a busy CPU they can come out negative, so only the form.)
-  ratios = re.findall(r"draw with 8 probes, (per-chain|shared) data streams \(MALA every (—|10) draws\): +-?[\d.]+ ms = "
-                      r"(-?[\d.]+) × the bare step", out)
+  ratios = re.findall(r"draw with 8 probes, (per-chain|shared) data streams \(MALA every (—|10) draws\): "
+                      r"+-?[\d.]+ ms = (-?[\d.]+) × the bare step", out)
   assert [(streams, mala) for streams, mala, _ in ratios] == [("per-chain", "—"), ("per-chain", "10"), ("shared", "—")]
   assert all(math.isfinite(float(ratio)) for _, _, ratio in ratios)
   assert re.search(r"step: [\d.]+ GFLOP \(XLA cost analysis\) .* -> -?\d+% of peak; 76 samples touched per draw",
@@ -38,7 +38,8 @@ def test_per_token_cost_prints_throughput_and_memory_against_draws(capsys):
 def test_memory_vs_draws_compares_two_fresh_processes(capsys):
   growth = memory_vs_draws.main([*TINY, "--draws=2,6"])
   out = capsys.readouterr().out
-  assert re.search(r"   2 draws: peak RSS \d+ MB, \d+ s\n +6 draws: peak RSS \d+ MB", out), out  # (no device peak on CPU)
+  # (no device peak on CPU)
+  assert re.search(r"   2 draws: peak RSS \d+ MB, \d+ s\n +6 draws: peak RSS \d+ MB", out), out
   assert f"peak memory growth from 2 to 6 draws: {100 * growth:+.1f}% (target: within 5%)" in out
   assert abs(growth) < 0.25  # the same program for a few more draws: RSS moves by the allocator's noise only
 

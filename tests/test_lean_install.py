@@ -77,7 +77,8 @@ def test_kernels_run_with_only_the_kernel_dependencies():
 
 def test_the_declared_core_dependencies_are_the_kernel_dependencies():
   project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-  declared = {dep.split(">")[0].split("=")[0].split("<")[0].strip().replace("-", "_") for dep in project["dependencies"]}
+  name = lambda dep: dep.split(">")[0].split("=")[0].split("<")[0].strip().replace("-", "_")
+  declared = {name(dep) for dep in project["dependencies"]}
   assert declared == KERNEL_DEPENDENCIES
   extras = project["optional-dependencies"]
   assert {"data", "runners", "analysis", "interop", "test"} <= set(extras)

@@ -170,7 +170,8 @@ def test_component_spec_errors_and_preview():
     components.component_mask("head3", params, cfg)
   with pytest.raises(ValueError, match=r"component 'l0h7': head 7 does not exist"):
     components.component_mask("l0h7", params, cfg)
-  with pytest.raises(ValueError, match=r"component 're:nothing/.*': regex_mask: 'nothing/.\*' matches no parameter path.*the paths are: blocks/0/attn/W_K.*embed/W_E"):
+  with pytest.raises(ValueError, match=r"component 're:nothing/.*': regex_mask: 'nothing/.\*' matches no parameter "
+                                       r"path.*the paths are: blocks/0/attn/W_K.*embed/W_E"):
     components.component_masks(["re:nothing/.*"], params, cfg)
   text = components.describe("unembed", params, cfg)
   assert "unembed/W_U" in text and "unembed/b_U" in text and "blocks" not in text

@@ -39,7 +39,8 @@ def _run(cmd, cwd, timeout=600):
 
 
 def test_paper_preset_end_to_end_on_local_stand_ins(tiny, tmp_path):
-  pytest.importorskip("torch", reason="converting .pth checkpoints needs the interop extra: pip install -e '.[interop]'")
+  pytest.importorskip("torch", reason="converting .pth checkpoints needs the interop extra: "
+                      "pip install -e '.[interop]'")
   tl = pytest.importorskip("transformer_lens", reason="needs the interop extra (transformer-lens<4): "
                            "pip install -e '.[interop]'")
   import torch

@@ -17,7 +17,8 @@ def test_each_marked_row_repeats_a_random_span_and_the_rest_is_untouched():
     for length in range(12, 17):  # some span of that length occurs twice, non-overlapping
       for s1 in range(0, 32 - 2 * length + 1):
         for s2 in range(s1 + length, 32 - length + 1):
-          if (row[s1:s1 + length] == row[s2:s2 + length]).all() and set(diff) <= set(range(s1, s1 + length)) | set(range(s2, s2 + length)):
+          spans = set(range(s1, s1 + length)) | set(range(s2, s2 + length))
+          if (row[s1:s1 + length] == row[s2:s2 + length]).all() and set(diff) <= spans:
             found = True
     assert found
   np.testing.assert_array_equal(out[~changed], contexts[~changed])

@@ -42,7 +42,8 @@ def test_masked_coordinates_never_move_in_a_run():
   frozen = np.array([False, True, False, True])
 
   def loss_fn(w, batch):
-    return quadratic_loss({"w": jnp.where(frozen, w["w"], 0.0)}, {"a": jnp.where(frozen, batch["a"], 0.0), "s": batch["s"]})
+    return quadratic_loss({"w": jnp.where(frozen, w["w"], 0.0)},
+                          {"a": jnp.where(frozen, batch["a"], 0.0), "s": batch["s"]})
 
   w_star = {"w": data["a"].mean(0)}
   config = sj.SGLDConfig(step_size=1e-2, localization=1.0, nbeta=10.0, num_chains=2, num_draws=30)
@@ -212,7 +213,7 @@ def test_one_rmsprop_sgld_step_by_hand():
 
 def test_hyper_overrides_the_config_per_call():
   """ε, nβ, γ as data (what a vectorized grid of settings uses) give the same step as a config holding them."""
-  w, anchor, grad, noise = {"w": jnp.array([1.0])}, {"w": jnp.array([0.5])}, {"w": jnp.array([0.2])}, {"w": jnp.array([0.5])}
+  w, anchor, grad, noise = ({"w": jnp.array([v])} for v in (1.0, 0.5, 0.2, 0.5))
   mask = {"w": np.array([True])}
   config = sj.SGLDConfig(step_size=0.01, nbeta=10.0, localization=2.0)
   via_hyper = sgld.step(sgld.init(w, sj.SGLDConfig()), grad, noise, anchor, mask, sj.SGLDConfig(),

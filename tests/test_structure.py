@@ -142,15 +142,16 @@ def test_bad_input():
     st.patterning(np.ones((3, 2)), np.ones(3))
 
 
-def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"), comps=("full", "l0h0", "l0h1", "l1h0"),
-                 K=4, seed=0, nan_cell=None):
+def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"),
+                 comps=("full", "l0h0", "l0h1", "l1h0"), K=4, seed=0, nan_cell=None):
   """A results directory as the sweep writes it (config.json + units), with χ = a known rank-1 pattern."""
   from suscept_jax import results
   rng = np.random.default_rng(seed)
   store = results.ResultsDir(path)
   store.start({"run_dir": run_dir, "model_config": {"d_model": 8}, "seed": seed}, {"steps": list(steps)})
   for step in steps:
-    per_chain = (np.log1p(step) * np.arange(1, len(probes) + 1)[:, None, None] * np.linspace(-1, 1, len(comps))[None, :, None]
+    per_chain = (np.log1p(step) * np.arange(1, len(probes) + 1)[:, None, None]
+                 * np.linspace(-1, 1, len(comps))[None, :, None]
                  + 0.01 * rng.normal(size=(len(probes), len(comps), K)))
     diverged = np.zeros((len(comps), K), bool)
     diverged[1, 0] = True

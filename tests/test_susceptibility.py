@@ -229,8 +229,8 @@ def test_a_nan_base_sample_met_while_sampling_is_a_data_fault_not_a_divergence(g
   config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40)
   bad = _unchecked_index(config)
   for progress in (False, True):
-    with pytest.raises(sj.DataFaultError, match=rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw") \
-        as raised:
+    message = rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw"
+    with pytest.raises(sj.DataFaultError, match=message) as raised:
       sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
                                    batch_size=16, progress=progress)
   # Its own bar is closed while the traceback (which keeps the frames alive, as a notebook does) is still held:

@@ -96,7 +96,8 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   # (it changes only the gradient's summation order: a sweep that ran out of memory resumes with a smaller one).
   before = set(out.finished_units())
   grown = subprocess.run(
-      [*sweep_cmd(run_dir, tok, data, straight), f"--probes={data['math']},{data['prose']},{data['mix']},{data['math2']}",
+      [*sweep_cmd(run_dir, tok, data, straight),
+       f"--probes={data['math']},{data['prose']},{data['mix']},{data['math2']}",
        "--components=l0h0,l1h1,l1 attn,l0h1", "--steps=20,40", "--microbatch_size=2"], cwd=REPO, env=env(),
       capture_output=True, text=True, timeout=600)
   assert grown.returncode == 0, grown.stderr[-3000:]

@@ -20,4 +20,6 @@ HOSTS=$(( cores <= 8 ? 1 : cores / 8 ))
 run() {  # run a command, or print it under --dry-run
   if [[ "$DRY_RUN" == 1 ]]; then printf '%q ' "$@"; printf '\n'; else "$@"; fi
 }
-ssh_tpu() { run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$1"; }
+ssh_tpu() {
+  run gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" "${PROJECT_FLAG[@]}" --worker=all --command "$1"
+}

@@ -47,7 +47,8 @@ def plot_chi_over_training(table, path) -> Path:
     for i, comp in enumerate(comps):
       c = t[t.component == comp].sort_values("checkpoint")
       x, y, e = _x(c.checkpoint), c.chi.to_numpy(), c.chi_ci95.to_numpy()
-      style = dict(color="black", lw=2, ls="--") if comp == "full" else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2)
+      style = (dict(color="black", lw=2, ls="--") if comp == "full"
+               else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2))
       ax.plot(x, y, label=comp, marker=".", **style)
       ax.fill_between(x, y - e, y + e, alpha=0.15, color=style["color"], lw=0)
       bad = (c.status != "ok").to_numpy()
@@ -153,7 +154,8 @@ def plot_calibration(result, path) -> Path:
         ax.plot(trace, color=colors(j), lw=0.7, alpha=0.7, label=comp if k == 0 else None)
       t = cell.llc_trace.shape[1]
       ax.axvspan(t // 2, t, color="grey", alpha=0.08, lw=0)
-    verdict = "passes" if all(c.passes(result.min_acceptance) for c in result.cells if c.setting == setting) else "fails"
+    passes = all(c.passes(result.min_acceptance) for c in result.cells if c.setting == setting)
+    verdict = "passes" if passes else "fails"
     ax.set_title(f"{setting.label}\n{verdict}{'  ← recommended' if setting == best else ''}", fontsize=8)
     ax.set_xlabel("draw", fontsize=8)
     ax.set_ylabel("nβ·φ (LLC trace)", fontsize=8)

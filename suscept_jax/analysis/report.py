@@ -49,7 +49,8 @@ def _table_html(table) -> str:
       v = record[c]
       text = f"{v:.4g}" if isinstance(v, (float, np.floating)) else html.escape(str(v))
       bad = ((c == "r_hat" and isinstance(v, float) and v > 1.1) or (c == "num_diverged" and v)
-             or (c == "mala_acceptance" and isinstance(v, float) and v < 0.2) or (c == "ess_bulk" and isinstance(v, float) and v < 50))
+             or (c == "mala_acceptance" and isinstance(v, float) and v < 0.2)
+             or (c == "ess_bulk" and isinstance(v, float) and v < 50))
       cells.append(f'<td class="{"bad" if bad else ""}">{text}</td>')
     body.append(f'<tr class="{"flagged" if flagged else ""}">{"".join(cells)}</tr>')
   return (f'<p class="meta">{len(table)} cells, {int((table.status != "ok").sum())} flagged (rows in orange; the '
@@ -132,7 +133,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   page = page.replace("</style>", ".flagged td { background: #fff1dc; } td.bad { background: #ffc9c9; } "
                                   "th { cursor: pointer; background: #f3f3f3; position: sticky; top: 0; } "
                                   "#results td { white-space: nowrap; } "
-                                  "#results td:last-child { white-space: normal; min-width: 24em; font-size: 0.8em; }\n</style>")
+                                  "#results td:last-child { white-space: normal; min-width: 24em; "
+                                  "font-size: 0.8em; }\n</style>")
   page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
   from suscept_jax.paths import atomic_write_bytes
   atomic_write_bytes(out_path, page.encode())
@@ -255,8 +257,8 @@ def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, del
           f"components independently in {plans.rank} direction(s) at first order. For each target (a PC's "
           f"loadings, in χ's units, or one component with the others held fixed) the plan is dh = (Xᵀ)⁺·target "
           f"over those directions, scaled so that no probe's weight exceeds δh = {delta_h:g} (where χ was "
-          f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ along "
-          f"the target, in nats (× nβ for weight-refined LLCs), ± its spread over X within the cells' error "
+          f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ "
+          f"along the target, in nats (× nβ for weight-refined LLCs), ± its spread over X within the cells' error "
           f"bars. Off-target: what the plan does besides, and its "
           f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: "
           f"the share of the target these probes cannot produce (1: none of it). A target with effect / "

@@ -22,7 +22,8 @@ def plot_scree(pca, stability, path) -> Path:
   ratio = pca.explained_variance_ratio
   fig, ax = plt.subplots(figsize=(5, 3.2))
   x = np.arange(1, len(ratio) + 1)
-  colours = ["tab:blue" if j < len(stability.stable_k) and stability.stable_k[j] else "lightgrey" for j in range(len(ratio))]
+  stable = lambda j: j < len(stability.stable_k) and stability.stable_k[j]
+  colours = ["tab:blue" if stable(j) else "lightgrey" for j in range(len(ratio))]
   ax.bar(x, ratio, color=colours)
   ax.plot(x, np.cumsum(ratio), "k.-", lw=1, label="cumulative")
   ax.set_xlabel("principal component")

@@ -41,7 +41,8 @@ def summary_text(table, *, width: int = 19) -> str:
       lines.append(f"{labels[probe]:8s}" + "".join(cells))
     llc = t.drop_duplicates("component").set_index("component")
     lines.append(f"{'LLC':8s}" + "".join(
-        (f"{llc.llc[c]:.3g}±{llc.llc_ci95[c]:.2g}" if c in llc.index and np.isfinite(llc.llc[c]) else "—").rjust(width)
+        (f"{llc.llc[c]:.3g}±{llc.llc_ci95[c]:.2g}" if c in llc.index and np.isfinite(llc.llc[c])
+         else "—").rjust(width)
         for c in comps))
   lines += ["", f"Flagged cells: {len(flagged)} of {len(table)}" + (":" if flagged else ".")]
   groups = {}

@@ -50,9 +50,11 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
   items = "".join(f'<span style="background-color: {css_rgba(token_colour(s * max_abs, max_abs, scheme))}">'
                   f'{"+" if s > 0 else "−"}{abs(s):g}·max</span>' for s in (-1.0, -0.5, 0.5, 1.0))
   bands = " / ".join(html.escape(h) for h in heads)
-  return (f'<p class="legend">Colour: green χ &gt; 0, red χ &lt; 0; opacity {"(|χ|/max)²" if scheme == "quadratic" else "|χ|/max"}'
+  opacity = "(|χ|/max)²" if scheme == "quadratic" else "|χ|/max"
+  per_head = f'<p class="legend">Each token carries one band per head, top to bottom: {bands}.</p>'
+  return (f'<p class="legend">Colour: green χ &gt; 0, red χ &lt; 0; opacity {opacity}'
           f' with max |χ| = {max_abs:.3g} shared by all heads shown. {items}</p>'
-          + (f'<p class="legend">Each token carries one band per head, top to bottom: {bands}.</p>' if len(heads) > 1 else ""))
+          + (per_head if len(heads) > 1 else ""))
 
 
 def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "", tooltip: str | None = None) -> str:
@@ -103,8 +105,8 @@ def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str) 
   """One token (a table row) highlighted with ±window tokens of its context (cut at the context's ends)."""
   g = by_context[(row.dataset, row.context)]
   near = g[(g.position >= row.position - window) & (g.position <= row.position + window)]
-  spans = "".join(_token_span(r.token, [r.chi], max_abs, scheme, ' data-focus="1"' if r.position == row.position else "")
-                  for r in near.itertuples())
+  focus = lambda r: ' data-focus="1"' if r.position == row.position else ""
+  spans = "".join(_token_span(r.token, [r.chi], max_abs, scheme, focus(r)) for r in near.itertuples())
   return (f'<div class="meta">χ = {row.chi:+.3g} ± {row.chi_stderr:.2g} at {html.escape(str(row.dataset))}, '
           f'context {row.context}, position {row.position}</div><div class="ctx">{spans}</div>')
 
@@ -134,9 +136,9 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
   verdict = bimodality(rows.chi)
   max_abs = float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
-  stated = (f"Stated test: a two-Gaussian mixture beats one Gaussian by ΔBIC &gt; {BIMODAL_MIN_DELTA_BIC:g}, each mode "
-            f"holds ≥ {BIMODAL_MIN_WEIGHT:.0%} of the occurrences and Ashman's D &gt; {BIMODAL_MIN_SEPARATION:g}; "
-            f"needs ≥ 20 occurrences.")
+  stated = (f"Stated test: a two-Gaussian mixture beats one Gaussian by ΔBIC &gt; {BIMODAL_MIN_DELTA_BIC:g}, "
+            f"each mode holds ≥ {BIMODAL_MIN_WEIGHT:.0%} of the occurrences and Ashman's D &gt; "
+            f"{BIMODAL_MIN_SEPARATION:g}; needs ≥ 20 occurrences.")
   parts = [f"<p>{html.escape(head)}, token {html.escape(repr(token))}: {verdict['n']} occurrences, "
            f"<b>{'bimodal' if verdict['bimodal'] else 'not bimodal'}</b>"
            + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.2f})" if "delta_bic" in verdict else "")
@@ -179,7 +181,8 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
   ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
   ax.set_title(f"{head}, token {token!r}: n = {verdict['n']}, "
                + ("bimodal" if verdict["bimodal"] else "not bimodal")
-               + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.1f})" if "delta_bic" in verdict else ""),
+               + (f" (ΔBIC {verdict['delta_bic']:.1f}, D {verdict['separation']:.1f})"
+                  if "delta_bic" in verdict else ""),
                fontsize=9)
   ax.set_xlabel("per-token χ")
   ax.set_ylabel("density")
