@@ -5,7 +5,7 @@
 It needs numpy, torch, transformer-lens<4, datasets and devinterp==2.0.1 — never suscept_jax or jax. JOB_DIR
 holds what the side-by-side script wrote: `job.json` (TransformerLens config, SGLD settings, component and
 probe names, torch device), `weights.npz` (a TransformerLens state dict) and `contexts.npz` (base and
-probe token contexts [N, T]). It times one `devinterp.slt.susceptibilities.susceptibilities` call (wall clock from
+probe token contexts [N, L]). It times one `devinterp.slt.susceptibilities.susceptibilities` call (wall clock from
 building the model to the returned tree; imports timed apart), then reads devinterp's per-draw losses back
 from the zarr stores it wrote, to get what devinterp does not report (untimed):
 
@@ -24,6 +24,10 @@ from the zarr stores it wrote, to get what devinterp does not report (untimed):
                "anchored": nβ·⟨L_B(w_s) − L_B(w*)⟩ on the same batch B, steps s ≥ 1 (ours' definition).
 
 Results: `devinterp_result.npz` and `devinterp_result.json` in JOB_DIR.
+
+Shape letters: C components, K chains, T draws, O observed contexts (O_base: the sampling task's), J token
+positions per observed context, L tokens per context, N and U rows (U: distinct), S steps, B rows per step,
+R bootstrap resamples.
 """
 import json
 import shutil
@@ -58,9 +62,9 @@ def build_model(tl_config: dict, weights_path: Path, device: str = "cpu"):
   return model
 
 
-def as_dataset(tokens_NxT: np.ndarray) -> Dataset:
+def as_dataset(tokens_NxL: np.ndarray) -> Dataset:
   """An HF Dataset with the equal-length `input_ids` column devinterp reads."""
-  return Dataset.from_dict({"input_ids": np.asarray(tokens_NxT, np.int64).tolist()}).with_format("torch")
+  return Dataset.from_dict({"input_ids": np.asarray(tokens_NxL, np.int64).tolist()}).with_format("torch")
 
 
 def store_path(output: Path, component: str) -> Path:
@@ -94,12 +98,12 @@ def open_samples(output: Path, components: list) -> dict:
           for c in components}
 
 
-def token_losses(model, ids_NxT: np.ndarray, chunk: int = 512) -> np.ndarray:
-  """Per-token NLL [N, T−1] at the model's (reference, untouched) weights."""
+def token_losses(model, ids_NxL: np.ndarray, chunk: int = 512) -> np.ndarray:
+  """Per-token NLL [N, L−1] at the model's (reference, untouched) weights."""
   out = []
   with torch.no_grad():
-    for start in range(0, len(ids_NxT), chunk):
-      ids = torch.from_numpy(np.asarray(ids_NxT[start:start + chunk], np.int64)).to(model.cfg.device)
+    for start in range(0, len(ids_NxL), chunk):
+      ids = torch.from_numpy(np.asarray(ids_NxL[start:start + chunk], np.int64)).to(model.cfg.device)
       out.append(model(ids, return_type="loss", loss_per_token=True).cpu().numpy())
   return np.concatenate(out)
 
@@ -159,10 +163,10 @@ def batch_term(base: dict, components: list, star_base_O: np.ndarray, batch_size
 
 def anchored_llc(samples: dict, components: list, model, nbeta: float) -> np.ndarray:
   """[C, K] nβ·⟨L_B(w_s) − L_B(w*)⟩ over steps s ≥ 1, B = the batch devinterp drew at step s."""
-  ids = {c: samples[c]["sampling_input_ids_micro"].values for c in components}  # [K, S, B, T]
-  rows_NxT = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ids.values()])
-  unique_UxT, inverse = np.unique(rows_NxT, axis=0, return_inverse=True)
-  star_N = token_losses(model, unique_UxT).mean(axis=-1)[inverse.ravel()]
+  ids = {c: samples[c]["sampling_input_ids_micro"].values for c in components}  # [K, S, B, L]
+  rows_NxL = np.concatenate([x.reshape(-1, x.shape[-1]) for x in ids.values()])
+  unique_UxL, inverse = np.unique(rows_NxL, axis=0, return_inverse=True)
+  star_N = token_losses(model, unique_UxL).mean(axis=-1)[inverse.ravel()]
   out, start = [], 0
   for c in components:
     shape = ids[c].shape[:3]

@@ -48,6 +48,9 @@ dataset-level |z| ≤ 3 and the LLC of "full" has |z| ≤ 3; per token, when at 
 component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there).
 Speed targets (ratios in one run, compilation included): dataset level ≥ 10×, per token ≥ 3×. The ratios with
 our programs compiled are printed beside them, without a target.
+
+Shape letters: P probes, C components, K chains, O observed contexts, J token positions per observed context,
+L tokens per context.
 """
 import argparse
 import dataclasses
@@ -103,7 +106,7 @@ class Side:
   token_se: dict  # probe -> [C, O, J]
   llc_C: np.ndarray
   llc_se_C: np.ndarray
-  context_ids: dict  # probe -> [O, T], the row order of token_chi
+  context_ids: dict  # probe -> [O, L], the row order of token_chi
   seconds: dict  # "dataset", "per_token" -> wall seconds
 
 
@@ -317,10 +320,10 @@ def z_score(a, se_a, b, se_b):
     return np.where((diff == 0) & (se == 0), 0.0, diff / se)
 
 
-def row_order(ours_ids_OxT: np.ndarray, theirs_ids_OxT: np.ndarray) -> np.ndarray:
+def row_order(ours_ids_OxL: np.ndarray, theirs_ids_OxL: np.ndarray) -> np.ndarray:
   """For each of devinterp's context rows, the index of the same context among ours."""
-  index = {row.tobytes(): i for i, row in enumerate(np.asarray(ours_ids_OxT, np.int64))}
-  order = [index.get(row.tobytes()) for row in np.asarray(theirs_ids_OxT, np.int64)]
+  index = {row.tobytes(): i for i, row in enumerate(np.asarray(ours_ids_OxL, np.int64))}
+  order = [index.get(row.tobytes()) for row in np.asarray(theirs_ids_OxL, np.int64)]
   if None in order:
     raise ValueError("devinterp observed contexts that are not among ours: the job files are out of date")
   return np.array(order)

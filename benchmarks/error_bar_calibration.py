@@ -11,6 +11,8 @@ one-token "context") and the BIF's covariance and correlation of losses (queries
 checked the same way, cell by cell.
 
   python -m benchmarks.error_bar_calibration [--seeds=100] [--num_draws=200]
+
+Shape letters: S seeds, E estimates, C components, O observed probe samples.
 """
 import argparse
 import contextlib
@@ -41,10 +43,10 @@ def sgld_config(num_chains: int, num_draws: int, num_burnin: int = 0) -> sj.SGLD
                        num_burnin=num_burnin, mala_every=0)
 
 
-def calibration_ratio(values_SxN, stderrs_SxN) -> np.ndarray:
-  """[N] seed-to-seed std of each estimate over the RMS of the stderr its runs reported (rows: seeds); ≈ 1 when
+def calibration_ratio(values_SxE, stderrs_SxE) -> np.ndarray:
+  """[E] seed-to-seed std of each estimate over the RMS of the stderr its runs reported (rows: seeds); ≈ 1 when
   the error bars are calibrated, NaN where every reported stderr is 0 (an estimate that is exactly 0)."""
-  values, stderrs = np.asarray(values_SxN, np.float64), np.asarray(stderrs_SxN, np.float64)
+  values, stderrs = np.asarray(values_SxE, np.float64), np.asarray(stderrs_SxE, np.float64)
   rms = np.sqrt((stderrs**2).mean(0))
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(rms > 0, values.std(0, ddof=1) / np.where(rms > 0, rms, 1), np.nan)

@@ -10,6 +10,8 @@ heads) with only those on the sampler's entry grid, where the frozen layers belo
 once per chain (`restricted.over_entries`). Then `sampler.run` over the model's default
 components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
 --flops_only: the FLOP counts only (compiled, not run), e.g. for the paper's model, too big to time here.
+
+Shape letters: K chains (chain k reads batch k), N rows per batch, C components.
 """
 import argparse
 

@@ -11,6 +11,8 @@ Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". T
   negative LLC  the LLC estimate is below 0: w* is not a local minimum of the loss (e.g. an untrained model)
   δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
   dropped       some draws of this probe were dropped for a non-finite probe loss
+
+Shape letters: K chains, T draws.
 """
 import numpy as np
 
