@@ -2,6 +2,9 @@
 
 `base` mixes both chains (the training distribution q); the probe `chain_b` holds only the second one, so
 more of it nudges the posterior in a definite direction; `base_again` (the base data itself) has χ = 0.
+
+Shape letters: N sequences, T token positions, V vocabulary (the chain's states), C components,
+O observed contexts.
 """
 import numpy as np
 

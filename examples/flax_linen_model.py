@@ -1,5 +1,8 @@
 """Susceptibilities of a Flax Linen model: an embedding + MLP next-token model. Its params are what
-`model.init` returns; the loss calls `model.apply`. Run: python examples/flax_linen_model.py"""
+`model.init` returns; the loss calls `model.apply`. Run: python examples/flax_linen_model.py
+
+Shape letters: B contexts, T token positions, V vocabulary.
+"""
 import time
 
 import jax

@@ -1,6 +1,9 @@
 """Susceptibilities of a Flax NNX model. The kernels take a params pytree: `nnx.split` gives the graph and
 the state, `nnx.to_pure_dict` a plain dict, and the loss rebuilds the module from the dict it is handed
-(at trace time only). Run: python examples/flax_nnx_model.py"""
+(at trace time only). Run: python examples/flax_nnx_model.py
+
+Shape letters: B contexts, T token positions, V vocabulary.
+"""
 import time
 
 import jax

@@ -1,5 +1,8 @@
 """Susceptibilities of a model written in plain `jax.numpy` (no Flax): a one-layer, two-head causal
-attention LM whose params are a nested dict. Run: python examples/plain_jax_model.py"""
+attention LM whose params are a nested dict. Run: python examples/plain_jax_model.py
+
+Shape letters: B contexts, T token positions (query; S: key), D model width, H heads, K head width, V vocabulary.
+"""
 import time
 
 import jax
