@@ -1,7 +1,6 @@
 """Test set-up: the tests' XLA flags (tests/__init__.py) and a persistent compilation cache, set before jax is
 imported."""
 import os
-import pathlib
 
 from tests import XLA_TEST_FLAGS
 
@@ -12,9 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 
-_cache_root = os.environ.get("SUSCEPT_JAX_CACHE", pathlib.Path.home() / ".cache" / "suscept_jax")
-_cache = pathlib.Path(_cache_root) / "jax_compilation"
-jax.config.update("jax_compilation_cache_dir", str(_cache))
+from suscept_jax import paths  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", str(paths.cache_root() / "jax_compilation"))  # the runners' cache
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
