@@ -11,8 +11,9 @@ from suscept_jax.sgld import SGLDConfig
 
 
 def quadratic_loss(params, batch):
-  """Per-sample losses [B] of ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)²; params {"w": [D]}, batch
-  {"a", "s": [B, D]}."""
+  """Per-sample losses [B] of ℓ(w; a, s) = ½ Σ_i s_i (w_i − a_i)².
+
+  params {"w": [D]}, batch {"a", "s": [B, D]}."""
   return 0.5 * jnp.sum(batch["s"] * (params["w"] - batch["a"]) ** 2, axis=-1)
 
 
