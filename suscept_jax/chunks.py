@@ -73,6 +73,14 @@ class ChunkData(NamedTuple):
   num_blocks: Any  # int32 [] blocks to run (≤ L; the rest is padding)
 
 
+class BurninData(NamedTuple):
+  """One call's burn-in batches (replicated on every device)."""
+
+  base_LxK: Any  # pytree, leaves [L, K, n, ...]: every step's batch of every stream (L steps here)
+  first_step: Any  # int32 [] global SGLD step of the first
+  num_steps: Any  # int32 [] steps to take (≤ L; the rest is padding)
+
+
 class ChunkTraces(NamedTuple):
   """Per-block values of a chunk (block axis L first)."""
 
@@ -108,6 +116,7 @@ def _specs(tree_type, spec):
 _E, _REP, _LE = P(ENTRY_AXIS), P(), P(None, ENTRY_AXIS)
 ENTRIES_SPEC = Entries(_E, _E, _E, sgld.Hyper(_E, _E, _E))
 CHUNK_DATA_SPEC = _specs(ChunkData, _REP)
+BURNIN_DATA_SPEC = _specs(BurninData, _REP)
 TRACES_SPEC = _specs(ChunkTraces, _LE)
 
 
@@ -119,9 +128,33 @@ def flat_masks(masks_C, params) -> np.ndarray:
   return np.concatenate(rows, axis=1)
 
 
+class EntryStep(NamedTuple):
+  """One entry's SGLD update: the new state, and the per-sample losses and gradient at the old position."""
+
+  state: sgld.SGLDState
+  losses_n: Any  # per-sample losses of the step's batch
+  grad_P: Any  # ∇ of their mean, flattened
+
+
+class _Iteration(NamedTuple):
+  """One iteration of a block's loop (`_block_moves`): a step, or MALA's re-evaluation at the moved-to point."""
+
+  state: sgld.SGLDState
+  losses_n: Any  # per-sample losses of the iteration's batch
+  mala_half: Any  # this point's half of MALA's log-ratio (0 where not wanted)
+
+
+class BlockMoves(NamedTuple):
+  """A block's updates of the local entries (`_block_moves`)."""
+
+  state: sgld.SGLDState  # after the block's steps_between_draws updates
+  losses_En: Any  # per-sample losses of step 0's batch at the block's starting point
+  acceptance_E: Any  # MALA acceptance of the block's first move; NaN where not measured
+
+
 def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
-  """step(state, key, component, hyper, batch, global_step) -> (new state, losses [n], ∇L [P]) for one entry
-  (vmapped by the callers). The state is flat (position [P]); the loss sees the parameter tree."""
+  """step(state, key, component, hyper, batch, global_step) -> `EntryStep` for one entry (vmapped by the
+  callers). The state is flat (position [P]); the loss sees the parameter tree."""
   config = plan.config
   anchor_P, unravel = ravel_pytree(anchor)
 
@@ -130,7 +163,8 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
                                  anchor)
     grad_P = sgld.ravel(grad)
     noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
-    return sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper), losses, grad_P
+    return EntryStep(state=sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper),
+                     losses_n=losses, grad_P=grad_P)
 
   return step
 
@@ -143,32 +177,32 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
   """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
   acceptance of its first move.
 
-  batch_of(i): every stream's batch [K, n, ...] of the block's step i. Returns (new state, per-sample losses
-  [E, n] of step 0's batch at the block's starting point, acceptance [E], NaN where not measured). Every
-  gradient is taken at one call site inside one loop, so the program holds one copy of the backward pass:
-  with `measure`, iteration 1 re-evaluates step 0's batch at the moved-to point w' instead of stepping
-  (log α = half(w, w') − half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps
-  go on.
+  batch_of(i): every stream's batch [K, n, ...] of the block's step i. Returns `BlockMoves`. Every gradient is
+  taken at one call site inside one loop, so the program holds one copy of the backward pass: with `measure`,
+  iteration 1 re-evaluates step 0's batch at the moved-to point w' instead of stepping (log α = half(w, w') −
+  half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps go on.
   """
   config = plan.config
   step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
   anchor_P = sgld.ravel(anchor)
   mala = _measures_mala(config)
 
-  def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted):
-    new_state, losses, grad = step(state, key, comp, hyper, batch, step_index)
+  def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted) -> _Iteration:
+    moved = step(state, key, comp, hyper, batch, step_index)
+    new_state, losses = moved.state, moved.losses_n
     if not mala:
-      return new_state, losses, jnp.zeros(())
+      return _Iteration(state=new_state, losses_n=losses, mala_half=jnp.zeros(()))
 
     def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
-      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), grad, anchor_P,
-                            masks_CxP[comp], precond, config, hyper)
+      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), moved.grad_P,
+                            anchor_P, masks_CxP[comp], precond, config, hyper)
 
-    return new_state, losses, jax.lax.cond(half_wanted, half, lambda: jnp.zeros(()))
+    return _Iteration(state=new_state, losses_n=losses,
+                      mala_half=jax.lax.cond(half_wanted, half, lambda: jnp.zeros(())))
 
-  def iterate(st, i, is_eval, half_wanted):
+  def iterate(st, i, is_eval, half_wanted) -> _Iteration:  # every local entry: fields with a leading E
     one = lambda s, start, key_data, comp, hyper, batch: entry_iteration(
         s, start, jax.random.wrap_key_data(key_data), comp, hyper, batch, global_step + i, is_eval, half_wanted)
     return over_entries(one, plan.entry_grid, (st, state.position, entries.key_data, entries.component,
@@ -176,23 +210,25 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
 
   S = config.steps_between_draws
   if S == 1 and not mala:  # one plain step: no loop
-    new_state, losses_En, _ = iterate(state, 0, False, False)
-    return new_state, losses_En, jnp.full(losses_En.shape[:1], jnp.nan)
+    moved = iterate(state, 0, False, False)
+    return BlockMoves(state=moved.state, losses_En=moved.losses_n,
+                      acceptance_E=jnp.full(moved.losses_n.shape[:1], jnp.nan))
 
   def body(j, carry):
     st, losses0_En, log_ratio_E = carry
     is_eval = measure & (j == 1)
     i = j - (measure & (j >= 1)).astype(jnp.int32)  # the step whose batch this iteration reads
-    new_st, losses_En, half_E = iterate(st, i, is_eval, measure & (j <= 1))
-    st = jax.tree.map(lambda old, new: jnp.where(is_eval, old, new), st, new_st)
-    return (st, jnp.where(j == 0, losses_En, losses0_En).astype(losses0_En.dtype),
-            log_ratio_E + jnp.where(j == 0, half_E, -half_E))
+    moved = iterate(st, i, is_eval, measure & (j <= 1))
+    st = jax.tree.map(lambda old, new: jnp.where(is_eval, old, new), st, moved.state)
+    return (st, jnp.where(j == 0, moved.losses_n, losses0_En).astype(losses0_En.dtype),
+            log_ratio_E + jnp.where(j == 0, moved.mala_half, -moved.mala_half))
 
   E, n = entries.component.shape[0], plan.batch_size
   measure = jnp.asarray(measure if mala else False)
   new_state, losses_En, log_ratio_E = jax.lax.fori_loop(
       0, S + measure.astype(jnp.int32), body, (state, jnp.zeros((E, n)), jnp.zeros((E,))))
-  return new_state, losses_En, jnp.where(measure, sgld.acceptance_of(log_ratio_E), jnp.nan)
+  return BlockMoves(state=new_state, losses_En=losses_En,
+                    acceptance_E=jnp.where(measure, sgld.acceptance_of(log_ratio_E), jnp.nan))
 
 
 def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxP, data: ChunkData, observed):
@@ -233,8 +269,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     batch_of = lambda i: jax.tree.map(lambda a: a[l, i], data.base_LxSxK)  # [K, n, ...]
     loss_star_E = data.loss_star_LxK[l][entries.stream]
     measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
-    new_state, losses_En, acceptance_E = _block_moves(loss_fn, plan, masks_CxP, anchor, entries, c.state, batch_of,
-                                                      global_step, measure)
+    moves = _block_moves(loss_fn, plan, masks_CxP, anchor, entries, c.state, batch_of, global_step, measure)
+    losses_En = moves.losses_En
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
     if D:
@@ -259,10 +295,10 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
       pair_moments = estimators.update_cross_moments(pair_moments, tokens_ExOxJ[:, :split].reshape(E, -1),
                                                      tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
 
-    values = ChunkTraces(loss_LxE=loss_E, phi_LxE=phi_E, delta_loss_LxExD=delta_ExD, mala_LxE=acceptance_E,
+    values = ChunkTraces(loss_LxE=loss_E, phi_LxE=phi_E, delta_loss_LxExD=delta_ExD, mala_LxE=moves.acceptance_E,
                          probe_nonfinite_LxExD=nonfinite_ExD)  # block l's row of each trace
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
-    return Carry(state=new_state, moments=moments, diverged=diverged, diverged_at=diverged_at,
+    return Carry(state=moves.state, moments=moments, diverged=diverged, diverged_at=diverged_at,
                  token_moments=token_moments, pair_moments=pair_moments), traces
 
   traces = ChunkTraces(loss_LxE=jnp.zeros((L, E)), phi_LxE=jnp.zeros((L, E)), delta_loss_LxExD=jnp.zeros((L, E, D)),
@@ -270,16 +306,17 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 
-def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxP, base_LxK, first_step, n_steps):
+def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxP, data: BurninData):
+  """Take `data.num_steps` SGLD steps of the local entries; nothing is recorded."""
   step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
 
   def body(i, st):
     one = lambda s, key_data, comp, hyper, batch: step(s, jax.random.wrap_key_data(key_data), comp, hyper, batch,
-                                                       first_step + i)[0]
+                                                       data.first_step + i).state
     return over_entries(one, plan.entry_grid, (st, entries.key_data, entries.component, entries.hyper),
-                         jax.tree.map(lambda a: a[i], base_LxK), entries.stream)
+                         jax.tree.map(lambda a: a[i], data.base_LxK), entries.stream)
 
-  return jax.lax.fori_loop(0, n_steps, body, state)
+  return jax.lax.fori_loop(0, data.num_steps, body, state)
 
 
 def anchor_losses(loss_fn, micro, anchor, base_LxSxK):
@@ -306,6 +343,6 @@ def program(kind: str, loss_fn, plan: Plan, mesh, compiler_options: dict):
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)
   else:
     fn = functools.partial(_burnin_chunk, loss_fn, plan)
-    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, _REP, _REP, _REP), _E
+    in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, BURNIN_DATA_SPEC), _E
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
                  donate_argnums=(0,), compiler_options=compiler_options)

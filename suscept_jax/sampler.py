@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import estimators, mixing, parallel, programs, sgld
 from suscept_jax.batched import MICROBATCH_AUTO, nonfinite_samples, num_rows
-from suscept_jax.chunks import Carry, ChunkData, Entries, Plan, flat_masks
+from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
 from suscept_jax.restricted import component_groups, entry_grid
@@ -440,9 +440,10 @@ def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
   while step < config.num_burnin:
     count = min(per_call, config.num_burnin - step)
     steps = np.array(list(range(step, step + count)) + [step] * (per_call - count))
+    data = BurninData(base_LxK=group_run.streams.gather_base(steps), first_step=np.int32(step),
+                      num_steps=np.int32(count))
     state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxP,
-                 group_run.put_r(group_run.streams.gather_base(steps)),
-                 np.int32(step), np.int32(count))
+                 jax.tree.map(group_run.put_r, data))
     carry = carry._replace(state=state)
     step += count
     if bar is not None:
