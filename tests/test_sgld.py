@@ -277,3 +277,16 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
   np.testing.assert_allclose(out.mala[:, 0], np.asarray(expected, np.float32), rtol=1e-4, atol=1e-6)
   measured = out.mala[np.isfinite(out.mala)]
   assert measured.size == 3 and np.any((0.05 < measured) & (measured < 0.99))  # moves that are sometimes refused
+
+
+@pytest.mark.parametrize("field,value,rule", [
+    ("sampler", "adam", r"expected one of"), ("step_size", 0.0, "must be > 0"), ("nbeta", -1.0, "must be > 0"),
+    ("localization", -1.0, "must be >= 0"), ("noise_level", -0.5, "must be >= 0"),
+    ("weight_decay", -1e-3, "must be >= 0"), ("num_burnin", -1, "must be >= 0"), ("mala_every", -2, "must be >= 0"),
+    ("num_chains", 0, "must be >= 1"), ("num_draws", 0, "must be >= 1"), ("steps_between_draws", 0, "must be >= 1"),
+    ("bounding_box", 0.0, "must be > 0 or None"), ("rmsprop_alpha", 1.0, r"must be in \[0, 1\)"),
+])
+def test_bad_sampler_settings_are_refused_when_made_naming_the_field(field, value, rule):
+  with pytest.raises(ValueError, match=rf"SGLDConfig\.{field}=.*{rule}") as raised:
+    sj.SGLDConfig(**{field: value})
+  assert f"{field}={value!r}" in str(raised.value) or f"{field}={value}" in str(raised.value)

@@ -194,6 +194,24 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
     response.assemble(tmp_path / "nothing")
 
 
+def test_incomplete_rows_are_left_out_and_reported(tmp_path):
+  """A checkpoint sampled later for one probe and fewer components: its rows are excluded, each saying why."""
+  from suscept_jax import results
+  from suscept_jax.analysis import response
+  a = _write_sweep(tmp_path / "a")
+  comps, K = ("full", "l0h0", "l0h1"), 4
+  chi = np.ones((1, len(comps)))
+  arrays = {"chi": chi, "chi_stderr": 0.01 * chi, "chi_per_chain": np.ones((1, len(comps), K)),
+            "diverged": np.zeros((len(comps), K), bool)}
+  results.ResultsDir(a).write_unit(results.unit_name(2000, ("a",), comps), arrays,
+                                   {"checkpoint": 2000, "probe_names": ["a"], "component_names": list(comps),
+                                    "rows": []})
+  data = response.assemble(a)
+  assert data.components == ["l0h0", "l0h1", "l1h0"] and len(data.rows) == 6 and 2000 not in data.checkpoints_R
+  assert "row (a, 2000): missing components ['l1h0']" in data.excluded
+  assert "row (b, 2000): no results at this checkpoint" in data.excluded
+
+
 def test_scaled_patterns_use_only_the_directions_above_the_noise():
   """X = two strong directions + noise of known size: plans go through those two only; a target inside their
   span is produced exactly, one outside is missed by the share that lies outside (computed from the SVD)."""

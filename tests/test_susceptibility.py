@@ -175,6 +175,14 @@ def test_bad_inputs_name_what_is_wrong(gaussian_problem):
     call(components={"full": None, "wide": {"w": np.ones(7, bool)}})
   with pytest.raises(ValueError, match=r"params leaf w contains NaN"):
     call(params={"w": np.full(D, np.nan, np.float32)})
+  with pytest.raises(TypeError, match=r"params leaf w has dtype int32; SGLD needs floating point"):
+    call(params={"w": np.arange(D, dtype=np.int32)})
+  with pytest.raises(ValueError, match=r"params has no array leaves"):
+    call(params={})
+  with pytest.raises(TypeError, match=r"component 'text': mask leaf w has dtype <U1; expected bool or numbers"):
+    call(components={"full": None, "text": {"w": np.array(["a"] * D)}})
+  with pytest.raises(ValueError, match=r"base data: every array needs the same leading \(sample\) axis.*\[10, 64\]"):
+    call(base={"a": base["a"], "s": base["s"][:10]})
   with pytest.raises(ValueError, match=r"probe 'tiny' has 5 samples, fewer than batch_size=32"):
     call(probes={"tiny": jax_tree_head(base, 5)})
   with pytest.raises(ValueError, match=r"probe 'odd' has pytree structure"):
