@@ -96,3 +96,17 @@ def test_calibration_rejects_a_grid_it_cannot_judge():
   with pytest.raises(ValueError, match="mala_every must be > 0"):
     calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[1e-3], batch_size=32,
                           config=sj.SGLDConfig(mala_every=0))
+
+
+@pytest.mark.parametrize("num_chains,num_components", [(4, 17), (8, 2)])
+def test_the_flatness_test_rejects_a_stationary_setting_at_its_stated_rate(num_chains, num_components):
+  """Stationary traces (independent draws): a setting fails the flatness test in any of its components with
+  probability FLAT_ALPHA, whatever the number of components; a fixed 2 s.e. per component failed far more."""
+  from suscept_jax import calibration
+  rng = np.random.default_rng(0)
+  settings = 2000
+  traces = rng.normal(size=(settings, num_components, num_chains, 40))
+  z = np.array([[np.divide(*calibration._second_half_change(t)) for t in comps] for comps in traces])
+  fails = lambda threshold: np.mean(np.any(np.abs(z) > threshold, axis=1))
+  assert 0.03 < fails(calibration.flat_threshold(num_chains, num_components)) < 0.07
+  assert fails(2.0) > (0.85 if num_components == 17 else 0.15)
