@@ -157,12 +157,13 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
   callers). The state is flat (position [P]); the loss sees the parameter tree."""
   config = plan.config
   anchor_P, unravel = ravel_pytree(anchor)
+  blocks = sgld.noise_blocks([np.size(a) for a in jax.tree.leaves(anchor)], plan.free_leaves)
 
   def step(state, key, comp, hyper, batch, global_step):
     losses, grad = loss_and_grad(loss_fn, unravel(state.position), batch, plan.microbatch_size, plan.free_leaves,
                                  anchor)
     grad_P = sgld.ravel(grad)
-    noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position)
+    noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position, blocks)
     return EntryStep(state=sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper),
                      losses_n=losses, grad_P=grad_P)
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from suscept_jax.sgld_config import SAMPLERS, SGLDConfig  # noqa: F401  (SGLDConfig is part of this module's API)
@@ -46,10 +47,39 @@ def init(position, config: SGLDConfig) -> SGLDState:
   return SGLDState(position, square_avg)
 
 
-def standard_normal_like(key, tree):
-  """One flat N(0, 1) draw shaped like `tree` (one RNG call compiles much faster than one per leaf)."""
+NOISE_BLOCK = 1024  # flat coordinates per independently keyed block of noise (`standard_normal_like`)
+
+
+def standard_normal_like(key, tree, blocks=None):
+  """N(0, 1) noise shaped like `tree` whose flat coordinate j (`ravel_pytree`'s order) depends only on (key, j):
+  block j // NOISE_BLOCK is drawn from fold_in(key, block), every block in one RNG call.
+
+  Only `blocks` (static block indices, default all) are drawn; the rest is 0. A program that moves a few
+  coordinates (a head's of 70 k: `noise_blocks`) draws only their blocks, which on the demo was a quarter of a
+  run's time, and its noise there equals that of a program drawing them all, so restricted chains equal full ones.
+  """
   flat, unravel = ravel_pytree(tree)
-  return unravel(jax.random.normal(key, flat.shape, flat.dtype))
+  total = -(-flat.size // NOISE_BLOCK)
+  blocks = np.arange(total) if blocks is None else np.unique(np.asarray(blocks, np.int64))
+  draw = lambda b: jax.random.normal(jax.random.fold_in(key, b), (NOISE_BLOCK,), flat.dtype)
+  drawn_BxN = jax.vmap(draw)(jnp.asarray(blocks, jnp.uint32))
+  pieces, end = [], 0
+  for run in np.split(np.arange(blocks.size), np.flatnonzero(np.diff(blocks) != 1) + 1):  # contiguous runs
+    if run.size:
+      pieces += [jnp.zeros(((blocks[run[0]] - end) * NOISE_BLOCK,), flat.dtype), drawn_BxN[run[0]:run[-1] + 1].ravel()]
+      end = int(blocks[run[-1]]) + 1
+  pieces.append(jnp.zeros(((total - end) * NOISE_BLOCK,), flat.dtype))
+  return unravel(jnp.concatenate(pieces)[:flat.size])
+
+
+def noise_blocks(leaf_sizes, free=None) -> np.ndarray:
+  """The noise blocks (`standard_normal_like`) that overlap the leaves marked free (None: every leaf), given
+  each leaf's size in `ravel_pytree`'s order."""
+  ends = np.cumsum(leaf_sizes)
+  starts = ends - np.asarray(leaf_sizes)
+  keep = [(a, b) for a, b, f in zip(starts, ends, free or [True] * len(ends)) if f and b > a]
+  return np.unique(np.concatenate([np.arange(a // NOISE_BLOCK, (b - 1) // NOISE_BLOCK + 1) for a, b in keep]
+                                  or [np.zeros(0, np.int64)])).astype(np.int64)
 
 
 def preconditioner(state: SGLDState, grad, config: SGLDConfig):

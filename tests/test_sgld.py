@@ -68,7 +68,9 @@ def test_regular_model_llc_is_half_the_dimension(free):
     xb, yb = batch
     return 0.5 * (yb - xb @ p["w"]) ** 2
 
-  config = sj.SGLDConfig(step_size=1e-4, localization=0.0, nbeta=n / np.log(n), num_chains=8, num_draws=2000,
+  # ε = 1e-3: at 1e-4 the chains mix so slowly that the error bar ranged over 6–24 % of λ with the seed (the
+  # exact value includes the discretization either way); at 1e-3 it stays under 9 % for seeds 0–7.
+  config = sj.SGLDConfig(step_size=1e-3, localization=0.0, nbeta=n / np.log(n), num_chains=8, num_draws=2000,
                          num_burnin=200)
   mask = None if free is None else {"w": np.arange(d) < free}
   res = sj.estimate_llc(loss_fn, {"w": jnp.asarray(w_ols, jnp.float32)}, (x.astype(np.float32), y.astype(np.float32)),
@@ -120,8 +122,9 @@ def test_normal_crossing_learning_coefficient(normal_crossing_data, powers, true
   if powers == (0, 1):  # L(w) − L(0) = S·w2²: curvature 2S, and SGLD's discretised Gaussian is exact
     exact = toys.quadratic_llc([2 * np.mean(np.square(x, dtype=np.float64))], [True], config)
   assert abs(res.mean - exact) < 4 * res.stderr, (res.mean, res.stderr, exact)
-  # The check has power: 4 s.e. is narrower than the gap between λ = 1/4 and 1/6.
-  assert 4 * res.stderr < 0.06
+  # The check has power: 4 s.e. is narrower than the gap between λ = 1/4 and 1/6 (0.083). For (1, 1) 4 s.e.
+  # ranged over 0.041–0.074 with the seed (seeds 0–7), so a tighter bound would test the seed.
+  assert 4 * res.stderr < 1 / 4 - 1 / 6
 
 
 def test_llc_invariant_to_scaling_loss_and_inverse_temperature():
@@ -252,7 +255,7 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
   rng = np.random.default_rng(3)
   data = {"a": rng.normal(size=(16, 3)).astype(np.float32), "s": rng.uniform(0.5, 2, (16, 3)).astype(np.float32)}
   w_star = {"w": jnp.asarray(toys.quadratic_minimum(data)["w"])}
-  config = sj.SGLDConfig(step_size=2e-2, localization=1.0, nbeta=20.0, num_chains=1, num_draws=5,
+  config = sj.SGLDConfig(step_size=2e-2, localization=1.0, nbeta=20.0, num_chains=1, num_draws=13,
                          steps_between_draws=2, num_burnin=1, mala_every=2, sampler=variant)
   mask = masks_lib.full_mask(w_star)
   out = sampler.run(quadratic_loss, w_star, *masks_lib.stack_masks({"llc": None}, w_star), data, {},
@@ -276,7 +279,8 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant):
   assert len(expected) == config.num_draws
   np.testing.assert_allclose(out.mala[:, 0], np.asarray(expected, np.float32), rtol=1e-4, atol=1e-6)
   measured = out.mala[np.isfinite(out.mala)]
-  assert measured.size == 3 and np.any((0.05 < measured) & (measured < 0.99))  # moves that are sometimes refused
+  # moves that are sometimes refused (most are accepted at this ε: 2 of the 7 measured per variant are not)
+  assert measured.size == 7 and np.any((0.05 < measured) & (measured < 0.99))
 
 
 @pytest.mark.parametrize("field,value,rule", [
