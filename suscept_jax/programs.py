@@ -30,10 +30,12 @@ _CACHE_LOCK = threading.RLock()  # component groups may run (and look up their p
 
 
 def function_key(fn, _depth: int = 0):
-  """A hashable key, equal for functions that compute the same thing: the same code, defaults and closed-over
-  values (functions among them keyed the same way), and bound object. So `lambda p, b: loss(p, b, cfg)` written
-  anew for every call keys the same; a function closing over something unhashable (an array, a list) keys by
-  identity."""
+  """A hashable key, equal for functions that compute the same thing: the same code, defaults, closed-over
+  values and the module globals the code reads (functions among them keyed the same way), and bound object. So
+  `lambda p, b: loss(p, b, cfg)` written anew for every call keys the same while `cfg` is the same; a function
+  reading something unhashable (an array, a list) keys by identity. Globals count because a notebook changes
+  them between calls: without them a fresh lambda reading a changed global reused the old program (its
+  numbers came from the old value, silently)."""
   if _depth > 4:
     return fn
   if isinstance(fn, functools.partial):
@@ -43,7 +45,9 @@ def function_key(fn, _depth: int = 0):
   elif isinstance(fn, types.FunctionType):
     cells = tuple(function_key(c, _depth + 1) if callable(c) else c
                   for c in (_cell_value(cell) for cell in fn.__closure__ or ()))
-    key = ("function", fn.__code__, fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items())), cells)
+    key = ("function", fn.__code__, fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items())), cells,
+           tuple((name, function_key(value, _depth + 1) if callable(value) else value)
+                 for name, value in _globals_read(fn.__code__, fn.__globals__)))
   else:
     return fn  # other callables: their own equality
   try:
@@ -51,6 +55,17 @@ def function_key(fn, _depth: int = 0):
   except TypeError:
     return fn
   return key
+
+
+def _globals_read(code, namespace: dict) -> list:
+  """(name, value) of the module globals that `code` (or a function defined inside it) reads, by name."""
+  names = set(code.co_names)
+  stack = [c for c in code.co_consts if isinstance(c, types.CodeType)]
+  while stack:
+    inner = stack.pop()
+    names.update(inner.co_names)
+    stack += [c for c in inner.co_consts if isinstance(c, types.CodeType)]
+  return [(name, namespace[name]) for name in sorted(names) if name in namespace]
 
 
 def _cell_value(cell):

@@ -29,6 +29,27 @@ def test_function_key_sees_through_fresh_closures():
   assert programs.function_key(array_closure()) == programs.function_key(array_closure())
 
 
+SCALE = 1.0  # a module global that a loss function reads, as notebook code does
+
+
+def test_a_global_that_the_loss_reads_is_part_of_its_key():
+  """A fresh lambda of the same code reading a global that has changed must not reuse the old program."""
+  global SCALE
+  data = _data()
+  params = toys.quadratic_minimum(data)
+  llc = {}
+  try:
+    for scale in (1.0, 0.0):
+      SCALE = scale
+      loss_fn = lambda p, b: SCALE * toys.quadratic_loss(p, b)  # noqa: E731
+      llc[scale] = sj.estimate_llc(loss_fn, params, data, config=CFG, batch_size=10, progress=False).mean
+  finally:
+    SCALE = 1.0
+  assert llc[1.0] != 0.0 and llc[0.0] == 0.0, llc
+  fresh = lambda: (lambda p, b: SCALE * toys.quadratic_loss(p, b))  # noqa: E731
+  assert programs.function_key(fresh()) == programs.function_key(fresh())  # the same value: one program
+
+
 def test_fresh_lambdas_compile_once_and_the_cache_is_bounded(monkeypatch):
   data = _data()
   params = toys.quadratic_minimum(data)
