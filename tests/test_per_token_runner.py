@@ -70,8 +70,10 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   assert (copy / "units" / "chunk_00000.npz").stat().st_mtime_ns == kept  # finished work is not redone
   after = pd.read_parquet(copy / "tokens.parquet")
   pd.testing.assert_frame_equal(after.drop(columns=["chi", "chi_stderr"]), before.drop(columns=["chi", "chi_stderr"]))
+  # Another summation order moves the chains by rounding, amplified over the steps: a χ near 0 moved by
+  # 2e-6 of the largest |χ| (1e-6 was this bound until the noise keys changed); a wrong resume moves O(1) of it.
   for column in ("chi", "chi_stderr"):
-    np.testing.assert_allclose(after[column], before[column], rtol=1e-4, atol=1e-6 * np.abs(before[column]).max())
+    np.testing.assert_allclose(after[column], before[column], rtol=1e-4, atol=1e-5 * np.abs(before[column]).max())
   used = [json.loads((copy / "units" / f"chunk_{i:05d}.json").read_text())["microbatch_size"] for i in range(3)]
   assert used == ["auto", "auto", 5], used  # the paper preset's "auto" (the whole batch fits here), then 5
 
