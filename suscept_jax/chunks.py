@@ -4,9 +4,10 @@ Entries are the flattened (component, chain) pairs, component-major. Their sampl
 entry axis that is vmapped inside each device and split across the devices of a mesh with `jax.shard_map`.
 A state is flat (position [P], `ravel_pytree`'s order): the update, the noise, the mask and MALA are one
 fused pass over P instead of a few per parameter leaf (much less to compile, fewer kernels to launch); only
-the loss functions see the parameter tree. Masks are data (one bool row [P] per component, indexed by the
-entry's component), so one compilation serves every component of a group; so are ε, nβ and γ
-(`sgld.Hyper`), so a grid of settings is one program too.
+the loss functions see the parameter tree. The noise is drawn only over the blocks of P that the group's free
+leaves touch (`sgld.noise_blocks`). Masks are data (one bool row [P] per component, indexed by the entry's
+component), so one compilation serves every component of a group; so are ε, nβ and γ (`sgld.Hyper`), so a
+grid of settings is one program too.
 
 Draws come *after* updates (as in devinterp): the run is a sequence of blocks, each evaluating the current
 position and then taking `steps_between_draws` updates; block 0 evaluates the starting point and is not
