@@ -60,23 +60,17 @@ def standard_normal_like(key, tree, blocks=None):
   them all, so restricted chains equal full ones.
   """
   flat, unravel = ravel_pytree(tree)
-  size = noise_block_size(flat.size)
-  total = -(-flat.size // size)
+  total = -(-flat.size // NOISE_BLOCK)
   blocks = np.arange(total) if blocks is None else np.unique(np.asarray(blocks, np.int64))
-  draw = lambda b: jax.random.normal(jax.random.fold_in(key, b), (size,), flat.dtype)
+  draw = lambda b: jax.random.normal(jax.random.fold_in(key, b), (NOISE_BLOCK,), flat.dtype)
   drawn_BxN = jax.vmap(draw)(jnp.asarray(blocks, jnp.uint32))
   pieces, end = [], 0
   for run in np.split(np.arange(blocks.size), np.flatnonzero(np.diff(blocks) != 1) + 1):  # contiguous runs
     if run.size:
-      pieces += [jnp.zeros(((blocks[run[0]] - end) * size,), flat.dtype), drawn_BxN[run[0]:run[-1] + 1].ravel()]
+      pieces += [jnp.zeros(((blocks[run[0]] - end) * NOISE_BLOCK,), flat.dtype), drawn_BxN[run[0]:run[-1] + 1].ravel()]
       end = int(blocks[run[-1]]) + 1
-  pieces.append(jnp.zeros(((total - end) * size,), flat.dtype))
+  pieces.append(jnp.zeros(((total - end) * NOISE_BLOCK,), flat.dtype))
   return unravel(jnp.concatenate(pieces)[:flat.size])
-
-
-def noise_block_size(num_coordinates: int) -> int:
-  """Coordinates per noise block: NOISE_BLOCK, or all of them when fewer (a toy's 6 draw 6 normals, not 1024)."""
-  return max(1, min(NOISE_BLOCK, int(num_coordinates)))
 
 
 def noise_blocks(leaf_sizes, free=None) -> np.ndarray:
@@ -84,9 +78,8 @@ def noise_blocks(leaf_sizes, free=None) -> np.ndarray:
   each leaf's size in `ravel_pytree`'s order."""
   ends = np.cumsum(leaf_sizes)
   starts = ends - np.asarray(leaf_sizes)
-  size = noise_block_size(ends[-1] if len(ends) else 0)
   keep = [(a, b) for a, b, f in zip(starts, ends, free or [True] * len(ends)) if f and b > a]
-  return np.unique(np.concatenate([np.arange(a // size, (b - 1) // size + 1) for a, b in keep]
+  return np.unique(np.concatenate([np.arange(a // NOISE_BLOCK, (b - 1) // NOISE_BLOCK + 1) for a, b in keep]
                                   or [np.zeros(0, np.int64)])).astype(np.int64)
 
 
