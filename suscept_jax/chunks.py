@@ -2,10 +2,12 @@
 
 Entries are the flattened (component, chain) pairs, component-major. Their sampler states carry a leading
 entry axis that is vmapped inside each device and split across the devices of a mesh with `jax.shard_map`.
-A state is flat (position [P], `ravel_pytree`'s order): the update, the noise, the mask and MALA are one
-fused pass over P instead of a few per parameter leaf (much less to compile, fewer kernels to launch); only
-the loss functions see the parameter tree. The noise is drawn only over the blocks of P that the group's free
-leaves touch (`sgld.noise_blocks`). Masks are data (one bool row [P] per component, indexed by the entry's
+A state is flat and holds only the group's free leaves (position [F], `ravel_pytree`'s order, F = P for a
+group freeing everything: `restricted.FreeView`): the update, the noise, the mask and MALA are one fused pass
+over F instead of a few per parameter leaf (much less to compile, fewer kernels to launch) and never touch a
+frozen coordinate; only the loss functions see the parameter tree, its frozen leaves w*. The noise at a
+coordinate does not depend on which others are drawn (`sgld.standard_normal_at`), so restricted chains equal
+full ones. Masks are data (one bool row [F] per component, indexed by the entry's
 component), so one compilation serves every component of a group; so are ε, nβ and γ (`sgld.Hyper`), so a
 grid of settings is one program too.
 
@@ -21,7 +23,7 @@ per entry × probe in the moments) instead of killing the chain.
 
 Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe slots
 per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, O observed contexts, J token
-positions per observed context, P flattened parameters, C components.
+positions per observed context, P flattened parameters, F the group's free ones among them, C components.
 """
 import dataclasses
 import functools
@@ -30,13 +32,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from suscept_jax import estimators, parallel, sgld
 from suscept_jax.batched import batched_losses, flatten_rows, loss_and_grad
-from suscept_jax.restricted import over_entries, pinned, stream_rows
+from suscept_jax.restricted import FreeView, over_entries, stream_rows
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
 
@@ -121,12 +122,13 @@ BURNIN_DATA_SPEC = _specs(BurninData, _REP)
 TRACES_SPEC = _specs(ChunkTraces, _LE)
 
 
-def flat_masks(masks_C, params) -> np.ndarray:
-  """The stacked component masks as one bool row per component over the flattened parameters, [C, P] (the
-  order of `ravel_pytree(params)`): the sampler's state is flat, so every update is one fused pass."""
+def flat_masks(masks_C, params, free=None) -> np.ndarray:
+  """The stacked component masks as one bool row per component over the free leaves' flattened coordinates,
+  [C, F] (the order of `ravel_pytree(params)`; free None: every leaf, F = P): the sampler's state is flat, so
+  every update is one fused pass."""
   rows = [np.broadcast_to(np.asarray(m, bool), (np.shape(m)[0],) + np.shape(p)).reshape(np.shape(m)[0], -1)
           for m, p in zip(jax.tree.leaves(masks_C), jax.tree.leaves(params))]
-  return np.concatenate(rows, axis=1)
+  return np.concatenate(rows, axis=1)[:, FreeView(params, free).columns()]
 
 
 class EntryStep(NamedTuple):
@@ -134,7 +136,7 @@ class EntryStep(NamedTuple):
 
   state: sgld.SGLDState
   losses_n: Any  # per-sample losses of the step's batch
-  grad_P: Any  # ∇ of their mean, flattened
+  grad_F: Any  # ∇ of their mean over the free leaves, flattened
 
 
 class _Iteration(NamedTuple):
@@ -153,20 +155,20 @@ class BlockMoves(NamedTuple):
   acceptance_E: Any  # MALA acceptance of the block's first move; NaN where not measured
 
 
-def _entry_step_fn(loss_fn, plan: Plan, masks_CxP, anchor):
+def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, anchor):
   """step(state, key, component, hyper, batch, global_step) -> `EntryStep` for one entry (vmapped by the
-  callers). The state is flat (position [P]); the loss sees the parameter tree."""
+  callers). The state is flat (position [F], the free leaves); the loss sees the parameter tree."""
   config = plan.config
-  anchor_P, unravel = ravel_pytree(anchor)
-  blocks = sgld.noise_blocks([np.size(a) for a in jax.tree.leaves(anchor)], plan.free_leaves)
+  view = FreeView(anchor, plan.free_leaves)
+  anchor_F = view.ravel(anchor)
 
   def step(state, key, comp, hyper, batch, global_step):
-    losses, grad = loss_and_grad(loss_fn, unravel(state.position), batch, plan.microbatch_size, plan.free_leaves,
+    losses, grad = loss_and_grad(loss_fn, view.tree_of(state.position), batch, plan.microbatch_size, plan.free_leaves,
                                  anchor)
-    grad_P = sgld.ravel(grad)
-    noise_P = sgld.standard_normal_like(jax.random.fold_in(key, global_step), state.position, blocks)
-    return EntryStep(state=sgld.step(state, grad_P, noise_P, anchor_P, masks_CxP[comp], config, hyper),
-                     losses_n=losses, grad_P=grad_P)
+    grad_F = view.ravel(grad)
+    noise_F = sgld.standard_normal_at(jax.random.fold_in(key, global_step), view.segments, state.position.dtype)
+    return EntryStep(state=sgld.step(state, grad_F, noise_F, anchor_F, masks_CxF[comp], config, hyper),
+                     losses_n=losses, grad_F=grad_F)
 
   return step
 
@@ -175,7 +177,7 @@ def _measures_mala(config: sgld.SGLDConfig) -> bool:
   return bool(config.mala_every) and config.noise_level > 0
 
 
-def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state, batch_of, global_step, measure):
+def _block_moves(loss_fn, plan: Plan, masks_CxF, anchor, entries: Entries, state, batch_of, global_step, measure):
   """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
   acceptance of its first move.
 
@@ -185,8 +187,8 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
   half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps go on.
   """
   config = plan.config
-  step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
-  anchor_P = sgld.ravel(anchor)
+  step = _entry_step_fn(loss_fn, plan, masks_CxF, anchor)
+  anchor_F = FreeView(anchor, plan.free_leaves).ravel(anchor)
   mala = _measures_mala(config)
 
   def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted) -> _Iteration:
@@ -198,8 +200,8 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
     def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
-      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), moved.grad_P,
-                            anchor_P, masks_CxP[comp], precond, config, hyper)
+      return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), moved.grad_F,
+                            anchor_F, masks_CxF[comp], precond, config, hyper)
 
     return _Iteration(state=new_state, losses_n=losses,
                       mala_half=jax.lax.cond(half_wanted, half, lambda: jnp.zeros(())))
@@ -233,11 +235,10 @@ def _block_moves(loss_fn, plan: Plan, masks_CxP, anchor, entries: Entries, state
                     acceptance_E=jnp.where(measure, sgld.acceptance_of(log_ratio_E), jnp.nan))
 
 
-def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxP, data: ChunkData, observed):
+def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxF, data: ChunkData, observed):
   """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
   config = plan.config
-  _, unravel = ravel_pytree(anchor)
-  params_at = lambda w_P: pinned(unravel(w_P), anchor, plan.free_leaves)  # the tree the loss functions see
+  params_at = FreeView(anchor, plan.free_leaves).tree_of  # the tree the loss functions see
   n, D, M = plan.batch_size, plan.num_probes, plan.num_slots
   E = entries.component.shape[0]
   L = plan.blocks_per_chunk
@@ -271,7 +272,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     batch_of = lambda i: jax.tree.map(lambda a: a[l, i], data.base_LxSxK)  # [K, n, ...]
     loss_star_E = data.loss_star_LxK[l][entries.stream]
     measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
-    moves = _block_moves(loss_fn, plan, masks_CxP, anchor, entries, c.state, batch_of, global_step, measure)
+    moves = _block_moves(loss_fn, plan, masks_CxF, anchor, entries, c.state, batch_of, global_step, measure)
     losses_En = moves.losses_En
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
@@ -308,9 +309,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   return jax.lax.fori_loop(0, data.num_blocks, block_body, (carry, traces))
 
 
-def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxP, data: BurninData):
+def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxF, data: BurninData):
   """Take `data.num_steps` SGLD steps of the local entries; nothing is recorded."""
-  step = _entry_step_fn(loss_fn, plan, masks_CxP, anchor)
+  step = _entry_step_fn(loss_fn, plan, masks_CxF, anchor)
 
   def body(i, st):
     one = lambda s, key_data, comp, hyper, batch: step(s, jax.random.wrap_key_data(key_data), comp, hyper, batch,

@@ -36,7 +36,7 @@ from suscept_jax.batched import MICROBATCH_AUTO, nonfinite_samples, num_rows
 from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
-from suscept_jax.restricted import component_groups, entry_grid
+from suscept_jax.restricted import FreeView, component_groups, entry_grid
 from suscept_jax.streams import Streams, chain_keys
 # Kept importable from here, where they were defined before the split (callers outside the package use them).
 from suscept_jax.batched import DataFaultError, loss_and_grad  # noqa: F401
@@ -192,7 +192,7 @@ class _Resident(NamedTuple):
 
   entries: Entries  # split over the entry axis
   anchor: Any  # w* (the parameter tree), replicated
-  masks_CxP: Any  # `flat_masks`, replicated
+  masks_CxF: Any  # `flat_masks` over the group's free leaves, replicated
   observed: Any  # the observed contexts (an empty array without), replicated
 
 
@@ -258,7 +258,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   put_r = lambda x: jax.device_put(x, NamedSharding(mesh, P()))
   entries = _entries(component_names, hyper_C, K, streams.num_streams, E_pad, seed, checkpoint_id)
   resident = _Resident(entries=jax.tree.map(put_e, entries), anchor=put_r(params),
-                       masks_CxP=put_r(flat_masks(masks_C, params)),
+                       masks_CxF=put_r(flat_masks(masks_C, params, free)),
                        observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
   carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
                                              token_shape))
@@ -269,7 +269,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     draw_fn = None
     auto = plan.microbatch_size == MICROBATCH_AUTO
     if auto or plan_only:
-      program_args = (carry, resident.entries, resident.anchor, resident.masks_CxP, first_chunk.data,
+      program_args = (carry, resident.entries, resident.anchor, resident.masks_CxF, first_chunk.data,
                       resident.observed)
       searched = ()
       if auto:  # the largest micro-batch whose program fits the devices
@@ -350,8 +350,9 @@ def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, toke
   """Every entry at w* with empty moments (host arrays): per-token moments over the observed rows' tokens, and
   query × sample cross-moments when the plan splits them (`pair_split`)."""
   anchor_P = np.concatenate([np.ravel(np.asarray(a)) for a in jax.tree.leaves(params)])
+  anchor_F = anchor_P[FreeView(params, plan.free_leaves).columns()]  # the state holds the free leaves only
   state = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (num_entries,) + np.shape(a)),
-                       sgld.init(anchor_P, plan.config))
+                       sgld.init(anchor_F, plan.config))
   token_moments = pair_moments = ()
   if plan.token_loss_fn is not None:
     token_moments = estimators.init_moments(num_entries, (num_observed, *token_shape[1:]))
@@ -386,7 +387,7 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, f
   while first_block < group_run.num_blocks:
     chunk = pending
     carry, traces = draw_fn(_empty_leaves_placed(carry, group_run.put_e), resident.entries, resident.anchor,
-                            resident.masks_CxP, chunk.data, resident.observed)
+                            resident.masks_CxF, chunk.data, resident.observed)
     next_block = first_block + chunk.count
     if next_block < group_run.num_blocks:
       pending = anchored(_chunk_inputs(group_run, next_block))
@@ -442,7 +443,7 @@ def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
     steps = np.array(list(range(step, step + count)) + [step] * (per_call - count))
     data = BurninData(base_LxK=group_run.streams.gather_base(steps), first_step=np.int32(step),
                       num_steps=np.int32(count))
-    state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxP,
+    state = burn(carry.state, resident.entries, resident.anchor, resident.masks_CxF,
                  jax.tree.map(group_run.put_r, data))
     carry = carry._replace(state=state)
     step += count

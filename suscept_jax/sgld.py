@@ -47,40 +47,34 @@ def init(position, config: SGLDConfig) -> SGLDState:
   return SGLDState(position, square_avg)
 
 
-NOISE_BLOCK = 1024  # flat coordinates per independently keyed block of noise (`standard_normal_like`)
+NOISE_BLOCK = 1024  # flat coordinates per independently keyed block of noise (`standard_normal_at`)
 
 
-def standard_normal_like(key, tree, blocks=None):
-  """N(0, 1) noise shaped like `tree` whose flat coordinate j (`ravel_pytree`'s order) depends only on (key, j):
-  block j // NOISE_BLOCK is drawn from fold_in(key, block), every block in one RNG call.
+def standard_normal_at(key, segments, dtype=jnp.float32):
+  """N(0, 1) noise at the flat coordinates of `segments` (static [start, end) ranges, ascending, disjoint),
+  concatenated, such that coordinate j's value depends only on (key, j): block j // NOISE_BLOCK is drawn from
+  fold_in(key, block), every block the segments touch in one RNG call.
 
-  Only `blocks` (static block indices, default all) are drawn; the rest is 0. A program that moves a few
-  coordinates (a head group's 9 k of the demo's 70 k: `noise_blocks`) draws only their blocks (drawing all of
-  every entry's was up to a quarter of the demo's run), and its noise there equals that of a program drawing
-  them all, so restricted chains equal full ones.
+  A program that moves a few coordinates (a head group's 9 k of the demo's 70 k) draws only their blocks
+  (drawing all of every entry's was up to a quarter of the demo's run), and its noise there equals that of a
+  program moving them all, so restricted chains equal full ones.
   """
+  segments = [(int(a), int(b)) for a, b in segments if b > a]
+  blocks = np.unique(np.concatenate([np.arange(a // NOISE_BLOCK, (b - 1) // NOISE_BLOCK + 1) for a, b in segments]
+                                    or [np.zeros(0, np.int64)]))
+  draw = lambda b: jax.random.normal(jax.random.fold_in(key, b), (NOISE_BLOCK,), dtype)
+  drawn = jax.vmap(draw)(jnp.asarray(blocks, jnp.uint32)).ravel()
+  # Every block between a segment's first and last is drawn, so its coordinates lie contiguous in `drawn`.
+  starts = [int(np.searchsorted(blocks, a // NOISE_BLOCK)) * NOISE_BLOCK + a % NOISE_BLOCK for a, _ in segments]
+  pieces = [drawn[s:s + b - a] for s, (a, b) in zip(starts, segments)]
+  return jnp.concatenate(pieces) if pieces else jnp.zeros((0,), dtype)
+
+
+def standard_normal_like(key, tree):
+  """N(0, 1) noise shaped like `tree`: `standard_normal_at` over all of its flat coordinates (`ravel_pytree`'s
+  order), so a program drawing only some of them gets the same values there."""
   flat, unravel = ravel_pytree(tree)
-  total = -(-flat.size // NOISE_BLOCK)
-  blocks = np.arange(total) if blocks is None else np.unique(np.asarray(blocks, np.int64))
-  draw = lambda b: jax.random.normal(jax.random.fold_in(key, b), (NOISE_BLOCK,), flat.dtype)
-  drawn_BxN = jax.vmap(draw)(jnp.asarray(blocks, jnp.uint32))
-  pieces, end = [], 0
-  for run in np.split(np.arange(blocks.size), np.flatnonzero(np.diff(blocks) != 1) + 1):  # contiguous runs
-    if run.size:
-      pieces += [jnp.zeros(((blocks[run[0]] - end) * NOISE_BLOCK,), flat.dtype), drawn_BxN[run[0]:run[-1] + 1].ravel()]
-      end = int(blocks[run[-1]]) + 1
-  pieces.append(jnp.zeros(((total - end) * NOISE_BLOCK,), flat.dtype))
-  return unravel(jnp.concatenate(pieces)[:flat.size])
-
-
-def noise_blocks(leaf_sizes, free=None) -> np.ndarray:
-  """The noise blocks (`standard_normal_like`) that overlap the leaves marked free (None: every leaf), given
-  each leaf's size in `ravel_pytree`'s order."""
-  ends = np.cumsum(leaf_sizes)
-  starts = ends - np.asarray(leaf_sizes)
-  keep = [(a, b) for a, b, f in zip(starts, ends, free or [True] * len(ends)) if f and b > a]
-  return np.unique(np.concatenate([np.arange(a // NOISE_BLOCK, (b - 1) // NOISE_BLOCK + 1) for a, b in keep]
-                                  or [np.zeros(0, np.int64)])).astype(np.int64)
+  return unravel(standard_normal_at(key, [(0, flat.size)], flat.dtype))
 
 
 def preconditioner(state: SGLDState, grad, config: SGLDConfig):

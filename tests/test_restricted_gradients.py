@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from suscept_jax import batched, masks as masks_lib, parallel, programs, restricted, sampler, sgld
+from suscept_jax import batched, chunks, masks as masks_lib, parallel, programs, restricted, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 from tests import XLA_TEST_FLAGS
 
@@ -39,6 +39,26 @@ def test_components_are_grouped_by_the_leaves_they_free(problem):
   assert free_paths["full"] == set(paths)
   assert free_paths["l1h0"] and all("1" in p for p in free_paths["l1h0"]), free_paths["l1h0"]
   assert free_paths["unembed"] and all("unembed" in p for p in free_paths["unembed"]), free_paths["unembed"]
+
+
+def test_a_free_view_carries_only_the_free_leaves(problem):
+  """A group's state is the flat vector of its free leaves; the tree the loss sees fills the rest with w*."""
+  cfg, params, names, masks_C, *_ = problem
+  leaves = jax.tree.leaves(params)
+  free = restricted.free_leaves(masks_C, [names.index("l1h0")])
+  view = restricted.FreeView(params, free)
+  flat_P = np.concatenate([np.ravel(a) for a in leaves])
+  assert view.size == sum(np.size(a) for a, f in zip(leaves, free) if f) < flat_P.size
+  np.testing.assert_array_equal(np.asarray(view.ravel(params)), flat_P[view.columns()])
+  moved = jax.tree.map(lambda a: a + 1.0, params)
+  tree = view.tree_of(view.ravel(moved))
+  for a, m, t, f in zip(leaves, jax.tree.leaves(moved), jax.tree.leaves(tree), free):
+    np.testing.assert_array_equal(np.asarray(t), np.asarray(m if f else a))
+  masks_CxF = chunks.flat_masks(masks_C, params, free)
+  np.testing.assert_array_equal(masks_CxF, chunks.flat_masks(masks_C, params)[:, view.columns()])
+  assert masks_CxF[names.index("l1h0")].sum() == masks_CxF[names.index("l1h0")].size // cfg.n_heads > 0
+  everything = restricted.FreeView(params, None)
+  assert everything.size == flat_P.size and everything.segments == ((0, flat_P.size),)
 
 
 def test_restricted_programs_give_the_same_chains(problem):
@@ -80,7 +100,7 @@ def test_a_restricted_program_does_less_work(problem):
 _SIDE_BY_SIDE_CHECK = """
 import functools, os
 import jax, jax.numpy as jnp, numpy as np
-from suscept_jax import batched, masks as masks_lib, parallel, sampler, sgld
+from suscept_jax import batched, chunks, masks as masks_lib, parallel, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
 assert jax.device_count() == 1
 cfg = model_config.get_config("tiny", d_vocab=64)

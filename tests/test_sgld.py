@@ -294,3 +294,21 @@ def test_bad_sampler_settings_are_refused_when_made_naming_the_field(field, valu
   with pytest.raises(ValueError, match=rf"SGLDConfig\.{field}=.*{rule}") as raised:
     sj.SGLDConfig(**{field: value})
   assert f"{field}={value!r}" in str(raised.value) or f"{field}={value}" in str(raised.value)
+
+
+def test_noise_at_a_coordinate_does_not_depend_on_which_others_are_drawn():
+  """What lets a head group's program draw noise only over its free leaves and still give the chains of a
+  program moving every coordinate: coordinate j's value depends only on (key, j)."""
+  key = jax.random.key(7)
+  full = np.asarray(sgld.standard_normal_at(key, [(0, 5000)]))
+  assert full.shape == (5000,) and 0.9 < full.std() < 1.1
+  segments = [(3, 10), (1020, 1030), (2100, 4100), (4999, 5000)]  # inside one block, across blocks, the last
+  expected = np.concatenate([full[a:b] for a, b in segments])
+  np.testing.assert_array_equal(np.asarray(sgld.standard_normal_at(key, segments)), expected)
+  np.testing.assert_array_equal(np.asarray(sgld.standard_normal_at(key, [(2100, 4100)])), full[2100:4100])
+  assert sgld.standard_normal_at(key, []).shape == (0,)
+  tree = {"a": jnp.zeros((40, 50)), "b": jnp.zeros((3000,))}  # ravel order: a's 2000 coordinates, then b's
+  like = sgld.standard_normal_like(key, tree)
+  np.testing.assert_array_equal(np.asarray(like["a"]).ravel(), full[:2000])
+  np.testing.assert_array_equal(np.asarray(like["b"]), full[2000:])
+  assert not np.array_equal(np.asarray(sgld.standard_normal_at(jax.random.key(8), [(0, 5000)])), full)
