@@ -8,7 +8,8 @@ free ones) is computed once per chain, not once per component (`over_entries`). 
 paper's model saves 13 % of its gradient's FLOPs this way, on top of what restricting the gradient saves.
 The numbers do not change: a frozen coordinate never moves.
 
-Shape letters: E entries (component-major (component, chain) pairs), C components, K streams (= chains).
+Shape letters: E entries (component-major (component, chain) pairs), C components, K streams (= chains),
+F the free leaves' flattened coordinates (`FreeView`).
 """
 import jax
 import jax.numpy as jnp
