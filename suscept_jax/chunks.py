@@ -155,19 +155,17 @@ class BlockMoves(NamedTuple):
   acceptance_E: Any  # MALA acceptance of the block's first move; NaN where not measured
 
 
-def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, anchor):
+def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
   """step(state, key, component, hyper, batch, global_step) -> `EntryStep` for one entry (vmapped by the
   callers). The state is flat (position [F], the free leaves); the loss sees the parameter tree."""
   config = plan.config
-  view = FreeView(anchor, plan.free_leaves)
-  anchor_F = view.ravel(anchor)
 
   def step(state, key, comp, hyper, batch, global_step):
     losses, grad = loss_and_grad(loss_fn, view.tree_of(state.position), batch, plan.microbatch_size, plan.free_leaves,
-                                 anchor)
+                                 view.anchor)
     grad_F = view.ravel(grad)
     noise_F = sgld.standard_normal_at(jax.random.fold_in(key, global_step), view.segments, state.position.dtype)
-    return EntryStep(state=sgld.step(state, grad_F, noise_F, anchor_F, masks_CxF[comp], config, hyper),
+    return EntryStep(state=sgld.step(state, grad_F, noise_F, view.anchor_F, masks_CxF[comp], config, hyper),
                      losses_n=losses, grad_F=grad_F)
 
   return step
@@ -177,7 +175,8 @@ def _measures_mala(config: sgld.SGLDConfig) -> bool:
   return bool(config.mala_every) and config.noise_level > 0
 
 
-def _block_moves(loss_fn, plan: Plan, masks_CxF, anchor, entries: Entries, state, batch_of, global_step, measure):
+def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entries, state, batch_of, global_step,
+                 measure):
   """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
   acceptance of its first move.
 
@@ -187,8 +186,7 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, anchor, entries: Entries, state
   half(w', w), `sgld.mala_half`; only a scalar per entry is carried), then the steps go on.
   """
   config = plan.config
-  step = _entry_step_fn(loss_fn, plan, masks_CxF, anchor)
-  anchor_F = FreeView(anchor, plan.free_leaves).ravel(anchor)
+  step = _entry_step_fn(loss_fn, plan, masks_CxF, view)
   mala = _measures_mala(config)
 
   def entry_iteration(state, start, key, comp, hyper, batch, step_index, is_eval, half_wanted) -> _Iteration:
@@ -201,7 +199,7 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, anchor, entries: Entries, state
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
       return sgld.mala_half(state.position, choose(start, new_state.position), losses.mean(), moved.grad_F,
-                            anchor_F, masks_CxF[comp], precond, config, hyper)
+                            view.anchor_F, masks_CxF[comp], precond, config, hyper)
 
     return _Iteration(state=new_state, losses_n=losses,
                       mala_half=jax.lax.cond(half_wanted, half, lambda: jnp.zeros(())))
@@ -238,7 +236,8 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, anchor, entries: Entries, state
 def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxF, data: ChunkData, observed):
   """Run `data.num_blocks` blocks (evaluate, then steps_between_draws updates) on the local entries."""
   config = plan.config
-  params_at = FreeView(anchor, plan.free_leaves).tree_of  # the tree the loss functions see
+  view = FreeView(anchor, plan.free_leaves)  # the state's free coordinates; the tree the loss functions see
+  params_at = view.tree_of
   n, D, M = plan.batch_size, plan.num_probes, plan.num_slots
   E = entries.component.shape[0]
   L = plan.blocks_per_chunk
@@ -272,7 +271,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     batch_of = lambda i: jax.tree.map(lambda a: a[l, i], data.base_LxSxK)  # [K, n, ...]
     loss_star_E = data.loss_star_LxK[l][entries.stream]
     measure = (draw >= 0) & (jnp.maximum(draw, 0) % max(config.mala_every, 1) == 0)
-    moves = _block_moves(loss_fn, plan, masks_CxF, anchor, entries, c.state, batch_of, global_step, measure)
+    moves = _block_moves(loss_fn, plan, masks_CxF, view, entries, c.state, batch_of, global_step, measure)
     losses_En = moves.losses_En
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
@@ -311,7 +310,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
 
 def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_CxF, data: BurninData):
   """Take `data.num_steps` SGLD steps of the local entries; nothing is recorded."""
-  step = _entry_step_fn(loss_fn, plan, masks_CxF, anchor)
+  step = _entry_step_fn(loss_fn, plan, masks_CxF, FreeView(anchor, plan.free_leaves))
 
   def body(i, st):
     one = lambda s, key_data, comp, hyper, batch: step(s, jax.random.wrap_key_data(key_data), comp, hyper, batch,

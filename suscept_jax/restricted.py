@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from suscept_jax import sgld
+
 
 def free_leaves(masks_C, components) -> tuple[bool, ...]:
   """Per parameter leaf: whether any of `components` (indices into the stacked masks) frees a coordinate."""
@@ -43,10 +45,11 @@ class FreeView:
   A head group of the demo frees 9 k of the 70 k coordinates: carrying, updating, pinning and summing
   (MALA) only those, and drawing noise only there, is what cost follows what is free asks of everything
   outside the gradient too. The loss functions still see the whole tree: `tree_of` fills the frozen leaves
-  with w*. Static (built at trace time from the anchor's shapes).
+  with w*. Built once per program, at trace time (its layout is static: the anchor's shapes).
   """
 
   def __init__(self, anchor, free):
+    self.anchor = anchor  # w*, the parameter tree
     leaves, self._treedef = jax.tree.flatten(anchor)
     self._anchor_leaves = leaves
     self.free = tuple(free) if free is not None else (True,) * len(leaves)
@@ -61,6 +64,7 @@ class FreeView:
           segments.append((int(end - n), int(end)))
     self.segments = tuple(segments)
     self.size = sum(b - a for a, b in self.segments)  # F
+    self.anchor_F = self.ravel(anchor)  # w* at the free coordinates (in a program: once, where it is built)
 
   def columns(self) -> np.ndarray:
     """The free coordinates' indices into the flattened parameters [P] (host numpy)."""
@@ -68,8 +72,7 @@ class FreeView:
 
   def ravel(self, tree):
     """The free leaves of `tree` (shaped like the anchor) as one vector [F]."""
-    parts = [jnp.ravel(x) for x, f in zip(jax.tree.leaves(tree), self.free) if f]
-    return jnp.concatenate(parts) if len(parts) != 1 else parts[0]
+    return sgld.ravel([x for x, f in zip(jax.tree.leaves(tree), self.free) if f])
 
   def tree_of(self, position_F):
     """The parameter tree at `position_F`: free leaves from it, the others w* (constants to XLA)."""
