@@ -107,6 +107,12 @@ def losses_at(loss_fn, params, batch, micro=None):
   return batched_losses(loss_fn, params, batch, micro)
 
 
+def check_rows(batch_size: int, num_chains: int) -> int:
+  """Rows per call of the checks at w* (the preflight's first batches of up to two streams, the sampler's
+  `anchor_table`): one shape, so one compiled `losses_at` serves both."""
+  return min(num_chains, 2) * batch_size
+
+
 def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None, rows: int | None = None) -> list[int]:
   """The sample indices among `indices` whose loss at `params` is not finite (host-side check). rows: evaluate
   exactly this many (repeating the first index), so checks of several datasets share one compiled program."""

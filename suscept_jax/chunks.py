@@ -16,7 +16,7 @@ position and then taking `steps_between_draws` updates; block 0 evaluates the st
 recorded, block t ≥ 1 is draw t. The evaluation is the forward pass of the block's first gradient step, so
 L_B(w_t) costs nothing extra; a draw adds one forward over the D·M probe slots placed by Algorithm 1 (a probe
 sample identical to the base sample it replaces contributes exactly 0), and L_B(w*) of each stream's batch
-comes from one small program per chunk shared by every group (`anchor_losses`). A MALA measurement is one
+is data, from the run's table of per-sample losses at w* (`anchor_table.py`). A MALA measurement is one
 more gradient, taken at the same call site as the steps (`_block_moves`), so a program holds one copy of the
 backward pass. A probe sample with a non-finite loss drops that probe's contribution for that draw (counted
 per entry × probe in the moments) instead of killing the chain.
@@ -69,7 +69,7 @@ class ChunkData(NamedTuple):
   probe_LxKxDxM: Any  # pytree, leaves [L, K, D, M, ...]: probe samples in Algorithm 1's slots
   slot_position_LxM: Any  # int32 [L, M] batch position of each slot
   slot_weight_LxM: Any  # float32 [L, M] 1 = a placed probe sample, 0 = padding (and block 0)
-  loss_star_LxK: Any  # float32 [L, K] L_B(w*) of each block's evaluation batch, per stream (`anchor_losses`)
+  loss_star_LxK: Any  # float32 [L, K] L_B(w*) of each block's evaluation batch, per stream (`anchor_table`)
   first_step: Any  # int32 [] global SGLD step of the chunk's first block
   first_block: Any  # int32 [] index of the chunk's first block (block b ≥ 1 is draw b − 1)
   num_blocks: Any  # int32 [] blocks to run (≤ L; the rest is padding)
@@ -321,25 +321,9 @@ def _burnin_chunk(loss_fn, plan: Plan, state, entries: Entries, anchor, masks_Cx
   return jax.lax.fori_loop(0, data.num_steps, body, state)
 
 
-def anchor_losses(loss_fn, micro, anchor, base_LxSxK):
-  """L_B(w*) [L, K] of every block's evaluation batch (its first step's) of every stream, one batch (or
-  micro-batch) at a time.
-
-  Outside the draw programs: it does not depend on the component group, so it is compiled once per run
-  rather than once per group, and each group's program holds one forward copy fewer."""
-  base_LxKxn = jax.tree.map(lambda a: a[:, 0], base_LxSxK)
-  L, K, n = jax.tree.leaves(base_LxKxn)[0].shape[:3]
-  micro = micro if isinstance(micro, int) else n
-  losses = jax.lax.map(lambda b: batched_losses(loss_fn, anchor, b, micro), flatten_rows(base_LxKxn, 2))
-  return losses.reshape(L, K, n).mean(-1)
-
-
-
 def program(kind: str, loss_fn, plan: Plan, mesh, compiler_options: dict):
-  """The uncompiled program of a kind: "draw" and "burnin" are jit(shard_map(chunk)) over `mesh`'s entry axis
-  (the carried state donated); "anchor" is `anchor_losses`, which depends only on the loss and micro-batch."""
-  if kind == "anchor":
-    return jax.jit(functools.partial(anchor_losses, loss_fn, plan.microbatch_size), compiler_options=compiler_options)
+  """The uncompiled program of a kind, "draw" or "burnin": jit(shard_map(chunk)) over `mesh`'s entry axis (the
+  carried state donated)."""
   if kind == "draw":
     fn = functools.partial(_draw_chunk, loss_fn, plan)
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, CHUNK_DATA_SPEC, _REP), (_E, TRACES_SPEC)

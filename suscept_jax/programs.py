@@ -76,19 +76,15 @@ def _cell_value(cell):
 
 
 def compiled_program(kind: str, loss_fn, plan: Plan, mesh):
-  """The compiled program of a kind ("draw", "burnin": jit(shard_map(chunk)) for a plan; "anchor": the
-  evaluation batches' L_B(w*), which depends only on the loss function and micro-batch), cached so a sweep
+  """The compiled program of a kind ("draw", "burnin": jit(shard_map(chunk)) for a plan), cached so a sweep
   compiles once for all checkpoints.
 
   Keyed by `function_key` of the loss functions (not their identity): fresh lambdas of the same code do not
   recompile, and at most COMPILED_CACHE_SIZE programs are held, so memory stays bounded whatever is passed.
   """
   options = compiler_options(mesh)
-  if kind == "anchor":
-    cache_key = (kind, function_key(loss_fn), plan.microbatch_size, tuple(sorted(options.items())))
-  else:
-    cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
-                 dataclasses.replace(plan, token_loss_fn=None), mesh, tuple(sorted(options.items())))
+  cache_key = (kind, function_key(loss_fn), function_key(plan.token_loss_fn),
+               dataclasses.replace(plan, token_loss_fn=None), mesh, tuple(sorted(options.items())))
   with _CACHE_LOCK:
     if cache_key in _COMPILED:
       _COMPILED.move_to_end(cache_key)

@@ -7,9 +7,11 @@ in `programs.py`) chunk by chunk: the next chunk's batches (`streams.py`) are ga
 devices run the current one, and the draw statistics are streamed into moments, so memory does not grow with
 the number of draws. On a one-device CPU mesh the groups run side by side, one per core.
 
-Faults: a non-finite L_B(w*) is a fault of the base data (raised as `DataFaultError` naming the samples),
-not a divergence; a probe sample with a non-finite loss drops that probe's contribution for that draw and
-is named in `SamplerOutput.nonfinite_probe_samples`.
+L_B(w*) of every evaluation batch comes from one pass over the base samples the run's batches hold, shared by
+every group (`anchor_table.py`). Faults: a base sample with a non-finite loss at w* is a fault of the data
+(raised as `DataFaultError` naming it, before any sampling), not a divergence; a probe sample with a
+non-finite loss drops that probe's contribution for that draw and is named in
+`SamplerOutput.nonfinite_probe_samples`.
 
 Per-token observation (optional): at every draw each entry also evaluates `token_loss_fn` on a fixed set of
 observed contexts and streams the moments of (ℓ_i(w_t) − L_B(w_t), φ_t) per token: what per-token
@@ -31,8 +33,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from suscept_jax import estimators, mixing, parallel, programs, sgld
-from suscept_jax.batched import MICROBATCH_AUTO, nonfinite_samples, num_rows
+from suscept_jax import anchor_table, batched, estimators, mixing, parallel, programs, sgld
+from suscept_jax.batched import MICROBATCH_AUTO, num_rows
 from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
@@ -83,8 +85,9 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
                         **options)
   with reporting(progress, config.num_steps, label) as bar:
     shared = MeanOfParts(bar, len(calls)) if bar is not None else False  # the run counts num_steps in all
+    table = _SharedTable()
     run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
-                                          label=label, **options)
+                                          label=label, anchor=table, **options)
     workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
     if workers > 1:
       futures = [_group_pool(workers).submit(run_group, call) for call in calls]
@@ -119,6 +122,26 @@ def concurrent_programs(mesh, num_programs: int) -> int:
     return 1
   limit = (os.cpu_count() or 1) if MAX_CONCURRENT_PROGRAMS is None else MAX_CONCURRENT_PROGRAMS
   return max(1, min(num_programs, limit))
+
+
+class _SharedTable:
+  """The run's `anchor_table.AnchorTable`, built by whichever group asks first (every group reads the same
+  streams) and read by all."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._table = None
+
+  def get(self, build: Callable[[], anchor_table.AnchorTable]) -> anchor_table.AnchorTable:
+    with self._lock:
+      if self._table is None:
+        self._table = build()
+      return self._table
+
+
+def evaluation_steps(config: sgld.SGLDConfig, blocks) -> np.ndarray:
+  """The global SGLD step whose batch each block evaluates (its first)."""
+  return config.num_burnin + np.asarray(blocks) * config.steps_between_draws
 
 
 def _group_pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -206,6 +229,7 @@ class _GroupRun(NamedTuple):
   num_entries: int  # E: the real entries (the rest, up to a multiple of the device count, is padding)
   put_e: Callable  # host array -> split over the entry axis
   put_r: Callable  # host array -> replicated
+  anchor_table: anchor_table.AnchorTable | None  # L_B(w*) of the evaluation batches (None when only planning)
 
   @property
   def num_blocks(self) -> int:
@@ -228,12 +252,13 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                  mesh=None, draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
                  base_name: str = "base data", observed=None, token_loss_fn=None,
                  observed_microbatch: int | None = None, pair_split: int | None = None, plan_only: bool = False,
-                 device_bytes: int | None = None) -> SamplerOutput | ProgramMemory:
+                 device_bytes: int | None = None, anchor: _SharedTable | None = None) -> SamplerOutput | ProgramMemory:
   """`run` for components sharing one compiled program, differentiating the leaves in `free` (None: all).
 
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
   pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
   plan_only: compile the draw program (choosing the micro-batch if "auto") and return its ProgramMemory.
+  anchor: the run's shared L_B(w*) table (built here when not given).
   """
   t0 = time.perf_counter()
   mesh = parallel.as_entry_mesh(mesh)
@@ -263,8 +288,12 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
                                              token_shape))
   group_run = _GroupRun(plan=plan, streams=streams, resident=resident, stream_E=entries.stream, num_entries=E,
-                        put_e=put_e, put_r=put_r)
+                        put_e=put_e, put_r=put_r, anchor_table=None)
   with reporting(progress, config.num_steps, label) as bar:
+    if not plan_only:  # (a data fault found here is raised with the bar closed)
+      group_run = group_run._replace(anchor_table=(anchor or _SharedTable()).get(lambda: anchor_table.build(
+          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
+          rows=batched.check_rows(batch_size, K), micro=microbatch_size)))
     first_chunk = _chunk_inputs(group_run, 0)
     draw_fn = None
     auto = plan.microbatch_size == MICROBATCH_AUTO
@@ -288,8 +317,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
       if config.num_burnin:
         carry = _burn_in(group_run, programs.compiled_program("burnin", loss_fn, plan, mesh), carry, bar)
       draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
-      anchor_losses = programs.compiled_program("anchor", loss_fn, plan, mesh)  # (after the micro-batch is settled)
-      sampled = _sample_blocks(group_run, draw_fn, anchor_losses, carry, first_chunk, loss_fn, params, bar)
+      sampled = _sample_blocks(group_run, draw_fn, carry, first_chunk, bar)
 
   return _output(sampled, E, plan,
                  realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
@@ -372,28 +400,23 @@ class _Sampled(NamedTuple):
   nonfinite_probe: dict  # probe name -> indices of its samples whose loss was not finite at some draw
 
 
-def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, first_chunk: _Chunk, loss_fn, params,
-                   bar) -> _Sampled:
+def _sample_blocks(group_run: _GroupRun, draw_fn, carry: Carry, first_chunk: _Chunk, bar) -> _Sampled:
   """Every block, chunk by chunk, the next chunk's batches gathered while the devices run the current one."""
   resident, E = group_run.resident, group_run.num_entries
   probe_names = list(group_run.streams.probes)
-  anchored = lambda chunk: chunk._replace(data=chunk.data._replace(
-      loss_star_LxK=anchor_losses(resident.anchor, chunk.data.base_LxSxK)))
   kept = []
   nonfinite_probe = {d: set() for d in probe_names}
   first_block = 0
-  pending = anchored(first_chunk)
+  pending = first_chunk
   while first_block < group_run.num_blocks:
     chunk = pending
     carry, traces = draw_fn(_empty_leaves_placed(carry, group_run.put_e), resident.entries, resident.anchor,
                             resident.masks_CxF, chunk.data, resident.observed)
     next_block = first_block + chunk.count
     if next_block < group_run.num_blocks:
-      pending = anchored(_chunk_inputs(group_run, next_block))
+      pending = _chunk_inputs(group_run, next_block)
     traces = jax.tree.map(lambda a: np.asarray(a)[:chunk.count], traces)
     loss_star_LxK = np.asarray(chunk.data.loss_star_LxK)[:chunk.count]
-    _check_base_faults(loss_star_LxK, chunk.steps_LxS, group_run.streams, loss_fn, params,
-                       group_run.plan.microbatch_size, first_block)
     if probe_names and traces.probe_nonfinite_LxExD.any():
       for l, e, d in zip(*np.nonzero(traces.probe_nonfinite_LxExD[:, :E])):
         samples = chunk.probe_idx_LxKxDxM[l, group_run.stream_E[e], d]
@@ -408,13 +431,13 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, anchor_losses, carry: Carry, f
 
 def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   """The chunk of blocks from `first_block`: every step's base batch, Algorithm 1's probe slots and samples,
-  padded to `plan.blocks_per_chunk` blocks (one shape, one program); L_B(w*) is filled in later."""
+  padded to `plan.blocks_per_chunk` blocks (one shape, one program), and L_B(w*) of every evaluation batch."""
   plan, streams = group_run.plan, group_run.streams
   config, L = plan.config, plan.blocks_per_chunk
   S = config.steps_between_draws
   count = min(L, group_run.num_blocks - first_block)
   blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (L - count))
-  steps_LxS = config.num_burnin + blocks[:, None] * S + np.arange(S)[None, :]
+  steps_LxS = evaluation_steps(config, blocks)[:, None] + np.arange(S)[None, :]
   probe_idx = None
   if plan.num_probes:
     slots = mixing.probe_slots(plan.batch_size, streams.delta_h, np.maximum(blocks - 1, 0))
@@ -426,8 +449,9 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
     probe_data = np.zeros((L, config.num_chains, 0, 0), np.float32)
   data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
                    slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
-                   loss_star_LxK=np.zeros((L, streams.num_streams), np.float32),
-                   first_step=np.int32(config.num_burnin + first_block * S), first_block=np.int32(first_block),
+                   loss_star_LxK=(np.zeros((L, streams.num_streams), np.float32) if group_run.anchor_table is None
+                                  else group_run.anchor_table.batch_means(streams.base_indices(steps_LxS[:, 0]))),
+                   first_step=np.int32(evaluation_steps(config, first_block)), first_block=np.int32(first_block),
                    num_blocks=np.int32(count))
   return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(group_run.put_r, data))
 
@@ -468,16 +492,3 @@ def _output(sampled: _Sampled, num_entries: int, plan: Plan, *, realised_delta_h
       token_moments=real(carry.token_moments) if plan.token_loss_fn is not None else None,
       pair_moments=real(carry.pair_moments) if plan.pair_split is not None else None)
 
-
-def _check_base_faults(loss_star_LxK, steps_LxS, streams: Streams, loss_fn, params, micro, first_block):
-  """Raise DataFaultError, naming the samples, if a stream's L_B(w*) was not finite in this chunk."""
-  bad_l, bad_k = np.nonzero(~np.isfinite(loss_star_LxK))
-  if not bad_l.size:
-    return
-  l, k = int(bad_l[0]), int(bad_k[0])
-  indices = streams.base_schedules[k].indices(int(steps_LxS[l, 0]))
-  samples = nonfinite_samples(loss_fn, params, streams.base, indices, micro)
-  raise DataFaultError(
-      f"{streams.base_name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {samples} "
-      f"(in the evaluation batch of draw {first_block + l} of chain {k}): a fault of the data, not of the "
-      f"sampler. Remove or fix these samples.")

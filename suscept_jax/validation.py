@@ -97,7 +97,8 @@ def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_s
     indices = np.concatenate([
         mixing.BatchSchedule(batched.num_rows(data), batch_size, streams.stream_seed(seed, checkpoint_id, k),
                              name=name).indices(first_eval_step) for k in range(min(num_streams, 2))])
-    faulty = batched.nonfinite_samples(loss_fn, params, data, indices, microbatch_size, rows=indices.size)
+    faulty = batched.nonfinite_samples(loss_fn, params, data, indices, microbatch_size,
+                                       rows=batched.check_rows(batch_size, num_streams))
     if faulty:
       raise batched.DataFaultError(
           f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"

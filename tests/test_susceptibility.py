@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import mixing, streams, toys
+from suscept_jax import mixing, sampler, streams, toys
 
 
 quadratic_loss = toys.quadratic_loss
@@ -232,12 +232,30 @@ def _unchecked_index(config):
   return next(i for i in range(N) if i not in checked)
 
 
-def test_a_nan_base_sample_met_while_sampling_is_a_data_fault_not_a_divergence(gaussian_problem, capsys):
+def _first_batch_holding(index, config, batch_size):
+  """(block, chain) of the first evaluation batch (by block, then chain) that holds base sample `index`."""
+  for block in range(config.num_draws + 1):
+    for chain in range(config.num_chains):
+      step = config.num_burnin + block * config.steps_between_draws
+      if index in mixing.BatchSchedule(N, batch_size, streams.stream_seed(0, 0, chain)).indices(step):
+        return block, chain
+  raise AssertionError(f"sample {index} is in no evaluation batch")
+
+
+def test_a_nan_base_sample_beyond_the_preflight_is_a_data_fault_named_before_sampling(gaussian_problem, capsys,
+                                                                                       monkeypatch):
   base, probes, w_star, comps = gaussian_problem
   config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40)
   bad = _unchecked_index(config)
+  block, chain = _first_batch_holding(bad, config, 16)
+  assert block > 1  # not a batch the preflight checks
+
+  def sampled(*args, **kwargs):
+    raise AssertionError("the chains were sampled before the fault was found")
+
+  monkeypatch.setattr(sampler, "_sample_blocks", sampled)
   for progress in (False, True):
-    message = rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw"
+    message = rf"base data: .* sample\(s\) \[{bad}\] \(in the evaluation batch of draw {block} of chain {chain}\)"
     with pytest.raises(sj.DataFaultError, match=message) as raised:
       sj.estimate_susceptibilities(quadratic_loss, w_star, comps, _with_nan_sample(base, bad), probes, config=config,
                                    batch_size=16, progress=progress)

@@ -1,0 +1,61 @@
+"""L_B(w*) of every evaluation batch of a run, from one pass over the base samples those batches hold.
+
+φ_t = L_B(w_t) − L_B(w*) needs the loss at w* of each draw's evaluation batch. Every component group reads the
+same streams, and a stream's batches over a run revisit the same samples (the demo's 4 streams × 101 batches
+of 20 rows hold 2 048 distinct samples), so a run evaluates each of those samples once at w* and averages per
+batch on the host: one forward per sample instead of one per batch row per group, and no program of its own
+(the rows go through the preflight's compiled program: `batched.losses_at` at `batched.check_rows` rows).
+A sample whose loss at w* is not finite is a fault of the data, named before any sampling together with the
+first evaluation batch that holds it.
+
+Shape letters: U distinct samples, B blocks (one evaluation batch each), K streams, n batch rows.
+"""
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from suscept_jax import batched
+from suscept_jax.streams import Streams
+
+
+class AnchorTable(NamedTuple):
+  """Per-sample losses at w* of the samples a run's evaluation batches hold."""
+
+  samples_U: np.ndarray  # int64, sorted: indices into the base data
+  losses_U: np.ndarray  # float32: their losses at w*
+
+  def batch_means(self, indices_Xxn) -> np.ndarray:
+    """L_B(w*) of batches given by their samples' indices [..., n]: float32 [...] (summed in float64)."""
+    at = np.searchsorted(self.samples_U, indices_Xxn)
+    return self.losses_U[at].astype(np.float64).mean(axis=-1).astype(np.float32)
+
+
+def build(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> AnchorTable:
+  """The table for the evaluation batches at global SGLD steps `eval_steps_B` of every stream, the samples
+  evaluated `rows` at a time (the last call padded by repeating a sample), micro-batched by `micro` ("auto":
+  whole, as the preflight). Raises DataFaultError naming the non-finite samples of the first batch (by block,
+  then stream) that holds one."""
+  indices_BxKxn = streams.base_indices(np.asarray(eval_steps_B))
+  samples_U = np.unique(indices_BxKxn)
+  micro = None if micro == batched.MICROBATCH_AUTO else micro
+  losses = []
+  for start in range(0, samples_U.size, rows):
+    idx = samples_U[np.minimum(np.arange(start, start + rows), samples_U.size - 1)]
+    rows_at = jax.tree.map(lambda a: np.asarray(a[idx]), streams.base)
+    losses.append(np.asarray(batched.losses_at(loss_fn, params, rows_at, micro))[:samples_U.size - start])
+  table = AnchorTable(samples_U=samples_U, losses_U=np.concatenate(losses).astype(np.float32))
+  _raise_on_faults(table, indices_BxKxn, streams.base_name)
+  return table
+
+
+def _raise_on_faults(table: AnchorTable, indices_BxKxn, base_name: str) -> None:
+  finite_BxKxn = np.isfinite(table.losses_U[np.searchsorted(table.samples_U, indices_BxKxn)])
+  if finite_BxKxn.all():
+    return
+  b, k = (int(i) for i in np.argwhere(~finite_BxKxn.all(axis=-1))[0])
+  samples = sorted({int(i) for i in indices_BxKxn[b, k][~finite_BxKxn[b, k]]})
+  raise batched.DataFaultError(
+      f"{base_name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {samples} (in the "
+      f"evaluation batch of draw {b} of chain {k}): a fault of the data, not of the sampler. Remove or fix "
+      f"these samples.")
