@@ -128,7 +128,7 @@ def flat_masks(masks_C, params, free=None) -> np.ndarray:
   every update is one fused pass."""
   rows = [np.broadcast_to(np.asarray(m, bool), (np.shape(m)[0],) + np.shape(p)).reshape(np.shape(m)[0], -1)
           for m, p in zip(jax.tree.leaves(masks_C), jax.tree.leaves(params))]
-  return np.concatenate(rows, axis=1)[:, FreeView(params, free).columns()]
+  return np.concatenate(rows, axis=1)[:, FreeView(jax.tree.map(np.asarray, params), free).columns()]
 
 
 class EntryStep(NamedTuple):

@@ -377,7 +377,7 @@ def _entries(component_names, hyper_C: sgld.Hyper, num_chains: int, num_streams:
 def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, token_shape) -> Carry:
   """Every entry at w* with empty moments (host arrays): per-token moments over the observed rows' tokens, and
   query × sample cross-moments when the plan splits them (`pair_split`)."""
-  anchor_F = np.asarray(FreeView(params, plan.free_leaves).anchor_F)  # the state holds the free leaves only
+  anchor_F = FreeView(jax.tree.map(np.asarray, params), plan.free_leaves).anchor_F  # the free leaves only (host)
   state = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (num_entries,) + np.shape(a)),
                        sgld.init(anchor_F, plan.config))
   token_moments = pair_moments = ()

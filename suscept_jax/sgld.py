@@ -150,9 +150,11 @@ def mala_half(frm, to, loss, grad, anchor, mask, precond, config: SGLDConfig, hy
 
 
 def ravel(tree):
-  """The leaves of `tree` flattened into one vector, in `ravel_pytree`'s order (a bare array: itself, raveled)."""
-  leaves = [jnp.ravel(x) for x in jax.tree.leaves(tree)]
-  return leaves[0] if len(leaves) == 1 else jnp.concatenate(leaves)
+  """The leaves of `tree` flattened into one vector, in `ravel_pytree`'s order (a bare array: itself, raveled).
+  Host numpy leaves give a numpy vector (outside a program, eager jnp would compile a program per leaf shape)."""
+  xp = np if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree)) else jnp
+  leaves = [xp.ravel(x) for x in jax.tree.leaves(tree)]
+  return leaves[0] if len(leaves) == 1 else xp.concatenate(leaves)
 
 
 def acceptance_of(log_ratio):

@@ -312,3 +312,12 @@ def test_noise_at_a_coordinate_does_not_depend_on_which_others_are_drawn():
   np.testing.assert_array_equal(np.asarray(like["a"]).ravel(), full[:2000])
   np.testing.assert_array_equal(np.asarray(like["b"]), full[2000:])
   assert not np.array_equal(np.asarray(sgld.standard_normal_at(jax.random.key(8), [(0, 5000)])), full)
+
+
+def test_ravel_of_host_leaves_stays_on_the_host_and_equals_the_device_one():
+  tree = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.ones((4,), np.float32)}
+  host = sgld.ravel(tree)
+  assert isinstance(host, np.ndarray)  # no program compiled for it
+  np.testing.assert_array_equal(host, np.asarray(sgld.ravel(jax.tree.map(jnp.asarray, tree))))
+  from jax.flatten_util import ravel_pytree
+  np.testing.assert_array_equal(host, np.asarray(ravel_pytree(tree)[0]))  # the order the sampler's state uses
