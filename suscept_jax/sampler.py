@@ -87,7 +87,7 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     shared = MeanOfParts(bar, len(calls)) if bar is not None else False  # the run counts num_steps in all
     table = _SharedTable()
     run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
-                                          label=label, anchor=table, **options)
+                                          label=label, shared_table=table, **options)
     workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
     if workers > 1:
       futures = [_group_pool(workers).submit(run_group, call) for call in calls]
@@ -252,13 +252,14 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                  mesh=None, draws_per_chunk: int | None = None, progress=True, label: str = "sgld",
                  base_name: str = "base data", observed=None, token_loss_fn=None,
                  observed_microbatch: int | None = None, pair_split: int | None = None, plan_only: bool = False,
-                 device_bytes: int | None = None, anchor: _SharedTable | None = None) -> SamplerOutput | ProgramMemory:
+                 device_bytes: int | None = None,
+                 shared_table: _SharedTable | None = None) -> SamplerOutput | ProgramMemory:
   """`run` for components sharing one compiled program, differentiating the leaves in `free` (None: all).
 
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
   pair_split: with observed, the cross-moments of the token losses of rows [0, split) against the rest.
   plan_only: compile the draw program (choosing the micro-batch if "auto") and return its ProgramMemory.
-  anchor: the run's shared L_B(w*) table (built here when not given).
+  shared_table: the run's shared L_B(w*) table (built here when not given).
   """
   t0 = time.perf_counter()
   mesh = parallel.as_entry_mesh(mesh)
@@ -291,7 +292,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                         put_e=put_e, put_r=put_r, anchor_table=None)
   with reporting(progress, config.num_steps, label) as bar:
     if not plan_only:  # (a data fault found here is raised with the bar closed)
-      group_run = group_run._replace(anchor_table=(anchor or _SharedTable()).get(lambda: anchor_table.build(
+      group_run = group_run._replace(anchor_table=(shared_table or _SharedTable()).get(lambda: anchor_table.build(
           loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
           rows=batched.check_rows(batch_size, K), micro=microbatch_size)))
     first_chunk = _chunk_inputs(group_run, 0)
