@@ -12,7 +12,6 @@ Shape letters: U distinct samples, B blocks (one evaluation batch each), K strea
 """
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
 from suscept_jax import batched
@@ -25,32 +24,30 @@ class AnchorTable(NamedTuple):
   samples_U: np.ndarray  # int64, sorted: indices into the base data
   losses_U: np.ndarray  # float32: their losses at w*
 
+  def losses_of(self, indices):
+    """The losses at w* of the samples at `indices` (any shape; every one in the table)."""
+    return self.losses_U[np.searchsorted(self.samples_U, indices)]
+
   def batch_means(self, indices_Xxn) -> np.ndarray:
     """L_B(w*) of batches given by their samples' indices [..., n]: float32 [...] (summed in float64)."""
-    at = np.searchsorted(self.samples_U, indices_Xxn)
-    return self.losses_U[at].astype(np.float64).mean(axis=-1).astype(np.float32)
+    return self.losses_of(indices_Xxn).astype(np.float64).mean(axis=-1).astype(np.float32)
 
 
 def build(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> AnchorTable:
   """The table for the evaluation batches at global SGLD steps `eval_steps_B` of every stream, the samples
-  evaluated `rows` at a time (the last call padded by repeating a sample), micro-batched by `micro` ("auto":
-  whole, as the preflight). Raises DataFaultError naming the non-finite samples of the first batch (by block,
-  then stream) that holds one."""
+  evaluated `rows` at a time by `batched.sample_losses` (as the preflight's are, micro-batched by `micro`).
+  Raises DataFaultError naming the non-finite samples of the first batch (by block, then stream) that holds
+  one."""
   indices_BxKxn = streams.base_indices(np.asarray(eval_steps_B))
   samples_U = np.unique(indices_BxKxn)
-  micro = None if micro == batched.MICROBATCH_AUTO else micro
-  losses = []
-  for start in range(0, samples_U.size, rows):
-    idx = samples_U[np.minimum(np.arange(start, start + rows), samples_U.size - 1)]
-    rows_at = jax.tree.map(lambda a: np.asarray(a[idx]), streams.base)
-    losses.append(np.asarray(batched.losses_at(loss_fn, params, rows_at, micro))[:samples_U.size - start])
-  table = AnchorTable(samples_U=samples_U, losses_U=np.concatenate(losses).astype(np.float32))
+  losses_U = batched.sample_losses(loss_fn, params, streams.base, samples_U, micro, rows)
+  table = AnchorTable(samples_U=samples_U, losses_U=losses_U.astype(np.float32))
   _raise_on_faults(table, indices_BxKxn, streams.base_name)
   return table
 
 
 def _raise_on_faults(table: AnchorTable, indices_BxKxn, base_name: str) -> None:
-  finite_BxKxn = np.isfinite(table.losses_U[np.searchsorted(table.samples_U, indices_BxKxn)])
+  finite_BxKxn = np.isfinite(table.losses_of(indices_BxKxn))
   if finite_BxKxn.all():
     return
   b, k = (int(i) for i in np.argwhere(~finite_BxKxn.all(axis=-1))[0])

@@ -113,14 +113,25 @@ def check_rows(batch_size: int, num_chains: int) -> int:
   return min(num_chains, 2) * batch_size
 
 
+def sample_losses(loss_fn, params, data, indices, microbatch_size=None, rows: int | None = None) -> np.ndarray:
+  """Losses at `params` of the samples `data[indices]` (host-side, in the order given). rows: evaluate exactly
+  this many per call (the last call padded by repeating its first sample), so every caller with the same
+  `rows` shares one compiled program; None: all in one call. microbatch_size "auto" evaluates whole rows."""
+  indices = np.asarray(indices, np.int64)
+  micro = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
+  per_call = rows or max(indices.size, 1)
+  losses = []
+  for start in range(0, indices.size, per_call):
+    part = indices[start:start + per_call]
+    evaluated = np.concatenate([part, np.full(per_call - part.size, part[0])])
+    batch = jax.tree.map(lambda a: np.asarray(a[evaluated]), data)
+    losses.append(np.asarray(losses_at(loss_fn, params, batch, micro))[:part.size])
+  return np.concatenate(losses) if losses else np.zeros((0,), np.float32)
+
+
 def nonfinite_samples(loss_fn, params, data, indices, microbatch_size=None, rows: int | None = None) -> list[int]:
-  """The sample indices among `indices` whose loss at `params` is not finite (host-side check). rows: evaluate
-  exactly this many (repeating the first index), so checks of several datasets share one compiled program."""
+  """The sample indices among `indices` whose loss at `params` is not finite (host-side check), evaluated as
+  `sample_losses` does."""
   indices = np.unique(np.asarray(indices, np.int64))
-  if indices.size == 0:
-    return []
-  microbatch_size = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
-  evaluated = np.concatenate([indices, np.full(max(0, (rows or 0) - indices.size), indices[0])])
-  batch = jax.tree.map(lambda a: np.asarray(a[evaluated]), data)
-  losses = np.asarray(losses_at(loss_fn, params, batch, microbatch_size))[:indices.size]
+  losses = sample_losses(loss_fn, params, data, indices, microbatch_size, rows)
   return [int(i) for i in indices[~np.isfinite(losses)]]
