@@ -4,11 +4,12 @@ A batch of n rows is cut into micro-batches of `micro` rows (padded with copies 
 weight 0) whose gradients are summed exactly: micro-batching changes the summation order, never the maths.
 A loss function maps (params, batch with leaves [n, ...]) to per-sample losses [n] (or per-token [n, J]).
 """
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from suscept_jax.compile_options import platform_jit
 
 MICROBATCH_AUTO = "auto"  # microbatch_size="auto": the sampler picks the largest that fits the devices (programs.py)
 
@@ -101,7 +102,7 @@ def flatten_rows(tree, lead: int):
   return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[lead:]), tree)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
+@platform_jit(static_argnums=(0, 3))
 def losses_at(loss_fn, params, batch, micro=None):
   """Per-sample (or per-token) losses of `batch` at `params`, compiled once per (loss_fn, shapes)."""
   return batched_losses(loss_fn, params, batch, micro)

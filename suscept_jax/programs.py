@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from suscept_jax import chunks
+from suscept_jax import chunks, compile_options
 from suscept_jax.chunks import Plan
 
 
@@ -96,24 +96,30 @@ def compiled_program(kind: str, loss_fn, plan: Plan, mesh):
     return program
 
 
+_TRACING_LOCK = threading.Lock()  # one thread traces and lowers a program at a time (`compile_ahead`)
+
+
+def compile_ahead(program, args) -> None:
+  """Compile jitted `program` for `args` before its first call, which then reuses the compilation.
+
+  Tracing and lowering are Python and hold the GIL; XLA's compilation releases it. Component groups run side by
+  side, one thread each, and used to trace at once, interleaved, so neither started compiling until both were
+  traced. Tracing one at a time, the first group compiles while the next traces (BUILD_NOTES, "Twenty-second
+  session").
+  """
+  with _TRACING_LOCK:
+    lowered = program.lower(*args)
+  lowered.compile()
+
+
 def on_cpu(mesh) -> bool:
   return all(d.platform == "cpu" for d in np.asarray(mesh.devices).flat)
 
 
-CPU_BACKEND_OPTIMIZATION_LEVEL = 1  # LLVM's level for programs on CPU; None: XLA's default (2)
-
-
 def compiler_options(mesh) -> dict:
-  """XLA options for the sampler's programs on `mesh`'s platform.
-
-  On CPU, compilation is the larger half of a small job (the demo's dataset-level run: ≈ 10 of 24 s, three
-  programs of 250–340 fused kernels, each compiled by LLVM). LLVM at level 1 instead of 2 compiles them ≈ 25 %
-  faster; the kernels' speed did not move beyond the machine's noise (BUILD_NOTES, "Scale, ninth session").
-  Accelerators keep their defaults.
-  """
-  if on_cpu(mesh) and CPU_BACKEND_OPTIMIZATION_LEVEL is not None:
-    return {"xla_backend_optimization_level": CPU_BACKEND_OPTIMIZATION_LEVEL}
-  return {}
+  """XLA options for the sampler's programs on `mesh`'s platform (`compile_options.for_platform`: LLVM level 1
+  on CPU, XLA's defaults on accelerators)."""
+  return compile_options.for_platform(np.asarray(mesh.devices).flat[0].platform)
 
 
 CPU_OBSERVED_TOKENS_PER_MICROBATCH = 128

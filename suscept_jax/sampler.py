@@ -39,7 +39,7 @@ from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
 from suscept_jax.restricted import FreeView, component_groups, entry_grid
-from suscept_jax.streams import Streams, chain_keys
+from suscept_jax.streams import Streams, chain_keys, key_data_shape
 # Kept importable from here, where they were defined before the split (callers outside the package use them).
 from suscept_jax.batched import DataFaultError, loss_and_grad  # noqa: F401
 from suscept_jax.streams import stream_seed  # noqa: F401
@@ -282,7 +282,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
 
   put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
   put_r = lambda x: jax.device_put(x, NamedSharding(mesh, P()))
-  entries = _entries(component_names, hyper_C, K, streams.num_streams, E_pad, seed, checkpoint_id)
+  # The programs are compiled before the values that only their calls read are computed (the chains' keys, the
+  # table of L_B(w*)), so those overlap another group's compilation; zeros of the same shapes stand in until then.
+  entries = _entries(component_names, hyper_C, K, streams.num_streams, E_pad)
   resident = _Resident(entries=jax.tree.map(put_e, entries), anchor=put_r(params),
                        masks_CxF=put_r(flat_masks(masks_C, params, free)),
                        observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
@@ -291,11 +293,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   group_run = _GroupRun(plan=plan, streams=streams, resident=resident, stream_E=entries.stream, num_entries=E,
                         put_e=put_e, put_r=put_r, anchor_table=None)
   with reporting(progress, config.num_steps, label) as bar:
-    if not plan_only:  # (a data fault found here is raised with the bar closed)
-      group_run = group_run._replace(anchor_table=(shared_table or _SharedTable()).get(lambda: anchor_table.build(
-          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
-          rows=batched.check_rows(batch_size, K), micro=microbatch_size)))
-    first_chunk = _chunk_inputs(group_run, 0)
+    first_chunk = _chunk_inputs(group_run, 0)  # (L_B(w*) zeros: shapes only)
     draw_fn = None
     auto = plan.microbatch_size == MICROBATCH_AUTO
     if auto or plan_only:
@@ -315,9 +313,18 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
     with _out_of_memory_named(batch_size=batch_size, microbatch_size=plan.microbatch_size,
                               entries_per_device=E_pad // mesh.size,
                               observed_rows=num_rows(observed) if observed is not None else None):
+      if draw_fn is None:  # compiled here, one group tracing at a time; its first call reuses it
+        draw_fn = programs.compiled_program("draw", loss_fn, plan, mesh)
+        programs.compile_ahead(draw_fn, _draw_args(group_run, carry, first_chunk))
+      keys = put_e(_entry_key_data(component_names, K, E_pad, seed, checkpoint_id))
+      table = (shared_table or _SharedTable()).get(lambda: anchor_table.build(  # a data fault: before any sampling
+          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
+          rows=batched.check_rows(batch_size, K), micro=microbatch_size))
+      group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
+                                     anchor_table=table)
+      first_chunk = _chunk_inputs(group_run, 0)
       if config.num_burnin:
         carry = _burn_in(group_run, programs.compiled_program("burnin", loss_fn, plan, mesh), carry, bar)
-      draw_fn = draw_fn or programs.compiled_program("draw", loss_fn, plan, mesh)
       sampled = _sample_blocks(group_run, draw_fn, carry, first_chunk, bar)
 
   return _output(sampled, E, plan,
@@ -362,17 +369,26 @@ def _empty_leaves_placed(carry: Carry, put_e) -> Carry:
   return jax.tree.map(lambda a: put_e(a) if a.size == 0 else a, carry)
 
 
-def _entries(component_names, hyper_C: sgld.Hyper, num_chains: int, num_streams: int, num_padded: int, seed: int,
-             checkpoint_id: int) -> Entries:
-  """The entries (component-major (component, chain) pairs), padded to `num_padded` (a multiple of the device
-  count) with copies of entry 0, whose results are discarded."""
+def _padded(a_E, num_padded: int) -> np.ndarray:
+  """Per-entry values padded to `num_padded` rows (a multiple of the device count) with copies of entry 0, whose
+  results are discarded."""
+  return np.concatenate([a_E, np.repeat(a_E[:1], num_padded - len(a_E), axis=0)])
+
+
+def _entries(component_names, hyper_C: sgld.Hyper, num_chains: int, num_streams: int, num_padded: int) -> Entries:
+  """The entries (component-major (component, chain) pairs), padded to `num_padded`, with zero key data of the
+  keys' shape: enough to compile the programs, whose calls then read `_entry_key_data`."""
   C, K = len(component_names), num_chains
-  padded = lambda a: np.concatenate([a, np.repeat(a[:1], num_padded - C * K, axis=0)])
   components_E = np.repeat(np.arange(C, dtype=np.int32), K)
-  return Entries(key_data=padded(chain_keys(seed, checkpoint_id, component_names, K)),
-                 component=padded(components_E),
-                 stream=padded(np.tile(np.arange(K, dtype=np.int32) % num_streams, C)),
-                 hyper=sgld.Hyper(*(padded(np.asarray(h, np.float32)[components_E]) for h in hyper_C)))
+  return Entries(key_data=_padded(np.zeros((C * K, *key_data_shape()), np.uint32), num_padded),
+                 component=_padded(components_E, num_padded),
+                 stream=_padded(np.tile(np.arange(K, dtype=np.int32) % num_streams, C), num_padded),
+                 hyper=sgld.Hyper(*(_padded(np.asarray(h, np.float32)[components_E], num_padded) for h in hyper_C)))
+
+
+def _entry_key_data(component_names, num_chains: int, num_padded: int, seed: int, checkpoint_id: int) -> np.ndarray:
+  """uint32 [num_padded, 2]: each entry's noise key (`chain_keys`), padded as `_entries`."""
+  return _padded(chain_keys(seed, checkpoint_id, component_names, num_chains), num_padded)
 
 
 def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, token_shape) -> Carry:
@@ -403,7 +419,7 @@ class _Sampled(NamedTuple):
 
 def _sample_blocks(group_run: _GroupRun, draw_fn, carry: Carry, first_chunk: _Chunk, bar) -> _Sampled:
   """Every block, chunk by chunk, the next chunk's batches gathered while the devices run the current one."""
-  resident, E = group_run.resident, group_run.num_entries
+  E = group_run.num_entries
   probe_names = list(group_run.streams.probes)
   kept = []
   nonfinite_probe = {d: set() for d in probe_names}
@@ -411,8 +427,7 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, carry: Carry, first_chunk: _Ch
   pending = first_chunk
   while first_block < group_run.num_blocks:
     chunk = pending
-    carry, traces = draw_fn(_empty_leaves_placed(carry, group_run.put_e), resident.entries, resident.anchor,
-                            resident.masks_CxF, chunk.data, resident.observed)
+    carry, traces = draw_fn(*_draw_args(group_run, carry, chunk))
     next_block = first_block + chunk.count
     if next_block < group_run.num_blocks:
       pending = _chunk_inputs(group_run, next_block)
@@ -428,6 +443,13 @@ def _sample_blocks(group_run: _GroupRun, draw_fn, carry: Carry, first_chunk: _Ch
     if bar is not None:
       bar.update(chunk.count * group_run.plan.config.steps_between_draws)
   return _Sampled(carry=carry, kept=kept, nonfinite_probe=nonfinite_probe)
+
+
+def _draw_args(group_run: _GroupRun, carry: Carry, chunk: _Chunk) -> tuple:
+  """The draw program's arguments for `chunk` from `carry`."""
+  resident = group_run.resident
+  return (_empty_leaves_placed(carry, group_run.put_e), resident.entries, resident.anchor, resident.masks_CxF,
+          chunk.data, resident.observed)
 
 
 def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:

@@ -10,6 +10,7 @@ noise whatever the device count and however the run is split into chunks or comp
 
 Shape letters: C components, K streams (= chains), D probes, M probe slots per batch, L blocks, n batch rows.
 """
+import functools
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 
 from suscept_jax import mixing
 from suscept_jax.batched import num_rows
+from suscept_jax.compile_options import platform_jit
 
 
 def component_seed(name: str) -> int:
@@ -40,7 +42,13 @@ def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) 
   return np.asarray(_entry_keys(np.uint32(seed), np.uint32(checkpoint_id), padded))[:len(ids)]
 
 
-@jax.jit
+@functools.cache
+def key_data_shape() -> tuple:
+  """The shape of one key's uint32 data (`chain_keys` rows), found without compiling anything."""
+  return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
+
+
+@platform_jit
 def _entry_keys(seed, checkpoint_id, ids_Ex2):
   root = jax.random.fold_in(jax.random.key(seed), checkpoint_id)
   return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(root, i[0]), i[1])))(ids_Ex2)

@@ -49,7 +49,7 @@ def test_a_non_finite_sample_is_named_with_the_first_batch_that_holds_it():
 def test_the_preflight_and_the_table_share_one_compiled_program():
   data = toys.quadratic_dataset(np.random.default_rng(2), 40, H, 0.5)
   loss_fn = functools.partial(toys.quadratic_loss)  # a new function: nothing compiled for it yet
-  before = batched.losses_at._cache_size()
+  before = batched.losses_at.jitted()._cache_size()
   sj.estimate_llc(loss_fn, toys.quadratic_minimum(data), data, config=sj.SGLDConfig(num_chains=4, num_draws=10),
                   batch_size=10, progress=False)
-  assert batched.losses_at._cache_size() == before + 1
+  assert batched.losses_at.jitted()._cache_size() == before + 1

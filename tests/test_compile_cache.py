@@ -1,5 +1,6 @@
 """Library hygiene: a fresh lambda per call neither recompiles forever nor grows memory; any mesh works."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -102,3 +103,28 @@ def test_chain_keys_do_not_depend_on_the_group_they_are_derived_with():
   np.testing.assert_array_equal(together[-1], expected)
   many = [f"c{i}" for i in range(40)]  # more rows than one block
   np.testing.assert_array_equal(streams.chain_keys(7, 3, many, 2)[-2:], streams.chain_keys(7, 3, many[-1:], 2))
+
+
+def test_each_group_lowers_its_draw_program_once_and_its_calls_reuse_it():
+  """The sampler compiles each component group's draw program ahead of its first call (`compile_ahead`, one
+  group tracing at a time); the calls must reuse that compilation, not lower and compile it again."""
+  data = _data(2)
+  w_star = toys.quadratic_minimum(data)
+  params = {"u": w_star["w"][:1], "v": w_star["w"][1:]}
+  loss_fn = lambda p, b: toys.quadratic_loss({"w": jnp.concatenate([p["u"], p["v"]])}, b)  # noqa: E731
+  components = {"full": None, "u": {"u": np.ones(1), "v": np.zeros(1)}, "v": {"u": np.zeros(1), "v": np.ones(1)}}
+  probe = toys.quadratic_dataset(np.random.default_rng(6), 40, 2 * H, 0.5)
+  lowered = []
+  def listen(event, duration, **kwargs):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "draw_chunk" in str(kwargs.get("fun_name")):
+      lowered.append(kwargs["fun_name"])
+  programs._COMPILED.clear()
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    result = sj.estimate_susceptibilities(loss_fn, params, components, data, {"p": probe}, config=CFG, batch_size=10,
+                                          progress=False)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
+  assert len(programs._COMPILED) == 3  # full, u, v: three groups
+  assert len(lowered) == 3, lowered
+  assert np.all(np.isfinite(result.chi))

@@ -69,10 +69,15 @@ def test_out_of_device_memory_is_a_memory_error_naming_the_settings(monkeypatch,
   """RESOURCE_EXHAUSTED from the burn-in or the draw program (simulated: this CPU does not run out) ends as a
   MemoryError that names the batch, the micro-batch and the entries per device, not as XLA's error."""
   real = programs.compiled_program
-  def exhausted(*args):
-    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.90GiB.")
+  class Exhausted:  # a program that compiles (ahead of its first call, as the sampler does) but cannot run
+    def lower(self, *args):
+      return self
+    def compile(self):
+      return self
+    def __call__(self, *args):
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.90GiB.")
   monkeypatch.setattr(programs, "compiled_program",
-                      lambda k, *args: exhausted if k == kind else real(k, *args))
+                      lambda k, *args: Exhausted() if k == kind else real(k, *args))
   loss_fn, params, comps, base, probes = _problem()
   with pytest.raises(MemoryError, match=r"does not fit in device memory at batch_size=32, microbatch_size=None "
                                         r"\(1 entries per device\); pass microbatch_size='auto'"):

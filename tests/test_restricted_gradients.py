@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from suscept_jax import batched, chunks, masks as masks_lib, parallel, programs, restricted, sampler, sgld
+from suscept_jax import (batched, chunks, compile_options, masks as masks_lib, parallel, programs, restricted, sampler,
+                         sgld)
 from suscept_jax.models import components, config as model_config, transformer
 from tests import XLA_TEST_FLAGS
 
@@ -173,7 +174,7 @@ def test_cpu_programs_compiled_at_llvm_level_1_give_the_same_chains(problem, mon
   cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
   config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, mala_every=2)
   def run(level):
-    monkeypatch.setattr(programs, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
+    monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
     return sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16, delta_h=0.25,
                        progress=False, observed=observed, token_loss_fn=tokens)
   default, level_1 = run(None), run(1)

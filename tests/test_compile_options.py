@@ -1,0 +1,26 @@
+"""The XLA options our programs are compiled with: per platform, and followed by the small programs outside the
+sampler's mesh (the preflight's losses at w*, the chains' keys)."""
+import numpy as np
+
+from suscept_jax import batched, compile_options, streams, toys
+
+
+def test_cpu_compiles_at_llvm_level_1_and_accelerators_keep_the_defaults(monkeypatch):
+  assert compile_options.for_platform("cpu") == {"xla_backend_optimization_level": 1}
+  assert compile_options.for_platform("gpu") == compile_options.for_platform("tpu") == {}
+  monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", None)
+  assert compile_options.for_platform("cpu") == {}
+
+
+def test_the_small_programs_follow_the_options_and_compute_the_same(monkeypatch):
+  data = toys.quadratic_dataset(np.random.default_rng(0), 16, np.ones(3), 0.5)
+  w_star = toys.quadratic_minimum(data)
+  w = {name: value + 0.1 for name, value in w_star.items()}
+  at_level_1 = batched.losses_at.jitted()
+  losses_1 = np.asarray(batched.losses_at(toys.quadratic_loss, w, data))
+  keys_1 = streams.chain_keys(3, 1, ["full", "l0h0"], 4)
+  monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", None)
+  assert batched.losses_at.jitted() is not at_level_1  # another jitted function: compiled with XLA's defaults
+  assert np.ptp(losses_1) > 0
+  np.testing.assert_allclose(np.asarray(batched.losses_at(toys.quadratic_loss, w, data)), losses_1, rtol=1e-6)
+  np.testing.assert_array_equal(streams.chain_keys(3, 1, ["full", "l0h0"], 4), keys_1)
