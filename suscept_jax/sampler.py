@@ -322,7 +322,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
           rows=batched.check_rows(batch_size, K), micro=microbatch_size))
       group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
                                      anchor_table=table)
-      first_chunk = _chunk_inputs(group_run, 0)
+      first_chunk = first_chunk._replace(data=first_chunk.data._replace(
+          loss_star_LxK=put_r(_loss_star(group_run, first_chunk.steps_LxS))))
       if config.num_burnin:
         carry = _burn_in(group_run, programs.compiled_program("burnin", loss_fn, plan, mesh), carry, bar)
       sampled = _sample_blocks(group_run, draw_fn, carry, first_chunk, bar)
@@ -472,11 +473,18 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
     probe_data = np.zeros((L, config.num_chains, 0, 0), np.float32)
   data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
                    slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
-                   loss_star_LxK=(np.zeros((L, streams.num_streams), np.float32) if group_run.anchor_table is None
-                                  else group_run.anchor_table.batch_means(streams.base_indices(steps_LxS[:, 0]))),
+                   loss_star_LxK=_loss_star(group_run, steps_LxS),
                    first_step=np.int32(evaluation_steps(config, first_block)), first_block=np.int32(first_block),
                    num_blocks=np.int32(count))
   return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(group_run.put_r, data))
+
+
+def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:
+  """float32 [L, K]: L_B(w*) of each block's evaluation batch per stream, from the run's table (zeros before
+  the table exists: shapes for compiling)."""
+  if group_run.anchor_table is None:
+    return np.zeros((len(steps_LxS), group_run.streams.num_streams), np.float32)
+  return group_run.anchor_table.batch_means(group_run.streams.base_indices(steps_LxS[:, 0]))
 
 
 def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
