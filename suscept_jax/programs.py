@@ -99,8 +99,9 @@ def compiled_program(kind: str, loss_fn, plan: Plan, mesh):
 _TRACING_LOCK = threading.Lock()  # one thread traces and lowers a program at a time (`compile_ahead`)
 
 
-def compile_ahead(program, args) -> None:
-  """Compile jitted `program` for `args` before its first call, which then reuses the compilation.
+def compile_ahead(program, args):
+  """Compile jitted `program` for `args` before its first call, which then reuses the compilation; returns the
+  compiled program (for its memory analysis).
 
   Tracing and lowering are Python and hold the GIL; XLA's compilation releases it. Component groups run side by
   side, one thread each, and used to trace at once, interleaved, so neither started compiling until both were
@@ -109,7 +110,7 @@ def compile_ahead(program, args) -> None:
   """
   with _TRACING_LOCK:
     lowered = program.lower(*args)
-  lowered.compile()
+  return lowered.compile()
 
 
 def on_cpu(mesh) -> bool:

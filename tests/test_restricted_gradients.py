@@ -99,7 +99,7 @@ def test_a_restricted_program_does_less_work(problem):
 
 
 _SIDE_BY_SIDE_CHECK = """
-import functools, os
+import functools, os, threading
 import jax, jax.numpy as jnp, numpy as np
 from suscept_jax import batched, chunks, masks as masks_lib, parallel, sampler, sgld
 from suscept_jax.models import components, config as model_config, transformer
@@ -117,13 +117,26 @@ assert sampler.concurrent_programs(parallel.as_entry_mesh(None), 4) == min(4, os
 config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=5, mala_every=2)
 run = lambda lf, b: sampler.run(lf, params, names, masks_C, b, probes, config=config, batch_size=16, delta_h=0.25,
                                 progress=False, observed=observed, token_loss_fn=tokens)
-sampler.MAX_CONCURRENT_PROGRAMS = 3
+# Two workers for four groups: the last two groups are compiled meanwhile, in threads of their own, and their
+# calls reuse those compilations (each group's draw program lowered once, by the thread named here).
+lowered_by = []
+def listen(event, duration, **kwargs):
+  if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "draw_chunk" in str(kwargs.get("fun_name")):
+    lowered_by.append(threading.current_thread().name)
+jax.monitoring.register_event_duration_secs_listener(listen)
+sampler.MAX_CONCURRENT_PROGRAMS = 2
 side_by_side = run(loss, base)
+jax.monitoring.unregister_event_duration_listener(listen)
+assert sorted(name.startswith(sampler.COMPILE_AHEAD_THREAD) for name in lowered_by) == [False] * 2 + [True] * 2, \
+    lowered_by
+sampler.MAX_CONCURRENT_PROGRAMS = 3
+three_workers = run(loss, base)
 sampler.MAX_CONCURRENT_PROGRAMS = 1
 one_by_one = run(loss, base)
 compared = lambda out: out._replace(seconds=0.0)
-for a, b in zip(jax.tree.leaves(compared(side_by_side)), jax.tree.leaves(compared(one_by_one)), strict=True):
-  np.testing.assert_array_equal(a, b)
+for other in (side_by_side, three_workers):
+  for a, b in zip(jax.tree.leaves(compared(other)), jax.tree.leaves(compared(one_by_one)), strict=True):
+    np.testing.assert_array_equal(a, b)
 # A group meeting a non-finite base sample in a worker thread: DataFaultError in the caller, naming it.
 sampler.MAX_CONCURRENT_PROGRAMS = 2
 bad = 37
@@ -141,8 +154,9 @@ print("side by side = one by one; faults surface")
 
 
 def test_groups_running_side_by_side_give_identical_numbers_and_surface_faults():
-  """On by default on a one-device CPU mesh: the groups' programs run from one pool thread each. The numbers
-  must not notice, and a data fault met in a worker thread is raised in the caller naming the sample. In a
+  """On by default on a one-device CPU mesh: the groups' programs run from one pool thread each, and groups
+  waiting for a thread are compiled meanwhile. The numbers must not notice, the waiting groups' calls reuse
+  those compilations, and a data fault met in a worker thread is raised in the caller naming the sample. In a
   child process with one CPU device (this one has 4 emulated devices, where groups run one at a time) and
   XLA's default emitters, as users run it (the suite's other processes compile with the older ones)."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in XLA_TEST_FLAGS]
