@@ -118,17 +118,21 @@ config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_cha
 run = lambda lf, b: sampler.run(lf, params, names, masks_C, b, probes, config=config, batch_size=16, delta_h=0.25,
                                 progress=False, observed=observed, token_loss_fn=tokens)
 # Two workers for four groups: the last two groups are compiled meanwhile, in threads of their own, and their
-# calls reuse those compilations (each group's draw program lowered once, by the thread named here).
-lowered_by = []
+# calls reuse those compilations (each group's draw program lowered and compiled once, by the thread named here).
+lowered_by, compiled = [], []
 def listen(event, duration, **kwargs):
-  if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "draw_chunk" in str(kwargs.get("fun_name")):
-    lowered_by.append(threading.current_thread().name)
+  if "draw_chunk" in str(kwargs.get("fun_name")):
+    if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+      lowered_by.append(threading.current_thread().name)
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(event)
 jax.monitoring.register_event_duration_secs_listener(listen)
 sampler.MAX_CONCURRENT_PROGRAMS = 2
 side_by_side = run(loss, base)
 jax.monitoring.unregister_event_duration_listener(listen)
 assert sorted(name.startswith(sampler.COMPILE_AHEAD_THREAD) for name in lowered_by) == [False] * 2 + [True] * 2, \
     lowered_by
+assert len(compiled) == 4, compiled
 sampler.MAX_CONCURRENT_PROGRAMS = 3
 three_workers = run(loss, base)
 sampler.MAX_CONCURRENT_PROGRAMS = 1
