@@ -147,7 +147,7 @@ def _compile_meanwhile(compile_group: Callable[[], Any]) -> None:
     except Exception:  # noqa: BLE001 (reported by the group's own call)
       pass
 
-  # Not a daemon: a process leaving while XLA compiles in a daemon thread can crash at exit; this one waits.
+  # Not a daemon: the interpreter would tear down under a daemon thread still inside XLA; exit waits for it.
   threading.Thread(target=compile_quietly, name=COMPILE_AHEAD_THREAD).start()
 
 
