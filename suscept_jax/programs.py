@@ -222,7 +222,7 @@ def auto_microbatch(loss_fn, plan: Plan, mesh, args, device_bytes: int | None = 
       searched.append((rows, None, prediction))
       continue
     candidate = dataclasses.replace(plan, microbatch_size=micro)
-    compiled = compiled_program("draw", loss_fn, candidate, mesh).lower(*args).compile()
+    compiled = compile_ahead(compiled_program("draw", loss_fn, candidate, mesh), args)
     need = program_bytes(compiled)
     measured.append((rows, need))
     searched.append((rows, need, prediction))
