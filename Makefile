@@ -47,7 +47,8 @@ bench: setup-test
 	$(PY) -m benchmarks.devinterp_side_by_side
 
 # What a lent accelerator's one call carries (benchmarks/device_session.py): the demo weights and devinterp's
-# wheels for the H200 image's Python 3.12 (benchmarks/devinterp_wheels_h200.txt), in .whl/ (ignored by git).
+# wheels for the H200 image's Python 3.12 (benchmarks/devinterp_wheels_h200.txt), in .whl/ (ignored by git),
+# and the side by side's contexts from the demo's corpora (.whl/contexts: the machine has no corpora).
 # Training is skipped when runs/demo/train is complete (and resumed when it is not).
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
@@ -59,6 +60,7 @@ device-prep: setup
 	  $(WHEEL_PLATFORMS) -d .whl -r .whl/requirements.txt
 	$(PY) -m pip wheel --quiet --no-deps -w .whl $$(grep -v '^#' benchmarks/devinterp_wheels_h200.txt | grep stream-generator)
 	ls .whl/*.whl | wc -l
+	$(PY) -m benchmarks.devinterp_side_by_side --run_dir=runs/demo/train --write_contexts=.whl/contexts
 
 clean:
 	rm -rf runs .pytest_cache

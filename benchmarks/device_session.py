@@ -8,8 +8,9 @@ part within its own time so that a slow part cannot eat the next one's.
 1. benchmarks.accelerator_figures: matmul peaks, the paper preset's SGLD draw at batch 64 × ctx 1024 (precision,
    attention, FLOP/s against peak, memory), the per-token pass. It rewrites OUT/accelerator_figures.json after
    each figure, so a part stopped at its time still leaves what it measured.
-2. benchmarks.devinterp_side_by_side on the demo weights with devinterp on the GPU (its virtualenv built
-   offline from the carried wheels, on the machine's torch); OUT/summary.json.
+2. benchmarks.devinterp_side_by_side on the demo weights and the demo's contexts (carried in .whl/contexts)
+   with devinterp on the GPU (its virtualenv built offline from the carried wheels, on the machine's torch);
+   OUT/summary.json.
 
 Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped and the next
 starts. Before it, `make device-prep` fetches the wheels into .whl/ and trains the demo weights if missing.
@@ -73,11 +74,21 @@ def parts(args) -> list[Part]:
   tiny = ["--tiny"] if args.tiny else []
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
-                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir])]
+                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried_contexts(args)])]
   # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
   shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}
   return [Part("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
           Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu)]
+
+
+def carried_contexts(args) -> list:
+  """The side by side's contexts: the demo's datasets as `make device-prep` wrote them beside the wheels (the
+  machine has no corpora), else random tokens."""
+  folder = Path(args.wheels) / "contexts"
+  base = folder / "base.npy"
+  if not base.exists():
+    return ["--random_tokens"]
+  return ["--tokens", str(base), *sorted(str(p) for p in folder.glob("*.npy") if p != base)]
 
 
 def run_part(part: Part, out: Path) -> str:

@@ -1,7 +1,8 @@
 """Side by side with devinterp 2.0.1: the same weights, contexts and SGLD settings; time and χ/LLC agreement.
 
   python -m benchmarks.devinterp_side_by_side [--tiny] [--run_dir=runs/demo [--checkpoint=STEP]]
-      [--tokens BASE.npy PROBE.npy [PROBE.npy ...]] [--num_chains=4] [--num_draws=100] [--batch_size=20]
+      [--data BASE PROBE ... [--tokenizer=T] | --tokens BASE.npy PROBE.npy ... | --random_tokens]
+      [--num_chains=4] [--num_draws=100] [--batch_size=20]
       [--components full l0h0 ...] [--work_dir=runs/devinterp_side_by_side] [--skip_devinterp]
       [--devinterp_device=cuda] [--devinterp_wheels=.whl]
 
@@ -19,6 +20,11 @@ What runs:
   ours       in this process, compilation included: `estimate_susceptibilities` (dataset level) and
              `estimate_per_token_susceptibilities` observing the probe contexts devinterp evaluates; then
              both again with their programs compiled (what each further checkpoint of a sweep costs).
+Contexts: with --run_dir, by default the demo's datasets (base `pile`, probes `code` and `repeats:pile`: its
+2048 and 60 first contexts), tokenized by the run's tokenizer as the sweep tokenizes them (--data names others);
+without --run_dir, or with --random_tokens, random tokens (a uniform base; probes 'repeats' and 'narrow'), on
+which a trained model is not at a minimum, so its LLCs come out negative on both sides. The shapes, so the
+times, are the same either way.
 Same ε, nβ, γ, chains, draws, batch size, components (head = its W_Q/W_K/W_V/b_Q/b_K/b_V/W_O slices on both
 sides) and contexts (each probe dataset is exactly the batch_size × 3 contexts devinterp observes).
 
@@ -56,6 +62,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -157,6 +164,46 @@ def file_contexts(cfg, settings: Settings, paths) -> dict:
       raise ValueError(f"{path}: {len(tokens)} contexts, need at least {settings.probe_rows}")
     out[name] = tokens if i == 0 else tokens[:settings.probe_rows]
   return out
+
+
+DEFAULT_DATA = ("pile", "code", "repeats:pile")  # with --run_dir: the demo's base, its headline probe, induction
+
+
+def dataset_name(spec: str) -> str:
+  """A probe's name on both sides: its spec with characters other than letters, digits, '.', '-', '_' as '_'
+  (the names become file and variable names in the job's files)."""
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", spec)
+
+
+def dataset_contexts(cfg, settings: Settings, specs, run_dir, tokenizer_path) -> dict:
+  """base = the first spec's first `num_base` contexts, one probe per further spec (its first batch_size × 3),
+  tokenized as the sweep tokenizes them (`pipeline.load_dataset`) with the tokenizer the run was trained with."""
+  from suscept_jax import checkpoints
+  from suscept_jax_runners import pipeline
+  if len(specs) < 2:
+    raise ValueError("--data needs a base dataset and at least one probe dataset")
+  if not Path(tokenizer_path).exists():
+    raise FileNotFoundError(f"tokenizer {tokenizer_path} not found (give the one {run_dir} was trained with as "
+                            f"--tokenizer)")
+  tokenizer = pipeline.check_run_tokenizer(tokenizer_path, cfg, checkpoints.read_run_info(run_dir), run_dir)
+  pipeline.check_datasets(specs)
+  out = {}
+  for i, spec in enumerate(specs):
+    name = "base" if i == 0 else dataset_name(spec)
+    if name in out:
+      raise ValueError(f"--data {spec}: a second dataset named {name!r}")
+    wanted = settings.num_base if i == 0 else settings.probe_rows
+    tokens = np.asarray(pipeline.load_dataset(spec, tokenizer, cfg.n_ctx, max_contexts=wanted), np.int32)
+    if len(tokens) < settings.probe_rows:  # devinterp observes batch_size × 3 contexts of the base data too
+      raise ValueError(f"--data {spec}: {len(tokens)} contexts of {cfg.n_ctx} tokens, need at least "
+                       f"{settings.probe_rows}")
+    out[name] = tokens
+  return out
+
+
+def default_tokenizer(run_dir) -> Path:
+  """Where `make demo` puts a run's tokenizer: beside its run directory (runs/demo/tokenizer.json)."""
+  return Path(run_dir).resolve().parent / "tokenizer.json"
 
 
 # ---- the devinterp side --------------------------------------------------------------------------------------
@@ -429,6 +476,13 @@ def parse_args(argv=None):
   parser.add_argument("--run_dir", help="a training run to take the weights from (default: random init)")
   parser.add_argument("--checkpoint", type=int, help="its step (default: the last)")
   parser.add_argument("--tokens", nargs="+", help="BASE.npy PROBE.npy ...: int contexts [N, ≥ n_ctx]")
+  parser.add_argument("--data", nargs="+", help="BASE PROBE ...: dataset specs as the sweep takes them, tokenized "
+                      f"with the run's tokenizer (default with --run_dir: {' '.join(DEFAULT_DATA)})")
+  parser.add_argument("--tokenizer", help="the run's tokenizer.json (default: the one beside --run_dir)")
+  parser.add_argument("--write_contexts", metavar="DIR", help="write the chosen contexts to DIR as base.npy and "
+                      "<probe>.npy (what --tokens reads) and stop: for a machine without the corpora")
+  parser.add_argument("--random_tokens", action="store_true", help="random contexts even with --run_dir (the "
+                      "default without it): uniform base, probes 'repeats' and 'narrow'")
   for field in ("num_chains", "num_draws", "batch_size"):
     parser.add_argument(f"--{field}", type=int)
   parser.add_argument("--components", nargs="+", help="component specs (default: every head and 'full')")
@@ -446,14 +500,18 @@ def main(argv=None) -> dict | None:
   settings = dataclasses.replace(settings, **{k: getattr(args, k) for k in ("num_chains", "num_draws", "batch_size")
                                               if getattr(args, k) is not None})
   cfg, params, source = load_weights(settings, args.run_dir, args.checkpoint)
-  contexts = file_contexts(cfg, settings, args.tokens) if args.tokens else random_contexts(cfg, settings)
+  contexts, contexts_source = load_contexts(cfg, settings, args)
+  if args.write_contexts:
+    write_contexts(Path(args.write_contexts), contexts)
+    print(f"contexts: {contexts_source} -> {args.write_contexts}")
+    return None
   from suscept_jax.models import components as comps
   components = args.components or comps.default_components(cfg)
   if "full" not in components:
     raise ValueError("--components must include 'full' (both sides take ⟨ΔL⟩_full from its chains)")
   probes = [p for p in contexts if p != "base"]
   load = os.getloadavg()[0]
-  print(f"weights: {source}\ncontexts: {'files ' + ' '.join(args.tokens) if args.tokens else 'random tokens'}; "
+  print(f"weights: {source}\ncontexts: {contexts_source}; "
         f"base {contexts['base'].shape}, probes {probes} × {settings.probe_rows}\n"
         f"{len(components)} components × {settings.num_chains} chains × {settings.num_draws} draws × {len(probes)} "
         f"probes, batch {settings.batch_size}; ε {settings.step_size:g}, nβ {settings.nbeta:g}, "
@@ -477,11 +535,42 @@ def main(argv=None) -> dict | None:
   print(f"\ndevinterp's φ anchor: ⟨init_loss⟩ {init:.4f} vs L_base(w*) {star:.4f} on its fixed base contexts "
         f"(c = {star - init:+.4f} nats)\ndevinterp ran on {info.get('device', 'cpu')} with torch "
         f"{info['versions']['torch']}; ours on {jax_device()}")
-  meta = {"weights": source, "settings": dataclasses.asdict(settings), "components": components, "probes": probes,
+  meta = {"weights": source, "contexts": contexts_source, "settings": dataclasses.asdict(settings), "components": components, "probes": probes,
           "load_average": [load, os.getloadavg()[0]], "devinterp": info}
   save_results(job_dir, ours, theirs, comparisons, v, meta)
   print(f"summary: {job_dir / 'summary.json'}")
   return v
+
+
+def load_contexts(cfg, settings: Settings, args) -> tuple[dict, str]:
+  """(contexts, where they come from): --tokens files, --data specs, random tokens, or (with --run_dir) the
+  default datasets."""
+  chosen = [flag for flag, given in (("--tokens", args.tokens), ("--data", args.data),
+                                     ("--random_tokens", args.random_tokens)) if given]
+  if len(chosen) > 1:
+    raise ValueError(f"give at most one of --tokens, --data and --random_tokens (got {' and '.join(chosen)})")
+  if args.tokens:
+    return file_contexts(cfg, settings, args.tokens), "files " + " ".join(args.tokens)
+  specs = args.data or (DEFAULT_DATA if args.run_dir and not args.random_tokens else None)
+  if specs is None:
+    return random_contexts(cfg, settings), "random tokens"
+  if not args.run_dir:
+    raise ValueError("--data needs --run_dir (the run whose tokenizer tokenizes the data)")
+  tokenizer = args.tokenizer or default_tokenizer(args.run_dir)
+  return dataset_contexts(cfg, settings, specs, args.run_dir, tokenizer), f"datasets {' '.join(specs)} ({tokenizer})"
+
+
+def write_contexts(folder: Path, contexts: dict) -> list:
+  """base.npy, then one <probe>.npy per probe in `folder` (emptied of other .npy files first); their paths in
+  the order `--tokens` takes them."""
+  folder.mkdir(parents=True, exist_ok=True)
+  for old in folder.glob("*.npy"):
+    old.unlink()
+  paths = []
+  for name, tokens in contexts.items():
+    paths.append(folder / f"{name}.npy")
+    np.save(paths[-1], tokens)
+  return paths
 
 
 def jax_device() -> str:

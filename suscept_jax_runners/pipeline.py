@@ -75,17 +75,24 @@ def resolve_target(preset_name: str, run_dir, tokenizer_path) -> RunTarget:
     context_length = int(info.get("context_length", cfg.n_ctx))
   tokenizer_path = str(tokenizer_path)
   if Path(tokenizer_path).exists():
-    tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
-    tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab, name=f"tokenizer {tokenizer_path}")
-    recorded = (info or {}).get("tokenizer_fingerprint")
-    if recorded and recorded != tokenizers_lib.tokenizer_fingerprint(tokenizer):
-      raise ValueError(f"tokenizer {tokenizer_path} is not the one {run_dir} was trained with (fingerprint "
-                       f"{tokenizers_lib.tokenizer_fingerprint(tokenizer)} vs {recorded} recorded with the run)")
+    check_run_tokenizer(tokenizer_path, cfg, info, run_dir)
   elif not own_demo:
     raise FileNotFoundError(f"tokenizer {tokenizer_path} not found (give the one the run was trained with as "
                             f"--tokenizer)")
   return RunTarget(run_dir=str(run_dir), model_config=cfg, available_steps=list(steps),
                    context_length=context_length, tokenizer_path=tokenizer_path, needs_training=needs_training)
+
+
+def check_run_tokenizer(tokenizer_path, cfg, run_info, run_dir):
+  """The tokenizer at `tokenizer_path`, checked against the model (its vocabulary) and against the run (the
+  fingerprint it recorded, when it recorded one): contexts tokenized otherwise would be another model's data."""
+  tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
+  tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab, name=f"tokenizer {tokenizer_path}")
+  recorded = (run_info or {}).get("tokenizer_fingerprint")
+  if recorded and recorded != tokenizers_lib.tokenizer_fingerprint(tokenizer):
+    raise ValueError(f"tokenizer {tokenizer_path} is not the one {run_dir} was trained with (fingerprint "
+                     f"{tokenizers_lib.tokenizer_fingerprint(tokenizer)} vs {recorded} recorded with the run)")
+  return tokenizer
 
 
 def check_datasets(specs) -> None:

@@ -5,6 +5,7 @@ import io
 import json
 import re
 import shutil
+from pathlib import Path
 
 import importlib
 import importlib.metadata
@@ -109,6 +110,20 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
   versions = json.loads((tmp_path / "versions.json").read_text())
   assert versions["jax"] == importlib.metadata.version("jax") and "pyarrow" in versions
   assert device_session.installed_versions(["no-such-distribution"]) == {"no-such-distribution": None}
+
+
+def test_device_session_side_by_side_takes_the_carried_contexts(tmp_path):
+  """`make device-prep` writes the demo's contexts beside the wheels (the machine has no corpora): the side by
+  side reads them with --tokens, base first; without them it says --random_tokens rather than fail there."""
+  args = device_session.parse_args(["--out", str(tmp_path), "--wheels", str(tmp_path / "whl")])
+  side_by_side = lambda: device_session.parts(args)[1].argv  # noqa: E731
+  assert "--random_tokens" in side_by_side() and "--tokens" not in side_by_side()
+  (tmp_path / "whl" / "contexts").mkdir(parents=True)
+  for name in ("repeats_pile", "base", "code"):
+    np.save(tmp_path / "whl" / "contexts" / f"{name}.npy", np.zeros((2, 3), np.int32))
+  argv = side_by_side()
+  files = argv[argv.index("--tokens") + 1:]
+  assert [Path(f).stem for f in files] == ["base", "code", "repeats_pile"] and "--random_tokens" not in argv
 
 
 def test_a_device_session_part_past_its_time_is_stopped(tmp_path):

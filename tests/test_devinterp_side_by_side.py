@@ -149,3 +149,47 @@ def test_the_accelerator_wheel_list_pins_what_the_job_requires():
   assert f"devinterp=={pins['devinterp']}" in sbs.REQUIREMENTS
   assert "transformer-lens<4" in sbs.REQUIREMENTS and int(pins["transformer-lens"].split(".")[0]) < 4
   assert "torch" not in pins  # the machine's own
+
+
+def test_contexts_from_dataset_specs_are_the_sweeps_tokenization_of_them(tiny, tmp_path):
+  """--data: the base's first num_base contexts and each probe's first batch_size × 3, tokenized by the run's
+  tokenizer exactly as the sweep loads them; written for --tokens and read back the same; bad input named."""
+  from suscept_jax import checkpoints
+  from suscept_jax.data import tokenizer as tokenizers_lib
+  from suscept_jax_runners import pipeline
+  _, run_dir, tok, data = tiny
+  settings = dataclasses.replace(sbs.TINY, num_base=40)
+  cfg = checkpoints.read_model_config(run_dir)
+  specs = [str(data["mix"]), str(data["math"]), f"repeats:{data['prose']}"]
+  contexts = sbs.dataset_contexts(cfg, settings, specs, run_dir, tok)
+  assert list(contexts) == ["base", sbs.dataset_name(specs[1]), sbs.dataset_name(specs[2])]
+  assert ":" not in list(contexts)[2] and "/" not in list(contexts)[1]
+  tokenizer = tokenizers_lib.load_tokenizer(tok)
+  for name, spec, rows in zip(contexts, specs, (40, settings.probe_rows, settings.probe_rows)):
+    expected = np.asarray(pipeline.load_dataset(spec, tokenizer, cfg.n_ctx, max_contexts=rows))
+    assert contexts[name].shape == (rows, cfg.n_ctx) and contexts[name].dtype == np.int32
+    np.testing.assert_array_equal(contexts[name], expected)
+  assert not np.array_equal(contexts[list(contexts)[2]], contexts[list(contexts)[1]])
+
+  paths = sbs.write_contexts(tmp_path / "contexts", contexts)
+  assert [p.name for p in paths] == [f"{name}.npy" for name in contexts]
+  again = sbs.file_contexts(cfg, settings, [str(p) for p in paths])
+  assert list(again) == list(contexts)
+  for name in contexts:
+    np.testing.assert_array_equal(again[name], contexts[name])
+
+  other_tok = tmp_path / "other.json"
+  from tests import helpers
+  tokenizers_lib.train_bpe_tokenizer(helpers.math_documents(60, seed=5), vocab_size=cfg.d_vocab, path=other_tok)
+  with pytest.raises(ValueError, match="is not the one .* was trained with"):
+    sbs.dataset_contexts(cfg, settings, specs, run_dir, other_tok)
+  with pytest.raises(FileNotFoundError, match="--tokenizer"):
+    sbs.dataset_contexts(cfg, settings, specs, run_dir, tmp_path / "missing.json")
+  with pytest.raises(ValueError, match=f"--data {data['mix']}: .* need at least 30000"):
+    sbs.dataset_contexts(cfg, dataclasses.replace(settings, batch_size=10_000), specs, run_dir, tok)
+  with pytest.raises(ValueError, match="at most one of --tokens, --data"):
+    sbs.load_contexts(cfg, settings, sbs.parse_args(["--data", *specs, "--random_tokens"]))
+  with pytest.raises(ValueError, match="--data needs --run_dir"):
+    sbs.load_contexts(cfg, settings, sbs.parse_args(["--data", *specs]))
+  random, source = sbs.load_contexts(cfg, settings, sbs.parse_args(["--run_dir", str(run_dir), "--random_tokens"]))
+  assert source == "random tokens" and list(random) == ["base", "repeats", "narrow"]
