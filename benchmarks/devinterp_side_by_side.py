@@ -535,8 +535,8 @@ def main(argv=None) -> dict | None:
   print(f"\ndevinterp's φ anchor: ⟨init_loss⟩ {init:.4f} vs L_base(w*) {star:.4f} on its fixed base contexts "
         f"(c = {star - init:+.4f} nats)\ndevinterp ran on {info.get('device', 'cpu')} with torch "
         f"{info['versions']['torch']}; ours on {jax_device()}")
-  meta = {"weights": source, "contexts": contexts_source, "settings": dataclasses.asdict(settings), "components": components, "probes": probes,
-          "load_average": [load, os.getloadavg()[0]], "devinterp": info}
+  meta = {"weights": source, "contexts": contexts_source, "settings": dataclasses.asdict(settings),
+          "components": components, "probes": probes, "load_average": [load, os.getloadavg()[0]], "devinterp": info}
   save_results(job_dir, ours, theirs, comparisons, v, meta)
   print(f"summary: {job_dir / 'summary.json'}")
   return v
