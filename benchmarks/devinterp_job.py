@@ -7,13 +7,7 @@ holds what the side-by-side script wrote: `job.json` (TransformerLens config, SG
 probe names, torch device), `weights.npz` (a TransformerLens state dict) and `contexts.npz` (base and
 probe token contexts [N, L]). It times one `devinterp.slt.susceptibilities.susceptibilities` call (wall clock from
 building the model to the returned tree; imports timed apart), then reads devinterp's per-draw losses back
-from the zarr stores it wrote, to get what devinterp does not report (untimed).
-
-The call keeps devinterp's defaults but one: each chain reads its own shuffle of the batches
-(`match_sampling_input_ids_across_chains=False`), as ours do. By default every chain reads the same batches in
-the same order, so the chains' spread misses the noise of that one order: on the demo's data, runs with other
-seeds moved its per-token χ by 1.2–2.3× the error bar built from that spread (BUILD_NOTES, "Twenty-fourth
-session"). The work per draw is the same either way.
+from the zarr stores it wrote, to get what devinterp does not report (untimed):
 
   χ per chain  devinterp's formula applied to one chain k (the mean over chains is exactly its χ):
                  φ_{k,t} = L_base(w_{k,t}) − anchor     (L_base: its fixed sampling-task contexts)
@@ -94,7 +88,7 @@ def run(job: dict, job_dir: Path):
                           sampling_task=SAMPLING_TASK, lr=sgld["lr"], n_beta=sgld["n_beta"],
                           localization=sgld["localization"], num_chains=sgld["num_chains"],
                           num_draws=sgld["num_draws"], batch_size=sgld["batch_size"], output_path=output,
-                          match_sampling_input_ids_across_chains=False, device=device)
+                          device=device)
   return time.perf_counter() - t0, tree, model, output
 
 
@@ -183,12 +177,6 @@ def anchored_llc(samples: dict, components: list, model, nbeta: float) -> np.nda
   return np.stack(out)
 
 
-def chains_share_batches(samples) -> bool:
-  """Whether every chain read the same batches in the same order (devinterp's default; not in this job)."""
-  ids_KxSxBxL = samples["sampling_input_ids_micro"].values
-  return bool((ids_KxSxBxL == ids_KxSxBxL[:1]).all())
-
-
 def returned_chi(tree, components: list, probes: list, shape_OxJ: tuple) -> dict:
   """{probe: χ [C', O, J]} as devinterp's returned tree has it (C' = its restrictions; "full" is absent)."""
   sus = tree["susceptibilities"].dataset
@@ -229,7 +217,6 @@ def main(job_dir: Path) -> None:
   np.savez(job_dir / "devinterp_result.npz", **arrays)
   info = {"seconds": seconds, "import_seconds": IMPORT_SECONDS, "components": components, "probes": probes,
           "max_abs_diff_vs_returned_chi": consistency, "init_loss_mean": init_mean,
-          "chains_share_batches": chains_share_batches(samples["full"]),
           "base_loss_at_star": float(star_base_O.mean()),
           "versions": {p: version(p) for p in ("devinterp", "torch", "transformer-lens", "datasets")},
           "device": str(model.cfg.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()

@@ -11,12 +11,12 @@ What runs:
              first use with devinterp==2.0.1, torch==2.13.0 (CPU) and transformer-lens<4, reused once complete), as a
              subprocess (benchmarks/devinterp_job.py) on files written here: the weights exported to a
              TransformerLens state dict, its config, the contexts. One `susceptibilities` call (every head +
-             "full", sampling task = the base data, observables = base + probes, its defaults but each chain
-             on its own batches (below): 3 evaluation batches per observable per draw, 32 initial-loss batches)
-             gives its dataset-level and per-token χ, so its one time counts for both. On a machine with its
-             own torch and no package index (the accelerator), --devinterp_wheels builds that virtualenv offline
-             on the machine's torch from carried wheels (devinterp_wheels_h200.txt lists what the H200 image
-             lacks), and --devinterp_device=cuda runs devinterp on the GPU.
+             "full", sampling task = the base data, observables = base + probes, both at their defaults: 3
+             evaluation batches per observable per draw, 32 initial-loss batches) gives its dataset-level and
+             per-token χ, so its one time counts for both. On a machine with its own torch and no package
+             index (the accelerator), --devinterp_wheels builds that virtualenv offline on the machine's torch
+             from carried wheels (devinterp_wheels_h200.txt lists what the H200 image lacks), and
+             --devinterp_device=cuda runs devinterp on the GPU.
   ours       in this process, compilation included: `estimate_susceptibilities` (dataset level) and
              `estimate_per_token_susceptibilities` observing the probe contexts devinterp evaluates; then
              both again with their programs compiled (what each further checkpoint of a sweep costs).
@@ -45,11 +45,10 @@ Definitions, and how they map (devinterp's estimator: see devinterp_job.py):
                  their own loss at w*, steps ≥ 1) and "mapped" (anchored + β estimated from its base contexts):
                  the last is what ours should equal, and what the agreement verdicts judge.
   also           devinterp reports no χ for "full"; the job computes it with its formula.
-Error bars: ours, the standard error across chains (each reads its own data stream). devinterp's chains read
-their own batches too (its one setting off its defaults, `match_sampling_input_ids_across_chains=False`: with
-every chain on the same batches its error bars were 1.2–2.3× too small per token; see devinterp_job.py), but
-they observe the same fixed contexts, so their spread misses the noise of which batch_size × 3 base contexts it
-fixed: its χ error bar adds a bootstrap over those contexts; its LLC error bar is the chain spread.
+Error bars: ours, the standard error across chains (each reads its own data stream). devinterp's chains all read
+the same batches and observe the same fixed contexts, so their spread misses the noise of which batch_size × 3
+base contexts it fixed: its χ error bar adds a bootstrap over those contexts (for heads 3–8× the chain spread
+per token, on a trained demo-size model); its LLC error bar is the chain spread.
 Agreement: z = (ours − devinterp) / √(se_ours² + se_devinterp²). PASS when every
 dataset-level |z| ≤ 3 and the LLC of "full" has |z| ≤ 3; per token, when at most 5 % of the tokens of each
 component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there).
