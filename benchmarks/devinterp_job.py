@@ -15,6 +15,12 @@ from the zarr stores it wrote, to get what devinterp does not report (untimed):
                "reported": anchor = ⟨init_loss⟩_full (its 32 initial-loss batches), as devinterp computes it;
                "anchored": anchor = L_base(w*) on the same fixed contexts, so φ(w*) = 0 as in ours.
                devinterp leaves "full" out of its table; the same formula gives it.
+  leave one out  χ (the mean over chains) again without chain k of every component, k = 1..K: the replicates of a
+               jackknife over chains. Its head χ takes ⟨L_base⟩_full − ⟨ℓ_i⟩_full from all of "full"'s chains, a
+               term every chain of the head shares, so the spread of the per-chain values misses that term's
+               noise (on the demo's data, runs with other seeds moved per-token χ by 1.2–2.3× the error bar
+               from that spread; BUILD_NOTES, "Twenty-fourth session"). Chain k of every component runs on the
+               same seed, so the jackknife leaves out chain k everywhere.
   context s.e. a bootstrap over devinterp's fixed base contexts (64 resamples of the rows that define L_base
                and φ): the uncertainty its chains cannot show, since they all observe the same contexts.
   batch term   β_{C,k} = (1/n)·⟨Cov_j(ℓ_j(w) − ℓ_j(w*), ℓ_j(w))⟩_t over its base contexts j (per-context mean
@@ -134,6 +140,20 @@ def per_chain_token_chi(base: dict, probe: dict, components: list, anchor, rows=
   return out
 
 
+def leave_one_chain_out(base: dict, probe: dict, components: list, anchor) -> dict:
+  """{probe: [K, C, O, J]}: the chain-mean χ of `per_chain_token_chi` without chain k of every component."""
+  num_chains = next(iter(base.values())).shape[0]
+  out = {p: [] for p in probe}
+  for k in range(num_chains):
+    keep = [i for i in range(num_chains) if i != k]
+    chi = per_chain_token_chi({c: x[keep] for c, x in base.items()},
+                              {p: {c: x[keep] for c, x in losses.items()} for p, losses in probe.items()},
+                              components, anchor)
+    for p in probe:
+      out[p].append(chi[p].mean(axis=1))
+  return {p: np.stack(x) for p, x in out.items()}
+
+
 def context_se(base: dict, probe: dict, components: list, anchor, num_resamples: int = 64, seed: int = 0) -> dict:
   """{probe: (per-token [C, O, J], dataset-level [C])} standard errors of the chain-mean χ from devinterp's choice
   of fixed base contexts: a bootstrap over those contexts. Every chain observes the same contexts, so its
@@ -206,8 +226,10 @@ def main(job_dir: Path) -> None:
   chi = {form: per_chain_token_chi(base, probe, components, anchor) for form, anchor in anchors.items()}
   for form, anchor in anchors.items():
     spread = context_se(base, probe, components, anchor)
+    left_out = leave_one_chain_out(base, probe, components, anchor)
     for p in probes:
       arrays[f"chi_token_per_chain/{form}/{p}"] = chi[form][p]
+      arrays[f"chi_token_leave_one_out/{form}/{p}"] = left_out[p]
       arrays[f"chi_token_context_se/{form}/{p}"], arrays[f"chi_context_se/{form}/{p}"] = spread[p]
   theirs = returned_chi(tree, components, probes, chi["reported"][probes[0]].shape[2:])
   heads = [i for i, c in enumerate(components) if c != "full"]

@@ -45,10 +45,11 @@ Definitions, and how they map (devinterp's estimator: see devinterp_job.py):
                  their own loss at w*, steps ≥ 1) and "mapped" (anchored + β estimated from its base contexts):
                  the last is what ours should equal, and what the agreement verdicts judge.
   also           devinterp reports no χ for "full"; the job computes it with its formula.
-Error bars: ours, the standard error across chains (each reads its own data stream). devinterp's chains all read
-the same batches and observe the same fixed contexts, so their spread misses the noise of which batch_size × 3
-base contexts it fixed: its χ error bar adds a bootstrap over those contexts (for heads 3–8× the chain spread
-per token, on a trained demo-size model); its LLC error bar is the chain spread.
+Error bars: ours, the standard error across chains (each reads its own data stream; chain k of a head and of
+"full" share theirs, so the ⟨ΔL⟩_full term is carried). devinterp's χ error bar is a jackknife over chains
+(leaving out chain k of every component: its head χ takes ⟨·⟩_full from all of "full"'s chains, which the spread
+of per-chain values missed, 1.2–2.3× too small per token on the demo's data) ⊕ a bootstrap over the
+batch_size × 3 base contexts it fixed (every chain observes the same ones); its LLC error bar is the chain spread.
 Agreement: z = (ours − devinterp) / √(se_ours² + se_devinterp²). PASS when every
 dataset-level |z| ≤ 3 and the LLC of "full" has |z| ≤ 3; per token, when at most 5 % of the tokens of each
 component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there).
@@ -285,7 +286,7 @@ VARIANTS = ("reported", "anchored", "mapped")  # the last one is what the agreem
 
 
 def devinterp_side(job_dir: Path, variant: str = "mapped") -> Side:
-  """devinterp's results as a Side in one of three forms; χ error bars = its spread across chains ⊕ the bootstrap
+  """devinterp's results as a Side in one of three forms; χ error bars = a jackknife over chains ⊕ the bootstrap
   over its fixed base contexts (devinterp_job.context_se); LLC error bars = spread across chains. Forms:
   "reported" (its χ and `compute_llc` as they come), "anchored" (φ re-anchored at L_base(w*) on its own
   contexts; LLC on the same batches), "mapped" (anchored + our same-batch term β: what ours should equal)."""
@@ -297,16 +298,31 @@ def devinterp_side(job_dir: Path, variant: str = "mapped") -> Side:
   token_chi, token_se, chi, chi_se, ids = {}, {}, [], [], {}
   for p in info["probes"]:
     per_chain_CxKxOxJ = arrays[f"chi_token_per_chain/{form}/{p}"] + np.asarray(shift_CxK)[..., None, None]
-    token_chi[p], chains_se = mean_se(per_chain_CxKxOxJ, axis=1)
-    token_se[p] = np.hypot(chains_se, arrays[f"chi_token_context_se/{form}/{p}"])
-    dataset_CxK = per_chain_CxKxOxJ.mean(axis=(2, 3))
-    chi.append(dataset_CxK.mean(axis=1))
-    chi_se.append(np.hypot(mean_se(dataset_CxK, axis=1)[1], arrays[f"chi_context_se/{form}/{p}"]))
+    shift_left_out_KxC = leave_one_out_means(np.broadcast_to(shift_CxK, per_chain_CxKxOxJ.shape[:2]).T)
+    left_out_KxCxOxJ = arrays[f"chi_token_leave_one_out/{form}/{p}"] + shift_left_out_KxC[..., None, None]
+    token_chi[p] = per_chain_CxKxOxJ.mean(axis=1)
+    token_se[p] = np.hypot(jackknife_se(left_out_KxCxOxJ), arrays[f"chi_token_context_se/{form}/{p}"])
+    chi.append(per_chain_CxKxOxJ.mean(axis=(1, 2, 3)))
+    chi_se.append(np.hypot(jackknife_se(left_out_KxCxOxJ.mean(axis=(2, 3))), arrays[f"chi_context_se/{form}/{p}"]))
     ids[p] = arrays[f"context_ids/{p}"]
   llc, llc_se = mean_se(arrays[f"llc_per_chain/{form}"], axis=1)
   seconds = {"dataset": info["seconds"], "per_token": info["seconds"], "imports": info["import_seconds"]}
   return Side(f"devinterp {variant}", np.array(chi), np.array(chi_se), token_chi, token_se, llc, llc_se, ids,
               seconds)
+
+
+def leave_one_out_means(x_KxN: np.ndarray) -> np.ndarray:
+  """[K, N]: row k is the mean of the other K − 1 rows."""
+  x_KxN = np.asarray(x_KxN, float)
+  return (x_KxN.sum(axis=0) - x_KxN) / (len(x_KxN) - 1)
+
+
+def jackknife_se(left_out_Kx: np.ndarray) -> np.ndarray:
+  """The jackknife standard error from K leave-one-out replicates (axis 0): √((K − 1)/K · Σ_k (θ₋ₖ − θ̄)²).
+  For a plain mean it is exactly the standard error of the mean; for a statistic whose parts all chains
+  share (devinterp's ⟨·⟩_full term) it carries that part's noise too."""
+  num = len(left_out_Kx)
+  return np.sqrt((num - 1) / num * ((left_out_Kx - left_out_Kx.mean(axis=0)) ** 2).sum(axis=0))
 
 
 def mean_se(x, axis: int):

@@ -88,6 +88,24 @@ def test_comparison_of_our_results_with_themselves_agrees_exactly(ours):
   assert any(line.startswith("ours again, programs compiled") and f"= {compiled:.2f}×" in line for line in lines)
 
 
+def test_jackknife_over_chains_is_the_standard_error_of_a_mean_and_carries_a_shared_term():
+  """devinterp's χ error bar: for a plain mean the jackknife equals s/√K exactly; for a statistic with a part
+  that every replicate shares (θ = ⟨a⟩·⟨b⟩, as devinterp's head χ uses ⟨·⟩ over all of "full"'s chains) it
+  matches the delta method, which the spread of the per-chain values a_k·⟨b⟩ does not."""
+  rng = np.random.default_rng(0)
+  x_KxN = rng.normal(size=(4, 50))
+  left_out = sbs.leave_one_out_means(x_KxN)
+  np.testing.assert_allclose(left_out[2], x_KxN[[0, 1, 3]].mean(axis=0))
+  np.testing.assert_allclose(sbs.jackknife_se(left_out), x_KxN.std(axis=0, ddof=1) / 2)
+  num = 4000
+  a_K, b_K = rng.normal(2.0, 1.0, num), rng.normal(3.0, 2.0, num)
+  replicates = sbs.leave_one_out_means(a_K) * sbs.leave_one_out_means(b_K)
+  delta = np.sqrt((b_K.mean() ** 2 * a_K.var(ddof=1) + a_K.mean() ** 2 * b_K.var(ddof=1)) / num)
+  assert sbs.jackknife_se(replicates) == pytest.approx(delta, rel=0.02)
+  per_value_spread = (a_K * b_K.mean()).std(ddof=1) / np.sqrt(num)
+  assert per_value_spread < 0.7 * delta
+
+
 def test_row_order_and_z_scores():
   ours_ids = np.array([[1, 2], [3, 4], [5, 6]])
   assert sbs.row_order(ours_ids, ours_ids[[2, 0, 1]]).tolist() == [2, 0, 1]
