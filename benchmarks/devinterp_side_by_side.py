@@ -52,7 +52,11 @@ of per-chain values missed, 1.2–2.3× too small per token on the demo's data) 
 batch_size × 3 base contexts it fixed (every chain observes the same ones); its LLC error bar is the chain spread.
 Agreement: z = (ours − devinterp) / √(se_ours² + se_devinterp²). PASS when every
 dataset-level |z| ≤ 3 and the LLC of "full" has |z| ≤ 3; per token, when at most 5 % of the tokens of each
-component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there).
+component have |z| > 3 (Student t with ≈ 6 degrees of freedom puts 2.4 % there). That last check is weak
+evidence either way at 4 chains a side: every token's χ and error bar come from the same few chains, so when
+those chains happen to sit together away from the posterior mean, many tokens fail at once (a t-statistic with
+3 degrees of freedom, shared by all of them). On the demo's data it failed in 22 of 45 pairs of two of our own
+runs (seeds 0–9) and in 13 of 40 pairs of ours against devinterp (PER_TOKEN_NULL_NOTE).
 Speed targets (ratios in one run, compilation included): dataset level ≥ 10×, per token ≥ 3×. The ratios with
 our programs compiled are printed beside them, without a target.
 
@@ -77,6 +81,8 @@ BATCHES_PER_DRAW = 3  # devinterp's default evaluation batches per observable pe
 JOB_SCRIPT = Path(__file__).with_name("devinterp_job.py")
 TARGETS = {"dataset": 10.0, "per_token": 3.0}
 Z_MAX, TOKEN_FRACTION_MAX = 3.0, 0.05
+PER_TOKEN_NULL_NOTE = ("with 4 chains a side this check also fails in about half the pairs of two of our own "
+                       "runs on the demo's data (22 of 45): read it with the correlation and the dataset level")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,7 +472,7 @@ def report(ours: Side, theirs: dict, comparisons: dict, components: list, probes
       log(f"    {name:6s} {s['tokens']:5d} tokens  {100 * s['frac_abs_z_gt_3']:5.1f} %  {s['median_abs_z']:6.2f}  "
           f"{s['mean_diff']:+.2e}  {s['corr']:+.3f}")
   log(f"  each component ≤ {100 * TOKEN_FRACTION_MAX:g} % of tokens with |z| > 3 against {judged}: "
-      f"{flag(v['agree_per_token'])}")
+      f"{flag(v['agree_per_token'])}\n  ({PER_TOKEN_NULL_NOTE})")
   return v
 
 
