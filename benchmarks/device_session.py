@@ -84,11 +84,9 @@ def parts(args) -> list[Part]:
 def carried_contexts(args) -> list:
   """The side by side's contexts: the demo's datasets as `make device-prep` wrote them beside the wheels (the
   machine has no corpora), else random tokens."""
-  folder = Path(args.wheels) / "contexts"
-  base = folder / "base.npy"
-  if not base.exists():
-    return ["--random_tokens"]
-  return ["--tokens", str(base), *sorted(str(p) for p in folder.glob("*.npy") if p != base)]
+  from benchmarks import devinterp_side_by_side
+  written = devinterp_side_by_side.written_contexts(Path(args.wheels) / "contexts")
+  return ["--tokens", *map(str, written)] if written else ["--random_tokens"]
 
 
 def run_part(part: Part, out: Path) -> str:

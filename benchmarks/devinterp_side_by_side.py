@@ -582,17 +582,35 @@ def load_contexts(cfg, settings: Settings, args) -> tuple[dict, str]:
   return dataset_contexts(cfg, settings, specs, args.run_dir, tokenizer), f"datasets {' '.join(specs)} ({tokenizer})"
 
 
+CONTEXTS_MANIFEST = "contexts.json"  # the files `write_contexts` wrote, in the order `--tokens` takes them
+
+
 def write_contexts(folder: Path, contexts: dict) -> list:
-  """base.npy, then one <probe>.npy per probe in `folder` (emptied of other .npy files first); their paths in
-  the order `--tokens` takes them."""
+  """base.npy, then one <probe>.npy per probe in `folder`, listed in its manifest; their paths in the order
+  `--tokens` takes them. Files an earlier call listed go first; a folder holding other .npy files is refused
+  (they are not ours to delete, and a reader of the folder could take them for contexts)."""
   folder.mkdir(parents=True, exist_ok=True)
-  for old in folder.glob("*.npy"):
-    old.unlink()
+  manifest = folder / CONTEXTS_MANIFEST
+  for name in (json.loads(manifest.read_text()) if manifest.exists() else []):
+    (folder / name).unlink(missing_ok=True)
+  strangers = sorted(p.name for p in folder.glob("*.npy"))
+  if strangers:
+    raise ValueError(f"--write_contexts={folder} holds other .npy files ({', '.join(strangers)}): give an empty "
+                     f"folder or one this script wrote")
   paths = []
   for name, tokens in contexts.items():
     paths.append(folder / f"{name}.npy")
     np.save(paths[-1], tokens)
+  manifest.write_text(json.dumps([p.name for p in paths]))
   return paths
+
+
+def written_contexts(folder: Path) -> list | None:
+  """The paths `write_contexts` wrote in `folder`, base first, or None when it wrote none there."""
+  manifest = Path(folder) / CONTEXTS_MANIFEST
+  if not manifest.exists():
+    return None
+  return [Path(folder) / name for name in json.loads(manifest.read_text())]
 
 
 def jax_device() -> str:

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import (accelerator_figures, device_session, error_bars_on_demo, paper_memory, precision_shift,
-                        restricted_gradients, scaling)
+from benchmarks import (accelerator_figures, device_session, devinterp_side_by_side, error_bars_on_demo, paper_memory,
+                        precision_shift, restricted_gradients, scaling)
 from tests.helpers import sweep_cmd
 
 
@@ -118,12 +118,11 @@ def test_device_session_side_by_side_takes_the_carried_contexts(tmp_path):
   args = device_session.parse_args(["--out", str(tmp_path), "--wheels", str(tmp_path / "whl")])
   side_by_side = lambda: device_session.parts(args)[1].argv  # noqa: E731
   assert "--random_tokens" in side_by_side() and "--tokens" not in side_by_side()
-  (tmp_path / "whl" / "contexts").mkdir(parents=True)
-  for name in ("repeats_pile", "base", "code"):
-    np.save(tmp_path / "whl" / "contexts" / f"{name}.npy", np.zeros((2, 3), np.int32))
+  contexts = {name: np.zeros((2, 3), np.int32) for name in ("base", "repeats_pile", "code")}
+  devinterp_side_by_side.write_contexts(tmp_path / "whl" / "contexts", contexts)
   argv = side_by_side()
   files = argv[argv.index("--tokens") + 1:]
-  assert [Path(f).stem for f in files] == ["base", "code", "repeats_pile"] and "--random_tokens" not in argv
+  assert [Path(f).stem for f in files] == ["base", "repeats_pile", "code"] and "--random_tokens" not in argv
 
 
 def test_a_device_session_part_past_its_time_is_stopped(tmp_path):

@@ -191,6 +191,14 @@ def test_contexts_from_dataset_specs_are_the_sweeps_tokenization_of_them(tiny, t
 
   paths = sbs.write_contexts(tmp_path / "contexts", contexts)
   assert [p.name for p in paths] == [f"{name}.npy" for name in contexts]
+  assert sbs.written_contexts(tmp_path / "contexts") == paths and sbs.written_contexts(tmp_path) is None
+  assert sbs.write_contexts(tmp_path / "contexts", {"base": contexts["base"]}) == [paths[0]]  # rewritten: one file
+  assert sorted(p.name for p in (tmp_path / "contexts").glob("*.npy")) == ["base.npy"]
+  np.save(tmp_path / "mine.npy", np.zeros(3))
+  with pytest.raises(ValueError, match=r"holds other \.npy files \(mine\.npy\)"):
+    sbs.write_contexts(tmp_path, contexts)
+  assert (tmp_path / "mine.npy").exists()
+  paths = sbs.write_contexts(tmp_path / "contexts", contexts)
   again = sbs.file_contexts(cfg, settings, [str(p) for p in paths])
   assert list(again) == list(contexts)
   for name in contexts:
