@@ -573,9 +573,13 @@ def load_contexts(cfg, settings: Settings, args) -> tuple[dict, str]:
                                      ("--random_tokens", args.random_tokens)) if given]
   if len(chosen) > 1:
     raise ValueError(f"give at most one of --tokens, --data and --random_tokens (got {' and '.join(chosen)})")
+  specs = args.data or (DEFAULT_DATA if args.run_dir and not (args.tokens or args.random_tokens) else None)
+  if args.tokenizer and specs is None:  # it would tokenize nothing: say so rather than ignore it
+    source = chosen[0] if chosen else "random tokens (no --run_dir)"
+    raise ValueError(f"--tokenizer={args.tokenizer} tokenizes dataset specs (--data, or the default datasets "
+                     f"with --run_dir), but here the contexts come from {source}")
   if args.tokens:
     return file_contexts(cfg, settings, args.tokens), "files " + " ".join(args.tokens)
-  specs = args.data or (DEFAULT_DATA if args.run_dir and not args.random_tokens else None)
   if specs is None:
     return random_contexts(cfg, settings), "random tokens"
   if not args.run_dir:

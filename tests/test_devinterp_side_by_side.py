@@ -2,6 +2,7 @@
 fed as both sides: z ≡ 0), and, where the devinterp virtualenv is built, the devinterp job on the same files."""
 import dataclasses
 import json
+import re
 import warnings
 
 import numpy as np
@@ -217,5 +218,8 @@ def test_contexts_from_dataset_specs_are_the_sweeps_tokenization_of_them(tiny, t
     sbs.load_contexts(cfg, settings, sbs.parse_args(["--data", *specs, "--random_tokens"]))
   with pytest.raises(ValueError, match="--data needs --run_dir"):
     sbs.load_contexts(cfg, settings, sbs.parse_args(["--data", *specs]))
+  for flags in (["--tokens", *map(str, paths)], ["--run_dir", str(run_dir), "--random_tokens"], []):
+    with pytest.raises(ValueError, match=rf"--tokenizer={re.escape(str(tok))} tokenizes dataset specs .* come from"):
+      sbs.load_contexts(cfg, settings, sbs.parse_args([*flags, "--tokenizer", str(tok)]))
   random, source = sbs.load_contexts(cfg, settings, sbs.parse_args(["--run_dir", str(run_dir), "--random_tokens"]))
   assert source == "random tokens" and list(random) == ["base", "repeats", "narrow"]
