@@ -15,7 +15,8 @@
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
 4. Numerics on this device (after the paper preset's step): per-token NLL and its gradient at every precision
    and attention against exact float32 with plain attention, on 4 contexts at weights with sharp attention
-   patterns; fused attention (cuDNN on GPU) against plain at its own precision (`numerics_check`).
+   patterns; fused attention (cuDNN on GPU in bfloat16) against plain at its own precision (`numerics_check`).
+   Every row names the attention kernel that ran (`kernel`: plain, xla, cudnn or flash).
 
 Settings after the first start only while the budget lasts (a compile on a large model can take a
 minute); the per-token pass always runs. Every figure is printed as it comes and DIR/accelerator_figures.json
@@ -50,6 +51,11 @@ SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full"
             ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
             ("all", "float32", "plain")]
 PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
+
+
+def attention_kernel(cfg, precision: str, attention: str) -> str:
+  """The kernel a setting's attention runs on this backend: plain, flash, or fused's `transformer.fused_kernel`."""
+  return transformer.fused_kernel(jax.default_backend(), precision, cfg.d_head) if attention == "fused" else attention
 
 
 def matmul_peaks(n: int, repeats: int = 10) -> dict:
@@ -97,6 +103,7 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
   flops = num_chains * step_flops(loss_fn, params, names, masks_C, jnp.asarray(base[:batch_size]))
   peak = peaks[PEAK_FOR[precision]]
   return dict(components=which, entries=len(names) * num_chains, precision=precision, attention=attention,
+              kernel=attention_kernel(cfg, precision, attention),
               first_run_s=first, seconds_per_draw=per_draw, step_tflop=flops / 1e12,
               achieved_tflops=flops / per_draw / 1e12, fraction_of_peak=flops / per_draw / peak,
               peak_used=PEAK_FOR[precision], microbatch=[p.microbatch_size for p in plans],
@@ -114,28 +121,36 @@ def peaked(params, qk: float = 6.0, unembed: float = 10.0):
 
 def numerics_check(cfg, params, tokens) -> list[dict]:
   """Every (precision, attention) on this device against exact float32 with plain attention: per-token NLL
-  and the gradient of its mean. Fused attention (cuDNN on GPU, until now only checked against XLA on CPU)
-  is also compared with plain attention at its own precision, and agrees when that difference is within
-  twice the precision's own deviation from exact (at least 1e-4 nats)."""
-  results = {}
+  and the gradient of its mean. Fused attention (cuDNN on GPU in bfloat16, until now only checked against XLA
+  on CPU) is also compared with plain attention at its own precision, and agrees when that difference is within
+  twice the precision's own deviation from exact (at least 1e-4 nats). A setting that fails on this device (a
+  kernel refusing its inputs) is a row with its error, and the others still run."""
+  results, rows = {}, []
   for precision in model_config.PRECISIONS:
     for attention in ("plain", "fused"):
       numerics = Numerics(precision=precision, attention=attention)
       mean_and_tokens = lambda p, n=numerics: (lambda t: (t.mean(), t))(transformer.per_token_nll(p, tokens, cfg,
                                                                                                   numerics=n))
-      (_, nll), grad = jax.jit(jax.value_and_grad(mean_and_tokens, has_aux=True))(params)
+      try:
+        (_, nll), grad = jax.jit(jax.value_and_grad(mean_and_tokens, has_aux=True))(params)
+      except Exception as e:  # noqa: BLE001 (recorded: the figures are what this run is for)
+        rows.append(dict(precision=precision, attention=attention, kernel=attention_kernel(cfg, precision, attention),
+                         error=f"{type(e).__name__}: {e}"[:300]))
+        continue
       results[precision, attention] = (np.asarray(nll, np.float64),
                                        np.asarray(jax.flatten_util.ravel_pytree(grad)[0], np.float64))
+  if ("float32", "plain") not in results:
+    return rows
   exact_nll, exact_grad = results["float32", "plain"]
   relative = lambda g, ref: float(np.linalg.norm(g - ref) / np.linalg.norm(ref))
-  rows = []
   for (precision, attention), (nll, grad) in results.items():
-    plain_nll, plain_grad = results[precision, "plain"]
-    row = dict(precision=precision, attention=attention, nll_spread=float(exact_nll.std()),
+    row = dict(precision=precision, attention=attention, kernel=attention_kernel(cfg, precision, attention),
+               nll_spread=float(exact_nll.std()),
                nll_max_abs_vs_exact=float(np.abs(nll - exact_nll).max()),
                mean_nll_shift_vs_exact=float(nll.mean() - exact_nll.mean()),
                grad_rel_vs_exact=relative(grad, exact_grad))
-    if attention == "fused":
+    if attention == "fused" and (precision, "plain") in results:
+      plain_nll, plain_grad = results[precision, "plain"]
       differs = float(np.abs(nll - plain_nll).max())
       own = float(np.abs(plain_nll - exact_nll).max())
       row.update(nll_max_abs_vs_plain=differs, grad_rel_vs_plain=relative(grad, plain_grad),
@@ -197,11 +212,14 @@ def main(argv=None) -> dict:
     try:
       row = measure_setting(cfg, params, base, probes, which, precision, attention, batch_size=batch_size,
                             num_chains=args.num_chains, draws=args.draws, peaks=peaks)
-    except (MemoryError, ValueError) as e:  # (e.g. no micro-batch fits; an attention this backend lacks)
-      row = dict(components=which, precision=precision, attention=attention, error=str(e)[:300])
-      print(f"{which}/{precision}/{attention}: {row['error']}", flush=True)
+    except (MemoryError, ValueError, NotImplementedError, RuntimeError) as e:  # (no micro-batch fits; an
+      # attention this backend lacks; a kernel refusing its inputs): recorded, and the next setting runs
+      row = dict(components=which, precision=precision, attention=attention,
+                 kernel=attention_kernel(cfg, precision, attention), error=f"{type(e).__name__}: {e}"[:300])
+      print(f"{which}/{precision}/{attention} ({row['kernel']}): {row['error']}", flush=True)
     else:
-      print(f"{which:4s} × {args.num_chains} chains ({row['entries']} entries), {precision}/{attention}: "
+      print(f"{which:4s} × {args.num_chains} chains ({row['entries']} entries), "
+            f"{precision}/{attention} ({row['kernel']}): "
             f"first run {row['first_run_s']:.1f} s; {row['seconds_per_draw'] * 1e3:.1f} ms per draw; "
             f"{row['achieved_tflops']:.2f} TFLOP/s = {100 * row['fraction_of_peak']:.1f}% of the {row['peak_used']} "
             f"peak; micro-batch {row['microbatch']}, planned {max(row['planned_gib']):.2f} GiB per group, "
@@ -211,7 +229,10 @@ def main(argv=None) -> dict:
     if i == 0:  # correctness on this device, right after the main figure (always: six small programs)
       result["numerics"] = numerics_check(cfg, peaked(params), base[:4])
       for row in result["numerics"]:
-        print(f"numerics {row['precision']}/{row['attention']}: per-token NLL max |Δ| "
+        if "error" in row:
+          print(f"numerics {row['precision']}/{row['attention']} ({row['kernel']}): {row['error']}", flush=True)
+          continue
+        print(f"numerics {row['precision']}/{row['attention']} ({row['kernel']}): per-token NLL max |Δ| "
               f"{row['nll_max_abs_vs_exact']:.2e} vs exact (spread {row['nll_spread']:.2f}), "
               f"mean shift {row['mean_nll_shift_vs_exact']:+.2e}, "
               f"gradient {row['grad_rel_vs_exact']:.1e} relative"
@@ -219,9 +240,15 @@ def main(argv=None) -> dict:
                  f"{'agrees' if row['agrees_with_plain'] else 'DIFFERS'}" if "agrees_with_plain" in row else ""),
               flush=True)
       save()
-  result["per_token"] = p = per_token_figure(cfg, params, base, peaks)  # (one small program: always)
-  print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused): {p['seconds'] * 1e3:.1f} ms, "
-        f"{p['achieved_tflops']:.2f} TFLOP/s = {100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 peak", flush=True)
+  kernel = attention_kernel(cfg, "bfloat16", "fused")
+  try:
+    result["per_token"] = p = dict(per_token_figure(cfg, params, base, peaks), kernel=kernel)  # (always: small)
+    print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused, {kernel}): "
+          f"{p['seconds'] * 1e3:.1f} ms, {p['achieved_tflops']:.2f} TFLOP/s = "
+          f"{100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 peak", flush=True)
+  except (NotImplementedError, RuntimeError) as e:
+    result["per_token"] = dict(kernel=kernel, error=f"{type(e).__name__}: {e}"[:300])
+    print(f"per-token pass (bf16/fused, {kernel}): {result['per_token']['error']}", flush=True)
   result["seconds"] = time.perf_counter() - t0
   save()
   print(f"wrote {out_dir / 'accelerator_figures.json'} ({result['seconds']:.0f} s)")

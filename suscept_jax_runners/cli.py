@@ -127,8 +127,8 @@ def define_numerics_flags() -> dict:
   from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
   return {"attention": flags.DEFINE_enum("attention", "plain", list(ATTENTION_IMPLEMENTATIONS),
                                          "Attention: plain (explicit softmax, the reference), fused "
-                                         "(jax.nn.dot_product_attention: cuDNN on GPU, XLA elsewhere) or flash "
-                                         "(the Pallas flash-attention kernel, TPU only)."),
+                                         "(jax.nn.dot_product_attention: cuDNN on GPU in bfloat16, XLA otherwise) "
+                                         "or flash (the Pallas flash-attention kernel, TPU only)."),
           "precision": flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
                                          "Matmuls: float32 (exact, HIGHEST), default (the accelerator's: TF32 on "
                                          "NVIDIA GPUs, bf16 passes on TPU) or bfloat16 (bf16 inputs, float32 "

@@ -68,8 +68,25 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert len(numerics) == 6 and all(row["agrees_with_plain"] for row in numerics.values() if "agrees_with_plain" in row)
   assert numerics["float32", "fused"]["nll_max_abs_vs_plain"] < 1e-4
   assert numerics["float32", "plain"]["nll_spread"] > 0.1
+  assert {row["kernel"] for row in numerics.values()} == {"plain", "xla"}  # fused runs XLA's kernel on a CPU
+  assert ran[0]["kernel"] == "plain" and result["per_token"]["kernel"] == "xla"
   assert 1e-5 < numerics["bfloat16", "plain"]["nll_max_abs_vs_exact"] < 0.1  # bf16 visibly rounds, mildly
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_a_kernel_that_refuses_its_inputs_is_recorded_and_the_other_settings_run(monkeypatch):
+  """On the device, cuDNN may refuse a shape: that setting is a row naming the error, not the end of the run
+  (here cuDNN is asked for on a CPU, which has none)."""
+  from suscept_jax.models import config as model_config, transformer
+  cfg = model_config.get_config("tiny")
+  monkeypatch.setattr(transformer, "fused_kernel", lambda backend, precision, d_head: "cudnn")
+  params = accelerator_figures.peaked(transformer.init_params(cfg, seed=0))
+  tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (4, cfg.n_ctx), dtype=np.int32)
+  rows = {(row["precision"], row["attention"]): row for row in accelerator_figures.numerics_check(cfg, params, tokens)}
+  assert len(rows) == 6
+  for precision in model_config.PRECISIONS:
+    assert "cuDNN" in rows[precision, "fused"]["error"] and rows[precision, "fused"]["kernel"] == "cudnn"
+    assert "error" not in rows[precision, "plain"] and rows[precision, "plain"]["grad_rel_vs_exact"] >= 0
 
 
 def test_compiled_flops_reads_every_form_of_the_cost_analysis():

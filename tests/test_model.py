@@ -178,9 +178,29 @@ def test_component_spec_errors_and_preview():
   assert components.describe("re:blocks/0/attn/W_[QK]", params, cfg).count("\n  blocks/0/attn/W_") == 2
 
 
+def test_fused_attention_asks_for_cudnn_by_name_where_cudnn_takes_the_inputs(monkeypatch):
+  """jax.nn.dot_product_attention's own default is XLA on GPUs too, so "fused" names cuDNN: on an NVIDIA GPU, in
+  bfloat16 (cuDNN takes no float32), with a head width that is a multiple of 8 up to 128."""
+  assert transformer.fused_kernel("gpu", "bfloat16", 32) == "cudnn"  # the paper's model
+  assert transformer.fused_kernel("cuda", "bfloat16", 128) == "cudnn"
+  assert transformer.fused_kernel("gpu", "bfloat16", 12) == "xla"  # the demo's heads
+  assert transformer.fused_kernel("gpu", "bfloat16", 136) == "xla"
+  for precision in ("float32", "default"):
+    assert transformer.fused_kernel("gpu", precision, 32) == "xla"
+  for backend in ("cpu", "tpu"):
+    assert transformer.fused_kernel(backend, "bfloat16", 32) == "xla"
+  cfg = model_config.get_config("tiny")
+  tokens = np.zeros((2, cfg.n_ctx), np.int32)
+  monkeypatch.setattr(transformer, "fused_kernel", lambda backend, precision, d_head: "cudnn")  # the name reaches
+  with pytest.raises(RuntimeError, match="cuDNN"):  # jax, which has no cuDNN on this machine
+    transformer.per_token_nll(transformer.init_params(cfg, seed=0), tokens, cfg,
+                              numerics=model_config.Numerics(attention="fused", precision="bfloat16"))
+
+
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
 def test_fused_attention_matches_the_plain_implementation(positional):
-  """jax.nn.dot_product_attention (XLA here, cuDNN on GPU) against the explicit softmax: NLL and gradients."""
+  """jax.nn.dot_product_attention (XLA here; cuDNN on a GPU in bfloat16) against the explicit softmax: NLL and
+  gradients."""
   cfg = dataclasses.replace(model_config.get_config("tiny"), positional_embedding=positional)
   params = jax.tree.map(lambda x: x * 10.0, transformer.init_params(cfg, seed=3))  # peaked patterns, not uniform
   tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, size=(4, cfg.n_ctx + 1))

@@ -41,7 +41,8 @@ class Numerics:
   """How the forward pass computes (not what the model is): a setting of a run, recorded with its results.
 
   attention: "plain" (explicit softmax(QKᵀ)V, the reference), "fused" (`jax.nn.dot_product_attention`:
-    cuDNN flash attention on GPU, XLA elsewhere; never materialises the [T, T] pattern in HBM on GPU) or
+    cuDNN's flash attention on an NVIDIA GPU in bfloat16, which never materialises the [T, T] pattern in
+    HBM; XLA's fused composition at the float32 precisions and on other backends: `transformer.fused_kernel`) or
     "flash" (the Pallas flash-attention kernel for TPU, tiles of 128 positions; TPU only).
   precision: "float32" (float32 activations, matmuls at HIGHEST precision: exact float32 everywhere),
     "default" (float32 activations, the accelerator's default matmul precision: TF32 on recent NVIDIA

@@ -78,13 +78,27 @@ def _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
   return _matmul("bhts,bshk->bthk", pattern_BxHxTxS, v_BxTxHxK, numerics), pattern_BxHxTxS
 
 
+CUDNN_HEAD_DIMS = range(8, 129, 8)  # what cuDNN's flash attention takes on every NVIDIA GPU it runs on
+
+
+def fused_kernel(backend: str, precision: str, d_head: int) -> str:
+  """The kernel attention="fused" runs: "cudnn" (cuDNN's flash attention) on an NVIDIA GPU in bfloat16 with a
+  head width cuDNN takes, else "xla" (XLA's composition, fused by the compiler). cuDNN takes only half
+  precision. Chosen here by name because `jax.nn.dot_product_attention`'s own default (implementation=None)
+  is XLA on every backend in this JAX, GPUs included."""
+  if backend in ("gpu", "cuda") and precision == "bfloat16" and d_head in CUDNN_HEAD_DIMS:
+    return "cudnn"
+  return "xla"
+
+
 def _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
-  """jax.nn.dot_product_attention (cuDNN on GPU, XLA elsewhere), in the compute dtype; output float32."""
+  """jax.nn.dot_product_attention with the kernel `fused_kernel` names, in the compute dtype; output float32."""
   dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
   precision = "highest" if numerics.precision == "float32" else "default"
+  kernel = fused_kernel(jax.default_backend(), numerics.precision, q_BxTxHxK.shape[-1])
   with jax.default_matmul_precision(precision):
     z_BxTxHxK = jax.nn.dot_product_attention(q_BxTxHxK.astype(dtype), k_BxTxHxK.astype(dtype),
-                                             v_BxTxHxK.astype(dtype), is_causal=True)
+                                             v_BxTxHxK.astype(dtype), is_causal=True, implementation=kernel)
   return z_BxTxHxK.astype(jnp.float32)
 
 
@@ -95,7 +109,7 @@ def _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
   from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
   if jax.default_backend() != "tpu" and not _tpu_interpret_mode():
     raise ValueError(f"attention='flash' is the Pallas TPU kernel; this backend is {jax.default_backend()!r}: "
-                     f"use attention='fused' (cuDNN flash attention on GPU, XLA elsewhere)")
+                     f"use attention='fused' (cuDNN flash attention on GPU in bfloat16, XLA otherwise)")
   t, d_head = q_BxTxHxK.shape[1], q_BxTxHxK.shape[-1]
   block = 128  # the kernel's smallest tile
   if t % block:
