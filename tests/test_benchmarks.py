@@ -57,6 +57,7 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   ran = [row for row in result["settings"] if "seconds_per_draw" in row]
   assert len(ran) == 1 and ran[0]["precision"] == "default" and ran[0]["entries"] == 4, result  # the paper step first
   assert 0 < ran[0]["fraction_of_peak"] < 1 and ran[0]["microbatch"] == [None], ran
+  assert ran[0]["fixed_seconds"] > 0 and ran[0]["whole_run_seconds_per_draw"] > ran[0]["seconds_per_draw"] > 0, ran
   assert [[bytes_ > 0 for _, bytes_, _ in search] for search in ran[0]["auto_search"]] == [[True]]  # whole batch fits
   assert out.count("not started") == len(accelerator_figures.SETTINGS) - 1, out
   assert set(result["matmul_peak_tflops"]) == {"bf16", "f32 default", "f32 highest"}
@@ -72,6 +73,16 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert ran[0]["kernel"] == "plain" and result["per_token"]["kernel"] == "xla"
   assert 1e-5 < numerics["bfloat16", "plain"]["nll_max_abs_vs_exact"] < 0.1  # bf16 visibly rounds, mildly
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_the_steady_pace_leaves_out_the_work_before_the_first_chunk(monkeypatch):
+  clock = iter([10.0, 10.5, 11.0, 11.5])
+  monkeypatch.setattr(accelerator_figures.time, "perf_counter", lambda: next(clock))
+  pace = accelerator_figures.Pace()
+  assert [pace.update(n) for n in (2, 1, 1)] and pace.seconds_per_step() == 0.5  # 2 steps in 1 s after the first
+  single = accelerator_figures.Pace()
+  single.update(3)
+  assert single.seconds_per_step() is None  # one chunk: nothing steady
 
 
 def test_a_kernel_that_refuses_its_inputs_is_recorded_and_the_other_settings_run(monkeypatch):
