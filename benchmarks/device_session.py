@@ -1,7 +1,8 @@
 """One call on a lent accelerator machine: what its few minutes should measure, most important first, each
 part within its own time so that a slow part cannot eat the next one's.
 
-  python3 -m benchmarks.device_session --out=$OUT [--figures_s=300] [--side_by_side_s=260] [--dry_run]
+  python3 -m benchmarks.device_session --out=$OUT [--figures_s=300] [--side_by_side_s=260] [--precision_s=150]
+      [--total_s=580] [--dry_run]
 
 0. versions.json: the versions that decide whether the parts run (jax, jaxlib, torch, transformers, and the
    image's packages that the carried devinterp wheels constrain: pyarrow, fsspec, protobuf, typing-extensions).
@@ -11,9 +12,14 @@ part within its own time so that a slow part cannot eat the next one's.
 2. benchmarks.devinterp_side_by_side on the demo weights and the demo's contexts (carried in .whl/contexts)
    with devinterp on the GPU (its virtualenv built offline from the carried wheels, on the machine's torch);
    OUT/summary.json.
+3. benchmarks.precision_on_demo: how far χ and the LLC of the same job move at bfloat16 (cuDNN where it
+   applies) and at the device's default precision (TF32), against float32, in standard errors;
+   OUT/precision_on_demo.json.
 
 Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped and the next
-starts. Before it, `make device-prep` fetches the wheels into .whl/ and trains the demo weights if missing.
+starts. No part runs past --total_s from the start (the call's own limit, so the device tool never cuts a part
+off unrecorded): a part gets at most what is left, and one with under a minute left is skipped. Before it,
+`make device-prep` fetches the wheels into .whl/ and trains the demo weights if missing.
 The device tool's call (15 minutes of device time per session, at most 10 per command; carry
 [".whl", "runs/demo/train"], ≈ 42 MB):
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT   (timeout_s ≈ 590)
@@ -26,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,6 +47,8 @@ def parse_args(argv=None):
   parser.add_argument("--figures_budget_s", type=float, default=200.0,
                       help="the figures start no new setting after this (the part's own budget)")
   parser.add_argument("--side_by_side_s", type=float, default=260.0, help="time of the devinterp side by side")
+  parser.add_argument("--precision_s", type=float, default=150.0, help="time of the precision shifts on the demo")
+  parser.add_argument("--total_s", type=float, default=580.0, help="no part runs past this from the start")
   parser.add_argument("--run_dir", default="runs/demo/train", help="the side by side's weights")
   parser.add_argument("--wheels", default=".whl", help="devinterp's wheels (benchmarks/devinterp_wheels_h200.txt)")
   parser.add_argument("--devinterp_device", default="cuda")
@@ -61,6 +70,9 @@ def installed_versions(names=VERSIONS_OF) -> dict:
   return versions
 
 
+MIN_PART_S = 60.0  # a part given less than this is skipped, not started to be cut off
+
+
 class Part(NamedTuple):
   name: str  # its log is OUT/<name>.log
   module: str  # run as python -m module argv
@@ -75,17 +87,25 @@ def parts(args) -> list[Part]:
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
                   "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried_contexts(args)])]
+  contexts = ["--contexts", str(contexts_folder(args))] if carried_contexts(args)[0] == "--tokens" else []
+  precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts])]
   # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
   shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}
   return [Part("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
-          Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu)]
+          Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu),
+          Part("precision", "benchmarks.precision_on_demo", precision, args.precision_s, {})]
+
+
+def contexts_folder(args) -> Path:
+  """Where `make device-prep` writes the demo's contexts: beside the wheels."""
+  return Path(args.wheels) / "contexts"
 
 
 def carried_contexts(args) -> list:
   """The side by side's contexts: the demo's datasets as `make device-prep` wrote them beside the wheels (the
   machine has no corpora), else random tokens."""
   from benchmarks import devinterp_side_by_side
-  written = devinterp_side_by_side.written_contexts(Path(args.wheels) / "contexts")
+  written = devinterp_side_by_side.written_contexts(contexts_folder(args))
   return ["--tokens", *map(str, written)] if written else ["--random_tokens"]
 
 
@@ -117,7 +137,14 @@ def main(argv=None) -> dict:
   (out / "versions.json").write_text(json.dumps(versions, indent=1))
   print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), flush=True)
   outcomes = {}
+  started = time.perf_counter()
   for part in parts(args):
+    left = args.total_s - (time.perf_counter() - started)
+    if not args.dry_run and left < MIN_PART_S:
+      outcomes[part.name] = f"skipped: {max(left, 0):.0f} s of --total_s left"
+      print(f"--- {part.name}: {outcomes[part.name]}", flush=True)
+      continue
+    part = part._replace(seconds=min(part.seconds, left))
     command = " ".join([f"{k}={v}" for k, v in part.env.items()] + ["timeout", f"{part.seconds:.0f}", "python3", "-m",
                                                                      part.module, *part.argv])
     print(f"--- {part.name}: {command}", flush=True)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import (accelerator_figures, device_session, devinterp_side_by_side, error_bars_on_demo, paper_memory,
-                        precision_shift, restricted_gradients, scaling)
+                        precision_on_demo, precision_shift, restricted_gradients, scaling)
 from tests.helpers import sweep_cmd
 
 
@@ -146,11 +146,14 @@ def test_device_session_side_by_side_takes_the_carried_contexts(tmp_path):
   args = device_session.parse_args(["--out", str(tmp_path), "--wheels", str(tmp_path / "whl")])
   side_by_side = lambda: device_session.parts(args)[1].argv  # noqa: E731
   assert "--random_tokens" in side_by_side() and "--tokens" not in side_by_side()
+  assert "--contexts" not in device_session.parts(args)[2].argv  # the precision part: random tokens too
   contexts = {name: np.zeros((2, 3), np.int32) for name in ("base", "repeats_pile", "code")}
   devinterp_side_by_side.write_contexts(tmp_path / "whl" / "contexts", contexts)
   argv = side_by_side()
   files = argv[argv.index("--tokens") + 1:]
   assert [Path(f).stem for f in files] == ["base", "repeats_pile", "code"] and "--random_tokens" not in argv
+  precision = device_session.parts(args)[2].argv
+  assert precision[precision.index("--contexts") + 1] == str(tmp_path / "whl" / "contexts")
 
 
 def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
@@ -210,3 +213,38 @@ def test_precision_shift_measures_a_known_shift_in_standard_errors(two_seed_swee
   with pytest.raises(ValueError, match=f"the directories hold different rows \\({len(table)} in the reference, "
                                        f"{len(table) - 1} shared\\)"):
     precision_shift.main([str(reference), str(other)])
+
+
+def test_precision_on_demo_measures_each_setting_against_the_first_in_its_standard_errors(tmp_path, capsys):
+  """The same chains at each numerics setting: on CPU "default" is float32, so it moves nothing, bit for bit;
+  bfloat16 moves χ and the LLC by rounding, a small part of their error bars; a bad setting is refused first."""
+  result = precision_on_demo.main(["--tiny", "--components", "full", "l1h0", "--out", str(tmp_path),
+                                   "--settings", "float32/plain", "default/plain", "bfloat16/fused"])
+  reference, default, bf16 = result["runs"]
+  assert reference["components"] == ["full", "l1h0"] and np.all(np.asarray(reference["chi_stderr"]) > 0)
+  assert default["chi"] == reference["chi"] and max(default["chi_shift"] + default["llc_shift"]) == 0
+  assert 0 < max(bf16["chi_shift"] + bf16["llc_shift"]) < 1
+  assert json.loads((tmp_path / "precision_on_demo.json").read_text())["runs"][2]["setting"] == "bfloat16/fused"
+  assert "|Δχ| / stderr: median" in capsys.readouterr().out
+  with pytest.raises(ValueError, match="precision='float16'"):
+    precision_on_demo.main(["--tiny", "--out", str(tmp_path), "--settings", "float32/plain", "float16/plain"])
+
+
+def test_device_session_gives_no_part_more_than_the_call_has_left(monkeypatch, tmp_path):
+  """Parts run in order, each at most its own time and never past --total_s; one with under a minute left is
+  skipped (the device tool would cut it off without a record)."""
+  clock = {"now": 0.0}
+  monkeypatch.setattr(device_session.time, "perf_counter", lambda: clock["now"])
+  given = {}
+
+  def run_part(part, out):
+    given[part.name] = part.seconds
+    clock["now"] += 250.0  # each part takes 250 s
+    return "ok"
+
+  monkeypatch.setattr(device_session, "run_part", run_part)
+  outcomes = device_session.main(["--out", str(tmp_path), "--total_s", "550"])
+  assert given == {"figures": 300.0, "side_by_side": 260.0} and outcomes["precision"].startswith("skipped: 50 s")
+  clock["now"], given = 0.0, {}
+  device_session.main(["--out", str(tmp_path), "--total_s", "640"])
+  assert given == {"figures": 300.0, "side_by_side": 260.0, "precision": 140.0}
