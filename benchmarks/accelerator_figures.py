@@ -103,8 +103,10 @@ class Pace:
 
   def seconds_per_step(self) -> float | None:
     """None with fewer than two updates (one chunk: nothing steady to time)."""
+    if len(self.marks) < 2:
+      return None
     (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
-    return (t1 - t0) / (n1 - n0) if n1 > n0 else None
+    return (t1 - t0) / (n1 - n0)
 
 
 def measure_setting(cfg, params, base, probes, which: str, precision: str, attention: str, *, batch_size: int,

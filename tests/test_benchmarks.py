@@ -80,9 +80,9 @@ def test_the_steady_pace_leaves_out_the_work_before_the_first_chunk(monkeypatch)
   monkeypatch.setattr(accelerator_figures.time, "perf_counter", lambda: next(clock))
   pace = accelerator_figures.Pace()
   assert [pace.update(n) for n in (2, 1, 1)] and pace.seconds_per_step() == 0.5  # 2 steps in 1 s after the first
-  single = accelerator_figures.Pace()
+  single, none = accelerator_figures.Pace(), accelerator_figures.Pace()
   single.update(3)
-  assert single.seconds_per_step() is None  # one chunk: nothing steady
+  assert single.seconds_per_step() is None and none.seconds_per_step() is None  # one chunk: nothing steady
 
 
 def test_a_kernel_that_refuses_its_inputs_is_recorded_and_the_other_settings_run(monkeypatch):
