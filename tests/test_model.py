@@ -1,9 +1,11 @@
 """The attention-only transformer: size, positional variants, a plain-numpy reference forward, components."""
 import dataclasses
+import functools
 import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -195,6 +197,54 @@ def test_fused_attention_asks_for_cudnn_by_name_where_cudnn_takes_the_inputs(mon
   with pytest.raises(RuntimeError, match="cuDNN"):  # jax, which has no cuDNN on this machine
     transformer.per_token_nll(transformer.init_params(cfg, seed=0), tokens, cfg,
                               numerics=model_config.Numerics(attention="fused", precision="bfloat16"))
+
+
+def test_an_appended_position_changes_no_causal_output_or_gradient():
+  """cuDNN's differentiated attention takes even lengths only; `causal_at_even_length` appends a position at odd
+  T, which causality keeps out of every real row: outputs and gradients equal the unpadded ones."""
+  attend = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="xla")
+  rng = np.random.default_rng(0)
+  for t in (15, 16):
+    q, k, v = (jnp.asarray(rng.standard_normal((3, t, 2, 8)), jnp.float32) for _ in range(3))
+    np.testing.assert_allclose(transformer.causal_at_even_length(attend, q, k, v), attend(q, k, v), atol=1e-6)
+    weights = jnp.asarray(rng.standard_normal((3, t, 2, 8)), jnp.float32)  # a loss that reads every output
+    grads = [jax.grad(lambda *qkv, f=f: (f(*qkv) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+             for f in (functools.partial(transformer.causal_at_even_length, attend), attend)]
+    for padded, direct in zip(*grads):
+      np.testing.assert_allclose(padded, direct, atol=1e-5)
+
+
+def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
+  """What the device will compile: every group's draw program (restricted gradients, entries vmapped, micro-
+  batches, shard_map) traced with cuDNN's attention at the tiny model's odd length (T = 15), cuDNN's detection
+  stubbed (this CPU has none; tracing checks shapes, lowering would need a GPU). Without the appended position
+  the gradient's trace fails ("Unsupported sequence length")."""
+  fused_stablehlo = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  for name, stub in (("check_cudnn_version", lambda: 91000), ("check_compute_capability", lambda c: True),
+                     ("is_cuda_compute_capability_equal", lambda c: False)):
+    if not hasattr(fused_stablehlo, name):
+      pytest.skip(f"this JAX's cuDNN attention has no {name} to stub")
+    monkeypatch.setattr(fused_stablehlo, name, stub)
+  from suscept_jax import programs, sampler
+  monkeypatch.setattr(transformer, "fused_kernel", lambda backend, precision, d_head: "cudnn")
+  traced = []
+  monkeypatch.setattr(programs, "compile_ahead", lambda program, args: traced.append(str(program.trace(*args).jaxpr)))
+  monkeypatch.setattr(programs, "program_bytes", lambda compiled: 0)
+  cfg = model_config.get_config("tiny", ln_eps=1.25e-5)  # a config of its own: its traces are cached nowhere else
+  numerics = model_config.Numerics(attention="fused", precision="bfloat16")
+  params = transformer.init_params(cfg, seed=0)
+  rng = np.random.default_rng(0)
+  base = rng.integers(0, cfg.d_vocab, (64, cfg.n_ctx), dtype=np.int32)
+  probes = {"p": rng.integers(0, cfg.d_vocab, (32, cfg.n_ctx), dtype=np.int32)}
+  names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), params, cfg),
+                                  params)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics)
+  config = sj.SGLDConfig(num_chains=2, num_draws=4)
+  for microbatch in (None, 4):
+    traced.clear()
+    sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, config=config, batch_size=8, delta_h=0.25,
+                        microbatch_size=microbatch)
+    assert len(traced) == 3 and all("dot_product_attention" in jaxpr for jaxpr in traced)  # 3 component groups
 
 
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
