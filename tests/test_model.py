@@ -216,7 +216,7 @@ def test_an_appended_position_changes_no_causal_output_or_gradient():
 
 def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
   """What the device will compile: every group's draw program (restricted gradients, entries vmapped, micro-
-  batches, shard_map) traced with cuDNN's attention at the tiny model's odd length (T = 15), cuDNN's detection
+  batches, shard_map, the per-token observation) traced with cuDNN's attention at the tiny model's odd length (T = 15), cuDNN's detection
   stubbed (this CPU has none; tracing checks shapes, lowering would need a GPU). Without the appended position
   the gradient's trace fails ("Unsupported sequence length")."""
   fused_stablehlo = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
@@ -240,10 +240,12 @@ def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
                                   params)
   loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics)
   config = sj.SGLDConfig(num_chains=2, num_draws=4)
-  for microbatch in (None, 4):
+  per_token = dict(observed=base[:6], token_loss_fn=functools.partial(transformer.per_token_nll, config=cfg,
+                                                                       numerics=numerics), observed_microbatch=2)
+  for options in (dict(microbatch_size=None), dict(microbatch_size=4), per_token):
     traced.clear()
     sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, config=config, batch_size=8, delta_h=0.25,
-                        microbatch_size=microbatch)
+                        **options)
     assert len(traced) == 3 and all("dot_product_attention" in jaxpr for jaxpr in traced)  # 3 component groups
 
 
