@@ -43,7 +43,8 @@ class Numerics:
   attention: "plain" (explicit softmax(QKᵀ)V, the reference), "fused" (`jax.nn.dot_product_attention`:
     cuDNN's flash attention on an NVIDIA GPU in bfloat16, which never materialises the [T, T] pattern in
     HBM; XLA's fused composition at the float32 precisions and on other backends: `transformer.fused_kernel`) or
-    "flash" (the Pallas flash-attention kernel for TPU, tiles of 128 positions; TPU only).
+    "flash" (the Pallas flash-attention kernel for TPU, tiles of 128 positions, contexts padded up to whole
+    tiles; TPU only).
   precision: "float32" (float32 activations, matmuls at HIGHEST precision: exact float32 everywhere),
     "default" (float32 activations, the accelerator's default matmul precision: TF32 on recent NVIDIA
     GPUs, bf16 passes on TPU, float32 on CPU), "bfloat16" (matmul inputs rounded to bfloat16 with float32

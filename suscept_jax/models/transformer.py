@@ -91,18 +91,20 @@ def fused_kernel(backend: str, precision: str, d_head: int) -> str:
   return "xla"
 
 
-def causal_at_even_length(attend, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
-  """attend(q, k, v) (causal) with one position appended when T is odd, dropped from its output.
+def causal_padded(attend, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, multiple: int):
+  """attend(q, k, v) (causal) with zero positions appended up to a multiple of `multiple`, dropped from its
+  output.
 
-  cuDNN's attention takes only even lengths once differentiated (JAX 0.10's check counts the empty
-  placeholder it passes for "no bias" as a bias), and the paper's contexts give T = 1023 predictions. The
-  appended position comes after every real one, so the causal mask keeps it out of their outputs and
-  gradients: the same numbers, one position more work."""
+  The kernels take only some lengths: cuDNN's, once differentiated, even ones (JAX 0.10's check counts the
+  empty placeholder it passes for "no bias" as a bias); the Pallas TPU kernel whole tiles of 128. The paper's
+  contexts give T = 1023 predictions. Appended positions come after every real one, so the causal mask keeps
+  them out of the real rows' outputs and gradients: the same numbers, a little more work."""
   t = q_BxTxHxK.shape[-3]
-  if t % 2 == 0:
+  extra = -t % multiple
+  if not extra:
     return attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)
-  one_more = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, 1), (0, 0), (0, 0)])  # noqa: E731
-  return attend(one_more(q_BxTxHxK), one_more(k_BxTxHxK), one_more(v_BxTxHxK))[..., :t, :, :]
+  padded = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, extra), (0, 0), (0, 0)])  # noqa: E731
+  return attend(padded(q_BxTxHxK), padded(k_BxTxHxK), padded(v_BxTxHxK))[..., :t, :, :]
 
 
 def _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
@@ -113,32 +115,35 @@ def _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
   attend = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation=kernel)
   q, k, v = (x.astype(dtype) for x in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK))
   with jax.default_matmul_precision(precision):
-    z_BxTxHxK = causal_at_even_length(attend, q, k, v) if kernel == "cudnn" else attend(q, k, v)
+    z_BxTxHxK = causal_padded(attend, q, k, v, multiple=2) if kernel == "cudnn" else attend(q, k, v)
   return z_BxTxHxK.astype(jnp.float32)
 
 
 def _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
   """The Pallas flash-attention kernel for TPU (jax.experimental.pallas.ops.tpu.flash_attention): causal, in
-  tiles of at most 128 positions, never materialising the [T, T] pattern; output float32. On other
-  backends it runs only under `pltpu.force_tpu_interpret_mode()` (the tests' CPU check)."""
+  tiles of 128 positions (a context is padded up to whole tiles, `causal_padded`), never materialising the
+  [T, T] pattern; output float32. On other backends it runs only under `pltpu.force_tpu_interpret_mode()`
+  (the tests' CPU check)."""
   from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
   if jax.default_backend() != "tpu" and not _tpu_interpret_mode():
     raise ValueError(f"attention='flash' is the Pallas TPU kernel; this backend is {jax.default_backend()!r}: "
                      f"use attention='fused' (cuDNN flash attention on GPU in bfloat16, XLA otherwise)")
-  t, d_head = q_BxTxHxK.shape[1], q_BxTxHxK.shape[-1]
+  d_head = q_BxTxHxK.shape[-1]
   block = 128  # the kernel's smallest tile
-  if t % block:
-    raise ValueError(f"attention='flash': the Pallas kernel tiles positions by {block}; this context has {t} "
-                     f"(use a multiple of {block}, or attention='fused')")
   dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
   sizes = pallas_flash.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
                                   block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
                                   block_q_dkv=block, block_k_major_dq=block, block_k_dq=block, block_q_dq=block)
-  to_heads = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)  # [B, H, T, K]
-  with jax.default_matmul_precision("highest" if numerics.precision == "float32" else "default"):
+  to_heads = lambda x: jnp.swapaxes(x, 1, 2).astype(dtype)  # [B, H, T, K]  # noqa: E731
+
+  def attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK):
     z_BxHxTxK = pallas_flash.flash_attention(to_heads(q_BxTxHxK), to_heads(k_BxTxHxK), to_heads(v_BxTxHxK),
                                              causal=True, sm_scale=1.0 / np.sqrt(d_head), block_sizes=sizes)
-  return jnp.swapaxes(z_BxHxTxK, 1, 2).astype(jnp.float32)
+    return jnp.swapaxes(z_BxHxTxK, 1, 2)
+
+  with jax.default_matmul_precision("highest" if numerics.precision == "float32" else "default"):
+    z_BxTxHxK = causal_padded(attend, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, multiple=block)
+  return z_BxTxHxK.astype(jnp.float32)
 
 
 def _tpu_interpret_mode() -> bool:
