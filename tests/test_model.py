@@ -216,24 +216,16 @@ def test_appended_positions_change_no_causal_output_or_gradient():
       np.testing.assert_allclose(padded, direct, atol=1e-5)
 
 
-def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
-  """What the device will compile: every group's draw program (restricted gradients, entries vmapped, micro-
-  batches, shard_map, the per-token observation) traced with cuDNN's attention at the tiny model's odd length
-  (T = 15), cuDNN's detection stubbed (this CPU has none; tracing checks shapes, lowering would need a GPU).
-  Without the appended position the gradient's trace fails ("Unsupported sequence length")."""
-  fused_stablehlo = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
-  for name, stub in (("check_cudnn_version", lambda: 91000), ("check_compute_capability", lambda c: True),
-                     ("is_cuda_compute_capability_equal", lambda c: False)):
-    if not hasattr(fused_stablehlo, name):
-      pytest.skip(f"this JAX's cuDNN attention has no {name} to stub")
-    monkeypatch.setattr(fused_stablehlo, name, stub)
+def _assert_every_draw_program_traces(monkeypatch, attention: str, kernel_primitive: str, ln_eps: float):
+  """Every group's draw program of the tiny model (restricted gradients, entries vmapped, micro-batches,
+  shard_map, the per-token observation) traced, not compiled, through `memory_plan`, holding the kernel. A
+  config of its own (`ln_eps`): its traces are cached nowhere else."""
   from suscept_jax import programs, sampler
-  monkeypatch.setattr(transformer, "fused_kernel", lambda backend, precision, d_head: "cudnn")
   traced = []
   monkeypatch.setattr(programs, "compile_ahead", lambda program, args: traced.append(str(program.trace(*args).jaxpr)))
   monkeypatch.setattr(programs, "program_bytes", lambda compiled: 0)
-  cfg = model_config.get_config("tiny", ln_eps=1.25e-5)  # a config of its own: its traces are cached nowhere else
-  numerics = model_config.Numerics(attention="fused", precision="bfloat16")
+  cfg = model_config.get_config("tiny", ln_eps=ln_eps)
+  numerics = model_config.Numerics(attention=attention, precision="bfloat16")
   params = transformer.init_params(cfg, seed=0)
   rng = np.random.default_rng(0)
   base = rng.integers(0, cfg.d_vocab, (64, cfg.n_ctx), dtype=np.int32)
@@ -248,7 +240,29 @@ def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
     traced.clear()
     sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, config=config, batch_size=8, delta_h=0.25,
                         **options)
-    assert len(traced) == 3 and all("dot_product_attention" in jaxpr for jaxpr in traced)  # 3 component groups
+    assert len(traced) == 3 and all(kernel_primitive in jaxpr for jaxpr in traced)  # 3 component groups
+
+
+def test_the_draw_programs_trace_with_cudnn_attention(monkeypatch):
+  """What a GPU will compile, traced at the tiny model's odd length (T = 15) with cuDNN's detection stubbed
+  (this CPU has none; tracing checks shapes, lowering would need a GPU). Without the appended position the
+  gradient's trace fails ("Unsupported sequence length")."""
+  fused_stablehlo = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  for name, stub in (("check_cudnn_version", lambda: 91000), ("check_compute_capability", lambda c: True),
+                     ("is_cuda_compute_capability_equal", lambda c: False)):
+    if not hasattr(fused_stablehlo, name):
+      pytest.skip(f"this JAX's cuDNN attention has no {name} to stub")
+    monkeypatch.setattr(fused_stablehlo, name, stub)
+  monkeypatch.setattr(transformer, "fused_kernel", lambda backend, precision, d_head: "cudnn")
+  _assert_every_draw_program_traces(monkeypatch, "fused", "dot_product_attention", ln_eps=1.25e-5)
+
+
+def test_the_draw_programs_trace_with_the_pallas_tpu_kernel(monkeypatch):
+  """What a TPU will compile, traced under Pallas' interpret mode (nothing runs) at T = 15, padded to one
+  128-position tile: the kernel under the sampler's vmaps and micro-batch loop."""
+  from jax.experimental.pallas import tpu as pltpu
+  with pltpu.force_tpu_interpret_mode():
+    _assert_every_draw_program_traces(monkeypatch, "flash", "pallas_call", ln_eps=1.5e-5)
 
 
 @pytest.mark.parametrize("positional", ["shortformer", "standard"])
