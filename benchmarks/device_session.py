@@ -84,10 +84,11 @@ class Part(NamedTuple):
 def parts(args) -> list[Part]:
   """The parts, in the order they run."""
   tiny = ["--tiny"] if args.tiny else []
+  carried = carried_contexts(args)
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
-                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried_contexts(args)])]
-  contexts = ["--contexts", str(contexts_folder(args))] if carried_contexts(args)[0] == "--tokens" else []
+                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried])]
+  contexts = ["--contexts", str(contexts_folder(args))] if "--tokens" in carried else []
   precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts])]
   # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
   shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}

@@ -102,6 +102,12 @@ class Settings:
   num_base: int = 2048  # base contexts when they are random
   seed: int = 0
 
+  def sgld_config(self):
+    """Our SGLDConfig of these settings (devinterp's job takes the same numbers from the job file)."""
+    import suscept_jax as sj
+    return sj.SGLDConfig(step_size=self.step_size, nbeta=self.nbeta, localization=self.localization,
+                         num_chains=self.num_chains, num_draws=self.num_draws)
+
   @property
   def probe_rows(self) -> int:
     """Contexts per probe: exactly what devinterp observes (batch_size × its 3 batches per draw)."""
@@ -351,8 +357,7 @@ def run_ours(cfg, params, contexts: dict, settings: Settings, components: list) 
   masks = comps.component_masks(components, params, cfg)
   base = contexts["base"]
   probes = {p: x for p, x in contexts.items() if p != "base"}
-  config = sj.SGLDConfig(step_size=settings.step_size, nbeta=settings.nbeta, localization=settings.localization,
-                         num_chains=settings.num_chains, num_draws=settings.num_draws)
+  config = settings.sgld_config()
   loss_fn = functools.partial(transformer.context_nll, config=cfg)
   token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
   observed = np.concatenate(list(probes.values()))

@@ -44,8 +44,7 @@ def estimate(cfg, params, contexts: dict, settings: side_by_side.Settings, setti
   from suscept_jax.models import components, transformer
   loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics_of(setting))
   masks = components.component_masks(specs or components.default_components(cfg), params, cfg)
-  config = sj.SGLDConfig(step_size=settings.step_size, nbeta=settings.nbeta, localization=settings.localization,
-                         num_chains=settings.num_chains, num_draws=settings.num_draws)
+  config = settings.sgld_config()
   probes = {p: x for p, x in contexts.items() if p != "base"}
   t0 = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:  # the health warnings: kept in the result, not printed
