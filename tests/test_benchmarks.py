@@ -228,6 +228,8 @@ def test_precision_on_demo_measures_each_setting_against_the_first_in_its_standa
   assert "|Δχ| / stderr: median" in capsys.readouterr().out
   with pytest.raises(ValueError, match="precision='float16'"):
     precision_on_demo.main(["--tiny", "--out", str(tmp_path), "--settings", "float32/plain", "float16/plain"])
+  with pytest.raises(ValueError, match=f"--contexts={tmp_path} holds no contexts written by"):
+    precision_on_demo.main(["--tiny", "--out", str(tmp_path / "out"), "--contexts", str(tmp_path)])
 
 
 def test_device_session_gives_no_part_more_than_the_call_has_left(monkeypatch, tmp_path):
