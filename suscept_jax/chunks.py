@@ -330,5 +330,5 @@ def program(kind: str, loss_fn, plan: Plan, mesh, compiler_options: dict):
   else:
     fn = functools.partial(_burnin_chunk, loss_fn, plan)
     in_specs, out_specs = (_E, ENTRIES_SPEC, _REP, _REP, BURNIN_DATA_SPEC), _E
-  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False),
-                 donate_argnums=(0,), compiler_options=compiler_options)
+  mapped = parallel.shard_map_without_empty(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  return jax.jit(mapped, donate_argnums=(0,), compiler_options=compiler_options)

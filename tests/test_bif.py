@@ -51,11 +51,13 @@ def test_the_same_samples_on_one_or_four_devices(problem):
   run = lambda mesh: sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, config=config,
                                      batch_size=16, mesh=mesh, progress=False)
   one, four = run(parallel.entry_mesh(jax.devices()[:1])), run(parallel.entry_mesh(jax.devices()[:4]))
-  np.testing.assert_array_equal(one.covariance, four.covariance)
+  # The same chains and samples; to rounding only: XLA 0.11 compiles 3 entries per device and 1 differently
+  # (2e-6 relative there; equal in 0.10). Another split of the samples would move these by O(1).
+  np.testing.assert_allclose(one.covariance, four.covariance, rtol=1e-5, atol=0)
   # the per-token route: losses [B, J] with J = 1 give the same numbers as the per-sample default
   tokens = sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, config=config, batch_size=16,
                            token_loss_fn=lambda p, b: toys.quadratic_loss(p, b)[:, None], progress=False)
-  np.testing.assert_allclose(tokens.covariance, one.covariance, rtol=1e-6)
+  np.testing.assert_allclose(tokens.covariance, four.covariance, rtol=1e-6)  # (all four devices, as `four`)
   # samples in chunks of 2 (the last one padded): the same chains, so the same numbers, in three runs
   bar = CountingBar()
   chunked = sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, config=config, batch_size=16,

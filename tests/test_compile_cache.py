@@ -1,11 +1,12 @@
 """Library hygiene: a fresh lambda per call neither recompiles forever nor grows memory; any mesh works."""
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType, PartitionSpec as P
 import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import programs, streams, toys
+from suscept_jax import parallel, programs, streams, toys
 
 pytestmark = pytest.mark.filterwarnings("ignore::suscept_jax.health.SusceptibilityWarning")
 
@@ -69,8 +70,12 @@ def test_fresh_lambdas_compile_once_and_the_cache_is_bounded(monkeypatch):
     assert len(programs._COMPILED) <= 2
 
 
-@pytest.mark.parametrize("shape, names", [((4,), ("data",)), ((2, 2), ("x", "y"))])
-def test_any_user_mesh_gives_the_same_numbers(shape, names):
+@pytest.mark.parametrize("shape, names, axis_type", [((4,), ("data",), AxisType.Auto),
+                                                     ((2, 2), ("x", "y"), AxisType.Auto),
+                                                     ((4,), ("entries",), AxisType.Explicit)])
+def test_any_user_mesh_gives_the_same_numbers(shape, names, axis_type):
+  """Also a mesh named like ours with an Explicit axis (`jax.make_mesh`'s default in newer JAX), under which
+  shard_map refuses host arrays for a split axis."""
   data = _data(1)
   params = toys.quadratic_minimum(data)
   components = {"full": None, "first": {"w": np.array([1.0, 0.0])}}
@@ -78,8 +83,31 @@ def test_any_user_mesh_gives_the_same_numbers(shape, names):
   run = lambda mesh: sj.estimate_susceptibilities(  # noqa: E731
       toys.quadratic_loss, params, components, data, {"p": probe}, config=CFG, batch_size=10, progress=False, mesh=mesh)
   reference = run(None)
-  mesh = jax.make_mesh(shape, names, devices=jax.devices()[:4])
+  mesh = jax.make_mesh(shape, names, devices=jax.devices()[:4], axis_types=(axis_type,) * len(shape))
   np.testing.assert_array_equal(run(mesh).chi, reference.chi)
+
+
+def test_zero_size_arrays_stay_out_of_shard_map():
+  """`parallel.shard_map_without_empty` gives what `jax.shard_map` gives where that compiles: zero-size inputs
+  returned as they came and through a loop's carry (what crashes jaxlib 0.11.2's compiler over ≥ 2 devices),
+  split or replicated, and zero-size results made inside."""
+  mesh = parallel.entry_mesh(jax.devices()[:4])
+  e, rep = P(parallel.ENTRY_AXIS), P()
+
+  def body(x_E, empty_Ex0, table_0x3):
+    looped = jax.lax.fori_loop(0, 3, lambda i, c: (c[0] * 2.0 + i, c[1] + 1.0), (x_E, empty_Ex0))
+    return {"looped": looped, "kept": empty_Ex0, "made": jnp.zeros((x_E.shape[0], 0, 2)), "table": table_0x3}
+
+  in_specs, out_specs = (e, e, rep), {"looped": (e, e), "kept": e, "made": e, "table": rep}
+  args = (np.arange(8.0, dtype=np.float32), np.zeros((8, 0), np.float32), np.zeros((0, 3), np.int32))
+  ours = jax.jit(parallel.shard_map_without_empty(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs))(*args)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), ours) == {
+      "looped": (((8,), jnp.float32), ((8, 0), jnp.float32)), "kept": ((8, 0), jnp.float32),
+      "made": ((8, 0, 2), jnp.float32), "table": ((0, 3), jnp.int32)}
+  np.testing.assert_array_equal(ours["looped"][0], (np.arange(8.0) * 8 + 4))  # ((x·2 + 0)·2 + 1)·2 + 2
+  if jax.__version_info__ < (0, 11):  # (the plain one crashes jaxlib 0.11.2)
+    plain = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs))(*args)
+    jax.tree.map(np.testing.assert_array_equal, ours, plain)
 
 
 def test_a_mesh_that_is_not_a_mesh_is_refused():
