@@ -2,6 +2,7 @@
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +26,8 @@ def test_v4_8_single_host():
   assert proc.returncode == 0 and [c[0] for c in cmds] == ["tar", "gcloud", "gcloud"] and "note:" not in proc.stderr
   install = cmds[-1][-1]
   assert "pip install -q 'jax[tpu]'" in install and "'.[runners]'" in install and "--worker=all" in cmds[-1]
+  assert subprocess.run(["bash", "-n", "-c", install]).returncode == 0  # the command the workers run parses
+  assert "install -y -q python3.11 python3.11-venv" in install and "$py -m venv .venv" in install
   sweep = "python -m experiments.sweep --preset=paper --run_dir=runs/tetra"
   proc, cmds = dry_run("run.sh", *sweep.split())
   assert proc.returncode == 0 and len(cmds) == 1
@@ -34,6 +37,18 @@ def test_v4_8_single_host():
   assert "suscept-v4:~/suscept_jax/runs/tetra/sweep" in cmds[-1]
   proc, cmds = dry_run("delete.sh")
   assert cmds == [["gcloud", "compute", "tpus", "tpu-vm", "delete", "suscept-v4", "--zone", "us-central2-b", "--quiet"]]
+
+
+def test_provision_keeps_a_python_that_jax_takes(tmp_path):
+  """The base image's python3 is 3.10, which no JAX ≥ 0.7 installs on: provision.sh takes Ubuntu's python3.11
+  there. Run here with a python3 that is new enough (this one), it keeps python3 and asks apt for nothing."""
+  _, cmds = dry_run("provision.sh")
+  install = cmds[-1][-1]
+  choose = install[install.index("py=python3 &&"):install.index("$py -m venv")].rstrip("& ")
+  (tmp_path / "python3").symlink_to(sys.executable)
+  proc = subprocess.run(["bash", "-c", f"{choose} && echo $py"], capture_output=True, text=True, timeout=30,
+                        env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+  assert proc.returncode == 0 and proc.stdout.strip() == "python3", (proc.stdout, proc.stderr)
 
 
 def test_v4_32_pod_slice_shares_a_bucket_and_runs_distributed():
