@@ -55,9 +55,28 @@ def environment() -> dict:
   return {"suscept_jax": suscept_jax.__version__, "git_revision": git_revision(), "jax": jax.__version__,
           "flax": flax.__version__, "optax": optax.__version__, "orbax": orbax.checkpoint.__version__,
           "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform(),
-          "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+          "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+          "process_count": jax.process_count(),
           "matmul_precision": str(jax.config.jax_default_matmul_precision or "default"),
           "x64": bool(jax.config.jax_enable_x64)}
+
+
+def environment_label(env: dict) -> str:
+  """Where a unit was computed, as far as its numbers can tell: the JAX version and the backend (units written
+  before "backend" was recorded: read off the first device's name, e.g. "cpu:0", "cuda:0", "TPU_0(...)")."""
+  backend = env.get("backend") or str((env.get("devices") or ["unknown"])[0]).split(":")[0].split("_")[0].lower()
+  return f"jax {env.get('jax', 'unknown')} on {backend}"
+
+
+def mixed_environments_note(units_per_label: dict) -> str | None:
+  """A line for the summary when a table's units come from more than one environment (a sweep resumed
+  elsewhere), else None. Same seeds, another compiler: chains part by rounding, so such cells agree within
+  their error bars, not to rounding (BUILD_NOTES, "Twenty-sixth session")."""
+  if len(units_per_label) < 2:
+    return None
+  parts = ", ".join(f"{label} ({n} unit{'s' * (n != 1)})" for label, n in sorted(units_per_label.items()))
+  return (f"note: units computed under {len(units_per_label)} environments: {parts}; cells of different ones "
+          "agree within their error bars, not to rounding")
 
 
 def unit_name(step: int, probes, components) -> str:
@@ -130,6 +149,14 @@ class ResultsDir:
 
   def unit_meta(self, name: str) -> dict:
     return json.loads((self.units / f"{name}.json").read_text())
+
+  def environments(self) -> dict:
+    """{environment_label: number of finished units computed there}."""
+    counts: dict = {}
+    for name in self.finished_units():
+      label = environment_label(self.unit_meta(name).get("environment") or {})
+      counts[label] = counts.get(label, 0) + 1
+    return counts
 
   def plan(self, steps, probes, components, probe_fingerprints: dict) -> list[tuple[int, list, list]]:
     """The units still to compute for checkpoints × probes × components ("full" first in components).

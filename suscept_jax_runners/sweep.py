@@ -192,6 +192,8 @@ def main(argv):
   from suscept_jax.analysis import plots, summary
   figures = plots.sweep_figures(table, out.path)
   text = summary.summary_text(table)
+  mixed = results.mixed_environments_note(out.environments())
+  text += f"\n{mixed}" if mixed else ""
   (out.path / "summary.txt").write_text(text + "\n")
   print(text)
   flagged = int((table.status != "ok").sum())

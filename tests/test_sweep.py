@@ -66,6 +66,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert (straight / "chi_over_training.png").stat().st_size > 10_000
   cfg = json.loads((straight / "config.json").read_text())
   assert cfg["settings"]["sgld"]["num_draws"] == 12 and "jax" in cfg["environment"]
+  assert "environments" not in (straight / "summary.txt").read_text()  # every unit from this one
   out = results.ResultsDir(straight)
   arrays, meta = out.read_unit(next(n for n in out.finished_units() if n.startswith("step_00000040")))
   assert arrays["chi_per_chain"].shape == (3, 4, 2) and arrays["loss_trace"].shape == (4, 2, 12)
@@ -95,6 +96,10 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   # The sweep grows: one more probe and one more component reuse every finished unit, also at another micro-batch
   # (it changes only the gradient's summation order: a sweep that ran out of memory resumes with a smaller one).
   before = set(out.finished_units())
+  elsewhere = out.units / f"{sorted(before)[0]}.json"  # as if written by a run on a GPU under a newer JAX
+  moved = json.loads(elsewhere.read_text())
+  moved["environment"] = {**moved["environment"], "jax": "0.11.2", "backend": "gpu"}
+  elsewhere.write_text(json.dumps(moved))
   grown = subprocess.run(
       [*sweep_cmd(run_dir, tok, data, straight),
        f"--probes={data['math']},{data['prose']},{data['mix']},{data['math2']}",
@@ -102,6 +107,10 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
       capture_output=True, text=True, timeout=600)
   assert grown.returncode == 0, grown.stderr[-3000:]
   assert "4 unit(s) to run, 3 finished unit(s) reused" in grown.stdout  # (new probe, new component) × 2 checkpoints
+  here = results.environment_label(results.environment())
+  listed = ", ".join(sorted([f"{here} (6 units)", "jax 0.11.2 on gpu (1 unit)"]))
+  assert f"units computed under 2 environments: {listed}; cells" in (straight / "summary.txt").read_text()
+  assert results.environment_label({"jax": "0.4.30", "devices": ["TPU_0(process=0,(0,0,0,0))"]}) == "jax 0.4.30 on tpu"
   used = {name: out.unit_meta(name)["microbatch_size"] for name in out.finished_units()}
   assert {used[n] for n in before} == {5} and {used[n] for n in set(used) - before} == {2}, used
   bigger = pd.read_csv(straight / "results.csv")
