@@ -150,10 +150,10 @@ class ResultsDir:
   def unit_meta(self, name: str) -> dict:
     return json.loads((self.units / f"{name}.json").read_text())
 
-  def environments(self) -> dict:
-    """{environment_label: number of finished units computed there}."""
+  def environments(self, prefix: str = "step_") -> dict:
+    """{environment_label: number of finished units (named `prefix`…) computed there}."""
     counts: dict = {}
-    for name in self.finished_units():
+    for name in self.finished_units(prefix):
       label = environment_label(self.unit_meta(name).get("environment") or {})
       counts[label] = counts.get(label, 0) + 1
     return counts

@@ -211,7 +211,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   import pandas as pd
 
   import suscept_jax as sj
-  from suscept_jax import batched, checkpoints
+  from suscept_jax import batched, checkpoints, results
   from suscept_jax.analysis import head_scores
   from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import transformer
@@ -255,7 +255,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
               "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
-              "seconds": res.seconds, "microbatch_size": settings["microbatch_size"]}  # may differ between chunks
+              "seconds": res.seconds, "microbatch_size": settings["microbatch_size"],  # may differ between chunks
+              "environment": results.environment()}
       if res.dataset is not None:
         meta["dataset_rows"] = res.dataset.records()
         meta["realised_delta_h"] = res.dataset.realised_delta_h
@@ -297,8 +298,12 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
     atomic_write_bytes(store.path / "dataset_chi.csv", frame.to_csv(index=False, float_format="%.9g").encode())
   info = {"checkpoint": step, "delta_h": parts[0][1].get("realised_delta_h", settings["delta_h"]),
           "components": comps, "datasets": settings["probes"], "num_contexts": O, "tokens_per_context": J,
-          "llc": dict(zip(comps, parts[0][1]["llc"])), "status": parts[0][1]["status"]}
+          "llc": dict(zip(comps, parts[0][1]["llc"])), "status": parts[0][1]["status"],
+          "environments": store.environments(prefix="chunk_")}
   atomic_write_bytes(store.path / "per_token.json", json.dumps(info, indent=2).encode())
+  mixed = results.mixed_environments_note(info["environments"])
+  if mixed:
+    print(mixed)
 
 
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:

@@ -76,6 +76,16 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
     np.testing.assert_allclose(after[column], before[column], rtol=1e-4, atol=1e-5 * np.abs(before[column]).max())
   used = [json.loads((copy / "units" / f"chunk_{i:05d}.json").read_text())["microbatch_size"] for i in range(3)]
   assert used == ["auto", "auto", 5], used  # the paper preset's "auto" (the whole batch fits here), then 5
+  assert len(json.loads((copy / "per_token.json").read_text())["environments"]) == 1
+  # A chunk computed elsewhere (another JAX, another backend): the assembled run says so.
+  chunk_json = copy / "units" / "chunk_00001.json"
+  moved = json.loads(chunk_json.read_text())
+  moved["environment"] = {**moved["environment"], "jax": "0.11.2", "backend": "gpu"}
+  chunk_json.write_text(json.dumps(moved))
+  (copy / "tokens.parquet").unlink()
+  proc = run(per_token_cmd(tiny, copy, "--views=none"))
+  assert proc.returncode == 0 and "units computed under 2 environments" in proc.stdout, proc.stdout[-2000:]
+  assert json.loads((copy / "per_token.json").read_text())["environments"]["jax 0.11.2 on gpu"] == 1
 
 
 def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
