@@ -43,13 +43,9 @@ def shard_map_without_empty(fn, *, mesh: Mesh, in_specs, out_specs, **shard_map_
   zero-size input of a shard_map over two or more devices is returned, also through a loop's carry. A run
   without probes carries [E, 0] moments through every chunk. Zero-size arrays hold no numbers: nothing changes
   but what the compiler sees."""
-  def resized(shape, spec, per_device: bool) -> tuple:
-    dims = list(shape)
-    for i, names in enumerate(spec):
-      if names is not None:
-        split = math.prod(mesh.shape[n] for n in (names if isinstance(names, tuple) else (names,)))
-        dims[i] = dims[i] // split if per_device else dims[i] * split
-    return tuple(dims)
+  def splits(spec, ndim: int) -> list:  # how many devices share each axis of an array with this spec
+    named = list(spec) + [None] * (ndim - len(spec))
+    return [1 if n is None else math.prod(mesh.shape[a] for a in (n if isinstance(n, tuple) else (n,))) for n in named]
 
   def call(*args):
     traced = {}  # set while `fn` is traced: its output's structure and its zero-size outputs' whole shapes
@@ -58,11 +54,11 @@ def shard_map_without_empty(fn, *, mesh: Mesh, in_specs, out_specs, **shard_map_
 
     def inner(*holed_args):
       given = iter(jax.tree.leaves(holed_args))
-      full = [jnp.zeros(resized(x.shape, spec, True), x.dtype) if _empty(x) else next(given)
+      full = [jnp.zeros([d // k for d, k in zip(x.shape, splits(spec, x.ndim))], x.dtype) if _empty(x) else next(given)
               for x, spec in zip(leaves, specs)]
       out = fn(*jax.tree.unflatten(treedef, full))
       out_leaves, traced["tree"] = jax.tree.flatten(out)
-      traced["zeros"] = {i: (resized(x.shape, spec, False), x.dtype)
+      traced["zeros"] = {i: ([d * k for d, k in zip(x.shape, splits(spec, x.ndim))], x.dtype)
                          for i, (x, spec) in enumerate(zip(out_leaves, _spec_per_leaf(out_specs, out))) if _empty(x)}
       return jax.tree.unflatten(traced["tree"], [None if i in traced["zeros"] else x for i, x in enumerate(out_leaves)])
 
