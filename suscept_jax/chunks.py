@@ -289,7 +289,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
       tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
                                                        plan.observed_microbatch))(c.state.position)
-      token_moments = estimators.update_moments(token_moments, phi_E, tokens_ExOxJ - loss_E[:, None, None], active_E,
+      excess_ExOxJ = tokens_ExOxJ - estimators.expand_like(loss_E, tokens_ExOxJ)  # (J: one axis or several)
+      token_moments = estimators.update_moments(token_moments, phi_E, excess_ExOxJ, active_E,
                                                 jnp.isfinite(tokens_ExOxJ))
     pair_moments = c.pair_moments
     if plan.pair_split is not None:  # raw token losses of queries against samples (Bayesian influence)

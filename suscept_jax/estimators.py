@@ -50,7 +50,8 @@ def init_moments(num_entries: int, y_shape: tuple = ()) -> Moments:
                  mean_y=zeros(*y_shape), comoment=zeros(*y_shape))
 
 
-def _expand(a, like):
+def expand_like(a, like):
+  """`a` [E] (or [E, ...]) with trailing unit axes, to broadcast against `like` [E, ..., more]."""
   return a.reshape(a.shape + (1,) * (like.ndim - a.ndim))
 
 
@@ -61,14 +62,14 @@ def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
   dx = x_E - m.mean_x
   mean_x = m.mean_x + dx / n
   m2_x = m.m2_x + dx * (x_E - mean_x)
-  keep = lambda new, old, on: jnp.where(_expand(on, new), new, old)
+  keep = lambda new, old, on: jnp.where(expand_like(on, new), new, old)
 
-  use_y = _expand(active_E, y_Ex) if present_Ex is None else _expand(active_E, y_Ex) & present_Ex
+  use_y = expand_like(active_E, y_Ex) if present_Ex is None else expand_like(active_E, y_Ex) & present_Ex
   use_y = jnp.broadcast_to(use_y, y_Ex.shape)
   y = jnp.where(use_y, y_Ex, 0.0)  # a missing y may be NaN: keep it out of the arithmetic
   count_y = m.count_y + use_y.astype(jnp.int32)
   n_y = jnp.maximum(count_y, 1).astype(jnp.float32)
-  x_Ex = _expand(x_E, y_Ex)
+  x_Ex = expand_like(x_E, y_Ex)
   dx_y = x_Ex - m.mean_x_y
   mean_x_y = m.mean_x_y + dx_y / n_y
   mean_y = m.mean_y + (y - m.mean_y) / n_y
@@ -107,7 +108,8 @@ def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoment
   mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
   new = CrossMoments(count=count, mean_q=mean_q, m2_q=m.m2_q + dq * (q - mean_q), mean_s=mean_s,
                      m2_s=m.m2_s + ds * (s - mean_s), comoment=m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :])
-  return CrossMoments(count, *(jnp.where(_expand(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:])))
+  kept = (jnp.where(expand_like(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:]))
+  return CrossMoments(count, *kept)
 
 
 def to_numpy(m):
@@ -126,29 +128,29 @@ def chi_per_chain(m: Moments, full_mean_y, *, form: str = "eq41"):
     raise ValueError(f"chi form {form!r}: expected one of {CHI_FORMS}")
   n = np.maximum(m.count_y, 1)
   cov = m.comoment / n
-  if form == "covariance":
-    return -cov
-  return -cov - m.mean_x_y * (m.mean_y - full_mean_y)
+  chi = -cov if form == "covariance" else -cov - m.mean_x_y * (m.mean_y - full_mean_y)
+  return np.where(m.count_y > 0, chi, np.nan)  # (no draw observed y: no estimate, not a χ of 0)
 
 
 def pooled_mean_y(m: Moments, valid_E) -> np.ndarray:
   """Draw-weighted ⟨y⟩ over the valid entries (e.g. the full model's non-diverged chains)."""
-  w = np.where(_expand(np.asarray(valid_E), m.count_y), m.count_y, 0).astype(np.float64)
+  w = np.where(expand_like(np.asarray(valid_E), m.count_y), m.count_y, 0).astype(np.float64)
   total = w.sum(axis=0)
   with np.errstate(invalid="ignore", divide="ignore"):
     return np.where(total > 0, (w * m.mean_y).sum(axis=0) / np.maximum(total, 1), np.nan)
 
 
 def mean_and_stderr(per_chain_K, valid_K):
-  """Mean and standard error across valid chains (axis 0); stderr is NaN with < 2 valid chains."""
-  x = np.asarray(per_chain_K, np.float64)[np.asarray(valid_K, bool)]
-  if x.shape[0] == 0:
-    nan = np.full(x.shape[1:], np.nan)
-    return nan, nan
-  mean = x.mean(axis=0)
-  if x.shape[0] < 2:
-    return mean, np.full(mean.shape, np.nan)
-  return mean, x.std(axis=0, ddof=1) / np.sqrt(x.shape[0])
+  """Mean and standard error across the valid chains (axis 0), element by element: a NaN value (a chain that
+  never observed that quantity, see `chi_per_chain`) is left out of its own element only. NaN mean with no
+  chain left, NaN stderr with fewer than 2."""
+  x = np.asarray(per_chain_K, np.float64)
+  use = expand_like(np.asarray(valid_K, bool), x) & ~np.isnan(x)
+  n = use.sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    mean = np.where(use, x, 0.0).sum(axis=0) / n
+    var = np.where(use, (x - mean) ** 2, 0.0).sum(axis=0) / (n - 1)
+    return mean[()], np.where(n >= 2, np.sqrt(var / n), np.nan)[()]
 
 
 def t_quantile(num_chains, level: float = 0.95):

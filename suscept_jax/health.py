@@ -2,15 +2,18 @@
 
 Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". Thresholds (README, "Status"):
   diverged      any chain excluded for divergence (its numbers are not averaged in)
-  R̂             rank-normalised split-R̂ of φ (component) or of φ·ΔL (probe cell) above R_HAT_MAX
-  ESS           bulk ESS of φ, or of φ·ΔL, below MIN_ESS effective draws
+  error bar     fewer than 2 usable chains: no standard error can be given
+  R̂             rank-normalised split-R̂ of φ (component) or of φ·ΔL (probe cell) above R_HAT_MAX; for φ also
+                when it cannot be computed (too few draws, or φ constant). A constant φ·ΔL (probe = base:
+                ΔL ≡ 0) is not flagged: its χ is exact
+  ESS           bulk ESS of φ, or of φ·ΔL, below MIN_ESS effective draws (undefined φ: as for R̂)
   MALA          mean MALA acceptance below MIN_MALA (healthy ≈ 0.9; the step is far too large)
   start         non-stationary start: ⟨φ⟩ over the first START_FRACTION of the draws lies below the rest by
                 more than START_Z standard errors (across chains) and by enough to move the run's ⟨φ⟩ by more
                 than START_SHIFT (the draws are dominated by the climb away from w*: run longer or burn in)
   negative LLC  the LLC estimate is below 0: w* is not a local minimum of the loss (e.g. an untrained model)
   δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
-  dropped       some draws of this probe were dropped for a non-finite probe loss
+  dropped       some draws of this probe were dropped for a non-finite probe loss (per token: some tokens')
 
 Shape letters: K chains, T draws.
 """
@@ -23,6 +26,7 @@ MIN_ESS = 50.0
 MIN_MALA = 0.2
 START_FRACTION, START_Z, START_SHIFT = 0.1, 2.0, 0.05
 DELTA_H_TOLERANCE = 0.05
+UNDEFINED = "{} undefined (too few draws: R̂ needs 4, ESS 8; or φ never moved)"
 
 
 class SusceptibilityWarning(UserWarning):
@@ -51,11 +55,14 @@ def component_flags(diag, llc: float, num_chains: int) -> list[str]:
     flags.append("all chains diverged" if bad == num_chains else f"{bad}/{num_chains} chains diverged")
     if bad == num_chains:
       return flags
-  if diag.r_hat > R_HAT_MAX:
-    flags.append(f"R̂ {diag.r_hat:.2f} > {R_HAT_MAX}")
-  if diag.ess_bulk < MIN_ESS:
-    flags.append(f"ESS {diag.ess_bulk:.0f} < {MIN_ESS:.0f}")
-  if diag.mala_acceptance < MIN_MALA:
+  if num_chains - bad < 2:
+    flags.append(f"no error bar: {num_chains - bad} usable chain (needs 2 or more)")
+  # (written NaN-safe: R̂ and ESS are NaN when they cannot be computed, and that must not read as a pass)
+  if not diag.r_hat <= R_HAT_MAX:
+    flags.append(f"R̂ {diag.r_hat:.2f} > {R_HAT_MAX}" if np.isfinite(diag.r_hat) else UNDEFINED.format("R̂"))
+  if not diag.ess_bulk >= MIN_ESS:
+    flags.append(f"ESS {diag.ess_bulk:.0f} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
+  if diag.mala_acceptance < MIN_MALA:  # (NaN: no MALA moves were measured, nothing to test)
     flags.append(f"MALA acceptance {diag.mala_acceptance:.2g} < {MIN_MALA}")
   diff, se, shift = start_shift(diag.phi_trace)
   if diff > START_Z * se and shift > START_SHIFT:
@@ -78,6 +85,12 @@ def probe_flags(r_hat_chi: float, ess_chi: float, dropped: int, realised_delta_h
   if abs(realised_delta_h - delta_h) > DELTA_H_TOLERANCE * delta_h:
     flags.append(f"realised δh {realised_delta_h:.3g} vs {delta_h:g}")
   return flags
+
+
+def token_flags(short_tokens: int) -> list[str]:
+  """Failed tests that concern a component's per-token χ: tokens whose loss was not finite at some draws of
+  some chain (their χ comes from the draws and chains that observed them)."""
+  return [f"{short_tokens} token(s) short of draws (non-finite token loss)"] if short_tokens else []
 
 
 def status(flags) -> str:

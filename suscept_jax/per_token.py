@@ -97,7 +97,7 @@ def estimate_per_token_susceptibilities(
 
   C, K = len(component_names), config.num_chains
   num_chunks = math.ceil(num_contexts / chunk)
-  per_chain_chunks, dataset, first, seconds = [], None, None, 0.0
+  per_chain_chunks, short_chunks, dataset, first, seconds = [], [], None, None, 0.0
   for i, chunk_progress in over_chunks(progress, num_chunks, config.num_steps, "per-token"):
     out = sampler.run(loss_fn, params, component_names, masks_C, base, probes if (probes and i == 0) else {},
                       config=config, batch_size=batch_size, delta_h=delta_h if (probes and i == 0) else None, seed=seed,
@@ -109,11 +109,17 @@ def estimate_per_token_susceptibilities(
     diverged = out.diverged.reshape(C, K)
     table = estimators.chi_table(out.token_moments, diverged, component_names, "eq41", None)
     per_chain_chunks.append(table.per_chain.reshape(chunk, *token_shape[1:], C, K))  # [O', J, C, K]
+    m = out.token_moments  # a token of a live chain short of draws: its loss was not finite at some of them
+    short = (estimators.expand_like(m.count, m.count_y) > m.count_y) & estimators.expand_like(~out.diverged, m.count_y)
+    short_chunks.append(np.moveaxis(short.reshape(C, K, chunk, -1), (0, 1), (-2, -1)))  # [O', J', C, K]
     seconds += out.seconds
     if i == 0:
       first = out
   per_chain = np.concatenate(per_chain_chunks)[:num_contexts]  # [O, J, C, K]
-  per_chain_CxKxOxJ = np.moveaxis(per_chain, (2, 3), (0, 1))
+  per_chain_CxKxOxJ = np.moveaxis(per_chain, (-2, -1), (0, 1))
+  short_OxJxC = np.concatenate(short_chunks)[:num_contexts].any(axis=-1)
+  short_OxJxC |= short_OxJxC[..., component_names.index("full"), None]  # (eq. 41 reads ⟨ℓ_i − L⟩ off "full")
+  short_tokens_C = short_OxJxC.sum(axis=(0, 1))
   diverged = first.diverged.reshape(C, K)
   chi = np.empty(per_chain_CxKxOxJ.shape[:1] + per_chain_CxKxOxJ.shape[2:])
   err = np.empty_like(chi)
@@ -121,7 +127,8 @@ def estimate_per_token_susceptibilities(
     chi[c], err[c] = estimators.mean_and_stderr(per_chain_CxKxOxJ[c], ~diverged[c])
   llc, llc_err, _ = estimators.llc_table(first.moments, diverged, np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(first, c, K) for c, name in enumerate(component_names)}
-  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
+  comp_flags = [health.component_flags(diags[name], llc[c], K) + health.token_flags(int(short_tokens_C[c]))
+                for c, name in enumerate(component_names)]
   warnings = api._divergence_warnings(component_names, diags, K)
   warnings += api._health_warnings(component_names, comp_flags, [], [])
   if probes:

@@ -48,7 +48,14 @@ def test_each_component_test_on_stated_values():
   assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 11 < 50"]
   assert health.component_flags(diag(diverged_chains=[1], diverged_at_draw=[3]), 3.0, 4) == ["1/4 chains diverged"]
   assert health.component_flags(diag(), -5.81, 4) == ["negative LLC (-5.81): w* is not a local minimum"]
+  nan = float("nan")
+  assert health.component_flags(diag(r_hat=nan, ess_bulk=nan), 3.0, 4) == [
+      health.UNDEFINED.format("R̂"), health.UNDEFINED.format("ESS")]
+  assert health.component_flags(diag(diverged_chains=[1, 2, 3], diverged_at_draw=[3, 3, 3]), 3.0, 4) == [
+      "3/4 chains diverged", "no error bar: 1 usable chain (needs 2 or more)"]
+  assert health.component_flags(diag(mala_acceptance=nan), 3.0, 4) == []  # (no MALA moves measured)
   assert health.probe_flags(1.0, 400.0, 0, 0.094, 0.1) == ["realised δh 0.094 vs 0.1"]
+  assert health.probe_flags(nan, nan, 0, 0.1, 0.1) == []  # (a constant φ·ΔL, e.g. probe = base: χ is exact)
   assert health.probe_flags(1.0, 400.0, 3, 0.1, 0.1) == ["3 probe draws dropped (non-finite loss)"]
 
 
@@ -63,6 +70,19 @@ def test_a_run_dominated_by_its_start_is_flagged(problem):
   with pytest.warns(sj.SusceptibilityWarning, match="non-stationary start"):
     res = run(problem, step_size=1e-5, num_draws=40, mala_every=0)
   assert "non-stationary start" in res.status[0, 0]
+
+
+@pytest.mark.parametrize("num_chains, num_draws, expected", [(1, 100, "no error bar"), (4, 3, "undefined")])
+def test_a_run_too_short_or_narrow_to_judge_is_not_ok(problem, num_chains, num_draws, expected):
+  """One chain has no standard error, and 3 draws leave R̂ and ESS NaN: neither may read as a passed test."""
+  with pytest.warns(sj.SusceptibilityWarning, match=expected):
+    res = run(problem, num_chains=num_chains, num_draws=num_draws, mala_every=0)
+  assert all(expected in s for s in res.status.ravel()), res.status
+  base, _, w_star, _ = problem
+  cfg = sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=100.0, num_chains=num_chains, num_draws=num_draws)
+  with pytest.warns(sj.SusceptibilityWarning, match=expected):
+    assert expected in sj.estimate_llc(toys.quadratic_loss, w_star, base, config=cfg, batch_size=N,
+                                       progress=False).status
 
 
 def test_a_checkpoint_that_is_not_a_minimum_gets_a_negative_llc_flag():

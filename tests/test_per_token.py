@@ -59,6 +59,46 @@ def test_chunking_and_devices_do_not_change_the_numbers(problem):
   np.testing.assert_array_equal(one.chi_per_chain, whole.chi_per_chain)
 
 
+def test_token_losses_may_carry_several_token_axes(problem):
+  """[B, J, 2] token losses (here ℓ and ℓ + 1: a constant shift leaves χ as it is) give the [B, J] numbers on
+  each slice, also when a chunk's contexts are as many as the entries (where a wrong broadcast would run)."""
+  base, contexts, w_star, comps, _ = problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=20, mala_every=0)
+  kw = dict(config=config, batch_size=16, contexts_per_chunk=4, progress=False)  # 4 contexts, 2 × 2 entries
+  flat = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts, **kw)
+  paired = lambda p, b: token_losses(p, b)[:, :, None] + jnp.array([0.0, 1.0])
+  both = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, paired, w_star, comps, base, contexts, **kw)
+  assert both.chi.shape == (2, 8, 1, 2) and both.chi_per_chain.shape == (2, 2, 8, 1, 2)
+  np.testing.assert_allclose(both.chi[..., 0], flat.chi, rtol=1e-6)
+  np.testing.assert_allclose(both.chi[..., 1], flat.chi, rtol=1e-4)  # (rounding of ℓ + 1 in float32)
+
+
+def test_a_token_loss_that_fails_at_draws_is_flagged_not_counted_as_zero(problem):
+  """Context 0's loss is finite at w* only: no chain observes it, so its χ is NaN (it used to read 0 with status
+  ok). Context 1's fails where w₅ > w₅*, a coordinate only "full" moves: half of full's draws, which every
+  component's χ reads through ⟨ℓ₁ − L⟩_full. Both are named in each status; every other token keeps the
+  numbers of a clean run."""
+  base, contexts, w_star, comps, _ = problem
+  fragile = {**contexts, "kind": np.array([1, 2, 0, 0, 0, 0, 0, 0], np.int32)}
+  w0 = jnp.asarray(w_star["w"])
+
+  def fragile_losses(params, batch):
+    w = params["w"]
+    broken = ((batch["kind"] == 1) & jnp.any(w != w0)) | ((batch["kind"] == 2) & (w[5] > w0[5]))
+    return jnp.where(broken, jnp.nan, toys.quadratic_loss(params, batch))[:, None]
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=3, num_draws=40, mala_every=0)
+  kw = dict(config=config, batch_size=16, progress=False)
+  clean = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts, **kw)
+  with pytest.warns(sj.SusceptibilityWarning, match="short of draws"):
+    res = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, fragile_losses, w_star, comps, base, fragile,
+                                                 **kw)
+  assert np.all(np.isnan(res.chi[:, 0])) and np.all(np.isnan(res.chi_per_chain[:, :, 0]))
+  for name in comps:
+    assert "2 token(s) short of draws" in res.status[name] and "short" not in clean.status[name]
+  assert np.all(np.isfinite(res.chi[:, 1])) and np.all(np.isfinite(res.chi_stderr[:, 1]))
+  np.testing.assert_allclose(res.chi[:, 2:], clean.chi[:, 2:], rtol=1e-6)
+
+
 def test_additivity_on_shared_samples(problem):
   """δh·mean_i χ_i over a probe's samples ≈ the dataset-level χ of that probe from the same chains (eq. 45)."""
   base, _, w_star, comps, _ = problem

@@ -1,4 +1,6 @@
 """χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
+import math
+
 import numpy as np
 import pytest
 
@@ -135,13 +137,23 @@ def test_a_run_that_places_no_probe_sample_is_a_configuration_error(gaussian_pro
                                  delta_h=0.1)
 
 
-def test_small_batches_still_get_their_probe_share(gaussian_problem):
-  """Batch 8 at δh 0.1: most batches hold 1 probe sample, some 0; the run realises δh exactly."""
+@pytest.mark.parametrize("num_draws", [25, 23])
+def test_small_batches_still_get_their_probe_share(gaussian_problem, num_draws):
+  """Batch 8 at δh 0.1 (n·δh = 0.8): most batches hold 1 probe sample, some 0, and the run realises
+  ⌊T·n·δh⌋ / (T·n) (0.1 exactly at 25 draws, 18/184 at 23). Measured, not taken from the formula: a probe
+  whose every sample costs 1 more than its base twin has ΔL = (probe samples in the batch) / n at every draw, so
+  ⟨ΔL⟩ is the share of probe samples the draws' batches really held."""
   base, probes, w_star, comps = gaussian_problem
-  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=25)
-  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, {"same": base, "curvy": probes["curvy"]},
-                                     config=config, batch_size=8, delta_h=0.1, progress=False)
-  assert res.realised_delta_h == 0.1 and np.all(res.chi[0] == 0.0)
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=num_draws)
+  with_offset = lambda data, c: {**data, "c": np.full(len(data["a"]), c, np.float32)}
+  loss = lambda params, batch: quadratic_loss(params, batch) + batch["c"]
+  probes = {"same": with_offset(base, 0.0), "curvy": with_offset(probes["curvy"], 0.0), "plus1": with_offset(base, 1.0)}
+  res = sj.estimate_susceptibilities(loss, w_star, comps, with_offset(base, 0.0), probes, config=config, batch_size=8,
+                                     delta_h=0.1, progress=False)
+  share = math.floor(num_draws * 8 * 0.1) / (num_draws * 8)
+  assert res.realised_delta_h == pytest.approx(share, rel=1e-12)
+  np.testing.assert_allclose(res.moments.mean_y[:, 2], share, rtol=1e-5)  # every entry: [E, P]
+  assert np.all(res.chi[0] == 0.0) and np.all(res.chi[1] != 0.0)
 
 
 # ---- bad input: clear errors that name the input, before compiling ---------------------------------------
