@@ -62,5 +62,6 @@ device-prep: setup
 	ls .whl/*.whl | wc -l
 	$(PY) -m benchmarks.devinterp_side_by_side --run_dir=runs/demo/train --write_contexts=.whl/contexts
 
+# What the demo and the benchmarks write; never runs/ as a whole (converted checkpoints and long sweeps live there).
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs/demo runs/devinterp_side_by_side runs/accelerator_figures runs/precision_on_demo .pytest_cache

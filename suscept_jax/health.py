@@ -64,7 +64,7 @@ def component_flags(diag, llc: float, num_chains: int) -> list[str]:
     flags.append(f"ESS {diag.ess_bulk:.0f} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
   if diag.mala_acceptance < MIN_MALA:  # (NaN: no MALA moves were measured, nothing to test)
     flags.append(f"MALA acceptance {diag.mala_acceptance:.2g} < {MIN_MALA}")
-  diff, se, shift = start_shift(diag.phi_trace)
+  diff, se, shift = start_shift(np.delete(diag.phi_trace, diag.diverged_chains, axis=0))  # (as R̂ and ESS)
   if diff > START_Z * se and shift > START_SHIFT:
     flags.append(f"non-stationary start (first {START_FRACTION:.0%} of draws below the rest; moves ⟨φ⟩ by "
                  f"{shift:.0%})")

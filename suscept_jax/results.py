@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -88,6 +89,10 @@ def _jsonable(value):
   return json.loads(json.dumps(value, default=str))
 
 
+# What `ResultsDir` itself writes beside the units.
+OUTPUTS = ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json")
+
+
 class ResultsDir:
   """Reads and writes one sweep's results directory."""
 
@@ -96,15 +101,17 @@ class ResultsDir:
     self.units = self.path / "units"
 
   # -- settings ---------------------------------------------------------------------------------------
-  def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None) -> None:
+  def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None, unrecorded=()) -> None:
     """Refuse (before anything is written) settings that would change the numbers of the units already
     here; the message names just the differing keys, with both values. Keys in `ignore` are not compared;
-    `legacy` gives the value of a key that directories written before it existed did not record."""
+    `legacy` gives the value of a key that directories written before it existed did not record; keys in
+    `unrecorded` are compared only where the directory recorded them (nothing to compare them with before)."""
     config_path = self.path / "config.json"
     if not config_path.exists():
       return
     old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
     old = {**_jsonable(legacy or {}), **old}
+    ignore = (*ignore, *(k for k in unrecorded if k not in old))
     diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
             if k not in ignore and old.get(k) != new.get(k)}
     if diff:
@@ -112,15 +119,18 @@ class ResultsDir:
       raise ValueError(f"{self.path} holds results made with other settings ({listed}); use another "
                        f"--output_dir, or --overwrite to discard them")
 
-  def start(self, settings: dict, scope: dict, *, overwrite: bool = False) -> None:
-    """Record the settings (once) and the scope asked for; `check_settings` must have passed."""
+  def start(self, settings: dict, scope: dict, *, overwrite: bool = False, outputs=()) -> None:
+    """Record the settings (once) and the scope asked for; `check_settings` must have passed. With `overwrite`
+    the units and every output named (this class's files and the runner's `outputs`, files or folders) go
+    first: nothing made with the old settings may be shown beside the new results."""
     self.units.mkdir(parents=True, exist_ok=True)
     config_path = self.path / "config.json"
     if overwrite:
       for f in self.units.glob("*"):
         f.unlink()
-      for name in ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json"):
-        (self.path / name).unlink(missing_ok=True)
+      for name in (*OUTPUTS, *outputs):
+        target = self.path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     if config_path.exists():
       payload = json.loads(config_path.read_text())
     else:

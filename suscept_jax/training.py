@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import checkpoints, mixing
+from suscept_jax.data import packing
 from suscept_jax.models import transformer
 from suscept_jax.models.config import ModelConfig
 from suscept_jax.progress import progress_bar
@@ -62,6 +63,40 @@ def unigram_entropy(contexts_NxK, vocab_size: int) -> float:
   return float(-(p * np.log(p)).sum())
 
 
+# Settings that do not change the trained numbers: a resumed run may change them.
+_FREE_TO_CHANGE = ("eval_every", "resume_every")
+
+
+def recipe(model_config: ModelConfig, cfg: TrainConfig, **run_info) -> dict:
+  """What a run's checkpoints depend on, as run.json records it (the keys a resume must find unchanged)."""
+  train = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_TO_CHANGE}
+  return json.loads(json.dumps({"model_config": model_config.__dict__, "train_config": train, **run_info},
+                               default=str))
+
+
+def check_same_recipe(run_dir, wanted: dict) -> None:
+  """A run directory that already holds a (part-)trained run must have been trained with the same recipe:
+  resuming, or calling it finished, with other data or settings would mix two runs under one name. Keys the
+  run did not record (older runs) are not compared."""
+  try:
+    recorded = checkpoints.read_run_info(run_dir)
+  except FileNotFoundError:
+    return
+  recorded = {**recorded, "train_config": {k: v for k, v in recorded.get("train_config", {}).items()
+                                           if k not in _FREE_TO_CHANGE}}
+  differ = []
+  for key, value in wanted.items():
+    before = recorded.get(key)
+    if isinstance(value, dict) and isinstance(before, dict):
+      differ += [f"{key}.{k}: {before.get(k)!r} there, {v!r} now" for k, v in value.items()
+                 if k in before and before[k] != v]
+    elif key in recorded and before != value:
+      differ.append(f"{key}: {before!r} there, {value!r} now")
+  if differ:
+    raise ValueError(f"{run_dir} holds a run trained otherwise ({'; '.join(differ)}): resuming or reusing it "
+                     "would mix two runs; use another --workdir, or delete it to start again")
+
+
 def data_mesh():
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -82,9 +117,11 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   n_eval = min(cfg.eval_contexts, len(contexts_NxK) // 10)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
   schedule_steps = cfg.schedule()
-  checkpoints.write_run_info(run_dir, model_config, train_config=dataclasses.asdict(cfg),
-                             num_train_contexts=len(train_data), num_test_contexts=n_eval,
-                             context_length=int(contexts_NxK.shape[1]), **(run_info or {}))
+  run_info = {**(run_info or {}), "tokens_fingerprint": packing.tokens_fingerprint(contexts_NxK),
+              "num_train_contexts": len(train_data), "num_test_contexts": n_eval,
+              "context_length": int(contexts_NxK.shape[1])}
+  check_same_recipe(run_dir, recipe(model_config, cfg, **run_info))
+  checkpoints.write_run_info(run_dir, model_config, train_config=dataclasses.asdict(cfg), **run_info)
 
   mesh = data_mesh()
   optimizer = make_optimizer(cfg)

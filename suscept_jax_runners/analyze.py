@@ -36,6 +36,8 @@ def main(argv):
                               "experiments.sweep first")
   if _NUM_PCS.value < 1:
     raise ValueError(f"--num_pcs={_NUM_PCS.value} must be >= 1")
+  if _RESAMPLES.value < 1:
+    raise ValueError(f"--num_resamples={_RESAMPLES.value} must be >= 1 (the PCs' stability is a bootstrap)")
   cli.quiet_libraries()
   from suscept_jax.analysis import report
   report.build(dirs, Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html", num_pcs=_NUM_PCS.value,

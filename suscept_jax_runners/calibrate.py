@@ -61,7 +61,10 @@ def main(argv):
   step_sizes, nbetas, gammas = (_floats("step_sizes", _STEP_SIZES.value), _floats("nbetas", _NBETAS.value),
                                 _floats("localizations", _LOCALIZATIONS.value))
   config = cli.sgld_config(preset.sgld, _SGLD, mala_every=_MALA_EVERY.value)
-  batch_size, micro = _BATCH.value or preset.batch_size, cli.microbatch_size(_MICRO, preset.microbatch_size)
+  batch_size = preset.batch_size if _BATCH.value is None else _BATCH.value
+  micro = cli.microbatch_size(_MICRO, preset.microbatch_size)
+  if batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size} must be a positive integer")
   data_spec = _DATA.value or preset.base
 
   import functools

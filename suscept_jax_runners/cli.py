@@ -17,7 +17,9 @@ from suscept_jax import paths
 from suscept_jax.sgld_config import SAMPLERS, SGLDConfig
 from suscept_jax_runners import presets
 
-INPUT_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError)
+# Bad input, and failures whose message says what to do (an unreachable dataset or coordinator, a training
+# loss that overflowed): ended with their message, not a traceback.
+INPUT_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, ConnectionError, TimeoutError, FloatingPointError)
 
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Directory of JAX's persistent compilation cache, so reruns, resumed runs and the "
@@ -64,11 +66,13 @@ def run(main) -> None:
   """
   def wrapped(argv):
     try:
+      expand_home_in_flags()
       enable_compilation_cache()
       apply_groups_side_by_side()
       return main(argv)
     except INPUT_ERRORS as e:
-      _stop(f"error: {e}\n(run with --verbosity=1 to see the traceback)", 2)
+      notes = "".join(f"\n{note}" for note in getattr(e, "__notes__", ()))  # (e.g. which dataset was loading)
+      _stop(f"error: {e}{notes}\n(run with --verbosity=1 to see the traceback)", 2)
     except MemoryError as e:  # the sampler's own message says which setting to lower
       _stop(f"error: {e}\nresults already written are kept: run again with the setting it names lowered (e.g. "
             f"--microbatch_size=auto or a smaller size) to continue from them", 2)
@@ -77,6 +81,18 @@ def run(main) -> None:
             "per-token run and training resume from their finished units)", 130)
 
   app.run(wrapped)
+
+
+def expand_home_in_flags() -> None:
+  """`--run_dir=~/shared/run` means the home directory, but no shell expands a `~` after `=` inside a word (nor
+  does a command sent to TPU workers, tpu/run.sh): expand it in every flag value (and list item) it begins."""
+  def expand(value):
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+  for name in list(flags.FLAGS):
+    value = flags.FLAGS[name].value
+    new = [expand(v) for v in value] if isinstance(value, list) else expand(value)
+    if new != value:
+      setattr(flags.FLAGS, name, new)
 
 
 def _stop(message: str, status: int) -> None:

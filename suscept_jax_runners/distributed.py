@@ -98,7 +98,7 @@ def check_same_process_count(given: int) -> None:
   from jax.experimental import multihost_utils
   given_P = multihost_utils.process_allgather(np.array([given])).ravel().tolist()
   if len(set(given_P)) > 1:
-    raise ValueError(f"the processes were given different --num_processes ("
+    raise ValueError("the processes were given different --num_processes ("
                      + ", ".join(f"process {i}: {n}" for i, n in enumerate(given_P))
                      + f"); the coordinator runs {jax.process_count()} processes (process 0's value): "
                        "start every process with the same --num_processes")
@@ -132,12 +132,12 @@ def refuse_untrained(target, num_processes: int, runner: str) -> None:
 
 
 def start_results(store, settings: dict, scope: dict, *, overwrite: bool, process_index: int,
-                  num_processes: int) -> None:
+                  num_processes: int, outputs=()) -> None:
   """`store.start` by process 0 alone (with --overwrite it clears the directory); the others wait for it at a
   barrier, so none plans or writes a unit into a directory about to be cleared or a config.json about to be
   rewritten (every process was given the same command, so process 0's scope is theirs)."""
   if process_index == 0:
-    store.start(settings, scope, overwrite=overwrite)
+    store.start(settings, scope, overwrite=overwrite, outputs=outputs)
   if num_processes > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("suscept_jax: results directory started")

@@ -37,6 +37,10 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer.json "
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory "
                               + cli.by_preset(lambda p: p.per_token_output_dir) + ".")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
+# What this runner writes beside the units (cleared by --overwrite with them).
+OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", "per_token.json", "views")
+# Fingerprints recorded since the twenty-seventh session: a directory written before holds none to compare.
+RECORDED_SINCE_27 = ("base_fingerprint", "probe_fingerprints")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
@@ -63,13 +67,19 @@ flags.adopt_module_key_flags(cli)
 flags.adopt_module_key_flags(distributed)
 
 
-def resolve_settings() -> dict:
-  preset, run_dir, tokenizer = cli.resolve_run(_PRESET.value, _RUN_DIR.value, _TOKENIZER.value)
-  pick = lambda flag, default: default if flag.value is None else flag.value
+def requested_views() -> list[str]:
+  """--views, checked: the known views asked for ([] for none)."""
   views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
   unknown = sorted(set(views) - set(ALL_VIEWS))
   if unknown:
     raise ValueError(f"--views: unknown view(s) {unknown}; known: {', '.join(ALL_VIEWS)}, or none")
+  return views
+
+
+def resolve_settings() -> dict:
+  preset, run_dir, tokenizer = cli.resolve_run(_PRESET.value, _RUN_DIR.value, _TOKENIZER.value)
+  pick = lambda flag, default: default if flag.value is None else flag.value
+  views = requested_views()
   sgld = cli.sgld_config(preset.per_token_sgld, _SGLD)
   settings = {
       "preset": _PRESET.value, "run_dir": run_dir, "tokenizer": tokenizer, "step": _STEP.value,
@@ -108,7 +118,7 @@ def main(argv):
   if _VIEWS_ONLY.value:
     if distributed.initialize()[0] != 0:  # (launched on every host of a slice) process 0 renders
       return
-    views = [] if _VIEWS.value == ["none"] else list(_VIEWS.value)
+    views = requested_views()
     paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value, keep_other_views=True)
     print(f"views: {out / 'views' / 'index.html'} ({len(paths)} files)")
     return
@@ -116,7 +126,6 @@ def main(argv):
   process_index, num_processes = distributed.initialize()  # before anything touches a JAX backend
 
   import dataclasses
-  import hashlib
 
   import numpy as np
 
@@ -138,8 +147,8 @@ def main(argv):
                      "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
   if not _OVERWRITE.value:
-    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint"),
-                         legacy=cli.LEGACY_SETTINGS)
+    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint",
+                                                  *RECORDED_SINCE_27), legacy=cli.LEGACY_SETTINGS)
   if _DRY_RUN.value:
     print("resolved settings:\n" + json.dumps({**number_settings, "microbatch_size": settings["microbatch_size"],
                                                 "output_dir": str(out), "views": settings["views"]},
@@ -153,7 +162,7 @@ def main(argv):
       print(chunk_share(total, chunk, process_index, num_processes)[1])
     return
 
-  from suscept_jax.data import tokenizer as tokenizers_lib
+  from suscept_jax.data import packing, tokenizer as tokenizers_lib
   distributed.refuse_untrained(target, num_processes, "per_token")
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   load = lambda spec: pipeline.load_dataset(spec, tokenizer, target.context_length, settings["max_contexts"])
@@ -170,13 +179,19 @@ def main(argv):
     chosen.append(np.asarray(data[ids]))
     labels += [(spec, int(i)) for i in ids]
   contexts = np.concatenate(chosen)
-  fingerprint = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+  spec_fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
+                                                                settings["max_contexts"])
   run_settings = {**number_settings, "tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer),
-                  "contexts_fingerprint": fingerprint(contexts)}
+                  "contexts_fingerprint": packing.tokens_fingerprint(contexts),
+                  # the chains sample the base (and, for dataset-level χ, mix in the probes): changed data there
+                  # changes every chunk's numbers, as it does a sweep's
+                  "base_fingerprint": spec_fingerprint(settings["base"]),
+                  **({"probe_fingerprints": {spec: spec_fingerprint(spec) for spec in settings["probes"]}}
+                     if settings["dataset_chi"] else {})}
   if not _OVERWRITE.value:
-    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS)
+    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS, unrecorded=RECORDED_SINCE_27)
   distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,
-                            process_index=process_index, num_processes=num_processes)
+                            process_index=process_index, num_processes=num_processes, outputs=OUTPUTS)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
   compute(store, settings, target=target, step=step, component_masks=component_masks, base=base, contexts=contexts,
           labels=labels, probes=probes, tokenizer=tokenizer, process_index=process_index, num_processes=num_processes)

@@ -155,6 +155,9 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
   """Train (or finish training) the model in `run_dir`; a no-op when its last step is already saved."""
   cfg = model_config.get_config(model)
   tokenizers_lib.check_vocab_matches(tokenizer, cfg.d_vocab)
+  run_info = {"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer), "train_data": train_data,
+              "repeat_fraction": repeat_fraction, "max_contexts": max_contexts}
+  training.check_same_recipe(run_dir, training.recipe(cfg, train_config, **run_info))
   try:
     if train_config.steps in checkpoints.available_steps(run_dir):
       return None
@@ -168,8 +171,7 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
                                         min_len=low, max_len=high, d_vocab=cfg.d_vocab)
     contexts = np.concatenate([marked, np.asarray(contexts[-test_contexts:], np.int32)])
   print(f"training the {model!r} model ({train_config.steps} steps) in {run_dir}")
-  summary = training.train(run_dir, cfg, contexts, train_config,
-                           run_info={"tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer)})
+  summary = training.train(run_dir, cfg, contexts, train_config, run_info=run_info)
   print(f"trained: test loss {summary['test_loss']:.3f} nats vs unigram entropy {summary['unigram_entropy']:.3f} "
         f"({summary['seconds']:.0f} s)")
   return summary

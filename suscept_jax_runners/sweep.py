@@ -17,6 +17,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from suscept_jax.paths import atomic_write_bytes
 from suscept_jax_runners import cli, distributed, presets
 
 HEAD_SCORE_CONTEXTS = 32  # base contexts for the per-head zero-ablation loss deltas
@@ -63,6 +64,10 @@ def resolve_settings() -> dict:
       steps = [int(s) for s in steps]
     except ValueError:
       raise app.UsageError(f"--steps must be integers or 'all', got {steps}") from None
+    twice = sorted({s for s in steps if steps.count(s) > 1})
+    if not steps or twice:
+      raise ValueError(f"--steps={','.join(map(str, steps))}: " + (f"lists {twice} more than once" if twice else
+                                                                   "names no checkpoint (give steps or 'all')"))
   else:
     steps = None
   sgld = cli.sgld_config(preset.sgld, _SGLD)
@@ -162,8 +167,9 @@ def main(argv):
   if not _OVERWRITE.value:
     out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS)
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
+  from suscept_jax.analysis import plots  # (what --overwrite clears: the summary and these figures)
   distributed.start_results(out, run_settings, scope, overwrite=_OVERWRITE.value, process_index=process_index,
-                            num_processes=num_processes)
+                            num_processes=num_processes, outputs=("summary.txt", *plots.SWEEP_FIGURES))
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
   if num_processes > 1:  # this process's share only
@@ -178,7 +184,8 @@ def main(argv):
         f"{config.num_draws} draws")
   mesh = distributed.local_mesh() if num_processes > 1 else None
   num_warnings = run_units(planned, out, target, tokenizer=tokenizer, settings=settings,
-                           component_masks=component_masks, probe_fps=probe_fps, mesh=mesh)
+                           component_masks=component_masks, probe_fps=probe_fps, mesh=mesh,
+                           writes_table=process_index == 0)
   if process_index != 0:
     print(f"process {process_index}: its units are written; process 0 assembles the table")
     return
@@ -189,12 +196,12 @@ def main(argv):
   out.write_table()
   out.write_progress([])
   table = out.table()
-  from suscept_jax.analysis import plots, summary
+  from suscept_jax.analysis import summary
   figures = plots.sweep_figures(table, out.path)
   text = summary.summary_text(table)
   mixed = results.mixed_environments_note(out.environments())
   text += f"\n{mixed}" if mixed else ""
-  (out.path / "summary.txt").write_text(text + "\n")
+  atomic_write_bytes(out.path / "summary.txt", (text + "\n").encode())
   print(text)
   flagged = int((table.status != "ok").sum())
   print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) "
@@ -232,8 +239,12 @@ def process_units(planned, steps, specs, component_masks, param_shapes, process_
       f"{step}: {'+'.join(groups[g])}" for step, g in own)
 
 
-def run_units(planned, out, target, *, tokenizer, settings, component_masks, probe_fps, mesh=None) -> int:
-  """Sample every planned unit, writing each as it finishes; returns the number of warnings logged."""
+def run_units(planned, out, target, *, tokenizer, settings, component_masks, probe_fps, mesh=None,
+              writes_table: bool = True) -> int:
+  """Sample every planned unit, writing each as it finishes; returns the number of warnings logged.
+
+  With `writes_table` the table and progress.json are rewritten after each unit too: process 0's job only, so
+  that a slow write of another process cannot land after process 0's final table (each unit is its own file)."""
   import functools
 
   import numpy as np
@@ -279,8 +290,9 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
             params, model_cfg, np.asarray(base[:HEAD_SCORE_CONTEXTS]), batch=32)]
         scored.add(step)
       out.write_unit(names[i], arrays, meta)
-      out.write_table()
-      out.write_progress(names[i + 1:])
+      if writes_table:
+        out.write_table()
+        out.write_progress(names[i + 1:])
   return num_warnings
 
 

@@ -28,6 +28,8 @@ _WD = flags.DEFINE_float("weight_decay", None, "AdamW weight decay (paper: 0.05)
 _SEED = flags.DEFINE_integer("seed", None, "Initialisation and data-order seed.")
 _CKPT_STEPS = flags.DEFINE_list("checkpoint_steps", None, "Steps to checkpoint (default: the paper's list S, scaled).")
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized training contexts.")
+_REPEATS = flags.DEFINE_float("repeat_fraction", None, "Share of training contexts given a repeated span (what "
+                              "makes induction heads form) " + cli.by_preset(lambda p: p.train_repeat_fraction) + ".")
 
 
 def train_config(preset: presets.Preset) -> TrainConfig:
@@ -55,10 +57,13 @@ def main(argv):
   vocab = _VOCAB.value or preset.vocab_size
   if vocab != d_vocab:
     raise ValueError(f"--vocab_size={vocab} differs from model {model!r}'s d_vocab={d_vocab}")
+  repeat_fraction = preset.train_repeat_fraction if _REPEATS.value is None else _REPEATS.value
+  if not 0 <= repeat_fraction < 1:
+    raise ValueError(f"--repeat_fraction={repeat_fraction} must lie in [0, 1)")
   pipeline.check_datasets([data])
   tokenizer = pipeline.ensure_tokenizer(tokenizer_path, train_data=data, vocab_size=vocab)
   summary = pipeline.ensure_trained(workdir, model=model, tokenizer=tokenizer, train_data=data, train_config=config,
-                                    max_contexts=_MAX_CONTEXTS.value)
+                                    max_contexts=_MAX_CONTEXTS.value, repeat_fraction=repeat_fraction)
   if summary is None:
     print(f"{workdir} is already trained to its last step; nothing to do")
   else:

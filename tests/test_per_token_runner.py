@@ -86,6 +86,26 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   proc = run(per_token_cmd(tiny, copy, "--views=none"))
   assert proc.returncode == 0 and "units computed under 2 environments" in proc.stdout, proc.stdout[-2000:]
   assert json.loads((copy / "per_token.json").read_text())["environments"]["jax 0.11.2 on gpu"] == 1
+  # Base data that changed since (the chains sample it: every chunk's numbers move) is refused, as by the sweep;
+  # a directory from before the base was fingerprinted is compared on the rest.
+  config_json = copy / "config.json"
+  config = json.loads(config_json.read_text())
+  assert set(config["settings"]["probe_fingerprints"]) == {str(tiny[3]["math"]), str(tiny[3]["prose"])}
+  config["settings"]["base_fingerprint"] = "0" * 16
+  config_json.write_text(json.dumps(config))
+  proc = run(per_token_cmd(tiny, copy, "--views=none"))
+  assert proc.returncode == 2 and "base_fingerprint: '0000000000000000' here" in proc.stderr, proc.stderr[-2000:]
+  del config["settings"]["base_fingerprint"], config["settings"]["probe_fingerprints"]
+  config_json.write_text(json.dumps(config))
+  assert run(per_token_cmd(tiny, copy, "--views=none")).returncode == 0
+  # --overwrite with other settings: nothing of the old run stays beside the new one (a stale dataset_chi.csv
+  # used to feed the index's additivity line).
+  proc = run(per_token_cmd(tiny, copy, "--views=none", "--overwrite", "--nodataset_chi", "--seed=3"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  views = sorted(p.name for p in (copy / "views").iterdir())
+  assert not (copy / "dataset_chi.csv").exists() and views == ["index.html", "sections.json"], views  # (no view)
+  assert "Additivity" not in (copy / "views" / "index.html").read_text()
+  assert (copy / "tokens.parquet").exists() and len(list((copy / "units").glob("chunk_*.json"))) == 3
 
 
 def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
@@ -143,6 +163,7 @@ def test_views_are_written_and_linked(finished):
     (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
     (["--seed=3"], "holds results made with other settings (seed: 0 here, 3 now)"),
     (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
+    (["--views_only", "--views=sparkles"], "--views: unknown view(s) ['sparkles']"),  # (it used to exit 0)
     (["--num_processes=2", "--process_id=0"], "a multi-process run needs --coordinator_address, --num_processes and "
                                               "--process_id; missing --coordinator_address"),
 ])

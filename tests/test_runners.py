@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -37,6 +36,8 @@ def test_help_is_quick_and_shows_each_presets_defaults():
     (["--probes=nosuchcorpus"], "dataset 'nosuchcorpus': no such corpus"),
     (["--components=l0h9"], "component 'l0h9': head 9 does not exist"),
     (["--steps=0,7"], "checkpoint steps [7] are not saved"),
+    (["--steps=40,0,40"], "--steps=40,0,40: lists [40] more than once"),
+    (["--steps="], "names no checkpoint (give steps or 'all')"),
     (["--num_draws=1", "--delta_h=0.05"], "places no probe sample"),
 ])
 def test_bad_input_fails_in_seconds_before_any_output(tiny, tmp_path, extra, message):
@@ -115,6 +116,7 @@ def test_summary_covers_every_checkpoint_with_full_probe_names(tiny):
     (["--steps=0"], "TrainConfig.steps=0 must be >= 1"),
     (["--batch_size=6"], "--batch_size=6 must be divisible by the 4 devices"),
     (["--data=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
+    (["--repeat_fraction=1.5"], "--repeat_fraction=1.5 must lie in [0, 1)"),
 ])
 def test_train_runner_fails_before_work(tmp_path, extra, message):
   workdir = tmp_path / "run"
@@ -124,12 +126,40 @@ def test_train_runner_fails_before_work(tmp_path, extra, message):
   assert not workdir.exists() and not (tmp_path / "tok.json").exists()
 
 
+def test_a_tilde_in_a_flag_means_the_home_directory(tmp_path):
+  """`--data=~/x.jsonl`: no shell expands a `~` after `=` (nor tpu/run.sh's workers); the runners do."""
+  home = tmp_path / "home"
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", "--workdir=~/run", "--tokenizer=~/tok.json",
+                         "--data=~/missing.jsonl"], cwd=REPO, env={**env(), "HOME": str(home)}, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2 and f"{home}/missing.jsonl" in proc.stderr and "~" not in proc.stderr, proc.stderr
+
+
+def test_train_runner_trains_the_presets_recipe_and_keeps_to_it(tiny, tmp_path):
+  """`experiments.train` takes the preset's repeated spans (the demo's 0.75, what `make demo` trains with: the
+  runner used to drop them), records them, and will not call a run finished that was trained otherwise."""
+  root, _, _, data = tiny
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", "--model=demo",
+         f"--tokenizer={tmp_path / 'tok.json'}", f"--data={data['mix']}", "--steps=2", "--batch_size=8",
+         "--checkpoint_steps=0,2"]
+  proc, _ = run(cmd, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  info = json.loads((workdir / "run.json").read_text())
+  assert info["repeat_fraction"] == 0.75 and info["train_data"] == str(data["mix"])
+  proc, _ = run(cmd + ["--repeat_fraction=0"], timeout=600)
+  assert proc.returncode == 2 and "repeat_fraction: 0.75 there, 0.0 now" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
   root, run_dir, tok, data = tiny
   out = tmp_path / "calibration"
-  proc, _ = run([sys.executable, "-m", "experiments.calibrate", "--preset=paper", f"--run_dir={run_dir}",
-                 f"--tokenizer={tok}", f"--data={data['mix']}", "--step_sizes=1e-4,1e-2", "--num_chains=2",
-                 "--num_draws=16", "--batch_size=10", f"--output_dir={out}"], timeout=600)
+  cmd = [sys.executable, "-m", "experiments.calibrate", "--preset=paper", f"--run_dir={run_dir}",
+         f"--tokenizer={tok}", f"--data={data['mix']}", "--step_sizes=1e-4,1e-2", "--num_chains=2",
+         "--num_draws=16", "--batch_size=10", f"--output_dir={out}"]
+  zero, _ = run(cmd + ["--batch_size=0"])  # (it used to run at the preset's batch size without a word)
+  assert zero.returncode == 2 and "--batch_size=0 must be a positive integer" in zero.stderr, zero.stderr[-2000:]
+  proc, _ = run(cmd, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   verdict = json.loads((out / "calibration.json").read_text())
   assert verdict["checkpoint"] == 40 and verdict["components"] == ["full", "l0h0"]

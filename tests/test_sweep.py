@@ -137,6 +137,8 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert re.search(r"<td>[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]</td>", page)  # r with its interval
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
+  none = subprocess.run(analyze + ["--num_resamples=0"], cwd=REPO, env=env(), capture_output=True, text=True)
+  assert none.returncode == 2 and "--num_resamples=0 must be >= 1" in none.stderr, none.stderr[-2000:]
   excluded = subprocess.run(analyze + ["--patterning_targets=l0h0+full"], cwd=REPO, env=env(), capture_output=True,
                             text=True, timeout=300)  # "full" is kept apart from the matrix's columns
   assert excluded.returncode == 2 and "patterning targets name components not in the response matrix: ['full']" \

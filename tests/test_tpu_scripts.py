@@ -17,6 +17,11 @@ def dry_run(script, *args, **environment):
   return proc, [shlex.split(line) for line in proc.stdout.splitlines()]
 
 
+def worker_words(ssh_command) -> list[str]:
+  """The words of the command a worker runs after `cd … && source … &&` (as its shell splits them)."""
+  return shlex.split(ssh_command[-1].split(" && ")[-1])
+
+
 def test_v4_8_single_host():
   proc, cmds = dry_run("create.sh", TPU_NAME="t1", PROJECT="p")
   assert proc.returncode == 0, proc.stderr
@@ -27,11 +32,15 @@ def test_v4_8_single_host():
   install = cmds[-1][-1]
   assert "pip install -q 'jax[tpu]'" in install and "'.[runners]'" in install and "--worker=all" in cmds[-1]
   assert subprocess.run(["bash", "-n", "-c", install]).returncode == 0  # the command the workers run parses
+  assert install.startswith("mkdir -p ~/suscept_jax/runs && ")  # (scp of runs/tetra into it keeps its name)
   assert "install -y -q python3.11 python3.11-venv" in install and "$py -m venv .venv" in install
   sweep = "python -m experiments.sweep --preset=paper --run_dir=runs/tetra"
   proc, cmds = dry_run("run.sh", *sweep.split())
   assert proc.returncode == 0 and len(cmds) == 1
-  assert cmds[0][-1] == f"cd ~/suscept_jax && source .venv/bin/activate && {sweep}"  # one host: no --distributed
+  assert cmds[0][-1].startswith("cd ~/suscept_jax && source .venv/bin/activate && ")
+  assert worker_words(cmds[0]) == sweep.split()  # one host: no --distributed
+  proc, cmds = dry_run("run.sh", *sweep.split(), "--components=l0h1,l1 attn")
+  assert worker_words(cmds[0])[-1] == "--components=l0h1,l1 attn"  # one argument stays one word
   proc, cmds = dry_run("fetch.sh", "runs/tetra/sweep")
   assert cmds[-1][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"]
   assert "suscept-v4:~/suscept_jax/runs/tetra/sweep" in cmds[-1]
@@ -58,10 +67,11 @@ def test_v4_32_pod_slice_shares_a_bucket_and_runs_distributed():
   assert "gcsfuse --implicit-dirs --only-dir suscept my-bucket ~/shared" in cmds[-1][-1]
   sweep = "python -m experiments.sweep --preset=paper --run_dir=~/shared/tetra --output_dir=~/shared/sweep"
   proc, cmds = dry_run("run.sh", *sweep.split(), **pod)
-  assert proc.returncode == 0 and cmds[0][-1].endswith(f"{sweep} --distributed") and "--worker=all" in cmds[0]
+  assert proc.returncode == 0 and worker_words(cmds[0]) == [*sweep.split(), "--distributed"]
+  assert "--worker=all" in cmds[0]
   per_token = "python -m experiments.per_token --preset=paper --run_dir=~/shared/tetra --output_dir=~/shared/pt"
   proc, cmds = dry_run("run.sh", *per_token.split(), **pod)
-  assert proc.returncode == 0 and cmds[0][-1].endswith(f"{per_token} --distributed")
+  assert proc.returncode == 0 and worker_words(cmds[0]) == [*per_token.split(), "--distributed"]
   proc, _ = dry_run("run.sh", "python", "-m", "experiments.per_token", "--preset=paper", **pod)
   assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
   proc, _ = dry_run("run.sh", "python", "-m", "experiments.sweep", "--preset=paper", **pod)

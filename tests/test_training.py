@@ -1,4 +1,5 @@
 """Training with orbax checkpoints: learning, resume after a kill, loading steps, errors."""
+import dataclasses
 import shutil
 
 import jax
@@ -54,6 +55,22 @@ def test_resume_after_a_kill_gives_identical_params(corpus):
     a = checkpoints.load_params(root / "straight", step)
     b = checkpoints.load_params(root / "killed", step)
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_a_run_is_resumed_only_with_its_own_recipe(corpus):
+  """Another seed, other data or another model in a part-trained run's directory: refused before any step, naming
+  what differs (it used to resume, mixing two runs under one run.json). Logging intervals may change."""
+  root, cfg, contexts = corpus
+  tc = training.TrainConfig(steps=12, batch_size=8, eval_every=6, resume_every=4, checkpoint_steps=(0, 12))
+  training.train(root / "recipe", cfg, contexts, tc, progress=False, stop_after=5)
+  with pytest.raises(ValueError, match=r"train_config\.seed: 0 there, 5 now.*another --workdir"):
+    training.train(root / "recipe", cfg, contexts, dataclasses.replace(tc, seed=5), progress=False)
+  with pytest.raises(ValueError, match=r"tokens_fingerprint: '\w+' there, '\w+' now"):
+    training.train(root / "recipe", cfg, contexts[::-1], tc, progress=False)
+  with pytest.raises(ValueError, match=r"model_config\.n_layers"):
+    training.train(root / "recipe", dataclasses.replace(cfg, n_layers=cfg.n_layers + 1), contexts, tc, progress=False)
+  summary = training.train(root / "recipe", cfg, contexts, dataclasses.replace(tc, eval_every=3), progress=False)
+  assert summary["steps_run"] == 7 and summary["final_step"] == 12
 
 
 def test_checkpoint_errors_name_the_input(corpus, tmp_path):

@@ -2,13 +2,16 @@
 # Run a command in the repository on every worker, e.g. tpu/run.sh python -m experiments.sweep --preset=paper ...
 # On a multi-host slice a sweep or a per-token run gets --distributed: every host joins jax.distributed,
 # computes its share (checkpoints; chunks of contexts) on its own chips, and host 0 assembles the results; its
-# --run_dir and --output_dir must be on the shared mount (~/shared, see provision.sh).
+# --run_dir and --output_dir must be on the shared mount (~/shared, see provision.sh). A `~` in a flag's value
+# reaches the runner as it is (no shell expands it after `=`); the runners expand it to the worker's home.
 source "$(dirname "$0")/common.sh"
 if [[ $# -eq 0 ]]; then echo "usage: tpu/run.sh [--dry-run] <command...>" >&2; exit 2; fi
-command="$*"
-if (( HOSTS > 1 )) && [[ "$command" == *"experiments.sweep"* || "$command" == *"experiments.per_token"* ]]; then
-  if [[ "$command" != *"--output_dir=$HOME/shared"* && "$command" != *"--output_dir=~/shared"* \
-        && "$command" != *"--output_dir=shared/"* && "$command" != *"--output_dir=../shared"* ]]; then
+words="$*"                           # to look for flags in
+command=$(printf '%q ' "$@")         # to run: each argument stays one word on the worker ("--components=l1 attn")
+command="${command% }"
+if (( HOSTS > 1 )) && [[ "$words" == *"experiments.sweep"* || "$words" == *"experiments.per_token"* ]]; then
+  if [[ "$words" != *"--output_dir=$HOME/shared"* && "$words" != *"--output_dir=~/shared"* \
+        && "$words" != *"--output_dir=../shared"* ]]; then
     echo "error: $ACCELERATOR has $HOSTS hosts: give --output_dir=~/shared/... (a directory every host writes to)" >&2
     exit 2
   fi

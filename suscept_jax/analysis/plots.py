@@ -128,11 +128,14 @@ def plot_chi_heatmaps(table, path) -> Path:
   return save_figure(fig, path)
 
 
+SWEEP_FIGURES = ("chi_over_training.png", "llc_over_training.png", "chi_heatmap.png")
+
+
 def sweep_figures(table, out_dir) -> list[Path]:
   out_dir = Path(out_dir)
-  return [plot_chi_over_training(table, out_dir / "chi_over_training.png"),
-          plot_llc_over_training(table, out_dir / "llc_over_training.png"),
-          plot_chi_heatmaps(table, out_dir / "chi_heatmap.png")]
+  over_training, llc, heatmap = (out_dir / name for name in SWEEP_FIGURES)
+  return [plot_chi_over_training(table, over_training), plot_llc_over_training(table, llc),
+          plot_chi_heatmaps(table, heatmap)]
 
 
 def plot_calibration(result, path) -> Path:

@@ -133,6 +133,11 @@ def load_contexts(spec: str, tokenizer, context_length: int, *, max_contexts: in
   return np.load(npy_path, mmap_mode="r")
 
 
+def tokens_fingerprint(contexts_NxK) -> str:
+  """Identity of an array of token contexts (its int32 bytes): what a run records to refuse other data later."""
+  return hashlib.sha256(np.ascontiguousarray(np.asarray(contexts_NxK, np.int32)).tobytes()).hexdigest()[:16]
+
+
 def decode_context(tokenizer, row) -> str:
   """Text of one context (special tokens kept), for round-trip checks and per-token views.
 
