@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 from suscept_jax.data import corpora
-from suscept_jax_runners import corpus_fetch
+from suscept_jax_runners import cli, corpus_fetch
 
 _OUT_DIR = flags.DEFINE_string(
     "out_dir", None, "Output directory (default: cache root/corpora/v1)."
@@ -51,7 +51,8 @@ def format_table(manifest: dict) -> str:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   start = time.perf_counter()
   manifest = corpora.build_corpora(_OUT_DIR.value, _NAMES.value, max_bytes_per_corpus=_MAX_BYTES.value,
                                    fetch=corpus_fetch.fetch_archive, deb_to_tar=corpus_fetch.deb_data_tar)
@@ -61,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)  # (an unknown --names value ends with its message, not a traceback)

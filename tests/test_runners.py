@@ -126,6 +126,12 @@ def test_train_runner_fails_before_work(tmp_path, extra, message):
   assert not workdir.exists() and not (tmp_path / "tok.json").exists()
 
 
+def test_build_corpora_names_an_unknown_corpus_without_a_traceback():
+  proc, _ = run([sys.executable, "-m", "experiments.build_corpora", "--names=bogus"])
+  assert proc.returncode == 2 and "Unknown corpus name(s) ['bogus']" in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+
+
 def test_a_tilde_in_a_flag_means_the_home_directory(tmp_path):
   """`--data=~/x.jsonl`: no shell expands a `~` after `=` (nor tpu/run.sh's workers); the runners do."""
   home = tmp_path / "home"
