@@ -39,8 +39,8 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory "
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
 # What this runner writes beside the units (cleared by --overwrite with them).
 OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", "per_token.json", "views")
-# Fingerprints recorded since the twenty-seventh session: a directory written before holds none to compare.
-RECORDED_SINCE_27 = ("base_fingerprint", "probe_fingerprints")
+# Fingerprints recorded since 2026-12 (directories written before hold none: compared where present).
+NEWER_FINGERPRINTS = ("base_fingerprint", "probe_fingerprints")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
@@ -148,7 +148,7 @@ def main(argv):
                      "run_dir": str(Path(target.run_dir).resolve())}
   if not _OVERWRITE.value:
     store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint",
-                                                  *RECORDED_SINCE_27), legacy=cli.LEGACY_SETTINGS)
+                                                  *NEWER_FINGERPRINTS), legacy=cli.LEGACY_SETTINGS)
   if _DRY_RUN.value:
     print("resolved settings:\n" + json.dumps({**number_settings, "microbatch_size": settings["microbatch_size"],
                                                 "output_dir": str(out), "views": settings["views"]},
@@ -189,7 +189,7 @@ def main(argv):
                   **({"probe_fingerprints": {spec: spec_fingerprint(spec) for spec in settings["probes"]}}
                      if settings["dataset_chi"] else {})}
   if not _OVERWRITE.value:
-    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS, unrecorded=RECORDED_SINCE_27)
+    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS, unrecorded=NEWER_FINGERPRINTS)
   distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,
                             process_index=process_index, num_processes=num_processes, outputs=OUTPUTS)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
