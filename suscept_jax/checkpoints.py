@@ -89,7 +89,11 @@ def load_params(run_dir, step: int | None = None):
   config = read_model_config(run_dir)
   abstract = _abstract_params(config)
   with _params_reader(run_dir) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+    except ValueError as e:  # (orbax's own message suggests strict=False, which would load wrong shapes)
+      raise ValueError(f"the checkpoint at step {step} in {run_dir} does not match the model its run.json "
+                       f"describes ({config}): {str(e).splitlines()[0]}") from None
   return jax.tree.map(np.asarray, restored["params"])
 
 
@@ -119,12 +123,20 @@ def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=
   info = {"source": "transformer_lens", "converted_from": str(Path(input_path).absolute()),
           "context_length": model_config.n_ctx}
   try:
-    existing = read_model_config(run_dir)
+    recorded = read_run_info(run_dir)
   except FileNotFoundError:
-    existing = None
+    recorded = {}
+  existing = ModelConfig(**recorded["model_config"]) if recorded else None
   if existing is not None and existing != model_config:
     raise ValueError(f"run directory {run_dir} already holds a run of another model ({existing}); the checkpoints in "
                      f"{input_path} are {model_config}")
+  if recorded and recorded.get("converted_from") != info["converted_from"]:
+    origin = (f"converted from {recorded['converted_from']}" if recorded.get("converted_from")
+              else "trained here")
+    raise ValueError(f"run directory {run_dir} already holds a run {origin}; adding the checkpoints of "
+                     f"{input_path} would mix two runs: convert into another directory")
+  info = {**recorded, **info}  # (a rerun without --tokenizer keeps the fingerprint recorded before)
+  info.pop("model_config", None)
   if tokenizer_path:
     tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
     tokenizers_lib.check_vocab_matches(tokenizer, model_config.d_vocab, name=f"tokenizer {tokenizer_path}")

@@ -1,6 +1,8 @@
 """TransformerLens import/export: exact round trips here, and against TransformerLens itself (the
 `interop` extra: torch + transformer-lens<4) on random weights: the same per-token NLL."""
 import dataclasses
+import json
+import shutil
 import warnings
 
 import numpy as np
@@ -177,6 +179,22 @@ def test_convert_command_refuses_bad_input_naming_it(tmp_path, tiny):
   assert checkpoints.available_steps(run_dir) == [0, 50] and checkpoints.read_model_config(run_dir) == cfg
   np.testing.assert_array_equal(checkpoints.load_params(run_dir, 50)["embed"]["W_E"], sd["embed.W_E"])
   assert checkpoints.import_transformer_lens(tmp_path, run_dir, log=print) == [0, 50]  # a rerun is a no-op
+  assert "tokenizer_fingerprint" in checkpoints.read_run_info(run_dir)  # (kept by the rerun without --tokenizer)
+  # Same model, other origin: refused, not merged (it used to add the steps and rewrite run.json).
+  (tmp_path / "more").mkdir()
+  shutil.copy(tmp_path / "checkpoint_0000050.pth", tmp_path / "more" / "checkpoint_0000070.pth")
+  with pytest.raises(ValueError, match=r"already holds a run converted from .*would mix two runs"):
+    checkpoints.import_transformer_lens(tmp_path / "more", run_dir, log=lambda *_: None)
+  trained = tmp_path / "trained"
+  shutil.copytree(tiny[1], trained)
+  with pytest.raises(ValueError, match=r"already holds a run trained here"):
+    checkpoints.import_transformer_lens(tmp_path / "more", trained, log=lambda *_: None)
+  # A checkpoint that does not match its run.json: named, with the step (not orbax's advice to load it anyway).
+  info = checkpoints.read_run_info(run_dir)
+  info["model_config"]["d_head"] = cfg.d_head // 2
+  (run_dir / "run.json").write_text(json.dumps(info))
+  with pytest.raises(ValueError, match=r"the checkpoint at step 50 in .* does not match the model its run.json"):
+    checkpoints.load_params(run_dir, 50)
   other = dataclasses.replace(TINY, d_vocab=64)
   (tmp_path / "small").mkdir()
   torch.save({k: torch.from_numpy(v) for k, v in interop.to_transformer_lens(_random_params(other), other).items()},
