@@ -192,8 +192,17 @@ def chi_table(moments, diverged_CxK, component_names, form, realised_fraction) -
   return ChiTable(chi, err, per_chain)
 
 
-def llc_table(moments, diverged_CxK, nbeta_C):
+class LLCTable(NamedTuple):
+  """The LLC of every component (λ̂ = nβ·⟨φ⟩; "full": the ordinary LLC, else weight-refined)."""
+
+  llc: np.ndarray  # [C] mean over the non-diverged chains
+  stderr: np.ndarray  # [C] standard error across those chains
+  per_chain: np.ndarray  # [C, K]
+
+
+def llc_table(moments, diverged_CxK, nbeta_C) -> LLCTable:
+  """LLCs from the streamed moments of φ: nβ times each chain's ⟨φ⟩, averaged over the valid chains."""
   C, K = diverged_CxK.shape
   per_chain = np.asarray(nbeta_C, np.float64).reshape(-1, 1) * moments.mean_x.reshape(C, K)
   stats = [mean_and_stderr(per_chain[c], ~diverged_CxK[c]) for c in range(C)]
-  return np.array([s[0] for s in stats]), np.array([s[1] for s in stats]), per_chain
+  return LLCTable(llc=np.array([s[0] for s in stats]), stderr=np.array([s[1] for s in stats]), per_chain=per_chain)
