@@ -130,7 +130,10 @@ class ResultsDir:
         f.unlink()
       for name in (*OUTPUTS, *outputs):
         target = self.path / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        if target.is_dir():
+          shutil.rmtree(target)
+        else:
+          target.unlink(missing_ok=True)
     if config_path.exists():
       payload = json.loads(config_path.read_text())
     else:

@@ -76,14 +76,12 @@ def recipe(model_config: ModelConfig, cfg: TrainConfig, **run_info) -> dict:
 
 def check_same_recipe(run_dir, wanted: dict) -> None:
   """A run directory that already holds a (part-)trained run must have been trained with the same recipe:
-  resuming, or calling it finished, with other data or settings would mix two runs under one name. Keys the
-  run did not record (older runs) are not compared."""
+  resuming, or calling it finished, with other data or settings would mix two runs under one name. Only the
+  keys of `wanted` (a `recipe`) are compared, and of those only the ones the run recorded (older runs lack some)."""
   try:
     recorded = checkpoints.read_run_info(run_dir)
   except FileNotFoundError:
     return
-  recorded = {**recorded, "train_config": {k: v for k, v in recorded.get("train_config", {}).items()
-                                           if k not in _FREE_TO_CHANGE}}
   differ = []
   for key, value in wanted.items():
     before = recorded.get(key)
