@@ -90,7 +90,7 @@ class ChunkTraces(NamedTuple):
   phi_LxE: Any  # φ = L_B(w) − L_B(w*)
   delta_loss_LxExD: Any  # ΔL per probe (NaN where dropped)
   mala_LxE: Any  # MALA acceptance of the block's first move (NaN where not measured)
-  probe_nonfinite_LxExD: Any  # bool: some placed probe sample had a non-finite loss
+  probe_nonfinite_LxExD: Any  # bool: a placed probe sample's loss was not finite at a draw that counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +299,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
                                                      tokens_ExOxJ[:, split:].reshape(E, -1), active_E)
 
     values = ChunkTraces(loss_LxE=loss_E, phi_LxE=phi_E, delta_loss_LxExD=delta_ExD, mala_LxE=moves.acceptance_E,
-                         probe_nonfinite_LxExD=nonfinite_ExD)  # block l's row of each trace
+                         probe_nonfinite_LxExD=nonfinite_ExD & active_E[:, None])  # block l's row of each trace
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
     return Carry(state=moves.state, moments=moments, diverged=diverged, diverged_at=diverged_at,
                  token_moments=token_moments, pair_moments=pair_moments), traces

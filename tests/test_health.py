@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import health, toys
+from suscept_jax import health, masks, sampler, toys
 
 D, N = 3, 64
 
@@ -63,6 +63,18 @@ def test_a_run_where_everything_diverges_is_not_silent(problem):
   with pytest.warns(sj.SusceptibilityWarning, match="all 4 chains diverged"):
     res = run(problem, step_size=1.0, localization=0.0, num_draws=20, mala_every=0)
   assert np.all(np.isnan(res.chi)) and all(s.startswith("all chains diverged") for s in res.status.ravel())
+
+
+def test_probe_samples_met_only_by_diverged_chains_are_not_suspects(problem):
+  """A diverged chain's probe losses overflow with it: the sample candidates for a data fault are the
+  samples whose loss was not finite at a draw that counts, and here there is none."""
+  base, probes, w_star, comps = problem
+  names, masks_C = masks.stack_masks(comps, w_star)
+  config = sj.SGLDConfig(step_size=1.0, localization=0.0, nbeta=100.0, num_chains=4, num_draws=20, mala_every=0)
+  out = sampler.run(toys.quadratic_loss, w_star, names, masks_C, base, probes, config=config, batch_size=N,
+                    delta_h=0.25, progress=False)
+  assert out.diverged.all() and np.isnan(out.delta_loss_trace).any()  # the probe losses did overflow
+  assert out.nonfinite_probe_samples == {"p": []}
 
 
 def test_a_run_dominated_by_its_start_is_flagged(problem):
