@@ -17,8 +17,9 @@ _PRESET = flags.DEFINE_enum("preset", "demo", sorted(presets.PRESETS), "Named de
 _RESULTS = flags.DEFINE_list("results", None, "Sweep results directories "
                              + cli.by_preset(lambda p: p.output_dir) + ".")
 _NUM_PCS = flags.DEFINE_integer("num_pcs", 3, "Principal components analysed and plotted.")
-_PER_TOKEN = flags.DEFINE_string("per_token_dir", None, "Per-token results to link "
-                                 + cli.by_preset(lambda p: p.per_token_output_dir) + ", when present.")
+_PER_TOKEN = flags.DEFINE_string("per_token_dir", None, "Per-token results to link (when they come from the "
+                                 "sweep's training run) " + cli.by_preset(lambda p: p.per_token_output_dir)
+                                 + " without --results.")
 _OUTPUT = flags.DEFINE_string("output", None, "Report path (default: <first results dir>/report.html).")
 _RESAMPLES = flags.DEFINE_integer("num_resamples", 200, "Bootstrap resamples for the stability of the PCs.")
 _PATTERNING = flags.DEFINE_list("patterning_targets", [], "Groups of components to move together in the patterning "
@@ -41,7 +42,8 @@ def main(argv):
   cli.quiet_libraries()
   from suscept_jax.analysis import report
   report.build(dirs, Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html", num_pcs=_NUM_PCS.value,
-               per_token_dir=_PER_TOKEN.value or preset.per_token_output_dir, num_resamples=_RESAMPLES.value,
+               per_token_dir=_PER_TOKEN.value or (None if _RESULTS.value else preset.per_token_output_dir),
+               num_resamples=_RESAMPLES.value,
                patterning_targets=[group.split("+") for group in _PATTERNING.value])
 
 

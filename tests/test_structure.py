@@ -144,22 +144,26 @@ def test_bad_input():
 
 
 def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"),
-                 comps=("full", "l0h0", "l0h1", "l1h0"), K=4, seed=0, nan_cell=None):
-  """A results directory as the sweep writes it (config.json + units), with χ = a known rank-1 pattern."""
-  from suscept_jax import results
+                 comps=("full", "l0h0", "l0h1", "l1h0"), K=4, seed=0, nan_cell=None, delta_h=0.1, one_chain=None):
+  """A results directory as the sweep writes it (config.json + units), with χ = a known rank-1 pattern.
+  one_chain: (step, component index) whose chains all diverged but one (χ without an error bar)."""
+  from suscept_jax import results, estimators
   rng = np.random.default_rng(seed)
   store = results.ResultsDir(path)
-  store.start({"run_dir": run_dir, "model_config": {"d_model": 8}, "seed": seed}, {"steps": list(steps)})
+  store.start({"run_dir": run_dir, "model_config": {"d_model": 8}, "seed": seed, "delta_h": delta_h},
+              {"steps": list(steps)})
   for step in steps:
     per_chain = (np.log1p(step) * np.arange(1, len(probes) + 1)[:, None, None]
                  * np.linspace(-1, 1, len(comps))[None, :, None]
                  + 0.01 * rng.normal(size=(len(probes), len(comps), K)))
     diverged = np.zeros((len(comps), K), bool)
     diverged[1, 0] = True
-    chi = np.nanmean(np.where(diverged[None], np.nan, per_chain), -1)
+    if one_chain is not None and one_chain[0] == step:
+      diverged[one_chain[1], 1:] = True
+    chi, stderr = estimators.mean_and_stderr(np.moveaxis(per_chain, -1, 0), ~diverged.T[:, None, :])
     if nan_cell is not None and nan_cell[0] == step:
       chi[nan_cell[1], nan_cell[2]] = np.nan
-    arrays = {"chi": chi, "chi_stderr": np.full(chi.shape, 0.01), "chi_per_chain": per_chain, "diverged": diverged}
+    arrays = {"chi": chi, "chi_stderr": stderr, "chi_per_chain": per_chain, "diverged": diverged}
     store.write_unit(results.unit_name(step, probes, comps), arrays,
                      {"checkpoint": step, "probe_names": list(probes), "component_names": list(comps), "rows": []})
   return path
@@ -184,8 +188,16 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
   from suscept_jax.analysis import response
   a = _write_sweep(tmp_path / "a")
   other = _write_sweep(tmp_path / "other", run_dir="runs/y", steps=(1000,))
-  with pytest.raises(ValueError, match="different training runs"):
+  with pytest.raises(ValueError, match=r"different settings \(run_dir: 'runs/x' in .*a, 'runs/y' in .*other\)"):
     response.assemble([a, other])
+  wider = _write_sweep(tmp_path / "wider", steps=(1000,), delta_h=0.2)  # a χ of another scale, same model
+  with pytest.raises(ValueError, match=r"different settings \(delta_h: 0.1 in .*a, 0.2 in .*wider\).*only seed"):
+    response.assemble([a, wider])
+  replica = _write_sweep(tmp_path / "replica", steps=(10, 1000), seed=1)  # another seed: independent chains
+  data = response.assemble([a, replica])
+  assert data.rows.count(("a", 10)) == 1 and ("a", 1000) in data.rows
+  seed_of = dict(zip(data.rows, data.shared_chains_R))
+  assert seed_of[("a", 10)] == seed_of[("b", 10)] == (0, 10) and seed_of[("a", 1000)] == (1, 1000)
   fewer = _write_sweep(tmp_path / "fewer", steps=(1000,), comps=("full", "l0h0", "l0h1"))
   data = response.assemble([a, fewer])
   assert data.components == ["l0h0", "l0h1"] and any("component 'l1h0': not in every" in m for m in data.excluded)
@@ -193,6 +205,38 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
     response.assemble([a, fewer], components=["l0h0", "l1h0"])
   with pytest.raises(FileNotFoundError, match="is not a sweep results directory"):
     response.assemble(tmp_path / "nothing")
+
+
+def test_a_cell_without_an_error_bar_leaves_its_rows_out(tmp_path):
+  """One usable chain gives χ but no error bar: its rows cannot be resampled or weighed against their noise,
+  so they leave the matrix, saying why, and the rest is analysed as if they had never been there."""
+  from suscept_jax.analysis import response
+  whole = response.assemble(_write_sweep(tmp_path / "whole"))
+  for step in (10, 100):  # (the last checkpoint too: it is where patterning looks)
+    data = response.assemble(_write_sweep(tmp_path / f"one_chain_{step}", one_chain=(step, 2)))
+    assert ("a", step) not in data.rows and len(data.rows) == 4, data.rows
+    assert f"row (a, {step}): no error bar for ['l0h1'] (fewer than 2 usable chains)" in data.excluded
+    kept = [whole.rows.index(r) for r in data.rows]
+    np.testing.assert_array_equal(data.X_RxH, whole.X_RxH[kept])
+    # What the report does with it: the bootstrap and the patterning at the last checkpoint.
+    resampler = st.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.shared_chains_R)
+    stab = st.bootstrap_stability(data.X_RxH, resampler, 1, stderr_RxH=data.stderr_RxH, num_resamples=20)
+    assert stab.stable_k.tolist() == [True], stab.describe()  # rank 1 by construction
+    at = data.checkpoints_R == 10  # (at 100 one probe is left: the report says patterning needs 2)
+    if at.sum() == 2:
+      plans = st.scaled_patterns(data.X_RxH[at], np.eye(3), data.stderr_RxH[at], max_weight=0.1)
+      assert np.isfinite(plans.noise_floor) and plans.rank >= 1
+  with pytest.raises(ValueError, match=r"only 0 complete row.*fewer than 2 usable chains"):
+    response.assemble(_write_sweep(tmp_path / "two_chains", K=2))  # (one of l0h0's diverged everywhere)
+
+
+def test_a_cell_resampled_alone_draws_as_many_chains_as_it_has():
+  """Mean of 3 valid chains {0, 1, 2} drawn with replacement: variance (2/3)/3, not (2/3)/4."""
+  per_chain = np.array([[[0.0, 1.0, 2.0, np.nan], [0.0, 1.0, 2.0, 3.0]]])
+  resample = st.chain_resampler(per_chain)
+  rng = np.random.default_rng(0)
+  means = np.array([resample(rng)[0] for _ in range(20000)])
+  np.testing.assert_allclose(means.std(0), [np.sqrt(2 / 9), np.sqrt(1.25 / 4)], rtol=0.03)
 
 
 def test_incomplete_rows_are_left_out_and_reported(tmp_path):
@@ -271,3 +315,17 @@ def test_the_noise_floor_holds_with_error_bars_from_four_chains(signal_rank):
     ref = st.pca(X)
     exceed += ref.singular_values[signal_rank] > st.noise_floor(stderr, ref.column_scale_H, seed=trial, num_draws=100)
   assert exceed / trials <= 0.05, exceed
+
+
+def test_the_report_links_per_token_views_of_the_sweeps_run_only(tmp_path):
+  import json
+  from suscept_jax.analysis import report
+  views = tmp_path / "per_token"
+  (views / "views").mkdir(parents=True)
+  (views / "views" / "index.html").write_text("<html></html>")
+  (views / "config.json").write_text(json.dumps({"settings": {"run_dir": str(tmp_path / "runs" / "x")}}))
+  said = []
+  linked = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "x")}, said.append)
+  assert 'href="file://' in linked and not said
+  other = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "y")}, said.append)
+  assert "href" not in other and "not linked" in other and len(said) == 1

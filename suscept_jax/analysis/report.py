@@ -89,19 +89,11 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
 
   # Structural inference.
   pca = structure.pca(data.X_RxH)
-  valid_chains = np.isfinite(data.per_chain_RxHxK).sum(-1)
-  resampler = None
-  if (valid_chains >= 2).all():  # a checkpoint's probes and components share its chains: drawn together
-    resampler = structure.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.checkpoints_R)
-    stability = structure.bootstrap_stability(data.X_RxH, resampler, num_pcs, stderr_RxH=data.stderr_RxH,
-                                              num_resamples=num_resamples)
-    stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
-  else:
-    stability = structure.Stability(
-        subspace_angle_deg_Bxk=np.zeros((0, num_pcs)), pc_cosine_Bxk=np.zeros((0, num_pcs)),
-        median_angle_deg_k=np.full(num_pcs, np.nan), singular_value_k=pca.singular_values[:num_pcs],
-        noise_floor=float("nan"), stable_k=np.zeros(num_pcs, bool))
-    stability_html = "<p>Some cells have fewer than 2 valid chains: no bootstrap.</p>"
+  # (every cell has >= 2 usable chains: `response.assemble` leaves out rows without an error bar)
+  resampler = structure.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.shared_chains_R)
+  stability = structure.bootstrap_stability(data.X_RxH, resampler, num_pcs, stderr_RxH=data.stderr_RxH,
+                                            num_resamples=num_resamples)
+  stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
   datasets, steps = data.datasets_R, data.checkpoints_R
   couplings = structure.data_couplings(pca.scores_Rxk, datasets)
   struct_figs = [
@@ -126,9 +118,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                                                   delta_h=config["settings"].get("delta_h", 0.1), fig_dir=fig_dir,
                                                   groups=patterning_targets)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
-    target = (Path(per_token_dir) / "views" / "index.html").resolve()
-    sections.append(("Per-token susceptibilities", f'<p><a href="{target.as_uri()}">per-token views</a> '
-                                                   f'({html.escape(str(per_token_dir))})</p>'))
+    sections.append(("Per-token susceptibilities", _per_token_link(Path(per_token_dir), config["settings"], log)))
   page = index_html("susceptibilities: report", sections)
   page = page.replace("</style>", ".flagged td { background: #fff1dc; } td.bad { background: #ffc9c9; } "
                                   "th { cursor: pointer; background: #f3f3f3; position: sticky; top: 0; } "
@@ -221,6 +211,19 @@ def _ratio_text(effect: float, off_target: float) -> str:
   return f"{effect / off_target:.3g}" if off_target > 0 else "∞"
 
 
+def _per_token_link(per_token_dir: Path, sweep_settings: dict, log) -> str:
+  """A link to the per-token views when they come from the sweep's training run; otherwise why not."""
+  target = (per_token_dir / "views" / "index.html").resolve()
+  config_path = per_token_dir / "config.json"
+  theirs = json.loads(config_path.read_text())["settings"].get("run_dir") if config_path.exists() else None
+  ours = sweep_settings.get("run_dir")
+  if theirs is None or ours is None or Path(theirs).resolve() != Path(ours).resolve():
+    why = f"the per-token views at {per_token_dir} come from run {theirs}, the sweep from run {ours}: not linked"
+    log(why)
+    return f"<p>{html.escape(why)}.</p>"
+  return f'<p><a href="{target.as_uri()}">per-token views</a> ({html.escape(str(per_token_dir))})</p>'
+
+
 def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, delta_h: float, fig_dir: Path,
                      groups=()) -> str:
   """At the last checkpoint: for each top PC's direction, each component alone and each group of components
@@ -239,11 +242,9 @@ def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, del
   targets_GxH = np.concatenate([pca.loadings_kxH[:num_pcs] * pca.column_scale_H, np.eye(len(data.components)),
                                 together_GxH])
   X_DxH, stderr_DxH = data.X_RxH[rows], data.stderr_RxH[rows]
-  noise = None
-  if resampler is not None:  # the probes' χ share the checkpoint's chains: their errors are correlated
-    rng = np.random.default_rng(0)
-    noise = structure.resampled_noise(X_DxH, np.array([resampler(rng)[rows] for _ in range(num_resamples)]),
-                                      stderr_DxH)
+  rng = np.random.default_rng(0)  # the probes' χ share the checkpoint's chains: their errors are correlated
+  noise = structure.resampled_noise(X_DxH, np.array([resampler(rng)[rows] for _ in range(num_resamples)]),
+                                    stderr_DxH)
   plans = structure.scaled_patterns(X_DxH, targets_GxH, stderr_DxH, noise_BxDxH=noise, max_weight=delta_h)
   figure = structure_plots.plot_patterns(plans.delta_h_GxD, names, datasets, last, fig_dir / "patterning.png")
   effect, off_target = plans.effect_G(targets_GxH), plans.off_target_G(targets_GxH)

@@ -1,10 +1,12 @@
 """The response matrix X of one or more sweep results directories: one row per (probe, checkpoint), one column
 per component, "full" kept apart; with standard errors and per-chain values for the bootstrap.
 
-Incompatible input never becomes a silently wrong matrix: directories from different training runs or with
-different model configs are refused; components are those every directory has (or the ones asked for,
-which every directory must have); a row with a missing cell or a non-finite χ is excluded and the
-exclusion is reported in `ResponseData.excluded`.
+Incompatible input never becomes a silently wrong matrix: directories whose recorded settings differ in
+anything that changes χ (the training run, model, base data, δh, χ's form, SGLD settings, batch, precision)
+are refused, naming each difference; only the seed and the micro-batch may differ. Components are those
+every directory has (or the ones asked for, which every directory must have); a row with a missing cell, a
+non-finite χ, or a cell without an error bar (fewer than 2 usable chains) is excluded and the exclusion is
+reported in `ResponseData.excluded`.
 
 Shape letters: R rows (probe × checkpoint), H columns (components), K chains.
 """
@@ -26,6 +28,13 @@ class ResponseData(NamedTuple):
   full_R: np.ndarray  # χ of "full" per row (NaN where absent)
   full_stderr_R: np.ndarray
   excluded: list  # one message per excluded row or component, saying why
+  seeds_R: np.ndarray  # the sweep seed of each row's chains
+
+  @property
+  def shared_chains_R(self) -> list:
+    """Per row, what identifies its chains: rows at one checkpoint of one seed were observed on the same
+    chains (the streams follow (seed, checkpoint, chain)), so a bootstrap draws their chains together."""
+    return [(int(seed), int(t)) for seed, (_, t) in zip(self.seeds_R, self.rows)]
 
   @property
   def datasets_R(self) -> np.ndarray:
@@ -34,6 +43,26 @@ class ResponseData(NamedTuple):
   @property
   def checkpoints_R(self) -> np.ndarray:
     return np.array([t for _, t in self.rows])
+
+
+# Settings that may differ between the directories of one matrix: the seed gives independent replicas (their
+# rows are resampled apart, `shared_chains_R`), the micro-batch changes only the order of a sum.
+MAY_DIFFER = ("seed", "microbatch_size")
+
+
+def _check_same_settings(settings_by_dir: dict) -> None:
+  """Refuse directories whose settings differ in a key both recorded (one recorded only by newer versions is
+  not compared), naming each key with every directory's value."""
+  (first, first_settings), *rest = settings_by_dir.items()
+  differ = {}
+  for d, mine in rest:
+    for k in sorted(set(first_settings) & set(mine) - set(MAY_DIFFER)):
+      if first_settings[k] != mine[k]:
+        differ.setdefault(k, []).append(f"{mine[k]!r} in {d}")
+  if differ:
+    listed = "; ".join(f"{k}: {first_settings[k]!r} in {first}, {', '.join(v)}" for k, v in differ.items())
+    raise ValueError(f"the results directories were made with different settings ({listed}); a response matrix "
+                     f"needs one model and one estimator (only {', '.join(MAY_DIFFER)} may differ)")
 
 
 def _cells(store: results.ResultsDir) -> dict:
@@ -56,23 +85,21 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
   dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
   if not dirs:
     raise ValueError("no results directory given")
-  cells, identity, comps_by_dir = {}, {}, {}
+  settings_by_dir = {}
   for d in dirs:
     if not (d / "config.json").exists():
       raise FileNotFoundError(f"{d} is not a sweep results directory (no config.json)")
-    settings = json.loads((d / "config.json").read_text())["settings"]
-    key = (settings.get("run_dir"), json.dumps(settings.get("model_config"), sort_keys=True))
-    identity.setdefault(key, []).append(str(d))
+    settings_by_dir[str(d)] = json.loads((d / "config.json").read_text())["settings"]
+  _check_same_settings(settings_by_dir)
+  cells, comps_by_dir = {}, {}
+  for d in dirs:
     mine = _cells(results.ResultsDir(d))
     if not mine:
       raise ValueError(f"{d} holds no finished results")
     comps_by_dir[str(d)] = list(dict.fromkeys(c for _, _, c in mine))
+    seed = settings_by_dir[str(d)].get("seed", 0)
     for k, v in mine.items():
-      cells.setdefault(k, v)  # the first directory named provides a cell found in several
-  if len(identity) > 1:
-    runs = "; ".join(f"{', '.join(ds)}: run {k[0]}" for k, ds in identity.items())
-    raise ValueError(f"the results directories come from different training runs or model configs ({runs}); "
-                     "a response matrix needs one model")
+      cells.setdefault(k, (*v, seed))  # the first directory named provides a cell found in several
   if components is None:
     shared = [c for c in next(iter(comps_by_dir.values())) if all(c in v for v in comps_by_dir.values())]
     components = [c for c in shared if c != "full"]
@@ -88,7 +115,7 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
     raise ValueError(f"a response matrix needs >= 2 components besides 'full'; have {components}")
   probes = list(dict.fromkeys(p for _, p, _ in cells))
   steps = sorted({t for t, _, _ in cells})
-  rows, X, err, chains, full, full_err = [], [], [], [], [], []
+  rows, seeds, X, err, chains, full, full_err = [], [], [], [], [], [], []
   K = max(len(v[2]) for v in cells.values())
   for probe in probes:
     for step in steps:
@@ -105,7 +132,12 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
         bad = [c for c, h in zip(components, have) if not np.isfinite(h[0])]
         excluded.append(f"row ({probe}, {step}): χ is not finite for {bad}")
         continue
+      unsure = [c for c, h in zip(components, have) if not np.isfinite(h[1]) or np.isfinite(h[2]).sum() < 2]
+      if unsure:
+        excluded.append(f"row ({probe}, {step}): no error bar for {unsure} (fewer than 2 usable chains)")
+        continue
       rows.append((probe, step))
+      seeds.append(have[0][3])
       X.append([h[0] for h in have])
       err.append([h[1] for h in have])
       chains.append([np.pad(h[2], (0, K - len(h[2])), constant_values=np.nan) for h in have])
@@ -116,4 +148,4 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
     raise ValueError(f"only {len(rows)} complete row(s) in the results ({'; '.join(excluded) or 'nothing excluded'})")
   return ResponseData(X_RxH=np.array(X), stderr_RxH=np.array(err), per_chain_RxHxK=np.array(chains), rows=rows,
                       components=list(components), full_R=np.array(full), full_stderr_R=np.array(full_err),
-                      excluded=excluded)
+                      excluded=excluded, seeds_R=np.array(seeds, np.int64))

@@ -188,13 +188,16 @@ def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):
   order = np.argsort(~valid, axis=-1, kind="stable")  # valid chains first
   ordered = np.take_along_axis(per_chain, order, -1)
 
+  first_counts = np.arange(per_chain.shape[-1]) < counts[..., None]  # a cell draws as many as it has valid
+
   def independently(rng):
     draw = (rng.random(per_chain.shape) * counts[..., None]).astype(int)
-    return np.take_along_axis(ordered, draw, -1).mean(-1)
+    return np.where(first_counts, np.take_along_axis(ordered, draw, -1), 0.0).sum(-1) / counts
 
   if shared_chains_R is None:
     return independently
-  labels, group_R = np.unique(np.asarray(shared_chains_R), return_inverse=True)
+  labels = list(dict.fromkeys(shared_chains_R))  # any hashable label, e.g. (seed, checkpoint)
+  group_R = np.array([labels.index(x) for x in shared_chains_R])
   if len(group_R) != per_chain.shape[0]:
     raise ValueError(f"shared_chains_R has {len(group_R)} labels for {per_chain.shape[0]} rows")
   num_chains = per_chain.shape[-1]
