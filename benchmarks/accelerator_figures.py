@@ -8,9 +8,9 @@
 2. The paper preset's SGLD draw (batch 64 × ctx 1024, one probe at δh 0.1, micro-batch "auto"), in settings
    of (entries, precision, attention): the full model × 4 chains at each precision and attention, then every
    component × 4 chains (one program per component group, as a sweep runs them). For each: the first run's
-   wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates:
-   the run's fixed host work before the first chunk, the streams and the table of L_B(w*), is reported apart,
-   since at a few draws it would swamp a fast device's step), the
+   wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates,
+   group by group: each group's fixed host work before its first chunk, the streams and the table of L_B(w*),
+   is reported apart, since at a few draws it would swamp a fast device's step), the
    step's gradient FLOPs (XLA's count, restricted per group) per second against the matching peak, the
    micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes measured and
    predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
@@ -21,9 +21,11 @@
    Every row names the attention kernel that ran (`kernel`: plain, xla, cudnn or flash).
 
 Settings after the first start only while the budget lasts (a compile on a large model can take a
-minute); the per-token pass always runs. Every figure is printed as it comes and DIR/accelerator_figures.json
-is rewritten after each, so an interrupted run still leaves what it measured. --tiny: the tiny model at small
-sizes (the test suite runs it on CPU).
+minute); the numerics and the per-token pass always run, right after the first. FLOPs are XLA's count of the
+same arithmetic with plain attention (it counts none inside a cuDNN call); fractions of peak are against the
+measured matmul rate and, on a device in `DATASHEET_PEAKS`, against the vendor's figure. Every figure is
+printed as it comes and DIR/accelerator_figures.json is rewritten after each, so an interrupted run still
+leaves what it measured. --tiny: the tiny model at small sizes (the test suite runs it on CPU).
 
 On the lent GPU (its image has jax with CUDA, flax, scipy, tqdm; nothing to carry) it runs as the first part of
 `benchmarks.device_session`, the one prepared call that also runs the devinterp side by side there; alone:
@@ -41,18 +43,29 @@ import jax.numpy as jnp
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import batched, restricted, sampler
+from suscept_jax import restricted, sampler
 from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
 from benchmarks import common
-from benchmarks.scaling import flops_of
+from benchmarks.scaling import flops_of, gradient_flops
 
 # (components, precision, attention), in the order they run: the paper preset's step first.
 SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
             ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
             ("all", "float32", "plain")]
 PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
+# The vendors' dense peaks per chip (FLOP/s), by a piece of `device_kind`: the "fraction of peak" the issue asks
+# for on a GPU; the measured matmul rate (`matmul_peaks`) is reported beside it. NVIDIA's "default" float32 is
+# TF32 on the tensor cores; "highest" is plain float32.
+DATASHEET_PEAKS = {"H100": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
+                   "H200": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
+                   "TPU v4": {"bf16": 275e12}}
+
+
+def datasheet_peaks(device_kind: str) -> dict:
+  """{peak kind: FLOP/s} from the vendor's datasheet for this device, {} for one not listed (e.g. a CPU)."""
+  return next((peaks for kind, peaks in DATASHEET_PEAKS.items() if kind.lower() in device_kind.lower()), {})
 
 
 def attention_kernel(cfg, precision: str, attention: str) -> str:
@@ -76,12 +89,7 @@ def matmul_peaks(n: int, repeats: int = 10) -> dict:
 
 def step_flops(loss_fn, params, names, masks_C, batch) -> float:
   """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
-  total = 0.0
-  for free, comps in restricted.component_groups(masks_C, len(names)):
-    free = None if all(free) else free
-    grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
-    total += grad * len(comps)
-  return total
+  return sum(gradient_flops(loss_fn, params, names, masks_C, batch).values())
 
 
 def peak_bytes_in_use() -> int | None:
@@ -109,9 +117,26 @@ class Pace:
     return (t1 - t0) / (n1 - n0)
 
 
+def flops_counted_as(cfg, precision: str):
+  """The loss whose FLOPs stand for a setting's: plain attention at the same precision (the same arithmetic).
+  XLA's cost analysis counts no FLOPs inside a cuDNN attention call, so a fused setting's own count would
+  read low."""
+  return functools.partial(transformer.context_nll, config=cfg, numerics=Numerics(precision=precision,
+                                                                                   attention="plain"))
+
+
+def group_runs(names, masks_C) -> list:
+  """[(names, masks_C)] of each component group, as the sampler runs them one after another on an accelerator."""
+  return [([names[c] for c in comps], jax.tree.map(lambda m, idx=np.asarray(comps): m[idx], masks_C))
+          for _, comps in restricted.component_groups(masks_C, len(names))]
+
+
 def measure_setting(cfg, params, base, probes, which: str, precision: str, attention: str, *, batch_size: int,
-                    num_chains: int, draws: int, peaks: dict) -> dict:
-  """One (components, precision, attention) setting: compile-included and compiled times, FLOP/s, memory."""
+                    num_chains: int, draws: int, peaks: dict, datasheet: dict | None = None) -> dict:
+  """One (components, precision, attention) setting: compile-included and compiled times, FLOP/s, memory.
+
+  The steady time per draw is timed group by group (each its own run, its own progress marks) and summed: in
+  one run of several groups, the setup of the next group would fall between two marks and count as drawing."""
   numerics = Numerics(precision=precision, attention=attention)
   loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics)
   specs = ["full"] if which == "full" else components.default_components(cfg)
@@ -119,18 +144,24 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
   config = sj.SGLDConfig(num_chains=num_chains, num_draws=draws, mala_every=0)
   kw = dict(config=config, batch_size=batch_size, delta_h=0.1, microbatch_size="auto")
   _, first = common.timed(lambda: sampler.run(loss_fn, params, names, masks_C, base, probes, progress=False, **kw))
-  pace = Pace()
-  out = sampler.run(loss_fn, params, names, masks_C, base, probes, progress=pace, **kw)
+  per_draw = seconds = 0.0
+  for group_names, group_masks in group_runs(names, masks_C):
+    pace = Pace()
+    out = sampler.run(loss_fn, params, group_names, group_masks, base, probes, progress=pace, **kw)
+    per_draw += pace.seconds_per_step() or out.seconds / (draws + 1)  # (steps_between_draws is 1: a step is a draw)
+    seconds += out.seconds
   plans = sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, **kw)  # (compiled by now)
-  whole_run = out.seconds / (draws + 1)  # draws + the start's evaluation block, fixed work included
-  per_draw = pace.seconds_per_step() or whole_run  # (steps_between_draws is 1: a step is a draw)
-  flops = num_chains * step_flops(loss_fn, params, names, masks_C, jnp.asarray(base[:batch_size]))
+  whole_run = seconds / (draws + 1)  # draws + the start's evaluation block, fixed work included
+  flops = num_chains * step_flops(flops_counted_as(cfg, precision), params, names, masks_C,
+                                  jnp.asarray(base[:batch_size]))
   peak = peaks[PEAK_FOR[precision]]
+  sheet = (datasheet or {}).get(PEAK_FOR[precision])
   return dict(components=which, entries=len(names) * num_chains, precision=precision, attention=attention,
               kernel=attention_kernel(cfg, precision, attention),
               first_run_s=first, seconds_per_draw=per_draw, whole_run_seconds_per_draw=whole_run,
-              fixed_seconds=out.seconds - per_draw * (draws + 1), step_tflop=flops / 1e12,
+              fixed_seconds=seconds - per_draw * (draws + 1), step_tflop=flops / 1e12,
               achieved_tflops=flops / per_draw / 1e12, fraction_of_peak=flops / per_draw / peak,
+              fraction_of_datasheet_peak=flops / per_draw / sheet if sheet else None,
               peak_used=PEAK_FOR[precision], microbatch=[p.microbatch_size for p in plans],
               planned_gib=[p.bytes_per_device / 2**30 for p in plans],
               auto_search=[[list(tried) for tried in p.searched] for p in plans],  # (rows, bytes or None, predicted)
@@ -184,16 +215,24 @@ def numerics_check(cfg, params, tokens) -> list[dict]:
   return rows
 
 
-def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts: int = 16) -> dict:
-  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
-                                    numerics=Numerics(precision="bfloat16", attention="fused"))
+def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts: int = 16,
+                     datasheet: dict | None = None) -> dict:
+  """The per-token pass in bfloat16 with fused attention, its FLOPs counted on plain attention (see
+  `flops_counted_as`)."""
   stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
   batch = jnp.asarray(base[:contexts])
-  forward = jax.jit(lambda w: jax.vmap(lambda p: token_loss_fn(p, batch))(w))
-  flops = flops_of(forward, stacked)
-  seconds = common.seconds_per_call(forward, stacked)
+
+  def forward_with(attention):
+    token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
+                                      numerics=Numerics(precision="bfloat16", attention=attention))
+    return jax.jit(lambda w: jax.vmap(lambda p: token_loss_fn(p, batch))(w))
+
+  flops = flops_of(forward_with("plain"), stacked)
+  seconds = common.seconds_per_call(forward_with("fused"), stacked)
+  sheet = (datasheet or {}).get("bf16")
   return dict(replicas=replicas, contexts=contexts, seconds=seconds, achieved_tflops=flops / seconds / 1e12,
-              fraction_of_bf16_peak=flops / seconds / peaks["bf16"])
+              fraction_of_bf16_peak=flops / seconds / peaks["bf16"],
+              fraction_of_datasheet_bf16_peak=flops / seconds / sheet if sheet else None)
 
 
 def parse_args(argv=None):
@@ -206,6 +245,10 @@ def parse_args(argv=None):
   parser.add_argument("--budget_s", type=float, default=420.0, help="start no new setting after this many seconds")
   parser.add_argument("--tiny", action="store_true", help="the tiny model at small sizes (tests, CPU)")
   return parser.parse_args(argv)
+
+
+def _of_datasheet(fraction) -> str:
+  return f" ({100 * fraction:.1f}% of the datasheet's)" if fraction is not None else ""
 
 
 def main(argv=None) -> dict:
@@ -226,9 +269,13 @@ def main(argv=None) -> dict:
     (out_dir / "accelerator_figures.json").write_text(json.dumps(result, indent=1))
 
   peaks = matmul_peaks(matmul_n)
+  datasheet = datasheet_peaks(jax.devices()[0].device_kind)
   result["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
+  result["datasheet_peak_tflops"] = {k: v / 1e12 for k, v in datasheet.items()}
   print(f"{result['device']} ({result['backend']}, jax {jax.__version__}); matmul peaks (TFLOP/s): "
-        + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in peaks.items()), flush=True)
+        + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in peaks.items())
+        + ("; datasheet: " + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in datasheet.items()) if datasheet else ""),
+        flush=True)
   save()
   for i, (which, precision, attention) in enumerate(SETTINGS):
     if i and time.perf_counter() - t0 > args.budget_s:  # (the paper preset's step always runs)
@@ -236,7 +283,7 @@ def main(argv=None) -> dict:
       continue
     try:
       row = measure_setting(cfg, params, base, probes, which, precision, attention, batch_size=batch_size,
-                            num_chains=args.num_chains, draws=args.draws, peaks=peaks)
+                            num_chains=args.num_chains, draws=args.draws, peaks=peaks, datasheet=datasheet)
     except (MemoryError, ValueError, NotImplementedError, RuntimeError) as e:  # (no micro-batch fits; an
       # attention this backend lacks; a kernel refusing its inputs): recorded, and the next setting runs
       row = dict(components=which, precision=precision, attention=attention,
@@ -248,7 +295,8 @@ def main(argv=None) -> dict:
             f"first run {row['first_run_s']:.1f} s; {row['seconds_per_draw'] * 1e3:.1f} ms per draw "
             f"(+ {row['fixed_seconds']:.2f} s per run); "
             f"{row['achieved_tflops']:.2f} TFLOP/s = {100 * row['fraction_of_peak']:.1f}% of the {row['peak_used']} "
-            f"peak; micro-batch {row['microbatch']}, planned {max(row['planned_gib']):.2f} GiB per group, "
+            f"matmul peak{_of_datasheet(row['fraction_of_datasheet_peak'])}; micro-batch {row['microbatch']}, "
+            f"planned {max(row['planned_gib']):.2f} GiB per group, "
             f"device peak {row['device_peak_gib'] or float('nan'):.2f} GiB", flush=True)
     result["settings"].append(row)
     save()
@@ -266,15 +314,19 @@ def main(argv=None) -> dict:
                  f"{'agrees' if row['agrees_with_plain'] else 'DIFFERS'}" if "agrees_with_plain" in row else ""),
               flush=True)
       save()
-  kernel = attention_kernel(cfg, "bfloat16", "fused")
-  try:
-    result["per_token"] = p = dict(per_token_figure(cfg, params, base, peaks), kernel=kernel)  # (always: small)
-    print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused, {kernel}): "
-          f"{p['seconds'] * 1e3:.1f} ms, {p['achieved_tflops']:.2f} TFLOP/s = "
-          f"{100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 peak", flush=True)
-  except (NotImplementedError, RuntimeError) as e:
-    result["per_token"] = dict(kernel=kernel, error=f"{type(e).__name__}: {e}"[:300])
-    print(f"per-token pass (bf16/fused, {kernel}): {result['per_token']['error']}", flush=True)
+      # The per-token pass, while the budget is young (always: one small program).
+      kernel = attention_kernel(cfg, "bfloat16", "fused")
+      try:
+        result["per_token"] = p = dict(per_token_figure(cfg, params, base, peaks, datasheet=datasheet),
+                                       kernel=kernel)
+        print(f"per-token pass ({p['replicas']} copies × {p['contexts']} contexts, bf16/fused, {kernel}): "
+              f"{p['seconds'] * 1e3:.1f} ms, {p['achieved_tflops']:.2f} TFLOP/s = "
+              f"{100 * p['fraction_of_bf16_peak']:.1f}% of the bf16 matmul peak"
+              f"{_of_datasheet(p['fraction_of_datasheet_bf16_peak'])}", flush=True)
+      except (NotImplementedError, RuntimeError) as e:
+        result["per_token"] = dict(kernel=kernel, error=f"{type(e).__name__}: {e}"[:300])
+        print(f"per-token pass (bf16/fused, {kernel}): {result['per_token']['error']}", flush=True)
+      save()
   result["seconds"] = time.perf_counter() - t0
   save()
   print(f"wrote {out_dir / 'accelerator_figures.json'} ({result['seconds']:.0f} s)")

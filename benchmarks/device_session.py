@@ -16,9 +16,11 @@ part within its own time so that a slow part cannot eat the next one's.
    applies) and at the device's default precision (TF32), against float32, in standard errors;
    OUT/precision_on_demo.json.
 
-Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped and the next
-starts. No part runs past --total_s from the start (the call's own limit, so the device tool never cuts a part
-off unrecorded): a part gets at most what is left, and one with under a minute left is skipped. Before it,
+Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped, with its own
+children, and the next starts; OUT/outcomes.json says how each ended (exit status 1 unless all were "ok"). No
+part runs past --total_s from the start (the call's own limit, so the device tool never cuts a part off
+unrecorded): a part gets at most what is left, and one with under a minute left is skipped (the parts' own
+times add up to more than --total_s: the last gets what the first two leave). Before it,
 `make device-prep` fetches the wheels into .whl/ and trains the demo weights if missing.
 The device tool's call (15 minutes of device time per session, at most 10 per command; carry
 [".whl", "runs/demo/train"], ≈ 42 MB):
@@ -29,6 +31,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -114,9 +117,11 @@ def run_part(part: Part, out: Path) -> str:
   """Run one part for at most its seconds, its output printed and kept in OUT/<name>.log; its outcome in words."""
   env = {**os.environ, "PYTHONUNBUFFERED": "1", **part.env}
   with open(out / f"{part.name}.log", "w") as log:
+    # A session of its own, so that the timer stops the part's children too (the devinterp job, pip): they
+    # share its output, and the loop below would otherwise wait for them past the part's time.
     proc = subprocess.Popen([sys.executable, "-m", part.module, *part.argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(part.seconds, proc.kill)  # the output loop below ends when the process does
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    timer = threading.Timer(part.seconds, lambda: _kill_group(proc))
     timer.start()
     try:
       for line in proc.stdout:
@@ -128,6 +133,13 @@ def run_part(part: Part, out: Path) -> str:
   if proc.returncode == 0:
     return "ok"
   return f"stopped at its {part.seconds:.0f} s" if proc.returncode == -9 else f"exit status {proc.returncode}"
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+  try:
+    os.killpg(proc.pid, signal.SIGKILL)
+  except ProcessLookupError:  # it ended as the timer fired
+    pass
 
 
 def main(argv=None) -> dict:
@@ -156,8 +168,10 @@ def main(argv=None) -> dict:
   if not args.dry_run and summary.exists():
     shutil.copy(summary, out / "summary.json")
   print(f"--- parts: {outcomes or 'none run (dry run)'}", flush=True)
+  if not args.dry_run:
+    (out / "outcomes.json").write_text(json.dumps(outcomes, indent=1))
   return outcomes
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(0 if all(o == "ok" for o in main().values()) else 1)

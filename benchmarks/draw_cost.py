@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import batched, mixing, sampler, sgld, streams as streams_lib
+from suscept_jax import mixing, sampler, streams as streams_lib
 
-from benchmarks import common
+from benchmarks import common, scaling
 
 
 def timed_run(loss_fn, params, masks, base, probes, config, batch_size, delta_h):
@@ -24,23 +24,6 @@ def timed_run(loss_fn, params, masks, base, probes, config, batch_size, delta_h)
   kw = dict(config=config, batch_size=batch_size, delta_h=delta_h, progress=False)
   sampler.run(loss_fn, params, names, masks_C, base, probes, **kw)  # compile
   return sampler.run(loss_fn, params, names, masks_C, base, probes, **kw).seconds
-
-
-def step_flops(loss_fn, params, masks, base, config, batch_size) -> float:
-  """FLOPs of one vmapped SGLD step over every (component, chain) entry, from XLA's cost analysis."""
-  names, masks_C = sj.stack_masks(masks, params)
-  E = len(names) * config.num_chains
-  states = jax.vmap(lambda _: sgld.init(params, config))(jnp.arange(E))
-  comps = jnp.repeat(jnp.arange(len(names)), config.num_chains)
-  batch = jnp.asarray(base[:batch_size])
-
-  def one(state, comp):
-    losses, grad = batched.loss_and_grad(loss_fn, state.position, batch, None)
-    noise = sgld.standard_normal_like(jax.random.key(0), state.position)
-    mask = jax.tree.map(lambda m: jnp.asarray(m)[comp], masks_C)
-    return sgld.step(state, grad, noise, params, mask, config)
-
-  return common.compiled_flops(jax.jit(jax.vmap(one)).lower(states, comps).compile())
 
 
 def main(argv=None):
@@ -78,7 +61,9 @@ def main(argv=None):
   print(f"  forward samples per draw: {args.batch_size} per entry (the step, with its backward) + "
         f"{args.num_chains} × {args.batch_size} at w* (one batch per stream) + 8 × {m} probe slots, "
         f"vs {args.batch_size * 9} per entry for separate mixed batches")
-  flops = step_flops(loss_fn, params, masks, base, sj.SGLDConfig(num_chains=args.num_chains), args.batch_size)
+  names, masks_C = sj.stack_masks(masks, params)  # the step's gradients, restricted as the sampler runs them
+  flops = args.num_chains * sum(scaling.gradient_flops(loss_fn, params, names, masks_C,
+                                                       jnp.asarray(base[:args.batch_size])).values())
   peak = common.peak_matmul_flops()
   print(f"  step: {flops / 1e9:.2f} GFLOP (XLA cost analysis) in {step_s * 1e3:.1f} ms = "
         f"{flops / step_s / 1e9:.1f} GFLOP/s; measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s "

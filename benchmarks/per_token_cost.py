@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import suscept_jax as sj
 from suscept_jax import sampler

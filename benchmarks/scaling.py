@@ -25,14 +25,34 @@ from benchmarks import common
 
 # Vendor datasheet peaks, dense FLOP/s.
 PEAKS = {"H100 SXM (bf16)": 989e12, "H100 SXM (tf32)": 495e12, "TPU v4-8, 4 chips (bf16)": 4 * 275e12}
-# The paper's runs (App. C): sweep over S × probes × components × chains × draws, and the per-token run.
-PAPER = dict(checkpoints=30, probes=14, chains=4, draws=200, batch=64, delta_h=0.1,
-             per_token_draws=100, per_token_batch=16, per_token_contexts=160)
+
+
+def paper_runs() -> dict:
+  """What `--preset=paper` runs (App. C): the sweep over checkpoints × probes × components × chains × draws,
+  and the per-token run, one unit per dataset (each re-running every chain) with dataset-level χ on."""
+  from suscept_jax_runners import presets
+  paper = presets.get_preset("paper")
+  return dict(checkpoints=len(paper.checkpoint_steps), probes=len(paper.probes), chains=paper.sgld.num_chains,
+              draws=paper.sgld.num_draws, batch=paper.batch_size, delta_h=paper.delta_h,
+              per_token_draws=paper.per_token_sgld.num_draws, per_token_batch=paper.per_token_batch_size,
+              per_token_contexts=paper.per_token_contexts,
+              per_token_units=len(paper.probes) if paper.per_token_unit_per_dataset else 1)
 
 
 def flops_of(fn, *args) -> float:
   """XLA's FLOP count of jit(fn) at these arguments (compiled, not run)."""
   return common.compiled_flops(jax.jit(fn).lower(*args).compile())
+
+
+def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
+  """{component: XLA's FLOP count of its SGLD step's gradient at `batch`}, each restricted to the parameter
+  leaves its group frees, as the sampler runs it (`restricted.component_groups`)."""
+  out = {}
+  for free, comps in restricted.component_groups(masks_C, len(names)):
+    free = None if all(free) else free
+    grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
+    out.update({names[c]: grad for c in comps})
+  return out
 
 
 def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draws: int) -> float:
@@ -72,47 +92,45 @@ def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
 
 def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
   """FLOPs of the paper's sweep and per-token run from XLA's count on the paper model (compiled, not run)."""
+  paper = paper_runs()
   cfg = model_config.get_config(model)
   params = jax.eval_shape(lambda: transformer.init_params(cfg))
   loss_fn = functools.partial(transformer.context_nll, config=cfg)
   token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
-  batch = jax.ShapeDtypeStruct((PAPER["batch"], cfg.n_ctx), jnp.int32)
+  batch = jax.ShapeDtypeStruct((paper["batch"], cfg.n_ctx), jnp.int32)
   one = jax.ShapeDtypeStruct((1, cfg.n_ctx), jnp.int32)
   forward_1 = flops_of(loss_fn, params, one)
   specs = components.default_components(cfg)
   masks = components.component_masks(specs, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params), cfg)
   names, masks_C = sj.stack_masks(masks, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
   groups = restricted.component_groups(masks_C, len(names))
-
-  def step_flops(batch):  # {component: FLOPs of its restricted gradient at `batch`}
-    out = {}
-    for free, comps in groups:
-      free = None if all(free) else free
-      grad = flops_of(lambda w, b: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
-      out.update({names[c]: grad for c in comps})
-    return out
-
+  step_flops = functools.partial(gradient_flops, loss_fn, params, names, masks_C)
   step = step_flops(batch)
-  slots = mixing.max_probe_samples(PAPER["batch"], PAPER["delta_h"])
-  K, T = PAPER["chains"], PAPER["draws"]
+  slots = mixing.max_probe_samples(paper["batch"], paper["delta_h"])
+  K, T = paper["chains"], paper["draws"]
   # Per draw: every entry's step + its probe slots; per stream one batch at w*.
-  per_draw = sum(K * (g + PAPER["probes"] * slots * forward_1) for g in step.values()) + K * PAPER["batch"] * forward_1
-  unrestricted = len(names) * K * (step["full"] + PAPER["probes"] * slots * forward_1) + K * PAPER["batch"] * forward_1
-  sweep = PAPER["checkpoints"] * T * per_draw
-  observed = PAPER["probes"] * PAPER["per_token_contexts"]
-  per_token_batch = jax.ShapeDtypeStruct((PAPER["per_token_batch"], cfg.n_ctx), jnp.int32)
+  per_draw = sum(K * (g + paper["probes"] * slots * forward_1) for g in step.values()) + K * paper["batch"] * forward_1
+  unrestricted = len(names) * K * (step["full"] + paper["probes"] * slots * forward_1) + K * paper["batch"] * forward_1
+  sweep = paper["checkpoints"] * T * per_draw
+  observed = paper["probes"] * paper["per_token_contexts"]
+  units = paper["per_token_units"]
+  per_token_batch = jax.ShapeDtypeStruct((paper["per_token_batch"], cfg.n_ctx), jnp.int32)
   token_forward = flops_of(token_loss_fn, params, one)
-  per_token = PAPER["per_token_draws"] * K * sum(g + observed * token_forward
-                                                  for g in step_flops(per_token_batch).values())
+  token_slots = mixing.max_probe_samples(paper["per_token_batch"], paper["delta_h"])
+  # Per unit and draw: every entry's step, its observed contexts and its dataset-level probe slots; per stream
+  # one batch at w*.
+  per_token_unit_draw = (sum(K * (g + observed / units * token_forward + paper["probes"] * token_slots * forward_1)
+                             for g in step_flops(per_token_batch).values()) + K * paper["per_token_batch"] * forward_1)
+  per_token = units * paper["per_token_draws"] * per_token_unit_draw
   print(f"{model} model ({cfg.n_layers} layers × {cfg.n_heads} heads, ctx {cfg.n_ctx}, {len(names)} components): "
-        f"forward of one context {forward_1 / 1e9:.2f} GFLOP; gradient at batch {PAPER['batch']}: "
+        f"forward of one context {forward_1 / 1e9:.2f} GFLOP; gradient at batch {paper['batch']}: "
         + ", ".join(f"{names[comps[0]]} (and {len(comps) - 1} alike) {step[names[comps[0]]] / 1e12:.2f} TFLOP"
                     for _, comps in groups))
-  print(f"  sweep ({PAPER['checkpoints']} checkpoints × {PAPER['probes']} probes × {len(names)} components × {K} "
+  print(f"  sweep ({paper['checkpoints']} checkpoints × {paper['probes']} probes × {len(names)} components × {K} "
         f"chains × {T} draws): {sweep / 1e15:.1f} PFLOP (full gradients everywhere: "
-        f"{PAPER['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
-  print(f"  per-token run ({PAPER['per_token_draws']} draws, {observed} observed contexts): "
-        f"{per_token / 1e15:.1f} PFLOP")
+        f"{paper['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
+  print(f"  per-token run ({units} unit(s) of {paper['per_token_draws']} draws, {observed} observed contexts in "
+        f"all): {per_token / 1e15:.1f} PFLOP")
   for device, peak in PEAKS.items():
     print(f"  {device} at {utilisation:.0%} of peak: sweep {sweep / (peak * utilisation) / 60:.0f} min, "
           f"per-token run {per_token / (peak * utilisation) / 60:.0f} min")

@@ -5,14 +5,18 @@ import io
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import importlib
 import importlib.metadata
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
+
+import suscept_jax as sj
 
 from benchmarks import (accelerator_figures, device_session, devinterp_side_by_side, error_bars_on_demo, paper_memory,
                         precision_on_demo, precision_shift, restricted_gradients, scaling)
@@ -73,6 +77,22 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert ran[0]["kernel"] == "plain" and result["per_token"]["kernel"] == "xla"
   assert 1e-5 < numerics["bfloat16", "plain"]["nll_max_abs_vs_exact"] < 0.1  # bf16 visibly rounds, mildly
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_fractions_of_the_datasheet_peak_and_timing_group_by_group():
+  assert accelerator_figures.datasheet_peaks("NVIDIA H200")["bf16"] == 989.4e12
+  assert accelerator_figures.datasheet_peaks("TPU v4") == {"bf16": 275e12}
+  assert accelerator_figures.datasheet_peaks("cpu") == {}  # (on a CPU: the measured matmul rate only)
+  from suscept_jax.models import components, config as model_config, transformer
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg, seed=0)
+  names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), params, cfg),
+                                  params)
+  groups = accelerator_figures.group_runs(names, masks_C)
+  assert sorted(n for group_names, _ in groups for n in group_names) == sorted(names) and len(groups) == 3
+  for group_names, group_masks in groups:  # each group's masks are its components' own
+    for leaf, whole in zip(jax.tree.leaves(group_masks), jax.tree.leaves(masks_C)):
+      np.testing.assert_array_equal(leaf, whole[[names.index(n) for n in group_names]])
 
 
 def test_the_steady_pace_leaves_out_the_work_before_the_first_chunk(monkeypatch):
@@ -162,6 +182,13 @@ def test_a_device_session_part_past_its_time_is_stopped(tmp_path):
   assert outcome == "stopped at its 1 s" and (tmp_path / "sleeper.log").exists()
   quick = device_session.Part("quick", "timeit", ["-n", "1", "pass"], 30.0, {})
   assert device_session.run_part(quick, tmp_path) == "ok"
+  # A part whose child holds its output (the devinterp job, pip) is stopped with that child, on time.
+  spawner = device_session.Part("spawner", "timeit", [
+      "-n", "1", "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(60)'])"],
+      1.0, {})
+  started = time.perf_counter()
+  assert device_session.run_part(spawner, tmp_path) == "stopped at its 1 s"
+  assert time.perf_counter() - started < 20
 
 
 @pytest.fixture(scope="module")
