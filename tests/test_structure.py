@@ -329,3 +329,14 @@ def test_the_report_links_per_token_views_of_the_sweeps_run_only(tmp_path):
   assert 'href="file://' in linked and not said
   other = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "y")}, said.append)
   assert "href" not in other and "not linked" in other and len(said) == 1
+
+
+def test_data_couplings_compare_datasets_over_the_same_checkpoints():
+  """Scores grow with training: a dataset missing the last checkpoint is compared on the ones all have."""
+  scores = np.array([[1.0], [2.0], [10.0], [1.0], [2.0]])
+  datasets, steps = ["a", "a", "a", "b", "b"], [0, 1, 2, 0, 1]
+  couplings = st.data_couplings(scores, datasets, steps)
+  assert couplings["a"].tolist() == couplings["b"].tolist() == [1.5]
+  assert st.data_couplings(scores, datasets)["a"].tolist() == [13 / 3]  # (without checkpoints: every row)
+  with pytest.raises(ValueError, match="no checkpoint has rows for every dataset"):
+    st.data_couplings(scores[:4], ["a", "a", "a", "b"], [0, 1, 2, 3])

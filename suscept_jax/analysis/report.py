@@ -95,7 +95,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                                             num_resamples=num_resamples)
   stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
   datasets, steps = data.datasets_R, data.checkpoints_R
-  couplings = structure.data_couplings(pca.scores_Rxk, datasets)
+  couplings = structure.data_couplings(pca.scores_Rxk, datasets, steps)
   struct_figs = [
       structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
       structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png"),

@@ -72,10 +72,21 @@ def principal_angles(A_kxH: np.ndarray, B_kxH: np.ndarray) -> np.ndarray:
   return np.sort(np.arccos(cosines))
 
 
-def data_couplings(scores_Rxk: np.ndarray, datasets_R) -> dict:
-  """{dataset: [k] mean of its rows' scores over checkpoints}: the data side C of X ≈ C·P (Fig. 12)."""
+def data_couplings(scores_Rxk: np.ndarray, datasets_R, checkpoints_R=None) -> dict:
+  """{dataset: [k] mean of its rows' scores over checkpoints}: the data side C of X ≈ C·P (Fig. 12).
+
+  With `checkpoints_R`, over the checkpoints every dataset has: scores move with training, so a dataset
+  averaged over other checkpoints than the rest would differ by when, not by what."""
   datasets_R = np.asarray(datasets_R)
-  return {d: scores_Rxk[datasets_R == d].mean(0) for d in dict.fromkeys(datasets_R.tolist())}
+  names = list(dict.fromkeys(datasets_R.tolist()))
+  use_R = np.ones(len(datasets_R), bool)
+  if checkpoints_R is not None:
+    checkpoints_R = np.asarray(checkpoints_R)
+    common = set.intersection(*(set(checkpoints_R[datasets_R == d].tolist()) for d in names))
+    if not common:
+      raise ValueError("no checkpoint has rows for every dataset: the data couplings would not compare")
+    use_R = np.isin(checkpoints_R, sorted(common))
+  return {d: scores_Rxk[(datasets_R == d) & use_R].mean(0) for d in names}
 
 
 class Stability(NamedTuple):

@@ -56,12 +56,14 @@ def plot_couplings(couplings: dict, num_pcs: int, path) -> Path:
   plt = pyplot()
   names = list(couplings)
   C = np.array([couplings[d][:num_pcs] for d in names])
+  scale_k = np.abs(C).max(0)
+  C = C / np.where(scale_k > 0, scale_k, 1.0)  # each PC's column normalised (Fig. 12): PC2's pattern is seen
   fig, ax = plt.subplots(figsize=(1.3 * num_pcs + 3, 0.35 * len(names) + 1.4))
-  lim = float(np.abs(C).max()) or 1.0
-  image = ax.imshow(C, cmap="PuOr", vmin=-lim, vmax=lim, aspect="auto")
+  image = ax.imshow(C, cmap="PuOr", vmin=-1.0, vmax=1.0, aspect="auto")
   ax.set_yticks(range(len(names)), names, fontsize=7)
-  ax.set_xticks(range(num_pcs), [f"PC{j + 1}" for j in range(num_pcs)], fontsize=8)
-  ax.set_title("data couplings (scores averaged over checkpoints)", fontsize=8)
+  ax.set_xticks(range(num_pcs), [f"PC{j + 1}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
+  ax.set_title("data couplings (scores averaged over the checkpoints all datasets have; columns normalised)",
+               fontsize=8)
   fig.colorbar(image, ax=ax, shrink=0.8)
   return save_figure(fig, path)
 
