@@ -25,6 +25,8 @@ times add up to more than --total_s: the last gets what the first two leave). Be
 The device tool's call (15 minutes of device time per session, at most 10 per command; carry
 [".whl", "runs/demo/train"], ≈ 42 MB):
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT   (timeout_s ≈ 590)
+Afterwards, here (no device time): `python -m benchmarks.scaling --from_figures=<files_at>/accelerator_figures.json`
+projects the paper's sweep and per-token run from the step times measured there.
 """
 import argparse
 import importlib.metadata

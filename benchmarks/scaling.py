@@ -7,11 +7,18 @@
    Per-replica time falls while a replica alone leaves the device idle and flattens once the matmuls fill it.
 2. The per-token pass (per-token NLL of O contexts for E parameter copies): FLOP/s against the same peak.
 3. Projection: FLOPs of the paper's sweep and per-token run (XLA's count for the paper model at batch 64 ×
-   ctx 1024, restricted gradients per component kind) over the peaks of one H100 and of a TPU v4-8 at a given
-   utilisation. A FLOP count over a peak, not a measurement: replace it with device figures when measured.
+   ctx 1024, restricted gradients per component kind, MALA's extra gradients) over the peaks of one H100 and
+   of a TPU v4-8 at a given utilisation. A FLOP count over a peak, not a measurement.
+
+  python -m benchmarks.scaling --from_figures=OUT/accelerator_figures.json
+
+projects the same runs from what a device measured (`benchmarks.accelerator_figures`): at the FLOP rate each
+setting's draw achieved there, plus its fixed host work per run.
 """
 import argparse
 import functools
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +34,23 @@ from benchmarks import common
 PEAKS = {"H100 SXM (bf16)": 989e12, "H100 SXM (tf32)": 495e12, "TPU v4-8, 4 chips (bf16)": 4 * 275e12}
 
 
+def gradient_steps(config) -> int:
+  """SGLD gradients per chain in a run: the burn-in, every draw's steps, and the extra evaluation MALA's
+  acceptance takes at each draw it measures (every `mala_every`-th: 20 of the paper's 200 draws)."""
+  measured = -(-config.num_draws // config.mala_every) if config.mala_every and config.noise_level > 0 else 0
+  return config.num_burnin + config.num_draws * config.steps_between_draws + measured
+
+
 def paper_runs() -> dict:
   """What `--preset=paper` runs (App. C): the sweep over checkpoints × probes × components × chains × draws,
   and the per-token run, one unit per dataset (each re-running every chain) with dataset-level χ on."""
   from suscept_jax_runners import presets
   paper = presets.get_preset("paper")
   return dict(checkpoints=len(paper.checkpoint_steps), probes=len(paper.probes), chains=paper.sgld.num_chains,
-              draws=paper.sgld.num_draws, batch=paper.batch_size, delta_h=paper.delta_h,
-              per_token_draws=paper.per_token_sgld.num_draws, per_token_batch=paper.per_token_batch_size,
-              per_token_contexts=paper.per_token_contexts,
+              draws=paper.sgld.num_draws, gradient_steps=gradient_steps(paper.sgld), batch=paper.batch_size,
+              delta_h=paper.delta_h, per_token_draws=paper.per_token_sgld.num_draws,
+              per_token_gradient_steps=gradient_steps(paper.per_token_sgld),
+              per_token_batch=paper.per_token_batch_size, per_token_contexts=paper.per_token_contexts,
               per_token_units=len(paper.probes) if paper.per_token_unit_per_dataset else 1)
 
 
@@ -90,50 +105,97 @@ def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
         f"{s * 1e3:.1f} ms, {flops / s / 1e9:.1f} GFLOP/s = {100 * flops / s / peak:.1f}% of peak")
 
 
-def paper_projection(utilisation: float, model: str = "tetrahedron_3m"):
-  """FLOPs of the paper's sweep and per-token run from XLA's count on the paper model (compiled, not run)."""
-  paper = paper_runs()
+def run_flops(step: dict, *, chains: int, gradient_steps: int, draws: int, probes: int, slots: int,
+              forward_1: float, batch: int, observed_per_draw: float = 0.0) -> float:
+  """FLOPs of one run over the components in `step` ({component: gradient FLOPs at the batch}): every entry's
+  gradients; per draw, every entry's forwards of its probe slots (and of its observed contexts, per token);
+  per stream and draw, one batch at w* (the table of L_B(w*))."""
+  per_entry_draw = probes * slots * forward_1 + observed_per_draw
+  return chains * (gradient_steps * sum(step.values()) + draws * (len(step) * per_entry_draw + batch * forward_1))
+
+
+def _model(model: str):
   cfg = model_config.get_config(model)
   params = jax.eval_shape(lambda: transformer.init_params(cfg))
-  loss_fn = functools.partial(transformer.context_nll, config=cfg)
-  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
-  batch = jax.ShapeDtypeStruct((paper["batch"], cfg.n_ctx), jnp.int32)
-  one = jax.ShapeDtypeStruct((1, cfg.n_ctx), jnp.int32)
-  forward_1 = flops_of(loss_fn, params, one)
-  specs = components.default_components(cfg)
-  masks = components.component_masks(specs, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params), cfg)
-  names, masks_C = sj.stack_masks(masks, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
-  groups = restricted.component_groups(masks_C, len(names))
-  step_flops = functools.partial(gradient_flops, loss_fn, params, names, masks_C)
-  step = step_flops(batch)
-  slots = mixing.max_probe_samples(paper["batch"], paper["delta_h"])
-  K, T = paper["chains"], paper["draws"]
-  # Per draw: every entry's step + its probe slots; per stream one batch at w*.
-  per_draw = sum(K * (g + paper["probes"] * slots * forward_1) for g in step.values()) + K * paper["batch"] * forward_1
-  unrestricted = len(names) * K * (step["full"] + paper["probes"] * slots * forward_1) + K * paper["batch"] * forward_1
-  sweep = paper["checkpoints"] * T * per_draw
-  observed = paper["probes"] * paper["per_token_contexts"]
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+  names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), zeros, cfg), zeros)
+  return cfg, params, functools.partial(transformer.context_nll, config=cfg), names, masks_C
+
+
+def paper_flops(model: str = "tetrahedron_3m") -> dict:
+  """XLA's FLOP counts (compiled, not run) of the paper's sweep and per-token run on `model`, gradients
+  restricted per component group as the sampler runs them."""
+  paper = paper_runs()
+  cfg, params, loss_fn, names, masks_C = _model(model)
+  contexts = lambda n: jax.ShapeDtypeStruct((n, cfg.n_ctx), jnp.int32)
+  forward_1 = flops_of(loss_fn, params, contexts(1))
+  token_forward = flops_of(functools.partial(transformer.per_token_nll, config=cfg), params, contexts(1))
+  step = gradient_flops(loss_fn, params, names, masks_C, contexts(paper["batch"]))
+  K, probes = paper["chains"], paper["probes"]
+  sweep_run = functools.partial(run_flops, chains=K, gradient_steps=paper["gradient_steps"], draws=paper["draws"],
+                                probes=probes, slots=mixing.max_probe_samples(paper["batch"], paper["delta_h"]),
+                                forward_1=forward_1, batch=paper["batch"])
   units = paper["per_token_units"]
-  per_token_batch = jax.ShapeDtypeStruct((paper["per_token_batch"], cfg.n_ctx), jnp.int32)
-  token_forward = flops_of(token_loss_fn, params, one)
-  token_slots = mixing.max_probe_samples(paper["per_token_batch"], paper["delta_h"])
-  # Per unit and draw: every entry's step, its observed contexts and its dataset-level probe slots; per stream
-  # one batch at w*.
-  per_token_unit_draw = (sum(K * (g + observed / units * token_forward + paper["probes"] * token_slots * forward_1)
-                             for g in step_flops(per_token_batch).values()) + K * paper["per_token_batch"] * forward_1)
-  per_token = units * paper["per_token_draws"] * per_token_unit_draw
+  observed = probes * paper["per_token_contexts"]
+  per_token_run = run_flops(
+      gradient_flops(loss_fn, params, names, masks_C, contexts(paper["per_token_batch"])), chains=K,
+      gradient_steps=paper["per_token_gradient_steps"], draws=paper["per_token_draws"], probes=probes,
+      slots=mixing.max_probe_samples(paper["per_token_batch"], paper["delta_h"]), forward_1=forward_1,
+      batch=paper["per_token_batch"], observed_per_draw=observed / units * token_forward)
+  return dict(paper=paper, config=cfg, names=names, groups=restricted.component_groups(masks_C, len(names)),
+              forward_1=forward_1, step=step, sweep=paper["checkpoints"] * sweep_run(step),
+              sweep_unrestricted=paper["checkpoints"] * sweep_run({c: step["full"] for c in names}),
+              per_token=units * per_token_run)
+
+
+def paper_projection(utilisation: float, model: str = "tetrahedron_3m") -> dict:
+  """The paper's runs over the datasheet peaks of one H100 and a TPU v4-8 at an assumed utilisation."""
+  f = paper_flops(model)
+  paper, cfg, names, step = f["paper"], f["config"], f["names"], f["step"]
   print(f"{model} model ({cfg.n_layers} layers × {cfg.n_heads} heads, ctx {cfg.n_ctx}, {len(names)} components): "
-        f"forward of one context {forward_1 / 1e9:.2f} GFLOP; gradient at batch {paper['batch']}: "
+        f"forward of one context {f['forward_1'] / 1e9:.2f} GFLOP; gradient at batch {paper['batch']}: "
         + ", ".join(f"{names[comps[0]]} (and {len(comps) - 1} alike) {step[names[comps[0]]] / 1e12:.2f} TFLOP"
-                    for _, comps in groups))
-  print(f"  sweep ({paper['checkpoints']} checkpoints × {paper['probes']} probes × {len(names)} components × {K} "
-        f"chains × {T} draws): {sweep / 1e15:.1f} PFLOP (full gradients everywhere: "
-        f"{paper['checkpoints'] * T * unrestricted / 1e15:.1f} PFLOP)")
-  print(f"  per-token run ({units} unit(s) of {paper['per_token_draws']} draws, {observed} observed contexts in "
-        f"all): {per_token / 1e15:.1f} PFLOP")
+                    for _, comps in f["groups"]))
+  print(f"  sweep ({paper['checkpoints']} checkpoints × {paper['probes']} probes × {len(names)} components × "
+        f"{paper['chains']} chains × {paper['draws']} draws, {paper['gradient_steps']} gradients per chain with "
+        f"MALA's): {f['sweep'] / 1e15:.1f} PFLOP (full gradients everywhere: {f['sweep_unrestricted'] / 1e15:.1f} "
+        f"PFLOP)")
+  print(f"  per-token run ({paper['per_token_units']} unit(s) of {paper['per_token_draws']} draws, "
+        f"{paper['probes'] * paper['per_token_contexts']} observed contexts in all): {f['per_token'] / 1e15:.1f} PFLOP")
   for device, peak in PEAKS.items():
-    print(f"  {device} at {utilisation:.0%} of peak: sweep {sweep / (peak * utilisation) / 60:.0f} min, "
-          f"per-token run {per_token / (peak * utilisation) / 60:.0f} min")
+    print(f"  {device} at {utilisation:.0%} of peak: sweep {f['sweep'] / (peak * utilisation) / 60:.0f} min, "
+          f"per-token run {f['per_token'] / (peak * utilisation) / 60:.0f} min")
+  return f
+
+
+def measured_projection(figures: dict) -> list[dict]:
+  """The paper's runs on the device `benchmarks.accelerator_figures` measured, at the FLOP rate each of its
+  settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots, one batch at w*
+  per stream) over its steady seconds per draw, and each run's fixed host work as measured (at that run's few
+  draws and one probe: it grows with both, so a lower bound)."""
+  f = paper_flops(figures["model"])
+  paper, names = f["paper"], f["names"]
+  _, params, loss_fn, _, masks_C = _model(figures["model"])
+  b = figures["batch_size"]
+  step_at_b = gradient_flops(loss_fn, params, names, masks_C, jax.ShapeDtypeStruct((b, f["config"].n_ctx), jnp.int32))
+  rows = []
+  for setting in figures["settings"]:
+    if "seconds_per_draw" not in setting:
+      continue
+    step = step_at_b if setting["components"] == "all" else {"full": step_at_b["full"]}
+    draw = run_flops(step, chains=setting["entries"] // len(step), gradient_steps=1, draws=1, probes=1,
+                     slots=mixing.max_probe_samples(b, 0.1), forward_1=f["forward_1"], batch=b)
+    rate = draw / setting["seconds_per_draw"]
+    # a checkpoint's fixed work: every group's run (an "all" setting measured them all; "full" one)
+    fixed = setting["fixed_seconds"] * (1 if setting["components"] == "all" else len(f["groups"]))
+    row = dict(setting=f"{setting['components']}/{setting['precision']}/{setting['attention']}",
+               achieved_tflops=rate / 1e12,
+               sweep_minutes=(f["sweep"] / rate + paper["checkpoints"] * fixed) / 60,
+               per_token_minutes=(f["per_token"] / rate + paper["per_token_units"] * fixed) / 60)
+    rows.append(row)
+    print(f"  {figures['device']}, at the rate of {row['setting']} ({row['achieved_tflops']:.3g} TFLOP/s with its "
+          f"probe forwards): sweep {row['sweep_minutes']:.1f} min, per-token run {row['per_token_minutes']:.1f} min")
+  return rows
 
 
 def main(argv=None):
@@ -145,7 +207,15 @@ def main(argv=None):
   parser.add_argument("--utilisation", type=float, default=0.3, help="assumed fraction of peak for the projection")
   parser.add_argument("--projection_model", default="tetrahedron_3m", help="the paper's model (a smaller one in tests)")
   parser.add_argument("--skip_projection", action="store_true")
+  parser.add_argument("--from_figures", help="accelerator_figures.json of a device run: project the paper's runs "
+                      "from its measured step times (here, on any machine) instead of measuring")
   args = parser.parse_args(argv)
+  if args.from_figures:
+    figures = json.loads(Path(args.from_figures).read_text())
+    print(f"the paper's runs on {figures['device']} ({figures['model']} model), from the steady time per draw each "
+          f"setting measured:")
+    measured_projection(figures)
+    return
   cfg, loss_fn, params, _, base, _ = common.setup(args.model, num_contexts=1024)
   peak = common.peak_matmul_flops()
   print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model {args.model} "

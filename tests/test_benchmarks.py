@@ -77,6 +77,35 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert ran[0]["kernel"] == "plain" and result["per_token"]["kernel"] == "xla"
   assert 1e-5 < numerics["bfloat16", "plain"]["nll_max_abs_vs_exact"] < 0.1  # bf16 visibly rounds, mildly
   assert json.loads((tmp_path / "accelerator_figures.json").read_text()) == json.loads(json.dumps(result))
+  # The paper's runs projected from these measured times (on any machine, after the device run)
+  scaling.main([f"--from_figures={tmp_path / 'accelerator_figures.json'}"])
+  projected = re.findall(r"at the rate of full/default/plain \(([\d.e+-]+) TFLOP/s.*\): sweep ([\d.]+) min, "
+                         r"per-token run ([\d.]+) min", capsys.readouterr().out)
+  assert len(projected) == 1 and all(float(x) > 0 for x in projected[0]), projected
+
+
+def test_gradient_steps_count_mala_and_burn_in():
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200)) == 220  # MALA at draws 0, 10, …, 190
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200, mala_every=0)) == 200
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=5, num_burnin=3, steps_between_draws=2, mala_every=2)) == 16
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=5, noise_level=0.0)) == 5  # (no MALA without noise)
+
+
+def test_projection_from_measured_times_scales_with_them():
+  """A paper draw costs more than the measured one (13 probes, batch 64, MALA), not more than its FLOPs say,
+  and the projection moves in proportion to the measured time, plus each run's fixed work."""
+  names = scaling.paper_flops("tiny")["names"]
+  row = dict(components="all", entries=4 * len(names), precision="default", attention="plain", fixed_seconds=0.0)
+  figures = lambda **kw: dict(model="tiny", device="cpu", batch_size=64, settings=[dict(row, **kw)])
+  [one] = scaling.measured_projection(figures(seconds_per_draw=0.01))
+  [two] = scaling.measured_projection(figures(seconds_per_draw=0.02))
+  [fixed] = scaling.measured_projection(figures(seconds_per_draw=0.01, fixed_seconds=60.0))
+  paper = scaling.paper_runs()
+  measured_draws = paper["checkpoints"] * paper["draws"] * 0.01 / 60  # minutes, had a paper draw cost a measured one
+  assert measured_draws < one["sweep_minutes"] < paper["probes"] * measured_draws, one
+  assert two["sweep_minutes"] == pytest.approx(2 * one["sweep_minutes"])
+  assert fixed["sweep_minutes"] - one["sweep_minutes"] == pytest.approx(paper["checkpoints"])
+  assert fixed["per_token_minutes"] - one["per_token_minutes"] == pytest.approx(paper["per_token_units"])
 
 
 def test_fractions_of_the_datasheet_peak_and_timing_group_by_group():
