@@ -7,6 +7,8 @@ Shape letters: C components, K chains, E entries (component-major (component, ch
 """
 import dataclasses
 import math
+import os
+import sys
 import warnings as warnings_lib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -77,9 +79,14 @@ def _health_warnings(component_names, component_flags, probe_names, cell_flags) 
 
 
 def _emit(messages) -> None:
-  """Messages reach the user as Python warnings of our own category (filterable), not only in a list."""
+  """Messages reach the user as Python warnings of our own category (filterable), not only in a list,
+  attributed to the user's line that called us: the first frame outside this package, however deep."""
+  package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+  frame, level = sys._getframe(1), 2  # (level 2: our caller)
+  while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+    frame, level = frame.f_back, level + 1
   for message in messages:
-    warnings_lib.warn(message, health.SusceptibilityWarning, stacklevel=3)
+    warnings_lib.warn(message, health.SusceptibilityWarning, stacklevel=level)
 
 
 def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, dropped_D, microbatch_size):
@@ -176,8 +183,9 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
   restrict_gradients: components freeing the same parameter leaves share a program that differentiates only
   those (same numbers, less work; one compilation per group); False: one program, full gradients.
   """
-  config = config or sgld.SGLDConfig()
+  config = validation.sgld_config_or(config, sgld.SGLDConfig())
   validation.check_batching(batch_size, microbatch_size)
+  validation.check_seed(seed)
   if chi_form not in estimators.CHI_FORMS:
     raise ValueError(f"chi_form={chi_form!r}: expected one of {estimators.CHI_FORMS}")
   if not isinstance(components, Mapping) or "full" not in components:
@@ -190,7 +198,8 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   for name, probe in probes.items():
-    validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base)
+    validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base,
+                             why_batch=validation.PROBE_SIZE_WHY)
   validation.check_full_is_full(components, params)
   component_names, masks_C = masks.stack_masks(components, params)
   validation.check_loss_fn(loss_fn, params, base)
@@ -268,8 +277,9 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
                  data_name: str = "data") -> LLCResult:
   """The (weight-refined, if `mask` is given) local learning coefficient at `params`. With a mask, only the
   parameter leaves it frees are differentiated."""
-  config = config or sgld.SGLDConfig()
+  config = validation.sgld_config_or(config, sgld.SGLDConfig())
   validation.check_batching(batch_size, microbatch_size)
+  validation.check_seed(seed)
   validation.check_params(params)
   validation.check_dataset(data_name, data, batch_size)
   names, masks_C = masks.stack_masks({"llc": mask}, params)

@@ -111,7 +111,8 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
     chains (the same numbers, more sampling time; the progress bar spans every chunk).
   progress: True, False, or the caller's bar, which advances by config.num_steps per chunk.
   """
-  config = config or sgld.SGLDConfig()
+  config = validation.sgld_config_or(config, sgld.SGLDConfig())
+  validation.check_seed(seed)
   components = {"full": None} if components is None else components
   if not isinstance(components, Mapping) or not components:
     raise ValueError("components must be a non-empty mapping of name -> mask (None: the full model)")
@@ -120,7 +121,7 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   num_q = validation.check_dataset("queries", queries, 1)
-  num_s = validation.check_dataset("samples", samples, 1, like=queries)
+  num_s = validation.check_dataset("samples", samples, 1, like=queries, like_name="queries")
   if "full" in components:
     validation.check_full_is_full(components, params)
   if samples_per_chunk is not None and (not isinstance(samples_per_chunk, (int, np.integer)) or samples_per_chunk < 1):

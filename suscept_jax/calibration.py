@@ -158,7 +158,8 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
   `config` gives everything else (chains, draws, sampler, MALA frequency; its ε, nβ, γ are the defaults of
   the grid axes that are not given).
   """
-  config = config or sgld.SGLDConfig()
+  config = validation.sgld_config_or(config, sgld.SGLDConfig())
+  validation.check_seed(seed)
   if not config.mala_every:
     raise ValueError("calibration judges settings by MALA acceptance: config.mala_every must be > 0")
   if config.num_draws < 8:

@@ -61,7 +61,7 @@ def component_flags(diag, llc: float, num_chains: int) -> list[str]:
   if not diag.r_hat <= R_HAT_MAX:
     flags.append(f"R̂ {diag.r_hat:.2f} > {R_HAT_MAX}" if np.isfinite(diag.r_hat) else UNDEFINED.format("R̂"))
   if not diag.ess_bulk >= MIN_ESS:
-    flags.append(f"ESS {diag.ess_bulk:.0f} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
+    flags.append(f"ESS {diag.ess_bulk:.3g} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
   if diag.mala_acceptance < MIN_MALA:  # (NaN: no MALA moves were measured, nothing to test)
     flags.append(f"MALA acceptance {diag.mala_acceptance:.2g} < {MIN_MALA}")
   diff, se, shift = start_shift(np.delete(diag.phi_trace, diag.diverged_chains, axis=0))  # (as R̂ and ESS)

@@ -56,65 +56,73 @@ def regex_mask(params, pattern: str):
   return mask
 
 
-def _as_bool(name: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
+def _as_bool(who: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
   mask = np.asarray(mask_leaf)
   if mask.dtype.kind not in "biuf":
-    raise TypeError(f"component {name!r}: mask leaf {path} has dtype {mask.dtype}; expected bool or numbers")
+    raise TypeError(f"{who}: mask leaf {path} has dtype {mask.dtype}; expected bool or numbers")
   pshape = np.shape(param_leaf)
   try:
     np.broadcast_shapes(mask.shape, pshape)
   except ValueError:
-    raise ValueError(f"component {name!r}: mask leaf {path} has shape {mask.shape}, which does not "
+    raise ValueError(f"{who}: mask leaf {path} has shape {mask.shape}, which does not "
                      f"broadcast against the parameter's shape {pshape}") from None
   if mask.ndim > len(pshape) or np.broadcast_shapes(mask.shape, pshape) != pshape:
-    raise ValueError(f"component {name!r}: mask leaf {path} has shape {mask.shape}, larger than the "
+    raise ValueError(f"{who}: mask leaf {path} has shape {mask.shape}, larger than the "
                      f"parameter's shape {pshape}")
   if mask.dtype.kind != "b":
     odd = mask[(mask != 0) & (mask != 1)]
     if odd.size:
-      raise ValueError(f"component {name!r}: mask leaf {path} holds values other than 0 and 1 (e.g. "
+      raise ValueError(f"{who}: mask leaf {path} holds values other than 0 and 1 (e.g. "
                        f"{odd.flat[0].item()!r}); a mask selects parameters (1 = free, 0 = frozen at w*), it does not "
                        f"scale them")
   return mask != 0
 
 
+def _bool_leaves(who: str, mask, params) -> list:
+  """The mask's leaves as bool arrays, in the params' leaf order (None -> all True), after checking that it
+  has the params' leaves (by path: a flax FrozenDict mask fits dict params and the other way round)."""
+  if mask is None:
+    return [np.bool_(True)] * len(jax.tree.leaves(params))
+  paths, mask_paths = leaf_paths(params), leaf_paths(mask)
+  if mask_paths != paths:
+    missing = sorted(set(paths) - set(mask_paths))
+    extra = sorted(set(mask_paths) - set(paths))
+    detail = (f"missing leaves: {missing[:5]}, unexpected leaves: {extra[:5]}" if missing or extra else
+              f"the same leaves in another order: params is a {type(params).__name__}, the mask a "
+              f"{type(mask).__name__}")
+    raise ValueError(f"{who}: mask structure does not match the params structure ({detail})")
+  return [_as_bool(who, path, m, p) for path, m, p in zip(paths, jax.tree.leaves(mask), jax.tree.leaves(params))]
+
+
 def normalize_mask(name: str, mask, params):
-  """Check a mask against params and return it as a tree of bool arrays (None -> all True).
+  """Check a mask against params and return it as a tree of bool arrays with the params' structure
+  (None -> all True).
 
   Raises a clear error naming the component for a structure mismatch, a leaf that does not broadcast,
   or a mask that frees nothing.
   """
-  if mask is None:
-    return full_mask(params)
-  params_def = jax.tree.structure(params)
-  mask_def = jax.tree.structure(mask)
-  if params_def != mask_def:
-    missing = sorted(set(leaf_paths(params)) - set(leaf_paths(mask)))
-    extra = sorted(set(leaf_paths(mask)) - set(leaf_paths(params)))
-    raise ValueError(f"component {name!r}: mask structure does not match the params structure "
-                     f"(missing leaves: {missing[:5]}, unexpected leaves: {extra[:5]})")
-  paths = leaf_paths(params)
-  leaves = [_as_bool(name, path, m, p)
-            for path, m, p in zip(paths, jax.tree.leaves(mask), jax.tree.leaves(params))]
-  if count_free(leaves, jax.tree.leaves(params)) == 0:
+  leaves = _bool_leaves(f"component {name!r}", mask, params)
+  if _free_per_leaf(leaves, params) == [0] * len(leaves):
     raise ValueError(f"component {name!r}: mask selects no parameters (every leaf frozen)")
-  return jax.tree.unflatten(params_def, leaves)
+  return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def _free_per_leaf(bool_leaves: list, params) -> list[int]:
+  return [int(np.broadcast_to(m, np.shape(p)).sum()) for m, p in zip(bool_leaves, jax.tree.leaves(params))]
 
 
 def count_free(mask, params) -> int:
-  """Number of scalar parameters a mask frees."""
-  return int(sum(np.broadcast_to(np.asarray(m) != 0, np.shape(p)).sum()
-                 for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(params))))
+  """Number of scalar parameters a mask frees (None: all of them); the mask is checked as the estimators
+  check it."""
+  return sum(_free_per_leaf(_bool_leaves("count_free", mask, params), params))
 
 
 def preview(mask, params) -> list[tuple[str, tuple, int, int]]:
-  """(path, shape, free count, total count) for each leaf the mask touches: what a spec selects."""
-  rows = []
-  for path, m, p in zip(leaf_paths(params), jax.tree.leaves(mask), jax.tree.leaves(params)):
-    free = int(np.broadcast_to(np.asarray(m) != 0, np.shape(p)).sum())
-    if free:
-      rows.append((path, tuple(np.shape(p)), free, int(np.prod(np.shape(p)))))
-  return rows
+  """(path, shape, free count, total count) for each leaf the mask frees (None: every leaf): what a spec
+  selects, the mask checked as the estimators check it."""
+  free = _free_per_leaf(_bool_leaves("preview", mask, params), params)
+  return [(path, tuple(np.shape(p)), f, int(np.prod(np.shape(p))))
+          for path, p, f in zip(leaf_paths(params), jax.tree.leaves(params), free) if f]
 
 
 def stack_masks(components: Mapping, params):
@@ -126,6 +134,9 @@ def stack_masks(components: Mapping, params):
   names = list(components)
   if not names:
     raise ValueError("components is empty: give at least {'full': None}")
+  if unnamed := [n for n in names if not isinstance(n, str)]:
+    raise TypeError(f"components: every name must be a string (it labels results and seeds chains); got "
+                    f"{unnamed[:5]!r}")
   normalized = [normalize_mask(name, components[name], params) for name in names]
   flat = [jax.tree.leaves(m) for m in normalized]
   stacked = []

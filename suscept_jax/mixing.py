@@ -86,10 +86,26 @@ def check_mixing(batch_size: int, delta_h: float, num_draws: int) -> None:
 
 
 def mix(base, probe, delta_h: float):
-  """Algorithm 1 on two whole sequences: the mixed list of length min(len(base), len(probe))."""
+  """Algorithm 1 on two whole datasets: sample j of the n = min(sizes) is the probe's where
+  `mixing_pattern(n, delta_h)` says so, else the base's. Lists (or tuples) of samples give a list; an array,
+  or a dict of arrays with a leading sample axis (the estimators' data), gives the same kind."""
+  if isinstance(base, (list, tuple)):
+    n = min(len(base), len(probe))
+    take_probe = mixing_pattern(n, delta_h)
+    return [probe[j] if take_probe[j] else base[j] for j in range(n)]
+  if isinstance(base, dict):
+    if set(base) != set(probe):
+      raise ValueError(f"mix: base has keys {sorted(base)}, probe {sorted(probe)}")
+    n = min(min(len(a) for a in base.values()), min(len(a) for a in probe.values()))
+    take_probe = mixing_pattern(n, delta_h)
+    return {key: _take(take_probe, np.asarray(base[key]), np.asarray(probe[key])) for key in base}
   n = min(len(base), len(probe))
-  take_probe = mixing_pattern(n, delta_h)
-  return [probe[j] if take_probe[j] else base[j] for j in range(n)]
+  return _take(mixing_pattern(n, delta_h), np.asarray(base), np.asarray(probe))
+
+
+def _take(take_probe, base, probe):
+  n = len(take_probe)
+  return np.where(take_probe.reshape((n,) + (1,) * (base.ndim - 1)), probe[:n], base[:n])
 
 
 _U64 = np.uint64

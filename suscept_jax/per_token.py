@@ -65,7 +65,8 @@ def estimate_per_token_susceptibilities(
   observed_microbatch: contexts evaluated at a time at each draw; None: on CPU about 128 token losses' worth
     (`programs.observed_microbatch_for`), on accelerators all of a chunk at once.
   """
-  config = config or sgld.SGLDConfig(num_draws=100)
+  config = validation.sgld_config_or(config, sgld.SGLDConfig(num_draws=100))
+  validation.check_seed(seed)
   validation.check_batching(batch_size, microbatch_size)
   validation.check_observed_microbatch(observed_microbatch)
   if not isinstance(components, Mapping) or "full" not in components:
@@ -78,13 +79,16 @@ def estimate_per_token_susceptibilities(
   if probes:
     mixing.check_mixing(batch_size, delta_h, config.num_draws)
     for name, probe in probes.items():
-      validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base)
+      validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base,
+                               why_batch=validation.PROBE_SIZE_WHY)
   component_names, masks_C = masks.stack_masks(components, params)
   validation.check_loss_fn(loss_fn, params, base)
   token_shape = validation.check_token_loss_fn(token_loss_fn, params, contexts)
+  if contexts_per_chunk is not None and (isinstance(contexts_per_chunk, bool)
+                                         or not isinstance(contexts_per_chunk, (int, np.integer))
+                                         or contexts_per_chunk < 1):
+    raise ValueError(f"contexts_per_chunk={contexts_per_chunk!r} must be a positive integer or None (all at once)")
   chunk = min(num_contexts, contexts_per_chunk or num_contexts)
-  if chunk < 1:
-    raise ValueError(f"contexts_per_chunk={contexts_per_chunk} must be >= 1")
   validation.preflight(loss_fn, params, {base_name: base, **{f"probe {k!r}": v for k, v in (probes or {}).items()}},
                        batch_size=batch_size, num_streams=config.num_chains, seed=seed, checkpoint_id=checkpoint_id,
                        config=config, microbatch_size=microbatch_size)

@@ -3,6 +3,7 @@
 Every field carries its help text in `metadata["help"]`; the runners build one flag per field from it.
 """
 import dataclasses
+import numbers
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
 
@@ -33,6 +34,12 @@ class SGLDConfig:
   bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
 
   def __post_init__(self):
+    for f in dataclasses.fields(self):  # (a float where a count goes, or a string, would fail far from here)
+      value, integral = getattr(self, f.name), f.type in (int, "int")
+      if f.name == "sampler" or (value is None and "None" in str(f.type)):
+        continue
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real):
+        raise TypeError(f"SGLDConfig.{f.name}={value!r} must be {'an integer' if integral else 'a number'}")
     if self.sampler not in SAMPLERS:
       raise ValueError(f"SGLDConfig.sampler={self.sampler!r}: expected one of {SAMPLERS}")
     for name in ("step_size", "nbeta"):

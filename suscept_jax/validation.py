@@ -17,14 +17,22 @@ def check_params(params) -> None:
     raise ValueError("params has no array leaves")
   for path, leaf in leaves:
     arr = np.asarray(leaf)
-    if arr.dtype.kind != "f":
-      raise TypeError(f"params leaf {masks.leaf_path(path)} has dtype {arr.dtype}; SGLD needs floating point")
+    if arr.dtype not in (np.float32, np.float64):
+      raise TypeError(f"params leaf {masks.leaf_path(path)} has dtype {arr.dtype}; SGLD needs float32 (or float64) "
+                      f"params, since its small steps vanish in fewer bits: cast them, e.g. "
+                      f"jax.tree.map(lambda a: a.astype(jnp.float32), params) (lower-precision compute is the "
+                      f"loss function's business)")
     if not np.all(np.isfinite(arr)):
       raise ValueError(f"params leaf {masks.leaf_path(path)} contains NaN or inf "
                        f"({int(np.sum(~np.isfinite(arr)))} of {arr.size} values)")
 
 
-def check_dataset(name: str, data, batch_size: int, like=None) -> int:
+PROBE_SIZE_WHY = ("(a mixed batch takes each of its positions from the probe's own batch of the same size, "
+                  "Algorithm 1: repeat the probe's rows, e.g. with np.tile, if it is smaller)")
+
+
+def check_dataset(name: str, data, batch_size: int, like=None, like_name: str = "the base data",
+                  why_batch: str = "") -> int:
   leaves = jax.tree.leaves(data)
   if not leaves:
     raise ValueError(f"{name} is empty (no arrays)")
@@ -35,15 +43,16 @@ def check_dataset(name: str, data, batch_size: int, like=None) -> int:
   if n == 0:
     raise ValueError(f"{name} is empty (0 samples)")
   if n < batch_size:
-    raise ValueError(f"{name} has {n} samples, fewer than batch_size={batch_size}")
+    raise ValueError(f"{name} has {n} samples, fewer than batch_size={batch_size}" + (f" {why_batch}" if why_batch
+                                                                                    else ""))
   if like is not None:
     if jax.tree.structure(data) != jax.tree.structure(like):
-      raise ValueError(f"{name} has pytree structure {jax.tree.structure(data)}, but the base data has "
+      raise ValueError(f"{name} has pytree structure {jax.tree.structure(data)}, but {like_name} has "
                        f"{jax.tree.structure(like)}")
     for a, b in zip(leaves, jax.tree.leaves(like)):
       if np.shape(a)[1:] != np.shape(b)[1:] or np.asarray(a[:0]).dtype != np.asarray(b[:0]).dtype:
         raise ValueError(f"{name}: sample shape/dtype {np.shape(a)[1:]} {np.asarray(a[:0]).dtype} differs "
-                         f"from the base data's {np.shape(b)[1:]} {np.asarray(b[:0]).dtype}")
+                         f"from that of {like_name}, {np.shape(b)[1:]} {np.asarray(b[:0]).dtype}")
   return n
 
 
@@ -71,6 +80,22 @@ def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
     raise ValueError(f"token_loss_fn must return per-token losses of shape [B, J]; for B=2 it returned "
                      f"{getattr(out, 'shape', type(out))}")
   return shape
+
+
+def sgld_config_or(config, default: sgld.SGLDConfig) -> sgld.SGLDConfig:
+  """`config`, or `default` where it is None; anything but an SGLDConfig is an error naming what came."""
+  if config is None:
+    return default
+  if not isinstance(config, sgld.SGLDConfig):
+    raise TypeError(f"config must be a suscept_jax.SGLDConfig, not a {type(config).__name__}"
+                    + (": SGLDConfig(**config) makes one from a dict" if isinstance(config, Mapping) else ""))
+  return config
+
+
+def check_seed(seed) -> None:
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+    raise TypeError(f"seed must be an integer, not a {type(seed).__name__} (chains' keys derive from it, the "
+                    f"component and the checkpoint: a JAX key is not taken)")
 
 
 def check_batching(batch_size: int, microbatch_size) -> None:

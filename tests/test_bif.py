@@ -72,8 +72,11 @@ def test_the_same_samples_on_one_or_four_devices(problem):
 
 def test_bad_inputs(problem):
   base, queries, samples, w_star = problem
-  with pytest.raises(ValueError, match="samples"):
+  with pytest.raises(ValueError, match="samples has pytree structure .*, but queries has"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {"a": samples["a"]}, batch_size=16)
+  with pytest.raises(ValueError, match=r"samples: sample shape/dtype .* differs from that of queries"):  # (not "base data")
+    sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {k: v[:, :2] for k, v in samples.items()},
+                    batch_size=16)
   bad = {k: v.copy() for k, v in samples.items()}
   bad["a"][4] = np.nan
   with pytest.raises(sj.DataFaultError, match="sample 4"):

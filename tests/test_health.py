@@ -45,7 +45,8 @@ def test_each_component_test_on_stated_values():
     return sj.diagnostics.ComponentDiagnostics(**{**base, **kw})
   assert health.component_flags(diag(), 3.0, 4) == []
   assert health.component_flags(diag(mala_acceptance=1e-8), 3.0, 4) == ["MALA acceptance 1e-08 < 0.2"]
-  assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 11 < 50"]
+  assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 10.7 < 50"]
+  assert health.component_flags(diag(ess_bulk=49.6), 3.0, 4) == ["ESS 49.6 < 50"]  # (never "ESS 50 < 50")
   assert health.component_flags(diag(diverged_chains=[1], diverged_at_draw=[3]), 3.0, 4) == ["1/4 chains diverged"]
   assert health.component_flags(diag(), -5.81, 4) == ["negative LLC (-5.81): w* is not a local minimum"]
   nan = float("nan")

@@ -132,6 +132,10 @@ def test_bad_inputs(problem):
     with pytest.raises(ValueError, match=rf"observed_microbatch={micro!r} must be a positive integer or None"):
       sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
                                              batch_size=16, observed_microbatch=micro)
+  for chunk in (0, 2.5):  # (0 ran every context at once)
+    with pytest.raises(ValueError, match=rf"contexts_per_chunk={chunk!r} must be a positive integer or None"):
+      sj.estimate_per_token_susceptibilities(toys.quadratic_loss, token_losses, w_star, comps, base, contexts,
+                                             batch_size=16, contexts_per_chunk=chunk)
 
 
 def test_contexts_a_language_model_cannot_take_are_refused_naming_them():

@@ -1,6 +1,10 @@
 """χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
 import math
+from pathlib import Path
 
+import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -187,8 +191,16 @@ def test_bad_inputs_name_what_is_wrong(gaussian_problem):
     call(components={"full": None, "wide": {"w": np.ones(7, bool)}})
   with pytest.raises(ValueError, match=r"params leaf w contains NaN"):
     call(params={"w": np.full(D, np.nan, np.float32)})
-  with pytest.raises(TypeError, match=r"params leaf w has dtype int32; SGLD needs floating point"):
-    call(params={"w": np.arange(D, dtype=np.int32)})
+  for dtype in (np.int32, jnp.bfloat16, np.float16):  # (bf16's numpy kind is "V"; fp16 failed deep inside JAX)
+    with pytest.raises(TypeError, match=rf"params leaf w has dtype {jnp.dtype(dtype)}; SGLD needs float32 \(or "
+                                        r"float64\) params.*cast them"):
+      call(params={"w": jnp.asarray(w_star["w"]).astype(dtype)})
+  with pytest.raises(TypeError, match=r"components: every name must be a string.*\[3\]"):
+    call(components={"full": None, 3: {"w": FIRST3}})
+  with pytest.raises(TypeError, match=r"config must be a suscept_jax.SGLDConfig, not a dict: SGLDConfig\(\*\*config\)"):
+    call(config={"num_chains": 2})
+  with pytest.raises(TypeError, match=r"seed must be an integer, not a .*Array"):
+    call(seed=jax.random.key(0))
   with pytest.raises(ValueError, match=r"params has no array leaves"):
     call(params={})
   with pytest.raises(TypeError, match=r"component 'text': mask leaf w has dtype <U1; expected bool or numbers"):
@@ -207,6 +219,56 @@ def test_bad_inputs_name_what_is_wrong(gaussian_problem):
     call(probes={})
   with pytest.raises(ValueError, match=r"loss_fn must return per-sample losses of shape \[B\]"):
     call(loss_fn=lambda w, b: quadratic_loss(w, b).sum())
+
+
+def test_masks_of_another_mapping_type_and_the_mask_helpers(gaussian_problem):
+  """A flax FrozenDict mask fits dict params (the same leaf paths); count_free and preview read None as the
+  full model and check a mask as the estimators do (they zipped leaves by position: a mask of another leaf
+  previewed the wrong parameter)."""
+  base, probes, w_star, _ = gaussian_problem
+  params = {"w": w_star["w"], "v": np.zeros((2, 3), np.float32)}
+  assert sj.count_free(None, params) == D + 6 and [row[0] for row in sj.preview(None, params)] == ["v", "w"]
+  assert sj.count_free({"v": False, "w": FIRST3}, params) == 3
+  assert sj.preview({"v": np.array([True, False])[:, None], "w": False}, params) == [("v", (2, 3), 3, 6)]
+  for bad, match in [({"w": True}, r"count_free: mask structure does not match.*missing leaves: \['v'\]"),
+                     ({"v": 0.5, "w": 0}, r"count_free: mask leaf v holds values other than 0 and 1")]:
+    with pytest.raises(ValueError, match=match):
+      sj.count_free(bad, params)
+  frozen = flax.core.FrozenDict({"w": FIRST3})
+  names, masks_C = sj.stack_masks({"full": None, "first3": frozen}, w_star)
+  np.testing.assert_array_equal(masks_C["w"][1], FIRST3)
+  assert isinstance(masks_C, dict)  # (the params' structure)
+
+
+def test_sgld_config_refuses_values_of_the_wrong_kind():
+  for kw, match in [(dict(num_chains=2.5), "num_chains=2.5 must be an integer"),
+                    (dict(num_draws="10"), "num_draws='10' must be an integer"),
+                    (dict(mala_every=True), "mala_every=True must be an integer"),
+                    (dict(step_size="1e-3"), "step_size='1e-3' must be a number")]:
+    with pytest.raises(TypeError, match=match):
+      sj.SGLDConfig(**kw)
+  assert sj.SGLDConfig(num_chains=np.int64(2), step_size=np.float32(1e-3), nbeta=30).num_chains == 2
+
+
+def test_mix_keeps_the_kind_of_data():
+  rows = np.arange(20 * 3).reshape(20, 3)
+  mixed = sj.mix(rows, -rows, 0.1)
+  take = sj.mixing_pattern(20, 0.1)
+  assert isinstance(mixed, np.ndarray) and take.sum() == 2
+  np.testing.assert_array_equal(mixed[take], -rows[take])
+  np.testing.assert_array_equal(mixed[~take], rows[~take])
+  as_dict = sj.mix({"x": rows, "y": rows[:, 0]}, {"x": -rows[:15], "y": -rows[:15, 0]}, 0.1)
+  assert as_dict["x"].shape == (15, 3)
+  np.testing.assert_array_equal(as_dict["y"], np.where(sj.mixing_pattern(15, 0.1), -rows[:15, 0], rows[:15, 0]))
+
+
+def test_warnings_point_at_the_users_call(gaussian_problem):
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(num_chains=1, num_draws=20)  # (one chain: no error bar, a warning)
+  with pytest.warns(sj.SusceptibilityWarning) as caught:
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=32,
+                                 progress=False)
+  assert {Path(w.filename).name for w in caught} == {Path(__file__).name}, [w.filename for w in caught]
 
 
 def jax_tree_head(tree, k):
