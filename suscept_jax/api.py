@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from suscept_jax import batched, diagnostics, estimators, health, masks, mixing, sampler, sgld, validation
+from suscept_jax import batched, diagnostics, estimators, health, masks, mixing, reprs, sampler, sgld, validation
 
 MAX_TRACE_POINTS = 1000
 
@@ -107,6 +107,7 @@ def _probe_fault_warnings(loss_fn, params, probes, out: sampler.SamplerOutput, d
 @dataclasses.dataclass
 class SusceptibilityResult:
   """χ per probe × component (eq. 41) with error bars, LLCs, and diagnostics."""
+  __repr__ = reprs.compact_repr  # (the numbers and the arrays' shapes, not every value)
 
   chi: np.ndarray  # [P, C]
   chi_stderr: np.ndarray  # [P, C] standard error across non-diverged chains
@@ -255,6 +256,7 @@ def result_from_output(out: sampler.SamplerOutput, loss_fn, params, component_na
 @dataclasses.dataclass
 class LLCResult:
   """Local learning coefficient estimate λ̂ = nβ·⟨L_B(w) − L_B(w*)⟩ with its error bar."""
+  __repr__ = reprs.compact_repr  # (the numbers and the arrays' shapes, not every value)
 
   mean: float
   stderr: float  # standard error across non-diverged chains

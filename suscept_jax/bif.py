@@ -18,13 +18,14 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from suscept_jax import api, batched, estimators, health, masks, sampler, sgld, validation
+from suscept_jax import api, batched, estimators, health, masks, reprs, sampler, sgld, validation
 from suscept_jax.progress import over_chunks
 
 
 @dataclasses.dataclass
 class BIFResult:
   """Posterior covariance and correlation of losses, queries × samples, per component."""
+  __repr__ = reprs.compact_repr  # (the numbers and the arrays' shapes, not every value)
 
   covariance: np.ndarray  # [C, Q, J, S, J] mean over non-diverged chains
   covariance_stderr: np.ndarray  # [C, Q, J, S, J] standard error across chains

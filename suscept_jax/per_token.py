@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from suscept_jax import api, batched, estimators, health, masks, mixing, sampler, sgld, validation
+from suscept_jax import api, batched, estimators, health, masks, mixing, reprs, sampler, sgld, validation
 from suscept_jax.progress import over_chunks
 
 
 @dataclasses.dataclass
 class PerTokenResult:
   """χ for every component × observed token, with error bars, the LLCs and the sampler's diagnostics."""
+  __repr__ = reprs.compact_repr  # (the numbers and the arrays' shapes, not every value)
 
   chi: np.ndarray  # [C, O, J] per-token χ (mean over non-diverged chains)
   chi_stderr: np.ndarray  # [C, O, J] standard error across chains

@@ -271,6 +271,15 @@ def test_warnings_point_at_the_users_call(gaussian_problem):
   assert {Path(w.filename).name for w in caught} == {Path(__file__).name}, [w.filename for w in caught]
 
 
+def test_a_printed_result_shows_numbers_and_shapes_not_traces(gaussian_problem):
+  base, probes, w_star, _ = gaussian_problem
+  config = sj.SGLDConfig(num_draws=300, mala_every=0)
+  llc = sj.estimate_llc(quadratic_loss, w_star, base, config=config, batch_size=32, progress=False)
+  text = repr(llc)
+  assert text.startswith(f"LLCResult(mean={llc.mean:.4g}, stderr=") and "trace=float32[4, 300]" in text, text
+  assert len(text) < 1000 and "\n" not in text, text  # (the dataclass default printed all 1200 trace values)
+
+
 def jax_tree_head(tree, k):
   return {key: value[:k] for key, value in tree.items()}
 
