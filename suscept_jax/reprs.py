@@ -20,7 +20,9 @@ def _short(value) -> str:
     if np.size(value) > _SHOWN:
       return f"{value.dtype}{list(value.shape)}"
     array = np.asarray(value)
-    return np.array2string(array, precision=4, separator=", ", max_line_width=10**6) if array.dtype != object else repr(array.tolist())
+    if array.dtype == object:  # (statuses)
+      return repr(array.tolist())
+    return np.array2string(array, precision=4, separator=", ", max_line_width=10**6)
   if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuples of arrays (moments)
     return f"{type(value).__name__}({', '.join(value._fields)})"
   if isinstance(value, dict) and len(value) > _SHOWN // 2 or isinstance(value, list) and len(value) > _SHOWN:
