@@ -74,7 +74,8 @@ def test_bad_inputs(problem):
   base, queries, samples, w_star = problem
   with pytest.raises(ValueError, match="samples has pytree structure .*, but queries has"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {"a": samples["a"]}, batch_size=16)
-  with pytest.raises(ValueError, match=r"samples: sample shape/dtype .* differs from that of queries"):  # (not "base data")
+  # (it said "base data")
+  with pytest.raises(ValueError, match=r"samples: sample shape/dtype .* differs from that of queries"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {k: v[:, :2] for k, v in samples.items()},
                     batch_size=16)
   bad = {k: v.copy() for k, v in samples.items()}
