@@ -22,6 +22,7 @@ import platform
 import shutil
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +162,12 @@ class ResultsDir:
     return sorted({int(name.split("_")[1].split("-")[0]) for name in self.finished_units()})
 
   def unit_meta(self, name: str) -> dict:
-    return json.loads((self.units / f"{name}.json").read_text())
+    path = self.units / f"{name}.json"
+    try:
+      return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # (written atomically: damaged after the fact)
+      raise ValueError(f"{path} is damaged ({e}); delete it and its .npz, and the rerun computes that unit "
+                       f"again") from None
 
   def environments(self, prefix: str = "step_") -> dict:
     """{environment_label: number of finished units (named `prefix`…) computed there}."""
@@ -210,8 +216,13 @@ class ResultsDir:
     atomic_write_bytes(self.units / f"{name}.json", json.dumps(meta, indent=2, default=str).encode())
 
   def read_unit(self, name: str) -> tuple[dict, dict]:
-    with np.load(self.units / f"{name}.npz") as f:
-      arrays = {k: f[k] for k in f.files}
+    path = self.units / f"{name}.npz"
+    try:
+      with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+      raise ValueError(f"{path} is damaged ({e}); delete it and its .json, and the rerun computes that unit "
+                       f"again") from None
     return arrays, self.unit_meta(name)
 
   def write_progress(self, remaining: list[str]) -> None:

@@ -141,6 +141,21 @@ def test_only_process_0_starts_the_results_directory(tmp_path):
   assert store.finished_units() == [] and store.settings() == {"seed": 1}
 
 
+def test_a_damaged_unit_is_named_with_what_to_do(tmp_path):
+  """Units are written atomically, but a disk or a hand can damage one later: the error names the file (it was
+  json's or zipfile's own, naming nothing)."""
+  import numpy as np
+  store = results.ResultsDir(tmp_path / "out")
+  store.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0})
+  store.write_unit("step_00000001-x", {"chi": np.zeros(1)}, {"checkpoint": 1})
+  (store.units / "step_00000000-x.json").write_text('{"checkpoint": ')
+  (store.units / "step_00000001-x.npz").write_bytes(b"PK\x03\x04 cut short")
+  with pytest.raises(ValueError, match=r"step_00000000-x.json is damaged .*delete it and its .npz"):
+    store.unit_meta("step_00000000-x")
+  with pytest.raises(ValueError, match=r"step_00000001-x.npz is damaged .*delete it and its .json"):
+    store.read_unit("step_00000001-x")
+
+
 def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_path, monkeypatch):
   """Two processes as threads, the barrier a threading.Barrier: process 0 is slow to start the directory
   (--overwrite, new settings), and process 1 reads the new settings once `start_results` returns. Without the
