@@ -131,6 +131,12 @@ def test_chain_keys_do_not_depend_on_the_group_they_are_derived_with():
   np.testing.assert_array_equal(together[-1], expected)
   many = [f"c{i}" for i in range(40)]  # more rows than one block
   np.testing.assert_array_equal(streams.chain_keys(7, 3, many, 2)[-2:], streams.chain_keys(7, 3, many[-1:], 2))
+  # Every entry its own noise: components sharing keys would share their chains' noise (a constant
+  # component_seed left every other test green), and their χ errors would move together.
+  heads = ["full"] + [f"l{layer}h{head}" for layer in range(2) for head in range(8)]
+  keys = streams.chain_keys(0, 0, heads, 4)
+  assert len({tuple(row) for row in keys}) == 17 * 4
+  assert not np.array_equal(streams.chain_keys(0, 1, heads, 4), keys)  # and per checkpoint
 
 
 def test_each_group_lowers_its_draw_program_once_and_its_calls_reuse_it():
