@@ -79,7 +79,7 @@ def probe_flags(r_hat_chi: float, ess_chi: float, dropped: int, realised_delta_h
   if r_hat_chi > R_HAT_MAX:
     flags.append(f"R̂(φ·ΔL) {r_hat_chi:.2f} > {R_HAT_MAX}")
   if ess_chi < MIN_ESS:
-    flags.append(f"ESS(φ·ΔL) {ess_chi:.0f} < {MIN_ESS:.0f}")
+    flags.append(f"ESS(φ·ΔL) {ess_chi:.3g} < {MIN_ESS:.0f}")
   if dropped:
     flags.append(f"{dropped} probe draws dropped (non-finite loss)")
   if abs(realised_delta_h - delta_h) > DELTA_H_TOLERANCE * delta_h:
