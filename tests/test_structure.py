@@ -75,6 +75,19 @@ def test_noise_shared_through_the_chains_is_not_taken_for_a_pc(seed):
     assert stab.independent_noise_floor < stab.singular_value_k[1] < stab.correlated_noise_floor
 
 
+def test_noise_draws_are_scaled_and_centred_like_x():
+  """The floor compares X's singular values with noise treated as X is: centred per column (a shift shared by
+  every row is no PC of a centred X), and, from resamples, with each cell's spread set to its reported stderr
+  (the bootstrap's own spread is √((K−1)/K) of it at best, and a resampled cell may barely move)."""
+  rng = np.random.default_rng(0)
+  shifted = rng.normal(size=(200, 12, 5)) * 0.01 + rng.normal(size=(200, 1, 5)) * 10.0  # same shift in every row
+  assert st.top_singular_quantile(shifted) < 0.1 < st.top_singular_quantile(shifted, centre=False)
+  X = rng.normal(size=(12, 5))
+  stderr = rng.uniform(0.5, 2.0, size=(12, 5))
+  resamples = X + 0.1 * rng.normal(size=(400, 12, 5))
+  np.testing.assert_allclose(st.resampled_noise(X, resamples, stderr).std(0), stderr, rtol=1e-9)
+
+
 def test_chains_shared_by_rows_are_resampled_together():
   rng = np.random.default_rng(4)
   per_chain = rng.normal(size=(4, 3, 5))
