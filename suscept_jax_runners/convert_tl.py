@@ -51,6 +51,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cli.quiet_libraries()
   from suscept_jax import checkpoints
+  if not _CONFIG.value:
+    print(f"note: no --config: positions {_POSITIONAL.value!r} and normalisation {_NORMALIZATION.value!r} come from "
+          f"the flags and the rest from the weights (LayerNorm eps 1e-5): a state dict cannot say them. Pass the "
+          f"checkpoint's saved cfg.to_dict() as --config=cfg.json to take them from the training run")
   checkpoints.import_transformer_lens(_INPUT.value, _OUTPUT.value, tokenizer_path=_TOKENIZER.value,
                                       config=_overrides())
 

@@ -174,7 +174,9 @@ def main(argv):
     transformer.check_token_range(data, model_cfg, name=spec)
     n = settings["contexts_per_dataset"]
     if len(data) < n:
-      raise ValueError(f"dataset {spec!r} has {len(data)} contexts, fewer than --contexts_per_dataset={n}")
+      capped = (f" (--max_contexts={settings['max_contexts']} caps it)"
+                if settings["max_contexts"] is not None and len(data) >= settings["max_contexts"] else "")
+      raise ValueError(f"dataset {spec!r} has {len(data)} contexts{capped}, fewer than --contexts_per_dataset={n}")
     ids = np.sort(np.random.default_rng([settings["seed"], len(chosen)]).permutation(len(data))[:n])
     chosen.append(np.asarray(data[ids]))
     labels += [(spec, int(i)) for i in ids]
@@ -363,15 +365,15 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       write(name, tv.highlighted_text_html(tokens, per_head("chi"), heads, title=f"per-token χ on {dataset}",
                                           captions=[f"{dataset} · context {c}" for c in contexts_ids],
                                           stderr_HxOxJ=per_head("chi_stderr")))
-      links.append(f'<li><a href="{name}">{dataset}</a> ({len(contexts_ids)} contexts, {len(keys)} tokens)</li>')
-    sections["highlight"] = ("Highlighted text", f"<ul>{''.join(links)}</ul>")
+      links.append((name, dataset, f"({len(contexts_ids)} contexts, {len(keys)} tokens)"))
+    sections["highlight"] = ("Highlighted text", pages.link_list(links))
   if "extremes" in views:
     links = []
     for h in heads:
       name = f"extremes_{h.replace(' ', '_')}.html"
       write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}"))
-      links.append(f'<li><a href="{name}">{h}</a></li>')
-    sections["extremes"] = ("Top-100 positive and negative tokens in context", f"<ul>{''.join(links)}</ul>")
+      links.append((name, h, ""))
+    sections["extremes"] = ("Top-100 positive and negative tokens in context", pages.link_list(links))
   if "top" in views:
     rows = []
     for h in all_heads or heads:

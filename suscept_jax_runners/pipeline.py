@@ -36,8 +36,8 @@ class RunTarget:
     steps = list(self.available_steps) if steps is None else list(steps)
     missing = [s for s in steps if s not in self.available_steps]
     if missing:
-      raise ValueError(f"checkpoint steps {missing} are not saved in {self.run_dir}; available: "
-                       f"{self.available_steps}")
+      raise ValueError(f"checkpoint steps {missing} are not saved in {self.run_dir} (--steps, or --step); "
+                       f"available: {self.available_steps}")
     return steps
 
 

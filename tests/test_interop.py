@@ -59,6 +59,27 @@ def test_bad_state_dicts_are_named():
     interop.from_transformer_lens(sd, {"normalization_type": None})
   with pytest.raises(ValueError, match="normalization_type='RMS'"):
     interop.from_transformer_lens(sd, {"normalization_type": "RMS"})
+  no_final = {k: v for k, v in sd.items() if not k.startswith("ln_final.")}  # (it blamed layer_norm=False)
+  with pytest.raises(ValueError, match=r"has some LayerNorm weights but not \['ln_final.b', 'ln_final.w'\]$"):
+    interop.from_transformer_lens(no_final)
+  rms = {k: v for k, v in sd.items() if not k.endswith("ln1.b") and k != "ln_final.b"}
+  with pytest.raises(ValueError, match=r"scales without biases look like RMSNorm, which is not supported"):
+    interop.from_transformer_lens(rms)
+
+
+@pytest.mark.parametrize("setting", [{"use_attn_scale": False}, {"attn_scale": 2.0}, {"attention_dir": "bidirectional"},
+                                     {"scale_attn_by_inverse_layer_idx": True}, {"attn_scores_soft_cap": 2.0},
+                                     {"output_logits_soft_cap": 1.0}, {"use_local_attn": True}, {"final_rms": True}])
+def test_transformer_lens_settings_we_do_not_compute_are_refused(setting):
+  """A TransformerLens config with a setting that changes the numbers, which our model computes one way only,
+  was accepted and the setting dropped: per-token NLL off by 0.5–2.4 nats from TransformerLens'."""
+  sd = interop.to_transformer_lens(_random_params(TINY), TINY)
+  [(key, value)] = setting.items()
+  with pytest.raises(ValueError, match=rf"config: {key}={value!r} is not supported"):
+    interop.from_transformer_lens(sd, {"attn_only": True, **setting})
+  defaults = {"use_attn_scale": True, "attn_scale": float(np.sqrt(TINY.d_head)), "attention_dir": "causal",
+              "attn_scores_soft_cap": -1.0, "final_rms": False}  # (what a saved cfg.to_dict() holds)
+  assert interop.from_transformer_lens(sd, defaults)[1] == TINY
 
 
 def test_checkpoint_files_need_step_numbers(tmp_path):
@@ -83,6 +104,9 @@ def test_safetensors_file_round_trip(tmp_path):
   loaded = interop.load_state_dict(tmp_path / "checkpoint_100.safetensors")
   assert sorted(loaded) == sorted(sd)
   np.testing.assert_array_equal(loaded["unembed.W_U"], sd["unembed.W_U"])
+  (tmp_path / "checkpoint_200.safetensors").write_bytes(b"garbage")
+  with pytest.raises(ValueError, match=r"checkpoint_200.safetensors could not be read as a safetensors state dict"):
+    interop.load_state_dict(tmp_path / "checkpoint_200.safetensors")
 
 
 # ---- against TransformerLens ---------------------------------------------------------------------------------
@@ -122,7 +146,7 @@ def test_import_matches_transformer_lens(positional, normalization):
   kwargs = dict(n_layers=2, d_model=16, n_ctx=16, d_head=8, n_heads=2, d_vocab=64, attn_only=True, act_fn=None,
                 normalization_type=normalization, positional_embedding_type=positional)
   model = _tl_model(tl, kwargs, seed=1)
-  given = {"positional_embedding_type": positional, "normalization_type": normalization}
+  given = model.cfg.to_dict()  # (a checkpoint's saved config, every TransformerLens setting in it)
   params, cfg = interop.from_transformer_lens(model.state_dict(), config=given)
   assert cfg.layer_norm == (normalization is not None) and cfg.positional_embedding == positional
   tokens = np.random.default_rng(0).integers(0, 64, size=(3, 16))

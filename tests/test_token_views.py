@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suscept_jax.analysis import token_stats as ts, token_views as tv
+from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
 
 
 @pytest.mark.parametrize("chi,scheme,expected", [
@@ -55,6 +55,22 @@ def test_text_is_escaped_and_newlines_are_marked():
   page = tv.highlighted_text_html([["<b>", "\n"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
   assert "&lt;b&gt;</span>" in page and "<b>" not in page.split("<body>")[1]
   assert "↵\n</span>" in page
+  carriage = tv.highlighted_text_html([["a\r", "b\r\n"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
+  assert carriage.count("↵\n</span>") == 2 and "\r" not in carriage  # (a raw \r broke the line unmarked)
+  links = pages.link_list([("highlight_00.html", "/data/sp&c<i>al.jsonl", "(4 contexts)"), ("x.html", "l0h0", "")])
+  assert links == ('<ul><li><a href="highlight_00.html">/data/sp&amp;c&lt;i&gt;al.jsonl</a> (4 contexts)</li>'
+                   '<li><a href="x.html">l0h0</a></li></ul>')
+
+
+def test_extreme_tokens_list_each_sign_apart():
+  """With fewer tokens of a sign than k, the list holds only those (it listed negative tokens as "most
+  positive" under a heading that said k)."""
+  table = _table({"a": [3.0, 2.0], "b": [-1.0, -2.0, -5.0]})
+  page = tv.extreme_tokens_html(table, "h", title="t", k=100)
+  positive, negative = page.split("most negative")
+  assert "2 most positive tokens of h (every token with χ &gt; 0)" in positive
+  assert "3 most negative tokens of h (every token with χ &lt; 0)" in page
+  assert positive.count('data-focus="1"') == 2 and negative.count('data-focus="1"') == 3
 
 
 def _table(values_by_token, component="h", dataset="d"):

@@ -39,3 +39,11 @@ def embedded_png(path, alt: str) -> str:
 
 def table_html(frame, max_rows: int = 200) -> str:
   return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
+
+
+def link_list(links) -> str:
+  """A list of links from (href, text, note) rows, text and note escaped here (a dataset's name is a path or an
+  hf: spec, where & and < are common)."""
+  items = "".join(f'<li><a href="{html.escape(href)}">{html.escape(text)}</a>{" " + html.escape(note) if note else ""}'
+                  f"</li>" for href, text, note in links)
+  return f"<ul>{items}</ul>"

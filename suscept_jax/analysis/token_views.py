@@ -60,7 +60,8 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
 def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "", tooltip: str | None = None) -> str:
   """One element per token. One head: its background; several: stacked horizontal bands, one per head.
   `tooltip`: shown on hover (the element's title)."""
-  shown = html.escape(text).replace("\n", "↵\n")  # a visible mark, then the break (inside: one element per token)
+  # A visible mark, then the break (inside: one element per token); a lone \r breaks the line too.
+  shown = html.escape(text.replace("\r\n", "\n").replace("\r", "\n")).replace("\n", "↵\n")
   colours = [css_rgba(token_colour(c, max_abs, scheme)) for c in chis]
   data = " ".join(f'data-chi{i}="{c:.6g}"' for i, c in enumerate(chis))
   if tooltip is not None:
@@ -119,8 +120,12 @@ def extreme_tokens_html(table, head: str, *, title: str, k: int = 100, window: i
   max_abs = float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
   parts = [_legend([head], scheme, max_abs)]
-  for label, rows in (("most positive", t.nlargest(k, "chi")), ("most negative", t.nsmallest(k, "chi"))):
-    parts.append(f"<h2>{k} {label} tokens of {html.escape(head)}</h2>")
+  # (each list holds tokens of its sign only: with fewer than k of a sign, nlargest alone listed negative
+  # tokens as "most positive" and the heading still said k)
+  for label, sign, rows in (("most positive", ">", t[t.chi > 0].nlargest(k, "chi")),
+                            ("most negative", "<", t[t.chi < 0].nsmallest(k, "chi"))):
+    every = f" (every token with χ {sign} 0)" if len(rows) < k else ""
+    parts.append(f"<h2>{len(rows)} {label} tokens of {html.escape(head)}{html.escape(every)}</h2>")
     parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in rows.itertuples()]
   return page(title, "\n".join(parts))
 

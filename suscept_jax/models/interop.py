@@ -76,6 +76,31 @@ def _weights(state_dict: Mapping) -> dict[str, np.ndarray]:
   return weights
 
 
+# TransformerLens settings that change what the model computes, which ours computes one way only: a config
+# giving another value is refused, naming it (dropping it would give other numbers without a word).
+_TL_AS_OURS = {
+    "use_attn_scale": lambda v: v is True, "attention_dir": lambda v: v == "causal",
+    "scale_attn_by_inverse_layer_idx": lambda v: not v, "use_local_attn": lambda v: not v,
+    "use_qk_norm": lambda v: not v, "clip_qkv": lambda v: v is None, "use_logn_attn": lambda v: not v,
+    "final_rms": lambda v: not v, "post_embedding_ln": lambda v: not v,
+    "use_normalization_before_and_after": lambda v: not v, "parallel_attn_mlp": lambda v: not v,
+    "attn_scores_soft_cap": lambda v: v is None or v <= 0, "output_logits_soft_cap": lambda v: v is None or v <= 0,
+    "num_experts": lambda v: not v, "relative_attention_num_buckets": lambda v: not v,
+}
+
+
+def _check_computes_as_ours(mapping: Mapping, d_head: int) -> None:
+  """Refuse TransformerLens settings our model does not compute (see `_TL_AS_OURS`)."""
+  for key, as_ours in _TL_AS_OURS.items():
+    if key in mapping and not as_ours(mapping[key]):
+      raise ValueError(f"config: {key}={mapping[key]!r} is not supported: our model computes attention-only "
+                       f"transformers with TransformerLens' defaults there")
+  scale = mapping.get("attn_scale", -1.0)
+  if scale not in (None, -1.0) and not np.isclose(float(scale), np.sqrt(d_head)):
+    raise ValueError(f"config: attn_scale={scale!r} is not supported: our model divides attention scores by "
+                     f"√d_head = {np.sqrt(d_head):.4g}")
+
+
 def _config_from_mapping(mapping: Mapping) -> dict:
   """Our ModelConfig fields from a TransformerLens config dict (or from our own field names)."""
   fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -107,13 +132,15 @@ def infer_config(state_dict: Mapping, config: ModelConfig | Mapping | None = Non
   layers = sorted({int(m.group(1)) for k in weights if (m := re.match(r"blocks\.(\d+)\.", k))})
   inferred = dict(n_layers=layers[-1] + 1, d_model=d_model, n_heads=n_heads, d_head=d_head,
                   n_ctx=weights["pos_embed.W_pos"].shape[0], d_vocab=d_vocab,
-                  layer_norm="ln_final.w" in weights, positional_embedding="shortformer")
+                  layer_norm=any(re.match(r"(ln_final|blocks\.\d+\.ln1)\.", k) for k in weights),
+                  positional_embedding="shortformer")
   if isinstance(config, ModelConfig):
     given = dataclasses.asdict(config)
     for name in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
       if given[name] != inferred[name]:
         raise ValueError(f"config.{name}={given[name]} but the state dict's weights have {name}={inferred[name]}")
     return config
+  _check_computes_as_ours(config or {}, d_head)
   overrides = _config_from_mapping(config or {})
   for name in ("n_layers", "d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
     if name in overrides and overrides[name] != inferred[name]:
@@ -151,7 +178,9 @@ def from_transformer_lens(state_dict: Mapping, config: ModelConfig | Mapping | N
   if cfg.layer_norm:
     if has_ln and len(has_ln) != len(ln_keys):
       missing = sorted(set(ln_keys) - set(has_ln))
-      raise ValueError(f"state dict has some LayerNorm weights but not {missing[:4]}")
+      rms = all(k.endswith(".b") for k in missing)  # (RMSNorm: scales without biases)
+      raise ValueError(f"state dict has some LayerNorm weights but not {missing[:4]}"
+                       + ("; scales without biases look like RMSNorm, which is not supported" if rms else ""))
     for key in ln_keys:
       expected[key] = (cfg.d_model,)
       if not has_ln:
@@ -232,7 +261,10 @@ def load_state_dict(path) -> dict:
       from safetensors.numpy import load_file
     except ImportError:
       raise ImportError(f"reading {path} needs safetensors: {_INTEROP_EXTRA}") from None
-    return load_file(str(path))
+    try:
+      return load_file(str(path))
+    except Exception as e:  # (safetensors' own error names no file)
+      raise ValueError(f"{path} could not be read as a safetensors state dict: {e}") from None
   if path.suffix not in (".pth", ".pt", ".bin"):
     raise ValueError(f"{path}: expected a .pth, .pt, .bin or .safetensors checkpoint")
   try:
