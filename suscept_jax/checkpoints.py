@@ -94,6 +94,9 @@ def load_params(run_dir, step: int | None = None):
     except ValueError as e:  # (orbax's own message suggests strict=False, which would load wrong shapes)
       raise ValueError(f"the checkpoint at step {step} in {run_dir} does not match the model its run.json "
                        f"describes ({config}): {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 (tensorstore raises a bare Exception for a damaged file)
+      raise ValueError(f"the checkpoint at step {step} in {run_dir} could not be read (a damaged or partly "
+                       f"copied file?): {str(e).splitlines()[0][:300]}") from None
   return jax.tree.map(np.asarray, restored["params"])
 
 

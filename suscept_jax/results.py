@@ -15,9 +15,11 @@ more checkpoints, probes or components only add units. Units do not depend on wh
 components share them (noise keys follow component names, data streams follow (seed, checkpoint, chain)),
 so a killed or grown sweep ends with the same table as one run straight through.
 """
+import contextlib
 import hashlib
 import io
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -94,12 +96,45 @@ def _jsonable(value):
 OUTPUTS = ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json")
 
 
+def flat_settings(settings: dict, prefix: str = "") -> dict:
+  """Nested settings as one level, keys joined with dots ({"sgld": {"num_draws": 6}} -> {"sgld.num_draws": 6}),
+  so a difference is named by the one key that differs."""
+  out = {}
+  for key, value in settings.items():
+    if isinstance(value, dict) and value:
+      out.update(flat_settings(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
 class ResultsDir:
   """Reads and writes one sweep's results directory."""
 
   def __init__(self, path):
     self.path = Path(path)
     self.units = self.path / "units"
+
+  def check_writable(self, *, write: bool) -> None:
+    """Refuse a results path that is a file, or (with `write`) one where this process cannot write, before
+    any work (a unit computed for an hour and then not written is lost); the trial leaves nothing behind."""
+    if self.path.exists() and not self.path.is_dir():
+      raise ValueError(f"{self.path} is a file, not a results directory: give another --output_dir")
+    if not write:
+      return
+    made = [p for p in (self.units, *self.units.parents) if not p.exists()]  # deepest first
+    probe = self.units / f".writable-{os.getpid()}"
+    try:
+      self.units.mkdir(parents=True, exist_ok=True)
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as e:
+      raise ValueError(f"cannot write into {self.path} ({type(e).__name__}: {e.strerror or e}): give a directory "
+                       f"this user can write, as --output_dir") from None
+    finally:
+      for path in made:
+        with contextlib.suppress(OSError):
+          path.rmdir()
 
   # -- settings ---------------------------------------------------------------------------------------
   def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None, unrecorded=()) -> None:
@@ -113,8 +148,8 @@ class ResultsDir:
     old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
     old = {**_jsonable(legacy or {}), **old}
     ignore = (*ignore, *(k for k in unrecorded if k not in old))
-    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if k not in ignore and old.get(k) != new.get(k)}
+    old, new = ({k: v for k, v in flat_settings(d).items() if k.split(".")[0] not in ignore} for d in (old, new))
+    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     if diff:
       listed = "; ".join(f"{k}: {a!r} here, {b!r} now" for k, (a, b) in diff.items())
       raise ValueError(f"{self.path} holds results made with other settings ({listed}); use another "

@@ -79,6 +79,11 @@ def run(main) -> None:
     except KeyboardInterrupt:
       _stop("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
             "per-token run and training resume from their finished units)", 130)
+    except Exception:  # (anything else: its traceback; one of several processes must still leave, see _stop)
+      if _in_multiprocess_run():
+        traceback.print_exc()
+        sys.modules["suscept_jax_runners.distributed"].leave_now(1)
+      raise
 
   app.run(wrapped)
 
@@ -101,7 +106,15 @@ def _stop(message: str, status: int) -> None:
   if flags.FLAGS["verbosity"].value >= 1:
     traceback.print_exc()
   print(message, file=sys.stderr)
+  if _in_multiprocess_run():  # (a normal exit waits for the other processes at jax.distributed's shutdown)
+    sys.modules["suscept_jax_runners.distributed"].leave_now(status)
   sys.exit(status)
+
+
+def _in_multiprocess_run() -> bool:
+  """Whether this runner joined other processes (a runner that never imported `distributed` did not)."""
+  distributed = sys.modules.get("suscept_jax_runners.distributed")
+  return distributed is not None and distributed.joined()
 
 
 def by_preset(getter) -> str:

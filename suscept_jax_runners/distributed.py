@@ -5,9 +5,10 @@ group, `sweep.process_units`), the per-token runner by chunk of contexts. Each p
 owns on its own local devices (no cross-host collectives: the units are independent), writes each unit
 atomically into the shared results directory, and process 0 waits for every unit before assembling the
 results. Ownership depends only on the requested work, never on what is finished, so processes that start at
-different times agree on it. A process that dies leaves its finished units; jax.distributed stops the others
---heartbeat_timeout_s later (JAX's "another task died"), and theirs stay too; rerunning the same command
-computes only the rest.
+different times agree on it, and every process checks that all were given the same settings
+(`check_same_settings`). A process that dies, or stops with an error (it leaves at once, `leave_now`), leaves
+its finished units; jax.distributed stops the others --heartbeat_timeout_s later (JAX's "another task died"),
+and theirs stay too; rerunning the same command computes only the rest.
 
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=0   # host 0
   python -m experiments.sweep ... --coordinator_address=10.0.0.2:8476 --num_processes=2 --process_id=1   # host 1
@@ -33,6 +34,25 @@ _WAIT = flags.DEFINE_integer("wait_for_processes_s", 86_400, "Seconds process 0 
 
 IF_A_PROCESS_DIES = ("if a process dies, jax.distributed stops the others --heartbeat_timeout_s later "
                      "(\"another task died\"); every finished unit stays: rerun the same commands for the rest")
+
+
+_joined = False  # this process is one of several under jax.distributed (see `leave_now`)
+
+
+def joined() -> bool:
+  return _joined
+
+
+def leave_now(status: int) -> None:
+  """End this process at once (no Python shutdown): JAX's exit handler would wait in the coordination
+  service's shutdown barrier for the processes still working, up to --wait_for_processes_s, while they (process
+  0 waiting for this process's units, or the others for process 0) wait for it; gone, it stops them
+  --heartbeat_timeout_s later, as a killed process does."""
+  import os
+  import sys
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 def requested() -> bool:
@@ -81,6 +101,8 @@ def initialize() -> tuple[int, int]:
     raise ValueError(f"could not join {where} within --coordinator_timeout_s={_TIMEOUT.value}: is process 0 running "
                      f"there, and do all processes give the same --num_processes? ({type(e).__name__}: "
                      f"{str(e).splitlines()[0] if str(e) else ''})") from None
+  global _joined
+  _joined = jax.process_count() > 1
   if not _AUTO.value:
     check_same_process_count(_NUM_PROCESSES.value)
   return jax.process_index(), jax.process_count()
@@ -102,6 +124,35 @@ def check_same_process_count(given: int) -> None:
                      + ", ".join(f"process {i}: {n}" for i, n in enumerate(given_P))
                      + f"); the coordinator runs {jax.process_count()} processes (process 0's value): "
                        "start every process with the same --num_processes")
+
+
+def check_same_settings(settings: dict, num_processes: int) -> None:
+  """Every process was given the same settings: a clear error on all of them otherwise, naming the keys.
+
+  A process given another --seed (or δh, draws, probes, …) would write units with other numbers into the
+  same table, under process 0's config.json, and a later rerun would reuse them for good. One all-gather of a
+  hash per setting, before any work (processes of one run share the code, so they have the same keys).
+  """
+  if num_processes <= 1:
+    return
+  import hashlib
+  import json
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  from suscept_jax import results
+  flat = results.flat_settings(settings)
+  keys = sorted(flat)
+  digest = lambda text: int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+  hashes = [digest(json.dumps(keys))] + [digest(json.dumps(flat[k], sort_keys=True, default=str)) for k in keys]
+  gathered_PxS = multihost_utils.process_allgather(np.array(hashes, np.int32))
+  if (gathered_PxS == gathered_PxS[0]).all():
+    return
+  differing = [k for i, k in enumerate(keys) if len(set(gathered_PxS[:, i + 1].tolist())) > 1]
+  raise ValueError("the processes were given different settings (" + ", ".join(differing or ["their keys"])
+                   + "; this process's: " + ", ".join(f"{k}={flat[k]!r}" for k in differing[:5])
+                   + "): start every process with the same flags")
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:

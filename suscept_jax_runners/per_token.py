@@ -141,11 +141,14 @@ def main(argv):
   component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   store = results.ResultsDir(out)
+  store.check_writable(write=not _DRY_RUN.value)
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "batch_size",
                                                   "delta_h", "dataset_chi", "max_contexts", "numerics")},
                      "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
                      "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
+  distributed.check_same_settings({**number_settings, "run_dir": None, "overwrite": _OVERWRITE.value,
+                                   "dry_run": _DRY_RUN.value, "views": settings["views"]}, num_processes)
   if not _OVERWRITE.value:
     store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint",
                                                   *NEWER_FINGERPRINTS), legacy=cli.LEGACY_SETTINGS)

@@ -84,6 +84,49 @@ def test_processes_given_different_counts_both_fail_clearly(tiny, tmp_path):
   assert not (tmp_path / "out" / "units").exists() or not any((tmp_path / "out" / "units").iterdir())
 
 
+def test_processes_given_different_settings_both_fail_clearly(tiny, tmp_path):
+  """A process given another --seed wrote its checkpoint's units with that seed's numbers under process 0's
+  config.json (a rerun then reused them for good); when it was refused alone, process 0 waited a day for its
+  units. Both processes now stop before any work, naming the setting, and leave at once."""
+  root, run_dir, tok, data = tiny
+  address = f"127.0.0.1:{free_port()}"
+  start = time.monotonic()
+  procs = [subprocess.Popen(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, f"--coordinator_address={address}",
+                                      "--num_processes=2", f"--process_id={i}", "--coordinator_timeout_s=60", *extra),
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i, extra in enumerate(([], ["--seed=1"]))]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for i, (p, (_, err)) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 2, err[-3000:]
+    assert f"the processes were given different settings (seed; this process's: seed={i})" in err, err[-3000:]
+  assert time.monotonic() - start < 120
+  assert not (tmp_path / "out" / "units").exists() or not any((tmp_path / "out" / "units").iterdir())
+
+
+def test_a_process_that_stops_with_an_error_leaves_at_once(monkeypatch):
+  """An error in one of several processes ends it without Python's shutdown, where jax.distributed would keep
+  it waiting for the others (up to --wait_for_processes_s) while they wait for its units."""
+  from suscept_jax_runners import cli, distributed
+  left = []
+  monkeypatch.setattr(distributed, "_joined", True)
+  monkeypatch.setattr(distributed, "leave_now", lambda status: left.append(status) or (_ for _ in ()).throw(
+      SystemExit(status)))
+  monkeypatch.setattr(cli.flags.FLAGS["verbosity"], "value", 0)
+  with pytest.raises(SystemExit):
+    try:
+      raise ValueError("bad input")
+    except ValueError:
+      cli._stop("error: bad input", 2)
+  assert left == [2]
+  monkeypatch.setattr(distributed, "_joined", False)
+  with pytest.raises(SystemExit):
+    try:
+      raise ValueError("bad input")
+    except ValueError:
+      cli._stop("error: bad input", 2)
+  assert left == [2]  # (one process alone exits normally)
+
+
 def test_fewer_checkpoints_than_processes_are_split_by_component_group(tiny, tmp_path):
   """One checkpoint on two processes: each samples one component group's unit (with the full model's chains,
   which every χ pairs with); process 0 assembles the one-process table."""

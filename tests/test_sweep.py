@@ -158,7 +158,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   # ... and so is another precision: a results directory holds numbers of one numerics setting.
   clash = subprocess.run(sweep_cmd(run_dir, tok, data, killed, "--precision=bfloat16"), cwd=REPO, env=env(),
                          capture_output=True, text=True, timeout=600)
-  assert clash.returncode == 2 and "'precision': 'float32'}" in clash.stderr and "'bfloat16'}" in clash.stderr, \
+  assert clash.returncode == 2 and "numerics.precision: 'float32' here, 'bfloat16' now" in clash.stderr, \
       clash.stderr[-2000:]
   assert json.loads((killed / "config.json").read_text())["settings"]["numerics"] == {"attention": "plain",
                                                                                      "precision": "float32"}
@@ -169,14 +169,35 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
     (["--components=l0h9"], "component 'l0h9': head 9 does not exist"),
     (["--probes=/nonexistent/probe.jsonl"], "/nonexistent/probe.jsonl"),
     (["--delta_h=0.005"], "places no probe sample"),
+    (["--output_dir={root}/afile"], "afile is a file, not a results directory"),  # (a traceback after tokenizing)
 ])
 def test_sweep_bad_input_fails_fast_with_a_clear_message(tiny, extra, message):
   root, run_dir, tok, data = tiny
+  (root / "afile").write_text("")
+  extra = [e.format(root=root) for e in extra]
   proc = subprocess.run(sweep_cmd(run_dir, tok, data, root / "bad", *extra), cwd=REPO, env=env(), capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 2
   assert message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr  # the message, not a stack trace
+
+
+def test_a_nested_setting_that_differs_is_named_alone(tmp_path):
+  store = results.ResultsDir(tmp_path / "out")
+  sgld = {"num_draws": 6, "num_chains": 4, "step_size": 1e-3}
+  store.start({"seed": 0, "sgld": sgld}, {"checkpoint_steps": [0]})
+  with pytest.raises(ValueError, match=r"other settings \(sgld.num_draws: 6 here, 8 now\); use another"):
+    store.check_settings({"seed": 0, "sgld": {**sgld, "num_draws": 8}})  # (it printed both whole sgld dicts)
+
+
+def test_the_output_path_is_tried_before_any_work_and_left_as_it_was(tmp_path):
+  (tmp_path / "afile").write_text("")
+  with pytest.raises(ValueError, match=r"afile is a file, not a results directory"):
+    results.ResultsDir(tmp_path / "afile").check_writable(write=False)
+  results.ResultsDir(tmp_path / "new" / "deeper").check_writable(write=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # (the trial's directories removed again)
+  with pytest.raises(ValueError, match=r"cannot write into .*afile/sub \(NotADirectoryError"):
+    results.ResultsDir(tmp_path / "afile" / "sub").check_writable(write=True)
 
 
 def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_path):
@@ -185,6 +206,6 @@ def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_
   store.start({"seed": 0}, {"checkpoint_steps": [0]})  # written before "numerics" was recorded
   store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "float32"}},
                        legacy=cli.LEGACY_SETTINGS)
-  with pytest.raises(ValueError, match=r"numerics: .*'float32'.* here, .*'bfloat16'.* now"):
+  with pytest.raises(ValueError, match=r"numerics.precision: 'float32' here, 'bfloat16' now\)"):
     store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "bfloat16"}},
                          legacy=cli.LEGACY_SETTINGS)
