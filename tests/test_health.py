@@ -48,6 +48,15 @@ def test_each_component_test_on_stated_values():
   assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 10.7 < 50"]
   assert health.component_flags(diag(ess_bulk=49.6), 3.0, 4) == ["ESS 49.6 < 50"]  # (never "ESS 50 < 50")
   assert health.component_flags(diag(diverged_chains=[1], diverged_at_draw=[3]), 3.0, 4) == ["1/4 chains diverged"]
+  # The start is flagged only when the climb is both significant and large enough to matter (each alone passed
+  # with "or" in place of "and"): 100 of 1000 draws lower by 0.1, chains agreeing, moves ⟨φ⟩ by 1 %: no flag;
+  # lower by 1.0 (10 %): flagged; lower by 4.0 in one chain only (10 %, not significant across 4): no flag.
+  climb = lambda drop_K: np.concatenate([1.0 - np.asarray(drop_K)[:, None] * np.ones((4, 100)), np.ones((4, 900))],
+                                        axis=1) + 1e-3 * np.random.default_rng(0).standard_normal((4, 1000))
+  assert health.component_flags(diag(phi_trace=climb([0.1] * 4)), 3.0, 4) == []
+  assert health.component_flags(diag(phi_trace=climb([1.0] * 4)), 3.0, 4) == [
+      "non-stationary start (first 10% of draws below the rest; moves ⟨φ⟩ by 10%)"]
+  assert health.component_flags(diag(phi_trace=climb([4.0, 0, 0, 0])), 3.0, 4) == []
   assert health.component_flags(diag(), -5.81, 4) == ["negative LLC (-5.81): w* is not a local minimum"]
   nan = float("nan")
   assert health.component_flags(diag(r_hat=nan, ess_bulk=nan), 3.0, 4) == [

@@ -203,6 +203,33 @@ def test_one_sgld_step_by_hand():
   np.testing.assert_allclose(np.asarray(new.position["w"]), [1.0345, 1.0], rtol=1e-6)
 
 
+def test_the_noise_level_and_the_bounding_box_by_hand():
+  """The same step with σ = 0.5: w' = 1 − 0.0155 + 0.1·0.5·0.5 = 1.0095 (σ², not σ, passed every other test).
+  With a box of 0.01 around w* = 0.5 the step lands at w* + 0.01 = 0.51: the box is centred on w*, not on 0
+  (a box around 0 passed every other test: their w* was 0)."""
+  step = lambda **kw: sgld.step(
+      sgld.init({"w": jnp.array([1.0])}, sj.SGLDConfig(**kw)), {"w": jnp.array([0.2])}, {"w": jnp.array([0.5])},
+      {"w": jnp.array([0.5])}, {"w": np.array([True])},
+      sj.SGLDConfig(step_size=0.01, nbeta=10.0, localization=2.0, weight_decay=0.1, **kw)).position["w"]
+  np.testing.assert_allclose(np.asarray(step(noise_level=0.5)), [1.0095], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(step(bounding_box=0.01)), [0.51], rtol=1e-6)
+
+
+def test_the_preconditioned_mala_ratio_by_hand():
+  """log α(w → w') with RMSProp's G = 25/3 (as after the step above), ε = 0.01, nβ = 10, γ = 2, w* = 0.5, written
+  out: U(w) = nβ·L + γ/2·(w − w*)², q(w'|w) = N(w − ε/2·G·U'(w), ε·G). w = 1 (L 0.3, ∇L 0.2: U 3.25, U' 3),
+  w' = 1.02 (L 0.31, ∇L 0.25: U 3.3704, U' 3.54):
+  log q(w'|w) = −(1.02 − 0.875)²/(2·0.01·G) = −0.126150, log q(w|w') = −(1 − 0.8725)²/(2·0.01·G) = −0.097538,
+  log α = −3.3704 + 3.25 − 0.097538 + 0.126150 = −0.091788. (A proposal without G's variance passed every
+  other test: they rebuild the move with this function.)"""
+  config = sj.SGLDConfig(step_size=0.01, nbeta=10.0, localization=2.0, sampler="rmsprop_sgld")
+  G, anchor, mask = {"w": jnp.array([25 / 3])}, {"w": jnp.array([0.5])}, {"w": np.array([True])}
+  w, w_to = {"w": jnp.array([1.0])}, {"w": jnp.array([1.02])}
+  there = sgld.mala_half(w, w_to, 0.3, {"w": jnp.array([0.2])}, anchor, mask, G, config)
+  back = sgld.mala_half(w_to, w, 0.31, {"w": jnp.array([0.25])}, anchor, mask, G, config)
+  assert float(there - back) == pytest.approx(-0.091788, abs=2e-5)
+
+
 def test_one_rmsprop_sgld_step_by_hand():
   """Same numbers, RMSProp-SGLD from V = 0 (α = 0.99, eps = 0.1): V = 0.01·0.2² = 4e-4, G = 1/(0.02 + 0.1) = 25/3;
   w' = 1 − 0.005·(25/3)·3.1 + √(0.01·25/3)·0.5 = 1 − 0.1291667 + 0.1443376 = 1.0151709."""

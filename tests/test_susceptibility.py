@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import mixing, sampler, streams, toys
+from suscept_jax import estimators, mixing, sampler, streams, toys
 
 
 quadratic_loss = toys.quadratic_loss
@@ -158,6 +158,46 @@ def test_small_batches_still_get_their_probe_share(gaussian_problem, num_draws):
   assert res.realised_delta_h == pytest.approx(share, rel=1e-12)
   np.testing.assert_allclose(res.moments.mean_y[:, 2], share, rtol=1e-5)  # every entry: [E, P]
   assert np.all(res.chi[0] == 0.0) and np.all(res.chi[1] != 0.0)
+
+
+# ---- the estimators' arithmetic against numpy ---------------------------------------------------------------
+
+def test_streamed_moments_equal_numpy_over_the_draws_each_entry_kept():
+  """Welford over draws with entries inactive at some draws and y missing at others (a NaN there): the moments
+  of each entry are numpy's over exactly its kept draws (⟨φ⟩ over the draws where y was present, not all)."""
+  rng = np.random.default_rng(0)
+  T, E, P = 40, 3, 2
+  x_TxE, y_TxExP = rng.normal(size=(T, E)), rng.normal(size=(T, E, P)) + 3.0
+  active_TxE, present_TxExP = rng.random((T, E)) > 0.2, rng.random((T, E, P)) > 0.3
+  m = estimators.init_moments(E, (P,))
+  for t in range(T):
+    m = estimators.update_moments(m, x_TxE[t], np.where(present_TxExP[t], y_TxExP[t], np.nan), active_TxE[t],
+                                  present_TxExP[t])
+  for e in range(E):
+    x = x_TxE[active_TxE[:, e], e]
+    assert int(m.count[e]) == len(x)
+    np.testing.assert_allclose([m.mean_x[e], m.m2_x[e]], [x.mean(), ((x - x.mean()) ** 2).sum()], rtol=1e-5)
+    for p in range(P):
+      kept = active_TxE[:, e] & present_TxExP[:, e, p]
+      xs, ys = x_TxE[kept, e], y_TxExP[kept, e, p]
+      np.testing.assert_allclose([m.count_y[e, p], m.mean_x_y[e, p], m.mean_y[e, p], m.comoment[e, p]],
+                                 [kept.sum(), xs.mean(), ys.mean(), ((xs - xs.mean()) * (ys - ys.mean())).sum()],
+                                 rtol=1e-5, atol=1e-5)
+
+
+def test_mean_and_stderr_and_a_diverged_full_chain():
+  """The standard error is numpy's std (ddof 1) / √n over the valid chains; a component's chain paired with a
+  diverged chain of "full" takes ⟨ΔL⟩_full pooled over the valid full chains only."""
+  x = np.array([1.0, 2.0, 4.0, 100.0])
+  mean, err = estimators.mean_and_stderr(x, np.array([True, True, True, False]))
+  assert mean == pytest.approx(7 / 3) and err == pytest.approx(x[:3].std(ddof=1) / np.sqrt(3))
+  # C = 2 components (full, head) × K = 2 chains, one probe; full's chain 1 diverged with a wild ⟨ΔL⟩.
+  m = estimators.Moments(count=np.full(4, 50), mean_x=np.ones(4), m2_x=np.ones(4), count_y=np.full((4, 1), 50),
+                         mean_x_y=np.full((4, 1), 2.0), mean_y=np.array([[0.5], [1e3], [0.8], [0.9]]),
+                         comoment=np.full((4, 1), -5.0))
+  table = estimators.chi_table(m, np.array([[False, True], [False, False]]), ["full", "head"], "eq41", None)
+  cov = -5.0 / 50
+  np.testing.assert_allclose(table.per_chain[0, 1], [-cov - 2.0 * (0.8 - 0.5), -cov - 2.0 * (0.9 - 0.5)])
 
 
 # ---- bad input: clear errors that name the input, before compiling ---------------------------------------
