@@ -128,6 +128,11 @@ def main(argv):
   component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   preset = presets.get_preset(settings["preset"])
+  scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
+  # First across processes, so that all stop together (paths left out: hosts may mount the shared directories
+  # at other paths).
+  distributed.check_same_settings({**number_settings(settings, target), "run_dir": None, **scope,
+                                   "overwrite": _OVERWRITE.value, "dry_run": _DRY_RUN.value}, num_processes)
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   out.check_writable(write=not _DRY_RUN.value)
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
@@ -135,10 +140,6 @@ def main(argv):
                        ignore=("tokenizer_fingerprint", "base_fingerprint", *NOT_COMPARED), legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   note = preset.sgld_note if config == preset.sgld else "set by flags"
-  scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
-  # (paths left out: hosts may mount the shared directories at other paths)
-  distributed.check_same_settings({**number_settings(settings, target), "run_dir": None, **scope,
-                                   "overwrite": _OVERWRITE.value, "dry_run": _DRY_RUN.value}, num_processes)
   if _DRY_RUN.value:
     planned = out.plan(steps, settings["probes"], specs, None) if not _OVERWRITE.value else \
         [(s, settings["probes"], specs) for s in steps]
