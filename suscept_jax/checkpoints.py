@@ -5,6 +5,7 @@ A run directory holds:
   train_state/<step>/...      params + optimizer state for resuming (only the latest is kept)
   run.json                    the model config and training settings (so params can be rebuilt)
 """
+import hashlib
 import json
 from pathlib import Path
 
@@ -55,6 +56,19 @@ def read_run_info(run_dir) -> dict:
     raise FileNotFoundError(f"{path} not found: {run_dir} is not a suscept_jax training run "
                             f"(train one with `python -m experiments.train --workdir={run_dir}`)")
   return json.loads(path.read_text())
+
+
+# What identifies a run's checkpoints in its run.json: the training recipe and data, or where they were
+# converted from. (Not the whole file: fields a later version records would change every fingerprint.)
+RUN_IDENTITY = ("train_config", "tokens_fingerprint", "source", "converted_from")
+
+
+def run_fingerprint(run_dir) -> str:
+  """A short hash of what identifies the run (`RUN_IDENTITY`): results computed on one run's checkpoints must
+  not be mixed with another's found later at the same path."""
+  info = read_run_info(run_dir)
+  identity = {k: info[k] for k in RUN_IDENTITY if k in info}
+  return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_model_config(run_dir) -> ModelConfig:

@@ -40,7 +40,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_
 # What this runner writes beside the units (cleared by --overwrite with them).
 OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", "per_token.json", "views")
 # Fingerprints recorded since 2026-12 (directories written before hold none: compared where present).
-NEWER_FINGERPRINTS = ("base_fingerprint", "probe_fingerprints")
+NEWER_FINGERPRINTS = ("base_fingerprint", "probe_fingerprints", "run_fingerprint")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
@@ -132,7 +132,7 @@ def main(argv):
   from suscept_jax.models import components as components_lib
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
-  from suscept_jax import results
+  from suscept_jax import checkpoints, results
   target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
   step = target.check_steps(None)[-1] if settings["step"] is None else target.check_steps([settings["step"]])[0]
   model_cfg = target.model_config
@@ -192,7 +192,10 @@ def main(argv):
                   # changes every chunk's numbers, as it does a sweep's
                   "base_fingerprint": spec_fingerprint(settings["base"]),
                   **({"probe_fingerprints": {spec: spec_fingerprint(spec) for spec in settings["probes"]}}
-                     if settings["dataset_chi"] else {})}
+                     if settings["dataset_chi"] else {}),
+                  "run_fingerprint": checkpoints.run_fingerprint(target.run_dir)}
+  # Again across processes, now with the data each host sees (its files may differ behind the same paths).
+  distributed.check_same_settings({**run_settings, "run_dir": None}, num_processes)
   if not _OVERWRITE.value:
     store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS, unrecorded=NEWER_FINGERPRINTS)
   distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,

@@ -137,7 +137,8 @@ def main(argv):
   out.check_writable(write=not _DRY_RUN.value)
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
     out.check_settings(number_settings(settings, target),
-                       ignore=("tokenizer_fingerprint", "base_fingerprint", *NOT_COMPARED), legacy=cli.LEGACY_SETTINGS)
+                       ignore=("tokenizer_fingerprint", "base_fingerprint", "run_fingerprint", *NOT_COMPARED),
+                       legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   note = preset.sgld_note if config == preset.sgld else "set by flags"
   if _DRY_RUN.value:
@@ -162,16 +163,20 @@ def main(argv):
 
   # Work: build the demo run if it is ours and missing, then fingerprint the data and plan the units.
   distributed.refuse_untrained(target, num_processes, "sweep")
+  from suscept_jax import checkpoints
   from suscept_jax.data import tokenizer as tokenizers_lib
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
                                                            settings["max_contexts"])
-  run_settings = number_settings(settings, target,
+  run_settings = number_settings(settings, target, run_fingerprint=checkpoints.run_fingerprint(target.run_dir),
                                  tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
                                  base_fingerprint=fingerprint(settings["base"]))
-  if not _OVERWRITE.value:
-    out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS)
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}
+  # Again across processes, now with the data each host sees (its files may differ behind the same paths).
+  distributed.check_same_settings({**run_settings, "run_dir": None, "probe_fingerprints": probe_fps},
+                                  num_processes)
+  if not _OVERWRITE.value:
+    out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS, unrecorded=("run_fingerprint",))
   from suscept_jax.analysis import plots  # (what --overwrite clears: the summary and these figures)
   distributed.start_results(out, run_settings, scope, overwrite=_OVERWRITE.value, process_index=process_index,
                             num_processes=num_processes, outputs=("summary.txt", *plots.SWEEP_FIGURES))

@@ -182,6 +182,25 @@ def test_sweep_bad_input_fails_fast_with_a_clear_message(tiny, extra, message):
   assert "Traceback" not in proc.stderr  # the message, not a stack trace
 
 
+def test_checkpoints_of_another_run_at_the_same_path_are_refused(tiny, tmp_path):
+  """A results directory recorded the run's path and model only: another training run put at the same path
+  (same sizes, another seed) had its checkpoints' units mixed into the table without a word."""
+  import shutil
+  root, run_dir, tok, data = tiny
+  run = tmp_path / "run"
+  shutil.copytree(run_dir, run)
+  cmd = lambda *extra: subprocess.run(sweep_cmd(run, tok, data, tmp_path / "out", "--num_draws=6",
+                                                "--components=l0h0", *extra),
+                                      cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+  first = cmd("--steps=0")
+  assert first.returncode == 0, first.stderr[-3000:]
+  info = json.loads((run / "run.json").read_text())
+  info["train_config"]["seed"] += 1  # (as a run trained with another seed would say)
+  (run / "run.json").write_text(json.dumps(info))
+  second = cmd("--steps=0,20")
+  assert second.returncode == 2 and "(run_fingerprint: '" in second.stderr, second.stderr[-3000:]
+
+
 def test_a_nested_setting_that_differs_is_named_alone(tmp_path):
   store = results.ResultsDir(tmp_path / "out")
   sgld = {"num_draws": 6, "num_chains": 4, "step_size": 1e-3}
