@@ -23,7 +23,7 @@
 Settings after the first start only while the budget lasts (a compile on a large model can take a
 minute); the numerics and the per-token pass always run, right after the first. FLOPs are XLA's count of the
 same arithmetic with plain attention (it counts none inside a cuDNN call); fractions of peak are against the
-measured matmul rate and, on a device in `DATASHEET_PEAKS`, against the vendor's figure. Every figure is
+measured matmul rate and, on a device in `scaling.DATASHEET_PEAKS`, against the vendor's figure. Every figure is
 printed as it comes and DIR/accelerator_figures.json is rewritten after each, so an interrupted run still
 leaves what it measured. --tiny: the tiny model at small sizes (the test suite runs it on CPU).
 
@@ -48,24 +48,13 @@ from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
 from benchmarks import common
-from benchmarks.scaling import flops_of, gradient_flops
+from benchmarks.scaling import datasheet_peaks, flops_of, gradient_flops
 
 # (components, precision, attention), in the order they run: the paper preset's step first.
 SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
             ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
             ("all", "float32", "plain")]
 PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
-# The vendors' dense peaks per chip (FLOP/s), by a piece of `device_kind`: the "fraction of peak" the issue asks
-# for on a GPU; the measured matmul rate (`matmul_peaks`) is reported beside it. NVIDIA's "default" float32 is
-# TF32 on the tensor cores; "highest" is plain float32.
-DATASHEET_PEAKS = {"H100": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
-                   "H200": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
-                   "TPU v4": {"bf16": 275e12}}
-
-
-def datasheet_peaks(device_kind: str) -> dict:
-  """{peak kind: FLOP/s} from the vendor's datasheet for this device, {} for one not listed (e.g. a CPU)."""
-  return next((peaks for kind, peaks in DATASHEET_PEAKS.items() if kind.lower() in device_kind.lower()), {})
 
 
 def attention_kernel(cfg, precision: str, attention: str) -> str:
