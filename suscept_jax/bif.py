@@ -118,15 +118,14 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   if not isinstance(components, Mapping) or not components:
     raise ValueError("components must be a non-empty mapping of name -> mask (None: the full model)")
   validation.check_batching(batch_size, microbatch_size)
-  validation.check_observed_microbatch(observed_microbatch)
+  validation.check_count_or_none("observed_microbatch", observed_microbatch)
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   num_q = validation.check_dataset("queries", queries, 1)
   num_s = validation.check_dataset("samples", samples, 1, like=queries, like_name="queries")
   if "full" in components:
     validation.check_full_is_full(components, params)
-  if samples_per_chunk is not None and (not isinstance(samples_per_chunk, (int, np.integer)) or samples_per_chunk < 1):
-    raise ValueError(f"samples_per_chunk={samples_per_chunk!r} must be a positive integer (or None: all at once)")
+  validation.check_count_or_none("samples_per_chunk", samples_per_chunk, "all at once")
   token_loss_fn = token_loss_fn or _per_sample_as_tokens(loss_fn)
   validation.check_loss_fn(loss_fn, params, base)
   token_shape = validation.check_token_loss_fn(token_loss_fn, params, queries)

@@ -69,7 +69,7 @@ def estimate_per_token_susceptibilities(
   config = validation.sgld_config_or(config, sgld.SGLDConfig(num_draws=100))
   validation.check_seed(seed)
   validation.check_batching(batch_size, microbatch_size)
-  validation.check_observed_microbatch(observed_microbatch)
+  validation.check_count_or_none("observed_microbatch", observed_microbatch)
   if not isinstance(components, Mapping) or "full" not in components:
     raise ValueError("components must be a mapping that contains 'full' "
                      "(⟨ℓ_i − L_B⟩_full comes from its chains)")
@@ -85,10 +85,7 @@ def estimate_per_token_susceptibilities(
   component_names, masks_C = masks.stack_masks(components, params)
   validation.check_loss_fn(loss_fn, params, base)
   token_shape = validation.check_token_loss_fn(token_loss_fn, params, contexts)
-  if contexts_per_chunk is not None and (isinstance(contexts_per_chunk, bool)
-                                         or not isinstance(contexts_per_chunk, (int, np.integer))
-                                         or contexts_per_chunk < 1):
-    raise ValueError(f"contexts_per_chunk={contexts_per_chunk!r} must be a positive integer or None (all at once)")
+  validation.check_count_or_none("contexts_per_chunk", contexts_per_chunk, "all at once")
   chunk = min(num_contexts, contexts_per_chunk or num_contexts)
   validation.preflight(loss_fn, params, {base_name: base, **{f"probe {k!r}": v for k, v in (probes or {}).items()}},
                        batch_size=batch_size, num_streams=config.num_chains, seed=seed, checkpoint_id=checkpoint_id,

@@ -107,10 +107,11 @@ def check_batching(batch_size: int, microbatch_size) -> None:
     raise ValueError(f"microbatch_size={microbatch_size!r} must be a positive integer, 'auto' or None")
 
 
-def check_observed_microbatch(observed_microbatch) -> None:
-  if observed_microbatch is not None and (not isinstance(observed_microbatch, (int, np.integer))
-                                          or observed_microbatch < 1):
-    raise ValueError(f"observed_microbatch={observed_microbatch!r} must be a positive integer or None")
+def check_count_or_none(name: str, value, none_means: str = "") -> None:
+  """A size argument (contexts or samples at a time, …): a positive integer, or None (`none_means`)."""
+  if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+    meaning = f" ({none_means})" if none_means else ""
+    raise ValueError(f"{name}={value!r} must be a positive integer or None{meaning}")
 
 
 def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_streams, seed, checkpoint_id,
