@@ -48,7 +48,7 @@ from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
 from benchmarks import common
-from benchmarks.scaling import datasheet_peaks, flops_of, gradient_flops
+from benchmarks.scaling import datasheet_peaks, flops_of, step_flops
 
 # (components, precision, attention), in the order they run: the paper preset's step first.
 SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
@@ -74,11 +74,6 @@ def matmul_peaks(n: int, repeats: int = 10) -> dict:
     f = jax.jit(lambda x, p=precision: jnp.matmul(x, x, precision=p, preferred_element_type=jnp.float32))
     peaks[name] = 2 * n**3 / common.seconds_per_call(f, x, repeats=repeats)
   return peaks
-
-
-def step_flops(loss_fn, params, names, masks_C, batch) -> float:
-  """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
-  return sum(gradient_flops(loss_fn, params, names, masks_C, batch).values())
 
 
 def peak_bytes_in_use() -> int | None:

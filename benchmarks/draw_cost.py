@@ -62,8 +62,7 @@ def main(argv=None):
         f"{args.num_chains} × {args.batch_size} at w* (one batch per stream) + 8 × {m} probe slots, "
         f"vs {args.batch_size * 9} per entry for separate mixed batches")
   names, masks_C = sj.stack_masks(masks, params)  # the step's gradients, restricted as the sampler runs them
-  flops = args.num_chains * sum(scaling.gradient_flops(loss_fn, params, names, masks_C,
-                                                       jnp.asarray(base[:args.batch_size])).values())
+  flops = args.num_chains * scaling.step_flops(loss_fn, params, names, masks_C, jnp.asarray(base[:args.batch_size]))
   peak = common.peak_matmul_flops()
   print(f"  step: {flops / 1e9:.2f} GFLOP (XLA cost analysis) in {step_s * 1e3:.1f} ms = "
         f"{flops / step_s / 1e9:.1f} GFLOP/s; measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s "

@@ -81,6 +81,11 @@ def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
   return out
 
 
+def step_flops(loss_fn, params, names, masks_C, batch) -> float:
+  """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
+  return sum(gradient_flops(loss_fn, params, names, masks_C, batch).values())
+
+
 def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draws: int) -> float:
   """A run of `replicas` chains of the full model, minus a one-draw run, per extra draw (compiled)."""
   names, masks_C = sj.stack_masks({"full": None}, params)
