@@ -108,6 +108,15 @@ def flat_settings(settings: dict, prefix: str = "") -> dict:
   return out
 
 
+def settings_differences(old: dict, new: dict, *, ignore=(), recorded_by_both: bool = False) -> dict:
+  """{dotted key: (old value, new value)} of the settings that differ (`flat_settings`), keys under a top-level
+  key in `ignore` left out; with `recorded_by_both`, only keys both recorded (a key one version did not record
+  is not a difference)."""
+  old, new = ({k: v for k, v in flat_settings(d).items() if k.split(".")[0] not in ignore} for d in (old, new))
+  keys = set(old) & set(new) if recorded_by_both else set(old) | set(new)
+  return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+
+
 class ResultsDir:
   """Reads and writes one sweep's results directory."""
 
@@ -148,8 +157,7 @@ class ResultsDir:
     old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
     old = {**_jsonable(legacy or {}), **old}
     ignore = (*ignore, *(k for k in unrecorded if k not in old))
-    old, new = ({k: v for k, v in flat_settings(d).items() if k.split(".")[0] not in ignore} for d in (old, new))
-    diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    diff = settings_differences(old, new, ignore=ignore)
     if diff:
       listed = "; ".join(f"{k}: {a!r} here, {b!r} now" for k, (a, b) in diff.items())
       raise ValueError(f"{self.path} holds results made with other settings ({listed}); use another "

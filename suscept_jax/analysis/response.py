@@ -56,11 +56,11 @@ def _check_same_settings(settings_by_dir: dict) -> None:
   (first, first_settings), *rest = settings_by_dir.items()
   differ = {}
   for d, mine in rest:
-    for k in sorted(set(first_settings) & set(mine) - set(MAY_DIFFER)):
-      if first_settings[k] != mine[k]:
-        differ.setdefault(k, []).append(f"{mine[k]!r} in {d}")
+    for k, (theirs, ours) in results.settings_differences(first_settings, mine, ignore=MAY_DIFFER,
+                                                          recorded_by_both=True).items():
+      differ.setdefault(k, [repr(theirs) + f" in {first}"]).append(f"{ours!r} in {d}")
   if differ:
-    listed = "; ".join(f"{k}: {first_settings[k]!r} in {first}, {', '.join(v)}" for k, v in differ.items())
+    listed = "; ".join(f"{k}: {', '.join(v)}" for k, v in differ.items())
     raise ValueError(f"the results directories were made with different settings ({listed}); a response matrix "
                      f"needs one model and one estimator (only {', '.join(MAY_DIFFER)} may differ)")
 
