@@ -80,9 +80,9 @@ def run(main) -> None:
       _stop("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
             "per-token run and training resume from their finished units)", 130)
     except Exception:  # (anything else: its traceback; one of several processes must still leave, see _stop)
-      if _in_multiprocess_run():
+      if distributed := _joined_distributed():
         traceback.print_exc()
-        sys.modules["suscept_jax_runners.distributed"].leave_now(1)
+        distributed.leave_now(1)
       raise
 
   app.run(wrapped)
@@ -106,15 +106,16 @@ def _stop(message: str, status: int) -> None:
   if flags.FLAGS["verbosity"].value >= 1:
     traceback.print_exc()
   print(message, file=sys.stderr)
-  if _in_multiprocess_run():  # (a normal exit waits for the other processes at jax.distributed's shutdown)
-    sys.modules["suscept_jax_runners.distributed"].leave_now(status)
+  if distributed := _joined_distributed():  # (a normal exit waits for the others at jax.distributed's shutdown)
+    distributed.leave_now(status)
   sys.exit(status)
 
 
-def _in_multiprocess_run() -> bool:
-  """Whether this runner joined other processes (a runner that never imported `distributed` did not)."""
+def _joined_distributed():
+  """The `distributed` module when this runner joined other processes, else None (a runner that never imported
+  it did not)."""
   distributed = sys.modules.get("suscept_jax_runners.distributed")
-  return distributed is not None and distributed.joined()
+  return distributed if distributed is not None and distributed.joined() else None
 
 
 def by_preset(getter) -> str:

@@ -207,8 +207,8 @@ def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):
 
   if shared_chains_R is None:
     return independently
-  labels = list(dict.fromkeys(shared_chains_R))  # any hashable label, e.g. (seed, checkpoint)
-  group_R = np.array([labels.index(x) for x in shared_chains_R])
+  labels = {x: i for i, x in enumerate(dict.fromkeys(shared_chains_R))}  # any hashable label, e.g. (seed, checkpoint)
+  group_R = np.array([labels[x] for x in shared_chains_R])
   if len(group_R) != per_chain.shape[0]:
     raise ValueError(f"shared_chains_R has {len(group_R)} labels for {per_chain.shape[0]} rows")
   num_chains = per_chain.shape[-1]
