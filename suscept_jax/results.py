@@ -149,13 +149,14 @@ class ResultsDir:
   def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None, unrecorded=()) -> None:
     """Refuse (before anything is written) settings that would change the numbers of the units already
     here; the message names just the differing keys, with both values. Keys in `ignore` are not compared;
-    `legacy` gives the value of a key that directories written before it existed did not record; keys in
-    `unrecorded` are compared only where the directory recorded them (nothing to compare them with before)."""
+    `legacy` gives the value of a key (one these settings have) that directories written before it existed
+    did not record; keys in `unrecorded` are compared only where the directory recorded them (nothing to
+    compare them with before)."""
     config_path = self.path / "config.json"
     if not config_path.exists():
       return
     old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
-    old = {**_jsonable(legacy or {}), **old}
+    old = {**{k: v for k, v in _jsonable(legacy or {}).items() if k in new}, **old}
     ignore = (*ignore, *(k for k in unrecorded if k not in old))
     diff = settings_differences(old, new, ignore=ignore)
     if diff:

@@ -193,8 +193,17 @@ def numerics(holders: dict) -> dict:
   return {name: holder.value for name, holder in holders.items()}
 
 
-# What results made before the numerics setting existed were computed with.
-LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}}
+# What results made before a setting existed were computed with (numerics) or identified their data by.
+LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}, "data_identity": "stat"}
+
+
+def data_identity(store, overwrite: bool) -> str:
+  """How this run identifies local data files (`sources.DATA_IDENTITIES`): by content, unless it resumes a
+  results directory that recorded another way (or, written before the setting, none: "stat"), whose
+  recorded fingerprints are then comparable with this run's."""
+  if overwrite or not (store.path / "config.json").exists():
+    return "content"
+  return {**LEGACY_SETTINGS, **store.settings()}["data_identity"]
 
 
 def sgld_config(base: SGLDConfig, holders: dict, **fixed) -> SGLDConfig:

@@ -150,9 +150,11 @@ def check_same_settings(settings: dict, num_processes: int) -> None:
   if (gathered_PxS == gathered_PxS[0]).all():
     return
   differing = [k for i, k in enumerate(keys) if len(set(gathered_PxS[:, i + 1].tolist())) > 1]
+  fix = ("the files behind them differ between processes (data are compared by content): give every process "
+         "the same files" if differing and all("fingerprint" in k for k in differing)
+         else "start every process with the same flags")
   raise ValueError("the processes were given different settings (" + ", ".join(differing or ["their keys"])
-                   + "; this process's: " + ", ".join(f"{k}={flat[k]!r}" for k in differing[:5])
-                   + "): start every process with the same flags")
+                   + "; this process's: " + ", ".join(f"{k}={flat[k]!r}" for k in differing[:5]) + f"): {fix}")
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:

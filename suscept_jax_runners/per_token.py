@@ -150,7 +150,7 @@ def main(argv):
   store = results.ResultsDir(out)
   store.check_writable(write=not _DRY_RUN.value)
   if not _OVERWRITE.value:
-    store.check_settings(number_settings, ignore=("tokenizer_fingerprint", "contexts_fingerprint",
+    store.check_settings(number_settings, ignore=("data_identity", "tokenizer_fingerprint", "contexts_fingerprint",
                                                   *NEWER_FINGERPRINTS), legacy=cli.LEGACY_SETTINGS)
   if _DRY_RUN.value:
     print("resolved settings:\n" + json.dumps({**number_settings, "microbatch_size": settings["microbatch_size"],
@@ -184,9 +184,11 @@ def main(argv):
     chosen.append(np.asarray(data[ids]))
     labels += [(spec, int(i)) for i in ids]
   contexts = np.concatenate(chosen)
+  identity = cli.data_identity(store, _OVERWRITE.value)
   spec_fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
-                                                                settings["max_contexts"])
-  run_settings = {**number_settings, "tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer),
+                                                                settings["max_contexts"], identity=identity)
+  run_settings = {**number_settings, "data_identity": identity,
+                  "tokenizer_fingerprint": tokenizers_lib.tokenizer_fingerprint(tokenizer),
                   "contexts_fingerprint": packing.tokens_fingerprint(contexts),
                   # the chains sample the base (and, for dataset-level χ, mix in the probes): changed data there
                   # changes every chunk's numbers, as it does a sweep's

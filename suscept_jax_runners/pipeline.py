@@ -101,13 +101,15 @@ def check_datasets(specs) -> None:
     sources.check_spec(repeats.split_spec(spec)[0])
 
 
-def contexts_fingerprint(spec: str, tokenizer, context_length: int, max_contexts) -> str:
+def contexts_fingerprint(spec: str, tokenizer, context_length: int, max_contexts, *,
+                         identity: str = "content") -> str:
   """Identity of the contexts a spec gives (its data files or hub revision, the tokenizer, the packing),
-  without tokenizing: what a results directory records so changed data cannot be mixed in silently."""
+  without tokenizing: what a results directory records so changed data cannot be mixed in silently.
+  `identity`: how local files are identified (`sources.DATA_IDENTITIES`; see `data_identity`)."""
   inner, marked = repeats.split_spec(spec)
   ensure_corpora([inner])
-  parts = [sources.dataset_fingerprint(inner), tokenizers_lib.tokenizer_fingerprint(tokenizer), int(context_length),
-           max_contexts] + (["repeated spans v1"] if marked else [])
+  parts = [sources.dataset_fingerprint(inner, identity=identity), tokenizers_lib.tokenizer_fingerprint(tokenizer),
+           int(context_length), max_contexts] + (["repeated spans v1"] if marked else [])
   return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 

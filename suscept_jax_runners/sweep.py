@@ -137,7 +137,8 @@ def main(argv):
   out.check_writable(write=not _DRY_RUN.value)
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
     out.check_settings(number_settings(settings, target),
-                       ignore=("tokenizer_fingerprint", "base_fingerprint", "run_fingerprint", *NOT_COMPARED),
+                       ignore=("data_identity", "tokenizer_fingerprint", "base_fingerprint", "run_fingerprint",
+                               *NOT_COMPARED),
                        legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   note = preset.sgld_note if config == preset.sgld else "set by flags"
@@ -166,9 +167,11 @@ def main(argv):
   from suscept_jax import checkpoints
   from suscept_jax.data import tokenizer as tokenizers_lib
   target, tokenizer = pipeline.ready_target(target, settings["preset"], settings["run_dir"], settings["tokenizer"])
+  identity = cli.data_identity(out, _OVERWRITE.value)
   fingerprint = lambda spec: pipeline.contexts_fingerprint(spec, tokenizer, target.context_length,
-                                                           settings["max_contexts"])
-  run_settings = number_settings(settings, target, run_fingerprint=checkpoints.run_fingerprint(target.run_dir),
+                                                           settings["max_contexts"], identity=identity)
+  run_settings = number_settings(settings, target, data_identity=identity,
+                                 run_fingerprint=checkpoints.run_fingerprint(target.run_dir),
                                  tokenizer_fingerprint=tokenizers_lib.tokenizer_fingerprint(tokenizer),
                                  base_fingerprint=fingerprint(settings["base"]))
   probe_fps = {spec: fingerprint(spec) for spec in settings["probes"]}

@@ -65,14 +65,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start_two_processes(cmd, logs: Path, *extra) -> list[subprocess.Popen]:
-  """`cmd` as the two processes of a multi-process run on loopback, each logging to logs/process<i>.log."""
+def start_two_processes(cmd, logs: Path, *extra, cwds=(REPO, REPO)) -> list[subprocess.Popen]:
+  """`cmd` as the two processes of a multi-process run on loopback, each logging to logs/process<i>.log and
+  running in its directory of `cwds` (hosts whose relative paths lead to their own files)."""
   address = f"127.0.0.1:{free_port()}"
   procs = []
   for i in range(2):
     with (logs / f"process{i}.log").open("w") as log:  # the child keeps its own copy of the file
       procs.append(subprocess.Popen([*cmd, f"--coordinator_address={address}", "--num_processes=2",
-                                     f"--process_id={i}", *extra], cwd=REPO, env=env(), stdout=log,
+                                     f"--process_id={i}", *extra], cwd=cwds[i], env=env(), stdout=log,
                                     stderr=subprocess.STDOUT))
   return procs
 

@@ -237,6 +237,50 @@ def test_dataset_fingerprint_follows_file_changes(jsonl_path):
   assert data.dataset_fingerprint(str(jsonl_path)) != before
 
 
+def test_copies_of_the_same_data_have_one_fingerprint(jsonl_path, tmp_path, monkeypatch):
+  """Each host of a pod slice may hold its own copy of a dataset (copied or built there: other mtimes, other
+  mounts) behind the same spec: the same bytes are the same data, other bytes are not. The "stat" identity
+  (what older results directories recorded) tells the copies apart by path and mtime."""
+  import shutil
+  hosts = [tmp_path / f"host{i}" for i in range(2)]
+  for i, host in enumerate(hosts):
+    (host / "data").mkdir(parents=True)
+    shutil.copyfile(jsonl_path, host / "data" / "docs.jsonl")
+    (host / "data" / "notes.txt").write_text("A plain text document.\n")
+    for f in (host / "data").iterdir():
+      os.utime(f, ns=(1_700_000_000_000_000_000 + i, 1_700_000_000_000_000_000 + i))
+
+  def on_each_host(spec, identity):
+    seen = []
+    for host in hosts:
+      monkeypatch.chdir(host)
+      seen.append(data.dataset_fingerprint(spec, identity=identity))
+    return seen
+
+  specs = ["data/docs.jsonl", "data", f"hf:data/docs.jsonl?cache_dir={tmp_path / 'hf'}"]
+  for spec in specs:
+    content, stat = on_each_host(spec, "content"), on_each_host(spec, "stat")
+    assert content[0] == content[1] and stat[0] != stat[1], spec
+  with open(hosts[1] / "data" / "docs.jsonl", "a") as f:
+    f.write('{"text": "one more on host 1"}\n')
+  for spec in specs:
+    content = on_each_host(spec, "content")
+    assert content[0] != content[1], spec
+  with pytest.raises(ValueError, match="identity must be one of"):
+    data.dataset_fingerprint(specs[0], identity="mtime")
+
+
+def test_stat_identity_is_what_older_versions_recorded(jsonl_path):
+  """Results directories written before content identity recorded this hash (rebuilt here by hand): resuming
+  them compares like with like."""
+  import hashlib
+  stat = jsonl_path.stat()
+  parts = {"kind": "file", "target": str(jsonl_path), "options": {},
+           "files": [[str(jsonl_path.resolve()), stat.st_size, stat.st_mtime_ns]]}
+  expected = "file-" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+  assert data.dataset_fingerprint(str(jsonl_path), identity="stat") == expected
+
+
 # --- errors and edge cases --------------------------------------------------------------------
 
 

@@ -1,9 +1,12 @@
 """A sweep over two processes under jax.distributed (loopback, CPU): units split by checkpoint (or, with fewer
 checkpoints than processes, by checkpoint × component group), each process writes its own, process 0 starts the
 results directory and assembles: the same table as one process. Bad process layouts fail clearly."""
+import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -127,17 +130,31 @@ def test_a_process_that_stops_with_an_error_leaves_at_once(monkeypatch):
   assert left == [2]  # (one process alone exits normally)
 
 
+def _host_copies(data: dict, root: Path) -> tuple[dict, list[Path]]:
+  """Each of two hosts' own copy of the data files (other paths and mtimes, the same bytes): the relative
+  specs that lead to them from each host's directory, and the two directories."""
+  hosts = [root / f"host{i}" for i in range(2)]
+  for i, host in enumerate(hosts):
+    (host / "data").mkdir(parents=True)
+    for name, path in data.items():
+      shutil.copyfile(path, host / "data" / f"{name}.jsonl")
+      os.utime(host / "data" / f"{name}.jsonl", ns=(1_700_000_000_000_000_000 + i,) * 2)
+  return {name: f"data/{name}.jsonl" for name in data}, hosts
+
+
 def test_fewer_checkpoints_than_processes_are_split_by_component_group(tiny, tmp_path):
   """One checkpoint on two processes: each samples one component group's unit (with the full model's chains,
-  which every χ pairs with); process 0 assembles the one-process table."""
+  which every χ pairs with); process 0 assembles the one-process table. Each process reads its own copy of the
+  data (as hosts of a pod slice may: other paths and mtimes behind the same specs), which is the same data."""
   root, run_dir, tok, data = tiny
-  one = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "one", *SMALL, "--steps=40"), cwd=REPO, env=env(),
-                       capture_output=True, text=True, timeout=600)
+  specs, hosts = _host_copies(data, tmp_path)
+  one = subprocess.run(sweep_cmd(run_dir, tok, specs, tmp_path / "one", *SMALL, "--steps=40"), cwd=hosts[0],
+                       env=env(), capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
   two, logs = tmp_path / "two", tmp_path / "logs"
   logs.mkdir()
   for extra in (["--dry_run"], []):  # the dry run names each process's share and writes nothing
-    procs = start_two_processes(sweep_cmd(run_dir, tok, data, two, *SMALL, "--steps=40", *extra), logs)
+    procs = start_two_processes(sweep_cmd(run_dir, tok, specs, two, *SMALL, "--steps=40", *extra), logs, cwds=hosts)
     for i, p in enumerate(procs):
       assert p.wait(timeout=600) == 0, (logs / f"process{i}.log").read_text()[-3000:]
     for i, head in enumerate(("l0h0", "l1h1")):
@@ -147,7 +164,27 @@ def test_fewer_checkpoints_than_processes_are_split_by_component_group(tiny, tmp
   out = results.ResultsDir(two)
   assert sorted(out.unit_meta(u)["component_names"] for u in out.finished_units()) == [["full", "l0h0"],
                                                                                       ["full", "l1h1"]]
+  assert out.settings()["data_identity"] == "content"
   pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "results.csv"), pd.read_csv(two / "results.csv"))
+
+
+def test_hosts_whose_copies_of_the_data_differ_both_fail_clearly(tiny, tmp_path):
+  """A host whose copy of a probe has other bytes would write numbers of other data into the table: every
+  process stops before any work, naming the dataset."""
+  root, run_dir, tok, data = tiny
+  specs, hosts = _host_copies(data, tmp_path)
+  with open(hosts[1] / "data" / "math.jsonl", "a") as f:
+    f.write('{"text": "1 + 1 = 2"}\n')
+  logs = tmp_path / "logs"
+  logs.mkdir()
+  procs = start_two_processes(sweep_cmd(run_dir, tok, specs, tmp_path / "out", *SMALL, "--steps=40"), logs,
+                              "--coordinator_timeout_s=60", cwds=hosts)
+  for i, p in enumerate(procs):
+    log = (logs / f"process{i}.log").read_text() if p.wait(timeout=300) is not None else ""
+    assert p.returncode == 2, log[-3000:]
+    assert "the processes were given different settings (probe_fingerprints.data/math.jsonl;" in log, log[-3000:]
+    assert "the files behind them differ between processes (data are compared by content)" in log, log[-3000:]
+  assert not (tmp_path / "out" / "units").exists() or not any((tmp_path / "out" / "units").iterdir())
 
 
 def test_units_are_shared_by_checkpoint_or_else_by_component_group():

@@ -219,6 +219,23 @@ def test_the_output_path_is_tried_before_any_work_and_left_as_it_was(tmp_path):
     results.ResultsDir(tmp_path / "afile" / "sub").check_writable(write=True)
 
 
+def test_data_are_identified_as_the_results_directory_recorded(tmp_path):
+  """A new (or overwritten) directory identifies local data by content; one that recorded another identity,
+  or none (written before the setting), keeps it, so its recorded fingerprints compare like with like."""
+  from suscept_jax_runners import cli
+  store = results.ResultsDir(tmp_path / "out")
+  assert cli.data_identity(store, overwrite=False) == "content"
+  store.start({"seed": 0}, {"checkpoint_steps": [0]})  # written before "data_identity" was recorded
+  assert cli.data_identity(store, overwrite=False) == "stat"
+  assert cli.data_identity(store, overwrite=True) == "content"
+  store.check_settings({"seed": 0}, legacy=cli.LEGACY_SETTINGS)  # a legacy key the settings lack is no difference
+  with pytest.raises(ValueError, match=r"data_identity: 'stat' here, 'content' now"):
+    store.check_settings({"seed": 0, "data_identity": "content"}, legacy=cli.LEGACY_SETTINGS)
+  recorded = results.ResultsDir(tmp_path / "new")
+  recorded.start({"seed": 0, "data_identity": "content"}, {"checkpoint_steps": [0]})
+  assert cli.data_identity(recorded, overwrite=False) == "content"
+
+
 def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_path):
   from suscept_jax_runners import cli
   store = results.ResultsDir(tmp_path / "old")

@@ -28,6 +28,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
+from suscept_jax import paths
+
 _SCHEMES = ("file", "hf", "tfds")
 _OPTIONS = {
     "corpus": frozenset(),
@@ -130,29 +132,40 @@ def iter_documents(spec: str) -> Iterator[str]:
   return _non_empty(_iter_tfds(source, column), spec)
 
 
-def dataset_fingerprint(spec: str) -> str:
-  """A stable string identifying the data behind `spec`, for cache keys.
+# How local data files are identified. "content": by their bytes (with their names inside a directory), so a
+# per-host copy, a moved or a touched file is the same data; "stat": by resolved path, size and mtime, what results
+# directories written before content identity existed recorded (kept so they resume).
+DATA_IDENTITIES = ("content", "stat")
 
-  Local files: resolved path, size and mtime_ns of every data file. hf: the spec plus the loaded
-  dataset's own fingerprint (which covers the hub revision or local file metadata). tfds: the spec
-  plus version, split sizes and the size/mtime of the prepared files.
+
+def dataset_fingerprint(spec: str, *, identity: str = "content") -> str:
+  """A stable string identifying the data behind `spec`, for cache keys and results directories.
+
+  Local files (corpora, paths, hf: and tfds: data on disk): the content of every data file (see
+  DATA_IDENTITIES for `identity`). hf from the hub: the spec plus the loaded dataset's own fingerprint
+  (which covers the hub revision). tfds: the spec plus version, split sizes and the prepared files.
   """
+  if identity not in DATA_IDENTITIES:
+    raise ValueError(f"identity must be one of {DATA_IDENTITIES}, got {identity!r}")
   parsed = parse_spec(spec)
   # Where HF caches does not change the data, so it is not part of the identity.
   options = {k: v for k, v in sorted(parsed.options.items()) if k != "cache_dir"}
   parts = {"kind": parsed.kind, "target": parsed.target, "options": options}
   if parsed.kind == "corpus":
-    parts["files"] = _file_stats(data_files(_corpus_path(parsed.target)))
+    parts["files"] = _files_identity(_corpus_path(parsed.target), identity)
   elif parsed.kind == "file":
-    parts["files"] = _file_stats(data_files(_existing_path(parsed.target, spec)))
+    parts["files"] = _files_identity(_existing_path(parsed.target, spec), identity)
   elif parsed.kind == "hf":
     dataset, column = _load_hf(parsed)
-    parts.update(column=column, rows=len(dataset), hf=getattr(dataset, "_fingerprint", None))
+    parts.update(column=column, rows=len(dataset))
     local = Path(parsed.target).expanduser()
     if local.exists():
-      parts["files"] = _file_stats(data_files(local))
+      parts["files"] = _files_identity(local, identity)
+    # HF's own fingerprint of local files follows their mtimes: for those the files' content stands in for it.
+    if identity == "stat" or not local.exists():
+      parts["hf"] = getattr(dataset, "_fingerprint", None)
   else:
-    parts.update(_tfds_identity(parsed))
+    parts.update(_tfds_identity(parsed, identity))
   digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
   return f"{parsed.kind}-{digest[:20]}"
 
@@ -168,9 +181,9 @@ def iter_local_documents(path, column: str | None = None, *, name: str | None = 
 
 
 def files_fingerprint(path) -> str:
-  """Hash of (resolved path, size, mtime_ns) of every data file under a local `path`."""
-  stats = _file_stats(data_files(_existing_path(path, str(path))))
-  return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:20]
+  """Hash of the content (and names) of every data file under a local `path`."""
+  identity = _files_identity(_existing_path(path, str(path)), "content")
+  return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
 
 
 def data_files(path) -> list[Path]:
@@ -317,7 +330,7 @@ def _iter_tfds(source, column: str) -> Iterator[str]:
       yield value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _tfds_identity(parsed: DatasetSpec) -> dict:
+def _tfds_identity(parsed: DatasetSpec, identity: str) -> dict:
   import tensorflow_datasets as tfds
 
   builder = tfds.builder(parsed.target, data_dir=parsed.options.get("data_dir") or None)
@@ -325,7 +338,13 @@ def _tfds_identity(parsed: DatasetSpec) -> dict:
   split = parsed.options.get("split", "train")
   splits = {name: [s.num_examples, s.num_bytes] for name, s in info.splits.items()}
   data_path = Path(os.fspath(builder.data_path))
-  files = _file_stats(sorted(p for p in data_path.iterdir() if p.is_file())) if data_path.is_dir() else []
+  if not data_path.is_dir():
+    files = []
+  elif identity == "stat":
+    files = _file_stats(sorted(p for p in data_path.iterdir() if p.is_file()))
+  else:  # the records themselves (the JSON beside them describes them, with local paths)
+    files = _files_identity(data_path, identity, files=sorted(
+        p for p in data_path.iterdir() if p.is_file() and p.suffix.lower() != ".json"))
   return {"full_name": info.full_name, "version": str(info.version), "split": split, "splits": splits,
           "files": files}
 
@@ -368,8 +387,39 @@ def _corpus_path(name: str) -> Path:
   return Path(corpora.corpus_path(name))
 
 
+def _files_identity(root: Path, identity: str, files: Iterable[Path] | None = None) -> list:
+  """The identity of the data files under `root` (default: `data_files(root)`): [name inside `root` ("" for a
+  file), size, sha256 of the bytes] each for "content", `_file_stats` for "stat"."""
+  files = data_files(root) if files is None else list(files)
+  if identity == "stat":
+    return _file_stats(files)
+  return [[path.relative_to(root).as_posix() if root.is_dir() else "", path.stat().st_size, _content_digest(path)]
+          for path in files]
+
+
+def _content_digest(path: Path) -> str:
+  """sha256 of a file's bytes, cached under the cache root by (resolved path, size, mtime_ns): a large corpus is
+  read once per copy, and a rewritten file (new size or mtime) is read again."""
+  stat = path.stat()
+  key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns]).encode()).hexdigest()[:32]
+  cached = paths.cache_root() / "file_digests" / key
+  try:
+    digest = cached.read_text().strip()
+    if re.fullmatch(r"[0-9a-f]{64}", digest):
+      return digest
+  except OSError:
+    pass
+  with open(path, "rb") as f:
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+  try:
+    paths.atomic_write_bytes(cached, digest.encode())
+  except OSError:  # a read-only cache costs only the re-read
+    pass
+  return digest
+
+
 def _file_stats(files: Iterable[Path]) -> list:
-  """[resolved path, size, mtime_ns] of each file: changes whenever a file is rewritten."""
+  """[resolved path, size, mtime_ns] of each file: the "stat" identity (changes whenever a file is rewritten)."""
   stats = []
   for path in files:
     stat = path.stat()
