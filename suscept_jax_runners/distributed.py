@@ -92,6 +92,10 @@ def initialize() -> tuple[int, int]:
     _wait_for_coordinator(_COORDINATOR.value, _TIMEOUT.value)  # JAX's own client aborts the process instead
   kwargs = {} if _AUTO.value else dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                        process_id=_PROCESS_ID.value)
+  # JAX's preemption service takes SIGTERM (a preemption notice, `kill`, scancel) for its lock-step sync points,
+  # which units of unequal length cannot use: the process then ran on. Without it SIGTERM ends the process at
+  # once; its finished units are whole files already, and the others stop a heartbeat later.
+  jax.config.update("jax_enable_preemption_service", False)
   try:
     # Processes that finish their units early wait at shutdown for the others (as long as process 0 waits).
     jax.distributed.initialize(**kwargs, initialization_timeout=_TIMEOUT.value,
