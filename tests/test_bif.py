@@ -86,3 +86,33 @@ def test_bad_inputs(problem):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, components={}, batch_size=16)
   with pytest.raises(ValueError, match=r"samples_per_chunk=0 must be a positive integer"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, samples, samples_per_chunk=0, batch_size=16)
+
+
+def test_co_moments_leave_out_draws_with_a_non_finite_loss():
+  """Welford's co-moments per entry equal numpy's over the draws that entry kept: a draw with a non-finite
+  query or sample loss is left out of that entry only (not the others), as is a draw of an inactive entry."""
+  import jax.numpy as jnp
+
+  from suscept_jax import estimators
+  rng = np.random.default_rng(0)
+  T, E, Q, S = 40, 3, 2, 3
+  q_TxExQ = rng.normal(size=(T, E, Q)).astype(np.float32) + np.arange(Q)
+  s_TxExS = (0.5 * q_TxExQ[:, :, :1] + rng.normal(size=(T, E, S))).astype(np.float32)
+  q_TxExQ[5, 0, 1] = np.nan
+  s_TxExS[9, 1, 2] = np.inf
+  active_TxE = np.ones((T, E), bool)
+  active_TxE[:10, 2] = False
+  m = estimators.init_cross_moments(E, Q, S)
+  update = jax.jit(estimators.update_cross_moments)
+  for t in range(T):
+    m = update(m, jnp.asarray(q_TxExQ[t]), jnp.asarray(s_TxExS[t]), jnp.asarray(active_TxE[t]))
+  m = estimators.to_numpy(m)
+  kept_TxE = active_TxE & np.isfinite(q_TxExQ).all(-1) & np.isfinite(s_TxExS).all(-1)
+  assert kept_TxE.sum(0).tolist() == [T - 1, T - 1, T - 10]
+  np.testing.assert_array_equal(m.count, kept_TxE.sum(0))
+  for e in range(E):
+    q, s = q_TxExQ[kept_TxE[:, e], e].astype(np.float64), s_TxExS[kept_TxE[:, e], e].astype(np.float64)
+    dq, ds = q - q.mean(0), s - s.mean(0)
+    np.testing.assert_allclose(m.mean_q[e], q.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m.m2_s[e], (ds ** 2).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(m.comoment[e], dq.T @ ds, rtol=1e-4, atol=1e-5)
