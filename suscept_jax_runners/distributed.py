@@ -15,6 +15,7 @@ and theirs stay too; rerunning the same command computes only the rest.
   python -m experiments.per_token ... --distributed    # TPU pod slices / SLURM: jax.distributed finds its peers
 """
 import socket
+import sys
 import time
 
 from absl import flags
@@ -49,7 +50,6 @@ def leave_now(status: int) -> None:
   0 waiting for this process's units, or the others for process 0) wait for it; gone, it stops them
   --heartbeat_timeout_s later, as a killed process does."""
   import os
-  import sys
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(status)
@@ -90,6 +90,11 @@ def initialize() -> tuple[int, int]:
   import jax
   if not _AUTO.value and _PROCESS_ID.value != 0:
     _wait_for_coordinator(_COORDINATOR.value, _TIMEOUT.value)  # JAX's own client aborts the process instead
+  elif not _AUTO.value:  # what JAX's abort (a C++ check failure: nothing to catch) means, said before it comes
+    print(f"process 0 of {_NUM_PROCESSES.value}: waiting up to --coordinator_timeout_s={_TIMEOUT.value} for the other "
+          f"processes to join at {_COORDINATOR.value}; if one never does (not started, another --coordinator_address "
+          f"or a duplicate --process_id), JAX aborts this process with DEADLINE_EXCEEDED ... RegisterTask",
+          file=sys.stderr, flush=True)
   kwargs = {} if _AUTO.value else dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                        process_id=_PROCESS_ID.value)
   # JAX's preemption service takes SIGTERM (a preemption notice, `kill`, scancel) for its lock-step sync points,

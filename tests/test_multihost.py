@@ -71,6 +71,19 @@ def test_bad_process_layouts_fail_clearly(tiny, tmp_path, extra, message):
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-3000:]
 
 
+def test_process_0_alone_says_what_it_waits_for_before_jax_aborts_it(tiny, tmp_path):
+  """JAX ends process 0 with a C++ check failure (nothing to catch) when the others never join: the line
+  before it says what it waited for and what the abort will mean."""
+  root, run_dir, tok, data = tiny
+  proc = subprocess.run(sweep_cmd(run_dir, tok, data, tmp_path / "out", *SMALL, "--num_processes=2", "--process_id=0",
+                                  f"--coordinator_address=127.0.0.1:{free_port()}", "--coordinator_timeout_s=2"),
+                        cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert ("process 0 of 2: waiting up to --coordinator_timeout_s=2 for the other processes to join at 127.0.0.1:"
+          in proc.stderr), proc.stderr[-3000:]
+  assert "DEADLINE_EXCEEDED" in proc.stderr, proc.stderr[-3000:]  # JAX's own words, which the line announces
+
+
 def test_processes_given_different_counts_both_fail_clearly(tiny, tmp_path):
   """jax.distributed takes process 0's count; a process started with another --num_processes would join
   silently. Both processes stop before any work, naming every process's value."""
