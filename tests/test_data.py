@@ -257,12 +257,20 @@ def test_copies_of_the_same_data_have_one_fingerprint(jsonl_path, tmp_path, monk
       seen.append(data.dataset_fingerprint(spec, identity=identity))
     return seen
 
-  specs = ["data/docs.jsonl", "data", f"hf:data/docs.jsonl?cache_dir={tmp_path / 'hf'}"]
+  def build_tfds(host):  # each host prepares its own TFDS copy (records byte-identical, files of its own)
+    monkeypatch.chdir(host)
+    data.build_tfds_text_dataset("suscept_copy", "data/docs.jsonl", "tfds")
+
+  specs = ["data/docs.jsonl", "data", f"hf:data/docs.jsonl?cache_dir={tmp_path / 'hf'}",
+           "tfds:suscept_copy?data_dir=tfds&split=train"]
+  for host in hosts:
+    build_tfds(host)
   for spec in specs:
     content, stat = on_each_host(spec, "content"), on_each_host(spec, "stat")
     assert content[0] == content[1] and stat[0] != stat[1], spec
   with open(hosts[1] / "data" / "docs.jsonl", "a") as f:
     f.write('{"text": "one more on host 1"}\n')
+  build_tfds(hosts[1])
   for spec in specs:
     content = on_each_host(spec, "content")
     assert content[0] != content[1], spec
