@@ -99,6 +99,11 @@ def data_mesh():
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def num_test_contexts(num_contexts: int, cfg: TrainConfig) -> int:
+  """Contexts held out from the end of the data for the test loss: eval_contexts, at most a tenth."""
+  return min(cfg.eval_contexts, num_contexts // 10)
+
+
 def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *, progress=True,
           stop_after: int | None = None, log=print, run_info: dict | None = None) -> dict:
   """Train (or resume) a run in `run_dir`; returns a summary. `stop_after` ends early (as a kill would).
@@ -112,7 +117,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
                      f"the model has n_ctx={model_config.n_ctx}")
   transformer.check_token_range(contexts_NxK, model_config, name="training contexts")
   run_dir.mkdir(parents=True, exist_ok=True)
-  n_eval = min(cfg.eval_contexts, len(contexts_NxK) // 10)
+  n_eval = num_test_contexts(len(contexts_NxK), cfg)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
   schedule_steps = cfg.schedule()
   run_info = {**(run_info or {}), "tokens_fingerprint": packing.tokens_fingerprint(contexts_NxK),

@@ -152,6 +152,17 @@ def load_dataset(spec: str, tokenizer, context_length: int, max_contexts=None):
                                     d_vocab=tokenizers_lib.vocab_size(tokenizer))
 
 
+def with_repeated_spans(contexts_NxK, train_config: training.TrainConfig, repeat_fraction: float,
+                        d_vocab: int) -> np.ndarray:
+  """The contexts with a share `repeat_fraction` of the training rows carrying a repeated span; the test rows
+  (the last ones, as many as `training.train` holds out) untouched."""
+  num_train = len(contexts_NxK) - training.num_test_contexts(len(contexts_NxK), train_config)
+  low, high = repeats.span_lengths(contexts_NxK.shape[1])
+  marked = repeats.add_repeated_spans(contexts_NxK[:num_train], repeat_fraction, seed=train_config.seed,
+                                      min_len=low, max_len=high, d_vocab=d_vocab)
+  return np.concatenate([marked, np.asarray(contexts_NxK[num_train:], np.int32)])
+
+
 def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_config: training.TrainConfig,
                    max_contexts=None, repeat_fraction: float = 0.0) -> dict | None:
   """Train (or finish training) the model in `run_dir`; a no-op when its last step is already saved."""
@@ -166,12 +177,8 @@ def ensure_trained(run_dir, *, model: str, tokenizer, train_data: str, train_con
   except FileNotFoundError:
     pass
   contexts = load_dataset(train_data, tokenizer, cfg.n_ctx, max_contexts)
-  if repeat_fraction:  # a share of the training rows carry a repeated span; the test split (the last rows) does not
-    test_contexts = train_config.eval_contexts
-    low, high = repeats.span_lengths(contexts.shape[1])
-    marked = repeats.add_repeated_spans(contexts[:-test_contexts], repeat_fraction, seed=train_config.seed,
-                                        min_len=low, max_len=high, d_vocab=cfg.d_vocab)
-    contexts = np.concatenate([marked, np.asarray(contexts[-test_contexts:], np.int32)])
+  if repeat_fraction:
+    contexts = with_repeated_spans(contexts, train_config, repeat_fraction, cfg.d_vocab)
   print(f"training the {model!r} model ({train_config.steps} steps) in {run_dir}")
   summary = training.train(run_dir, cfg, contexts, train_config, run_info=run_info)
   print(f"trained: test loss {summary['test_loss']:.3f} nats vs unigram entropy {summary['unigram_entropy']:.3f} "

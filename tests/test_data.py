@@ -237,6 +237,25 @@ def test_dataset_fingerprint_follows_file_changes(jsonl_path):
   assert data.dataset_fingerprint(str(jsonl_path)) != before
 
 
+def test_an_edit_that_puts_size_and_mtime_back_is_still_seen(jsonl_path, tokenizer, tmp_path):
+  """`cp -p`, `rsync -t` and `tar x` restore a file's mtime: a same-size edit with its mtime put back is new
+  data to the fingerprint, to the token cache and to HF's loader of local files (it served the old rows)."""
+  path = tmp_path / "same.jsonl"
+  old_text, new_text = " ".join(["old"] * 30), " ".join(["NEW"] * 30)
+  path.write_text(json.dumps({"text": old_text}) + "\n")
+  hf_spec = f"hf:{path}?cache_dir={tmp_path / 'hf'}"
+  before = [data.dataset_fingerprint(spec) for spec in (str(path), hf_spec)]
+  assert list(data.iter_documents(hf_spec)) == [old_text]
+  assert "old" in data.decode_context(tokenizer, _contexts(str(path), tokenizer, tmp_path)[0])
+  stat = path.stat()
+  path.write_text(json.dumps({"text": new_text}) + "\n")
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+  assert [data.dataset_fingerprint(spec) for spec in (str(path), hf_spec)] != before
+  assert list(data.iter_documents(hf_spec)) == [new_text]
+  assert "NEW" in data.decode_context(tokenizer, _contexts(str(path), tokenizer, tmp_path)[0])
+
+
 def test_copies_of_the_same_data_have_one_fingerprint(jsonl_path, tmp_path, monkeypatch):
   """Each host of a pod slice may hold its own copy of a dataset (copied or built there: other mtimes, other
   mounts) behind the same spec: the same bytes are the same data, other bytes are not. The "stat" identity
@@ -333,6 +352,67 @@ def test_column_auto_detection(tmp_path):
   with pytest.raises(ValueError, match=r"cannot tell which column.*a \(string\), b \(string\)"):
     list(data.iter_documents(str(path)))
   assert list(data.iter_documents(f"{path}?column=b")) == ["y"]
+
+
+def test_the_json_column_is_chosen_from_the_first_records_together(tmp_path):
+  """A text field null (or missing) in the first record was passed over for the only other string field, while
+  HF's loader, which looks at every row, read the text: both now read the text."""
+  path = tmp_path / "n.jsonl"
+  rows = [{"title": "T1", "text": None}, {"title": "T2", "text": "body two"}, {"title": "T3"},
+          {"title": "T4", "text": "body four"}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert list(data.iter_documents(str(path))) == ["body two", "body four"]
+  assert list(data.iter_documents(f"hf:{path}?cache_dir={tmp_path / 'hf'}")) == ["body two", "body four"]
+  mixed = tmp_path / "m.jsonl"
+  mixed.write_text('{"a": "x", "b": 1}\n{"a": 2, "b": "y"}\n')  # no field is a string in every record
+  with pytest.raises(ValueError, match=r"a \(non-string\), b \(non-string\)"):
+    list(data.iter_documents(str(mixed)))
+
+
+def test_json_files_as_hf_reads_them(tmp_path):
+  """A byte-order mark, a pretty-printed .json object and a .json array read as HF's json builder reads them;
+  a broken .json names its file."""
+  bom = tmp_path / "bom.jsonl"
+  bom.write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')
+  pretty = tmp_path / "pretty.json"
+  pretty.write_text('{\n  "text": "one object",\n  "id": 3\n}\n')
+  array = tmp_path / "array.json"
+  array.write_text('[\n {"text": "a"},\n {"text": "b"}\n]\n')
+  lines = tmp_path / "lines.json"
+  lines.write_text('{"text": "l1"}\n{"text": "l2"}\n')
+  for path, expected in ((bom, ["first", "second"]), (pretty, ["one object"]), (array, ["a", "b"]),
+                         (lines, ["l1", "l2"])):
+    assert list(data.iter_documents(str(path))) == expected, path
+    assert list(data.iter_documents(f"hf:{path}?cache_dir={tmp_path / 'hf'}")) == expected, path
+  broken = tmp_path / "broken.json"
+  broken.write_text('[{"text": "a"},\n{"text": "b"}\n')
+  with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+    list(data.iter_documents(str(broken)))
+
+
+def test_directories_skip_hidden_entries_and_follow_linked_folders(tmp_path):
+  """A notebook's .ipynb_checkpoints copy is not the dataset (it was read twice); a shard folder linked in is."""
+  root = tmp_path / "data"
+  (root / ".ipynb_checkpoints").mkdir(parents=True)
+  (root / "a.jsonl").write_text('{"text": "shard one"}\n')
+  (root / ".ipynb_checkpoints" / "a-checkpoint.jsonl").write_text('{"text": "shard one"}\n')
+  (root / ".hidden.jsonl").write_text('{"text": "editor copy"}\n')
+  (tmp_path / "elsewhere" / "shard2").mkdir(parents=True)
+  (tmp_path / "elsewhere" / "shard2" / "b.jsonl").write_text('{"text": "shard two"}\n')
+  (root / "shard2").symlink_to(tmp_path / "elsewhere" / "shard2")
+  (root / "shard2" / "loop").symlink_to(root)  # a link back up the tree is read once
+  assert list(data.iter_documents(str(root))) == ["shard one", "shard two"]
+
+
+def test_tfds_names_that_are_not_prepared_fail_clearly(tmp_path):
+  """Nothing is downloaded: a registered dataset not prepared in data_dir (it tried the network) and an unknown
+  name (TFDS printed its whole catalogue) are short errors naming the spec, before any data is read."""
+  for spec, message in ((f"tfds:mnist?data_dir={tmp_path}", r"TFDS dataset 'mnist' is not prepared in .*tfds build"),
+                        (f"tfds:my_txet?data_dir={tmp_path}", r"TFDS has no dataset 'my_txet' registered or prepared")):
+    for call in (data.dataset_fingerprint, lambda s: list(data.iter_documents(s))):
+      with pytest.raises(FileNotFoundError, match=message) as caught:
+        call(spec)
+      assert spec in str(caught.value) and len(str(caught.value)) < 400
 
 
 def test_invalid_utf8_is_replaced(tmp_path):

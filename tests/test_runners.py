@@ -157,6 +157,24 @@ def test_train_runner_trains_the_presets_recipe_and_keeps_to_it(tiny, tmp_path):
   assert proc.returncode == 2 and "repeat_fraction: 0.75 there, 0.0 now" in proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize("eval_contexts", [0, 256])
+def test_repeated_spans_mark_training_rows_only(eval_contexts):
+  """The share asked for, over the rows `training.train` trains on: with eval_contexts=0 none was marked, and on
+  small data (a tenth held out, not eval_contexts) part of the unmarked tail was training data."""
+  import numpy as np
+
+  from suscept_jax import training
+  from suscept_jax_runners import pipeline
+  contexts_NxK = np.random.default_rng(0).integers(0, 300, (400, 65)).astype(np.int32)
+  cfg = training.TrainConfig(eval_contexts=eval_contexts)
+  marked_NxK = pipeline.with_repeated_spans(contexts_NxK, cfg, 0.75, 300)
+  num_test = training.num_test_contexts(len(contexts_NxK), cfg)
+  assert num_test == (0 if eval_contexts == 0 else 40)
+  changed_N = (marked_NxK != contexts_NxK).any(1)
+  assert not changed_N[len(contexts_NxK) - num_test:].any()
+  assert abs(changed_N[:len(contexts_NxK) - num_test].mean() - 0.75) < 0.06
+
+
 def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
   root, run_dir, tok, data = tiny
   out = tmp_path / "calibration"

@@ -21,9 +21,11 @@ is an error. Invalid UTF-8 in local files is replaced with U+FFFD rather than fa
 import dataclasses
 import hashlib
 import importlib
+import itertools
 import json
 import os
 import re
+import socket
 import urllib.parse
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -187,16 +189,31 @@ def files_fingerprint(path) -> str:
 
 
 def data_files(path) -> list[Path]:
-  """The data files of `path`: itself if a file, else its .jsonl/.json/.txt/.parquet files, sorted."""
+  """The data files of `path`: itself if a file, else the .jsonl/.json/.txt/.parquet files under it (in
+  symlinked folders too, hidden ones skipped), sorted."""
   path = Path(path).expanduser()
   if path.is_file():
     if path.suffix.lower() not in _DATA_SUFFIXES:
       raise ValueError(f"unsupported file type {path.suffix!r} for {path}; expected one of {_DATA_SUFFIXES}")
     return [path]
-  files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _DATA_SUFFIXES)
+  files = sorted(p for p in _walk_files(path) if p.suffix.lower() in _DATA_SUFFIXES)
   if not files:
     raise FileNotFoundError(f"no {'/'.join(_DATA_SUFFIXES)} files in directory {path}")
   return files
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+  """Files under `root`, following symlinked folders (each real folder once), skipping hidden files and folders
+  (.ipynb_checkpoints, .git, editors' copies: not the dataset)."""
+  seen = set()
+  for folder, subfolders, names in os.walk(root, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:  # a link back up the tree, or two links to one folder
+      subfolders[:] = []
+      continue
+    seen.add(real)
+    subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+    yield from (Path(folder) / n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
 
 
 def _existing_path(path, name: str) -> Path:
@@ -217,32 +234,65 @@ def _read_file(path: Path, column: str | None) -> Iterator[str]:
     yield from _read_json_lines(path, column)
 
 
+_COLUMN_SAMPLE = 100  # JSON records whose keys decide the text column (HF's json builder looks at every row)
+
+
 def _read_json_lines(path: Path, column: str | None) -> Iterator[str]:
-  """Yields the text field of each JSON object in a jsonl file (or a .json holding one array)."""
+  """Yields the text field of each JSON object in a jsonl file (or a .json holding one array or one object).
+
+  The column is chosen from the first records together: a field that is null or missing in the first record
+  is still found (the first record alone picked another column, where HF's loader took the right one)."""
+  records = _json_records(path)
+  sample = list(itertools.islice(records, _COLUMN_SAMPLE))
+  for line_no, record in sample:
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+  values = {}
+  for _, record in sample:
+    for key, value in record.items():
+      if value is not None:
+        values.setdefault(key, set()).add(isinstance(value, str))
+  is_string = {key: kinds == {True} for key, kinds in values.items()}
+  for _, record in sample:  # fields only ever null: not string columns, but columns
+    is_string.update({key: False for key in record if key not in is_string})
+  field = pick_column(is_string, column, str(path))
+  for line_no, record in itertools.chain(sample, records):
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+    value = record.get(field)
+    if value is None:
+      continue
+    if not isinstance(value, str):
+      raise ValueError(f"{path}:{line_no}: field {field!r} is a {type(value).__name__}, not a string")
+    yield value
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, object]]:
+  """(number, record) of a JSON-lines file, or of a .json file holding one array (numbered by element) or
+  one object; a UTF-8 byte-order mark is allowed, as HF's loader allows it."""
   with open(path, "rb") as f:
-    head = f.read(64).lstrip()
+    head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     f.seek(0)
-    if head.startswith(b"["):
-      records = enumerate(json.loads(f.read().decode("utf-8", errors="replace")), 1)
-    else:
-      records = ((n, _parse_json_line(raw, path, n)) for n, raw in enumerate(f, 1) if raw.strip())
-    field = None
-    for line_no, record in records:
-      if not isinstance(record, dict):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-      if field is None:
-        field = pick_column({k: isinstance(v, str) for k, v in record.items()}, column, str(path))
-      value = record.get(field)
-      if value is None:
-        continue
-      if not isinstance(value, str):
-        raise ValueError(f"{path}:{line_no}: field {field!r} is a {type(value).__name__}, not a string")
-      yield value
+    whole_file = head.startswith(b"[") or (path.suffix.lower() == ".json" and head.startswith(b"{"))
+    if whole_file:
+      text = f.read().decode("utf-8-sig", errors="replace")
+      try:
+        value = json.loads(text)
+      except json.JSONDecodeError as e:
+        if not head.startswith(b"{"):
+          raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+      else:  # (a .json file of one object per line fails as a whole: read it by lines below)
+        yield from enumerate(value if isinstance(value, list) else [value], 1)
+        return
+      f.seek(0)
+    for n, raw in enumerate(f, 1):
+      if raw.strip():
+        yield n, _parse_json_line(raw, path, n)
 
 
 def _parse_json_line(raw: bytes, path: Path, line_no: int):
   try:
-    return json.loads(raw.decode("utf-8", errors="replace"))
+    return json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8", errors="replace"))
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
 
@@ -277,6 +327,10 @@ def _load_hf(parsed: DatasetSpec):
                        "use one type per directory")
     path_or_builder = builders.pop()
     kwargs["data_files"] = [str(f) for f in files]
+    # HF reuses its prepared copy of local files while their mtimes hold (a same-size edit with the mtime put
+    # back served the old rows under the new content's fingerprint): kept per content, it holds these bytes.
+    content = hashlib.sha256(json.dumps(_files_identity(local, "content")).encode()).hexdigest()[:20]
+    kwargs["cache_dir"] = str(Path(kwargs["cache_dir"] or paths.cache_root() / "hf_local").expanduser() / content)
     if path_or_builder == "text":
       kwargs.update(sample_by="document", encoding_errors="replace")
   elif _looks_like_path(parsed.target):
@@ -308,13 +362,33 @@ def _looks_like_path(target: str) -> bool:
 # --- TFDS -----------------------------------------------------------------------------------------
 
 
+def _tfds_builder(parsed: DatasetSpec):
+  """The TFDS builder of a `tfds:` spec, which must be prepared already: a clear error naming the spec for an
+  unknown name (not TFDS's catalogue of every dataset) or one not prepared in its data_dir (nothing is
+  downloaded here)."""
+  import tensorflow_datasets as tfds
+
+  data_dir = parsed.options.get("data_dir") or None
+  try:
+    builder = tfds.builder(parsed.target, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise FileNotFoundError(f"dataset {parsed.raw!r}: TFDS has no dataset {parsed.target!r} registered or prepared"
+                            f" in {data_dir or 'its default data_dir'}") from None
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"dataset {parsed.raw!r}: TFDS dataset {parsed.target!r} is not prepared in "
+                            f"{builder.data_dir} (prepare it first: `tfds build`, or for a text file "
+                            f"suscept_jax.data.build_tfds_text_dataset)")
+  return builder
+
+
 def _load_tfds(parsed: DatasetSpec):
   """Returns (tfds array_record data source, text feature name) for a `tfds:` spec."""
   import tensorflow_datasets as tfds
 
+  _tfds_builder(parsed)
   try:
     source = tfds.data_source(parsed.target, split=parsed.options.get("split", "train"),
-                              data_dir=parsed.options.get("data_dir") or None)
+                              data_dir=parsed.options.get("data_dir") or None, download=False)
   except Exception as e:
     _add_note(e, f"while loading dataset spec {parsed.raw!r}")
     raise
@@ -331,9 +405,7 @@ def _iter_tfds(source, column: str) -> Iterator[str]:
 
 
 def _tfds_identity(parsed: DatasetSpec, identity: str) -> dict:
-  import tensorflow_datasets as tfds
-
-  builder = tfds.builder(parsed.target, data_dir=parsed.options.get("data_dir") or None)
+  builder = _tfds_builder(parsed)
   info = builder.info
   split = parsed.options.get("split", "train")
   splits = {name: [s.num_examples, s.num_bytes] for name, s in info.splits.items()}
@@ -398,10 +470,13 @@ def _files_identity(root: Path, identity: str, files: Iterable[Path] | None = No
 
 
 def _content_digest(path: Path) -> str:
-  """sha256 of a file's bytes, cached under the cache root by (resolved path, size, mtime_ns): a large corpus is
-  read once per copy, and a rewritten file (new size or mtime) is read again."""
+  """sha256 of a file's bytes, cached under the cache root by host, resolved path, device, inode, size, mtime and
+  ctime: a large corpus is read once per copy, and a rewritten file is read again, even one whose size and
+  mtime were put back (`cp -p`, `rsync -t`, `tar x` set the mtime, never the ctime), and even where hosts share
+  the cache root but not the data disk."""
   stat = path.stat()
-  key = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns]).encode()).hexdigest()[:32]
+  key = hashlib.sha256(json.dumps([socket.gethostname(), str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size,
+                                   stat.st_mtime_ns, stat.st_ctime_ns]).encode()).hexdigest()[:32]
   cached = paths.cache_root() / "file_digests" / key
   try:
     digest = cached.read_text().strip()
