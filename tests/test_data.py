@@ -424,9 +424,21 @@ def test_invalid_utf8_is_replaced(tmp_path):
   assert list(data.iter_documents(str(jsonl))) == ["x\ufffdy"]
 
 
+def test_a_corpus_name_is_the_corpus_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+  """`code` in a project with a code/ folder read the folder's files (and built the corpus for nothing)."""
+  (tmp_path / "code").mkdir()
+  (tmp_path / "code" / "NOTES.txt").write_text("TODO: refactor the parser\n")
+  monkeypatch.chdir(tmp_path)
+  assert sources.parse_spec("code").kind == "corpus"
+  for spec in ("./code", "file:code"):
+    assert sources.parse_spec(spec).kind == "file"
+    assert list(data.iter_documents(spec)) == ["TODO: refactor the parser\n"]
+
+
 def test_corpus_name_reads_built_corpus(jsonl_path, monkeypatch):
   fake = types.ModuleType("suscept_jax.data.corpora")
   fake.corpus_path = lambda name, out_dir=None: {"code": jsonl_path}[name]
+  fake.CORPUS_SPECS = {"code": None}
   monkeypatch.setitem(sys.modules, "suscept_jax.data.corpora", fake)
   assert list(data.iter_documents("code")) == DOCUMENTS
   assert data.dataset_fingerprint("code").startswith("corpus-")

@@ -3,7 +3,8 @@
 One string names any text source the experiments can read, so a config or a command line can switch
 between the offline corpora, local files, the Hugging Face hub and TFDS without code changes:
 
-  code, pile, ...               a corpus built by `python -m experiments.build_corpora` (jsonl)
+  code, pile, ...               a corpus built by `python -m experiments.build_corpora` (jsonl), even
+                                where a folder of that name exists (`./code` names the folder)
   data/x.jsonl, file:data/x.jsonl
                                 a local .jsonl/.json (one JSON object per line), .txt (the whole
                                 file is one document), .parquet, or a directory of such files
@@ -60,7 +61,9 @@ def parse_spec(spec: str) -> DatasetSpec:
   if not isinstance(spec, str) or not spec.strip():
     raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
   spec = spec.strip()
-  if os.path.exists(os.path.expanduser(spec)):  # An existing path wins, even with ':' or '?'.
+  # A corpus name is the corpus even where a folder of that name exists (`./code` or `file:code` is the folder);
+  # any other existing path wins, even with ':' or '?'.
+  if spec not in corpus_names() and os.path.exists(os.path.expanduser(spec)):
     return DatasetSpec(spec, "file", spec, {})
   match = _SCHEME_PREFIX.match(spec)
   if match:
