@@ -152,10 +152,9 @@ class ResultsDir:
     `legacy` gives the value of a key (one these settings have) that directories written before it existed
     did not record; keys in `unrecorded` are compared only where the directory recorded them (nothing to
     compare them with before)."""
-    config_path = self.path / "config.json"
-    if not config_path.exists():
+    if not (self.path / "config.json").exists():
       return
-    old, new = json.loads(config_path.read_text())["settings"], _jsonable(settings)
+    old, new = self.settings(), _jsonable(settings)
     old = {**{k: v for k, v in _jsonable(legacy or {}).items() if k in new}, **old}
     ignore = (*ignore, *(k for k in unrecorded if k not in old))
     diff = settings_differences(old, new, ignore=ignore)
@@ -180,7 +179,7 @@ class ResultsDir:
         else:
           target.unlink(missing_ok=True)
     if config_path.exists():
-      payload = json.loads(config_path.read_text())
+      payload = self.config()
     else:
       payload = {"settings": _jsonable(settings), "environment": environment(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "scopes": []}
@@ -189,11 +188,21 @@ class ResultsDir:
       payload["scopes"].append(scope)
     atomic_write_bytes(config_path, json.dumps(payload, indent=2).encode())
 
-  def settings(self) -> dict:
+  def config(self) -> dict:
+    """config.json (settings, scopes, environment); errors name the file when it is missing or damaged."""
     path = self.path / "config.json"
     if not path.exists():
       raise FileNotFoundError(f"{self.path} is not a sweep results directory (no config.json)")
-    return json.loads(path.read_text())["settings"]
+    try:
+      payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path} is damaged ({e}): restore it, or rerun into a new --output_dir") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("settings"), dict):
+      raise ValueError(f"{path} is damaged (no settings in it): restore it, or rerun into a new --output_dir")
+    return payload
+
+  def settings(self) -> dict:
+    return self.config()["settings"]
 
   # -- units ------------------------------------------------------------------------------------------
   def finished_units(self, prefix: str = "step_") -> list[str]:
@@ -289,8 +298,7 @@ class ResultsDir:
         if key not in seen:
           seen.add(key)
           rows.append(row)
-    config_path = self.path / "config.json"
-    scopes = json.loads(config_path.read_text()).get("scopes", []) if config_path.exists() else []
+    scopes = self.config().get("scopes", []) if (self.path / "config.json").exists() else []
     order = lambda key, asked: {v: i for i, v in enumerate(dict.fromkeys(
         [*(v for scope in scopes for v in scope.get(asked, [])), *(r[key] for r in rows)]))}
     probes, comps = order("probe", "probes"), order("component", "components")

@@ -152,14 +152,63 @@ def test_bad_input():
     st.pca(np.ones((1, 4)))
   with pytest.raises(ValueError, match="5 principal components asked for, but the response matrix has 4 rows"):
     st.check_num_pcs(5, np.ones((4, 8)))
+  with pytest.raises(ValueError, match="2 rows and 8 columns: centred, at most 1"):  # PC2 would be a null direction
+    st.check_num_pcs(2, np.ones((2, 8)))
   with pytest.raises(ValueError, match="one entry per component"):
     st.patterning(np.ones((3, 2)), np.ones(3))
 
 
+def test_a_noise_floor_no_pc_can_reach_is_said_to_be_out_of_reach():
+  """Standardised, X's singular values are at most √(R·H); cells whose error bars exceed their column's spread
+  put the floor above that (one probe over 5 checkpoints: floor 12.9 against 6.32), and every PC fails it."""
+  rng = np.random.default_rng(0)
+  R, H, K = 5, 8, 4
+  signal_RxH = np.outer(np.arange(R), np.ones(H)) + 0.1 * rng.normal(size=(R, H))
+  per_chain = signal_RxH[..., None] + 30 * rng.normal(size=(R, H, K))
+  X, stderr = per_chain.mean(-1), per_chain.std(-1, ddof=1) / np.sqrt(K)
+  stab = st.bootstrap_stability(X, st.chain_resampler(per_chain), 1, stderr_RxH=stderr, num_resamples=20)
+  assert stab.ceiling == pytest.approx(np.sqrt(R * H)) and stab.noise_floor >= stab.ceiling
+  assert stab.floor_out_of_reach and "no PC can pass this test here" in stab.describe()[-1]
+  calm = st.bootstrap_stability(X, st.chain_resampler(per_chain), 1, stderr_RxH=stderr / 1000, num_resamples=20)
+  assert not calm.floor_out_of_reach and len(calm.describe()) == 1
+
+
+def test_the_strongest_head_label_needs_an_interval_that_excludes_zero():
+  """Over a few heads the largest |r| wins by chance (uniform loadings gave r −0.98 [−1.00, +0.03]); a constant
+  label's NaN r came first and was named the strongest."""
+  from suscept_jax.analysis import report
+  found = lambda r, interval: report._LabelCorrelations(
+      checkpoint=0, num_heads=4, r={n: np.array([v]) for n, v in r.items()},
+      interval={n: np.array([v]) for n, v in interval.items()})
+  text = report._strongest_label_text
+  assert text(found({"flat": np.nan, "prev": -0.98, "ind": 0.5}, {"flat": [np.nan, np.nan], "prev": [-1.0, 0.03],
+                                                                  "ind": [0.2, 0.7]}), 0) == \
+      "strongest head label: r with ind +0.50 [+0.20, +0.70]"
+  assert text(found({"flat": np.nan, "prev": -0.98}, {"flat": [np.nan, np.nan], "prev": [-1.0, 0.03]}), 0) == \
+      "no head label's interval excludes 0 (largest: r with prev -0.98 [-1.00, +0.03])"
+  assert text(found({"flat": np.nan}, {"flat": [np.nan, np.nan]}), 0) == "no head label varies across these heads"
+
+
+def test_head_labels_come_from_the_matrix_last_checkpoint_in_any_directory(tmp_path):
+  """With an early and a late directory (the README's example) the labels came from the first one's last
+  checkpoint, before the late heads had formed."""
+  from suscept_jax.analysis import report, response
+  early = _write_sweep(tmp_path / "early", steps=(0, 10), head_scores=1.0)
+  late = _write_sweep(tmp_path / "late", steps=(100,), head_scores=-1.0)
+  data = response.assemble([early, late])
+  stab = st.bootstrap_stability(data.X_RxH, st.chain_resampler(data.per_chain_RxHxK), 1, num_resamples=5)
+  found = report._label_correlations([early, late], data, st.pca(data.X_RxH), stab, 1)
+  assert found.checkpoint == 100 and found.num_heads == 3
+  alone = report._label_correlations([early], response.assemble(early), st.pca(data.X_RxH), stab, 1)
+  assert alone.checkpoint == 10 and np.allclose(alone.r["induction"], -found.r["induction"])
+
+
 def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"),
-                 comps=("full", "l0h0", "l0h1", "l1h0"), K=4, seed=0, nan_cell=None, delta_h=0.1, one_chain=None):
+                 comps=("full", "l0h0", "l0h1", "l1h0"), K=4, seed=0, nan_cell=None, delta_h=0.1, one_chain=None,
+                 head_scores=None):
   """A results directory as the sweep writes it (config.json + units), with χ = a known rank-1 pattern.
-  one_chain: (step, component index) whose chains all diverged but one (χ without an error bar)."""
+  one_chain: (step, component index) whose chains all diverged but one (χ without an error bar).
+  head_scores: a sign; head scores are recorded at the last step, that sign times a pattern across the heads."""
   from suscept_jax import results, estimators
   rng = np.random.default_rng(seed)
   store = results.ResultsDir(path)
@@ -177,8 +226,12 @@ def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"
     if nan_cell is not None and nan_cell[0] == step:
       chi[nan_cell[1], nan_cell[2]] = np.nan
     arrays = {"chi": chi, "chi_stderr": stderr, "chi_per_chain": per_chain, "diverged": diverged}
-    store.write_unit(results.unit_name(step, probes, comps), arrays,
-                     {"checkpoint": step, "probe_names": list(probes), "component_names": list(comps), "rows": []})
+    meta = {"checkpoint": step, "probe_names": list(probes), "component_names": list(comps), "rows": []}
+    if head_scores is not None and step == steps[-1]:
+      meta["head_scores"] = [{"checkpoint": step, "component": c, "prev_token": 0.1 * i,
+                              "induction": head_scores * (-1) ** i * i, "ablation_delta": 1.0 + i}
+                             for i, c in enumerate(comps) if c != "full"]
+    store.write_unit(results.unit_name(step, probes, comps), arrays, meta)
   return path
 
 
@@ -210,7 +263,18 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
   data = response.assemble([a, replica])
   assert data.rows.count(("a", 10)) == 1 and ("a", 1000) in data.rows
   seed_of = dict(zip(data.rows, data.shared_chains_R))
-  assert seed_of[("a", 10)] == seed_of[("b", 10)] == (0, 10) and seed_of[("a", 1000)] == (1, 1000)
+  # checkpoint 10 was sampled under both seeds: its cells pool the 4 + 4 chains (the replica's were dropped)
+  assert seed_of[("a", 10)] == seed_of[("b", 10)] == ((0, 1), 10) and seed_of[("a", 0)] == (0, 0)
+  assert seed_of[("a", 1000)] == (1, 1000)
+  assert data.notes == ["8 cell(s) sampled under several seeds: their chains are pooled (χ and its error bar over "
+                        "all of them; the results table shows the first directory's)"]
+  alone = {d: response.assemble(d) for d in (a, replica)}
+  r = data.rows.index(("b", 10))
+  chains = np.concatenate([alone[d].per_chain_RxHxK[alone[d].rows.index(("b", 10))] for d in (a, replica)], -1)
+  np.testing.assert_allclose(data.X_RxH[r], np.nanmean(chains, -1), rtol=1e-12)
+  valid = np.isfinite(chains).sum(-1)
+  np.testing.assert_allclose(data.stderr_RxH[r], np.nanstd(chains, -1, ddof=1) / np.sqrt(valid), rtol=1e-12)
+  assert (valid == [6, 8, 8]).all()  # (l0h0's chain 0 diverged in each seed)
   fewer = _write_sweep(tmp_path / "fewer", steps=(1000,), comps=("full", "l0h0", "l0h1"))
   data = response.assemble([a, fewer])
   assert data.components == ["l0h0", "l0h1"] and any("component 'l1h0': not in every" in m for m in data.excluded)
@@ -218,6 +282,17 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
     response.assemble([a, fewer], components=["l0h0", "l1h0"])
   with pytest.raises(FileNotFoundError, match="is not a sweep results directory"):
     response.assemble(tmp_path / "nothing")
+
+
+def test_a_damaged_config_is_named(tmp_path):
+  """A truncated config.json printed only json's own words ("Expecting property name …"), one without settings
+  printed "error: 'settings'"."""
+  from suscept_jax.analysis import response
+  for damage in ('{"settings": {"seed": 0,', '{"scopes": []}'):
+    d = _write_sweep(tmp_path / f"d{len(damage)}")
+    (d / "config.json").write_text(damage)
+    with pytest.raises(ValueError, match=rf"{d / 'config.json'} is damaged"):
+      response.assemble(d)
 
 
 def test_a_cell_without_an_error_bar_leaves_its_rows_out(tmp_path):
@@ -239,8 +314,14 @@ def test_a_cell_without_an_error_bar_leaves_its_rows_out(tmp_path):
     if at.sum() == 2:
       plans = st.scaled_patterns(data.X_RxH[at], np.eye(3), data.stderr_RxH[at], max_weight=0.1)
       assert np.isfinite(plans.noise_floor) and plans.rank >= 1
+  # One of l0h0's two chains diverged everywhere: l0h0 has no error bar in any cell. It is left out, saying
+  # why, rather than every row (the matrix stopped with "only 0 complete rows"); asked for, it stays strict.
+  two_chains = _write_sweep(tmp_path / "two_chains", K=2)
+  data = response.assemble(two_chains)
+  assert data.components == ["l0h1", "l1h0"] and len(data.rows) == 6
+  assert data.excluded == ["component 'l0h0': χ not finite or without an error bar in 6/6 cells"]
   with pytest.raises(ValueError, match=r"only 0 complete row.*fewer than 2 usable chains"):
-    response.assemble(_write_sweep(tmp_path / "two_chains", K=2))  # (one of l0h0's diverged everywhere)
+    response.assemble(two_chains, components=["l0h0", "l0h1", "l1h0"])
 
 
 def test_a_cell_resampled_alone_draws_as_many_chains_as_it_has():
@@ -351,5 +432,9 @@ def test_data_couplings_compare_datasets_over_the_same_checkpoints():
   couplings = st.data_couplings(scores, datasets, steps)
   assert couplings["a"].tolist() == couplings["b"].tolist() == [1.5]
   assert st.data_couplings(scores, datasets)["a"].tolist() == [13 / 3]  # (without checkpoints: every row)
+  # a dataset added at one checkpoint of three: the others keep their checkpoints, it gets no coupling
+  grown = st.data_couplings(scores[:4], ["a", "a", "a", "b"], [0, 1, 2, 2])
+  assert grown["a"].tolist() == [13 / 3] and np.isnan(grown["b"]).all()
+  assert st.coupling_checkpoints(["a", "a", "a", "b"], [0, 1, 2, 2]) == ([0, 1, 2], ["b"])
   with pytest.raises(ValueError, match="no checkpoint has rows for every dataset"):
-    st.data_couplings(scores[:4], ["a", "a", "a", "b"], [0, 1, 2, 3])
+    st.data_couplings(scores[:4], ["a", "a", "b", "b"], [0, 1, 2, 3])

@@ -57,10 +57,13 @@ def pca(X_RxH: np.ndarray, *, standardise_columns: bool = True) -> PCA:
 
 
 def check_num_pcs(num_pcs: int, X_RxH) -> int:
+  """`num_pcs`, if the centred matrix has that many directions: at most min(rows − 1, columns) (a PC beyond
+  them is a null direction, singular value 0, that would still get loadings and label correlations)."""
   rows, cols = np.shape(X_RxH)
-  if not 1 <= num_pcs <= min(rows, cols):
+  most = min(rows - 1, cols)
+  if not 1 <= num_pcs <= most:
     raise ValueError(f"{num_pcs} principal components asked for, but the response matrix has {rows} rows and "
-                     f"{cols} columns: at most {min(rows, cols)}")
+                     f"{cols} columns: centred, at most {most}")
   return num_pcs
 
 
@@ -72,21 +75,34 @@ def principal_angles(A_kxH: np.ndarray, B_kxH: np.ndarray) -> np.ndarray:
   return np.sort(np.arccos(cosines))
 
 
+def coupling_checkpoints(datasets_R, checkpoints_R) -> tuple[list, list]:
+  """(checkpoints, partial datasets): the checkpoints every dataset has, leaving out the datasets sampled at
+  fewer than half as many checkpoints as the best-covered one (a probe added at one checkpoint shrank every
+  other dataset's average to that checkpoint, and moved its couplings from −0.62 to −0.05)."""
+  datasets_R, checkpoints_R = np.asarray(datasets_R), np.asarray(checkpoints_R)
+  have = {d: set(checkpoints_R[datasets_R == d].tolist()) for d in dict.fromkeys(datasets_R.tolist())}
+  most = max(len(t) for t in have.values())
+  partial = [d for d, t in have.items() if 2 * len(t) < most]
+  common = set.intersection(*(t for d, t in have.items() if d not in partial))
+  if not common:
+    raise ValueError("no checkpoint has rows for every dataset: the data couplings would not compare")
+  return sorted(common), partial
+
+
 def data_couplings(scores_Rxk: np.ndarray, datasets_R, checkpoints_R=None) -> dict:
   """{dataset: [k] mean of its rows' scores over checkpoints}: the data side C of X ≈ C·P (Fig. 12).
 
-  With `checkpoints_R`, over the checkpoints every dataset has: scores move with training, so a dataset
-  averaged over other checkpoints than the rest would differ by when, not by what."""
+  With `checkpoints_R`, over the checkpoints every dataset has (`coupling_checkpoints`): scores move with
+  training, so a dataset averaged over other checkpoints than the rest would differ by when, not by what. A
+  dataset sampled at too few checkpoints to share them gets NaN."""
   datasets_R = np.asarray(datasets_R)
   names = list(dict.fromkeys(datasets_R.tolist()))
-  use_R = np.ones(len(datasets_R), bool)
+  use_R, partial = np.ones(len(datasets_R), bool), []
   if checkpoints_R is not None:
-    checkpoints_R = np.asarray(checkpoints_R)
-    common = set.intersection(*(set(checkpoints_R[datasets_R == d].tolist()) for d in names))
-    if not common:
-      raise ValueError("no checkpoint has rows for every dataset: the data couplings would not compare")
-    use_R = np.isin(checkpoints_R, sorted(common))
-  return {d: scores_Rxk[(datasets_R == d) & use_R].mean(0) for d in names}
+    common, partial = coupling_checkpoints(datasets_R, checkpoints_R)
+    use_R = np.isin(np.asarray(checkpoints_R), common)
+  return {d: np.full(scores_Rxk.shape[1], np.nan) if d in partial else scores_Rxk[(datasets_R == d) & use_R].mean(0)
+          for d in names}
 
 
 class Stability(NamedTuple):
@@ -105,14 +121,27 @@ class Stability(NamedTuple):
   independent_noise_floor: float = float("nan")  # cells' noise drawn independently
   correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
   loadings_BxkxH: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
+  ceiling: float = float("nan")  # √(R·H): no singular value of a standardised X exceeds it
+
+  @property
+  def floor_out_of_reach(self) -> bool:
+    """The noise floor is at or above the largest singular value a standardised X can have: the test cannot
+    pass, whatever X holds (cells whose error bars exceed their column's spread across rows)."""
+    return bool(np.isfinite(self.noise_floor) and self.noise_floor >= self.ceiling)
 
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)
     floors = (f" (independent cells {self.independent_noise_floor:.3g}, correlated as resampled "
               f"{self.correlated_noise_floor:.3g})" if np.isfinite(self.correlated_noise_floor) else "")
-    return [f"PC{j + 1}: span(PC1..{j + 1}) moves {a:.1f}° (median), |cos| {c:.2f}; singular value {v:.3g} vs noise "
-            f"floor {self.noise_floor:.3g}{floors} -> {'stable' if ok else 'UNSTABLE'}"
-            for j, (a, c, v, ok) in enumerate(zip(self.median_angle_deg_k, cos, self.singular_value_k, self.stable_k))]
+    lines = [f"PC{j + 1}: span(PC1..{j + 1}) moves {a:.1f}° (median), |cos| {c:.2f}; singular value {v:.3g} vs "
+             f"noise floor {self.noise_floor:.3g}{floors} -> {'stable' if ok else 'UNSTABLE'}"
+             for j, (a, c, v, ok) in enumerate(zip(self.median_angle_deg_k, cos, self.singular_value_k,
+                                                   self.stable_k))]
+    if self.floor_out_of_reach:
+      lines.append(f"The noise floor {self.noise_floor:.3g} is at or above √(rows·columns) = {self.ceiling:.3g}, "
+                   f"the largest singular value a standardised X can have: no PC can pass this test here (the cells' "
+                   f"error bars exceed the spread of their columns; more chains or draws lower them).")
+    return lines
 
 
 STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
@@ -179,7 +208,8 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   stable = (median < threshold_deg) & (~np.isfinite(floor) | (values > floor))
   return Stability(subspace_angle_deg_Bxk=angles, pc_cosine_Bxk=cosines, median_angle_deg_k=median,
                    singular_value_k=values, noise_floor=floor, stable_k=stable, independent_noise_floor=independent,
-                   correlated_noise_floor=correlated, loadings_BxkxH=np.array(loadings))
+                   correlated_noise_floor=correlated, loadings_BxkxH=np.array(loadings),
+                   ceiling=float(np.sqrt(np.size(X_RxH))))
 
 
 def chain_resampler(per_chain_RxHxK: np.ndarray, shared_chains_R=None):

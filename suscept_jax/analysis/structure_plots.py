@@ -52,18 +52,21 @@ def plot_loadings(pca, components, num_pcs: int, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_couplings(couplings: dict, num_pcs: int, path) -> Path:
+def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None) -> Path:
+  """Each dataset's couplings to the top PCs (blank: a dataset sampled at too few of the checkpoints)."""
   plt = pyplot()
   names = list(couplings)
   C = np.array([couplings[d][:num_pcs] for d in names])
   scale_k = np.abs(C).max(0)
+  scale_k = np.where(np.isfinite(scale_k), scale_k, np.nanmax(np.abs(C), 0))
   C = C / np.where(scale_k > 0, scale_k, 1.0)  # each PC's column normalised (Fig. 12): PC2's pattern is seen
   fig, ax = plt.subplots(figsize=(1.3 * num_pcs + 3, 0.35 * len(names) + 1.4))
   image = ax.imshow(C, cmap="PuOr", vmin=-1.0, vmax=1.0, aspect="auto")
-  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_yticks(range(len(names)), [f"{d} (too few checkpoints)" if np.isnan(couplings[d]).all() else d
+                                    for d in names], fontsize=7)
   ax.set_xticks(range(num_pcs), [f"PC{j + 1}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
-  ax.set_title("data couplings (scores averaged over the checkpoints all datasets have; columns normalised)",
-               fontsize=8)
+  where = "the checkpoints all datasets have" if checkpoints is None else f"checkpoints {_listed(checkpoints)}"
+  ax.set_title(f"data couplings (scores averaged over {where}; columns normalised)", fontsize=8, wrap=True)
   fig.colorbar(image, ax=ax, shrink=0.8)
   return save_figure(fig, path)
 
@@ -126,3 +129,8 @@ def plot_patterns(delta_h_GxD, targets, datasets, checkpoint, path) -> Path:
                fontsize=8)
   fig.colorbar(image, ax=ax, shrink=0.8)
   return save_figure(fig, path)
+
+
+def _listed(values, most: int = 8) -> str:
+  values = [str(v) for v in values]
+  return ", ".join(values if len(values) <= most else values[:most - 2] + ["…", values[-1]])
