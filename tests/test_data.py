@@ -415,6 +415,23 @@ def test_tfds_names_that_are_not_prepared_fail_clearly(tmp_path):
       assert spec in str(caught.value) and len(str(caught.value)) < 400
 
 
+def test_empty_files_blank_options_and_dictionary_columns(tmp_path):
+  """An empty .jsonl is empty to both loaders (HF's raised a bare StopIteration; the column guess said 'no
+  columns'); `?column=` without a value is refused (it fell back to guessing); a dictionary-encoded parquet
+  text column (pandas categoricals) is text, as HF reads it."""
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  for spec in (str(empty), f"hf:{empty}?cache_dir={tmp_path / 'hf'}"):
+    with pytest.raises(ValueError, match=r"empty\.jsonl.* is empty"):
+      list(data.iter_documents(spec))
+  with pytest.raises(ValueError, match=r"option\(s\) \['column'\] in dataset spec .* have no value"):
+    data.iter_documents(f"{tmp_path / 'x.jsonl'}?column=")
+  path = tmp_path / "cat.parquet"
+  pq.write_table(pa.table({"text": pa.array(["a", "b", "a"]).dictionary_encode(), "id": [1, 2, 3]}), path)
+  assert list(data.iter_documents(str(path))) == ["a", "b", "a"]
+  assert list(data.iter_documents(f"hf:{path}?cache_dir={tmp_path / 'hf'}")) == ["a", "b", "a"]
+
+
 def test_invalid_utf8_is_replaced(tmp_path):
   txt = tmp_path / "bad.txt"
   txt.write_bytes(b"abc\xffdef")

@@ -82,6 +82,9 @@ def parse_spec(spec: str) -> DatasetSpec:
     raise ValueError(f"unknown option(s) {unknown} in dataset spec {spec!r}; allowed for {kind}: {allowed}")
   if not target:
     raise ValueError(f"dataset spec {spec!r} names no dataset")
+  blank = sorted(k for k, v in options.items() if not v)
+  if blank:  # (`?column=` fell back to guessing the column)
+    raise ValueError(f"option(s) {blank} in dataset spec {spec!r} have no value")
   return DatasetSpec(spec, kind, target, options)
 
 
@@ -132,7 +135,7 @@ def iter_documents(spec: str) -> Iterator[str]:
     return iter_local_documents(parsed.target, column=parsed.options.get("column"), name=spec)
   if parsed.kind == "hf":
     dataset, column = _load_hf(parsed)
-    return _non_empty(_iter_hf(dataset, column), spec)
+    return _non_empty(_iter_hf(dataset, column, spec), spec)
   source, column = _load_tfds(parsed)
   return _non_empty(_iter_tfds(source, column), spec)
 
@@ -247,6 +250,8 @@ def _read_json_lines(path: Path, column: str | None) -> Iterator[str]:
   is still found (the first record alone picked another column, where HF's loader took the right one)."""
   records = _json_records(path)
   sample = list(itertools.islice(records, _COLUMN_SAMPLE))
+  if not sample:  # no records: an empty dataset, which `_non_empty` names (not a column it cannot pick)
+    return
   for line_no, record in sample:
     if not isinstance(record, dict):
       raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
@@ -306,7 +311,9 @@ def _read_parquet(path: Path, column: str | None) -> Iterator[str]:
 
   parquet = pq.ParquetFile(path)
   schema = parquet.schema_arrow
-  is_string = {f.name: pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in schema}
+  text_type = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+  is_string = {f.name: text_type(f.type) or (pa.types.is_dictionary(f.type) and text_type(f.type.value_type))
+               for f in schema}
   field = pick_column(is_string, column, str(path))
   for batch in parquet.iter_batches(batch_size=_BATCH, columns=[field]):
     yield from (text for text in batch.column(0).to_pylist() if text is not None)
@@ -345,6 +352,8 @@ def _load_hf(parsed: DatasetSpec):
         kwargs[key] = parsed.options[key]
   try:
     dataset = datasets.load_dataset(path_or_builder, streaming=False, **kwargs)
+  except StopIteration:  # (HF's json builder on a file without a record)
+    raise ValueError(f"dataset {parsed.raw!r} is empty: it has no records") from None
   except Exception as e:  # Keep the library's error, but say which spec it was about.
     _add_note(e, f"while loading dataset spec {parsed.raw!r}")
     raise
@@ -353,9 +362,13 @@ def _load_hf(parsed: DatasetSpec):
   return dataset, pick_column(is_string, parsed.options.get("column"), parsed.raw)
 
 
-def _iter_hf(dataset, column: str) -> Iterator[str]:
-  for batch in dataset.select_columns([column]).iter(batch_size=_BATCH):
-    yield from (text for text in batch[column] if text is not None)
+def _iter_hf(dataset, column: str, name: str) -> Iterator[str]:
+  try:
+    for batch in dataset.select_columns([column]).iter(batch_size=_BATCH):
+      yield from (text for text in batch[column] if text is not None)
+  except Exception as e:  # (e.g. invalid UTF-8 in a local file, found while reading, after tokenizing began)
+    _add_note(e, f"while reading dataset spec {name!r}")
+    raise
 
 
 def _looks_like_path(target: str) -> bool:
