@@ -130,6 +130,29 @@ def test_label_correlation_intervals_follow_the_resampled_loadings():
   assert ((stab.loadings_BxkxH * st.pca(X).loadings_kxH[:2]).sum(-1) >= 0).all()
 
 
+def test_label_intervals_from_four_chains_cover_the_true_r():
+  """An error bar is a claim: over 60 noisy copies of a rank-2 X from 4 chains, the widened 95 % intervals of
+  r contain the true r (measured 0.98 / 0.98 here); from the raw chain bootstrap they covered 0.88 / 0.85."""
+  rng0 = np.random.default_rng(0)
+  groups = np.repeat(np.arange(5), 9)
+  C = rng0.normal(size=(len(groups), 2)) * [5.0, 1.5]
+  P, _ = np.linalg.qr(rng0.normal(size=(8, 2)))
+  X_true = C @ P.T
+  label = P[:, 1] + 0.3 * rng0.normal(size=8)
+  r_true = st.label_correlations(st.pca(X_true).loadings_kxH[:2], {"l": label})["l"]
+  K, trials, covered = 4, 60, {1.0: np.zeros(2), st.small_sample_widening(4): np.zeros(2)}
+  assert st.small_sample_widening(4) == pytest.approx(1.87, abs=0.01)
+  for t in range(trials):
+    per_chain = X_true[..., None] + 0.3 * np.sqrt(K) * np.random.default_rng(t).normal(size=X_true.shape + (K,))
+    for widening in covered:
+      stab = st.bootstrap_stability(per_chain.mean(-1), st.chain_resampler(per_chain, shared_chains_R=groups), 2,
+                                    num_resamples=60, seed=t, interval_widening=widening)
+      lo, hi = st.label_correlation_intervals(stab.loadings_BxkxH, {"l": label})["l"].T
+      covered[widening] += (lo <= r_true) & (r_true <= hi)
+  raw, widened = (covered[w] / trials for w in covered)
+  assert (widened >= 0.9).all() and raw.min() < 0.88, (raw, widened)
+
+
 def test_patterning_is_exact_on_a_full_rank_matrix():
   rng = np.random.default_rng(3)
   X = rng.normal(size=(4, 4))
