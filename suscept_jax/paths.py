@@ -3,6 +3,7 @@
 One root, overridable with the environment variable SUSCEPT_JAX_CACHE, so a TPU VM or a CI run can
 point every cache at a scratch disk.
 """
+import contextlib
 import os
 from pathlib import Path
 
@@ -23,3 +24,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def check_writable_dir(path, flag: str, *, shown=None) -> None:
+  """Refuse, naming `flag`, a directory this process cannot create or write in (under a file, read-only, not
+  permitted), before any work: an hour of work then not written is lost. The trial leaves nothing behind.
+  `shown`: the path the message names (default `path`)."""
+  path = Path(path)
+  made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+  probe = path / f".writable-{os.getpid()}"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"cannot write into {shown or path} ({type(e).__name__}: {e.strerror or e}): give a directory "
+                     f"this user can write, as {flag}") from None
+  finally:
+    for made_dir in made:
+      with contextlib.suppress(OSError):
+        made_dir.rmdir()

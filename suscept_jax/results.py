@@ -15,11 +15,9 @@ more checkpoints, probes or components only add units. Units do not depend on wh
 components share them (noise keys follow component names, data streams follow (seed, checkpoint, chain)),
 so a killed or grown sweep ends with the same table as one run straight through.
 """
-import contextlib
 import hashlib
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from suscept_jax import paths
 from suscept_jax.paths import atomic_write_bytes
 
 # chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (num_chains_used − 1) degrees of freedom.
@@ -129,21 +128,8 @@ class ResultsDir:
     any work (a unit computed for an hour and then not written is lost); the trial leaves nothing behind."""
     if self.path.exists() and not self.path.is_dir():
       raise ValueError(f"{self.path} is a file, not a results directory: give another --output_dir")
-    if not write:
-      return
-    made = [p for p in (self.units, *self.units.parents) if not p.exists()]  # deepest first
-    probe = self.units / f".writable-{os.getpid()}"
-    try:
-      self.units.mkdir(parents=True, exist_ok=True)
-      probe.write_bytes(b"")
-      probe.unlink()
-    except OSError as e:
-      raise ValueError(f"cannot write into {self.path} ({type(e).__name__}: {e.strerror or e}): give a directory "
-                       f"this user can write, as --output_dir") from None
-    finally:
-      for path in made:
-        with contextlib.suppress(OSError):
-          path.rmdir()
+    if write:
+      paths.check_writable_dir(self.units, "--output_dir", shown=self.path)
 
   # -- settings ---------------------------------------------------------------------------------------
   def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None, unrecorded=()) -> None:

@@ -39,7 +39,11 @@ class TrainConfig:
       raise ValueError(f"TrainConfig.checkpoint_steps {bad} lie outside [0, steps={self.steps}]")
 
   def schedule(self) -> list[int]:
-    return sorted(set(self.checkpoint_steps)) if self.checkpoint_steps else scaled_paper_schedule(self.steps)
+    """The steps whose params are kept: `checkpoint_steps` (else the paper's list scaled), and always the last
+    (without it the trained model was kept only in the resume state, which no runner reads)."""
+    if not self.checkpoint_steps:
+      return scaled_paper_schedule(self.steps)
+    return sorted(set(self.checkpoint_steps) | {self.steps})
 
 
 def scaled_paper_schedule(total_steps: int) -> list[int]:

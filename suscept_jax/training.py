@@ -81,7 +81,15 @@ def check_same_recipe(run_dir, wanted: dict) -> None:
   try:
     recorded = checkpoints.read_run_info(run_dir)
   except FileNotFoundError:
+    held = [d for d in (checkpoints.PARAMS_DIR, "train_state") if any((Path(run_dir) / d).glob("*"))]
+    if held:  # whose checkpoints they are is unknown: a run.json written now would describe them wrongly
+      raise ValueError(f"{run_dir} holds {' and '.join(held)} but no {checkpoints.RUN_FILE}: whose they are is "
+                       "unknown; use another --workdir, or delete it to start again") from None
     return
+  origin = recorded.get("converted_from") or recorded.get("source")
+  if origin:
+    raise ValueError(f"{run_dir} holds checkpoints converted from {origin}: training there would mix a new run "
+                     "with them; use another --workdir")
   differ = []
   for key, value in wanted.items():
     before = recorded.get(key)
@@ -116,9 +124,11 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
     raise ValueError(f"contexts of length {contexts_NxK.shape[1]} need n_ctx >= {contexts_NxK.shape[1] - 1}; "
                      f"the model has n_ctx={model_config.n_ctx}")
   transformer.check_token_range(contexts_NxK, model_config, name="training contexts")
-  run_dir.mkdir(parents=True, exist_ok=True)
   n_eval = num_test_contexts(len(contexts_NxK), cfg)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
+  # (before run.json is written: a run refused here must leave nothing that refuses the corrected command)
+  batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed, name="training data")
+  run_dir.mkdir(parents=True, exist_ok=True)
   schedule_steps = cfg.schedule()
   run_info = {**(run_info or {}), "tokens_fingerprint": packing.tokens_fingerprint(contexts_NxK),
               "num_train_contexts": len(train_data), "num_test_contexts": n_eval,
@@ -130,7 +140,6 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   optimizer = make_optimizer(cfg)
   train_step = make_train_step(model_config, optimizer, mesh)
   evaluate = make_eval(model_config)
-  batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed, name="training data")
 
   params = transformer.init_params(model_config, seed=cfg.seed)
   opt_state = optimizer.init(params)

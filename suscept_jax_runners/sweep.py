@@ -141,7 +141,8 @@ def main(argv):
                                *NOT_COMPARED),
                        legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
-  note = preset.sgld_note if config == preset.sgld else "set by flags"
+  by_flags = [f for f in ("step_size", "nbeta", "localization") if getattr(config, f) != getattr(preset.sgld, f)]
+  note = f"{', '.join(by_flags)} set by flags" if by_flags else preset.sgld_note  # (what the printed line shows)
   if _DRY_RUN.value:
     planned = out.plan(steps, settings["probes"], specs, None) if not _OVERWRITE.value else \
         [(s, settings["probes"], specs) for s in steps]

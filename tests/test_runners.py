@@ -117,12 +117,18 @@ def test_summary_covers_every_checkpoint_with_full_probe_names(tiny):
     (["--batch_size=6"], "--batch_size=6 must be divisible by the 4 devices"),
     (["--data=/nonexistent/train.jsonl"], "/nonexistent/train.jsonl"),
     (["--repeat_fraction=1.5"], "--repeat_fraction=1.5 must lie in [0, 1)"),
+    (["--model=tiny", "--vocab_size=64"], "--vocab_size=64: a byte-level tokenizer has at least 257 tokens"),
+    (["--checkpoint_steps=0,abc"], "--checkpoint_steps=0,abc must be integers"),
+    (["--workdir={tmp}/afile"], "--workdir={tmp}/afile is a file, not a run directory"),  # (a traceback, late)
+    (["--workdir={tmp}/afile/sub"], "cannot write into {tmp}/afile/sub (NotADirectoryError"),
 ])
 def test_train_runner_fails_before_work(tmp_path, extra, message):
   workdir = tmp_path / "run"
+  (tmp_path / "afile").write_text("")
+  extra = [e.format(tmp=tmp_path) for e in extra]
   proc, _ = run([sys.executable, "-m", "experiments.train", f"--workdir={workdir}",
                  f"--tokenizer={tmp_path / 'tok.json'}", *extra])
-  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 2 and message.format(tmp=tmp_path) in proc.stderr, proc.stderr[-2000:]
   assert not workdir.exists() and not (tmp_path / "tok.json").exists()
 
 
@@ -147,12 +153,15 @@ def test_train_runner_trains_the_presets_recipe_and_keeps_to_it(tiny, tmp_path):
   root, _, _, data = tiny
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "experiments.train", f"--workdir={workdir}", "--model=demo",
-         f"--tokenizer={tmp_path / 'tok.json'}", f"--data={data['mix']}", "--steps=2", "--batch_size=8",
-         "--checkpoint_steps=0,2"]
+         f"--tokenizer={tmp_path / 'tok.json'}", f"--data={data['mix']}", "--steps=2", "--batch_size=8"]
   proc, _ = run(cmd, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   info = json.loads((workdir / "run.json").read_text())
   assert info["repeat_fraction"] == 0.75 and info["train_data"] == str(data["mix"])
+  # --steps below the demo's checkpoint list (0, 400, …, 3000) keeps its steps up to it, and the last (it was
+  # refused); the tokenizer is copied where the sweep looks for it (the README's train-then-sweep failed)
+  assert sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()) == [0, 2]
+  assert (workdir / "tokenizer.json").read_bytes() == (tmp_path / "tok.json").read_bytes()
   proc, _ = run(cmd + ["--repeat_fraction=0"], timeout=600)
   assert proc.returncode == 2 and "repeat_fraction: 0.75 there, 0.0 now" in proc.stderr, proc.stderr[-2000:]
 

@@ -32,6 +32,36 @@ def test_scaled_paper_schedule():
   assert small[0] == 0 and small[-1] == 1000 and small == sorted(set(small))
 
 
+def test_the_last_step_is_always_kept():
+  """A schedule without the last step kept the trained model only in the resume state, which no runner reads
+  (and the run never counted as finished)."""
+  assert training.TrainConfig(steps=200, checkpoint_steps=(0, 100)).schedule() == [0, 100, 200]
+  assert training.TrainConfig(steps=200, checkpoint_steps=(100, 0, 200)).schedule() == [0, 100, 200]
+
+
+def test_a_directory_that_is_not_this_kind_of_run_is_refused_before_anything_is_written(corpus, tmp_path):
+  """Checkpoints converted from TransformerLens: training there mixed a new run into them (steps below their
+  latest were silently not saved). Checkpoints without run.json: the new run.json described them wrongly. A
+  run refused by its own checks (a batch larger than the data) left a run.json that refused the corrected
+  command."""
+  root, cfg, contexts = corpus
+  tc = training.TrainConfig(steps=4, batch_size=8, checkpoint_steps=(0, 4))
+  converted = tmp_path / "converted"
+  checkpoints.write_run_info(converted, cfg, source="transformer_lens", converted_from="/runs/tl")
+  with pytest.raises(ValueError, match=r"holds checkpoints converted from /runs/tl: .*another --workdir"):
+    training.train(converted, cfg, contexts, tc, progress=False)
+  orphans = tmp_path / "orphans"
+  (orphans / "checkpoints" / "700").mkdir(parents=True)
+  with pytest.raises(ValueError, match=r"holds checkpoints but no run.json: whose they are is unknown"):
+    training.train(orphans, cfg, contexts, tc, progress=False)
+  assert not (orphans / "run.json").exists()
+  fresh = tmp_path / "fresh"
+  with pytest.raises(ValueError, match=r"fewer than batch_size=100000"):
+    training.train(fresh, cfg, contexts, dataclasses.replace(tc, batch_size=100_000), progress=False)
+  assert not (fresh / "run.json").exists()
+  assert training.train(fresh, cfg, contexts, tc, progress=False)["final_step"] == 4
+
+
 def test_loss_falls_well_below_unigram_entropy(corpus):
   root, cfg, contexts = corpus
   summary = training.train(root / "learn", cfg, contexts,
