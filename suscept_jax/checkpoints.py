@@ -7,6 +7,7 @@ A run directory holds:
 """
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -105,12 +106,15 @@ def load_params(run_dir, step: int | None = None):
   with _params_reader(run_dir) as mngr:
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-    except ValueError as e:  # (orbax's own message suggests strict=False, which would load wrong shapes)
-      raise ValueError(f"the checkpoint at step {step} in {run_dir} does not match the model its run.json "
-                       f"describes ({config}): {str(e).splitlines()[0]}") from None
-    except Exception as e:  # noqa: BLE001 (tensorstore raises a bare Exception for a damaged file)
+    except Exception as e:  # noqa: BLE001 (tensorstore raises a bare Exception, or a ValueError, for damage)
+      first = str(e).splitlines()[0] if str(e) else type(e).__name__
+      # tensorstore's errors carry a status code (DATA_LOSS: …, OUT_OF_RANGE: …); orbax's shape errors do not
+      if isinstance(e, ValueError) and not re.match(r"[A-Z][A-Z_]+: ", first):
+        # (orbax's own message suggests strict=False, which would load wrong shapes)
+        raise ValueError(f"the checkpoint at step {step} in {run_dir} does not match the model its run.json "
+                         f"describes ({config}): {first}") from None
       raise ValueError(f"the checkpoint at step {step} in {run_dir} could not be read (a damaged or partly "
-                       f"copied file?): {str(e).splitlines()[0][:300]}") from None
+                       f"copied file?): {first[:300]}") from None
   return jax.tree.map(np.asarray, restored["params"])
 
 

@@ -119,6 +119,12 @@ def test_checkpoint_errors_name_the_input(corpus, tmp_path):
     checkpoints.load_params(tmp_path / "empty", 0)
   with pytest.raises(ValueError, match="need n_ctx >= 20"):
     training.train(tmp_path / "long", cfg, np.zeros((100, 21), np.int32), training.TrainConfig(steps=1), progress=False)
+  # damaged array files: named as damage, not as a model mismatch (tensorstore's DATA_LOSS is a ValueError too)
+  for f in (tmp_path / "run" / "checkpoints" / "4").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(b"\0" * f.stat().st_size)
+  with pytest.raises(ValueError, match=r"checkpoint at step 4 in .* could not be read \(a damaged or partly copied"):
+    checkpoints.load_params(tmp_path / "run", 4)
 
 
 def test_vocab_that_does_not_fit_the_model_is_rejected(corpus):
