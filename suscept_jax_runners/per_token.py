@@ -382,6 +382,8 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}"))
       links.append((name, h, ""))
     sections["extremes"] = ("Top-100 positive and negative tokens in context", pages.link_list(links))
+    for stale in set(views_dir.glob("extremes_*.html")) - set(written):  # heads of an earlier render: unlinked
+      stale.unlink()
   if "top" in views:
     rows = []
     for h in all_heads or heads:

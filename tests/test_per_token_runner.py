@@ -193,6 +193,12 @@ def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_pa
   headings = lambda page: [line for line in page.splitlines() if line.startswith("<h2>")]
   assert len(headings(before)) >= 7 and headings(after) == headings(before)
   assert "Highlighted text" in after and "χ by position" in after
+  # extreme-token pages of heads not rendered again go (they stayed, unlinked, from the earlier render)
+  assert len(list((copy / "views").glob("extremes_*.html"))) >= 2
+  proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
+              "--views=extremes", "--view_heads=l0h0"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert [f.name for f in (copy / "views").glob("extremes_*.html")] == ["extremes_l0h0.html"]
 
 
 def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):
