@@ -148,8 +148,14 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   start = 0
   if state_mngr.latest_step() is not None:
     start = state_mngr.latest_step()
-    restored = state_mngr.restore(start, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
+    try:
+      restored = state_mngr.restore(start, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
+    except Exception as e:  # noqa: BLE001 (orbax's and tensorstore's words name neither the path nor the remedy)
+      first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+      raise ValueError(f"the resume state at step {start} in {run_dir / 'train_state'} could not be read ({first}): "
+                       f"delete {run_dir / 'train_state' / str(start)} to train again from step 0 (the same recipe "
+                       "gives the same params; the checkpoints already kept stay)") from None
     params, opt_state = restored["params"], restored["opt_state"]
     log(f"resumed from step {start} in {run_dir}")
   saved = set(params_mngr.all_steps())

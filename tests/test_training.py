@@ -103,6 +103,18 @@ def test_a_run_is_resumed_only_with_its_own_recipe(corpus):
   assert summary["steps_run"] == 7 and summary["final_step"] == 12
 
 
+def test_a_damaged_resume_state_is_named_with_what_to_do(corpus, tmp_path):
+  root, cfg, contexts = corpus
+  tc = training.TrainConfig(steps=8, batch_size=8, resume_every=2, checkpoint_steps=(0, 8))
+  training.train(tmp_path / "run", cfg, contexts, tc, progress=False, stop_after=3)
+  for f in (tmp_path / "run" / "train_state").rglob("*"):
+    if f.is_file() and f.parent.name == "d":
+      f.write_bytes(b"\0" * f.stat().st_size)
+  with pytest.raises(ValueError, match=r"resume state at step \d in .*train_state could not be read .*delete "
+                                       r".*train_state/\d to train again from step 0"):
+    training.train(tmp_path / "run", cfg, contexts, tc, progress=False)
+
+
 def test_checkpoint_errors_name_the_input(corpus, tmp_path):
   root, cfg, contexts = corpus
   training.train(tmp_path / "run", cfg, contexts, training.TrainConfig(steps=4, batch_size=8, checkpoint_steps=(0, 4)),
