@@ -137,7 +137,7 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
         bad = [c for c, h in zip(components, have) if not np.isfinite(h[0])]
         excluded.append(f"row ({probe}, {step}): χ is not finite for {bad}")
         continue
-      unsure = [c for c, h in zip(components, have) if not np.isfinite(h[1]) or np.isfinite(h[2]).sum() < 2]
+      unsure = [c for c, h in zip(components, have) if not _has_error_bar(h)]
       if unsure:
         excluded.append(f"row ({probe}, {step}): no error bar for {unsure} (fewer than 2 usable chains)")
         continue
@@ -156,9 +156,14 @@ def assemble(results_dirs, *, components=None) -> ResponseData:
                       excluded=excluded, seeds_R=seeds, notes=notes)
 
 
+def _has_error_bar(cell) -> bool:
+  """A cell with a finite stderr from >= 2 usable chains (resampling needs two)."""
+  return bool(np.isfinite(cell[1]) and np.isfinite(cell[2]).sum() >= 2)
+
+
 def _usable(cell) -> bool:
-  """A cell with a finite χ and an error bar (>= 2 usable chains)."""
-  return bool(np.isfinite(cell[0]) and np.isfinite(cell[1]) and np.isfinite(cell[2]).sum() >= 2)
+  """A cell with a finite χ and an error bar."""
+  return bool(np.isfinite(cell[0])) and _has_error_bar(cell)
 
 
 def _without_unusable_components(cells: dict, components: list) -> tuple[list, list]:
