@@ -98,11 +98,11 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
   datasets, steps = data.datasets_R, data.checkpoints_R
   couplings = structure.data_couplings(pca.scores_Rxk, datasets, steps)
+  coupling_steps, partial = structure.coupling_checkpoints(datasets, steps)
   struct_figs = [
       structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
       structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png"),
-      structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png",
-                                     checkpoints=structure.coupling_checkpoints(datasets, steps)[0]),
+      structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png", checkpoints=coupling_steps),
       structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png"),
       structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png"),
   ]
@@ -110,7 +110,6 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
               + "</ul>") if data.excluded else "<p>Nothing excluded.</p>"
   found = _label_correlations(dirs, data, pca, stability, num_pcs)
-  partial = structure.coupling_checkpoints(datasets, steps)[1]
   notes = "".join(f"<p>{html.escape(n)}.</p>" for n in data.notes + (
       [f"Data couplings leave out {', '.join(partial)}: sampled at too few of the checkpoints the others share"]
       if partial else []))
