@@ -11,7 +11,8 @@ between the offline corpora, local files, the Hugging Face hub and TFDS without 
                                 (one document per .txt file, files in sorted order)
   hf:NAME?split=train&column=text&revision=...&name=CONFIG&cache_dir=...
                                 `datasets.load_dataset`; a local file or directory as NAME is
-                                loaded with the json/parquet/text builder of its extension
+                                loaded with the json/parquet/text builder of its extension (HF's
+                                prepared copy kept per content, under <cache_dir>/<content hash>)
   tfds:NAME?split=train&column=text&data_dir=...
                                 `tfds.data_source` (array_record, no TensorFlow needed)
 
