@@ -369,6 +369,25 @@ def test_the_json_column_is_chosen_from_the_first_records_together(tmp_path):
     list(data.iter_documents(str(mixed)))
 
 
+def test_a_renamed_file_in_a_directory_is_other_data(tmp_path):
+  """The content identity holds the names inside a directory: a.txt -> a.jsonl turns one whole-file document
+  into the JSON line's text, with the same bytes."""
+  root = tmp_path / "d"
+  root.mkdir()
+  (root / "a.txt").write_text('{"text": "x"}\n')
+  before = data.dataset_fingerprint(str(root))
+  (root / "a.txt").rename(root / "a.jsonl")
+  assert list(data.iter_documents(str(root))) == ["x"] and data.dataset_fingerprint(str(root)) != before
+
+
+def test_the_text_column_is_found_after_many_records_without_it(tmp_path):
+  path = tmp_path / "late.jsonl"
+  rows = [{"title": f"T{i}", "text": None} for i in range(50)] + [{"title": "T50", "text": "the body"}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert list(data.iter_documents(str(path))) == ["the body"]
+  assert list(data.iter_documents(f"hf:{path}?cache_dir={tmp_path / 'hf'}")) == ["the body"]
+
+
 def test_json_files_as_hf_reads_them(tmp_path):
   """A byte-order mark, a pretty-printed .json object and a .json array read as HF's json builder reads them;
   a broken .json names its file."""
@@ -380,8 +399,11 @@ def test_json_files_as_hf_reads_them(tmp_path):
   array.write_text('[\n {"text": "a"},\n {"text": "b"}\n]\n')
   lines = tmp_path / "lines.json"
   lines.write_text('{"text": "l1"}\n{"text": "l2"}\n')
+  bom_array, bom_pretty = tmp_path / "bom_array.json", tmp_path / "bom_pretty.json"
+  bom_array.write_bytes(b"\xef\xbb\xbf" + array.read_bytes())
+  bom_pretty.write_bytes(b"\xef\xbb\xbf" + pretty.read_bytes())
   for path, expected in ((bom, ["first", "second"]), (pretty, ["one object"]), (array, ["a", "b"]),
-                         (lines, ["l1", "l2"])):
+                         (lines, ["l1", "l2"]), (bom_array, ["a", "b"]), (bom_pretty, ["one object"])):
     assert list(data.iter_documents(str(path))) == expected, path
     assert list(data.iter_documents(f"hf:{path}?cache_dir={tmp_path / 'hf'}")) == expected, path
   broken = tmp_path / "broken.json"

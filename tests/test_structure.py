@@ -307,6 +307,24 @@ def test_incompatible_results_are_refused_or_reported(tmp_path):
     response.assemble(tmp_path / "nothing")
 
 
+def test_the_edges_of_the_left_out_rules(tmp_path):
+  """A component unusable in exactly half of its cells stays (its bad rows go); a dataset at exactly half the
+  best-covered one's checkpoints is no partial one; a row's chains are those of the most seeds any of its
+  cells holds (a component sampled under fewer seeds there pads with NaN)."""
+  from suscept_jax.analysis import response
+  half = response.assemble(_write_sweep(tmp_path / "half", steps=(0, 10), one_chain=(0, 2)))
+  assert half.components == ["l0h0", "l0h1", "l1h0"] and half.rows == [("a", 10), ("b", 10)]
+  assert st.coupling_checkpoints(["a"] * 4 + ["b"] * 2, [0, 1, 2, 3, 2, 3]) == ([2, 3], [])
+  a = _write_sweep(tmp_path / "a")
+  b = _write_sweep(tmp_path / "b", steps=(10,), comps=("full", "l0h1", "l1h0"), seed=1)
+  _write_sweep(b, steps=(100,), seed=1)
+  data = response.assemble([a, b])
+  r = data.rows.index(("a", 10))
+  assert data.seeds_R[r] == [0, 1] and data.shared_chains_R[r] == ((0, 1), 10)
+  # l0h0: seed 0's 4 chains (one diverged), NaN beyond; l0h1: 4 + 4 (one diverged in seed 1's directory)
+  assert np.isfinite(data.per_chain_RxHxK[r, 0]).sum() == 3 and np.isfinite(data.per_chain_RxHxK[r, 1]).sum() == 7
+
+
 def test_a_damaged_config_is_named(tmp_path):
   """A truncated config.json printed only json's own words ("Expecting property name …"), one without settings
   printed "error: 'settings'"."""

@@ -50,11 +50,12 @@ def test_a_directory_that_is_not_this_kind_of_run_is_refused_before_anything_is_
   checkpoints.write_run_info(converted, cfg, source="transformer_lens", converted_from="/runs/tl")
   with pytest.raises(ValueError, match=r"holds checkpoints converted from /runs/tl: .*another --workdir"):
     training.train(converted, cfg, contexts, tc, progress=False)
-  orphans = tmp_path / "orphans"
-  (orphans / "checkpoints" / "700").mkdir(parents=True)
-  with pytest.raises(ValueError, match=r"holds checkpoints but no run.json: whose they are is unknown"):
-    training.train(orphans, cfg, contexts, tc, progress=False)
-  assert not (orphans / "run.json").exists()
+  for held in ("checkpoints", "train_state"):
+    orphans = tmp_path / f"orphans_{held}"
+    (orphans / held / "700").mkdir(parents=True)
+    with pytest.raises(ValueError, match=rf"holds {held} but no run.json: whose they are is unknown"):
+      training.train(orphans, cfg, contexts, tc, progress=False)
+    assert not (orphans / "run.json").exists()
   fresh = tmp_path / "fresh"
   with pytest.raises(ValueError, match=r"fewer than batch_size=100000"):
     training.train(fresh, cfg, contexts, dataclasses.replace(tc, batch_size=100_000), progress=False)
