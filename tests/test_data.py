@@ -256,6 +256,18 @@ def test_an_edit_that_puts_size_and_mtime_back_is_still_seen(jsonl_path, tokeniz
   assert "NEW" in data.decode_context(tokenizer, _contexts(str(path), tokenizer, tmp_path)[0])
 
 
+def test_the_digest_cache_key_tells_hosts_and_inodes_apart(jsonl_path, monkeypatch):
+  """A cache root shared by hosts (an NFS home) with the data on each host's own disk: the same path, size and
+  mtimes may hold other bytes on another host, or after a file is replaced by another (a new inode)."""
+  stat = jsonl_path.stat()
+  key = sources._digest_key(jsonl_path, stat)
+  other_inode = types.SimpleNamespace(**{k: getattr(stat, k) for k in dir(stat) if k.startswith("st_")})
+  other_inode.st_ino += 1
+  assert sources._digest_key(jsonl_path, other_inode) != key
+  monkeypatch.setattr(sources.socket, "gethostname", lambda: "another-host")
+  assert sources._digest_key(jsonl_path, stat) != key
+
+
 def test_copies_of_the_same_data_have_one_fingerprint(jsonl_path, tmp_path, monkeypatch):
   """Each host of a pod slice may hold its own copy of a dataset (copied or built there: other mtimes, other
   mounts) behind the same spec: the same bytes are the same data, other bytes are not. The "stat" identity

@@ -491,10 +491,7 @@ def _content_digest(path: Path) -> str:
   ctime: a large corpus is read once per copy, and a rewritten file is read again, even one whose size and
   mtime were put back (`cp -p`, `rsync -t`, `tar x` set the mtime, never the ctime), and even where hosts share
   the cache root but not the data disk."""
-  stat = path.stat()
-  key = hashlib.sha256(json.dumps([socket.gethostname(), str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size,
-                                   stat.st_mtime_ns, stat.st_ctime_ns]).encode()).hexdigest()[:32]
-  cached = paths.cache_root() / "file_digests" / key
+  cached = paths.cache_root() / "file_digests" / _digest_key(path, path.stat())
   try:
     digest = cached.read_text().strip()
     if re.fullmatch(r"[0-9a-f]{64}", digest):
@@ -508,6 +505,12 @@ def _content_digest(path: Path) -> str:
   except OSError:  # a read-only cache costs only the re-read
     pass
   return digest
+
+
+def _digest_key(path: Path, stat) -> str:
+  """Where a file's digest is cached: anything that differs between two files, or two versions of one file."""
+  return hashlib.sha256(json.dumps([socket.gethostname(), str(path.resolve()), stat.st_dev, stat.st_ino,
+                                    stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]).encode()).hexdigest()[:32]
 
 
 def _file_stats(files: Iterable[Path]) -> list:
