@@ -159,6 +159,10 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
     params, opt_state = restored["params"], restored["opt_state"]
     log(f"resumed from step {start} in {run_dir}")
   saved = set(params_mngr.all_steps())
+  lost = [s for s in schedule_steps if s < start and s not in saved]
+  if lost:  # (deleted or never copied: resuming cannot make them again)
+    log(f"warning: checkpoint step(s) {lost} of the schedule are missing in {run_dir / checkpoints.PARAMS_DIR} and "
+        f"lie before the resume step {start}: only training again from step 0 (delete the run directory) makes them")
   metrics_path = run_dir / "metrics.jsonl"
 
   def save(step):

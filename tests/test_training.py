@@ -104,6 +104,19 @@ def test_a_run_is_resumed_only_with_its_own_recipe(corpus):
   assert summary["steps_run"] == 7 and summary["final_step"] == 12
 
 
+def test_a_missing_checkpoint_before_the_resume_step_is_said(corpus, tmp_path):
+  """Resuming cannot make a scheduled checkpoint that was deleted (or never copied) before the resume step; the
+  summary just listed the steps without it."""
+  root, cfg, contexts = corpus
+  tc = training.TrainConfig(steps=8, batch_size=8, resume_every=2, checkpoint_steps=(0, 2, 8))
+  training.train(tmp_path / "run", cfg, contexts, tc, progress=False, stop_after=5)
+  shutil.rmtree(tmp_path / "run" / "checkpoints" / "2")
+  said = []
+  training.train(tmp_path / "run", cfg, contexts, tc, progress=False, log=said.append)
+  assert any("checkpoint step(s) [2] of the schedule are missing" in line and "resume step 5" in line
+             for line in said), said
+
+
 def test_a_damaged_resume_state_is_named_with_what_to_do(corpus, tmp_path):
   root, cfg, contexts = corpus
   tc = training.TrainConfig(steps=8, batch_size=8, resume_every=2, checkpoint_steps=(0, 8))
