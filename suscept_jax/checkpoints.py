@@ -107,7 +107,7 @@ def load_params(run_dir, step: int | None = None):
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
     except Exception as e:  # noqa: BLE001 (tensorstore raises a bare Exception, or a ValueError, for damage)
-      first = str(e).splitlines()[0] if str(e) else type(e).__name__
+      first = error_headline(e)
       # tensorstore's errors carry a status code (DATA_LOSS: …, OUT_OF_RANGE: …); orbax's shape errors do not
       if isinstance(e, ValueError) and not re.match(r"[A-Z][A-Z_]+: ", first):
         # (orbax's own message suggests strict=False, which would load wrong shapes)
@@ -116,6 +116,11 @@ def load_params(run_dir, step: int | None = None):
       raise ValueError(f"the checkpoint at step {step} in {run_dir} could not be read (a damaged or partly "
                        f"copied file?): {first[:300]}") from None
   return jax.tree.map(np.asarray, restored["params"])
+
+
+def error_headline(error: BaseException) -> str:
+  """The first line of orbax's or tensorstore's error (their later lines are kilobytes of spec)."""
+  return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def _abstract_params(config: ModelConfig):

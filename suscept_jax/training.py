@@ -81,7 +81,7 @@ def check_same_recipe(run_dir, wanted: dict) -> None:
   try:
     recorded = checkpoints.read_run_info(run_dir)
   except FileNotFoundError:
-    held = [d for d in (checkpoints.PARAMS_DIR, "train_state") if any((Path(run_dir) / d).glob("*"))]
+    held = [d for d in (checkpoints.PARAMS_DIR, checkpoints.TRAIN_STATE_DIR) if any((Path(run_dir) / d).glob("*"))]
     if held:  # whose checkpoints they are is unknown: a run.json written now would describe them wrongly
       raise ValueError(f"{run_dir} holds {' and '.join(held)} but no {checkpoints.RUN_FILE}: whose they are is "
                        "unknown; use another --workdir, or delete it to start again") from None
@@ -152,10 +152,10 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
       restored = state_mngr.restore(start, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(params), opt_state=ocp.args.StandardRestore(opt_state)))
     except Exception as e:  # noqa: BLE001 (orbax's and tensorstore's words name neither the path nor the remedy)
-      first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-      raise ValueError(f"the resume state at step {start} in {run_dir / 'train_state'} could not be read ({first}): "
-                       f"delete {run_dir / 'train_state' / str(start)} to train again from step 0 (the same recipe "
-                       "gives the same params; the checkpoints already kept stay)") from None
+      state_dir = run_dir / checkpoints.TRAIN_STATE_DIR
+      raise ValueError(f"the resume state at step {start} in {state_dir} could not be read "
+                       f"({checkpoints.error_headline(e)[:300]}): delete {state_dir / str(start)} to train again from "
+                       "step 0 (the same recipe gives the same params; the checkpoints already kept stay)") from None
     params, opt_state = restored["params"], restored["opt_state"]
     log(f"resumed from step {start} in {run_dir}")
   saved = set(params_mngr.all_steps())

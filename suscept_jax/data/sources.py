@@ -249,13 +249,10 @@ def _read_json_lines(path: Path, column: str | None) -> Iterator[str]:
 
   The column is chosen from the first records together: a field that is null or missing in the first record
   is still found (the first record alone picked another column, where HF's loader took the right one)."""
-  records = _json_records(path)
+  records = _json_objects(path)
   sample = list(itertools.islice(records, _COLUMN_SAMPLE))
   if not sample:  # no records: an empty dataset, which `_non_empty` names (not a column it cannot pick)
     return
-  for line_no, record in sample:
-    if not isinstance(record, dict):
-      raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
   values = {}
   for _, record in sample:
     for key, value in record.items():
@@ -266,14 +263,20 @@ def _read_json_lines(path: Path, column: str | None) -> Iterator[str]:
     is_string.update({key: False for key in record if key not in is_string})
   field = pick_column(is_string, column, str(path))
   for line_no, record in itertools.chain(sample, records):
-    if not isinstance(record, dict):
-      raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
     value = record.get(field)
     if value is None:
       continue
     if not isinstance(value, str):
       raise ValueError(f"{path}:{line_no}: field {field!r} is a {type(value).__name__}, not a string")
     yield value
+
+
+def _json_objects(path: Path) -> Iterator[tuple[int, dict]]:
+  """(number, record) of each record of `_json_records`, which must be a JSON object."""
+  for line_no, record in _json_records(path):
+    if not isinstance(record, dict):
+      raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+    yield line_no, record
 
 
 def _json_records(path: Path) -> Iterator[tuple[int, object]]:
