@@ -34,8 +34,14 @@ def check_writable_dir(path, flag: str, *, shown=None) -> None:
   made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
   probe = path / f".writable-{os.getpid()}"
   try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe.write_bytes(b"")
+    for attempt in range(5):  # another process checking the same path may remove what it made meanwhile
+      try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        break
+      except FileNotFoundError:
+        if attempt == 4:
+          raise
     probe.unlink()
   except OSError as e:
     raise ValueError(f"cannot write into {shown or path} ({type(e).__name__}: {e.strerror or e}): give a directory "

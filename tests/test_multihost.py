@@ -279,3 +279,30 @@ def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_pat
   for t in threads:
     t.join(timeout=60)
   assert seen_by_1 == [{"seed": 1}]
+
+
+def _check_many(root, queue):
+  from suscept_jax import paths
+  failed = 0
+  for i in range(400):
+    try:
+      paths.check_writable_dir(Path(root) / f"out{i}" / "units", "--output_dir")
+    except ValueError:
+      failed += 1
+  queue.put(failed)
+
+
+def test_processes_checking_one_output_dir_at_once_both_pass(tmp_path):
+  """Each process of a run checks the shared output directory, and removes what it made: another process's
+  check, between its mkdir and its probe, met a directory just removed (FileNotFoundError: 'cannot write into'
+  in CI; 3 in 600 checks here)."""
+  import multiprocessing
+  ctx = multiprocessing.get_context("spawn")
+  queue = ctx.Queue()
+  procs = [ctx.Process(target=_check_many, args=(str(tmp_path), queue)) for _ in range(2)]
+  for p in procs:
+    p.start()
+  failures = [queue.get(timeout=120) for _ in procs]
+  for p in procs:
+    p.join(timeout=60)
+  assert failures == [0, 0]
