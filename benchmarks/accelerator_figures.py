@@ -11,7 +11,8 @@
    wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates,
    group by group: each group's fixed host work before its first chunk, the streams and the table of L_B(w*),
    is reported apart, since at a few draws it would swamp a fast device's step), the
-   step's gradient FLOPs (XLA's count, restricted per group) per second against the matching peak, the
+   draw's FLOPs (XLA's count on the CPU of the gradients, restricted per group, the probe's forwards and the
+   table of L_B(w*): `scaling.draw_flops`) per second against the matching peak, the
    micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes measured and
    predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
@@ -22,7 +23,8 @@
 
 Settings after the first start only while the budget lasts (a compile on a large model can take a
 minute); the numerics and the per-token pass always run, right after the first. FLOPs are XLA's count of the
-same arithmetic with plain attention (it counts none inside a cuDNN call); fractions of peak are against the
+same arithmetic with plain attention, compiled for the CPU (`scaling.flops_of`: the GPU's own count misses
+most of a gradient's matmuls and everything inside a cuDNN call); fractions of peak are against the
 measured matmul rate and, on a device in `scaling.DATASHEET_PEAKS`, against the vendor's figure. Every figure is
 printed as it comes and DIR/accelerator_figures.json is rewritten after each, so an interrupted run still
 leaves what it measured. --tiny: the tiny model at small sizes (the test suite runs it on CPU).
@@ -48,13 +50,12 @@ from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
 from benchmarks import common
-from benchmarks.scaling import datasheet_peaks, flops_of, step_flops
+from benchmarks.scaling import PEAK_FOR, datasheet_peaks, draw_flops, flops_of
 
 # (components, precision, attention), in the order they run: the paper preset's step first.
 SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
             ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
             ("all", "float32", "plain")]
-PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
 
 
 def attention_kernel(cfg, precision: str, attention: str) -> str:
@@ -136,14 +137,16 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
     seconds += out.seconds
   plans = sampler.memory_plan(loss_fn, params, names, masks_C, base, probes, **kw)  # (compiled by now)
   whole_run = seconds / (draws + 1)  # draws + the start's evaluation block, fixed work included
-  flops = num_chains * step_flops(flops_counted_as(cfg, precision), params, names, masks_C,
-                                  jnp.asarray(base[:batch_size]))
+  counted = draw_flops(flops_counted_as(cfg, precision), params, names, masks_C, base[:batch_size],
+                       chains=num_chains, probes=len(probes), delta_h=kw["delta_h"])
+  flops = counted["draw"]
   peak = peaks[PEAK_FOR[precision]]
   sheet = (datasheet or {}).get(PEAK_FOR[precision])
   return dict(components=which, entries=len(names) * num_chains, precision=precision, attention=attention,
               kernel=attention_kernel(cfg, precision, attention),
               first_run_s=first, seconds_per_draw=per_draw, whole_run_seconds_per_draw=whole_run,
-              fixed_seconds=seconds - per_draw * (draws + 1), step_tflop=flops / 1e12,
+              fixed_seconds=seconds - per_draw * (draws + 1), gradient_tflop=counted["gradient"] / 1e12,
+              draw_tflop=flops / 1e12,
               achieved_tflops=flops / per_draw / 1e12, fraction_of_peak=flops / per_draw / peak,
               fraction_of_datasheet_peak=flops / per_draw / sheet if sheet else None,
               peak_used=PEAK_FOR[precision], microbatch=[p.microbatch_size for p in plans],
@@ -209,10 +212,10 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
   def forward_with(attention):
     token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
                                       numerics=Numerics(precision="bfloat16", attention=attention))
-    return jax.jit(lambda w: jax.vmap(lambda p: token_loss_fn(p, batch))(w))
+    return jax.jit(lambda w, b: jax.vmap(lambda p: token_loss_fn(p, b))(w))
 
-  flops = flops_of(forward_with("plain"), stacked)
-  seconds = common.seconds_per_call(forward_with("fused"), stacked)
+  flops = flops_of(forward_with("plain"), stacked, batch)
+  seconds = common.seconds_per_call(forward_with("fused"), stacked, batch)
   sheet = (datasheet or {}).get("bf16")
   return dict(replicas=replicas, contexts=contexts, seconds=seconds, achieved_tflops=flops / seconds / 1e12,
               fraction_of_bf16_peak=flops / seconds / peaks["bf16"],

@@ -36,6 +36,8 @@ from benchmarks import common
 DATASHEET_PEAKS = {"H100": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
                    "H200": {"bf16": 989.4e12, "f32 default": 494.7e12, "f32 highest": 66.9e12},
                    "TPU v4": {"bf16": 275e12}}
+# The peak each precision setting is held against.
+PEAK_FOR = {"bfloat16": "bf16", "default": "f32 default", "float32": "f32 highest"}
 PEAKS = {"H100 SXM (bf16)": DATASHEET_PEAKS["H100"]["bf16"], "H100 SXM (tf32)": DATASHEET_PEAKS["H100"]["f32 default"],
          "TPU v4-8, 4 chips (bf16)": 4 * DATASHEET_PEAKS["TPU v4"]["bf16"]}
 
@@ -66,8 +68,13 @@ def paper_runs() -> dict:
 
 
 def flops_of(fn, *args) -> float:
-  """XLA's FLOP count of jit(fn) at these arguments (compiled, not run)."""
-  return common.compiled_flops(jax.jit(fn).lower(*args).compile())
+  """XLA's FLOP count of jit(fn) at these arguments' shapes, compiled for the CPU (not run) whatever the default
+  backend: on an H200, XLA's GPU count of an SGLD step's gradient was 0.23 TFLOP per entry where the CPU's count
+  and the matmuls' arithmetic (≈ 3 forwards of 0.37 TFLOP) give 1.14 — its fusions and library calls hide most
+  of the backward pass's matmuls from the count."""
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)
+  with jax.default_device(jax.devices("cpu")[0]):
+    return common.compiled_flops(jax.jit(fn).lower(*shapes).compile())
 
 
 def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
@@ -79,6 +86,17 @@ def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
     grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
     out.update({names[c]: grad for c in comps})
   return out
+
+
+def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float) -> dict:
+  """FLOPs of one draw of a run with `chains` chains of every component in `names`, one gradient step per draw:
+  {"gradient": the entries' gradients alone, "draw": with the probes' forwards and the table of L_B(w*)}."""
+  batch_size, n_ctx = np.shape(batch)
+  step = gradient_flops(loss_fn, params, names, masks_C, batch)
+  forward_1 = flops_of(loss_fn, params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
+  draw = run_flops(step, chains=chains, gradient_steps=1, draws=1, probes=probes,
+                   slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=batch_size)
+  return dict(gradient=chains * sum(step.values()), draw=draw)
 
 
 def step_flops(loss_fn, params, names, masks_C, batch) -> float:
@@ -192,25 +210,26 @@ def measured_projection(figures: dict) -> list[dict]:
   f = paper_flops(figures["model"])
   paper, names = f["paper"], f["names"]
   _, params, loss_fn, _, masks_C = _model(figures["model"])
-  b = figures["batch_size"]
-  step_at_b = gradient_flops(loss_fn, params, names, masks_C, jax.ShapeDtypeStruct((b, f["config"].n_ctx), jnp.int32))
+  batch = jax.ShapeDtypeStruct((figures["batch_size"], f["config"].n_ctx), jnp.int32)
   rows = []
   for setting in figures["settings"]:
     if "seconds_per_draw" not in setting:
       continue
-    step = step_at_b if setting["components"] == "all" else {"full": step_at_b["full"]}
-    draw = run_flops(step, chains=setting["entries"] // len(step), gradient_steps=1, draws=1, probes=1,
-                     slots=mixing.max_probe_samples(b, 0.1), forward_1=f["forward_1"], batch=b)
+    which = (names, masks_C) if setting["components"] == "all" else sj.stack_masks({"full": None}, params)
+    draw = draw_flops(loss_fn, params, *which, batch, chains=setting["entries"] // len(which[0]), probes=1,
+                      delta_h=0.1)["draw"]
     rate = draw / setting["seconds_per_draw"]
+    peak_kind = PEAK_FOR[setting["precision"]]
     # a checkpoint's fixed work: every group's run (an "all" setting measured them all; "full" one)
     fixed = setting["fixed_seconds"] * (1 if setting["components"] == "all" else len(f["groups"]))
     row = dict(setting=f"{setting['components']}/{setting['precision']}/{setting['attention']}",
-               achieved_tflops=rate / 1e12,
+               achieved_tflops=rate / 1e12, fraction_of_measured_peak=rate / 1e12 / figures["matmul_peak_tflops"][peak_kind],
                sweep_minutes=(f["sweep"] / rate + paper["checkpoints"] * fixed) / 60,
                per_token_minutes=(f["per_token"] / rate + paper["per_token_units"] * fixed) / 60)
     rows.append(row)
     print(f"  {figures['device']}, at the rate of {row['setting']} ({row['achieved_tflops']:.3g} TFLOP/s with its "
-          f"probe forwards): sweep {row['sweep_minutes']:.1f} min, per-token run {row['per_token_minutes']:.1f} min")
+          f"probe forwards, {row['fraction_of_measured_peak']:.1%} of the measured {peak_kind} "
+          f"matmul peak): sweep {row['sweep_minutes']:.1f} min, per-token run {row['per_token_minutes']:.1f} min")
   return rows
 
 

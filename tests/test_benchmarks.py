@@ -96,7 +96,8 @@ def test_projection_from_measured_times_scales_with_them():
   and the projection moves in proportion to the measured time, plus each run's fixed work."""
   names = scaling.paper_flops("tiny")["names"]
   row = dict(components="all", entries=4 * len(names), precision="default", attention="plain", fixed_seconds=0.0)
-  figures = lambda **kw: dict(model="tiny", device="cpu", batch_size=64, settings=[dict(row, **kw)])
+  figures = lambda **kw: dict(model="tiny", device="cpu", batch_size=64, settings=[dict(row, **kw)],
+                              matmul_peak_tflops={"f32 default": 1.0})
   [one] = scaling.measured_projection(figures(seconds_per_draw=0.01))
   [two] = scaling.measured_projection(figures(seconds_per_draw=0.02))
   [fixed] = scaling.measured_projection(figures(seconds_per_draw=0.01, fixed_seconds=60.0))
@@ -147,6 +148,31 @@ def test_a_kernel_that_refuses_its_inputs_is_recorded_and_the_other_settings_run
   for precision in model_config.PRECISIONS:
     assert "cuDNN" in rows[precision, "fused"]["error"] and rows[precision, "fused"]["kernel"] == "cudnn"
     assert "error" not in rows[precision, "plain"] and rows[precision, "plain"]["grad_rel_vs_exact"] >= 0
+
+
+def test_flops_are_the_arithmetic_of_the_matmuls_and_a_draw_adds_its_forwards():
+  """The FLOP count behind every fraction of peak against the arithmetic: a linear layer's gradient is two
+  matmuls of 2·b·k·n each (forward, and the weight's gradient); a draw adds the probes' and L_B(w*)'s forwards."""
+  import jax.numpy as jnp
+
+  from suscept_jax import mixing
+  from suscept_jax.models import config as model_config, transformer
+  b, k, n = 64, 128, 96
+  x_BK, w_KN = jnp.ones((b, k)), jnp.ones((k, n))
+  counted = scaling.flops_of(jax.grad(lambda w, x: jnp.sum((x @ w) ** 2)), w_KN, x_BK)
+  assert 4 * b * k * n <= counted <= 1.05 * 4 * b * k * n, counted
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg, seed=0)
+  names, masks_C = sj.stack_masks({"full": None}, params)
+  loss_fn = lambda w, batch: transformer.context_nll(w, batch, config=cfg)
+  batch = np.zeros((8, cfg.n_ctx), np.int32)
+  forward = scaling.flops_of(loss_fn, params, batch)
+  step = scaling.step_flops(loss_fn, params, names, masks_C, batch)
+  assert 2.5 * forward < step < 3.5 * forward  # a gradient: about three forwards
+  counted = scaling.draw_flops(loss_fn, params, names, masks_C, batch, chains=3, probes=2, delta_h=0.25)
+  assert counted["gradient"] == pytest.approx(3 * step)
+  slots = mixing.max_probe_samples(8, 0.25)  # each chain: 2 probes' slots and one batch at w*
+  assert counted["draw"] == pytest.approx(3 * (step + (2 * slots + 8) * forward / 8), rel=0.02)
 
 
 def test_compiled_flops_reads_every_form_of_the_cost_analysis():
