@@ -222,6 +222,20 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
               fraction_of_datasheet_bf16_peak=flops / seconds / sheet if sheet else None)
 
 
+def settings_list(text: str) -> list[tuple]:
+  """--settings: "full/default/plain,all/bfloat16/fused" as (components, precision, attention) triples."""
+  settings = [tuple(item.strip().split("/")) for item in text.split(",") if item.strip()]
+  for setting in settings:
+    if len(setting) != 3 or setting[0] not in ("full", "all") or setting[1] not in model_config.PRECISIONS \
+        or setting[2] not in model_config.ATTENTION_IMPLEMENTATIONS:
+      raise argparse.ArgumentTypeError(
+          f"{'/'.join(setting)!r} is not COMPONENTS/PRECISION/ATTENTION with COMPONENTS full or all, PRECISION one "
+          f"of {', '.join(model_config.PRECISIONS)} and ATTENTION one of {', '.join(model_config.ATTENTION_IMPLEMENTATIONS)}")
+  if not settings:
+    raise argparse.ArgumentTypeError("no setting given")
+  return settings
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", default="runs/accelerator_figures")
@@ -230,6 +244,10 @@ def parse_args(argv=None):
   parser.add_argument("--num_chains", type=int, default=4)
   parser.add_argument("--draws", type=int, default=8, help="draws per run (an accelerator runs one per chunk)")
   parser.add_argument("--budget_s", type=float, default=420.0, help="start no new setting after this many seconds")
+  parser.add_argument("--settings", type=settings_list, default=SETTINGS,
+                      metavar="COMPONENTS/PRECISION/ATTENTION,...",
+                      help="the settings to measure, in this order (default: all of them, the paper preset's step "
+                      "first); COMPONENTS is full or all")
   parser.add_argument("--tiny", action="store_true", help="the tiny model at small sizes (tests, CPU)")
   return parser.parse_args(argv)
 
@@ -264,7 +282,7 @@ def main(argv=None) -> dict:
         + ("; datasheet: " + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in datasheet.items()) if datasheet else ""),
         flush=True)
   save()
-  for i, (which, precision, attention) in enumerate(SETTINGS):
+  for i, (which, precision, attention) in enumerate(args.settings):
     if i and time.perf_counter() - t0 > args.budget_s:  # (the paper preset's step always runs)
       print(f"budget of {args.budget_s:.0f} s spent: not started: {which}/{precision}/{attention}", flush=True)
       continue

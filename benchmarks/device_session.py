@@ -27,6 +27,13 @@ The device tool's call (15 minutes of device time per session, at most 10 per co
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT   (timeout_s ≈ 590)
 Afterwards, here (no device time): `python -m benchmarks.scaling --from_figures=<files_at>/accelerator_figures.json`
 projects the paper's sweep and per-token run from the step times measured there.
+
+What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left unmeasured, in one call of ≈ 590 s:
+  PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT \
+      --parts=side_by_side,untuned,figures,precision --side_by_side_s=330 --untuned_s=90 \
+      --figures_settings=all/bfloat16/fused,all/default/plain --precision_settings float32/plain default/plain
+(devinterp's half did not finish in 260 s; every component at once was never reached; TF32's shift on the demo
+was cut off; the untuned part says how much of the side by side's 52 s of compilation is autotuning.)
 """
 import argparse
 import importlib.metadata
@@ -54,6 +61,12 @@ def parse_args(argv=None):
   parser.add_argument("--side_by_side_s", type=float, default=260.0, help="time of the devinterp side by side")
   parser.add_argument("--precision_s", type=float, default=150.0, help="time of the precision shifts on the demo")
   parser.add_argument("--total_s", type=float, default=580.0, help="no part runs past this from the start")
+  parser.add_argument("--parts", type=part_names, default=list(PART_NAMES),
+                      help=f"the parts to run, in this order, comma-separated (default: {','.join(PART_NAMES)}; "
+                      "also: untuned, our half of the side by side with XLA's GPU autotuning off)")
+  parser.add_argument("--untuned_s", type=float, default=120.0, help="time of the untuned part")
+  parser.add_argument("--figures_settings", help="the figures' --settings (default: all of them)")
+  parser.add_argument("--precision_settings", nargs="+", help="precision_on_demo's --settings (default: its own)")
   parser.add_argument("--run_dir", default="runs/demo/train", help="the side by side's weights")
   parser.add_argument("--wheels", default=".whl", help="devinterp's wheels (benchmarks/devinterp_wheels_h200.txt)")
   parser.add_argument("--devinterp_device", default="cuda")
@@ -76,6 +89,21 @@ def installed_versions(names=VERSIONS_OF) -> dict:
 
 
 MIN_PART_S = 60.0  # a part given less than this is skipped, not started to be cut off
+PART_NAMES = ("figures", "side_by_side", "precision")
+ALL_PART_NAMES = (*PART_NAMES, "untuned")
+# On the H200, compilation was 52 of the side by side's 52.3 s (0.6 s compiled): the untuned part measures how
+# much of it is XLA's autotuning of GPU kernels, and how much slower the untuned kernels draw.
+UNTUNED_XLA_FLAGS = "--xla_gpu_autotune_level=0"
+
+
+def part_names(text: str) -> list[str]:
+  """--parts: known part names, comma-separated, in the order they run."""
+  names = [name.strip() for name in text.split(",") if name.strip()]
+  unknown = [name for name in names if name not in ALL_PART_NAMES]
+  if unknown or not names:
+    raise argparse.ArgumentTypeError(f"unknown part(s) {unknown or text!r}: expected some of "
+                                     f"{', '.join(ALL_PART_NAMES)}")
+  return names
 
 
 class Part(NamedTuple):
@@ -90,16 +118,26 @@ def parts(args) -> list[Part]:
   """The parts, in the order they run."""
   tiny = ["--tiny"] if args.tiny else []
   carried = carried_contexts(args)
-  figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny]
+  figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny,
+             *(["--settings", args.figures_settings] if args.figures_settings else [])]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
                   "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried])]
+  untuned = ["--work_dir", args.work_dir + "_untuned", "--skip_devinterp",
+             *(tiny or ["--run_dir", args.run_dir, *carried])]
   contexts = ["--contexts", str(contexts_folder(args))] if "--tokens" in carried else []
-  precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts])]
+  precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts]),
+               *(["--settings", *args.precision_settings] if args.precision_settings else [])]
   # Both frameworks share the GPU in the side by side: JAX takes memory as it needs it instead of 75 % up front.
-  shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv}
-  return [Part("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
-          Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side, args.side_by_side_s, shared_gpu),
-          Part("precision", "benchmarks.precision_on_demo", precision, args.precision_s, {})]
+  # Each program's compile time goes to the log (JAX_LOG_COMPILES).
+  shared_gpu = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "SUSCEPT_JAX_DEVINTERP_VENV": args.devinterp_venv,
+                "JAX_LOG_COMPILES": "1"}
+  every = {"figures": Part("figures", "benchmarks.accelerator_figures", figures, args.figures_s, {}),
+           "side_by_side": Part("side_by_side", "benchmarks.devinterp_side_by_side", side_by_side,
+                                args.side_by_side_s, shared_gpu),
+           "precision": Part("precision", "benchmarks.precision_on_demo", precision, args.precision_s, {}),
+           "untuned": Part("untuned", "benchmarks.devinterp_side_by_side", untuned, args.untuned_s,
+                           {"XLA_FLAGS": UNTUNED_XLA_FLAGS, "JAX_LOG_COMPILES": "1"})}
+  return [every[name] for name in args.parts]
 
 
 def contexts_folder(args) -> Path:

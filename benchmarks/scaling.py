@@ -220,10 +220,11 @@ def measured_projection(figures: dict) -> list[dict]:
                       delta_h=0.1)["draw"]
     rate = draw / setting["seconds_per_draw"]
     peak_kind = PEAK_FOR[setting["precision"]]
+    measured_peak = figures["matmul_peak_tflops"][peak_kind] * 1e12
     # a checkpoint's fixed work: every group's run (an "all" setting measured them all; "full" one)
     fixed = setting["fixed_seconds"] * (1 if setting["components"] == "all" else len(f["groups"]))
     row = dict(setting=f"{setting['components']}/{setting['precision']}/{setting['attention']}",
-               achieved_tflops=rate / 1e12, fraction_of_measured_peak=rate / 1e12 / figures["matmul_peak_tflops"][peak_kind],
+               achieved_tflops=rate / 1e12, fraction_of_measured_peak=rate / measured_peak,
                sweep_minutes=(f["sweep"] / rate + paper["checkpoints"] * fixed) / 60,
                per_token_minutes=(f["per_token"] / rate + paper["per_token_units"] * fixed) / 60)
     rows.append(row)
