@@ -11,8 +11,8 @@
    wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates,
    group by group: each group's fixed host work before its first chunk, the streams and the table of L_B(w*),
    is reported apart, since at a few draws it would swamp a fast device's step), the
-   draw's FLOPs (XLA's count on the CPU of the gradients, restricted per group, the probe's forwards and the
-   table of L_B(w*): `scaling.draw_flops`) per second against the matching peak, the
+   draw's FLOPs (XLA's count on the CPU of the gradients, restricted per group, and the probe's forwards:
+   `scaling.draw_flops`) per second against the matching peak, the
    micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes measured and
    predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.

@@ -89,13 +89,14 @@ def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
 
 
 def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float) -> dict:
-  """FLOPs of one draw of a run with `chains` chains of every component in `names`, one gradient step per draw:
-  {"gradient": the entries' gradients alone, "draw": with the probes' forwards and the table of L_B(w*)}."""
+  """FLOPs of one steady draw of a run with `chains` chains of every component in `names`, one gradient step per
+  draw: {"gradient": the entries' gradients alone, "draw": with the probes' forwards}. The table of L_B(w*)
+  is one pass before the first chunk (`anchor_table`), timed with a run's fixed work, not in its draws."""
   batch_size, n_ctx = np.shape(batch)
   step = gradient_flops(loss_fn, params, names, masks_C, batch)
   forward_1 = flops_of(loss_fn, params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
   draw = run_flops(step, chains=chains, gradient_steps=1, draws=1, probes=probes,
-                   slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=batch_size)
+                   slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=0)
   return dict(gradient=chains * sum(step.values()), draw=draw)
 
 
@@ -143,7 +144,8 @@ def run_flops(step: dict, *, chains: int, gradient_steps: int, draws: int, probe
               forward_1: float, batch: int, observed_per_draw: float = 0.0) -> float:
   """FLOPs of one run over the components in `step` ({component: gradient FLOPs at the batch}): every entry's
   gradients; per draw, every entry's forwards of its probe slots (and of its observed contexts, per token);
-  per stream and draw, one batch at w* (the table of L_B(w*))."""
+  per stream and draw, one batch at w* (the table of L_B(w*): one pass over the batches' samples, whose size
+  `batch` gives; 0 leaves it out)."""
   per_entry_draw = probes * slots * forward_1 + observed_per_draw
   return chains * (gradient_steps * sum(step.values()) + draws * (len(step) * per_entry_draw + batch * forward_1))
 
@@ -204,9 +206,10 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m") -> dict:
 
 def measured_projection(figures: dict) -> list[dict]:
   """The paper's runs on the device `benchmarks.accelerator_figures` measured, at the FLOP rate each of its
-  settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots, one batch at w*
-  per stream) over its steady seconds per draw, and each run's fixed host work as measured (at that run's few
-  draws and one probe: it grows with both, so a lower bound)."""
+  settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots) over its steady
+  seconds per draw; the runs' FLOPs (the table of L_B(w*) included, at the same rate) over that rate, plus each
+  run's fixed host work as measured (at that run's few draws and one probe: it grows with both, so a lower
+  bound)."""
   f = paper_flops(figures["model"])
   paper, names = f["paper"], f["names"]
   _, params, loss_fn, _, masks_C = _model(figures["model"])
