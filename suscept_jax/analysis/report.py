@@ -94,6 +94,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   chains = int(np.median(np.isfinite(data.per_chain_RxHxK).sum(-1)))  # (cells pooled over seeds have more)
   stability = structure.bootstrap_stability(data.X_RxH, resampler, num_pcs, stderr_RxH=data.stderr_RxH,
                                             num_resamples=num_resamples,
+                                            spread_correction=structure.bootstrap_spread_correction(chains),
                                             interval_widening=structure.small_sample_widening(chains))
   stability_html = "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in stability.describe()) + "</ul>"
   datasets, steps = data.datasets_R, data.checkpoints_R
