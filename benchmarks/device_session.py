@@ -63,8 +63,11 @@ def parse_args(argv=None):
   parser.add_argument("--total_s", type=float, default=580.0, help="no part runs past this from the start")
   parser.add_argument("--parts", type=part_names, default=list(PART_NAMES),
                       help=f"the parts to run, in this order, comma-separated (default: {','.join(PART_NAMES)}; "
-                      "also: untuned, our half of the side by side with XLA's GPU autotuning off)")
+                      "also: untuned, our half of the side by side with XLA's GPU autotuning off; replicas, "
+                      "benchmarks.scaling's time per draw as entries grow, on the paper's model)")
   parser.add_argument("--untuned_s", type=float, default=120.0, help="time of the untuned part")
+  parser.add_argument("--replicas_s", type=float, default=150.0,
+                      help="time of the replicas part: the paper model's time per draw at 1, 4, 17, 68 entries")
   parser.add_argument("--figures_settings", help="the figures' --settings (default: all of them)")
   parser.add_argument("--precision_settings", nargs="+", help="precision_on_demo's --settings (default: its own)")
   parser.add_argument("--run_dir", default="runs/demo/train", help="the side by side's weights")
@@ -90,7 +93,7 @@ def installed_versions(names=VERSIONS_OF) -> dict:
 
 MIN_PART_S = 60.0  # a part given less than this is skipped, not started to be cut off
 PART_NAMES = ("figures", "side_by_side", "precision")
-ALL_PART_NAMES = (*PART_NAMES, "untuned")
+ALL_PART_NAMES = (*PART_NAMES, "untuned", "replicas")
 # On the H200, compilation was 52 of the side by side's 52.3 s (0.6 s compiled): the untuned part measures how
 # much of it is XLA's autotuning of GPU kernels, and how much slower the untuned kernels draw.
 UNTUNED_XLA_FLAGS = "--xla_gpu_autotune_level=0"
@@ -124,6 +127,9 @@ def parts(args) -> list[Part]:
                   "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried])]
   untuned = ["--work_dir", args.work_dir + "_untuned", "--skip_devinterp",
              *(tiny or ["--run_dir", args.run_dir, *carried])]
+  # Batch 4: 68 entries of the paper's model at float32 need ≈ 54 GiB there (12.5 GiB per entry at batch 64).
+  replicas = (["--model", "tiny", "--replicas", "1,2", "--draws", "3"] if args.tiny else
+              ["--model", "tetrahedron_3m", "--batch_size", "4", "--replicas", "1,4,17,68", "--draws", "10"])
   contexts = ["--contexts", str(contexts_folder(args))] if "--tokens" in carried else []
   precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts]),
                *(["--settings", *args.precision_settings] if args.precision_settings else [])]
@@ -136,7 +142,8 @@ def parts(args) -> list[Part]:
                                 args.side_by_side_s, shared_gpu),
            "precision": Part("precision", "benchmarks.precision_on_demo", precision, args.precision_s, {}),
            "untuned": Part("untuned", "benchmarks.devinterp_side_by_side", untuned, args.untuned_s,
-                           {"XLA_FLAGS": UNTUNED_XLA_FLAGS, "JAX_LOG_COMPILES": "1"})}
+                           {"XLA_FLAGS": UNTUNED_XLA_FLAGS, "JAX_LOG_COMPILES": "1"}),
+           "replicas": Part("replicas", "benchmarks.scaling", [*replicas, "--skip_projection"], args.replicas_s, {})}
   return [every[name] for name in args.parts]
 
 

@@ -237,8 +237,8 @@ def measured_projection(figures: dict) -> list[dict]:
   return rows
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__)
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="demo")
   parser.add_argument("--batch_size", type=int, default=20)
   parser.add_argument("--replicas", default="1,4,17,68")
@@ -248,7 +248,11 @@ def main(argv=None):
   parser.add_argument("--skip_projection", action="store_true")
   parser.add_argument("--from_figures", help="accelerator_figures.json of a device run: project the paper's runs "
                       "from its measured step times (here, on any machine) instead of measuring")
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
   if args.from_figures:
     figures = json.loads(Path(args.from_figures).read_text())
     print(f"the paper's runs on {figures['device']} ({figures['model']} model), from the steady time per draw each "
