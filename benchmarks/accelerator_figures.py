@@ -225,12 +225,13 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
 def settings_list(text: str) -> list[tuple]:
   """--settings: "full/default/plain,all/bfloat16/fused" as (components, precision, attention) triples."""
   settings = [tuple(item.strip().split("/")) for item in text.split(",") if item.strip()]
+  precisions, attentions = model_config.PRECISIONS, model_config.ATTENTION_IMPLEMENTATIONS
   for setting in settings:
-    if len(setting) != 3 or setting[0] not in ("full", "all") or setting[1] not in model_config.PRECISIONS \
-        or setting[2] not in model_config.ATTENTION_IMPLEMENTATIONS:
+    if len(setting) != 3 or setting[0] not in ("full", "all") or setting[1] not in precisions \
+        or setting[2] not in attentions:
       raise argparse.ArgumentTypeError(
           f"{'/'.join(setting)!r} is not COMPONENTS/PRECISION/ATTENTION with COMPONENTS full or all, PRECISION one "
-          f"of {', '.join(model_config.PRECISIONS)} and ATTENTION one of {', '.join(model_config.ATTENTION_IMPLEMENTATIONS)}")
+          f"of {', '.join(precisions)} and ATTENTION one of {', '.join(attentions)}")
   if not settings:
     raise argparse.ArgumentTypeError("no setting given")
   return settings
