@@ -72,7 +72,10 @@ def flops_of(fn, *args) -> float:
   backend: on an H200, XLA's GPU count of an SGLD step's gradient was 0.23 TFLOP per entry where the CPU's count
   and the matmuls' arithmetic (≈ 3 forwards of 0.37 TFLOP) give 1.14 — its fusions and library calls hide most
   of the backward pass's matmuls from the count."""
-  cpu = jax.devices("cpu")[0]
+  try:
+    cpu = jax.devices("cpu")[0]
+  except RuntimeError:  # (JAX_PLATFORMS without cpu): the default backend's count, low on a GPU
+    return common.compiled_flops(jax.jit(fn).lower(*args).compile())
   on_cpu = jax.sharding.SingleDeviceSharding(cpu)  # (placed shapes fix the lowering's device; constants follow)
   shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=on_cpu), args)
   with jax.default_device(cpu):
