@@ -89,6 +89,11 @@ def test_per_token_nll_matches_numpy_reference(positional, layer_norm):
   if positional == "shortformer" and layer_norm:  # the test has power: the other convention is far off
     other = numpy_forward_nll(params, contexts, cfg, positions_after_ln1=False)
     assert np.abs(other - want).max() > 0.1
+  # Logits in the hundreds (exp overflows float32): logsumexp − target logit stays finite and exact.
+  sharp = {**params, "unembed": {**params["unembed"], "W_U": 300.0 * params["unembed"]["W_U"]}}
+  got = np.asarray(transformer.per_token_nll(sharp, contexts, cfg))
+  assert np.isfinite(got).all() and got.max() > 50
+  np.testing.assert_allclose(got, numpy_forward_nll(sharp, contexts, cfg), rtol=2e-4, atol=2e-3)
 
 
 def test_shortformer_positions_reach_only_queries_and_keys():
