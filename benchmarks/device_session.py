@@ -33,7 +33,9 @@ What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left u
       --parts=side_by_side,untuned,figures,precision --side_by_side_s=330 --untuned_s=90 \
       --figures_settings=all/bfloat16/fused,all/default/plain --precision_settings float32/plain default/plain
 (devinterp's half did not finish in 260 s; every component at once was never reached; TF32's shift on the demo
-was cut off; the untuned part says how much of the side by side's 52 s of compilation is autotuning.)
+was cut off; the untuned part says how much of the side by side's 52 s of compilation is autotuning. Under the
+default --total_s=580 the figures get the 160 s the first two leave, and precision runs only if a minute is
+left: it is last because it matters least.)
 """
 import argparse
 import importlib.metadata
