@@ -197,9 +197,9 @@ def bootstrap_spread_correction(num_chains: int) -> float:
 
 
 def small_sample_widening(num_chains: int, level: float = 0.95) -> float:
-  """How much wider than a chain bootstrap's spread a `level` interval from K chains must be: √(K/(K−1)) (the
-  bootstrap variance of a mean is (K−1)/K of the unbiased one) times t_{K−1}/z (the error of K chains is itself
-  noisy): 1.87 at K = 4, 1.10 at K = 16. On a synthetic rank-2 X (100 trials) the r intervals covered the
+  """How much wider than a chain bootstrap's spread a `level` interval from K chains must be:
+  `bootstrap_spread_correction` times t_{K−1}/z (the error of K chains is itself noisy): 1.87 at K = 4, 1.10
+  at K = 16. On a synthetic rank-2 X (100 trials) the r intervals covered the
   true r 88 / 79 % of the time (PC1 / PC2) from the raw resamples at K = 4, 99 / 96 % widened; 90 / 91 % and
   94 / 96 % at K = 16. With noise shared through the chains (60 trials, K = 4) 83 / 60 % raw, 93 / 80 %
   widened: still short there."""

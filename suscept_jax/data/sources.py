@@ -343,8 +343,8 @@ def _load_hf(parsed: DatasetSpec):
     kwargs["data_files"] = [str(f) for f in files]
     # HF reuses its prepared copy of local files while their mtimes hold (a same-size edit with the mtime put
     # back served the old rows under the new content's fingerprint): kept per content, it holds these bytes.
-    content = hashlib.sha256(json.dumps(_files_identity(local, "content")).encode()).hexdigest()[:20]
-    kwargs["cache_dir"] = str(Path(kwargs["cache_dir"] or paths.cache_root() / "hf_local").expanduser() / content)
+    kwargs["cache_dir"] = str(Path(kwargs["cache_dir"] or paths.cache_root() / "hf_local").expanduser()
+                              / files_fingerprint(local))
     if path_or_builder == "text":
       kwargs.update(sample_by="document", encoding_errors="replace")
   elif _looks_like_path(parsed.target):
