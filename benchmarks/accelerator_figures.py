@@ -5,16 +5,16 @@
 
 1. The device and its measured matmul peaks: bf16 inputs (float32 accumulation), float32 at HIGHEST, float32 at
    the backend's default precision (TF32 on recent NVIDIA GPUs).
-2. The paper preset's SGLD draw (batch 64 × ctx 1024, one probe at δh 0.1, micro-batch "auto"), in settings
-   of (entries, precision, attention): the full model × 4 chains at each precision and attention, then every
-   component × 4 chains (one program per component group, as a sweep runs them). For each: the first run's
-   wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates,
-   group by group: each group's fixed host work before its first chunk, the streams and the table of L_B(w*),
-   is reported apart, since at a few draws it would swamp a fast device's step), the
-   draw's FLOPs (XLA's count on the CPU of the gradients, restricted per group, and the probe's forwards:
-   `scaling.draw_flops`) per second against the matching peak, the
-   micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes measured and
-   predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
+2. The paper preset's SGLD draw (batch 64 × ctx 1024, one probe at δh 0.1, micro-batch "auto"), in settings of
+   (entries, precision, attention[, logits]): the full model × 4 chains at each precision and attention, then every
+   component × 4 chains (one program per component group, as a sweep runs them); logits as the runners compute them
+   ("auto": whole on an accelerator) unless a setting names tokens per chunk or "whole". For each: the first run's
+   wall time (compilation included), the compiled run's steady seconds per draw (from its progress updates, group
+   by group: each group's fixed host work before its first chunk, the streams and the table of L_B(w*), is reported
+   apart, since at a few draws it would swamp a fast device's step), the draw's FLOPs (XLA's count on the CPU of
+   the gradients, restricted per group, and the probe's forwards: `scaling.draw_flops`) per second against the
+   matching peak, the micro-batch auto-sizing chose (and its search: the sizes compiled or skipped, with bytes
+   measured and predicted), and `memory_plan`'s bytes against the device's peak bytes in use.
 3. The per-token pass (per-token NLL of 16 contexts for 4 parameter copies): FLOP/s against the peak.
 4. Numerics on this device (after the paper preset's step): per-token NLL and its gradient at every precision
    and attention against exact float32 with plain attention, on 4 contexts at weights with sharp attention
@@ -50,12 +50,13 @@ from suscept_jax.models import components, config as model_config, transformer
 from suscept_jax.models.config import Numerics
 
 from benchmarks import common
-from benchmarks.scaling import PEAK_FOR, datasheet_peaks, draw_flops, flops_of
+from benchmarks.scaling import PEAK_FOR, datasheet_peaks, draw_flops, flops_of, setting_label
 
-# (components, precision, attention), in the order they run: the paper preset's step first.
-SETTINGS = [("full", "default", "plain"), ("full", "bfloat16", "fused"), ("full", "float32", "plain"),
-            ("full", "bfloat16", "plain"), ("full", "default", "fused"), ("all", "bfloat16", "fused"),
-            ("all", "float32", "plain")]
+# (components, precision, attention, logits), in the order they run: the paper preset's step first.
+SETTINGS = [("full", "default", "plain", "auto"), ("full", "bfloat16", "fused", "auto"),
+            ("full", "float32", "plain", "auto"), ("full", "bfloat16", "plain", "auto"),
+            ("full", "default", "fused", "auto"), ("all", "bfloat16", "fused", "auto"),
+            ("all", "float32", "plain", "auto")]
 
 
 def attention_kernel(cfg, precision: str, attention: str) -> str:
@@ -107,7 +108,8 @@ def flops_counted_as(cfg, precision: str):
   XLA's cost analysis counts no FLOPs inside a cuDNN attention call, so a fused setting's own count would
   read low."""
   return functools.partial(transformer.context_nll, config=cfg, numerics=Numerics(precision=precision,
-                                                                                   attention="plain"))
+                                                                                   attention="plain"),
+                           logits_chunk=None)
 
 
 def group_runs(names, masks_C) -> list:
@@ -116,14 +118,15 @@ def group_runs(names, masks_C) -> list:
           for _, comps in restricted.component_groups(masks_C, len(names))]
 
 
-def measure_setting(cfg, params, base, probes, which: str, precision: str, attention: str, *, batch_size: int,
-                    num_chains: int, draws: int, peaks: dict, datasheet: dict | None = None) -> dict:
-  """One (components, precision, attention) setting: compile-included and compiled times, FLOP/s, memory.
+def measure_setting(cfg, params, base, probes, which: str, precision: str, attention: str, logits="auto", *,
+                    batch_size: int, num_chains: int, draws: int, peaks: dict, datasheet: dict | None = None) -> dict:
+  """One (components, precision, attention, logits) setting: compile-included and compiled times, FLOP/s,
+  memory. logits: `transformer.per_token_nll`'s logits_chunk.
 
   The steady time per draw is timed group by group (each its own run, its own progress marks) and summed: in
   one run of several groups, the setup of the next group would fall between two marks and count as drawing."""
   numerics = Numerics(precision=precision, attention=attention)
-  loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics, logits_chunk=logits)
   specs = ["full"] if which == "full" else components.default_components(cfg)
   names, masks_C = sj.stack_masks(components.component_masks(specs, params, cfg), params)
   config = sj.SGLDConfig(num_chains=num_chains, num_draws=draws, mala_every=0)
@@ -143,7 +146,7 @@ def measure_setting(cfg, params, base, probes, which: str, precision: str, atten
   peak = peaks[PEAK_FOR[precision]]
   sheet = (datasheet or {}).get(PEAK_FOR[precision])
   return dict(components=which, entries=len(names) * num_chains, precision=precision, attention=attention,
-              kernel=attention_kernel(cfg, precision, attention),
+              logits_chunk=logits, kernel=attention_kernel(cfg, precision, attention),
               first_run_s=first, seconds_per_draw=per_draw, whole_run_seconds_per_draw=whole_run,
               fixed_seconds=seconds - per_draw * (draws + 1), gradient_tflop=counted["gradient"] / 1e12,
               draw_tflop=flops / 1e12,
@@ -209,8 +212,8 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
   stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
   batch = jnp.asarray(base[:contexts])
 
-  def forward_with(attention):
-    token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg,
+  def forward_with(attention):  # (logits whole: what the accelerators run, and what XLA's count can count)
+    token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg, logits_chunk=None,
                                       numerics=Numerics(precision="bfloat16", attention=attention))
     return jax.jit(lambda w, b: jax.vmap(lambda p: token_loss_fn(p, b))(w))
 
@@ -222,16 +225,32 @@ def per_token_figure(cfg, params, base, peaks: dict, replicas: int = 4, contexts
               fraction_of_datasheet_bf16_peak=flops / seconds / sheet if sheet else None)
 
 
+def logits_setting(text: str):
+  """LOGITS of a setting as `transformer.per_token_nll`'s logits_chunk: "auto", "whole" (None) or tokens per
+  chunk; ValueError otherwise."""
+  if text in ("auto", "whole"):
+    return None if text == "whole" else text
+  if not text.isdigit() or int(text) < 1:
+    raise ValueError(text)
+  return int(text)
+
+
 def settings_list(text: str) -> list[tuple]:
-  """--settings: "full/default/plain,all/bfloat16/fused" as (components, precision, attention) triples."""
-  settings = [tuple(item.strip().split("/")) for item in text.split(",") if item.strip()]
+  """--settings: "full/default/plain,all/bfloat16/fused/512" as (components, precision, attention, logits)."""
+  settings = []
   precisions, attentions = model_config.PRECISIONS, model_config.ATTENTION_IMPLEMENTATIONS
-  for setting in settings:
-    if len(setting) != 3 or setting[0] not in ("full", "all") or setting[1] not in precisions \
-        or setting[2] not in attentions:
+  for item in (item.strip() for item in text.split(",") if item.strip()):
+    parts = item.split("/")
+    try:
+      which, precision, attention, logits = parts if len(parts) == 4 else (*parts, "auto")
+      if which not in ("full", "all") or precision not in precisions or attention not in attentions:
+        raise ValueError(item)
+      settings.append((which, precision, attention, logits_setting(logits)))
+    except ValueError:
       raise argparse.ArgumentTypeError(
-          f"{'/'.join(setting)!r} is not COMPONENTS/PRECISION/ATTENTION with COMPONENTS full or all, PRECISION one "
-          f"of {', '.join(precisions)} and ATTENTION one of {', '.join(attentions)}")
+          f"{item!r} is not COMPONENTS/PRECISION/ATTENTION[/LOGITS] with COMPONENTS full or all, PRECISION one "
+          f"of {', '.join(precisions)}, ATTENTION one of {', '.join(attentions)} and LOGITS auto, whole or tokens "
+          f"per chunk") from None
   if not settings:
     raise argparse.ArgumentTypeError("no setting given")
   return settings
@@ -246,9 +265,9 @@ def parse_args(argv=None):
   parser.add_argument("--draws", type=int, default=8, help="draws per run (an accelerator runs one per chunk)")
   parser.add_argument("--budget_s", type=float, default=420.0, help="start no new setting after this many seconds")
   parser.add_argument("--settings", type=settings_list, default=SETTINGS,
-                      metavar="COMPONENTS/PRECISION/ATTENTION,...",
+                      metavar="COMPONENTS/PRECISION/ATTENTION[/LOGITS],...",
                       help="the settings to measure, in this order (default: all of them, the paper preset's step "
-                      "first); COMPONENTS is full or all")
+                      "first); COMPONENTS is full or all; LOGITS auto (default), whole, or tokens per chunk")
   parser.add_argument("--tiny", action="store_true", help="the tiny model at small sizes (tests, CPU)")
   return parser.parse_args(argv)
 
@@ -283,21 +302,22 @@ def main(argv=None) -> dict:
         + ("; datasheet: " + ", ".join(f"{k} {v / 1e12:.1f}" for k, v in datasheet.items()) if datasheet else ""),
         flush=True)
   save()
-  for i, (which, precision, attention) in enumerate(args.settings):
+  for i, (which, precision, attention, logits) in enumerate(args.settings):
+    label = setting_label(dict(components=which, precision=precision, attention=attention, logits_chunk=logits))
     if i and time.perf_counter() - t0 > args.budget_s:  # (the paper preset's step always runs)
-      print(f"budget of {args.budget_s:.0f} s spent: not started: {which}/{precision}/{attention}", flush=True)
+      print(f"budget of {args.budget_s:.0f} s spent: not started: {label}", flush=True)
       continue
     try:
-      row = measure_setting(cfg, params, base, probes, which, precision, attention, batch_size=batch_size,
+      row = measure_setting(cfg, params, base, probes, which, precision, attention, logits, batch_size=batch_size,
                             num_chains=args.num_chains, draws=args.draws, peaks=peaks, datasheet=datasheet)
     except (MemoryError, ValueError, NotImplementedError, RuntimeError) as e:  # (no micro-batch fits; an
       # attention this backend lacks; a kernel refusing its inputs): recorded, and the next setting runs
-      row = dict(components=which, precision=precision, attention=attention,
+      row = dict(components=which, precision=precision, attention=attention, logits_chunk=logits,
                  kernel=attention_kernel(cfg, precision, attention), error=f"{type(e).__name__}: {e}"[:300])
-      print(f"{which}/{precision}/{attention} ({row['kernel']}): {row['error']}", flush=True)
+      print(f"{label} ({row['kernel']}): {row['error']}", flush=True)
     else:
       print(f"{which:4s} × {args.num_chains} chains ({row['entries']} entries), "
-            f"{precision}/{attention} ({row['kernel']}): "
+            f"{label.split('/', 1)[1]} ({row['kernel']}): "
             f"first run {row['first_run_s']:.1f} s; {row['seconds_per_draw'] * 1e3:.1f} ms per draw "
             f"(+ {row['fixed_seconds']:.2f} s per run); "
             f"{row['achieved_tflops']:.2f} TFLOP/s = {100 * row['fraction_of_peak']:.1f}% of the {row['peak_used']} "

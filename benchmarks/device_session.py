@@ -31,11 +31,14 @@ projects the paper's sweep and per-token run from the step times measured there.
 What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left unmeasured, in one call of ≈ 590 s:
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT \
       --parts=side_by_side,untuned,figures,precision --side_by_side_s=330 --untuned_s=90 \
-      --figures_settings=all/bfloat16/fused,all/default/plain --precision_settings float32/plain default/plain
-(devinterp's half did not finish in 260 s; every component at once was never reached; TF32's shift on the demo
-was cut off; the untuned part says how much of the side by side's 52 s of compilation is autotuning. Under the
-default --total_s=580 the figures get the 160 s the first two leave, and precision runs only if a minute is
-left: it is last because it matters least.)
+      --figures_settings=full/bfloat16/fused,full/bfloat16/fused/512,all/bfloat16/fused,full/bfloat16/fused/4096 \
+      --precision_settings float32/plain default/plain
+(devinterp's half did not finish in 260 s; the untuned part says how much of the side by side's 52 s of
+compilation is autotuning; the figures repeat the bf16 step, then time it with the logits in chunks of 512
+tokens (on CPU 11-26 % faster for the paper model; on a GPU unmeasured: it recomputes the unembedding, and
+saves memory traffic only where a chunk's logits stay in cache), then every component at once, never reached
+before; TF32's shift on the demo was cut off. Under the default --total_s=580 the figures get the 160 s the
+first two leave, and precision runs only if a minute is left: it is last because it matters least.)
 """
 import argparse
 import importlib.metadata

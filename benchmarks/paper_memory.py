@@ -49,14 +49,15 @@ def main(argv=None):
   names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), params, cfg), params)
   contexts = np.zeros((4 * args.batch_size, cfg.n_ctx + 1), np.int32)
   probes = {f"probe{i}": contexts for i in range(args.probes)}
-  loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  # Logits whole, as the accelerators compute them ("auto" chunks them on CPU, where this compiles).
+  loss_fn = functools.partial(transformer.context_nll, config=cfg, logits_chunk=None)
   runs = {  # what each run compiles: (batch size, probes, per-token observation)
       f"sweep (batch {args.batch_size}, {args.probes} probes)": dict(batch_size=args.batch_size, probes=probes,
                                                                     delta_h=0.1),
       f"per-token run (batch {args.per_token_batch_size}, {args.per_token_contexts} contexts observed)": dict(
           batch_size=args.per_token_batch_size, probes={}, delta_h=None,
           observed=np.zeros((args.per_token_contexts, cfg.n_ctx + 1), np.int32),
-          token_loss_fn=functools.partial(transformer.per_token_nll, config=cfg))}
+          token_loss_fn=functools.partial(transformer.per_token_nll, config=cfg, logits_chunk=None))}
   config = sj.SGLDConfig(num_chains=args.num_chains)
   print(f"{args.model}: {transformer.param_count(params):,} params, ctx {cfg.n_ctx}; {len(names)} components × "
         f"{args.num_chains} chains")

@@ -82,10 +82,20 @@ def flops_of(fn, *args) -> float:
     return common.compiled_flops(jax.jit(fn).lower(*shapes).compile())
 
 
+def whole_logits(loss_fn):
+  """loss_fn (a partial of the transformer's NLLs) with its logits computed all at once, for XLA's FLOP count:
+  the count takes a loop's body once, so logits in chunks (`transformer.logits_chunk_for`: on CPU, the paper
+  model's) would count as one chunk's (83 instead of 143 GFLOP for its gradient at batch 8). Other functions
+  are returned as they are."""
+  if isinstance(loss_fn, functools.partial) and loss_fn.func in (transformer.context_nll, transformer.per_token_nll):
+    return functools.partial(loss_fn, logits_chunk=None)
+  return loss_fn
+
+
 def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
   """{component: XLA's FLOP count of its SGLD step's gradient at `batch`}, each restricted to the parameter
   leaves its group frees, as the sampler runs it (`restricted.component_groups`)."""
-  out = {}
+  out, loss_fn = {}, whole_logits(loss_fn)
   for free, comps in restricted.component_groups(masks_C, len(names)):
     free = None if all(free) else free
     grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
@@ -99,7 +109,7 @@ def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: i
   is one pass before the first chunk (`anchor_table`), timed with a run's fixed work, not in its draws."""
   batch_size, n_ctx = np.shape(batch)
   step = gradient_flops(loss_fn, params, names, masks_C, batch)
-  forward_1 = flops_of(loss_fn, params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
+  forward_1 = flops_of(whole_logits(loss_fn), params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
   draw = run_flops(step, chains=chains, gradient_steps=1, draws=1, probes=probes,
                    slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=0)
   return dict(gradient=chains * sum(step.values()), draw=draw)
@@ -124,7 +134,8 @@ def seconds_per_draw(loss_fn, params, base, replicas: int, batch_size: int, draw
 
 
 def replica_curve(loss_fn, params, base, replica_counts, batch_size, draws, peak):
-  grad_flops = flops_of(lambda w, b: batched.loss_and_grad(loss_fn, w, b, None), params, base[:batch_size])
+  counted = whole_logits(loss_fn)
+  grad_flops = flops_of(lambda w, b: batched.loss_and_grad(counted, w, b, None), params, base[:batch_size])
   print(f"replicas (chains of the full model), batch {batch_size}: one gradient = {grad_flops / 1e6:.1f} MFLOP")
   previous = None
   for E in replica_counts:
@@ -138,8 +149,8 @@ def replica_curve(loss_fn, params, base, replica_counts, batch_size, draws, peak
 
 def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
   stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (replicas, *a.shape)), params)
-  forward = lambda w: jax.vmap(lambda p: token_loss_fn(p, contexts))(w)
-  flops = flops_of(forward, stacked)
+  forward = lambda w, fn=token_loss_fn: jax.vmap(lambda p: fn(p, contexts))(w)
+  flops = flops_of(functools.partial(forward, fn=whole_logits(token_loss_fn)), stacked)
   s = common.seconds_per_call(jax.jit(forward), stacked)
   print(f"per-token pass: {replicas} replicas × {contexts.shape[0]} contexts × {contexts.shape[1]} tokens: "
         f"{s * 1e3:.1f} ms, {flops / s / 1e9:.1f} GFLOP/s = {100 * flops / s / peak:.1f}% of peak")
@@ -160,7 +171,7 @@ def _model(model: str):
   params = jax.eval_shape(lambda: transformer.init_params(cfg))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
   names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), zeros, cfg), zeros)
-  return cfg, params, functools.partial(transformer.context_nll, config=cfg), names, masks_C
+  return cfg, params, functools.partial(transformer.context_nll, config=cfg, logits_chunk=None), names, masks_C
 
 
 def paper_flops(model: str = "tetrahedron_3m") -> dict:
@@ -170,7 +181,8 @@ def paper_flops(model: str = "tetrahedron_3m") -> dict:
   cfg, params, loss_fn, names, masks_C = _model(model)
   contexts = lambda n: jax.ShapeDtypeStruct((n, cfg.n_ctx), jnp.int32)
   forward_1 = flops_of(loss_fn, params, contexts(1))
-  token_forward = flops_of(functools.partial(transformer.per_token_nll, config=cfg), params, contexts(1))
+  token_forward = flops_of(functools.partial(transformer.per_token_nll, config=cfg, logits_chunk=None), params,
+                           contexts(1))
   step = gradient_flops(loss_fn, params, names, masks_C, contexts(paper["batch"]))
   K, probes = paper["chains"], paper["probes"]
   sweep_run = functools.partial(run_flops, chains=K, gradient_steps=paper["gradient_steps"], draws=paper["draws"],
@@ -209,6 +221,13 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m") -> dict:
   return f
 
 
+def setting_label(setting: dict) -> str:
+  """"COMPONENTS/PRECISION/ATTENTION[/LOGITS]" of a figures row (LOGITS only where not "auto")."""
+  logits = setting.get("logits_chunk", "auto")
+  return "/".join([setting["components"], setting["precision"], setting["attention"]]
+                  + ([] if logits == "auto" else ["whole" if logits is None else str(logits)]))
+
+
 def measured_projection(figures: dict) -> list[dict]:
   """The paper's runs on the device `benchmarks.accelerator_figures` measured, at the FLOP rate each of its
   settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots) over its steady
@@ -231,7 +250,7 @@ def measured_projection(figures: dict) -> list[dict]:
     measured_peak = figures["matmul_peak_tflops"][peak_kind] * 1e12
     # a checkpoint's fixed work: every group's run (an "all" setting measured them all; "full" one)
     fixed = setting["fixed_seconds"] * (1 if setting["components"] == "all" else len(f["groups"]))
-    row = dict(setting=f"{setting['components']}/{setting['precision']}/{setting['attention']}",
+    row = dict(setting=setting_label(setting),
                achieved_tflops=rate / 1e12, fraction_of_measured_peak=rate / measured_peak,
                sweep_minutes=(f["sweep"] / rate + paper["checkpoints"] * fixed) / 60,
                per_token_minutes=(f["per_token"] / rate + paper["per_token_units"] * fixed) / 60)

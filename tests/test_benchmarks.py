@@ -201,7 +201,8 @@ def test_compiled_flops_reads_every_form_of_the_cost_analysis():
 def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp_path):
   """The one call a lent accelerator gets: a renamed flag in a part would waste it, so every part's argv must
   parse with that script's own parser (at paper size and tiny), and the versions are written first."""
-  chosen = ["--parts", ",".join(device_session.ALL_PART_NAMES), "--figures_settings", "all/bfloat16/fused",
+  chosen = ["--parts", ",".join(device_session.ALL_PART_NAMES), "--figures_settings",
+            "all/bfloat16/fused,full/bfloat16/fused/512,full/default/plain/whole",
             "--precision_settings", "float32/plain", "default/plain"]
   for extra in ([], ["--tiny"], chosen):
     args = device_session.parse_args(["--out", str(tmp_path), *extra])
@@ -210,13 +211,15 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
       assert seconds > 0
   planned = device_session.parts(device_session.parse_args(["--out", str(tmp_path), *chosen]))
   assert [part.name for part in planned] == list(device_session.ALL_PART_NAMES)
-  assert accelerator_figures.parse_args(planned[0].argv).settings == [("all", "bfloat16", "fused")]
+  assert accelerator_figures.parse_args(planned[0].argv).settings == [
+      ("all", "bfloat16", "fused", "auto"), ("full", "bfloat16", "fused", 512), ("full", "default", "plain", None)]
   assert planned[2].argv[-3:] == ["--settings", "float32/plain", "default/plain"]
   assert "--skip_devinterp" in planned[3].argv and planned[3].env["XLA_FLAGS"] == device_session.UNTUNED_XLA_FLAGS
   with pytest.raises(SystemExit):
     device_session.parse_args(["--out", str(tmp_path), "--parts", "figures,warmup"])
-  with pytest.raises(SystemExit):
-    accelerator_figures.parse_args(["--settings", "all/float16/plain"])
+  for bad in ("all/float16/plain", "full/bfloat16/fused/0", "full/bfloat16/fused/many", "full/bfloat16"):
+    with pytest.raises(SystemExit):
+      accelerator_figures.parse_args(["--settings", bad])
   device_session.main(["--out", str(tmp_path), "--dry_run"])
   printed = capsys.readouterr().out
   assert "--- figures: timeout 300 python3 -m benchmarks.accelerator_figures" in printed

@@ -159,3 +159,19 @@ def test_memory_plan_sizes_a_run_for_another_machine_without_running_it():
   assert small[1].microbatch_size is None  # the lighter group still fits whole
   explicit = plan(microbatch_size=small[0].microbatch_size)
   assert explicit[0].bytes_per_device == small[0].bytes_per_device
+
+
+def test_logits_in_chunks_never_change_the_numbers():
+  """The sampler with the unembedding in chunks of 9 tokens (`transformer.per_token_nll`'s logits_chunk, as
+  "auto" does on CPU for the paper model) samples the chains of whole logits, to rounding: the full model, and
+  a layer-1 head whose restricted program holds the unembedding frozen."""
+  from suscept_jax.models import components
+  _, params, _, base, probes = _problem()
+  comps = components.component_masks(["full", "l1h0"], params, CFG)
+  run = lambda chunk: sj.estimate_susceptibilities(  # noqa: E731
+      lambda p, b: transformer.context_nll(p, b, CFG, logits_chunk=chunk), params, comps, base, probes, config=SGLD,
+      batch_size=32, progress=False)
+  whole, chunked = run(None), run(9)  # 32 × 16 tokens in 57 chunks, the last padded
+  assert np.all(np.abs(whole.chi) > 0)
+  np.testing.assert_allclose(chunked.chi, whole.chi, rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(chunked.llc, whole.llc, rtol=1e-4)

@@ -91,9 +91,56 @@ def test_per_token_nll_matches_numpy_reference(positional, layer_norm):
     assert np.abs(other - want).max() > 0.1
   # Logits in the hundreds (exp overflows float32): logsumexp − target logit stays finite and exact.
   sharp = {**params, "unembed": {**params["unembed"], "W_U": 300.0 * params["unembed"]["W_U"]}}
-  got = np.asarray(transformer.per_token_nll(sharp, contexts, cfg))
-  assert np.isfinite(got).all() and got.max() > 50
-  np.testing.assert_allclose(got, numpy_forward_nll(sharp, contexts, cfg), rtol=2e-4, atol=2e-3)
+  for chunk in (None, 7):  # 48 tokens in 7 chunks of 7: the last one padded
+    got = np.asarray(transformer.per_token_nll(sharp, contexts, cfg, logits_chunk=chunk))
+    assert np.isfinite(got).all() and got.max() > 50
+    np.testing.assert_allclose(got, numpy_forward_nll(sharp, contexts, cfg), rtol=2e-4, atol=2e-3)
+
+
+def test_logits_in_chunks_give_the_same_losses_and_gradients():
+  """Chunked unembedding (recomputed in the backward pass) against all at once: the same per-token NLL and
+  gradient to rounding, under vmap over parameter copies, with a head ablated and in bfloat16 too."""
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg, seed=2)
+  copies = jax.tree.map(lambda a: jnp.stack([a, a + 0.05 * jnp.sin(a * 7.0 + 1.0)]), params)
+  contexts = np.random.default_rng(3).integers(0, cfg.d_vocab, (5, cfg.n_ctx + 1)).astype(np.int32)
+  scale_LxH = jnp.asarray([[1.0, 0.0], [1.0, 1.0]])
+  # bfloat16: a weight gradient comes out of its matmul rounded to bfloat16, whole or per chunk
+  for numerics, rtol in ((model_config.Numerics(), 1e-5), (model_config.Numerics(precision="bfloat16"), 1e-2)):
+    def loss_and_tokens(p, chunk, numerics=numerics):
+      nll = transformer.per_token_nll(p, contexts, cfg, scale_LxH, numerics=numerics, logits_chunk=chunk)
+      return (nll * jnp.arange(1, nll.shape[-1] + 1)).mean(), nll  # unequal weights per token
+    results = {chunk: jax.jit(jax.vmap(jax.value_and_grad(functools.partial(loss_and_tokens, chunk=chunk),
+                                                          has_aux=True)))(copies) for chunk in (None, 16, 13)}
+    (_, whole_nll), whole_grad = results[None]
+    for chunk in (16, 13):
+      (_, nll), grad = results[chunk]
+      assert nll.shape == whole_nll.shape == (2, 5, cfg.n_ctx)
+      np.testing.assert_allclose(nll, whole_nll, rtol=1e-6, atol=1e-6)
+      scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(whole_grad))  # (b_K's gradient is 0 ± rounding)
+      for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(whole_grad)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+  assert float(jnp.abs(whole_grad["blocks"]["0"]["attn"]["W_Q"][:, 1]).max()) == 0.0  # the ablated head
+
+
+def test_logits_are_chunked_only_where_it_pays():
+  """The rule of logits_chunk="auto": accelerators whole; on CPU whole up to the threshold, then balanced
+  chunks of at most CPU_LOGITS_CHUNK_TOKENS; and a bad value is refused by name."""
+  tokens = transformer.CPU_LOGITS_CHUNK_TOKENS
+  assert transformer.logits_chunk_for(8 * 1023, 5000, "gpu") is None
+  assert transformer.logits_chunk_for(8 * 1023, 5000, "tpu") is None
+  assert transformer.logits_chunk_for(20 * 31, 512, "cpu") is None  # the demo's batch: whole
+  assert transformer.logits_chunk_for(transformer.CPU_LOGITS_WHOLE_UP_TO // 5000, 5000, "cpu") is None
+  chunk = transformer.logits_chunk_for(8 * 1023, 5000, "cpu")  # the paper model at batch 8: 16 chunks of 512
+  assert chunk == 512 and -(-8 * 1023 // chunk) * chunk - 8 * 1023 < 16
+  chunk = transformer.logits_chunk_for(1023, 5000, "cpu")  # one paper context: two balanced chunks
+  assert chunk == 512 <= tokens
+  cfg = model_config.get_config("tiny")
+  params = transformer.init_params(cfg)
+  contexts = np.zeros((1, cfg.n_ctx + 1), np.int32)
+  for bad in (0, -3, 2.5, True, "whole"):
+    with pytest.raises(ValueError, match="logits_chunk="):
+      transformer.per_token_nll(params, contexts, cfg, logits_chunk=bad)
 
 
 def test_shortformer_positions_reach_only_queries_and_keys():

@@ -14,6 +14,7 @@ Shape letters: B contexts in a batch, C tokens per context (T inputs and the las
 positions, S key positions, D d_model, H heads, K d_head (Dh above), V vocabulary, L layers.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +201,17 @@ class TransformerLM(nnx.Module):
     head_scale_LxH multiplies each head's output (zero = ablate the head). numerics: attention
     implementation and matmul precision (config.Numerics; default exact float32, plain attention).
     """
+    resid_BxTxD, patterns_LxBxHxTxS = self.final_residual(tokens_BxT, head_scale_LxH=head_scale_LxH,
+                                                          return_attention=return_attention, numerics=numerics)
+    logits_BxTxV = self.unembed_logits(resid_BxTxD, numerics=numerics)
+    if return_attention:
+      return logits_BxTxV, patterns_LxBxHxTxS
+    return logits_BxTxV
+
+  def final_residual(self, tokens_BxT, *, head_scale_LxH=None, return_attention=False,
+                     numerics: Numerics = _EXACT):
+    """(The residual stream the unembedding reads [B, T, D], after the final LayerNorm; every layer's pattern
+    [L, B, H, T, T] when return_attention, else None)."""
     t = tokens_BxT.shape[-1]
     resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
     pos_BxTxD = jnp.broadcast_to(self.pos_embed["W_pos"][...][:t], resid_BxTxD.shape)
@@ -213,10 +225,11 @@ class TransformerLM(nnx.Module):
       patterns.append(pattern)
     if self.config.layer_norm:
       resid_BxTxD = self.ln_final(resid_BxTxD)
-    logits_BxTxV = _matmul("btd,dv->btv", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
-    if return_attention:
-      return logits_BxTxV, jnp.stack(patterns)
-    return logits_BxTxV
+    return resid_BxTxD, (jnp.stack(patterns) if return_attention else None)
+
+  def unembed_logits(self, resid_BxTxD, *, numerics: Numerics = _EXACT):
+    """Logits [..., V] (float32) of a final residual [..., D]."""
+    return _matmul("...d,dv->...v", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
 
 
 def _stringify_keys(tree):
@@ -274,23 +287,83 @@ def logits(params: dict, tokens_BxT, config: ModelConfig):
   return bind(params, config)(tokens_BxT)
 
 
-def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT):
+CPU_LOGITS_CHUNK_TOKENS = 512  # on CPU, large logits are computed about this many tokens at a time
+CPU_LOGITS_WHOLE_UP_TO = 2**21  # ... when one evaluation's logits exceed this many floats (8 MiB)
+
+
+def logits_chunk_for(num_tokens: int, d_vocab: int, backend: str) -> int | None:
+  """Tokens per chunk of the unembedding and its cross-entropy for `logits_chunk="auto"`: None (all at once)
+  on accelerators, and on CPU for logits of at most CPU_LOGITS_WHOLE_UP_TO floats; otherwise balanced
+  chunks of at most CPU_LOGITS_CHUNK_TOKENS tokens (so padding adds fewer tokens than there are chunks).
+
+  On CPU the paper model's gradient for 4 entries at batch 8 (4 × 8184 × 5000 logits) took 11.6 s whole and
+  8.6 s in chunks of 512 tokens, with 14 % less memory (BUILD_NOTES, "Thirty-second session"); the demo's
+  logits (20 × 31 × 512) are below the threshold. Accelerators stay whole until measured there.
+  """
+  if backend != "cpu" or num_tokens * d_vocab <= CPU_LOGITS_WHOLE_UP_TO:
+    return None
+  chunks = -(-num_tokens // CPU_LOGITS_CHUNK_TOKENS)
+  return -(-num_tokens // chunks)
+
+
+def _is_positive_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _nll_of_logits(logits_NxV, targets_N):
+  """logsumexp of the logits minus the target's logit: no [N, V] of log-probabilities is held."""
+  target_logit_N = jnp.take_along_axis(logits_NxV, targets_N[..., None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits_NxV, axis=-1) - target_logit_N
+
+
+def _chunked_nll(model: TransformerLM, resid_NxD, targets_N, numerics: Numerics, chunk: int):
+  """The per-token NLL [N] from the final residual, `chunk` tokens at a time (padded up to whole chunks).
+
+  Each chunk's logits are recomputed in the backward pass (`jax.checkpoint`) instead of being kept: only
+  [chunk, V] of logits and of their gradient exist at a time, for one more unembedding matmul per chunk.
+  Each token's NLL is the same arithmetic as all at once; XLA may round differently."""
+  n, d = resid_NxD.shape
+  pad = -n % chunk
+  resid_MxnxD = jnp.pad(resid_NxD, ((0, pad), (0, 0))).reshape(-1, chunk, d)  # M chunks of n tokens
+  targets_Mxn = jnp.pad(targets_N, (0, pad)).reshape(-1, chunk)  # (padding scores token 0, then is dropped)
+
+  def chunk_nll(resid_and_targets):
+    resid_nxD, targets_n = resid_and_targets
+    return _nll_of_logits(model.unembed_logits(resid_nxD, numerics=numerics), targets_n)
+
+  return jax.lax.map(jax.checkpoint(chunk_nll), (resid_MxnxD, targets_Mxn)).reshape(-1)[:n]
+
+
+def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT,
+                  logits_chunk: int | str | None = "auto"):
   """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx).
 
   head_scale_LxH multiplies each head's output (0 = zero-ablate it). The one per-token NLL of the project,
   as logsumexp of the logits minus the target's logit: no [B, T, V] of log-probabilities is held (the paper
   model's gradient at batch 8 needs 2067 MiB of XLA:CPU temporaries instead of 2315 through log_softmax).
+  logits_chunk: tokens whose logits are computed at a time (None: all; "auto": `logits_chunk_for`); it
+  changes the memory and speed, not the numbers (beyond rounding).
   """
   inputs_BxT, targets_BxT = contexts_BxC[..., :-1], contexts_BxC[..., 1:]
   check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
-  logits_BxTxV = bind(params, config)(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics).astype(jnp.float32)
-  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits_BxTxV, axis=-1) - target_logit_BxT
+  model = bind(params, config)
+  resid_BxTxD, _ = model.final_residual(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics)
+  num_tokens = math.prod(targets_BxT.shape)
+  if logits_chunk == "auto":
+    logits_chunk = logits_chunk_for(num_tokens, config.d_vocab, jax.default_backend())
+  elif logits_chunk is not None and not _is_positive_int(logits_chunk):
+    raise ValueError(f"logits_chunk={logits_chunk!r}: expected a positive number of tokens, None or 'auto'")
+  if logits_chunk is None or logits_chunk >= num_tokens:
+    return _nll_of_logits(model.unembed_logits(resid_BxTxD, numerics=numerics), targets_BxT)
+  nll_N = _chunked_nll(model, resid_BxTxD.reshape(num_tokens, -1), targets_BxT.reshape(num_tokens), numerics,
+                       logits_chunk)
+  return nll_N.reshape(targets_BxT.shape)
 
 
-def context_nll(params: dict, contexts_BxC, config: ModelConfig, numerics: Numerics = _EXACT):
+def context_nll(params: dict, contexts_BxC, config: ModelConfig, numerics: Numerics = _EXACT,
+                logits_chunk: int | str | None = "auto"):
   """Mean next-token NLL of each context, [B] (eq. 48 before averaging over the batch)."""
-  return per_token_nll(params, contexts_BxC, config, numerics=numerics).mean(axis=-1)
+  return per_token_nll(params, contexts_BxC, config, numerics=numerics, logits_chunk=logits_chunk).mean(axis=-1)
 
 
 def param_count(params) -> int:
