@@ -16,7 +16,8 @@ part within its own time so that a slow part cannot eat the next one's.
    applies) and at the device's default precision (TF32), against float32, in standard errors;
    OUT/precision_on_demo.json.
 
-Each part is a child process with its log in OUT/<part>.log; one that passes its time is stopped, with its own
+Each part is a child process whose output goes to OUT/session.log (one file for every part: the device tool
+returns at most 8 files from OUT, and the parts write 6 besides); one that passes its time is stopped, with its own
 children, and the next starts; OUT/outcomes.json says how each ended (exit status 1 unless all were "ok"). No
 part runs past --total_s from the start (the call's own limit, so the device tool never cuts a part off
 unrecorded): a part gets at most what is left, and one with under a minute left is skipped (the parts' own
@@ -30,15 +31,18 @@ projects the paper's sweep and per-token run from the step times measured there.
 
 What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left unmeasured, in one call of ≈ 590 s:
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT \
-      --parts=side_by_side,untuned,figures,precision --side_by_side_s=330 --untuned_s=90 \
-      --figures_settings=full/bfloat16/fused,full/bfloat16/fused/512,all/bfloat16/fused,full/bfloat16/fused/4096 \
-      --precision_settings float32/plain default/plain
-(devinterp's half did not finish in 260 s; the untuned part says how much of the side by side's 52 s of
-compilation is autotuning; the figures repeat the bf16 step, then time it with the logits in chunks of 512
-tokens (on CPU 11-26 % faster for the paper model; on a GPU unmeasured: it recomputes the unembedding, and
-saves memory traffic only where a chunk's logits stay in cache), then every component at once, never reached
-before; TF32's shift on the demo was cut off. Under the default --total_s=580 the figures get the 160 s the
-first two leave, and precision runs only if a minute is left: it is last because it matters least.)
+      --parts=untuned,profile,figures,side_by_side --untuned_s=90 --profile_s=100 --figures_s=170 \
+      --figures_budget_s=130 \
+      --figures_settings=full/bfloat16/fused,full/bfloat16/fused/512,all/bfloat16/fused,full/bfloat16/fused/4096
+- untuned: how much of the side by side's 52 s of compilation is XLA's autotuning (every compile is logged);
+- profile: where the bf16 draw's 42 ms go, by part of the model and stage of the draw (`draw_profile`; by
+  arithmetic the float32 logits' traffic alone floors it near 9 ms);
+- figures: the bf16 step again, then with the logits in chunks of 512 tokens (on CPU 11-26 % faster for the
+  paper model; on a GPU unmeasured: it recomputes the unembedding, and saves memory traffic only where a
+  chunk's logits stay in cache), every component at once (never reached), chunks of 4096;
+- side_by_side gets what is left (≈ 220 s; devinterp did not finish in 260 s before): if the call leaves
+  4 minutes of device time, a second call runs it alone: `--parts=side_by_side --side_by_side_s=330`.
+TF32's shift on the demo (the precision part) matters least and is left out.
 """
 import argparse
 import importlib.metadata
@@ -69,10 +73,14 @@ def parse_args(argv=None):
   parser.add_argument("--parts", type=part_names, default=list(PART_NAMES),
                       help=f"the parts to run, in this order, comma-separated (default: {','.join(PART_NAMES)}; "
                       "also: untuned, our half of the side by side with XLA's GPU autotuning off; replicas, "
-                      "benchmarks.scaling's time per draw as entries grow, on the paper's model)")
+                      "benchmarks.scaling's time per draw as entries grow, on the paper's model; profile, "
+                      "benchmarks.draw_profile of the paper preset's draw in bfloat16 with fused attention)")
   parser.add_argument("--untuned_s", type=float, default=120.0, help="time of the untuned part")
   parser.add_argument("--replicas_s", type=float, default=150.0,
                       help="time of the replicas part: the paper model's time per draw at 1, 4, 17, 68 entries")
+  parser.add_argument("--profile_s", type=float, default=120.0,
+                      help="time of the profile part: where the paper preset's draw spends its time")
+  parser.add_argument("--profile_logits", default="auto", help="the profile's --logits (auto, whole, or a chunk)")
   parser.add_argument("--figures_settings", help="the figures' --settings (default: all of them)")
   parser.add_argument("--precision_settings", nargs="+", help="precision_on_demo's --settings (default: its own)")
   parser.add_argument("--run_dir", default="runs/demo/train", help="the side by side's weights")
@@ -98,7 +106,7 @@ def installed_versions(names=VERSIONS_OF) -> dict:
 
 MIN_PART_S = 60.0  # a part given less than this is skipped, not started to be cut off
 PART_NAMES = ("figures", "side_by_side", "precision")
-ALL_PART_NAMES = (*PART_NAMES, "untuned", "replicas")
+ALL_PART_NAMES = (*PART_NAMES, "untuned", "replicas", "profile")
 # On the H200, compilation was 52 of the side by side's 52.3 s (0.6 s compiled): the untuned part measures how
 # much of it is XLA's autotuning of GPU kernels, and how much slower the untuned kernels draw.
 UNTUNED_XLA_FLAGS = "--xla_gpu_autotune_level=0"
@@ -115,7 +123,7 @@ def part_names(text: str) -> list[str]:
 
 
 class Part(NamedTuple):
-  name: str  # its log is OUT/<name>.log
+  name: str  # its output in OUT/session.log follows a line "=== <name> ==="
   module: str  # run as python -m module argv
   argv: list
   seconds: float  # stopped after this
@@ -135,6 +143,9 @@ def parts(args) -> list[Part]:
   # Batch 4: 68 entries of the paper's model at float32 need ≈ 54 GiB there (12.5 GiB per entry at batch 64).
   replicas = (["--model", "tiny", "--replicas", "1,2", "--draws", "3"] if args.tiny else
               ["--model", "tetrahedron_3m", "--batch_size", "4", "--replicas", "1,4,17,68", "--draws", "10"])
+  profile = ["--out", args.out, "--logits", args.profile_logits,
+             *(["--model", "tiny", "--batch_size", "8", "--num_chains", "2", "--precision", "float32", "--attention",
+                "plain", "--draws", "2"] if args.tiny else [])]
   contexts = ["--contexts", str(contexts_folder(args))] if "--tokens" in carried else []
   precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts]),
                *(["--settings", *args.precision_settings] if args.precision_settings else [])]
@@ -148,7 +159,8 @@ def parts(args) -> list[Part]:
            "precision": Part("precision", "benchmarks.precision_on_demo", precision, args.precision_s, {}),
            "untuned": Part("untuned", "benchmarks.devinterp_side_by_side", untuned, args.untuned_s,
                            {"XLA_FLAGS": UNTUNED_XLA_FLAGS, "JAX_LOG_COMPILES": "1"}),
-           "replicas": Part("replicas", "benchmarks.scaling", [*replicas, "--skip_projection"], args.replicas_s, {})}
+           "replicas": Part("replicas", "benchmarks.scaling", [*replicas, "--skip_projection"], args.replicas_s, {}),
+           "profile": Part("profile", "benchmarks.draw_profile", profile, args.profile_s, {})}
   return [every[name] for name in args.parts]
 
 
@@ -165,10 +177,16 @@ def carried_contexts(args) -> list:
   return ["--tokens", *map(str, written)] if written else ["--random_tokens"]
 
 
+SESSION_LOG = "session.log"
+
+
 def run_part(part: Part, out: Path) -> str:
-  """Run one part for at most its seconds, its output printed and kept in OUT/<name>.log; its outcome in words."""
+  """Run one part for at most its seconds, its output printed and appended to OUT/session.log after a line
+  naming it; its outcome in words."""
   env = {**os.environ, "PYTHONUNBUFFERED": "1", **part.env}
-  with open(out / f"{part.name}.log", "w") as log:
+  with open(out / SESSION_LOG, "a") as log:
+    log.write(f"=== {part.name} ===\n")
+    log.flush()
     # A session of its own, so that the timer stops the part's children too (the devinterp job, pip): they
     # share its output, and the loop below would otherwise wait for them past the part's time.
     proc = subprocess.Popen([sys.executable, "-m", part.module, *part.argv], env=env, stdout=subprocess.PIPE,

@@ -160,13 +160,15 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
   callers). The state is flat (position [F], the free leaves); the loss sees the parameter tree."""
   config = plan.config
 
-  def step(state, key, comp, hyper, batch, global_step):
-    losses, grad = loss_and_grad(loss_fn, view.tree_of(state.position), batch, plan.microbatch_size, plan.free_leaves,
-                                 view.anchor)
-    grad_F = view.ravel(grad)
-    noise_F = sgld.standard_normal_at(jax.random.fold_in(key, global_step), view.segments, state.position.dtype)
-    return EntryStep(state=sgld.step(state, grad_F, noise_F, view.anchor_F, masks_CxF[comp], config, hyper),
-                     losses_n=losses, grad_F=grad_F)
+  def step(state, key, comp, hyper, batch, global_step):  # (named scopes: what a profile's ops belong to)
+    with jax.named_scope("gradient"):
+      losses, grad = loss_and_grad(loss_fn, view.tree_of(state.position), batch, plan.microbatch_size,
+                                   plan.free_leaves, view.anchor)
+    with jax.named_scope("sgld_update"):
+      grad_F = view.ravel(grad)
+      noise_F = sgld.standard_normal_at(jax.random.fold_in(key, global_step), view.segments, state.position.dtype)
+      new_state = sgld.step(state, grad_F, noise_F, view.anchor_F, masks_CxF[comp], config, hyper)
+    return EntryStep(state=new_state, losses_n=losses, grad_F=grad_F)
 
   return step
 
@@ -195,6 +197,7 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entrie
     if not mala:
       return _Iteration(state=new_state, losses_n=losses, mala_half=jnp.zeros(()))
 
+    @jax.named_scope("mala")
     def half():  # at w: towards w'; at w' (is_eval): back towards w. G is the one after the first step.
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, new_state.square_avg), config)
@@ -242,6 +245,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
   E = entries.component.shape[0]
   L = plan.blocks_per_chunk
 
+  @jax.named_scope("probes")
   def probe_deltas(position_E, batch_K, losses_En, l):
     """(ΔL [E, D] with NaN where dropped, non-finite flags [E, D]) for block l."""
     slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
@@ -287,8 +291,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
     token_moments = c.token_moments
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
-      tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
-                                                       plan.observed_microbatch))(c.state.position)
+      with jax.named_scope("per_token"):
+        tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
+                                                         plan.observed_microbatch))(c.state.position)
       excess_ExOxJ = tokens_ExOxJ - estimators.expand_like(loss_E, tokens_ExOxJ)  # (J: one axis or several)
       token_moments = estimators.update_moments(token_moments, phi_E, excess_ExOxJ, active_E,
                                                 jnp.isfinite(tokens_ExOxJ))

@@ -49,3 +49,36 @@ def test_a_bad_draws_pair_is_refused_naming_it(capsys, draws):
   with pytest.raises(SystemExit):
     memory_vs_draws.main([*TINY, f"--draws={draws}"])
   assert f"want two positive draw counts, as in 50,500; got {draws!r}" in capsys.readouterr().err
+
+
+def test_ops_are_placed_by_the_scope_they_were_traced_in():
+  from benchmarks import draw_profile
+  where = draw_profile.where_traced
+  assert where("jit(_draw_chunk)/while/body/gradient/transpose(jvp(block1))/attention/dot_general") == (
+      "gradient", "attention", "backward")
+  assert where("jit(_draw_chunk)/while/body/probes/vmap(block0)/qkv/dot_general") == ("probes", "qkv", "forward")
+  assert where("jit(_draw_chunk)/gradient/jvp(unembed)/...d,dv->...v/dot_general") == ("gradient", "unembed", "forward")
+  assert where("jit(_draw_chunk)/sgld_update/mul") == ("sgld_update", "other", "forward")
+  assert where("") == ("other", "other", "forward")
+
+
+def test_draw_profile_times_every_part_of_a_draw(tmp_path):
+  """A fresh process (XLA's dump and CPU trace flags act only before JAX starts): the tiny model's draw programs
+  profiled, their op time placed by scope, most of it inside the gradient, forward and backward."""
+  import json
+  import subprocess
+  import sys
+  subprocess.run([sys.executable, "-m", "benchmarks.draw_profile", "--model=tiny", "--batch_size=8", "--num_chains=2",
+                  "--components=full,l1h0", "--precision=float32", "--attention=plain", "--draws=2",
+                  f"--out={tmp_path}"], check=True, capture_output=True, text=True, timeout=600)
+  summary = json.loads((tmp_path / "draw_profile.json").read_text())
+  rows = {(r["stage"], r["part"], r["direction"]): r for r in summary["by_scope"]}
+  assert summary["ms_per_draw"] > 0 and math.isclose(sum(r["fraction"] for r in rows.values()), 1.0, rel_tol=1e-9)
+  for part in ("unembed", "attention", "qkv"):
+    assert ("gradient", part, "forward") in rows and ("gradient", part, "backward") in rows, sorted(rows)
+  assert ("probes", "unembed", "forward") in rows and ("sgld_update", "other", "forward") in rows, sorted(rows)
+  placed = sum(r["fraction"] for key, r in rows.items() if key[0] != "other" and key[1] != "other")
+  assert placed > 0.25, summary["by_scope"]  # (at tiny size, loop bookkeeping and copies take a third)
+  stage = lambda name: sum(r["ms_per_draw"] for key, r in rows.items() if key[0] == name)  # noqa: E731
+  assert stage("gradient") > stage("probes") > 0
+  assert summary["top_ops"][0]["ms_per_draw"] > 0 and summary["other_programs_ms_per_draw"], summary

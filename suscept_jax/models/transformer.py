@@ -54,18 +54,21 @@ class Attention(nnx.Module):
   def __call__(self, qk_input_BxTxD, v_input_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
                return_pattern: bool = False):
     """Returns (output [B, T, D], attention pattern [B, H, T, T] or None when not asked for and fused)."""
-    q_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...], numerics) + self.b_Q[...]
-    k_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...], numerics) + self.b_K[...]
-    v_BxTxHxK = _matmul("btd,hdk->bthk", v_input_BxTxD, self.W_V[...], numerics) + self.b_V[...]
-    if numerics.attention == "fused" and not return_pattern:
-      z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
-    elif numerics.attention == "flash" and not return_pattern:
-      z_BxTxHxK, pattern_BxHxTxS = _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
-    else:
-      z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
-    if head_scale_H is not None:
-      z_BxTxHxK = z_BxTxHxK * head_scale_H[:, None]
-    out_BxTxD = _matmul("bthk,hkd->btd", z_BxTxHxK, self.W_O[...], numerics) + self.b_O[...]
+    with jax.named_scope("qkv"):
+      q_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...], numerics) + self.b_Q[...]
+      k_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...], numerics) + self.b_K[...]
+      v_BxTxHxK = _matmul("btd,hdk->bthk", v_input_BxTxD, self.W_V[...], numerics) + self.b_V[...]
+    with jax.named_scope("attention"):
+      if numerics.attention == "fused" and not return_pattern:
+        z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+      elif numerics.attention == "flash" and not return_pattern:
+        z_BxTxHxK, pattern_BxHxTxS = _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+      else:
+        z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
+    with jax.named_scope("attn_out"):
+      if head_scale_H is not None:
+        z_BxTxHxK = z_BxTxHxK * head_scale_H[:, None]
+      out_BxTxD = _matmul("bthk,hkd->btd", z_BxTxHxK, self.W_O[...], numerics) + self.b_O[...]
     return out_BxTxD, pattern_BxHxTxS
 
 
@@ -166,7 +169,8 @@ class Block(nnx.Module):
     self.attn = Attention(config, rngs=rngs)
 
   def _norm(self, x):
-    return self.ln1(x) if self.config.layer_norm else x
+    with jax.named_scope("layer_norm"):
+      return self.ln1(x) if self.config.layer_norm else x
 
   def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
                return_pattern: bool = False):
@@ -213,23 +217,27 @@ class TransformerLM(nnx.Module):
     """(The residual stream the unembedding reads [B, T, D], after the final LayerNorm; every layer's pattern
     [L, B, H, T, T] when return_attention, else None)."""
     t = tokens_BxT.shape[-1]
-    resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
-    pos_BxTxD = jnp.broadcast_to(self.pos_embed["W_pos"][...][:t], resid_BxTxD.shape)
-    if self.config.positional_embedding == "standard":
-      resid_BxTxD = resid_BxTxD + pos_BxTxD
+    with jax.named_scope("embed"):
+      resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
+      pos_BxTxD = jnp.broadcast_to(self.pos_embed["W_pos"][...][:t], resid_BxTxD.shape)
+      if self.config.positional_embedding == "standard":
+        resid_BxTxD = resid_BxTxD + pos_BxTxD
     patterns = []
     for layer, block in enumerate(self.blocks):
       scale_H = None if head_scale_LxH is None else head_scale_LxH[layer]
-      resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H, numerics=numerics,
-                                   return_pattern=return_attention)
+      with jax.named_scope(f"block{layer}"):
+        resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H, numerics=numerics,
+                                     return_pattern=return_attention)
       patterns.append(pattern)
     if self.config.layer_norm:
-      resid_BxTxD = self.ln_final(resid_BxTxD)
+      with jax.named_scope("layer_norm"):
+        resid_BxTxD = self.ln_final(resid_BxTxD)
     return resid_BxTxD, (jnp.stack(patterns) if return_attention else None)
 
   def unembed_logits(self, resid_BxTxD, *, numerics: Numerics = _EXACT):
     """Logits [..., V] (float32) of a final residual [..., D]."""
-    return _matmul("...d,dv->...v", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
+    with jax.named_scope("unembed"):
+      return _matmul("...d,dv->...v", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
 
 
 def _stringify_keys(tree):
@@ -312,8 +320,9 @@ def _is_positive_int(value) -> bool:
 
 def _nll_of_logits(logits_NxV, targets_N):
   """logsumexp of the logits minus the target's logit: no [N, V] of log-probabilities is held."""
-  target_logit_N = jnp.take_along_axis(logits_NxV, targets_N[..., None], axis=-1)[..., 0]
-  return jax.nn.logsumexp(logits_NxV, axis=-1) - target_logit_N
+  with jax.named_scope("cross_entropy"):
+    target_logit_N = jnp.take_along_axis(logits_NxV, targets_N[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits_NxV, axis=-1) - target_logit_N
 
 
 def _chunked_nll(model: TransformerLM, resid_NxD, targets_N, numerics: Numerics, chunk: int):
