@@ -97,6 +97,33 @@ def test_per_token_nll_matches_numpy_reference(positional, layer_norm):
     np.testing.assert_allclose(got, numpy_forward_nll(sharp, contexts, cfg), rtol=2e-4, atol=2e-3)
 
 
+def test_long_contexts_attend_block_by_block_with_the_same_numbers():
+  """From BLOCKED_ATTENTION_FROM positions on, plain attention runs query block by query block and never forms
+  the scores above the causal diagonal: the per-token NLL still matches the numpy reference, and its gradient
+  the full-pattern path's, with a context that needs padding to whole blocks (301 = 3 blocks of 101)."""
+  cfg = dataclasses.replace(model_config.get_config("tiny"), n_ctx=301, init_std=0.5)
+  assert cfg.n_ctx >= transformer.BLOCKED_ATTENTION_FROM
+  params = transformer.init_params(cfg, seed=5)
+  keys = iter(jax.random.split(jax.random.key(9), 64))
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(next(keys), a.shape), params)
+  contexts = np.random.default_rng(4).integers(0, cfg.d_vocab, (2, cfg.n_ctx + 1)).astype(np.int32)
+  np.testing.assert_allclose(np.asarray(transformer.per_token_nll(params, contexts, cfg)),
+                             numpy_forward_nll(params, contexts, cfg), rtol=2e-4, atol=2e-4)
+
+  def full_pattern_nll(p):  # the path that returns every pattern attends all positions at once
+    logits, _ = transformer.bind(p, cfg)(contexts[:, :-1], return_attention=True)
+    return transformer._nll_of_logits(logits, contexts[:, 1:]).mean()
+
+  blocked_nll = lambda p: transformer.per_token_nll(p, contexts, cfg).mean()  # noqa: E731
+  scores_shape = f"{cfg.n_heads},{cfg.n_ctx},{cfg.n_ctx}]"
+  assert scores_shape not in str(jax.make_jaxpr(blocked_nll)(params))  # no [.., H, T, T] scores formed
+  assert scores_shape in str(jax.make_jaxpr(full_pattern_nll)(params))
+  blocked, full = jax.grad(blocked_nll)(params), jax.grad(full_pattern_nll)(params)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(full))
+  for got, want in zip(jax.tree.leaves(blocked), jax.tree.leaves(full)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+
+
 def test_logits_in_chunks_give_the_same_losses_and_gradients():
   """Chunked unembedding (recomputed in the backward pass) against all at once: the same per-token NLL and
   gradient to rounding, under vmap over parameter copies, with a head ablated and in bfloat16 too."""

@@ -40,7 +40,9 @@ PRECISIONS = ("float32", "default", "bfloat16")
 class Numerics:
   """How the forward pass computes (not what the model is): a setting of a run, recorded with its results.
 
-  attention: "plain" (explicit softmax(QKᵀ)V, the reference), "fused" (`jax.nn.dot_product_attention`:
+  attention: "plain" (explicit softmax(QKᵀ)V, the reference; from `transformer.BLOCKED_ATTENTION_FROM`
+    positions on, and unless the patterns are asked for, query block by query block, skipping the scores above
+    the causal diagonal), "fused" (`jax.nn.dot_product_attention`:
     cuDNN's flash attention on an NVIDIA GPU in bfloat16, which never materialises the [T, T] pattern in
     HBM; XLA's fused composition at the float32 precisions and on other backends: `transformer.fused_kernel`) or
     "flash" (the Pallas flash-attention kernel for TPU, tiles of 128 positions, contexts padded up to whole

@@ -63,6 +63,8 @@ class Attention(nnx.Module):
         z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
       elif numerics.attention == "flash" and not return_pattern:
         z_BxTxHxK, pattern_BxHxTxS = _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+      elif q_BxTxHxK.shape[-3] >= BLOCKED_ATTENTION_FROM and not return_pattern:
+        z_BxTxHxK, pattern_BxHxTxS = _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
       else:
         z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
     with jax.named_scope("attn_out"):
@@ -75,11 +77,37 @@ class Attention(nnx.Module):
 def _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
   """The reference: causal softmax(QKᵀ/√d_head)·V with the pattern [B, H, T, S] (softmax in float32)."""
   scores_BxHxTxS = _matmul("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK, numerics) / np.sqrt(q_BxTxHxK.shape[-1])
-  t = scores_BxHxTxS.shape[-1]
-  causal_TxS = jnp.tril(jnp.ones((t, t), bool))
+  t, s = scores_BxHxTxS.shape[-2:]
+  causal_TxS = jnp.arange(s)[None, :] <= jnp.arange(s - t, s)[:, None]  # query i sits at key position s − t + i
   scores_BxHxTxS = jnp.where(causal_TxS, scores_BxHxTxS, -jnp.inf)
   pattern_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1)
   return _matmul("bhts,bshk->bthk", pattern_BxHxTxS, v_BxTxHxK, numerics), pattern_BxHxTxS
+
+
+BLOCKED_ATTENTION_FROM = 256  # plain attention without its pattern runs in query blocks from this context on
+MAX_ATTENTION_BLOCKS = 8
+
+
+def _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
+  """Plain attention's output, query block by query block, each against the keys up to its last position only:
+  the blocks above the causal diagonal, which the mask would zero, are never computed.
+
+  With n blocks that is (n + 1) / 2n of the scores, and of their memory (56 % at 8 blocks). The paper model's
+  attention (4 entries × 8 contexts × 1023 positions, value and gradient) took 1.5 s in 8 blocks against 3.0 s
+  whole on CPU, with 1.8 instead of 3.2 GiB of XLA's temporaries (BUILD_NOTES, "Thirty-second session"). The
+  same arithmetic per query; XLA may round differently. Blocks of equal size: the context is padded at its end
+  (`causal_padded`), which changes no real position's output."""
+  t = q_BxTxHxK.shape[-3]
+  blocks = min(MAX_ATTENTION_BLOCKS, -(-t // 128))
+  size = -(-t // blocks)
+
+  def attend(q, k, v):
+    rows = lambda x, start, end: x[..., start:end, :, :]  # noqa: E731 (positions are axis -3)
+    outputs = [_plain_attention(rows(q, i * size, (i + 1) * size), rows(k, 0, (i + 1) * size),
+                                rows(v, 0, (i + 1) * size), numerics)[0] for i in range(blocks)]
+    return jnp.concatenate(outputs, axis=-3)
+
+  return causal_padded(attend, q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, multiple=size)
 
 
 CUDNN_HEAD_DIMS = range(8, 129, 8)  # what cuDNN's flash attention takes on every NVIDIA GPU it runs on
