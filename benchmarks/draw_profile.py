@@ -188,7 +188,7 @@ def main(argv=None) -> dict:
   out.mkdir(parents=True, exist_ok=True)
   (out / "draw_profile.json").write_text(json.dumps(summary, indent=1))
   print(f"{summary['device']}: {args.model}, {len(names)} components × {args.num_chains} chains, batch "
-        f"{args.batch_size}, {args.precision}/{args.attention}, logits {args.logits}: "
+        f"{args.batch_size}, {args.precision}/{args.attention}, logits {args.logits or 'whole'}: "
         f"{summary['ms_per_draw']:.1f} ms of the draw programs' op time per draw (wall "
         f"{summary['wall_ms_per_draw']:.1f} ms; other programs "
         f"{sum(summary['other_programs_ms_per_draw'].values()):.1f} ms)")
