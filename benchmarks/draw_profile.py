@@ -100,24 +100,36 @@ def leaf_events(events) -> list:
   return leaves
 
 
+def hlo_of(stats: dict):
+  """(module, op) an event ran for, from its stats: XLA:CPU's thunk events carry hlo_op and program_id; a GPU
+  kernel's carries the launch's annotation, "...#hlo_op=<op>,hlo_module=<name>,program_id=<id>#". None for an
+  event that names no op."""
+  if "hlo_op" in stats:
+    return stats.get("program_id", stats.get("hlo_module", "")), str(stats["hlo_op"])
+  for value in stats.values():
+    if isinstance(value, str) and "hlo_op=" in value:
+      program, module = re.search(r"program_id=(\d+)", value), re.search(r"hlo_module=([^,#]+)", value)
+      return (int(program.group(1)) if program else module.group(1) if module else "",
+              re.search(r"hlo_op=([^,#]+)", value).group(1))
+  return None
+
+
 def op_times(trace_dir) -> list[OpTime]:
-  """Every HLO op's summed time in the newest trace under trace_dir (events that name an hlo_op, leaves only)."""
+  """Every HLO op's summed time in the newest trace under trace_dir, from the events that name an op (leaves
+  only): the device planes' where they have such events (a GPU's kernels), else the host's (XLA:CPU)."""
   path = max(Path(trace_dir).glob("**/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
   profile = jax.profiler.ProfileData.from_file(str(path))
-  totals = collections.defaultdict(float)
+  by_plane = collections.defaultdict(list)  # plane name -> [(line's leaf events with their (module, op))]
   for plane in profile.planes:
     for line in plane.lines:
-      tagged = []
-      for event in line.events:
-        stats = dict(event.stats)
-        if "hlo_op" in stats:
-          tagged.append((event, stats))
-      by_id = {id(e): s for e, s in tagged}
-      for event in leaf_events([e for e, _ in tagged]):
-        stats = by_id[id(event)]
-        module = stats.get("program_id", stats.get("hlo_module", ""))
-        totals[module, str(stats["hlo_op"]), event.name if event.name != stats["hlo_op"] else ""] += \
-            event.duration_ns * 1e-9
+      tagged = [(event, hlo) for event in line.events if (hlo := hlo_of(dict(event.stats))) is not None]
+      ops = {id(event): hlo for event, hlo in tagged}
+      by_plane[plane.name].extend((event, ops[id(event)]) for event in leaf_events([e for e, _ in tagged]))
+  device = [name for name, events in by_plane.items() if name.startswith("/device:") and events]
+  totals = collections.defaultdict(float)
+  for name in device or list(by_plane):
+    for event, (module, op) in by_plane[name]:
+      totals[module, op, event.name if event.name != op else ""] += event.duration_ns * 1e-9
   return [OpTime(module, op, kernel, seconds) for (module, op, kernel), seconds in totals.items()]
 
 

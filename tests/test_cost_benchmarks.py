@@ -82,3 +82,12 @@ def test_draw_profile_times_every_part_of_a_draw(tmp_path):
   stage = lambda name: sum(r["ms_per_draw"] for key, r in rows.items() if key[0] == name)  # noqa: E731
   assert stage("gradient") > stage("probes") > 0
   assert summary["top_ops"][0]["ms_per_draw"] > 0 and summary["other_programs_ms_per_draw"], summary
+
+
+def test_trace_events_name_their_op_on_cpu_and_gpu():
+  from benchmarks import draw_profile
+  assert draw_profile.hlo_of({"hlo_op": "dot.3", "program_id": 40}) == (40, "dot.3")  # XLA:CPU's thunk events
+  gpu = {"correlation_id": 7, "annotation": "fusion.12:#hlo_op=fusion.12,hlo_module=jit__draw_chunk,program_id=52#"}
+  assert draw_profile.hlo_of(gpu) == (52, "fusion.12")
+  assert draw_profile.hlo_of({"annotation": "#hlo_op=gemm.4,hlo_module=jit_f#"}) == ("jit_f", "gemm.4")
+  assert draw_profile.hlo_of({"correlation_id": 7}) is None

@@ -11,7 +11,8 @@ Params layout (all dict keys are strings, so orbax round-trips it unchanged):
   ln_final/{scale,bias} [D]; unembed/W_U [D, V], b_U [V].
 
 Shape letters: B contexts in a batch, C tokens per context (T inputs and the last target), T query
-positions, S key positions, D d_model, H heads, K d_head (Dh above), V vocabulary, L layers.
+positions, S key positions, D d_model, H heads, K d_head (Dh above), V vocabulary, L layers; N a batch's
+predicted tokens flattened, M chunks of n of them (`_chunked_nll`).
 """
 import functools
 import math
@@ -85,7 +86,8 @@ def _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
 
 
 BLOCKED_ATTENTION_FROM = 256  # plain attention without its pattern runs in query blocks from this context on
-MAX_ATTENTION_BLOCKS = 8
+MAX_ATTENTION_BLOCKS = 8  # ... of at least MIN_ATTENTION_BLOCK positions
+MIN_ATTENTION_BLOCK = 128
 
 
 def _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics):
@@ -98,7 +100,7 @@ def _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numeric
   same arithmetic per query; XLA may round differently. Blocks of equal size: the context is padded at its end
   (`causal_padded`), which changes no real position's output."""
   t = q_BxTxHxK.shape[-3]
-  blocks = min(MAX_ATTENTION_BLOCKS, -(-t // 128))
+  blocks = min(MAX_ATTENTION_BLOCKS, -(-t // MIN_ATTENTION_BLOCK))
   size = -(-t // blocks)
 
   def attend(q, k, v):
@@ -359,16 +361,16 @@ def _chunked_nll(model: TransformerLM, resid_NxD, targets_N, numerics: Numerics,
   Each chunk's logits are recomputed in the backward pass (`jax.checkpoint`) instead of being kept: only
   [chunk, V] of logits and of their gradient exist at a time, for one more unembedding matmul per chunk.
   Each token's NLL is the same arithmetic as all at once; XLA may round differently."""
-  n, d = resid_NxD.shape
-  pad = -n % chunk
-  resid_MxnxD = jnp.pad(resid_NxD, ((0, pad), (0, 0))).reshape(-1, chunk, d)  # M chunks of n tokens
+  num_tokens, d_model = resid_NxD.shape
+  pad = -num_tokens % chunk
+  resid_MxnxD = jnp.pad(resid_NxD, ((0, pad), (0, 0))).reshape(-1, chunk, d_model)
   targets_Mxn = jnp.pad(targets_N, (0, pad)).reshape(-1, chunk)  # (padding scores token 0, then is dropped)
 
   def chunk_nll(resid_and_targets):
     resid_nxD, targets_n = resid_and_targets
     return _nll_of_logits(model.unembed_logits(resid_nxD, numerics=numerics), targets_n)
 
-  return jax.lax.map(jax.checkpoint(chunk_nll), (resid_MxnxD, targets_Mxn)).reshape(-1)[:n]
+  return jax.lax.map(jax.checkpoint(chunk_nll), (resid_MxnxD, targets_Mxn)).reshape(-1)[:num_tokens]
 
 
 def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT,
