@@ -77,8 +77,8 @@ def test_draw_profile_times_every_part_of_a_draw(tmp_path):
   for part in ("unembed", "attention", "qkv"):
     assert ("gradient", part, "forward") in rows and ("gradient", part, "backward") in rows, sorted(rows)
   assert ("probes", "unembed", "forward") in rows and ("sgld_update", "other", "forward") in rows, sorted(rows)
-  placed = sum(r["fraction"] for key, r in rows.items() if key[0] != "other" and key[1] != "other")
-  assert placed > 0.25, summary["by_scope"]  # (at tiny size, loop bookkeeping and copies take a third)
+  staged = sum(r["fraction"] for key, r in rows.items() if key[0] != "other")
+  assert staged > 0.5, summary["by_scope"]  # the draw's stages hold most of the time (0.87 alone here)
   stage = lambda name: sum(r["ms_per_draw"] for key, r in rows.items() if key[0] == name)  # noqa: E731
   assert stage("gradient") > stage("probes") > 0
   assert summary["top_ops"][0]["ms_per_draw"] > 0 and summary["other_programs_ms_per_draw"], summary
