@@ -221,6 +221,20 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m") -> dict:
   return f
 
 
+# HBM bandwidth by datasheet (bytes/s): the goal names an H100, the device lent was an H200 with the same
+# tensor-core peaks and 1.43× the bandwidth. A draw bound by arithmetic takes as long on either; one bound by
+# memory 1.43× longer on the H100: the two ends of what an H200's time says of an H100's.
+HBM_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}
+
+
+def h100_range(device: str, minutes: float) -> tuple[float, float] | None:
+  """(arithmetic-bound, memory-bound) minutes on an H100 of a run measured at `minutes` on `device`; None unless
+  the device is an H200 (an H100's own figure needs no range)."""
+  if "H200" not in device:
+    return None
+  return minutes, minutes * HBM_BANDWIDTH["H200"] / HBM_BANDWIDTH["H100"]
+
+
 def setting_label(setting: dict) -> str:
   """"COMPONENTS/PRECISION/ATTENTION[/LOGITS]" of a figures row (LOGITS only where not "auto")."""
   logits = setting.get("logits_chunk", "auto")
@@ -255,9 +269,14 @@ def measured_projection(figures: dict) -> list[dict]:
                sweep_minutes=(f["sweep"] / rate + paper["checkpoints"] * fixed) / 60,
                per_token_minutes=(f["per_token"] / rate + paper["per_token_units"] * fixed) / 60)
     rows.append(row)
+    h100 = h100_range(figures["device"], row["sweep_minutes"])
+    if h100:
+      row["h100_sweep_minutes"] = h100
     print(f"  {figures['device']}, at the rate of {row['setting']} ({row['achieved_tflops']:.3g} TFLOP/s with its "
           f"probe forwards, {row['fraction_of_measured_peak']:.1%} of the measured {peak_kind} "
-          f"matmul peak): sweep {row['sweep_minutes']:.1f} min, per-token run {row['per_token_minutes']:.1f} min")
+          f"matmul peak): sweep {row['sweep_minutes']:.1f} min, per-token run {row['per_token_minutes']:.1f} min"
+          + (f"; on an H100 the sweep {h100[0]:.0f}–{h100[1]:.0f} min (bound by arithmetic – by memory)" if h100
+             else ""))
   return rows
 
 

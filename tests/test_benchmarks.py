@@ -348,3 +348,10 @@ def test_device_session_gives_no_part_more_than_the_call_has_left(monkeypatch, t
   clock["now"], given = 0.0, {}
   device_session.main(["--out", str(tmp_path), "--total_s", "640"])
   assert given == {"figures": 300.0, "side_by_side": 260.0, "precision": 140.0}
+
+
+def test_an_h200s_time_bounds_an_h100s():
+  """The goal names an H100; the lent device was an H200 (same tensor-core peaks, 1.43× the HBM bandwidth)."""
+  low, high = scaling.h100_range("NVIDIA H200", 60.0)
+  assert low == 60.0 and high == pytest.approx(60.0 * 4.8 / 3.35)
+  assert scaling.h100_range("NVIDIA H100 80GB HBM3", 60.0) is None and scaling.h100_range("cpu", 1.0) is None
