@@ -117,7 +117,10 @@ def hlo_of(stats: dict):
 def op_times(trace_dir) -> list[OpTime]:
   """Every HLO op's summed time in the newest trace under trace_dir, from the events that name an op (leaves
   only): the device planes' where they have such events (a GPU's kernels), else the host's (XLA:CPU)."""
-  path = max(Path(trace_dir).glob("**/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+  traces = list(Path(trace_dir).glob("**/*.xplane.pb"))
+  if not traces:
+    raise RuntimeError(f"jax.profiler wrote no trace (*.xplane.pb) under {trace_dir}")
+  path = max(traces, key=lambda p: p.stat().st_mtime)
   profile = jax.profiler.ProfileData.from_file(str(path))
   by_plane = collections.defaultdict(list)  # plane name -> [(line's leaf events with their (module, op))]
   for plane in profile.planes:

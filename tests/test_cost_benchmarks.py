@@ -95,3 +95,9 @@ def test_trace_events_name_their_op_on_cpu_and_gpu():
   assert draw_profile.hlo_of(gpu) == (52, "fusion.12")
   assert draw_profile.hlo_of({"annotation": "#hlo_op=gemm.4,hlo_module=jit_f#"}) == ("jit_f", "gemm.4")
   assert draw_profile.hlo_of({"correlation_id": 7}) is None
+
+
+def test_a_missing_trace_is_named(tmp_path):
+  from benchmarks import draw_profile
+  with pytest.raises(RuntimeError, match="wrote no trace"):
+    draw_profile.op_times(tmp_path)
