@@ -48,8 +48,13 @@ _OP_NAME = re.compile(r'metadata=\{op_name="([^"]*)"')
 _TARGET = re.compile(r'custom_call_target="([^"]*)"')
 
 
-class OpTime(collections.namedtuple("OpTime", "module op kernel seconds")):
-  """One HLO op's summed time over the trace (kernel: the trace event's own name, e.g. a GPU kernel's)."""
+class OpTime(NamedTuple):
+  """One HLO op's summed time over the trace."""
+
+  module: int | str  # the program's id (XLA's dump number), or its name where the trace gives only that
+  op: str  # the HLO instruction's name
+  kernel: str  # the trace event's own name where it differs from the op's (a GPU kernel's), else ""
+  seconds: float
 
 
 def where_traced(op_name: str) -> tuple[str, str, str]:
