@@ -108,8 +108,7 @@ def flops_counted_as(cfg, precision: str):
   XLA's cost analysis counts no FLOPs inside a cuDNN attention call, so a fused setting's own count would
   read low."""
   return functools.partial(transformer.context_nll, config=cfg, numerics=Numerics(precision=precision,
-                                                                                   attention="plain"),
-                           logits_chunk=None)
+                                                                                   attention="plain"))
 
 
 def group_runs(names, masks_C) -> list:

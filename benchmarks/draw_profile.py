@@ -19,8 +19,11 @@ import re
 import sys
 import tempfile
 
-_DUMP = tempfile.mkdtemp(prefix="draw_profile_hlo_")
-if "jax" not in sys.modules:  # (the flags act only before JAX starts its backends)
+# Run as a script (python -m), before JAX starts its backends, where alone XLA's flags take effect: where its
+# HLO goes, and XLA:CPU's per-op trace events. Imported (its parser, its helpers), it changes nothing.
+_DUMP = None
+if __name__ == "__main__" and "jax" not in sys.modules:
+  _DUMP = tempfile.mkdtemp(prefix="draw_profile_hlo_")
   os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), f"--xla_dump_to={_DUMP}",
                                       "--xla_dump_hlo_as_text", "--xla_cpu_enable_xprof_traceme=true"]).strip()
 
@@ -182,6 +185,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if _DUMP is None:
+    raise SystemExit("run it as a script, `python -m benchmarks.draw_profile`: XLA's dump and trace flags must be "
+                     "set before JAX starts")
   jax.config.update("jax_enable_compilation_cache", False)
   cfg = model_config.get_config(args.model)
   params = transformer.init_params(cfg)

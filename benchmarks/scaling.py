@@ -171,7 +171,7 @@ def _model(model: str):
   params = jax.eval_shape(lambda: transformer.init_params(cfg))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
   names, masks_C = sj.stack_masks(components.component_masks(components.default_components(cfg), zeros, cfg), zeros)
-  return cfg, params, functools.partial(transformer.context_nll, config=cfg, logits_chunk=None), names, masks_C
+  return cfg, params, functools.partial(transformer.context_nll, config=cfg), names, masks_C
 
 
 def paper_flops(model: str = "tetrahedron_3m") -> dict:
@@ -180,8 +180,8 @@ def paper_flops(model: str = "tetrahedron_3m") -> dict:
   paper = paper_runs()
   cfg, params, loss_fn, names, masks_C = _model(model)
   contexts = lambda n: jax.ShapeDtypeStruct((n, cfg.n_ctx), jnp.int32)
-  forward_1 = flops_of(loss_fn, params, contexts(1))
-  token_forward = flops_of(functools.partial(transformer.per_token_nll, config=cfg, logits_chunk=None), params,
+  forward_1 = flops_of(whole_logits(loss_fn), params, contexts(1))
+  token_forward = flops_of(whole_logits(functools.partial(transformer.per_token_nll, config=cfg)), params,
                            contexts(1))
   step = gradient_flops(loss_fn, params, names, masks_C, contexts(paper["batch"]))
   K, probes = paper["chains"], paper["probes"]

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from suscept_jax import validation
 from suscept_jax.models.config import ModelConfig, Numerics
 
 _EXACT = Numerics()
@@ -344,10 +345,6 @@ def logits_chunk_for(num_tokens: int, d_vocab: int, backend: str) -> int | None:
   return -(-num_tokens // chunks)
 
 
-def _is_positive_int(value) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
-
-
 def _nll_of_logits(logits_NxV, targets_N):
   """logsumexp of the logits minus the target's logit: no [N, V] of log-probabilities is held."""
   with jax.named_scope("cross_entropy"):
@@ -390,8 +387,8 @@ def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_Lx
   num_tokens = math.prod(targets_BxT.shape)
   if logits_chunk == "auto":
     logits_chunk = logits_chunk_for(num_tokens, config.d_vocab, jax.default_backend())
-  elif logits_chunk is not None and not _is_positive_int(logits_chunk):
-    raise ValueError(f"logits_chunk={logits_chunk!r}: expected a positive number of tokens, None or 'auto'")
+  else:
+    validation.check_count_or_none("logits_chunk", logits_chunk, none_means="all at once; or 'auto'")
   if logits_chunk is None or logits_chunk >= num_tokens:
     return _nll_of_logits(model.unembed_logits(resid_BxTxD, numerics=numerics), targets_BxT)
   nll_N = _chunked_nll(model, resid_BxTxD.reshape(num_tokens, -1), targets_BxT.reshape(num_tokens), numerics,
