@@ -88,11 +88,13 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     table = _SharedTable()
     run_group = lambda call: _run_program(loss_fn, params, *call, base, probes, config=config, progress=shared,
                                           label=label, shared_table=table, **options)
-    workers = concurrent_programs(parallel.as_entry_mesh(options.get("mesh")), len(calls))
-    if workers > 1:
+    mesh = parallel.as_entry_mesh(options.get("mesh"))
+    workers = concurrent_programs(mesh, len(calls))
+    if compiles_ahead(mesh, workers):
       for call in calls[workers:]:  # the groups that wait for a worker: compiled meanwhile
         _compile_meanwhile(lambda call=call: _run_program(loss_fn, params, *call, base, probes, config=config,
                                                           progress=False, plan_only=True, **options))
+    if workers > 1:
       futures = [_group_pool(workers).submit(run_group, call) for call in calls]
       try:
         outputs = [future.result() for future in futures]
@@ -125,6 +127,24 @@ def concurrent_programs(mesh, num_programs: int) -> int:
     return 1
   limit = (os.cpu_count() or 1) if MAX_CONCURRENT_PROGRAMS is None else MAX_CONCURRENT_PROGRAMS
   return max(1, min(num_programs, limit))
+
+
+COMPILE_AHEAD: bool | None = None  # None: as `compiles_ahead` decides; True / False: always / never
+
+
+def compiles_ahead(mesh, workers: int) -> bool:
+  """Whether the groups that wait for a worker are compiled meanwhile, each in a thread of its own.
+
+  On CPU only when groups run side by side (a core compiles while the others sample; one worker would
+  compile on the core that samples). On accelerators always: compiling is the host's work and sampling the
+  device's, and groups ran one after another, each compiling only when its turn came. On the H200 the
+  demo's cold dataset-level job was 52 of its 52.3 s compilation of three draw programs in float32
+  (BUILD_NOTES, "Thirty-first session"), on a host of 16 cores; compiled side by side the job waits for
+  the slowest, not the sum. `COMPILE_AHEAD` overrides the choice.
+  """
+  if COMPILE_AHEAD is not None:
+    return COMPILE_AHEAD
+  return workers > 1 or not programs.on_cpu(mesh)
 
 
 COMPILE_AHEAD_THREAD = "suscept_jax-compile-ahead"
