@@ -34,15 +34,18 @@ What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left u
       --parts=untuned,profile,figures,side_by_side --untuned_s=90 --profile_s=100 --figures_s=170 \
       --figures_budget_s=130 \
       --figures_settings=full/bfloat16/fused,full/bfloat16/fused/512,full/default/plain,all/bfloat16/fused
-- untuned: how much of the side by side's 52 s of compilation is XLA's autotuning (every compile is logged);
+- untuned: how much of the side by side's 52 s of compilation is XLA's autotuning (every compile is logged;
+  they overlap now: the component groups compile side by side on accelerators, `sampler.compiles_ahead`);
 - profile: where the bf16 draw's 42 ms go, by part of the model and stage of the draw (`draw_profile`; by
   arithmetic the float32 logits' traffic alone floors it near 9 ms);
 - figures: the bf16 step again, then with the logits in chunks of 512 tokens (on CPU 11-26 % faster for the
   paper model; on a GPU unmeasured: it recomputes the unembedding, and saves memory traffic only where a
   chunk's logits stay in cache), TF32 with plain attention now computed block by block (122.7 ms before),
   every component at once (never reached);
-- side_by_side gets what is left (≈ 220 s; devinterp did not finish in 260 s before): if the call leaves
-  4 minutes of device time, a second call runs it alone: `--parts=side_by_side --side_by_side_s=330`.
+- side_by_side gets what is left (≈ 220 s; devinterp did not finish in 260 s before); our half's cold time
+  against 52.3 s before (the same job, groups compiled one after another) says what compiling them side
+  by side gained, its compiled time against 0.6 s whether concurrent autotuning chose worse kernels. If the
+  call leaves 4 minutes of device time, a second call runs it alone: `--parts=side_by_side --side_by_side_s=330`.
 TF32's shift on the demo (the precision part) matters least and is left out.
 """
 import argparse
