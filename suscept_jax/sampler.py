@@ -91,9 +91,15 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
     mesh = parallel.as_entry_mesh(options.get("mesh"))
     workers = concurrent_programs(mesh, len(calls))
     if compiles_ahead(mesh, workers):
-      for call in calls[workers:]:  # the groups that wait for a worker: compiled meanwhile
-        _compile_meanwhile(lambda call=call: _run_program(loss_fn, params, *call, base, probes, config=config,
-                                                          progress=False, plan_only=True, **options))
+      # The groups that wait for a worker are compiled meanwhile; on one worker (an accelerator) every group is,
+      # and sampling starts when all are compiled (a program would otherwise run beside the autotuner's buffers
+      # of another's compilation, in memory that auto-sizing planned for one).
+      compiling = [_compile_meanwhile(lambda call=call: _run_program(
+          loss_fn, params, *call, base, probes, config=config, progress=False, plan_only=True, **options))
+          for call in (calls[workers:] if workers > 1 else calls)]
+      if workers == 1:
+        for thread in compiling:
+          thread.join()
     if workers > 1:
       futures = [_group_pool(workers).submit(run_group, call) for call in calls]
       try:
@@ -140,7 +146,8 @@ def compiles_ahead(mesh, workers: int) -> bool:
   device's, and groups ran one after another, each compiling only when its turn came. On the H200 the
   demo's cold dataset-level job was 52 of its 52.3 s compilation of three draw programs in float32
   (BUILD_NOTES, "Thirty-first session"), on a host of 16 cores; compiled side by side the job waits for
-  the slowest, not the sum. `COMPILE_AHEAD` overrides the choice.
+  the slowest, not the sum (there every group compiles at once, before any samples: `run`).
+  `COMPILE_AHEAD` overrides the choice.
   """
   if COMPILE_AHEAD is not None:
     return COMPILE_AHEAD
@@ -150,7 +157,7 @@ def compiles_ahead(mesh, workers: int) -> bool:
 COMPILE_AHEAD_THREAD = "suscept_jax-compile-ahead"
 
 
-def _compile_meanwhile(compile_group: Callable[[], Any]) -> None:
+def _compile_meanwhile(compile_group: Callable[[], Any]) -> threading.Thread:
   """Run `compile_group` (a group's `_run_program` with plan_only) in a thread of its own, now.
 
   A group that waits for a worker used to be traced and compiled only when one came free, so a cold run ended
@@ -159,7 +166,7 @@ def _compile_meanwhile(compile_group: Callable[[], Any]) -> None:
   demo's dataset-level run, cold: idle cores ≈ 1.8 → 1.2 s of ≈ 23 s; warm runs compile nothing and are
   unchanged: BUILD_NOTES, "Twenty-third session"). The group's own call reuses the compiled program (jit
   compiles a program once even when two threads ask for it at once). A failure here is left to that call,
-  which compiles again and raises it where it names its settings.
+  which compiles again and raises it where it names its settings. Returns the thread.
   """
   def compile_quietly():
     try:
@@ -168,7 +175,9 @@ def _compile_meanwhile(compile_group: Callable[[], Any]) -> None:
       pass
 
   # Not a daemon: the interpreter would tear down under a daemon thread still inside XLA; exit waits for it.
-  threading.Thread(target=compile_quietly, name=COMPILE_AHEAD_THREAD).start()
+  thread = threading.Thread(target=compile_quietly, name=COMPILE_AHEAD_THREAD)
+  thread.start()
+  return thread
 
 
 class _SharedTable:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -190,8 +191,8 @@ def test_accelerators_run_one_program_at_a_time():
 
 def test_groups_run_one_at_a_time_are_compiled_ahead_where_compiling_is_the_hosts_work(problem, monkeypatch):
   """On an accelerator groups run one after another, and each used to compile when its turn came (the H200's
-  cold demo job: 52 of 52.3 s compiling). Now every group but the first is compiled from the start in a
-  thread of its own, and its call reuses that compilation. Exercised on this process's mesh of 4 CPU devices
+  cold demo job: 52 of 52.3 s compiling). Now every group is compiled at once, each in a thread of its own,
+  before any samples, and its call reuses that compilation. Exercised on this process's mesh of 4 CPU devices
   (`COMPILE_AHEAD` forced on, where it is off by default): the same numbers as without."""
   cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
   class Device:
@@ -207,13 +208,18 @@ def test_groups_run_one_at_a_time_are_compiled_ahead_where_compiling_is_the_host
   fresh_loss = lambda w, b: loss(w, b)  # noqa: E731 (code of its own: no program of it is compiled yet)
   run = lambda lf: sampler.run(lf, params, names, masks_C, base, probes, config=config, batch_size=16,  # noqa: E731
                                delta_h=0.25, progress=False, observed=observed, token_loss_fn=tokens)
-  lowered_by, compiled = [], []
+  lowered_by, compiled, sampling = [], [], []
   def listen(event, duration, **kwargs):
     if "draw_chunk" in str(kwargs.get("fun_name")):
       if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
         lowered_by.append(threading.current_thread().name)
       if event == "/jax/core/compile/backend_compile_duration":
-        compiled.append(event)
+        compiled.append(time.perf_counter())
+  sample_blocks = sampler._sample_blocks
+  def noting_when_sampling_starts(*args):
+    sampling.append(time.perf_counter())
+    return sample_blocks(*args)
+  monkeypatch.setattr(sampler, "_sample_blocks", noting_when_sampling_starts)
   monkeypatch.setattr(sampler, "COMPILE_AHEAD", True)
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
@@ -221,9 +227,9 @@ def test_groups_run_one_at_a_time_are_compiled_ahead_where_compiling_is_the_host
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
   num_groups = len(restricted.component_groups(masks_C, len(names)))
-  assert sorted(name.startswith(sampler.COMPILE_AHEAD_THREAD) for name in lowered_by) == (
-      [False] + [True] * (num_groups - 1)), lowered_by
-  assert len(compiled) == num_groups, compiled
+  assert [name.startswith(sampler.COMPILE_AHEAD_THREAD) for name in lowered_by] == [True] * num_groups, lowered_by
+  assert len(compiled) == num_groups == len(sampling), (compiled, sampling)
+  assert max(compiled) < min(sampling)  # no group samples beside another's compilation
   monkeypatch.setattr(sampler, "COMPILE_AHEAD", False)
   in_turn = run(loss)
   for a, b in zip(jax.tree.leaves(ahead._replace(seconds=0.0)), jax.tree.leaves(in_turn._replace(seconds=0.0)),
