@@ -4,7 +4,7 @@
       [--data BASE PROBE ... [--tokenizer=T] | --tokens BASE.npy PROBE.npy ... | --random_tokens]
       [--num_chains=4] [--num_draws=100] [--batch_size=20]
       [--components full l0h0 ...] [--work_dir=runs/devinterp_side_by_side] [--skip_devinterp]
-      [--devinterp_device=cuda] [--devinterp_wheels=.whl]
+      [--devinterp_device=cuda] [--devinterp_wheels=.whl] [--precision=float32] [--attention=plain]
 
 What runs:
   devinterp  in its own virtualenv ($SUSCEPT_JAX_DEVINTERP_VENV, default <cache>/devinterp-venv; built on
@@ -19,7 +19,10 @@ What runs:
              --devinterp_device=cuda runs devinterp on the GPU.
   ours       in this process, compilation included: `estimate_susceptibilities` (dataset level) and
              `estimate_per_token_susceptibilities` observing the probe contexts devinterp evaluates; then
-             both again with their programs compiled (what each further checkpoint of a sweep costs).
+             both again with their programs compiled (what each further checkpoint of a sweep costs). In
+             float32 with plain attention, as devinterp computes, unless --precision / --attention say
+             otherwise (on an NVIDIA GPU, bfloat16 with fused attention: the agreement checks then also say
+             whether that setting's χ stays within the error bars of devinterp's float32).
 Contexts: with --run_dir, by default the demo's datasets (base `pile`, probes `code` and `repeats:pile`: its
 2048 and 60 first contexts), tokenized by the run's tokenizer as the sweep tokenizes them (--data names others);
 without --run_dir, or with --random_tokens, random tokens (a uniform base; probes 'repeats' and 'narrow'), on
@@ -347,19 +350,28 @@ def mean_se(x, axis: int):
 
 # ---- our side ------------------------------------------------------------------------------------------------
 
-def run_ours(cfg, params, contexts: dict, settings: Settings, components: list) -> Side:
-  """Both of our estimators, each timed with its compilation; probe contexts observed in file order."""
+def our_loss_fns(cfg, numerics=None) -> tuple:
+  """(loss_fn, token_loss_fn) of the model at `numerics` (`config.Numerics`; default float32, plain attention,
+  as devinterp computes)."""
   import functools
 
+  from suscept_jax.models import transformer
+  from suscept_jax.models.config import Numerics
+  numerics = numerics or Numerics()
+  return (functools.partial(transformer.context_nll, config=cfg, numerics=numerics),
+          functools.partial(transformer.per_token_nll, config=cfg, numerics=numerics))
+
+
+def run_ours(cfg, params, contexts: dict, settings: Settings, components: list, numerics=None) -> Side:
+  """Both of our estimators, each timed with its compilation; probe contexts observed in file order."""
   import suscept_jax as sj
   from benchmarks.common import timed
-  from suscept_jax.models import components as comps, transformer
+  from suscept_jax.models import components as comps
   masks = comps.component_masks(components, params, cfg)
   base = contexts["base"]
   probes = {p: x for p, x in contexts.items() if p != "base"}
   config = settings.sgld_config()
-  loss_fn = functools.partial(transformer.context_nll, config=cfg)
-  token_loss_fn = functools.partial(transformer.per_token_nll, config=cfg)
+  loss_fn, token_loss_fn = our_loss_fns(cfg, numerics)
   observed = np.concatenate(list(probes.values()))
   dataset = lambda: sj.estimate_susceptibilities(loss_fn, params, masks, base, probes, config=config,  # noqa: E731
                                                  batch_size=settings.batch_size, delta_h=settings.delta_h,
@@ -500,6 +512,7 @@ def save_results(job_dir: Path, ours: Side, theirs: dict, comparisons: dict, v: 
 # ---- main ----------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
+  from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--tiny", action="store_true", help="the 'tiny' model, 2 chains × 8 draws (for the tests)")
   parser.add_argument("--run_dir", help="a training run to take the weights from (default: random init)")
@@ -518,6 +531,11 @@ def parse_args(argv=None):
   parser.add_argument("--work_dir", default="runs/devinterp_side_by_side")
   parser.add_argument("--skip_devinterp", action="store_true", help="our half only (no comparison)")
   parser.add_argument("--devinterp_device", default="cpu", help="torch device for devinterp (cpu, cuda)")
+  parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                      help="our half's matmul precision (default float32, as devinterp computes; on an NVIDIA GPU "
+                      "the README recommends bfloat16 with --attention=fused)")
+  parser.add_argument("--attention", default="plain", choices=ATTENTION_IMPLEMENTATIONS,
+                      help="our half's attention implementation")
   parser.add_argument("--devinterp_wheels", help="build devinterp's virtualenv offline from the wheels in this "
                       "folder, on the machine's own torch (when it is not built yet)")
   return parser.parse_args(argv)
@@ -547,8 +565,11 @@ def main(argv=None) -> dict | None:
         f"γ {settings.localization:g}; load average {load:.2f}")
   job_dir = Path(args.work_dir)
   write_job(job_dir, cfg, params, contexts, settings, components, args.devinterp_device)
-  ours = run_ours(cfg, params, contexts, settings, components)
-  print(f"ours: dataset-level {ours.seconds['dataset']:.1f} s, per-token {ours.seconds['per_token']:.1f} s "
+  from suscept_jax.models.config import Numerics
+  numerics = Numerics(attention=args.attention, precision=args.precision)
+  ours = run_ours(cfg, params, contexts, settings, components, numerics)
+  print(f"ours ({numerics.precision}, {numerics.attention} attention): dataset-level {ours.seconds['dataset']:.1f} s, "
+        f"per-token {ours.seconds['per_token']:.1f} s "
         f"(compiled: {ours.seconds['dataset_compiled']:.1f} s, {ours.seconds['per_token_compiled']:.1f} s)")
   if args.skip_devinterp:
     return None
@@ -565,6 +586,7 @@ def main(argv=None) -> dict | None:
         f"(c = {star - init:+.4f} nats)\ndevinterp ran on {info.get('device', 'cpu')} with torch "
         f"{info['versions']['torch']}; ours on {jax_device()}")
   meta = {"weights": source, "contexts": contexts_source, "settings": dataclasses.asdict(settings),
+          "numerics": dataclasses.asdict(numerics),
           "components": components, "probes": probes, "load_average": [load, os.getloadavg()[0]], "devinterp": info}
   save_results(job_dir, ours, theirs, comparisons, v, meta)
   print(f"summary: {job_dir / 'summary.json'}")

@@ -61,6 +61,26 @@ def test_our_half_gives_every_table_on_the_common_grid(ours):
   assert all(s > 0 for s in side.seconds.values())
 
 
+def test_our_half_runs_at_the_precision_asked_for(ours):
+  """--precision / --attention reach both of our loss functions (default: float32 with plain attention, as
+  devinterp computes); bfloat16 matmuls move the tiny model's per-token NLL by rounding only."""
+  from suscept_jax.models.config import Numerics
+  _, _, cfg, params, contexts, _ = ours
+  assert sbs.parse_args([]).precision == "float32" and sbs.parse_args([]).attention == "plain"
+  args = sbs.parse_args(["--precision", "bfloat16", "--attention", "fused"])
+  numerics = Numerics(attention=args.attention, precision=args.precision)
+  (exact, exact_tokens), (rounded, rounded_tokens) = sbs.our_loss_fns(cfg), sbs.our_loss_fns(cfg, numerics)
+  for fn in (exact, exact_tokens):
+    assert fn.keywords["numerics"] == Numerics()
+  for fn in (rounded, rounded_tokens):
+    assert fn.keywords["numerics"] == numerics
+  base = contexts["base"][:8]
+  diff = np.abs(np.asarray(rounded_tokens(params, base)) - np.asarray(exact_tokens(params, base)))
+  assert 0 < diff.max() < 0.01, diff.max()
+  with pytest.raises(SystemExit):
+    sbs.parse_args(["--precision", "float16"])
+
+
 def _permuted(side, seed=0):
   """The same results with each probe's context rows in another order (as devinterp's observables have them)."""
   rng = np.random.default_rng(seed)
