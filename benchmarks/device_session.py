@@ -45,7 +45,8 @@ What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left u
 - side_by_side gets what is left (≈ 220 s; devinterp did not finish in 260 s before); our half's cold time
   against 52.3 s before (the same job, groups compiled one after another) says what compiling them side
   by side gained, its compiled time against 0.6 s whether concurrent autotuning chose worse kernels. If the
-  call leaves 4 minutes of device time, a second call runs it alone: `--parts=side_by_side --side_by_side_s=330`.
+  call leaves 4 minutes of device time, a second call runs it alone, our half at the README's GPU setting
+  (the first call gave float32's): `--parts=side_by_side --side_by_side_s=330 --side_by_side_numerics=bfloat16/fused`.
 TF32's shift on the demo (the precision part) matters least and is left out.
 """
 import argparse
@@ -72,6 +73,10 @@ def parse_args(argv=None):
   parser.add_argument("--figures_budget_s", type=float, default=200.0,
                       help="the figures start no new setting after this (the part's own budget)")
   parser.add_argument("--side_by_side_s", type=float, default=260.0, help="time of the devinterp side by side")
+  parser.add_argument("--side_by_side_numerics", type=numerics_setting, default="float32/plain",
+                      metavar="PRECISION/ATTENTION",
+                      help="our half's precision and attention in the side by side and untuned parts (default "
+                      "float32/plain, as devinterp computes; bfloat16/fused is the README's GPU setting)")
   parser.add_argument("--precision_s", type=float, default=150.0, help="time of the precision shifts on the demo")
   parser.add_argument("--total_s", type=float, default=580.0, help="no part runs past this from the start")
   parser.add_argument("--parts", type=part_names, default=list(PART_NAMES),
@@ -126,6 +131,17 @@ def part_names(text: str) -> list[str]:
   return names
 
 
+def numerics_setting(text) -> tuple[str, str]:
+  """--side_by_side_numerics: (precision, attention) from "PRECISION/ATTENTION"."""
+  from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
+  fields = text.split("/")
+  if len(fields) != 2 or fields[0] not in PRECISIONS or fields[1] not in ATTENTION_IMPLEMENTATIONS:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected PRECISION/ATTENTION with PRECISION one of "
+                                     f"{', '.join(PRECISIONS)} and ATTENTION one of "
+                                     f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
+  return fields[0], fields[1]
+
+
 class Part(NamedTuple):
   name: str  # its output in OUT/session.log follows a line "=== <name> ==="
   module: str  # run as python -m module argv
@@ -140,9 +156,11 @@ def parts(args) -> list[Part]:
   carried = carried_contexts(args)
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny,
              *(["--settings", args.figures_settings] if args.figures_settings else [])]
+  precision, attention = args.side_by_side_numerics
+  ours = ["--precision", precision, "--attention", attention]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
-                  "--devinterp_wheels", args.wheels, *(tiny or ["--run_dir", args.run_dir, *carried])]
-  untuned = ["--work_dir", args.work_dir + "_untuned", "--skip_devinterp",
+                  "--devinterp_wheels", args.wheels, *ours, *(tiny or ["--run_dir", args.run_dir, *carried])]
+  untuned = ["--work_dir", args.work_dir + "_untuned", "--skip_devinterp", *ours,
              *(tiny or ["--run_dir", args.run_dir, *carried])]
   # Batch 4: 68 entries of the paper's model at float32 need ≈ 54 GiB there (12.5 GiB per entry at batch 64).
   replicas = (["--model", "tiny", "--replicas", "1,2", "--draws", "3"] if args.tiny else

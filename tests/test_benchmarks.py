@@ -215,6 +215,15 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
       ("all", "bfloat16", "fused", "auto"), ("full", "bfloat16", "fused", 512), ("full", "default", "plain", None)]
   assert planned[2].argv[-3:] == ["--settings", "float32/plain", "default/plain"]
   assert "--skip_devinterp" in planned[3].argv and planned[3].env["XLA_FLAGS"] == device_session.UNTUNED_XLA_FLAGS
+  for part in (planned[1], planned[3]):  # our half: float32 with plain attention unless asked
+    ours = devinterp_side_by_side.parse_args(part.argv)
+    assert (ours.precision, ours.attention) == ("float32", "plain")
+  asked = device_session.parse_args(["--out", str(tmp_path), "--side_by_side_numerics", "bfloat16/fused"])
+  ours = devinterp_side_by_side.parse_args(device_session.parts(asked)[1].argv)
+  assert (ours.precision, ours.attention) == ("bfloat16", "fused")
+  for bad in ("bfloat16", "bf16/fused", "bfloat16/fused/512"):
+    with pytest.raises(SystemExit):
+      device_session.parse_args(["--out", str(tmp_path), "--side_by_side_numerics", bad])
   with pytest.raises(SystemExit):
     device_session.parse_args(["--out", str(tmp_path), "--parts", "figures,warmup"])
   for bad in ("all/float16/plain", "full/bfloat16/fused/0", "full/bfloat16/fused/many", "full/bfloat16"):
