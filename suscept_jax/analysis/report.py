@@ -195,9 +195,11 @@ def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
   return (f'<p class="meta">Head scores at checkpoint {checkpoint} ({found.num_heads} heads); labels are computed '
           f'from attention patterns and ablations, never from χ. In brackets: the 95 % interval of r over the chain '
           f'resamples, their deviations widened for the few chains (√(K/(K−1))·t/z: 1.87 at 4 chains). On '
-          f'synthetic rank-2 matrices from 4 chains they covered the true r 96–99 % of the time with independent '
-          f'cells, 80–98 % with noise shared through the chains (unwidened: 79–88 % and 60–90 %). It is the '
-          f'estimation noise of X; the heads being few is not in it.</p>'
+          f'synthetic rank-2 matrices from 4 chains they covered the true r 98–100 % of the time, with the '
+          f'chains\' noise independent or shared between cells (unwidened: 87–93 %). r takes the sign of the PC '
+          f'as shown (its largest loading positive); where a PC\'s sign flips in a share of the resamples (said '
+          f'under Stability), another run may show that PC, and its r, reversed. It is the estimation noise of '
+          f'X; the heads being few is not in it.</p>'
           f'<table id="labels"><tr><th>PC</th>{header}</tr>{rows}</table>')
 
 
@@ -213,7 +215,7 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
   for j in range(num_pcs):
     floor = (f" vs noise floor {stability.noise_floor:.3g}" if np.isfinite(stability.noise_floor) else "")
     line = (f"  PC{j + 1}: {'stable' if stability.stable_k[j] else 'UNSTABLE'} (singular value "
-            f"{stability.singular_value_k[j]:.3g}{floor})")
+            f"{stability.singular_value_k[j]:.3g}{floor}){stability.sign_note(j)}")
     if not isinstance(found, str):
       line += "; " + _strongest_label_text(found, j)
     lines.append(line)

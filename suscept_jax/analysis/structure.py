@@ -125,6 +125,9 @@ class Stability(NamedTuple):
   correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
   loadings_BxkxH: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
   ceiling: float = float("nan")  # √(R·H): no singular value of a standardised X exceeds it
+  # Share of resamples whose PC j, oriented by the convention (`fix_signs`), points against X's PC j: how often
+  # another run would show PC j, and the sign of every r with it, reversed (near-tied largest loadings).
+  orientation_flip_k: np.ndarray | None = None
 
   @property
   def floor_out_of_reach(self) -> bool:
@@ -132,12 +135,18 @@ class Stability(NamedTuple):
     pass, whatever X holds (cells whose error bars exceed their column's spread across rows)."""
     return bool(np.isfinite(self.noise_floor) and self.noise_floor >= self.ceiling)
 
+  def sign_note(self, j: int) -> str:
+    """'; its sign flips in x % of resamples' when PC j's orientation is that uncertain (`ORIENTATION_NOTE`)."""
+    if self.orientation_flip_k is None or self.orientation_flip_k[j] < ORIENTATION_NOTE:
+      return ""
+    return f"; its sign flips in {100 * self.orientation_flip_k[j]:.0f} % of resamples"
+
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)
     floors = (f" (independent cells {self.independent_noise_floor:.3g}, correlated as resampled "
               f"{self.correlated_noise_floor:.3g})" if np.isfinite(self.correlated_noise_floor) else "")
     lines = [f"PC{j + 1}: span(PC1..{j + 1}) moves {a:.1f}° (median), |cos| {c:.2f}; singular value {v:.3g} vs "
-             f"noise floor {self.noise_floor:.3g}{floors} -> {'stable' if ok else 'UNSTABLE'}"
+             f"noise floor {self.noise_floor:.3g}{floors} -> {'stable' if ok else 'UNSTABLE'}{self.sign_note(j)}"
              for j, (a, c, v, ok) in enumerate(zip(self.median_angle_deg_k, cos, self.singular_value_k,
                                                    self.stable_k))]
     if self.floor_out_of_reach:
@@ -148,6 +157,10 @@ class Stability(NamedTuple):
 
 
 STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
+# A PC whose orientation flips in at least this share of resamples is said to (its r may show the other sign in
+# another run). On a synthetic rank-2 X through 4 chains (60 trials per noise level), the share estimated the
+# chance that a run's PC2 points against the truth's: 4 % against 2 % of runs, 28 against 18, 35 against 37.
+ORIENTATION_NOTE = 0.05
 
 
 def top_singular_quantile(noise_BxRxH: np.ndarray, column_scale_H=None, *, centre: bool = True,
@@ -201,8 +214,11 @@ def small_sample_widening(num_chains: int, level: float = 0.95) -> float:
   `bootstrap_spread_correction` times t_{K−1}/z (the error of K chains is itself noisy): 1.87 at K = 4, 1.10
   at K = 16. On a synthetic rank-2 X (100 trials) the r intervals covered the
   true r 88 / 79 % of the time (PC1 / PC2) from the raw resamples at K = 4, 99 / 96 % widened; 90 / 91 % and
-  94 / 96 % at K = 16. With noise shared through the chains (60 trials, K = 4) 83 / 60 % raw, 93 / 80 %
-  widened: still short there."""
+  94 / 96 % at K = 16. Those counts took the sign convention as given; with the truth's PC oriented as each
+  run's (the convention flips a PC2 whose largest loadings noise near-ties: 3–54 % of runs), widened
+  intervals covered 99 / 98–100 % at three noise levels, the chains' noise independent or shared between
+  cells, raw 88–94 / 88–97 % (100 trials each; by the convention alone PC2's fell to 63–72 % at the two
+  higher noise levels). `Stability.orientation_flip_k` says how often a PC's sign flips."""
   return (bootstrap_spread_correction(num_chains) * estimators.t_quantile(float(num_chains), level)
           / float(scipy.special.ndtri(0.5 + level / 2)))
 
@@ -223,10 +239,12 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   ref = pca(X_RxH)
   ref_P = ref.loadings_kxH[:num_pcs]
   angles, cosines = np.zeros((num_resamples, num_pcs)), np.zeros((num_resamples, num_pcs))
+  flipped = np.zeros((num_resamples, num_pcs), bool)
   resamples, loadings = [], []
   for b in range(num_resamples):
     resamples.append(resample(rng))
     P = _resampled_loadings(X_RxH, resamples[-1], spread_correction, num_pcs)
+    flipped[b] = (P * ref_P).sum(1) < 0
     kept = P if interval_widening == spread_correction else _resampled_loadings(X_RxH, resamples[-1],
                                                                                 interval_widening, num_pcs)
     loadings.append(kept * np.where((kept * ref_P).sum(1, keepdims=True) < 0, -1.0, 1.0))
@@ -244,7 +262,7 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   return Stability(subspace_angle_deg_Bxk=angles, pc_cosine_Bxk=cosines, median_angle_deg_k=median,
                    singular_value_k=values, noise_floor=floor, stable_k=stable, independent_noise_floor=independent,
                    correlated_noise_floor=correlated, loadings_BxkxH=np.array(loadings),
-                   ceiling=float(np.sqrt(np.size(X_RxH))))
+                   ceiling=float(np.sqrt(np.size(X_RxH))), orientation_flip_k=flipped.mean(0))
 
 
 def _resampled_loadings(X_RxH, resample_RxH, factor: float, num_pcs: int) -> np.ndarray:
