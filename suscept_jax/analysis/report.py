@@ -196,7 +196,7 @@ def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
           f'from attention patterns and ablations, never from χ. In brackets: the 95 % interval of r over the chain '
           f'resamples, their deviations widened for the few chains (√(K/(K−1))·t/z: 1.87 at 4 chains). On '
           f'synthetic rank-2 matrices from 4 chains they covered the true r 98–100 % of the time, with the '
-          f'chains\' noise independent or shared between cells (unwidened: 87–93 %). r takes the sign of the PC '
+          f'chains\' noise independent or shared between cells (unwidened: 87–97 %). r takes the sign of the PC '
           f'as shown (its largest loading positive); where a PC\'s sign flips in a share of the resamples (said '
           f'under Stability), another run may show that PC, and its r, reversed. It is the estimation noise of '
           f'X; the heads being few is not in it.</p>'

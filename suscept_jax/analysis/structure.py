@@ -125,8 +125,8 @@ class Stability(NamedTuple):
   correlated_noise_floor: float = float("nan")  # cells' noise as the resamples deviate, scaled to the stderr
   loadings_BxkxH: np.ndarray | None = None  # each resample's PC j, its sign matched to X's PC j
   ceiling: float = float("nan")  # √(R·H): no singular value of a standardised X exceeds it
-  # Share of resamples whose PC j, oriented by the convention (`fix_signs`), points against X's PC j: how often
-  # another run would show PC j, and the sign of every r with it, reversed (near-tied largest loadings).
+  # Share of the angle test's resamples whose PC j, oriented by the convention (`fix_signs`), points against X's
+  # PC j: how often another run would show PC j, and the sign of every r with it, reversed (near-tied loadings).
   orientation_flip_k: np.ndarray | None = None
 
   @property
@@ -158,8 +158,8 @@ class Stability(NamedTuple):
 
 STABLE_ANGLE_DEG = 30.0  # a PC's subspace that moves by more than this under resampling is not to be believed
 # A PC whose orientation flips in at least this share of resamples is said to (its r may show the other sign in
-# another run). On a synthetic rank-2 X through 4 chains (60 trials per noise level), the share estimated the
-# chance that a run's PC2 points against the truth's: 4 % against 2 % of runs, 28 against 18, 35 against 37.
+# another run). On a synthetic rank-2 X through 4 chains (60 trials per noise level) the median share tracked how
+# many runs' PC2 pointed against the truth's: 4 % against 2 % of runs, 28 against 18, 35 against 37.
 ORIENTATION_NOTE = 0.05
 
 
