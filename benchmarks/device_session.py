@@ -131,15 +131,16 @@ def part_names(text: str) -> list[str]:
   return names
 
 
-def numerics_setting(text) -> tuple[str, str]:
-  """--side_by_side_numerics: (precision, attention) from "PRECISION/ATTENTION"."""
-  from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
-  fields = text.split("/")
-  if len(fields) != 2 or fields[0] not in PRECISIONS or fields[1] not in ATTENTION_IMPLEMENTATIONS:
-    raise argparse.ArgumentTypeError(f"{text!r}: expected PRECISION/ATTENTION with PRECISION one of "
-                                     f"{', '.join(PRECISIONS)} and ATTENTION one of "
-                                     f"{', '.join(ATTENTION_IMPLEMENTATIONS)}")
-  return fields[0], fields[1]
+def numerics_setting(text):
+  """--side_by_side_numerics: the `Numerics` of "PRECISION/ATTENTION" (`precision_on_demo.numerics_of`, both
+  fields required)."""
+  from benchmarks.precision_on_demo import numerics_of
+  if text.count("/") != 1:
+    raise argparse.ArgumentTypeError(f"{text!r}: expected PRECISION/ATTENTION, e.g. bfloat16/fused")
+  try:
+    return numerics_of(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
 
 
 class Part(NamedTuple):
@@ -156,8 +157,8 @@ def parts(args) -> list[Part]:
   carried = carried_contexts(args)
   figures = ["--out", args.out, "--budget_s", str(args.figures_budget_s), *tiny,
              *(["--settings", args.figures_settings] if args.figures_settings else [])]
-  precision, attention = args.side_by_side_numerics
-  ours = ["--precision", precision, "--attention", attention]
+  numerics = args.side_by_side_numerics
+  ours = ["--precision", numerics.precision, "--attention", numerics.attention]
   side_by_side = ["--work_dir", args.work_dir, "--devinterp_device", args.devinterp_device,
                   "--devinterp_wheels", args.wheels, *ours, *(tiny or ["--run_dir", args.run_dir, *carried])]
   untuned = ["--work_dir", args.work_dir + "_untuned", "--skip_devinterp", *ours,

@@ -16,7 +16,6 @@ it in .whl/contexts); without it, random tokens. DIR/precision_on_demo.json is r
 """
 import argparse
 import dataclasses
-import functools
 import json
 import time
 import warnings
@@ -41,8 +40,8 @@ def estimate(cfg, params, contexts: dict, settings: side_by_side.Settings, setti
   """One setting's dataset-level χ [P, C] and LLC [C] with their standard errors, and its wall seconds
   (compilation included). specs: the components (default: every head and "full")."""
   import suscept_jax as sj
-  from suscept_jax.models import components, transformer
-  loss_fn = functools.partial(transformer.context_nll, config=cfg, numerics=numerics_of(setting))
+  from suscept_jax.models import components
+  loss_fn, _ = side_by_side.our_loss_fns(cfg, numerics_of(setting))
   masks = components.component_masks(specs or components.default_components(cfg), params, cfg)
   config = settings.sgld_config()
   probes = {p: x for p, x in contexts.items() if p != "base"}
