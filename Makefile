@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 # The interop tests' torch, installed before the extras so that pip takes this release (where the machine keeps
 # a CPU build of it, that one) instead of the newest: override with `make test TORCH=torch==X.Y`.
 TORCH ?= torch==2.13.0
+# The extra the tests install; `make test TEST_EXTRA=test-lean TORCH=` leaves out torch, TransformerLens and UMAP
+# (their tests skip), as .ci/run does on a machine whose disk is too short for them.
+TEST_EXTRA ?= test
 
 .PHONY: setup setup-test demo test bench device-prep clean
 
@@ -19,8 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
+	$(PY) -m pip install --quiet -e ".[$(TEST_EXTRA)]"
 	touch $@
 
 demo: setup
