@@ -148,6 +148,8 @@ class _LabelCorrelations(NamedTuple):
   num_heads: int
   r: dict  # label name -> [k]
   interval: dict  # label name -> [k, 2]: the 95 % interval over the chain resamples (NaN without them)
+  columns: list  # the scored heads' columns of X
+  labels: dict  # label name -> each scored head's value
 
 
 def _label_correlations(dirs, data, pca, stability, num_pcs) -> _LabelCorrelations | str:
@@ -173,11 +175,13 @@ def _label_correlations(dirs, data, pca, stability, num_pcs) -> _LabelCorrelatio
             if name in last.columns}
   interval = {name: np.full((num_pcs, 2), np.nan) for name in labels}
   if stability.loadings_BxkxH is not None and len(stability.loadings_BxkxH):
-    interval = structure.label_correlation_intervals(stability.loadings_BxkxH[:, :, cols], labels)
+    interval = structure.label_correlation_intervals(
+        stability.loadings_BxkxH[:, :, cols], labels, point_loadings_kxH=pca.loadings_kxH[:num_pcs][:, cols],
+        noise_matched_BxkxH=stability.noise_matched_loadings_BxkxH[:, :, cols])
   return _LabelCorrelations(checkpoint=int(last["checkpoint"].iloc[0]) if "checkpoint" in last else None,
                             num_heads=len(heads),
                             r=structure.label_correlations(pca.loadings_kxH[:num_pcs][:, cols], labels),
-                            interval=interval)
+                            interval=interval, columns=cols, labels=labels)
 
 
 def _r_text(r: float, lo_hi) -> str:
@@ -194,9 +198,12 @@ def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
   checkpoint = found.checkpoint if found.checkpoint is not None else "?"
   return (f'<p class="meta">Head scores at checkpoint {checkpoint} ({found.num_heads} heads); labels are computed '
           f'from attention patterns and ablations, never from χ. In brackets: the 95 % interval of r over the chain '
-          f'resamples, their deviations widened for the few chains (√(K/(K−1))·t/z: 1.87 at 4 chains). On '
-          f'synthetic rank-2 matrices from 4 chains they covered the true r 98–100 % of the time, with the '
-          f'chains\' noise independent or shared between cells (unwidened: 87–97 %). r takes the sign of the PC '
+          f'resamples, their deviations widened for the few chains (√(K/(K−1))·t/z: 1.87 at 4 chains) and the '
+          f'interval moved against the bias the cells\' noise puts in r (noise inflates a column\'s spread, so '
+          f'standardising shrinks the noisier columns and turns the PCs; resamples at X\'s own noise level say '
+          f'how far), so it need not hold the r shown. On synthetic rank-2 matrices from 4 chains these intervals '
+          f'covered the true r 97–100 % of the time, the chains\' noise independent or shared between cells '
+          f'(without the bias correction, r with a label that followed PC1: 17–45 %). r takes the sign of the PC '
           f'as shown (its largest loading positive); where a PC\'s sign flips in a share of the resamples (said '
           f'under Stability), another run may show that PC, and its r, reversed. It is the estimation noise of '
           f'X; the heads being few is not in it.</p>'
@@ -217,17 +224,19 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
     line = (f"  PC{j + 1}: {'stable' if stability.stable_k[j] else 'UNSTABLE'} (singular value "
             f"{stability.singular_value_k[j]:.3g}{floor}){stability.sign_note(j)}")
     if not isinstance(found, str):
-      line += "; " + _strongest_label_text(found, j)
+      line += "; " + _strongest_label_text(found, j, bool(stability.stable_k[j]))
     lines.append(line)
   if stability.floor_out_of_reach:
     lines.append("  " + stability.describe()[-1])
   return lines
 
 
-def _strongest_label_text(found: _LabelCorrelations, j: int) -> str:
+def _strongest_label_text(found: _LabelCorrelations, j: int, stable: bool = True) -> str:
   """The head label PC j follows most clearly: the largest |r| among those whose interval excludes 0 (a large
   r inside an interval across 0 is the winner's curse over a few heads, e.g. on uniform loadings), else says
-  none does; NaN r (a constant label) never wins."""
+  none does; NaN r (a constant label) never wins. Of an unstable PC it says that its intervals are less sure:
+  on synthetic rank-2 matrices whose PC2 fell below the noise floor, its intervals held the true r 53–93 % of
+  the time, and those of labels unrelated to it excluded 0 in up to 18 % (a stable PC's: ≤ 3.5 %)."""
   finite = [n for n in found.r if np.isfinite(found.r[n][j])]
   if not finite:
     return "no head label varies across these heads"
@@ -235,7 +244,7 @@ def _strongest_label_text(found: _LabelCorrelations, j: int) -> str:
   name = max(clear or finite, key=lambda n: abs(found.r[n][j]))
   text = f"r with {name} {_r_text(found.r[name][j], found.interval[name][j])}"
   if clear:
-    return "strongest head label: " + text
+    return ("strongest head label: " if stable else "strongest head label (of an unstable PC, less sure): ") + text
   return "no head label's interval excludes 0 (largest: " + text + ")"
 
 
