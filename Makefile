@@ -13,7 +13,7 @@ TEST_EXTRA ?= test
 .PHONY: setup setup-test demo test bench device-prep clean
 
 setup: $(VENV)/.installed
-setup-test: $(VENV)/.installed-test
+setup-test: $(VENV)/.installed-$(TEST_EXTRA)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[runners]"
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+# (one marker per extra: a lean environment is not taken for the full one)
+$(VENV)/.installed-test $(VENV)/.installed-test-lean: $(VENV)/.installed
 	$(if $(TORCH),$(PY) -m pip install --quiet "$(TORCH)")
 	$(PY) -m pip install --quiet -e ".[$(TEST_EXTRA)]"
 	touch $@

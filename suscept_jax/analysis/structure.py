@@ -342,16 +342,16 @@ def label_correlation_intervals(loadings_BxkxH: np.ndarray, labels_HxL: dict, *,
   chains whose label followed PC1, the widened but uncorrected intervals held the true r 17–65 % of the time,
   corrected 95–100 %, no wider (40–60 trials per setting, noise independent or shared between cells; a label
   following PC2 was held 95–100 % either way). The corrected interval need not hold the r of X's own PCs."""
-  def r_BxLxk(loadings):
-    per_resample = [label_correlations(P, labels_HxL) for P in loadings]
+  def r_Bxk_by_label(loadings_BxkxH):
+    per_resample = [label_correlations(P, labels_HxL) for P in loadings_BxkxH]
     return {name: np.array([r[name] for r in per_resample]) for name in labels_HxL}
 
   tails = [50 * (1 - level), 100 - 50 * (1 - level)]
-  spread = r_BxLxk(loadings_BxkxH)
+  spread = r_Bxk_by_label(loadings_BxkxH)
   if point_loadings_kxH is None or noise_matched_BxkxH is None:
     return {name: np.nanpercentile(r_Bxk, tails, axis=0).T for name, r_Bxk in spread.items()}
   point = label_correlations(point_loadings_kxH, labels_HxL)
-  matched = r_BxLxk(noise_matched_BxkxH)
+  matched = r_Bxk_by_label(noise_matched_BxkxH)
   out = {}
   for name, r_Bxk in spread.items():
     centre_k = point[name] - (np.nanmedian(matched[name], 0) - point[name])
