@@ -44,6 +44,7 @@ bench: setup-test
 	$(PY) -m benchmarks.memory_vs_draws
 	$(PY) -m benchmarks.error_bar_calibration
 	$(PY) -m benchmarks.error_bars_on_demo
+	$(PY) -m benchmarks.structure_calibration
 	$(PY) -m benchmarks.per_token_cost
 	$(PY) -m benchmarks.restricted_gradients
 	$(PY) -m benchmarks.scaling

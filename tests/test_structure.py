@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from benchmarks import structure_calibration
 from suscept_jax.analysis import structure as st
 
 
@@ -131,23 +132,11 @@ def test_label_correlation_intervals_follow_the_resampled_loadings():
 
 
 def _rank_two_through_chains(trial: int, noise: float, shared: bool, K: int = 4):
-  """(per_chain [R, H, K], chain groups [R], X_true, head labels): a rank-2 X of 5 checkpoints × 9 probes and 8
-  heads observed through K chains, and two head labels, one following each generating direction. With `shared`,
-  chain k of a checkpoint moves every cell of its rows (the probes share the chains: correlation 0.4 between
-  them) and, a little, every head (they share the batches)."""
-  rng0 = np.random.default_rng(0)
-  groups = np.repeat(np.arange(5), 9)
-  scores = rng0.normal(size=(len(groups), 2)) * [5.0, 1.5]
-  P, _ = np.linalg.qr(rng0.normal(size=(8, 2)))
-  X_true = scores @ P.T
-  label_2 = P[:, 1] + 0.3 * rng0.normal(size=8)  # drawn first: the suite's earlier label, unchanged
-  labels = {"follows PC1": P[:, 0] + 0.3 * rng0.normal(size=8), "follows PC2": label_2}
-  rng = np.random.default_rng(trial)
-  eps = rng.normal(size=X_true.shape + (K,))
-  if shared:
-    chain_shift = np.sqrt(0.18) * rng.normal(size=(5, 1, K)) + np.sqrt(0.82) * rng.normal(size=(5, 8, K))
-    eps = np.sqrt(0.4) * chain_shift[groups] + np.sqrt(0.6) * eps
-  return X_true[..., None] + noise * np.sqrt(K) * eps, groups, X_true, labels
+  """(per_chain [R, H, K], chain groups [R], X_true, head labels): the benchmark's rank-2 truth of 5 checkpoints ×
+  9 probes and 8 heads, with a label following each generating direction, observed through K chains (the
+  probes of a checkpoint sharing them, with `shared`)."""
+  X_true, groups, labels = structure_calibration.rank_two_truth()
+  return structure_calibration.through_chains(X_true, groups, noise, shared, trial, K), groups, X_true, labels
 
 
 def _label_interval_coverage(noise: float, shared: bool, trials: int = 60):
@@ -214,14 +203,12 @@ def test_labels_unrelated_to_the_pcs_rarely_get_an_interval_excluding_zero():
   loadings), over 30 noisy copies of the rank-2 X through 4 shared chains. Without the bias correction PC1's
   intervals excluded 0 for 41 % of them (noise turns X's PC1, and every resample further the same way, so the
   resamples' r all sit to one side of the truth's); corrected, for 2.7 % (PC2: none either way)."""
-  rng = np.random.default_rng(7)
   excluded = {"uncorrected": np.zeros(2), "corrected": np.zeros(2)}
   for t in range(30):
     per_chain, groups, X_true, _ = _rank_two_through_chains(t, 0.6, shared=True)
     truth = st.pca(X_true).loadings_kxH[:2]
     if t == 0:
-      basis, _ = np.linalg.qr(np.column_stack([np.ones(8), truth.T]))
-      labels = {f"null{i}": v - basis @ (basis.T @ v) for i, v in enumerate(rng.normal(size=(5, 8)))}
+      labels = structure_calibration.unrelated_labels(truth)
       assert np.abs(np.array(list(st.label_correlations(truth, labels).values()))).max() < 1e-9
     X = per_chain.mean(-1)
     stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, num_resamples=60,
@@ -627,3 +614,15 @@ def test_data_couplings_compare_datasets_over_the_same_checkpoints():
   assert st.coupling_checkpoints(["a", "a", "a", "b"], [0, 1, 2, 2]) == ([0, 1, 2], ["b"])
   with pytest.raises(ValueError, match="no checkpoint has rows for every dataset"):
     st.data_couplings(scores[:4], ["a", "a", "b", "b"], [0, 1, 2, 3])
+
+
+def test_the_calibration_benchmark_prints_every_table(capsys):
+  """`python -m benchmarks.structure_calibration` at tiny size (so it cannot rot): every setting's row."""
+  structure_calibration.main(["--trials=2"])
+  out = capsys.readouterr().out
+  rows = [row for row in out.splitlines() if row.startswith("  ")]
+  assert sum(" follows PC1 " in r for r in rows) == 6 and sum(" unrelated " in r for r in rows) == 6, out
+  assert out.count(": in sample ") == 4 and out.count("uncorrected 0.") + out.count("uncorrected 1.") == 3, out
+  with pytest.raises(SystemExit):
+    structure_calibration.main(["--trials=1"])
+  assert "--trials=1 must be >= 2" in capsys.readouterr().err

@@ -201,9 +201,10 @@ def _label_table(found: _LabelCorrelations | str, num_pcs: int) -> str:
           f'resamples, their deviations widened for the few chains (√(K/(K−1))·t/z: 1.87 at 4 chains) and the '
           f'interval moved against the bias the cells\' noise puts in r (noise inflates a column\'s spread, so '
           f'standardising shrinks the noisier columns and turns the PCs; resamples at X\'s own noise level say '
-          f'how far), so it need not hold the r shown. On synthetic rank-2 matrices from 4 chains these intervals '
-          f'covered the true r 97–100 % of the time, the chains\' noise independent or shared between cells '
-          f'(without the bias correction, r with a label that followed PC1: 17–45 %). r takes the sign of the PC '
+          f'how far), so it need not hold the r shown. On synthetic matrices from 4 chains these intervals held the '
+          f'true r 95–100 % of the time, the chains\' noise independent or shared between cells (without the '
+          f'bias correction, r with a label that followed PC1: down to 17 %); where PC2 was weak, 60–100 % '
+          f'(benchmarks/structure_calibration.py). r takes the sign of the PC '
           f'as shown (its largest loading positive); where a PC\'s sign flips in a share of the resamples (said '
           f'under Stability), another run may show that PC, and its r, reversed. It is the estimation noise of '
           f'X; the heads being few is not in it.</p>'
@@ -235,8 +236,9 @@ def _strongest_label_text(found: _LabelCorrelations, j: int, stable: bool = True
   """The head label PC j follows most clearly: the largest |r| among those whose interval excludes 0 (a large
   r inside an interval across 0 is the winner's curse over a few heads, e.g. on uniform loadings), else says
   none does; NaN r (a constant label) never wins. Of an unstable PC it says that its intervals are less sure:
-  on synthetic rank-2 matrices whose PC2 fell below the noise floor, its intervals held the true r 53–93 % of
-  the time, and those of labels unrelated to it excluded 0 in up to 18 % (a stable PC's: ≤ 3.5 %)."""
+  on synthetic rank-2 matrices whose PC2 fell below the noise floor, its intervals held the true r 83–95 % of
+  the time, and those of labels unrelated to it excluded 0 in up to 18 % (a stable PC's: ≤ 5 %;
+  `benchmarks/structure_calibration.py`)."""
   finite = [n for n in found.r if np.isfinite(found.r[n][j])]
   if not finite:
     return "no head label varies across these heads"
