@@ -141,8 +141,7 @@ def coupling_coverage(noise: float, shared: bool, trials: int, K: int = 4, resam
       deviation = resample(rng) - X
       for factor, out in moved.items():
         again = st.pca(X + factor * deviation)
-        signs = np.where((again.loadings_kxH[:2] * estimate.loadings_kxH[:2]).sum(1) < 0, -1.0, 1.0)
-        out.append(couplings(again) * signs)
+        out.append(couplings(again) * st.signs_against(again.loadings_kxH[:2], estimate.loadings_kxH[:2]))
     spread_BxDx2, shifted_BxDx2 = np.array(moved[widen]), np.array(moved[match])
     point = couplings(estimate)
     target = truth_Dx2 * np.sign((estimate.loadings_kxH[:2] * truth.loadings_kxH[:2]).sum(1))

@@ -40,6 +40,11 @@ def fix_signs(loadings_kxH: np.ndarray) -> np.ndarray:
   return np.where(loadings_kxH[np.arange(len(idx)), idx] < 0, -1.0, 1.0)
 
 
+def signs_against(loadings_kxH: np.ndarray, reference_kxH: np.ndarray) -> np.ndarray:
+  """+1/−1 per PC so that it points along the reference's PC of the same rank (resamples compared with X)."""
+  return np.where((np.asarray(loadings_kxH) * reference_kxH).sum(1) < 0, -1.0, 1.0)
+
+
 def pca(X_RxH: np.ndarray, *, standardise_columns: bool = True) -> PCA:
   """PCA of the response matrix by SVD (every PC kept; slice what you need)."""
   X = np.asarray(X_RxH, np.float64)
@@ -248,11 +253,12 @@ def bootstrap_stability(X_RxH: np.ndarray, resample, num_pcs: int, *, stderr_RxH
   for b in range(num_resamples):
     resamples.append(resample(rng))
     P = _resampled_loadings(X_RxH, resamples[-1], spread_correction, num_pcs)
-    flipped[b] = (P * ref_P).sum(1) < 0
-    matched.append(P * np.where(flipped[b], -1.0, 1.0)[:, None])
+    signs_k = signs_against(P, ref_P)
+    flipped[b] = signs_k < 0
+    matched.append(P * signs_k[:, None])
     kept = P if interval_widening == spread_correction else _resampled_loadings(X_RxH, resamples[-1],
                                                                                 interval_widening, num_pcs)
-    loadings.append(kept * np.where((kept * ref_P).sum(1, keepdims=True) < 0, -1.0, 1.0))
+    loadings.append(kept * signs_against(kept, ref_P)[:, None])
     for j in range(num_pcs):
       angles[b, j] = np.degrees(principal_angles(ref_P[:j + 1], P[:j + 1])[-1])
       cosines[b, j] = abs(float(ref_P[j] @ P[j]))
