@@ -165,8 +165,10 @@ def main(argv=None):
   settings = [("rank-2", rank_two_truth(), 0.3, False), ("rank-2", rank_two_truth(), 0.6, True),
               ("rank-2", rank_two_truth(), 1.0, False), ("weak PC2", rank_two_truth(0.5), 0.3, False),
               ("weak PC2", rank_two_truth(0.5), 0.6, True), ("common PC1", common_response_truth(), 0.3, True)]
+  near_95 = np.sqrt(0.95 * 0.05 / args.trials)
   print(f"r of a PC with a head label, 95 % intervals from 4 chains, {args.trials} runs per setting: coverage of "
-        f"the true r [PC1 PC2]; unrelated labels: share of intervals excluding 0 [PC1 PC2]")
+        f"the true r [PC1 PC2]; unrelated labels: share of intervals excluding 0 [PC1 PC2]. A rate from "
+        f"{args.trials} runs is itself uncertain: ± {near_95:.3f} (one s.e.) near 0.95")
   print(f"  {'truth':11s} {'noise':15s} {'label':12s} {'uncorrected':>11s}  {'corrected':>9s}")
   for name, truth, noise, shared in settings:
     rates = r_interval_rates(truth, noise, shared, args.trials)
