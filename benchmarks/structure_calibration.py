@@ -8,7 +8,7 @@ intervals checked against that truth:
   demo's shape: the heads moving together, with small differences the label follows);
 - a patterning plan's effect (`scaled_patterns`), judged on the true X: the mean error in stderr units and
   how often the 95 % interval misses, reported on X as planned (in sample) and less its optimism;
-- the data couplings, which the report gives without intervals: how intervals built as r's would cover.
+- the data couplings' intervals (`data_coupling_intervals`) against bare percentiles of the resamples.
 
   python -m benchmarks.structure_calibration              # ≈ 2 min on 2 cores
   python -m benchmarks.structure_calibration --trials=10  # quicker, rougher
@@ -120,36 +120,37 @@ def patterning_errors(noise: float, trials: int, num_samples: int = 200) -> dict
   return {kind: (float(np.mean(v)), float(np.mean(np.abs(v) > 1.96))) for kind, v in z.items()}
 
 
-def coupling_coverage(noise: float, shared: bool, trials: int, K: int = 4, resamples: int = 60) -> dict:
-  """{kind: [2] coverage of the true couplings (PC1, PC2)}: intervals built as r's are (widened resamples'
-  percentiles; placed against the noise-matched resamples' shift), over datasets and trials."""
-  X_true, groups_R, _ = rank_two_truth()
+def coupling_coverage(truth, noise: float, shared: bool, trials: int, K: int = 4, resamples: int = 60) -> dict:
+  """{kind: ([2] coverage of the true couplings, [2] mean width) (PC1, PC2)} over datasets and trials: the
+  report's intervals (`data_coupling_intervals`, reliability-corrected) against the widened resamples' bare
+  percentiles (uncorrected)."""
+  X_true, groups_R, _ = truth
   probes_R = np.tile(np.arange(PROBES), CHECKPOINTS)
-  truth = st.pca(X_true)
+  truth_pca = st.pca(X_true)
   couplings = lambda pca_: np.array(list(st.data_couplings(pca_.scores_Rxk[:, :2], probes_R).values()))  # [D, 2]
-  truth_Dx2 = couplings(truth)
-  widen, match = st.small_sample_widening(K), st.bootstrap_spread_correction(K)
-  coverage = {"uncorrected": np.zeros(2), "corrected": np.zeros(2)}
+  truth_Dx2 = couplings(truth_pca)
+  widen = st.small_sample_widening(K)
+  found = {kind: (np.zeros(2), np.zeros(2)) for kind in ("uncorrected", "corrected")}
   for trial in range(trials):
     per_chain = through_chains(X_true, groups_R, noise, shared, trial, K)
     X = per_chain.mean(-1)
     estimate = st.pca(X)
     resample = st.chain_resampler(per_chain, shared_chains_R=groups_R if shared else None)
     rng = np.random.default_rng(trial)
-    moved = {widen: [], match: []}
+    spread_BxDx2 = []
     for _ in range(resamples):
-      deviation = resample(rng) - X
-      for factor, out in moved.items():
-        again = st.pca(X + factor * deviation)
-        out.append(couplings(again) * st.signs_against(again.loadings_kxH[:2], estimate.loadings_kxH[:2]))
-    spread_BxDx2, shifted_BxDx2 = np.array(moved[widen]), np.array(moved[match])
-    point = couplings(estimate)
-    target = truth_Dx2 * np.sign((estimate.loadings_kxH[:2] * truth.loadings_kxH[:2]).sum(1))
-    lo, hi = np.percentile(spread_BxDx2, [2.5, 97.5], axis=0)
-    centre = point - (np.median(shifted_BxDx2, 0) - point) - np.median(spread_BxDx2, 0)
-    for kind, (a, b) in (("uncorrected", (lo, hi)), ("corrected", (centre + lo, centre + hi))):
-      coverage[kind] += ((a <= target) & (target <= b)).mean(0) / trials
-  return coverage
+      again = st.pca(X + widen * (resample(rng) - X))
+      spread_BxDx2.append(couplings(again) * st.signs_against(again.loadings_kxH[:2], estimate.loadings_kxH[:2]))
+    stderr_RxH = per_chain.std(-1, ddof=1) / np.sqrt(K)
+    corrected = st.data_coupling_intervals(X, resample, stderr_RxH, probes_R, None, 2, num_chains=K,
+                                           num_resamples=resamples, seed=trial)
+    target_Dx2 = truth_Dx2 * np.sign((estimate.loadings_kxH[:2] * truth_pca.loadings_kxH[:2]).sum(1))
+    intervals = {"uncorrected": np.percentile(spread_BxDx2, [2.5, 97.5], axis=0),
+                 "corrected": np.moveaxis(np.array(list(corrected.values())), -1, 0)}
+    for kind, (lo, hi) in intervals.items():
+      found[kind][0][:] += ((lo <= target_Dx2) & (target_Dx2 <= hi)).mean(0) / trials
+      found[kind][1][:] += (hi - lo).mean(0) / trials
+  return found
 
 
 def _pair(values) -> str:
@@ -181,12 +182,12 @@ def main(argv=None):
     errors = patterning_errors(noise, 5 * args.trials)
     print(f"  noise {noise:.1f}: " + "; ".join(f"{kind} {z:+.2f}, {miss:.3f}" for kind, (z, miss) in errors.items()),
           flush=True)
-  print(f"\ndata couplings (the report gives no intervals): coverage [PC1 PC2] of intervals built as r's are, "
-        f"{args.trials} runs")
-  for noise, shared in ((0.3, False), (0.6, True), (1.0, False)):
-    coverage = coupling_coverage(noise, shared, args.trials)
-    print(f"  noise {noise:.1f} {'shared' if shared else 'independent':11s}: uncorrected "
-          f"{_pair(coverage['uncorrected'])}, corrected {_pair(coverage['corrected'])}", flush=True)
+  print(f"\ndata couplings: coverage [PC1 PC2] of the true couplings by 95 % intervals (mean width in brackets), "
+        f"{args.trials} runs per setting: the report's (reliability-corrected) against bare widened percentiles")
+  for name, truth, noise, shared in settings[:3] + [("rank-2", rank_two_truth(), 1.0, True)] + settings[4:]:
+    coverage = coupling_coverage(truth, noise, shared, args.trials)
+    print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s}: " + "; ".join(
+        f"{kind} {_pair(rate)} [{_pair(width)}]" for kind, (rate, width) in coverage.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert "l0h0 alone" in page and "l0h0+l1h1 together" in page and "direction(s)</b> above the noise floor" in page
   assert re.search(r"<td>[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]</td>", page)  # r with its interval
   _check_the_report_corrects_r_for_noise(straight)
+  _check_the_report_gives_the_couplings_intervals(straight, page)
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   none = subprocess.run(analyze + ["--num_resamples=0"], cwd=REPO, env=env(), capture_output=True, text=True)
@@ -149,6 +150,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
     dom, errors = browser.dump_dom(straight / "report.html")
     assert not errors, errors
     assert 'id="results"' in dom and dom.count("<img") == 9 and 'id="labels"' in dom and 'id="patterning"' in dom
+    assert 'id="couplings"' in dom
     assert not browser.screenshot(straight / "report.html", root / "report.png")
     assert browser.pixel_summary(root / "report.png")["ink"] > 0.02
 
@@ -267,3 +269,18 @@ def _check_the_report_corrects_r_for_noise(results_dir):
   for name in found.labels:
     np.testing.assert_array_equal(found.interval[name], corrected[name])
   assert any(not np.allclose(corrected[n], bare[n], equal_nan=True) for n in found.labels)
+
+
+def _check_the_report_gives_the_couplings_intervals(results_dir, page: str):
+  """The report's couplings table holds each dataset's coupling with `structure.data_coupling_intervals`' interval
+  (the analysis ran with --num_resamples=20; the tiny sweep has 2 chains)."""
+  from suscept_jax.analysis import response, structure
+  data = response.assemble([results_dir])
+  couplings = structure.data_couplings(structure.pca(data.X_RxH).scores_Rxk, data.datasets_R, data.checkpoints_R)
+  intervals = structure.data_coupling_intervals(
+      data.X_RxH, structure.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.shared_chains_R),
+      data.stderr_RxH, data.datasets_R, data.checkpoints_R, 2, num_chains=data.per_chain_RxHxK.shape[-1],
+      num_resamples=20)
+  assert 'id="couplings"' in page
+  for d, (lo, hi) in ((d, iv[0]) for d, iv in intervals.items()):
+    assert f"{couplings[d][0]:+#.3g} [{lo:+#.3g}, {hi:+#.3g}]</td>" in page, (d, couplings[d], lo, hi)

@@ -52,8 +52,9 @@ def plot_loadings(pca, components, num_pcs: int, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None) -> Path:
-  """Each dataset's couplings to the top PCs (blank: a dataset sampled at too few of the checkpoints)."""
+def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, clear=None) -> Path:
+  """Each dataset's couplings to the top PCs (blank: a dataset sampled at too few of the checkpoints); with
+  `clear` ({dataset: [k] bool}), a dot where the coupling's interval excludes 0."""
   plt = pyplot()
   names = list(couplings)
   C = np.array([couplings[d][:num_pcs] for d in names])
@@ -66,7 +67,13 @@ def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None) -> 
                                     for d in names], fontsize=7)
   ax.set_xticks(range(num_pcs), [f"PC{j + 1}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
   where = "the checkpoints all datasets have" if checkpoints is None else f"checkpoints {_listed(checkpoints)}"
-  ax.set_title(f"data couplings (scores averaged over {where}; columns normalised)", fontsize=8, wrap=True)
+  dots = ""
+  if clear is not None:
+    for i, d in enumerate(names):
+      for j in np.flatnonzero(np.asarray(clear[d])[:num_pcs]):
+        ax.text(j, i, "•", ha="center", va="center", fontsize=13, color="black" if abs(C[i, j]) < 0.6 else "white")
+    dots = "; • interval excludes 0"
+  ax.set_title(f"data couplings (scores averaged over {where}; columns normalised{dots})", fontsize=8, wrap=True)
   fig.colorbar(image, ax=ax, shrink=0.8)
   return save_figure(fig, path)
 
