@@ -653,6 +653,20 @@ def test_coupling_intervals_of_a_dataset_left_out_are_nan_and_the_rest_finite():
     st.data_coupling_intervals(X[:3], None, X[:3], datasets[:3], groups[:3], 3, num_chains=4)
 
 
+def test_the_findings_name_the_datasets_whose_coupling_is_clear_of_zero():
+  from suscept_jax.analysis import report
+  couplings = {"math": np.array([3.1, 0.2]), "code": np.array([-0.6, 0.1]), "wiki": np.array([0.05, -1.0]),
+               "left out": np.full(2, np.nan)}
+  intervals = {"math": np.array([[2.7, 3.5], [-0.1, 0.5]]), "code": np.array([[-0.8, -0.4], [0.0, 0.3]]),
+               "wiki": np.array([[-0.2, 0.3], [-1.5, -0.5]]), "left out": np.full((2, 2), np.nan)}
+  assert report._clear_couplings_text(couplings, intervals, 0) == ("couplings clear of 0 (2 of 4 datasets): "
+                                                                   "math +3.10, code -0.600")
+  assert report._clear_couplings_text(couplings, intervals, 0, most=1).endswith("math +3.10 and 1 more")
+  assert report._clear_couplings_text(couplings, intervals, 1).endswith("(1 of 4 datasets): wiki -1.00")
+  none = {d: np.array([[-1.0, 1.0], [-1.0, 1.0]]) for d in couplings}
+  assert report._clear_couplings_text(couplings, none, 0) == "no dataset's coupling interval excludes 0"
+
+
 def test_the_calibration_benchmark_prints_every_table(capsys):
   """`python -m benchmarks.structure_calibration` at tiny size (so it cannot rot): every setting's row."""
   structure_calibration.main(["--trials=2"])

@@ -138,6 +138,9 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert re.search(r"<td>[+-]\d\.\d\d \[[+-]\d\.\d\d, [+-]\d\.\d\d\]</td>", page)  # r with its interval
   _check_the_report_corrects_r_for_noise(straight)
   _check_the_report_gives_the_couplings_intervals(straight, page)
+  stable_pcs = re.findall(r"  PC\d: stable", rep.stdout)
+  assert len(re.findall(r"\n    (couplings clear of 0 \(\d of 3 datasets\): |no dataset's coupling interval excludes 0)",
+                        rep.stdout)) == len(stable_pcs), rep.stdout
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   none = subprocess.run(analyze + ["--num_resamples=0"], cwd=REPO, env=env(), capture_output=True, text=True)

@@ -141,7 +141,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
   from suscept_jax.paths import atomic_write_bytes
   atomic_write_bytes(out_path, page.encode())
-  for line in _summary_lines(data, pca, stability, found, num_pcs):
+  for line in _summary_lines(data, pca, stability, found, num_pcs, (couplings, coupling_intervals)):
     log(line)
   log(f"report: {out_path}")
   return out_path
@@ -249,7 +249,7 @@ def _explained_text(pca, num_pcs: int) -> str:
   return ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
 
 
-def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int) -> list[str]:
+def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int, coupled=None) -> list[str]:
   """The structural-inference findings in a few lines, for the terminal (a TPU VM has no browser)."""
   explained = _explained_text(pca, num_pcs)
   lines = [f"structure: X {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} components; "
@@ -261,9 +261,21 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
     if not isinstance(found, str):
       line += "; " + _strongest_label_text(found, j, bool(stability.stable_k[j]))
     lines.append(line)
+    if coupled is not None and stability.stable_k[j]:
+      lines.append(f"    {_clear_couplings_text(*coupled, j)}")
   if stability.floor_out_of_reach:
     lines.append("  " + stability.describe()[-1])
   return lines
+
+
+def _clear_couplings_text(couplings: dict, intervals: dict, j: int, most: int = 4) -> str:
+  """The datasets whose coupling to PC j has an interval excluding 0, largest first (at most `most` named)."""
+  clear = sorted((d for d in couplings if _excludes_zero(intervals[d])[j]), key=lambda d: -abs(couplings[d][j]))
+  if not clear:
+    return "no dataset's coupling interval excludes 0"
+  named = ", ".join(f"{d} {couplings[d][j]:+#.3g}" for d in clear[:most])
+  more = f" and {len(clear) - most} more" if len(clear) > most else ""
+  return f"couplings clear of 0 ({len(clear)} of {len(couplings)} datasets): {named}{more}"
 
 
 def _strongest_label_text(found: _LabelCorrelations, j: int, stable: bool = True) -> str:
