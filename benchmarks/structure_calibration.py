@@ -88,7 +88,8 @@ def r_interval_rates(truth, noise: float, shared: bool, trials: int, K: int = 4,
                                   spread_correction=st.bootstrap_spread_correction(K),
                                   interval_widening=st.small_sample_widening(K))
     both = {**labels, **nulls}
-    intervals = {"uncorrected": st.label_correlation_intervals(stab.loadings_BxkxH, both),
+    intervals = {"uncorrected": st.label_correlation_intervals(stab.loadings_BxkxH, both, point_loadings_kxH=None,
+                                                                 noise_matched_BxkxH=None),
                  "corrected": st.label_correlation_intervals(stab.loadings_BxkxH, both, point_loadings_kxH=point_kxH,
                                                              noise_matched_BxkxH=stab.noise_matched_loadings_BxkxH)}
     for kind, by_label in intervals.items():

@@ -5,6 +5,8 @@ import pytest
 from benchmarks import structure_calibration
 from suscept_jax.analysis import structure as st
 
+BARE = dict(point_loadings_kxH=None, noise_matched_BxkxH=None)  # the bare percentiles, to compare with
+
 
 def low_rank(rng, rows=40, cols=8, rank=3, noise=0.02):
   C = rng.normal(size=(rows, rank)) * np.array([3.0, 2.0, 1.0])[:rank]
@@ -117,11 +119,13 @@ def test_label_correlation_intervals_follow_the_resampled_loadings():
   induction = np.array([0.05, 0.04, 0.8, 0.06, 0.7, 0.1])
   loadings = np.array([induction - induction.mean() + 0.1 * rng.normal(size=6), rng.normal(size=6)])
   point = st.label_correlations(loadings, {"induction": induction})["induction"]
-  near = st.label_correlation_intervals(loadings[None] + 0.01 * rng.normal(size=(300, 2, 6)), {"induction": induction})
+  near = st.label_correlation_intervals(loadings[None] + 0.01 * rng.normal(size=(300, 2, 6)), {"induction": induction},
+                                      **BARE)
   near = near["induction"]
   assert near.shape == (2, 2) and ((near[:, 0] <= point) & (point <= near[:, 1])).all()
   assert (near[:, 1] - near[:, 0] < 0.05).all()
-  far = st.label_correlation_intervals(loadings[None] + 0.3 * rng.normal(size=(300, 2, 6)), {"induction": induction})
+  far = st.label_correlation_intervals(loadings[None] + 0.3 * rng.normal(size=(300, 2, 6)), {"induction": induction},
+                                     **BARE)
   assert (far["induction"][:, 1] - far["induction"][:, 0] > 0.3).all()  # noisier loadings, wider intervals
   # bootstrap_stability keeps each resample's PCs with their signs matched to X's
   X, stderr, per_chain, groups = shared_chain_noise(0)
@@ -161,7 +165,7 @@ def _label_interval_coverage(noise: float, shared: bool, trials: int = 60):
     for kind, widening in (("raw", 1.0), ("widened", st.small_sample_widening(4))):
       stab = st.bootstrap_stability(X, resampler, 2, num_resamples=60, seed=t,
                                     spread_correction=st.bootstrap_spread_correction(4), interval_widening=widening)
-      intervals[kind] = st.label_correlation_intervals(stab.loadings_BxkxH, labels)
+      intervals[kind] = st.label_correlation_intervals(stab.loadings_BxkxH, labels, **BARE)
     intervals["corrected"] = st.label_correlation_intervals(
         stab.loadings_BxkxH, labels, point_loadings_kxH=point, noise_matched_BxkxH=stab.noise_matched_loadings_BxkxH)
     for kind, by_label in intervals.items():
@@ -214,7 +218,7 @@ def test_labels_unrelated_to_the_pcs_rarely_get_an_interval_excluding_zero():
     stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, num_resamples=60,
                                   seed=t, spread_correction=st.bootstrap_spread_correction(4),
                                   interval_widening=st.small_sample_widening(4))
-    intervals = {"uncorrected": st.label_correlation_intervals(stab.loadings_BxkxH, labels),
+    intervals = {"uncorrected": st.label_correlation_intervals(stab.loadings_BxkxH, labels, **BARE),
                  "corrected": st.label_correlation_intervals(
                      stab.loadings_BxkxH, labels, point_loadings_kxH=st.pca(X).loadings_kxH[:2],
                      noise_matched_BxkxH=stab.noise_matched_loadings_BxkxH)}

@@ -268,7 +268,8 @@ def _check_the_report_corrects_r_for_noise(results_dir):
   corrected = structure.label_correlation_intervals(
       stability.loadings_BxkxH[:, :, cols], found.labels, point_loadings_kxH=pca.loadings_kxH[:2][:, cols],
       noise_matched_BxkxH=stability.noise_matched_loadings_BxkxH[:, :, cols])
-  bare = structure.label_correlation_intervals(stability.loadings_BxkxH[:, :, cols], found.labels)
+  bare = structure.label_correlation_intervals(stability.loadings_BxkxH[:, :, cols], found.labels,
+                                              point_loadings_kxH=None, noise_matched_BxkxH=None)
   for name in found.labels:
     np.testing.assert_array_equal(found.interval[name], corrected[name])
   assert any(not np.allclose(corrected[n], bare[n], equal_nan=True) for n in found.labels)

@@ -389,14 +389,15 @@ def label_correlations(loadings_kxH: np.ndarray, labels_HxL: dict) -> dict:
   return out
 
 
-def label_correlation_intervals(loadings_BxkxH: np.ndarray, labels_HxL: dict, *, level: float = 0.95,
-                                point_loadings_kxH=None, noise_matched_BxkxH=None) -> dict:
+def label_correlation_intervals(loadings_BxkxH: np.ndarray, labels_HxL: dict, *, point_loadings_kxH,
+                                noise_matched_BxkxH, level: float = 0.95) -> dict:
   """{label: [k, 2]} interval of each PC's r with the label over resampled loadings (`Stability.loadings_BxkxH`):
   how far the estimation noise of X moves r. (The few heads themselves are a sample too; that part of r's
   uncertainty is not in it.)
 
-  With X's own loadings and resamples at X's noise level (`Stability.noise_matched_loadings_BxkxH`), the interval
-  is also corrected for the bias noise puts in r: a cell's noise inflates its column's spread, so standardising
+  Given X's own loadings and resamples at X's noise level (`Stability.noise_matched_loadings_BxkxH`), both
+  required (None for both gives the bare percentiles, biased: for comparison only), the interval is also
+  corrected for the bias noise puts in r: a cell's noise inflates its column's spread, so standardising
   shrinks the noisier columns and turns X's PCs away from the noiseless matrix's; a resample, noisier again,
   turns them further the same way. The interval is then the resamples' spread about their median, placed at
   r(X) − (median r of the noise-matched resamples − r(X)), within [−1, 1]. On synthetic rank-2 matrices from 4
