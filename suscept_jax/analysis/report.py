@@ -249,8 +249,10 @@ def _explained_text(pca, num_pcs: int) -> str:
   return ", ".join(f"PC{j + 1} {100 * r:.1f} %" for j, r in enumerate(pca.explained_variance_ratio[:num_pcs]))
 
 
-def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int, coupled=None) -> list[str]:
-  """The structural-inference findings in a few lines, for the terminal (a TPU VM has no browser)."""
+def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pcs: int,
+                   couplings_and_intervals=None) -> list[str]:
+  """The structural-inference findings in a few lines, for the terminal (a TPU VM has no browser); with the data
+  couplings and their intervals, each stable PC's datasets whose coupling is clear of 0."""
   explained = _explained_text(pca, num_pcs)
   lines = [f"structure: X {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} components; "
            f"explained variance {explained}"]
@@ -261,8 +263,8 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
     if not isinstance(found, str):
       line += "; " + _strongest_label_text(found, j, bool(stability.stable_k[j]))
     lines.append(line)
-    if coupled is not None and stability.stable_k[j]:
-      lines.append(f"    {_clear_couplings_text(*coupled, j)}")
+    if couplings_and_intervals is not None and stability.stable_k[j]:
+      lines.append(f"    {_clear_couplings_text(*couplings_and_intervals, j)}")
   if stability.floor_out_of_reach:
     lines.append("  " + stability.describe()[-1])
   return lines
