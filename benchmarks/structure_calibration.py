@@ -8,7 +8,8 @@ intervals checked against that truth:
   demo's shape: the heads moving together, with small differences the label follows);
 - a patterning plan's effect (`scaled_patterns`), judged on the true X: the mean error in stderr units and
   how often the 95 % interval misses, reported on X as planned (in sample) and less its optimism;
-- the data couplings' intervals (`data_coupling_intervals`) against bare percentiles of the resamples.
+- the data couplings' intervals (`data_coupling_intervals`) against bare percentiles of the resamples, and
+  each row's score intervals (`score_intervals`, the report's bands over training).
 
   python -m benchmarks.structure_calibration              # ≈ 2 min on 2 cores
   python -m benchmarks.structure_calibration --trials=10  # quicker, rougher
@@ -154,6 +155,24 @@ def coupling_coverage(truth, noise: float, shared: bool, trials: int, K: int = 4
   return found
 
 
+def score_coverage(truth, noise: float, shared: bool, trials: int, K: int = 4, resamples: int = 60) -> tuple:
+  """([2] coverage of the true per-row scores (PC1, PC2), [2] mean width) by `score_intervals`, over rows and
+  trials (the bands of the report's PC time series)."""
+  X_true, groups_R, _ = truth
+  truth_pca = st.pca(X_true)
+  coverage, width = np.zeros(2), np.zeros(2)
+  for trial in range(trials):
+    per_chain = through_chains(X_true, groups_R, noise, shared, trial, K)
+    X = per_chain.mean(-1)
+    resample = st.chain_resampler(per_chain, shared_chains_R=groups_R if shared else None)
+    lo, hi = np.moveaxis(st.score_intervals(X, resample, per_chain.std(-1, ddof=1) / np.sqrt(K), 2, num_chains=K,
+                                            num_resamples=resamples, seed=trial), -1, 0)
+    target_Rx2 = truth_pca.scores_Rxk[:, :2] * np.sign((st.pca(X).loadings_kxH[:2] * truth_pca.loadings_kxH[:2]).sum(1))
+    coverage += ((lo <= target_Rx2) & (target_Rx2 <= hi)).mean(0) / trials
+    width += (hi - lo).mean(0) / trials
+  return coverage, width
+
+
 def _pair(values) -> str:
   return " ".join(f"{v:4.2f}" for v in values)
 
@@ -189,6 +208,12 @@ def main(argv=None):
     coverage = coupling_coverage(truth, noise, shared, args.trials)
     print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s}: " + "; ".join(
         f"{kind} {_pair(rate)} [{_pair(width)}]" for kind, (rate, width) in coverage.items()), flush=True)
+  print(f"\nscores of each row (probe × checkpoint; the bands of the PC time series): coverage [PC1 PC2] of the true "
+        f"scores by `score_intervals` (mean width in brackets), {args.trials} runs per setting")
+  for name, truth, noise, shared in settings:
+    rate, width = score_coverage(truth, noise, shared, args.trials)
+    print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s}: {_pair(rate)} [{_pair(width)}]",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -641,6 +641,19 @@ def test_coupling_intervals_from_four_chains_cover_the_true_couplings():
     assert (corrected >= 0.95).all() and bare[0] < 0.8, found
 
 
+def test_score_intervals_cover_each_rows_true_score():
+  """The bands of the report's PC time series: each row's score interval is `data_coupling_intervals` with every
+  row its own dataset, and over 40 noisy copies of the rank-2 X it holds the true scores (0.98 / 0.99 here)."""
+  coverage, _ = structure_calibration.score_coverage(structure_calibration.rank_two_truth(), 1.0, False, 40)
+  assert (coverage >= 0.95).all(), coverage
+  per_chain, groups, _, _ = _rank_two_through_chains(0, 0.3, shared=True)
+  X, stderr = per_chain.mean(-1), per_chain.std(-1, ddof=1) / 2
+  resampler = st.chain_resampler(per_chain, shared_chains_R=groups)
+  by_row = st.data_coupling_intervals(X, resampler, stderr, np.arange(len(X)), None, 2, num_chains=4, num_resamples=20)
+  np.testing.assert_array_equal(st.score_intervals(X, resampler, stderr, 2, num_chains=4, num_resamples=20),
+                                np.array(list(by_row.values())))
+
+
 def test_coupling_intervals_of_a_dataset_left_out_are_nan_and_the_rest_finite():
   per_chain, groups, _, _ = _rank_two_through_chains(0, 0.3, shared=True)
   datasets = np.tile(np.arange(9), 5).astype(str)
@@ -678,6 +691,37 @@ def test_the_calibration_benchmark_prints_every_table(capsys):
   rows = [row for row in out.splitlines() if row.startswith("  ")]
   assert sum(" follows PC1 " in r for r in rows) == 6 and sum(" unrelated " in r for r in rows) == 6, out
   assert out.count(": in sample ") == 4 and out.count("uncorrected 0.") + out.count("uncorrected 1.") == 6, out
+  assert len(out.split("scores of each row")[1].strip().splitlines()) == 1 + 6, out
   with pytest.raises(SystemExit):
     structure_calibration.main(["--trials=1"])
   assert "--trials=1 must be >= 2" in capsys.readouterr().err
+
+
+def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path):
+  """The PC time series with the rows' bands (one filled area per dataset and PC), and a step axis whose ticks
+  are 0 and the powers of ten past the linear part (the default labelled 10² on top of 0 when the first
+  checkpoint after 0 was 1000)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  from suscept_jax.analysis import plots, structure_plots
+  steps_R = np.repeat([0, 1000, 1300, 1600, 3000], 2)
+  datasets_R = np.tile(["a", "b"], 5)
+  scores_Rxk = np.random.default_rng(0).normal(size=(10, 2))
+  intervals = np.stack([scores_Rxk - 1, scores_Rxk + 1], -1)
+  drawn = []
+  original = plt.Axes.fill_between
+  plt.Axes.fill_between = lambda ax, *a, **k: drawn.append(a) or original(ax, *a, **k)
+  try:
+    path = structure_plots.plot_pc_time_series(scores_Rxk, datasets_R, steps_R, 2, tmp_path / "pcs.png",
+                                               intervals_Rxkx2=intervals)
+  finally:
+    plt.Axes.fill_between = original
+  assert path.stat().st_size > 10_000 and len(drawn) == 2 * 2
+  np.testing.assert_array_equal(drawn[0][1], scores_Rxk[datasets_R == "a", 0] - 1)
+  fig, ax = plt.subplots()
+  plots._symlog_steps(ax, steps_R)
+  assert ax.get_xticks().tolist() == [0.0, 1000.0]
+  plots._symlog_steps(ax, [100, 200, 50_000])
+  assert ax.get_xticks().tolist() == [100.0, 1000.0, 10_000.0]
+  plt.close(fig)

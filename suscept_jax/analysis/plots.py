@@ -27,9 +27,13 @@ def _x(steps):
 
 def _symlog_steps(ax, steps) -> None:
   """Log-like step axis that still shows step 0 (training changes fastest early)."""
-  positive = np.asarray(steps, float)
-  positive = positive[positive > 0]
-  ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
+  steps = np.asarray(steps, float)
+  positive = steps[steps > 0]
+  linthresh = float(positive.min()) if positive.size else 1.0
+  ax.set_xscale("symlog", linthresh=linthresh)
+  # ticks at 0 and the powers of ten past the linear part (the default also labels powers inside it, on top of 0)
+  decades = range(int(np.ceil(np.log10(linthresh))), int(np.floor(np.log10(max(steps.max(), linthresh)))) + 1)
+  ax.set_xticks([0.0] * bool((steps <= 0).any()) + [10.0 ** p for p in decades])
 
 
 def plot_chi_over_training(table, path) -> Path:

@@ -108,7 +108,10 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png", checkpoints=coupling_steps,
                                      clear={d: _excludes_zero(i) for d, i in coupling_intervals.items()}),
       structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png"),
-      structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png"),
+      structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png",
+                                          intervals_Rxkx2=structure.score_intervals(
+                                              data.X_RxH, resampler, data.stderr_RxH, num_pcs, num_chains=chains,
+                                              num_resamples=num_resamples)),
   ]
   explained = _explained_text(pca, num_pcs)
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)

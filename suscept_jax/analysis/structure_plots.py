@@ -101,19 +101,26 @@ def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0,
   return save_figure(fig, path)
 
 
-def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path) -> Path:
+def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path, *, intervals_Rxkx2=None) -> Path:
+  """Each dataset's score on PC1..k against checkpoint (Fig. 15); with `intervals_Rxkx2`
+  (`structure.score_intervals`), a band for each row's 95 % interval."""
   plt = pyplot()
-  fig, axes = plt.subplots(1, num_pcs, figsize=(3.6 * num_pcs, 3), squeeze=False)
+  fig, axes = plt.subplots(1, num_pcs, figsize=(3.8 * num_pcs, 3.2), squeeze=False, layout="constrained")
   cmap = plt.get_cmap("tab10")
   for j, ax in enumerate(axes[0]):
     for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
       rows = np.flatnonzero(datasets_R == d)
       rows = rows[np.argsort(checkpoints_R[rows])]
       ax.plot(checkpoints_R[rows], scores_Rxk[rows, j], ".-", color=cmap(i % 10), lw=1, label=d)
+      if intervals_Rxkx2 is not None:
+        ax.fill_between(checkpoints_R[rows], intervals_Rxkx2[rows, j, 0], intervals_Rxkx2[rows, j, 1],
+                        color=cmap(i % 10), alpha=0.12, lw=0)
     _symlog_steps(ax, checkpoints_R)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"PC{j + 1} score")
   axes[0, 0].legend(fontsize=6, frameon=False)
+  if intervals_Rxkx2 is not None:
+    fig.suptitle("PC scores over training; bands: 95 % intervals of the noiseless matrix's scores", fontsize=8)
   return save_figure(fig, path)
 
 
