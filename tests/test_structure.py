@@ -718,6 +718,8 @@ def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path):
   finally:
     plt.Axes.fill_between = original
   assert path.stat().st_size > 10_000 and len(drawn) == 2 * 2
+  assert [structure_plots.pc_name(j, [True, False]) for j in (0, 1)] == ["PC1", "PC2 (unstable)"]
+  assert structure_plots.pc_name(1) == "PC2"
   np.testing.assert_array_equal(drawn[0][1], scores_Rxk[datasets_R == "a", 0] - 1)
   fig, ax = plt.subplots()
   plots._symlog_steps(ax, steps_R)

@@ -102,16 +102,19 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   coupling_steps, partial = structure.coupling_checkpoints(datasets, steps)
   coupling_intervals = structure.data_coupling_intervals(data.X_RxH, resampler, data.stderr_RxH, datasets, steps,
                                                          num_pcs, num_chains=chains, num_resamples=num_resamples)
+  stable_k = stability.stable_k
   struct_figs = [
       structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
-      structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png"),
+      structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png", stable_k=stable_k),
       structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png", checkpoints=coupling_steps,
-                                     clear={d: _excludes_zero(i) for d, i in coupling_intervals.items()}),
-      structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png"),
+                                     clear={d: _excludes_zero(i) for d, i in coupling_intervals.items()},
+                                     stable_k=stable_k),
+      structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png",
+                                        stable_k=stable_k),
       structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png",
                                           intervals_Rxkx2=structure.score_intervals(
                                               data.X_RxH, resampler, data.stderr_RxH, num_pcs, num_chains=chains,
-                                              num_resamples=num_resamples)),
+                                              num_resamples=num_resamples), stable_k=stable_k),
   ]
   explained = _explained_text(pca, num_pcs)
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)
@@ -210,7 +213,7 @@ def _couplings_table(couplings: dict, intervals: dict, stable_k, num_pcs: int) -
     text = f"{value:+#.3g}" + (f" [{lo_hi[0]:+#.3g}, {lo_hi[1]:+#.3g}]" if np.isfinite(lo_hi).all() else "")
     return f"<td class=\"clear\">{text}</td>" if _excludes_zero(lo_hi) else f"<td>{text}</td>"
 
-  header = "".join(f"<th>PC{j + 1}{'' if stable_k[j] else ' (unstable)'}</th>" for j in range(num_pcs))
+  header = "".join(f"<th>{structure_plots.pc_name(j, stable_k)}</th>" for j in range(num_pcs))
   rows = "".join(f"<tr><td>{html.escape(str(d))}</td>" + "".join(cell(c[j], intervals[d][j]) for j in range(num_pcs))
                  + "</tr>" for d, c in couplings.items() if np.isfinite(c[:num_pcs]).any())
   return (f'<p class="meta">Each dataset\'s scores on the PCs averaged over the checkpoints every dataset has (the '

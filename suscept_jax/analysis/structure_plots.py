@@ -17,6 +17,11 @@ def head_label(component: str) -> str:
   return f"{m.group(1)}:{m.group(2)}" if m else component
 
 
+def pc_name(j: int, stable_k=None) -> str:
+  """'PC{j+1}', marked '(unstable)' when `stable_k` says PC j failed the stability tests (its figures are noise)."""
+  return f"PC{j + 1}" + ("" if stable_k is None or stable_k[j] else " (unstable)")
+
+
 def plot_scree(pca, stability, path) -> Path:
   plt = pyplot()
   ratio = pca.explained_variance_ratio
@@ -35,14 +40,14 @@ def plot_scree(pca, stability, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_loadings(pca, components, num_pcs: int, path) -> Path:
+def plot_loadings(pca, components, num_pcs: int, path, *, stable_k=None) -> Path:
   plt = pyplot()
   P = pca.loadings_kxH[:num_pcs]
   fig, ax = plt.subplots(figsize=(0.5 * len(components) + 2, 0.5 * num_pcs + 1.4))
   lim = float(np.abs(P).max()) or 1.0
   image = ax.imshow(P, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
   ax.set_xticks(range(len(components)), [head_label(c) for c in components], fontsize=7)
-  ax.set_yticks(range(num_pcs), [f"PC{j + 1}" for j in range(num_pcs)], fontsize=8)
+  ax.set_yticks(range(num_pcs), [pc_name(j, stable_k) for j in range(num_pcs)], fontsize=8)
   for j in range(num_pcs):
     for h in range(len(components)):
       ax.text(h, j, f"{P[j, h]:.2f}", ha="center", va="center", fontsize=6)
@@ -52,7 +57,7 @@ def plot_loadings(pca, components, num_pcs: int, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, clear=None) -> Path:
+def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, clear=None, stable_k=None) -> Path:
   """Each dataset's couplings to the top PCs (blank: a dataset sampled at too few of the checkpoints); with
   `clear` ({dataset: [k] bool}), a dot where the coupling's interval excludes 0."""
   plt = pyplot()
@@ -65,7 +70,7 @@ def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, cle
   image = ax.imshow(C, cmap="PuOr", vmin=-1.0, vmax=1.0, aspect="auto")
   ax.set_yticks(range(len(names)), [f"{d} (too few checkpoints)" if np.isnan(couplings[d]).all() else d
                                     for d in names], fontsize=7)
-  ax.set_xticks(range(num_pcs), [f"PC{j + 1}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
+  ax.set_xticks(range(num_pcs), [f"{pc_name(j, stable_k)}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
   where = "the checkpoints all datasets have" if checkpoints is None else f"checkpoints {_listed(checkpoints)}"
   dots = ""
   if clear is not None:
@@ -78,11 +83,11 @@ def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, cle
   return save_figure(fig, path)
 
 
-def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0, 1), (1, 2))) -> Path:
+def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0, 1), (1, 2)), stable_k=None) -> Path:
   """π_d(t) in the planes of PC pairs; first and last checkpoints marked."""
   plt = pyplot()
   pairs = [p for p in pairs if max(p) < scores_Rxk.shape[1]]
-  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False)
+  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False, layout="constrained")
   cmap = plt.get_cmap("tab10")
   for ax, (a, b) in zip(axes[0], pairs):
     for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
@@ -92,8 +97,8 @@ def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0,
       ax.plot(x, y, "-", color=cmap(i % 10), lw=1, label=d)
       ax.plot(x[:1], y[:1], "o", color=cmap(i % 10), ms=4, mfc="white")
       ax.plot(x[-1:], y[-1:], "s", color=cmap(i % 10), ms=5)
-    ax.set_xlabel(f"PC{a + 1}")
-    ax.set_ylabel(f"PC{b + 1}")
+    ax.set_xlabel(pc_name(a, stable_k))
+    ax.set_ylabel(pc_name(b, stable_k))
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
   axes[0, 0].legend(fontsize=6, frameon=False)
@@ -101,7 +106,8 @@ def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0,
   return save_figure(fig, path)
 
 
-def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path, *, intervals_Rxkx2=None) -> Path:
+def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path, *, intervals_Rxkx2=None,
+                        stable_k=None) -> Path:
   """Each dataset's score on PC1..k against checkpoint (Fig. 15); with `intervals_Rxkx2`
   (`structure.score_intervals`), a band for each row's 95 % interval."""
   plt = pyplot()
@@ -117,7 +123,7 @@ def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, pat
                         color=cmap(i % 10), alpha=0.12, lw=0)
     _symlog_steps(ax, checkpoints_R)
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"PC{j + 1} score")
+    ax.set_ylabel(f"{pc_name(j, stable_k)} score")
   axes[0, 0].legend(fontsize=6, frameon=False)
   if intervals_Rxkx2 is not None:
     fig.suptitle("PC scores over training; bands: 95 % intervals of the noiseless matrix's scores", fontsize=8)
