@@ -144,8 +144,8 @@ def coupling_coverage(truth, noise: float, shared: bool, trials: int, K: int = 4
       again = st.pca(X + widen * (resample(rng) - X))
       spread_BxDx2.append(couplings(again) * st.signs_against(again.loadings_kxH[:2], estimate.loadings_kxH[:2]))
     stderr_RxH = per_chain.std(-1, ddof=1) / np.sqrt(K)
-    corrected = st.data_coupling_intervals(X, resample, stderr_RxH, probes_R, None, 2, num_chains=K,
-                                           num_resamples=resamples, seed=trial)
+    corrected = st.data_coupling_intervals(st.corrected_scores(X, resample, stderr_RxH, 2, num_chains=K,
+                                                               num_resamples=resamples, seed=trial), probes_R, None)
     target_Dx2 = truth_Dx2 * np.sign((estimate.loadings_kxH[:2] * truth_pca.loadings_kxH[:2]).sum(1))
     intervals = {"uncorrected": np.percentile(spread_BxDx2, [2.5, 97.5], axis=0),
                  "corrected": np.moveaxis(np.array(list(corrected.values())), -1, 0)}
@@ -165,8 +165,9 @@ def score_coverage(truth, noise: float, shared: bool, trials: int, K: int = 4, r
     per_chain = through_chains(X_true, groups_R, noise, shared, trial, K)
     X = per_chain.mean(-1)
     resample = st.chain_resampler(per_chain, shared_chains_R=groups_R if shared else None)
-    lo, hi = np.moveaxis(st.score_intervals(X, resample, per_chain.std(-1, ddof=1) / np.sqrt(K), 2, num_chains=K,
-                                            num_resamples=resamples, seed=trial), -1, 0)
+    scores = st.corrected_scores(X, resample, per_chain.std(-1, ddof=1) / np.sqrt(K), 2, num_chains=K,
+                                 num_resamples=resamples, seed=trial)
+    lo, hi = np.moveaxis(st.score_intervals(scores), -1, 0)
     target_Rx2 = truth_pca.scores_Rxk[:, :2] * np.sign((st.pca(X).loadings_kxH[:2] * truth_pca.loadings_kxH[:2]).sum(1))
     coverage += ((lo <= target_Rx2) & (target_Rx2 <= hi)).mean(0) / trials
     width += (hi - lo).mean(0) / trials

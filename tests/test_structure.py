@@ -642,16 +642,16 @@ def test_coupling_intervals_from_four_chains_cover_the_true_couplings():
 
 
 def test_score_intervals_cover_each_rows_true_score():
-  """The bands of the report's PC time series: each row's score interval is `data_coupling_intervals` with every
-  row its own dataset, and over 40 noisy copies of the rank-2 X it holds the true scores (0.98 / 0.99 here)."""
+  """The bands of the report's PC time series: over 40 noisy copies of the rank-2 X each row's score interval holds
+  the true score (0.98 / 0.99 here); it is the couplings' interval with every row its own dataset."""
   coverage, _ = structure_calibration.score_coverage(structure_calibration.rank_two_truth(), 1.0, False, 40)
   assert (coverage >= 0.95).all(), coverage
   per_chain, groups, _, _ = _rank_two_through_chains(0, 0.3, shared=True)
   X, stderr = per_chain.mean(-1), per_chain.std(-1, ddof=1) / 2
   resampler = st.chain_resampler(per_chain, shared_chains_R=groups)
-  by_row = st.data_coupling_intervals(X, resampler, stderr, np.arange(len(X)), None, 2, num_chains=4, num_resamples=20)
-  np.testing.assert_array_equal(st.score_intervals(X, resampler, stderr, 2, num_chains=4, num_resamples=20),
-                                np.array(list(by_row.values())))
+  scores = st.corrected_scores(X, resampler, stderr, 2, num_chains=4, num_resamples=20)
+  by_row = st.data_coupling_intervals(scores, np.arange(len(X)), None)
+  np.testing.assert_allclose(st.score_intervals(scores), np.array(list(by_row.values())), rtol=1e-12)
 
 
 def test_coupling_intervals_of_a_dataset_left_out_are_nan_and_the_rest_finite():
@@ -660,14 +660,14 @@ def test_coupling_intervals_of_a_dataset_left_out_are_nan_and_the_rest_finite():
   keep = (datasets != "8") | (groups == 4)  # dataset "8" at one checkpoint of five: too few to compare
   per_chain, groups, datasets = per_chain[keep], groups[keep], datasets[keep]
   X = per_chain.mean(-1)
-  intervals = st.data_coupling_intervals(X, st.chain_resampler(per_chain, shared_chains_R=groups),
-                                         per_chain.std(-1, ddof=1) / 2, datasets, groups, 2, num_chains=4,
-                                         num_resamples=30)
+  scores = st.corrected_scores(X, st.chain_resampler(per_chain, shared_chains_R=groups), per_chain.std(-1, ddof=1) / 2,
+                               2, num_chains=4, num_resamples=30)
+  intervals = st.data_coupling_intervals(scores, datasets, groups)
   assert list(intervals) == [str(d) for d in range(9)] and np.isnan(intervals["8"]).all()
   lo, hi = np.array([intervals[str(d)] for d in range(8)]).T
   assert np.isfinite(lo).all() and (lo < hi).all()
   with pytest.raises(ValueError, match="3 principal components asked for"):
-    st.data_coupling_intervals(X[:3], None, X[:3], datasets[:3], groups[:3], 3, num_chains=4)
+    st.corrected_scores(X[:3], None, X[:3], 3, num_chains=4)
 
 
 def test_the_findings_name_the_datasets_whose_coupling_is_clear_of_zero():

@@ -139,8 +139,8 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   _check_the_report_corrects_r_for_noise(straight)
   _check_the_report_gives_the_couplings_intervals(straight, page)
   stable_pcs = re.findall(r"  PC\d: stable", rep.stdout)
-  assert len(re.findall(r"\n    (couplings clear of 0 \(\d of 3 datasets\): |no dataset's coupling interval excludes 0)",
-                        rep.stdout)) == len(stable_pcs), rep.stdout
+  coupled = r"\n    (couplings clear of 0 \(\d of 3 datasets\): |no dataset's coupling interval excludes 0)"
+  assert len(re.findall(coupled, rep.stdout)) == len(stable_pcs), rep.stdout
   too_many = subprocess.run(analyze + ["--num_pcs=9"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   none = subprocess.run(analyze + ["--num_resamples=0"], cwd=REPO, env=env(), capture_output=True, text=True)
@@ -281,10 +281,10 @@ def _check_the_report_gives_the_couplings_intervals(results_dir, page: str):
   from suscept_jax.analysis import response, structure
   data = response.assemble([results_dir])
   couplings = structure.data_couplings(structure.pca(data.X_RxH).scores_Rxk, data.datasets_R, data.checkpoints_R)
-  intervals = structure.data_coupling_intervals(
+  scores = structure.corrected_scores(
       data.X_RxH, structure.chain_resampler(data.per_chain_RxHxK, shared_chains_R=data.shared_chains_R),
-      data.stderr_RxH, data.datasets_R, data.checkpoints_R, 2, num_chains=data.per_chain_RxHxK.shape[-1],
-      num_resamples=20)
+      data.stderr_RxH, 2, num_chains=data.per_chain_RxHxK.shape[-1], num_resamples=20)
+  intervals = structure.data_coupling_intervals(scores, data.datasets_R, data.checkpoints_R)
   assert 'id="couplings"' in page
   for d, (lo, hi) in ((d, iv[0]) for d, iv in intervals.items()):
     assert f"{couplings[d][0]:+#.3g} [{lo:+#.3g}, {hi:+#.3g}]</td>" in page, (d, couplings[d], lo, hi)

@@ -100,8 +100,9 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   datasets, steps = data.datasets_R, data.checkpoints_R
   couplings = structure.data_couplings(pca.scores_Rxk, datasets, steps)
   coupling_steps, partial = structure.coupling_checkpoints(datasets, steps)
-  coupling_intervals = structure.data_coupling_intervals(data.X_RxH, resampler, data.stderr_RxH, datasets, steps,
-                                                         num_pcs, num_chains=chains, num_resamples=num_resamples)
+  corrected = structure.corrected_scores(data.X_RxH, resampler, data.stderr_RxH, num_pcs, num_chains=chains,
+                                         num_resamples=num_resamples)
+  coupling_intervals = structure.data_coupling_intervals(corrected, datasets, steps)
   stable_k = stability.stable_k
   struct_figs = [
       structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
@@ -112,9 +113,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png",
                                         stable_k=stable_k),
       structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png",
-                                          intervals_Rxkx2=structure.score_intervals(
-                                              data.X_RxH, resampler, data.stderr_RxH, num_pcs, num_chains=chains,
-                                              num_resamples=num_resamples), stable_k=stable_k),
+                                          intervals_Rxkx2=structure.score_intervals(corrected), stable_k=stable_k),
   ]
   explained = _explained_text(pca, num_pcs)
   excluded = ("<p>Excluded from the matrix:</p><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in data.excluded)

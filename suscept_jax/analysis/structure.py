@@ -127,56 +127,67 @@ def score_reliability(X_RxH: np.ndarray, loadings_kxH: np.ndarray, noise_var_H: 
   return (np.asarray(loadings_kxH) ** 2) @ np.sqrt(np.maximum(1 - noise_share_H, MIN_RELIABILITY))
 
 
-def data_coupling_intervals(X_RxH: np.ndarray, resample, stderr_RxH: np.ndarray, datasets_R, checkpoints_R,
-                            num_pcs: int, *, num_chains: int, level: float = 0.95, num_resamples: int = 200,
-                            seed: int = 0) -> dict:
-  """{dataset: [k, 2]} interval of each dataset's coupling (`data_couplings`) to PC1..k of the noiseless matrix.
+class CorrectedScores(NamedTuple):
+  """Each row's scores on PC1..k divided by their PC's `score_reliability`, at X and over widened chain resamples:
+  what the intervals of the couplings and of the scores are read from (`corrected_scores`)."""
 
-  Noise biases the couplings X shows towards 0: it inflates every column's spread, and standardising then
-  shrinks the signal in the scores (on a synthetic rank-2 X, PC1's largest couplings 20 % too small at cell
-  noise 1.0), and resamples see under half of that bias. So the statistic resampled is the couplings divided
-  by their PCs' `score_reliability` (noise variance per column: the cells' mean stderr²), which removed the
-  bias there (≤ 0.07 against a spread of 0.3). The interval is that value at X plus the spread of its resamples
-  about their median, each resample's deviation from X widened for the few chains (`small_sample_widening`)
-  and its reliability taken at its own noise level. The interval need not hold X's coupling, which keeps the
-  bias. Coverage on synthetic truths: `benchmarks/structure_calibration.py`. NaN for a dataset `data_couplings`
-  leaves out. PCs are oriented as X's."""
+  point_Rxk: np.ndarray
+  resampled_BxRxk: np.ndarray
+  level: float
+
+  def intervals(self, point, resampled_B) -> np.ndarray:
+    """[..., 2]: the statistic at X plus its resamples' spread about their median."""
+    tails = [50 * (1 - self.level), 100 - 50 * (1 - self.level)]
+    offsets_2x = np.percentile(resampled_B, tails, axis=0) - np.median(resampled_B, 0)
+    return np.moveaxis(point + offsets_2x, 0, -1)
+
+
+def corrected_scores(X_RxH: np.ndarray, resample, stderr_RxH: np.ndarray, num_pcs: int, *, num_chains: int,
+                     level: float = 0.95, num_resamples: int = 200, seed: int = 0) -> CorrectedScores:
+  """The scores of PC1..k (oriented as X's) corrected for the shrinkage noise puts in them, at X and over resamples.
+
+  Noise biases the scores X shows towards 0: it inflates every column's spread, and standardising then shrinks
+  the signal (on a synthetic rank-2 X, PC1's largest couplings came out 20 % too small at cell noise 1.0), and
+  resamples see under half of that bias. So each score is divided by its PC's `score_reliability` (noise
+  variance per column: the cells' mean stderr²), which removed the bias there (≤ 0.07 against a spread of 0.3),
+  and the statistic is resampled whole: each resample's deviation from X widened for the few chains
+  (`small_sample_widening`), its reliability taken at its own noise level. Intervals: `data_coupling_intervals`,
+  `score_intervals`; coverage on synthetic truths: `benchmarks/structure_calibration.py`."""
   X = np.asarray(X_RxH, np.float64)
   check_num_pcs(num_pcs, X)
   noise_var_H = (np.asarray(stderr_RxH, np.float64) ** 2).mean(0)
   ref_P = pca(X).loadings_kxH[:num_pcs]
-  names = list(dict.fromkeys(np.asarray(datasets_R).tolist()))
 
-  def corrected_Dxk(X_moved_RxH, noise_scale: float):
-    """[D, k] couplings of PC1..k (oriented as X's) divided by their reliability at this noise level."""
+  def corrected_Rxk(X_moved_RxH, noise_scale: float):
     Z = pca(X_moved_RxH)
     signs_k = signs_against(Z.loadings_kxH[:num_pcs], ref_P)
-    couplings = data_couplings(Z.scores_Rxk[:, :num_pcs] * signs_k, datasets_R, checkpoints_R)
     alpha_k = score_reliability(X_moved_RxH, Z.loadings_kxH[:num_pcs], noise_var_H * noise_scale)
-    return np.array([couplings[d] for d in names]) / alpha_k
+    return Z.scores_Rxk[:, :num_pcs] * signs_k / alpha_k
 
   widening = small_sample_widening(num_chains, level)
   # a widened resample's noise: X's plus the deviation's, whose variance is (K−1)/K of X's at factor 1
   widened_noise_scale = 1 + widening ** 2 * (num_chains - 1) / num_chains
   rng = np.random.default_rng(seed)
-  resampled_BxDxk = np.array([corrected_Dxk(X + widening * (resample(rng) - X), widened_noise_scale)
-                              for _ in range(num_resamples)])
-  point_Dxk = corrected_Dxk(X, 1.0)
-  tails = [50 * (1 - level), 100 - 50 * (1 - level)]
-  offsets_2xDxk = np.percentile(resampled_BxDxk, tails, axis=0) - np.median(resampled_BxDxk, 0)
-  intervals_Dxkx2 = np.moveaxis(point_Dxk + offsets_2xDxk, 0, -1)
-  return dict(zip(names, intervals_Dxkx2))
+  resampled = [corrected_Rxk(X + widening * (resample(rng) - X), widened_noise_scale) for _ in range(num_resamples)]
+  return CorrectedScores(point_Rxk=corrected_Rxk(X, 1.0), resampled_BxRxk=np.array(resampled), level=level)
 
 
-def score_intervals(X_RxH: np.ndarray, resample, stderr_RxH: np.ndarray, num_pcs: int, *, num_chains: int,
-                    level: float = 0.95, num_resamples: int = 200, seed: int = 0) -> np.ndarray:
-  """[R, k, 2] interval of each row's score on PC1..k of the noiseless matrix: `data_coupling_intervals` with every
-  row its own dataset. On the benchmark's truths (40 runs per setting, 45 rows) they held the true scores in
-  95–100 % of cases (`benchmarks/structure_calibration.py`)."""
-  rows_R = np.arange(np.shape(X_RxH)[0])
-  by_row = data_coupling_intervals(X_RxH, resample, stderr_RxH, rows_R, None, num_pcs, num_chains=num_chains,
-                                   level=level, num_resamples=num_resamples, seed=seed)
-  return np.array([by_row[r] for r in rows_R])
+def data_coupling_intervals(scores: CorrectedScores, datasets_R, checkpoints_R) -> dict:
+  """{dataset: [k, 2]} interval of each dataset's coupling (`data_couplings`) to PC1..k of the noiseless matrix,
+  from `corrected_scores`. It need not hold X's coupling, which keeps the bias. NaN for a dataset
+  `data_couplings` leaves out."""
+  def couplings_Dxk(scores_Rxk):
+    return np.array(list(data_couplings(scores_Rxk, datasets_R, checkpoints_R).values()))
+
+  intervals_Dxkx2 = scores.intervals(couplings_Dxk(scores.point_Rxk),
+                                     np.array([couplings_Dxk(s) for s in scores.resampled_BxRxk]))
+  return dict(zip(dict.fromkeys(np.asarray(datasets_R).tolist()), intervals_Dxkx2))
+
+
+def score_intervals(scores: CorrectedScores) -> np.ndarray:
+  """[R, k, 2] interval of each row's score on PC1..k of the noiseless matrix, from `corrected_scores`. On the
+  benchmark's truths (40 runs per setting, 45 rows) they held the true scores in 95–100 % of cases."""
+  return scores.intervals(scores.point_Rxk, scores.resampled_BxRxk)
 
 
 class Stability(NamedTuple):
