@@ -123,7 +123,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       [f"Data couplings leave out {', '.join(partial)}: sampled at too few of the checkpoints the others share"]
       if partial else []))
   labels_html = _label_table(found, num_pcs)
-  couplings_html = _couplings_table(couplings, coupling_intervals, stability.stable_k, num_pcs)
+  couplings_html = _couplings_table(couplings, coupling_intervals, stable_k, num_pcs)
   sections.append(("Structural inference",
                    f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
                    f"components, columns standardised; explained variance {explained}.</p>{notes}{excluded}"
@@ -295,7 +295,7 @@ def _strongest_label_text(found: _LabelCorrelations, j: int, stable: bool = True
   finite = [n for n in found.r if np.isfinite(found.r[n][j])]
   if not finite:
     return "no head label varies across these heads"
-  clear = [n for n in finite if np.all(np.isfinite(found.interval[n][j])) and np.prod(found.interval[n][j]) > 0]
+  clear = [n for n in finite if _excludes_zero(found.interval[n][j])]
   name = max(clear or finite, key=lambda n: abs(found.r[n][j]))
   text = f"r with {name} {_r_text(found.r[name][j], found.interval[name][j])}"
   if clear:
