@@ -13,6 +13,7 @@ Shape letters: C components, K chains, O observed contexts, J token positions pe
 """
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +49,25 @@ class PerTokenResult:
     used = np.array([self.chi_per_chain.shape[1] - len(self.diagnostics[c].diverged_chains)
                      for c in self.component_names])
     return estimators.t_quantile(used, level)[:, None, None] * self.chi_stderr
+
+  def valid_chains(self) -> np.ndarray:
+    """[C, K] the chains that did not diverge (their values count; the others' are NaN below)."""
+    return np.array([[k not in self.diagnostics[c].diverged_chains for k in range(self.chi_per_chain.shape[1])]
+                     for c in self.component_names])
+
+  def context_means_per_chain(self) -> np.ndarray:
+    """[C, K, O] each context's mean per-token χ on each chain, NaN for a diverged chain: what a chain (or context)
+    resampling of anything averaged over tokens needs, at O(contexts) instead of O(tokens) memory."""
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # a context no token of which a chain observed: NaN
+      means_CxKxO = np.nanmean(self.chi_per_chain.reshape(self.chi_per_chain.shape[:3] + (-1,)), axis=-1)
+    return np.where(self.valid_chains()[..., None], means_CxKxO, np.nan)
+
+  def dataset_chi_per_chain(self) -> np.ndarray | None:
+    """[P, C, K] the dataset-level χ of `probes` on each chain, NaN for a diverged chain (None without probes)."""
+    if self.dataset is None:
+      return None
+    return np.where(self.valid_chains()[None], self.dataset.chi_per_chain, np.nan)
 
 
 def estimate_per_token_susceptibilities(

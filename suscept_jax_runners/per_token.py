@@ -38,7 +38,8 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Results directory "
                               + cli.by_preset(lambda p: p.per_token_output_dir) + ".")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard results in --output_dir made with other settings.")
 # What this runner writes beside the units (cleared by --overwrite with them).
-OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", "per_token.json", "views")
+CHAINS = "chains.npz"
+OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", CHAINS, "per_token.json", "views")
 # Fingerprints recorded since 2026-12 (directories written before hold none: compared where present).
 NEWER_FINGERPRINTS = ("base_fingerprint", "probe_fingerprints", "run_fingerprint")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
@@ -277,7 +278,10 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       for w in caught:
         warn_above(bar, f"chunk {i}: {w.message}")
       keep = slice(0, min(chunk, num - i * chunk))
-      arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep]}
+      arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
+                "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
+      if res.dataset is not None:
+        arrays["dataset_chi_PxCxK"] = res.dataset_chi_per_chain()
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
               "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
               "seconds": res.seconds, "microbatch_size": settings["microbatch_size"],  # may differ between chunks
@@ -321,6 +325,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   if dataset_rows:
     frame = pd.DataFrame(dataset_rows)
     atomic_write_bytes(store.path / "dataset_chi.csv", frame.to_csv(index=False, float_format="%.9g").encode())
+  write_chains(store.path, parts, [d for d, _ in labels])
   info = {"checkpoint": step, "delta_h": parts[0][1].get("realised_delta_h", settings["delta_h"]),
           "components": comps, "datasets": settings["probes"], "num_contexts": O, "tokens_per_context": J,
           "llc": dict(zip(comps, parts[0][1]["llc"])), "status": parts[0][1]["status"],
@@ -329,6 +334,44 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   mixed = results.mixed_environments_note(info["environments"])
   if mixed:
     print(mixed)
+
+
+def write_chains(out: Path, parts, context_datasets_O) -> None:
+  """chains.npz: each context's mean per-token χ per chain and the dataset-level χ per chain, for the additivity
+  view's intervals (`token_stats.additivity_intervals`). Not written from units of a version that kept none."""
+  import io
+
+  import numpy as np
+
+  from suscept_jax.paths import atomic_write_bytes
+  if not all("context_chi_CxKxO" in arrays for arrays, _ in parts) or "dataset_chi_PxCxK" not in parts[0][0]:
+    (out / CHAINS).unlink(missing_ok=True)
+    return
+  buf = io.BytesIO()
+  np.savez(buf, context_chi_CxKxO=np.concatenate([a["context_chi_CxKxO"] for a, _ in parts], axis=2),
+           dataset_chi_PxCxK=parts[0][0]["dataset_chi_PxCxK"], context_datasets_O=np.array(context_datasets_O))
+  atomic_write_bytes(out / CHAINS, buf.getvalue())
+
+
+ADDITIVITY_NOTE = (
+    "<p>Each point is a component × dataset. Error bars (95 %): the chains' noise on both axes and, on the "
+    "horizontal, which few contexts of the dataset were observed. The slope is corrected for that noise (noise "
+    "on the horizontal axis flattens a least-squares line), its interval resampled over chains and contexts; a "
+    "point is off the line where the interval of its difference (dataset-level χ − δh·mean per-token χ) excludes 0. "
+    "On shared chains eq. 45 predicts slope 1.</p>")
+
+
+def additivity_intervals(out: Path, joined, info):
+  """The additivity view's intervals from chains.npz, or None for results written before it was kept."""
+  import numpy as np
+
+  from suscept_jax.analysis import token_stats as ts
+  if not (out / CHAINS).exists():
+    return None
+  with np.load(out / CHAINS) as chains:
+    return ts.additivity_intervals(joined, chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"],
+                                   chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
+                                   info["delta_h"])
 
 
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
@@ -414,9 +457,12 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():
       joined, slope, r = ts.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
-      figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png")
+      intervals = additivity_intervals(Path(out), joined, info)
+      figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png", intervals)
       written.append(figure)
-      sections["additivity"] = (f"Additivity: slope {slope:.2f}, r = {r:.2f}", pages.embedded_png(figure, "additivity"))
+      line = tv.additivity_line(slope, r, intervals)
+      sections["additivity"] = (line[0].upper() + line[1:],
+                                pages.embedded_png(figure, "additivity") + ADDITIVITY_NOTE)
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)

@@ -1,4 +1,6 @@
 """Per-token susceptibilities against the closed-form Gaussian posterior, and invariances of the estimator."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,6 +116,15 @@ def test_additivity_on_shared_samples(problem):
   predicted = dataset.realised_delta_h * res.chi[:, :, 0].mean(axis=1)
   for c in range(2):
     assert abs(predicted[c] - dataset.chi[0, c]) < 4 * dataset.chi_stderr[0, c], (predicted, dataset.chi)
+  # what the additivity view's chain resampling reads: per chain, each context's mean χ and the dataset-level χ
+  np.testing.assert_allclose(res.context_means_per_chain().mean(1), res.chi.mean(-1), rtol=1e-10)
+  np.testing.assert_allclose(res.dataset_chi_per_chain().mean(-1), dataset.chi, rtol=1e-10)
+  name = res.component_names[1]
+  one_diverged = dataclasses.replace(res, diagnostics={**res.diagnostics, name: dataclasses.replace(
+      res.diagnostics[name], diverged_chains=[3])})
+  assert np.isnan(one_diverged.context_means_per_chain()[1, 3]).all()
+  assert np.isnan(one_diverged.dataset_chi_per_chain()[:, 1, 3]).all()
+  assert np.isfinite(one_diverged.context_means_per_chain()[0]).all()
 
 
 def test_bad_inputs(problem):

@@ -54,6 +54,28 @@ def test_token_table_holds_every_token_of_every_chosen_context(tiny, finished):
   assert set(dataset.probe) == {str(tiny[3]["math"]), str(tiny[3]["prose"])}
 
 
+def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
+  """chains.npz: each context's mean per-token χ per chain (averaged over chains: the table's per-token χ
+  averaged over the context's tokens) and the dataset-level χ per chain (averaged: dataset_chi.csv), which the
+  additivity view's intervals are read from."""
+  out, _ = finished
+  table = pd.read_parquet(out / "tokens.parquet")
+  info = json.loads((out / "per_token.json").read_text())
+  with np.load(out / "chains.npz") as chains:
+    context_CxKxO, dataset_PxCxK = chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"]
+    datasets_O = chains["context_datasets_O"].tolist()
+  assert context_CxKxO.shape == (3, 2, 6) and dataset_PxCxK.shape == (2, 3, 2)
+  assert datasets_O == [d for d in info["datasets"] for _ in range(3)]
+  by_context = table.groupby(["component", "dataset", "context"], sort=False).chi.mean()
+  for c, comp in enumerate(info["components"]):
+    np.testing.assert_allclose(context_CxKxO[c].mean(0), by_context[comp].to_numpy(), rtol=1e-4, atol=1e-9)
+  dataset = pd.read_csv(out / "dataset_chi.csv").set_index(["probe", "component"]).chi
+  for p, probe in enumerate(info["datasets"]):
+    np.testing.assert_allclose(dataset_PxCxK[p].mean(-1), dataset[probe][info["components"]].to_numpy(), rtol=1e-6)
+  heading = json.loads((out / "views" / "sections.json").read_text())["additivity"][0]
+  assert heading.startswith("Additivity (eq. 45): slope ") and heading.endswith(" of 6 off the line"), heading
+
+
 def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   out, _ = finished
   import shutil
@@ -103,7 +125,8 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   proc = run(per_token_cmd(tiny, copy, "--views=none", "--overwrite", "--nodataset_chi", "--seed=3"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   views = sorted(p.name for p in (copy / "views").iterdir())
-  assert not (copy / "dataset_chi.csv").exists() and views == ["index.html", "sections.json"], views  # (no view)
+  assert not (copy / "dataset_chi.csv").exists() and not (copy / "chains.npz").exists()
+  assert views == ["index.html", "sections.json"], views  # (no view)
   assert "Additivity" not in (copy / "views" / "index.html").read_text()
   assert (copy / "tokens.parquet").exists() and len(list((copy / "units").glob("chunk_*.json"))) == 3
 

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks import additivity_calibration
 from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
 
 
@@ -130,6 +131,71 @@ def test_additivity_slope_and_r_on_exact_sums():
       dataset_rows.append({"component": head, "probe": d, "chi": 0.1 * values.mean()})
   joined, slope, r = ts.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
   assert len(joined) == 6 and slope == pytest.approx(1.0) and r == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("slope,scatter", [(1.0, 0.0), (1.6, 0.5)])
+def test_additivity_intervals_hold_a_known_slope_and_each_cells_difference(slope, scatter):
+  """On a truth observed as the runner observes it (4 contexts per dataset, 4 shared chains, demo-like noise),
+  the corrected slope's interval holds the true slope and each cell's difference interval its true difference;
+  the plain least-squares slope's resamples, flattened by the noise, do not (the test fails without the
+  correction)."""
+  found = additivity_calibration.coverage(slope, scatter, 0.5, 0.2, 30)
+  assert found["held"] >= 0.9 and found["held plain"] < 0.8, found
+  assert abs(found["slope"] - found["true slope"]) < 0.03 < found["true slope"] - found["plain slope"], found
+  assert found["cells held"] >= 0.93, found
+  if scatter == 0:  # every cell on the line: few called off it
+    assert found["off line"] <= 0.06, found
+  else:
+    assert found["off line"] >= 0.25, found
+
+
+def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
+  ac = additivity_calibration
+  x_true, y_true = ac.truth(1.0, 0.0)
+  y_true[2, 3] += 4.0  # one component × dataset whose dataset-level χ the per-token χ do not add up to
+  context, dataset, datasets_O = ac.observe(x_true, y_true, context_noise=0.2, chain_noise=0.1, trial=0)
+  joined = ac.joined_table(context, dataset, datasets_O)
+  found = ts.additivity_intervals(joined, context, dataset, datasets_O, list(range(ac.COMPONENTS)),
+                                  list(range(ac.DATASETS)), ac.DELTA_H, num_resamples=100)
+  off = found.off_line_N()
+  assert off[(joined.component == 2) & (joined.dataset == 3)].all() and off.sum() <= 4, joined[off]
+  low, high = found.slope_interval
+  assert low < found.slope_corrected < high and found.difference_interval_Nx2.shape == (len(joined), 2)
+  line = tv.additivity_line(1.0, 0.9, found)
+  assert line.startswith(f"additivity (eq. 45): slope {found.slope_corrected:.2f} [{low:.2f}, {high:.2f}] "
+                         "(least squares 1.00), r = 0.90; ") and line.endswith(f"{off.sum()} of 81 off the line")
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  drawn = {}
+  original_errorbar, original_scatter = plt.Axes.errorbar, plt.Axes.scatter
+  try:
+    plt.Axes.errorbar = lambda ax, *a, **k: drawn.setdefault("errorbars", []).append(k) or original_errorbar(
+        ax, *a, **k)
+    plt.Axes.scatter = lambda ax, *a, **k: drawn.setdefault("scatters", []).append(k) or original_scatter(ax, *a, **k)
+    assert tv.plot_additivity(joined, 1.0, 0.9, tmp_path / "a.png", found).stat().st_size > 5000
+  finally:
+    plt.Axes.errorbar, plt.Axes.scatter = original_errorbar, original_scatter
+  assert len(drawn["errorbars"]) == ac.COMPONENTS  # one set of bars per component, on both axes
+  assert all(k["xerr"].shape == (2, ac.DATASETS) and (k["yerr"] >= 0).all() for k in drawn["errorbars"])
+  assert drawn["scatters"][-1]["label"] == "off the line"
+
+
+def test_additivity_intervals_refuse_a_dataset_observed_in_one_context():
+  context = np.zeros((2, 4, 3))
+  with pytest.raises(ValueError, match="need >= 2 observed contexts of every dataset; have a: 2, b: 1"):
+    ts.additivity_intervals(pd.DataFrame({"component": [], "dataset": []}), context, np.zeros((2, 2, 4)),
+                            ["a", "a", "b"], ["c0", "c1"], ["a", "b"], 0.1)
+
+
+def test_the_additivity_benchmark_prints_every_setting(capsys):
+  """`python -m benchmarks.additivity_calibration` at tiny size (so it cannot rot)."""
+  additivity_calibration.main(["--trials=2"])
+  rows = capsys.readouterr().out.splitlines()
+  assert sum(r.startswith(("additive", "slope 1.6")) for r in rows) == len(additivity_calibration.SETTINGS) == 6
+  with pytest.raises(SystemExit):
+    additivity_calibration.main(["--trials=1"])
+  assert "--trials=1 must be >= 2" in capsys.readouterr().err
 
 
 def test_umap_of_susceptibility_vectors_separates_two_kinds_of_tokens(tmp_path):

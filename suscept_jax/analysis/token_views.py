@@ -194,11 +194,24 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_additivity(joined, slope: float, r: float, path) -> Path:
+def plot_additivity(joined, slope: float, r: float, path, intervals=None) -> Path:
+  """Dataset-level χ against δh·mean per-token χ, one point per component × dataset; with `intervals`
+  (`token_stats.additivity_intervals`) each point's error bars on both axes, a ring on the cells off the line,
+  and the corrected slope with its interval in the title."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(4.8, 4.2))
   for comp, g in joined.groupby("component", sort=False):
-    ax.scatter(g.predicted, g.chi, s=16, label=comp)
+    dots = ax.scatter(g.predicted, g.chi, s=16, label=comp, zorder=3)
+    if intervals is not None:
+      rows = g.index.to_numpy()
+      bars = lambda centre, interval_Nx2: np.abs(interval_Nx2[rows] - centre.to_numpy()[:, None]).T
+      ax.errorbar(g.predicted, g.chi, xerr=bars(g.predicted, intervals.predicted_interval_Nx2),
+                  yerr=bars(g.chi, intervals.chi_interval_Nx2), fmt="none", lw=0.6, alpha=0.5,
+                  ecolor=dots.get_facecolor()[0], zorder=2)
+  if intervals is not None and intervals.off_line_N().any():
+    off = joined[intervals.off_line_N()]
+    ax.scatter(off.predicted, off.chi, s=60, facecolors="none", edgecolors="black", lw=0.8, zorder=4,
+               label="off the line")
   lim = np.nanmax(np.abs(np.r_[joined.predicted, joined.chi])) * 1.1 or 1.0
   ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--", label="slope 1")
   ax.set_xlabel("δh · mean per-token χ")
@@ -206,9 +219,20 @@ def plot_additivity(joined, slope: float, r: float, path) -> Path:
   for axis in (ax.xaxis, ax.yaxis):
     axis.set_major_locator(plt.MaxNLocator(5))
   ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-  ax.set_title(f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}", fontsize=9)
+  ax.set_title(additivity_line(slope, r, intervals), fontsize=8)
   ax.legend(fontsize=6, ncol=2, frameon=False)
   return save_figure(fig, path)
+
+
+def additivity_line(slope: float, r: float, intervals=None) -> str:
+  """The additivity view's one-line summary: the slope and r, and with `intervals` the corrected slope's
+  interval and how many cells are off the line."""
+  if intervals is None:
+    return f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}"
+  low, high = intervals.slope_interval
+  off = intervals.off_line_N()
+  return (f"additivity (eq. 45): slope {intervals.slope_corrected:.2f} [{low:.2f}, {high:.2f}] "
+          f"(least squares {slope:.2f}), r = {r:.2f}; {off.sum()} of {off.size} off the line")
 
 
 def plot_comparisons(table, heads, path) -> Path:
