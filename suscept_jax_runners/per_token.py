@@ -361,6 +361,10 @@ ADDITIVITY_NOTE = (
     "On shared chains eq. 45 predicts slope 1.</p>")
 
 
+NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values were kept (chains.npz); "
+                  "a rerun with --overwrite gives them.</p>")
+
+
 def additivity_intervals(out: Path, joined, info):
   """The additivity view's intervals from chains.npz, or None for results written before it was kept."""
   import numpy as np
@@ -461,8 +465,10 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png", intervals)
       written.append(figure)
       line = tv.additivity_line(slope, r, intervals)
+      print(line)
       sections["additivity"] = (line[0].upper() + line[1:],
-                                pages.embedded_png(figure, "additivity") + ADDITIVITY_NOTE)
+                                pages.embedded_png(figure, "additivity")
+                                + (ADDITIVITY_NOTE if intervals is not None else NO_CHAINS_NOTE))
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)

@@ -74,6 +74,7 @@ def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
     np.testing.assert_allclose(dataset_PxCxK[p].mean(-1), dataset[probe][info["components"]].to_numpy(), rtol=1e-6)
   heading = json.loads((out / "views" / "sections.json").read_text())["additivity"][0]
   assert heading.startswith("Additivity (eq. 45): slope ") and heading.endswith(" of 6 off the line"), heading
+  assert "a" + heading[1:] in finished[1].stdout.splitlines()  # and the line in the terminal
 
 
 def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
@@ -222,6 +223,18 @@ def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_pa
               "--views=extremes", "--view_heads=l0h0"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert [f.name for f in (copy / "views").glob("extremes_*.html")] == ["extremes_l0h0.html"]
+
+
+def test_results_from_before_the_chains_were_kept_say_the_additivity_view_has_no_error_bars(finished, tmp_path):
+  import shutil
+
+  from suscept_jax_runners import per_token
+  copy = tmp_path / "copy"
+  shutil.copytree(finished[0], copy)
+  (copy / "chains.npz").unlink()
+  per_token.render_views(copy, ["additivity"], keep_other_views=True)
+  index = (copy / "views" / "index.html").read_text()
+  assert per_token.NO_CHAINS_NOTE in index and "off the line" not in index and "Highlighted text" in index
 
 
 def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):

@@ -161,6 +161,7 @@ def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
   assert off[(joined.component == 2) & (joined.dataset == 3)].all() and off.sum() <= 4, joined[off]
   low, high = found.slope_interval
   assert low < found.slope_corrected < high and found.difference_interval_Nx2.shape == (len(joined), 2)
+  assert found.slope_determined() and 0 < found.noise_share < 0.1, found.noise_share
   line = tv.additivity_line(1.0, 0.9, found)
   assert line.startswith(f"additivity (eq. 45): slope {found.slope_corrected:.2f} [{low:.2f}, {high:.2f}] "
                          "(least squares 1.00), r = 0.90; ") and line.endswith(f"{off.sum()} of 81 off the line")
@@ -179,6 +180,19 @@ def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
   assert len(drawn["errorbars"]) == ac.COMPONENTS  # one set of bars per component, on both axes
   assert all(k["xerr"].shape == (2, ac.DATASETS) and (k["yerr"] >= 0).all() for k in drawn["errorbars"])
   assert drawn["scatters"][-1]["label"] == "off the line"
+
+
+def test_a_slope_whose_noise_is_most_of_the_spread_is_called_not_determined():
+  ac = additivity_calibration
+  x_true, y_true = ac.truth(1.0, 0.0)
+  context, dataset, datasets_O = ac.observe(x_true, y_true, context_noise=4.0, chain_noise=1.0, trial=0)
+  joined = ac.joined_table(context, dataset, datasets_O)
+  found = ts.additivity_intervals(joined, context, dataset, datasets_O, list(range(ac.COMPONENTS)),
+                                  list(range(ac.DATASETS)), ac.DELTA_H, num_resamples=50)
+  assert not found.slope_determined() and found.noise_share >= ts.MAX_NOISE_SHARE
+  assert tv.additivity_line(0.3, 0.2, found).startswith(
+      f"additivity (eq. 45): slope not determined (noise is {found.noise_share:.0%} of the horizontal spread; "
+      "least squares 0.30), r = 0.20; ")
 
 
 def test_additivity_intervals_refuse_a_dataset_observed_in_one_context():

@@ -133,6 +133,9 @@ def additivity(per_token_table, dataset_table, delta_h: float):
   return joined, slope, r
 
 
+MAX_NOISE_SHARE = 0.5
+
+
 class AdditivityIntervals(NamedTuple):
   """Error bars of the additivity view (eq. 45), one row per cell of `additivity`'s `joined` (N = component ×
   dataset), from `additivity_intervals`."""
@@ -143,6 +146,12 @@ class AdditivityIntervals(NamedTuple):
   chi_interval_Nx2: np.ndarray  # dataset-level χ
   difference_interval_Nx2: np.ndarray  # dataset-level χ − δh·mean per-token χ: 0 where the per-token χ add up
   level: float
+  noise_share: float  # of the spread of δh·mean per-token χ over the cells (the demo: 0.04–0.09)
+
+  def slope_determined(self) -> bool:
+    """False where noise is half or more of the horizontal spread: the correction (÷ (1 − share)) then rests on a
+    noisy share and the slope says little (more contexts or chains would)."""
+    return self.noise_share < MAX_NOISE_SHARE
 
   def off_line_N(self) -> np.ndarray:
     """[N] cells whose difference's interval excludes 0: the per-token χ do not add up to the dataset's there."""
@@ -196,15 +205,17 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
 
   usable = tuple(i[np.isfinite(x0_CxD[cells] + y0_CxD[cells] + var_x_chains[cells] + cov_xy[cells])] for i in cells)
 
+  noise_x = lambda chains_scale, contexts_scale_D: np.mean(
+      (chains_scale * var_x_chains + contexts_scale_D * var_x_contexts)[usable])
+
   def slope(x_CxD, y_CxD, chains_scale, contexts_scale_D):
     """The cells' slope (a component with < 2 valid chains left out)."""
     x, y = x_CxD[usable], y_CxD[usable]
     if not correct_slope:
       return np.polyfit(x, y, 1)[0]
-    noise_x = np.mean((chains_scale * var_x_chains + contexts_scale_D * var_x_contexts)[usable])
     var_x = np.var(x, ddof=1)
     return (np.cov(x, y)[0, 1] - chains_scale * np.mean(cov_xy[usable])) / max(
-        var_x - noise_x, structure.MIN_RELIABILITY * var_x)
+        var_x - noise_x(chains_scale, contexts_scale_D), structure.MIN_RELIABILITY * var_x)
 
   rng = np.random.default_rng(seed)
   xs, ys, slopes = [], [], []
@@ -225,7 +236,8 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
       slope_corrected=float(point), slope_interval=structure.interval_about(point, np.array(slopes), level),
       predicted_interval_Nx2=structure.interval_about(x_N, xs, level),
       chi_interval_Nx2=structure.interval_about(y_N, ys, level),
-      difference_interval_Nx2=structure.interval_about(y_N - x_N, ys - xs, level), level=level)
+      difference_interval_Nx2=structure.interval_about(y_N - x_N, ys - xs, level), level=level,
+      noise_share=float(noise_x(1.0, 1.0) / np.var(x0_CxD[usable], ddof=1)))
 
 
 def _nanmean(values, axis):

@@ -231,8 +231,11 @@ def additivity_line(slope: float, r: float, intervals=None) -> str:
     return f"additivity (eq. 45): slope {slope:.2f}, r = {r:.2f}"
   low, high = intervals.slope_interval
   off = intervals.off_line_N()
-  return (f"additivity (eq. 45): slope {intervals.slope_corrected:.2f} [{low:.2f}, {high:.2f}] "
-          f"(least squares {slope:.2f}), r = {r:.2f}; {off.sum()} of {off.size} off the line")
+  fitted = (f"slope {intervals.slope_corrected:.2f} [{low:.2f}, {high:.2f}] (least squares {slope:.2f})"
+            if intervals.slope_determined() else
+            f"slope not determined (noise is {intervals.noise_share:.0%} of the horizontal spread; least squares "
+            f"{slope:.2f})")
+  return f"additivity (eq. 45): {fitted}, r = {r:.2f}; {off.sum()} of {off.size} off the line"
 
 
 def plot_comparisons(table, heads, path) -> Path:
