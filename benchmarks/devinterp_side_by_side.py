@@ -104,12 +104,13 @@ class Settings:
   delta_h: float = 0.1  # our probe fraction (devinterp evaluates probes apart)
   num_base: int = 2048  # base contexts when they are random
   seed: int = 0
+  mala_every: int = 10  # ours: MALA acceptance every this many draws (our default; devinterp's job measures none)
 
   def sgld_config(self):
     """Our SGLDConfig of these settings (devinterp's job takes the same numbers from the job file)."""
     import suscept_jax as sj
     return sj.SGLDConfig(step_size=self.step_size, nbeta=self.nbeta, localization=self.localization,
-                         num_chains=self.num_chains, num_draws=self.num_draws)
+                         num_chains=self.num_chains, num_draws=self.num_draws, mala_every=self.mala_every)
 
   @property
   def probe_rows(self) -> int:
@@ -527,6 +528,8 @@ def parse_args(argv=None):
                       "default without it): uniform base, probes 'repeats' and 'narrow'")
   for field in ("num_chains", "num_draws", "batch_size"):
     parser.add_argument(f"--{field}", type=int)
+  parser.add_argument("--mala_every", type=int, help="ours: MALA acceptance every this many draws (default 10, "
+                      "our default; 0: none, the same work as devinterp's job, which measures none)")
   parser.add_argument("--components", nargs="+", help="component specs (default: every head and 'full')")
   parser.add_argument("--work_dir", default="runs/devinterp_side_by_side")
   parser.add_argument("--skip_devinterp", action="store_true", help="our half only (no comparison)")
@@ -544,8 +547,8 @@ def parse_args(argv=None):
 def main(argv=None) -> dict | None:
   args = parse_args(argv)
   settings = TINY if args.tiny else Settings()
-  settings = dataclasses.replace(settings, **{k: getattr(args, k) for k in ("num_chains", "num_draws", "batch_size")
-                                              if getattr(args, k) is not None})
+  settings = dataclasses.replace(settings, **{k: getattr(args, k) for k in ("num_chains", "num_draws", "batch_size",
+                                                                           "mala_every") if getattr(args, k) is not None})
   cfg, params, source = load_weights(settings, args.run_dir, args.checkpoint)
   contexts, contexts_source = load_contexts(cfg, settings, args)
   if args.write_contexts:
@@ -562,7 +565,9 @@ def main(argv=None) -> dict | None:
         f"base {contexts['base'].shape}, probes {probes} × {settings.probe_rows}\n"
         f"{len(components)} components × {settings.num_chains} chains × {settings.num_draws} draws × {len(probes)} "
         f"probes, batch {settings.batch_size}; ε {settings.step_size:g}, nβ {settings.nbeta:g}, "
-        f"γ {settings.localization:g}; load average {load:.2f}")
+        f"γ {settings.localization:g}; ours measures MALA acceptance "
+        f"{f'every {settings.mala_every} draws' if settings.mala_every else 'never (as devinterp here)'}; "
+        f"load average {load:.2f}")
   job_dir = Path(args.work_dir)
   write_job(job_dir, cfg, params, contexts, settings, components, args.devinterp_device)
   from suscept_jax.models.config import Numerics

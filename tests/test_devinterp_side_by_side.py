@@ -243,3 +243,10 @@ def test_contexts_from_dataset_specs_are_the_sweeps_tokenization_of_them(tiny, t
       sbs.load_contexts(cfg, settings, sbs.parse_args([*flags, "--tokenizer", str(tok)]))
   random, source = sbs.load_contexts(cfg, settings, sbs.parse_args(["--run_dir", str(run_dir), "--random_tokens"]))
   assert source == "random tokens" and list(random) == ["base", "repeats", "narrow"]
+
+
+def test_our_side_measures_mala_at_our_default_unless_told_to_do_devinterps_work():
+  import suscept_jax as sj
+  assert sbs.Settings().sgld_config().mala_every == sj.SGLDConfig().mala_every == 10
+  assert sbs.Settings(mala_every=0).sgld_config().mala_every == 0
+  assert sbs.parse_args(["--mala_every=0"]).mala_every == 0 and sbs.parse_args([]).mala_every is None
