@@ -365,17 +365,23 @@ NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chain
                   "a rerun with --overwrite gives them.</p>")
 
 
-def additivity_intervals(out: Path, joined, info):
-  """The additivity view's intervals from chains.npz, or None for results written before it was kept."""
+def additivity_intervals(out: Path, joined, info) -> tuple:
+  """(the additivity view's intervals from chains.npz or None, the paragraph saying what its error bars hold or
+  why there are none: results written before chains.npz was kept, or one context per dataset)."""
+  import html
+
   import numpy as np
 
   from suscept_jax.analysis import token_stats as ts
   if not (out / CHAINS).exists():
-    return None
+    return None, NO_CHAINS_NOTE
   with np.load(out / CHAINS) as chains:
-    return ts.additivity_intervals(joined, chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"],
-                                   chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
-                                   info["delta_h"])
+    try:
+      return ts.additivity_intervals(joined, chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"],
+                                     chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
+                                     info["delta_h"]), ADDITIVITY_NOTE
+    except ValueError as e:
+      return None, f"<p>No error bars: {html.escape(str(e))}.</p>"
 
 
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
@@ -461,14 +467,13 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():
       joined, slope, r = ts.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
-      intervals = additivity_intervals(Path(out), joined, info)
+      intervals, note = additivity_intervals(Path(out), joined, info)
       figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png", intervals)
       written.append(figure)
       line = tv.additivity_line(slope, r, intervals)
       print(line)
       sections["additivity"] = (line[0].upper() + line[1:],
-                                pages.embedded_png(figure, "additivity")
-                                + (ADDITIVITY_NOTE if intervals is not None else NO_CHAINS_NOTE))
+                                pages.embedded_png(figure, "additivity") + note)
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)

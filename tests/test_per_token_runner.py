@@ -225,7 +225,8 @@ def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_pa
   assert [f.name for f in (copy / "views").glob("extremes_*.html")] == ["extremes_l0h0.html"]
 
 
-def test_results_from_before_the_chains_were_kept_say_the_additivity_view_has_no_error_bars(finished, tmp_path):
+def test_the_additivity_view_says_why_it_has_no_error_bars(finished, tmp_path):
+  """Results from before chains.npz was kept, and a dataset observed in one context."""
   import shutil
   copy = tmp_path / "copy"
   shutil.copytree(finished[0], copy)
@@ -236,6 +237,18 @@ def test_results_from_before_the_chains_were_kept_say_the_additivity_view_has_no
   index = (copy / "views" / "index.html").read_text()
   assert "No error bars: these results were written before the chains' values were kept (chains.npz)" in index
   assert "off the line" not in index and "Highlighted text" in index
+  # one context of a dataset: no spread over its contexts, so no error bars, and the page says why
+  with np.load(finished[0] / "chains.npz") as chains:
+    arrays = dict(chains)
+  datasets_O = arrays["context_datasets_O"].tolist()
+  arrays["context_datasets_O"] = np.array([datasets_O[0]] * (len(datasets_O) - 1) + datasets_O[-1:])
+  np.savez(copy / "chains.npz", **arrays)
+  proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
+              "--views=additivity"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  index = (copy / "views" / "index.html").read_text()
+  assert "No error bars: additivity intervals need &gt;= 2 observed contexts of every dataset; have " in index
+  assert f": {len(datasets_O) - 1}, " in index and "off the line" not in index
 
 
 def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):
