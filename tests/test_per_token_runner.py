@@ -151,6 +151,8 @@ def test_two_processes_write_the_table_of_one(tiny, finished, tmp_path):
           for i in range(3)] == [True, False, False]
   pd.testing.assert_frame_equal(pd.read_parquet(two / "tokens.parquet"), pd.read_parquet(out / "tokens.parquet"))
   pd.testing.assert_frame_equal(pd.read_csv(two / "dataset_chi.csv"), pd.read_csv(out / "dataset_chi.csv"))
+  with np.load(two / "chains.npz") as split, np.load(out / "chains.npz") as whole:  # the additivity view's chains
+    assert split.files == whole.files and all(np.array_equal(split[k], whole[k]) for k in whole.files)
 
 
 @pytest.mark.parametrize("per_chunk,shares", [

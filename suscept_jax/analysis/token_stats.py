@@ -185,7 +185,7 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
     raise ValueError("additivity intervals need >= 2 observed contexts of every dataset; have "
                      + ", ".join(f"{d}: {len(m)}" for d, m in zip(datasets, members)))
   chain_mean = lambda v_CxKx, picks=slice(None): _nanmean(v_CxKx[:, picks], axis=1)
-  over_contexts = lambda v_CxO, picks_D: delta_h * np.stack([v_CxO[..., p].mean(-1) for p in picks_D], -1)
+  over_contexts = lambda v_xO, picks_D: delta_h * np.stack([v_xO[..., p].mean(-1) for p in picks_D], -1)  # [..., D]
   x_CxKxD = over_contexts(ctx_CxKxO, members)
   x0_CxD, y0_CxD = chain_mean(x_CxKxD), chain_mean(y_CxKxD)
   ctx_CxO = chain_mean(ctx_CxKxO)
