@@ -46,9 +46,7 @@ class PerTokenResult:
 
   def interval(self, level: float = 0.95) -> np.ndarray:
     """[C, O, J] half-widths of Student-t intervals (non-diverged chains − 1 d.o.f.)."""
-    used = np.array([self.chi_per_chain.shape[1] - len(self.diagnostics[c].diverged_chains)
-                     for c in self.component_names])
-    return estimators.t_quantile(used, level)[:, None, None] * self.chi_stderr
+    return estimators.t_quantile(self.valid_chains().sum(1), level)[:, None, None] * self.chi_stderr
 
   def valid_chains(self) -> np.ndarray:
     """[C, K] the chains that did not diverge (their values count; the others' are NaN below)."""

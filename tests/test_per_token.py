@@ -125,6 +125,10 @@ def test_additivity_on_shared_samples(problem):
   assert np.isnan(one_diverged.context_means_per_chain()[1, 3]).all()
   assert np.isnan(one_diverged.dataset_chi_per_chain()[:, 1, 3]).all()
   assert np.isfinite(one_diverged.context_means_per_chain()[0]).all()
+  from suscept_jax import estimators  # Student-t half-widths at the chains each component kept (8, and 7 there)
+  half_widths = one_diverged.interval(0.95) / res.chi_stderr
+  assert np.allclose(half_widths[0], estimators.t_quantile(8, 0.95)) and np.allclose(
+      half_widths[1], estimators.t_quantile(7, 0.95)) and estimators.t_quantile(7, 0.95) > 2.4
 
 
 def test_bad_inputs(problem):
