@@ -473,7 +473,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       line = tv.additivity_line(slope, r, intervals)
       print(line)
       sections["additivity"] = (line[0].upper() + line[1:],
-                                pages.embedded_png(figure, "additivity") + note)
+                                pages.embedded_png(figure, "additivity") + note + tv.off_line_html(joined, intervals))
   if "comparisons" in views:
     figure = tv.plot_comparisons(table, heads, views_dir / "comparisons.png")
     written.append(figure)

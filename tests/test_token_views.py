@@ -162,6 +162,11 @@ def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
   low, high = found.slope_interval
   assert low < found.slope_corrected < high and found.difference_interval_Nx2.shape == (len(joined), 2)
   assert found.slope_determined() and 0 < found.noise_share < 0.1, found.noise_share
+  table = tv.off_line_html(joined, found)
+  assert table.startswith("<p>Off the line:</p>") and table.count("<tr>") == off.sum()  # one row per cell
+  first = table.split("<tbody>")[1].split("</tr>")[0]
+  assert "<td>2</td>" in first and "<td>3</td>" in first  # the cell moved most comes first
+  assert tv.off_line_html(joined, None) == ""
   line = tv.additivity_line(1.0, 0.9, found)
   assert line.startswith(f"additivity (eq. 45): slope {found.slope_corrected:.2f} [{low:.2f}, {high:.2f}] "
                          "(least squares 1.00), r = 0.90; ") and line.endswith(f"{off.sum()} of 81 off the line")

@@ -238,6 +238,21 @@ def additivity_line(slope: float, r: float, intervals=None) -> str:
   return f"additivity (eq. 45): {fitted}, r = {r:.2f}; {off.sum()} of {off.size} off the line"
 
 
+def off_line_html(joined, intervals) -> str:
+  """A table of the additivity view's cells off the line, largest difference first, each with its difference's
+  interval ('' where none is off or there are no intervals)."""
+  import pandas as pd
+  if intervals is None or not intervals.off_line_N().any():
+    return ""
+  off = intervals.off_line_N()
+  low, high = intervals.difference_interval_Nx2[off].T
+  difference = (joined.chi - joined.predicted)[off]
+  frame = pd.DataFrame({"component": joined.component[off], "dataset": joined.dataset[off],
+                        "dataset-level χ": joined.chi[off], "δh·mean per-token χ": joined.predicted[off],
+                        "difference": difference, "95 % interval": [f"[{a:.3g}, {b:.3g}]" for a, b in zip(low, high)]})
+  return "<p>Off the line:</p>" + table_html(frame.loc[difference.abs().sort_values(ascending=False).index])
+
+
 def plot_comparisons(table, heads, path) -> Path:
   """Hexbin densities of per-token χ against the zero-ablation delta and against the loss at w*, per head,
   with Pearson r (Fig. 7, Fig. 31)."""
