@@ -365,7 +365,7 @@ NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chain
                   "a rerun with --overwrite gives them.</p>")
 
 
-def additivity_intervals(out: Path, joined, info) -> tuple:
+def load_additivity_intervals(out: Path, joined, info) -> tuple:
   """(the additivity view's intervals from chains.npz or None, the paragraph saying what its error bars hold or
   why there are none: results written before chains.npz was kept, or one context per dataset)."""
   import html
@@ -467,7 +467,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     dataset_csv = Path(out) / "dataset_chi.csv"
     if dataset_csv.exists():
       joined, slope, r = ts.additivity(table, pd.read_csv(dataset_csv), info["delta_h"])
-      intervals, note = additivity_intervals(Path(out), joined, info)
+      intervals, note = load_additivity_intervals(Path(out), joined, info)
       figure = tv.plot_additivity(joined, slope, r, views_dir / "additivity.png", intervals)
       written.append(figure)
       line = tv.additivity_line(slope, r, intervals)

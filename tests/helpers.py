@@ -95,3 +95,16 @@ class CountingBar:
   def update(self, n=1):
     self.n += n
     self.updates += 1
+
+
+def record_calls(monkeypatch, owner, name: str) -> list:
+  """[(args, kwargs)] of every call of owner.name from now to the test's end, each still made (a spy on, e.g.,
+  matplotlib's Axes.fill_between, to check what a figure draws)."""
+  calls, original = [], getattr(owner, name)
+
+  def spy(*args, **kwargs):
+    calls.append((args[1:], kwargs))  # (without the bound object: the Axes)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(owner, name, spy)
+  return calls

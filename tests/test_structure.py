@@ -4,6 +4,7 @@ import pytest
 
 from benchmarks import structure_calibration
 from suscept_jax.analysis import structure as st
+from tests.helpers import record_calls
 
 BARE = dict(point_loadings_kxH=None, noise_matched_BxkxH=None)  # the bare percentiles, to compare with
 
@@ -697,7 +698,7 @@ def test_the_calibration_benchmark_prints_every_table(capsys):
   assert "--trials=1 must be >= 2" in capsys.readouterr().err
 
 
-def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path):
+def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path, monkeypatch):
   """The PC time series with the rows' bands (one filled area per dataset and PC), and a step axis whose ticks
   are 0 and the powers of ten past the linear part (the default labelled 10² on top of 0 when the first
   checkpoint after 0 was 1000)."""
@@ -709,14 +710,11 @@ def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path):
   datasets_R = np.tile(["a", "b"], 5)
   scores_Rxk = np.random.default_rng(0).normal(size=(10, 2))
   intervals = np.stack([scores_Rxk - 1, scores_Rxk + 1], -1)
-  drawn = []
-  original = plt.Axes.fill_between
-  plt.Axes.fill_between = lambda ax, *a, **k: drawn.append(a) or original(ax, *a, **k)
-  try:
-    path = structure_plots.plot_pc_time_series(scores_Rxk, datasets_R, steps_R, 2, tmp_path / "pcs.png",
-                                               intervals_Rxkx2=intervals)
-  finally:
-    plt.Axes.fill_between = original
+  calls = record_calls(monkeypatch, plt.Axes, "fill_between")
+  path = structure_plots.plot_pc_time_series(scores_Rxk, datasets_R, steps_R, 2, tmp_path / "pcs.png",
+                                             intervals_Rxkx2=intervals)
+  monkeypatch.undo()
+  drawn = [args for args, _ in calls]
   assert path.stat().st_size > 10_000 and len(drawn) == 2 * 2
   assert [structure_plots.pc_name(j, [True, False]) for j in (0, 1)] == ["PC1", "PC2 (unstable)"]
   assert structure_plots.pc_name(1) == "PC2"

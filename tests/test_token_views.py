@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks import additivity_calibration
 from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
+from tests.helpers import record_calls
 
 
 @pytest.mark.parametrize("chi,scheme,expected", [
@@ -149,7 +150,7 @@ def test_additivity_intervals_hold_a_known_slope_and_each_cells_difference(slope
     assert found["off line"] >= 0.25, found
 
 
-def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
+def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path, monkeypatch):
   ac = additivity_calibration
   x_true, y_true = ac.truth(1.0, 0.0)
   y_true[2, 3] += 4.0  # one component × dataset whose dataset-level χ the per-token χ do not add up to
@@ -173,18 +174,12 @@ def test_a_cell_off_the_line_is_called_off_and_drawn_ringed(tmp_path):
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
-  drawn = {}
-  original_errorbar, original_scatter = plt.Axes.errorbar, plt.Axes.scatter
-  try:
-    plt.Axes.errorbar = lambda ax, *a, **k: drawn.setdefault("errorbars", []).append(k) or original_errorbar(
-        ax, *a, **k)
-    plt.Axes.scatter = lambda ax, *a, **k: drawn.setdefault("scatters", []).append(k) or original_scatter(ax, *a, **k)
-    assert tv.plot_additivity(joined, 1.0, 0.9, tmp_path / "a.png", found).stat().st_size > 5000
-  finally:
-    plt.Axes.errorbar, plt.Axes.scatter = original_errorbar, original_scatter
-  assert len(drawn["errorbars"]) == ac.COMPONENTS  # one set of bars per component, on both axes
-  assert all(k["xerr"].shape == (2, ac.DATASETS) and (k["yerr"] >= 0).all() for k in drawn["errorbars"])
-  assert drawn["scatters"][-1]["label"] == "off the line"
+  errorbars, scatters = (record_calls(monkeypatch, plt.Axes, name) for name in ("errorbar", "scatter"))
+  assert tv.plot_additivity(joined, 1.0, 0.9, tmp_path / "a.png", found).stat().st_size > 5000
+  monkeypatch.undo()
+  assert len(errorbars) == ac.COMPONENTS  # one set of bars per component, on both axes
+  assert all(k["xerr"].shape == (2, ac.DATASETS) and (k["yerr"] >= 0).all() for _, k in errorbars)
+  assert scatters[-1][1]["label"] == "off the line"
 
 
 def test_a_slope_whose_noise_is_most_of_the_spread_is_called_not_determined():

@@ -108,7 +108,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       structure_plots.plot_scree(pca, stability, fig_dir / "scree.png"),
       structure_plots.plot_loadings(pca, data.components, num_pcs, fig_dir / "loadings.png", stable_k=stable_k),
       structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png", checkpoints=coupling_steps,
-                                     clear={d: _excludes_zero(i) for d, i in coupling_intervals.items()},
+                                     clear={d: structure.excludes_zero(i) for d, i in coupling_intervals.items()},
                                      stable_k=stable_k),
       structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png",
                                         stable_k=stable_k),
@@ -199,18 +199,12 @@ def _r_text(r: float, lo_hi) -> str:
   return f"{r:+.2f}" + (f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi).all() else "")
 
 
-def _excludes_zero(lo_hi_kx2) -> np.ndarray:
-  """[k] whether each interval lies on one side of 0 (False where NaN)."""
-  lo_hi = np.asarray(lo_hi_kx2, np.float64)
-  return np.isfinite(lo_hi).all(-1) & (np.prod(lo_hi, -1) > 0)
-
-
 def _couplings_table(couplings: dict, intervals: dict, stable_k, num_pcs: int) -> str:
   """Each dataset's coupling to PC1..k (as in the figure, before its columns are normalised), with the 95 %
   interval of the noiseless matrix's coupling (`structure.data_coupling_intervals`)."""
   def cell(value, lo_hi):
     text = f"{value:+#.3g}" + (f" [{lo_hi[0]:+#.3g}, {lo_hi[1]:+#.3g}]" if np.isfinite(lo_hi).all() else "")
-    return f"<td class=\"clear\">{text}</td>" if _excludes_zero(lo_hi) else f"<td>{text}</td>"
+    return f"<td class=\"clear\">{text}</td>" if structure.excludes_zero(lo_hi) else f"<td>{text}</td>"
 
   header = "".join(f"<th>{structure_plots.pc_name(j, stable_k)}</th>" for j in range(num_pcs))
   rows = "".join(f"<tr><td>{html.escape(str(d))}</td>" + "".join(cell(c[j], intervals[d][j]) for j in range(num_pcs))
@@ -277,7 +271,7 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
 
 def _clear_couplings_text(couplings: dict, intervals: dict, j: int, most: int = 4) -> str:
   """The datasets whose coupling to PC j has an interval excluding 0, largest first (at most `most` named)."""
-  clear = sorted((d for d in couplings if _excludes_zero(intervals[d])[j]), key=lambda d: -abs(couplings[d][j]))
+  clear = sorted((d for d in couplings if structure.excludes_zero(intervals[d])[j]), key=lambda d: -abs(couplings[d][j]))
   if not clear:
     return "no dataset's coupling interval excludes 0"
   named = ", ".join(f"{d} {couplings[d][j]:+#.3g}" for d in clear[:most])
@@ -295,7 +289,7 @@ def _strongest_label_text(found: _LabelCorrelations, j: int, stable: bool = True
   finite = [n for n in found.r if np.isfinite(found.r[n][j])]
   if not finite:
     return "no head label varies across these heads"
-  clear = [n for n in finite if _excludes_zero(found.interval[n][j])]
+  clear = [n for n in finite if structure.excludes_zero(found.interval[n][j])]
   name = max(clear or finite, key=lambda n: abs(found.r[n][j]))
   text = f"r with {name} {_r_text(found.r[name][j], found.interval[name][j])}"
   if clear:

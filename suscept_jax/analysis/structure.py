@@ -125,6 +125,19 @@ def interval_about(centre, resampled_B, level: float) -> np.ndarray:
   return np.moveaxis(centre + offsets_2x, 0, -1)
 
 
+def excludes_zero(lo_hi_x2) -> np.ndarray:
+  """[...] whether each interval ([..., 2]) lies wholly on one side of 0 (False where NaN)."""
+  lo_hi = np.asarray(lo_hi_x2, np.float64)
+  return np.isfinite(lo_hi).all(-1) & (np.prod(lo_hi, -1) > 0)
+
+
+def resampled_noise_scale(widening, num_draws):
+  """The noise a resample moved `widening` × (resample − point) away carries, in units of the point's noise
+  variance: the point's own plus the deviation's, whose variance over a bootstrap of n draws is (n−1)/n of it at
+  widening 1. What a noise correction taken at a resample's own level multiplies by."""
+  return 1 + np.asarray(widening) ** 2 * (np.asarray(num_draws) - 1) / np.asarray(num_draws)
+
+
 MIN_RELIABILITY = 0.1  # a column whose noise seems to be all its spread still keeps √0.1 of its scale (no 1/0)
 
 
@@ -171,8 +184,7 @@ def corrected_scores(X_RxH: np.ndarray, resample, stderr_RxH: np.ndarray, num_pc
     return Z.scores_Rxk[:, :num_pcs] * signs_k / alpha_k
 
   widening = small_sample_widening(num_chains, level)
-  # a widened resample's noise: X's plus the deviation's, whose variance is (K−1)/K of X's at factor 1
-  widened_noise_scale = 1 + widening ** 2 * (num_chains - 1) / num_chains
+  widened_noise_scale = float(resampled_noise_scale(widening, num_chains))
   rng = np.random.default_rng(seed)
   resampled = [corrected_Rxk(X + widening * (resample(rng) - X), widened_noise_scale) for _ in range(num_resamples)]
   return CorrectedScores(point_Rxk=corrected_Rxk(X, 1.0), resampled_BxRxk=np.array(resampled), level=level)

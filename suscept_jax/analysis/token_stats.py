@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from suscept_jax.analysis import structure
+
 
 def head_rows(table, head: str):
   t = table[table.component == head]
@@ -155,7 +157,7 @@ class AdditivityIntervals(NamedTuple):
 
   def off_line_N(self) -> np.ndarray:
     """[N] cells whose difference's interval excludes 0: the per-token χ do not add up to the dataset's there."""
-    return (self.difference_interval_Nx2[:, 0] > 0) | (self.difference_interval_Nx2[:, 1] < 0)
+    return structure.excludes_zero(self.difference_interval_Nx2)
 
 
 def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_datasets_O, components, datasets,
@@ -176,7 +178,6 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
   (correct_slope=False: the plain least-squares slope's resamples, for that comparison).
 
   Shape letters: C components, K chains, O observed contexts, P probes (= datasets), D datasets, N cells."""
-  from suscept_jax.analysis import structure
   ctx_CxKxO = np.asarray(context_chi_CxKxO, np.float64)
   y_CxKxD = np.moveaxis(np.asarray(dataset_chi_PxCxK, np.float64), 0, -1)
   C, K, _ = ctx_CxKxO.shape
@@ -227,8 +228,8 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
     dy_K = np.where(np.isfinite(y_chains), y_chains, y0_CxD) - y0_CxD
     dx_D = over_contexts(ctx_CxO, contexts) - x0_CxD
     xs.append((x0_CxD + w_K * dx_K + w_D * dx_D)[cells]), ys.append((y0_CxD + w_K * dy_K)[cells])
-    slopes.append(slope(x0_CxD + w_K * dx_K + c_D * dx_D, y0_CxD + w_K * dy_K, 1 + w_K ** 2 * (K - 1) / K,
-                        1 + c_D ** 2 * (n_D - 1) / n_D))
+    slopes.append(slope(x0_CxD + w_K * dx_K + c_D * dx_D, y0_CxD + w_K * dy_K,
+                        structure.resampled_noise_scale(w_K, K), structure.resampled_noise_scale(c_D, n_D)))
   x_N, y_N = joined.predicted.to_numpy(np.float64), joined.chi.to_numpy(np.float64)
   xs, ys = np.array(xs), np.array(ys)
   point = slope(x0_CxD, y0_CxD, 1.0, 1.0)
