@@ -61,11 +61,30 @@ class PerTokenResult:
       means_CxKxO = np.nanmean(self.chi_per_chain.reshape(self.chi_per_chain.shape[:3] + (-1,)), axis=-1)
     return np.where(self.valid_chains()[..., None], means_CxKxO, np.nan)
 
+  def sign_totals_per_chain(self) -> tuple[np.ndarray, np.ndarray]:
+    """([C, K, O], [C, K, O]) each context's per-token χ on each chain summed over the tokens of each sign
+    (`sign_sums_per_chain`): what Table 1's error bars need (`token_stats.sign_totals`)."""
+    return sign_sums_per_chain(self.chi_per_chain, self.valid_chains())
+
   def dataset_chi_per_chain(self) -> np.ndarray | None:
     """[P, C, K] the dataset-level χ of `probes` on each chain, NaN for a diverged chain (None without probes)."""
     if self.dataset is None:
       return None
     return np.where(self.valid_chains()[None], self.dataset.chi_per_chain, np.nan)
+
+
+def sign_sums_per_chain(chi_per_chain_CxKxOxJ, valid_CxK) -> tuple[np.ndarray, np.ndarray]:
+  """([C, K, O], [C, K, O]): each context's per-token χ on each chain, summed over its tokens whose χ (the mean over
+  the valid chains) is positive, and over those whose χ is negative; NaN for an invalid chain. Their means over
+  chains are the context's total positive and negative χ, their spread the totals' first-order chain noise. A
+  value a chain lacks (it never observed that token) counts as the mean."""
+  x_CxKxOxJ = np.asarray(chi_per_chain_CxKxOxJ, np.float64)
+  valid_CxK = np.asarray(valid_CxK, bool)
+  chi_CxOxJ = estimators.mean_and_stderr(np.moveaxis(x_CxKxOxJ, 1, 0), valid_CxK.T)[0]
+  filled_CxKxOxJ = np.where(np.isnan(x_CxKxOxJ), chi_CxOxJ[:, None], x_CxKxOxJ)
+  sums = lambda picked_CxOxJ: np.where(picked_CxOxJ[:, None], filled_CxKxOxJ, 0.0).reshape(
+      x_CxKxOxJ.shape[:3] + (-1,)).sum(-1)
+  return tuple(np.where(valid_CxK[..., None], sums(picked), np.nan) for picked in (chi_CxOxJ > 0, chi_CxOxJ < 0))
 
 
 def estimate_per_token_susceptibilities(

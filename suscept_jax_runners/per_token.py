@@ -280,6 +280,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       keep = slice(0, min(chunk, num - i * chunk))
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
                 "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
+      arrays["positive_CxKxO"], arrays["negative_CxKxO"] = (a[:, :, keep] for a in res.sign_totals_per_chain())
       if res.dataset is not None:
         arrays["dataset_chi_PxCxK"] = res.dataset_chi_per_chain()
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
@@ -337,20 +338,28 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
 
 
 def write_chains(out: Path, parts, context_datasets_O) -> None:
-  """chains.npz: each context's mean per-token χ per chain and the dataset-level χ per chain, for the additivity
-  view's intervals (`token_stats.additivity_intervals`). Not written from units of a version that kept none."""
+  """chains.npz: per chain, each context's mean per-token χ and its totals by sign, and the dataset-level χ: what
+  the intervals of the additivity view (`token_stats.additivity_intervals`) and of the totals
+  (`token_stats.sign_totals`) are made from. An array is left out where a chunk's unit (of an earlier version)
+  lacks it; the file is not written where no array is left."""
   import io
 
   import numpy as np
 
   from suscept_jax.paths import atomic_write_bytes
-  if not all("context_chi_CxKxO" in arrays for arrays, _ in parts) or "dataset_chi_PxCxK" not in parts[0][0]:
+  arrays = {key: np.concatenate([a[key] for a, _ in parts], axis=2) for key in PER_CONTEXT_CHAINS
+            if all(key in a for a, _ in parts)}
+  if "dataset_chi_PxCxK" in parts[0][0]:
+    arrays["dataset_chi_PxCxK"] = parts[0][0]["dataset_chi_PxCxK"]
+  if not arrays:
     (out / CHAINS).unlink(missing_ok=True)
     return
   buf = io.BytesIO()
-  np.savez(buf, context_chi_CxKxO=np.concatenate([a["context_chi_CxKxO"] for a, _ in parts], axis=2),
-           dataset_chi_PxCxK=parts[0][0]["dataset_chi_PxCxK"], context_datasets_O=np.array(context_datasets_O))
+  np.savez(buf, **arrays, context_datasets_O=np.array(context_datasets_O))
   atomic_write_bytes(out / CHAINS, buf.getvalue())
+
+
+PER_CONTEXT_CHAINS = ("context_chi_CxKxO", "positive_CxKxO", "negative_CxKxO")
 
 
 ADDITIVITY_NOTE = (
@@ -361,8 +370,40 @@ ADDITIVITY_NOTE = (
     "On shared chains eq. 45 predicts slope 1.</p>")
 
 
-NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values were kept (chains.npz); "
-                  "a rerun with --overwrite gives them.</p>")
+NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values this view needs were "
+                  "kept (chains.npz); a rerun with --overwrite gives them.</p>")
+
+
+TOTALS_NOTE = (
+    "<p>Per component × dataset, over the observed tokens (Table 1). Intervals (95 %) hold what endless chains would "
+    "give on these tokens. Chain noise turns a token's χ positive or negative at random, so it inflates both totals "
+    "by sign (they cancel in the sum), by at most the noise floor: the interval of a true total positive therefore "
+    "reaches the floor below the measured total (a negative's, above it). Where the floor is much of a total, "
+    "much of that total may be noise; the floor shrinks as 1/√chains.</p>")
+
+
+def chains_with(out: Path, keys) -> dict | None:
+  """The arrays `keys` (and the contexts' datasets) of chains.npz, or None where it or one of them is missing
+  (results of an earlier version)."""
+  import numpy as np
+  if not (out / CHAINS).exists():
+    return None
+  with np.load(out / CHAINS) as chains:
+    if not all(k in chains.files for k in keys):
+      return None
+    return {k: chains[k] for k in (*keys, "context_datasets_O")}
+
+
+def load_sign_totals(out: Path, table, info) -> tuple:
+  """(Table 1 with intervals, `token_stats.sign_totals`, or None; the paragraph saying what its intervals hold
+  or why there are none)."""
+  from suscept_jax.analysis import token_stats as ts
+  chains = chains_with(out, ("positive_CxKxO", "negative_CxKxO"))
+  if chains is None:
+    return None, NO_CHAINS_NOTE
+  return ts.sign_totals(table, chains["positive_CxKxO"], chains["negative_CxKxO"],
+                        chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
+                        info["delta_h"]), TOTALS_NOTE
 
 
 def load_additivity_intervals(out: Path, joined, info) -> tuple:
@@ -370,18 +411,16 @@ def load_additivity_intervals(out: Path, joined, info) -> tuple:
   why there are none: results written before chains.npz was kept, or one context per dataset)."""
   import html
 
-  import numpy as np
-
   from suscept_jax.analysis import token_stats as ts
-  if not (out / CHAINS).exists():
+  chains = chains_with(out, ("context_chi_CxKxO", "dataset_chi_PxCxK"))
+  if chains is None:
     return None, NO_CHAINS_NOTE
-  with np.load(out / CHAINS) as chains:
-    try:
-      return ts.additivity_intervals(joined, chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"],
-                                     chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
-                                     info["delta_h"]), ADDITIVITY_NOTE
-    except ValueError as e:
-      return None, f"<p>No error bars: {html.escape(str(e))}.</p>"
+  try:
+    return ts.additivity_intervals(joined, chains["context_chi_CxKxO"], chains["dataset_chi_PxCxK"],
+                                   chains["context_datasets_O"].tolist(), info["components"], info["datasets"],
+                                   info["delta_h"]), ADDITIVITY_NOTE
+  except ValueError as e:
+    return None, f"<p>No error bars: {html.escape(str(e))}.</p>"
 
 
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
@@ -453,8 +492,17 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     per_head, per_token = ts.totals(table)
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
-    sections["totals"] = ("Total positive and negative χ",
-                          pages.table_html(per_head.reset_index()) + pages.embedded_png(figure, "totals"))
+    by_sign, note = load_sign_totals(Path(out), table, info)
+    if by_sign is None:
+      body = note + pages.table_html(per_head.reset_index())
+      for stale in ("totals.csv", "sign_totals.png"):  # of an earlier render
+        (views_dir / stale).unlink(missing_ok=True)
+    else:
+      atomic_write_bytes(views_dir / "totals.csv", by_sign.to_csv(index=False, float_format="%.6g").encode())
+      sign_figure = tv.plot_sign_totals(by_sign, heads, views_dir / "sign_totals.png")
+      written.extend([views_dir / "totals.csv", sign_figure])
+      body = note + pages.embedded_png(sign_figure, "totals by sign") + tv.sign_totals_html(by_sign)
+    sections["totals"] = ("Total positive and negative χ", body + pages.embedded_png(figure, "totals by token"))
   if "bimodal" in views:
     head, token, candidates = ts.pick_histogram_token(table, heads, token)
     figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")

@@ -119,16 +119,33 @@ def test_additivity_on_shared_samples(problem):
   # what the additivity view's chain resampling reads: per chain, each context's mean χ and the dataset-level χ
   np.testing.assert_allclose(res.context_means_per_chain().mean(1), res.chi.mean(-1), rtol=1e-10)
   np.testing.assert_allclose(res.dataset_chi_per_chain().mean(-1), dataset.chi, rtol=1e-10)
+  # and Table 1's: per chain, each context's χ summed over its tokens of each sign; averaged, the totals by sign
+  positive_CxKxO, negative_CxKxO = res.sign_totals_per_chain()
+  np.testing.assert_allclose(positive_CxKxO.mean(1), np.clip(res.chi, 0, None).sum(-1), rtol=1e-10)
+  np.testing.assert_allclose(negative_CxKxO.mean(1), np.clip(res.chi, None, 0).sum(-1), rtol=1e-10)
   name = res.component_names[1]
   one_diverged = dataclasses.replace(res, diagnostics={**res.diagnostics, name: dataclasses.replace(
       res.diagnostics[name], diverged_chains=[3])})
   assert np.isnan(one_diverged.context_means_per_chain()[1, 3]).all()
   assert np.isnan(one_diverged.dataset_chi_per_chain()[:, 1, 3]).all()
   assert np.isfinite(one_diverged.context_means_per_chain()[0]).all()
+  assert np.isnan(one_diverged.sign_totals_per_chain()[0][1, 3]).all()
+  assert np.isfinite(one_diverged.sign_totals_per_chain()[1][1, :3]).all()
   from suscept_jax import estimators  # Student-t half-widths at the chains each component kept (8, and 7 there)
   half_widths = one_diverged.interval(0.95) / res.chi_stderr
   assert np.allclose(half_widths[0], estimators.t_quantile(8, 0.95)) and np.allclose(
       half_widths[1], estimators.t_quantile(7, 0.95)) and estimators.t_quantile(7, 0.95) > 2.4
+
+
+def test_sign_sums_per_chain_pick_tokens_by_the_chains_mean():
+  """A token counts for a sign by its χ over the valid chains (not by each chain's value), a value a chain lacks
+  counts as that mean, and an invalid chain's sums are NaN."""
+  from suscept_jax import per_token
+  x_CxKxOxJ = np.array([[[[3.0, -1.0, 2.0]], [[-1.0, -3.0, np.nan]], [[100.0, 100.0, 100.0]]]])  # [1, 3, 1, 3]
+  positive, negative = per_token.sign_sums_per_chain(x_CxKxOxJ, np.array([[True, True, False]]))
+  # chains 0 and 1: token χ 1, −2 and 2 (chain 1 lacks the third: it counts as 2)
+  np.testing.assert_array_equal(positive[0, :, 0], [5.0, 1.0, np.nan])
+  np.testing.assert_array_equal(negative[0, :, 0], [-1.0, -3.0, np.nan])
 
 
 def test_bad_inputs(problem):

@@ -77,6 +77,41 @@ def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
   assert "a" + heading[1:] in finished[1].stdout.splitlines()  # and the line in the terminal
 
 
+def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_path):
+  """chains.npz holds, per chain, each context's χ summed over the tokens of each sign (averaged over chains: the
+  table's totals by sign); the totals view shows Table 1 with intervals from them (views/totals.csv), and, from a
+  results directory written before they were kept, says it has no error bars."""
+  import shutil
+  out, _ = finished
+  table = pd.read_parquet(out / "tokens.parquet")
+  info = json.loads((out / "per_token.json").read_text())
+  with np.load(out / "chains.npz") as chains:
+    positive_CxKxO, negative_CxKxO = chains["positive_CxKxO"], chains["negative_CxKxO"]
+  assert positive_CxKxO.shape == negative_CxKxO.shape == (3, 2, 6)
+  chi = table.chi.to_numpy()
+  by_context = lambda kept: table.assign(kept=np.where(kept, chi, 0.0)).groupby(
+      ["component", "dataset", "context"], sort=False).kept.sum()
+  for c, comp in enumerate(info["components"]):
+    np.testing.assert_allclose(positive_CxKxO[c].mean(0), by_context(chi > 0)[comp].to_numpy(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(negative_CxKxO[c].mean(0), by_context(chi < 0)[comp].to_numpy(), rtol=1e-4, atol=1e-9)
+  totals = pd.read_csv(out / "views" / "totals.csv")
+  assert len(totals) == 3 * 2 and (totals.chains == 2).all() and (totals.noise_floor > 0).all()
+  index = (out / "views" / "index.html").read_text()
+  assert "noise floor ±" in index and "Chain noise turns a token" in index
+  assert (out / "views" / "sign_totals.png").stat().st_size > 5000
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  with np.load(copy / "chains.npz") as chains:  # as the thirty-sixth session's runner wrote it
+    kept = {k: chains[k] for k in chains.files if k not in ("positive_CxKxO", "negative_CxKxO")}
+  np.savez(copy / "chains.npz", **kept)
+  proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
+              "--views=totals,additivity"])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  index = (copy / "views" / "index.html").read_text()
+  assert index.count("No error bars") == 1 and "noise floor ±" not in index and "off the line" in index
+  assert not (copy / "views" / "totals.csv").exists() and not (copy / "views" / "sign_totals.png").exists()
+
+
 def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   out, _ = finished
   import shutil
@@ -126,7 +161,9 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   proc = run(per_token_cmd(tiny, copy, "--views=none", "--overwrite", "--nodataset_chi", "--seed=3"))
   assert proc.returncode == 0, proc.stderr[-2000:]
   views = sorted(p.name for p in (copy / "views").iterdir())
-  assert not (copy / "dataset_chi.csv").exists() and not (copy / "chains.npz").exists()
+  assert not (copy / "dataset_chi.csv").exists()
+  with np.load(copy / "chains.npz") as chains:  # the per-context chains stay (Table 1's), the dataset-level χ go
+    assert "dataset_chi_PxCxK" not in chains.files and "positive_CxKxO" in chains.files
   assert views == ["index.html", "sections.json"], views  # (no view)
   assert "Additivity" not in (copy / "views" / "index.html").read_text()
   assert (copy / "tokens.parquet").exists() and len(list((copy / "units").glob("chunk_*.json"))) == 3
@@ -228,7 +265,8 @@ def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_pa
 
 
 def test_the_additivity_view_says_why_it_has_no_error_bars(finished, tmp_path):
-  """Results from before chains.npz was kept, and a dataset observed in one context."""
+  """Results from before chains.npz was kept, and a dataset observed in one context. (Table 1's totals: see
+  test_the_totals_keep_their_chains_and_say_when_they_have_none.)"""
   import shutil
   copy = tmp_path / "copy"
   shutil.copytree(finished[0], copy)
@@ -237,7 +275,7 @@ def test_the_additivity_view_says_why_it_has_no_error_bars(finished, tmp_path):
               "--views=additivity"])  # (a process of its own: the runners' absl flags are defined on import)
   assert proc.returncode == 0, proc.stderr[-3000:]
   index = (copy / "views" / "index.html").read_text()
-  assert "No error bars: these results were written before the chains' values were kept (chains.npz)" in index
+  assert "No error bars: these results were written before the chains' values this view needs were kept" in index
   assert "off the line" not in index and "Highlighted text" in index
   # one context of a dataset: no spread over its contexts, so no error bars, and the page says why
   with np.load(finished[0] / "chains.npz") as chains:

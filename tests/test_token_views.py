@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import additivity_calibration
+from benchmarks import additivity_calibration, totals_calibration
+from suscept_jax import per_token
 from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
 from tests.helpers import record_calls
 
@@ -209,6 +210,53 @@ def test_the_additivity_benchmark_prints_every_setting(capsys):
   assert sum(r.startswith(("additive", "slope 1.6")) for r in rows) == len(additivity_calibration.SETTINGS) == 6
   with pytest.raises(SystemExit):
     additivity_calibration.main(["--trials=1"])
+  assert "--trials=1 must be >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("zero_share,noise", [(0.3, 0.5), (1.0, 0.5)])
+def test_totals_intervals_hold_the_true_totals_and_the_floor_bounds_the_inflation(zero_share, noise):
+  """Table 1 on a truth observed through 4 chains at the demo's noise (and on one where no token responds): each
+  interval holds the true total by sign (the chains' t-interval about the measured total, which noise inflates,
+  does not: the test fails without the floor), the sum's holds the true sum, noise inflates the totals by less
+  than the floor (by all of it where nothing responds), and the totals' spread over runs matches their errors."""
+  found = totals_calibration.coverage(zero_share, noise, 0.0, 60)
+  assert min(found["positive held"], found["negative held"]) >= 0.95, found
+  assert max(found["positive held plain"], found["negative held plain"]) < 0.8, found
+  assert 0.9 <= found["sum held"] <= 0.99, found
+  assert 0.3 <= found["inflation / floor"] <= 1.08, found
+  if zero_share == 1.0:
+    assert found["inflation / floor"] >= 0.92, found
+  assert 0.75 <= found["spread / stderr"] <= 1.15, found
+
+
+def test_sign_totals_match_the_table_and_are_drawn(tmp_path, monkeypatch):
+  tc = totals_calibration
+  per_chain = tc.observe(tc.truth(0.3), noise=0.5, shared=0.0, trial=0)
+  table, datasets_O = tc.table_of(per_chain)
+  positive, negative = per_token.sign_sums_per_chain(per_chain, np.ones((tc.COMPONENTS, tc.CHAINS), bool))
+  totals = ts.sign_totals(table, positive, negative, datasets_O, list(range(tc.COMPONENTS)),
+                          list(range(tc.DATASETS)), tc.DELTA_H)
+  by_cell = table.groupby(["component", "dataset"]).chi
+  np.testing.assert_allclose(totals.positive, by_cell.apply(lambda v: v[v > 0].sum()), rtol=1e-12)
+  np.testing.assert_allclose(totals["sum"], by_cell.sum(), rtol=1e-12)
+  np.testing.assert_allclose(totals.scaled_sum, tc.DELTA_H * by_cell.mean(), rtol=1e-12)
+  assert (totals.tokens == tc.CONTEXTS * tc.TOKENS).all() and (totals.chains == tc.CHAINS).all()
+  assert (totals.positive_low >= 0).all() and (totals.negative_high <= 0).all()
+  assert (totals.positive_low < totals.positive - totals.noise_floor + 1e-12).all()
+  page = tv.sign_totals_html(totals)
+  assert page.count("<tr") == len(totals) + 1 and "true total + (95 %)" in page and "noise floor ±" in page
+  bars = record_calls(monkeypatch, tv.pyplot().Axes, "bar")
+  assert tv.plot_sign_totals(totals, [0, 2], tmp_path / "sign.png").stat().st_size > 5000
+  assert len(bars) == 2 * 3  # per head: the floor's band and a bar per sign
+
+
+def test_the_totals_benchmark_prints_every_setting(capsys):
+  """`python -m benchmarks.totals_calibration` at tiny size (so it cannot rot)."""
+  totals_calibration.main(["--trials=2"])
+  rows = capsys.readouterr().out.splitlines()
+  assert sum(r.startswith(tuple(s[0] for s in totals_calibration.SETTINGS)) for r in rows) == 7
+  with pytest.raises(SystemExit):
+    totals_calibration.main(["--trials=1"])
   assert "--trials=1 must be >= 2" in capsys.readouterr().err
 
 

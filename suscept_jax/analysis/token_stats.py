@@ -4,7 +4,9 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
+import scipy.special
 
+from suscept_jax import estimators
 from suscept_jax.analysis import structure
 
 
@@ -40,6 +42,59 @@ def totals(table):
                     mean=("chi", "mean"), std=("chi", "std"))
                .reset_index())
   return per_head, per_token
+
+
+def noise_floor_per_token(stderr, num_chains):
+  """What chain noise alone adds to a total positive (and takes from a total negative) χ, per token, in expectation:
+  E[max(ε, 0)] = σ/√(2π) for ε ~ N(0, σ²), with σ estimated by the token's standard error over K chains (÷ c4(K),
+  since E[s] = c4·σ; c4(4) = 0.92). For a token whose true χ is μ the inflation is σ·(φ(μ/σ) − |μ|/σ·Φ(−|μ|/σ)),
+  largest at μ = 0, so summed over tokens this bounds the inflation of a total: 0 ≤ E[total] − true total ≤ floor."""
+  K = np.asarray(num_chains, np.float64)
+  c4 = np.sqrt(2 / (K - 1)) * np.exp(scipy.special.gammaln(K / 2) - scipy.special.gammaln((K - 1) / 2))
+  return np.asarray(stderr, np.float64) / (np.sqrt(2 * np.pi) * c4)
+
+
+def sign_totals(table, positive_CxKxO, negative_CxKxO, context_datasets_O, components, datasets, delta_h: float, *,
+                level: float = 0.95):
+  """Table 1 with error bars: per component × dataset, the total positive and negative per-token χ over the
+  observed tokens, their sum and scaled sum (δh·mean, eq. 45), with `level` intervals for the values a run with
+  endless chains would give on the same tokens.
+
+  Two things move a total between runs. The chains' noise: each total's per-chain values (`positive_CxKxO`,
+  `negative_CxKxO`, from `PerTokenResult.sign_totals_per_chain`: each chain's per-token χ summed over the tokens
+  of that sign) give its standard error, Student-t over the valid chains; for the sum, linear in the tokens, that
+  is the whole story. And a bias: a token whose χ is noise is counted as positive when the noise is, so noise
+  inflates both sign totals (they cancel in the sum). The bias lies between 0 and the noise floor
+  (`noise_floor_per_token`), so the interval for the true total positive reaches the floor further down (the
+  negative's, up; neither crosses 0). Coverage on synthetic truths: `benchmarks/totals_calibration.py`.
+
+  Shape letters: C components, K chains, O observed contexts (their datasets: `context_datasets_O`)."""
+  import pandas as pd
+  pos_CxKxO, neg_CxKxO = (np.asarray(a, np.float64) for a in (positive_CxKxO, negative_CxKxO))
+  datasets_O = np.asarray(context_datasets_O)
+  valid_C = np.isfinite(pos_CxKxO).all(-1).sum(1)
+  q_C = estimators.t_quantile(valid_C, level)
+  chi = table.chi.to_numpy(np.float64)
+  t = table.assign(positive=np.where(chi > 0, chi, 0.0), negative=np.where(chi < 0, chi, 0.0),
+                   tokens=np.isfinite(chi),
+                   floor=noise_floor_per_token(table.chi_stderr.to_numpy(np.float64),
+                                               valid_C[[components.index(c) for c in table.component]]))
+  cells = t.groupby(["component", "dataset"], sort=False)[["tokens", "positive", "negative", "floor"]].sum()
+  over_chains = lambda per_chain_KxO, mine_O: estimators.mean_and_stderr(per_chain_KxO[:, mine_O].sum(-1),
+                                                                          np.ones(len(per_chain_KxO), bool))
+  rows = []
+  for (component, dataset), cell in cells.iterrows():
+    c, mine_O = components.index(component), datasets_O == dataset
+    (p, p_err), (n, n_err), (s, s_err) = (over_chains(a[c], mine_O) for a in (pos_CxKxO, neg_CxKxO,
+                                                                               pos_CxKxO + neg_CxKxO))
+    q, floor, scale = q_C[c], cell.floor, delta_h / cell.tokens
+    rows.append({"component": component, "dataset": dataset, "tokens": int(cell.tokens), "chains": int(valid_C[c]),
+                 "positive": p, "positive_low": max(p - floor - q * p_err, 0.0), "positive_high": p + q * p_err,
+                 "negative": n, "negative_low": n - q * n_err, "negative_high": min(n + floor + q * n_err, 0.0),
+                 "noise_floor": floor, "sum": s, "sum_low": s - q * s_err, "sum_high": s + q * s_err,
+                 "scaled_sum": scale * s, "scaled_low": scale * (s - q * s_err), "scaled_high": scale * (s + q * s_err),
+                 "positive_stderr": p_err, "negative_stderr": n_err, "sum_stderr": s_err})
+  return pd.DataFrame(rows)
 
 
 # ---- bimodal tokens ------------------------------------------------------------------------------------------

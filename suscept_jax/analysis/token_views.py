@@ -321,6 +321,49 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
   return save_figure(fig, path)
 
 
+def sign_totals_html(totals, level: float = 0.95) -> str:
+  """Table 1 with error bars (`token_stats.sign_totals`): per component × dataset the totals by sign, the noise
+  floor and the sum, each with its interval."""
+  import pandas as pd
+  between = lambda low, high: [f"[{a:.3g}, {b:.3g}]" for a, b in zip(totals[low], totals[high])]
+  at = f"({level * 100:g} %)"
+  frame = pd.DataFrame({
+      "component": totals.component, "dataset": totals.dataset, "tokens": totals.tokens,
+      "total +": totals.positive, f"true total + {at}": between("positive_low", "positive_high"),
+      "total −": totals.negative, f"true total − {at}": between("negative_low", "negative_high"),
+      "noise floor ±": totals.noise_floor, "sum": totals["sum"], f"sum {at}": between("sum_low", "sum_high"),
+      "scaled sum (δh·mean)": totals.scaled_sum, f"scaled sum {at}": between("scaled_low", "scaled_high")})
+  return table_html(frame, max_rows=len(frame))
+
+
+def plot_sign_totals(totals, heads, path) -> Path:
+  """Per head and dataset: the total positive and negative χ (bars, with the interval of each true total), the
+  noise floor (a grey band about 0: what chain noise alone adds to each sign) and the sum (a dot with its
+  interval); Table 1 drawn, with its noise."""
+  plt = pyplot()
+  fig, axes = plt.subplots(len(heads), 1, figsize=(max(5.0, 0.7 * totals.dataset.nunique() + 2), 2.4 * len(heads)),
+                           squeeze=False)
+  for ax, head in zip(axes[:, 0], heads):
+    t = totals[totals.component == head]
+    x = np.arange(len(t))
+    bars, sums = x - 0.12, x + 0.3  # the sum beside the bars, so that their error bars do not overlap
+    ax.bar(bars, 2 * t.noise_floor, bottom=-t.noise_floor, width=0.7, color="0.85", label="noise floor", zorder=1)
+    for column, colour in (("positive", "green"), ("negative", "red")):
+      errors = np.abs(t[[f"{column}_low", f"{column}_high"]].to_numpy().T - t[column].to_numpy())
+      ax.bar(bars, t[column], width=0.45, color=colour, alpha=0.7, label=f"total {column}", zorder=2)
+      ax.errorbar(bars, t[column], yerr=errors, fmt="none", ecolor="black", lw=0.7, capsize=2, zorder=3)
+    ax.errorbar(sums, t["sum"], yerr=np.abs(t[["sum_low", "sum_high"]].to_numpy().T - t["sum"].to_numpy()), fmt="o",
+                color="black", ms=3, lw=0.9, capsize=2, label="sum", zorder=4)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(x, [d if len(d) <= 16 else d[:15] + "…" for d in map(str, t.dataset)], fontsize=7, rotation=30,
+                  ha="right")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_title(f"{head}: per-token χ summed by sign", fontsize=8)
+  axes[0, 0].legend(fontsize=6, ncol=4, frameon=False)
+  fig.tight_layout()
+  return save_figure(fig, path)
+
+
 def plot_umap(table, path, *, seed: int = 0) -> Path:
   """Per-token susceptibility vectors in 2-D (UMAP), coloured by dataset."""
   embedding, rows = umap_embedding(table, seed=seed)
