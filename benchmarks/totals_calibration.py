@@ -9,7 +9,7 @@ per-token runner observes them, and `token_stats.sign_totals` checked against th
 Truths: tokens whose χ is 0 next to tokens that respond, at noise levels around the demo's (there the median
 token's |χ| is 1.9 of its standard error), the chains' noise independent or partly shared by a chain's tokens.
 
-  python -m benchmarks.totals_calibration              # ≈ 20 s on 2 cores
+  python -m benchmarks.totals_calibration              # ≈ 10 s on 2 cores
   python -m benchmarks.totals_calibration --trials=20  # quicker, rougher
 
 Shape letters as in `suscept_jax.per_token`: C components, K chains, O observed contexts, J token positions.

@@ -489,10 +489,11 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
                        "often each is among them)", pages.table_html(frame))
   if "totals" in views:
-    per_head, per_token = ts.totals(table)
+    by_sign, note = load_sign_totals(Path(out), table, info)
+    per_head, per_token = ts.totals(table, None if by_sign is None else
+                                    dict(by_sign.groupby("component", sort=False).chains.first()))
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
-    by_sign, note = load_sign_totals(Path(out), table, info)
     if by_sign is None:
       body = note + pages.table_html(per_head.reset_index())
       for stale in ("totals.csv", "sign_totals.png"):  # of an earlier render

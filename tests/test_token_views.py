@@ -121,6 +121,10 @@ def test_top_tokens_and_totals():
   per_head, per_token = ts.totals(table)
   assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
   assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)
+  assert "noise_floor" not in per_token  # (no count of chains: no floor)
+  _, per_token = ts.totals(table, {"h": 4})  # each occurrence's floor: 0.1 / (√(2π)·c4(4)), c4(4) = 0.9213
+  assert per_token.set_index("token").loc["a", "noise_floor"] == pytest.approx(3 * 0.1 / (np.sqrt(2 * np.pi) * 0.9213),
+                                                                              rel=1e-4)
 
 
 def test_additivity_slope_and_r_on_exact_sums():

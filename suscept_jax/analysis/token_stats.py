@@ -33,13 +33,19 @@ def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool
   return tuple(out)
 
 
-def totals(table):
-  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1)."""
+def totals(table, chains_by_component=None):
+  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1). Given
+  each component's count of valid chains, the token types' rows also hold their noise floor (what chain noise
+  alone adds to either sign's total, `noise_floor_per_token`)."""
   t = table.assign(positive=table.chi.clip(lower=0), negative=table.chi.clip(upper=0))
+  if chains_by_component is not None:
+    t["noise_floor"] = noise_floor_per_token(t.chi_stderr.to_numpy(np.float64),
+                                             t.component.map(chains_by_component).to_numpy(np.float64))
   per_head = t.groupby("component", sort=False)[["positive", "negative", "chi"]].sum()
   per_token = (t.groupby(["component", "token"], sort=False)
                .agg(positive=("positive", "sum"), negative=("negative", "sum"), count=("chi", "size"),
-                    mean=("chi", "mean"), std=("chi", "std"))
+                    mean=("chi", "mean"), std=("chi", "std"),
+                    **({"noise_floor": ("noise_floor", "sum")} if chains_by_component is not None else {}))
                .reset_index())
   return per_head, per_token
 

@@ -305,7 +305,8 @@ def _axis_label(token: str, width: int = 12) -> str:
 
 
 def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
-  """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10)."""
+  """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10), with each
+  one's noise floor (grey, where the totals hold it: up to that much of a bar may be chain noise)."""
   plt = pyplot()
   fig, axes = plt.subplots(len(heads), 2, figsize=(9, 2.2 * len(heads)), squeeze=False)
   for row, head in enumerate(heads):
@@ -313,7 +314,13 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
     for col, (column, colour) in enumerate((("negative", "red"), ("positive", "green"))):
       top = t.reindex(t[column].abs().sort_values(ascending=False).index).head(k)
       ax = axes[row, col]
-      ax.barh([_axis_label(s) for s in top.token], top[column], color=colour)
+      labels = [_axis_label(s) for s in top.token]
+      ax.barh(labels, top[column], color=colour)
+      if "noise_floor" in top:
+        ax.barh(labels, np.sign(top[column]) * top.noise_floor, color="0.6", alpha=0.8, height=0.4,
+                label="noise floor" if row == col == 0 else None)
+        if row == col == 0:
+          ax.legend(fontsize=6, frameon=False, loc="lower left")
       ax.invert_yaxis()
       ax.set_title(f"{head}: total {column} χ by token", fontsize=8)
       ax.tick_params(labelsize=7)
