@@ -61,10 +61,11 @@ class PerTokenResult:
       means_CxKxO = np.nanmean(self.chi_per_chain.reshape(self.chi_per_chain.shape[:3] + (-1,)), axis=-1)
     return np.where(self.valid_chains()[..., None], means_CxKxO, np.nan)
 
-  def sign_totals_per_chain(self) -> tuple[np.ndarray, np.ndarray]:
-    """([C, K, O], [C, K, O]) each context's per-token χ on each chain summed over the tokens of each sign
-    (`sign_sums_per_chain`): what Table 1's error bars need (`token_stats.sign_totals`)."""
-    return sign_sums_per_chain(self.chi_per_chain, self.valid_chains())
+  def sign_totals_per_chain(self, groups_OxJ=None) -> tuple[np.ndarray, np.ndarray]:
+    """([C, K, G], [C, K, G]) each context's (or group's: `sign_sums_per_chain`) per-token χ on each chain summed
+    over its tokens of each sign: what the error bars of Table 1 and of Fig. 10 need (`token_stats.sign_totals`,
+    `token_stats.totals`)."""
+    return sign_sums_per_chain(self.chi_per_chain, self.valid_chains(), groups_OxJ)
 
   def dataset_chi_per_chain(self) -> np.ndarray | None:
     """[P, C, K] the dataset-level χ of `probes` on each chain, NaN for a diverged chain (None without probes)."""
@@ -73,17 +74,25 @@ class PerTokenResult:
     return np.where(self.valid_chains()[None], self.dataset.chi_per_chain, np.nan)
 
 
-def sign_sums_per_chain(chi_per_chain_CxKxOxJ, valid_CxK) -> tuple[np.ndarray, np.ndarray]:
-  """([C, K, O], [C, K, O]): each context's per-token χ on each chain, summed over its tokens whose χ (the mean over
-  the valid chains) is positive, and over those whose χ is negative; NaN for an invalid chain. Their means over
-  chains are the context's total positive and negative χ, their spread the totals' first-order chain noise. A
-  value a chain lacks (it never observed that token) counts as the mean."""
+def sign_sums_per_chain(chi_per_chain_CxKxOxJ, valid_CxK, groups_OxJ=None) -> tuple[np.ndarray, np.ndarray]:
+  """([C, K, G], [C, K, G]): each group's per-token χ on each chain, summed over its tokens whose χ (the mean over
+  the valid chains) is positive, and over those whose χ is negative; NaN for an invalid chain. Groups: each
+  token's integer label in [0, G) (e.g. its token type), by default its context (G = O). Their means over chains
+  are the group's total positive and negative χ, their spread the totals' first-order chain noise. A value a
+  chain lacks (it never observed that token) counts as the mean; a token no chain observed counts for neither."""
   x_CxKxOxJ = np.asarray(chi_per_chain_CxKxOxJ, np.float64)
+  C, K, O = x_CxKxOxJ.shape[:3]
   valid_CxK = np.asarray(valid_CxK, bool)
   chi_CxOxJ = estimators.mean_and_stderr(np.moveaxis(x_CxKxOxJ, 1, 0), valid_CxK.T)[0]
-  filled_CxKxOxJ = np.where(np.isnan(x_CxKxOxJ), chi_CxOxJ[:, None], x_CxKxOxJ)
-  sums = lambda picked_CxOxJ: np.where(picked_CxOxJ[:, None], filled_CxKxOxJ, 0.0).reshape(
-      x_CxKxOxJ.shape[:3] + (-1,)).sum(-1)
+  filled_CxKxN = np.where(np.isnan(x_CxKxOxJ), chi_CxOxJ[:, None], x_CxKxOxJ).reshape(C, K, -1)
+  groups_N = (np.repeat(np.arange(O), filled_CxKxN.shape[-1] // O) if groups_OxJ is None
+              else np.asarray(groups_OxJ).reshape(-1))
+  G = int(groups_N.max()) + 1 if groups_N.size else 0
+
+  def sums(picked_CxOxJ):
+    kept_CxKxN = np.where(picked_CxOxJ.reshape(C, 1, -1), filled_CxKxN, 0.0)
+    return np.stack([[np.bincount(groups_N, kept_CxKxN[c, k], G) for k in range(K)] for c in range(C)])
+
   return tuple(np.where(valid_CxK[..., None], sums(picked), np.nan) for picked in (chi_CxOxJ > 0, chi_CxOxJ < 0))
 
 

@@ -237,7 +237,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   import pandas as pd
 
   import suscept_jax as sj
-  from suscept_jax import batched, checkpoints, results
+  from suscept_jax import batched, checkpoints, per_token as per_token_lib, results
   from suscept_jax.analysis import head_scores
   from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import transformer
@@ -281,6 +281,10 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
                 "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
       arrays["positive_CxKxO"], arrays["negative_CxKxO"] = (a[:, :, keep] for a in res.sign_totals_per_chain())
+      targets_OxJ = contexts[i * chunk:i * chunk + keep.stop, 1:res.chi.shape[-1] + 1]
+      arrays["token_ids_U"], types_OxJ = np.unique(targets_OxJ, return_inverse=True)
+      arrays["token_positive_CxKxU"], arrays["token_negative_CxKxU"] = per_token_lib.sign_sums_per_chain(
+          res.chi_per_chain[:, :, keep], res.valid_chains(), types_OxJ.reshape(targets_OxJ.shape))
       if res.dataset is not None:
         arrays["dataset_chi_PxCxK"] = res.dataset_chi_per_chain()
       meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
@@ -338,10 +342,10 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
 
 
 def write_chains(out: Path, parts, context_datasets_O) -> None:
-  """chains.npz: per chain, each context's mean per-token χ and its totals by sign, and the dataset-level χ: what
-  the intervals of the additivity view (`token_stats.additivity_intervals`) and of the totals
-  (`token_stats.sign_totals`) are made from. An array is left out where a chunk's unit (of an earlier version)
-  lacks it; the file is not written where no array is left."""
+  """chains.npz: per chain, each context's mean per-token χ and its totals by sign, each token type's totals by sign,
+  and the dataset-level χ: what the intervals of the additivity view (`token_stats.additivity_intervals`) and of
+  the totals (`token_stats.sign_totals`, `token_stats.totals`) are made from. An array is left out where a chunk's
+  unit (of an earlier version) lacks it; the file is not written where no array is left."""
   import io
 
   import numpy as np
@@ -351,6 +355,14 @@ def write_chains(out: Path, parts, context_datasets_O) -> None:
             if all(key in a for a, _ in parts)}
   if "dataset_chi_PxCxK" in parts[0][0]:
     arrays["dataset_chi_PxCxK"] = parts[0][0]["dataset_chi_PxCxK"]
+  if all("token_ids_U" in a for a, _ in parts):  # each token type's sums, over the chunks it occurs in
+    ids_V = np.unique(np.concatenate([a["token_ids_U"] for a, _ in parts]))
+    for sign in ("positive", "negative"):
+      sums_CxKxV = np.zeros(parts[0][0][f"token_{sign}_CxKxU"].shape[:2] + ids_V.shape)
+      for a, _ in parts:
+        sums_CxKxV[..., np.searchsorted(ids_V, a["token_ids_U"])] += a[f"token_{sign}_CxKxU"]
+      arrays[f"token_{sign}_CxKxV"] = sums_CxKxV
+    arrays["token_ids_V"] = ids_V
   if not arrays:
     (out / CHAINS).unlink(missing_ok=True)
     return
@@ -490,13 +502,17 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
                        "often each is among them)", pages.table_html(frame))
   if "totals" in views:
     by_sign, note = load_sign_totals(Path(out), table, info)
-    per_head, per_token = ts.totals(table, None if by_sign is None else
-                                    dict(by_sign.groupby("component", sort=False).chains.first()))
+    types = chains_with(Path(out), ("token_ids_V", "token_positive_CxKxV", "token_negative_CxKxV"))
+    per_head, per_token = ts.totals(table, None if types is None else ts.TokenChains(
+        types["token_ids_V"], types["token_positive_CxKxV"], types["token_negative_CxKxV"], info["components"]))
     figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
     written.append(figure)
+    if types is not None:
+      atomic_write_bytes(views_dir / "token_totals.csv", per_token.to_csv(index=False, float_format="%.6g").encode())
+      written.append(views_dir / "token_totals.csv")
     if by_sign is None:
       body = note + pages.table_html(per_head.reset_index())
-      for stale in ("totals.csv", "sign_totals.png"):  # of an earlier render
+      for stale in ("totals.csv", "sign_totals.png", "token_totals.csv"):  # of an earlier render
         (views_dir / stale).unlink(missing_ok=True)
     else:
       atomic_write_bytes(views_dir / "totals.csv", by_sign.to_csv(index=False, float_format="%.6g").encode())

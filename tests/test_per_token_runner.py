@@ -94,6 +94,15 @@ def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_
   for c, comp in enumerate(info["components"]):
     np.testing.assert_allclose(positive_CxKxO[c].mean(0), by_context(chi > 0)[comp].to_numpy(), rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(negative_CxKxO[c].mean(0), by_context(chi < 0)[comp].to_numpy(), rtol=1e-4, atol=1e-9)
+  with np.load(out / "chains.npz") as chains:  # and each token type's, summed over the chunks it occurs in
+    ids_V, type_positive_CxKxV = chains["token_ids_V"], chains["token_positive_CxKxV"]
+  by_type = table.assign(kept=np.where(chi > 0, chi, 0.0)).groupby(["component", "token_id"]).kept.sum()
+  assert list(ids_V) == sorted(set(table.token_id))
+  for c, comp in enumerate(info["components"]):
+    np.testing.assert_allclose(type_positive_CxKxV[c].mean(0), by_type[comp].to_numpy(), rtol=1e-4, atol=1e-9)
+  types = pd.read_csv(out / "views" / "token_totals.csv")
+  assert {"noise_floor", "positive_low", "mean_low", "mean_high"} <= set(types.columns)
+  assert len(types) == table.groupby(["component", "token"]).ngroups
   totals = pd.read_csv(out / "views" / "totals.csv")
   assert len(totals) == 3 * 2 and (totals.chains == 2).all() and (totals.noise_floor > 0).all()
   index = (out / "views" / "index.html").read_text()
@@ -102,14 +111,14 @@ def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_
   copy = tmp_path / "copy"
   shutil.copytree(out, copy)
   with np.load(copy / "chains.npz") as chains:  # as the thirty-sixth session's runner wrote it
-    kept = {k: chains[k] for k in chains.files if k not in ("positive_CxKxO", "negative_CxKxO")}
+    kept = {k: chains[k] for k in chains.files if k.startswith(("context_", "dataset_"))}
   np.savez(copy / "chains.npz", **kept)
   proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
               "--views=totals,additivity"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   index = (copy / "views" / "index.html").read_text()
   assert index.count("No error bars") == 1 and "noise floor ±" not in index and "off the line" in index
-  assert not (copy / "views" / "totals.csv").exists() and not (copy / "views" / "sign_totals.png").exists()
+  assert not any((copy / "views" / name).exists() for name in ("totals.csv", "sign_totals.png", "token_totals.csv"))
 
 
 def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):

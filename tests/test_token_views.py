@@ -121,10 +121,31 @@ def test_top_tokens_and_totals():
   per_head, per_token = ts.totals(table)
   assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
   assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)
-  assert "noise_floor" not in per_token  # (no count of chains: no floor)
-  _, per_token = ts.totals(table, {"h": 4})  # each occurrence's floor: 0.1 / (√(2π)·c4(4)), c4(4) = 0.9213
-  assert per_token.set_index("token").loc["a", "noise_floor"] == pytest.approx(3 * 0.1 / (np.sqrt(2 * np.pi) * 0.9213),
-                                                                              rel=1e-4)
+  assert "noise_floor" not in per_token  # (no chains: no floor, no intervals)
+
+
+def test_token_types_totals_with_chains_have_floors_and_intervals():
+  """Fig. 10's token types from per-chain sums grouped by token id: the totals are the table's, the floor each
+  occurrence's σ/√(2π) (σ: its stderr ÷ c4(4) = 0.9213), the mean's interval the chains' t-interval."""
+  rng = np.random.default_rng(0)
+  ids_N = np.array([7, 7, 7, 3, 3, 9])
+  per_chain_KxN = rng.normal(size=(4, 6)) + np.array([2.0, 1.0, 0.1, -1.0, -2.0, 0.0])
+  chi, stderr = per_chain_KxN.mean(0), per_chain_KxN.std(0, ddof=1) / 2
+  table = pd.DataFrame({"component": "h", "dataset": "d", "token": [f"t{i}" for i in ids_N], "token_id": ids_N,
+                        "chi": chi, "chi_stderr": stderr})
+  ids_V, groups_N = np.unique(ids_N, return_inverse=True)
+  positive, negative = per_token.sign_sums_per_chain(per_chain_KxN[None, :, None], np.ones((1, 4), bool),
+                                                     groups_N[None])
+  _, types = ts.totals(table, ts.TokenChains(ids_V, positive, negative, ["h"]))
+  row = types.set_index("token").loc["t7"]
+  mine = ids_N == 7
+  assert row.positive == pytest.approx(chi[mine & (chi > 0)].sum()) and row["count"] == 3
+  assert row.noise_floor == pytest.approx(stderr[mine].sum() / (np.sqrt(2 * np.pi) * 0.9213), rel=1e-4)
+  means_K = per_chain_KxN[:, mine].mean(1)
+  half = 3.182 * means_K.std(ddof=1) / 2
+  assert (row.mean_low, row.mean_high) == pytest.approx((means_K.mean() - half, means_K.mean() + half), rel=1e-3)
+  assert row.positive_low <= row.positive - row.noise_floor and row.positive_high > row.positive
+  assert (types.negative_high <= 0).all() and (types.positive_low >= 0).all()
 
 
 def test_additivity_slope_and_r_on_exact_sums():

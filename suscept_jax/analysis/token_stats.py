@@ -33,21 +33,40 @@ def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool
   return tuple(out)
 
 
-def totals(table, chains_by_component=None):
-  """(per head: total positive and negative χ and their sum, per head × token type: the same) (Table 1). Given
-  each component's count of valid chains, the token types' rows also hold their noise floor (what chain noise
-  alone adds to either sign's total, `noise_floor_per_token`)."""
+class TokenChains(NamedTuple):
+  """Per chain, each token type's per-token χ summed over its occurrences of each sign (`per_token.
+  sign_sums_per_chain` grouped by token id, summed over chunks): what Fig. 10's error bars need."""
+
+  token_ids_V: np.ndarray  # [V] the token ids, ascending
+  positive_CxKxV: np.ndarray
+  negative_CxKxV: np.ndarray
+  components: list  # [C]
+
+
+def totals(table, token_chains: TokenChains | None = None, *, level: float = 0.95):
+  """(per head: total positive and negative χ and their sum; per head × token type: the same, with the count, mean
+  and std of its occurrences) (Table 1, Fig. 10). With `token_chains`, each token type's row also holds its noise
+  floor and `level` intervals of its totals by sign and of its mean (`intervals_by_sign`)."""
   t = table.assign(positive=table.chi.clip(lower=0), negative=table.chi.clip(upper=0))
-  if chains_by_component is not None:
-    t["noise_floor"] = noise_floor_per_token(t.chi_stderr.to_numpy(np.float64),
-                                             t.component.map(chains_by_component).to_numpy(np.float64))
   per_head = t.groupby("component", sort=False)[["positive", "negative", "chi"]].sum()
   per_token = (t.groupby(["component", "token"], sort=False)
                .agg(positive=("positive", "sum"), negative=("negative", "sum"), count=("chi", "size"),
                     mean=("chi", "mean"), std=("chi", "std"),
-                    **({"noise_floor": ("noise_floor", "sum")} if chains_by_component is not None else {}))
+                    **({} if token_chains is None else {"token_id": ("token_id", "first")}))
                .reset_index())
-  return per_head, per_token
+  if token_chains is None:
+    return per_head, per_token
+  ids_V = np.asarray(token_chains.token_ids_V)
+  pos_CxKxV, neg_CxKxV = (np.asarray(a, np.float64) for a in (token_chains.positive_CxKxV, token_chains.negative_CxKxV))
+  c_R = np.array([token_chains.components.index(c) for c in per_token.component])
+  v_R = np.searchsorted(ids_V, per_token.token_id.to_numpy())
+  found = intervals_by_sign(pos_CxKxV[c_R, :, v_R].T, neg_CxKxV[c_R, :, v_R].T, _floors(t, pos_CxKxV,
+                            token_chains.components, ["component", "token"]).to_numpy(), level)
+  mean, mean_err = estimators.mean_and_stderr((pos_CxKxV + neg_CxKxV)[c_R, :, v_R].T / per_token["count"].to_numpy(),
+                                              np.ones(pos_CxKxV.shape[1], bool))
+  q_R = estimators.t_quantile(found["chains"], level)
+  per_token = per_token.drop(columns="token_id").assign(**{k: v for k, v in found.items() if k != "chains"})
+  return per_head, per_token.assign(mean_low=mean - q_R * mean_err, mean_high=mean + q_R * mean_err)
 
 
 def noise_floor_per_token(stderr, num_chains):
@@ -60,47 +79,63 @@ def noise_floor_per_token(stderr, num_chains):
   return np.asarray(stderr, np.float64) / (np.sqrt(2 * np.pi) * c4)
 
 
+def intervals_by_sign(positive_KxN, negative_KxN, floor_N, level: float = 0.95) -> dict:
+  """Totals by sign of N groups of tokens, from their per-chain values (NaN: an invalid chain), with `level`
+  intervals for what endless chains would give on the same tokens: {positive, negative, sum, their _low, _high
+  and _stderr, noise_floor, chains}.
+
+  Two things move a total between runs. The chains' noise: each total's per-chain values (each chain's per-token
+  χ summed over the tokens of that sign, `per_token.sign_sums_per_chain`) give its standard error, Student-t over
+  the valid chains; for the sum, linear in the tokens, that is the whole story. And a bias: a token whose χ is
+  noise is counted as positive when the noise is, so noise inflates both sign totals (they cancel in the sum).
+  The bias lies between 0 and the noise floor (`noise_floor_per_token`), so the interval for a true total
+  positive reaches the floor further down (the negative's, up; neither crosses 0). Coverage on synthetic
+  truths: `benchmarks/totals_calibration.py`."""
+  pos_KxN, neg_KxN = (np.asarray(a, np.float64) for a in (positive_KxN, negative_KxN))
+  every = np.ones(len(pos_KxN), bool)  # (a NaN chain is left out by mean_and_stderr)
+  (p, p_err), (n, n_err), (s, s_err) = (estimators.mean_and_stderr(a, every)
+                                        for a in (pos_KxN, neg_KxN, pos_KxN + neg_KxN))
+  chains_N = np.isfinite(pos_KxN).sum(0)
+  q, floor = estimators.t_quantile(chains_N, level), np.asarray(floor_N, np.float64)
+  return {"positive": p, "positive_low": np.maximum(p - floor - q * p_err, 0.0), "positive_high": p + q * p_err,
+          "negative": n, "negative_low": n - q * n_err, "negative_high": np.minimum(n + floor + q * n_err, 0.0),
+          "noise_floor": floor, "sum": s, "sum_low": s - q * s_err, "sum_high": s + q * s_err,
+          "positive_stderr": p_err, "negative_stderr": n_err, "sum_stderr": s_err, "chains": chains_N}
+
+
+def _floors(table, positive_CxKxG, components, keys):
+  """The noise floor summed over each group of the table's rows (`keys`), at each component's count of valid
+  chains (those finite in `positive_CxKxG`)."""
+  valid_C = np.isfinite(np.asarray(positive_CxKxG, np.float64)).all(-1).sum(1)
+  chains_R = valid_C[[components.index(c) for c in table.component]]
+  floor_R = noise_floor_per_token(table.chi_stderr.to_numpy(np.float64), chains_R)
+  return table.assign(floor=np.where(np.isfinite(table.chi), floor_R, 0.0)).groupby(keys, sort=False).floor.sum()
+
+
 def sign_totals(table, positive_CxKxO, negative_CxKxO, context_datasets_O, components, datasets, delta_h: float, *,
                 level: float = 0.95):
   """Table 1 with error bars: per component × dataset, the total positive and negative per-token χ over the
   observed tokens, their sum and scaled sum (δh·mean, eq. 45), with `level` intervals for the values a run with
-  endless chains would give on the same tokens.
+  endless chains would give on the same tokens (`intervals_by_sign`), from each context's per-chain sums by sign
+  (`PerTokenResult.sign_totals_per_chain`).
 
-  Two things move a total between runs. The chains' noise: each total's per-chain values (`positive_CxKxO`,
-  `negative_CxKxO`, from `PerTokenResult.sign_totals_per_chain`: each chain's per-token χ summed over the tokens
-  of that sign) give its standard error, Student-t over the valid chains; for the sum, linear in the tokens, that
-  is the whole story. And a bias: a token whose χ is noise is counted as positive when the noise is, so noise
-  inflates both sign totals (they cancel in the sum). The bias lies between 0 and the noise floor
-  (`noise_floor_per_token`), so the interval for the true total positive reaches the floor further down (the
-  negative's, up; neither crosses 0). Coverage on synthetic truths: `benchmarks/totals_calibration.py`.
-
-  Shape letters: C components, K chains, O observed contexts (their datasets: `context_datasets_O`)."""
+  Shape letters: C components, K chains, O observed contexts (their datasets: `context_datasets_O`), D datasets,
+  N cells (component × dataset, in the table's order)."""
   import pandas as pd
   pos_CxKxO, neg_CxKxO = (np.asarray(a, np.float64) for a in (positive_CxKxO, negative_CxKxO))
   datasets_O = np.asarray(context_datasets_O)
-  valid_C = np.isfinite(pos_CxKxO).all(-1).sum(1)
-  q_C = estimators.t_quantile(valid_C, level)
-  chi = table.chi.to_numpy(np.float64)
-  t = table.assign(positive=np.where(chi > 0, chi, 0.0), negative=np.where(chi < 0, chi, 0.0),
-                   tokens=np.isfinite(chi),
-                   floor=noise_floor_per_token(table.chi_stderr.to_numpy(np.float64),
-                                               valid_C[[components.index(c) for c in table.component]]))
-  cells = t.groupby(["component", "dataset"], sort=False)[["tokens", "positive", "negative", "floor"]].sum()
-  over_chains = lambda per_chain_KxO, mine_O: estimators.mean_and_stderr(per_chain_KxO[:, mine_O].sum(-1),
-                                                                          np.ones(len(per_chain_KxO), bool))
-  rows = []
-  for (component, dataset), cell in cells.iterrows():
-    c, mine_O = components.index(component), datasets_O == dataset
-    (p, p_err), (n, n_err), (s, s_err) = (over_chains(a[c], mine_O) for a in (pos_CxKxO, neg_CxKxO,
-                                                                               pos_CxKxO + neg_CxKxO))
-    q, floor, scale = q_C[c], cell.floor, delta_h / cell.tokens
-    rows.append({"component": component, "dataset": dataset, "tokens": int(cell.tokens), "chains": int(valid_C[c]),
-                 "positive": p, "positive_low": max(p - floor - q * p_err, 0.0), "positive_high": p + q * p_err,
-                 "negative": n, "negative_low": n - q * n_err, "negative_high": min(n + floor + q * n_err, 0.0),
-                 "noise_floor": floor, "sum": s, "sum_low": s - q * s_err, "sum_high": s + q * s_err,
-                 "scaled_sum": scale * s, "scaled_low": scale * (s - q * s_err), "scaled_high": scale * (s + q * s_err),
-                 "positive_stderr": p_err, "negative_stderr": n_err, "sum_stderr": s_err})
-  return pd.DataFrame(rows)
+  by_dataset = lambda v_CxKxO: np.stack([v_CxKxO[..., datasets_O == d].sum(-1) for d in datasets], -1)  # [C, K, D]
+  cells = table.assign(tokens=np.isfinite(table.chi)).groupby(["component", "dataset"], sort=False).tokens.sum()
+  c_N = np.array([components.index(c) for c, _ in cells.index])
+  d_N = np.array([list(datasets).index(d) for _, d in cells.index])
+  found = intervals_by_sign(by_dataset(pos_CxKxO)[c_N, :, d_N].T, by_dataset(neg_CxKxO)[c_N, :, d_N].T,
+                            _floors(table, pos_CxKxO, components, ["component", "dataset"])[cells.index].to_numpy(),
+                            level)
+  scale_N = delta_h / cells.to_numpy()
+  frame = pd.DataFrame({"component": [c for c, _ in cells.index], "dataset": [d for _, d in cells.index],
+                        "tokens": cells.to_numpy(), **found})
+  return frame.assign(scaled_sum=scale_N * frame["sum"], scaled_low=scale_N * frame.sum_low,
+                      scaled_high=scale_N * frame.sum_high)
 
 
 # ---- bimodal tokens ------------------------------------------------------------------------------------------

@@ -305,8 +305,9 @@ def _axis_label(token: str, width: int = 12) -> str:
 
 
 def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
-  """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10), with each
-  one's noise floor (grey, where the totals hold it: up to that much of a bar may be chain noise)."""
+  """Per head: the k token types contributing most to the total negative and positive χ (Fig. 10); where the
+  totals hold them (`token_stats.totals` with the chains), each one's noise floor (grey: up to that much of a bar
+  may be chain noise) and the interval of its true total."""
   plt = pyplot()
   fig, axes = plt.subplots(len(heads), 2, figsize=(9, 2.2 * len(heads)), squeeze=False)
   for row, head in enumerate(heads):
@@ -319,6 +320,9 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
       if "noise_floor" in top:
         ax.barh(labels, np.sign(top[column]) * top.noise_floor, color="0.6", alpha=0.8, height=0.4,
                 label="noise floor" if row == col == 0 else None)
+        ax.errorbar(top[column], labels, xerr=np.abs(top[[f"{column}_low", f"{column}_high"]].to_numpy().T
+                                                     - top[column].to_numpy()),
+                    fmt="none", ecolor="black", lw=0.7, capsize=2)
         if row == col == 0:
           ax.legend(fontsize=6, frameon=False, loc="lower left")
       ax.invert_yaxis()
