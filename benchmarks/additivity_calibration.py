@@ -14,11 +14,10 @@ shape (9 components × 9 datasets, 4 contexts each, 4 chains) and at noise level
 Shape letters as in `suscept_jax.analysis.token_stats.additivity_intervals`: C components, K chains, O observed
 contexts, D datasets.
 """
-import argparse
-
 import numpy as np
 import pandas as pd
 
+from benchmarks import common
 from suscept_jax.analysis import token_stats as ts
 
 COMPONENTS, DATASETS, CONTEXTS, CHAINS, DELTA_H = 9, 9, 4, 4, 0.1
@@ -108,17 +107,13 @@ SETTINGS = [  # (label, slope, scatter, context noise, chain noise, heavy-tailed
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--trials", type=int, default=40)
-  args = parser.parse_args(argv)
-  if args.trials < 2:
-    parser.error(f"--trials={args.trials} must be >= 2")
+  trials = common.parse_trials(argv, __doc__, 40)
   print(f"additivity intervals at 95 %: {COMPONENTS} components × {DATASETS} datasets, {CONTEXTS} contexts each, "
-        f"{CHAINS} chains, {args.trials} runs per setting")
+        f"{CHAINS} chains, {trials} runs per setting")
   print(f"{'truth':34s} {'true':>6s} {'slope':>6s} {'plain':>6s} {'held':>6s} {'plain':>6s} {'cells':>6s} "
         f"{'off':>6s}")
   for label, slope, scatter, context_noise, chain_noise, heavy_tails in SETTINGS:
-    f = coverage(slope, scatter, context_noise, chain_noise, args.trials, heavy_tails)
+    f = coverage(slope, scatter, context_noise, chain_noise, trials, heavy_tails)
     print(f"{label:34s} {f['true slope']:6.2f} {f['slope']:6.2f} {f['plain slope']:6.2f} {f['held']:6.2f} "
           f"{f['held plain']:6.2f} {f['cells held']:6.2f} {f['off line']:6.2f}")
   print("slope: mean corrected slope; plain: mean least-squares slope; held: share of runs whose slope interval "

@@ -29,6 +29,16 @@ def draw_counts(text: str) -> tuple:
   return counts
 
 
+def parse_trials(argv, doc: str, default: int, help: str = "noisy copies of the truth per setting") -> int:
+  """--trials of a calibration benchmark (its docstring as the help text), refused below 2 (a spread needs two)."""
+  parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--trials", type=int, default=default, help=help)
+  trials = parser.parse_args(argv).trials
+  if trials < 2:
+    parser.error(f"--trials={trials} must be >= 2")
+  return trials
+
+
 def setup(model: str = "demo", *, components: str = "", num_contexts: int = 4096, seed: int = 0, **overrides):
   """(loss_fn, params, component masks, base [N, K], 8 probes) with random tokens: timing only.
   components: comma-separated component specs ("full,l0h1"); empty: every head and the full model."""

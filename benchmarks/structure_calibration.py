@@ -17,10 +17,9 @@ intervals checked against that truth:
 Shape letters as in `suscept_jax.analysis.structure`: R rows (5 checkpoints × 9 probes), H heads, K chains,
 D datasets (probes).
 """
-import argparse
-
 import numpy as np
 
+from benchmarks import common
 from suscept_jax.analysis import structure as st
 
 CHECKPOINTS, PROBES, HEADS = 5, 9, 8
@@ -179,40 +178,36 @@ def _pair(values) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--trials", type=int, default=40, help="noisy copies per setting (patterning: 5× as many)")
-  args = parser.parse_args(argv)
-  if args.trials < 2:
-    parser.error(f"--trials={args.trials} must be >= 2")
+  trials = common.parse_trials(argv, __doc__, 40, "noisy copies per setting (patterning: 5× as many)")
   settings = [("rank-2", rank_two_truth(), 0.3, False), ("rank-2", rank_two_truth(), 0.6, True),
               ("rank-2", rank_two_truth(), 1.0, False), ("weak PC2", rank_two_truth(0.5), 0.3, False),
               ("weak PC2", rank_two_truth(0.5), 0.6, True), ("common PC1", common_response_truth(), 0.3, True)]
-  near_95 = np.sqrt(0.95 * 0.05 / args.trials)
-  print(f"r of a PC with a head label, 95 % intervals from 4 chains, {args.trials} runs per setting: coverage of "
+  near_95 = np.sqrt(0.95 * 0.05 / trials)
+  print(f"r of a PC with a head label, 95 % intervals from 4 chains, {trials} runs per setting: coverage of "
         f"the true r [PC1 PC2]; unrelated labels: share of intervals excluding 0 [PC1 PC2]. A rate from "
-        f"{args.trials} runs is itself uncertain: ± {near_95:.3f} (one s.e.) near 0.95")
+        f"{trials} runs is itself uncertain: ± {near_95:.3f} (one s.e.) near 0.95")
   print(f"  {'truth':11s} {'noise':15s} {'label':12s} {'uncorrected':>11s}  {'corrected':>9s}")
   for name, truth, noise, shared in settings:
-    rates = r_interval_rates(truth, noise, shared, args.trials)
+    rates = r_interval_rates(truth, noise, shared, trials)
     for label in list(truth[2]) + ["unrelated"]:
       print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s} {label:12s} "
             f"{_pair(rates['uncorrected', label])}  {_pair(rates['corrected', label])}", flush=True)
-  print(f"\npatterning: a plan's effect along its target against the true X, {5 * args.trials} runs per noise "
+  print(f"\npatterning: a plan's effect along its target against the true X, {5 * trials} runs per noise "
         f"level: mean (reported − true) / stderr, share of 95 % intervals missing")
   for noise in (0.1, 0.3, 0.6, 1.0):
-    errors = patterning_errors(noise, 5 * args.trials)
+    errors = patterning_errors(noise, 5 * trials)
     print(f"  noise {noise:.1f}: " + "; ".join(f"{kind} {z:+.2f}, {miss:.3f}" for kind, (z, miss) in errors.items()),
           flush=True)
   print(f"\ndata couplings: coverage [PC1 PC2] of the true couplings by 95 % intervals (mean width in brackets), "
-        f"{args.trials} runs per setting: the report's (reliability-corrected) against bare widened percentiles")
+        f"{trials} runs per setting: the report's (reliability-corrected) against bare widened percentiles")
   for name, truth, noise, shared in settings[:3] + [("rank-2", rank_two_truth(), 1.0, True)] + settings[4:]:
-    coverage = coupling_coverage(truth, noise, shared, args.trials)
+    coverage = coupling_coverage(truth, noise, shared, trials)
     print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s}: " + "; ".join(
         f"{kind} {_pair(rate)} [{_pair(width)}]" for kind, (rate, width) in coverage.items()), flush=True)
   print(f"\nscores of each row (probe × checkpoint; the bands of the PC time series): coverage [PC1 PC2] of the true "
-        f"scores by `score_intervals` (mean width in brackets), {args.trials} runs per setting")
+        f"scores by `score_intervals` (mean width in brackets), {trials} runs per setting")
   for name, truth, noise, shared in settings:
-    rate, width = score_coverage(truth, noise, shared, args.trials)
+    rate, width = score_coverage(truth, noise, shared, trials)
     print(f"  {name:11s} {noise:.1f} {'shared' if shared else 'independent':11s}: {_pair(rate)} [{_pair(width)}]",
           flush=True)
 

@@ -14,11 +14,10 @@ token's |χ| is 1.9 of its standard error), the chains' noise independent or par
 
 Shape letters as in `suscept_jax.per_token`: C components, K chains, O observed contexts, J token positions.
 """
-import argparse
-
 import numpy as np
 import pandas as pd
 
+from benchmarks import common
 from suscept_jax import estimators, per_token
 from suscept_jax.analysis import token_stats as ts
 
@@ -101,19 +100,15 @@ SETTINGS = [  # (label, share of tokens with χ = 0, noise of a token's mean ove
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--trials", type=int, default=200)
-  args = parser.parse_args(argv)
-  if args.trials < 2:
-    parser.error(f"--trials={args.trials} must be >= 2")
+  trials = common.parse_trials(argv, __doc__, 200)
   print(f"Table 1's intervals at 95 %: {COMPONENTS} components × {DATASETS} datasets, {CONTEXTS} contexts × "
-        f"{TOKENS} tokens each, {CHAINS} chains, {args.trials} runs per setting")
+        f"{TOKENS} tokens each, {CHAINS} chains, {trials} runs per setting")
   columns = ("positive held", "positive held plain", "negative held", "negative held plain", "sum held",
              "inflation / floor", "floor / total", "spread / stderr")
   print(f"{'truth':32s} " + " ".join(f"{h:>6s}" for h in ("pos", "plain", "neg", "plain", "sum", "infl", "floor",
                                                             "spread")))
   for label, zero_share, noise, shared, heavy_tails in SETTINGS:
-    f = coverage(zero_share, noise, shared, args.trials, heavy_tails)
+    f = coverage(zero_share, noise, shared, trials, heavy_tails)
     print(f"{label:32s} " + " ".join(f"{f[c]:6.2f}" for c in columns))
   print("pos, neg: share of intervals that held the true total (plain: the chains' t-interval about the measured "
         "total, without the floor's shift); sum: the same for the sum; infl: mean inflation of a sign total by "
