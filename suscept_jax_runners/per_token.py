@@ -435,6 +435,34 @@ def load_additivity_intervals(out: Path, joined, info) -> tuple:
     return None, f"<p>No error bars: {html.escape(str(e))}.</p>"
 
 
+def render_totals(out: Path, table, info, heads) -> tuple:
+  """(the index's section, the files written) of the totals view: Table 1 per component × dataset with intervals
+  (views/totals.csv, sign_totals.png, and its line in the terminal) and Fig. 10's token types (totals.png,
+  views/token_totals.csv); without the chains' sums (results of an earlier version), the totals per head and
+  the paragraph saying why there are no error bars."""
+  from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
+  from suscept_jax.paths import atomic_write_bytes
+  views_dir = out / "views"
+  by_sign, note = load_sign_totals(out, table, info)
+  types = chains_with(out, ("token_ids_V", "token_positive_CxKxV", "token_negative_CxKxV"))
+  per_head, per_token = ts.totals(table, None if types is None else ts.TokenChains(
+      types["token_ids_V"], types["token_positive_CxKxV"], types["token_negative_CxKxV"], info["components"]))
+  written = [tv.plot_totals(per_token, heads, views_dir / "totals.png")]
+  if by_sign is None:
+    for stale in ("totals.csv", "sign_totals.png", "token_totals.csv"):  # of an earlier render
+      (views_dir / stale).unlink(missing_ok=True)
+    body = note + pages.table_html(per_head.reset_index())
+  else:
+    for name, frame in (("totals.csv", by_sign), ("token_totals.csv", per_token)):
+      atomic_write_bytes(views_dir / name, frame.to_csv(index=False, float_format="%.6g").encode())
+      written.append(views_dir / name)
+    written.append(tv.plot_sign_totals(by_sign, heads, views_dir / "sign_totals.png"))
+    print(tv.totals_line(by_sign))
+    body = (f"<p>{tv.totals_line(by_sign)}.</p>" + note + pages.embedded_png(written[-1], "totals by sign")
+            + tv.sign_totals_html(by_sign))
+  return ("Total positive and negative χ", body + pages.embedded_png(written[0], "totals by token")), written
+
+
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
   """Every requested view of a per-token results directory (see suscept_jax.analysis.token_views), and
   index.html over them. With `keep_other_views` (--views_only), the index keeps the sections of views
@@ -501,25 +529,8 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
                        "often each is among them)", pages.table_html(frame))
   if "totals" in views:
-    by_sign, note = load_sign_totals(Path(out), table, info)
-    types = chains_with(Path(out), ("token_ids_V", "token_positive_CxKxV", "token_negative_CxKxV"))
-    per_head, per_token = ts.totals(table, None if types is None else ts.TokenChains(
-        types["token_ids_V"], types["token_positive_CxKxV"], types["token_negative_CxKxV"], info["components"]))
-    figure = tv.plot_totals(per_token, heads, views_dir / "totals.png")
-    written.append(figure)
-    if types is not None:
-      atomic_write_bytes(views_dir / "token_totals.csv", per_token.to_csv(index=False, float_format="%.6g").encode())
-      written.append(views_dir / "token_totals.csv")
-    if by_sign is None:
-      body = note + pages.table_html(per_head.reset_index())
-      for stale in ("totals.csv", "sign_totals.png", "token_totals.csv"):  # of an earlier render
-        (views_dir / stale).unlink(missing_ok=True)
-    else:
-      atomic_write_bytes(views_dir / "totals.csv", by_sign.to_csv(index=False, float_format="%.6g").encode())
-      sign_figure = tv.plot_sign_totals(by_sign, heads, views_dir / "sign_totals.png")
-      written.extend([views_dir / "totals.csv", sign_figure])
-      body = note + pages.embedded_png(sign_figure, "totals by sign") + tv.sign_totals_html(by_sign)
-    sections["totals"] = ("Total positive and negative χ", body + pages.embedded_png(figure, "totals by token"))
+    sections["totals"], paths = render_totals(Path(out), table, info, heads)
+    written.extend(paths)
   if "bimodal" in views:
     head, token, candidates = ts.pick_histogram_token(table, heads, token)
     figure = tv.plot_token_histogram(table, head, token, views_dir / "bimodal.png")

@@ -107,6 +107,9 @@ def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_
   assert len(totals) == 3 * 2 and (totals.chains == 2).all() and (totals.noise_floor > 0).all()
   index = (out / "views" / "index.html").read_text()
   assert "noise floor ±" in index and "Chain noise turns a token" in index
+  line = next(x for x in finished[1].stdout.splitlines() if x.startswith("Table 1: the noise floor is a median "))
+  assert line.endswith(" of 6 sums clear of 0") and " % of a total by sign at 2 chains " in line, line
+  assert f"<p>{line}.</p>" in index
   assert (out / "views" / "sign_totals.png").stat().st_size > 5000
   copy = tmp_path / "copy"
   shutil.copytree(out, copy)

@@ -268,6 +268,11 @@ def test_sign_totals_match_the_table_and_are_drawn(tmp_path, monkeypatch):
   assert (totals.tokens == tc.CONTEXTS * tc.TOKENS).all() and (totals.chains == tc.CHAINS).all()
   assert (totals.positive_low >= 0).all() and (totals.negative_high <= 0).all()
   assert (totals.positive_low < totals.positive - totals.noise_floor + 1e-12).all()
+  floor_share = np.median(np.r_[totals.noise_floor / totals.positive, totals.noise_floor / -totals.negative])
+  clear = ((totals.sum_low > 0) | (totals.sum_high < 0)).sum()
+  assert tv.totals_line(totals) == (f"Table 1: the noise floor is a median {floor_share * 100:.0f} % of a total by "
+                                    f"sign at 4 chains (up to that much of a total may be chain noise); {clear} of 9 "
+                                    "sums clear of 0")
   page = tv.sign_totals_html(totals)
   assert page.count("<tr") == len(totals) + 1 and "true total + (95 %)" in page and "noise floor ±" in page
   bars = record_calls(monkeypatch, tv.pyplot().Axes, "bar")

@@ -18,6 +18,7 @@ import numpy as np
 
 from suscept_jax.analysis.pages import page, table_html
 from suscept_jax.analysis.plots import pyplot, save_figure
+from suscept_jax.analysis.structure import excludes_zero
 from suscept_jax.analysis.token_stats import (BIMODAL_MIN_DELTA_BIC, BIMODAL_MIN_SEPARATION, BIMODAL_MIN_WEIGHT,
                                               bimodality, head_rows, umap_embedding)
 
@@ -345,6 +346,17 @@ def sign_totals_html(totals, level: float = 0.95) -> str:
       "noise floor ±": totals.noise_floor, "sum": totals["sum"], f"sum {at}": between("sum_low", "sum_high"),
       "scaled sum (δh·mean)": totals.scaled_sum, f"scaled sum {at}": between("scaled_low", "scaled_high")})
   return table_html(frame, max_rows=len(frame))
+
+
+def totals_line(totals) -> str:
+  """Table 1's one-line summary: the noise floor's median share of a total by sign (over cells and both signs:
+  up to that much of a total may be chain noise), and how many sums' intervals exclude 0."""
+  with np.errstate(divide="ignore", invalid="ignore"):  # (a total of 0: its share is infinite, the median holds)
+    share = np.nanmedian(np.r_[totals.noise_floor / totals.positive, totals.noise_floor / -totals.negative])
+  clear = excludes_zero(totals[["sum_low", "sum_high"]].to_numpy())
+  chains = int(totals.chains.median())
+  return (f"Table 1: the noise floor is a median {share * 100:.0f} % of a total by sign at {chains} chains (up to "
+          f"that much of a total may be chain noise); {clear.sum()} of {len(totals)} sums clear of 0")
 
 
 def plot_sign_totals(totals, heads, path) -> Path:
