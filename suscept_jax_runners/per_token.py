@@ -457,9 +457,9 @@ def render_totals(out: Path, table, info, heads) -> tuple:
       atomic_write_bytes(views_dir / name, frame.to_csv(index=False, float_format="%.6g").encode())
       written.append(views_dir / name)
     written.append(tv.plot_sign_totals(by_sign, heads, views_dir / "sign_totals.png"))
-    print(tv.totals_line(by_sign))
-    body = (f"<p>{tv.totals_line(by_sign)}.</p>" + note + pages.embedded_png(written[-1], "totals by sign")
-            + tv.sign_totals_html(by_sign))
+    line = tv.totals_line(by_sign)
+    print(line)
+    body = f"<p>{line}.</p>" + note + pages.embedded_png(written[-1], "totals by sign") + tv.sign_totals_html(by_sign)
   return ("Total positive and negative χ", body + pages.embedded_png(written[0], "totals by token")), written
 
 

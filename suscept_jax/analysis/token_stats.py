@@ -60,8 +60,9 @@ def totals(table, token_chains: TokenChains | None = None, *, level: float = 0.9
   pos_CxKxV, neg_CxKxV = (np.asarray(a, np.float64) for a in (token_chains.positive_CxKxV, token_chains.negative_CxKxV))
   c_R = np.array([token_chains.components.index(c) for c in per_token.component])
   v_R = np.searchsorted(ids_V, per_token.token_id.to_numpy())
-  found = intervals_by_sign(pos_CxKxV[c_R, :, v_R].T, neg_CxKxV[c_R, :, v_R].T, _floors(t, pos_CxKxV,
-                            token_chains.components, ["component", "token"]).to_numpy(), level)
+  floors = _floors(t, pos_CxKxV, token_chains.components, ["component", "token"])
+  found = intervals_by_sign(pos_CxKxV[c_R, :, v_R].T, neg_CxKxV[c_R, :, v_R].T,
+                            floors[list(zip(per_token.component, per_token.token))].to_numpy(), level)
   mean, mean_err = estimators.mean_and_stderr((pos_CxKxV + neg_CxKxV)[c_R, :, v_R].T / per_token["count"].to_numpy(),
                                               np.ones(pos_CxKxV.shape[1], bool))
   q_R = estimators.t_quantile(found["chains"], level)
