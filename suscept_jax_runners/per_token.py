@@ -406,6 +406,16 @@ def chains_with(out: Path, keys) -> dict | None:
     return {k: chains[k] for k in (*keys, "context_datasets_O")}
 
 
+def chains_by_component(out: Path) -> dict:
+  """{component: its count of valid chains} from chains.npz ({} for results of a version that kept none)."""
+  from suscept_jax.analysis import token_stats as ts
+  chains = chains_with(out, ("context_chi_CxKxO",))
+  if chains is None:
+    return {}
+  info = json.loads((out / "per_token.json").read_text())
+  return dict(zip(info["components"], ts.valid_chain_counts(chains["context_chi_CxKxO"]).tolist()))
+
+
 def load_sign_totals(out: Path, table, info) -> tuple:
   """(Table 1 with intervals, `token_stats.sign_totals`, or None; the paragraph saying what its intervals hold
   or why there are none)."""
@@ -508,10 +518,11 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       links.append((name, dataset, f"({len(contexts_ids)} contexts, {len(keys)} tokens)"))
     sections["highlight"] = ("Highlighted text", pages.link_list(links))
   if "extremes" in views:
-    links = []
+    links, chains = [], chains_by_component(Path(out))
     for h in heads:
       name = f"extremes_{h.replace(' ', '_')}.html"
-      write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}"))
+      write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}",
+                                         num_chains=chains.get(h)))
       links.append((name, h, ""))
     sections["extremes"] = ("Top-100 positive and negative tokens in context", pages.link_list(links))
     for stale in set(views_dir.glob("extremes_*.html")) - set(written):  # heads of an earlier render: unlinked

@@ -74,6 +74,11 @@ def test_extreme_tokens_list_each_sign_apart():
   assert "2 most positive tokens of h (every token with χ &gt; 0)" in positive
   assert "3 most negative tokens of h (every token with χ &lt; 0)" in page
   assert positive.count('data-focus="1"') == 2 and negative.count('data-focus="1"') == 3
+  # given the chains: how many intervals are clear of 0 (t with 3 d.o.f.: |χ| > 3.18 × 0.1 here), token by token
+  page = tv.extreme_tokens_html(_table({"a": [3.0, 0.3], "b": [-1.0]}), "h", title="t", k=100, num_chains=4)
+  assert "2 most positive tokens of h (every token with χ &gt; 0); 1 with a 95 % interval clear of 0" in page
+  assert "1 with a 95 % interval clear of 0" in page.split("most negative")[1]
+  assert page.count("(interval holds 0)") == 1 and "χ = +0.3 ± 0.1 (interval holds 0) at d" in page
 
 
 def _table(values_by_token, component="h", dataset="d"):

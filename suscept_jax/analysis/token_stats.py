@@ -104,10 +104,16 @@ def intervals_by_sign(positive_KxN, negative_KxN, floor_N, level: float = 0.95) 
           "positive_stderr": p_err, "negative_stderr": n_err, "sum_stderr": s_err, "chains": chains_N}
 
 
+def valid_chain_counts(per_chain_CxKxG) -> np.ndarray:
+  """[C] each component's count of valid chains: those whose values are all finite (an invalid chain's are NaN)."""
+  x = np.asarray(per_chain_CxKxG, np.float64)
+  return np.isfinite(x.reshape(x.shape[0], x.shape[1], -1)).all(-1).sum(1)
+
+
 def _floors(table, positive_CxKxG, components, keys):
   """The noise floor summed over each group of the table's rows (`keys`), at each component's count of valid
-  chains (those finite in `positive_CxKxG`)."""
-  valid_C = np.isfinite(np.asarray(positive_CxKxG, np.float64)).all(-1).sum(1)
+  chains (`valid_chain_counts`)."""
+  valid_C = valid_chain_counts(positive_CxKxG)
   chains_R = valid_C[[components.index(c) for c in table.component]]
   floor_R = noise_floor_per_token(table.chi_stderr.to_numpy(np.float64), chains_R)
   return table.assign(floor=np.where(np.isfinite(table.chi), floor_R, 0.0)).groupby(keys, sort=False).floor.sum()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from suscept_jax import estimators
 from suscept_jax.analysis.pages import page, table_html
 from suscept_jax.analysis.plots import pyplot, save_figure
 from suscept_jax.analysis.structure import excludes_zero
@@ -103,31 +104,38 @@ def highlighted_text_html(contexts, chi_HxOxJ, heads, *, title: str, scheme: str
   return page(title, "\n".join(parts))
 
 
-def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str) -> str:
+def _in_context_html(by_context, row, window: int, max_abs: float, scheme: str, verdict: str = "") -> str:
   """One token (a table row) highlighted with ±window tokens of its context (cut at the context's ends)."""
   g = by_context[(row.dataset, row.context)]
   near = g[(g.position >= row.position - window) & (g.position <= row.position + window)]
   focus = lambda r: ' data-focus="1"' if r.position == row.position else ""
   spans = "".join(_token_span(r.token, [r.chi], max_abs, scheme, focus(r)) for r in near.itertuples())
-  return (f'<div class="meta">χ = {row.chi:+.3g} ± {row.chi_stderr:.2g} at {html.escape(str(row.dataset))}, '
+  return (f'<div class="meta">χ = {row.chi:+.3g} ± {row.chi_stderr:.2g}{verdict} at {html.escape(str(row.dataset))}, '
           f'context {row.context}, position {row.position}</div><div class="ctx">{spans}</div>')
 
 
 def extreme_tokens_html(table, head: str, *, title: str, k: int = 100, window: int = 200,
-                        scheme: str = "quadratic") -> str:
+                        scheme: str = "quadratic", num_chains: int | None = None, level: float = 0.95) -> str:
   """The k most positive and k most negative tokens of one head, each with ±window tokens of its context
-  highlighted (the paper's Fig. 32 layout; the window is cut at the context's ends)."""
+  highlighted (the paper's Fig. 32 layout; the window is cut at the context's ends). Given the head's count of
+  valid chains, each token and each list say whether (how many) `level` intervals are clear of 0: the lists
+  are picked by the measured χ, so chain noise puts some tokens in them."""
   t = head_rows(table, head)
   max_abs = float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
   parts = [_legend([head], scheme, max_abs)]
+  q = None if num_chains is None else float(estimators.t_quantile(num_chains, level))
   # (each list holds tokens of its sign only: with fewer than k of a sign, nlargest alone listed negative
   # tokens as "most positive" and the heading still said k)
   for label, sign, rows in (("most positive", ">", t[t.chi > 0].nlargest(k, "chi")),
                             ("most negative", "<", t[t.chi < 0].nsmallest(k, "chi"))):
     every = f" (every token with χ {sign} 0)" if len(rows) < k else ""
-    parts.append(f"<h2>{len(rows)} {label} tokens of {html.escape(head)}{html.escape(every)}</h2>")
-    parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in rows.itertuples()]
+    clear = np.ones(len(rows), bool) if q is None else (rows.chi.abs() > q * rows.chi_stderr).to_numpy()
+    counted = "" if q is None else f"; {clear.sum()} with a {level * 100:g} % interval clear of 0"
+    parts.append(f"<h2>{len(rows)} {label} tokens of {html.escape(head)}{html.escape(every + counted)}</h2>")
+    verdicts = [""] * len(rows) if q is None else ["" if c else " (interval holds 0)" for c in clear]
+    parts += [_in_context_html(by_context, row, window, max_abs, scheme, v) for row, v in zip(rows.itertuples(),
+                                                                                             verdicts)]
   return page(title, "\n".join(parts))
 
 
