@@ -499,7 +499,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     heads = (list(layers.values()) + [h for h in all_heads if h not in layers.values()])[:3] or info["components"][:1]
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
-  written, sections = [], {}
+  written, sections, chains = [], {}, chains_by_component(Path(out))
   write = lambda name, text: (atomic_write_bytes(views_dir / name, text.encode()), written.append(views_dir / name))
   if "highlight" in views:
     links = []
@@ -518,7 +518,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       links.append((name, dataset, f"({len(contexts_ids)} contexts, {len(keys)} tokens)"))
     sections["highlight"] = ("Highlighted text", pages.link_list(links))
   if "extremes" in views:
-    links, chains = [], chains_by_component(Path(out))
+    links = []
     for h in heads:
       name = f"extremes_{h.replace(' ', '_')}.html"
       write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}",
@@ -531,14 +531,16 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     rows = []
     for h in all_heads or heads:
       for dataset in info["datasets"]:
-        pos, neg = ts.top_tokens(table, h, dataset)
-        listed = lambda top: ", ".join(f"{t!r} ({n})" for t, n in zip(top.token, top["count"]))
+        pos, neg = ts.top_tokens(table, h, dataset, num_chains=chains.get(h))
+        listed = lambda top: ", ".join(f"{t!r} ({n}" + (f"; {c} clear of 0)" if "clear" in top else ")")
+                                       for t, n, c in zip(top.token, top["count"], top.get("clear", top["count"])))
         rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg)})
     frame = pd.DataFrame(rows)
     atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
     written.append(views_dir / "top_tokens.csv")
     sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
-                       "often each is among them)", pages.table_html(frame))
+                       "often each is among them" + (", and how many of those have a 95 % interval clear of 0"
+                                                     if chains else "") + ")", pages.table_html(frame))
   if "totals" in views:
     sections["totals"], paths = render_totals(Path(out), table, info, heads)
     written.extend(paths)

@@ -229,6 +229,7 @@ def test_views_are_written_and_linked(finished):
     assert (views / name).exists() and name in index
   assert 'title="l0h0: χ = ' in (views / "highlight_00.html").read_text()  # hover: χ ± stderr per head
   assert " with a 95 % interval clear of 0</h2>" in (views / "extremes_l0h0.html").read_text()  # (2 chains kept)
+  assert " clear of 0)" in (views / "top_tokens.csv").read_text() and "how many of those have a 95 %" in index
   for figure in ("comparisons.png", "positions.png", "totals.png", "additivity.png"):
     assert (views / figure).stat().st_size > 5000
   assert "data:image/png;base64," in index  # figures embedded: the page is self-contained

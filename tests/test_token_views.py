@@ -123,6 +123,12 @@ def test_top_tokens_and_totals():
   pos, neg = ts.top_tokens(table, "h", k=2, pool=4)
   assert list(pos.token) == ["a", "b"] and list(pos["count"]) == [3, 1]  # the pool holds 3, 2.5, 2, 1
   assert list(neg.token) == ["c", "d"] and neg["mean_chi"].iloc[0] == pytest.approx(-2.5)
+  _, neg = ts.top_tokens(table, "h", k=5, pool=4)  # 3 negative tokens: the pool holds no positive one
+  assert list(neg.token) == ["c", "d"] and neg["count"].sum() == 3
+  # given the chains, how many of each token's occurrences in the pool have an interval clear of 0 (stderr 0.1,
+  # t with 3 d.o.f.: |χ| > 0.318)
+  pos, neg = ts.top_tokens(table, "h", k=5, pool=4, num_chains=4)
+  assert list(pos["clear"]) == [3, 1] and list(neg["clear"]) == [2, 1]
   per_head, per_token = ts.totals(table)
   assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
   assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)

@@ -19,17 +19,22 @@ def head_rows(table, head: str):
 
 # ---- tables ---------------------------------------------------------------------------------------------
 
-def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool: int = 100):
+def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool: int = 100,
+               num_chains: int | None = None, level: float = 0.95):
   """(positive, negative): the top-k *distinct* tokens among the `pool` most positive (negative) per-token χ
-  of a head (App. D's tables), with how often each occurs in the pool (Fig. 30's counts)."""
+  of a head (App. D's tables; a pool holds tokens of its sign only), with how often each occurs in the pool
+  (Fig. 30's counts) and, given the head's count of valid chains, how many of those occurrences have a `level`
+  interval clear of 0 (the pool is picked by the measured χ, so chain noise puts some tokens in it)."""
   t = table[table.component == head]
   if dataset is not None:
     t = t[t.dataset == dataset]
+  q = np.inf if num_chains is None else float(estimators.t_quantile(num_chains, level))
   out = []
-  for frame in (t.nlargest(pool, "chi"), t.nsmallest(pool, "chi")):
-    counts = frame.groupby("token", sort=False).chi.agg(["size", "mean"]).reset_index()
-    counts = counts.rename(columns={"size": "count", "mean": "mean_chi"})
-    out.append(counts.head(k))
+  for frame in (t[t.chi > 0].nlargest(pool, "chi"), t[t.chi < 0].nsmallest(pool, "chi")):  # (each of its sign)
+    frame = frame.assign(clear=frame.chi.abs() > q * frame.chi_stderr)
+    counts = frame.groupby("token", sort=False).agg(count=("chi", "size"), mean_chi=("chi", "mean"),
+                                                    clear=("clear", "sum")).reset_index()
+    out.append(counts.head(k) if num_chains is not None else counts.head(k).drop(columns="clear"))
   return tuple(out)
 
 
