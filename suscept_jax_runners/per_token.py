@@ -43,7 +43,11 @@ OUTPUTS = ("tokens.parquet", "tokens.csv", "dataset_chi.csv", CHAINS, "per_token
 # Fingerprints recorded since 2026-12 (directories written before hold none: compared where present).
 NEWER_FINGERPRINTS = ("base_fingerprint", "probe_fingerprints", "run_fingerprint")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the resolved settings and the work planned, then exit.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and the choice of contexts.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise, batch order and (unless --contexts_seed) the choice "
+                             "of contexts.")
+_CONTEXTS_SEED = flags.DEFINE_integer("contexts_seed", None, "Seed of the choice of contexts (default: --seed). "
+                                      "Runs with other --seed and one --contexts_seed observe the same contexts "
+                                      "through other chains: their spread checks the error bars.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Base contexts per SGLD step "
                               + cli.by_preset(lambda p: p.per_token_batch_size) + ".")
 _MICRO = cli.define_microbatch_flag()
@@ -86,7 +90,8 @@ def resolve_settings() -> dict:
       "preset": _PRESET.value, "run_dir": run_dir, "tokenizer": tokenizer, "step": _STEP.value,
       "base": pick(_BASE, preset.base), "probes": list(pick(_PROBES, preset.probes)),
       "contexts_per_dataset": pick(_CONTEXTS, preset.per_token_contexts),
-      "components": _COMPONENTS.value, "seed": _SEED.value, "batch_size": pick(_BATCH, preset.per_token_batch_size),
+      "components": _COMPONENTS.value, "seed": _SEED.value, "contexts_seed": pick(_CONTEXTS_SEED, _SEED.value),
+      "batch_size": pick(_BATCH, preset.per_token_batch_size),
       "microbatch_size": cli.microbatch_size(_MICRO, preset.microbatch_size),
       "delta_h": pick(_DELTA_H, preset.delta_h), "dataset_chi": _DATASET_CHI.value,
       "max_contexts": pick(_MAX_CONTEXTS, preset.max_contexts), "sgld": sgld, "views": views,
@@ -141,8 +146,8 @@ def main(argv):
   specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
   component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
-  number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "batch_size",
-                                                  "delta_h", "dataset_chi", "max_contexts", "numerics")},
+  number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "contexts_seed",
+                                                  "batch_size", "delta_h", "dataset_chi", "max_contexts", "numerics")},
                      "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
                      "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
@@ -150,9 +155,10 @@ def main(argv):
                                    "dry_run": _DRY_RUN.value, "views": settings["views"]}, num_processes)
   store = results.ResultsDir(out)
   store.check_writable(write=not _DRY_RUN.value)
+  legacy = {**cli.LEGACY_SETTINGS, "contexts_seed": settings["seed"]}  # (before the flag: chosen by --seed)
   if not _OVERWRITE.value:
     store.check_settings(number_settings, ignore=("data_identity", "tokenizer_fingerprint", "contexts_fingerprint",
-                                                  *NEWER_FINGERPRINTS), legacy=cli.LEGACY_SETTINGS)
+                                                  *NEWER_FINGERPRINTS), legacy=legacy)
   if _DRY_RUN.value:
     print("resolved settings:\n" + json.dumps({**number_settings, "microbatch_size": settings["microbatch_size"],
                                                 "output_dir": str(out), "views": settings["views"]},
@@ -181,7 +187,7 @@ def main(argv):
       capped = (f" (--max_contexts={settings['max_contexts']} caps it)"
                 if settings["max_contexts"] is not None and len(data) >= settings["max_contexts"] else "")
       raise ValueError(f"dataset {spec!r} has {len(data)} contexts{capped}, fewer than --contexts_per_dataset={n}")
-    ids = np.sort(np.random.default_rng([settings["seed"], len(chosen)]).permutation(len(data))[:n])
+    ids = np.sort(np.random.default_rng([settings["contexts_seed"], len(chosen)]).permutation(len(data))[:n])
     chosen.append(np.asarray(data[ids]))
     labels += [(spec, int(i)) for i in ids]
   contexts = np.concatenate(chosen)
@@ -200,7 +206,7 @@ def main(argv):
   # Again across processes, now with the data each host sees (its files may differ behind the same paths).
   distributed.check_same_settings({**run_settings, "run_dir": None}, num_processes)
   if not _OVERWRITE.value:
-    store.check_settings(run_settings, legacy=cli.LEGACY_SETTINGS, unrecorded=NEWER_FINGERPRINTS)
+    store.check_settings(run_settings, legacy=legacy, unrecorded=NEWER_FINGERPRINTS)
   distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,
                             process_index=process_index, num_processes=num_processes, outputs=OUTPUTS)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None

@@ -238,14 +238,15 @@ def test_views_are_written_and_linked(finished):
 
 @pytest.mark.parametrize("extra,message", [
     (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
-    (["--seed=3"], "holds results made with other settings (seed: 0 here, 3 now)"),
+    (["--seed=3"], "holds results made with other settings (contexts_seed: 0 here, 3 now; seed: 0 here, 3 now)"),
+    (["--contexts_seed=2"], "holds results made with other settings (contexts_seed: 0 here, 2 now)"),
     (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
     (["--views_only", "--views=sparkles"], "--views: unknown view(s) ['sparkles']"),  # (it used to exit 0)
     (["--num_processes=2", "--process_id=0"], "a multi-process run needs --coordinator_address, --num_processes and "
                                               "--process_id; missing --coordinator_address"),
 ])
 def test_bad_input_is_refused_naming_it(tiny, finished, tmp_path, extra, message):
-  out = finished[0] if "--seed=3" in extra else tmp_path / "out"  # the finished directory, or a fresh one
+  out = finished[0] if "seed=" in " ".join(extra) else tmp_path / "out"  # the finished directory, or a fresh one
   proc = run(per_token_cmd(tiny, out, *extra))
   assert proc.returncode == 2, proc.stderr[-3000:]
   if "{n}" in message:  # the dataset named, with its size
@@ -303,6 +304,27 @@ def test_the_additivity_view_says_why_it_has_no_error_bars(finished, tmp_path):
   index = (copy / "views" / "index.html").read_text()
   assert "No error bars: additivity intervals need &gt;= 2 observed contexts of every dataset; have " in index
   assert f": {len(datasets_O) - 1}, " in index and "off the line" not in index
+
+
+def test_other_chains_on_the_same_contexts(tiny, finished, tmp_path):
+  """--contexts_seed keeps the contexts while --seed draws other chains (the spread of such runs checks the error
+  bars); a directory written before the flag recorded its contexts' seed as --seed's."""
+  import shutil
+  out, _ = finished
+  proc = run(per_token_cmd(tiny, tmp_path / "other", "--seed=1", "--contexts_seed=0", "--views=none"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  keys = ["component", "dataset", "context", "position", "token_id"]
+  before, after = (pd.read_parquet(d / "tokens.parquet") for d in (out, tmp_path / "other"))
+  pd.testing.assert_frame_equal(after[keys], before[keys])
+  assert not np.allclose(after.chi, before.chi)
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  config = json.loads((copy / "config.json").read_text())
+  del config["settings"]["contexts_seed"]
+  (copy / "config.json").write_text(json.dumps(config))
+  assert run(per_token_cmd(tiny, copy, "--views=none")).returncode == 0  # (its contexts were --seed's: 0)
+  proc = run(per_token_cmd(tiny, copy, "--views=none", "--contexts_seed=1"))
+  assert proc.returncode == 2 and "(contexts_seed: 0 here, 1 now)" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_views_of_a_head_or_token_not_in_the_results_are_refused(finished, tmp_path):
