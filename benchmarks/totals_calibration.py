@@ -24,11 +24,14 @@ from suscept_jax.analysis import token_stats as ts
 COMPONENTS, DATASETS, CONTEXTS, TOKENS, CHAINS, DELTA_H = 3, 3, 4, 31, 4, 0.1
 
 
-def truth(zero_share: float, seed: int = 0):
+def truth(zero_share: float, seed: int = 0, *, fixed: float | None = None):
   """[C, O, J] true per-token χ: a share of the tokens do not respond (0), the rest are heavy-tailed and lean
-  positive on some cells (as the demo's heads do on their datasets)."""
+  positive on some cells (as the demo's heads do on their datasets); with `fixed`, every token at ±fixed (70 %
+  positive), where noise decides the sign of some and a plug-in guess of the bias errs most."""
   rng = np.random.default_rng(seed)
   shape = (COMPONENTS, DATASETS * CONTEXTS, TOKENS)
+  if fixed is not None:
+    return fixed * np.where(rng.random(shape) < 0.7, 1.0, -1.0)
   lean_CxO = np.repeat(rng.normal(0.0, 0.5, (COMPONENTS, DATASETS)), CONTEXTS, axis=1)
   responding = rng.standard_t(4, shape) + lean_CxO[..., None]
   return np.where(rng.random(shape) < zero_share, 0.0, responding)
@@ -55,12 +58,13 @@ def table_of(per_chain_CxKxOxJ):
                        "chi": chi.reshape(-1), "chi_stderr": stderr.reshape(-1)}), datasets_O
 
 
-def coverage(zero_share: float, noise: float, shared: float, trials: int, heavy_tails: bool = False):
+def coverage(zero_share: float, noise: float, shared: float, trials: int, heavy_tails: bool = False,
+             fixed_in_noise: float | None = None):
   """Over `trials` observations of one truth, means over its cells: shares of intervals that held the true
   positive total (with the floor's shift; without), the true negative total (with; without), the true sum;
   inflation of the sign totals as a share of the floor; run-to-run spread of each total / its RMS reported
-  standard error."""
-  mu_CxOxJ = truth(zero_share)
+  standard error. fixed_in_noise: every token's |χ| that many times the noise (`truth`'s `fixed`)."""
+  mu_CxOxJ = truth(zero_share, fixed=None if fixed_in_noise is None else fixed_in_noise * noise)
   datasets_O = np.repeat(np.arange(DATASETS), CONTEXTS)
   cells = lambda values_CxOxJ: np.stack([values_CxOxJ[:, datasets_O == d].sum((1, 2)) for d in range(DATASETS)], 1)
   true_pos, true_neg, true_sum = (cells(np.clip(mu_CxOxJ, 0, None)), cells(np.clip(mu_CxOxJ, None, 0)),
@@ -88,14 +92,17 @@ def coverage(zero_share: float, noise: float, shared: float, trials: int, heavy_
           "spread / stderr": np.mean([spread(c) for c in ("positive", "negative", "sum")])}
 
 
-SETTINGS = [  # (label, share of tokens with χ = 0, noise of a token's mean over chains, share shared, t3 noise)
-    ("quiet", 0.3, 0.1, 0.0, False),
-    ("demo-like", 0.3, 0.5, 0.0, False),
-    ("demo-like, shared chain noise", 0.3, 0.5, 0.5, False),
-    ("demo-like, t3 noise", 0.3, 0.5, 0.0, True),
-    ("noisy", 0.3, 1.5, 0.0, False),
-    ("mostly silent", 0.9, 0.5, 0.0, False),
-    ("all silent", 1.0, 0.5, 0.0, False),
+SETTINGS = [  # (label, share of tokens with χ = 0, noise of a token's mean over chains, share shared, t3 noise,
+    # every token's |χ| in units of the noise, or None)
+    ("quiet", 0.3, 0.1, 0.0, False, None),
+    ("demo-like", 0.3, 0.5, 0.0, False, None),
+    ("demo-like, shared chain noise", 0.3, 0.5, 0.5, False, None),
+    ("demo-like, t3 noise", 0.3, 0.5, 0.0, True, None),
+    ("noisy", 0.3, 1.5, 0.0, False, None),
+    ("mostly silent", 0.9, 0.5, 0.0, False, None),
+    ("all silent", 1.0, 0.5, 0.0, False, None),
+    ("every token at ±1 noise", 0.0, 0.5, 0.0, False, 1.0),
+    ("every token at ±2 noise", 0.0, 0.5, 0.0, False, 2.0),
 ]
 
 
@@ -107,8 +114,8 @@ def main(argv=None):
              "inflation / floor", "floor / total", "spread / stderr")
   print(f"{'truth':32s} " + " ".join(f"{h:>6s}" for h in ("pos", "plain", "neg", "plain", "sum", "infl", "floor",
                                                             "spread")))
-  for label, zero_share, noise, shared, heavy_tails in SETTINGS:
-    f = coverage(zero_share, noise, shared, trials, heavy_tails)
+  for label, zero_share, noise, shared, heavy_tails, fixed in SETTINGS:
+    f = coverage(zero_share, noise, shared, trials, heavy_tails, fixed)
     print(f"{label:32s} " + " ".join(f"{f[c]:6.2f}" for c in columns))
   print("pos, neg: share of intervals that held the true total (plain: the chains' t-interval about the measured "
         "total, without the floor's shift); sum: the same for the sum; infl: mean inflation of a sign total by "

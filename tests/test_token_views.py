@@ -295,7 +295,7 @@ def test_the_totals_benchmark_prints_every_setting(capsys):
   """`python -m benchmarks.totals_calibration` at tiny size (so it cannot rot)."""
   totals_calibration.main(["--trials=2"])
   rows = capsys.readouterr().out.splitlines()
-  assert sum(r.startswith(tuple(s[0] for s in totals_calibration.SETTINGS)) for r in rows) == 7
+  assert sum(r.startswith(tuple(s[0] for s in totals_calibration.SETTINGS)) for r in rows) == 9
   with pytest.raises(SystemExit):
     totals_calibration.main(["--trials=1"])
   assert "--trials=1 must be >= 2" in capsys.readouterr().err
