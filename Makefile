@@ -45,6 +45,8 @@ bench: setup-test
 	$(PY) -m benchmarks.error_bar_calibration
 	$(PY) -m benchmarks.error_bars_on_demo
 	$(PY) -m benchmarks.structure_calibration
+	$(PY) -m benchmarks.additivity_calibration
+	$(PY) -m benchmarks.totals_calibration
 	$(PY) -m benchmarks.per_token_cost
 	$(PY) -m benchmarks.restricted_gradients
 	$(PY) -m benchmarks.scaling
