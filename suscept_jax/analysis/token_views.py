@@ -213,9 +213,8 @@ def plot_additivity(joined, slope: float, r: float, path, intervals=None) -> Pat
     dots = ax.scatter(g.predicted, g.chi, s=16, label=comp, zorder=3)
     if intervals is not None:
       rows = g.index.to_numpy()
-      bars = lambda centre, interval_Nx2: np.abs(interval_Nx2[rows] - centre.to_numpy()[:, None]).T
-      ax.errorbar(g.predicted, g.chi, xerr=bars(g.predicted, intervals.predicted_interval_Nx2),
-                  yerr=bars(g.chi, intervals.chi_interval_Nx2), fmt="none", lw=0.6, alpha=0.5,
+      ax.errorbar(g.predicted, g.chi, xerr=_error_bars(g.predicted, intervals.predicted_interval_Nx2[rows]),
+                  yerr=_error_bars(g.chi, intervals.chi_interval_Nx2[rows]), fmt="none", lw=0.6, alpha=0.5,
                   ecolor=dots.get_facecolor()[0], zorder=2)
   if intervals is not None and intervals.off_line_N().any():
     off = joined[intervals.off_line_N()]
@@ -329,8 +328,7 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
       if "noise_floor" in top:
         ax.barh(labels, np.sign(top[column]) * top.noise_floor, color="0.6", alpha=0.8, height=0.4,
                 label="noise floor" if row == col == 0 else None)
-        ax.errorbar(top[column], labels, xerr=np.abs(top[[f"{column}_low", f"{column}_high"]].to_numpy().T
-                                                     - top[column].to_numpy()),
+        ax.errorbar(top[column], labels, xerr=_error_bars(top[column], top[[f"{column}_low", f"{column}_high"]]),
                     fmt="none", ecolor="black", lw=0.7, capsize=2)
         if row == col == 0:
           ax.legend(fontsize=6, frameon=False, loc="lower left")
@@ -339,6 +337,12 @@ def plot_totals(per_token_totals, heads, path, *, k: int = 10) -> Path:
       ax.tick_params(labelsize=7)
   fig.tight_layout()
   return save_figure(fig, path)
+
+
+def _error_bars(centre, low_high_Nx2):
+  """[2, N] distances from each point down to its interval's low end and up to its high end (matplotlib's
+  xerr / yerr)."""
+  return np.abs(np.asarray(low_high_Nx2, np.float64).T - np.asarray(centre, np.float64))
 
 
 def sign_totals_html(totals, level: float = 0.95) -> str:
@@ -380,11 +384,11 @@ def plot_sign_totals(totals, heads, path) -> Path:
     bars, sums = x - 0.12, x + 0.3  # the sum beside the bars, so that their error bars do not overlap
     ax.bar(bars, 2 * t.noise_floor, bottom=-t.noise_floor, width=0.7, color="0.85", label="noise floor", zorder=1)
     for column, colour in (("positive", "green"), ("negative", "red")):
-      errors = np.abs(t[[f"{column}_low", f"{column}_high"]].to_numpy().T - t[column].to_numpy())
       ax.bar(bars, t[column], width=0.45, color=colour, alpha=0.7, label=f"total {column}", zorder=2)
-      ax.errorbar(bars, t[column], yerr=errors, fmt="none", ecolor="black", lw=0.7, capsize=2, zorder=3)
-    ax.errorbar(sums, t["sum"], yerr=np.abs(t[["sum_low", "sum_high"]].to_numpy().T - t["sum"].to_numpy()), fmt="o",
-                color="black", ms=3, lw=0.9, capsize=2, label="sum", zorder=4)
+      ax.errorbar(bars, t[column], yerr=_error_bars(t[column], t[[f"{column}_low", f"{column}_high"]]), fmt="none",
+                  ecolor="black", lw=0.7, capsize=2, zorder=3)
+    ax.errorbar(sums, t["sum"], yerr=_error_bars(t["sum"], t[["sum_low", "sum_high"]]), fmt="o", color="black", ms=3,
+                lw=0.9, capsize=2, label="sum", zorder=4)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xticks(x, [d if len(d) <= 16 else d[:15] + "…" for d in map(str, t.dataset)], fontsize=7, rotation=30,
                   ha="right")
