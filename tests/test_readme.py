@@ -33,5 +33,9 @@ def test_every_api_snippet_runs_as_written():
   assert res.chi.shape == (2, 3) and np.all(res.chi[1] == 0)  # probe "base" is the base data
   assert np.isfinite(res.chi).all() and (res.llc > 0).all() and llc.mean > 0
   assert pt.chi.shape[:2] == (3, 8) and np.isfinite(pt.chi).all()
+  table1 = namespace["table1"]  # Table 1's totals are the per-token χ's, and each interval holds its total's value
+  np.testing.assert_allclose(table1["positive"], np.clip(pt.chi, 0, None).sum((1, 2)), rtol=1e-9)
+  np.testing.assert_allclose(table1["sum"], pt.chi.sum((1, 2)), rtol=1e-9, atol=1e-12)
+  assert (table1["positive_low"] <= np.maximum(table1["positive"] - table1["noise_floor"], 0)).all()
   assert bif.covariance.shape[0] == 1
   assert namespace["sj"].realised_fraction(64, 0.1, num_draws=200) == 0.1
