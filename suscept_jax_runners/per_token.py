@@ -412,14 +412,13 @@ def chains_with(out: Path, keys) -> dict | None:
     return {k: chains[k] for k in (*keys, "context_datasets_O")}
 
 
-def chains_by_component(out: Path) -> dict:
+def chains_by_component(out: Path, components) -> dict:
   """{component: its count of valid chains} from chains.npz ({} for results of a version that kept none)."""
   from suscept_jax.analysis import token_stats as ts
   chains = chains_with(out, ("context_chi_CxKxO",))
   if chains is None:
     return {}
-  info = json.loads((out / "per_token.json").read_text())
-  return dict(zip(info["components"], ts.valid_chain_counts(chains["context_chi_CxKxO"]).tolist()))
+  return dict(zip(components, ts.valid_chain_counts(chains["context_chi_CxKxO"]).tolist()))
 
 
 def load_sign_totals(out: Path, table, info) -> tuple:
@@ -505,7 +504,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     heads = (list(layers.values()) + [h for h in all_heads if h not in layers.values()])[:3] or info["components"][:1]
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
-  written, sections, chains = [], {}, chains_by_component(Path(out))
+  written, sections, chains = [], {}, chains_by_component(Path(out), info["components"])
   write = lambda name, text: (atomic_write_bytes(views_dir / name, text.encode()), written.append(views_dir / name))
   if "highlight" in views:
     links = []
@@ -538,8 +537,8 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     for h in all_heads or heads:
       for dataset in info["datasets"]:
         pos, neg = ts.top_tokens(table, h, dataset, num_chains=chains.get(h))
-        listed = lambda top: ", ".join(f"{t!r} ({n}" + (f"; {c} clear of 0)" if "clear" in top else ")")
-                                       for t, n, c in zip(top.token, top["count"], top.get("clear", top["count"])))
+        clear = lambda top: [f"; {c} clear of 0" for c in top["clear"]] if "clear" in top else [""] * len(top)
+        listed = lambda top: ", ".join(f"{t!r} ({n}{c})" for t, n, c in zip(top.token, top["count"], clear(top)))
         rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg)})
     frame = pd.DataFrame(rows)
     atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())

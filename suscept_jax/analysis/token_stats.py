@@ -28,14 +28,19 @@ def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool
   t = table[table.component == head]
   if dataset is not None:
     t = t[t.dataset == dataset]
-  q = np.inf if num_chains is None else float(estimators.t_quantile(num_chains, level))
   out = []
   for frame in (t[t.chi > 0].nlargest(pool, "chi"), t[t.chi < 0].nsmallest(pool, "chi")):  # (each of its sign)
-    frame = frame.assign(clear=frame.chi.abs() > q * frame.chi_stderr)
-    counts = frame.groupby("token", sort=False).agg(count=("chi", "size"), mean_chi=("chi", "mean"),
-                                                    clear=("clear", "sum")).reset_index()
-    out.append(counts.head(k) if num_chains is not None else counts.head(k).drop(columns="clear"))
+    aggregates = {"count": ("chi", "size"), "mean_chi": ("chi", "mean")}
+    if num_chains is not None:
+      frame = frame.assign(clear=clear_of_zero(frame, num_chains, level))
+      aggregates["clear"] = ("clear", "sum")
+    out.append(frame.groupby("token", sort=False).agg(**aggregates).reset_index().head(k))
   return tuple(out)
+
+
+def clear_of_zero(rows, num_chains: int, level: float = 0.95) -> np.ndarray:
+  """[N] whether each token row's `level` Student-t interval (χ ± t·stderr, K − 1 d.o.f.) excludes 0."""
+  return (rows.chi.abs() > float(estimators.t_quantile(num_chains, level)) * rows.chi_stderr).to_numpy()
 
 
 class TokenChains(NamedTuple):
@@ -68,11 +73,9 @@ def totals(table, token_chains: TokenChains | None = None, *, level: float = 0.9
   floors = _floors(t, pos_CxKxV, token_chains.components, ["component", "token"])
   found = intervals_by_sign(pos_CxKxV[c_R, :, v_R].T, neg_CxKxV[c_R, :, v_R].T,
                             floors[list(zip(per_token.component, per_token.token))].to_numpy(), level)
-  mean, mean_err = estimators.mean_and_stderr((pos_CxKxV + neg_CxKxV)[c_R, :, v_R].T / per_token["count"].to_numpy(),
-                                              np.ones(pos_CxKxV.shape[1], bool))
-  q_R = estimators.t_quantile(found["chains"], level)
   per_token = per_token.drop(columns="token_id").assign(**{k: v for k, v in found.items() if k != "chains"})
-  return per_head, per_token.assign(mean_low=mean - q_R * mean_err, mean_high=mean + q_R * mean_err)
+  count_R = per_token["count"].to_numpy()  # (the mean over occurrences is the sum's share: so is its interval)
+  return per_head, per_token.assign(mean_low=per_token.sum_low / count_R, mean_high=per_token.sum_high / count_R)
 
 
 def noise_floor_per_token(stderr, num_chains):

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from suscept_jax import estimators
 from suscept_jax.analysis.pages import page, table_html
 from suscept_jax.analysis.plots import pyplot, save_figure
 from suscept_jax.analysis.structure import excludes_zero
 from suscept_jax.analysis.token_stats import (BIMODAL_MIN_DELTA_BIC, BIMODAL_MIN_SEPARATION, BIMODAL_MIN_WEIGHT,
-                                              bimodality, head_rows, umap_embedding)
+                                              bimodality, clear_of_zero, head_rows, umap_embedding)
 
 COLOUR_SCHEMES = ("quadratic", "linear")
 
@@ -124,16 +123,17 @@ def extreme_tokens_html(table, head: str, *, title: str, k: int = 100, window: i
   max_abs = float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
   parts = [_legend([head], scheme, max_abs)]
-  q = None if num_chains is None else float(estimators.t_quantile(num_chains, level))
   # (each list holds tokens of its sign only: with fewer than k of a sign, nlargest alone listed negative
   # tokens as "most positive" and the heading still said k)
   for label, sign, rows in (("most positive", ">", t[t.chi > 0].nlargest(k, "chi")),
                             ("most negative", "<", t[t.chi < 0].nsmallest(k, "chi"))):
-    every = f" (every token with χ {sign} 0)" if len(rows) < k else ""
-    clear = np.ones(len(rows), bool) if q is None else (rows.chi.abs() > q * rows.chi_stderr).to_numpy()
-    counted = "" if q is None else f"; {clear.sum()} with a {level * 100:g} % interval clear of 0"
-    parts.append(f"<h2>{len(rows)} {label} tokens of {html.escape(head)}{html.escape(every + counted)}</h2>")
-    verdicts = [""] * len(rows) if q is None else ["" if c else " (interval holds 0)" for c in clear]
+    heading = f" (every token with χ {sign} 0)" if len(rows) < k else ""
+    verdicts = [""] * len(rows)
+    if num_chains is not None:
+      clear = clear_of_zero(rows, num_chains, level)
+      heading += f"; {clear.sum()} with a {level * 100:g} % interval clear of 0"
+      verdicts = ["" if c else " (interval holds 0)" for c in clear]
+    parts.append(f"<h2>{len(rows)} {label} tokens of {html.escape(head)}{html.escape(heading)}</h2>")
     parts += [_in_context_html(by_context, row, window, max_abs, scheme, v) for row, v in zip(rows.itertuples(),
                                                                                              verdicts)]
   return page(title, "\n".join(parts))
