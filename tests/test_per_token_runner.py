@@ -240,13 +240,16 @@ def test_views_are_written_and_linked(finished):
     (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
     (["--seed=3"], "holds results made with other settings (contexts_seed: 0 here, 3 now; seed: 0 here, 3 now)"),
     (["--contexts_seed=2"], "holds results made with other settings (contexts_seed: 0 here, 2 now)"),
+    (["--contexts_seed=-1"], "--contexts_seed=-1 must be >= 0"),
+    (["--seed=-1"], "--seed=-1 must be >= 0"),
     (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
     (["--views_only", "--views=sparkles"], "--views: unknown view(s) ['sparkles']"),  # (it used to exit 0)
     (["--num_processes=2", "--process_id=0"], "a multi-process run needs --coordinator_address, --num_processes and "
                                               "--process_id; missing --coordinator_address"),
 ])
 def test_bad_input_is_refused_naming_it(tiny, finished, tmp_path, extra, message):
-  out = finished[0] if "seed=" in " ".join(extra) else tmp_path / "out"  # the finished directory, or a fresh one
+  resumed = {"--seed=3", "--contexts_seed=2"} & set(extra)  # other settings than the finished directory's
+  out = finished[0] if resumed else tmp_path / "out"  # the finished directory, or a fresh one
   proc = run(per_token_cmd(tiny, out, *extra))
   assert proc.returncode == 2, proc.stderr[-3000:]
   if "{n}" in message:  # the dataset named, with its size
