@@ -31,11 +31,16 @@ def component_seed(name: str) -> int:
 KEY_ROWS_BUCKET = 64  # key rows are derived in padded blocks: groups of different sizes share one program
 
 
+def check_key_id(name: str, value) -> None:
+  """A seed or checkpoint id is folded into every chain's key as a uint32: it must lie in [0, 2**32)."""
+  if not 0 <= int(value) < 2**32:
+    raise ValueError(f"{name}={value} must be an integer in [0, 2**32)")
+
+
 def chain_keys(seed: int, checkpoint_id: int, component_names, num_chains: int) -> np.ndarray:
   """uint32 key data [C·K, 2]: fold_in(seed, checkpoint, component, chain)."""
   for name, value in (("seed", seed), ("checkpoint_id", checkpoint_id)):
-    if not 0 <= int(value) < 2**32:
-      raise ValueError(f"{name}={value} must be an integer in [0, 2**32)")
+    check_key_id(name, value)
   ids = np.array([(component_seed(name), k) for name in component_names for k in range(num_chains)], np.uint32)
   rows = -(-len(ids) // KEY_ROWS_BUCKET) * KEY_ROWS_BUCKET  # one compiled shape for every group up to its size
   padded = np.concatenate([ids, np.zeros((rows - len(ids), 2), np.uint32)])

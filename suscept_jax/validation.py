@@ -92,10 +92,12 @@ def sgld_config_or(config, default: sgld.SGLDConfig) -> sgld.SGLDConfig:
   return config
 
 
-def check_seed(seed) -> None:
+def check_seed(seed, name: str = "seed") -> None:
+  """An integer in [0, 2**32) (`streams.check_key_id`); `name` is what the message calls it (a runner's flag)."""
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-    raise TypeError(f"seed must be an integer, not a {type(seed).__name__} (chains' keys derive from it, the "
+    raise TypeError(f"{name} must be an integer, not a {type(seed).__name__} (chains' keys derive from it, the "
                     f"component and the checkpoint: a JAX key is not taken)")
+  streams.check_key_id(name, seed)
 
 
 def check_batching(batch_size: int, microbatch_size) -> None:

@@ -100,9 +100,9 @@ def resolve_settings() -> dict:
   total = len(settings["probes"]) * settings["contexts_per_dataset"]
   settings["contexts_per_chunk"] = pick(_CHUNK, settings["contexts_per_dataset"] if preset.per_token_unit_per_dataset
                                         else total)
-  for flag in ("seed", "contexts_seed"):  # (numpy's own message named neither)
-    if settings[flag] < 0:
-      raise ValueError(f"--{flag}={settings[flag]} must be >= 0")
+  from suscept_jax import validation
+  for flag in ("seed", "contexts_seed"):  # (refused here, naming the flag, before anything is written)
+    validation.check_seed(settings[flag], f"--{flag}")
   if settings["contexts_per_dataset"] < 1:
     raise ValueError(f"--contexts_per_dataset={settings['contexts_per_dataset']} must be >= 1")
   if settings["batch_size"] < 1:

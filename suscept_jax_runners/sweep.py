@@ -83,6 +83,8 @@ def resolve_settings() -> dict:
   if not probes:
     raise ValueError("--probes is empty: name at least one probe dataset")
   comps = _COMPONENTS.value or preset.components
+  from suscept_jax import validation
+  validation.check_seed(_SEED.value, "--seed")  # (refused before anything is written, naming the flag)
   return {
       "preset": _PRESET.value, "run_dir": run_dir, "checkpoint_steps": steps, "base": pick(_BASE, preset.base),
       "probes": probes, "components": None if comps is None else list(comps), "tokenizer": tokenizer,

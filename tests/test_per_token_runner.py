@@ -240,8 +240,8 @@ def test_views_are_written_and_linked(finished):
     (["--contexts_per_dataset=100000"], "has {n} contexts, fewer than --contexts_per_dataset=100000"),
     (["--seed=3"], "holds results made with other settings (contexts_seed: 0 here, 3 now; seed: 0 here, 3 now)"),
     (["--contexts_seed=2"], "holds results made with other settings (contexts_seed: 0 here, 2 now)"),
-    (["--contexts_seed=-1"], "--contexts_seed=-1 must be >= 0"),
-    (["--seed=-1"], "--seed=-1 must be >= 0"),
+    (["--contexts_seed=-1"], "--contexts_seed=-1 must be an integer in [0, 2**32)"),
+    (["--seed=-1"], "--seed=-1 must be an integer in [0, 2**32)"),
     (["--views=highlight,sparkles"], "--views: unknown view(s) ['sparkles']"),
     (["--views_only", "--views=sparkles"], "--views: unknown view(s) ['sparkles']"),  # (it used to exit 0)
     (["--num_processes=2", "--process_id=0"], "a multi-process run needs --coordinator_address, --num_processes and "

@@ -39,6 +39,7 @@ def test_help_is_quick_and_shows_each_presets_defaults():
     (["--steps=40,0,40"], "--steps=40,0,40: lists [40] more than once"),
     (["--steps="], "names no checkpoint (give steps or 'all')"),
     (["--num_draws=1", "--delta_h=0.05"], "places no probe sample"),
+    (["--seed=-1"], "--seed=-1 must be an integer in [0, 2**32)"),  # (it used to write config.json first)
 ])
 def test_bad_input_fails_in_seconds_before_any_output(tiny, tmp_path, extra, message):
   root, run_dir, tok, data = tiny
