@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import anchor_table, batched, estimators, mixing, parallel, programs, sgld
 from suscept_jax.batched import MICROBATCH_AUTO, num_rows
-from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks
+from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks, initial_pending
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
 from suscept_jax.restricted import FreeView, component_groups, entry_grid
@@ -196,7 +196,8 @@ class _SharedTable:
 
 
 def evaluation_steps(config: sgld.SGLDConfig, blocks) -> np.ndarray:
-  """The global SGLD step whose batch each block evaluates (its first)."""
+  """The global SGLD step at which each block evaluates its position (its first); the batch it evaluates on is
+  that of `config.batch_step` of it."""
   return config.num_burnin + np.asarray(blocks) * config.steps_between_draws
 
 
@@ -373,7 +374,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
         programs.compile_ahead(draw_fn, _draw_args(group_run, carry, first_chunk))
       keys = put_e(_entry_key_data(component_names, K, E_pad, seed, checkpoint_id))
       table = (shared_table or _SharedTable()).get(lambda: anchor_table.build(  # a data fault: before any sampling
-          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
+          loss_fn, params, streams, config.batch_step(evaluation_steps(config, np.arange(num_blocks))),
           rows=batched.check_rows(batch_size, K), micro=microbatch_size))
       group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
                                      anchor_table=table)
@@ -462,7 +463,8 @@ def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, toke
                                                  (num_observed - plan.pair_split) * per_row)
   return Carry(state=state, moments=estimators.init_moments(num_entries, (plan.num_probes,)),
                diverged=np.zeros((num_entries,), bool), diverged_at=np.full((num_entries,), -1, np.int32),
-               token_moments=token_moments, pair_moments=pair_moments)
+               token_moments=token_moments, pair_moments=pair_moments,
+               mala=initial_pending(state.position, plan.config))
 
 
 class _Sampled(NamedTuple):
@@ -517,16 +519,17 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   count = min(L, group_run.num_blocks - first_block)
   blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (L - count))
   steps_LxS = evaluation_steps(config, blocks)[:, None] + np.arange(S)[None, :]
+  batch_steps_LxS = config.batch_step(steps_LxS)  # (a step after a measured MALA move re-reads its batch)
   probe_idx = None
   if plan.num_probes:
     slots = mixing.probe_slots(plan.batch_size, streams.delta_h, np.maximum(blocks - 1, 0))
     slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
-    probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
+    probe_idx = streams.probe_indices(batch_steps_LxS[:, 0], slots)
     probe_data = streams.gather_probes(probe_idx)
   else:
     slots = mixing.ProbeSlots(np.zeros((L, 0), np.int32), np.zeros((L, 0), np.float32))
     probe_data = np.zeros((L, config.num_chains, 0, 0), np.float32)
-  data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
+  data = ChunkData(base_LxSxK=streams.gather_base(batch_steps_LxS), probe_LxKxDxM=probe_data,
                    slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
                    loss_star_LxK=_loss_star(group_run, steps_LxS),
                    first_step=np.int32(evaluation_steps(config, first_block)), first_block=np.int32(first_block),
@@ -539,7 +542,8 @@ def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:
   the table exists: shapes for compiling)."""
   if group_run.anchor_table is None:
     return np.zeros((len(steps_LxS), group_run.streams.num_streams), np.float32)
-  return group_run.anchor_table.batch_means(group_run.streams.base_indices(steps_LxS[:, 0]))
+  return group_run.anchor_table.batch_means(group_run.streams.base_indices(
+      group_run.plan.config.batch_step(steps_LxS[:, 0])))
 
 
 def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:

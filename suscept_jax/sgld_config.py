@@ -28,7 +28,8 @@ class SGLDConfig:
   weight_decay: float = _field(0.0, "λ, devinterp's extra L2 term (0 in the paper)")
   rmsprop_alpha: float = _field(0.99, "RMSProp-SGLD: decay of the squared-gradient average")
   rmsprop_eps: float = _field(0.1, "RMSProp-SGLD: added to √V (devinterp's default)")
-  mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; one extra step each)")
+  mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; the step after a "
+                                  "measured move re-reads its batch, so it costs no extra gradient)")
   max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) "
                                             "diverged")
   bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
@@ -61,3 +62,24 @@ class SGLDConfig:
     """SGLD updates a run performs: burn-in, then draw t is taken after burn-in + t·steps_between_draws
     updates (t = 1 … num_draws, never at w* itself), plus the block whose evaluation closes the run."""
     return self.num_burnin + (self.num_draws + 1) * self.steps_between_draws
+
+  def mala_measured_at(self, step):
+    """Whether the move taken at global SGLD step `step` has its MALA acceptance measured (step: an int or an
+    integer array, numpy or jax: the same arithmetic serves the host's batch schedule and the compiled programs).
+
+    Measured: the first move of every `mala_every`-th draw's block (draws 0, k, 2k, …), never with σ = 0. MALA
+    needs the loss and gradient at the moved-to point on the move's own batch; the next step computes a gradient
+    there anyway, so it re-reads that batch (`batch_step`) and the measurement costs no extra gradient. A move
+    whose batch is re-read cannot be measured itself: with one step per draw, mala_every=1 measures every
+    second draw.
+    """
+    S = self.steps_between_draws
+    every = max(self.mala_every, 2 if S == 1 else 1)
+    since = step - self.num_burnin
+    return (since >= S) & (since % S == 0) & ((since // S - 1) % every == 0) & bool(
+        self.mala_every > 0 and self.noise_level > 0)
+
+  def batch_step(self, step):
+    """The global step whose base batch (with its probe samples) step `step` reads: its own, or the previous one's
+    when that move's MALA acceptance is measured (`mala_measured_at`). The step's noise is always its own."""
+    return step - self.mala_measured_at(step - 1)

@@ -174,4 +174,5 @@ def test_logits_in_chunks_never_change_the_numbers():
   whole, chunked = run(None), run(9)  # 32 × 16 tokens in 57 chunks, the last padded
   assert np.all(np.abs(whole.chi) > 0)
   np.testing.assert_allclose(chunked.chi, whole.chi, rtol=1e-3, atol=1e-6)
-  np.testing.assert_allclose(chunked.llc, whole.llc, rtol=1e-4)
+  # (rounding relative to the largest LLC: the head's is near 0)
+  np.testing.assert_allclose(chunked.llc, whole.llc, rtol=1e-4, atol=1e-4 * np.abs(whole.llc).max())
