@@ -7,8 +7,8 @@
    Per-replica time falls while a replica alone leaves the device idle and flattens once the matmuls fill it.
 2. The per-token pass (per-token NLL of O contexts for E parameter copies): FLOP/s against the same peak.
 3. Projection: FLOPs of the paper's sweep and per-token run (XLA's count for the paper model at batch 64 ×
-   ctx 1024, restricted gradients per component kind; MALA's acceptance needs no extra gradient) over the peaks of one H100 and
-   of a TPU v4-8 at a given utilisation. A FLOP count over a peak, not a measurement.
+   ctx 1024, restricted gradients per component kind; MALA's acceptance needs no extra gradient) over the
+   peaks of one H100 and of a TPU v4-8 at a given utilisation. A FLOP count over a peak, not a measurement.
 
   python -m benchmarks.scaling --from_figures=OUT/accelerator_figures.json
 

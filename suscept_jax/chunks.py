@@ -18,8 +18,9 @@ L_B(w_t) costs nothing extra; a draw adds one forward over the D·M probe slots 
 sample identical to the base sample it replaces contributes exactly 0), and L_B(w*) of each stream's batch
 is data, from the run's table of per-sample losses at w* (`anchor_table.py`). A MALA measurement costs no
 gradient: the step after a measured move re-reads its batch and completes it (`_block_moves`), so a program
-holds one copy of the backward pass and no loop when a block is one step. A probe sample with a non-finite loss drops that probe's contribution for that draw (counted
-per entry × probe in the moments) instead of killing the chain.
+holds one copy of the backward pass and no loop when a block is one step. A probe sample with a non-finite
+loss drops that probe's contribution for that draw (counted per entry × probe in the moments) instead of
+killing the chain.
 
 Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe slots
 per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, O observed contexts, J token

@@ -80,6 +80,18 @@ def run(loss_fn: Callable, params, component_names, masks_C, base, probes: Mappi
   """
   t0 = time.perf_counter()
   groups, calls = zip(*_program_calls(component_names, masks_C, config, hyper_C, restrict_gradients))
+  keys = _compile_meanwhile(lambda: [chain_keys(options.get("seed", 0), options.get("checkpoint_id", 0),
+                                                call.component_names, config.num_chains) for call in calls])
+  try:
+    return _run_groups(loss_fn, params, groups, calls, base, probes, config=config, progress=progress, label=label,
+                       t0=t0, **options)
+  finally:
+    keys.join()
+
+
+def _run_groups(loss_fn: Callable, params, groups, calls, base, probes: Mapping[str, Any], *,
+                config: sgld.SGLDConfig, progress, label: str, t0: float, **options) -> SamplerOutput:
+  """`run` of the component groups' programs, side by side where `concurrent_programs` says."""
   if len(calls) == 1:
     return _run_program(loss_fn, params, *calls[0], base, probes, config=config, progress=progress, label=label,
                         **options)
@@ -158,7 +170,12 @@ COMPILE_AHEAD_THREAD = "suscept_jax-compile-ahead"
 
 
 def _compile_meanwhile(compile_group: Callable[[], Any]) -> threading.Thread:
-  """Run `compile_group` (a group's `_run_program` with plan_only) in a thread of its own, now.
+  """Run `compile_group` (a group's `_run_program` with plan_only, or the chains' keys) in a thread of its own,
+  now.
+
+  The keys' small program compiled in 0.3 s alone but took 3 s when its group asked for it with two draw
+  programs compiling, while that group, compiled, waited (the demo's cold dataset-level run); started by `run`
+  before anything else it compiles while the first group traces (BUILD_NOTES, "Thirty-eighth session").
 
   A group that waits for a worker used to be traced and compiled only when one came free, so a cold run ended
   with that compile beside one group sampling, then that group sampling alone on two cores. Compiled from the

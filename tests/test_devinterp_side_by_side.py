@@ -94,8 +94,9 @@ def _permuted(side, seed=0):
 def test_comparison_of_our_results_with_themselves_agrees_exactly(ours):
   _, _, _, _, _, side = ours
   probes = ["repeats", "narrow"]
-  comparison = sbs.compare(side, _permuted(side), COMPONENTS, probes)
+  comparison = sbs.compare(side, _permuted(side), COMPONENTS, probes, num_chains=2)
   assert np.all(comparison["chi_z"] == 0) and np.all(comparison["llc_z"] == 0)
+  assert np.all(comparison["chi_p"] == 1) and np.all(comparison["llc_p"] == 1)
   for stats in comparison["per_token"].values():
     assert stats["frac_abs_z_gt_3"] == 0 and stats["mean_diff"] == 0 and stats["corr"] == pytest.approx(1.0)
   lines = []
@@ -154,12 +155,29 @@ def test_devinterp_job_on_the_same_files(ours):
   # re-anchoring φ moves head χ by c·(⟨ℓ − L_base⟩_C − ⟨ℓ − L_base⟩_full); β shifts every token of a component alike
   shift = mapped.token_chi["repeats"] - anchored.token_chi["repeats"]
   np.testing.assert_allclose(shift, shift[:, :1, :1] * np.ones_like(shift), rtol=1e-5)  # float32 losses
-  comparisons = {k: sbs.compare(side, form, COMPONENTS, ["repeats", "narrow"]) for k, form in theirs.items()}
+  comparisons = {k: sbs.compare(side, form, COMPONENTS, ["repeats", "narrow"], num_chains=2)
+                 for k, form in theirs.items()}
   assert comparisons["mapped"]["chi_z"].shape == (2, len(COMPONENTS))
   lines = []
   sbs.report(side, theirs, comparisons, COMPONENTS, ["repeats", "narrow"], log=lines.append)
   assert any("against mapped" in line for line in lines)
 
+
+
+def test_agreement_is_judged_by_student_t_over_the_cells_not_by_a_normal_z():
+  """Each side's stderr comes from 4 chains: a difference of 3 stderrs has p ≈ 0.02 (Welch's 6 d.o.f.), and 18
+  cells are one check. Two of our own runs with other seeds failed 'every |z| ≤ 3' in 13 of 28 pairs."""
+  from scipy import stats
+  ours = np.r_[3.0 * np.sqrt(2), np.zeros(17)]  # cell 0: z = 3 with equal stderrs of 1 a side
+  p = sbs.welch_p_values(ours, np.ones(18), np.zeros(18), np.ones(18), num_chains=4)
+  assert p[0] == pytest.approx(2 * stats.t.sf(3.0, 6)) and np.all(p[1:] == 1)  # ≈ 0.024 (a normal z: 0.0027)
+  assert sbs.welch_p_values([1.0], [1.0], [0.0], [0.0], num_chains=10**9)[0] == pytest.approx(
+      2 * stats.norm.sf(1.0), rel=1e-6)  # one exact side, endless chains: the normal z
+  # 18 cells: one at p 0.02 passes (0.02 × 18 > 0.05); one at 1e-4 fails; one cell alone at 0.02 fails at 0.05
+  assert sbs.agree(np.r_[0.02, np.ones(17)]) and not sbs.agree(np.r_[1e-4, np.ones(17)])
+  assert not sbs.agree(0.02) and sbs.agree(0.06)
+  far = sbs.welch_p_values(np.r_[40.0, np.zeros(17)], np.ones(18), np.zeros(18), np.ones(18), num_chains=4)
+  assert not sbs.agree(far)  # (a real disagreement, 28 combined stderrs, is still caught)
 
 
 def test_virtualenv_markers_and_the_offline_build_refuses_an_empty_wheel_folder(tmp_path):
