@@ -184,13 +184,9 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
   return step
 
 
-def _measures_mala(config: sgld.SGLDConfig) -> bool:
-  return bool(config.mala_every) and config.noise_level > 0
-
-
 def initial_pending(position_ExF, config: sgld.SGLDConfig):
   """No measured move waiting: `MalaPending` of these shapes, or () when the run measures no MALA."""
-  if not _measures_mala(config):
+  if not config.measures_mala:
     return ()
   return MalaPending(start_F=np.array(position_ExF), forward=np.zeros(np.shape(position_ExF)[:1], np.float32))
 
@@ -207,7 +203,7 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entrie
   """
   config = plan.config
   step = _entry_step_fn(loss_fn, plan, masks_CxF, view)
-  mala = _measures_mala(config)
+  mala = config.measures_mala
 
   def entry_iteration(state, pending, key, comp, hyper, batch, g) -> _Iteration:
     moved = step(state, key, comp, hyper, batch, g)

@@ -63,6 +63,11 @@ class SGLDConfig:
     updates (t = 1 … num_draws, never at w* itself), plus the block whose evaluation closes the run."""
     return self.num_burnin + (self.num_draws + 1) * self.steps_between_draws
 
+  @property
+  def measures_mala(self) -> bool:
+    """Whether any move's MALA acceptance is measured (never with σ = 0, where there is no proposal density)."""
+    return bool(self.mala_every > 0 and self.noise_level > 0)
+
   def mala_measured_at(self, step):
     """Whether the move taken at global SGLD step `step` has its MALA acceptance measured (step: an int or an
     integer array, numpy or jax: the same arithmetic serves the host's batch schedule and the compiled programs).
@@ -76,8 +81,7 @@ class SGLDConfig:
     S = self.steps_between_draws
     every = max(self.mala_every, 2 if S == 1 else 1)
     since = step - self.num_burnin
-    return (since >= S) & (since % S == 0) & ((since // S - 1) % every == 0) & bool(
-        self.mala_every > 0 and self.noise_level > 0)
+    return (since >= S) & (since % S == 0) & ((since // S - 1) % every == 0) & self.measures_mala
 
   def batch_step(self, step):
     """The global step whose base batch (with its probe samples) step `step` reads: its own, or the previous one's
