@@ -213,8 +213,8 @@ class _SharedTable:
 
 
 def evaluation_steps(config: sgld.SGLDConfig, blocks) -> np.ndarray:
-  """The global SGLD step at which each block evaluates its position (its first); the batch it evaluates on is
-  that of `config.batch_step` of it."""
+  """The global SGLD step at which each block evaluates its position (its first; the run's `Streams` give the
+  batch it reads: a re-read after a measured MALA move, `SGLDConfig.batch_step`)."""
   return config.num_burnin + np.asarray(blocks) * config.steps_between_draws
 
 
@@ -343,7 +343,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   E_pad = -(-E // mesh.size) * mesh.size
   num_blocks = config.num_draws + 1
   streams = Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
-                    num_chains=K, base_name=base_name)
+                    num_chains=K, base_name=base_name, batch_step=config.batch_step)
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape)  # [1, J, ...]
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
@@ -391,7 +391,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
         programs.compile_ahead(draw_fn, _draw_args(group_run, carry, first_chunk))
       keys = put_e(_entry_key_data(component_names, K, E_pad, seed, checkpoint_id))
       table = (shared_table or _SharedTable()).get(lambda: anchor_table.build(  # a data fault: before any sampling
-          loss_fn, params, streams, config.batch_step(evaluation_steps(config, np.arange(num_blocks))),
+          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
           rows=batched.check_rows(batch_size, K), micro=microbatch_size))
       group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
                                      anchor_table=table)
@@ -536,17 +536,16 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   count = min(L, group_run.num_blocks - first_block)
   blocks = np.array(list(range(first_block, first_block + count)) + [first_block] * (L - count))
   steps_LxS = evaluation_steps(config, blocks)[:, None] + np.arange(S)[None, :]
-  batch_steps_LxS = config.batch_step(steps_LxS)  # (a step after a measured MALA move re-reads its batch)
   probe_idx = None
   if plan.num_probes:
     slots = mixing.probe_slots(plan.batch_size, streams.delta_h, np.maximum(blocks - 1, 0))
     slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
-    probe_idx = streams.probe_indices(batch_steps_LxS[:, 0], slots)
+    probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
     probe_data = streams.gather_probes(probe_idx)
   else:
     slots = mixing.ProbeSlots(np.zeros((L, 0), np.int32), np.zeros((L, 0), np.float32))
     probe_data = np.zeros((L, config.num_chains, 0, 0), np.float32)
-  data = ChunkData(base_LxSxK=streams.gather_base(batch_steps_LxS), probe_LxKxDxM=probe_data,
+  data = ChunkData(base_LxSxK=streams.gather_base(steps_LxS), probe_LxKxDxM=probe_data,
                    slot_position_LxM=slots.position_TxM, slot_weight_LxM=slots.weight_TxM,
                    loss_star_LxK=_loss_star(group_run, steps_LxS),
                    first_step=np.int32(evaluation_steps(config, first_block)), first_block=np.int32(first_block),
@@ -559,8 +558,7 @@ def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:
   the table exists: shapes for compiling)."""
   if group_run.anchor_table is None:
     return np.zeros((len(steps_LxS), group_run.streams.num_streams), np.float32)
-  return group_run.anchor_table.batch_means(group_run.streams.base_indices(
-      group_run.plan.config.batch_step(steps_LxS[:, 0])))
+  return group_run.anchor_table.batch_means(group_run.streams.base_indices(steps_LxS[:, 0]))
 
 
 def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
