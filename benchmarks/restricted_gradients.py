@@ -7,8 +7,10 @@ Per kind (the full model, a head of the first layer, of the last layer, the unem
 entries (its heads × chains, chain k reading batch k): XLA's FLOP count per entry and the measured time of
 the vmapped gradient with every leaf differentiated, with only the kind's leaves, and (kinds of several
 heads) with only those on the sampler's entry grid, where the frozen layers below the heads are computed
-once per chain (`restricted.over_entries`). Then `sampler.run` over the model's default
-components (every head + full) with `restrict_gradients` off and on: seconds with and without compilation.
+once per chain (`restricted.over_entries`), and there with each entry's own head alone differentiated, the
+layer's other heads computed at w* once per chain (`restricted.slice_layout`: what the sampler runs). Then
+`sampler.run` over the model's default components (every head + full) with `restrict_gradients` off and on:
+seconds with and without compilation.
 --flops_only: the FLOP counts only (compiled, not run), e.g. for the paper's model, too big to time here.
 
 Shape letters: K chains (chain k reads batch k), N rows per batch, C components.
@@ -25,20 +27,24 @@ from suscept_jax.models import components
 from benchmarks import common
 
 
-def gradient_cost(loss_fn, params, batch_KxN, free, heads: int, grid, repeats: int):
-  """(XLA FLOPs per entry, seconds per call) of the gradient over heads × K entries (component-major, chain k
-  reading batch k), laid out flat (grid None) or on the entry grid; repeats 0: compiled, not run (NaN s)."""
+def gradient_cost(loss_fn, params, batch_KxN, free, heads: int, grid, repeats: int, layout=None):
+  """(XLA FLOPs per entry, seconds per call) of the gradient over heads × K entries (component-major: entry e
+  is component e // K, chain k reading batch k), laid out flat (grid None) or on the entry grid, the loss told
+  each entry's free slices where `layout` is given; repeats 0: compiled, not run (NaN s)."""
   K = batch_KxN.shape[0]
   E = heads * K
-  one = lambda w, b: batched.loss_and_grad(loss_fn, w, b, None, free, params)
-  over = lambda w, b: restricted.over_entries(one, grid, (w,), b, np.tile(np.arange(K), heads))
+  one = lambda w, c, b: batched.loss_and_grad(restricted.with_free_slices(loss_fn, layout, params, c), w, b, None,
+                                              free, params)
+  over = lambda w, c, b: restricted.over_entries(one, grid, (w, c), b, np.tile(np.arange(K), heads))
   positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
-  compiled = jax.jit(over).lower(positions, jax.ShapeDtypeStruct(batch_KxN.shape, batch_KxN.dtype)).compile()
+  component_E = np.repeat(np.arange(heads, dtype=np.int32), K)
+  compiled = jax.jit(over).lower(positions, component_E, jax.ShapeDtypeStruct(batch_KxN.shape,
+                                                                              batch_KxN.dtype)).compile()
   flops = common.compiled_flops(compiled) / E
   if not repeats:
     return flops, float("nan")
   positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)
-  return flops, common.seconds_per_call(compiled, positions, batch_KxN, repeats=repeats)
+  return flops, common.seconds_per_call(compiled, positions, component_E, batch_KxN, repeats=repeats)
 
 
 def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):
@@ -60,15 +66,16 @@ def main(argv=None):
   repeats = 0 if args.flops_only else args.repeats
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model, num_contexts=1024)
   last = cfg.n_layers - 1
-  kinds = {"full": ("full", 1), "layer-0 head": ("l0h0", cfg.n_heads),
-           f"layer-{last} head": (f"l{last}h0", cfg.n_heads), "unembed": ("unembed", 1)}
+  kinds = {"full": (["full"], 1), "layer-0 head": ([f"l0h{h}" for h in range(cfg.n_heads)], cfg.n_heads),
+           f"layer-{last} head": ([f"l{last}h{h}" for h in range(cfg.n_heads)], cfg.n_heads),
+           "unembed": (["unembed"], 1)}
   print(f"device: {jax.devices()[0].device_kind} ×{jax.device_count()}; model {args.model} "
         f"({sum(np.size(x) for x in jax.tree.leaves(params)):,} params, ctx {cfg.n_ctx}, {cfg.n_layers} layers × "
         f"{cfg.n_heads} heads); batch {args.batch_size}, {args.num_chains} chains")
   rng = np.random.default_rng(0)
-  for kind, (spec, count) in kinds.items():
-    _, masks_C = sj.stack_masks(components.component_masks([spec], params, cfg), params)
-    free = restricted.free_leaves(masks_C, [0])
+  for kind, (specs, count) in kinds.items():
+    _, masks_C = sj.stack_masks(components.component_masks(specs, params, cfg), params)
+    free = restricted.free_leaves(masks_C, range(count))
     batch_KxN = rng.integers(0, cfg.d_vocab, (args.num_chains, args.batch_size, cfg.n_ctx), dtype=np.int32)
     free = None if all(free) else free
     costs = {"all leaves": gradient_cost(loss_fn, params, batch_KxN, None, count, None, repeats),
@@ -76,6 +83,9 @@ def main(argv=None):
     grid = restricted.entry_grid(count, args.num_chains, 1, free)
     if grid:
       costs["free, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats)
+      layout = restricted.slice_layout(masks_C, params, free)
+      if layout:
+        costs["own head, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats, layout)
     flops_all, s_all = costs["all leaves"]
     figure = lambda flops, s: f"{flops / 1e6:9.1f} MFLOP ({flops / flops_all:.2f}×)" + (
         "" if args.flops_only else f", {s * 1e3:7.1f} ms ({s / s_all:.2f}×)")

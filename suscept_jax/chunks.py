@@ -38,7 +38,7 @@ import numpy as np
 
 from suscept_jax import estimators, parallel, sgld
 from suscept_jax.batched import batched_losses, flatten_rows, loss_and_grad
-from suscept_jax.restricted import FreeView, over_entries, stream_rows
+from suscept_jax.restricted import FreeView, SliceLayout, over_entries, stream_rows, with_free_slices
 
 ENTRY_AXIS = parallel.ENTRY_AXIS
 
@@ -111,6 +111,7 @@ class Plan:
   pair_split: int | None = None  # observed rows [0, split) are queries, the rest samples: stream their covariance
   free_leaves: tuple | None = None  # leaves differentiated (a bool per leaf; None = all): see component_groups
   entry_grid: tuple[int, int] | None = None  # (components, chains) per device when each holds whole components
+  free_slices: SliceLayout | None = None  # leaves of which each component frees one slice (`slice_layout`)
 
 
 def _specs(tree_type, spec):
@@ -173,8 +174,9 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
 
   def step(state, key, comp, hyper, batch, global_step):  # (named scopes: what a profile's ops belong to)
     with jax.named_scope("gradient"):
-      losses, grad = loss_and_grad(loss_fn, view.tree_of(state.position), batch, plan.microbatch_size,
-                                   plan.free_leaves, view.anchor)
+      losses, grad = loss_and_grad(with_free_slices(loss_fn, plan.free_slices, view.anchor, comp),
+                                   view.tree_of(state.position), batch, plan.microbatch_size, plan.free_leaves,
+                                   view.anchor)
     with jax.named_scope("sgld_update"):
       grad_F = view.ravel(grad)
       noise_F = sgld.standard_normal_at(jax.random.fold_in(key, global_step), view.segments, state.position.dtype)
@@ -265,8 +267,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     slot_M, weight_M = data.slot_position_LxM[l], data.slot_weight_LxM[l]
     probes_K = jax.tree.map(lambda a: a[l], data.probe_LxKxDxM)  # [K, D, M, ...]
     probe_losses_ExDxM = over_entries(
-        lambda w, p: batched_losses(loss_fn, params_at(w), flatten_rows(p, 2), plan.microbatch_size).reshape(D, M),
-        plan.entry_grid, (position_E,), probes_K, entries.stream)
+        lambda w, comp, p: batched_losses(with_free_slices(loss_fn, plan.free_slices, anchor, comp), params_at(w),
+                                          flatten_rows(p, 2), plan.microbatch_size).reshape(D, M),
+        plan.entry_grid, (position_E, entries.component), probes_K, entries.stream)
     probes_E = stream_rows(probes_K, entries.stream)  # [E, D, M, ...]
     base_at_slots_E = jax.tree.map(lambda a: a[:, slot_M][entries.stream], batch_K)  # [E, M, ...]
     # A probe sample identical to the base sample it replaces changes nothing: exact here, not left to
@@ -305,8 +308,9 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     token_moments = c.token_moments
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position
       with jax.named_scope("per_token"):
-        tokens_ExOxJ = jax.vmap(lambda w: batched_losses(plan.token_loss_fn, params_at(w), observed,
-                                                         plan.observed_microbatch))(c.state.position)
+        tokens_ExOxJ = jax.vmap(lambda w, comp: batched_losses(
+            with_free_slices(plan.token_loss_fn, plan.free_slices, anchor, comp), params_at(w), observed,
+            plan.observed_microbatch))(c.state.position, entries.component)
       excess_ExOxJ = tokens_ExOxJ - estimators.expand_like(loss_E, tokens_ExOxJ)  # (J: one axis or several)
       token_moments = estimators.update_moments(token_moments, phi_E, excess_ExOxJ, active_E,
                                                 jnp.isfinite(tokens_ExOxJ))

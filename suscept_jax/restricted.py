@@ -8,9 +8,17 @@ free ones) is computed once per chain, not once per component (`over_entries`). 
 paper's model saves 13 % of its gradient's FLOPs this way, on top of what restricting the gradient saves.
 The numbers do not change: a frozen coordinate never moves.
 
+Finer than leaves: where every component of a program frees one slice along a leaf's first axis (an attention
+head of W_Q [H, D, Dh]), a loss function that takes `free_slices=` is told which (`SliceLayout`, `FreeSlices`)
+and may compute the frozen slices' part at w*, once per stream, and only the free slice per entry.
+
 Shape letters: E entries (component-major (component, chain) pairs), C components, K streams (= chains),
-F the free leaves' flattened coordinates (`FreeView`).
+F the free leaves' flattened coordinates (`FreeView`), G slice groups (`SliceLayout`).
 """
+import functools
+import inspect
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,3 +133,64 @@ def over_entries(fn, grid, entry_args: tuple, stream_data, stream_E):
   per_chain_K = jax.tree.map(lambda a: a[np.arange(K) % a.shape[0]], stream_data)
   over_components = lambda args_C, data: jax.vmap(lambda *args: fn(*args, data))(*args_C)
   return jax.tree.map(from_KxC, jax.vmap(over_components)(jax.tree.map(to_KxC, entry_args), per_chain_K))
+
+
+class SliceLayout(NamedTuple):
+  """Leaves of which each component of a program frees a single slice along axis 0 (static: part of the Plan).
+
+  Leaves whose components free the same slice indices form one slice group (a head's W_Q, W_K, W_V, b_Q, b_K,
+  b_V and W_O: one group per layer)."""
+
+  group_of_leaf: tuple  # per parameter leaf: its slice group g, or None (frozen, freed whole, or freed unevenly)
+  index_CxG: tuple  # per component of the program, per group: the index of the one slice it frees
+
+
+def slice_layout(masks_C, params, free=None) -> SliceLayout | None:
+  """The `SliceLayout` of stacked component masks (leaves [C, ...] broadcasting against `params`' leaves), over
+  the leaves in `free` (None: all); None where no leaf qualifies.
+
+  A leaf qualifies when every component frees coordinates in exactly one of its slices along axis 0 (and it has
+  more than one): the other slices then hold w* throughout the run, since a masked coordinate never moves."""
+  groups: dict = {}
+  group_of_leaf = []
+  for i, (m, p) in enumerate(zip(jax.tree.leaves(masks_C), jax.tree.leaves(params))):
+    shape, group = np.shape(p), None
+    if (free is None or free[i]) and len(shape) >= 1 and shape[0] > 1:
+      freed_CxS = np.broadcast_to(np.asarray(m, bool), (np.shape(m)[0],) + shape).reshape(
+          np.shape(m)[0], shape[0], -1).any(axis=-1)
+      if (freed_CxS.sum(axis=1) == 1).all():
+        group = groups.setdefault(tuple(freed_CxS.argmax(axis=1).tolist()), len(groups))
+    group_of_leaf.append(group)
+  if not groups:
+    return None
+  return SliceLayout(group_of_leaf=tuple(group_of_leaf), index_CxG=tuple(zip(*groups)))
+
+
+class FreeSlices(NamedTuple):
+  """What a loss function taking `free_slices=` is told at one entry: along axis 0 of a leaf in slice group g,
+  only slice index_G[g] may differ from `anchor`; every other slice holds w*. Using it is optional (the loss
+  must be the same either way, to rounding); `transformer.per_token_nll` computes a layer's frozen heads at w*
+  (once per stream, where the layers below are frozen) and differentiates only the free head."""
+
+  anchor: Any  # the parameter tree at w*
+  group: Any  # a tree like the parameters: each leaf's slice group (an int), or None
+  index_G: Any  # int32 [G]: this entry's free slice of each group (traced)
+
+
+def accepts_free_slices(fn) -> bool:
+  """Whether `fn` (a loss function, maybe a functools.partial) takes the keyword `free_slices`."""
+  try:
+    return "free_slices" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):  # (a callable without a signature)
+    return False
+
+
+def with_free_slices(fn, layout: SliceLayout | None, anchor, component):
+  """`fn`, told the entry's `FreeSlices` (component: its index in the program, maybe traced) where it takes
+  them and the program has a layout; else `fn` itself."""
+  if layout is None or not accepts_free_slices(fn):
+    return fn
+  treedef = jax.tree.structure(anchor)
+  group = jax.tree.unflatten(treedef, list(layout.group_of_leaf))
+  index_G = jnp.asarray(np.array(layout.index_CxG, np.int32))[component]
+  return functools.partial(fn, free_slices=FreeSlices(anchor=anchor, group=group, index_G=index_G))

@@ -38,7 +38,7 @@ from suscept_jax.batched import MICROBATCH_AUTO, num_rows
 from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks, initial_pending
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
-from suscept_jax.restricted import FreeView, component_groups, entry_grid
+from suscept_jax.restricted import FreeView, component_groups, entry_grid, slice_layout
 from suscept_jax.streams import Streams, chain_keys, key_data_shape
 # Kept importable from here, where they were defined before the split (callers outside the package use them).
 from suscept_jax.batched import DataFaultError, loss_and_grad  # noqa: F401
@@ -352,7 +352,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
               token_loss_fn=token_loss_fn if observed is not None else None,
               observed_microbatch=programs.observed_microbatch_for(mesh, token_shape, observed_microbatch),
               pair_split=pair_split if observed is not None else None,
-              free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free))
+              free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free),
+              free_slices=slice_layout(masks_C, params, free))
 
   put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
   put_r = lambda x: jax.device_put(x, NamedSharding(mesh, P()))

@@ -205,7 +205,8 @@ def test_groups_run_one_at_a_time_are_compiled_ahead_where_compiling_is_the_host
   assert not sampler.compiles_ahead(cpu_mesh, sampler.concurrent_programs(cpu_mesh, 4))  # 4 devices: one worker
   assert sampler.compiles_ahead(cpu_mesh, 2)
   config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=4, mala_every=2)
-  fresh_loss = lambda w, b: loss(w, b)  # noqa: E731 (code of its own: no program of it is compiled yet)
+  fresh_loss = lambda w, b, free_slices=None: loss(w, b, free_slices=free_slices)  # noqa: E731 (code of its own:
+  # no program of it is compiled yet; told the free heads, as `loss` is)
   run = lambda lf: sampler.run(lf, params, names, masks_C, base, probes, config=config, batch_size=16,  # noqa: E731
                                delta_h=0.25, progress=False, observed=observed, token_loss_fn=tokens)
   lowered_by, compiled, sampling = [], [], []

@@ -14,12 +14,11 @@ import jax
 import numpy as np
 
 from suscept_jax import masks
-from suscept_jax.models.config import ModelConfig
+from suscept_jax.models.config import HEAD_LEAVES, ModelConfig
 
 _HEAD = re.compile(r"l(\d+)h(\d+)")
 _LAYER_PART = re.compile(r"l(\d+) ?(attn|ln1)")
 _WHOLE = {"embed": r"embed/W_E", "pos_embed": r"pos_embed/W_pos", "unembed": r"unembed/.*", "ln_final": r"ln_final/.*"}
-_HEAD_LEAVES = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O")
 SPEC_HELP = ("'full', 'l{L}h{H}', 'l{L} attn', 'l{L} ln1', 'embed', 'pos_embed', 'unembed', 'ln_final', "
              "or 're:<regex over parameter paths>'")
 
@@ -40,7 +39,7 @@ def _head_mask(params, layer: int, head: int, n_heads: int):
   def leaf(path, p):
     path = masks.leaf_path(path)
     name = path[len(prefix):] if path.startswith(prefix) else None
-    if name not in _HEAD_LEAVES:
+    if name not in HEAD_LEAVES:
       return np.bool_(False)
     one_hot = np.arange(n_heads) == head
     return one_hot.reshape((n_heads,) + (1,) * (np.ndim(p) - 1))

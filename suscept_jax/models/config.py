@@ -2,6 +2,7 @@
 import dataclasses
 
 POSITIONAL_EMBEDDINGS = ("shortformer", "standard")
+HEAD_LEAVES = ("W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V", "W_O")  # an attention layer's leaves with a head axis
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ predicted tokens flattened, M chunks of n of them (`_chunked_nll`).
 """
 import functools
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from suscept_jax import validation
-from suscept_jax.models.config import ModelConfig, Numerics
+from suscept_jax.models.config import HEAD_LEAVES, ModelConfig, Numerics
 
 _EXACT = Numerics()
 
@@ -43,6 +44,52 @@ def _zeros(shape) -> nnx.Param:
   return nnx.Param(jnp.zeros(shape, jnp.float32))
 
 
+class FreeHead(NamedTuple):
+  """Of a layer's heads, only head `index` may differ from `anchor` (that layer's attention parameters at w*)."""
+
+  anchor: dict
+  index: Any  # int32 scalar, maybe traced
+
+
+def _qkv(qk_input_BxTxD, v_input_BxTxD, w: dict, numerics: Numerics):
+  """Queries, keys and values [B, T, H, K] of the heads whose weights `w` holds (W_Q [H, D, K], b_Q [H, K], …)."""
+  with jax.named_scope("qkv"):
+    return (_matmul("btd,hdk->bthk", qk_input_BxTxD, w["W_Q"], numerics) + w["b_Q"],
+            _matmul("btd,hdk->bthk", qk_input_BxTxD, w["W_K"], numerics) + w["b_K"],
+            _matmul("btd,hdk->bthk", v_input_BxTxD, w["W_V"], numerics) + w["b_V"])
+
+
+def _attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics: Numerics, return_pattern: bool = False):
+  """(z [B, T, H, K], the pattern [B, H, T, S] or None) by the implementation `numerics` names."""
+  with jax.named_scope("attention"):
+    if numerics.attention == "fused" and not return_pattern:
+      return _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+    if numerics.attention == "flash" and not return_pattern:
+      return _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+    if q_BxTxHxK.shape[-3] >= BLOCKED_ATTENTION_FROM and not return_pattern:
+      return _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
+    return _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
+
+
+def _one_head_free(qk_input_BxTxD, v_input_BxTxD, w: dict, free: FreeHead, numerics: Numerics):
+  """The attention output [B, T, D] (without b_O) when only head `free.index` may differ from w*: the other
+  heads' outputs at w*, which do not depend on the entry where the layer's input does not (a head of the
+  highest free layer: computed once per stream under `restricted.over_entries`), plus the free head's own,
+  the only one differentiated. The same sum as all heads at once, to rounding."""
+  star = free.anchor
+  z_star_BxTxHxK, _ = _attend(*_qkv(qk_input_BxTxD, v_input_BxTxD, star, numerics), numerics)
+  with jax.named_scope("attn_out"):
+    per_head_BxTxHxD = _matmul("bthk,hkd->bthd", z_star_BxTxHxK, star["W_O"], numerics)
+    others_H = (jnp.arange(per_head_BxTxHxD.shape[-2]) != free.index).astype(jnp.float32)
+    others_BxTxD = jnp.einsum("bthd,h->btd", per_head_BxTxHxD, others_H, precision=jax.lax.Precision.HIGHEST)
+  pick_H = (jnp.arange(per_head_BxTxHxD.shape[-2]) == free.index).astype(jnp.float32)
+  own = {name: jnp.tensordot(pick_H, w[name], axes=1, precision=jax.lax.Precision.HIGHEST)[None]
+         for name in HEAD_LEAVES}  # [1, ...]: exact (one-hot), and its gradient a product, not a scatter
+  z_own_BxTx1xK, _ = _attend(*_qkv(qk_input_BxTxD, v_input_BxTxD, own, numerics), numerics)
+  with jax.named_scope("attn_out"):
+    return others_BxTxD + _matmul("bthk,hkd->btd", z_own_BxTx1xK, own["W_O"], numerics)
+
+
 class Attention(nnx.Module):
   """Causal multi-head attention with an explicit head axis on every weight."""
 
@@ -54,21 +101,13 @@ class Attention(nnx.Module):
     self.b_O = _zeros((d,))
 
   def __call__(self, qk_input_BxTxD, v_input_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
-               return_pattern: bool = False):
-    """Returns (output [B, T, D], attention pattern [B, H, T, T] or None when not asked for and fused)."""
-    with jax.named_scope("qkv"):
-      q_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_Q[...], numerics) + self.b_Q[...]
-      k_BxTxHxK = _matmul("btd,hdk->bthk", qk_input_BxTxD, self.W_K[...], numerics) + self.b_K[...]
-      v_BxTxHxK = _matmul("btd,hdk->bthk", v_input_BxTxD, self.W_V[...], numerics) + self.b_V[...]
-    with jax.named_scope("attention"):
-      if numerics.attention == "fused" and not return_pattern:
-        z_BxTxHxK, pattern_BxHxTxS = _fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
-      elif numerics.attention == "flash" and not return_pattern:
-        z_BxTxHxK, pattern_BxHxTxS = _flash_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
-      elif q_BxTxHxK.shape[-3] >= BLOCKED_ATTENTION_FROM and not return_pattern:
-        z_BxTxHxK, pattern_BxHxTxS = _blocked_causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics), None
-      else:
-        z_BxTxHxK, pattern_BxHxTxS = _plain_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, numerics)
+               return_pattern: bool = False, free_head: FreeHead | None = None):
+    """Returns (output [B, T, D], attention pattern [B, H, T, T] or None when not asked for and fused).
+    free_head: only that head may differ from w* (`_one_head_free`; not with head_scale_H or the pattern)."""
+    w = {name: getattr(self, name)[...] for name in HEAD_LEAVES}
+    if free_head is not None and head_scale_H is None and not return_pattern:
+      return _one_head_free(qk_input_BxTxD, v_input_BxTxD, w, free_head, numerics) + self.b_O[...], None
+    z_BxTxHxK, pattern_BxHxTxS = _attend(*_qkv(qk_input_BxTxD, v_input_BxTxD, w, numerics), numerics, return_pattern)
     with jax.named_scope("attn_out"):
       if head_scale_H is not None:
         z_BxTxHxK = z_BxTxHxK * head_scale_H[:, None]
@@ -204,7 +243,7 @@ class Block(nnx.Module):
       return self.ln1(x) if self.config.layer_norm else x
 
   def __call__(self, resid_BxTxD, pos_BxTxD, head_scale_H=None, *, numerics: Numerics = _EXACT,
-               return_pattern: bool = False):
+               return_pattern: bool = False, free_head: FreeHead | None = None):
     v_input = self._norm(resid_BxTxD)
     if self.config.positional_embedding == "shortformer":
       # Positions enter queries and keys only, added *after* ln1 (TransformerLens' convention, the paper's
@@ -213,7 +252,7 @@ class Block(nnx.Module):
     else:
       qk_input = v_input
     attn_out_BxTxD, pattern = self.attn(qk_input, v_input, head_scale_H, numerics=numerics,
-                                        return_pattern=return_pattern)
+                                        return_pattern=return_pattern, free_head=free_head)
     return resid_BxTxD + attn_out_BxTxD, pattern
 
 
@@ -244,9 +283,9 @@ class TransformerLM(nnx.Module):
     return logits_BxTxV
 
   def final_residual(self, tokens_BxT, *, head_scale_LxH=None, return_attention=False,
-                     numerics: Numerics = _EXACT):
+                     numerics: Numerics = _EXACT, free_slices=None):
     """(The residual stream the unembedding reads [B, T, D], after the final LayerNorm; every layer's pattern
-    [L, B, H, T, T] when return_attention, else None)."""
+    [L, B, H, T, T] when return_attention, else None). free_slices: see `per_token_nll`."""
     t = tokens_BxT.shape[-1]
     with jax.named_scope("embed"):
       resid_BxTxD = jnp.take(self.embed["W_E"][...], tokens_BxT, axis=0)
@@ -258,7 +297,7 @@ class TransformerLM(nnx.Module):
       scale_H = None if head_scale_LxH is None else head_scale_LxH[layer]
       with jax.named_scope(f"block{layer}"):
         resid_BxTxD, pattern = block(resid_BxTxD, pos_BxTxD, scale_H, numerics=numerics,
-                                     return_pattern=return_attention)
+                                     return_pattern=return_attention, free_head=_free_head(free_slices, layer))
       patterns.append(pattern)
     if self.config.layer_norm:
       with jax.named_scope("layer_norm"):
@@ -269,6 +308,17 @@ class TransformerLM(nnx.Module):
     """Logits [..., V] (float32) of a final residual [..., D]."""
     with jax.named_scope("unembed"):
       return _matmul("...d,dv->...v", resid_BxTxD, self.unembed["W_U"][...], numerics) + self.unembed["b_U"][...]
+
+
+def _free_head(free_slices, layer: int) -> FreeHead | None:
+  """The layer's `FreeHead` where `free_slices` (`restricted.FreeSlices`) puts all its head leaves in one slice
+  group, else None (a leaf frozen or freed whole there, or heads freed unevenly: every head is then computed)."""
+  if free_slices is None:
+    return None
+  groups = {free_slices.group["blocks"][str(layer)]["attn"][name] for name in HEAD_LEAVES}
+  if len(groups) != 1 or None in groups:
+    return None
+  return FreeHead(anchor=free_slices.anchor["blocks"][str(layer)]["attn"], index=free_slices.index_G[groups.pop()])
 
 
 def _stringify_keys(tree):
@@ -371,7 +421,7 @@ def _chunked_nll(model: TransformerLM, resid_NxD, targets_N, numerics: Numerics,
 
 
 def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_LxH=None, numerics: Numerics = _EXACT,
-                  logits_chunk: int | str | None = "auto"):
+                  logits_chunk: int | str | None = "auto", free_slices=None):
   """NLL of each next token, [B, K-1]: position i scores token i+1 given tokens 0..i (K-1 <= n_ctx).
 
   head_scale_LxH multiplies each head's output (0 = zero-ablate it). The one per-token NLL of the project,
@@ -379,11 +429,15 @@ def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_Lx
   model's gradient at batch 8 needs 2067 MiB of XLA:CPU temporaries instead of 2315 through log_softmax).
   logits_chunk: tokens whose logits are computed at a time (None: all; "auto": `logits_chunk_for`); it
   changes the memory and speed, not the numbers (beyond rounding).
+  free_slices: the sampler's `restricted.FreeSlices` at an entry whose component frees one head of a layer:
+  the layer's other heads are computed at w* and only that head is differentiated (`_one_head_free`); the
+  same numbers, to rounding.
   """
   inputs_BxT, targets_BxT = contexts_BxC[..., :-1], contexts_BxC[..., 1:]
   check_tokens(inputs_BxT, config, name="contexts[:, :-1]")
   model = bind(params, config)
-  resid_BxTxD, _ = model.final_residual(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics)
+  resid_BxTxD, _ = model.final_residual(inputs_BxT, head_scale_LxH=head_scale_LxH, numerics=numerics,
+                                        free_slices=free_slices)
   num_tokens = math.prod(targets_BxT.shape)
   if logits_chunk == "auto":
     logits_chunk = logits_chunk_for(num_tokens, config.d_vocab, jax.default_backend())
@@ -397,9 +451,10 @@ def per_token_nll(params: dict, contexts_BxC, config: ModelConfig, head_scale_Lx
 
 
 def context_nll(params: dict, contexts_BxC, config: ModelConfig, numerics: Numerics = _EXACT,
-                logits_chunk: int | str | None = "auto"):
+                logits_chunk: int | str | None = "auto", free_slices=None):
   """Mean next-token NLL of each context, [B] (eq. 48 before averaging over the batch)."""
-  return per_token_nll(params, contexts_BxC, config, numerics=numerics, logits_chunk=logits_chunk).mean(axis=-1)
+  return per_token_nll(params, contexts_BxC, config, numerics=numerics, logits_chunk=logits_chunk,
+                       free_slices=free_slices).mean(axis=-1)
 
 
 def param_count(params) -> int:
