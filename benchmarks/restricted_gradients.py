@@ -16,6 +16,7 @@ seconds with and without compilation.
 Shape letters: K chains (chain k reads batch k), N rows per batch, C components.
 """
 import argparse
+import functools
 
 import jax
 import numpy as np
@@ -65,6 +66,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   repeats = 0 if args.flops_only else args.repeats
   cfg, loss_fn, params, masks, base, probes = common.setup(args.model, num_contexts=1024)
+  if args.flops_only:  # whole logits: XLA counts a loop's body once, so chunked logits would be counted short
+    loss_fn = functools.partial(loss_fn, logits_chunk=None)
   last = cfg.n_layers - 1
   kinds = {"full": (["full"], 1), "layer-0 head": ([f"l0h{h}" for h in range(cfg.n_heads)], cfg.n_heads),
            f"layer-{last} head": ([f"l{last}h{h}" for h in range(cfg.n_heads)], cfg.n_heads),
