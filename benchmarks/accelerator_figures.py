@@ -287,7 +287,8 @@ def main(argv=None) -> dict:
   out_dir = Path(args.out)
   out_dir.mkdir(parents=True, exist_ok=True)
   result = dict(device=f"{jax.devices()[0].device_kind} ×{jax.device_count()}", backend=jax.default_backend(),
-                jax=jax.__version__, model=model, ctx=cfg.n_ctx, batch_size=batch_size, settings=[])
+                jax=jax.__version__, model=model, ctx=cfg.n_ctx, batch_size=batch_size, settings=[],
+                free_slices=True)  # (the programs compute one head per entry where one is free: `scaling.draw_flops`)
 
   def save():
     (out_dir / "accelerator_figures.json").write_text(json.dumps(result, indent=1))

@@ -104,6 +104,38 @@ def seconds_per_call(fn, *args, repeats: int = 5) -> float:
   return (time.perf_counter() - t) / repeats
 
 
+def group_gradients(loss_fn, params, masks_C, free, num_chains: int, *, grid: bool = True, slices: bool = True):
+  """(jitted fn(anchor, positions [E, ...], component_E, batches [K, N, ...]) -> every entry's (losses, gradient),
+  component_E): one component group's gradients over its C components × K chains (component-major, chain k
+  reading batch k), as the sampler computes them on one device, with w* an argument: only the leaves in `free`
+  differentiated (None: all), on the entry grid where it applies (`grid`) and the loss told each entry's free
+  slices (`slices`). params: w* or its shapes (`jax.ShapeDtypeStruct`s), for the layout."""
+  import jax
+
+  from suscept_jax import batched, restricted
+  C = jax.tree.leaves(masks_C)[0].shape[0]
+  layout = restricted.slice_layout(masks_C, params, free) if slices else None
+  entry_grid = restricted.entry_grid(C, num_chains, 1, free) if grid else None
+  stream_E = np.tile(np.arange(num_chains), C)
+
+  def over(anchor, positions_E, component_E, batch_KxN):
+    one = lambda w, c, b: batched.loss_and_grad(restricted.with_free_slices(loss_fn, layout, anchor, c), w, b,  # noqa
+                                                None, free, anchor)
+    return restricted.over_entries(one, entry_grid, (positions_E, component_E), batch_KxN, stream_E)
+
+  return jax.jit(over), np.repeat(np.arange(C, dtype=np.int32), num_chains)
+
+
+def group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, *, grid: bool = True, slices: bool = True):
+  """(XLA's FLOP count per entry of `group_gradients`' program, compiled, not run; the compiled program)."""
+  import jax
+  fn, component_E = group_gradients(loss_fn, params, masks_C, free, batch_KxN.shape[0], grid=grid, slices=slices)
+  shape = lambda a, lead=(): jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), a.dtype)  # noqa: E731
+  compiled = fn.lower(jax.tree.map(shape, params), jax.tree.map(lambda a: shape(a, (component_E.size,)), params),
+                      component_E, shape(batch_KxN)).compile()
+  return compiled_flops(compiled) / component_E.size, compiled
+
+
 def compiled_flops(compiled) -> float:
   """XLA's FLOP count of a compiled program, NaN where the backend gives none (`cost_analysis` is a dict on
   current JAX, a list of dicts on older ones, and may be unavailable): a missing count must not stop a run

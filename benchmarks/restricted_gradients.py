@@ -22,30 +22,22 @@ import jax
 import numpy as np
 
 import suscept_jax as sj
-from suscept_jax import batched, restricted, sampler
+from suscept_jax import restricted, sampler
 from suscept_jax.models import components
 
 from benchmarks import common
 
 
-def gradient_cost(loss_fn, params, batch_KxN, free, heads: int, grid, repeats: int, layout=None):
-  """(XLA FLOPs per entry, seconds per call) of the gradient over heads × K entries (component-major: entry e
-  is component e // K, chain k reading batch k), laid out flat (grid None) or on the entry grid, the loss told
-  each entry's free slices where `layout` is given; repeats 0: compiled, not run (NaN s)."""
-  K = batch_KxN.shape[0]
-  E = heads * K
-  one = lambda w, c, b: batched.loss_and_grad(restricted.with_free_slices(loss_fn, layout, params, c), w, b, None,
-                                              free, params)
-  over = lambda w, c, b: restricted.over_entries(one, grid, (w, c), b, np.tile(np.arange(K), heads))
-  positions = jax.tree.map(lambda a: jax.ShapeDtypeStruct((E,) + np.shape(a), a.dtype), params)
-  component_E = np.repeat(np.arange(heads, dtype=np.int32), K)
-  compiled = jax.jit(over).lower(positions, component_E, jax.ShapeDtypeStruct(batch_KxN.shape,
-                                                                              batch_KxN.dtype)).compile()
-  flops = common.compiled_flops(compiled) / E
+def gradient_cost(loss_fn, params, masks_C, batch_KxN, free, repeats: int, *, grid: bool, slices: bool):
+  """(XLA FLOPs per entry, seconds per call) of a group's gradients over its components × K chains
+  (`common.group_gradients`); repeats 0: compiled, not run (NaN s)."""
+  flops, compiled = common.group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, grid=grid, slices=slices)
   if not repeats:
     return flops, float("nan")
+  E = batch_KxN.shape[0] * jax.tree.leaves(masks_C)[0].shape[0]
   positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)
-  return flops, common.seconds_per_call(compiled, positions, component_E, batch_KxN, repeats=repeats)
+  component_E = np.repeat(np.arange(E // batch_KxN.shape[0], dtype=np.int32), batch_KxN.shape[0])
+  return flops, common.seconds_per_call(compiled, params, positions, component_E, batch_KxN, repeats=repeats)
 
 
 def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):
@@ -81,14 +73,12 @@ def main(argv=None):
     free = restricted.free_leaves(masks_C, range(count))
     batch_KxN = rng.integers(0, cfg.d_vocab, (args.num_chains, args.batch_size, cfg.n_ctx), dtype=np.int32)
     free = None if all(free) else free
-    costs = {"all leaves": gradient_cost(loss_fn, params, batch_KxN, None, count, None, repeats),
-             "free leaves": gradient_cost(loss_fn, params, batch_KxN, free, count, None, repeats)}
-    grid = restricted.entry_grid(count, args.num_chains, 1, free)
-    if grid:
-      costs["free, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats)
-      layout = restricted.slice_layout(masks_C, params, free)
-      if layout:
-        costs["own head, on the grid"] = gradient_cost(loss_fn, params, batch_KxN, free, count, grid, repeats, layout)
+    cost = functools.partial(gradient_cost, loss_fn, params, masks_C, batch_KxN, repeats=repeats)
+    costs = {"all leaves": cost(None, grid=False, slices=False), "free leaves": cost(free, grid=False, slices=False)}
+    if restricted.entry_grid(count, args.num_chains, 1, free):
+      costs["free, on the grid"] = cost(free, grid=True, slices=False)
+      if restricted.slice_layout(masks_C, params, free):
+        costs["own head, on the grid"] = cost(free, grid=True, slices=True)
     flops_all, s_all = costs["all leaves"]
     figure = lambda flops, s: f"{flops / 1e6:9.1f} MFLOP ({flops / flops_all:.2f}×)" + (
         "" if args.flops_only else f", {s * 1e3:7.1f} ms ({s / s_all:.2f}×)")

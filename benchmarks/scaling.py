@@ -92,23 +92,30 @@ def whole_logits(loss_fn):
   return loss_fn
 
 
-def gradient_flops(loss_fn, params, names, masks_C, batch) -> dict:
-  """{component: XLA's FLOP count of its SGLD step's gradient at `batch`}, each restricted to the parameter
-  leaves its group frees, as the sampler runs it (`restricted.component_groups`)."""
+def gradient_flops(loss_fn, params, names, masks_C, batch, *, chains: int = 4, slices: bool = True) -> dict:
+  """{component: XLA's FLOP count per entry of its SGLD step's gradient at `batch`, as the sampler runs it on one
+  device}: each group's components × `chains` chains in one program, restricted to the leaves the group frees,
+  on the entry grid (frozen layers below computed once per chain) and, with `slices`, the loss told each entry's
+  free head (a layer's other heads computed at w* once per chain; False: every head per entry, as before
+  `restricted.slice_layout`, which device figures measured before it need for their rate)."""
   out, loss_fn = {}, whole_logits(loss_fn)
+  batch_KxN = jax.ShapeDtypeStruct((chains,) + tuple(np.shape(batch)), batch.dtype)
   for free, comps in restricted.component_groups(masks_C, len(names)):
-    free = None if all(free) else free
-    grad = flops_of(lambda w, b, free=free: batched.loss_and_grad(loss_fn, w, b, None, free, w), params, batch)
-    out.update({names[c]: grad for c in comps})
+    group_masks = jax.tree.map(lambda m: np.asarray(m)[comps], masks_C)
+    per_entry, _ = common.group_gradient_flops(loss_fn, params, group_masks, None if all(free) else free, batch_KxN,
+                                               slices=slices)
+    out.update({names[c]: per_entry for c in comps})
   return out
 
 
-def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float) -> dict:
+def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float,
+               slices: bool = True) -> dict:
   """FLOPs of one steady draw of a run with `chains` chains of every component in `names`, one gradient step per
   draw: {"gradient": the entries' gradients alone, "draw": with the probes' forwards}. The table of L_B(w*)
-  is one pass before the first chunk (`anchor_table`), timed with a run's fixed work, not in its draws."""
+  is one pass before the first chunk (`anchor_table`), timed with a run's fixed work, not in its draws.
+  slices: as `gradient_flops`."""
   batch_size, n_ctx = np.shape(batch)
-  step = gradient_flops(loss_fn, params, names, masks_C, batch)
+  step = gradient_flops(loss_fn, params, names, masks_C, batch, chains=chains, slices=slices)
   forward_1 = flops_of(whole_logits(loss_fn), params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
   draw = run_flops(step, chains=chains, gradient_steps=1, draws=1, probes=probes,
                    slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=0)
@@ -116,7 +123,7 @@ def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: i
 
 
 def step_flops(loss_fn, params, names, masks_C, batch) -> float:
-  """XLA's FLOP count of one SGLD step's gradients over every component (one chain each), restricted per group."""
+  """XLA's FLOP count of one SGLD step's gradients over every component (per entry, as `gradient_flops`)."""
   return sum(gradient_flops(loss_fn, params, names, masks_C, batch).values())
 
 
@@ -246,7 +253,9 @@ def measured_projection(figures: dict) -> list[dict]:
   settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots) over its steady
   seconds per draw; the runs' FLOPs (the table of L_B(w*) included, at the same rate) over that rate, plus each
   run's fixed host work as measured (at that run's few draws and one probe: it grows with both, so a lower
-  bound)."""
+  bound). The runs' FLOPs are counted with each head's own path (`gradient_flops`); a measured draw's as the
+  device ran it (figures from before that path, without "free_slices", computed every head per entry): for
+  those the projection assumes the same FLOP rate, which one head's smaller matmuls may not reach."""
   f = paper_flops(figures["model"])
   paper, names = f["paper"], f["names"]
   _, params, loss_fn, _, masks_C = _model(figures["model"])
@@ -257,7 +266,7 @@ def measured_projection(figures: dict) -> list[dict]:
       continue
     which = (names, masks_C) if setting["components"] == "all" else sj.stack_masks({"full": None}, params)
     draw = draw_flops(loss_fn, params, *which, batch, chains=setting["entries"] // len(which[0]), probes=1,
-                      delta_h=0.1)["draw"]
+                      delta_h=0.1, slices=figures.get("free_slices", False))["draw"]
     rate = draw / setting["seconds_per_draw"]
     peak_kind = PEAK_FOR[setting["precision"]]
     measured_peak = figures["matmul_peak_tflops"][peak_kind] * 1e12
