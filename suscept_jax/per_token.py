@@ -61,6 +61,13 @@ class PerTokenResult:
       means_CxKxO = np.nanmean(self.chi_per_chain.reshape(self.chi_per_chain.shape[:3] + (-1,)), axis=-1)
     return np.where(self.valid_chains()[..., None], means_CxKxO, np.nan)
 
+  def position_sums_per_chain(self, contexts=slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    """([C, K, J], [C, K, J]) each position's per-token χ on each chain summed over the `contexts` (an index into
+    the observed ones), and how many of them were finite (0 for a diverged chain): what error bands on the mean χ
+    by position need (`token_stats.position_means`), additive over chunks of contexts."""
+    x_CxKxOxJ = np.where(self.valid_chains()[..., None, None], self.chi_per_chain[:, :, contexts], np.nan)
+    return np.nansum(x_CxKxOxJ, axis=2), np.isfinite(x_CxKxOxJ).sum(axis=2)
+
   def sign_totals_per_chain(self, groups_OxJ=None) -> tuple[np.ndarray, np.ndarray]:
     """([C, K, G], [C, K, G]) each context's (or group's: `sign_sums_per_chain`) per-token χ on each chain summed
     over its tokens of each sign: what the error bars of Table 1 and of Fig. 10 need (`token_stats.sign_totals`,

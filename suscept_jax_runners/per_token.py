@@ -290,6 +290,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
                 "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
       arrays["positive_CxKxO"], arrays["negative_CxKxO"] = (a[:, :, keep] for a in res.sign_totals_per_chain())
+      arrays["position_sum_CxKxJ"], arrays["position_count_CxKxJ"] = res.position_sums_per_chain(keep)
       targets_OxJ = contexts[i * chunk:i * chunk + keep.stop, 1:res.chi.shape[-1] + 1]
       arrays["token_ids_U"], types_OxJ = np.unique(targets_OxJ, return_inverse=True)
       arrays["token_positive_CxKxU"], arrays["token_negative_CxKxU"] = per_token_lib.sign_sums_per_chain(
@@ -352,8 +353,9 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
 
 def write_chains(out: Path, parts, context_datasets_O) -> None:
   """chains.npz: per chain, each context's mean per-token χ and its totals by sign, each token type's totals by sign,
-  and the dataset-level χ: what the intervals of the additivity view (`token_stats.additivity_intervals`) and of
-  the totals (`token_stats.sign_totals`, `token_stats.totals`) are made from. An array is left out where a chunk's
+  each position's sum over the contexts, and the dataset-level χ: what the intervals of the additivity view
+  (`token_stats.additivity_intervals`), of the totals (`token_stats.sign_totals`, `token_stats.totals`) and of
+  the mean χ by position (`token_stats.position_means`) are made from. An array is left out where a chunk's
   unit (of an earlier version) lacks it; the file is not written where no array is left."""
   import io
 
@@ -364,6 +366,9 @@ def write_chains(out: Path, parts, context_datasets_O) -> None:
             if all(key in a for a, _ in parts)}
   if "dataset_chi_PxCxK" in parts[0][0]:
     arrays["dataset_chi_PxCxK"] = parts[0][0]["dataset_chi_PxCxK"]
+  for key in POSITION_CHAINS:  # each position's sums over the contexts of every chunk (the same chains in each)
+    if all(key in a for a, _ in parts):
+      arrays[key] = sum(a[key] for a, _ in parts)
   if all("token_ids_U" in a for a, _ in parts):  # each token type's sums, over the chunks it occurs in
     ids_V = np.unique(np.concatenate([a["token_ids_U"] for a, _ in parts]))
     for sign in ("positive", "negative"):
@@ -381,6 +386,7 @@ def write_chains(out: Path, parts, context_datasets_O) -> None:
 
 
 PER_CONTEXT_CHAINS = ("context_chi_CxKxO", "positive_CxKxO", "negative_CxKxO")
+POSITION_CHAINS = ("position_sum_CxKxJ", "position_count_CxKxJ")
 
 
 ADDITIVITY_NOTE = (
@@ -389,6 +395,13 @@ ADDITIVITY_NOTE = (
     "on the horizontal axis flattens a least-squares line), its interval resampled over chains and contexts; a "
     "point is off the line where the interval of its difference (dataset-level χ − δh·mean per-token χ) excludes 0. "
     "On shared chains eq. 45 predicts slope 1.</p>")
+
+
+POSITIONS_NOTE = (
+    "<p>Bands (95 %, Student-t over the chains): what endless chains would give on these contexts, as in Table 1. "
+    "The chains are shared by every context, so their noise does not average out along a curve; two curves whose "
+    "bands overlap at a position are not told apart there. The variance by position (right) has no band and "
+    "includes the chains' noise in each token's χ.</p>")
 
 
 NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values this view needs were "
@@ -580,9 +593,13 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     written.append(figure)
     sections["umap"] = ("Per-token susceptibility vectors (UMAP)", pages.embedded_png(figure, "umap"))
   if "positions" in views:
-    figure = tv.plot_position_profiles(table, views_dir / "positions.png")
+    sums = chains_with(Path(out), POSITION_CHAINS)
+    bands = None if sums is None else ts.position_means(sums["position_sum_CxKxJ"], sums["position_count_CxKxJ"],
+                                                         info["components"])
+    figure = tv.plot_position_profiles(table, views_dir / "positions.png", bands)
     written.append(figure)
-    sections["positions"] = ("χ by position", pages.embedded_png(figure, "positions"))
+    sections["positions"] = ("χ by position", pages.embedded_png(figure, "positions")
+                             + (POSITIONS_NOTE if bands is not None else NO_CHAINS_NOTE))
   kept_path = views_dir / "sections.json"
   if keep_other_views and kept_path.exists():
     sections = {**{v: tuple(sec) for v, sec in json.loads(kept_path.read_text()).items()}, **sections}

@@ -77,6 +77,23 @@ def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
   assert "a" + heading[1:] in finished[1].stdout.splitlines()  # and the line in the terminal
 
 
+def test_the_position_view_has_bands_from_each_positions_sums_per_chain(finished):
+  """chains.npz holds each position's per-token χ summed over the contexts per chain (averaged over chains: the
+  table's mean by position); the positions view draws their bands and says what they hold."""
+  out, _ = finished
+  table = pd.read_parquet(out / "tokens.parquet")
+  info = json.loads((out / "per_token.json").read_text())
+  with np.load(out / "chains.npz") as chains:
+    sum_CxKxJ, count_CxKxJ = chains["position_sum_CxKxJ"], chains["position_count_CxKxJ"]
+  J = table.position.max()
+  assert sum_CxKxJ.shape == count_CxKxJ.shape == (3, 2, J) and (count_CxKxJ == 6).all()
+  by_position = table.groupby(["component", "position"]).chi.mean()
+  for c, comp in enumerate(info["components"]):
+    np.testing.assert_allclose((sum_CxKxJ[c] / count_CxKxJ[c]).mean(0), by_position[comp].to_numpy(), rtol=1e-4,
+                               atol=1e-9)
+  assert "Bands (95 %, Student-t over the chains)" in (out / "views" / "index.html").read_text()
+
+
 def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_path):
   """chains.npz holds, per chain, each context's χ summed over the tokens of each sign (averaged over chains: the
   table's totals by sign); the totals view shows Table 1 with intervals from them (views/totals.csv), and, from a

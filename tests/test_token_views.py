@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import additivity_calibration, totals_calibration
-from suscept_jax import per_token
+from suscept_jax import estimators, per_token
 from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
 from tests.helpers import record_calls
 
@@ -263,6 +263,35 @@ def test_totals_intervals_hold_the_true_totals_and_the_floor_bounds_the_inflatio
   if zero_share == 1.0:
     assert found["inflation / floor"] >= 0.92, found
   assert 0.75 <= found["spread / stderr"] <= 1.15, found
+
+
+def test_position_bands_hold_what_endless_chains_give_on_these_contexts(tmp_path):
+  """The mean χ by position over fixed contexts, seen through 4 chains whose noise is shared by every context
+  (a chain offset per position) and each token's own: the bands hold the endless-chain mean (the contexts'
+  mean) at the stated rate, and their centre is the token table's mean. A diverged chain is left out."""
+  rng = np.random.default_rng(0)
+  O, J, K, runs = 30, 10, 4, 300
+  truth_OxJ = rng.normal(0.0, 1.0, (O, J)) + np.linspace(-1, 1, J)
+  held, spread = [], []
+  for _ in range(runs):
+    chi_KxOxJ = truth_OxJ + rng.normal(0.0, 0.5, (K, 1, J)) + rng.normal(0.0, 1.0, (K, O, J))
+    bands = ts.position_means(chi_KxOxJ.sum(1)[None], np.full((1, K, J), O), ["h"])
+    np.testing.assert_allclose(bands["mean"], chi_KxOxJ.mean(0).mean(0))
+    held.append((bands.low <= truth_OxJ.mean(0)) & (truth_OxJ.mean(0) <= bands.high))
+    spread.append(bands["mean"].to_numpy())
+  assert 0.93 <= np.mean(held) <= 0.97, np.mean(held)
+  half = (bands.high - bands["mean"]).to_numpy() / float(estimators.t_quantile(K))
+  assert 0.5 < np.std(spread, axis=0).mean() / half.mean() < 2.0  # (one run's stderr against the runs' spread)
+  sums, counts = chi_KxOxJ.sum(1)[None], np.full((1, K, J), O)
+  sums[0, 2], counts[0, 2] = 0.0, 0  # chain 2 diverged
+  left = ts.position_means(sums, counts, ["h"])
+  assert (left.chains == 3).all()
+  np.testing.assert_allclose(left["mean"], chi_KxOxJ[[0, 1, 3]].mean(0).mean(0))
+  table = pd.DataFrame({"component": "l0h0", "position": np.tile(np.arange(1, J + 1), O),
+                        "chi": chi_KxOxJ.mean(0).ravel()})
+  figure = tv.plot_position_profiles(table, tmp_path / "positions.png",
+                                              bands.assign(component="l0h0"))
+  assert figure.stat().st_size > 5000
 
 
 def test_sign_totals_match_the_table_and_are_drawn(tmp_path, monkeypatch):

@@ -160,6 +160,29 @@ BIMODAL_MIN_WEIGHT = 0.1  # each mode must hold at least this share of the occur
 BIMODAL_MIN_SEPARATION = 2.0  # Ashman's D = √2·|μ1 − μ2| / √(σ1² + σ2²): above 2, the modes are distinct
 
 
+def position_means(sum_CxKxJ, count_CxKxJ, components, *, level: float = 0.95):
+  """The mean per-token χ at each position over the observed contexts, per component, with the interval of what
+  endless chains would give on these contexts (Table 1's convention): per chain the position's mean over the
+  contexts, then the mean over the chains ± the Student-t multiplier (chains − 1 d.o.f.) × their standard error.
+  The chains are shared by every context, so their noise does not average out over contexts; this keeps it.
+
+  sum_CxKxJ, count_CxKxJ: `PerTokenResult.position_sums_per_chain`, summed over chunks (a diverged chain counts
+  0). A frame with component, position (1-based, as the token table's), mean, low, high, chains."""
+  import pandas as pd
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_chain_CxKxJ = np.asarray(sum_CxKxJ, np.float64) / np.asarray(count_CxKxJ)
+  chains_CxJ = np.isfinite(per_chain_CxKxJ).sum(axis=1)
+  mean_CxJ = _nanmean(per_chain_CxKxJ, axis=1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # (a position with < 2 chains: no interval)
+    stderr_CxJ = np.nanstd(per_chain_CxKxJ, axis=1, ddof=1) / np.sqrt(chains_CxJ)
+  half_CxJ = estimators.t_quantile(chains_CxJ, level) * stderr_CxJ
+  C, J = mean_CxJ.shape
+  return pd.DataFrame({"component": np.repeat(list(components), J), "position": np.tile(np.arange(1, J + 1), C),
+                       "mean": mean_CxJ.ravel(), "low": (mean_CxJ - half_CxJ).ravel(),
+                       "high": (mean_CxJ + half_CxJ).ravel(), "chains": chains_CxJ.ravel()})
+
+
 def _gaussian_mixture_2(x, iterations: int = 200):
   """(weights [2], means [2], stds [2], log-likelihood) of a 2-component 1-D mixture by EM (started at the
   quartiles). Written here: no mixture library is a dependency, and 1-D EM is twenty lines."""

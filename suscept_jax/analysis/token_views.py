@@ -285,8 +285,9 @@ def plot_comparisons(table, heads, path) -> Path:
   return save_figure(fig, path)
 
 
-def plot_position_profiles(table, path) -> Path:
-  """Mean and variance of per-token χ against context position, layer-0 heads against layer-1 heads (Fig. 33/34)."""
+def plot_position_profiles(table, path, bands=None) -> Path:
+  """Mean and variance of per-token χ against context position, layer-0 heads against layer-1 heads (Fig. 33/34);
+  with `bands` (`token_stats.position_means`), each mean's 95 % interval over the chains as a shaded band."""
   plt = pyplot()
   heads = [c for c in dict.fromkeys(table.component) if c != "full"]
   fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(9, 3.3))
@@ -296,7 +297,11 @@ def plot_position_profiles(table, path) -> Path:
     style = dict(color=cmap(i % 10), lw=1.0, ls="-" if head.startswith("l0") else "--")
     ax_mean.plot(g.mean().index, g.mean().to_numpy(), label=head, **style)
     ax_var.plot(g.var().index, g.var().to_numpy(), **style)
-  ax_mean.set_title("mean per-token χ by position (solid: layer 0, dashed: others)", fontsize=8)
+    if bands is not None:
+      band = bands[bands.component == head]
+      ax_mean.fill_between(band.position, band.low, band.high, color=style["color"], alpha=0.15, lw=0)
+  ax_mean.set_title("mean per-token χ by position (solid: layer 0, dashed: others"
+                    + ("; bands: 95 % over the chains)" if bands is not None else ")"), fontsize=8)
   ax_var.set_title("variance of per-token χ by position", fontsize=8)
   for ax in (ax_mean, ax_var):
     ax.set_xlabel("position in context")
