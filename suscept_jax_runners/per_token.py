@@ -399,9 +399,8 @@ ADDITIVITY_NOTE = (
 
 POSITIONS_NOTE = (
     "<p>Bands (95 %, Student-t over the chains): what endless chains would give on these contexts, as in Table 1. "
-    "The chains are shared by every context, so their noise does not average out along a curve; two curves whose "
-    "bands overlap at a position are not told apart there. The variance by position (right) has no band and "
-    "includes the chains' noise in each token's χ.</p>")
+    "The chains are shared by every context, so their noise does not average out along a curve. The variance by "
+    "position (right) has no band and includes the chains' noise in each token's χ.</p>")
 
 
 NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values this view needs were "
