@@ -61,12 +61,23 @@ class PerTokenResult:
       means_CxKxO = np.nanmean(self.chi_per_chain.reshape(self.chi_per_chain.shape[:3] + (-1,)), axis=-1)
     return np.where(self.valid_chains()[..., None], means_CxKxO, np.nan)
 
-  def position_sums_per_chain(self, contexts=slice(None)) -> tuple[np.ndarray, np.ndarray]:
-    """([C, K, J], [C, K, J]) each position's per-token χ on each chain summed over the `contexts` (an index into
-    the observed ones), and how many of them were finite (0 for a diverged chain): what error bands on the mean χ
-    by position need (`token_stats.position_means`), additive over chunks of contexts."""
-    x_CxKxOxJ = np.where(self.valid_chains()[..., None, None], self.chi_per_chain[:, :, contexts], np.nan)
-    return np.nansum(x_CxKxOxJ, axis=2), np.isfinite(x_CxKxOxJ).sum(axis=2)
+  def position_sums_leaving_out_chains(self, contexts=slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([C, K + 1, J] × 3) at each position, over the `contexts` (an index into the observed ones): the sum, the sum
+    of squares and the count (finite values) of the per-token χ averaged over the valid chains but chain k, for
+    each k, and (k = K) over all of them; NaN sums and count 0 where k diverged. What the jackknife over chains of
+    the mean and variance by position needs (`token_stats.position_profiles`), additive over chunks of contexts."""
+    valid_CxK = self.valid_chains()
+    x_CxKxOxJ = np.where(valid_CxK[..., None, None], self.chi_per_chain[:, :, contexts], np.nan)
+    finite_CxKxOxJ = np.isfinite(x_CxKxOxJ)
+    total_CxOxJ, n_CxOxJ = np.nansum(x_CxKxOxJ, axis=1), finite_CxKxOxJ.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      means_CxLxOxJ = np.concatenate([(total_CxOxJ[:, None] - np.where(finite_CxKxOxJ, x_CxKxOxJ, 0.0))
+                                      / (n_CxOxJ[:, None] - finite_CxKxOxJ), (total_CxOxJ / n_CxOxJ)[:, None]], axis=1)
+    means_CxLxOxJ[:, :-1][~valid_CxK] = np.nan
+    means_CxLxOxJ[~np.isfinite(means_CxLxOxJ)] = np.nan
+    kept = np.isfinite(means_CxLxOxJ)
+    return (np.where(kept, means_CxLxOxJ, 0.0).sum(axis=2), np.where(kept, means_CxLxOxJ ** 2, 0.0).sum(axis=2),
+            kept.sum(axis=2))
 
   def sign_totals_per_chain(self, groups_OxJ=None) -> tuple[np.ndarray, np.ndarray]:
     """([C, K, G], [C, K, G]) each context's (or group's: `sign_sums_per_chain`) per-token χ on each chain summed

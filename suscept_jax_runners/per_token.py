@@ -290,7 +290,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
                 "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
       arrays["positive_CxKxO"], arrays["negative_CxKxO"] = (a[:, :, keep] for a in res.sign_totals_per_chain())
-      arrays["position_sum_CxKxJ"], arrays["position_count_CxKxJ"] = res.position_sums_per_chain(keep)
+      arrays.update(zip(POSITION_CHAINS, res.position_sums_leaving_out_chains(keep)))
       targets_OxJ = contexts[i * chunk:i * chunk + keep.stop, 1:res.chi.shape[-1] + 1]
       arrays["token_ids_U"], types_OxJ = np.unique(targets_OxJ, return_inverse=True)
       arrays["token_positive_CxKxU"], arrays["token_negative_CxKxU"] = per_token_lib.sign_sums_per_chain(
@@ -353,10 +353,11 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
 
 def write_chains(out: Path, parts, context_datasets_O) -> None:
   """chains.npz: per chain, each context's mean per-token χ and its totals by sign, each token type's totals by sign,
-  each position's sum over the contexts, and the dataset-level χ: what the intervals of the additivity view
-  (`token_stats.additivity_intervals`), of the totals (`token_stats.sign_totals`, `token_stats.totals`) and of
-  the mean χ by position (`token_stats.position_means`) are made from. An array is left out where a chunk's
-  unit (of an earlier version) lacks it; the file is not written where no array is left."""
+  each position's sums over the contexts leaving out each chain, and the dataset-level χ: what the intervals of
+  the additivity view (`token_stats.additivity_intervals`), of the totals (`token_stats.sign_totals`,
+  `token_stats.totals`) and of the mean and variance by position (`token_stats.position_profiles`) are made
+  from. An array is left out where a chunk's unit (of an earlier version) lacks it; the file is not written where
+  no array is left."""
   import io
 
   import numpy as np
@@ -386,7 +387,7 @@ def write_chains(out: Path, parts, context_datasets_O) -> None:
 
 
 PER_CONTEXT_CHAINS = ("context_chi_CxKxO", "positive_CxKxO", "negative_CxKxO")
-POSITION_CHAINS = ("position_sum_CxKxJ", "position_count_CxKxJ")
+POSITION_CHAINS = ("position_sum_CxLxJ", "position_sumsq_CxLxJ", "position_count_CxLxJ")  # L: chain left out
 
 
 ADDITIVITY_NOTE = (
@@ -398,9 +399,10 @@ ADDITIVITY_NOTE = (
 
 
 POSITIONS_NOTE = (
-    "<p>Bands (95 %, Student-t over the chains): what endless chains would give on these contexts, as in Table 1. "
-    "The chains are shared by every context, so their noise does not average out along a curve. The variance by "
-    "position (right) has no band and includes the chains' noise in each token's χ.</p>")
+    "<p>Bands (95 %, a jackknife over the chains, Student-t): what endless chains would give on these contexts, as "
+    "in Table 1. The chains are shared by every context, so their noise does not average out along a curve. Chain "
+    "noise in each token's χ adds to its variance over the contexts; the variance shown has that part removed (the "
+    "jackknife's bias correction: it falls as 1/chains).</p>")
 
 
 NO_CHAINS_NOTE = ("<p>No error bars: these results were written before the chains' values this view needs were "
@@ -593,8 +595,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     sections["umap"] = ("Per-token susceptibility vectors (UMAP)", pages.embedded_png(figure, "umap"))
   if "positions" in views:
     sums = chains_with(Path(out), POSITION_CHAINS)
-    bands = None if sums is None else ts.position_means(sums["position_sum_CxKxJ"], sums["position_count_CxKxJ"],
-                                                         info["components"])
+    bands = None if sums is None else ts.position_profiles(*(sums[k] for k in POSITION_CHAINS), info["components"])
     figure = tv.plot_position_profiles(table, views_dir / "positions.png", bands)
     written.append(figure)
     sections["positions"] = ("χ by position", pages.embedded_png(figure, "positions")

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from suscept_jax.analysis import token_stats as ts
 from tests import browser
 from tests.helpers import REPO, env, start_two_processes
 
@@ -77,21 +78,23 @@ def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
   assert "a" + heading[1:] in finished[1].stdout.splitlines()  # and the line in the terminal
 
 
-def test_the_position_view_has_bands_from_each_positions_sums_per_chain(finished):
-  """chains.npz holds each position's per-token χ summed over the contexts per chain (averaged over chains: the
-  table's mean by position); the positions view draws their bands and says what they hold."""
+def test_the_position_view_has_bands_from_each_positions_sums_leaving_out_chains(finished):
+  """chains.npz holds each position's sums over the contexts of the χ averaged over all chains but one (and over
+  all: the table's mean and variance by position); the positions view draws their bands and says what they hold."""
   out, _ = finished
   table = pd.read_parquet(out / "tokens.parquet")
   info = json.loads((out / "per_token.json").read_text())
   with np.load(out / "chains.npz") as chains:
-    sum_CxKxJ, count_CxKxJ = chains["position_sum_CxKxJ"], chains["position_count_CxKxJ"]
+    sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ = (chains[k] for k in ("position_sum_CxLxJ", "position_sumsq_CxLxJ",
+                                                                "position_count_CxLxJ"))
   J = table.position.max()
-  assert sum_CxKxJ.shape == count_CxKxJ.shape == (3, 2, J) and (count_CxKxJ == 6).all()
-  by_position = table.groupby(["component", "position"]).chi.mean()
-  for c, comp in enumerate(info["components"]):
-    np.testing.assert_allclose((sum_CxKxJ[c] / count_CxKxJ[c]).mean(0), by_position[comp].to_numpy(), rtol=1e-4,
-                               atol=1e-9)
-  assert "Bands (95 %, Student-t over the chains)" in (out / "views" / "index.html").read_text()
+  assert sum_CxLxJ.shape == sumsq_CxLxJ.shape == count_CxLxJ.shape == (3, 2 + 1, J) and (count_CxLxJ == 6).all()
+  by_position = table.groupby(["component", "position"]).chi
+  profiles = ts.position_profiles(sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ, info["components"]).set_index(
+      ["component", "position"])
+  np.testing.assert_allclose(profiles["mean"], by_position.mean()[profiles.index], rtol=1e-4, atol=1e-9)
+  np.testing.assert_allclose(profiles["variance"], by_position.var()[profiles.index], rtol=1e-3, atol=1e-12)
+  assert "Bands (95 %, a jackknife over the chains, Student-t)" in (out / "views" / "index.html").read_text()
 
 
 def test_the_totals_keep_their_chains_and_say_when_they_have_none(finished, tmp_path):

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import additivity_calibration, totals_calibration
-from suscept_jax import estimators, per_token
+from suscept_jax import per_token
 from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
 from tests.helpers import record_calls
 
@@ -265,32 +265,54 @@ def test_totals_intervals_hold_the_true_totals_and_the_floor_bounds_the_inflatio
   assert 0.75 <= found["spread / stderr"] <= 1.15, found
 
 
-def test_position_bands_hold_what_endless_chains_give_on_these_contexts(tmp_path):
-  """The mean χ by position over fixed contexts, seen through 4 chains whose noise is shared by every context
-  (a chain offset per position) and each token's own: the bands hold the endless-chain mean (the contexts'
-  mean) at the stated rate, and their centre is the token table's mean. A diverged chain is left out."""
+def profiles_of(chi_KxOxJ):
+  """`ts.position_profiles` of one component's per-chain per-token χ, through the result's own sums."""
+  K, O, J = chi_KxOxJ.shape
+  result = per_token.PerTokenResult.__new__(per_token.PerTokenResult)
+  result.chi_per_chain, result.component_names = chi_KxOxJ[None], ["h"]
+  result.diagnostics = {"h": type("D", (), {"diverged_chains": [k for k in range(K) if np.isnan(chi_KxOxJ[k]).all()]})}
+  return ts.position_profiles(*result.position_sums_leaving_out_chains(), ["h"])
+
+
+@pytest.mark.parametrize("noise", ["normal", "large", "heavy-tailed, by context"])
+def test_position_bands_hold_what_endless_chains_give_on_these_contexts(noise):
+  """The mean and the variance of χ by position over fixed contexts, seen through 4 chains whose noise is shared by
+  every context (a chain offset per position) and each token's own: the bands hold what endless chains give (the
+  contexts' mean and variance of the truth) at the stated rate; chain noise inflates the variance as measured, and
+  the corrected one removes it."""
   rng = np.random.default_rng(0)
-  O, J, K, runs = 30, 10, 4, 300
-  truth_OxJ = rng.normal(0.0, 1.0, (O, J)) + np.linspace(-1, 1, J)
-  held, spread = [], []
+  O, J, K, runs = 30, 10, 4, 200
+  truth_OxJ = rng.normal(0.0, 1.0, (O, J)) * np.linspace(0.3, 1.5, J) + np.linspace(-1, 1, J)
+  token_noise = {"normal": lambda: rng.normal(0.0, 1.0, (K, O, J)), "large": lambda: rng.normal(0.0, 3.0, (K, O, J)),
+                 "heavy-tailed, by context": lambda: rng.standard_t(5, (K, O, J)) * rng.uniform(0.2, 2, (1, O, 1))}
+  held = {"mean": [], "variance": []}
+  measured, corrected = [], []
   for _ in range(runs):
-    chi_KxOxJ = truth_OxJ + rng.normal(0.0, 0.5, (K, 1, J)) + rng.normal(0.0, 1.0, (K, O, J))
-    bands = ts.position_means(chi_KxOxJ.sum(1)[None], np.full((1, K, J), O), ["h"])
+    chi_KxOxJ = truth_OxJ + rng.normal(0.0, 0.5, (K, 1, J)) + token_noise[noise]()
+    bands = profiles_of(chi_KxOxJ)
     np.testing.assert_allclose(bands["mean"], chi_KxOxJ.mean(0).mean(0))
-    held.append((bands.low <= truth_OxJ.mean(0)) & (truth_OxJ.mean(0) <= bands.high))
-    spread.append(bands["mean"].to_numpy())
-  assert 0.93 <= np.mean(held) <= 0.97, np.mean(held)
-  half = (bands.high - bands["mean"]).to_numpy() / float(estimators.t_quantile(K))
-  assert 0.5 < np.std(spread, axis=0).mean() / half.mean() < 2.0  # (one run's stderr against the runs' spread)
-  sums, counts = chi_KxOxJ.sum(1)[None], np.full((1, K, J), O)
-  sums[0, 2], counts[0, 2] = 0.0, 0  # chain 2 diverged
-  left = ts.position_means(sums, counts, ["h"])
+    np.testing.assert_allclose(bands["variance"], chi_KxOxJ.mean(0).var(0, ddof=1))
+    for name, true_J in (("mean", truth_OxJ.mean(0)), ("variance", truth_OxJ.var(0, ddof=1))):
+      held[name].append((bands[f"{name}_low"] <= true_J) & (true_J <= bands[f"{name}_high"]))
+    measured.append(bands["variance"]), corrected.append(bands.variance_corrected)
+  assert 0.93 <= np.mean(held["mean"]) <= 0.97, np.mean(held["mean"])
+  assert 0.93 <= np.mean(held["variance"]) <= 0.985, np.mean(held["variance"])
+  inflation = np.mean(measured) - truth_OxJ.var(0, ddof=1).mean()
+  assert inflation > 0.1 and abs(np.mean(corrected) - truth_OxJ.var(0, ddof=1).mean()) < 0.2 * inflation
+
+
+def test_position_bands_leave_a_diverged_chain_out_and_are_drawn(tmp_path):
+  rng = np.random.default_rng(1)
+  O, J, K = 12, 8, 4
+  chi_KxOxJ = rng.normal(0.0, 1.0, (1, O, J)) + rng.normal(0.0, 0.5, (K, O, J))
+  diverged = chi_KxOxJ.copy()
+  diverged[2] = np.nan
+  left, three = profiles_of(diverged), profiles_of(chi_KxOxJ[[0, 1, 3]])
   assert (left.chains == 3).all()
-  np.testing.assert_allclose(left["mean"], chi_KxOxJ[[0, 1, 3]].mean(0).mean(0))
+  pd.testing.assert_frame_equal(left, three)
   table = pd.DataFrame({"component": "l0h0", "position": np.tile(np.arange(1, J + 1), O),
                         "chi": chi_KxOxJ.mean(0).ravel()})
-  figure = tv.plot_position_profiles(table, tmp_path / "positions.png",
-                                              bands.assign(component="l0h0"))
+  figure = tv.plot_position_profiles(table, tmp_path / "positions.png", profiles_of(chi_KxOxJ).assign(component="l0h0"))
   assert figure.stat().st_size > 5000
 
 

@@ -160,27 +160,41 @@ BIMODAL_MIN_WEIGHT = 0.1  # each mode must hold at least this share of the occur
 BIMODAL_MIN_SEPARATION = 2.0  # Ashman's D = √2·|μ1 − μ2| / √(σ1² + σ2²): above 2, the modes are distinct
 
 
-def position_means(sum_CxKxJ, count_CxKxJ, components, *, level: float = 0.95):
-  """The mean per-token χ at each position over the observed contexts, per component, with the interval of what
-  endless chains would give on these contexts (Table 1's convention): per chain the position's mean over the
-  contexts, then the mean over the chains ± the Student-t multiplier (chains − 1 d.o.f.) × their standard error.
-  The chains are shared by every context, so their noise does not average out over contexts; this keeps it.
+def position_profiles(sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ, components, *, level: float = 0.95):
+  """The mean and the variance of per-token χ at each position over the observed contexts, per component, each
+  with the interval of what endless chains would give on these contexts (Table 1's convention), by a jackknife
+  over the chains (Student-t, chains − 1 d.o.f.).
 
-  sum_CxKxJ, count_CxKxJ: `PerTokenResult.position_sums_per_chain`, summed over chunks (a diverged chain counts
-  0). A frame with component, position (1-based, as the token table's), mean, low, high, chains."""
+  The chains are shared by every context, so their noise does not average out over contexts; the jackknife keeps
+  it. Chain noise also adds to each token's χ a variance that falls as 1/chains, which inflates the variance over
+  contexts: the jackknife's bias correction (K·θ − (K − 1)·mean of the leave-one-out θ) removes exactly such a
+  term. For the mean it changes nothing and the jackknife's error is the chains' standard error of the mean.
+
+  sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ: `PerTokenResult.position_sums_leaving_out_chains`, summed over chunks
+  (L = K + 1: chain k left out, then none). A frame with component, position (1-based, as the token table's),
+  mean, mean_low, mean_high, variance (as measured), variance_corrected, variance_low, variance_high, chains."""
   import pandas as pd
+  s1, s2, n = (np.asarray(a, np.float64) for a in (sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ))
   with np.errstate(invalid="ignore", divide="ignore"):
-    per_chain_CxKxJ = np.asarray(sum_CxKxJ, np.float64) / np.asarray(count_CxKxJ)
-  chains_CxJ = np.isfinite(per_chain_CxKxJ).sum(axis=1)
-  mean_CxJ = _nanmean(per_chain_CxKxJ, axis=1)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # (a position with < 2 chains: no interval)
-    stderr_CxJ = np.nanstd(per_chain_CxKxJ, axis=1, ddof=1) / np.sqrt(chains_CxJ)
-  half_CxJ = estimators.t_quantile(chains_CxJ, level) * stderr_CxJ
-  C, J = mean_CxJ.shape
+    mean_CxLxJ = np.where(n > 0, s1 / n, np.nan)
+    var_CxLxJ = np.where(n > 1, (s2 - s1 * s1 / n) / (n - 1), np.nan)
+  columns = {}
+  for name, theta_CxLxJ in (("mean", mean_CxLxJ), ("variance", var_CxLxJ)):
+    point_CxJ, left_CxKxJ = theta_CxLxJ[:, -1], theta_CxLxJ[:, :-1]
+    chains_CxJ = np.isfinite(left_CxKxJ).sum(axis=1)
+    centre_CxJ = _nanmean(left_CxKxJ, axis=1)
+    with np.errstate(invalid="ignore"):
+      spread_CxJ = np.nansum((left_CxKxJ - centre_CxJ[:, None]) ** 2, axis=1)
+      stderr_CxJ = np.sqrt((chains_CxJ - 1) / chains_CxJ * spread_CxJ)
+      corrected_CxJ = chains_CxJ * point_CxJ - (chains_CxJ - 1) * centre_CxJ
+    half_CxJ = estimators.t_quantile(chains_CxJ, level) * stderr_CxJ
+    columns[name] = point_CxJ
+    if name == "variance":
+      columns["variance_corrected"] = corrected_CxJ
+    columns[f"{name}_low"], columns[f"{name}_high"] = corrected_CxJ - half_CxJ, corrected_CxJ + half_CxJ
+  C, J = mean_CxLxJ.shape[0], mean_CxLxJ.shape[-1]
   return pd.DataFrame({"component": np.repeat(list(components), J), "position": np.tile(np.arange(1, J + 1), C),
-                       "mean": mean_CxJ.ravel(), "low": (mean_CxJ - half_CxJ).ravel(),
-                       "high": (mean_CxJ + half_CxJ).ravel(), "chains": chains_CxJ.ravel()})
+                       **{k: v.ravel() for k, v in columns.items()}, "chains": chains_CxJ.ravel()})
 
 
 def _gaussian_mixture_2(x, iterations: int = 200):

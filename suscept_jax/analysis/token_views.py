@@ -287,7 +287,8 @@ def plot_comparisons(table, heads, path) -> Path:
 
 def plot_position_profiles(table, path, bands=None) -> Path:
   """Mean and variance of per-token χ against context position, layer-0 heads against layer-1 heads (Fig. 33/34);
-  with `bands` (`token_stats.position_means`), each mean's 95 % interval over the chains as a shaded band."""
+  with `bands` (`token_stats.position_profiles`), each one's 95 % interval over the chains as a shaded band, and
+  the variance with the chains' noise removed."""
   plt = pyplot()
   heads = [c for c in dict.fromkeys(table.component) if c != "full"]
   fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(9, 3.3))
@@ -296,13 +297,18 @@ def plot_position_profiles(table, path, bands=None) -> Path:
     g = table[table.component == head].groupby("position").chi
     style = dict(color=cmap(i % 10), lw=1.0, ls="-" if head.startswith("l0") else "--")
     ax_mean.plot(g.mean().index, g.mean().to_numpy(), label=head, **style)
-    ax_var.plot(g.var().index, g.var().to_numpy(), **style)
-    if bands is not None:
-      band = bands[bands.component == head]
-      ax_mean.fill_between(band.position, band.low, band.high, color=style["color"], alpha=0.15, lw=0)
-  ax_mean.set_title("mean per-token χ by position (solid: layer 0, dashed: others"
-                    + ("; bands: 95 % over the chains)" if bands is not None else ")"), fontsize=8)
-  ax_var.set_title("variance of per-token χ by position", fontsize=8)
+    if bands is None:
+      ax_var.plot(g.var().index, g.var().to_numpy(), **style)
+      continue
+    band = bands[bands.component == head]
+    ax_var.plot(band.position, band.variance_corrected, **style)
+    for ax, name in ((ax_mean, "mean"), (ax_var, "variance")):
+      ax.fill_between(band.position, band[f"{name}_low"], band[f"{name}_high"], color=style["color"], alpha=0.15,
+                      lw=0)
+  ax_mean.set_title("mean per-token χ by position (solid: layer 0, dashed: others)"
+                    + ("\nbands: 95 % over the chains" if bands is not None else ""), fontsize=8)
+  ax_var.set_title("variance of per-token χ by position"
+                   + ("\nchains' noise removed; bands: 95 % over the chains" if bands is not None else ""), fontsize=8)
   for ax in (ax_mean, ax_var):
     ax.set_xlabel("position in context")
   ax_mean.legend(fontsize=6, ncol=2, frameon=False)
