@@ -64,10 +64,12 @@ class PerTokenResult:
   def position_sums_leaving_out_chains(self, contexts=slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """([C, K + 1, J] × 3) at each position, over the `contexts` (an index into the observed ones): the sum, the sum
     of squares and the count (finite values) of the per-token χ averaged over the valid chains but chain k, for
-    each k, and (k = K) over all of them; NaN sums and count 0 where k diverged. What the jackknife over chains of
-    the mean and variance by position needs (`token_stats.position_profiles`), additive over chunks of contexts."""
+    each k, and (k = K) over all of them; zeros where k diverged. In float64 (the variance is a difference of sums).
+    What the jackknife over chains of the mean and variance by position needs (`token_stats.position_profiles`),
+    additive over chunks of contexts."""
     valid_CxK = self.valid_chains()
-    x_CxKxOxJ = np.where(valid_CxK[..., None, None], self.chi_per_chain[:, :, contexts], np.nan)
+    x_CxKxOxJ = np.where(valid_CxK[..., None, None], np.asarray(self.chi_per_chain[:, :, contexts], np.float64),
+                         np.nan)
     finite_CxKxOxJ = np.isfinite(x_CxKxOxJ)
     total_CxOxJ, n_CxOxJ = np.nansum(x_CxKxOxJ, axis=1), finite_CxKxOxJ.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
