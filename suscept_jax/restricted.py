@@ -17,7 +17,7 @@ F the free leaves' flattened coordinates (`FreeView`), G slice groups (`SliceLay
 """
 import functools
 import inspect
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -166,15 +166,30 @@ def slice_layout(masks_C, params, free=None) -> SliceLayout | None:
   return SliceLayout(group_of_leaf=tuple(group_of_leaf), index_CxG=tuple(zip(*groups)))
 
 
-class FreeSlices(NamedTuple):
+@jax.tree_util.register_pytree_node_class
+class FreeSlices:
   """What a loss function taking `free_slices=` is told at one entry: along axis 0 of a leaf in slice group g,
   only slice index_G[g] may differ from `anchor`; every other slice holds w*. Using it is optional (the loss
   must be the same either way, to rounding); `transformer.per_token_nll` computes a layer's frozen heads at w*
-  (once per stream, where the layers below are frozen) and differentiates only the free head."""
+  (once per stream, where the layers below are frozen) and differentiates only the free head. A pytree whose
+  groups are static, so a jitted loss function takes it too."""
 
-  anchor: Any  # the parameter tree at w*
-  group: Any  # a tree like the parameters: each leaf's slice group (an int), or None
-  index_G: Any  # int32 [G]: this entry's free slice of each group (traced)
+  def __init__(self, anchor, group_of_leaf: tuple, index_G):
+    self.anchor = anchor  # the parameter tree at w*
+    self.group_of_leaf = tuple(group_of_leaf)  # per leaf of the anchor: its slice group (an int), or None
+    self.index_G = index_G  # int32 [G]: this entry's free slice of each group (traced)
+
+  @property
+  def group(self):
+    """A tree like the parameters: each leaf's slice group (an int), or None."""
+    return jax.tree.unflatten(jax.tree.structure(self.anchor), list(self.group_of_leaf))
+
+  def tree_flatten(self):
+    return (self.anchor, self.index_G), self.group_of_leaf
+
+  @classmethod
+  def tree_unflatten(cls, group_of_leaf, children):
+    return cls(children[0], group_of_leaf, children[1])
 
 
 def accepts_free_slices(fn) -> bool:
@@ -190,7 +205,5 @@ def with_free_slices(fn, layout: SliceLayout | None, anchor, component):
   them and the program has a layout; else `fn` itself."""
   if layout is None or not accepts_free_slices(fn):
     return fn
-  treedef = jax.tree.structure(anchor)
-  group = jax.tree.unflatten(treedef, list(layout.group_of_leaf))
   index_G = jnp.asarray(np.array(layout.index_CxG, np.int32))[component]
-  return functools.partial(fn, free_slices=FreeSlices(anchor=anchor, group=group, index_G=index_G))
+  return functools.partial(fn, free_slices=FreeSlices(anchor, layout.group_of_leaf, index_G))

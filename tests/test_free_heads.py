@@ -103,6 +103,11 @@ def test_one_free_head_gives_the_same_losses_and_gradient(model, layer, numerics
   for name in HEAD_LEAVES:
     np.testing.assert_allclose(grad_told[name][head], grad_plain[name][head], err_msg=name, **tol)
     assert not np.any(np.delete(np.asarray(grad_told[name]), head, axis=0)), name
+  # A jitted loss function takes them too (the groups are static in the pytree).
+  jitted = restricted.with_free_slices(jax.jit(functools.partial(transformer.per_token_nll, config=cfg,
+                                                                 numerics=numerics)), layout, params, 1)
+  assert "free_slices" in jitted.keywords
+  np.testing.assert_allclose(jax.jit(jitted)(moved, contexts), plain(moved, contexts), **tol)
   # With heads scaled (ablation) the model computes every head, as without slices.
   scale_LxH = jnp.ones((cfg.n_layers, cfg.n_heads)).at[layer, 0].set(0.0)
   np.testing.assert_array_equal(told(moved, contexts, head_scale_LxH=scale_LxH),
