@@ -337,11 +337,10 @@ def leave_one_out_means(x_KxN: np.ndarray) -> np.ndarray:
 
 
 def jackknife_se(left_out_Kx: np.ndarray) -> np.ndarray:
-  """The jackknife standard error from K leave-one-out replicates (axis 0): √((K − 1)/K · Σ_k (θ₋ₖ − θ̄)²).
-  For a plain mean it is exactly the standard error of the mean; for a statistic whose parts all chains
-  share (devinterp's ⟨·⟩_full term) it carries that part's noise too."""
-  num = len(left_out_Kx)
-  return np.sqrt((num - 1) / num * ((left_out_Kx - left_out_Kx.mean(axis=0)) ** 2).sum(axis=0))
+  """The jackknife standard error from K leave-one-out replicates (axis 0): `estimators.jackknife_stderr`. For a
+  statistic whose parts all chains share (devinterp's ⟨·⟩_full term) it carries that part's noise too."""
+  from suscept_jax import estimators
+  return estimators.jackknife_stderr(left_out_Kx, axis=0)
 
 
 def mean_se(x, axis: int):

@@ -153,6 +153,19 @@ def mean_and_stderr(per_chain_K, valid_K):
     return mean[()], np.where(n >= 2, np.sqrt(var / n), np.nan)[()]
 
 
+def jackknife_stderr(left_out_Kx, axis: int = 0):
+  """The jackknife standard error from leave-one-chain-out replicates along `axis`: √((K − 1)/K · Σ_k (θ₋ₖ − θ̄)²)
+  over the K finite ones (a NaN replicate: a chain outside the jackknife, e.g. a diverged one). For a plain mean
+  it is exactly the chains' standard error of the mean; for a statistic whose parts all chains share it carries
+  that part's noise too. NaN with fewer than 2 replicates."""
+  x = np.asarray(left_out_Kx, np.float64)
+  num = np.isfinite(x).sum(axis=axis)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    centre = np.nansum(x, axis=axis, keepdims=True) / np.expand_dims(num, axis)
+    spread = np.nansum((x - centre) ** 2, axis=axis)
+    return np.where(num >= 2, np.sqrt((num - 1) / num * spread), np.nan)
+
+
 def t_quantile(num_chains, level: float = 0.95):
   """Two-sided Student-t multiplier with (chains − 1) degrees of freedom: mean ± q·stderr covers `level`.
 

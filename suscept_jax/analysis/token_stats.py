@@ -182,12 +182,8 @@ def position_profiles(sum_CxLxJ, sumsq_CxLxJ, count_CxLxJ, components, *, level:
   for name, theta_CxLxJ in (("mean", mean_CxLxJ), ("variance", var_CxLxJ)):
     point_CxJ, left_CxKxJ = theta_CxLxJ[:, -1], theta_CxLxJ[:, :-1]
     chains_CxJ = np.isfinite(left_CxKxJ).sum(axis=1)
-    centre_CxJ = _nanmean(left_CxKxJ, axis=1)
-    with np.errstate(invalid="ignore"):
-      spread_CxJ = np.nansum((left_CxKxJ - centre_CxJ[:, None]) ** 2, axis=1)
-      stderr_CxJ = np.sqrt((chains_CxJ - 1) / chains_CxJ * spread_CxJ)
-      corrected_CxJ = chains_CxJ * point_CxJ - (chains_CxJ - 1) * centre_CxJ
-    half_CxJ = estimators.t_quantile(chains_CxJ, level) * stderr_CxJ
+    corrected_CxJ = chains_CxJ * point_CxJ - (chains_CxJ - 1) * _nanmean(left_CxKxJ, axis=1)
+    half_CxJ = estimators.t_quantile(chains_CxJ, level) * estimators.jackknife_stderr(left_CxKxJ, axis=1)
     columns[name] = point_CxJ
     if name == "variance":
       columns["variance_corrected"] = corrected_CxJ
