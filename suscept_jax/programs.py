@@ -119,7 +119,7 @@ def on_cpu(mesh) -> bool:
 
 def compiler_options(mesh) -> dict:
   """XLA options for the sampler's programs on `mesh`'s platform (`compile_options.for_platform`: LLVM level 1
-  on CPU, XLA's defaults on accelerators)."""
+  and the LLVM IR fusion emitters on CPU, XLA's defaults on accelerators)."""
   return compile_options.for_platform(np.asarray(mesh.devices).flat[0].platform)
 
 

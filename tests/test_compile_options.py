@@ -5,11 +5,24 @@ import numpy as np
 from suscept_jax import batched, compile_options, streams, toys
 
 
-def test_cpu_compiles_at_llvm_level_1_and_accelerators_keep_the_defaults(monkeypatch):
-  assert compile_options.for_platform("cpu") == {"xla_backend_optimization_level": 1}
+def test_cpu_compiles_at_llvm_level_1_with_the_older_emitters_and_accelerators_keep_the_defaults(monkeypatch):
+  emitters = ({"xla_cpu_use_fusion_emitters": False}
+              if compile_options.cpu_accepts("xla_cpu_use_fusion_emitters", False) else {})
+  assert compile_options.for_platform("cpu") == {"xla_backend_optimization_level": 1, **emitters}
   assert compile_options.for_platform("gpu") == compile_options.for_platform("tpu") == {}
+  monkeypatch.setattr(compile_options, "CPU_FUSION_EMITTERS", True)
+  assert compile_options.for_platform("cpu") == {"xla_backend_optimization_level": 1}
   monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", None)
   assert compile_options.for_platform("cpu") == {}
+
+
+def test_an_option_this_xla_does_not_know_is_left_out(monkeypatch):
+  """A jaxlib whose XLA:CPU refuses an option ("No such compile option") compiles with its default instead of
+  failing every program."""
+  assert not compile_options.cpu_accepts("xla_cpu_no_such_option_anywhere", False)
+  assert compile_options.cpu_accepts("xla_backend_optimization_level", 1)
+  monkeypatch.setattr(compile_options, "cpu_accepts", lambda option, value: False)
+  assert compile_options.for_platform("cpu") == {"xla_backend_optimization_level": 1}
 
 
 def test_the_small_programs_follow_the_options_and_compute_the_same(monkeypatch):
@@ -20,6 +33,7 @@ def test_the_small_programs_follow_the_options_and_compute_the_same(monkeypatch)
   losses_1 = np.asarray(batched.losses_at(toys.quadratic_loss, w, data))
   keys_1 = streams.chain_keys(3, 1, ["full", "l0h0"], 4)
   monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", None)
+  monkeypatch.setattr(compile_options, "CPU_FUSION_EMITTERS", True)
   assert batched.losses_at.jitted() is not at_level_1  # another jitted function: compiled with XLA's defaults
   assert np.ptp(losses_1) > 0
   np.testing.assert_allclose(np.asarray(batched.losses_at(toys.quadratic_loss, w, data)), losses_1, rtol=1e-6)

@@ -238,26 +238,29 @@ def test_groups_run_one_at_a_time_are_compiled_ahead_where_compiling_is_the_host
     np.testing.assert_array_equal(a, b)
 
 
-def test_cpu_programs_compiled_at_llvm_level_1_give_the_same_chains(problem, monkeypatch):
-  """Level 1 is a compile-time lever only: the chains match XLA's default level within float rounding."""
+def test_cpu_programs_compiled_with_our_options_give_the_same_chains(problem, monkeypatch):
+  """LLVM level 1 and the LLVM IR fusion emitters are compile-time levers only: the chains match XLA's defaults
+  within float rounding."""
   cfg, params, names, masks_C, base, probes, observed, loss, tokens = problem
   config = sgld.SGLDConfig(step_size=1e-3, nbeta=30.0, localization=100.0, num_chains=2, num_draws=6, mala_every=2)
-  def run(level):
+  def run(level, emitters):
     monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", level)
+    monkeypatch.setattr(compile_options, "CPU_FUSION_EMITTERS", emitters)
     return sampler.run(loss, params, names, masks_C, base, probes, config=config, batch_size=16, delta_h=0.25,
                        progress=False, observed=observed, token_loss_fn=tokens)
-  default, level_1 = run(None), run(1)
+  default, ours = run(None, True), run(1, False)
   assert np.ptp(default.phi_trace) > 1e-3
   for field in ("loss_trace", "phi_trace", "delta_loss_trace"):
-    np.testing.assert_allclose(getattr(level_1, field), getattr(default, field), rtol=2e-4, atol=2e-6, err_msg=field)
-  for a, b in zip(jax.tree.leaves(level_1.token_moments), jax.tree.leaves(default.token_moments)):
+    np.testing.assert_allclose(getattr(ours, field), getattr(default, field), rtol=2e-4, atol=2e-6, err_msg=field)
+  for a, b in zip(jax.tree.leaves(ours.token_moments), jax.tree.leaves(default.token_moments)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
   class Device:
     platform = "gpu"
   class Mesh:
     devices = np.array([Device()])
   assert programs.compiler_options(Mesh()) == {}  # accelerators keep XLA's defaults
-  assert programs.compiler_options(parallel.as_entry_mesh(None)) == {"xla_backend_optimization_level": 1}
+  assert programs.compiler_options(parallel.as_entry_mesh(None)) == compile_options.for_platform("cpu")
+  assert programs.compiler_options(parallel.as_entry_mesh(None))["xla_backend_optimization_level"] == 1
 
 
 def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
