@@ -41,7 +41,7 @@ def for_platform(platform: str) -> dict:
 def cpu_accepts(option: str, value) -> bool:
   """Whether this jaxlib's XLA:CPU knows the compile option `option` (a trivial program compiled with it once
   per process: XLA refuses an option it does not know, "No such compile option")."""
-  one = jax.device_put(np.float32(1), jax.devices("cpu")[0])
+  one = jax.device_put(np.float32(1), jax.local_devices(backend="cpu")[0])
   try:
     jax.jit(lambda x: x + 1, compiler_options={option: value}).lower(one).compile()
   except jax.errors.JaxRuntimeError as error:
