@@ -104,36 +104,64 @@ def seconds_per_call(fn, *args, repeats: int = 5) -> float:
   return (time.perf_counter() - t) / repeats
 
 
-def group_gradients(loss_fn, params, masks_C, free, num_chains: int, *, grid: bool = True, slices: bool = True):
-  """(jitted fn(anchor, positions [E, ...], component_E, batches [K, N, ...]) -> every entry's (losses, gradient),
-  component_E): one component group's gradients over its C components × K chains (component-major, chain k
-  reading batch k), as the sampler computes them on one device, with w* an argument: only the leaves in `free`
-  differentiated (None: all), on the entry grid where it applies (`grid`) and the loss told each entry's free
-  slices (`slices`). params: w* or its shapes (`jax.ShapeDtypeStruct`s), for the layout."""
+def _group_program(evaluate, loss_fn, params, masks_C, free, num_chains: int, *, grid: bool, slices: bool):
+  """(jitted fn(anchor, positions [E, ...], component_E, rows [K, N, ...]) -> evaluate(told loss, w, rows, anchor)
+  for every entry, component_E): one component group's C components × K chains (component-major, chain k reading
+  stream k) as the sampler maps them on one device, with w* an argument: on the entry grid where it applies
+  (`grid`) and the loss told each entry's free slices (`slices`). params: w* or its shapes, for the layout."""
   import jax
 
-  from suscept_jax import batched, restricted
+  from suscept_jax import restricted
   C = jax.tree.leaves(masks_C)[0].shape[0]
   layout = restricted.slice_layout(masks_C, params, free) if slices else None
   entry_grid = restricted.entry_grid(C, num_chains, 1, free) if grid else None
   stream_E = np.tile(np.arange(num_chains), C)
 
-  def over(anchor, positions_E, component_E, batch_KxN):
-    one = lambda w, c, b: batched.loss_and_grad(restricted.with_free_slices(loss_fn, layout, anchor, c), w, b,  # noqa
-                                                None, free, anchor)
-    return restricted.over_entries(one, entry_grid, (positions_E, component_E), batch_KxN, stream_E)
+  def over(anchor, positions_E, component_E, rows_KxN):
+    one = lambda w, c, rows: evaluate(restricted.with_free_slices(loss_fn, layout, anchor, c), w, rows, anchor)  # noqa
+    return restricted.over_entries(one, entry_grid, (positions_E, component_E), rows_KxN, stream_E)
 
   return jax.jit(over), np.repeat(np.arange(C, dtype=np.int32), num_chains)
 
 
-def group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, *, grid: bool = True, slices: bool = True):
-  """(XLA's FLOP count per entry of `group_gradients`' program, compiled, not run; the compiled program)."""
+def group_gradients(loss_fn, params, masks_C, free, num_chains: int, *, grid: bool = True, slices: bool = True):
+  """`_group_program` of every entry's (losses, gradient) at its stream's batch, as an SGLD step computes them:
+  only the leaves in `free` differentiated (None: all)."""
+  from suscept_jax import batched
+  return _group_program(lambda told, w, batch, anchor: batched.loss_and_grad(told, w, batch, None, free, anchor),
+                        loss_fn, params, masks_C, free, num_chains, grid=grid, slices=slices)
+
+
+def group_forwards(loss_fn, params, masks_C, free, num_chains: int, *, grid: bool = True, slices: bool = True):
+  """`_group_program` of every entry's losses of its stream's rows, as a draw evaluates its probe slots: the
+  leaves outside `free` (None: all free) taken from w*, as the sampler's state holds only the free ones."""
   import jax
-  fn, component_E = group_gradients(loss_fn, params, masks_C, free, batch_KxN.shape[0], grid=grid, slices=slices)
+
+  from suscept_jax import batched
+
+  def losses(told, w, rows, anchor):
+    at = w if free is None else jax.tree.unflatten(jax.tree.structure(anchor), [
+        a if f else b for a, b, f in zip(jax.tree.leaves(w), jax.tree.leaves(anchor), free)])
+    return batched.batched_losses(told, at, rows, None)
+
+  return _group_program(losses, loss_fn, params, masks_C, free, num_chains, grid=grid, slices=slices)
+
+
+def group_program_flops(program, params, rows_KxN):
+  """(XLA's FLOP count per entry of a `_group_program` (program, component_E) at rows [K, N, ...] (shapes will
+  do), compiled, not run; the compiled program)."""
+  import jax
+  fn, component_E = program
   shape = lambda a, lead=(): jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), a.dtype)  # noqa: E731
   compiled = fn.lower(jax.tree.map(shape, params), jax.tree.map(lambda a: shape(a, (component_E.size,)), params),
-                      component_E, shape(batch_KxN)).compile()
+                      component_E, shape(rows_KxN)).compile()
   return compiled_flops(compiled) / component_E.size, compiled
+
+
+def group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, *, grid: bool = True, slices: bool = True):
+  """(XLA's FLOP count per entry of `group_gradients`' program, compiled, not run; the compiled program)."""
+  return group_program_flops(group_gradients(loss_fn, params, masks_C, free, batch_KxN.shape[0], grid=grid,
+                                             slices=slices), params, batch_KxN)
 
 
 def compiled_flops(compiled) -> float:

@@ -92,20 +92,35 @@ def whole_logits(loss_fn):
   return loss_fn
 
 
+def _per_component(group_flops, names, masks_C) -> dict:
+  """{component: group_flops(its group's masks, the leaves it frees or None for all)}, one call per group."""
+  out = {}
+  for free, comps in restricted.component_groups(masks_C, len(names)):
+    per_entry = group_flops(jax.tree.map(lambda m: np.asarray(m)[comps], masks_C), None if all(free) else free)
+    out.update({names[c]: per_entry for c in comps})
+  return out
+
+
 def gradient_flops(loss_fn, params, names, masks_C, batch, *, chains: int = 4, slices: bool = True) -> dict:
   """{component: XLA's FLOP count per entry of its SGLD step's gradient at `batch`, as the sampler runs it on one
   device}: each group's components × `chains` chains in one program, restricted to the leaves the group frees,
   on the entry grid (frozen layers below computed once per chain) and, with `slices`, the loss told each entry's
   free head (a layer's other heads computed at w* once per chain; False: every head per entry, as before
   `restricted.slice_layout`, which device figures measured before it need for their rate)."""
-  out, loss_fn = {}, whole_logits(loss_fn)
+  loss_fn = whole_logits(loss_fn)
   batch_KxN = jax.ShapeDtypeStruct((chains,) + tuple(np.shape(batch)), batch.dtype)
-  for free, comps in restricted.component_groups(masks_C, len(names)):
-    group_masks = jax.tree.map(lambda m: np.asarray(m)[comps], masks_C)
-    per_entry, _ = common.group_gradient_flops(loss_fn, params, group_masks, None if all(free) else free, batch_KxN,
-                                               slices=slices)
-    out.update({names[c]: per_entry for c in comps})
-  return out
+  return _per_component(lambda group_masks, free: common.group_gradient_flops(
+      loss_fn, params, group_masks, free, batch_KxN, slices=slices)[0], names, masks_C)
+
+
+def forward_flops(loss_fn, params, names, masks_C, rows, *, chains: int = 4, slices: bool = True) -> dict:
+  """{component: XLA's FLOP count per entry of its losses of `rows` [N, ctx] per stream (a draw's probe slots),
+  as the sampler evaluates them}: on the entry grid, told the entry's free slices (`gradient_flops`), so what
+  does not depend on the entry (w*'s layers below, a layer's other heads) counts once per chain."""
+  loss_fn = whole_logits(loss_fn)
+  rows_KxN = jax.ShapeDtypeStruct((chains,) + tuple(np.shape(rows)), rows.dtype)
+  return _per_component(lambda group_masks, free: common.group_program_flops(common.group_forwards(
+      loss_fn, params, group_masks, free, chains, slices=slices), params, rows_KxN)[0], names, masks_C)
 
 
 def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float,
@@ -116,9 +131,10 @@ def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: i
   slices: as `gradient_flops`."""
   batch_size, n_ctx = np.shape(batch)
   step = gradient_flops(loss_fn, params, names, masks_C, batch, chains=chains, slices=slices)
-  forward_1 = flops_of(whole_logits(loss_fn), params, jax.ShapeDtypeStruct((1, n_ctx), jnp.int32))
-  draw = run_flops(step, chains=chains, gradient_steps=1, draws=1, probes=probes,
-                   slots=mixing.max_probe_samples(batch_size, delta_h), forward_1=forward_1, batch=0)
+  slots = jax.ShapeDtypeStruct((probes * mixing.max_probe_samples(batch_size, delta_h), n_ctx), jnp.int32)
+  draw = run_flops(step, chains=chains, gradient_steps=1, draws=1,
+                   probe_forwards=forward_flops(loss_fn, params, names, masks_C, slots, chains=chains, slices=slices),
+                   forward_1=0.0, batch=0)
   return dict(gradient=chains * sum(step.values()), draw=draw)
 
 
@@ -163,14 +179,16 @@ def per_token_rate(token_loss_fn, params, contexts, replicas, peak):
         f"{s * 1e3:.1f} ms, {flops / s / 1e9:.1f} GFLOP/s = {100 * flops / s / peak:.1f}% of peak")
 
 
-def run_flops(step: dict, *, chains: int, gradient_steps: int, draws: int, probes: int, slots: int,
-              forward_1: float, batch: int, observed_per_draw: float = 0.0) -> float:
-  """FLOPs of one run over the components in `step` ({component: gradient FLOPs at the batch}): every entry's
-  gradients; per draw, every entry's forwards of its probe slots (and of its observed contexts, per token);
-  per stream and draw, one batch at w* (the table of L_B(w*): one pass over the batches' samples, whose size
-  `batch` gives; 0 leaves it out)."""
-  per_entry_draw = probes * slots * forward_1 + observed_per_draw
-  return chains * (gradient_steps * sum(step.values()) + draws * (len(step) * per_entry_draw + batch * forward_1))
+def run_flops(step: dict, *, chains: int, gradient_steps: int, draws: int, probe_forwards: dict, forward_1: float,
+              batch: int, observed_forwards: dict | None = None) -> float:
+  """FLOPs of one run over the components in `step` ({component: gradient FLOPs per entry at the batch}): every
+  entry's gradients; per draw, every entry's forwards of its probe slots (`probe_forwards`, per entry as
+  `forward_flops`) and of its observed contexts (`observed_forwards`, per token); per stream and draw, one batch
+  at w* of `forward_1` each (the table of L_B(w*): one pass over the batches' samples, whose size `batch` gives;
+  0 leaves it out)."""
+  observed_forwards = observed_forwards or {}
+  per_draw = sum(probe_forwards[c] + observed_forwards.get(c, 0.0) for c in step)
+  return chains * (gradient_steps * sum(step.values()) + draws * (per_draw + batch * forward_1))
 
 
 def _model(model: str):
@@ -183,28 +201,33 @@ def _model(model: str):
 
 def paper_flops(model: str = "tetrahedron_3m") -> dict:
   """XLA's FLOP counts (compiled, not run) of the paper's sweep and per-token run on `model`, gradients
-  restricted per component group as the sampler runs them."""
+  restricted per component group and forwards told each entry's free head, as the sampler runs them."""
   paper = paper_runs()
   cfg, params, loss_fn, names, masks_C = _model(model)
   contexts = lambda n: jax.ShapeDtypeStruct((n, cfg.n_ctx), jnp.int32)
   forward_1 = flops_of(whole_logits(loss_fn), params, contexts(1))
-  token_forward = flops_of(whole_logits(functools.partial(transformer.per_token_nll, config=cfg)), params,
-                           contexts(1))
+  probe_slots = lambda batch: contexts(paper["probes"] * mixing.max_probe_samples(batch, paper["delta_h"]))
+  K = paper["chains"]
   step = gradient_flops(loss_fn, params, names, masks_C, contexts(paper["batch"]))
-  K, probes = paper["chains"], paper["probes"]
+  probe_forwards = forward_flops(loss_fn, params, names, masks_C, probe_slots(paper["batch"]), chains=K)
   sweep_run = functools.partial(run_flops, chains=K, gradient_steps=paper["gradient_steps"], draws=paper["draws"],
-                                probes=probes, slots=mixing.max_probe_samples(paper["batch"], paper["delta_h"]),
                                 forward_1=forward_1, batch=paper["batch"])
   units = paper["per_token_units"]
-  observed = probes * paper["per_token_contexts"]
+  observed = paper["probes"] * paper["per_token_contexts"] // units
+  # The observed contexts are the same for every entry: counted as one chain's (w*'s part once per component
+  # group rather than once in all: errs long by a little).
+  observed_forwards = forward_flops(functools.partial(transformer.per_token_nll, config=cfg), params, names,
+                                    masks_C, contexts(observed), chains=1)
   per_token_run = run_flops(
       gradient_flops(loss_fn, params, names, masks_C, contexts(paper["per_token_batch"])), chains=K,
-      gradient_steps=paper["per_token_gradient_steps"], draws=paper["per_token_draws"], probes=probes,
-      slots=mixing.max_probe_samples(paper["per_token_batch"], paper["delta_h"]), forward_1=forward_1,
-      batch=paper["per_token_batch"], observed_per_draw=observed / units * token_forward)
+      gradient_steps=paper["per_token_gradient_steps"], draws=paper["per_token_draws"],
+      probe_forwards=forward_flops(loss_fn, params, names, masks_C, probe_slots(paper["per_token_batch"]), chains=K),
+      forward_1=forward_1, batch=paper["per_token_batch"], observed_forwards=observed_forwards)
   return dict(paper=paper, config=cfg, names=names, groups=restricted.component_groups(masks_C, len(names)),
-              forward_1=forward_1, step=step, sweep=paper["checkpoints"] * sweep_run(step),
-              sweep_unrestricted=paper["checkpoints"] * sweep_run({c: step["full"] for c in names}),
+              forward_1=forward_1, step=step,
+              sweep=paper["checkpoints"] * sweep_run(step, probe_forwards=probe_forwards),
+              sweep_unrestricted=paper["checkpoints"] * sweep_run(
+                  {c: step["full"] for c in names}, probe_forwards={c: probe_forwards["full"] for c in names}),
               per_token=units * per_token_run)
 
 
@@ -253,9 +276,9 @@ def measured_projection(figures: dict) -> list[dict]:
   settings achieved: a measured draw's FLOPs (every entry's gradient and its one probe's slots) over its steady
   seconds per draw; the runs' FLOPs (the table of L_B(w*) included, at the same rate) over that rate, plus each
   run's fixed host work as measured (at that run's few draws and one probe: it grows with both, so a lower
-  bound). The runs' FLOPs are counted with each head's own path (`gradient_flops`); a measured draw's as the
-  device ran it (figures from before that path, without "free_slices", computed every head per entry): for
-  those the projection assumes the same FLOP rate, which one head's smaller matmuls may not reach."""
+  bound). The runs' FLOPs are counted with each head's own path (`gradient_flops`, `forward_flops`); a measured
+  draw's as the device ran it (figures from before that path, without "free_slices", computed every head per
+  entry): for those the projection assumes the same FLOP rate, which one head's smaller matmuls may not reach."""
   f = paper_flops(figures["model"])
   paper, names = f["paper"], f["names"]
   _, params, loss_fn, _, masks_C = _model(figures["model"])

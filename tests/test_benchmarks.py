@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at tiny sizes, so they cannot rot (their figures are not checked
 here: speed targets are benchmark output, recorded in BUILD_NOTES.md, not timed tests)."""
 import contextlib
+import functools
 import io
 import json
 import re
@@ -174,6 +175,32 @@ def test_flops_are_the_arithmetic_of_the_matmuls_and_a_draw_adds_its_forwards():
   assert counted["gradient"] == pytest.approx(3 * step, rel=1e-4)  # (per entry of a vmap over 3 chains, not 4)
   slots = mixing.max_probe_samples(8, 0.25)  # each chain: 2 probes' slots (L_B(w*) is a table built before)
   assert counted["draw"] == pytest.approx(3 * (step + 2 * slots * forward / 8), rel=0.02)
+
+
+def test_probe_forwards_are_counted_as_the_sampler_runs_them():
+  """A draw's probe forwards per entry (`scaling.forward_flops`): a full component's are whole forwards of its
+  slots; a head's, told its free head on the entry grid, are fewer (w*'s part counted once per chain), and the
+  program computes the same losses as the plain model."""
+  from benchmarks import common
+  from suscept_jax.models import components, config as model_config, transformer
+  cfg = model_config.get_config("tiny", d_vocab=64, n_heads=3)
+  params = transformer.init_params(cfg, seed=0)
+  names, masks_C = sj.stack_masks(components.component_masks(["full", "l1h0", "l1h1", "l1h2"], params, cfg), params)
+  loss_fn = functools.partial(transformer.context_nll, config=cfg)
+  rows = np.random.default_rng(0).integers(0, 64, (6, cfg.n_ctx), dtype=np.int32)
+  whole = scaling.flops_of(loss_fn, params, rows)
+  counted = scaling.forward_flops(loss_fn, params, names, masks_C, rows, chains=2)
+  assert counted["full"] == pytest.approx(whole, rel=0.02)
+  assert 0 < counted["l1h0"] == counted["l1h2"] < 0.9 * whole, (counted, whole)
+  head_masks = jax.tree.map(lambda m: np.asarray(m)[1:], masks_C)
+  free = [bool(np.any(m)) for m in jax.tree.leaves(head_masks)]
+  program, component_E = common.group_forwards(loss_fn, params, head_masks, free, 2)
+  moved_E = jax.tree.map(lambda a, m: np.stack([a + 0.5 * m[c] for c in component_E]), params,
+                         jax.tree.map(np.asarray, head_masks))
+  losses_E = program(params, moved_E, component_E, np.stack([rows, rows[::-1]]))
+  for e, c in enumerate(component_E):
+    moved = jax.tree.map(lambda a: a[e], moved_E)
+    np.testing.assert_allclose(losses_E[e], loss_fn(moved, rows if e % 2 == 0 else rows[::-1]), rtol=2e-5)
 
 
 def test_compiled_flops_reads_every_form_of_the_cost_analysis():
