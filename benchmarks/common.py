@@ -147,21 +147,36 @@ def group_forwards(loss_fn, params, masks_C, free, num_chains: int, *, grid: boo
   return _group_program(losses, loss_fn, params, masks_C, free, num_chains, grid=grid, slices=slices)
 
 
-def group_program_flops(program, params, rows_KxN):
-  """(XLA's FLOP count per entry of a `_group_program` (program, component_E) at rows [K, N, ...] (shapes will
-  do), compiled, not run; the compiled program)."""
+def group_program_flops(program, params, rows_KxN) -> float:
+  """XLA's FLOP count per entry of a `_group_program` (program, component_E) at rows [K, N, ...] (shapes will
+  do), compiled for the CPU (`flops_on_cpu`), not run."""
   import jax
   fn, component_E = program
   shape = lambda a, lead=(): jax.ShapeDtypeStruct(lead + tuple(np.shape(a)), a.dtype)  # noqa: E731
-  compiled = fn.lower(jax.tree.map(shape, params), jax.tree.map(lambda a: shape(a, (component_E.size,)), params),
-                      component_E, shape(rows_KxN)).compile()
-  return compiled_flops(compiled) / component_E.size, compiled
+  return flops_on_cpu(fn, jax.tree.map(shape, params), jax.tree.map(lambda a: shape(a, (component_E.size,)), params),
+                      component_E, shape(rows_KxN)) / component_E.size
 
 
 def group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, *, grid: bool = True, slices: bool = True):
-  """(XLA's FLOP count per entry of `group_gradients`' program, compiled, not run; the compiled program)."""
+  """XLA's FLOP count per entry of `group_gradients`' program (`group_program_flops`)."""
   return group_program_flops(group_gradients(loss_fn, params, masks_C, free, batch_KxN.shape[0], grid=grid,
                                              slices=slices), params, batch_KxN)
+
+
+def flops_on_cpu(jitted, *args) -> float:
+  """XLA's FLOP count of `jitted` at these arguments' shapes, compiled for the CPU (not run) whatever the default
+  backend: on an H200, XLA's GPU count of an SGLD step's gradient was 0.23 TFLOP per entry where the CPU's count
+  and the matmuls' arithmetic (≈ 3 forwards of 0.37 TFLOP) give 1.14 — its fusions and library calls hide most
+  of the backward pass's matmuls from the count."""
+  import jax
+  try:
+    cpu = jax.devices("cpu")[0]
+  except RuntimeError:  # (JAX_PLATFORMS without cpu): the default backend's count, low on a GPU
+    return compiled_flops(jitted.lower(*args).compile())
+  on_cpu = jax.sharding.SingleDeviceSharding(cpu)  # (placed shapes fix the lowering's device; constants follow)
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=on_cpu), args)
+  with jax.default_device(cpu):
+    return compiled_flops(jitted.lower(*shapes).compile())
 
 
 def compiled_flops(compiled) -> float:

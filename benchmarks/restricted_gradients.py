@@ -31,13 +31,13 @@ from benchmarks import common
 def gradient_cost(loss_fn, params, masks_C, batch_KxN, free, repeats: int, *, grid: bool, slices: bool):
   """(XLA FLOPs per entry, seconds per call) of a group's gradients over its components × K chains
   (`common.group_gradients`); repeats 0: compiled, not run (NaN s)."""
-  flops, compiled = common.group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, grid=grid, slices=slices)
+  flops = common.group_gradient_flops(loss_fn, params, masks_C, free, batch_KxN, grid=grid, slices=slices)
   if not repeats:
     return flops, float("nan")
-  E = batch_KxN.shape[0] * jax.tree.leaves(masks_C)[0].shape[0]
-  positions = jax.tree.map(lambda a: np.broadcast_to(a, (E,) + a.shape).copy(), params)
-  component_E = np.repeat(np.arange(E // batch_KxN.shape[0], dtype=np.int32), batch_KxN.shape[0])
-  return flops, common.seconds_per_call(compiled, params, positions, component_E, batch_KxN, repeats=repeats)
+  program, component_E = common.group_gradients(loss_fn, params, masks_C, free, batch_KxN.shape[0], grid=grid,
+                                                slices=slices)
+  positions = jax.tree.map(lambda a: np.broadcast_to(a, (component_E.size,) + a.shape).copy(), params)
+  return flops, common.seconds_per_call(program, params, positions, component_E, batch_KxN, repeats=repeats)
 
 
 def run_seconds(loss_fn, params, names, masks_C, base, probes, config, batch_size, restrict):

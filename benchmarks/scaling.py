@@ -68,18 +68,8 @@ def paper_runs() -> dict:
 
 
 def flops_of(fn, *args) -> float:
-  """XLA's FLOP count of jit(fn) at these arguments' shapes, compiled for the CPU (not run) whatever the default
-  backend: on an H200, XLA's GPU count of an SGLD step's gradient was 0.23 TFLOP per entry where the CPU's count
-  and the matmuls' arithmetic (≈ 3 forwards of 0.37 TFLOP) give 1.14 — its fusions and library calls hide most
-  of the backward pass's matmuls from the count."""
-  try:
-    cpu = jax.devices("cpu")[0]
-  except RuntimeError:  # (JAX_PLATFORMS without cpu): the default backend's count, low on a GPU
-    return common.compiled_flops(jax.jit(fn).lower(*args).compile())
-  on_cpu = jax.sharding.SingleDeviceSharding(cpu)  # (placed shapes fix the lowering's device; constants follow)
-  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=on_cpu), args)
-  with jax.default_device(cpu):
-    return common.compiled_flops(jax.jit(fn).lower(*shapes).compile())
+  """XLA's FLOP count of jit(fn) at these arguments' shapes, compiled for the CPU (`common.flops_on_cpu`)."""
+  return common.flops_on_cpu(jax.jit(fn), *args)
 
 
 def whole_logits(loss_fn):
@@ -110,7 +100,7 @@ def gradient_flops(loss_fn, params, names, masks_C, batch, *, chains: int = 4, s
   loss_fn = whole_logits(loss_fn)
   batch_KxN = jax.ShapeDtypeStruct((chains,) + tuple(np.shape(batch)), batch.dtype)
   return _per_component(lambda group_masks, free: common.group_gradient_flops(
-      loss_fn, params, group_masks, free, batch_KxN, slices=slices)[0], names, masks_C)
+      loss_fn, params, group_masks, free, batch_KxN, slices=slices), names, masks_C)
 
 
 def forward_flops(loss_fn, params, names, masks_C, rows, *, chains: int = 4, slices: bool = True) -> dict:
@@ -120,7 +110,7 @@ def forward_flops(loss_fn, params, names, masks_C, rows, *, chains: int = 4, sli
   loss_fn = whole_logits(loss_fn)
   rows_KxN = jax.ShapeDtypeStruct((chains,) + tuple(np.shape(rows)), rows.dtype)
   return _per_component(lambda group_masks, free: common.group_program_flops(common.group_forwards(
-      loss_fn, params, group_masks, free, chains, slices=slices), params, rows_KxN)[0], names, masks_C)
+      loss_fn, params, group_masks, free, chains, slices=slices), params, rows_KxN), names, masks_C)
 
 
 def draw_flops(loss_fn, params, names, masks_C, batch, *, chains: int, probes: int, delta_h: float,
