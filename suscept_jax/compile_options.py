@@ -12,9 +12,10 @@ CPU programs are also compiled with XLA:CPU's older LLVM IR fusion emitters inst
 (`xla_cpu_use_fusion_emitters`). On the demo's side by side, alternated in fresh processes (three rounds), a cold
 dataset-level run took 12.4–12.9 s against 15.1–15.4 s and a cold per-token run 22.5–23.6 s against 24.6–25.0 s;
 compiled, the kernels run 5–13 % slower (6.8–7.1 against 6.2–6.6 s). The demo's sweep (5 checkpoints, each program
-reused) took the same time (57.9 against 58.6 s) with the same table. The bare SGLD step runs 25 % slower, a draw
-11 %: for a long CPU job of a larger model set `CPU_FUSION_EMITTERS = True` before its first program compiles. A
-jaxlib whose XLA no longer knows the option keeps its default (`cpu_accepts`, checked once).
+reused) took the same time (57.9 against 58.6 s) with the same table. The bare SGLD step runs 25 % slower, a
+draw 11 %: for a long CPU job of a larger model set `CPU_FUSION_EMITTERS = True` before its first program compiles
+(the runners' `--cpu_fusion_emitters`). A jaxlib whose XLA no longer knows the option keeps its default (`cpu_accepts`,
+checked once).
 """
 import functools
 import threading

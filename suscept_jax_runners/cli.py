@@ -33,6 +33,18 @@ _GROUPS_SIDE_BY_SIDE = flags.DEFINE_bool(
     "Several devices and accelerators always run one at a time.")
 
 
+_CPU_FUSION_EMITTERS = flags.DEFINE_bool(
+    "cpu_fusion_emitters", False, "Compile CPU programs with XLA:CPU's MLIR fusion emitters (XLA's default): "
+    "kernels ≈ 10–25 % faster, compilation ≈ 40 % slower. Off by default, as small CPU jobs are mostly "
+    "compilation; turn it on for a long CPU job of a larger model. Accelerators are not affected.")
+
+
+def apply_cpu_fusion_emitters() -> None:
+  """--cpu_fusion_emitters to the programs' compiler options (`compile_options.CPU_FUSION_EMITTERS`)."""
+  from suscept_jax import compile_options
+  compile_options.CPU_FUSION_EMITTERS = _CPU_FUSION_EMITTERS.value
+
+
 def apply_groups_side_by_side() -> None:
   """--groups_side_by_side to the sampler (`sampler.MAX_CONCURRENT_PROGRAMS`)."""
   from suscept_jax import sampler
@@ -69,6 +81,7 @@ def run(main) -> None:
       expand_home_in_flags()
       enable_compilation_cache()
       apply_groups_side_by_side()
+      apply_cpu_fusion_emitters()
       return main(argv)
     except INPUT_ERRORS as e:
       notes = "".join(f"\n{note}" for note in getattr(e, "__notes__", ()))  # (e.g. which dataset was loading)
