@@ -203,6 +203,22 @@ def test_probe_forwards_are_counted_as_the_sampler_runs_them():
     np.testing.assert_allclose(losses_E[e], loss_fn(moved, rows if e % 2 == 0 else rows[::-1]), rtol=2e-5)
 
 
+def test_settings_that_differ_only_in_attention_are_counted_once(monkeypatch):
+  from benchmarks import accelerator_figures
+  from suscept_jax.models import config as model_config
+  calls = []
+  monkeypatch.setattr(accelerator_figures, "_DRAW_FLOPS", {})
+  monkeypatch.setattr(accelerator_figures, "draw_flops",
+                      lambda loss_fn, *a, **kw: calls.append(loss_fn) or {"draw": 1.0})
+  cfg = model_config.get_config("tiny")
+  batch = np.zeros((4, cfg.n_ctx), np.int32)
+  count = lambda precision, b=batch: accelerator_figures.counted_draw_flops(  # noqa: E731
+      cfg, None, ["full"], None, b, precision, chains=2, probes=1, delta_h=0.1)
+  count("bfloat16"), count("bfloat16"), count("float32"), count("bfloat16", batch[:2])
+  assert [fn.keywords["numerics"].precision for fn in calls] == ["bfloat16", "float32", "bfloat16"]
+  assert {fn.keywords["numerics"].attention for fn in calls} == {"plain"}
+
+
 def test_compiled_flops_reads_every_form_of_the_cost_analysis():
   import jax
   import jax.numpy as jnp
