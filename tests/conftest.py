@@ -28,3 +28,18 @@ def tiny(tmp_path_factory):
   run_dir, tok, data = helpers.tiny_run(root, steps=40, checkpoint_steps=(0, 20, 40))
   data["math2"] = helpers.write_jsonl(root / "math2.jsonl", helpers.math_documents(40, seed=7))
   return root, run_dir, tok, data
+
+
+@pytest.fixture
+def parsed_runner_flags():
+  """absl's flags marked parsed, as a runner's main sees them (restored afterwards), for tests of the runners'
+  flag handlers under `flagsaver`."""
+  import importlib
+
+  from absl import flags
+  importlib.import_module("suscept_jax_runners.cli")  # (defines the runners' shared flags)
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  yield flags.FLAGS
+  if not was_parsed:
+    flags.FLAGS.unparse_flags()

@@ -40,21 +40,14 @@ def test_the_small_programs_follow_the_options_and_compute_the_same(monkeypatch)
   np.testing.assert_array_equal(streams.chain_keys(3, 1, ["full", "l0h0"], 4), keys_1)
 
 
-def test_the_runners_flag_chooses_the_cpu_emitters(monkeypatch):
-  from absl import flags
+def test_the_runners_flag_chooses_the_cpu_emitters(monkeypatch, parsed_runner_flags):
   from absl.testing import flagsaver
 
   from suscept_jax_runners import cli
   monkeypatch.setattr(compile_options, "CPU_FUSION_EMITTERS", False)
-  was_parsed = flags.FLAGS.is_parsed()
-  flags.FLAGS.mark_as_parsed()
-  try:
-    with flagsaver.flagsaver(cpu_fusion_emitters=True):
-      cli.apply_cpu_fusion_emitters()
-      assert "xla_cpu_use_fusion_emitters" not in compile_options.for_platform("cpu")
-    with flagsaver.flagsaver(cpu_fusion_emitters=False):
-      cli.apply_cpu_fusion_emitters()
-      assert compile_options.CPU_FUSION_EMITTERS is False
-  finally:
-    if not was_parsed:
-      flags.FLAGS.unparse_flags()
+  with flagsaver.flagsaver(cpu_fusion_emitters=True):
+    cli.apply_cpu_fusion_emitters()
+    assert "xla_cpu_use_fusion_emitters" not in compile_options.for_platform("cpu")
+  with flagsaver.flagsaver(cpu_fusion_emitters=False):
+    cli.apply_cpu_fusion_emitters()
+    assert compile_options.CPU_FUSION_EMITTERS is False

@@ -263,23 +263,16 @@ def test_cpu_programs_compiled_with_our_options_give_the_same_chains(problem, mo
   assert programs.compiler_options(parallel.as_entry_mesh(None))["xla_backend_optimization_level"] == 1
 
 
-def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch):
-  from absl import flags
+def test_the_runners_flag_turns_side_by_side_off_and_on(monkeypatch, parsed_runner_flags):
   from absl.testing import flagsaver
   from suscept_jax_runners import cli
   monkeypatch.setattr(sampler, "MAX_CONCURRENT_PROGRAMS", None)
-  was_parsed = flags.FLAGS.is_parsed()
-  flags.FLAGS.mark_as_parsed()
-  try:
-    with flagsaver.flagsaver(groups_side_by_side=False):
-      cli.apply_groups_side_by_side()
-      assert sampler.MAX_CONCURRENT_PROGRAMS == 1
-    with flagsaver.flagsaver(groups_side_by_side=True):
-      cli.apply_groups_side_by_side()
-      assert sampler.MAX_CONCURRENT_PROGRAMS is None
-  finally:
-    if not was_parsed:
-      flags.FLAGS.unparse_flags()
+  with flagsaver.flagsaver(groups_side_by_side=False):
+    cli.apply_groups_side_by_side()
+    assert sampler.MAX_CONCURRENT_PROGRAMS == 1
+  with flagsaver.flagsaver(groups_side_by_side=True):
+    cli.apply_groups_side_by_side()
+    assert sampler.MAX_CONCURRENT_PROGRAMS is None
 
 
 def test_the_entry_grid_is_used_where_there_is_work_to_share():
