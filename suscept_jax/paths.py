@@ -34,12 +34,12 @@ def check_writable_dir(path, flag: str, *, shown=None) -> None:
   made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
   probe = path / f".writable-{os.getpid()}"
   try:
-    for attempt in range(5):  # another process checking the same path may remove what it made meanwhile
-      try:
+    for attempt in range(5):  # another process checking the same path may remove what it made meanwhile: our
+      try:                    # probe then finds no directory, or our mkdir found it made and then gone (EEXIST)
         path.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         break
-      except FileNotFoundError:
+      except (FileNotFoundError, FileExistsError):
         if attempt == 4:
           raise
     probe.unlink()

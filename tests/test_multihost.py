@@ -306,3 +306,23 @@ def test_processes_checking_one_output_dir_at_once_both_pass(tmp_path):
   for p in procs:
     p.join(timeout=60)
   assert failures == [0, 0]
+
+
+def test_a_directory_made_and_removed_by_another_check_meanwhile_is_tried_again(tmp_path, monkeypatch):
+  """The other race of the test above: our mkdir met the directory another process had just made (EEXIST), and
+  that process removed it before pathlib could see it was a directory, so mkdir(exist_ok=True) raised
+  FileExistsError ('cannot write into …' in one CI run of the fortieth session)."""
+  import pathlib
+
+  from suscept_jax import paths
+  real_mkdir, raised = pathlib.Path.mkdir, []
+
+  def mkdir_after_a_race(self, *args, **kwargs):
+    if not raised:
+      raised.append(self)
+      raise FileExistsError(17, "File exists", str(self))
+    return real_mkdir(self, *args, **kwargs)
+
+  monkeypatch.setattr(pathlib.Path, "mkdir", mkdir_after_a_race)
+  paths.check_writable_dir(tmp_path / "out" / "units", "--output_dir")
+  assert raised and not (tmp_path / "out").exists()  # tried again, passed, and left nothing behind
