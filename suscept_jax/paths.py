@@ -34,8 +34,10 @@ def check_writable_dir(path, flag: str, *, shown=None) -> None:
   made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
   probe = path / f".writable-{os.getpid()}"
   try:
-    for attempt in range(5):  # another process checking the same path may remove what it made meanwhile: our
-      try:                    # probe then finds no directory, or our mkdir found it made and then gone (EEXIST)
+    # Another process checking the same path may remove what it made meanwhile: our probe then finds no
+    # directory, or our mkdir found it made and then gone (EEXIST). Both are tried again.
+    for attempt in range(5):
+      try:
         path.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         break
