@@ -17,7 +17,7 @@ part within its own time so that a slow part cannot eat the next one's.
    OUT/precision_on_demo.json.
 
 Each part is a child process whose output goes to OUT/session.log (one file for every part: the device tool
-returns at most 8 files from OUT, and the parts write 6 besides); one that passes its time is stopped, with its own
+returns at most 8 files from OUT, and the parts write 7 besides); one that passes its time is stopped, with its own
 children, and the next starts; OUT/outcomes.json says how each ended (exit status 1 unless all were "ok"). No
 part runs past --total_s from the start (the call's own limit, so the device tool never cuts a part off
 unrecorded): a part gets at most what is left, and one with under a minute left is skipped (the parts' own
@@ -31,18 +31,20 @@ projects the paper's sweep and per-token run from the step times measured there.
 
 What the first lent H200 (2026-12-04, benchmarks/figures/h200_2026-12-04) left unmeasured, in one call of ≈ 590 s:
   PYTHONUNBUFFERED=1 PYTHONPATH=. python3 -m benchmarks.device_session --out=$OUT \
-      --parts=untuned,profile,figures,side_by_side --untuned_s=90 --profile_s=100 --figures_s=170 \
+      --parts=compile,profile,figures,side_by_side --compile_s=110 --profile_s=100 --figures_s=170 \
       --figures_budget_s=130 \
       --figures_settings=full/bfloat16/fused,full/bfloat16/fused/512,full/default/plain,all/bfloat16/fused
-- untuned: how much of the side by side's 52 s of compilation is XLA's autotuning (every compile is logged;
-  they overlap now: the component groups compile side by side on accelerators, `sampler.compiles_ahead`);
+- compile: which of XLA's GPU settings shortens the side by side's 52 s of compilation (`compile_time`: the full
+  model's draw program, ≈ 17 s of it, compiled in a fresh process under ours, no autotuning, no Triton matmuls,
+  and LLVM's module split over threads; float32 at HIGHEST compiled 5× longer than bfloat16 there, which
+  points at the autotuning of its matmuls). The `untuned` part measures the first of these end to end;
 - profile: where the bf16 draw's 42 ms go, by part of the model and stage of the draw (`draw_profile`; by
   arithmetic the float32 logits' traffic alone floors it near 9 ms);
 - figures: the bf16 step again, then with the logits in chunks of 512 tokens (on CPU 11-26 % faster for the
   paper model; on a GPU unmeasured: it recomputes the unembedding, and saves memory traffic only where a
   chunk's logits stay in cache), TF32 with plain attention now computed block by block (122.7 ms before),
   every component at once (never reached);
-- side_by_side gets what is left (≈ 220 s; devinterp did not finish in 260 s before); our half's cold time
+- side_by_side gets what is left (≈ 210 s; devinterp did not finish in 260 s before); our half's cold time
   against 52.3 s before (the same job, groups compiled one after another) says what compiling them side
   by side gained, its compiled time against 0.6 s whether concurrent autotuning chose worse kernels. If the
   call leaves 4 minutes of device time, a second call runs it alone, our half at the README's GPU setting
@@ -81,10 +83,14 @@ def parse_args(argv=None):
   parser.add_argument("--total_s", type=float, default=580.0, help="no part runs past this from the start")
   parser.add_argument("--parts", type=part_names, default=list(PART_NAMES),
                       help=f"the parts to run, in this order, comma-separated (default: {','.join(PART_NAMES)}; "
-                      "also: untuned, our half of the side by side with XLA's GPU autotuning off; replicas, "
+                      "also: untuned, our half of the side by side with XLA's GPU autotuning off; compile, "
+                      "benchmarks.compile_time's compile seconds under XLA's GPU settings; replicas, "
                       "benchmarks.scaling's time per draw as entries grow, on the paper's model; profile, "
                       "benchmarks.draw_profile of the paper preset's draw in bfloat16 with fused attention)")
   parser.add_argument("--untuned_s", type=float, default=120.0, help="time of the untuned part")
+  parser.add_argument("--compile_s", type=float, default=120.0,
+                      help="time of the compile part: the side by side's first draw program compiled under XLA "
+                      "settings, each in a fresh process (benchmarks.compile_time)")
   parser.add_argument("--replicas_s", type=float, default=150.0,
                       help="time of the replicas part: the paper model's time per draw at 1, 4, 17, 68 entries")
   parser.add_argument("--profile_s", type=float, default=120.0,
@@ -115,7 +121,7 @@ def installed_versions(names=VERSIONS_OF) -> dict:
 
 MIN_PART_S = 60.0  # a part given less than this is skipped, not started to be cut off
 PART_NAMES = ("figures", "side_by_side", "precision")
-ALL_PART_NAMES = (*PART_NAMES, "untuned", "replicas", "profile")
+ALL_PART_NAMES = (*PART_NAMES, "untuned", "replicas", "profile", "compile")
 # On the H200, compilation was 52 of the side by side's 52.3 s (0.6 s compiled): the untuned part measures how
 # much of it is XLA's autotuning of GPU kernels, and how much slower the untuned kernels draw.
 UNTUNED_XLA_FLAGS = "--xla_gpu_autotune_level=0"
@@ -169,6 +175,8 @@ def parts(args) -> list[Part]:
   profile = ["--out", args.out, "--logits", args.profile_logits,
              *(["--model", "tiny", "--batch_size", "8", "--num_chains", "2", "--precision", "float32", "--attention",
                 "plain", "--draws", "2"] if args.tiny else [])]
+  # One group (the full model's program, ≈ 17 s of the 52 s on the H200) per setting: ours and three flags fit.
+  compile_job = ["--out", args.out, "--budget_s", str(args.compile_s - 5), *ours, *(tiny or ["--groups", "1"])]
   contexts = ["--contexts", str(contexts_folder(args))] if "--tokens" in carried else []
   precision = ["--out", args.out, *(tiny or ["--run_dir", args.run_dir, *contexts]),
                *(["--settings", *args.precision_settings] if args.precision_settings else [])]
@@ -183,7 +191,8 @@ def parts(args) -> list[Part]:
            "untuned": Part("untuned", "benchmarks.devinterp_side_by_side", untuned, args.untuned_s,
                            {"XLA_FLAGS": UNTUNED_XLA_FLAGS, "JAX_LOG_COMPILES": "1"}),
            "replicas": Part("replicas", "benchmarks.scaling", [*replicas, "--skip_projection"], args.replicas_s, {}),
-           "profile": Part("profile", "benchmarks.draw_profile", profile, args.profile_s, {})}
+           "profile": Part("profile", "benchmarks.draw_profile", profile, args.profile_s, {}),
+           "compile": Part("compile", "benchmarks.compile_time", compile_job, args.compile_s, {})}
   return [every[name] for name in args.parts]
 
 

@@ -19,8 +19,8 @@ import pytest
 
 import suscept_jax as sj
 
-from benchmarks import (accelerator_figures, device_session, devinterp_side_by_side, error_bars_on_demo, paper_memory,
-                        precision_on_demo, precision_shift, restricted_gradients, scaling)
+from benchmarks import (accelerator_figures, compile_time, device_session, devinterp_side_by_side, error_bars_on_demo,
+                        paper_memory, precision_on_demo, precision_shift, restricted_gradients, scaling)
 from tests.helpers import sweep_cmd
 
 
@@ -280,6 +280,32 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
   versions = json.loads((tmp_path / "versions.json").read_text())
   assert versions["jax"] == importlib.metadata.version("jax") and "pyarrow" in versions
   assert device_session.installed_versions(["no-such-distribution"]) == {"no-such-distribution": None}
+
+
+def test_compile_time_compiles_each_setting_in_its_own_process(capsys, tmp_path):
+  """Each setting is its own process (XLA keeps autotuning results per process): ours with our CPU options, an
+  XLA flag passed through XLA_FLAGS, a flag XLA does not know reported (it stops only its own process), and a
+  setting left without budget skipped; the JSON is written as it goes."""
+  results = compile_time.main(["--tiny", "--groups", "1", "--out", str(tmp_path), "--settings", "ours",
+                               "xla_gpu_autotune_level=0,xla_cpu_enable_fast_math=false", "xla_no_such_flag=1"])
+  ours, flagged, unknown = results
+  assert ours["platform"] == "cpu" and ours["compile_options"]["xla_backend_optimization_level"] == 1
+  assert [g["components"] for g in ours["groups"]] == [["full"]]
+  assert all(g["compile_s"] > 0 and g["bytes"] > 0 and g["wall_s"] >= g["compile_s"] for g in ours["groups"])
+  assert flagged["xla_flags"].endswith("--xla_gpu_autotune_level=0 --xla_cpu_enable_fast_math=false")
+  assert "groups" not in unknown and "xla_no_such_flag" in unknown["error"]
+  assert json.loads((tmp_path / "compile_time.json").read_text()) == results
+  printed = capsys.readouterr().out
+  assert re.search(r"  ours: full [\d.]+; sum [\d.]+ s on cpu", printed), printed
+  assert re.search(r"  xla_gpu_autotune_level=0,xla_cpu_enable_fast_math=false: full [\d.]+; sum [\d.]+ s "
+                   r"\([\d.]+× ours\)", printed), printed
+  skipped = compile_time.main(["--tiny", "--budget_s", "1", "--settings", "xla"])
+  assert skipped == [{"setting": "xla", "error": "skipped: 1 s of --budget_s left"}]
+  assert compile_time.default_settings("cpu") == ["ours", "xla"]
+  assert compile_time.default_settings("gpu") == ["ours", *compile_time.ACCELERATOR_FLAGS]
+  for bad in ("--xla_gpu_autotune_level=0", "autotune=0", "xla_gpu_autotune_level", "fast"):
+    with pytest.raises(SystemExit):
+      compile_time.parse_args(["--settings", bad])
 
 
 def test_device_session_side_by_side_takes_the_carried_contexts(tmp_path):
