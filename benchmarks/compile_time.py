@@ -93,6 +93,8 @@ def compile_groups(args) -> dict:
 
   if args.child == "xla":
     compile_options.CPU_BACKEND_OPTIMIZATION_LEVEL, compile_options.CPU_FUSION_EMITTERS = None, True
+  # Cold, whatever the environment says: no persistent cache of programs (nor, with it, of XLA's autotuning).
+  jax.config.update("jax_enable_compilation_cache", False)
   compiles = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda event, seconds, **_: compiles.append(seconds) if event == BACKEND_COMPILE_EVENT else None)
