@@ -26,7 +26,7 @@ shapes only): the demo model with random weights, every head and "full", 4 chain
 probes at δh 0.1. Each component group's draw program is compiled alone (`sampler.memory_plan`, one group at
 a time, as a one-device CPU run compiles them; an accelerator run compiles them all at once and waits for the
 slowest), and its compile time is XLA's own (JAX's backend-compile event; tracing and lowering apart). Default
-settings: ours and xla on CPU; on an accelerator ours, then the three flags above, one at a time. Writes
+settings: ours and xla on CPU; on a GPU ours, then the three flags above, one at a time; on a TPU ours. Writes
 DIR/compile_time.json after each setting, so a run stopped at its budget keeps what it measured.
 """
 import argparse
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 CHILD_FLAG = "--_child"
-ACCELERATOR_FLAGS = ("xla_gpu_autotune_level=0", "xla_gpu_enable_triton_gemm=false",
+GPU_FLAGS = ("xla_gpu_autotune_level=0", "xla_gpu_enable_triton_gemm=false",
                      "xla_gpu_enable_llvm_module_compilation_parallelism=true")
 NAMED_SETTINGS = ("ours", "xla")
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event for XLA's own compile time
@@ -52,7 +52,7 @@ def setting(text: str) -> str:
   if text in NAMED_SETTINGS or all(f.startswith("xla_") and "=" in f and " " not in f for f in flags):
     return text
   raise argparse.ArgumentTypeError(f"{text!r}: a setting is 'ours', 'xla' or XLA flags without their dashes, "
-                                   f"such as {ACCELERATOR_FLAGS[0]}")
+                                   f"such as {GPU_FLAGS[0]}")
 
 
 def xla_flags(name: str) -> str:
@@ -64,8 +64,8 @@ def parse_args(argv=None):
   from suscept_jax.models.config import ATTENTION_IMPLEMENTATIONS, PRECISIONS
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--settings", nargs="+", type=setting,
-                      help="what to compile under, in order (default: ours and xla on CPU; on an accelerator ours "
-                      "and each of " + ", ".join(ACCELERATOR_FLAGS) + ")")
+                      help="what to compile under, in order (default: ours and xla on CPU; on a GPU ours and each "
+                      "of " + ", ".join(GPU_FLAGS) + "; on a TPU ours)")
   parser.add_argument("--groups", type=int, help="compile only the first N component groups (default: all)")
   parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                       help="the model's precision (default float32, the side by side's, as devinterp computes)")
@@ -143,8 +143,9 @@ def run_setting(name: str, argv: list, seconds: float) -> dict:
 
 
 def default_settings(platform: str) -> list:
-  """ours and xla on CPU; ours and each accelerator flag alone elsewhere."""
-  return ["ours", "xla"] if platform == "cpu" else ["ours", *ACCELERATOR_FLAGS]
+  """ours and xla on CPU; on a GPU ours and each of its flags alone; elsewhere ours (a TPU's compiler takes its
+  flags from LIBTPU_INIT_ARGS, not XLA_FLAGS)."""
+  return {"cpu": ["ours", "xla"], "gpu": ["ours", *GPU_FLAGS]}.get(platform, ["ours"])
 
 
 def line(result: dict, first: dict | None) -> str:

@@ -302,7 +302,8 @@ def test_compile_time_compiles_each_setting_in_its_own_process(capsys, tmp_path)
   skipped = compile_time.main(["--tiny", "--budget_s", "1", "--settings", "xla"])
   assert skipped == [{"setting": "xla", "error": "skipped: 1 s of --budget_s left"}]
   assert compile_time.default_settings("cpu") == ["ours", "xla"]
-  assert compile_time.default_settings("gpu") == ["ours", *compile_time.ACCELERATOR_FLAGS]
+  assert compile_time.default_settings("gpu") == ["ours", *compile_time.GPU_FLAGS]
+  assert compile_time.default_settings("tpu") == ["ours"]
   for bad in ("--xla_gpu_autotune_level=0", "autotune=0", "xla_gpu_autotune_level", "fast"):
     with pytest.raises(SystemExit):
       compile_time.parse_args(["--settings", bad])
