@@ -4,7 +4,7 @@
       [--precision=float32] [--attention=plain] [--tiny] [--budget_s=240] [--out=DIR]
 
 On the H200 the demo's cold dataset-level run in float32 was 52 of its 52.3 s compilation of three draw programs
-(0.6 s compiled; the CPU compiles them in ≈ 6 s), and float32 at HIGHEST compiled five times longer than bfloat16
+(0.6 s compiled; this 2-core CPU compiles them in 3.6–3.8 s), and float32 at HIGHEST compiled five times longer than bfloat16
 for the paper's model: the ≥ 30× target against devinterp on a GPU fails on compilation alone. This says which
 of XLA's settings shortens it, program by program, without sampling.
 
@@ -24,8 +24,8 @@ the same one would find them and look faster than it is. A flag this XLA does no
 The job is the side by side's dataset level on random tokens of the same shapes (compilation depends on
 shapes only): the demo model with random weights, every head and "full", 4 chains × 100 draws, batch 20, two
 probes at δh 0.1. Each component group's draw program is compiled alone (`sampler.memory_plan`, one group at
-a time, as a one-device CPU run compiles them; an accelerator run compiles them all at once and waits for the
-slowest), and its compile time is XLA's own (JAX's backend-compile event; tracing and lowering apart). Default
+a time; a run on an accelerator compiles them all at once and waits for the slowest, on a CPU beside sampling),
+and its compile time is XLA's own (JAX's backend-compile event; tracing and lowering apart). Default
 settings: ours and xla on CPU; on a GPU ours, then the three flags above, one at a time; on a TPU ours. Writes
 DIR/compile_time.json after each setting, so a run stopped at its budget keeps what it measured.
 """
