@@ -4,9 +4,9 @@
       [--precision=float32] [--attention=plain] [--tiny] [--budget_s=240] [--out=DIR]
 
 On the H200 the demo's cold dataset-level run in float32 was 52 of its 52.3 s compilation of three draw programs
-(0.6 s compiled; this 2-core CPU compiles them in 3.6–3.8 s), and float32 at HIGHEST compiled five times longer than bfloat16
-for the paper's model: the ≥ 30× target against devinterp on a GPU fails on compilation alone. This says which
-of XLA's settings shortens it, program by program, without sampling.
+(0.6 s compiled; this 2-core CPU compiles them in 3.6–3.8 s), and float32 at HIGHEST compiled five times longer
+than bfloat16 for the paper's model: the ≥ 30× target against devinterp on a GPU fails on compilation alone.
+This says which of XLA's settings shortens it, program by program, without sampling.
 
 A setting is one of
   ours      our compile options (`compile_options.for_platform`: on CPU LLVM level 1 and the LLVM IR emitters;
