@@ -283,24 +283,26 @@ def test_device_session_plans_parts_whose_flags_their_scripts_accept(capsys, tmp
 
 
 def test_compile_time_compiles_each_setting_in_its_own_process(capsys, tmp_path):
-  """Each setting is its own process (XLA keeps autotuning results per process): ours with our CPU options, an
-  XLA flag passed through XLA_FLAGS, a flag XLA does not know reported (it stops only its own process), and a
-  setting left without budget skipped; the JSON is written as it goes."""
-  results = compile_time.main(["--tiny", "--groups", "1", "--out", str(tmp_path), "--settings", "ours",
+  """Each setting is its own process (XLA keeps autotuning results per process): XLA's defaults without our CPU
+  options, XLA flags passed through XLA_FLAGS on top of ours, a flag XLA does not know reported (it stops only
+  its own process), and a setting left without budget skipped; the JSON is written as it goes."""
+  results = compile_time.main(["--tiny", "--groups", "1", "--out", str(tmp_path), "--settings", "xla",
                                "xla_gpu_autotune_level=0,xla_cpu_enable_fast_math=false", "xla_no_such_flag=1"])
-  ours, flagged, unknown = results
-  assert ours["platform"] == "cpu" and ours["compile_options"]["xla_backend_optimization_level"] == 1
-  assert [g["components"] for g in ours["groups"]] == [["full"]]
-  assert all(g["compile_s"] > 0 and g["bytes"] > 0 and g["wall_s"] >= g["compile_s"] for g in ours["groups"])
+  xla, flagged, unknown = results
+  assert xla["platform"] == "cpu" and xla["compile_options"] == {} and "autotune" not in xla["xla_flags"]
+  assert flagged["compile_options"]["xla_backend_optimization_level"] == 1
   assert flagged["xla_flags"].endswith("--xla_gpu_autotune_level=0 --xla_cpu_enable_fast_math=false")
+  for measured in (xla, flagged):
+    (group,) = measured["groups"]
+    assert group["components"] == ["full"] and group["bytes"] > 0 and group["wall_s"] >= group["compile_s"] > 0
   assert "groups" not in unknown and "xla_no_such_flag" in unknown["error"]
   assert json.loads((tmp_path / "compile_time.json").read_text()) == results
   printed = capsys.readouterr().out
-  assert re.search(r"  ours: full [\d.]+; sum [\d.]+ s on cpu", printed), printed
+  assert re.search(r"  xla: full [\d.]+; sum [\d.]+ s on cpu", printed), printed
   assert re.search(r"  xla_gpu_autotune_level=0,xla_cpu_enable_fast_math=false: full [\d.]+; sum [\d.]+ s "
-                   r"\([\d.]+× ours\)", printed), printed
-  skipped = compile_time.main(["--tiny", "--budget_s", "1", "--settings", "xla"])
-  assert skipped == [{"setting": "xla", "error": "skipped: 1 s of --budget_s left"}]
+                   r"\([\d.]+× xla\)", printed), printed
+  skipped = compile_time.main(["--tiny", "--budget_s", "1", "--settings", "ours"])
+  assert skipped == [{"setting": "ours", "error": "skipped: 1 s of --budget_s left"}]
   assert compile_time.default_settings("cpu") == ["ours", "xla"]
   assert compile_time.default_settings("gpu") == ["ours", *compile_time.GPU_FLAGS]
   assert compile_time.default_settings("tpu") == ["ours"]
