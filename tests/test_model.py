@@ -410,7 +410,29 @@ def test_bfloat16_matmuls_stay_close_and_report_float32():
     assert low.dtype == np.float32
     diff = np.abs(np.asarray(low) - np.asarray(exact)).max()
     assert 0 < diff < 0.02, diff  # rounded (so not the float32 program), but only at bf16's ~3 significant digits
+  grad = jax.jit(jax.grad(lambda p: transformer.context_nll(p, tokens, cfg, numerics=numerics).mean()))(params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))  # the backward's matmuls run too
   with pytest.raises(ValueError, match="precision='fp8'"):
     model_config.Numerics(precision="fp8")
   with pytest.raises(ValueError, match="attention='magic'"):
     model_config.Numerics(attention="magic")
+
+
+def test_a_bfloat16_matmul_on_cpu_multiplies_the_rounded_inputs_in_float32():
+  """bfloat16 inputs with float32 accumulation, as on an accelerator: the product of two bfloat16 values is exact
+  in float32, so the result is the float64 product of the rounded inputs to float32 rounding. On CPU no dot of
+  the compiled program takes bfloat16 operands: XLA:CPU under JAX 0.12 has no kernel for some of them ("Unsupported
+  element type for DotThunk::Execute: BF16 x BF16 = F32"), which took the bfloat16 runs down there."""
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(3, 5, 64)).astype(np.float32), rng.normal(size=(64, 7)).astype(np.float32)
+  numerics = model_config.Numerics(precision="bfloat16")
+  product = jax.jit(lambda a, b: transformer._matmul("btd,dv->btv", a, b, numerics))
+  rounded = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)  # noqa: E731
+  expected = np.einsum("btd,dv->btv", rounded(a), rounded(b))
+  np.testing.assert_allclose(np.asarray(product(a, b)), expected, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(product(a, b)), np.einsum("btd,dv->btv", a, b), rtol=1e-4, atol=1e-4)  # rounded
+  compiled = product.lower(a, b).compile().as_text()
+  dots = [line for line in compiled.splitlines() if " dot(" in line]
+  assert dots and not any("bf16" in line.split(" dot(")[0] for line in dots), dots
+  operands = {name for line in dots for name in line.split(" dot(")[1].split(")")[0].replace("%", "").split(", ")}
+  assert not any(f"%{name} = bf16" in compiled for name in operands), compiled

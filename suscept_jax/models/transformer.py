@@ -30,10 +30,21 @@ _EXACT = Numerics()
 
 
 def _matmul(spec: str, a, b, numerics: Numerics):
-  """einsum as `numerics` says: inputs rounded to the compute dtype, accumulated and returned in float32."""
-  dtype = jnp.bfloat16 if numerics.precision == "bfloat16" else jnp.float32
+  """einsum as `numerics` says: inputs rounded to the compute dtype, accumulated and returned in float32.
+
+  On CPU a bfloat16 product multiplies the rounded inputs in float32: the same numbers (the product of two
+  bfloat16 values is exact in float32, and the sum accumulates in float32 either way), where XLA:CPU from JAX
+  0.12 on has no kernel for some bfloat16 dots with a float32 result ("Unsupported element type for
+  DotThunk::Execute: BF16 x BF16 = F32"). Chosen by the default backend, as `fused_kernel` is."""
+  if numerics.precision == "bfloat16":
+    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    if jax.default_backend() == "cpu":
+      return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum(spec, a, b, precision=jax.lax.Precision.DEFAULT, preferred_element_type=jnp.float32)
   precision = jax.lax.Precision.HIGHEST if numerics.precision == "float32" else jax.lax.Precision.DEFAULT
-  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), precision=precision, preferred_element_type=jnp.float32)
+  return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision=precision,
+                    preferred_element_type=jnp.float32)
 
 
 def _normal(rngs: nnx.Rngs, shape, std: float) -> nnx.Param:
