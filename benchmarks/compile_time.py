@@ -39,7 +39,7 @@ from pathlib import Path
 
 CHILD_FLAG = "--_child"
 GPU_FLAGS = ("xla_gpu_autotune_level=0", "xla_gpu_enable_triton_gemm=false",
-                     "xla_gpu_enable_llvm_module_compilation_parallelism=true")
+             "xla_gpu_enable_llvm_module_compilation_parallelism=true")
 NAMED_SETTINGS = ("ours", "xla")
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # JAX's event for XLA's own compile time
 MIN_SETTING_S = 20.0  # a setting with less of the budget left is skipped, not started to be cut off
@@ -153,8 +153,9 @@ def line(result: dict, first: dict | None) -> str:
   if "groups" not in result:
     return f"  {result['setting']}: {result['error']}"
   total = sum(g["compile_s"] for g in result["groups"])
-  against = (f" ({total / sum(g['compile_s'] for g in first['groups']):.2f}× {first['setting']})"
-             if first is not None and first is not result else f" on {result['device']}")
+  first_total = sum(g["compile_s"] for g in first["groups"]) if first is not None else 0.0
+  against = (f" ({total / first_total:.2f}× {first['setting']})" if first is not result and first_total > 0
+             else f" on {result['device']}")
   per_group = ", ".join(f"{g['components'][0]}{'…' if len(g['components']) > 1 else ''} {g['compile_s']:.1f}"
                         for g in result["groups"])
   return f"  {result['setting']}: {per_group}; sum {total:.1f} s{against}; process {result['process_s']:.1f} s"
