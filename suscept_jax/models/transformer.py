@@ -38,11 +38,9 @@ def _matmul(spec: str, a, b, numerics: Numerics):
   DotThunk::Execute: BF16 x BF16 = F32"). Chosen by the default backend, as `fused_kernel` is."""
   if numerics.precision == "bfloat16":
     a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-    if jax.default_backend() == "cpu":
-      return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum(spec, a, b, precision=jax.lax.Precision.DEFAULT, preferred_element_type=jnp.float32)
-  precision = jax.lax.Precision.HIGHEST if numerics.precision == "float32" else jax.lax.Precision.DEFAULT
+    if jax.default_backend() != "cpu":
+      return jnp.einsum(spec, a, b, precision=jax.lax.Precision.DEFAULT, preferred_element_type=jnp.float32)
+  precision = jax.lax.Precision.DEFAULT if numerics.precision == "default" else jax.lax.Precision.HIGHEST
   return jnp.einsum(spec, a.astype(jnp.float32), b.astype(jnp.float32), precision=precision,
                     preferred_element_type=jnp.float32)
 
