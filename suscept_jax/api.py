@@ -138,8 +138,10 @@ class SusceptibilityResult:
     return (~self.diverged).sum(axis=1)
 
   def interval(self, level: float = 0.95):
-    """Half-widths [P, C] of Student-t intervals for χ: chi ± this covers `level` (chains − 1 d.o.f.)."""
-    return estimators.t_quantile(self.num_chains_used, level)[None, :] * self.chi_stderr
+    """Half-widths [P, C] of Student-t intervals for χ: chi ± this covers `level` (d.o.f.: the chains behind the
+    cell − 1; fewer than the component's where some chain saw the probe at no draw)."""
+    chains_CxP = estimators.chains_behind(np.transpose(self.chi_per_chain, (2, 1, 0)), ~self.diverged.T)
+    return estimators.t_quantile(chains_CxP.T, level) * self.chi_stderr
 
   def llc_interval(self, level: float = 0.95):
     """Half-widths [C] of Student-t intervals for the LLCs."""

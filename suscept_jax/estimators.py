@@ -16,7 +16,7 @@ Estimates, from the per-chain moments (host side, float64):
   "covariance": −Cov_{C,k}(φ, ΔL^d);  scale_by_delta_h divides by the realised probe fraction (Remark 3.1)
   λ̂_{C,k}   = nβ·⟨φ⟩_{C,k}
 χ_C and λ̂_C average the non-diverged chains; error bars are the standard error across those chains,
-and intervals use Student-t quantiles with (chains − 1) degrees of freedom.
+and intervals use Student-t quantiles with (chains behind the value − 1) degrees of freedom.
 
 Shape letters: E entries (component-major (component, chain) pairs), C components, K chains, Q query and S
 sample values of the cross-moments.
@@ -145,12 +145,24 @@ def mean_and_stderr(per_chain_K, valid_K):
   never observed that quantity, see `chi_per_chain`) is left out of its own element only. NaN mean with no
   chain left, NaN stderr with fewer than 2."""
   x = np.asarray(per_chain_K, np.float64)
-  use = expand_like(np.asarray(valid_K, bool), x) & ~np.isnan(x)
+  use = _chains_used(x, valid_K)
   n = use.sum(axis=0)
   with np.errstate(invalid="ignore", divide="ignore"):
     mean = np.where(use, x, 0.0).sum(axis=0) / n
     var = np.where(use, (x - mean) ** 2, 0.0).sum(axis=0) / (n - 1)
     return mean[()], np.where(n >= 2, np.sqrt(var / n), np.nan)[()]
+
+
+def chains_behind(per_chain_K, valid_K):
+  """The number of chains behind each element of `mean_and_stderr`'s result (the valid ones whose value is not
+  NaN), what its Student-t interval's degrees of freedom follow: a probe or token only some chains observed has
+  a standard error from those chains alone."""
+  return _chains_used(np.asarray(per_chain_K, np.float64), valid_K).sum(axis=0)
+
+
+def _chains_used(x_K, valid_K):
+  """Which chains' values count, element by element: the valid chains' that are not NaN."""
+  return expand_like(np.asarray(valid_K, bool), x_K) & ~np.isnan(x_K)
 
 
 def jackknife_stderr(left_out_Kx, axis: int = 0):
@@ -188,13 +200,16 @@ class ChiTable(NamedTuple):
 def chi_table(moments, diverged_CxK, component_names, form, realised_fraction) -> ChiTable:
   """χ tables. Chain k of every component is paired with chain k of "full" for ⟨ΔL⟩_full (both read data
   stream k), so the per-chain estimates are independent and their spread carries the full chains'
-  uncertainty and the batch noise (a diverged full chain is replaced by the pooled mean of the valid ones)."""
+  uncertainty and the batch noise. Where full chain k has no ⟨ΔL⟩ of its own (it diverged, or it observed that
+  y at no draw: its mean_y is the accumulator's initial 0, not an estimate), the pooled mean of the full chains
+  that have one stands in."""
   C, K = diverged_CxK.shape
   full = component_names.index("full")
   full_moments = select(moments, slice(full * K, (full + 1) * K))
   full_valid = ~diverged_CxK[full]
   pooled = pooled_mean_y(full_moments, full_valid)
-  full_mean_K = np.where(full_valid.reshape((K,) + (1,) * pooled.ndim), full_moments.mean_y, pooled)
+  own_K = expand_like(full_valid, full_moments.count_y) & (full_moments.count_y > 0)
+  full_mean_K = np.where(own_K, full_moments.mean_y, pooled)
   per_entry = chi_per_chain(moments, np.tile(full_mean_K, (C,) + (1,) * pooled.ndim), form=form)
   if realised_fraction is not None:
     per_entry = per_entry / realised_fraction

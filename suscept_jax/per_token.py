@@ -45,8 +45,10 @@ class PerTokenResult:
   seconds: float
 
   def interval(self, level: float = 0.95) -> np.ndarray:
-    """[C, O, J] half-widths of Student-t intervals (non-diverged chains − 1 d.o.f.)."""
-    return estimators.t_quantile(self.valid_chains().sum(1), level)[:, None, None] * self.chi_stderr
+    """[C, O, J] half-widths of Student-t intervals (d.o.f.: the chains behind the token's χ − 1, as the cell's
+    of `api.SusceptibilityResult.interval`)."""
+    chains_CxOxJ = estimators.chains_behind(np.moveaxis(self.chi_per_chain, 1, 0), self.valid_chains().T)
+    return estimators.t_quantile(chains_CxOxJ, level) * self.chi_stderr
 
   def valid_chains(self) -> np.ndarray:
     """[C, K] the chains that did not diverge (their values count; the others' are NaN below)."""

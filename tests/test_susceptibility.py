@@ -1,5 +1,6 @@
 """χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
 import math
+import types
 from pathlib import Path
 
 import flax
@@ -7,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 
 import suscept_jax as sj
-from suscept_jax import estimators, mixing, sampler, streams, toys
+from suscept_jax import api, estimators, mixing, per_token, sampler, streams, toys
 
 
 quadratic_loss = toys.quadratic_loss
@@ -198,6 +200,39 @@ def test_mean_and_stderr_and_a_diverged_full_chain():
   table = estimators.chi_table(m, np.array([[False, True], [False, False]]), ["full", "head"], "eq41", None)
   cov = -5.0 / 50
   np.testing.assert_allclose(table.per_chain[0, 1], [-cov - 2.0 * (0.8 - 0.5), -cov - 2.0 * (0.9 - 0.5)])
+
+
+def test_a_full_chain_that_never_observed_a_probe_gives_no_mean_to_its_pair():
+  """Full chain 0 observed the probe at no draw (every one dropped): its mean_y is the accumulator's initial 0,
+  not ⟨ΔL⟩. Chain 0 of the head takes the pooled mean of the full chains that observed it, as with a diverged
+  one; with ⟨ΔL⟩_full = 0 instead, its χ here would be off by ⟨φ⟩·⟨ΔL⟩ = 2 × 0.7."""
+  m = estimators.Moments(count=np.full(4, 50), mean_x=np.ones(4), m2_x=np.ones(4),
+                         count_y=np.array([[0], [50], [50], [50]]), mean_x_y=np.full((4, 1), 2.0),
+                         mean_y=np.array([[0.0], [0.7], [0.8], [0.9]]), comoment=np.full((4, 1), -5.0))
+  table = estimators.chi_table(m, np.zeros((2, 2), bool), ["full", "head"], "eq41", None)
+  cov = -5.0 / 50
+  np.testing.assert_allclose(table.per_chain[0, 1], [-cov - 2.0 * (0.8 - 0.7), -cov - 2.0 * (0.9 - 0.7)])
+  assert np.isnan(table.per_chain[0, 0, 0])  # (the full chain itself has no estimate)
+
+
+def test_intervals_follow_the_chains_behind_each_value():
+  """A cell or token that only some valid chains observed (NaN per-chain values elsewhere) has a standard error
+  from those chains, so its Student-t multiplier has their degrees of freedom: with 2 of 4 chains, t(1) = 12.7,
+  not t(3) = 3.18. Checked against scipy's quantiles."""
+  per_chain_PxCxK = np.array([[[0.1, 0.3, np.nan, np.nan], [0.1, 0.2, 0.3, 0.5]]])
+  diverged_CxK = np.array([[False] * 4, [False, False, False, True]])
+  chi, err = zip(*(estimators.mean_and_stderr(per_chain_PxCxK[0, c], ~diverged_CxK[c]) for c in range(2)))
+  result = api.SusceptibilityResult.__new__(api.SusceptibilityResult)
+  result.chi_per_chain, result.diverged, result.chi_stderr = per_chain_PxCxK, diverged_CxK, np.array([err])
+  expected = [scipy.stats.t.ppf(0.975, 1) * err[0], scipy.stats.t.ppf(0.975, 2) * err[1]]
+  np.testing.assert_allclose(result.interval()[0], expected, rtol=1e-10)
+  tokens = per_token.PerTokenResult.__new__(per_token.PerTokenResult)
+  tokens.chi_per_chain = np.moveaxis(per_chain_PxCxK, 0, -1)[..., None, :]  # [C, K, O=1, J=1]
+  tokens.chi_stderr = np.array(err).reshape(2, 1, 1)
+  tokens.component_names = ["full", "head"]
+  tokens.diagnostics = {name: types.SimpleNamespace(diverged_chains=list(np.flatnonzero(diverged_CxK[c])))
+                        for c, name in enumerate(tokens.component_names)}
+  np.testing.assert_allclose(tokens.interval().ravel(), expected, rtol=1e-10)
 
 
 # ---- bad input: clear errors that name the input, before compiling ---------------------------------------
