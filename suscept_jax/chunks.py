@@ -239,17 +239,16 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entrie
     return BlockMoves(state=moved.state, pending=moved.pending, losses_En=moved.losses_n,
                       acceptance_E=moved.acceptance)
 
-  def body(i, carry):
-    st, pend, losses0_En, acceptance_E = carry
-    moved = iterate(st, pend, i)
+  def body(i, so_far: BlockMoves) -> BlockMoves:
+    moved = iterate(so_far.state, so_far.pending, i)
     completed = config.mala_measured_at(global_step + i - 1)
-    return (moved.state, moved.pending, jnp.where(i == 0, moved.losses_n, losses0_En).astype(losses0_En.dtype),
-            jnp.where(completed, moved.acceptance, acceptance_E))
+    return BlockMoves(state=moved.state, pending=moved.pending,
+                      losses_En=jnp.where(i == 0, moved.losses_n, so_far.losses_En).astype(so_far.losses_En.dtype),
+                      acceptance_E=jnp.where(completed, moved.acceptance, so_far.acceptance_E))
 
   E, n = entries.component.shape[0], plan.batch_size
-  new_state, new_pending, losses_En, acceptance_E = jax.lax.fori_loop(
-      0, config.steps_between_draws, body, (state, pending, jnp.zeros((E, n)), jnp.full((E,), jnp.nan)))
-  return BlockMoves(state=new_state, pending=new_pending, losses_En=losses_En, acceptance_E=acceptance_E)
+  start = BlockMoves(state=state, pending=pending, losses_En=jnp.zeros((E, n)), acceptance_E=jnp.full((E,), jnp.nan))
+  return jax.lax.fori_loop(0, config.steps_between_draws, body, start)
 
 
 def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxF, data: ChunkData, observed):
