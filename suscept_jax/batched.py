@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from suscept_jax.compile_options import platform_jit
+from suscept_jax.function_keys import Keyed, traced_key
 
 MICROBATCH_AUTO = "auto"  # microbatch_size="auto": the sampler picks the largest that fits the devices (programs.py)
 
@@ -103,14 +104,27 @@ def flatten_rows(tree, lead: int):
 
 
 @platform_jit(static_argnums=(0, 3))
+def compiled_losses(keyed_loss_fn: Keyed, params, batch, micro=None):
+  """`losses_at` for a loss function already keyed (`keyed_by_trace`)."""
+  return batched_losses(keyed_loss_fn, params, batch, micro)
+
+
 def losses_at(loss_fn, params, batch, micro=None):
-  """Per-sample (or per-token) losses of `batch` at `params`, compiled once per (loss_fn, shapes)."""
-  return batched_losses(loss_fn, params, batch, micro)
+  """Per-sample (or per-token) losses of `batch` at `params`, compiled once per (what loss_fn computes, shapes):
+  a fresh lambda of the same code reuses the program, a setting the code reads that has changed does not."""
+  return compiled_losses(keyed_by_trace(loss_fn, params, batch), params, batch, micro)
+
+
+def keyed_by_trace(loss_fn, params, batch) -> Keyed:
+  """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`)."""
+  one_row = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], getattr(a, "dtype", None)
+                                                        or np.asarray(a).dtype), batch)
+  return Keyed(loss_fn, traced_key(loss_fn, params, one_row))
 
 
 def check_rows(batch_size: int, num_chains: int) -> int:
   """Rows per call of the checks at w* (the preflight's first batches of up to two streams, the sampler's
-  `anchor_table`): one shape, so one compiled `losses_at` serves both."""
+  `anchor_table`): one shape, so one compiled `compiled_losses` serves both."""
   return min(num_chains, 2) * batch_size
 
 
@@ -121,12 +135,12 @@ def sample_losses(loss_fn, params, data, indices, microbatch_size=None, rows: in
   indices = np.asarray(indices, np.int64)
   micro = None if microbatch_size == MICROBATCH_AUTO else microbatch_size
   per_call = rows or max(indices.size, 1)
-  losses = []
+  losses, keyed = [], keyed_by_trace(loss_fn, params, data)
   for start in range(0, indices.size, per_call):
     part = indices[start:start + per_call]
     evaluated = np.concatenate([part, np.full(per_call - part.size, part[0])])
     batch = jax.tree.map(lambda a: np.asarray(a[evaluated]), data)
-    losses.append(np.asarray(losses_at(loss_fn, params, batch, micro))[:part.size])
+    losses.append(np.asarray(compiled_losses(keyed, params, batch, micro))[:part.size])
   return np.concatenate(losses) if losses else np.zeros((0,), np.float32)
 
 

@@ -43,7 +43,7 @@ class BIFResult:
 
 def _per_sample_as_tokens(loss_fn: Callable) -> Callable:
   """loss_fn's per-sample losses [B] as one 'token' per sample, [B, 1] (a fresh wrapper each call compiles once:
-  the sampler keys programs by programs.function_key, which sees through the wrapper to loss_fn)."""
+  the sampler keys programs by function_keys.function_key, which sees through the wrapper to loss_fn)."""
   return lambda params, batch: loss_fn(params, batch)[:, None]
 
 

@@ -1,25 +1,23 @@
 """The sampler's compiled programs: cached across calls, compiled with per-platform options, sized to memory.
 
 A sweep calls the sampler once per checkpoint (and component group) with the same shapes: the programs are
-cached by what they compute (`function_key` of the loss functions and the static `chunks.Plan`), not by
-object identity, so fresh lambdas of the same code do not recompile, and at most COMPILED_CACHE_SIZE are
-held. `microbatch_size="auto"` compiles the draw program at halving micro-batches (skipping those predicted
+cached by what they compute (`function_keys.function_key` of the loss functions, the static `chunks.Plan`,
+which holds their `function_keys.traced_key`), not by object identity, so fresh lambdas of the same code do not
+recompile, and at most COMPILED_CACHE_SIZE are held. `microbatch_size="auto"` compiles the draw program at halving micro-batches (skipping those predicted
 not to fit) and keeps the largest whose XLA memory analysis fits the devices (`auto_microbatch`).
 """
 import collections
 import dataclasses
-import functools
-import inspect
 import math
 import os
 import threading
-import types
 from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from suscept_jax import chunks, compile_options
+from suscept_jax.function_keys import function_key
 from suscept_jax.chunks import Plan
 
 
@@ -27,52 +25,6 @@ COMPILED_CACHE_SIZE = 32  # compiled programs kept, least recently used dropped 
 # a draw and a burn-in program per component group, so this bounds the groups a sweep can use without recompiling)
 _COMPILED: collections.OrderedDict = collections.OrderedDict()
 _CACHE_LOCK = threading.RLock()  # component groups may run (and look up their programs) from several threads
-
-
-def function_key(fn, _depth: int = 0):
-  """A hashable key, equal for functions that compute the same thing: the same code, defaults, closed-over
-  values and the module globals the code reads (functions among them keyed the same way), and bound object. So
-  `lambda p, b: loss(p, b, cfg)` written anew for every call keys the same while `cfg` is the same; a function
-  reading something unhashable (an array, a list) keys by identity. Globals count because a notebook changes
-  them between calls: without them a fresh lambda reading a changed global reused the old program (its
-  numbers came from the old value, silently)."""
-  if _depth > 4:
-    return fn
-  if isinstance(fn, functools.partial):
-    key = ("partial", function_key(fn.func, _depth + 1), fn.args, tuple(sorted(fn.keywords.items())))
-  elif inspect.ismethod(fn):
-    key = ("method", function_key(fn.__func__, _depth + 1), fn.__self__)
-  elif isinstance(fn, types.FunctionType):
-    cells = tuple(function_key(c, _depth + 1) if callable(c) else c
-                  for c in (_cell_value(cell) for cell in fn.__closure__ or ()))
-    key = ("function", fn.__code__, fn.__defaults__, tuple(sorted((fn.__kwdefaults__ or {}).items())), cells,
-           tuple((name, function_key(value, _depth + 1) if callable(value) else value)
-                 for name, value in _globals_read(fn.__code__, fn.__globals__)))
-  else:
-    return fn  # other callables: their own equality
-  try:
-    hash(key)
-  except TypeError:
-    return fn
-  return key
-
-
-def _globals_read(code, namespace: dict) -> list:
-  """(name, value) of the module globals that `code` (or a function defined inside it) reads, by name."""
-  names = set(code.co_names)
-  stack = [c for c in code.co_consts if isinstance(c, types.CodeType)]
-  while stack:
-    inner = stack.pop()
-    names.update(inner.co_names)
-    stack += [c for c in inner.co_consts if isinstance(c, types.CodeType)]
-  return [(name, namespace[name]) for name in sorted(names) if name in namespace]
-
-
-def _cell_value(cell):
-  try:
-    return cell.cell_contents
-  except ValueError:  # a cell not yet assigned
-    return cell
 
 
 def compiled_program(kind: str, loss_fn, plan: Plan, mesh):

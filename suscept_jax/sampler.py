@@ -353,7 +353,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
               observed_microbatch=programs.observed_microbatch_for(mesh, token_shape, observed_microbatch),
               pair_split=pair_split if observed is not None else None,
               free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free),
-              free_slices=slice_layout(masks_C, params, free))
+              free_slices=slice_layout(masks_C, params, free),
+              traced=(batched.keyed_by_trace(loss_fn, params, base).key,
+                      batched.keyed_by_trace(token_loss_fn, params, observed).key if observed is not None else None))
 
   put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
   put_r = lambda x: jax.device_put(x, NamedSharding(mesh, P()))

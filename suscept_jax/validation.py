@@ -36,8 +36,12 @@ def check_dataset(name: str, data, batch_size: int, like=None, like_name: str = 
   leaves = jax.tree.leaves(data)
   if not leaves:
     raise ValueError(f"{name} is empty (no arrays)")
-  sizes = {int(np.shape(a)[0]) if np.ndim(a) else -1 for a in leaves}
-  if len(sizes) != 1 or -1 in sizes:
+  scalars = sum(np.ndim(a) == 0 for a in leaves)
+  if scalars:
+    raise ValueError(f"{name}: every array needs a leading (sample) axis, but {scalars} of its {len(leaves)} leaves "
+                     f"are scalars (a Python list is a pytree of scalars: pass an array)")
+  sizes = {int(np.shape(a)[0]) for a in leaves}
+  if len(sizes) != 1:
     raise ValueError(f"{name}: every array needs the same leading (sample) axis; got leading sizes {sorted(sizes)}")
   n = sizes.pop()
   if n == 0:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import suscept_jax as sj
-from suscept_jax import parallel, programs, streams, toys
+from suscept_jax import function_keys as keys, parallel, programs, streams, toys
 
 pytestmark = pytest.mark.filterwarnings("ignore::suscept_jax.health.SusceptibilityWarning")
 
@@ -21,14 +21,14 @@ def _data(seed=0):
 def test_function_key_sees_through_fresh_closures():
   def make(scale):
     return lambda p, b: scale * toys.quadratic_loss(p, b)
-  assert programs.function_key(make(2.0)) == programs.function_key(make(2.0))
-  assert programs.function_key(make(2.0)) != programs.function_key(make(3.0))
+  assert keys.function_key(make(2.0)) == keys.function_key(make(2.0))
+  assert keys.function_key(make(2.0)) != keys.function_key(make(3.0))
   wrap = lambda f: (lambda p, b: f(p, b)[:, None])  # noqa: E731
-  assert programs.function_key(wrap(make(2.0))) == programs.function_key(wrap(make(2.0)))
+  assert keys.function_key(wrap(make(2.0))) == keys.function_key(wrap(make(2.0)))
   array_closure = lambda: (lambda p, b: np.ones(3) @ b)  # noqa: E731
   a, b = (lambda arr: (lambda p, x: arr * x))(np.ones(2)), (lambda arr: (lambda p, x: arr * x))(np.ones(2))
-  assert programs.function_key(a) is a and programs.function_key(a) != programs.function_key(b)  # unhashable: identity
-  assert programs.function_key(array_closure()) == programs.function_key(array_closure())
+  assert keys.function_key(a) is a and keys.function_key(a) != keys.function_key(b)  # unhashable: identity
+  assert keys.function_key(array_closure()) == keys.function_key(array_closure())
 
 
 SCALE = 1.0  # a module global that a loss function reads, as notebook code does
@@ -49,7 +49,46 @@ def test_a_global_that_the_loss_reads_is_part_of_its_key():
     SCALE = 1.0
   assert llc[1.0] != 0.0 and llc[0.0] == 0.0, llc
   fresh = lambda: (lambda p, b: SCALE * toys.quadratic_loss(p, b))  # noqa: E731
-  assert programs.function_key(fresh()) == programs.function_key(fresh())  # the same value: one program
+  assert keys.function_key(fresh()) == keys.function_key(fresh())  # the same value: one program
+
+
+class _Settings:  # a mutable settings object: hashed by identity, so `function_key` cannot see its values
+  scale = 1.0
+
+
+SETTINGS = _Settings()
+
+
+class _Model:
+  def __init__(self, scale):
+    self.scale = scale
+
+  def loss(self, p, b):
+    return self.scale * toys.quadratic_loss(p, b)
+
+
+def test_state_read_through_an_attribute_is_part_of_the_key():
+  """The same function object reading a changed attribute (a settings object's, a bound method's `self`) must not
+  reuse the program traced with the old value: the key holds the digest of a fresh trace (`traced_key`)."""
+  data = _data()
+  params = toys.quadratic_minimum(data)
+  by_global = lambda p, b: SETTINGS.scale * toys.quadratic_loss(p, b)  # noqa: E731
+  model = _Model(1.0)
+  llc = lambda fn: sj.estimate_llc(fn, params, data, config=CFG, batch_size=10, progress=False).mean  # noqa: E731
+  try:
+    for fn, holder in ((by_global, SETTINGS), (model.loss, model)):
+      holder.scale = 1.0
+      before = llc(fn)
+      holder.scale = 0.0
+      assert before != 0.0 and llc(fn) == 0.0
+  finally:
+    SETTINGS.scale = 1.0
+  one_row = {k: v[:1] for k, v in data.items()}
+  assert keys.traced_key(by_global, params, one_row) == keys.traced_key(by_global, params, one_row)
+  assert keys.traced_key(_Model(2.0).loss, params, one_row) == keys.traced_key(_Model(2.0).loss, params,
+                                                                                       one_row)
+  assert keys.traced_key(_Model(2.0).loss, params, one_row) != keys.traced_key(_Model(3.0).loss, params,
+                                                                                       one_row)
 
 
 def test_fresh_lambdas_compile_once_and_the_cache_is_bounded(monkeypatch):

@@ -29,12 +29,12 @@ def test_the_small_programs_follow_the_options_and_compute_the_same(monkeypatch)
   data = toys.quadratic_dataset(np.random.default_rng(0), 16, np.ones(3), 0.5)
   w_star = toys.quadratic_minimum(data)
   w = {name: value + 0.1 for name, value in w_star.items()}
-  at_level_1 = batched.losses_at.jitted()
+  at_level_1 = batched.compiled_losses.jitted()
   losses_1 = np.asarray(batched.losses_at(toys.quadratic_loss, w, data))
   keys_1 = streams.chain_keys(3, 1, ["full", "l0h0"], 4)
   monkeypatch.setattr(compile_options, "CPU_BACKEND_OPTIMIZATION_LEVEL", None)
   monkeypatch.setattr(compile_options, "CPU_FUSION_EMITTERS", True)
-  assert batched.losses_at.jitted() is not at_level_1  # another jitted function: compiled with XLA's defaults
+  assert batched.compiled_losses.jitted() is not at_level_1  # another jitted function: compiled with XLA's defaults
   assert np.ptp(losses_1) > 0
   np.testing.assert_allclose(np.asarray(batched.losses_at(toys.quadratic_loss, w, data)), losses_1, rtol=1e-6)
   np.testing.assert_array_equal(streams.chain_keys(3, 1, ["full", "l0h0"], 4), keys_1)
