@@ -22,15 +22,16 @@ class AnchorTable(NamedTuple):
   """Per-sample losses at w* of the samples a run's evaluation batches hold."""
 
   samples_U: np.ndarray  # int64, sorted: indices into the base data
-  losses_U: np.ndarray  # float32: their losses at w*
+  losses_U: np.ndarray  # their losses at w*, float32 (float64 where the loss is: `batched.statistics_dtype`)
 
   def losses_of(self, indices):
     """The losses at w* of the samples at `indices` (any shape; every one in the table)."""
     return self.losses_U[np.searchsorted(self.samples_U, indices)]
 
   def batch_means(self, indices_Xxn) -> np.ndarray:
-    """L_B(w*) of batches given by their samples' indices [..., n]: float32 [...] (summed in float64)."""
-    return self.losses_of(indices_Xxn).astype(np.float64).mean(axis=-1).astype(np.float32)
+    """L_B(w*) of batches given by their samples' indices [..., n], [...] in the losses' dtype (summed in
+    float64)."""
+    return self.losses_of(indices_Xxn).astype(np.float64).mean(axis=-1).astype(self.losses_U.dtype)
 
 
 def build(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> AnchorTable:
@@ -41,7 +42,7 @@ def build(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) 
   indices_BxKxn = streams.base_indices(np.asarray(eval_steps_B))
   samples_U = np.unique(indices_BxKxn)
   losses_U = batched.sample_losses(loss_fn, params, streams.base, samples_U, micro, rows)
-  table = AnchorTable(samples_U=samples_U, losses_U=losses_U.astype(np.float32))
+  table = AnchorTable(samples_U=samples_U, losses_U=losses_U.astype(batched.statistics_dtype_of(losses_U.dtype)))
   _raise_on_faults(table, indices_BxKxn, streams.base_name)
   return table
 

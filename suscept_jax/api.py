@@ -232,12 +232,16 @@ def result_from_output(out: sampler.SamplerOutput, loss_fn, params, component_na
   dropped_ExD = out.moments.count[:, None] - out.moments.count_y
   dropped = np.where(~diverged[..., None], dropped_ExD.reshape(C, K, -1), 0).sum(axis=1).T
   warnings = _divergence_warnings(component_names, diags, K)
-  if diverged[component_names.index("full")].all():
+  full_diverged = bool(diverged[component_names.index("full")].all())
+  if full_diverged:
     warnings.append("every chain of 'full' diverged, so ⟨ΔL⟩_full is unknown and eq.41 χ is NaN for all "
                     "components (chi_with(form='covariance') still works).")
-  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
-  cell_flags = [[comp_flags[c] + health.probe_flags(diags[name].r_hat_chi[p], diags[name].ess_bulk_chi[p],
-                                                    int(dropped[p, c]), out.realised_delta_h, delta_h)
+  comp_flags = [health.component_flags(diags[name], llc[c], K, health.phi_steps(llc[c] / config.nbeta,
+                                                                                  out.loss_star_trace))
+                for c, name in enumerate(component_names)]
+  cell_flags = [[comp_flags[c] + health.undefined_chi_flags(table.chi[p, c], diverged[c].all(), full_diverged)
+                 + health.probe_flags(diags[name].r_hat_chi[p], diags[name].ess_bulk_chi[p], int(dropped[p, c]),
+                                      out.realised_delta_h, delta_h)
                  for c, name in enumerate(component_names)] for p in range(len(probes))]
   status = np.array([[health.status(flags) for flags in row] for row in cell_flags], dtype=object)
   warnings += _health_warnings(component_names, comp_flags, list(probes),
@@ -296,7 +300,8 @@ def estimate_llc(loss_fn: Callable, params, data, *, config: sgld.SGLDConfig | N
   diverged = out.diverged.reshape(1, config.num_chains)
   llc, llc_err, per_chain = estimators.llc_table(out.moments, diverged, [config.nbeta])
   diag = _component_diagnostics(out, 0, config.num_chains)
-  flags = health.component_flags(diag, llc[0], config.num_chains)
+  flags = health.component_flags(diag, llc[0], config.num_chains,
+                                 health.phi_steps(llc[0] / config.nbeta, out.loss_star_trace))
   warnings = _divergence_warnings(names, {"llc": diag}, config.num_chains)
   warnings += _health_warnings(names, [flags], [], [])
   _emit(warnings)

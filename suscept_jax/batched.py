@@ -117,9 +117,24 @@ def losses_at(loss_fn, params, batch, micro=None):
 
 def keyed_by_trace(loss_fn, params, batch) -> Keyed:
   """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`)."""
-  one_row = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], getattr(a, "dtype", None)
-                                                        or np.asarray(a).dtype), batch)
-  return Keyed(loss_fn, traced_key(loss_fn, params, one_row))
+  return Keyed(loss_fn, traced_key(loss_fn, params, first_row(batch)))
+
+
+def first_row(data):
+  """The shapes of data's first sample, as a batch of one."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], getattr(a, "dtype", None)
+                                                     or np.asarray(a).dtype), data)
+
+
+def statistics_dtype(loss_fn, params, data) -> np.dtype:
+  """The dtype of φ, ΔL, L_B(w*) and their moments for this loss: `statistics_dtype_of` its output's."""
+  return statistics_dtype_of(jax.eval_shape(loss_fn, params, first_row(data)).dtype)
+
+
+def statistics_dtype_of(loss_dtype) -> np.dtype:
+  """float64 for a float64 loss (JAX's x64 mode: φ is a small difference of large losses, and the user asked for
+  the precision), else float32 (a bfloat16 loss's statistics too)."""
+  return np.dtype(np.float64) if np.dtype(loss_dtype) == np.float64 else np.dtype(np.float32)
 
 
 def check_rows(batch_size: int, num_chains: int) -> int:

@@ -42,9 +42,10 @@ class Moments(NamedTuple):
   comoment: jnp.ndarray  # [E, ...]    Σ(φ − ⟨φ⟩)(y − ⟨y⟩) over those draws
 
 
-def init_moments(num_entries: int, y_shape: tuple = ()) -> Moments:
-  """Empty moments (host arrays: placing them on devices compiles nothing)."""
-  zeros = lambda *s: np.zeros((num_entries, *s), np.float32)
+def init_moments(num_entries: int, y_shape: tuple = (), dtype=np.float32) -> Moments:
+  """Empty moments (host arrays: placing them on devices compiles nothing), in `dtype` (float64 where the loss
+  is, under JAX's x64 mode: `batched.statistics_dtype`)."""
+  zeros = lambda *s: np.zeros((num_entries, *s), dtype)
   count = lambda *s: np.zeros((num_entries, *s), np.int32)
   return Moments(count=count(), mean_x=zeros(), m2_x=zeros(), count_y=count(*y_shape), mean_x_y=zeros(*y_shape),
                  mean_y=zeros(*y_shape), comoment=zeros(*y_shape))
@@ -56,9 +57,12 @@ def expand_like(a, like):
 
 
 def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
-  """Welford update with one draw (x [E], y [E, ...]) for the active entries; y only where present."""
+  """Welford update with one draw (x [E], y [E, ...]) for the active entries; y only where present. The values
+  are taken in the moments' dtype."""
+  dtype = m.mean_x.dtype
+  x_E, y_Ex = jnp.asarray(x_E, dtype), jnp.asarray(y_Ex, dtype)
   count = m.count + active_E.astype(jnp.int32)
-  n = jnp.maximum(count, 1).astype(jnp.float32)
+  n = jnp.maximum(count, 1).astype(dtype)
   dx = x_E - m.mean_x
   mean_x = m.mean_x + dx / n
   m2_x = m.m2_x + dx * (x_E - mean_x)
@@ -68,7 +72,7 @@ def update_moments(m: Moments, x_E, y_Ex, active_E, present_Ex=None) -> Moments:
   use_y = jnp.broadcast_to(use_y, y_Ex.shape)
   y = jnp.where(use_y, y_Ex, 0.0)  # a missing y may be NaN: keep it out of the arithmetic
   count_y = m.count_y + use_y.astype(jnp.int32)
-  n_y = jnp.maximum(count_y, 1).astype(jnp.float32)
+  n_y = jnp.maximum(count_y, 1).astype(dtype)
   x_Ex = expand_like(x_E, y_Ex)
   dx_y = x_Ex - m.mean_x_y
   mean_x_y = m.mean_x_y + dx_y / n_y
@@ -91,19 +95,21 @@ class CrossMoments(NamedTuple):
   comoment: jnp.ndarray  # [E, Q, S]  Σ(q − ⟨q⟩)(s − ⟨s⟩)
 
 
-def init_cross_moments(num_entries: int, num_q: int, num_s: int) -> CrossMoments:
-  """Empty co-moments (host arrays)."""
-  z = lambda *shape: np.zeros((num_entries, *shape), np.float32)
+def init_cross_moments(num_entries: int, num_q: int, num_s: int, dtype=np.float32) -> CrossMoments:
+  """Empty co-moments (host arrays), in `dtype` (as `init_moments`)."""
+  z = lambda *shape: np.zeros((num_entries, *shape), dtype)
   return CrossMoments(count=np.zeros((num_entries,), np.int32), mean_q=z(num_q), m2_q=z(num_q), mean_s=z(num_s),
                       m2_s=z(num_s), comoment=z(num_q, num_s))
 
 
 def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoments:
-  """Welford's co-moment update with one draw, for the active entries whose values are all finite."""
+  """Welford's co-moment update with one draw, for the active entries whose values are all finite (taken in the
+  co-moments' dtype)."""
+  q_ExQ, s_ExS = jnp.asarray(q_ExQ, m.mean_q.dtype), jnp.asarray(s_ExS, m.mean_q.dtype)
   ok_E = active_E & jnp.all(jnp.isfinite(q_ExQ), -1) & jnp.all(jnp.isfinite(s_ExS), -1)
   q, s = jnp.where(ok_E[:, None], q_ExQ, 0.0), jnp.where(ok_E[:, None], s_ExS, 0.0)
   count = m.count + ok_E.astype(jnp.int32)
-  n = jnp.maximum(count, 1).astype(jnp.float32)[:, None]
+  n = jnp.maximum(count, 1).astype(m.mean_q.dtype)[:, None]
   dq, ds = q - m.mean_q, s - m.mean_s
   mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
   new = CrossMoments(count=count, mean_q=mean_q, m2_q=m.m2_q + dq * (q - mean_q), mean_s=mean_s,

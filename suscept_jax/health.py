@@ -12,6 +12,11 @@ Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". T
                 more than START_Z standard errors (across chains) and by enough to move the run's ⟨φ⟩ by more
                 than START_SHIFT (the draws are dominated by the climb away from w*: run longer or burn in)
   negative LLC  the LLC estimate is below 0: w* is not a local minimum of the loss (e.g. an untrained model)
+  resolution    ⟨φ⟩ spans fewer than MIN_PHI_STEPS steps of the losses' float type at L_B(w*): φ is a small
+                difference of two large rounded numbers, and its rounding error (up to ≈ 1/steps of ⟨φ⟩, and
+                biased) no error bar holds (a loss summed rather than averaged, or offset by a constant)
+  χ undefined   the cell's χ is NaN although its component's chains are usable: every chain of "full"
+                diverged (eq. 41 needs ⟨ΔL⟩_full), or no chain observed the probe at any draw
   δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
   dropped       some draws of this probe were dropped for a non-finite probe loss (per token: some tokens')
 
@@ -26,6 +31,8 @@ MIN_ESS = 50.0
 MIN_MALA = 0.2
 START_FRACTION, START_Z, START_SHIFT = 0.1, 2.0, 0.05
 DELTA_H_TOLERANCE = 0.05
+MIN_PHI_STEPS = 100.0
+FULL_DIVERGED = "χ undefined: every chain of 'full' diverged (eq. 41 needs ⟨ΔL⟩_full)"
 UNDEFINED = "{} undefined (too few draws: R̂ needs 4, ESS 8; or φ never moved)"
 
 
@@ -47,8 +54,18 @@ def start_shift(phi_KxT) -> tuple[float, float, float]:
   return float(diff), float(se), float(diff * early / t / abs(rest)) if rest else float("inf")
 
 
-def component_flags(diag, llc: float, num_chains: int) -> list[str]:
-  """Failed tests that concern a whole component (every probe row of it)."""
+def phi_steps(mean_phi: float, loss_star) -> float:
+  """How many steps of the losses' float type at L_B(w*) ⟨φ⟩ spans: |⟨φ⟩| / the spacing of that type at the
+  largest |L_B(w*)| of the run (`loss_star`, in the run's statistics dtype); inf without finite L_B(w*)."""
+  star = np.asarray(loss_star)
+  finite = np.abs(star[np.isfinite(star)])
+  if not finite.size or not np.issubdtype(star.dtype, np.floating):
+    return float("inf")
+  return float(abs(mean_phi) / np.spacing(star.dtype.type(finite.max())))
+
+
+def component_flags(diag, llc: float, num_chains: int, steps_of_phi: float = float("inf")) -> list[str]:
+  """Failed tests that concern a whole component (every probe row of it). steps_of_phi: `phi_steps`."""
   flags = []
   bad = len(diag.diverged_chains)
   if bad:
@@ -70,6 +87,10 @@ def component_flags(diag, llc: float, num_chains: int) -> list[str]:
                  f"{shift:.0%})")
   if llc < 0:
     flags.append(f"negative LLC ({llc:.3g}): w* is not a local minimum")
+  if steps_of_phi < MIN_PHI_STEPS:
+    flags.append(f"resolution: ⟨φ⟩ spans {steps_of_phi:.3g} float steps of L(w*) (< {MIN_PHI_STEPS:.0f}): rounding "
+                 f"error up to ≈ {1 / max(steps_of_phi, 1e-9):.0%} of it; subtract a constant from the loss, average "
+                 f"rather than sum, or use float64 (jax_enable_x64)")
   return flags
 
 
@@ -85,6 +106,13 @@ def probe_flags(r_hat_chi: float, ess_chi: float, dropped: int, realised_delta_h
   if abs(realised_delta_h - delta_h) > DELTA_H_TOLERANCE * delta_h:
     flags.append(f"realised δh {realised_delta_h:.3g} vs {delta_h:g}")
   return flags
+
+
+def undefined_chi_flags(chi: float, component_diverged: bool, full_diverged: bool) -> list[str]:
+  """The cell's χ is NaN while its own component's chains are usable (a diverged component says so already)."""
+  if np.isfinite(chi) or component_diverged:
+    return []
+  return [FULL_DIVERGED if full_diverged else "χ undefined: no chain observed this probe at any draw"]
 
 
 def token_flags(short_tokens: int) -> list[str]:

@@ -304,6 +304,7 @@ class _GroupRun(NamedTuple):
   put_e: Callable  # host array -> split over the entry axis
   put_r: Callable  # host array -> replicated
   anchor_table: anchor_table.AnchorTable | None  # L_B(w*) of the evaluation batches (None when only planning)
+  statistics_dtype: np.dtype  # of φ, ΔL, L_B(w*) and their moments (`batched.statistics_dtype`)
 
   @property
   def num_blocks(self) -> int:
@@ -345,7 +346,8 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   streams = Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
                     num_chains=K, base_name=base_name, batch_step=config.batch_step)
   token_shape = (None if observed is None else
-                 jax.eval_shape(token_loss_fn, params, jax.tree.map(lambda a: a[:1], observed)).shape)  # [1, J, ...]
+                 jax.eval_shape(token_loss_fn, params, batched.first_row(observed)).shape)  # [1, J, ...]
+  statistics_dtype = batched.statistics_dtype(loss_fn, params, base)
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size,
               blocks_per_chunk=draws_per_chunk or blocks_per_chunk(num_blocks, mesh),
@@ -366,9 +368,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                        masks_CxF=put_r(flat_masks(masks_C, params, free)),
                        observed=put_r(observed if observed is not None else np.zeros((0,), np.float32)))
   carry = jax.tree.map(put_e, _initial_carry(params, plan, E_pad, num_rows(observed) if observed is not None else 0,
-                                             token_shape))
+                                             token_shape, statistics_dtype))
   group_run = _GroupRun(plan=plan, streams=streams, resident=resident, stream_E=entries.stream, num_entries=E,
-                        put_e=put_e, put_r=put_r, anchor_table=None)
+                        put_e=put_e, put_r=put_r, anchor_table=None, statistics_dtype=statistics_dtype)
   with reporting(progress, config.num_steps, label) as bar:
     first_chunk = _chunk_inputs(group_run, 0)  # (L_B(w*) zeros: shapes only)
     draw_fn = None
@@ -468,20 +470,20 @@ def _entry_key_data(component_names, num_chains: int, num_padded: int, seed: int
   return _padded(chain_keys(seed, checkpoint_id, component_names, num_chains), num_padded)
 
 
-def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, token_shape) -> Carry:
-  """Every entry at w* with empty moments (host arrays): per-token moments over the observed rows' tokens, and
-  query × sample cross-moments when the plan splits them (`pair_split`)."""
+def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, token_shape, dtype) -> Carry:
+  """Every entry at w* with empty moments in `dtype` (host arrays): per-token moments over the observed rows'
+  tokens, and query × sample cross-moments when the plan splits them (`pair_split`)."""
   anchor_F = FreeView(jax.tree.map(np.asarray, params), plan.free_leaves).anchor_F  # the free leaves only (host)
   state = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (num_entries,) + np.shape(a)),
                        sgld.init(anchor_F, plan.config))
   token_moments = pair_moments = ()
   if plan.token_loss_fn is not None:
-    token_moments = estimators.init_moments(num_entries, (num_observed, *token_shape[1:]))
+    token_moments = estimators.init_moments(num_entries, (num_observed, *token_shape[1:]), dtype)
   if plan.pair_split is not None:
     per_row = int(np.prod(token_shape[1:]))
     pair_moments = estimators.init_cross_moments(num_entries, plan.pair_split * per_row,
-                                                 (num_observed - plan.pair_split) * per_row)
-  return Carry(state=state, moments=estimators.init_moments(num_entries, (plan.num_probes,)),
+                                                 (num_observed - plan.pair_split) * per_row, dtype)
+  return Carry(state=state, moments=estimators.init_moments(num_entries, (plan.num_probes,), dtype),
                diverged=np.zeros((num_entries,), bool), diverged_at=np.full((num_entries,), -1, np.int32),
                token_moments=token_moments, pair_moments=pair_moments,
                mala=initial_pending(state.position, plan.config))
@@ -557,10 +559,10 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
 
 
 def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:
-  """float32 [L, K]: L_B(w*) of each block's evaluation batch per stream, from the run's table (zeros before
+  """[L, K]: L_B(w*) of each block's evaluation batch per stream, from the run's table (zeros before
   the table exists: shapes for compiling)."""
   if group_run.anchor_table is None:
-    return np.zeros((len(steps_LxS), group_run.streams.num_streams), np.float32)
+    return np.zeros((len(steps_LxS), group_run.streams.num_streams), group_run.statistics_dtype)
   return group_run.anchor_table.batch_means(group_run.streams.base_indices(steps_LxS[:, 0]))
 
 

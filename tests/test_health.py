@@ -67,6 +67,39 @@ def test_each_component_test_on_stated_values():
   assert health.probe_flags(1.0, 400.0, 0, 0.094, 0.1) == ["realised δh 0.094 vs 0.1"]
   assert health.probe_flags(nan, nan, 0, 0.1, 0.1) == []  # (a constant φ·ΔL, e.g. probe = base: χ is exact)
   assert health.probe_flags(1.0, 400.0, 3, 0.1, 0.1) == ["3 probe draws dropped (non-finite loss)"]
+  assert health.undefined_chi_flags(nan, False, True) == [health.FULL_DIVERGED]
+  assert health.undefined_chi_flags(nan, False, False) == ["χ undefined: no chain observed this probe at any draw"]
+  assert health.undefined_chi_flags(nan, True, True) == [] and health.undefined_chi_flags(0.3, False, True) == []
+
+
+def test_phi_within_a_few_float_steps_of_the_loss_is_flagged():
+  """φ = L_B(w) − L_B(w*) of losses near 1e4 in float32 (spacing 2**-10 ≈ 1e-3) is rounding: an offset of 1e4
+  added to a quadratic's losses halved its LLC here, with status ok. The flag counts ⟨φ⟩ in float steps of the
+  run's largest |L_B(w*)|, in the statistics' dtype (float64 steps are 2**29 times finer)."""
+  assert health.phi_steps(2e-3, np.float32([9000.0, 10000.0])) == pytest.approx(2e-3 / 2 ** -10)
+  assert health.phi_steps(2e-3, np.float64([10000.0])) == pytest.approx(2e-3 / 2 ** -39)
+  assert health.phi_steps(2e-3, np.float32([np.nan])) == float("inf")
+  data = toys.quadratic_dataset(np.random.default_rng(0), N, np.array([0.5, 1.0, 2.0]), 0.1)
+  cfg = sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40, mala_every=0)
+  llc = lambda offset: sj.estimate_llc(lambda p, b: offset + toys.quadratic_loss(p, b), toys.quadratic_minimum(data),
+                                       data, config=cfg, batch_size=N, progress=False)
+  assert "resolution" not in llc(0.0).status
+  with pytest.warns(sj.SusceptibilityWarning, match="float steps of L"):
+    assert "resolution: ⟨φ⟩ spans" in llc(1e4).status
+
+
+def test_a_chi_left_undefined_by_the_full_models_chains_is_not_ok(problem):
+  """Every chain of "full" diverges (a step only its direction cannot take); c0's chains are fine, but its eq. 41
+  χ needs ⟨ΔL⟩_full: NaN, and its status says why instead of "ok"."""
+  base, probes, w_star, _ = problem
+  comps = {"full": None, "c0": {"w": np.array([True, False, False])}}
+  cfg = sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=20, mala_every=0)
+  steep = lambda p, b: toys.quadratic_loss(p, b) + 1e9 * (p["w"][2] - w_star["w"][2]) ** 2  # (only full moves w[2])
+  with pytest.warns(sj.SusceptibilityWarning):
+    res = sj.estimate_susceptibilities(steep, w_star, comps, base, probes, config=cfg, batch_size=N, delta_h=0.25,
+                                       progress=False)
+  assert res.diverged[0].all() and not res.diverged[1].any() and np.isnan(res.chi[0, 1])
+  assert health.FULL_DIVERGED in res.status[0, 1] and health.FULL_DIVERGED in res.records()[1]["status"]
 
 
 def test_a_run_where_everything_diverges_is_not_silent(problem):

@@ -235,6 +235,22 @@ def test_intervals_follow_the_chains_behind_each_value():
   np.testing.assert_allclose(tokens.interval().ravel(), expected, rtol=1e-10)
 
 
+def test_float64_under_x64_keeps_its_precision():
+  """Under JAX's x64 mode a float64 loss runs (it stopped in a while_loop's carry types: float32 moments against
+  float64 values) and keeps φ, L_B(w*) and the moments in float64, so an offset of 1e4 added to every loss, which
+  halves the LLC in float32 (`test_health`), changes it only by float64 rounding here."""
+  with jax.enable_x64(True):
+    data = {k: np.asarray(v, np.float64) for k, v in toys.quadratic_dataset(np.random.default_rng(0), 64,
+                                                                            np.array([0.5, 1.0, 2.0]), 0.1).items()}
+    w_star = {k: np.asarray(v, np.float64) for k, v in toys.quadratic_minimum(data).items()}
+    cfg = sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=40, mala_every=5)
+    runs = [sj.estimate_llc(lambda p, b, offset=offset: offset + toys.quadratic_loss(p, b), w_star, data,
+                            config=cfg, batch_size=16, progress=False) for offset in (0.0, 1e4)]
+  assert runs[0].trace.dtype == np.float64 and "resolution" not in runs[1].status
+  np.testing.assert_allclose(runs[1].mean, runs[0].mean, rtol=1e-6)
+  assert abs(runs[0].mean) > 0.1
+
+
 # ---- bad input: clear errors that name the input, before compiling ---------------------------------------
 
 @pytest.mark.parametrize("kwargs,match", [
