@@ -121,8 +121,11 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   validation.check_count_or_none("observed_microbatch", observed_microbatch)
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
-  num_q = validation.check_dataset("queries", queries, 1)
-  num_s = validation.check_dataset("samples", samples, 1, like=queries, like_name="queries")
+  # Without a token_loss_fn, queries and samples go through loss_fn as base rows do: each is checked against base.
+  like, like_name = (base, base_name) if token_loss_fn is None else (None, "")
+  num_q = validation.check_dataset("queries", queries, 1, like=like, like_name=like_name)
+  num_s = validation.check_dataset("samples", samples, 1, like=like if like is not None else queries,
+                                   like_name=like_name or "queries")
   if "full" in components:
     validation.check_full_is_full(components, params)
   validation.check_count_or_none("samples_per_chunk", samples_per_chunk, "all at once")

@@ -72,10 +72,13 @@ def test_the_same_samples_on_one_or_four_devices(problem):
 
 def test_bad_inputs(problem):
   base, queries, samples, w_star = problem
-  with pytest.raises(ValueError, match="samples has pytree structure .*, but queries has"):
+  # Without a token_loss_fn, queries and samples are rows of loss_fn like base's: each is named against base (a
+  # wrong queries was blamed on samples when samples were checked against queries).
+  with pytest.raises(ValueError, match="samples has pytree structure .*, but base data has"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {"a": samples["a"]}, batch_size=16)
-  # (it said "base data")
-  with pytest.raises(ValueError, match=r"samples: sample shape/dtype .* differs from that of queries"):
+  with pytest.raises(ValueError, match="queries has pytree structure .*, but base data has"):
+    sj.estimate_bif(toys.quadratic_loss, w_star, base, {"a": queries["a"]}, samples, batch_size=16)
+  with pytest.raises(ValueError, match=r"samples: sample shape/dtype .* differs from that of base data"):
     sj.estimate_bif(toys.quadratic_loss, w_star, base, queries, {k: v[:, :2] for k, v in samples.items()},
                     batch_size=16)
   bad = {k: v.copy() for k, v in samples.items()}
