@@ -164,6 +164,8 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
     raise ValueError("calibration judges settings by MALA acceptance: config.mala_every must be > 0")
   if config.num_draws < 8:
     raise ValueError(f"calibration needs at least 8 draws to test flatness; got num_draws={config.num_draws}")
+  if not 0 <= min_acceptance <= 1:  # (NaN too: no acceptance passes it, so no setting would ever be recommended)
+    raise ValueError(f"min_acceptance={min_acceptance}: expected an acceptance probability in [0, 1]")
   axes = {"step_sizes": step_sizes, "nbetas": nbetas or [config.nbeta],
           "localizations": localizations or [config.localization]}
   for name, values in axes.items():

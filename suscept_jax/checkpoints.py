@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from suscept_jax import validation
 from suscept_jax.models.config import ModelConfig
 from suscept_jax.paths import atomic_write_bytes
 
@@ -115,7 +116,17 @@ def load_params(run_dir, step: int | None = None):
                          f"describes ({config}): {first}") from None
       raise ValueError(f"the checkpoint at step {step} in {run_dir} could not be read (a damaged or partly "
                        f"copied file?): {first[:300]}") from None
-  return jax.tree.map(np.asarray, restored["params"])
+  params = jax.tree.map(np.asarray, restored["params"])
+  _check_finite(params, f"the checkpoint at step {step} in {run_dir}")
+  return params
+
+
+def _check_finite(params, what: str) -> None:
+  """`validation.check_params`, its error naming `what` holds the params (a step, a file)."""
+  try:
+    validation.check_params(params)
+  except ValueError as e:
+    raise ValueError(f"{what}: {e}") from None
 
 
 def error_headline(error: BaseException) -> str:
@@ -179,6 +190,7 @@ def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=
       params, cfg = interop.from_transformer_lens(interop.load_state_dict(file), config)
       if cfg != model_config:
         raise ValueError(f"{file} is a different model ({cfg}) from {first_file} ({model_config})")
+      _check_finite(params, str(file))  # (converted silently, it stopped the sweep later, naming no file)
       save_params(mngr, step, params)
       log(f"[{i + 1}/{len(files)}] step {step}: {file.name}")
   log(f"{len(files)} checkpoints (steps {list(files)[:3]}{' …' if len(files) > 3 else ''}) in {run_dir}; model "

@@ -30,7 +30,8 @@ import numpy as np
 from suscept_jax import paths
 from suscept_jax.paths import atomic_write_bytes
 
-# chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (num_chains_used − 1) degrees of freedom.
+# chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (chains behind the value − 1) degrees of freedom
+# (num_chains_used − 1 unless some chain never observed the probe: `api.SusceptibilityResult.interval`).
 TABLE_COLUMNS = ["checkpoint", "probe", "component", "chi", "chi_stderr", "chi_ci95", "llc", "llc_stderr", "llc_ci95",
                  "num_chains_used", "r_hat", "ess_bulk", "ess_tail", "r_hat_chi", "ess_bulk_chi", "mala_acceptance",
                  "frac_phi_negative", "num_diverged", "probe_draws_dropped", "realised_delta_h", "status"]
@@ -91,6 +92,9 @@ def _jsonable(value):
   return json.loads(json.dumps(value, default=str))
 
 
+# The runners that write results directories, as their errors name them.
+KINDS = {"sweep": "a sweep's results (experiments.sweep)", "per_token": "per-token results (experiments.per_token)"}
+
 # What `ResultsDir` itself writes beside the units.
 OUTPUTS = ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json")
 
@@ -132,13 +136,31 @@ class ResultsDir:
       paths.check_writable_dir(self.units, "--output_dir", shown=self.path)
 
   # -- settings ---------------------------------------------------------------------------------------
+  def holds_results(self) -> bool:
+    """Whether any unit was finished here: a directory whose run failed before its first unit (bad data, a
+    damaged checkpoint) holds nothing its settings need protecting, and a corrected rerun may replace them."""
+    return (self.path / "config.json").exists() and bool(self.finished_units(prefix=""))
+
+  def kind(self) -> str:
+    """Which runner wrote this directory (`KINDS`; directories written before it was recorded: read off their
+    settings, where only per-token runs have contexts_per_dataset)."""
+    config = self.config()
+    return config.get("kind") or ("per_token" if "contexts_per_dataset" in config["settings"] else "sweep")
+
+  def check_kind(self, kind: str) -> None:
+    """Refuse, --overwrite or not, to write one runner's results into a directory holding another's: its
+    settings would be listed key by key as differences, and --overwrite would delete part of the other's."""
+    if self.holds_results() and self.kind() != kind:
+      raise ValueError(f"{self.path} holds {KINDS[self.kind()]}, not {KINDS[kind]}: give another --output_dir "
+                       f"(--overwrite discards only results of the same runner)")
+
   def check_settings(self, settings: dict, *, ignore=(), legacy: dict | None = None, unrecorded=()) -> None:
     """Refuse (before anything is written) settings that would change the numbers of the units already
     here; the message names just the differing keys, with both values. Keys in `ignore` are not compared;
     `legacy` gives the value of a key (one these settings have) that directories written before it existed
     did not record; keys in `unrecorded` are compared only where the directory recorded them (nothing to
     compare them with before)."""
-    if not (self.path / "config.json").exists():
+    if not self.holds_results():
       return
     old, new = self.settings(), _jsonable(settings)
     old = {**{k: v for k, v in _jsonable(legacy or {}).items() if k in new}, **old}
@@ -149,10 +171,11 @@ class ResultsDir:
       raise ValueError(f"{self.path} holds results made with other settings ({listed}); use another "
                        f"--output_dir, or --overwrite to discard them")
 
-  def start(self, settings: dict, scope: dict, *, overwrite: bool = False, outputs=()) -> None:
-    """Record the settings (once) and the scope asked for; `check_settings` must have passed. With `overwrite`
-    the units and every output named (this class's files and the runner's `outputs`, files or folders) go
-    first: nothing made with the old settings may be shown beside the new results."""
+  def start(self, settings: dict, scope: dict, *, kind: str, overwrite: bool = False, outputs=()) -> None:
+    """Record the settings and the runner's `kind` (once: replaced while no unit is finished) and the scope asked
+    for; `check_kind` and `check_settings` must have passed. With `overwrite` the units and every output named
+    (this class's files and the runner's `outputs`, files or folders) go first: nothing made with the old
+    settings may be shown beside the new results."""
     self.units.mkdir(parents=True, exist_ok=True)
     config_path = self.path / "config.json"
     if overwrite:
@@ -164,10 +187,10 @@ class ResultsDir:
           shutil.rmtree(target)
         else:
           target.unlink(missing_ok=True)
-    if config_path.exists():
+    if self.holds_results():
       payload = self.config()
     else:
-      payload = {"settings": _jsonable(settings), "environment": environment(),
+      payload = {"kind": kind, "settings": _jsonable(settings), "environment": environment(),
                  "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "scopes": []}
     scope = _jsonable(scope)
     if scope not in payload["scopes"]:
@@ -202,11 +225,15 @@ class ResultsDir:
 
   def unit_meta(self, name: str) -> dict:
     path = self.units / f"{name}.json"
+    damaged = lambda why: ValueError(f"{path} is damaged ({why}); delete it and its .npz, and the rerun computes "
+                                     f"that unit again")
     try:
-      return json.loads(path.read_text())
+      meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:  # (written atomically: damaged after the fact)
-      raise ValueError(f"{path} is damaged ({e}); delete it and its .npz, and the rerun computes that unit "
-                       f"again") from None
+      raise damaged(e) from None
+    if not isinstance(meta, dict) or "checkpoint" not in meta:
+      raise damaged("valid JSON, but not a unit's metadata: no checkpoint in it")
+    return meta
 
   def environments(self, prefix: str = "step_") -> dict:
     """{environment_label: number of finished units (named `prefix`…) computed there}."""
@@ -224,6 +251,7 @@ class ResultsDir:
     """
     covered = {}
     for name in self.finished_units():
+      self.check_arrays(name)  # (a damaged one found only by the table's readers, after a run that said it was done)
       meta = self.unit_meta(name)
       for probe, fp in meta.get("probe_fingerprints", {}).items():
         if probe_fingerprints is not None and probe in probe_fingerprints and fp != probe_fingerprints[probe]:
@@ -253,6 +281,13 @@ class ResultsDir:
     atomic_write_bytes(self.units / f"{name}.npz", buf.getvalue())
     meta = {**meta, "written_at": time.time()}
     atomic_write_bytes(self.units / f"{name}.json", json.dumps(meta, indent=2, default=str).encode())
+
+  def check_arrays(self, name: str) -> None:
+    """A unit's .npz must open as an archive (a truncated one does not; its arrays are read only later)."""
+    path = self.units / f"{name}.npz"
+    if not zipfile.is_zipfile(path):
+      raise ValueError(f"{path} is damaged (not a complete .npz archive); delete it and its .json, and the rerun "
+                       f"computes that unit again")
 
   def read_unit(self, name: str) -> tuple[dict, dict]:
     path = self.units / f"{name}.npz"

@@ -3,6 +3,7 @@
 Every field carries its help text in `metadata["help"]`; the runners build one flag per field from it.
 """
 import dataclasses
+import math
 import numbers
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
@@ -31,7 +32,7 @@ class SGLDConfig:
   mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; the step after a "
                                   "measured move re-reads its batch, so it costs no extra gradient)")
   max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) "
-                                            "diverged")
+                                            "diverged; inf: only a non-finite φ")
   bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
 
   def __post_init__(self):
@@ -41,9 +42,14 @@ class SGLDConfig:
         continue
       if isinstance(value, bool) or not isinstance(value, numbers.Integral if integral else numbers.Real):
         raise TypeError(f"SGLDConfig.{f.name}={value!r} must be {'an integer' if integral else 'a number'}")
+    unbounded = ("max_loss_increase",)  # (inf: only a non-finite φ marks a divergence)
+    for f in dataclasses.fields(self):  # NaN passes every comparison below as False, so it must be refused here
+      value = getattr(self, f.name)
+      if isinstance(value, numbers.Real) and not (math.isfinite(value) or (f.name in unbounded and value > 0)):
+        raise ValueError(f"SGLDConfig.{f.name}={value} must be a finite number")
     if self.sampler not in SAMPLERS:
       raise ValueError(f"SGLDConfig.sampler={self.sampler!r}: expected one of {SAMPLERS}")
-    for name in ("step_size", "nbeta"):
+    for name in ("step_size", "nbeta", "max_loss_increase", "rmsprop_eps"):
       if not getattr(self, name) > 0:
         raise ValueError(f"SGLDConfig.{name}={getattr(self, name)} must be > 0")
     for name in ("localization", "noise_level", "weight_decay", "num_burnin", "mala_every"):

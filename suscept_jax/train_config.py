@@ -1,5 +1,6 @@
 """Optimisation settings of a training run: plain data (no JAX import), so runners can show them fast."""
 import dataclasses
+import math
 
 # App. C.1: the checkpoint steps of the paper's 50k-step run.
 PAPER_CHECKPOINT_STEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1500, 2000, 3000, 4000, 5000,
@@ -25,6 +26,9 @@ class TrainConfig:
   checkpoint_steps: tuple = ()  # empty: the paper's schedule scaled to `steps`
 
   def __post_init__(self):
+    for name in ("learning_rate", "weight_decay", "b1", "b2", "grad_clip"):
+      if not math.isfinite(getattr(self, name)):
+        raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be a finite number")
     for name in ("steps", "batch_size", "eval_every", "resume_every"):
       if not getattr(self, name) >= 1:
         raise ValueError(f"TrainConfig.{name}={getattr(self, name)} must be >= 1")

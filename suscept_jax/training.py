@@ -127,7 +127,9 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   n_eval = num_test_contexts(len(contexts_NxK), cfg)
   train_data, test_data = contexts_NxK[:len(contexts_NxK) - n_eval], contexts_NxK[len(contexts_NxK) - n_eval:]
   # (before run.json is written: a run refused here must leave nothing that refuses the corrected command)
-  batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed, name="training data")
+  source = (run_info or {}).get("train_data")
+  batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed,
+                                 name=f"training data {source!r}" if source else "training data")
   run_dir.mkdir(parents=True, exist_ok=True)
   schedule_steps = cfg.schedule()
   run_info = {**(run_info or {}), "tokens_fingerprint": packing.tokens_fingerprint(contexts_NxK),

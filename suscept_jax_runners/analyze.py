@@ -35,13 +35,19 @@ def main(argv):
     if not (d / "config.json").exists():
       raise FileNotFoundError(f"--results: {d} is not a sweep results directory (no config.json); run "
                               "experiments.sweep first")
+  if _PER_TOKEN.value and not (Path(_PER_TOKEN.value) / "views" / "index.html").exists():
+    raise FileNotFoundError(f"--per_token_dir: {_PER_TOKEN.value} holds no per-token views (views/index.html); "
+                            "run experiments.per_token first, or leave the flag out")
+  output = Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html"
+  from suscept_jax import paths  # (the report's figures go beside it: tried before the analysis, not after)
+  paths.check_writable_dir(output.parent / "report_figures", "--output", shown=output)
   if _NUM_PCS.value < 1:
     raise ValueError(f"--num_pcs={_NUM_PCS.value} must be >= 1")
   if _RESAMPLES.value < 1:
     raise ValueError(f"--num_resamples={_RESAMPLES.value} must be >= 1 (the PCs' stability is a bootstrap)")
   cli.quiet_libraries()
   from suscept_jax.analysis import report
-  report.build(dirs, Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html", num_pcs=_NUM_PCS.value,
+  report.build(dirs, output, num_pcs=_NUM_PCS.value,
                per_token_dir=_PER_TOKEN.value or (None if _RESULTS.value else preset.per_token_output_dir),
                num_resamples=_RESAMPLES.value,
                patterning_targets=[group.split("+") for group in _PATTERNING.value])

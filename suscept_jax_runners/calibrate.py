@@ -50,7 +50,7 @@ def _floats(name: str, values) -> list[float] | None:
   try:
     return [float(v) for v in values]
   except ValueError:
-    raise app.UsageError(f"--{name} must be numbers, got {values}") from None
+    raise ValueError(f"--{name}={','.join(values)}: expected numbers") from None  # (not the usage)
 
 
 def main(argv):

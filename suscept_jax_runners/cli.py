@@ -215,7 +215,7 @@ def data_identity(store, overwrite: bool) -> str:
   """How this run identifies local data files (`sources.DATA_IDENTITIES`): by content, unless it resumes a
   results directory that recorded another way (or, written before the setting, none: "stat"), whose
   recorded fingerprints are then comparable with this run's."""
-  if overwrite or not (store.path / "config.json").exists():
+  if overwrite or not store.holds_results():
     return "content"
   return {**LEGACY_SETTINGS, **store.settings()}["data_identity"]
 

@@ -193,13 +193,13 @@ def refuse_untrained(target, num_processes: int, runner: str) -> None:
                      f"process (or experiments.train) before a multi-process run")
 
 
-def start_results(store, settings: dict, scope: dict, *, overwrite: bool, process_index: int,
+def start_results(store, settings: dict, scope: dict, *, kind: str, overwrite: bool, process_index: int,
                   num_processes: int, outputs=()) -> None:
   """`store.start` by process 0 alone (with --overwrite it clears the directory); the others wait for it at a
   barrier, so none plans or writes a unit into a directory about to be cleared or a config.json about to be
   rewritten (every process was given the same command, so process 0's scope is theirs)."""
   if process_index == 0:
-    store.start(settings, scope, overwrite=overwrite, outputs=outputs)
+    store.start(settings, scope, kind=kind, overwrite=overwrite, outputs=outputs)
   if num_processes > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("suscept_jax: results directory started")

@@ -13,6 +13,7 @@ Writes `tokens.parquet` (and `.csv` when small): one row per dataset × context 
 `views/` (index.html with the figures embedded, highlighted-text pages, top-token tables).
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -117,6 +118,9 @@ def resolve_settings() -> dict:
   return settings
 
 
+VIEWS_ONLY_FLAGS = ("views_only", "output_dir", "preset", "views", "view_heads", "view_token")  # what it reads
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -127,6 +131,11 @@ def main(argv):
   if _VIEWS_ONLY.value:
     if distributed.initialize()[0] != 0:  # (launched on every host of a slice) process 0 renders
       return
+    ignored = [f"--{name}" for name in flags.FLAGS if flags.FLAGS[name].present and name not in VIEWS_ONLY_FLAGS
+               and flags.FLAGS.find_module_defining_flag(name, "").startswith("suscept_jax_runners")]
+    if ignored:  # (they were ignored without a word)
+      print(f"note: --views_only re-renders {out} as it was computed; ignored: {', '.join(sorted(set(ignored)))}",
+            file=sys.stderr)
     views = requested_views()
     paths = render_views(out, views, heads=_VIEW_HEADS.value, token=_VIEW_TOKEN.value, keep_other_views=True)
     print(f"views: {out / 'views' / 'index.html'} ({len(paths)} files)")
@@ -158,6 +167,7 @@ def main(argv):
                                    "dry_run": _DRY_RUN.value, "views": settings["views"]}, num_processes)
   store = results.ResultsDir(out)
   store.check_writable(write=not _DRY_RUN.value)
+  store.check_kind("per_token")
   legacy = {**cli.LEGACY_SETTINGS, "contexts_seed": settings["seed"]}  # (before the flag: chosen by --seed)
   if not _OVERWRITE.value:
     store.check_settings(number_settings, ignore=("data_identity", "tokenizer_fingerprint", "contexts_fingerprint",
@@ -210,7 +220,8 @@ def main(argv):
   distributed.check_same_settings({**run_settings, "run_dir": None}, num_processes)
   if not _OVERWRITE.value:
     store.check_settings(run_settings, legacy=legacy, unrecorded=NEWER_FINGERPRINTS)
-  distributed.start_results(store, run_settings, {"views": settings["views"]}, overwrite=_OVERWRITE.value,
+  distributed.start_results(store, run_settings, {"views": settings["views"]}, kind="per_token",
+                            overwrite=_OVERWRITE.value,
                             process_index=process_index, num_processes=num_processes, outputs=OUTPUTS)
   probes = {spec: load(spec) for spec in settings["probes"]} if settings["dataset_chi"] else None
   compute(store, settings, target=target, step=step, component_masks=component_masks, base=base, contexts=contexts,

@@ -63,7 +63,7 @@ def resolve_settings() -> dict:
     try:
       steps = [int(s) for s in steps]
     except ValueError:
-      raise app.UsageError(f"--steps must be integers or 'all', got {steps}") from None
+      raise ValueError(f"--steps={','.join(steps)}: expected integers or 'all'") from None  # (not the usage)
     twice = sorted({s for s in steps if steps.count(s) > 1})
     if not steps or twice:
       raise ValueError(f"--steps={','.join(map(str, steps))}: " + (f"lists {twice} more than once" if twice else
@@ -82,7 +82,9 @@ def resolve_settings() -> dict:
   probes = list(pick(_PROBES, preset.probes))
   if not probes:
     raise ValueError("--probes is empty: name at least one probe dataset")
-  comps = _COMPONENTS.value or preset.components
+  comps = _COMPONENTS.value if _COMPONENTS.present else preset.components
+  if comps is not None and not comps:  # (an empty --components= planned every head, quietly)
+    raise ValueError("--components= names no component: give component specs, or leave the flag out (every head)")
   from suscept_jax import validation
   validation.check_seed(_SEED.value, "--seed")  # (refused before anything is written, naming the flag)
   return {
@@ -137,6 +139,7 @@ def main(argv):
                                    "overwrite": _OVERWRITE.value, "dry_run": _DRY_RUN.value}, num_processes)
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   out.check_writable(write=not _DRY_RUN.value)
+  out.check_kind("sweep")
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
     out.check_settings(number_settings(settings, target),
                        ignore=("data_identity", "tokenizer_fingerprint", "base_fingerprint", "run_fingerprint",
@@ -184,7 +187,8 @@ def main(argv):
   if not _OVERWRITE.value:
     out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS, unrecorded=("run_fingerprint",))
   from suscept_jax.analysis import plots  # (what --overwrite clears: the summary and these figures)
-  distributed.start_results(out, run_settings, scope, overwrite=_OVERWRITE.value, process_index=process_index,
+  distributed.start_results(out, run_settings, scope, kind="sweep", overwrite=_OVERWRITE.value,
+                            process_index=process_index,
                             num_processes=num_processes, outputs=("summary.txt", *plots.SWEEP_FIGURES))
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())

@@ -65,6 +65,8 @@ def main(argv):
   data = _DATA.value or preset.train_data
   model = _MODEL.value or preset.model
   config = train_config(preset)
+  from suscept_jax import validation
+  validation.check_seed(config.seed, "--seed")  # (numpy's "expected non-negative integer", after the tokenizer)
   from suscept_jax.models import config as model_config
   from suscept_jax_runners import pipeline
   d_vocab = model_config.get_config(model).d_vocab  # an unknown model name fails here, before any work

@@ -15,6 +15,14 @@ from suscept_jax.models import config as model_config
 from tests import XLA_TEST_FLAGS
 
 
+def started_with_a_unit(store, settings: dict, scope: dict, kind: str = "sweep"):
+  """`store` (a results.ResultsDir) started with `settings` and holding one finished unit, so that its settings
+  are protected (a directory with no finished unit holds nothing a rerun must keep)."""
+  store.start(settings, scope, kind=kind)
+  store.write_unit("step_00000000-0000000000", {"chi": np.zeros(1)}, {"checkpoint": 0})
+  return store
+
+
 def write_jsonl(path: Path, documents) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents))

@@ -96,6 +96,10 @@ def test_calibration_rejects_a_grid_it_cannot_judge():
   with pytest.raises(ValueError, match="mala_every must be > 0"):
     calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[1e-3], batch_size=32,
                           config=sj.SGLDConfig(mala_every=0))
+  for bar in (2.0, float("nan")):  # (it ran, and explained "MALA acceptance 0.31 < nan")
+    with pytest.raises(ValueError, match=rf"min_acceptance={bar}: expected an acceptance probability in \[0, 1\]"):
+      calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[1e-3], batch_size=32,
+                            min_acceptance=bar)
 
 
 @pytest.mark.parametrize("num_chains,num_components", [(4, 17), (8, 2)])

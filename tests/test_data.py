@@ -212,6 +212,18 @@ def test_cache_hit_does_not_tokenize(jsonl_path, tokenizer, tmp_path, monkeypatc
   np.testing.assert_array_equal(capped, first[:3])
 
 
+def test_a_damaged_cache_entry_is_tokenized_again(jsonl_path, tokenizer, tmp_path):
+  """A cached .npy cut short after it was written stopped every run with numpy's "mmap length is greater than
+  file size", naming no file: it is a cache, so it is built again, with a warning naming it."""
+  first = np.array(_contexts(str(jsonl_path), tokenizer, tmp_path))
+  [npy] = (tmp_path / "cache").glob("*.npy")
+  with open(npy, "r+b") as f:
+    f.truncate(npy.stat().st_size // 2)
+  with pytest.warns(UserWarning, match=rf"cached contexts .*{npy.name} are damaged .*tokenizing .* again"):
+    again = _contexts(str(jsonl_path), tokenizer, tmp_path)
+  np.testing.assert_array_equal(again, first)
+
+
 def test_interrupted_write_leaves_no_cache_file(jsonl_path, tokenizer, tmp_path, monkeypatch):
   real_tokenize = packing._tokenize
 

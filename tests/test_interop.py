@@ -232,3 +232,18 @@ def test_convert_command_refuses_bad_input_naming_it(tmp_path, tiny):
   (tmp_path / "small" / "checkpoint_7.pth").rename(tmp_path / "small" / "final.pth")
   with pytest.raises(ValueError, match=r"final.pth: no step number"):
     checkpoints.import_transformer_lens(tmp_path / "small", tmp_path / "run_small", log=lambda *_: None)
+  # A weight that is not finite: named with its file (it converted silently and stopped the sweep later, naming
+  # neither the step nor the run); a checkpoint already saved with one is named with its step.
+  (tmp_path / "nan").mkdir()
+  bad = interop.to_transformer_lens(_random_params(cfg, seed=3), cfg)
+  bad["embed.W_E"][1, 2] = np.nan
+  torch.save({k: torch.from_numpy(v) for k, v in bad.items()}, tmp_path / "nan" / "checkpoint_9.pth")
+  with pytest.raises(ValueError, match=r"checkpoint_9.pth: params leaf embed/W_E contains NaN or inf \(1 of"):
+    checkpoints.import_transformer_lens(tmp_path / "nan", tmp_path / "run_nan", log=lambda *_: None)
+  info["model_config"]["d_head"] = cfg.d_head  # (the run.json changed above, restored)
+  (run_dir / "run.json").write_text(json.dumps(info))
+  with checkpoints.params_manager(run_dir) as mngr:
+    params, _ = interop.from_transformer_lens(bad, None)
+    checkpoints.save_params(mngr, 60, params)
+  with pytest.raises(ValueError, match=r"the checkpoint at step 60 in .*run: params leaf embed/W_E contains NaN"):
+    checkpoints.load_params(run_dir, 60)

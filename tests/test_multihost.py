@@ -224,8 +224,8 @@ def test_only_process_0_starts_the_results_directory(tmp_path):
   import numpy as np
   from suscept_jax_runners import distributed
   store = results.ResultsDir(tmp_path / "out")
-  start = lambda seed, i: distributed.start_results(store, {"seed": seed}, {"probes": ["p"]}, overwrite=True,
-                                                    process_index=i, num_processes=1)
+  start = lambda seed, i: distributed.start_results(store, {"seed": seed}, {"probes": ["p"]}, kind="sweep",
+                                                    overwrite=True, process_index=i, num_processes=1)
   start(0, 0)
   store.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0})
   start(1, 1)
@@ -247,6 +247,13 @@ def test_a_damaged_unit_is_named_with_what_to_do(tmp_path):
     store.unit_meta("step_00000000-x")
   with pytest.raises(ValueError, match=r"step_00000001-x.npz is damaged .*delete it and its .json"):
     store.read_unit("step_00000001-x")
+  # A rerun plans before anything else: it stops there, naming the archive (it reused it and said it was done).
+  (store.units / "step_00000000-x.json").write_text('{"checkpoint": 0, "probe_names": [], "component_names": []}')
+  with pytest.raises(ValueError, match=r"step_00000001-x.npz is damaged \(not a complete .npz archive\)"):
+    store.plan([0, 1], ["p"], ["full"], None)
+  (store.units / "step_00000000-x.json").write_text('[]')  # valid JSON, not a unit's
+  with pytest.raises(ValueError, match=r"step_00000000-x.json is damaged \(valid JSON, but not a unit's metadata"):
+    store.unit_meta("step_00000000-x")
 
 
 def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_path, monkeypatch):
@@ -261,14 +268,14 @@ def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_pat
   barrier = threading.Barrier(2, timeout=60)
   monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
   out = tmp_path / "out"
-  results.ResultsDir(out).start({"seed": 0}, {"probes": ["p"]}, overwrite=False)
+  results.ResultsDir(out).start({"seed": 0}, {"probes": ["p"]}, kind="sweep", overwrite=False)
   slow, seen_by_1 = results.ResultsDir(out), []
   start_now = slow.start
   monkeypatch.setattr(slow, "start", lambda *a, **k: (time.sleep(0.5), start_now(*a, **k)))
 
   def process(i, store):
-    distributed.start_results(store, {"seed": 1}, {"probes": ["p"]}, overwrite=True, process_index=i,
-                              num_processes=2)
+    distributed.start_results(store, {"seed": 1}, {"probes": ["p"]}, kind="sweep", overwrite=True,
+                              process_index=i, num_processes=2)
     if i == 1:
       seen_by_1.append(store.settings())
 

@@ -297,9 +297,10 @@ def test_rendering_one_view_again_keeps_the_others_in_the_index(finished, tmp_pa
   # extreme-token pages of heads not rendered again go (they stayed, unlinked, from the earlier render)
   assert len(list((copy / "views").glob("extremes_*.html"))) >= 2
   proc = run([sys.executable, "-m", "experiments.per_token", f"--output_dir={copy}", "--views_only",
-              "--views=extremes", "--view_heads=l0h0"])
+              "--views=extremes", "--view_heads=l0h0", "--seed=9", "--num_draws=5"])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert [f.name for f in (copy / "views").glob("extremes_*.html")] == ["extremes_l0h0.html"]
+  assert "ignored: --num_draws, --seed" in proc.stderr  # (flags that only a computation reads: ignored silently)
 
 
 def test_the_additivity_view_says_why_it_has_no_error_bars(finished, tmp_path):

@@ -25,6 +25,8 @@ def test_each_marked_row_repeats_a_random_span_and_the_rest_is_untouched():
   np.testing.assert_array_equal(out, repeats.add_repeated_spans(contexts, 0.75, seed=1, min_len=12, max_len=16,
                                                                 d_vocab=512))  # seeded
   assert repeats.split_spec("repeats:pile") == ("pile", True) and repeats.split_spec("pile") == ("pile", False)
+  with pytest.raises(ValueError, match=r"'repeats:' names no dataset after 'repeats:' \(e.g. repeats:pile\)"):
+    repeats.split_spec("repeats:")  # (it said "dataset spec must be a non-empty string, got ''")
   assert repeats.span_lengths(32) == (12, 16)
 
 

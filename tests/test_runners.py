@@ -40,6 +40,9 @@ def test_help_is_quick_and_shows_each_presets_defaults():
     (["--steps="], "names no checkpoint (give steps or 'all')"),
     (["--num_draws=1", "--delta_h=0.05"], "places no probe sample"),
     (["--seed=-1"], "--seed=-1 must be an integer in [0, 2**32)"),  # (it used to write config.json first)
+    (["--steps=abc"], "--steps=abc: expected integers or 'all'"),  # (it printed 145 lines of usage first)
+    (["--components="], "--components= names no component"),  # (it planned every head)
+    (["--step_size=inf"], "SGLDConfig.step_size=inf must be a finite number"),  # (it ran; every chain "diverged")
 ])
 def test_bad_input_fails_in_seconds_before_any_output(tiny, tmp_path, extra, message):
   root, run_dir, tok, data = tiny

@@ -331,11 +331,20 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant, between, batc
     ("weight_decay", -1e-3, "must be >= 0"), ("num_burnin", -1, "must be >= 0"), ("mala_every", -2, "must be >= 0"),
     ("num_chains", 0, "must be >= 1"), ("num_draws", 0, "must be >= 1"), ("steps_between_draws", 0, "must be >= 1"),
     ("bounding_box", 0.0, "must be > 0 or None"), ("rmsprop_alpha", 1.0, r"must be in \[0, 1\)"),
+    # NaN passes every "< 0" test as False and inf every "> 0" (both ran, every chain "diverged", and a NaN
+    # max_loss_increase switched the divergence test off silently)
+    ("step_size", float("inf"), "must be a finite number"), ("localization", float("nan"), "must be a finite"),
+    ("max_loss_increase", float("nan"), "must be a finite"), ("max_loss_increase", -1.0, "must be > 0"),
+    ("rmsprop_eps", -1.0, "must be > 0"), ("weight_decay", float("inf"), "must be a finite"),
 ])
 def test_bad_sampler_settings_are_refused_when_made_naming_the_field(field, value, rule):
   with pytest.raises(ValueError, match=rf"SGLDConfig\.{field}=.*{rule}") as raised:
     sj.SGLDConfig(**{field: value})
   assert f"{field}={value!r}" in str(raised.value) or f"{field}={value}" in str(raised.value)
+
+
+def test_an_unbounded_divergence_threshold_leaves_only_non_finite_phi():
+  assert sj.SGLDConfig(max_loss_increase=float("inf")).max_loss_increase == float("inf")
 
 
 def test_noise_at_a_coordinate_does_not_depend_on_which_others_are_drawn():

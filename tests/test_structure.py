@@ -351,7 +351,7 @@ def _write_sweep(path, *, run_dir="runs/x", steps=(0, 10, 100), probes=("a", "b"
   rng = np.random.default_rng(seed)
   store = results.ResultsDir(path)
   store.start({"run_dir": run_dir, "model_config": {"d_model": 8}, "seed": seed, "delta_h": delta_h},
-              {"steps": list(steps)})
+              {"steps": list(steps)}, kind="sweep")
   for step in steps:
     per_chain = (np.log1p(step) * np.arange(1, len(probes) + 1)[:, None, None]
                  * np.linspace(-1, 1, len(comps))[None, :, None]

@@ -13,7 +13,7 @@ import pytest
 from suscept_jax import results
 
 
-from tests import browser
+from tests import browser, helpers
 from tests.helpers import REPO, env, sweep_cmd
 
 
@@ -120,8 +120,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   pd.testing.assert_frame_equal(old.reset_index(drop=True), table.reset_index(drop=True))  # old cells untouched
 
   # The analysis reads the grown directory: rows lacking the new component are excluded and reported.
-  analyze = [sys.executable, "-m", "experiments.analyze", f"--results={straight}", "--num_resamples=20",
-             f"--per_token_dir={root / 'no_per_token'}"]
+  analyze = [sys.executable, "-m", "experiments.analyze", f"--results={straight}", "--num_resamples=20"]
   rep = subprocess.run(analyze + ["--patterning_targets=l0h0+l1h1"], cwd=REPO, env=env(), capture_output=True,
                        text=True, timeout=300)
   assert rep.returncode == 0, rep.stderr[-3000:]
@@ -145,6 +144,14 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert too_many.returncode == 2 and "9 principal components asked for" in too_many.stderr, too_many.stderr[-2000:]
   none = subprocess.run(analyze + ["--num_resamples=0"], cwd=REPO, env=env(), capture_output=True, text=True)
   assert none.returncode == 2 and "--num_resamples=0 must be >= 1" in none.stderr, none.stderr[-2000:]
+  # Refused before the analysis: per-token views that are not there (were ignored), a report under a file
+  # (a traceback once the analysis had run).
+  nowhere = subprocess.run(analyze + [f"--per_token_dir={root / 'no_per_token'}"], cwd=REPO, env=env(),
+                           capture_output=True, text=True)
+  assert nowhere.returncode == 2 and "--per_token_dir: " in nowhere.stderr and "no per-token views" in nowhere.stderr
+  under_a_file = subprocess.run(analyze + [f"--output={straight / 'results.csv' / 'report.html'}"], cwd=REPO,
+                                env=env(), capture_output=True, text=True)
+  assert under_a_file.returncode == 2 and "cannot write into" in under_a_file.stderr, under_a_file.stderr[-2000:]
   excluded = subprocess.run(analyze + ["--patterning_targets=l0h0+full"], cwd=REPO, env=env(), capture_output=True,
                             text=True, timeout=300)  # "full" is kept apart from the matrix's columns
   assert excluded.returncode == 2 and "patterning targets name components not in the response matrix: ['full']" \
@@ -211,9 +218,42 @@ def test_checkpoints_of_another_run_at_the_same_path_are_refused(tiny, tmp_path)
 def test_a_nested_setting_that_differs_is_named_alone(tmp_path):
   store = results.ResultsDir(tmp_path / "out")
   sgld = {"num_draws": 6, "num_chains": 4, "step_size": 1e-3}
-  store.start({"seed": 0, "sgld": sgld}, {"checkpoint_steps": [0]})
+  helpers.started_with_a_unit(store, {"seed": 0, "sgld": sgld}, {"checkpoint_steps": [0]})
   with pytest.raises(ValueError, match=r"other settings \(sgld.num_draws: 6 here, 8 now\); use another"):
     store.check_settings({"seed": 0, "sgld": {**sgld, "num_draws": 8}})  # (it printed both whole sgld dicts)
+
+
+def test_another_runners_directory_is_refused_even_with_overwrite(tmp_path):
+  """A per-token directory given to the sweep (or the reverse) was listed key by key as "other settings" with
+  the advice to --overwrite, which then deleted half of the other runner's results: now one line naming both."""
+  store = helpers.started_with_a_unit(results.ResultsDir(tmp_path / "pt"), {"contexts_per_dataset": 4},
+                                      {"views": []}, kind="per_token")
+  with pytest.raises(ValueError, match=r"pt holds per-token results \(experiments.per_token\), not a sweep's "
+                                       r"results \(experiments.sweep\): give another --output_dir"):
+    store.check_kind("sweep")
+  store.check_kind("per_token")
+  config = json.loads((store.path / "config.json").read_text())
+  del config["kind"]  # (written before the kind was recorded: read off the settings)
+  (store.path / "config.json").write_text(json.dumps(config))
+  assert store.kind() == "per_token"
+  with pytest.raises(ValueError, match=r"not a sweep's results"):
+    store.check_kind("sweep")
+
+
+def test_a_directory_whose_run_stopped_before_its_first_unit_takes_the_corrected_settings(tmp_path):
+  """A bad --base or a damaged checkpoint stops a run after config.json is written: the corrected rerun was
+  refused ("holds results made with other settings") though nothing had been computed."""
+  from suscept_jax_runners import cli
+  store = results.ResultsDir(tmp_path / "out")
+  store.start({"base": "short.jsonl", "data_identity": "stat"}, {"checkpoint_steps": [0]}, kind="sweep")
+  store.check_settings({"base": "mix.jsonl"})
+  store.check_kind("per_token")
+  assert cli.data_identity(store, overwrite=False) == "content"
+  store.start({"base": "mix.jsonl"}, {"checkpoint_steps": [0]}, kind="sweep")
+  assert store.settings() == {"base": "mix.jsonl"}
+  store.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0})
+  with pytest.raises(ValueError, match=r"base: 'mix.jsonl' here, 'other.jsonl' now"):
+    store.check_settings({"base": "other.jsonl"})
 
 
 def test_the_output_path_is_tried_before_any_work_and_left_as_it_was(tmp_path):
@@ -232,21 +272,21 @@ def test_data_are_identified_as_the_results_directory_recorded(tmp_path):
   from suscept_jax_runners import cli
   store = results.ResultsDir(tmp_path / "out")
   assert cli.data_identity(store, overwrite=False) == "content"
-  store.start({"seed": 0}, {"checkpoint_steps": [0]})  # written before "data_identity" was recorded
+  helpers.started_with_a_unit(store, {"seed": 0}, {"checkpoint_steps": [0]})  # (before "data_identity" existed)
   assert cli.data_identity(store, overwrite=False) == "stat"
   assert cli.data_identity(store, overwrite=True) == "content"
   store.check_settings({"seed": 0}, legacy=cli.LEGACY_SETTINGS)  # a legacy key the settings lack is no difference
   with pytest.raises(ValueError, match=r"data_identity: 'stat' here, 'content' now"):
     store.check_settings({"seed": 0, "data_identity": "content"}, legacy=cli.LEGACY_SETTINGS)
   recorded = results.ResultsDir(tmp_path / "new")
-  recorded.start({"seed": 0, "data_identity": "content"}, {"checkpoint_steps": [0]})
+  helpers.started_with_a_unit(recorded, {"seed": 0, "data_identity": "content"}, {"checkpoint_steps": [0]})
   assert cli.data_identity(recorded, overwrite=False) == "content"
 
 
 def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_path):
   from suscept_jax_runners import cli
   store = results.ResultsDir(tmp_path / "old")
-  store.start({"seed": 0}, {"checkpoint_steps": [0]})  # written before "numerics" was recorded
+  helpers.started_with_a_unit(store, {"seed": 0}, {"checkpoint_steps": [0]})  # (before "numerics" existed)
   store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "float32"}},
                        legacy=cli.LEGACY_SETTINGS)
   with pytest.raises(ValueError, match=r"numerics.precision: 'float32' here, 'bfloat16' now\)"):

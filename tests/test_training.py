@@ -39,6 +39,15 @@ def test_the_last_step_is_always_kept():
   assert training.TrainConfig(steps=200, checkpoint_steps=(100, 0, 200)).schedule() == [0, 100, 200]
 
 
+@pytest.mark.parametrize("field", ["learning_rate", "weight_decay", "b1", "grad_clip"])
+def test_training_settings_that_are_not_finite_are_refused(field):
+  """NaN passed the range checks (a comparison with NaN is False) and stopped training at step 4 with "lower the
+  learning rate", leaving a run directory that then refused the same command."""
+  for value in (float("nan"), float("inf")):
+    with pytest.raises(ValueError, match=rf"TrainConfig.{field}={value} must be a finite number"):
+      training.TrainConfig(**{field: value})
+
+
 def test_a_directory_that_is_not_this_kind_of_run_is_refused_before_anything_is_written(corpus, tmp_path):
   """Checkpoints converted from TransformerLens: training there mixed a new run into them (steps below their
   latest were silently not saved). Checkpoints without run.json: the new run.json described them wrongly. A

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -105,7 +106,11 @@ def load_contexts(spec: str, tokenizer, context_length: int, *, max_contexts: in
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   npy_path = cache_dir / f"{_slug(spec)}-{digest}.npy"
   if npy_path.is_file():
-    return np.load(npy_path, mmap_mode="r")
+    try:
+      return np.load(npy_path, mmap_mode="r")
+    except (ValueError, OSError) as e:  # damaged after it was written (truncated, overwritten): a cache, rebuilt
+      warnings.warn(f"the cached contexts {npy_path} are damaged ({e}); tokenizing {spec!r} again", stacklevel=2)
+      npy_path.unlink(missing_ok=True)
   eos = tokenizer_lib.eos_id(tokenizer)
   cache_dir.mkdir(parents=True, exist_ok=True)
   raw_path = cache_dir / f".{npy_path.name}.{uuid.uuid4().hex}.raw"

@@ -34,6 +34,8 @@ def add_repeated_spans(contexts_NxK, fraction: float, *, seed: int, min_len: int
 
 def split_spec(spec: str) -> tuple[str, bool]:
   """('pile', True) for 'repeats:pile'; (spec, False) otherwise."""
+  if spec == PREFIX:
+    raise ValueError(f"dataset spec {spec!r} names no dataset after {PREFIX!r} (e.g. {PREFIX}pile)")
   return (spec[len(PREFIX):], True) if spec.startswith(PREFIX) else (spec, False)
 
 
