@@ -119,6 +119,8 @@ def resolve_settings() -> dict:
 
 
 VIEWS_ONLY_FLAGS = ("views_only", "output_dir", "preset", "views", "view_heads", "view_token")  # what it reads
+# (absl names a flag's module by sys.argv[0] when it is defined in __main__, as under `python -m`: anything not absl's)
+_ours = lambda module: not module.startswith("absl")  # noqa: E731
 
 
 def main(argv):
@@ -132,7 +134,7 @@ def main(argv):
     if distributed.initialize()[0] != 0:  # (launched on every host of a slice) process 0 renders
       return
     ignored = [f"--{name}" for name in flags.FLAGS if flags.FLAGS[name].present and name not in VIEWS_ONLY_FLAGS
-               and flags.FLAGS.find_module_defining_flag(name, "").startswith("suscept_jax_runners")]
+               and _ours(flags.FLAGS.find_module_defining_flag(name, ""))]
     if ignored:  # (they were ignored without a word)
       print(f"note: --views_only re-renders {out} as it was computed; ignored: {', '.join(sorted(set(ignored)))}",
             file=sys.stderr)
