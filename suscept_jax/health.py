@@ -14,7 +14,8 @@ Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". T
   negative LLC  the LLC estimate is below 0: w* is not a local minimum of the loss (e.g. an untrained model)
   resolution    ⟨φ⟩ spans fewer than MIN_PHI_STEPS steps of the losses' float type at L_B(w*): φ is a small
                 difference of two large rounded numbers, and its rounding error (up to ≈ 1/steps of ⟨φ⟩, and
-                biased) no error bar holds (a loss summed rather than averaged, or offset by a constant)
+                biased) no error bar holds (a component that barely moves the loss, e.g. a head at
+                initialisation; a loss summed rather than averaged, or offset by a constant)
   χ undefined   the cell's χ is NaN although its component's chains are usable: every chain of "full"
                 diverged (eq. 41 needs ⟨ΔL⟩_full), or no chain observed the probe at any draw
   δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
@@ -88,9 +89,9 @@ def component_flags(diag, llc: float, num_chains: int, steps_of_phi: float = flo
   if llc < 0:
     flags.append(f"negative LLC ({llc:.3g}): w* is not a local minimum")
   if steps_of_phi < MIN_PHI_STEPS:
-    flags.append(f"resolution: ⟨φ⟩ spans {steps_of_phi:.3g} float steps of L(w*) (< {MIN_PHI_STEPS:.0f}): rounding "
-                 f"error up to ≈ {1 / max(steps_of_phi, 1e-9):.0%} of it; subtract a constant from the loss, average "
-                 f"rather than sum, or use float64 (jax_enable_x64)")
+    flags.append(f"resolution: ⟨φ⟩ spans {steps_of_phi:.3g} float steps of L(w*) (< {MIN_PHI_STEPS:.0f}): up to "
+                 f"≈ {1 / max(steps_of_phi, 1e-9):.0%} of it may be rounding (a component that barely moves the loss, "
+                 f"or a large loss: an offset, a sum; float64 under jax_enable_x64 resolves it)")
   return flags
 
 
