@@ -6,15 +6,17 @@ of 20 rows hold 2 048 distinct samples), so a run evaluates each of those sample
 batch on the host: one forward per sample instead of one per batch row per group, and no program of its own
 (the rows go through the preflight's compiled program: `batched.losses_at` at `batched.check_rows` rows).
 A sample whose loss at w* is not finite is a fault of the data, named before any sampling together with the
-first evaluation batch that holds it.
+first evaluation batch that holds it; so is a probe sample that any evaluation batch places
+(`check_probe_samples`).
 
-Shape letters: U distinct samples, B blocks (one evaluation batch each), K streams, n batch rows.
+Shape letters: U distinct samples, B blocks (one evaluation batch each), T draws (B − 1), K streams, n batch
+rows, D probes, M probe slots per batch.
 """
 from typing import NamedTuple
 
 import numpy as np
 
-from suscept_jax import batched
+from suscept_jax import batched, mixing
 from suscept_jax.streams import Streams
 
 
@@ -57,3 +59,26 @@ def _raise_on_faults(table: AnchorTable, indices_BxKxn, base_name: str) -> None:
       f"{base_name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {samples} (in the "
       f"evaluation batch of draw {b} of chain {k}): a fault of the data, not of the sampler. Remove or fix "
       f"these samples.")
+
+
+def check_probe_samples(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> None:
+  """Every probe sample the run places (Algorithm 1's slots in the evaluation batches of blocks 1 … B − 1 of every
+  stream) must have a finite loss at w*; else its probe is named with the samples and the first batch placing
+  one, before any sampling. Met later, such a sample only dropped the draws that placed it (with a warning),
+  while the preflight raised for one in its first batches: one fault, two behaviours by seed. One forward per
+  distinct placed sample, through the table's program (a non-finite loss away from w* still drops draws)."""
+  if not streams.probes:
+    return
+  eval_steps_B = np.asarray(eval_steps_B)
+  slots = mixing.probe_slots(streams.n, streams.delta_h, np.arange(len(eval_steps_B) - 1))  # block b: draw b − 1
+  indices_TxKxDxM = streams.probe_indices(eval_steps_B[1:], slots)
+  placed_TxKxM = np.broadcast_to((slots.weight_TxM > 0)[:, None, :], indices_TxKxDxM[:, :, 0].shape)
+  for d, (name, data) in enumerate(streams.probes.items()):
+    indices_TxKxM = indices_TxKxDxM[:, :, d]
+    faulty = batched.nonfinite_samples(loss_fn, params, data, indices_TxKxM[placed_TxKxM], micro, rows)
+    if faulty:
+      t, k = (int(i) for i in np.argwhere((np.isin(indices_TxKxM, faulty) & placed_TxKxM).any(axis=-1))[0])
+      raise batched.DataFaultError(
+          f"probe {name!r}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
+          f"{' …' if len(faulty) > 20 else ''} (placed first in the evaluation batch of draw {t + 1} of chain "
+          f"{k}): a fault of the data, not of the sampler. Remove or fix these samples.")

@@ -395,7 +395,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
         draw_fn = programs.compiled_program("draw", loss_fn, plan, mesh)
         programs.compile_ahead(draw_fn, _draw_args(group_run, carry, first_chunk))
       keys = put_e(_entry_key_data(component_names, K, E_pad, seed, checkpoint_id))
-      table = (shared_table or _SharedTable()).get(lambda: anchor_table.build(  # a data fault: before any sampling
+      table = (shared_table or _SharedTable()).get(lambda: _anchor_table(  # a data fault: before any sampling
           loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
           rows=batched.check_rows(batch_size, K), micro=microbatch_size))
       group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
@@ -556,6 +556,12 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
                    first_step=np.int32(evaluation_steps(config, first_block)), first_block=np.int32(first_block),
                    num_blocks=np.int32(count))
   return _Chunk(count=count, steps_LxS=steps_LxS, probe_idx_LxKxDxM=probe_idx, data=jax.tree.map(group_run.put_r, data))
+
+
+def _anchor_table(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> anchor_table.AnchorTable:
+  """The run's table of L_B(w*), after every probe sample it places is checked at w* (both once per run)."""
+  anchor_table.check_probe_samples(loss_fn, params, streams, eval_steps_B, rows=rows, micro=micro)
+  return anchor_table.build(loss_fn, params, streams, eval_steps_B, rows=rows, micro=micro)
 
 
 def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:

@@ -439,17 +439,42 @@ def test_a_nan_base_sample_beyond_the_preflight_is_a_data_fault_named_before_sam
   assert raised.tb is not None and not tqdm._instances and capsys.readouterr().err.endswith("\n")
 
 
-def test_a_nan_probe_sample_drops_its_draws_and_is_reported(gaussian_problem):
+def test_a_nan_probe_sample_beyond_the_preflight_is_a_data_fault_named_before_sampling(gaussian_problem,
+                                                                                        monkeypatch):
+  """Every probe sample the run places is checked at w* before sampling (`anchor_table.check_probe_samples`): it
+  was raised for only when the preflight's first batches held it, else its draws were dropped with a warning."""
   base, probes, w_star, comps = gaussian_problem
   config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=200)
   bad = _unchecked_index(config)
-  probes = {"curvy": probes["curvy"], "faulty": _with_nan_sample(probes["curvy"], bad)}
-  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=16,
+
+  def sampled(*args, **kwargs):
+    raise AssertionError("the chains were sampled before the fault was found")
+
+  monkeypatch.setattr(sampler, "_sample_blocks", sampled)
+  faulty = {"curvy": probes["curvy"], "faulty": _with_nan_sample(probes["curvy"], bad)}
+  with pytest.raises(sj.DataFaultError, match=rf"probe 'faulty': the loss at w\* .* sample\(s\) \[{bad}\] \(placed "
+                                              rf"first in the evaluation batch of draw \d+ of chain [01]\)"):
+    sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, faulty, config=config, batch_size=16,
+                                 delta_h=0.5, progress=False)
+
+
+def test_a_probe_sample_whose_loss_overflows_away_from_w_star_drops_its_draws_and_is_reported(gaussian_problem):
+  """Finite at w*, not finite where the chains go: that probe's contribution is dropped draw by draw (counted,
+  flagged, warned), no chain is killed, and the warning says the fault is not in the data at w*."""
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=2, num_draws=200)
+  bad = _unchecked_index(config)
+  trap = lambda data, index=None: {**data, "trap": (np.arange(N) == index).astype(np.float32)}  # noqa: E731
+  at_star = jnp.asarray(w_star["w"])
+  loss = lambda p, b: quadratic_loss(p, b) + jnp.where(  # noqa: E731  (inf for a trapped sample once w moved)
+      (b["trap"] > 0) & jnp.any(p["w"] != at_star), jnp.inf, 0.0)
+  probes = {"curvy": trap(probes["curvy"]), "faulty": trap(probes["curvy"], bad)}
+  res = sj.estimate_susceptibilities(loss, w_star, comps, trap(base), probes, config=config, batch_size=16,
                                      delta_h=0.5, progress=False)
   dropped = res.probe_draws_dropped
   assert np.all(dropped[0] == 0) and np.all(dropped[1] > 0)  # only the faulty probe loses draws
   assert not res.diverged.any() and np.all(np.isfinite(res.chi))  # no chain was killed by it
-  assert any("probe 'faulty'" in w and f"[{bad}]" in w and "data fault" in w for w in res.warnings), res.warnings
+  assert any("probe 'faulty'" in w and "finite at w*" in w for w in res.warnings), res.warnings
   # Its χ comes from the draws that remain: close to the clean probe's (same samples otherwise).
   np.testing.assert_allclose(res.chi[1], res.chi[0], atol=4 * res.chi_stderr[0].max())
   assert {"probe_draws_dropped", "realised_delta_h"} <= set(res.records()[0])
