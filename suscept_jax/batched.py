@@ -116,7 +116,10 @@ def losses_at(loss_fn, params, batch, micro=None):
 
 
 def keyed_by_trace(loss_fn, params, batch) -> Keyed:
-  """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`)."""
+  """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`); one already keyed is
+  returned as it is (a caller evaluating several datasets of one sample structure traces once)."""
+  if isinstance(loss_fn, Keyed):
+    return loss_fn
   return Keyed(loss_fn, traced_key(loss_fn, params, first_row(batch)))
 
 

@@ -559,9 +559,11 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
 
 
 def _anchor_table(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> anchor_table.AnchorTable:
-  """The run's table of L_B(w*), after every probe sample it places is checked at w* (both once per run)."""
-  anchor_table.check_probe_samples(loss_fn, params, streams, eval_steps_B, rows=rows, micro=micro)
-  return anchor_table.build(loss_fn, params, streams, eval_steps_B, rows=rows, micro=micro)
+  """The run's table of L_B(w*), after every probe sample it places is checked at w* (both once per run, the
+  loss traced for its program key once: probes share the base's sample structure)."""
+  keyed = batched.keyed_by_trace(loss_fn, params, streams.base)
+  anchor_table.check_probe_samples(keyed, params, streams, eval_steps_B, rows=rows, micro=micro)
+  return anchor_table.build(keyed, params, streams, eval_steps_B, rows=rows, micro=micro)
 
 
 def _loss_star(group_run: _GroupRun, steps_LxS) -> np.ndarray:
