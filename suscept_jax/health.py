@@ -41,6 +41,15 @@ class SusceptibilityWarning(UserWarning):
   """A number the estimators return should not be trusted as is (filter with `warnings.simplefilter`)."""
 
 
+def beyond(value: float, limit: float, decimals: int = 2) -> str:
+  """`value` with as many decimals (2 at least) as it takes not to read as `limit` ("R̂ 1.104 > 1.1", where two
+  decimals said "R̂ 1.10 > 1.1")."""
+  for d in range(decimals, 8):
+    if float(f"{value:.{d}f}") != limit:
+      return f"{value:.{d}f}"
+  return repr(float(value))
+
+
 def start_shift(phi_KxT) -> tuple[float, float, float]:
   """(difference rest − early of ⟨φ⟩ averaged over chains, its stderr, shift of the run's ⟨φ⟩ it causes,
   relative to the rest's mean); NaN when there are too few draws or chains."""
@@ -77,7 +86,8 @@ def component_flags(diag, llc: float, num_chains: int, steps_of_phi: float = flo
     flags.append(f"no error bar: {num_chains - bad} usable chain (needs 2 or more)")
   # (written NaN-safe: R̂ and ESS are NaN when they cannot be computed, and that must not read as a pass)
   if not diag.r_hat <= R_HAT_MAX:
-    flags.append(f"R̂ {diag.r_hat:.2f} > {R_HAT_MAX}" if np.isfinite(diag.r_hat) else UNDEFINED.format("R̂"))
+    flags.append(f"R̂ {beyond(diag.r_hat, R_HAT_MAX)} > {R_HAT_MAX}" if np.isfinite(diag.r_hat)
+                 else UNDEFINED.format("R̂"))
   if not diag.ess_bulk >= MIN_ESS:
     flags.append(f"ESS {diag.ess_bulk:.3g} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
   if diag.mala_acceptance < MIN_MALA:  # (NaN: no MALA moves were measured, nothing to test)
@@ -99,7 +109,7 @@ def probe_flags(r_hat_chi: float, ess_chi: float, dropped: int, realised_delta_h
   """Failed tests that concern one probe × component cell."""
   flags = []
   if r_hat_chi > R_HAT_MAX:
-    flags.append(f"R̂(φ·ΔL) {r_hat_chi:.2f} > {R_HAT_MAX}")
+    flags.append(f"R̂(φ·ΔL) {beyond(r_hat_chi, R_HAT_MAX)} > {R_HAT_MAX}")
   if ess_chi < MIN_ESS:
     flags.append(f"ESS(φ·ΔL) {ess_chi:.3g} < {MIN_ESS:.0f}")
   if dropped:

@@ -83,6 +83,12 @@ def mixed_environments_note(units_per_label: dict) -> str | None:
           "agree within their error bars, not to rounding")
 
 
+def csv_bytes(frame, float_format: str | None = None) -> bytes:
+  """A table as CSV (RFC 4180: lines end in CRLF, so a field holding a line break of either kind is quoted). With
+  pandas' "\n" a token "\r" went out unquoted and split its row on reading back."""
+  return frame.to_csv(index=False, float_format=float_format, lineterminator="\r\n").encode()
+
+
 def unit_name(step: int, probes, components) -> str:
   digest = hashlib.sha256(json.dumps([list(probes), list(components)]).encode()).hexdigest()[:10]
   return f"step_{int(step):08d}-{digest}"
@@ -344,9 +350,9 @@ class ResultsDir:
   def write_table(self) -> None:
     scores = self.head_scores()
     if len(scores):
-      atomic_write_bytes(self.path / "head_scores.csv", scores.to_csv(index=False, float_format="%.6g").encode())
+      atomic_write_bytes(self.path / "head_scores.csv", csv_bytes(scores, "%.6g"))
     df = self.table()
-    atomic_write_bytes(self.path / "results.csv", df.to_csv(index=False, float_format="%.9g").encode())
+    atomic_write_bytes(self.path / "results.csv", csv_bytes(df, "%.9g"))
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     atomic_write_bytes(self.path / "results.parquet", buf.getvalue())

@@ -118,6 +118,7 @@ def resolve_settings() -> dict:
   return settings
 
 
+TOP_POOL = 100  # per-token χ of each sign the "top" view's tokens are picked from (App. D's tables)
 VIEWS_ONLY_FLAGS = ("views_only", "output_dir", "preset", "views", "view_heads", "view_token")  # what it reads
 # (absl names a flag's module by sys.argv[0] when it is defined in __main__, as under `python -m`: anything not absl's)
 _ours = lambda module: not module.startswith("absl")  # noqa: E731
@@ -348,11 +349,11 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   table.to_parquet(buf, index=False)
   atomic_write_bytes(store.path / "tokens.parquet", buf.getvalue())
   if len(table) <= 300_000:
-    atomic_write_bytes(store.path / "tokens.csv", table.to_csv(index=False, float_format="%.6g").encode())
+    atomic_write_bytes(store.path / "tokens.csv", results.csv_bytes(table, "%.6g"))
   dataset_rows = parts[0][1].get("dataset_rows")
   if dataset_rows:
     frame = pd.DataFrame(dataset_rows)
-    atomic_write_bytes(store.path / "dataset_chi.csv", frame.to_csv(index=False, float_format="%.9g").encode())
+    atomic_write_bytes(store.path / "dataset_chi.csv", results.csv_bytes(frame, "%.9g"))
   write_chains(store.path, parts, [d for d, _ in labels])
   info = {"checkpoint": step, "delta_h": parts[0][1].get("realised_delta_h", settings["delta_h"]),
           "components": comps, "datasets": settings["probes"], "num_contexts": O, "tokens_per_context": J,
@@ -485,6 +486,7 @@ def render_totals(out: Path, table, info, heads) -> tuple:
   (views/totals.csv, sign_totals.png, and its line in the terminal) and Fig. 10's token types (totals.png,
   views/token_totals.csv); without the chains' sums (results of an earlier version), the totals per head and
   the paragraph saying why there are no error bars."""
+  from suscept_jax import results
   from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
   from suscept_jax.paths import atomic_write_bytes
   views_dir = out / "views"
@@ -499,7 +501,7 @@ def render_totals(out: Path, table, info, heads) -> tuple:
     body = note + pages.table_html(per_head.reset_index())
   else:
     for name, frame in (("totals.csv", by_sign), ("token_totals.csv", per_token)):
-      atomic_write_bytes(views_dir / name, frame.to_csv(index=False, float_format="%.6g").encode())
+      atomic_write_bytes(views_dir / name, results.csv_bytes(frame, "%.6g"))
       written.append(views_dir / name)
     written.append(tv.plot_sign_totals(by_sign, heads, views_dir / "sign_totals.png"))
     line = tv.totals_line(by_sign)
@@ -515,6 +517,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
   view's section is kept in views/sections.json for that."""
   import pandas as pd
 
+  from suscept_jax import results
   from suscept_jax.analysis import pages, token_stats as ts, token_views as tv
   from suscept_jax.paths import atomic_write_bytes
   path = Path(out) / "tokens.parquet"
@@ -566,16 +569,21 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     rows = []
     for h in all_heads or heads:
       for dataset in info["datasets"]:
-        pos, neg = ts.top_tokens(table, h, dataset, num_chains=chains.get(h))
+        pos, neg = ts.top_tokens(table, h, dataset, pool=TOP_POOL, num_chains=chains.get(h))
         clear = lambda top: [f"; {c} clear of 0" for c in top["clear"]] if "clear" in top else [""] * len(top)
         listed = lambda top: ", ".join(f"{t!r} ({n}{c})" for t, n, c in zip(top.token, top["count"], clear(top)))
-        rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg)})
+        cell = table[(table.component == h) & (table.dataset == dataset)]
+        pooled = lambda n: f"{min(n, TOP_POOL)} of {n}"  # (the pool is every token of its sign below TOP_POOL)
+        rows.append({"head": h, "dataset": dataset, "top positive": listed(pos), "top negative": listed(neg),
+                     "pool +": pooled(int((cell.chi > 0).sum())), "pool −": pooled(int((cell.chi < 0).sum()))})
     frame = pd.DataFrame(rows)
-    atomic_write_bytes(views_dir / "top_tokens.csv", frame.to_csv(index=False).encode())
+    atomic_write_bytes(views_dir / "top_tokens.csv", results.csv_bytes(frame))
     written.append(views_dir / "top_tokens.csv")
-    sections["top"] = ("Top tokens per head and dataset (3 distinct among the 100 most extreme; in brackets: how "
-                       "often each is among them" + (", and how many of those have a 95 % interval clear of 0"
-                                                     if chains else "") + ")", pages.table_html(frame))
+    sections["top"] = (f"Top tokens per head and dataset (3 distinct among the pool of each sign: its {TOP_POOL} "
+                       "most extreme per-token χ, or all of that sign where fewer, as the pool columns say; in "
+                       "brackets: how often each is in the pool" + (", and how many of those have a 95 % interval "
+                                                                     "clear of 0" if chains else "") + ")",
+                       pages.table_html(frame))
   if "totals" in views:
     sections["totals"], paths = render_totals(Path(out), table, info, heads)
     written.extend(paths)

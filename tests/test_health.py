@@ -47,6 +47,8 @@ def test_each_component_test_on_stated_values():
   assert health.component_flags(diag(mala_acceptance=1e-8), 3.0, 4) == ["MALA acceptance 1e-08 < 0.2"]
   assert health.component_flags(diag(r_hat=1.65, ess_bulk=10.7), 3.0, 4) == ["R̂ 1.65 > 1.1", "ESS 10.7 < 50"]
   assert health.component_flags(diag(ess_bulk=49.6), 3.0, 4) == ["ESS 49.6 < 50"]  # (never "ESS 50 < 50")
+  assert health.component_flags(diag(r_hat=1.1044), 3.0, 4) == ["R̂ 1.104 > 1.1"]  # (it read "R̂ 1.10 > 1.1")
+  assert health.probe_flags(1.1004, 400.0, 0, 0.1, 0.1) == ["R̂(φ·ΔL) 1.1004 > 1.1"]
   assert health.component_flags(diag(diverged_chains=[1], diverged_at_draw=[3]), 3.0, 4) == ["1/4 chains diverged"]
   # The start is flagged only when the climb is both significant and large enough to matter (each alone passed
   # with "or" in place of "and"): 100 of 1000 draws lower by 0.1, chains agreeing, moves ⟨φ⟩ by 1 %: no flag;

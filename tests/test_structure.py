@@ -600,9 +600,11 @@ def test_the_report_links_per_token_views_of_the_sweeps_run_only(tmp_path):
   (views / "views" / "index.html").write_text("<html></html>")
   (views / "config.json").write_text(json.dumps({"settings": {"run_dir": str(tmp_path / "runs" / "x")}}))
   said = []
-  linked = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "x")}, said.append)
-  assert 'href="file://' in linked and not said
-  other = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "y")}, said.append)
+  linked = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "x")}, said.append,
+                                  page_dir=tmp_path / "sweep")
+  assert 'href="../per_token/views/index.html"' in linked and not said  # (relative: the run can move)
+  other = report._per_token_link(views, {"run_dir": str(tmp_path / "runs" / "y")}, said.append,
+                                 page_dir=tmp_path / "sweep")
   assert "href" not in other and "not linked" in other and len(said) == 1
 
 
@@ -700,8 +702,8 @@ def test_the_calibration_benchmark_prints_every_table(capsys):
 
 def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path, monkeypatch):
   """The PC time series with the rows' bands (one filled area per dataset and PC), and a step axis whose ticks
-  are 0 and the powers of ten past the linear part (the default labelled 10² on top of 0 when the first
-  checkpoint after 0 was 1000)."""
+  are the checkpoints when few, else 0 and the powers of ten past the linear part (the default labelled 10² on
+  top of 0 when the first checkpoint after 0 was 1000)."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -720,8 +722,11 @@ def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path, 
   assert structure_plots.pc_name(1) == "PC2"
   np.testing.assert_array_equal(drawn[0][1], scores_Rxk[datasets_R == "a", 0] - 1)
   fig, ax = plt.subplots()
-  plots._symlog_steps(ax, steps_R)
-  assert ax.get_xticks().tolist() == [0.0, 1000.0]
-  plots._symlog_steps(ax, [100, 200, 50_000])
+  plots._symlog_steps(ax, steps_R)  # few checkpoints: each labelled (0 and 10³ alone hid 1300, 1600 and 3000)
+  assert ax.get_xticks().tolist() == [0.0, 1000.0, 1300.0, 1600.0, 3000.0]
+  assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1000", "1300", "1600", "3000"]
+  plots._symlog_steps(ax, np.arange(0, 30_000, 1000))  # many: 0 and the powers of ten past the linear part
+  assert ax.get_xticks().tolist() == [0.0, 1000.0, 10_000.0]
+  plots._symlog_steps(ax, np.r_[100, np.arange(200, 50_001, 2000)])
   assert ax.get_xticks().tolist() == [100.0, 1000.0, 10_000.0]
   plt.close(fig)

@@ -10,6 +10,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .ctx {{ font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 2.1; margin: 0.6em 0 1.2em;
         padding: 0.4em; border: 1px solid #ddd; }}
 .tok {{ padding: 4px 0; }}
+.tok[data-focus] {{ outline: 2px solid #222; outline-offset: 1px; font-weight: bold; }}
 .legend span {{ padding: 0 0.5em; }}
 h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
 .meta {{ color: #666; font-size: 0.85em; }}

@@ -25,15 +25,32 @@ def _x(steps):
   return np.asarray(steps, float)
 
 
+MAX_STEP_TICKS = 12  # checkpoints labelled one by one up to this many; beyond, the powers of ten
+
+
 def _symlog_steps(ax, steps) -> None:
-  """Log-like step axis that still shows step 0 (training changes fastest early)."""
+  """Log-like step axis that still shows step 0 (training changes fastest early), labelled at the checkpoints
+  themselves when there are few (with only 0 and 10³ labelled, the demo's 1300, 1600 and 3000 could not be told
+  apart), else at 0 and the powers of ten past the linear part."""
   steps = np.asarray(steps, float)
   positive = steps[steps > 0]
   linthresh = float(positive.min()) if positive.size else 1.0
   ax.set_xscale("symlog", linthresh=linthresh)
-  # ticks at 0 and the powers of ten past the linear part (the default also labels powers inside it, on top of 0)
+  ax.xaxis.set_minor_locator(pyplot().NullLocator())
+  ax.tick_params(axis="x", labelbottom=True)  # (shared axes hid them on every panel above an empty one)
+  distinct = np.unique(steps)
+  if len(distinct) <= MAX_STEP_TICKS:
+    ax.set_xticks(distinct, [f"{s:g}" for s in distinct], rotation=60, fontsize=7)
+    return
   decades = range(int(np.ceil(np.log10(linthresh))), int(np.floor(np.log10(max(steps.max(), linthresh)))) + 1)
   ax.set_xticks([0.0] * bool((steps <= 0).any()) + [10.0 ** p for p in decades])
+
+
+def _component_flagged(rows) -> bool:
+  """Whether a checkpoint × component's own numbers (its LLC) are flagged: a test every probe row of it failed
+  (the component's tests appear in each of its rows; a probe's own, in that row only)."""
+  flags = [set(str(status).split("; ")) for status in rows.status if status != "ok"]
+  return len(flags) == len(rows) > 0 and bool(set.intersection(*flags))
 
 
 def plot_chi_over_training(table, path) -> Path:
@@ -79,16 +96,22 @@ def plot_llc_over_training(table, path) -> Path:
   """LLC of the full model and weight-refined LLC of each head against checkpoint."""
   plt = pyplot()
   t = table.drop_duplicates(["checkpoint", "component"])
+  flagged = {key: _component_flagged(rows) for key, rows in table.groupby(["checkpoint", "component"])}
   fig, (ax_full, ax_heads) = plt.subplots(1, 2, figsize=(10, 3.6))
   for comp in dict.fromkeys(t.component):
     c = t[t.component == comp].sort_values("checkpoint")
     ax = ax_full if comp == "full" else ax_heads
     ax.errorbar(_x(c.checkpoint), c.llc, yerr=c.llc_ci95, label=comp, marker=".", capsize=2, lw=1)
-  for ax, title in ((ax_full, "LLC (full model), 95% t-intervals"),
-                    (ax_heads, "weight-refined LLC per component, 95% t-intervals")):
+    bad = np.array([flagged[(step, comp)] for step in c.checkpoint], bool)
+    if bad.any():  # (as in the χ panels: a red ring, see the status column / summary.txt)
+      ax.scatter(_x(c.checkpoint)[bad], c.llc.to_numpy()[bad], s=60, facecolors="none", edgecolors="red", lw=1.2,
+                 zorder=5, label="flagged" if "flagged" not in ax.get_legend_handles_labels()[1] else None)
+  for ax, title, ylabel in ((ax_full, "LLC (full model), 95% t-intervals", "LLC λ̂"),
+                            (ax_heads, "weight-refined LLC per component, 95% t-intervals", "weight-refined LLC")):
     _symlog_steps(ax, t.checkpoint)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("checkpoint step")
+    ax.set_ylabel(ylabel)
   ax_heads.legend(fontsize=7, ncol=2, frameon=False)
   fig.tight_layout()
   path = Path(path)

@@ -10,12 +10,13 @@ resamples, G patterning targets.
 """
 import html
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from suscept_jax import results
+from suscept_jax import health, results
 from suscept_jax.analysis import plots, response, structure, structure_plots
 from suscept_jax.analysis.pages import embedded_png, index_html
 
@@ -48,13 +49,16 @@ def _table_html(table) -> str:
     for c in cols:
       v = record[c]
       text = f"{v:.4g}" if isinstance(v, (float, np.floating)) else html.escape(str(v))
-      bad = ((c == "r_hat" and isinstance(v, float) and v > 1.1) or (c == "num_diverged" and v)
-             or (c == "mala_acceptance" and isinstance(v, float) and v < 0.2)
-             or (c == "ess_bulk" and isinstance(v, float) and v < 50))
+      number = isinstance(v, (float, np.floating))
+      bad = ((c == "r_hat" and number and v > health.R_HAT_MAX) or (c == "num_diverged" and v)
+             or (c == "mala_acceptance" and number and v < health.MIN_MALA)
+             or (c == "ess_bulk" and number and v < health.MIN_ESS) or (c == "llc" and number and v < 0)
+             or (c == "chi" and number and not np.isfinite(v)))
       cells.append(f'<td class="{"bad" if bad else ""}">{text}</td>')
     body.append(f'<tr class="{"flagged" if flagged else ""}">{"".join(cells)}</tr>')
   return (f'<p class="meta">{len(table)} cells, {int((table.status != "ok").sum())} flagged (rows in orange; the '
-          f'failing diagnostic in red). Click a header to sort.</p><div style="max-height: 480px; overflow: auto">'
+          f'status column names every failed test, and those shown in a column here are red there: R̂, ESS, MALA, '
+          f'divergences, a negative LLC, an undefined χ). Click a header to sort.</p><div style="max-height: 480px; overflow: auto">'
           f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
           f'</table></div>')
 
@@ -135,7 +139,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                                                   delta_h=config["settings"].get("delta_h", 0.1), fig_dir=fig_dir,
                                                   groups=patterning_targets)))
   if per_token_dir is not None and (Path(per_token_dir) / "views" / "index.html").exists():
-    sections.append(("Per-token susceptibilities", _per_token_link(Path(per_token_dir), config["settings"], log)))
+    sections.append(("Per-token susceptibilities", _per_token_link(Path(per_token_dir), config["settings"], log,
+                                                                   page_dir=out_path.parent)))
   page = index_html("susceptibilities: report", sections)
   page = page.replace("</style>", ".flagged td { background: #fff1dc; } td.bad { background: #ffc9c9; } "
                                   "#couplings td.clear { font-weight: bold; } "
@@ -304,8 +309,9 @@ def _ratio_text(effect: float, off_target: float) -> str:
   return f"{effect / off_target:.3g}" if off_target > 0 else "∞"
 
 
-def _per_token_link(per_token_dir: Path, sweep_settings: dict, log) -> str:
-  """A link to the per-token views when they come from the sweep's training run; otherwise why not."""
+def _per_token_link(per_token_dir: Path, sweep_settings: dict, log, *, page_dir: Path) -> str:
+  """A link to the per-token views when they come from the sweep's training run; otherwise why not. Relative to
+  the report's directory `page_dir` (an absolute file:// link broke when the run was copied or moved)."""
   target = (per_token_dir / "views" / "index.html").resolve()
   config_path = per_token_dir / "config.json"
   theirs = json.loads(config_path.read_text())["settings"].get("run_dir") if config_path.exists() else None
@@ -314,7 +320,11 @@ def _per_token_link(per_token_dir: Path, sweep_settings: dict, log) -> str:
     why = f"the per-token views at {per_token_dir} come from run {theirs}, the sweep from run {ours}: not linked"
     log(why)
     return f"<p>{html.escape(why)}.</p>"
-  return f'<p><a href="{target.as_uri()}">per-token views</a> ({html.escape(str(per_token_dir))})</p>'
+  try:
+    href = Path(os.path.relpath(target, Path(page_dir).resolve())).as_posix()
+  except ValueError:  # (another drive on Windows: no relative path)
+    href = target.as_uri()
+  return f'<p><a href="{html.escape(href)}">per-token views</a> ({html.escape(str(per_token_dir))})</p>'
 
 
 def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, delta_h: float, fig_dir: Path,

@@ -58,11 +58,22 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
           + (per_head if len(heads) > 1 else ""))
 
 
+def visible_text(text: str) -> str:
+  """A token as a reader can see it: a line break as a mark, then the break (↵ for \n, ␍ for \r, which breaks the
+  line too), other control characters as their Unicode pictures (␃ for \x03; they showed as empty boxes)."""
+  def shown(i: int, c: str) -> str:
+    if c == "\r":
+      return "␍" if text[i + 1:i + 2] == "\n" else "␍\n"
+    if c == "\n":
+      return "↵\n"
+    return chr(0x2400 + ord(c)) if ord(c) < 0x20 and c != "\t" else "␡" if c == "\x7f" else c
+  return "".join(shown(i, c) for i, c in enumerate(text))
+
+
 def _token_span(text: str, chis, max_abs: float, scheme: str, extra: str = "", tooltip: str | None = None) -> str:
   """One element per token. One head: its background; several: stacked horizontal bands, one per head.
   `tooltip`: shown on hover (the element's title)."""
-  # A visible mark, then the break (inside: one element per token); a lone \r breaks the line too.
-  shown = html.escape(text.replace("\r\n", "\n").replace("\r", "\n")).replace("\n", "↵\n")
+  shown = html.escape(visible_text(text))
   colours = [css_rgba(token_colour(c, max_abs, scheme)) for c in chis]
   data = " ".join(f'data-chi{i}="{c:.6g}"' for i, c in enumerate(chis))
   if tooltip is not None:
@@ -148,7 +159,8 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
   if not len(rows):
     raise ValueError(f"token {token!r} does not occur for head {head!r} in the per-token results")
   verdict = bimodality(rows.chi)
-  max_abs = float(np.nanmax(np.abs(t.chi)))
+  # colours scaled to this token's own χ (the head's largest made its occurrences 0.1–0.6 % opaque: invisible)
+  max_abs = float(np.nanmax(np.abs(rows.chi))) or float(np.nanmax(np.abs(t.chi)))
   by_context = {key: g.sort_values("position") for key, g in t.groupby(["dataset", "context"], sort=False)}
   stated = (f"Stated test: a two-Gaussian mixture beats one Gaussian by ΔBIC &gt; {BIMODAL_MIN_DELTA_BIC:g}, "
             f"each mode holds ≥ {BIMODAL_MIN_WEIGHT:.0%} of the occurrences and Ashman's D &gt; "
@@ -170,8 +182,24 @@ def bimodal_html(table, head: str, token: str, figure_html: str, candidates=None
     parts.append(f"<h2>Contexts nearest {label}</h2>")
     parts += [_in_context_html(by_context, row, window, max_abs, scheme) for row in near.itertuples()]
   if candidates is not None and len(candidates):
-    parts.append("<h2>Tokens tested (most evident first)</h2>" + table_html(candidates.head(30)))
+    parts.append("<h2>Tokens tested (most evident first, over every head)</h2>"
+                 + table_html(_readable_candidates(candidates).head(30)))
   return page(f"χ histogram of {token!r} for {head}", "\n".join(parts))
+
+
+def _readable_candidates(candidates):
+  """The bimodality table as a reader takes it: sorted by ΔBIC over every head (it was grouped by head under a
+  "most evident first" heading), the fit's weights and means as numbers, the verdict as a word."""
+  frame = candidates.sort_values("delta_bic", ascending=False)
+  columns = [c for c in ("head", "token", "n", "bimodal", "delta_bic", "separation", "weights", "means") if c in frame]
+  frame = frame[columns].copy()
+  frame["token"] = [visible_text(str(t)).replace("\n", "") for t in frame.token]
+  frame["bimodal"] = ["yes" if b else "no" for b in frame.bimodal]
+  for column in ("weights", "means"):
+    if column in frame:
+      frame[column] = [", ".join(f"{v:.3g}" for v in values) if isinstance(values, (list, tuple)) else ""
+                       for values in frame[column]]
+  return frame.rename(columns={"delta_bic": "ΔBIC", "separation": "Ashman's D", "n": "occurrences"})
 
 
 # ---- figures ---------------------------------------------------------------------------------------------
