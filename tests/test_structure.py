@@ -608,6 +608,16 @@ def test_the_report_links_per_token_views_of_the_sweeps_run_only(tmp_path):
   assert "href" not in other and "not linked" in other and len(said) == 1
 
 
+def test_a_pc_with_nearly_equal_loadings_is_called_the_heads_common_response():
+  """The demo's PC1 loads every head 0.347–0.359, and its "strongest head label" r rested on those few percent:
+  the findings say so; a PC whose loadings differ, or change sign, gets no such line."""
+  from suscept_jax.analysis import report
+  said = report._common_response_text(np.array([0.347, 0.359, 0.352, 0.350]), 0)
+  assert said.startswith("PC1's loadings are nearly equal across heads (0.347–0.359): it is their common response")
+  assert report._common_response_text(np.array([0.2, 0.5, 0.3, 0.4]), 0) is None
+  assert report._common_response_text(np.array([0.5, -0.5, 0.5, 0.5]), 1) is None
+
+
 def test_data_couplings_compare_datasets_over_the_same_checkpoints():
   """Scores grow with training: a dataset missing the last checkpoint is compared on the ones all have."""
   scores = np.array([[1.0], [2.0], [10.0], [1.0], [2.0]])

@@ -128,7 +128,9 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       if partial else []))
   labels_html = _label_table(found, num_pcs)
   couplings_html = _couplings_table(couplings, coupling_intervals, stable_k, num_pcs)
+  findings = _summary_lines(data, pca, stability, found, num_pcs, (couplings, coupling_intervals))
   sections.append(("Structural inference",
+                   "<h3>Findings</h3><pre>" + html.escape("\n".join(line.strip() for line in findings)) + "</pre>"
                    f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
                    f"components, columns standardised; explained variance {explained}.</p>{notes}{excluded}"
                    f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
@@ -151,7 +153,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
   from suscept_jax.paths import atomic_write_bytes
   atomic_write_bytes(out_path, page.encode())
-  for line in _summary_lines(data, pca, stability, found, num_pcs, (couplings, coupling_intervals)):
+  for line in findings:  # (the same lines as the page's findings: a TPU VM has no browser)
     log(line)
   log(f"report: {out_path}")
   return out_path
@@ -267,11 +269,28 @@ def _summary_lines(data, pca, stability, found: _LabelCorrelations | str, num_pc
     if not isinstance(found, str):
       line += "; " + _strongest_label_text(found, j, bool(stability.stable_k[j]))
     lines.append(line)
+    common = _common_response_text(pca.loadings_kxH[j], j)
+    if common:
+      lines.append(f"    {common}")
     if couplings_and_intervals is not None and stability.stable_k[j]:
       lines.append(f"    {_clear_couplings_text(*couplings_and_intervals, j)}")
   if stability.floor_out_of_reach:
     lines.append("  " + stability.describe()[-1])
   return lines
+
+
+NEARLY_EQUAL_LOADINGS = 0.1  # (max − min) / mean |loading| below which a PC is the heads' common response
+
+
+def _common_response_text(loadings_H, j: int) -> str | None:
+  """A caveat for a PC whose loadings are nearly equal across heads (the demo's PC1: 0.347–0.359): it is the heads'
+  common response, and an r across heads then follows differences of a few percent, noise included."""
+  loadings_H = np.asarray(loadings_H, float)
+  low, high = float(loadings_H.min()), float(loadings_H.max())
+  if low <= 0 or (high - low) / float(np.abs(loadings_H).mean()) >= NEARLY_EQUAL_LOADINGS:
+    return None
+  return (f"PC{j + 1}'s loadings are nearly equal across heads ({low:.3f}–{high:.3f}): it is their common response, "
+          f"and its r with a head label rests on differences of a few percent")
 
 
 def _clear_couplings_text(couplings: dict, intervals: dict, j: int, most: int = 4) -> str:
