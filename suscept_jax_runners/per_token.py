@@ -62,8 +62,8 @@ _CHUNK = flags.DEFINE_integer("contexts_per_chunk", None, "Observed contexts per
 _MAX_CONTEXTS = flags.DEFINE_integer("max_contexts", None, "Cap on tokenized contexts per dataset "
                                      + cli.by_preset(lambda p: p.max_contexts) + ".")
 _VIEWS = flags.DEFINE_list("views", list(DEFAULT_VIEWS), f"Views to render: any of {', '.join(ALL_VIEWS)}, or none.")
-_VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the first "
-                                "head of each layer, then more).")
+_VIEW_HEADS = flags.DEFINE_list("view_heads", None, "Heads shown in the text views (default: up to 3: the most "
+                                "responsive head of each layer, by mean |χ| over the tokens, then the next).")
 _VIEW_TOKEN = flags.DEFINE_string("view_token", None, "Token whose χ histogram is drawn (default: the most bimodal).")
 _VIEWS_ONLY = flags.DEFINE_bool("views_only", False, "Only re-render the views of an existing --output_dir (the "
                                  "index keeps the sections of views rendered before and not asked for now).")
@@ -515,6 +515,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
   index.html over them. With `keep_other_views` (--views_only), the index keeps the sections of views
   rendered earlier and not asked for now (adding the UMAP view later does not drop the others); each
   view's section is kept in views/sections.json for that."""
+  import numpy as np
   import pandas as pd
 
   from suscept_jax import results
@@ -530,11 +531,14 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     missing = [h for h in heads if h not in info["components"]]
     if missing:
       raise ValueError(f"--view_heads {missing} are not in the per-token results (components: {info['components']})")
-  else:
+  else:  # per layer its most responsive head (largest mean |χ|), then the next most responsive: the demo showed
+    # l0h0, l1h0, l0h1 by name while its specialised heads were l0h3 and l1h2, l1h3
+    mean_abs = {h: float(np.nanmean(np.abs(table.chi[table.component == h]))) for h in all_heads}
+    ranked = sorted(all_heads, key=lambda h: -mean_abs[h] if np.isfinite(mean_abs[h]) else np.inf)
     layers = {}
-    for h in all_heads:
+    for h in ranked:
       layers.setdefault(h.split("h")[0], h)
-    heads = (list(layers.values()) + [h for h in all_heads if h not in layers.values()])[:3] or info["components"][:1]
+    heads = (list(layers.values()) + [h for h in ranked if h not in layers.values()])[:3] or info["components"][:1]
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
   written, sections, chains = [], {}, chains_by_component(Path(out), info["components"])

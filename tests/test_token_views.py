@@ -62,7 +62,7 @@ def test_text_is_escaped_and_newlines_are_marked():
   assert "a␍\n</span>" in carriage and "b␍↵\n</span>" in carriage and "\r" not in carriage  # (a raw \r broke
   # the line unmarked, then was marked ↵ as \n is)
   control = tv.highlighted_text_html([["\x03G", "\x7f"]], np.array([[[1.0, -1.0]]]), ["h"], title="t")
-  assert "␃G</span>" in control and "␡</span>" in control and "\x03" not in control  # (they showed as boxes)
+  assert "^CG</span>" in control and "^?</span>" in control and "\x03" not in control  # (they showed as boxes)
   links = pages.link_list([("highlight_00.html", "/data/sp&c<i>al.jsonl", "(4 contexts)"), ("x.html", "l0h0", "")])
   assert links == ('<ul><li><a href="highlight_00.html">/data/sp&amp;c&lt;i&gt;al.jsonl</a> (4 contexts)</li>'
                    '<li><a href="x.html">l0h0</a></li></ul>')

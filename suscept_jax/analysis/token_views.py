@@ -60,13 +60,14 @@ def _legend(heads, scheme: str, max_abs: float) -> str:
 
 def visible_text(text: str) -> str:
   """A token as a reader can see it: a line break as a mark, then the break (↵ for \n, ␍ for \r, which breaks the
-  line too), other control characters as their Unicode pictures (␃ for \x03; they showed as empty boxes)."""
+  line too), other control characters in caret notation (^C for \x03, ^? for DEL; they showed as empty boxes,
+  and so did their Unicode pictures in fonts without them)."""
   def shown(i: int, c: str) -> str:
     if c == "\r":
       return "␍" if text[i + 1:i + 2] == "\n" else "␍\n"
     if c == "\n":
       return "↵\n"
-    return chr(0x2400 + ord(c)) if ord(c) < 0x20 and c != "\t" else "␡" if c == "\x7f" else c
+    return "^" + chr(ord(c) + 64) if ord(c) < 0x20 and c != "\t" else "^?" if c == "\x7f" else c
   return "".join(shown(i, c) for i, c in enumerate(text))
 
 
