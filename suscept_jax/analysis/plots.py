@@ -119,8 +119,10 @@ def plot_llc_over_training(table, path) -> Path:
 
 
 def plot_chi_heatmaps(table, path) -> Path:
-  """One probes × components heatmap of χ per checkpoint (shared symmetric colour scale); flagged cells
-  carry a ×, and each cell prints χ in units of its 95 % interval half-width (|z| ≥ 1: resolved)."""
+  """One probes × components heatmap of χ per checkpoint (shared symmetric colour scale); each cell prints χ in
+  units of its 95 % interval half-width (|z| ≥ 1: resolved), a flagged cell's followed by * as in summary.txt
+  (a × in its place hid 154 of the demo's 405 numbers), in white on the darkest colours (a black mark there was
+  invisible)."""
   plt = pyplot()
   steps = sorted(set(table.checkpoint))
   probes = list(dict.fromkeys(table.probe))
@@ -141,8 +143,9 @@ def plot_chi_heatmaps(table, path) -> Path:
           row = t.loc[(p, c)]
           grid[i, j] = row.chi
           z = row.chi / row.chi_ci95 if row.chi_ci95 > 0 else np.nan
-          ax.text(j, i, "×" if row.status != "ok" else (f"{z:.1f}" if np.isfinite(z) else ""), ha="center",
-                  va="center", fontsize=7, color="black")
+          text = (f"{z:.1f}" if np.isfinite(z) else "–") + ("*" if row.status != "ok" else "")
+          dark = np.isfinite(row.chi) and abs(row.chi) > 0.6 * vmax
+          ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
     image = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(comps)), comps, rotation=60, fontsize=7)
     ax.set_yticks(range(len(probes)), labels, fontsize=7)
@@ -150,7 +153,7 @@ def plot_chi_heatmaps(table, path) -> Path:
   for ax in list(axes.flat)[len(steps):]:
     ax.axis("off")
   fig.colorbar(image, ax=axes, shrink=0.8, label="χ")
-  fig.suptitle("χ per probe × component (numbers: χ / 95% half-width; ×: flagged, see summary.txt)", fontsize=9)
+  fig.suptitle("χ per probe × component (numbers: χ / 95% half-width, * flagged: see summary.txt)", fontsize=9)
   path = Path(path)
   return save_figure(fig, path)
 

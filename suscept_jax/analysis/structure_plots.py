@@ -53,7 +53,7 @@ def plot_loadings(pca, components, num_pcs: int, path, *, stable_k=None) -> Path
       ax.text(h, j, f"{P[j, h]:.2f}", ha="center", va="center", fontsize=6)
   ax.set_xlabel("component (layer:head)")
   ax.set_title("loadings P (sign: largest loading positive)", fontsize=8)
-  fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.colorbar(image, ax=ax, shrink=0.8, label="loading (0 at white)")
   return save_figure(fig, path)
 
 
@@ -147,7 +147,8 @@ def plot_patterns(delta_h_GxD, targets, datasets, checkpoint, path) -> Path:
   ax.set_ylabel("target (a component: moved alone)")
   ax.set_title(f"patterning at checkpoint {checkpoint}: probe weights dh of each plan (largest |dh| = {lim:.2g})",
                fontsize=8)
-  fig.colorbar(image, ax=ax, shrink=0.8)
+  ax.set_xlabel("probe dataset")
+  fig.colorbar(image, ax=ax, shrink=0.8, label="probe weight dh (0 at white)")
   return save_figure(fig, path)
 
 

@@ -218,8 +218,10 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
     grid = np.linspace(values.min(), values.max(), 200)
     fits = (zip(verdict["weights"], verdict["means"], verdict["stds"]) if verdict["bimodal"]
             else [(1.0, values.mean(), values.std())])
-    for w, m, s in fits:
-      ax.plot(grid, w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)), lw=1.5)
+    for i, (w, m, s) in enumerate(fits):
+      name = f"mode {i + 1} (weight {w:.0%})" if verdict["bimodal"] else "one Gaussian (the test's verdict)"
+      ax.plot(grid, w * np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * np.sqrt(2 * np.pi)), lw=1.5, label=name)
+    ax.legend(fontsize=7, frameon=False)
   ax.xaxis.set_major_locator(plt.MaxNLocator(5))
   ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
   ax.set_title(f"{head}, token {token!r}: n = {verdict['n']}, "
@@ -302,10 +304,10 @@ def plot_comparisons(table, heads, path) -> Path:
       x, y = t[column].to_numpy(), t.chi.to_numpy()
       ok = np.isfinite(x) & np.isfinite(y)
       if ok.sum() >= 3:
-        ax.hexbin(x[ok], y[ok], gridsize=30, mincnt=1, cmap="viridis")
+        bins = ax.hexbin(x[ok], y[ok], gridsize=30, mincnt=1, cmap="viridis")
+        fig.colorbar(bins, ax=ax, shrink=0.8).set_label("tokens per hexagon", fontsize=7)
         r = np.corrcoef(x[ok], y[ok])[0, 1]
-        ax.text(0.03, 0.93, f"r = {r:.2f}", transform=ax.transAxes, fontsize=8, color="black",
-                bbox=dict(facecolor="white", alpha=0.7, lw=0))
+        ax.set_title(f"r = {r:.2f}", fontsize=8)  # (a label inside the axes covered the most extreme point)
       ax.set_xlabel(label, fontsize=8)
       ax.set_ylabel(f"χ ({head})", fontsize=8)
       ax.tick_params(labelsize=7)
@@ -338,8 +340,9 @@ def plot_position_profiles(table, path, bands=None) -> Path:
                     + ("\nbands: 95 % over the chains" if bands is not None else ""), fontsize=8)
   ax_var.set_title("variance of per-token χ by position"
                    + ("\nchains' noise removed; bands: 95 % over the chains" if bands is not None else ""), fontsize=8)
-  for ax in (ax_mean, ax_var):
+  for ax, ylabel in ((ax_mean, "mean per-token χ"), (ax_var, "variance of per-token χ")):
     ax.set_xlabel("position in context")
+    ax.set_ylabel(ylabel, fontsize=8)
   ax_mean.legend(fontsize=6, ncol=2, frameon=False)
   fig.tight_layout()
   return save_figure(fig, path)
@@ -433,6 +436,7 @@ def plot_sign_totals(totals, heads, path) -> Path:
     ax.set_xticks(x, [d if len(d) <= 16 else d[:15] + "…" for d in map(str, t.dataset)], fontsize=7, rotation=30,
                   ha="right")
     ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylabel("summed χ", fontsize=7)
     ax.set_title(f"{head}: per-token χ summed by sign", fontsize=8)
   axes[0, 0].legend(fontsize=6, ncol=4, frameon=False)
   fig.tight_layout()
