@@ -372,7 +372,7 @@ def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, del
   effect, off_target = plans.effect_G(targets_GxH), plans.off_target_G(targets_GxH)
   effect_err = plans.effect_stderr_G(targets_GxH)
   body = "".join(f"<tr><td>{html.escape(n)}</td><td>{effect[t]:.3g} ± {effect_err[t]:.2g}</td>"
-                 f"<td>{off_target[t]:.2g}</td>"
+                 f"<td>{off_target[t]:.3g}</td>"
                  f"<td>{_ratio_text(effect[t], off_target[t])}</td>"
                  f"<td>{plans.residual_G[t]:.2f}</td></tr>" for t, n in enumerate(names))
   return (f'<p class="meta">Checkpoint {last}, {len(datasets)} probes: X there has <b>{plans.rank} direction(s)'
@@ -383,8 +383,9 @@ def _patterning_html(data, pca, stability, resampler, *, num_resamples: int, del
           f"measured). Effect: the change Σ<sub>d</sub> dh<sub>d</sub>·χ<sub>d,c</sub> of ⟨φ<sub>c</sub>⟩ "
           f"along the target, in nats (× nβ for weight-refined LLCs), less its optimism (a plan made on X fits "
           f"X's noise too; plans made on X + noise and judged on X say by how much), ± its spread over X within "
-          f"the cells' error bars. Off-target: what the plan does besides, and its "
-          f"spread over X within the cells' error bars (correlated as the shared chains make them). Residual: "
+          f"the cells' error bars. Off-target: one length for what the plan does besides its target and the "
+          f"effect's spread over X within the cells' error bars (correlated as the shared chains make them), "
+          f"added in quadrature (the ratio is of the numbers shown, to their digits). Residual: "
           f"the share of the target these probes cannot produce (1: none of it). A target with effect / "
           f"off-target below ≈ 2 is not one these probes can "
           f"steer. (The PCs come from every checkpoint, the plans from the last one's X alone: a PC along which "

@@ -73,13 +73,18 @@ def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, cle
   ax.set_xticks(range(num_pcs), [f"{pc_name(j, stable_k)}\n(÷ {scale_k[j]:.2g})" for j in range(num_pcs)], fontsize=8)
   where = "the checkpoints all datasets have" if checkpoints is None else f"checkpoints {_listed(checkpoints)}"
   dots = ""
+  raw = np.array([couplings[d][:num_pcs] for d in names])
+  for i in range(len(names)):  # the coupling itself in each cell: normalised columns look alike whatever their size
+    for j in range(num_pcs):
+      mark = "• " if clear is not None and np.asarray(clear[names[i]])[j] else ""
+      if np.isfinite(raw[i, j]):
+        ax.text(j, i, f"{mark}{raw[i, j]:+.2g}", ha="center", va="center", fontsize=6,
+                color="black" if abs(C[i, j]) < 0.6 else "white")
   if clear is not None:
-    for i, d in enumerate(names):
-      for j in np.flatnonzero(np.asarray(clear[d])[:num_pcs]):
-        ax.text(j, i, "•", ha="center", va="center", fontsize=13, color="black" if abs(C[i, j]) < 0.6 else "white")
     dots = "; • interval excludes 0"
-  ax.set_title(f"data couplings (scores averaged over {where}; columns normalised{dots})", fontsize=8, wrap=True)
-  fig.colorbar(image, ax=ax, shrink=0.8)
+  ax.set_title(f"data couplings (scores averaged over {where}; colours: each column ÷ its largest |coupling|, "
+               f"numbers: the couplings{dots})", fontsize=8, wrap=True)
+  fig.colorbar(image, ax=ax, shrink=0.8, label="coupling ÷ its column's largest |coupling|")
   return save_figure(fig, path)
 
 
