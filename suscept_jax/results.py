@@ -20,6 +20,7 @@ import io
 import json
 import platform
 import shutil
+import stat
 import subprocess
 import time
 import zipfile
@@ -136,7 +137,11 @@ class ResultsDir:
   def check_writable(self, *, write: bool) -> None:
     """Refuse a results path that is a file, or (with `write`) one where this process cannot write, before
     any work (a unit computed for an hour and then not written is lost); the trial leaves nothing behind."""
-    if self.path.exists() and not self.path.is_dir():
+    try:  # (one stat: exists() then is_dir() met a directory another process made and removed in between)
+      kind = self.path.stat().st_mode
+    except FileNotFoundError:
+      kind = None
+    if kind is not None and not stat.S_ISDIR(kind):
       raise ValueError(f"{self.path} is a file, not a results directory: give another --output_dir")
     if write:
       paths.check_writable_dir(self.units, "--output_dir", shown=self.path)

@@ -78,8 +78,9 @@ def check_flags() -> None:
     raise ValueError(f"--num_processes={_NUM_PROCESSES.value} must be >= 1")
   if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
     raise ValueError(f"--process_id={_PROCESS_ID.value} is outside [0, --num_processes={_NUM_PROCESSES.value})")
-  if ":" not in _COORDINATOR.value:
-    raise ValueError(f"--coordinator_address={_COORDINATOR.value!r} must be host:port")
+  host, _, port = _COORDINATOR.value.rpartition(":")
+  if not host or not port.isdigit() or not 0 < int(port) < 65536:  # ("127.0.0.1:abc" failed in int(), unnamed)
+    raise ValueError(f"--coordinator_address={_COORDINATOR.value!r} must be host:port, the port in 1–65535")
 
 
 def initialize() -> tuple[int, int]:
@@ -126,8 +127,7 @@ def check_same_process_count(given: int) -> None:
   """
   import jax
   import numpy as np
-  from jax.experimental import multihost_utils
-  given_P = multihost_utils.process_allgather(np.array([given])).ravel().tolist()
+  given_P = together(np.array([given]), "--num_processes").ravel().tolist()
   if len(set(given_P)) > 1:
     raise ValueError("the processes were given different --num_processes ("
                      + ", ".join(f"process {i}: {n}" for i, n in enumerate(given_P))
@@ -148,14 +148,13 @@ def check_same_settings(settings: dict, num_processes: int) -> None:
   import json
 
   import numpy as np
-  from jax.experimental import multihost_utils
 
   from suscept_jax import results
   flat = results.flat_settings(settings)
   keys = sorted(flat)
   digest = lambda text: int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
   hashes = [digest(json.dumps(keys))] + [digest(json.dumps(flat[k], sort_keys=True, default=str)) for k in keys]
-  gathered_PxS = multihost_utils.process_allgather(np.array(hashes, np.int32))
+  gathered_PxS = together(np.array(hashes, np.int32), "the settings")
   if (gathered_PxS == gathered_PxS[0]).all():
     return
   differing = [k for i, k in enumerate(keys) if len(set(gathered_PxS[:, i + 1].tolist())) > 1]
@@ -164,6 +163,22 @@ def check_same_settings(settings: dict, num_processes: int) -> None:
          else "start every process with the same flags")
   raise ValueError("the processes were given different settings (" + ", ".join(differing or ["their keys"])
                    + "; this process's: " + ", ".join(f"{k}={flat[k]!r}" for k in differing[:5]) + f"): {fix}")
+
+
+def together(values, what: str, barrier: str | None = None):
+  """Every process's `values` (`process_allgather`), or with `barrier` a barrier of that name; where another
+  process has stopped (its own error, e.g. a missing --run_dir on its host), a one-line error saying so instead
+  of the collective's traceback ("Gloo AllGather failed: ... Connection closed by peer")."""
+  import jax
+  from jax.experimental import multihost_utils
+  try:
+    if barrier is not None:
+      return multihost_utils.sync_global_devices(barrier)
+    return multihost_utils.process_allgather(values)
+  except jax.errors.JaxRuntimeError as e:
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise ConnectionError(f"process {jax.process_index()}: another process of the run stopped before comparing "
+                          f"{what} with this one (its own error is in its log; here: {first})") from None
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:
@@ -201,8 +216,26 @@ def start_results(store, settings: dict, scope: dict, *, kind: str, overwrite: b
   if process_index == 0:
     store.start(settings, scope, kind=kind, overwrite=overwrite, outputs=outputs)
   if num_processes > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("suscept_jax: results directory started")
+    together(None, "the results directory's start", barrier="suscept_jax: results directory started")
+    check_shared(store.path, process_index, num_processes)
+
+
+def check_shared(path, process_index: int, num_processes: int) -> None:
+  """Every process sees the same --output_dir: each leaves a marker there, and after a barrier each looks for all
+  of them. A directory local to each host (a shared mount that failed on one) left process 0 waiting a day for
+  units written elsewhere, and its advice, rerun, could never work; now every process stops here, saying so."""
+  from pathlib import Path
+  path = Path(path)
+  marker = lambda i: path / f".process-{i}-of-{num_processes}"
+  marker(process_index).write_bytes(b"")
+  together(None, "the output directory's markers", barrier="suscept_jax: output directory markers written")
+  missing = [i for i in range(num_processes) if not marker(i).exists()]
+  together(None, "the output directory's markers", barrier="suscept_jax: output directory markers read")
+  marker(process_index).unlink(missing_ok=True)
+  if missing:
+    raise ValueError(f"--output_dir={path} is not shared by every process: process {process_index} does not see "
+                     f"what process(es) {missing} wrote there. Give every process a directory all hosts mount (on "
+                     f"a TPU pod, under ~/shared)")
 
 
 def local_mesh():

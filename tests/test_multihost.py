@@ -62,6 +62,10 @@ def test_two_processes_give_the_same_table_as_one_even_after_one_dies(tiny, tmp_
      "could not join the coordinator at 127.0.0.1:"),
     (["--num_processes=2", "--process_id=0", "--coordinator_address=127.0.0.1:1", "--heartbeat_timeout_s=0"],
      "--heartbeat_timeout_s=0 must be at least 1 second"),
+    (["--num_processes=2", "--process_id=1", "--coordinator_address=127.0.0.1:abc"],  # (int()'s message, unnamed)
+     "--coordinator_address='127.0.0.1:abc' must be host:port, the port in 1–65535"),
+    (["--num_processes=2", "--process_id=0", "--coordinator_address=127.0.0.1:99999"],  # (it waited, then aborted)
+     "the port in 1–65535"),
 ])
 def test_bad_process_layouts_fail_clearly(tiny, tmp_path, extra, message):
   root, run_dir, tok, data = tiny
@@ -234,6 +238,52 @@ def test_only_process_0_starts_the_results_directory(tmp_path):
   assert store.finished_units() == [] and store.settings() == {"seed": 1}
 
 
+def test_a_process_that_stopped_is_named_in_one_line_not_a_collectives_traceback(monkeypatch):
+  """Process 1 stopped with its own clear error (a --run_dir missing on its host); process 0, in the settings'
+  all-gather, died with 30 lines ending in "Gloo AllGather failed: ... Connection closed by peer"."""
+  import jax
+  from jax.experimental import multihost_utils
+  from suscept_jax_runners import distributed
+
+  def closed(*args, **kwargs):
+    raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: pair.cc:547] Connection closed by peer\nmore")
+
+  monkeypatch.setattr(multihost_utils, "process_allgather", closed)
+  with pytest.raises(ConnectionError, match=r"another process of the run stopped before comparing the settings with "
+                                            r"this one \(its own error is in its log; here: UNKNOWN: Gloo"):
+    distributed.check_same_settings({"seed": 0}, 2)
+
+
+def test_an_output_directory_not_shared_by_every_process_stops_them_all(tmp_path, monkeypatch):
+  """Each process's --output_dir local to its host: process 0 waited a day (by default) for units written
+  elsewhere, then advised a rerun that could never work. Now each process sees the others' markers or stops."""
+  import threading
+  from jax.experimental import multihost_utils
+  from suscept_jax_runners import distributed
+  barrier = threading.Barrier(2, timeout=60)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", lambda name: barrier.wait())
+  outcome = {}
+
+  def process(i, path):
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+      distributed.check_shared(path, i, 2)
+      outcome[i] = "ok"
+    except ValueError as e:
+      outcome[i] = str(e)
+
+  for paths in ((tmp_path / "shared", tmp_path / "shared"), (tmp_path / "host0", tmp_path / "host1")):
+    threads = [threading.Thread(target=process, args=(i, p)) for i, p in enumerate(paths)]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=60)
+    if paths[0] == paths[1]:
+      assert outcome == {0: "ok", 1: "ok"} and not list(paths[0].iterdir())  # (the markers removed again)
+  assert "host0 is not shared by every process: process 0 does not see what process(es) [1] wrote" in outcome[0]
+  assert "process 1 does not see what process(es) [0] wrote" in outcome[1]
+
+
 def test_a_damaged_unit_is_named_with_what_to_do(tmp_path):
   """Units are written atomically, but a disk or a hand can damage one later: the error names the file (it was
   json's or zipfile's own, naming nothing)."""
@@ -289,11 +339,10 @@ def test_other_processes_wait_at_the_barrier_until_process_0_has_started(tmp_pat
 
 
 def _check_many(root, queue):
-  from suscept_jax import paths
   failed = 0
   for i in range(400):
-    try:
-      paths.check_writable_dir(Path(root) / f"out{i}" / "units", "--output_dir")
+    try:  # (the runners' check: a single stat, then `paths.check_writable_dir` on its units/)
+      results.ResultsDir(Path(root) / f"out{i}").check_writable(write=True)
     except ValueError:
       failed += 1
   queue.put(failed)

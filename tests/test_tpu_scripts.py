@@ -76,6 +76,10 @@ def test_v4_32_pod_slice_shares_a_bucket_and_runs_distributed():
   assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
   proc, _ = dry_run("run.sh", "python", "-m", "experiments.sweep", "--preset=paper", **pod)
   assert proc.returncode == 2 and "v4-32 has 4 hosts: give --output_dir=~/shared/" in proc.stderr
+  proc, _ = dry_run("run.sh", *sweep.replace("~/shared/sweep", "~/shared_old/sweep").split(), **pod)
+  assert proc.returncode == 2, "~/shared_old is not the shared mount (a prefix match took it)"
+  proc, _ = dry_run("run.sh", *sweep.replace("~/shared/sweep", "~/shared").split(), **pod)
+  assert proc.returncode == 0
   proc, _ = dry_run("provision.sh", ACCELERATOR="v4-32")
   assert "set BUCKET" in proc.stderr
 

@@ -10,8 +10,12 @@ words="$*"                           # to look for flags in
 command=$(printf '%q ' "$@")         # to run: each argument stays one word on the worker ("--components=l1 attn")
 command="${command% }"
 if (( HOSTS > 1 )) && [[ "$words" == *"experiments.sweep"* || "$words" == *"experiments.per_token"* ]]; then
-  if [[ "$words" != *"--output_dir=$HOME/shared"* && "$words" != *"--output_dir=~/shared"* \
-        && "$words" != *"--output_dir=../shared"* ]]; then
+  # (the directory itself or under it: ~/shared_old is another directory)
+  if [[ "$words" != *"--output_dir=$HOME/shared/"* && "$words" != *"--output_dir=~/shared/"* \
+        && "$words" != *"--output_dir=../shared/"* && "$words" != *"--output_dir=$HOME/shared "* \
+        && "$words" != *"--output_dir=~/shared "* && "$words" != *"--output_dir=../shared "* \
+        && "$words" != *"--output_dir=$HOME/shared" && "$words" != *"--output_dir=~/shared" \
+        && "$words" != *"--output_dir=../shared" ]]; then
     echo "error: $ACCELERATOR has $HOSTS hosts: give --output_dir=~/shared/... (a directory every host writes to)" >&2
     exit 2
   fi
