@@ -227,11 +227,14 @@ def check_shared(path, process_index: int, num_processes: int) -> None:
   from pathlib import Path
   path = Path(path)
   marker = lambda i: path / f".process-{i}-of-{num_processes}"
-  marker(process_index).write_bytes(b"")
-  together(None, "the output directory's markers", barrier="suscept_jax: output directory markers written")
-  missing = [i for i in range(num_processes) if not marker(i).exists()]
-  together(None, "the output directory's markers", barrier="suscept_jax: output directory markers read")
-  marker(process_index).unlink(missing_ok=True)
+  try:
+    if path.is_dir():  # (not there at all: process 0 made it elsewhere; still at the barriers, so all say so)
+      marker(process_index).write_bytes(b"")
+    together(None, "the output directory's markers", barrier="suscept_jax: output directory markers written")
+    missing = [i for i in range(num_processes) if not marker(i).exists()]
+    together(None, "the output directory's markers", barrier="suscept_jax: output directory markers read")
+  finally:
+    marker(process_index).unlink(missing_ok=True)
   if missing:
     raise ValueError(f"--output_dir={path} is not shared by every process: process {process_index} does not see "
                      f"what process(es) {missing} wrote there. Give every process a directory all hosts mount (on "
