@@ -538,7 +538,8 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
     layers = {}
     for h in ranked:
       layers.setdefault(h.split("h")[0], h)
-    heads = (list(layers.values()) + [h for h in ranked if h not in layers.values()])[:3] or info["components"][:1]
+    chosen = (list(layers.values()) + [h for h in ranked if h not in layers.values()])[:3]
+    heads = [h for h in all_heads if h in chosen] or info["components"][:1]  # (shown in the model's order)
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
   written, sections, chains = [], {}, chains_by_component(Path(out), info["components"])
