@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from suscept_jax.compile_options import platform_jit
-from suscept_jax.function_keys import Keyed, traced_key
+from suscept_jax.function_keys import Keyed, abstract, traced_key
 
 MICROBATCH_AUTO = "auto"  # microbatch_size="auto": the sampler picks the largest that fits the devices (programs.py)
 
@@ -125,8 +125,7 @@ def keyed_by_trace(loss_fn, params, batch) -> Keyed:
 
 def first_row(data):
   """The shapes of data's first sample, as a batch of one."""
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct((1,) + np.shape(a)[1:], getattr(a, "dtype", None)
-                                                     or np.asarray(a).dtype), data)
+  return jax.tree.map(lambda a: abstract(a, (1,) + np.shape(a)[1:]), data)
 
 
 def statistics_dtype(loss_fn, params, data) -> np.dtype:

@@ -45,20 +45,24 @@ def function_key(fn, _depth: int = 0):
 
 def traced_key(fn, *example_args) -> str:
   """A digest of what `fn` computes at the example arguments' shapes: its freshly traced jaxpr and the bytes of
-  its constants. `chunks.Plan.traced` holds it, so the program cache sees state that `function_key` cannot: a value the
-  code reads through an attribute (a settings object, a bound method's `self`) changed between calls used to
-  rerun the program traced with the old value, silently. Traced through a fresh wrapper, as JAX caches traces by
-  function identity and would hand back the stale one. Costs a trace (0.05 s for the demo's loss, 0.1 s for the
-  paper model's)."""
-  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), getattr(a, "dtype", None)
-                                                       or np.asarray(a).dtype), example_args)
-  closed = jax.make_jaxpr(lambda *args: fn(*args))(*shapes)
+  its constants. `chunks.Plan.traced` holds it, so the program cache sees state that `function_key` cannot: a
+  value the code reads through an attribute (a settings object, a bound method's `self`) changed between calls
+  used to rerun the program traced with the old value, silently. Traced through a fresh wrapper, as JAX caches
+  traces by function identity and would hand back the stale one. Costs a trace (0.05 s for the demo's loss,
+  0.1 s for the paper model's)."""
+  closed = jax.make_jaxpr(lambda *args: fn(*args))(*jax.tree.map(abstract, example_args))
   digest = hashlib.blake2b(str(closed.jaxpr).encode(), digest_size=16)
   for const in closed.consts:
     const = np.ascontiguousarray(const)
     digest.update(f"{const.shape}{const.dtype}".encode())
     digest.update(const.tobytes())
   return digest.hexdigest()
+
+
+def abstract(a, shape=None) -> jax.ShapeDtypeStruct:
+  """`a`'s shape (or `shape`) and dtype, without its values (an array, a numpy scalar, or a Python number)."""
+  return jax.ShapeDtypeStruct(np.shape(a) if shape is None else shape,
+                              getattr(a, "dtype", None) or np.asarray(a).dtype)
 
 
 def _globals_read(code, namespace: dict) -> list:

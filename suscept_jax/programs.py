@@ -3,8 +3,9 @@
 A sweep calls the sampler once per checkpoint (and component group) with the same shapes: the programs are
 cached by what they compute (`function_keys.function_key` of the loss functions, the static `chunks.Plan`,
 which holds their `function_keys.traced_key`), not by object identity, so fresh lambdas of the same code do not
-recompile, and at most COMPILED_CACHE_SIZE are held. `microbatch_size="auto"` compiles the draw program at halving micro-batches (skipping those predicted
-not to fit) and keeps the largest whose XLA memory analysis fits the devices (`auto_microbatch`).
+recompile, and at most COMPILED_CACHE_SIZE are held. `microbatch_size="auto"` compiles the draw program at
+halving micro-batches (skipping those predicted not to fit) and keeps the largest whose XLA memory analysis fits
+the devices (`auto_microbatch`).
 """
 import collections
 import dataclasses

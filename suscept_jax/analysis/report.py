@@ -58,7 +58,8 @@ def _table_html(table) -> str:
     body.append(f'<tr class="{"flagged" if flagged else ""}">{"".join(cells)}</tr>')
   return (f'<p class="meta">{len(table)} cells, {int((table.status != "ok").sum())} flagged (rows in orange; the '
           f'status column names every failed test, and those shown in a column here are red there: R̂, ESS, MALA, '
-          f'divergences, a negative LLC, an undefined χ). Click a header to sort.</p><div style="max-height: 480px; overflow: auto">'
+          f'divergences, a negative LLC, an undefined χ). Click a header to sort.</p>'
+          f'<div style="max-height: 480px; overflow: auto">'
           f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
           f'</table></div>')
 
