@@ -131,7 +131,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   couplings_html = _couplings_table(couplings, coupling_intervals, stable_k, num_pcs)
   findings = _summary_lines(data, pca, stability, found, num_pcs, (couplings, coupling_intervals))
   sections.append(("Structural inference",
-                   "<h3>Findings</h3><pre>" + html.escape("\n".join(line.strip() for line in findings)) + "</pre>"
+                   '<h3>Findings</h3><pre style="white-space: pre-wrap">'
+                   + html.escape("\n".join(line.removeprefix("  ") for line in findings)) + "</pre>"
                    f"<p>Response matrix X: {len(data.rows)} rows (probe × checkpoint) × {len(data.components)} "
                    f"components, columns standardised; explained variance {explained}.</p>{notes}{excluded}"
                    f"<h3>Stability of the top {num_pcs} PCs</h3>{stability_html}"
