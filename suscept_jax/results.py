@@ -139,7 +139,7 @@ class ResultsDir:
     any work (a unit computed for an hour and then not written is lost); the trial leaves nothing behind."""
     try:  # (one stat: exists() then is_dir() met a directory another process made and removed in between)
       kind = self.path.stat().st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (under a file: check_writable_dir says so, naming the flag)
       kind = None
     if kind is not None and not stat.S_ISDIR(kind):
       raise ValueError(f"{self.path} is a file, not a results directory: give another --output_dir")
