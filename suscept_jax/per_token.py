@@ -47,8 +47,11 @@ class PerTokenResult:
   def interval(self, level: float = 0.95) -> np.ndarray:
     """[C, O, J] half-widths of Student-t intervals (d.o.f.: the chains behind the token's χ − 1, as the cell's
     of `api.SusceptibilityResult.interval`)."""
-    chains_CxOxJ = estimators.chains_behind(np.moveaxis(self.chi_per_chain, 1, 0), self.valid_chains().T)
-    return estimators.t_quantile(chains_CxOxJ, level) * self.chi_stderr
+    return estimators.t_quantile(self.chains_behind(), level) * self.chi_stderr
+
+  def chains_behind(self) -> np.ndarray:
+    """[C, O, J] the valid chains that observed each token (`estimators.chains_behind`): its error bar's."""
+    return estimators.chains_behind(np.moveaxis(self.chi_per_chain, 1, 0), self.valid_chains().T)
 
   def valid_chains(self) -> np.ndarray:
     """[C, K] the chains that did not diverge (their values count; the others' are NaN below)."""

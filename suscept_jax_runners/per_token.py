@@ -302,7 +302,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
         warn_above(bar, f"chunk {i}: {w.message}")
       keep = slice(0, min(chunk, num - i * chunk))
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
-                "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep]}
+                "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep],
+                "num_chains": res.chains_behind()[:, keep]}
       arrays["positive_CxKxO"], arrays["negative_CxKxO"] = (a[:, :, keep] for a in res.sign_totals_per_chain())
       arrays.update(zip(POSITION_CHAINS, res.position_sums_leaving_out_chains(keep)))
       targets_OxJ = contexts[i * chunk:i * chunk + keep.stop, 1:res.chi.shape[-1] + 1]
@@ -328,6 +329,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   parts = [store.read_unit(chunk_name(i)) for i in range(num_chunks)]
   chi = np.concatenate([a["chi"] for a, _ in parts], axis=1)  # [C, O, J]
   err = np.concatenate([a["chi_stderr"] for a, _ in parts], axis=1)
+  chains = (np.concatenate([a["num_chains"] for a, _ in parts], axis=1)  # (chunks of an earlier version: none)
+            if all("num_chains" in a for a, _ in parts) else None)
   loss = np.concatenate([a["loss_at_star"] for a, _ in parts])  # [O, J]
   comps = parts[0][1]["component_names"]
   _, deltas_LxHxOxJ = head_scores.per_token_ablation_deltas(params, model_cfg, contexts, batch_size=16)
@@ -343,7 +346,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
     ablation = (deltas_LxHxOxJ.reshape(len(heads), O * J)[heads.index(comp)] if comp in heads
                 else np.full(O * J, np.nan))
     frames.append(pd.DataFrame({**base_cols, "component": comp, "chi": chi[c].reshape(-1),
-                                "chi_stderr": err[c].reshape(-1), "ablation_delta": ablation}))
+                                "chi_stderr": err[c].reshape(-1), "ablation_delta": ablation,
+                                **({"num_chains": chains[c].reshape(-1)} if chains is not None else {})}))
   table = pd.concat(frames, ignore_index=True)
   buf = io.BytesIO()
   table.to_parquet(buf, index=False)

@@ -132,6 +132,10 @@ def test_top_tokens_and_totals():
   # t with 3 d.o.f.: |χ| > 0.318)
   pos, neg = ts.top_tokens(table, "h", k=5, pool=4, num_chains=4)
   assert list(pos["clear"]) == [3, 1] and list(neg["clear"]) == [2, 1]
+  # a row only 2 chains observed (its num_chains column): t with 1 d.o.f. (12.7 · 0.1 = 1.27), not the head's 3
+  fewer = table.assign(num_chains=np.where(table.token == "b", 2, 4))
+  pos, _ = ts.top_tokens(fewer, "h", k=5, pool=4, num_chains=4)
+  assert list(pos["clear"]) == [3, 0]
   per_head, per_token = ts.totals(table)
   assert per_head.loc["h", "positive"] == pytest.approx(8.5) and per_head.loc["h", "negative"] == pytest.approx(-5.5)
   assert per_token.set_index("token").loc["c", "negative"] == pytest.approx(-5.0)

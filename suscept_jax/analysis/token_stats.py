@@ -39,8 +39,10 @@ def top_tokens(table, head: str, dataset: str | None = None, *, k: int = 3, pool
 
 
 def clear_of_zero(rows, num_chains: int, level: float = 0.95) -> np.ndarray:
-  """[N] whether each token row's `level` Student-t interval (χ ± t·stderr, K − 1 d.o.f.) excludes 0."""
-  return (rows.chi.abs() > float(estimators.t_quantile(num_chains, level)) * rows.chi_stderr).to_numpy()
+  """[N] whether each token row's `level` Student-t interval (χ ± t·stderr, K − 1 d.o.f.) excludes 0: K the chains
+  behind the row (its num_chains column, where the table has it), else the head's `num_chains`."""
+  chains = rows.num_chains.to_numpy() if "num_chains" in rows else num_chains
+  return (rows.chi.abs() > estimators.t_quantile(chains, level) * rows.chi_stderr).to_numpy()
 
 
 class TokenChains(NamedTuple):
