@@ -55,10 +55,7 @@ def _raise_on_faults(table: AnchorTable, indices_BxKxn, base_name: str) -> None:
     return
   b, k = (int(i) for i in np.argwhere(~finite_BxKxn.all(axis=-1))[0])
   samples = sorted({int(i) for i in indices_BxKxn[b, k][~finite_BxKxn[b, k]]})
-  raise batched.DataFaultError(
-      f"{base_name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {samples} (in the "
-      f"evaluation batch of draw {b} of chain {k}): a fault of the data, not of the sampler. Remove or fix "
-      f"these samples.")
+  raise batched.fault_at_w_star(base_name, samples, f"in the evaluation batch of draw {b} of chain {k}")
 
 
 def check_probe_samples(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> None:
@@ -78,7 +75,5 @@ def check_probe_samples(loss_fn, params, streams: Streams, eval_steps_B, *, rows
     faulty = batched.nonfinite_samples(loss_fn, params, data, indices_TxKxM[placed_TxKxM], micro, rows)
     if faulty:
       t, k = (int(i) for i in np.argwhere((np.isin(indices_TxKxM, faulty) & placed_TxKxM).any(axis=-1))[0])
-      raise batched.DataFaultError(
-          f"probe {name!r}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
-          f"{' …' if len(faulty) > 20 else ''} (placed first in the evaluation batch of draw {t + 1} of chain "
-          f"{k}): a fault of the data, not of the sampler. Remove or fix these samples.")
+      raise batched.fault_at_w_star(f"probe {name!r}", faulty,
+                                    f"placed first in the evaluation batch of draw {t + 1} of chain {k}")

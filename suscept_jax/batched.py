@@ -18,6 +18,16 @@ MICROBATCH_AUTO = "auto"  # microbatch_size="auto": the sampler picks the larges
 class DataFaultError(ValueError):
   """A dataset sample whose loss at w* is not finite: a fault of the data, not of the sampler."""
 
+
+def fault_at_w_star(name: str, samples, where: str = "") -> DataFaultError:
+  """The error for `samples` of dataset `name` whose loss at w* is not finite (`where`: the batch that met them),
+  one wording for the preflight and the run's checks at w*."""
+  samples = list(samples)
+  listed = f"{samples[:20]}{' …' if len(samples) > 20 else ''}"
+  return DataFaultError(f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {listed}"
+                        f"{f' ({where})' if where else ''}: a fault of the data, not of the sampler. Remove or fix "
+                        f"these samples.")
+
 def num_rows(batch) -> int:
   return int(jax.tree.leaves(batch)[0].shape[0])
 

@@ -112,7 +112,7 @@ class Plan:
   free_leaves: tuple | None = None  # leaves differentiated (a bool per leaf; None = all): see component_groups
   entry_grid: tuple[int, int] | None = None  # (components, chains) per device when each holds whole components
   free_slices: SliceLayout | None = None  # leaves of which each component frees one slice (`slice_layout`)
-  traced: tuple = ()  # `programs.traced_key` of the loss functions at the run's shapes (part of the cache key)
+  traced: tuple = ()  # `function_keys.traced_key` of the loss functions at the run's shapes (part of the cache key)
 
 
 def _specs(tree_type, spec):

@@ -84,6 +84,12 @@ def mixed_environments_note(units_per_label: dict) -> str | None:
           "agree within their error bars, not to rounding")
 
 
+def _damaged(path: Path, why) -> ValueError:
+  """The error for a unit's file (`.json` or `.npz`) damaged after it was written, saying how to recover."""
+  partner = ".npz" if path.suffix == ".json" else ".json"
+  return ValueError(f"{path} is damaged ({why}); delete it and its {partner}, and the rerun computes that unit again")
+
+
 def csv_bytes(frame, float_format: str | None = None) -> bytes:
   """A table as CSV (RFC 4180: lines end in CRLF, so a field holding a line break of either kind is quoted). With
   pandas' "\n" a token "\r" went out unquoted and split its row on reading back."""
@@ -236,14 +242,12 @@ class ResultsDir:
 
   def unit_meta(self, name: str) -> dict:
     path = self.units / f"{name}.json"
-    damaged = lambda why: ValueError(f"{path} is damaged ({why}); delete it and its .npz, and the rerun computes "
-                                     f"that unit again")
     try:
       meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:  # (written atomically: damaged after the fact)
-      raise damaged(e) from None
+      raise _damaged(path, e) from None
     if not isinstance(meta, dict) or "checkpoint" not in meta:
-      raise damaged("valid JSON, but not a unit's metadata: no checkpoint in it")
+      raise _damaged(path, "valid JSON, but not a unit's metadata: no checkpoint in it")
     return meta
 
   def environments(self, prefix: str = "step_") -> dict:
@@ -297,8 +301,7 @@ class ResultsDir:
     """A unit's .npz must open as an archive (a truncated one does not; its arrays are read only later)."""
     path = self.units / f"{name}.npz"
     if not zipfile.is_zipfile(path):
-      raise ValueError(f"{path} is damaged (not a complete .npz archive); delete it and its .json, and the rerun "
-                       f"computes that unit again")
+      raise _damaged(path, "not a complete .npz archive")
 
   def read_unit(self, name: str) -> tuple[dict, dict]:
     path = self.units / f"{name}.npz"
@@ -306,8 +309,7 @@ class ResultsDir:
       with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-      raise ValueError(f"{path} is damaged ({e}); delete it and its .json, and the rerun computes that unit "
-                       f"again") from None
+      raise _damaged(path, e) from None
     return arrays, self.unit_meta(name)
 
   def write_progress(self, remaining: list[str]) -> None:

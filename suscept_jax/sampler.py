@@ -348,6 +348,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, batched.first_row(observed)).shape)  # [1, J, ...]
   statistics_dtype = batched.statistics_dtype(loss_fn, params, base)
+  keyed_loss = batched.keyed_by_trace(loss_fn, params, base)  # (traced once: the program's key and the table's)
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size,
               blocks_per_chunk=draws_per_chunk or blocks_per_chunk(num_blocks, mesh),
@@ -356,7 +357,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
               pair_split=pair_split if observed is not None else None,
               free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free),
               free_slices=slice_layout(masks_C, params, free),
-              traced=(batched.keyed_by_trace(loss_fn, params, base).key,
+              traced=(keyed_loss.key,
                       batched.keyed_by_trace(token_loss_fn, params, observed).key if observed is not None else None))
 
   put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
@@ -396,7 +397,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
         programs.compile_ahead(draw_fn, _draw_args(group_run, carry, first_chunk))
       keys = put_e(_entry_key_data(component_names, K, E_pad, seed, checkpoint_id))
       table = (shared_table or _SharedTable()).get(lambda: _anchor_table(  # a data fault: before any sampling
-          loss_fn, params, streams, evaluation_steps(config, np.arange(num_blocks)),
+          keyed_loss, params, streams, evaluation_steps(config, np.arange(num_blocks)),
           rows=batched.check_rows(batch_size, K), micro=microbatch_size))
       group_run = group_run._replace(resident=resident._replace(entries=resident.entries._replace(key_data=keys)),
                                      anchor_table=table)
@@ -560,7 +561,7 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
 
 def _anchor_table(loss_fn, params, streams: Streams, eval_steps_B, *, rows: int, micro) -> anchor_table.AnchorTable:
   """The run's table of L_B(w*), after every probe sample it places is checked at w* (both once per run, the
-  loss traced for its program key once: probes share the base's sample structure)."""
+  loss traced for its program key once: probes share the base's sample structure; one keyed already is kept)."""
   keyed = batched.keyed_by_trace(loss_fn, params, streams.base)
   anchor_table.check_probe_samples(keyed, params, streams, eval_steps_B, rows=rows, micro=micro)
   return anchor_table.build(keyed, params, streams, eval_steps_B, rows=rows, micro=micro)

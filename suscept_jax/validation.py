@@ -132,9 +132,7 @@ def preflight(loss_fn, params, datasets: Mapping[str, Any], *, batch_size, num_s
     faulty = batched.nonfinite_samples(loss_fn, params, data, indices, microbatch_size,
                                        rows=batched.check_rows(batch_size, num_streams))
     if faulty:
-      raise batched.DataFaultError(
-          f"{name}: the loss at w* (the checkpoint itself) is not finite for sample(s) {faulty[:20]}"
-          f"{' …' if len(faulty) > 20 else ''}: a fault of the data, not of the sampler. Fix or remove them.")
+      raise batched.fault_at_w_star(name, faulty)
 
 
 def check_full_is_full(components: Mapping[str, Any], params) -> None:
