@@ -46,6 +46,13 @@ def _symlog_steps(ax, steps) -> None:
   ax.set_xticks([0.0] * bool((steps <= 0).any()) + [10.0 ** p for p in decades])
 
 
+def _ring_flagged(ax, x, y, bad) -> None:
+  """A red ring on each flagged point (see the status column / summary.txt), labelled once per axes."""
+  if bad.any():
+    ax.scatter(x[bad], y[bad], s=60, facecolors="none", edgecolors="red", lw=1.2, zorder=5,
+               label="flagged" if "flagged" not in ax.get_legend_handles_labels()[1] else None)
+
+
 def _component_flagged(rows) -> bool:
   """Whether a checkpoint × component's own numbers (its LLC) are flagged: a test every probe row of it failed
   (the component's tests appear in each of its rows; a probe's own, in that row only)."""
@@ -72,10 +79,7 @@ def plot_chi_over_training(table, path) -> Path:
                else dict(color=cmap(heads.index(comp) % cmap.N), lw=1.2))
       ax.plot(x, y, label=comp, marker=".", **style)
       ax.fill_between(x, y - e, y + e, alpha=0.15, color=style["color"], lw=0)
-      bad = (c.status != "ok").to_numpy()
-      if bad.any():  # flagged cells: a red ring (see the status column / summary.txt)
-        ax.scatter(x[bad], y[bad], s=60, facecolors="none", edgecolors="red", lw=1.2, zorder=5,
-                   label="flagged" if "flagged" not in ax.get_legend_handles_labels()[1] else None)
+      _ring_flagged(ax, x, y, (c.status != "ok").to_numpy())
     ax.axhline(0, color="grey", lw=0.5)
     _symlog_steps(ax, table.checkpoint)
     ax.set_title(probe, fontsize=10)
@@ -102,10 +106,7 @@ def plot_llc_over_training(table, path) -> Path:
     c = t[t.component == comp].sort_values("checkpoint")
     ax = ax_full if comp == "full" else ax_heads
     ax.errorbar(_x(c.checkpoint), c.llc, yerr=c.llc_ci95, label=comp, marker=".", capsize=2, lw=1)
-    bad = np.array([flagged[(step, comp)] for step in c.checkpoint], bool)
-    if bad.any():  # (as in the χ panels: a red ring, see the status column / summary.txt)
-      ax.scatter(_x(c.checkpoint)[bad], c.llc.to_numpy()[bad], s=60, facecolors="none", edgecolors="red", lw=1.2,
-                 zorder=5, label="flagged" if "flagged" not in ax.get_legend_handles_labels()[1] else None)
+    _ring_flagged(ax, _x(c.checkpoint), c.llc.to_numpy(), np.array([flagged[(s, comp)] for s in c.checkpoint], bool))
   for ax, title, ylabel in ((ax_full, "LLC (full model), 95% t-intervals", "LLC λ̂"),
                             (ax_heads, "weight-refined LLC per component, 95% t-intervals", "weight-refined LLC")):
     _symlog_steps(ax, t.checkpoint)
