@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 
 from suscept_jax import validation
 from suscept_jax.models.config import ModelConfig
-from suscept_jax.paths import atomic_write_bytes
+from suscept_jax.paths import atomic_write_bytes, atomic_write_json
 
 PARAMS_DIR = "checkpoints"
 TRAIN_STATE_DIR = "train_state"
@@ -38,7 +38,7 @@ def train_state_manager(run_dir) -> ocp.CheckpointManager:
 
 def write_run_info(run_dir, model_config: ModelConfig, **settings) -> None:
   info = {"model_config": model_config.__dict__, **settings}
-  atomic_write_bytes(Path(run_dir) / RUN_FILE, json.dumps(info, indent=2, default=str).encode())
+  atomic_write_json(Path(run_dir) / RUN_FILE, info, default=str)
 
 
 def _params_reader(run_dir) -> ocp.CheckpointManager:

@@ -4,8 +4,12 @@ One root, overridable with the environment variable SUSCEPT_JAX_CACHE, so a TPU 
 point every cache at a scratch disk.
 """
 import contextlib
+import json
+import math
 import os
 from pathlib import Path
+
+import numpy as np
 
 
 def cache_root() -> Path:
@@ -24,6 +28,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def json_bytes(value, *, indent: int | None = 2, default=None) -> bytes:
+  """`value` as strict JSON: a NaN or infinite float (Python's or numpy's) is written as null. JSON has no NaN,
+  and Python's bare `NaN` token stops jq, JavaScript's JSON.parse and most other readers of a results file."""
+  return json.dumps(_finite_or_null(value), indent=indent, allow_nan=False, default=default).encode()
+
+
+def atomic_write_json(path: Path, value, *, default=None) -> None:
+  """`json_bytes(value)` written atomically (see `atomic_write_bytes`)."""
+  atomic_write_bytes(path, json_bytes(value, default=default))
+
+
+def _finite_or_null(value):
+  if isinstance(value, dict):
+    return {k: _finite_or_null(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_null(v) for v in value]
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
 
 
 def check_writable_dir(path, flag: str, *, shown=None) -> None:

@@ -29,13 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from suscept_jax import paths
-from suscept_jax.paths import atomic_write_bytes
+from suscept_jax.paths import atomic_write_bytes, atomic_write_json
 
 # chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (chains behind the value − 1) degrees of freedom
 # (num_chains_used − 1 unless some chain never observed the probe: `api.SusceptibilityResult.interval`).
 TABLE_COLUMNS = ["checkpoint", "probe", "component", "chi", "chi_stderr", "chi_ci95", "llc", "llc_stderr", "llc_ci95",
                  "num_chains_used", "r_hat", "ess_bulk", "ess_tail", "r_hat_chi", "ess_bulk_chi", "mala_acceptance",
                  "frac_phi_negative", "num_diverged", "probe_draws_dropped", "realised_delta_h", "status"]
+NOT_FLOAT_COLUMNS = ("checkpoint", "probe", "component", "num_chains_used", "num_diverged", "probe_draws_dropped",
+                     "status")
 
 
 def git_revision(path=None) -> str:
@@ -212,7 +214,7 @@ class ResultsDir:
     scope = _jsonable(scope)
     if scope not in payload["scopes"]:
       payload["scopes"].append(scope)
-    atomic_write_bytes(config_path, json.dumps(payload, indent=2).encode())
+    atomic_write_json(config_path, payload)
 
   def config(self) -> dict:
     """config.json (settings, scopes, environment); errors name the file when it is missing or damaged."""
@@ -295,7 +297,7 @@ class ResultsDir:
     np.savez(buf, **arrays)
     atomic_write_bytes(self.units / f"{name}.npz", buf.getvalue())
     meta = {**meta, "written_at": time.time()}
-    atomic_write_bytes(self.units / f"{name}.json", json.dumps(meta, indent=2, default=str).encode())
+    atomic_write_json(self.units / f"{name}.json", meta, default=str)
 
   def check_arrays(self, name: str) -> None:
     """A unit's .npz must open as an archive (a truncated one does not; its arrays are read only later)."""
@@ -317,7 +319,7 @@ class ResultsDir:
     done = {name: self.unit_meta(name).get("seconds") for name in self.finished_units()}
     payload = {"finished": done, "remaining": remaining, "seconds_total": sum(v or 0 for v in done.values()),
                "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_bytes(self.path / "progress.json", json.dumps(payload, indent=2).encode())
+    atomic_write_json(self.path / "progress.json", payload)
 
   # -- the tidy table -------------------------------------------------------------------------------------
   def rows(self) -> list[dict]:
@@ -339,9 +341,10 @@ class ResultsDir:
     return sorted(rows, key=lambda r: (r["checkpoint"], probes[r["probe"]], comps[r["component"]]))
 
   def table(self):
-    """pandas DataFrame of every finished cell (TABLE_COLUMNS)."""
+    """pandas DataFrame of every finished cell (TABLE_COLUMNS); a number JSON kept as null is NaN again."""
     import pandas as pd
-    return pd.DataFrame(self.rows(), columns=TABLE_COLUMNS)
+    frame = pd.DataFrame(self.rows(), columns=TABLE_COLUMNS)
+    return frame.astype({c: float for c in TABLE_COLUMNS if c not in NOT_FLOAT_COLUMNS})
 
   def head_scores(self):
     """pandas DataFrame of the per-head labels of every finished checkpoint (empty if none were recorded)."""

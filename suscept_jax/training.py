@@ -17,7 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from suscept_jax import checkpoints, mixing
+from suscept_jax import checkpoints, mixing, paths
 from suscept_jax.data import packing
 from suscept_jax.models import transformer
 from suscept_jax.models.config import ModelConfig
@@ -177,7 +177,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
 
   def record(step, **values):
     with open(metrics_path, "a") as f:
-      f.write(json.dumps({"step": step, **values}) + "\n")
+      f.write(paths.json_bytes({"step": step, **values}, indent=None).decode() + "\n")
 
   if start == 0:
     save(0)

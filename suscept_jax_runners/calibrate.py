@@ -11,7 +11,6 @@ and prints the recommendation: the largest ε whose MALA acceptance is ≥ --min
 trace is flat in its second half, for both components (criteria in suscept_jax.calibration).
 """
 import dataclasses
-import json
 from pathlib import Path
 
 from absl import app, flags
@@ -74,7 +73,7 @@ def main(argv):
   from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import components as components_lib
   from suscept_jax.models import transformer
-  from suscept_jax.paths import atomic_write_bytes
+  from suscept_jax.paths import atomic_write_json
   from suscept_jax_runners import pipeline
   target = pipeline.resolve_target(_PRESET.value, run_dir, tokenizer_path)
   step = target.check_steps(None)[-1] if _STEP.value is None else target.check_steps([_STEP.value])[0]
@@ -101,7 +100,7 @@ def main(argv):
   payload = {"run_dir": str(run_dir), "checkpoint": step, "data": data_spec, "components": ["full", head],
              "batch_size": batch_size, "microbatch_size": micro, "config": dataclasses.asdict(config),
              **result.to_json()}
-  atomic_write_bytes(out / "calibration.json", json.dumps(payload, indent=2).encode())
+  atomic_write_json(out / "calibration.json", payload)
   figure = plots.plot_calibration(result, out / "calibration.png")
   print("\n".join(result.explain()))
   best = result.recommend()

@@ -264,7 +264,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   from suscept_jax.analysis import head_scores
   from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import transformer
-  from suscept_jax.paths import atomic_write_bytes
+  from suscept_jax.paths import atomic_write_bytes, atomic_write_json
   from suscept_jax.progress import progress_bar, warn_above
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
@@ -363,7 +363,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
           "components": comps, "datasets": settings["probes"], "num_contexts": O, "tokens_per_context": J,
           "llc": dict(zip(comps, parts[0][1]["llc"])), "status": parts[0][1]["status"],
           "environments": store.environments(prefix="chunk_")}
-  atomic_write_bytes(store.path / "per_token.json", json.dumps(info, indent=2).encode())
+  atomic_write_json(store.path / "per_token.json", info)
   mixed = results.mixed_environments_note(info["environments"])
   if mixed:
     print(mixed)

@@ -338,3 +338,30 @@ def _check_the_report_gives_the_couplings_intervals(results_dir, page: str):
   assert 'id="couplings"' in page
   for d, (lo, hi) in ((d, iv[0]) for d, iv in intervals.items()):
     assert f"{couplings[d][0]:+#.3g} [{lo:+#.3g}, {hi:+#.3g}]</td>" in page, (d, couplings[d], lo, hi)
+
+
+def test_results_files_are_strict_json_and_a_null_reads_back_as_nan(tmp_path):
+  """JSON has no NaN: Python's bare `NaN` token stopped jq and JavaScript's JSON.parse on a unit whose χ is
+  undefined. Non-finite numbers are written as null, and the table reads them back as NaN floats."""
+  def strict(path):
+    return json.loads(path.read_text(), parse_constant=lambda token: pytest.fail(f"{path.name} holds {token}"))
+  store = results.ResultsDir(tmp_path / "out")
+  store.start({"seed": 0}, {"checkpoint_steps": [0]}, kind="sweep")
+  row = {c: 1.0 for c in results.TABLE_COLUMNS} | {"probe": "p", "component": "full", "status": "χ undefined",
+                                                   "checkpoint": 0, "num_chains_used": 4, "num_diverged": 4,
+                                                   "probe_draws_dropped": 0}
+  nan_row = row | {"chi": float("nan"), "chi_stderr": np.float32("nan"), "r_hat": float("inf")}
+  store.write_unit("step_00000000-x", {"chi": np.zeros(1)},
+                   {"checkpoint": 0, "rows": [nan_row, row | {"component": "l0h0"}], "seconds": float("nan")})
+  store.write_progress([])
+  assert strict(store.units / "step_00000000-x.json")["rows"][0]["chi"] is None
+  assert strict(store.path / "progress.json")["finished"] == {"step_00000000-x": None}
+  strict(store.path / "config.json")
+  table = store.table()
+  assert table.chi.dtype == np.float64 and table.chi_stderr.dtype == np.float64
+  assert np.isnan(table.chi[0]) and np.isnan(table.chi_stderr[0]) and np.isnan(table.r_hat[0])
+  assert table.chi[1] == 1.0 and table.num_chains_used.tolist() == [4, 4]
+  nan_only = results.ResultsDir(tmp_path / "nan_only")  # a column with no number at all is still a float column
+  nan_only.start({"seed": 0}, {"checkpoint_steps": [0]}, kind="sweep")
+  nan_only.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0, "rows": [nan_row]})
+  assert nan_only.table().chi.dtype == np.float64
