@@ -12,6 +12,7 @@ import inspect
 import types
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -43,20 +44,35 @@ def function_key(fn, _depth: int = 0):
   return key
 
 
-def traced_key(fn, *example_args) -> str:
+def traced_key(fn, *example_args, gradient: bool = False) -> str:
   """A digest of what `fn` computes at the example arguments' shapes: its freshly traced jaxpr and the bytes of
   its constants. `chunks.Plan.traced` holds it, so the program cache sees state that `function_key` cannot: a
   value the code reads through an attribute (a settings object, a bound method's `self`) changed between calls
   used to rerun the program traced with the old value, silently. Traced through a fresh wrapper, as JAX caches
   traces by function identity and would hand back the stale one. Costs a trace (0.05 s for the demo's loss,
-  0.1 s for the paper model's)."""
-  closed = jax.make_jaxpr(lambda *args: fn(*args))(*jax.tree.map(abstract, example_args))
-  digest = hashlib.blake2b(str(closed.jaxpr).encode(), digest_size=16)
+  0.1 s for the paper model's). With `gradient`, the trace of the gradient with respect to the first argument
+  is digested too: a custom_jvp or custom_vjp rule (absent from the forward trace) is part of what the SGLD
+  step computes, and a setting only such a rule read, changed, reran the old chains."""
+  args = jax.tree.map(abstract, example_args)
+  digest = hashlib.blake2b(digest_size=16)
+  _digest_jaxpr(digest, jax.make_jaxpr(lambda *a: fn(*a))(*args))
+  if gradient:
+    summed = lambda first, *rest: jnp.sum(fn(first, *rest))
+    try:
+      closed = jax.make_jaxpr(jax.grad(summed, allow_int=True))(*args)
+    except Exception:  # noqa: BLE001 (a loss that cannot be differentiated fails where the step differentiates it)
+      digest.update(b"no gradient")
+    else:
+      _digest_jaxpr(digest, closed)
+  return digest.hexdigest()
+
+
+def _digest_jaxpr(digest, closed) -> None:
+  digest.update(str(closed.jaxpr).encode())
   for const in closed.consts:
     const = np.ascontiguousarray(const)
     digest.update(f"{const.shape}{const.dtype}".encode())
     digest.update(const.tobytes())
-  return digest.hexdigest()
 
 
 def abstract(a, shape=None) -> jax.ShapeDtypeStruct:

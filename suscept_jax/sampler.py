@@ -348,7 +348,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, batched.first_row(observed)).shape)  # [1, J, ...]
   statistics_dtype = batched.statistics_dtype(loss_fn, params, base)
-  keyed_loss = batched.keyed_by_trace(loss_fn, params, base)  # (traced once: the program's key and the table's)
+  keyed_loss = batched.keyed_by_trace(loss_fn, params, base, gradient=True)  # (once: the program's key, the table's)
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size,
               blocks_per_chunk=draws_per_chunk or blocks_per_chunk(num_blocks, mesh),

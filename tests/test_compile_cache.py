@@ -91,6 +91,42 @@ def test_state_read_through_an_attribute_is_part_of_the_key():
                                                                                        one_row)
 
 
+GRADIENT_SCALE = 1.0  # read only by a custom_jvp rule: the forward pass does not depend on it
+
+
+@jax.custom_jvp
+def _scaled_gradient(x):
+  return x
+
+
+@_scaled_gradient.defjvp
+def _scaled_gradient_jvp(primals, tangents):
+  return primals[0], jax.tree.map(lambda t: t * GRADIENT_SCALE, tangents[0])
+
+
+def test_a_setting_only_a_custom_gradient_rule_reads_is_part_of_the_key():
+  """The SGLD step differentiates the loss: a value read only by a custom_jvp rule changes the chains while the
+  forward trace and the loss's code stay the same. It reran the old program, its LLC silently the old one."""
+  global GRADIENT_SCALE
+  data = _data()
+  params = toys.quadratic_minimum(data)
+  make = lambda: (lambda p, b: toys.quadratic_loss(_scaled_gradient(p), b))  # noqa: E731 (fresh per call)
+  llc = {}
+  try:
+    for scale in (1.0, 0.0):
+      GRADIENT_SCALE = scale
+      llc[scale] = sj.estimate_llc(make(), params, data, config=CFG, batch_size=10, progress=False).mean
+    # with no gradient the chains are pure noise about w*: a different LLC from the same noise, not the old one
+    assert llc[0.0] != llc[1.0], llc
+    one_row = {k: v[:1] for k, v in data.items()}
+    with_zero = keys.traced_key(make(), params, one_row, gradient=True)
+  finally:
+    GRADIENT_SCALE = 1.0
+  assert with_zero != keys.traced_key(make(), params, one_row, gradient=True)
+  assert keys.traced_key(make(), params, one_row, gradient=True) == keys.traced_key(make(), params, one_row,
+                                                                                    gradient=True)
+
+
 def test_fresh_lambdas_compile_once_and_the_cache_is_bounded(monkeypatch):
   data = _data()
   params = toys.quadratic_minimum(data)
