@@ -74,6 +74,15 @@ def check_loss_fn(loss_fn, params, base) -> None:
   if not hasattr(out, "shape") or tuple(out.shape) != (2,):
     raise ValueError(f"loss_fn must return per-sample losses of shape [B]; for B=2 it returned "
                      f"{getattr(out, 'shape', type(out))}")
+  _check_float_losses(out, "loss_fn")
+
+
+def _check_float_losses(out, name: str) -> None:
+  """Losses must be floating point: an integer loss has a zero gradient (SGLD then sampled noise about w*: an
+  LLC 6× too large, flagged only by R̂) and moves in whole units (χ from rounding)."""
+  if not jax.numpy.issubdtype(out.dtype, jax.numpy.floating):
+    raise ValueError(f"{name} must return floating-point losses; it returned {out.dtype} (a cast to an integer "
+                     f"type?): an integer loss has no gradient and moves only in whole units")
 
 
 def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
@@ -83,6 +92,7 @@ def check_token_loss_fn(token_loss_fn, params, contexts) -> tuple:
   if len(shape) < 2 or shape[0] != min(2, len(jax.tree.leaves(contexts)[0])):
     raise ValueError(f"token_loss_fn must return per-token losses of shape [B, J]; for B=2 it returned "
                      f"{getattr(out, 'shape', type(out))}")
+  _check_float_losses(out, "token_loss_fn")
   return shape
 
 

@@ -153,6 +153,9 @@ def test_bad_inputs(problem):
   with pytest.raises(ValueError, match=r"token_loss_fn must return per-token losses of shape \[B, J\]"):
     sj.estimate_per_token_susceptibilities(toys.quadratic_loss, toys.quadratic_loss, w_star, comps, base, contexts,
                                            batch_size=16)
+  rounded = lambda p, c: jnp.round(100 * token_losses(p, c)).astype(jnp.int32)  # noqa: E731
+  with pytest.raises(ValueError, match=r"token_loss_fn must return floating-point losses; it returned int32"):
+    sj.estimate_per_token_susceptibilities(toys.quadratic_loss, rounded, w_star, comps, base, contexts, batch_size=16)
   bad = {k: v.copy() for k, v in contexts.items()}
   bad["a"][2] = np.nan
   with pytest.raises(sj.DataFaultError, match=r"context\(s\) \[2\]"):

@@ -310,6 +310,8 @@ def test_bad_inputs_name_what_is_wrong(gaussian_problem):
     call(probes={})
   with pytest.raises(ValueError, match=r"loss_fn must return per-sample losses of shape \[B\]"):
     call(loss_fn=lambda w, b: quadratic_loss(w, b).sum())
+  with pytest.raises(ValueError, match=r"loss_fn must return floating-point losses; it returned int32"):
+    call(loss_fn=lambda w, b: (100 * quadratic_loss(w, b)).astype(jnp.int32))  # (sampled noise about w*)
 
 
 def test_masks_of_another_mapping_type_and_the_mask_helpers(gaussian_problem):
