@@ -128,6 +128,9 @@ def select(m: Moments, index) -> Moments:
   return Moments(*(a[index] for a in m))
 
 
+MIN_CHI_DRAWS = 2  # draws of a chain that observed y, for its χ (a covariance over draws)
+
+
 def chi_per_chain(m: Moments, full_mean_y, *, form: str = "eq41"):
   """χ per entry [E, ...] from moments; `full_mean_y` = ⟨y⟩ of the paired full-model chain [E, ...]."""
   if form not in CHI_FORMS:
@@ -135,7 +138,9 @@ def chi_per_chain(m: Moments, full_mean_y, *, form: str = "eq41"):
   n = np.maximum(m.count_y, 1)
   cov = m.comoment / n
   chi = -cov if form == "covariance" else -cov - m.mean_x_y * (m.mean_y - full_mean_y)
-  return np.where(m.count_y > 0, chi, np.nan)  # (no draw observed y: no estimate, not a χ of 0)
+  # Under two draws that observed y there is no estimate, not a χ of 0: a covariance over one draw is 0, and
+  # "full"'s eq. 41 χ was exactly 0 ± 0 at num_draws=1, read as a measured 0.
+  return np.where(m.count_y >= MIN_CHI_DRAWS, chi, np.nan)
 
 
 def pooled_mean_y(m: Moments, valid_E) -> np.ndarray:

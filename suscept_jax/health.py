@@ -17,7 +17,7 @@ Every χ and LLC cell gets a status: "ok", or the failed tests joined by "; ". T
                 biased) no error bar holds (a component that barely moves the loss, e.g. a head at
                 initialisation; a loss summed rather than averaged, or offset by a constant)
   χ undefined   the cell's χ is NaN although its component's chains are usable: every chain of "full"
-                diverged (eq. 41 needs ⟨ΔL⟩_full), or no chain observed the probe at any draw
+                diverged (eq. 41 needs ⟨ΔL⟩_full), or no chain observed the probe at 2 draws or more
   δh            the realised probe fraction is off δh by more than DELTA_H_TOLERANCE (relative)
   dropped       some draws of this probe were dropped for a non-finite probe loss (per token: some tokens')
 
@@ -123,13 +123,16 @@ def undefined_chi_flags(chi: float, component_diverged: bool, full_diverged: boo
   """The cell's χ is NaN while its own component's chains are usable (a diverged component says so already)."""
   if np.isfinite(chi) or component_diverged:
     return []
-  return [FULL_DIVERGED if full_diverged else "χ undefined: no chain observed this probe at any draw"]
+  return [FULL_DIVERGED if full_diverged else "χ undefined: no chain observed this probe at 2 draws or more"]
 
 
-def token_flags(short_tokens: int) -> list[str]:
+def token_flags(short_tokens: int, undefined_tokens: int = 0) -> list[str]:
   """Failed tests that concern a component's per-token χ: tokens whose loss was not finite at some draws of
-  some chain (their χ comes from the draws and chains that observed them)."""
-  return [f"{short_tokens} token(s) short of draws (non-finite token loss)"] if short_tokens else []
+  some chain (their χ comes from the draws and chains that observed them), and tokens with no χ otherwise (no
+  chain observed them at 2 draws or more, e.g. a run of one draw)."""
+  return ([f"{short_tokens} token(s) short of draws (non-finite token loss)"] if short_tokens else []) + (
+      [f"χ undefined for {undefined_tokens} token(s): no chain observed them at 2 draws or more"]
+      if undefined_tokens else [])
 
 
 def status(flags) -> str:

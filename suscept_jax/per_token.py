@@ -201,10 +201,13 @@ def estimate_per_token_susceptibilities(
   llc, llc_err, _ = estimators.llc_table(first.moments, diverged, np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(first, c, K) for c, name in enumerate(component_names)}
   full_diverged = diverged[component_names.index("full")].all()  # (then no token's χ is defined)
+  undefined_C = (np.isnan(chi.reshape(C, num_contexts, -1)) & ~np.moveaxis(short_OxJxC, -1, 0)).sum(axis=(1, 2))
   comp_flags = [health.component_flags(diags[name], llc[c], K, health.phi_steps(llc[c] / config.nbeta,
                                                                                 first.loss_star_trace))
                 + ([health.FULL_DIVERGED] if full_diverged and not diverged[c].all() else [])
-                + health.token_flags(int(short_tokens_C[c])) for c, name in enumerate(component_names)]
+                + health.token_flags(int(short_tokens_C[c]),
+                                     0 if full_diverged or diverged[c].all() else int(undefined_C[c]))
+                for c, name in enumerate(component_names)]
   warnings = api._divergence_warnings(component_names, diags, K)
   warnings += api._health_warnings(component_names, comp_flags, [], [])
   if probes:

@@ -70,7 +70,7 @@ def test_each_component_test_on_stated_values():
   assert health.probe_flags(nan, nan, 0, 0.1, 0.1) == []  # (a constant φ·ΔL, e.g. probe = base: χ is exact)
   assert health.probe_flags(1.0, 400.0, 3, 0.1, 0.1) == ["3 probe draws dropped (non-finite loss)"]
   assert health.undefined_chi_flags(nan, False, True) == [health.FULL_DIVERGED]
-  assert health.undefined_chi_flags(nan, False, False) == ["χ undefined: no chain observed this probe at any draw"]
+  assert health.undefined_chi_flags(nan, False, False) == ["χ undefined: no chain observed this probe at 2 draws or more"]
   assert health.undefined_chi_flags(nan, True, True) == [] and health.undefined_chi_flags(0.3, False, True) == []
 
 

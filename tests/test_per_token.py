@@ -61,6 +61,19 @@ def test_chunking_and_devices_do_not_change_the_numbers(problem):
   np.testing.assert_array_equal(one.chi_per_chain, whole.chi_per_chain)
 
 
+def test_one_draw_gives_no_token_chi_and_says_so(problem):
+  """"full"'s per-token χ was exactly 0 ± 0 at num_draws=1 with no word of it: under 2 draws that observed a
+  token there is no χ, and each status counts the tokens left without one (also over several token axes)."""
+  base, contexts, w_star, comps, _ = problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=3, num_draws=1, mala_every=0)
+  two_axes = lambda p, c: jnp.stack([token_losses(p, c), token_losses(p, c) + 1.0], axis=-1)  # noqa: E731
+  res = sj.estimate_per_token_susceptibilities(toys.quadratic_loss, two_axes, w_star, comps, base, contexts,
+                                               config=config, batch_size=16, progress=False)
+  assert np.isnan(res.chi).all() and np.isfinite(res.llc).all()
+  tokens = res.chi[0].size
+  assert all(f"χ undefined for {tokens} token(s)" in status for status in res.status.values()), res.status
+
+
 def test_token_losses_may_carry_several_token_axes(problem):
   """[B, J, 2] token losses (here ℓ and ℓ + 1: a constant shift leaves χ as it is) give the [B, J] numbers on
   each slice, also when a chunk's contexts are as many as the entries (where a wrong broadcast would run)."""

@@ -1,4 +1,5 @@
 """χ from the engine against exact identities and a closed-form Gaussian posterior; Algorithm 1; bad input."""
+import dataclasses
 import math
 import types
 from pathlib import Path
@@ -490,3 +491,17 @@ def test_full_must_free_every_parameter(gaussian_problem):
   config = sj.SGLDConfig(num_chains=2, num_draws=2)
   sj.estimate_susceptibilities(quadratic_loss, w_star, {"full": {"w": np.ones(D, bool)}}, base, probes,
                                config=config, batch_size=16, progress=False)
+
+
+def test_one_draw_gives_no_chi_and_says_so(gaussian_problem):
+  """A covariance over one draw is 0: "full"'s eq. 41 χ came out exactly 0 ± 0 at num_draws=1, its status naming
+  only R̂ and ESS, read as a measured 0. Under 2 draws that observed the probe there is no χ; the LLC stays."""
+  base, probes, w_star, comps = gaussian_problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=4, num_draws=1)
+  res = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, config=config, batch_size=64,
+                                     delta_h=0.1, progress=False)
+  assert np.isnan(res.chi).all() and np.isfinite(res.llc).all()
+  assert all("χ undefined: no chain observed this probe at 2 draws or more" in s for s in res.status.ravel())
+  two = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, progress=False, batch_size=64,
+                                     delta_h=0.1, config=dataclasses.replace(config, num_draws=2))
+  assert np.isfinite(two.chi).all()
