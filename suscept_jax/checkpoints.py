@@ -121,6 +121,37 @@ def load_params(run_dir, step: int | None = None):
   return params
 
 
+def params_digest(params) -> str:
+  """A short hash of the weights themselves (every leaf's path, dtype, shape and bytes): results record the
+  weights they were computed on, which a run's identity (its recipe, or where it was converted from) does not
+  pin down: a run converted again from other files at the same paths, or trained again, has other weights."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{jax.tree_util.keystr(path)}|{leaf.dtype}|{leaf.shape}|".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def check_weights_unchanged(recorded: dict, run_dir, results_dir, *, log=print) -> None:
+  """Refuse results computed on other weights than `run_dir` now holds at their step: `recorded` maps a step to
+  the `params_digest`s its finished results recorded (`ResultsDir.params_digests`; results written before
+  digests were recorded, and steps no longer in the run, are not checked). Loads each such checkpoint once."""
+  if not recorded:
+    return
+  present = set(available_steps(run_dir))
+  checked = sorted(s for s in recorded if s in present)
+  if len(checked) > 4:
+    log(f"checking the weights of {len(checked)} finished checkpoint(s) against {run_dir} ...")
+  for step in checked:
+    now = params_digest(load_params(run_dir, step))
+    if recorded[step] != {now}:
+      then = ", ".join(sorted(recorded[step] - {now}))
+      raise ValueError(f"{results_dir} holds results of checkpoint {step} computed on other weights than "
+                       f"{run_dir} holds at that step now (params digest {then} then, {now} now): the "
+                       f"run was trained or converted again; use --overwrite to recompute, or another --output_dir")
+
+
 def _check_finite(params, what: str) -> None:
   """`validation.check_params`, its error naming `what` holds the params (a step, a file)."""
   try:
@@ -148,9 +179,10 @@ def _summarize(steps: list[int]) -> str:
 
 def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=None, log=print) -> list[int]:
   """TransformerLens checkpoints (a file or a directory of `checkpoint_<step>.pth`/`.safetensors`) -> the run
-  directory `run_dir` (params checkpoints, run.json, tokenizer.json); steps already there are skipped.
-  Returns every step of the input. `config`: see `interop.from_transformer_lens`."""
-  from suscept_jax.data import tokenizer as tokenizers_lib
+  directory `run_dir` (params checkpoints, run.json, tokenizer.json); steps already there are skipped, unless
+  their file's content differs from what was converted (run.json's `source_digests`): that is refused, as the
+  step would keep the old weights. Returns every step of the input. `config`: see `interop.from_transformer_lens`."""
+  from suscept_jax.data import sources, tokenizer as tokenizers_lib
   from suscept_jax.models import interop
 
   files = interop.checkpoint_files(input_path)
@@ -174,6 +206,20 @@ def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=
                      f"{input_path} would mix two runs: convert into another directory")
   info = {**recorded, **info}  # (a rerun without --tokenizer keeps the fingerprint recorded before)
   info.pop("model_config", None)
+  with params_manager(run_dir) as mngr:
+    done = {int(s) for s in mngr.all_steps()}
+  converted = {int(step): digest for step, digest in recorded.get("source_digests", {}).items()}
+  digests = {step: sources.content_digest(file) for step, file in files.items()}
+  for step, file in files.items():
+    if step in done and step in converted and converted[step] != digests[step]:
+      raise ValueError(f"step {step} of {run_dir} was converted from another content of {file} (sha256 "
+                       f"{converted[step][:16]} then, {digests[step][:16]} now); its weights would stay the old "
+                       f"ones: convert into another directory, or remove {run_dir} first")
+  # what each step's weights come from: for the steps done, as recorded then (none if converted before this
+  # was recorded); for the rest, their files as they are now (recorded before converting them)
+  kept = {step: digest for step, digest in converted.items() if step in done}
+  new = {step: digest for step, digest in digests.items() if step not in done}
+  info["source_digests"] = {str(step): digest for step, digest in sorted({**kept, **new}.items())}
   if tokenizer_path:
     tokenizer = tokenizers_lib.load_tokenizer(tokenizer_path)
     tokenizers_lib.check_vocab_matches(tokenizer, model_config.d_vocab, name=f"tokenizer {tokenizer_path}")
@@ -183,7 +229,6 @@ def import_transformer_lens(input_path, run_dir, *, tokenizer_path=None, config=
     log(f"note: no --tokenizer given; the sweep will need --tokenizer, or {run_dir / 'tokenizer.json'}")
   write_run_info(run_dir, model_config, **info)
   with params_manager(run_dir) as mngr:
-    done = {int(s) for s in mngr.all_steps()}
     for i, (step, file) in enumerate(files.items()):
       if step in done:
         continue

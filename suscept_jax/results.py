@@ -252,6 +252,16 @@ class ResultsDir:
       raise _damaged(path, "valid JSON, but not a unit's metadata: no checkpoint in it")
     return meta
 
+  def params_digests(self, prefix: str = "step_") -> dict:
+    """{checkpoint: {params digests}} recorded by the finished units named `prefix`… (units written before
+    digests were recorded have none)."""
+    digests: dict = {}
+    for name in self.finished_units(prefix):
+      meta = self.unit_meta(name)
+      if meta.get("params_digest"):
+        digests.setdefault(int(meta["checkpoint"]), set()).add(meta["params_digest"])
+    return digests
+
   def environments(self, prefix: str = "step_") -> dict:
     """{environment_label: number of finished units (named `prefix`…) computed there}."""
     counts: dict = {}

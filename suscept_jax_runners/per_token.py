@@ -223,6 +223,7 @@ def main(argv):
   distributed.check_same_settings({**run_settings, "run_dir": None}, num_processes)
   if not _OVERWRITE.value:
     store.check_settings(run_settings, legacy=legacy, unrecorded=NEWER_FINGERPRINTS)
+    checkpoints.check_weights_unchanged(store.params_digests(prefix="chunk_"), target.run_dir, store.path)
   distributed.start_results(store, run_settings, {"views": settings["views"]}, kind="per_token",
                             overwrite=_OVERWRITE.value,
                             process_index=process_index, num_processes=num_processes, outputs=OUTPUTS)
@@ -268,6 +269,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   from suscept_jax.progress import progress_bar, warn_above
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
+  digest = checkpoints.params_digest(params)
   num = len(contexts)
   chunk = min(settings["contexts_per_chunk"], num)
   num_chunks = -(-num // chunk)
@@ -312,7 +314,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
           res.chi_per_chain[:, :, keep], res.valid_chains(), types_OxJ.reshape(targets_OxJ.shape))
       if res.dataset is not None:
         arrays["dataset_chi_PxCxK"] = res.dataset_chi_per_chain()
-      meta = {"checkpoint": step, "chunk": i, "first_context": i * chunk, "component_names": res.component_names,
+      meta = {"checkpoint": step, "params_digest": digest, "chunk": i, "first_context": i * chunk,
+              "component_names": res.component_names,
               "probe_names": [], "rows": [], "llc": res.llc.tolist(), "status": res.status, "warnings": res.warnings,
               "seconds": res.seconds, "microbatch_size": settings["microbatch_size"],  # may differ between chunks
               "environment": results.environment()}

@@ -186,6 +186,7 @@ def main(argv):
                                   num_processes)
   if not _OVERWRITE.value:
     out.check_settings(run_settings, ignore=NOT_COMPARED, legacy=cli.LEGACY_SETTINGS, unrecorded=("run_fingerprint",))
+    checkpoints.check_weights_unchanged(out.params_digests(), target.run_dir, out.path)
   from suscept_jax.analysis import plots  # (what --overwrite clears: the summary and these figures)
   distributed.start_results(out, run_settings, scope, kind="sweep", overwrite=_OVERWRITE.value,
                             process_index=process_index,
@@ -304,6 +305,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
         warn_above(bar, f"checkpoint {step}: {w.message}")
         num_warnings += 1
       arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
+      meta["params_digest"] = checkpoints.params_digest(params)  # (a resume checks it against the run's weights)
       meta["microbatch_size"] = settings["microbatch_size"]  # not a number setting: see NOT_COMPARED
       if step not in scored:  # independent labels for each head (not from susceptibilities)
         meta["head_scores"] = [{"checkpoint": step, **row} for row in head_scores.head_score_table(

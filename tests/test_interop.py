@@ -204,6 +204,19 @@ def test_convert_command_refuses_bad_input_naming_it(tmp_path, tiny):
   np.testing.assert_array_equal(checkpoints.load_params(run_dir, 50)["embed"]["W_E"], sd["embed.W_E"])
   assert checkpoints.import_transformer_lens(tmp_path, run_dir, log=print) == [0, 50]  # a rerun is a no-op
   assert "tokenizer_fingerprint" in checkpoints.read_run_info(run_dir)  # (kept by the rerun without --tokenizer)
+  # A file whose content changed at a step already converted: refused (the rerun said "2 checkpoints" and kept
+  # the old weights); a new step is converted as usual.
+  first = (tmp_path / "checkpoint_0000050.pth").read_bytes()
+  other = interop.to_transformer_lens(_random_params(cfg, seed=9), cfg)
+  torch.save({k: torch.from_numpy(v) for k, v in other.items()}, tmp_path / "checkpoint_0000050.pth")
+  with pytest.raises(ValueError, match=r"step 50 of .*run was converted from another content of "
+                                       r".*checkpoint_0000050.pth \(sha256 [0-9a-f]{16} then, [0-9a-f]{16} now\)"):
+    checkpoints.import_transformer_lens(tmp_path, run_dir, log=lambda *_: None)
+  (tmp_path / "checkpoint_0000050.pth").write_bytes(first)
+  shutil.copy(tmp_path / "checkpoint_0000000.pth", tmp_path / "checkpoint_0000055.pth")
+  assert checkpoints.import_transformer_lens(tmp_path, run_dir, log=lambda *_: None) == [0, 50, 55]
+  assert sorted(checkpoints.read_run_info(run_dir)["source_digests"], key=int) == ["0", "50", "55"]
+  (tmp_path / "checkpoint_0000055.pth").unlink()
   # Same model, other origin: refused, not merged (it used to add the steps and rewrite run.json).
   (tmp_path / "more").mkdir()
   shutil.copy(tmp_path / "checkpoint_0000050.pth", tmp_path / "more" / "checkpoint_0000070.pth")

@@ -1,6 +1,7 @@
 """The per-token runner on the tiny trained run: the token table, resumption, two processes, the views, and bad
 input."""
 import json
+import re
 import subprocess
 import sys
 
@@ -188,6 +189,13 @@ def test_a_killed_run_resumes_to_the_same_table(tiny, finished, tmp_path):
   del config["settings"]["base_fingerprint"], config["settings"]["probe_fingerprints"]
   config_json.write_text(json.dumps(config))
   assert run(per_token_cmd(tiny, copy, "--views=none")).returncode == 0
+  # Chunks computed on other weights than the run holds at their step now (converted or trained again): refused.
+  recorded = json.loads(chunk_json.read_text())
+  assert re.fullmatch(r"[0-9a-f]{16}", recorded["params_digest"])
+  chunk_json.write_text(json.dumps({**recorded, "params_digest": "0" * 16}))
+  proc = run(per_token_cmd(tiny, copy, "--views=none"))
+  assert proc.returncode == 2 and re.search(r"holds results of checkpoint \d+ computed on other weights .*"
+                                            r"\(params digest 0{16} then", proc.stderr), proc.stderr[-2000:]
   # --overwrite with other settings: nothing of the old run stays beside the new one (a stale dataset_chi.csv
   # used to feed the index's additivity line).
   proc = run(per_token_cmd(tiny, copy, "--views=none", "--overwrite", "--nodataset_chi", "--seed=3"))

@@ -208,6 +208,18 @@ def test_checkpoints_of_another_run_at_the_same_path_are_refused(tiny, tmp_path)
                                       cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
   first = cmd("--steps=0")
   assert first.returncode == 0, first.stderr[-3000:]
+  # The same run's identity with other weights at step 0 (a run converted again from other files, or trained
+  # again): the finished units were reused without a word. Refused, naming the step.
+  from suscept_jax import checkpoints
+  saved = run / checkpoints.PARAMS_DIR
+  shutil.move(saved / "0", tmp_path / "step_0")
+  shutil.copytree(saved / "20", saved / "0")  # (step 20's weights at step 0)
+  swapped = cmd("--steps=0")
+  assert swapped.returncode == 2 and re.search(r"holds results of checkpoint 0 computed on other weights than .*run "
+                                               r"holds at that step now \(params digest [0-9a-f]{16} then",
+                                               swapped.stderr), swapped.stderr[-3000:]
+  shutil.rmtree(saved / "0")
+  shutil.move(tmp_path / "step_0", saved / "0")
   info = json.loads((run / "run.json").read_text())
   info["train_config"]["seed"] += 1  # (as a run trained with another seed would say)
   (run / "run.json").write_text(json.dumps(info))

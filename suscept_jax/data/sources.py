@@ -485,11 +485,11 @@ def _files_identity(root: Path, identity: str, files: Iterable[Path] | None = No
   files = data_files(root) if files is None else list(files)
   if identity == "stat":
     return _file_stats(files)
-  return [[path.relative_to(root).as_posix() if root.is_dir() else "", path.stat().st_size, _content_digest(path)]
+  return [[path.relative_to(root).as_posix() if root.is_dir() else "", path.stat().st_size, content_digest(path)]
           for path in files]
 
 
-def _content_digest(path: Path) -> str:
+def content_digest(path: Path) -> str:
   """sha256 of a file's bytes, cached under the cache root by host, resolved path, device, inode, size, mtime and
   ctime: a large corpus is read once per copy, and a rewritten file is read again, even one whose size and
   mtime were put back (`cp -p`, `rsync -t`, `tar x` set the mtime, never the ctime), and even where hosts share
