@@ -80,18 +80,19 @@ def _as_bool(who: str, path: str, mask_leaf, param_leaf) -> np.ndarray:
 
 def _bool_leaves(who: str, mask, params) -> list:
   """The mask's leaves as bool arrays, in the params' leaf order (None -> all True), after checking that it
-  has the params' leaves (by path: a flax FrozenDict mask fits dict params and the other way round)."""
+  has the params' leaves. Matched by path, not position: a flax FrozenDict mask fits dict params and the other
+  way round, and a mask keyed by "2", "10" fits params keyed by 2, 10 (whose leaves come in another order)."""
   if mask is None:
     return [np.bool_(True)] * len(jax.tree.leaves(params))
   paths, mask_paths = leaf_paths(params), leaf_paths(mask)
-  if mask_paths != paths:
+  by_path = dict(zip(mask_paths, jax.tree.leaves(mask)))
+  if sorted(mask_paths) != sorted(paths) or len(by_path) != len(paths):
     missing = sorted(set(paths) - set(mask_paths))
     extra = sorted(set(mask_paths) - set(paths))
     detail = (f"missing leaves: {missing[:5]}, unexpected leaves: {extra[:5]}" if missing or extra else
-              f"the same leaves in another order: params is a {type(params).__name__}, the mask a "
-              f"{type(mask).__name__}")
+              f"two leaves of one path: {sorted(p for p in set(mask_paths) if mask_paths.count(p) > 1)[:5]}")
     raise ValueError(f"{who}: mask structure does not match the params structure ({detail})")
-  return [_as_bool(who, path, m, p) for path, m, p in zip(paths, jax.tree.leaves(mask), jax.tree.leaves(params))]
+  return [_as_bool(who, path, by_path[path], p) for path, p in zip(paths, jax.tree.leaves(params))]
 
 
 def normalize_mask(name: str, mask, params):

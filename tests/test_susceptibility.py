@@ -328,6 +328,14 @@ def test_masks_of_another_mapping_type_and_the_mask_helpers(gaussian_problem):
                      ({"v": 0.5, "w": 0}, r"count_free: mask leaf v holds values other than 0 and 1")]:
     with pytest.raises(ValueError, match=match):
       sj.count_free(bad, params)
+  # Matched by path, not position: params keyed by 2, 10 and a mask keyed by "2", "10" (whose leaves sort the
+  # other way) were refused as "the same leaves in another order", while keys 0, 1 with "0", "1" passed.
+  by_int = {2: np.ones(3, np.float32), 10: np.float32(0.0)}
+  assert sj.count_free({"2": np.array([0, 1, 0]), "10": 0}, by_int) == 1
+  assert sj.count_free({"2": 0, "10": 1}, by_int) == 1
+  names, stacked = sj.stack_masks({"full": None, "one": {"2": np.array([0, 1, 0]), "10": 0}}, by_int)
+  np.testing.assert_array_equal(stacked[2][1], [False, True, False])
+  assert not stacked[10][1]
   frozen = flax.core.FrozenDict({"w": FIRST3})
   names, masks_C = sj.stack_masks({"full": None, "first3": frozen}, w_star)
   np.testing.assert_array_equal(masks_C["w"][1], FIRST3)
