@@ -147,8 +147,8 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   opt_state = optimizer.init(params)
   state_mngr = checkpoints.train_state_manager(run_dir)
   params_mngr = checkpoints.params_manager(run_dir)
-  start = 0
-  if state_mngr.latest_step() is not None:
+  start, resumed = 0, state_mngr.latest_step() is not None
+  if resumed:
     start = state_mngr.latest_step()
     try:
       restored = state_mngr.restore(start, args=ocp.args.Composite(
@@ -179,7 +179,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
     with open(metrics_path, "a") as f:
       f.write(paths.json_bytes({"step": step, **values}, indent=None).decode() + "\n")
 
-  if start == 0:
+  if not resumed:  # (a run stopped after saving step 0's state resumes from it: saving it again was refused)
     save(0)
     record(0, test_loss=evaluate(params, test_data))
   # Closed also when a step fails; disabled, the bar takes its updates silently.

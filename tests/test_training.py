@@ -95,6 +95,12 @@ def test_resume_after_a_kill_gives_identical_params(corpus):
     a = checkpoints.load_params(root / "straight", step)
     b = checkpoints.load_params(root / "killed", step)
     jax.tree.map(np.testing.assert_array_equal, a, b)
+  # Stopped after step 0's state was saved (Ctrl-C during the first compile): every rerun was refused with
+  # orbax's "Checkpoint for step 0 already exists".
+  training.train(root / "at_zero", cfg, contexts, tc, progress=False, stop_after=0)
+  assert training.train(root / "at_zero", cfg, contexts, tc, progress=False)["steps_run"] == 30
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.load_params(root / "straight", 30),
+               checkpoints.load_params(root / "at_zero", 30))
 
 
 def test_a_run_is_resumed_only_with_its_own_recipe(corpus):
