@@ -740,3 +740,16 @@ def test_pc_time_series_draw_each_rows_band_and_step_ticks_stay_apart(tmp_path, 
   plots._symlog_steps(ax, np.r_[100, np.arange(200, 50_001, 2000)])
   assert ax.get_xticks().tolist() == [100.0, 1000.0, 10_000.0]
   plt.close(fig)
+
+
+def test_a_report_on_one_pc_leaves_out_the_planes_of_two(tmp_path, monkeypatch):
+  """`--num_pcs=1` stopped the report in the trajectories figure (planes of PC1 against PC2) with an IndexError."""
+  from suscept_jax.analysis import plots, report, structure_plots
+  monkeypatch.setattr(plots, "sweep_figures", lambda table, path: [])  # (this sweep's units hold no table rows)
+  out = report.build(_write_sweep(tmp_path / "a"), tmp_path / "r" / "report.html", num_pcs=1, num_resamples=20,
+                     log=lambda *_: None)
+  assert out.exists() and not (tmp_path / "r" / "report_figures" / "trajectories.png").exists()
+  scores = np.zeros((4, 3))
+  with pytest.raises(ValueError, match="trajectories need 2 principal components; 1 analysed"):
+    structure_plots.plot_trajectories(scores, np.array(list("aabb")), np.arange(4), tmp_path / "t.png",
+                                      stable_k=[True])

@@ -89,9 +89,13 @@ def plot_couplings(couplings: dict, num_pcs: int, path, *, checkpoints=None, cle
 
 
 def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0, 1), (1, 2)), stable_k=None) -> Path:
-  """π_d(t) in the planes of PC pairs; first and last checkpoints marked."""
+  """π_d(t) in the planes of PC pairs (those of the PCs analysed: `stable_k`'s); first and last checkpoints
+  marked."""
   plt = pyplot()
-  pairs = [p for p in pairs if max(p) < scores_Rxk.shape[1]]
+  analysed = scores_Rxk.shape[1] if stable_k is None else min(scores_Rxk.shape[1], len(stable_k))
+  pairs = [p for p in pairs if max(p) < analysed]
+  if not pairs:
+    raise ValueError(f"trajectories need 2 principal components; {analysed} analysed")
   fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False, layout="constrained")
   cmap = plt.get_cmap("tab10")
   for ax, (a, b) in zip(axes[0], pairs):
