@@ -154,6 +154,37 @@ class ResultsDir:
     if write:
       paths.check_writable_dir(self.units, "--output_dir", shown=self.path)
 
+  def claim(self, runner: str) -> None:
+    """Hold this directory for this run until it ends (`paths.hold_directory`), before it is checked and
+    written: two runs into one directory at once (two sweeps, or a sweep and a per-token run) both found it
+    empty, and the table mixed their settings under one config.json. A multi-process run's process 0 holds it."""
+    try:
+      self._held = paths.hold_directory(self.path, f"experiments.{runner}")
+    except paths.DirectoryInUse as e:
+      raise ValueError(f"{self.path} is being written by {e.holder}: wait for it to finish, or give another "
+                       "--output_dir") from None
+
+  def writer(self) -> str | None:
+    """The run writing into this directory now (see `claim`), or None."""
+    return paths.directory_holder(self.path)
+
+  def unfinished_note(self) -> str | None:
+    """A line for whatever reads these results while they are incomplete: a run is still writing them, or the
+    last one stopped with units left (progress.json); else None. A report on a sweep still running covered
+    the units finished so far without a word."""
+    finished = len(self.finished_units())
+    writer = self.writer()
+    if writer:
+      return f"{self.path} is still being written by {writer}: this covers the {finished} unit(s) finished so far"
+    try:
+      remaining = json.loads((self.path / "progress.json").read_text()).get("remaining") or []
+    except (OSError, ValueError):
+      return None
+    if remaining:
+      return (f"{self.path}: the last run stopped with {len(remaining)} unit(s) not finished (progress.json); "
+              f"this covers the {finished} finished: run it again to finish them")
+    return None
+
   # -- settings ---------------------------------------------------------------------------------------
   def holds_results(self) -> bool:
     """Whether any unit was finished here: a directory whose run failed before its first unit (bad data, a

@@ -130,11 +130,25 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   source = (run_info or {}).get("train_data")
   batches = mixing.BatchSchedule(len(train_data), cfg.batch_size, cfg.seed,
                                  name=f"training data {source!r}" if source else "training data")
-  run_dir.mkdir(parents=True, exist_ok=True)
-  schedule_steps = cfg.schedule()
   run_info = {**(run_info or {}), "tokens_fingerprint": packing.tokens_fingerprint(contexts_NxK),
               "num_train_contexts": len(train_data), "num_test_contexts": n_eval,
               "context_length": int(contexts_NxK.shape[1])}
+  run_dir.mkdir(parents=True, exist_ok=True)
+  # Held for the whole run (let go when it returns or fails, or its process ends): two trainings of one
+  # directory at once left one dead in orbax's "No ArrayMetadata found" and a temporary checkpoint behind.
+  held = paths.hold_directory(run_dir, "training")
+  try:
+    return _train_held(run_dir, model_config, cfg, train_data, test_data, batches, run_info, progress=progress,
+                       stop_after=stop_after, log=log)
+  finally:
+    if held is not None:
+      held.close()
+
+
+def _train_held(run_dir: Path, model_config: ModelConfig, cfg: TrainConfig, train_data, test_data, batches,
+                run_info: dict, *, progress, stop_after, log) -> dict:
+  """`train`'s work, in a run directory it holds."""
+  schedule_steps = cfg.schedule()
   check_same_recipe(run_dir, recipe(model_config, cfg, **run_info))
   checkpoints.write_run_info(run_dir, model_config, train_config=dataclasses.asdict(cfg), **run_info)
 

@@ -4,6 +4,7 @@ Runner modules import only absl and light modules at the top (presets, configs),
 inside `main`, so `--help` answers in well under a second.
 """
 import dataclasses
+import errno
 import os
 import sys
 import traceback
@@ -90,6 +91,11 @@ def run(main) -> None:
     except MemoryError as e:  # the sampler's own message says which setting to lower
       _stop(f"error: {e}\nresults already written are kept: run again with the setting it names lowered (e.g. "
             f"--microbatch_size=auto or a smaller size) to continue from them", 2)
+    except OSError as e:
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
+      _stop(f"error: no space left writing {e.filename or 'a file'} ({e.strerror}); results already written are "
+            "kept: free some space (or use another --output_dir) and run the same command again to continue", 2)
     except KeyboardInterrupt:
       _stop("interrupted: results already written are kept; run the same command again to continue (a sweep, a "
             "per-token run and training resume from their finished units)", 130)

@@ -170,6 +170,8 @@ def main(argv):
                                    "dry_run": _DRY_RUN.value, "views": settings["views"]}, num_processes)
   store = results.ResultsDir(out)
   store.check_writable(write=not _DRY_RUN.value)
+  if process_index == 0 and not _DRY_RUN.value:
+    store.claim("per_token")
   store.check_kind("per_token")
   legacy = {**cli.LEGACY_SETTINGS, "contexts_seed": settings["seed"]}  # (before the flag: chosen by --seed)
   if not _OVERWRITE.value:

@@ -139,6 +139,8 @@ def main(argv):
                                    "overwrite": _OVERWRITE.value, "dry_run": _DRY_RUN.value}, num_processes)
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   out.check_writable(write=not _DRY_RUN.value)
+  if process_index == 0 and not _DRY_RUN.value:
+    out.claim("sweep")
   out.check_kind("sweep")
   if not _OVERWRITE.value:  # the data's fingerprints are compared once the data exists (demo: after building it)
     out.check_settings(number_settings(settings, target),

@@ -214,6 +214,10 @@ def test_calibrate_runner_writes_its_verdicts(tiny, tmp_path):
     ("MemoryError(\"the sampler's program does not fit in device memory at batch_size=64\")", 2,
      ["error: the sampler's program does not fit in device memory at batch_size=64",
       "results already written are kept", "--microbatch_size=auto"]),
+    # A full disk: named, with how to continue (it ended in a raw OSError traceback).
+    ("OSError(28, 'No space left on device', '/runs/out/units/step_1.npz')", 2,
+     ["error: no space left writing /runs/out/units/step_1.npz (No space left on device)",
+      "results already written are kept", "run the same command again to continue"]),
 ])
 def test_an_interrupt_or_a_program_too_large_ends_with_a_message_not_a_traceback(raised, status, says):
   script = ("from suscept_jax_runners import cli\n"

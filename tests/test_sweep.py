@@ -1,5 +1,6 @@
 """The sweep runner end to end on a tiny trained model, including a real kill and resume."""
 import json
+import os
 import re
 import signal
 import subprocess
@@ -377,3 +378,52 @@ def test_results_files_are_strict_json_and_a_null_reads_back_as_nan(tmp_path):
   nan_only.start({"seed": 0}, {"checkpoint_steps": [0]}, kind="sweep")
   nan_only.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0, "rows": [nan_row]})
   assert nan_only.table().chi.dtype == np.float64
+
+
+def test_a_directory_another_run_is_writing_into_is_refused_and_reports_say_so(tiny, tmp_path):
+  """Two runs into one directory at once both found it empty: the table mixed their settings under one
+  config.json, and a sweep and a per-token run shared it. The directory is held for a run's whole length (the
+  kernel lets go when the process ends, however it ends); whatever reads it meanwhile says the results are
+  partial, as it does for a run that stopped with units left."""
+  from suscept_jax import paths
+  root, run_dir, tok, data = tiny
+  out = tmp_path / "out"
+  held = paths.hold_directory(out, "experiments.sweep")  # (another open file: flock keeps it apart, in-process too)
+  assert f"experiments.sweep, process {os.getpid()} on " in results.ResultsDir(out).writer()
+  proc = subprocess.run(sweep_cmd(run_dir, tok, data, out), cwd=REPO, env=env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 2 and re.search(r"out is being written by experiments.sweep, process \d+ on .*since "
+                                            r".*: wait for it to finish, or give another --output_dir", proc.stderr)
+  store = results.ResultsDir(out)
+  store.start({"seed": 0}, {"checkpoint_steps": [0, 20]}, kind="sweep")
+  store.write_unit("step_00000000-x", {"chi": np.zeros(1)}, {"checkpoint": 0, "rows": []})
+  assert re.search(r"still being written by experiments.sweep, .*covers the 1 unit\(s\) finished so far",
+                   store.unfinished_note())
+  held.close()
+  assert store.writer() is None and store.unfinished_note() is None
+  store.write_progress(["step_00000020-x"])
+  assert "the last run stopped with 1 unit(s) not finished (progress.json)" in store.unfinished_note()
+  script = (f"import time; from suscept_jax import paths; h = paths.hold_directory({str(out)!r}, 'a child'); "
+            "print('held', flush=True); time.sleep(60)")
+  child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert child.stdout.readline().strip() == "held"
+    with pytest.raises(paths.DirectoryInUse, match=r"being written by a child, process \d+"):
+      paths.hold_directory(out, "experiments.per_token")
+  finally:
+    child.kill()
+    child.wait()
+  paths.hold_directory(out, "experiments.per_token").close()  # (a killed holder blocks nothing)
+
+
+def test_a_write_that_fails_leaves_no_temporary_behind(tmp_path, monkeypatch):
+  """A full disk left a hidden partial file (.<name>.tmp-<pid>) in units/ for good."""
+  import errno
+  from suscept_jax import paths
+
+  def full(*_):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(paths.os, "replace", full)
+  with pytest.raises(OSError, match="No space left"):
+    paths.atomic_write_bytes(tmp_path / "unit.json", b"{}")
+  assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 .legend span {{ padding: 0 0.5em; }}
 h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
 .meta {{ color: #666; font-size: 0.85em; }}
+.warn {{ border-left: 4px solid #c0392b; padding-left: 0.6em; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
 </style></head><body>
 <h1>{title}</h1>

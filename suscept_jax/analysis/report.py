@@ -85,7 +85,11 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   table = table.drop_duplicates(["checkpoint", "probe", "component"])
   sections = []
   config = results.ResultsDir(dirs[0]).config()
+  unfinished = [note for note in (results.ResultsDir(d).unfinished_note() for d in dirs) if note]
+  for note in unfinished:
+    log(f"note: {note}")
   sections.append(("Run", f"<p>Results: {', '.join(html.escape(str(d)) for d in dirs)}</p>"
+                          + "".join(f"<p class='warn'>{html.escape(note)}.</p>" for note in unfinished) +
                           f"<details><summary>config.json (settings, versions)</summary><pre>"
                           f"{html.escape(json.dumps(config, indent=2, default=str))}</pre></details>"))
   sections.append(("Results table", _table_html(table)))
@@ -115,8 +119,8 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
       structure_plots.plot_couplings(couplings, num_pcs, fig_dir / "couplings.png", checkpoints=coupling_steps,
                                      clear={d: structure.excludes_zero(i) for d, i in coupling_intervals.items()},
                                      stable_k=stable_k),
-      structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png",
-                                        stable_k=stable_k),
+      *([structure_plots.plot_trajectories(pca.scores_Rxk, datasets, steps, fig_dir / "trajectories.png",
+                                           stable_k=stable_k)] if num_pcs >= 2 else []),  # (planes of 2 PCs)
       structure_plots.plot_pc_time_series(pca.scores_Rxk, datasets, steps, num_pcs, fig_dir / "pc_time_series.png",
                                           intervals_Rxkx2=structure.score_intervals(corrected), stable_k=stable_k),
   ]
@@ -297,7 +301,8 @@ def _common_response_text(loadings_H, j: int) -> str | None:
 
 def _clear_couplings_text(couplings: dict, intervals: dict, j: int, most: int = 4) -> str:
   """The datasets whose coupling to PC j has an interval excluding 0, largest first (at most `most` named)."""
-  clear = sorted((d for d in couplings if structure.excludes_zero(intervals[d])[j]), key=lambda d: -abs(couplings[d][j]))
+  clear = sorted((d for d in couplings if structure.excludes_zero(intervals[d])[j]),
+                 key=lambda d: -abs(couplings[d][j]))
   if not clear:
     return "no dataset's coupling interval excludes 0"
   named = ", ".join(f"{d} {couplings[d][j]:+#.3g}" for d in clear[:most])
