@@ -125,13 +125,12 @@ def losses_at(loss_fn, params, batch, micro=None):
   return compiled_losses(keyed_by_trace(loss_fn, params, batch), params, batch, micro)
 
 
-def keyed_by_trace(loss_fn, params, batch, *, gradient: bool = False) -> Keyed:
-  """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`; with `gradient`, also
-  its gradient's trace: the sampler's loss); one already keyed is returned as it is (a caller evaluating several
-  datasets of one sample structure traces once)."""
+def keyed_by_trace(loss_fn, params, batch) -> Keyed:
+  """loss_fn keyed by what it computes on one row of `batch` (`function_keys.traced_key`); one already keyed is
+  returned as it is (a caller evaluating several datasets of one sample structure traces once)."""
   if isinstance(loss_fn, Keyed):
     return loss_fn
-  return Keyed(loss_fn, traced_key(loss_fn, params, first_row(batch), gradient=gradient))
+  return Keyed(loss_fn, traced_key(loss_fn, params, first_row(batch)))
 
 
 def first_row(data):

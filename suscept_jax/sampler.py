@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from suscept_jax import anchor_table, batched, estimators, mixing, parallel, programs, sgld
+from suscept_jax import anchor_table, batched, estimators, function_keys, mixing, parallel, programs, sgld
 from suscept_jax.batched import MICROBATCH_AUTO, num_rows
 from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks, initial_pending
 from suscept_jax.programs import ProgramMemory
@@ -348,7 +348,9 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, batched.first_row(observed)).shape)  # [1, J, ...]
   statistics_dtype = batched.statistics_dtype(loss_fn, params, base)
-  keyed_loss = batched.keyed_by_trace(loss_fn, params, base, gradient=True)  # (once: the program's key, the table's)
+  keyed_loss = batched.keyed_by_trace(loss_fn, params, base)  # (the forward programs': the table's, the preflight's)
+  # the draw program's key holds the gradient's trace too (a custom_jvp/vjp rule is not in the forward one)
+  gradient_key = function_keys.traced_key(loss_fn, params, batched.first_row(base), gradient=True)
   plan = Plan(config=config, batch_size=batch_size, num_streams=streams.num_streams, num_probes=len(probe_names),
               num_slots=streams.num_slots, microbatch_size=microbatch_size,
               blocks_per_chunk=draws_per_chunk or blocks_per_chunk(num_blocks, mesh),
@@ -357,7 +359,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
               pair_split=pair_split if observed is not None else None,
               free_leaves=free, entry_grid=entry_grid(C, K, mesh.size, free),
               free_slices=slice_layout(masks_C, params, free),
-              traced=(keyed_loss.key,
+              traced=(gradient_key,
                       batched.keyed_by_trace(token_loss_fn, params, observed).key if observed is not None else None))
 
   put_e = lambda x: jax.device_put(x, NamedSharding(mesh, P(ENTRY_AXIS)))
