@@ -32,7 +32,8 @@ class BIFResult:
   correlation: np.ndarray  # [C, Q, J, S, J] chain-mean covariance over the chain-mean standard deviations
   correlation_stderr: np.ndarray  # [C, Q, J, S, J] its standard error, leaving out one chain at a time
   component_names: list
-  draws_used: np.ndarray  # [C, K] draws in each chain's moments (draws with a non-finite loss are left out)
+  draws_used: np.ndarray  # [C, K] draws in each chain's moments (a query or sample token whose loss was not
+  # finite at some draw of a chain is left out of that chain: NaN there, and counted in `status`)
   llc: np.ndarray  # [C] from the same chains
   llc_stderr: np.ndarray
   status: dict
@@ -59,16 +60,22 @@ class PairStatistics(NamedTuple):
   correlation: np.ndarray
   correlation_stderr: np.ndarray
   draws: np.ndarray  # [C, K]
+  left_out_q: np.ndarray  # [C] query values (of Q·J) not finite at some draw of some valid chain
+  left_out_s: np.ndarray  # [C] sample values (of the chunk's kept ones) likewise
 
 
 def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, kept: int) -> PairStatistics:
-  """From one run's cross moments: per chain, then the mean over non-diverged chains with its standard error."""
+  """From one run's cross moments: per chain, then the mean over non-diverged chains with its standard error.
+  A value not finite at some draw of a chain is left out of that chain (NaN there), with its pairs."""
   draws = np.asarray(m.count).reshape(C, K)
   denominator = np.maximum(np.asarray(m.count) - 1, 1).astype(np.float64)
+  bad_q, bad_s = np.asarray(m.bad_q, bool), np.asarray(m.bad_s, bool)[:, :kept]
   cov_E = np.asarray(m.comoment)[:, :, :kept] / denominator[:, None, None]  # [E, Q·J, kept]
-  sd_q_E = np.sqrt(np.asarray(m.m2_q) / denominator[:, None])
-  sd_s_E = np.sqrt(np.asarray(m.m2_s)[:, :kept] / denominator[:, None])
+  cov_E = np.where(bad_q[:, :, None] | bad_s[:, None, :], np.nan, cov_E)
+  sd_q_E = np.where(bad_q, np.nan, np.sqrt(np.asarray(m.m2_q) / denominator[:, None]))
+  sd_s_E = np.where(bad_s, np.nan, np.sqrt(np.asarray(m.m2_s)[:, :kept] / denominator[:, None]))
   valid = ~diverged_CxK & (draws >= 2)
+  left_out = lambda bad_ExN: (bad_ExN.reshape(C, K, -1) & valid[..., None]).any(axis=1).sum(-1)
   cov, cov_err, corr, corr_err = (np.empty((C,) + cov_E.shape[1:]) for _ in range(4))
   for c in range(C):
     rows = slice(c * K, (c + 1) * K)
@@ -79,7 +86,7 @@ def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, k
       corr[c] = cov[c] / np.sqrt(var_q[:, None] * var_s[None, :])
     corr_err[c] = _jackknife_correlation_stderr(cov_E[rows], sd_q_E[rows] ** 2, sd_s_E[rows] ** 2, valid[c])
   return PairStatistics(covariance=cov, covariance_stderr=cov_err, correlation=corr, correlation_stderr=corr_err,
-                        draws=draws)
+                        draws=draws, left_out_q=left_out(bad_q), left_out_s=left_out(bad_s))
 
 
 def _jackknife_correlation_stderr(cov_KxQxS, var_q_KxQ, var_s_KxS, valid_K) -> np.ndarray:
@@ -164,9 +171,11 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   cov, cov_err, corr, corr_err = (np.concatenate([getattr(part, field) for part in parts], axis=-1).reshape(C, *shape)
                                   for field in PairStatistics._fields[:4])
   draws = np.min([part.draws for part in parts], axis=0)
+  left_out_q, left_out_s = parts[0].left_out_q, np.sum([part.left_out_s for part in parts], axis=0)
   llc, llc_err, _ = estimators.llc_table(out.moments, out.diverged.reshape(C, K), np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
-  comp_flags = [health.component_flags(diags[name], llc[c], K) for c, name in enumerate(component_names)]
+  comp_flags = [health.component_flags(diags[name], llc[c], K)
+                + health.left_out_flags(int(left_out_q[c]), int(left_out_s[c])) for c, name in enumerate(component_names)]
   warnings = api._divergence_warnings(component_names, diags, K) + api._health_warnings(component_names, comp_flags,
                                                                                           [], [])
   api._emit(warnings)

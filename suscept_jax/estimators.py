@@ -87,40 +87,52 @@ class CrossMoments(NamedTuple):
   """Running moments of two observed vectors q [E, Q] and s [E, S] over draws: enough for their covariance
   and correlation (Bayesian influence functions) in O(E·Q·S) memory, however many draws."""
 
-  count: jnp.ndarray  # int32 [E]   draws accumulated (a draw with any non-finite value is left out)
+  count: jnp.ndarray  # int32 [E]   draws accumulated
   mean_q: jnp.ndarray  # [E, Q]
   m2_q: jnp.ndarray  # [E, Q]       Σ(q − ⟨q⟩)²
   mean_s: jnp.ndarray  # [E, S]
   m2_s: jnp.ndarray  # [E, S]
   comoment: jnp.ndarray  # [E, Q, S]  Σ(q − ⟨q⟩)(s − ⟨s⟩)
+  bad_q: jnp.ndarray  # bool [E, Q]  not finite at some draw: its moments (and its pairs') are not estimates
+  bad_s: jnp.ndarray  # bool [E, S]
 
 
 def init_cross_moments(num_entries: int, num_q: int, num_s: int, dtype=np.float32) -> CrossMoments:
   """Empty co-moments (host arrays), in `dtype` (as `init_moments`)."""
   z = lambda *shape: np.zeros((num_entries, *shape), dtype)
   return CrossMoments(count=np.zeros((num_entries,), np.int32), mean_q=z(num_q), m2_q=z(num_q), mean_s=z(num_s),
-                      m2_s=z(num_s), comoment=z(num_q, num_s))
+                      m2_s=z(num_s), comoment=z(num_q, num_s), bad_q=np.zeros((num_entries, num_q), bool),
+                      bad_s=np.zeros((num_entries, num_s), bool))
 
 
 def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoments:
-  """Welford's co-moment update with one draw, for the active entries whose values are all finite (taken in the
-  co-moments' dtype)."""
+  """Welford's co-moment update with one draw, for the active entries (values taken in the co-moments' dtype).
+  A value that is not finite marks itself bad for that entry (`bad_q`, `bad_s`) and stands in as its running
+  mean, so the other values' moments stay exact: leaving the whole draw out for one sample's NaN computed every
+  other pair on part of the posterior (a covariance 0.05 against 0.089), and on which part depended on which
+  samples shared its chunk."""
   q_ExQ, s_ExS = jnp.asarray(q_ExQ, m.mean_q.dtype), jnp.asarray(s_ExS, m.mean_q.dtype)
-  ok_E = active_E & jnp.all(jnp.isfinite(q_ExQ), -1) & jnp.all(jnp.isfinite(s_ExS), -1)
-  q, s = jnp.where(ok_E[:, None], q_ExQ, 0.0), jnp.where(ok_E[:, None], s_ExS, 0.0)
+  ok_E = active_E
+  finite_q, finite_s = jnp.isfinite(q_ExQ), jnp.isfinite(s_ExS)
+  bad_q = m.bad_q | (ok_E[:, None] & ~finite_q)
+  bad_s = m.bad_s | (ok_E[:, None] & ~finite_s)
+  q = jnp.where(ok_E[:, None], jnp.where(finite_q, q_ExQ, m.mean_q), 0.0)
+  s = jnp.where(ok_E[:, None], jnp.where(finite_s, s_ExS, m.mean_s), 0.0)
   count = m.count + ok_E.astype(jnp.int32)
   n = jnp.maximum(count, 1).astype(m.mean_q.dtype)[:, None]
   dq, ds = q - m.mean_q, s - m.mean_s
   mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
   new = CrossMoments(count=count, mean_q=mean_q, m2_q=m.m2_q + dq * (q - mean_q), mean_s=mean_s,
-                     m2_s=m.m2_s + ds * (s - mean_s), comoment=m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :])
+                     m2_s=m.m2_s + ds * (s - mean_s), comoment=m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :],
+                     bad_q=bad_q, bad_s=bad_s)
   kept = (jnp.where(expand_like(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:]))
   return CrossMoments(count, *kept)
 
 
 def to_numpy(m):
-  """Moments (or CrossMoments) as float64 / int64 host arrays."""
-  return type(m)(*(np.asarray(a, np.int64 if np.asarray(a).dtype.kind in "iu" else np.float64) for a in m))
+  """Moments (or CrossMoments) as float64 / int64 (and bool) host arrays."""
+  as_host = {"i": np.int64, "u": np.int64, "b": bool}
+  return type(m)(*(np.asarray(a, as_host.get(np.asarray(a).dtype.kind, np.float64)) for a in m))
 
 
 def select(m: Moments, index) -> Moments:

@@ -135,5 +135,14 @@ def token_flags(short_tokens: int, undefined_tokens: int = 0) -> list[str]:
       if undefined_tokens else [])
 
 
+def left_out_flags(queries: int, samples: int) -> list[str]:
+  """Bayesian influence: query and sample token losses not finite at some draw of some chain (each left out of
+  those chains, with every pair it is in)."""
+  if not queries and not samples:
+    return []
+  return [f"{queries} query and {samples} sample token loss(es) not finite at some draws (left out of those "
+          "chains)"]
+
+
 def status(flags) -> str:
   return "; ".join(flags) if flags else "ok"
