@@ -23,13 +23,14 @@ Shape letters: C components (the grid runs each once per setting), K chains, T d
 """
 import dataclasses
 import itertools
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from suscept_jax import diagnostics, estimators, masks, sampler, sgld, validation
+from suscept_jax import diagnostics, estimators, health, masks, sampler, sgld, validation
 
 FLAT_ALPHA = 0.05  # chance that a stationary setting fails the flatness test in any of its components
 FLAT_RELATIVE = 0.05  # … or within this fraction of the LLC
@@ -81,13 +82,13 @@ class SettingResult:
       if not np.isfinite(self.llc):
         return out
     if not self.mala_acceptance >= min_acceptance:
-      out.append(f"MALA acceptance {self.mala_acceptance:.2f} < {min_acceptance}")
+      out.append(f"MALA acceptance {health.beyond(self.mala_acceptance, min_acceptance)} < {min_acceptance}")
     if not self.flat:
       out.append(f"LLC still moving in the second half ({self.second_half_change:+.3g} ± "
                  f"{self.second_half_change_stderr:.2g} from the 3rd to the 4th quarter; flat: within "
                  f"{self.flat_z:.3g} s.e. or {FLAT_RELATIVE:.0%} of the LLC)")
     if not self.r_hat <= RHAT_MAX:
-      out.append(f"R̂ {self.r_hat:.2f} > {RHAT_MAX} (chains disagree or are not yet stationary)")
+      out.append(f"R̂ {health.beyond(self.r_hat, RHAT_MAX)} > {RHAT_MAX} (chains disagree or are not yet stationary)")
     return out
 
   def summary(self) -> dict:
@@ -115,6 +116,12 @@ class CalibrationResult:
                and all(c.passes(self.min_acceptance) for c in self.cells if c.setting == s)]
     return max(passing, key=lambda s: s.step_size) if passing else None
 
+  def recommendations(self) -> list:
+    """(nβ, γ, `recommend`(nβ, γ)) for every (nβ, γ) of the grid, in its order: nβ and γ change the posterior
+    itself (the user chooses them), ε only how it is sampled. With several, the first's alone was reported."""
+    pairs = dict.fromkeys((s.nbeta, s.localization) for s in self.settings)
+    return [(nbeta, localization, self.recommend(nbeta, localization)) for nbeta, localization in pairs]
+
   def explain(self) -> list[str]:
     """One line per setting: passes, or why not."""
     lines = []
@@ -126,7 +133,10 @@ class CalibrationResult:
 
   def to_json(self) -> dict:
     best = self.recommend()
-    return {"recommended": None if best is None else dataclasses.asdict(best),
+    by_pair = [{"nbeta": b, "localization": g, "recommended": None if s is None else dataclasses.asdict(s)}
+               for b, g, s in self.recommendations()]
+    return {"recommended": None if best is None else dataclasses.asdict(best),  # (the grid's first nβ and γ)
+            "recommended_by_nbeta_and_localization": by_pair,
             "criteria": {"min_acceptance": self.min_acceptance, "flat_alpha": FLAT_ALPHA,
                          "flat_relative": FLAT_RELATIVE, "r_hat_max": RHAT_MAX},
             "explanation": self.explain(), "cells": [c.summary() for c in self.cells], "seconds": self.seconds}
@@ -166,13 +176,16 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
     raise ValueError(f"calibration needs at least 8 draws to test flatness; got num_draws={config.num_draws}")
   if not 0 <= min_acceptance <= 1:  # (NaN too: no acceptance passes it, so no setting would ever be recommended)
     raise ValueError(f"min_acceptance={min_acceptance}: expected an acceptance probability in [0, 1]")
-  axes = {"step_sizes": step_sizes, "nbetas": nbetas or [config.nbeta],
-          "localizations": localizations or [config.localization]}
-  for name, values in axes.items():
-    values = list(values)
+  axes = {"step_sizes": step_sizes, "nbetas": [config.nbeta] if nbetas is None else nbetas,
+          "localizations": [config.localization] if localizations is None else localizations}
+  for name, values in axes.items():  # (an empty nbetas used to fall back to the config's without a word)
+    kind = "non-negative" if name == "localizations" else "positive"
+    wrong = ValueError(f"calibration grid {name}={values!r}: expected a non-empty list of {kind} numbers")
+    if np.ndim(values) != 1 or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+      raise wrong
+    values = [float(v) for v in values]
     if not values or any(not np.isfinite(v) or v < 0 or (name != "localizations" and v == 0) for v in values):
-      raise ValueError(f"calibration grid {name}={values}: expected a non-empty list of "
-                       f"{'non-negative' if name == 'localizations' else 'positive'} numbers")
+      raise wrong
   settings = [Setting(float(e), float(b), float(g))
               for b, g, e in itertools.product(axes["nbetas"], axes["localizations"], axes["step_sizes"])]
   validation.check_batching(batch_size, microbatch_size)

@@ -103,10 +103,12 @@ def main(argv):
   atomic_write_json(out / "calibration.json", payload)
   figure = plots.plot_calibration(result, out / "calibration.png")
   print("\n".join(result.explain()))
-  best = result.recommend()
-  print(f"\nrecommended: {best.label}" if best else
-        "\nno setting passes both tests: try smaller step sizes, more draws (a longer run flattens the trace), "
-        "or a burn-in")
+  pairs = result.recommendations()
+  for nbeta, localization, best in pairs:
+    at = f" at nβ={nbeta:g}, γ={localization:g}" if len(pairs) > 1 else ""
+    print(f"\nrecommended{at}: {best.label}" if best else
+          f"\nno setting{at} passes every test: try smaller step sizes, more draws (a longer run flattens the "
+          "trace), or a burn-in")
   print(f"written: {out / 'calibration.json'}, {figure}")
 
 

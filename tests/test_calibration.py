@@ -84,6 +84,16 @@ def test_step_size_calibration_on_a_known_posterior():
   lines = res.explain()
   assert lines[0].startswith("ε=0.0001") and "R̂" in lines[0] and lines[1].endswith("passes")
   assert res.to_json()["recommended"]["step_size"] == 3e-3
+  # Every (nβ, γ) of the grid gets its own recommendation (the first's alone was reported), and a verdict's
+  # number never reads as its bar ("MALA acceptance 1.00 < 1.0").
+  cells = [dataclasses.replace(c, setting=dataclasses.replace(c.setting, nbeta=7.0)) for c in res.cells]
+  both = calibration.CalibrationResult(cells=res.cells + cells, components=res.components,
+                                       settings=res.settings + [c.setting for c in cells[::2]],
+                                       min_acceptance=res.min_acceptance, seconds=0.0)
+  assert [(b, s.step_size) for b, _, s in both.recommendations()] == [(100.0, 3e-3), (7.0, 3e-3)]
+  assert [p["nbeta"] for p in both.to_json()["recommended_by_nbeta_and_localization"]] == [100.0, 7.0]
+  high = dataclasses.replace(cell[(1e-4, "full")], mala_acceptance=0.9996)
+  assert "MALA acceptance 0.9996 < 1.0" in high.reasons(1.0)
 
 
 def test_calibration_rejects_a_grid_it_cannot_judge():
@@ -93,6 +103,14 @@ def test_calibration_rejects_a_grid_it_cannot_judge():
   w = toys.quadratic_minimum(data)
   with pytest.raises(ValueError, match=r"step_sizes=\[0.0\]"):
     calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[0.0], batch_size=32)
+  # an empty nβ list fell back to the config's without a word; a scalar, an array, strings failed obscurely
+  for grid, match in [({"nbetas": []}, r"nbetas=\[\]: expected a non-empty list of positive numbers"),
+                      ({"localizations": []}, r"localizations=\[\]: expected a non-empty list of non-negative"),
+                      ({"step_sizes": 3e-3}, r"step_sizes=0.003: expected a non-empty list"),
+                      ({"step_sizes": ["1e-3"]}, r"step_sizes=\['1e-3'\]: expected a non-empty list")]:
+    with pytest.raises(ValueError, match=match):
+      calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, batch_size=32,
+                            **{"step_sizes": [1e-3], **grid})
   with pytest.raises(ValueError, match="mala_every must be > 0"):
     calibration.calibrate(toys.quadratic_loss, w, data, {"full": None}, step_sizes=[1e-3], batch_size=32,
                           config=sj.SGLDConfig(mala_every=0))
