@@ -64,6 +64,14 @@ def start_shift(phi_KxT) -> tuple[float, float, float]:
   return float(diff), float(se), float(diff * early / t / abs(rest)) if rest else float("inf")
 
 
+def start_flags(phi_KxT) -> list[str]:
+  """The non-stationary-start test on the usable chains' φ (or nβ·φ) traces: failed, its line; passed, []."""
+  diff, se, shift = start_shift(phi_KxT)
+  if diff > START_Z * se and shift > START_SHIFT:
+    return [f"non-stationary start (first {START_FRACTION:.0%} of draws below the rest; moves ⟨φ⟩ by {shift:.0%})"]
+  return []
+
+
 def phi_steps(mean_phi: float, loss_star) -> float:
   """How many steps of the losses' float type at L_B(w*) ⟨φ⟩ spans: |⟨φ⟩| / the spacing of that type at the
   largest |L_B(w*)| of the run (`loss_star`, in the run's statistics dtype); inf without finite L_B(w*)."""
@@ -92,10 +100,7 @@ def component_flags(diag, llc: float, num_chains: int, steps_of_phi: float = flo
     flags.append(f"ESS {diag.ess_bulk:.3g} < {MIN_ESS:.0f}" if np.isfinite(diag.ess_bulk) else UNDEFINED.format("ESS"))
   if diag.mala_acceptance < MIN_MALA:  # (NaN: no MALA moves were measured, nothing to test)
     flags.append(f"MALA acceptance {diag.mala_acceptance:.2g} < {MIN_MALA}")
-  diff, se, shift = start_shift(np.delete(diag.phi_trace, diag.diverged_chains, axis=0))  # (as R̂ and ESS)
-  if diff > START_Z * se and shift > START_SHIFT:
-    flags.append(f"non-stationary start (first {START_FRACTION:.0%} of draws below the rest; moves ⟨φ⟩ by "
-                 f"{shift:.0%})")
+  flags += start_flags(np.delete(diag.phi_trace, diag.diverged_chains, axis=0))  # (as R̂ and ESS)
   if llc < 0:
     flags.append(f"negative LLC ({llc:.3g}): w* is not a local minimum")
   if steps_of_phi < MIN_PHI_STEPS:

@@ -94,6 +94,13 @@ def test_step_size_calibration_on_a_known_posterior():
   assert [p["nbeta"] for p in both.to_json()["recommended_by_nbeta_and_localization"]] == [100.0, 7.0]
   high = dataclasses.replace(cell[(1e-4, "full")], mala_acceptance=0.9996)
   assert "MALA acceptance 0.9996 < 1.0" in high.reasons(1.0)
+  # Chains that climb from w* together (a step too small for the run) can pass R̂ and the quarter test; the
+  # sweep's non-stationary-start test stops their recommendation (an LLC 1.58 ± 0.22 against 2.5 was recommended).
+  passing = cell[(3e-3, "full")]
+  climb_T = np.minimum(np.arange(300) / 60.0, 1.0)
+  climbing = dataclasses.replace(passing, llc_trace=passing.llc_trace * climb_T)
+  assert passing.passes(0.9) and not passing.start
+  assert not climbing.passes(0.9) and climbing.reasons(0.9)[-1].startswith("non-stationary start (first 10% of")
 
 
 def test_calibration_rejects_a_grid_it_cannot_judge():
