@@ -62,6 +62,8 @@ class PairStatistics(NamedTuple):
   draws: np.ndarray  # [C, K]
   left_out_q: np.ndarray  # [C] query values (of Q·J) not finite at some draw of some valid chain
   left_out_s: np.ndarray  # [C] sample values (of the chunk's kept ones) likewise
+  sd_q: np.ndarray  # [C, Q·J] posterior standard deviation of each query value (root of the chains' mean variance)
+  sd_s: np.ndarray  # [C, kept]
 
 
 def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, kept: int) -> PairStatistics:
@@ -77,16 +79,18 @@ def _pair_statistics(m: estimators.CrossMoments, diverged_CxK, C: int, K: int, k
   valid = ~diverged_CxK & (draws >= 2)
   left_out = lambda bad_ExN: (bad_ExN.reshape(C, K, -1) & valid[..., None]).any(axis=1).sum(-1)
   cov, cov_err, corr, corr_err = (np.empty((C,) + cov_E.shape[1:]) for _ in range(4))
+  sd_q, sd_s = np.empty((C, cov_E.shape[1])), np.empty((C, cov_E.shape[2]))
   for c in range(C):
     rows = slice(c * K, (c + 1) * K)
     cov[c], cov_err[c] = estimators.mean_and_stderr(cov_E[rows], valid[c])
     var_q = estimators.mean_and_stderr(sd_q_E[rows] ** 2, valid[c])[0]
     var_s = estimators.mean_and_stderr(sd_s_E[rows] ** 2, valid[c])[0]
+    sd_q[c], sd_s[c] = np.sqrt(var_q), np.sqrt(var_s)
     with np.errstate(invalid="ignore", divide="ignore"):
       corr[c] = cov[c] / np.sqrt(var_q[:, None] * var_s[None, :])
     corr_err[c] = _jackknife_correlation_stderr(cov_E[rows], sd_q_E[rows] ** 2, sd_s_E[rows] ** 2, valid[c])
   return PairStatistics(covariance=cov, covariance_stderr=cov_err, correlation=corr, correlation_stderr=corr_err,
-                        draws=draws, left_out_q=left_out(bad_q), left_out_s=left_out(bad_s))
+                        draws=draws, left_out_q=left_out(bad_q), left_out_s=left_out(bad_s), sd_q=sd_q, sd_s=sd_s)
 
 
 def _jackknife_correlation_stderr(cov_KxQxS, var_q_KxQ, var_s_KxS, valid_K) -> np.ndarray:
@@ -172,10 +176,15 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
                                   for field in PairStatistics._fields[:4])
   draws = np.min([part.draws for part in parts], axis=0)
   left_out_q, left_out_s = parts[0].left_out_q, np.sum([part.left_out_s for part in parts], axis=0)
+  # values whose posterior spread is a few float steps of their size: their covariances are partly rounding
+  steps = lambda sd_CxN, star: sd_CxN / np.spacing(np.abs(star.reshape(1, -1)))  # noqa: E731
+  coarse_q = (steps(parts[0].sd_q, at_star[:num_q]) < health.MIN_PHI_STEPS).sum(-1)
+  coarse_s = (steps(np.concatenate([part.sd_s for part in parts], -1), at_star[num_q:]) < health.MIN_PHI_STEPS).sum(-1)
   llc, llc_err, _ = estimators.llc_table(out.moments, out.diverged.reshape(C, K), np.full(C, config.nbeta))
   diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
   comp_flags = [health.component_flags(diags[name], llc[c], K)
-                + health.left_out_flags(int(left_out_q[c]), int(left_out_s[c])) for c, name in enumerate(component_names)]
+                + health.left_out_flags(int(left_out_q[c]), int(left_out_s[c]))
+                + health.coarse_loss_flags(int(coarse_q[c]), int(coarse_s[c])) for c, name in enumerate(component_names)]
   warnings = api._divergence_warnings(component_names, diags, K) + api._health_warnings(component_names, comp_flags,
                                                                                           [], [])
   api._emit(warnings)

@@ -150,3 +150,23 @@ def test_a_sample_whose_loss_turns_nan_leaves_the_other_pairs_and_the_chunking_a
   np.testing.assert_allclose(chunked.covariance, every.covariance, rtol=1e-6)
   assert "0 query and 1 sample token loss(es) not finite at some draws" in every.status["full"], every.status
   assert "not finite" not in without.status["full"] and (every.draws_used == config.num_draws).all()
+
+
+def test_a_loss_that_moves_a_few_float_steps_of_its_size_is_flagged(problem):
+  """A sample loss of 1e7 whose posterior spread is a fraction of its float spacing: its correlations were
+  mostly rounding (0.45 ± 0.05 against an exact 0.998 in the audit's case) with status `ok`."""
+  base, queries, samples, w_star = problem
+  config = sj.SGLDConfig(step_size=2e-3, localization=10.0, nbeta=100.0, num_chains=3, num_draws=40, mala_every=0)
+  offset = lambda data, c: {**data, "c": np.asarray(c, np.float32)}  # noqa: E731
+
+  def token_loss(p, batch):
+    return (toys.quadratic_loss(p, {k: v for k, v in batch.items() if k != "c"}) + batch["c"])[:, None]
+  res = sj.estimate_bif(toys.quadratic_loss, w_star, base, offset(queries, np.zeros(3)),
+                        offset(samples, [0, 0, 1e7, 0, 0]), token_loss_fn=token_loss, config=config, batch_size=16,
+                        progress=False)
+  assert ("resolution: 0 query and 1 sample token loss(es) move under 100 float steps of their size"
+          in res.status["full"]), res.status
+  plain = sj.estimate_bif(toys.quadratic_loss, w_star, base, offset(queries, np.zeros(3)),
+                          offset(samples, np.zeros(5)), token_loss_fn=token_loss, config=config, batch_size=16,
+                          progress=False)
+  assert "resolution" not in plain.status["full"], plain.status
