@@ -184,7 +184,8 @@ def estimate_bif(loss_fn: Callable, params, base, queries, samples, *, token_los
   diags = {name: api._component_diagnostics(out, c, K) for c, name in enumerate(component_names)}
   comp_flags = [health.component_flags(diags[name], llc[c], K)
                 + health.left_out_flags(int(left_out_q[c]), int(left_out_s[c]))
-                + health.coarse_loss_flags(int(coarse_q[c]), int(coarse_s[c])) for c, name in enumerate(component_names)]
+                + health.coarse_loss_flags(int(coarse_q[c]), int(coarse_s[c]))
+                for c, name in enumerate(component_names)]
   warnings = api._divergence_warnings(component_names, diags, K) + api._health_warnings(component_names, comp_flags,
                                                                                           [], [])
   api._emit(warnings)
