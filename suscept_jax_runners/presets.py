@@ -61,8 +61,9 @@ PRESETS = {
         per_token_unit_per_dataset=False,
         sgld_note=("ε = 1e-3 is the paper's, not a calibrated value: `python -m experiments.calibrate` finds no ε "
                    "for this model whose MALA acceptance is ≥ 0.9 and whose LLC trace settles within 100 draws "
-                   "(acceptance 0.26–0.44 for ε ≥ 1e-4, where nβ·λ_max(Hessian) ≈ 2800 makes the step stiff; "
-                   "ε ≤ 1e-5 accepts but has not left w* after 100 draws). See BUILD_NOTES.md.")),
+                   "(the full model's acceptance 0.25–0.47 for ε ≥ 1e-4, where nβ·λ_max(Hessian) ≈ 2800 makes the "
+                   "step stiff, 0.63 at 3e-5; ε ≤ 1e-5 accepts but has not left w* after 100 draws). See "
+                   "BUILD_NOTES.md.")),
     "paper": Preset(
         model="tetrahedron_3m", run_dir=None, tokenizer=None, vocab_size=5000, train_data=PAPER_BASE,
         train=TrainConfig(), base=PAPER_BASE, probes=PAPER_PROBES, components=None,
