@@ -13,7 +13,9 @@ Layout:
 A sweep into an existing directory with the same number-changing settings reuses every finished unit:
 more checkpoints, probes or components only add units. Units do not depend on which other probes or
 components share them (noise keys follow component names, data streams follow (seed, checkpoint, chain)),
-so a killed or grown sweep ends with the same table as one run straight through.
+so a killed or grown sweep ends with the same table as one run straight through: bit for bit, except that a
+head added to a group of heads computed before (one program there, two here) differs in rounding (a growing
+audit: χ by 2e-5 of its standard error at most, the LLC by 4e-5).
 """
 import hashlib
 import io
@@ -112,6 +114,9 @@ KINDS = {"sweep": "a sweep's results (experiments.sweep)", "per_token": "per-tok
 
 # What `ResultsDir` itself writes beside the units.
 OUTPUTS = ("progress.json", "results.csv", "results.parquet", "head_scores.csv", "config.json")
+# `experiments.analyze`'s report where it writes it by default, beside the results: made from their table, so
+# --overwrite removes it with them (it stayed, showing the old seed's numbers beside the new table)
+REPORT_FILES = ("report.html", "report_figures")
 
 
 def flat_settings(settings: dict, prefix: str = "") -> dict:

@@ -38,7 +38,8 @@ def main(argv):
   if _PER_TOKEN.value and not (Path(_PER_TOKEN.value) / "views" / "index.html").exists():
     raise FileNotFoundError(f"--per_token_dir: {_PER_TOKEN.value} holds no per-token views (views/index.html); "
                             "run experiments.per_token first, or leave the flag out")
-  output = Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / "report.html"
+  from suscept_jax import results
+  output = Path(_OUTPUT.value) if _OUTPUT.value else dirs[0] / results.REPORT_FILES[0]
   from suscept_jax import paths  # (the report's figures go beside it: tried before the analysis, not after)
   paths.check_writable_dir(output.parent / "report_figures", "--output", shown=output)
   if _NUM_PCS.value < 1:

@@ -7,8 +7,9 @@
 Everything that can be wrong with the flags, the run, the tokenizer, the components and the dataset names
 is checked before any output is written, any data tokenized or any model trained. Writes one results
 directory (see suscept_jax.results): each checkpoint × probe set × component set is a unit written
-atomically; a killed sweep rerun with the same flags skips the finished units, and a sweep that asks for
-more checkpoints, probes or components reuses what is there; both end with the same table.
+atomically; a killed sweep rerun with the same flags skips the finished units and ends with the same table;
+a sweep that asks for more checkpoints, probes or components reuses what is there and adds the rest (the same
+numbers as one run of everything, to rounding where a new head joins a group of heads computed before).
 """
 import json
 import time
@@ -192,7 +193,8 @@ def main(argv):
   from suscept_jax.analysis import plots  # (what --overwrite clears: the summary and these figures)
   distributed.start_results(out, run_settings, scope, kind="sweep", overwrite=_OVERWRITE.value,
                             process_index=process_index,
-                            num_processes=num_processes, outputs=("summary.txt", *plots.SWEEP_FIGURES))
+                            num_processes=num_processes,
+                            outputs=("summary.txt", *plots.SWEEP_FIGURES, *results.REPORT_FILES))
   planned = out.plan(steps, settings["probes"], specs, probe_fps)
   reused = len(out.finished_units())
   if num_processes > 1:  # this process's share only
@@ -230,6 +232,9 @@ def main(argv):
   print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) "
         f"this run); "
         f"figures: {', '.join(str(f) for f in figures)}")
+  if planned and (out.path / results.REPORT_FILES[0]).exists():
+    print(f"note: {out.path / results.REPORT_FILES[0]} was made from the table before this run's "
+          f"{len(planned)} unit(s): run experiments.analyze again to bring it up to date")
   print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 

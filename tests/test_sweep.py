@@ -221,11 +221,20 @@ def test_checkpoints_of_another_run_at_the_same_path_are_refused(tiny, tmp_path)
                                                swapped.stderr), swapped.stderr[-3000:]
   shutil.rmtree(saved / "0")
   shutil.move(tmp_path / "step_0", saved / "0")
+  # A report made from the table before a grown sweep says so no more: the sweep notes that it is behind.
+  (tmp_path / "out" / "report.html").write_text("<html></html>")
+  (tmp_path / "out" / "report_figures").mkdir()
+  grown = cmd("--steps=0,20")
+  assert grown.returncode == 0 and re.search(r"note: .*report.html was made from the table before this run's 1 "
+                                             r"unit\(s\): run experiments.analyze again", grown.stdout), grown.stdout
   info = json.loads((run / "run.json").read_text())
   info["train_config"]["seed"] += 1  # (as a run trained with another seed would say)
   (run / "run.json").write_text(json.dumps(info))
   second = cmd("--steps=0,20")
   assert second.returncode == 2 and "(run_fingerprint: '" in second.stderr, second.stderr[-3000:]
+  # --overwrite removes the report made from the old table (it stayed beside the new one, another seed's numbers)
+  assert cmd("--steps=0", "--overwrite").returncode == 0
+  assert not (tmp_path / "out" / "report.html").exists() and not (tmp_path / "out" / "report_figures").exists()
 
 
 def test_a_nested_setting_that_differs_is_named_alone(tmp_path):

@@ -73,7 +73,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
   import pandas as pd
   dirs = [Path(results_dirs)] if isinstance(results_dirs, (str, Path)) else [Path(d) for d in results_dirs]
   out_path = Path(out_path)
-  fig_dir = out_path.parent / "report_figures"
+  fig_dir = out_path.parent / results.REPORT_FILES[1]
   fig_dir.mkdir(parents=True, exist_ok=True)
   data = response.assemble(dirs)
   structure.check_num_pcs(num_pcs, data.X_RxH)
