@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suscept_jax import paths
+from suscept_jax import dir_lock, paths
 from suscept_jax.paths import atomic_write_bytes, atomic_write_json
 
 # chi_ci95 / llc_ci95: half-widths of 95 % Student-t intervals with (chains behind the value − 1) degrees of freedom
@@ -160,18 +160,18 @@ class ResultsDir:
       paths.check_writable_dir(self.units, "--output_dir", shown=self.path)
 
   def claim(self, runner: str) -> None:
-    """Hold this directory for this run until it ends (`paths.hold_directory`), before it is checked and
+    """Hold this directory for this run until it ends (`dir_lock.hold_directory`), before it is checked and
     written: two runs into one directory at once (two sweeps, or a sweep and a per-token run) both found it
     empty, and the table mixed their settings under one config.json. A multi-process run's process 0 holds it."""
     try:
-      self._held = paths.hold_directory(self.path, f"experiments.{runner}")
-    except paths.DirectoryInUse as e:
+      self._held = dir_lock.hold_directory(self.path, f"experiments.{runner}")
+    except dir_lock.DirectoryInUse as e:
       raise ValueError(f"{self.path} is being written by {e.holder}: wait for it to finish, or give another "
                        "--output_dir") from None
 
   def writer(self) -> str | None:
     """The run writing into this directory now (see `claim`), or None."""
-    return paths.directory_holder(self.path)
+    return dir_lock.directory_holder(self.path)
 
   def unfinished_note(self) -> str | None:
     """A line for whatever reads these results while they are incomplete: a run is still writing them, or the

@@ -17,7 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from suscept_jax import checkpoints, mixing, paths
+from suscept_jax import checkpoints, dir_lock, mixing, paths
 from suscept_jax.data import packing
 from suscept_jax.models import transformer
 from suscept_jax.models.config import ModelConfig
@@ -136,7 +136,7 @@ def train(run_dir, model_config: ModelConfig, contexts_NxK, cfg: TrainConfig, *,
   run_dir.mkdir(parents=True, exist_ok=True)
   # Held for the whole run (let go when it returns or fails, or its process ends): two trainings of one
   # directory at once left one dead in orbax's "No ArrayMetadata found" and a temporary checkpoint behind.
-  held = paths.hold_directory(run_dir, "training")
+  held = dir_lock.hold_directory(run_dir, "training")
   try:
     return _train_held(run_dir, model_config, cfg, train_data, test_data, batches, run_info, progress=progress,
                        stop_after=stop_after, log=log)

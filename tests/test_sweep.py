@@ -394,10 +394,10 @@ def test_a_directory_another_run_is_writing_into_is_refused_and_reports_say_so(t
   config.json, and a sweep and a per-token run shared it. The directory is held for a run's whole length (the
   kernel lets go when the process ends, however it ends); whatever reads it meanwhile says the results are
   partial, as it does for a run that stopped with units left."""
-  from suscept_jax import paths
+  from suscept_jax import dir_lock
   root, run_dir, tok, data = tiny
   out = tmp_path / "out"
-  held = paths.hold_directory(out, "experiments.sweep")  # (another open file: flock keeps it apart, in-process too)
+  held = dir_lock.hold_directory(out, "experiments.sweep")  # (another open file: flock keeps it apart, in-process too)
   assert f"experiments.sweep, process {os.getpid()} on " in results.ResultsDir(out).writer()
   proc = subprocess.run(sweep_cmd(run_dir, tok, data, out), cwd=REPO, env=env(), capture_output=True, text=True,
                         timeout=600)
@@ -412,17 +412,17 @@ def test_a_directory_another_run_is_writing_into_is_refused_and_reports_say_so(t
   assert store.writer() is None and store.unfinished_note() is None
   store.write_progress(["step_00000020-x"])
   assert "the last run stopped with 1 unit(s) not finished (progress.json)" in store.unfinished_note()
-  script = (f"import time; from suscept_jax import paths; h = paths.hold_directory({str(out)!r}, 'a child'); "
+  script = (f"import time; from suscept_jax import dir_lock; h = dir_lock.hold_directory({str(out)!r}, 'a child'); "
             "print('held', flush=True); time.sleep(60)")
   child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
     assert child.stdout.readline().strip() == "held"
-    with pytest.raises(paths.DirectoryInUse, match=r"being written by a child, process \d+"):
-      paths.hold_directory(out, "experiments.per_token")
+    with pytest.raises(dir_lock.DirectoryInUse, match=r"being written by a child, process \d+"):
+      dir_lock.hold_directory(out, "experiments.per_token")
   finally:
     child.kill()
     child.wait()
-  paths.hold_directory(out, "experiments.per_token").close()  # (a killed holder blocks nothing)
+  dir_lock.hold_directory(out, "experiments.per_token").close()  # (a killed holder blocks nothing)
 
 
 def test_a_write_that_fails_leaves_no_temporary_behind(tmp_path, monkeypatch):

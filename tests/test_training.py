@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from suscept_jax import checkpoints, paths, training
+from suscept_jax import checkpoints, dir_lock, training
 from suscept_jax.data import packing
 from suscept_jax.data import tokenizer as tokenizers_lib
 from suscept_jax.models import config as model_config
@@ -116,8 +116,8 @@ def test_a_run_is_resumed_only_with_its_own_recipe(corpus):
   with pytest.raises(ValueError, match=r"model_config\.n_layers"):
     training.train(root / "recipe", dataclasses.replace(cfg, n_layers=cfg.n_layers + 1), contexts, tc, progress=False)
   # A run directory another training is writing (two at once left one dead in orbax and a temporary checkpoint).
-  held = paths.hold_directory(root / "recipe", "training")
-  with pytest.raises(paths.DirectoryInUse, match=r"recipe is being written by training, process \d+"):
+  held = dir_lock.hold_directory(root / "recipe", "training")
+  with pytest.raises(dir_lock.DirectoryInUse, match=r"recipe is being written by training, process \d+"):
     training.train(root / "recipe", cfg, contexts, tc, progress=False)
   held.close()
   summary = training.train(root / "recipe", cfg, contexts, dataclasses.replace(tc, eval_every=3), progress=False)
