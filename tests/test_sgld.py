@@ -374,3 +374,21 @@ def test_ravel_of_host_leaves_stays_on_the_host_and_equals_the_device_one():
   np.testing.assert_array_equal(host, np.asarray(sgld.ravel(jax.tree.map(jnp.asarray, tree))))
   from jax.flatten_util import ravel_pytree
   np.testing.assert_array_equal(host, np.asarray(ravel_pytree(tree)[0]))  # the order the sampler's state uses
+
+
+@pytest.mark.xfail(strict=True, reason="known bias, BUILD_NOTES 'Forty-third session': with one step per draw the "
+                                       "step after a measured MALA move evaluates the next draw on the batch that "
+                                       "just moved the chain; fix it, then drop this mark")
+def test_measuring_mala_does_not_move_the_llc():
+  """MALA's measurement is meant to cost nothing, the numbers included: at one step per draw (the default) the
+  re-read step is also the next draw's evaluation, whose φ is low by ≈ (ε/2)·nβ²·tr Σ_g / n in LLC units (an
+  audit: −1.51 measured against −1.51 predicted here). `mala_every=1` re-reads every second draw's batch."""
+  rng = np.random.default_rng(0)
+  data = toys.quadratic_dataset(rng, 4096, np.ones(3), 3.0)
+  w_star = toys.quadratic_minimum(data)
+  llc = {}
+  for mala_every in (0, 1):
+    config = sj.SGLDConfig(num_chains=16, num_draws=400, num_burnin=100, mala_every=mala_every)  # the paper's ε, nβ, γ
+    llc[mala_every] = sj.estimate_llc(toys.quadratic_loss, w_star, data, config=config, batch_size=8, progress=False)
+  gap = llc[1].mean - llc[0].mean
+  assert abs(gap) < 4 * np.hypot(llc[1].stderr, llc[0].stderr), (llc[0].mean, llc[1].mean)
