@@ -35,9 +35,7 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Contexts per SGLD step "
                               + cli.by_preset(lambda p: p.batch_size) + ".")
 _MICRO = cli.define_microbatch_flag()
 _MIN_ACCEPTANCE = flags.DEFINE_float("min_acceptance", 0.9, "Lowest MALA acceptance a recommended setting may have.")
-_MALA_EVERY = flags.DEFINE_integer("mala_every", 2, "Measure MALA acceptance every this many draws (at one step "
-                                    "per draw, 2 measures every second draw, and the draw after each, whose "
-                                    "evaluation re-reads the move's batch, is left out of the estimates).")
+_MALA_EVERY = flags.DEFINE_integer("mala_every", 2, "Measure MALA acceptance every this many draws.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of SGLD noise and batch order.")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where to write calibration.png/.json "
                               "(default: <run_dir>/../calibration).")
