@@ -197,7 +197,7 @@ def estimate_susceptibilities(loss_fn: Callable, params, components: Mapping[str
                      f"full model's chains); got {got}")
   if not isinstance(probes, Mapping) or not probes:
     raise ValueError("probes must be a non-empty mapping of name -> dataset")
-  mixing.check_mixing(batch_size, delta_h, config.num_draws, config.num_counted_draws)
+  mixing.check_mixing(batch_size, delta_h, config.num_draws)
   validation.check_params(params)
   validation.check_dataset(base_name, base, batch_size)
   for name, probe in probes.items():

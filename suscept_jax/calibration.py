@@ -184,11 +184,8 @@ def calibrate(loss_fn, params, data, components: Mapping[str, Any], *, step_size
   validation.check_seed(seed)
   if not config.mala_every:
     raise ValueError("calibration judges settings by MALA acceptance: config.mala_every must be > 0")
-  if config.num_counted_draws < 8:
-    counted = ("" if config.num_counted_draws == config.num_draws else
-               f", {config.num_counted_draws} counted (the rest re-read a MALA move's batch)")
-    raise ValueError(f"calibration needs at least 8 draws to test flatness; got num_draws={config.num_draws}"
-                     f"{counted}")
+  if config.num_draws < 8:
+    raise ValueError(f"calibration needs at least 8 draws to test flatness; got num_draws={config.num_draws}")
   if not 0 <= min_acceptance <= 1:  # (NaN too: no acceptance passes it, so no setting would ever be recommended)
     raise ValueError(f"min_acceptance={min_acceptance}: expected an acceptance probability in [0, 1]")
   axes = {"step_sizes": step_sizes, "nbetas": [config.nbeta] if nbetas is None else nbetas,

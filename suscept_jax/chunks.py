@@ -20,8 +20,7 @@ is data, from the run's table of per-sample losses at w* (`anchor_table.py`). A 
 gradient: the step after a measured move re-reads its batch and completes it (`_block_moves`), so a program
 holds one copy of the backward pass and no loop when a block is one step. A probe sample with a non-finite
 loss drops that probe's contribution for that draw (counted per entry × probe in the moments) instead of
-killing the chain. With one step per draw, the evaluation after a measured MALA move re-reads that move's
-batch, on which the chain just moved: that draw is left out of every moment (`SGLDConfig.draw_counted`).
+killing the chain.
 
 Shape letters: E entries (local to a device inside the chunk), K streams (= chains), D probes, M probe slots
 per batch (⌈n·δh⌉), n batch rows, L blocks per chunk, S steps per block, O observed contexts, J token
@@ -304,7 +303,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     bad_E = star_ok_E & (~jnp.isfinite(phi_E) | (phi_E > config.max_loss_increase))
     diverged_at = jnp.where(bad_E & ~c.diverged, jnp.maximum(draw, 0), c.diverged_at)
     diverged = c.diverged | bad_E
-    active_E = config.draw_counted(block) & ~diverged & star_ok_E  # (not a re-read batch's evaluation)
+    active_E = (draw >= 0) & ~diverged & star_ok_E
     moments = estimators.update_moments(c.moments, phi_E, delta_ExD, active_E, ~nonfinite_ExD)
     token_moments = c.token_moments
     if plan.token_loss_fn is not None:  # ℓ_i(w_t) − L_B(w_t) for every observed token, at the draw's position

@@ -76,14 +76,11 @@ def realised_fraction(batch_size: int, delta_h: float, num_draws: int) -> float:
   return float(_placed_before(total, _as_fraction(delta_h))) / total
 
 
-def check_mixing(batch_size: int, delta_h: float, num_draws: int, counted: int | None = None) -> None:
-  """Raise if a run's `counted` draws (default: all `num_draws`; the sampler leaves out a draw that re-reads a
-  MALA move's batch, `SGLDConfig.draw_counted`) would never place a probe sample (χ would be a silent 0)."""
-  counted = num_draws if counted is None else counted
-  if _placed_before(counted * batch_size, _as_fraction(delta_h)) == 0:
+def check_mixing(batch_size: int, delta_h: float, num_draws: int) -> None:
+  """Raise if a run of `num_draws` batches would never place a probe sample (χ would be a silent 0)."""
+  if _placed_before(num_draws * batch_size, _as_fraction(delta_h)) == 0:
     need = int(np.ceil(1.0 / float(delta_h)))
-    of = "" if counted == num_draws else f" ({counted} counted: the rest re-read a MALA move's batch)"
-    raise ValueError(f"batch_size={batch_size} × num_draws={num_draws}{of} with delta_h={delta_h} places no probe "
+    raise ValueError(f"batch_size={batch_size} × num_draws={num_draws} with delta_h={delta_h} places no probe "
                      f"sample (⌊draws·batch_size·δh⌋ = 0): evaluate at least {need} samples in all (raise "
                      f"batch_size or num_draws) or raise delta_h")
 

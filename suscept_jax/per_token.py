@@ -149,7 +149,7 @@ def estimate_per_token_susceptibilities(
   num_contexts = validation.check_dataset("contexts", contexts, 1)
   validation.check_full_is_full(components, params)
   if probes:
-    mixing.check_mixing(batch_size, delta_h, config.num_draws, config.num_counted_draws)
+    mixing.check_mixing(batch_size, delta_h, config.num_draws)
     for name, probe in probes.items():
       validation.check_dataset(f"probe {name!r}", probe, batch_size, like=base,
                                why_batch=validation.PROBE_SIZE_WHY)

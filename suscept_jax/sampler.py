@@ -53,11 +53,11 @@ class SamplerOutput(NamedTuple):
   moments: estimators.Moments  # y axis = probes
   diverged: np.ndarray  # bool [E]
   diverged_at: np.ndarray  # int [E]
-  loss_trace: np.ndarray  # [T, E] L_B(w_t), T = config.num_counted_draws (the draws in the moments)
+  loss_trace: np.ndarray  # [T, E] L_B(w_t)
   phi_trace: np.ndarray  # [T, E] φ_t
   delta_loss_trace: np.ndarray  # [T, E, D] ΔL_t^d (NaN where a probe's contribution was dropped)
   loss_star_trace: np.ndarray  # [T, K] L_B(w*) of each stream's draw batch
-  mala: np.ndarray  # [num_draws, E] acceptance of the move each draw completed (NaN where it completed none)
+  mala: np.ndarray  # [T, E] acceptance (NaN where not measured)
   nonfinite_probe_samples: dict  # probe name -> sorted sample indices whose loss was not finite at some w_t
   realised_delta_h: float  # probe samples placed per sample evaluated over the run (nan without probes)
   seconds: float
@@ -410,8 +410,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
       sampled = _sample_blocks(group_run, draw_fn, carry, first_chunk, bar)
 
   return _output(sampled, E, plan,
-                 realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_counted_draws)
-                                   if probe_names
+                 realised_delta_h=(mixing.realised_fraction(batch_size, delta_h, config.num_draws) if probe_names
                                    else float("nan")),
                  seconds=time.perf_counter() - t0)
 
@@ -547,10 +546,8 @@ def _chunk_inputs(group_run: _GroupRun, first_block: int) -> _Chunk:
   steps_LxS = evaluation_steps(config, blocks)[:, None] + np.arange(S)[None, :]
   probe_idx = None
   if plan.num_probes:
-    # Algorithm 1 walks the counted draws' batches only (`SGLDConfig.counted_before`): they realise δh exactly
-    slots = mixing.probe_slots(plan.batch_size, streams.delta_h, config.counted_before(blocks))
-    counted_L = np.asarray(config.draw_counted(blocks))
-    slots = slots._replace(weight_TxM=np.where(counted_L[:, None], slots.weight_TxM, 0.0).astype(np.float32))
+    slots = mixing.probe_slots(plan.batch_size, streams.delta_h, np.maximum(blocks - 1, 0))
+    slots = slots._replace(weight_TxM=np.where((blocks >= 1)[:, None], slots.weight_TxM, 0.0).astype(np.float32))
     probe_idx = streams.probe_indices(steps_LxS[:, 0], slots)
     probe_data = streams.gather_probes(probe_idx)
   else:
@@ -603,19 +600,15 @@ def _burn_in(group_run: _GroupRun, burn, carry: Carry, bar) -> Carry:
 def _output(sampled: _Sampled, num_entries: int, plan: Plan, *, realised_delta_h: float,
             seconds: float) -> SamplerOutput:
   """The host-side SamplerOutput of a finished run: the final moments of the real entries (padding dropped) and
-  the recorded blocks' traces, chunks concatenated: the counted draws' (those in the moments), MALA's every draw's."""
+  the recorded blocks' traces, chunks concatenated."""
   carry = sampled.carry
-  config = plan.config
-  counted_T = np.asarray(config.draw_counted(np.arange(1, config.num_draws + 1)))
   real = lambda tree: estimators.to_numpy(jax.tree.map(lambda a: np.asarray(a)[:num_entries], tree))
-  every = lambda field: np.concatenate([getattr(traces, field) for traces, _ in sampled.kept])
-  cat = lambda field: every(field)[counted_T]
+  cat = lambda field: np.concatenate([getattr(traces, field) for traces, _ in sampled.kept])
   return SamplerOutput(
       moments=real(carry.moments), diverged=np.asarray(carry.diverged)[:num_entries],
       diverged_at=np.asarray(carry.diverged_at)[:num_entries], loss_trace=cat("loss_LxE"), phi_trace=cat("phi_LxE"),
-      delta_loss_trace=cat("delta_loss_LxExD"),
-      loss_star_trace=np.concatenate([star for _, star in sampled.kept])[counted_T],
-      mala=every("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in sampled.nonfinite_probe.items()},
+      delta_loss_trace=cat("delta_loss_LxExD"), loss_star_trace=np.concatenate([star for _, star in sampled.kept]),
+      mala=cat("mala_LxE"), nonfinite_probe_samples={d: sorted(idx) for d, idx in sampled.nonfinite_probe.items()},
       realised_delta_h=realised_delta_h, seconds=seconds,
       token_moments=real(carry.token_moments) if plan.token_loss_fn is not None else None,
       pair_moments=real(carry.pair_moments) if plan.pair_split is not None else None)

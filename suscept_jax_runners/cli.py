@@ -214,8 +214,7 @@ def numerics(holders: dict) -> dict:
 
 
 # What results made before a setting existed were computed with (numerics) or identified their data by.
-LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}, "data_identity": "stat",
-                   "draw_counting": "all"}
+LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}, "data_identity": "stat"}
 
 
 def data_identity(store, overwrite: bool) -> str:

@@ -108,7 +108,6 @@ def number_settings(settings: dict, target, **fingerprints) -> dict:
   import dataclasses
   keys = ("base", "seed", "batch_size", "delta_h", "chi_form", "max_contexts", "numerics")
   return {**{k: settings[k] for k in keys}, "sgld": dataclasses.asdict(settings["sgld"]),
-          "draw_counting": settings["sgld"].draw_counting,
           "run_dir": str(Path(target.run_dir).resolve()), "model_config": dataclasses.asdict(target.model_config),
           **fingerprints}
 
@@ -164,8 +163,8 @@ def main(argv):
           f"({len(out.finished_units()) if not _OVERWRITE.value else 0} finished unit(s) reused)")
     for step, probes, comps in planned:
       print(f"  checkpoint {step}: {len(probes)} probe(s) × {len(comps)} component(s) × {config.num_chains} "
-            f"chains × {config.num_draws} draws ({config.num_counted_draws} counted) = {config.num_steps} SGLD steps "
-            f"for {len(comps) * config.num_chains} entries")
+            f"chains × {config.num_draws} draws = {config.num_steps} SGLD steps for {len(comps) * config.num_chains} "
+            f"entries")
     if num_processes > 1:
       _, own = process_units(planned, steps, specs, component_masks, transformer.param_shapes(model_cfg),
                              process_index, num_processes)

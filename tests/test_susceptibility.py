@@ -93,10 +93,9 @@ def test_chi_forms_and_scaling_are_consistent(gaussian_problem):
   chi, _, _ = res.chi_with("eq41")
   np.testing.assert_allclose(chi, res.chi)
   scaled = res.chi_with("eq41", scale_by_delta_h=True)
-  # Algorithm 1 over the whole run's counted draws (27 of 30: three re-read a MALA move's batch): ⌊27·32·0.1⌋ / 864
-  assert config.num_counted_draws == 27 and res.realised_delta_h == 86 / 864  # (not 3/32 per batch)
-  np.testing.assert_allclose(scaled.chi, res.chi / (86 / 864))  # (by the realised share)
-  np.testing.assert_allclose(scaled.stderr, res.chi_stderr / (86 / 864))
+  assert res.realised_delta_h == 0.1  # ⌊30 draws · 32 · 0.1⌋ / 960: Algorithm 1 over the whole run
+  np.testing.assert_allclose(scaled.chi, res.chi / 0.1)
+  np.testing.assert_allclose(scaled.stderr, res.chi_stderr / 0.1)
   cov, _, _ = res.chi_with("covariance")
   full = res.component_names.index("full")
   np.testing.assert_allclose(cov[:, full], res.chi[:, full], rtol=1e-6)  # same chain: the forms agree for "full"
@@ -148,8 +147,7 @@ def test_a_run_that_places_no_probe_sample_is_a_configuration_error(gaussian_pro
 @pytest.mark.parametrize("num_draws", [25, 23])
 def test_small_batches_still_get_their_probe_share(gaussian_problem, num_draws):
   """Batch 8 at δh 0.1 (n·δh = 0.8): most batches hold 1 probe sample, some 0, and the run realises
-  ⌊T·n·δh⌋ / (T·n) over its T counted draws (17/176 at 25 draws, 22 counted; 0.1 exactly at 23, 20 counted).
-  Measured, not taken from the formula: a probe
+  ⌊T·n·δh⌋ / (T·n) (0.1 exactly at 25 draws, 18/184 at 23). Measured, not taken from the formula: a probe
   whose every sample costs 1 more than its base twin has ΔL = (probe samples in the batch) / n at every draw, so
   ⟨ΔL⟩ is the share of probe samples the draws' batches really held."""
   base, probes, w_star, comps = gaussian_problem
@@ -159,9 +157,7 @@ def test_small_batches_still_get_their_probe_share(gaussian_problem, num_draws):
   probes = {"same": with_offset(base, 0.0), "curvy": with_offset(probes["curvy"], 0.0), "plus1": with_offset(base, 1.0)}
   res = sj.estimate_susceptibilities(loss, w_star, comps, with_offset(base, 0.0), probes, config=config, batch_size=8,
                                      delta_h=0.1, progress=False)
-  T = config.num_counted_draws  # (the draws that re-read a MALA move's batch are left out, and place nothing)
-  assert T == {25: 22, 23: 20}[num_draws]
-  share = math.floor(T * 8 * 0.1) / (T * 8)
+  share = math.floor(num_draws * 8 * 0.1) / (num_draws * 8)
   assert res.realised_delta_h == pytest.approx(share, rel=1e-12)
   np.testing.assert_allclose(res.moments.mean_y[:, 2], share, rtol=1e-5)  # every entry: [E, P]
   assert np.all(res.chi[0] == 0.0) and np.all(res.chi[1] != 0.0)
@@ -514,8 +510,6 @@ def test_one_draw_gives_no_chi_and_says_so(gaussian_problem):
                                      delta_h=0.1, progress=False)
   assert np.isnan(res.chi).all() and np.isfinite(res.llc).all()
   assert all("χ undefined: no chain observed this probe at 2 draws or more" in s for s in res.status.ravel())
-  # (two draws of which one counts: the second re-reads the first's MALA batch, so there is still no χ)
-  assert dataclasses.replace(config, num_draws=2).num_counted_draws == 1
   two = sj.estimate_susceptibilities(quadratic_loss, w_star, comps, base, probes, progress=False, batch_size=64,
-                                     delta_h=0.1, config=dataclasses.replace(config, num_draws=2, mala_every=0))
+                                     delta_h=0.1, config=dataclasses.replace(config, num_draws=2))
   assert np.isfinite(two.chi).all()

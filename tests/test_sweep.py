@@ -70,8 +70,7 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   assert "environments" not in (straight / "summary.txt").read_text()  # every unit from this one
   out = results.ResultsDir(straight)
   arrays, meta = out.read_unit(next(n for n in out.finished_units() if n.startswith("step_00000040")))
-  # (12 draws, 10 counted: two re-read a measured MALA move's batch)
-  assert arrays["chi_per_chain"].shape == (3, 4, 2) and arrays["loss_trace"].shape == (4, 2, 10)
+  assert arrays["chi_per_chain"].shape == (3, 4, 2) and arrays["loss_trace"].shape == (4, 2, 12)
   assert "checkpoint 40" in done.stdout and "Student-t, chains − 1 = 1 degrees of freedom" in done.stdout
   assert np.allclose(table.realised_delta_h, 0.1)
   scores = pd.read_csv(straight / "head_scores.csv")
@@ -325,25 +324,6 @@ def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_
   with pytest.raises(ValueError, match=r"numerics.precision: 'float32' here, 'bfloat16' now\)"):
     store.check_settings({"seed": 0, "numerics": {"attention": "plain", "precision": "bfloat16"}},
                          legacy=cli.LEGACY_SETTINGS)
-
-
-def test_results_from_before_re_read_draws_were_left_out_are_not_mixed_with_new_ones(tmp_path):
-  """Directories written while every draw counted (before `SGLDConfig.draw_counted`) hold numbers biased by the
-  re-read MALA draws; resuming one under a config that leaves them out is refused, naming the setting. A config
-  whose draws all count (mala_every=0, or several steps per draw) computes what it did: it resumes."""
-  import dataclasses
-
-  from suscept_jax import SGLDConfig
-  from suscept_jax_runners import cli
-  store = results.ResultsDir(tmp_path / "old")
-  helpers.started_with_a_unit(store, {"seed": 0}, {"checkpoint_steps": [0]})  # (before "draw_counting" existed)
-  default = SGLDConfig()
-  assert default.draw_counting == "fresh batches" and default.num_counted_draws == 180
-  for same in (dataclasses.replace(default, mala_every=0), dataclasses.replace(default, steps_between_draws=2)):
-    assert same.draw_counting == "all" and same.num_counted_draws == same.num_draws
-    store.check_settings({"seed": 0, "draw_counting": same.draw_counting}, legacy=cli.LEGACY_SETTINGS)
-  with pytest.raises(ValueError, match=r"draw_counting: 'all' here, 'fresh batches' now"):
-    store.check_settings({"seed": 0, "draw_counting": default.draw_counting}, legacy=cli.LEGACY_SETTINGS)
 
 
 def _check_the_report_corrects_r_for_noise(results_dir):
