@@ -39,8 +39,8 @@ def problem(spread: float = 1.0):
 
 
 def sgld_config(num_chains: int, num_draws: int, num_burnin: int = 0) -> sj.SGLDConfig:
-  """The toy's settings; MALA at the default (every 10th draw), whose next step re-reads the measured move's
-  batch: the schedule users run, so the calibration covers it."""
+  """The toy's settings; MALA at the default (every 10th draw): the schedule users run, so the calibration
+  covers it."""
   return sj.SGLDConfig(step_size=1e-3, localization=10.0, nbeta=100.0, num_chains=num_chains, num_draws=num_draws,
                        num_burnin=num_burnin)
 

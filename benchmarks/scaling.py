@@ -7,7 +7,7 @@
    Per-replica time falls while a replica alone leaves the device idle and flattens once the matmuls fill it.
 2. The per-token pass (per-token NLL of O contexts for E parameter copies): FLOP/s against the same peak.
 3. Projection: FLOPs of the paper's sweep and per-token run (XLA's count for the paper model at batch 64 ×
-   ctx 1024, restricted gradients per component kind; MALA's acceptance needs no extra gradient) over the
+   ctx 1024, restricted gradients per component kind, MALA's one extra gradient per measured move) over the
    peaks of one H100 and of a TPU v4-8 at a given utilisation. A FLOP count over a peak, not a measurement.
 
   python -m benchmarks.scaling --from_figures=OUT/accelerator_figures.json
@@ -49,9 +49,8 @@ def datasheet_peaks(device_kind: str) -> dict:
 
 def gradient_steps(config) -> int:
   """SGLD gradients per chain in a run: every step it takes (`SGLDConfig.num_steps`: the burn-in, each block's
-  steps, the last block's included). MALA's acceptance adds none: the step after a measured move re-reads its
-  batch and completes it."""
-  return config.num_steps
+  steps, the last block's included) and MALA's one more at each move it measures (20 of the paper's 200 draws)."""
+  return config.num_steps + config.num_mala_measurements
 
 
 def paper_runs() -> dict:
@@ -230,7 +229,8 @@ def paper_projection(utilisation: float, model: str = "tetrahedron_3m") -> dict:
         + ", ".join(f"{names[comps[0]]} (and {len(comps) - 1} alike) {step[names[comps[0]]] / 1e12:.2f} TFLOP"
                     for _, comps in f["groups"]))
   print(f"  sweep ({paper['checkpoints']} checkpoints × {paper['probes']} probes × {len(names)} components × "
-        f"{paper['chains']} chains × {paper['draws']} draws, {paper['gradient_steps']} gradients per chain): "
+        f"{paper['chains']} chains × {paper['draws']} draws, {paper['gradient_steps']} gradients per chain "
+        f"with MALA's): "
         f"{f['sweep'] / 1e15:.1f} PFLOP (full gradients everywhere: {f['sweep_unrestricted'] / 1e15:.1f} PFLOP)")
   print(f"  per-token run ({paper['per_token_units']} unit(s) of {paper['per_token_draws']} draws, "
         f"{paper['probes'] * paper['per_token_contexts']} observed contexts in all): {f['per_token'] / 1e15:.1f} PFLOP")

@@ -16,9 +16,10 @@ position and then taking `steps_between_draws` updates; block 0 evaluates the st
 recorded, block t ≥ 1 is draw t. The evaluation is the forward pass of the block's first gradient step, so
 L_B(w_t) costs nothing extra; a draw adds one forward over the D·M probe slots placed by Algorithm 1 (a probe
 sample identical to the base sample it replaces contributes exactly 0), and L_B(w*) of each stream's batch
-is data, from the run's table of per-sample losses at w* (`anchor_table.py`). A MALA measurement costs no
-gradient: the step after a measured move re-reads its batch and completes it (`_block_moves`), so a program
-holds one copy of the backward pass and no loop when a block is one step. A probe sample with a non-finite
+is data, from the run's table of per-sample losses at w* (`anchor_table.py`). A MALA measurement costs one
+gradient at the moved-to point on the move's batch, in the block's loop (`_block_moves`), so a program holds
+one copy of the backward pass; the chain never sees it (re-reading the batch in the next step instead, as
+this package did for a day, biased the chain and the draw after it). A probe sample with a non-finite
 loss drops that probe's contribution for that draw (counted per entry × probe in the moments) instead of
 killing the chain.
 
@@ -61,7 +62,6 @@ class Carry(NamedTuple):
   diverged_at: Any  # int32 [E] first draw at which the chain diverged (-1: never)
   token_moments: Any  # estimators.Moments with y [E, O, J] (per-token observation), or () without
   pair_moments: Any  # estimators.CrossMoments of query × sample token losses (pair_split), or () without
-  mala: Any  # MalaPending: a measured move waiting for the next step (maybe the next chunk's), or () without MALA
 
 
 class ChunkData(NamedTuple):
@@ -91,7 +91,7 @@ class ChunkTraces(NamedTuple):
   loss_LxE: Any  # L_B(w) at the evaluated position
   phi_LxE: Any  # φ = L_B(w) − L_B(w*)
   delta_loss_LxExD: Any  # ΔL per probe (NaN where dropped)
-  mala_LxE: Any  # MALA acceptance of the measured move the block completed (NaN where it completed none)
+  mala_LxE: Any  # MALA acceptance of the block's first move (NaN where not measured)
   probe_nonfinite_LxExD: Any  # bool: a placed probe sample's loss was not finite at a draw that counts
 
 
@@ -143,29 +143,20 @@ class EntryStep(NamedTuple):
   grad_F: Any  # ∇ of their mean over the free leaves, flattened
 
 
-class MalaPending(NamedTuple):
-  """A measured move waiting for its next step (`_block_moves`), leading axis E."""
-
-  start_F: Any  # the position the move left
-  forward: Any  # half(w, w') of its log-ratio, computed at that position (`sgld.mala_half`)
-
-
 class _Iteration(NamedTuple):
-  """One step of a block's loop (`_block_moves`) for the local entries."""
+  """One iteration of a block's loop (`_block_moves`): a step, or MALA's gradient at the moved-to point."""
 
   state: sgld.SGLDState
-  pending: Any  # MalaPending after the step (() without MALA)
-  losses_n: Any  # per-sample losses of the step's batch at the position it left
-  acceptance: Any  # MALA acceptance of the move this step completed (NaN where it completed none)
+  losses_n: Any  # per-sample losses of the iteration's batch at the position it started from
+  mala_half: Any  # this position's half of MALA's log-ratio (0 where not wanted)
 
 
 class BlockMoves(NamedTuple):
   """A block's updates of the local entries (`_block_moves`)."""
 
   state: sgld.SGLDState  # after the block's steps_between_draws updates
-  pending: Any  # MalaPending (() without MALA)
   losses_En: Any  # per-sample losses of step 0's batch at the block's starting point
-  acceptance_E: Any  # MALA acceptance of the measured move the block completed; NaN where it completed none
+  acceptance_E: Any  # MALA acceptance of the block's first move; NaN where it was not measured
 
 
 def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
@@ -187,69 +178,61 @@ def _entry_step_fn(loss_fn, plan: Plan, masks_CxF, view: FreeView):
   return step
 
 
-def initial_pending(position_ExF, config: sgld.SGLDConfig):
-  """No measured move waiting: `MalaPending` of these shapes, or () when the run measures no MALA."""
-  if not config.measures_mala:
-    return ()
-  return MalaPending(start_F=np.array(position_ExF), forward=np.zeros(np.shape(position_ExF)[:1], np.float32))
+def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entries, state, batch_of, global_step,
+                 measure) -> BlockMoves:
+  """A block's `steps_between_draws` SGLD updates of the local entries, and (when `measure`) the MALA
+  acceptance of its first move.
 
-
-def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entries, state, pending, batch_of,
-                 global_step):
-  """A block's `steps_between_draws` SGLD updates of the local entries, measuring MALA acceptance for free.
-
-  batch_of(i): every stream's batch [K, n, ...] of the block's step i. Returns `BlockMoves`. log α(w → w') =
-  half(w, w') − half(w', w) (`sgld.mala_half`). A measured move (`config.mala_measured_at`) computes the first
-  half from its own gradient and leaves it pending (with w) in the carry; the next step, here or in the next
-  block, reads the same batch (`config.batch_step`), so the gradient it takes at w' anyway gives the second
-  half. No extra gradient and no extra loop: the program holds one backward pass, as without MALA.
+  batch_of(i): every stream's batch [K, n, ...] of the block's step i. log α(w → w') = half(w, w') − half(w',
+  w) (`sgld.mala_half`) needs the loss and gradient at w' on the move's own batch: one more gradient, which the
+  chain never uses. Every gradient is taken at one call site inside one loop, so the program holds one copy of
+  the backward pass: with `measure`, iteration 1 evaluates step 0's batch at w' and its step is discarded, then
+  the steps go on. The chain is the one `mala_every=0` samples: the same batches, the same noise.
   """
   config = plan.config
   step = _entry_step_fn(loss_fn, plan, masks_CxF, view)
   mala = config.measures_mala
 
-  def entry_iteration(state, pending, key, comp, hyper, batch, g) -> _Iteration:
+  def entry_iteration(state, start, key, comp, hyper, batch, g, is_eval, half_wanted) -> _Iteration:
     moved = step(state, key, comp, hyper, batch, g)
     if not mala:
-      return _Iteration(state=moved.state, pending=pending, losses_n=moved.losses_n, acceptance=jnp.float32(jnp.nan))
+      return _Iteration(state=moved.state, losses_n=moved.losses_n, mala_half=jnp.zeros(()))
 
-    def half(to, square_avg):  # at this step's position, its batch loss and gradient; G held over the move
-      return sgld.mala_half(state.position, to, moved.losses_n.mean(), moved.grad_F, view.anchor_F, masks_CxF[comp],
-                            sgld.preconditioner_of(square_avg, config), config, hyper)
+    @jax.named_scope("mala")
+    def half():  # at w: towards w'; at w' (is_eval): back towards w, with the G of the first move's end
+      choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
+      precond = sgld.preconditioner_of(choose(state.square_avg, moved.state.square_avg), config)
+      return sgld.mala_half(state.position, choose(start, moved.state.position), moved.losses_n.mean(),
+                            moved.grad_F, view.anchor_F, masks_CxF[comp], precond, config, hyper).astype(jnp.float32)
 
-    with jax.named_scope("mala"):
-      acceptance = jax.lax.cond(  # this step re-read a measured move's batch: it is at w', the move went from w
-          config.mala_measured_at(g - 1),
-          lambda: sgld.acceptance_of(pending.forward - half(pending.start_F, state.square_avg)).astype(jnp.float32),
-          lambda: jnp.float32(jnp.nan))
-      pending = jax.lax.cond(
-          config.mala_measured_at(g),
-          lambda: MalaPending(start_F=state.position,
-                              forward=half(moved.state.position, moved.state.square_avg).astype(jnp.float32)),
-          lambda: pending)
-    return _Iteration(state=moved.state, pending=pending, losses_n=moved.losses_n, acceptance=acceptance)
+    return _Iteration(state=moved.state, losses_n=moved.losses_n,
+                      mala_half=jax.lax.cond(half_wanted, half, lambda: jnp.zeros((), jnp.float32)))
 
-  def iterate(st, pend, i) -> _Iteration:  # every local entry: fields with a leading E
-    one = lambda s, p, key_data, comp, hyper, batch: entry_iteration(
-        s, p, jax.random.wrap_key_data(key_data), comp, hyper, batch, global_step + i)
-    return over_entries(one, plan.entry_grid, (st, pend, entries.key_data, entries.component, entries.hyper),
-                        batch_of(i), entries.stream)
-
-  if config.steps_between_draws == 1:  # one step: no loop
-    moved = iterate(state, pending, 0)
-    return BlockMoves(state=moved.state, pending=moved.pending, losses_En=moved.losses_n,
-                      acceptance_E=moved.acceptance)
-
-  def body(i, so_far: BlockMoves) -> BlockMoves:
-    moved = iterate(so_far.state, so_far.pending, i)
-    completed = config.mala_measured_at(global_step + i - 1)
-    return BlockMoves(state=moved.state, pending=moved.pending,
-                      losses_En=jnp.where(i == 0, moved.losses_n, so_far.losses_En).astype(so_far.losses_En.dtype),
-                      acceptance_E=jnp.where(completed, moved.acceptance, so_far.acceptance_E))
+  def iterate(st, i, is_eval, half_wanted) -> _Iteration:  # every local entry: fields with a leading E
+    one = lambda s, start, key_data, comp, hyper, batch: entry_iteration(
+        s, start, jax.random.wrap_key_data(key_data), comp, hyper, batch, global_step + i, is_eval, half_wanted)
+    return over_entries(one, plan.entry_grid, (st, state.position, entries.key_data, entries.component,
+                                                entries.hyper), batch_of(i), entries.stream)
 
   E, n = entries.component.shape[0], plan.batch_size
-  start = BlockMoves(state=state, pending=pending, losses_En=jnp.zeros((E, n)), acceptance_E=jnp.full((E,), jnp.nan))
-  return jax.lax.fori_loop(0, config.steps_between_draws, body, start)
+  if config.steps_between_draws == 1 and not mala:  # one plain step: no loop
+    moved = iterate(state, 0, False, False)
+    return BlockMoves(state=moved.state, losses_En=moved.losses_n, acceptance_E=jnp.full((E,), jnp.nan))
+
+  measure = jnp.asarray(measure) & mala
+
+  def body(j, so_far: BlockMoves) -> BlockMoves:  # acceptance_E carries the log-ratio until the loop ends
+    is_eval = measure & (j == 1)
+    i = j - (measure & (j >= 1)).astype(jnp.int32)  # the step whose batch (and noise) this iteration reads
+    moved = iterate(so_far.state, i, is_eval, measure & (j <= 1))
+    return BlockMoves(
+        state=jax.tree.map(lambda old, new: jnp.where(is_eval, old, new), so_far.state, moved.state),
+        losses_En=jnp.where(j == 0, moved.losses_n, so_far.losses_En).astype(so_far.losses_En.dtype),
+        acceptance_E=so_far.acceptance_E + jnp.where(j == 0, moved.mala_half, -moved.mala_half))
+
+  start = BlockMoves(state=state, losses_En=jnp.zeros((E, n)), acceptance_E=jnp.zeros((E,), jnp.float32))
+  done = jax.lax.fori_loop(0, config.steps_between_draws + measure.astype(jnp.int32), body, start)
+  return done._replace(acceptance_E=jnp.where(measure, sgld.acceptance_of(done.acceptance_E), jnp.nan))
 
 
 def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, masks_CxF, data: ChunkData, observed):
@@ -291,7 +274,8 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
     global_step = data.first_step + l * S
     batch_of = lambda i: jax.tree.map(lambda a: a[l, i], data.base_LxSxK)  # [K, n, ...]
     loss_star_E = data.loss_star_LxK[l][entries.stream]
-    moves = _block_moves(loss_fn, plan, masks_CxF, view, entries, c.state, c.mala, batch_of, global_step)
+    moves = _block_moves(loss_fn, plan, masks_CxF, view, entries, c.state, batch_of, global_step,
+                         config.mala_measured(block))
     losses_En = moves.losses_En
     loss_E = losses_En.mean(axis=-1)
     phi_E = loss_E - loss_star_E
@@ -324,7 +308,7 @@ def _draw_chunk(loss_fn, plan: Plan, carry: Carry, entries: Entries, anchor, mas
                          probe_nonfinite_LxExD=nonfinite_ExD & active_E[:, None])  # block l's row of each trace
     traces = jax.tree.map(lambda buf, v: buf.at[l].set(v), traces, values)
     return Carry(state=moves.state, moments=moments, diverged=diverged, diverged_at=diverged_at,
-                 token_moments=token_moments, pair_moments=pair_moments, mala=moves.pending), traces
+                 token_moments=token_moments, pair_moments=pair_moments), traces
 
   traces = ChunkTraces(loss_LxE=jnp.zeros((L, E)), phi_LxE=jnp.zeros((L, E)), delta_loss_LxExD=jnp.zeros((L, E, D)),
                        mala_LxE=jnp.full((L, E), jnp.nan), probe_nonfinite_LxExD=jnp.zeros((L, E, D), bool))

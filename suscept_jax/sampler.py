@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from suscept_jax import anchor_table, batched, estimators, function_keys, mixing, parallel, programs, sgld
 from suscept_jax.batched import MICROBATCH_AUTO, num_rows
-from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks, initial_pending
+from suscept_jax.chunks import BurninData, Carry, ChunkData, Entries, Plan, flat_masks
 from suscept_jax.programs import ProgramMemory
 from suscept_jax.progress import MeanOfParts, reporting
 from suscept_jax.restricted import FreeView, component_groups, entry_grid, slice_layout
@@ -213,8 +213,7 @@ class _SharedTable:
 
 
 def evaluation_steps(config: sgld.SGLDConfig, blocks) -> np.ndarray:
-  """The global SGLD step at which each block evaluates its position (its first; the run's `Streams` give the
-  batch it reads: a re-read after a measured MALA move, `SGLDConfig.batch_step`)."""
+  """The global SGLD step whose batch each block evaluates its position on (its first)."""
   return config.num_burnin + np.asarray(blocks) * config.steps_between_draws
 
 
@@ -344,7 +343,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
   E_pad = -(-E // mesh.size) * mesh.size
   num_blocks = config.num_draws + 1
   streams = Streams(base, probes, batch_size=batch_size, delta_h=delta_h, seed=seed, checkpoint_id=checkpoint_id,
-                    num_chains=K, base_name=base_name, batch_step=config.batch_step)
+                    num_chains=K, base_name=base_name)
   token_shape = (None if observed is None else
                  jax.eval_shape(token_loss_fn, params, batched.first_row(observed)).shape)  # [1, J, ...]
   statistics_dtype = batched.statistics_dtype(loss_fn, params, base)
@@ -488,8 +487,7 @@ def _initial_carry(params, plan: Plan, num_entries: int, num_observed: int, toke
                                                  (num_observed - plan.pair_split) * per_row, dtype)
   return Carry(state=state, moments=estimators.init_moments(num_entries, (plan.num_probes,), dtype),
                diverged=np.zeros((num_entries,), bool), diverged_at=np.full((num_entries,), -1, np.int32),
-               token_moments=token_moments, pair_moments=pair_moments,
-               mala=initial_pending(state.position, plan.config))
+               token_moments=token_moments, pair_moments=pair_moments)
 
 
 class _Sampled(NamedTuple):

@@ -136,8 +136,8 @@ def mala_half(frm, to, loss, grad, anchor, mask, precond, config: SGLDConfig, hy
   """U(frm) − log q(to | frm): the part of the MALA log-ratio computed at `frm` (its batch loss and gradient).
 
   log α(w → w') = half(w, w') − half(w', w), so a sampler can compute each half when it has that point's
-  gradient (the second from a gradient at w' on the same batch: the sampler's next step, which re-reads it) and
-  keep only a scalar and w in between.
+  gradient (the second from one more gradient at w' on the same batch, `chunks._block_moves`) and keep only a
+  scalar and w in between.
   Computed on the flattened parameters: one fused pass instead of a few per leaf (much less to compile).
   """
   h = hyper or hyper_of(config)

@@ -32,10 +32,8 @@ class SGLDConfig:
   weight_decay: float = _field(0.0, "λ, devinterp's extra L2 term (0 in the paper)")
   rmsprop_alpha: float = _field(0.99, "RMSProp-SGLD: decay of the squared-gradient average")
   rmsprop_eps: float = _field(0.1, "RMSProp-SGLD: added to √V (devinterp's default)")
-  mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; the step after a "
-                                  "measured move re-reads its batch, so it costs no extra gradient; with "
-                                  "steps_between_draws=1 that step evaluates the next draw on the batch that just "
-                                  "moved the chain, whose φ is low: the demo's LLC by 0.76 % at 10, 0 avoids it)")
+  mala_every: int = _field(10, "estimate MALA acceptance every this many draws (0 = never; each costs one more "
+                                  "gradient, at the moved-to point, and leaves the chain as it is)")
   max_loss_increase: float = _field(100.0, "a chain whose φ = L(w_t) − L(w*) exceeds this (or is not finite) "
                                             "diverged; inf: only a non-finite φ")
   bounding_box: float | None = _field(None, "if set, clip every free coordinate to [w* − b, w* + b] (devinterp's)")
@@ -79,22 +77,19 @@ class SGLDConfig:
     """Whether any move's MALA acceptance is measured (never with σ = 0, where there is no proposal density)."""
     return bool(self.mala_every > 0 and self.noise_level > 0)
 
-  def mala_measured_at(self, step):
-    """Whether the move taken at global SGLD step `step` has its MALA acceptance measured (step: an int or an
-    integer array, numpy or jax: the same arithmetic serves the host's batch schedule and the compiled programs).
+  @property
+  def num_mala_measurements(self) -> int:
+    """Moves whose MALA acceptance a run measures (`mala_measured`), one more gradient each."""
+    return -(-self.num_draws // self.mala_every) if self.measures_mala else 0
 
-    Measured: the first move of every `mala_every`-th draw's block (draws 0, k, 2k, …), never with σ = 0. MALA
-    needs the loss and gradient at the moved-to point on the move's own batch; the next step computes a gradient
-    there anyway, so it re-reads that batch (`batch_step`) and the measurement costs no extra gradient. A move
-    whose batch is re-read cannot be measured itself: with one step per draw, mala_every=1 measures every
-    second draw.
+  def mala_measured(self, block):
+    """Whether block `block`'s first move has its MALA acceptance measured (block: an int or an integer array,
+    numpy or jax: the same arithmetic serves the host and the compiled programs): draws 0, k, 2k, … (block b ≥ 1
+    is draw b − 1, k = mala_every), never with σ = 0. A measurement takes one more gradient, at the moved-to point
+    on the move's own batch, which the chain never uses: the chain is the one mala_every=0 samples.
+
+    (For a day, 2026-12-05, the next step re-read the move's batch instead, so that the measurement cost no
+    gradient: that gave two moves one batch's noise, which widened the chain (a quadratic's LLC 15–20 % high at
+    mala_every=1, batch 8), and evaluated the next draw on the batch that had just moved the chain (φ low).)
     """
-    S = self.steps_between_draws
-    every = max(self.mala_every, 2 if S == 1 else 1)
-    since = step - self.num_burnin
-    return (since >= S) & (since % S == 0) & ((since // S - 1) % every == 0) & self.measures_mala
-
-  def batch_step(self, step):
-    """The global step whose base batch (with its probe samples) step `step` reads: its own, or the previous one's
-    when that move's MALA acceptance is measured (`mala_measured_at`). The step's noise is always its own."""
-    return step - self.mala_measured_at(step - 1)
+    return (block >= 1) & ((block - 1) % max(self.mala_every, 1) == 0) & self.measures_mala

@@ -74,11 +74,8 @@ class Streams:
   """Host side of the data streams: gathers each chunk's batches from (memory-mapped) arrays."""
 
   def __init__(self, base, probes: Mapping[str, Any], *, batch_size, delta_h, seed, checkpoint_id, num_chains,
-               base_name, batch_step=None):
-    """batch_step: the global step whose batch (with its probe samples) a step reads (`SGLDConfig.batch_step`:
-    a step after a measured MALA move re-reads that move's); None: its own."""
+               base_name):
     self.base, self.probes, self.base_name = base, probes, base_name
-    self.batch_step = batch_step or (lambda steps: steps)
     self.n, self.delta_h = batch_size, delta_h
     self.num_streams = num_streams(num_rows(base), batch_size, num_chains, bool(probes))
     seeds = [stream_seed(seed, checkpoint_id, k) for k in range(self.num_streams)]
@@ -89,7 +86,7 @@ class Streams:
 
   def base_indices(self, steps) -> np.ndarray:
     """int64 [*steps.shape, K, n]: the base samples each step of each stream reads."""
-    steps = np.asarray(self.batch_step(np.asarray(steps)))
+    steps = np.asarray(steps)
     if self.num_streams == 1 and self.n == num_rows(self.base) and not self.probes:
       return np.broadcast_to(np.arange(self.n), steps.shape + (1, self.n))
     idx = [sch.indices_many(steps.ravel()).reshape(steps.shape + (self.n,)) for sch in self.base_schedules]
@@ -101,7 +98,7 @@ class Streams:
 
   def probe_indices(self, eval_steps, slots: mixing.ProbeSlots) -> np.ndarray:
     """int64 [L, K, D, M]: the probe sample in every slot of every stream's evaluation batch."""
-    eval_steps = np.asarray(self.batch_step(np.asarray(eval_steps)))
+    eval_steps = np.asarray(eval_steps)
     out = []
     for schedules in self.probe_schedules.values():
       per_stream = [np.take_along_axis(sch.indices_many(eval_steps), slots.position_TxM.astype(np.int64), axis=1)

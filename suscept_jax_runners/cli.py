@@ -214,7 +214,16 @@ def numerics(holders: dict) -> dict:
 
 
 # What results made before a setting existed were computed with (numerics) or identified their data by.
-LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}, "data_identity": "stat"}
+LEGACY_SETTINGS = {"numerics": {"attention": "plain", "precision": "float32"}, "data_identity": "stat",
+                   "mala_measurement": "unrecorded (maybe a re-read batch)"}
+
+
+def mala_setting(config: SGLDConfig) -> dict:
+  """How a run measuring MALA measures it, as its results directory records it. On 2026-12-05 a measured move's
+  batch was re-read by the next step, which biased the chains (`SGLDConfig.mala_measured`); a directory that
+  measured MALA without recording how is refused rather than mixed with these numbers. Runs without MALA
+  compute what they always did: nothing is recorded, nothing refused."""
+  return {"mala_measurement": "extra gradient"} if config.measures_mala else {}
 
 
 def data_identity(store, overwrite: bool) -> str:

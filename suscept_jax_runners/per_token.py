@@ -163,7 +163,8 @@ def main(argv):
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "contexts_seed",
                                                   "batch_size", "delta_h", "dataset_chi", "max_contexts", "numerics")},
-                     "sgld": dataclasses.asdict(settings["sgld"]), "components": specs, "step": step,
+                     "sgld": dataclasses.asdict(settings["sgld"]), **cli.mala_setting(settings["sgld"]),
+                     "components": specs, "step": step,
                      "contexts_per_chunk": settings["contexts_per_chunk"],  # names the units: resume alike
                      "run_dir": str(Path(target.run_dir).resolve())}
   distributed.check_same_settings({**number_settings, "run_dir": None, "overwrite": _OVERWRITE.value,

@@ -108,6 +108,7 @@ def number_settings(settings: dict, target, **fingerprints) -> dict:
   import dataclasses
   keys = ("base", "seed", "batch_size", "delta_h", "chi_form", "max_contexts", "numerics")
   return {**{k: settings[k] for k in keys}, "sgld": dataclasses.asdict(settings["sgld"]),
+          **cli.mala_setting(settings["sgld"]),
           "run_dir": str(Path(target.run_dir).resolve()), "model_config": dataclasses.asdict(target.model_config),
           **fingerprints}
 

@@ -87,10 +87,11 @@ def test_accelerator_figures_write_what_they_measured_within_the_budget(capsys, 
   assert len(projected) == 1 and all(float(x) > 0 for x in projected[0]), projected
 
 
-def test_gradient_steps_count_burn_in_and_every_block_but_no_extra_for_mala():
-  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200)) == 201  # (block 0 evaluates w*, then 200 draws)
+def test_gradient_steps_count_burn_in_every_block_and_mala_extra_gradients():
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200)) == 221  # (block 0 evaluates w*, 200 draws, 20 MALA)
   assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200, mala_every=0)) == 201
-  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=5, num_burnin=3, steps_between_draws=2, mala_every=2)) == 15
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=200, noise_level=0.0)) == 201  # (no proposal density)
+  assert scaling.gradient_steps(sj.SGLDConfig(num_draws=5, num_burnin=3, steps_between_draws=2, mala_every=2)) == 18
 
 
 def test_projection_from_measured_times_scales_with_them():

@@ -421,7 +421,7 @@ def _first_batch_holding(index, config, batch_size):
   """(block, chain) of the first evaluation batch (by block, then chain) that holds base sample `index`."""
   for block in range(config.num_draws + 1):
     for chain in range(config.num_chains):
-      step = config.batch_step(config.num_burnin + block * config.steps_between_draws)
+      step = config.num_burnin + block * config.steps_between_draws
       if index in mixing.BatchSchedule(N, batch_size, streams.stream_seed(0, 0, chain)).indices(step):
         return block, chain
   raise AssertionError(f"sample {index} is in no evaluation batch")

@@ -326,6 +326,27 @@ def test_directories_from_before_a_setting_existed_read_as_its_legacy_value(tmp_
                          legacy=cli.LEGACY_SETTINGS)
 
 
+def test_results_that_measured_mala_without_saying_how_are_not_mixed_with_new_ones(tmp_path):
+  """On 2026-12-05 a measured MALA move's batch was re-read by the next step, which biased the chains; a directory
+  written then (no "mala_measurement") resumed by a run measuring MALA is refused, naming the setting. A run
+  without MALA computes what it always did and resumes such a directory."""
+  import dataclasses
+
+  from suscept_jax import SGLDConfig
+  from suscept_jax_runners import cli
+  store = results.ResultsDir(tmp_path / "old")
+  helpers.started_with_a_unit(store, {"seed": 0}, {"checkpoint_steps": [0]})  # (before the key existed)
+  store.check_settings({"seed": 0, **cli.mala_setting(SGLDConfig(mala_every=0))}, legacy=cli.LEGACY_SETTINGS)
+  store.check_settings({"seed": 0, **cli.mala_setting(SGLDConfig(noise_level=0.0))}, legacy=cli.LEGACY_SETTINGS)
+  with pytest.raises(ValueError, match=r"mala_measurement: 'unrecorded \(maybe a re-read batch\)' here, "
+                                       r"'extra gradient' now"):
+    store.check_settings({"seed": 0, **cli.mala_setting(SGLDConfig())}, legacy=cli.LEGACY_SETTINGS)
+  recorded = results.ResultsDir(tmp_path / "new")
+  helpers.started_with_a_unit(recorded, {"seed": 0, **cli.mala_setting(SGLDConfig())}, {"checkpoint_steps": [0]})
+  recorded.check_settings({"seed": 0, **cli.mala_setting(dataclasses.replace(SGLDConfig(), mala_every=3))},
+                          legacy=cli.LEGACY_SETTINGS)
+
+
 def _check_the_report_corrects_r_for_noise(results_dir):
   """The report's intervals of r are the bias-corrected ones (`structure.label_correlation_intervals` given X's
   loadings and the noise-matched resamples), not the resamples' bare percentiles."""
