@@ -558,7 +558,7 @@ def parse_args(argv=None):
   for field in ("num_chains", "num_draws", "batch_size"):
     parser.add_argument(f"--{field}", type=int)
   parser.add_argument("--mala_every", type=int, help="ours: MALA acceptance every this many draws (default 10, "
-                      "our default, no extra gradient; 0: none, as devinterp's job)")
+                      "our default, one more gradient each; 0: none, the same work as devinterp's job)")
   parser.add_argument("--components", nargs="+", help="component specs (default: every head and 'full')")
   parser.add_argument("--work_dir", default="runs/devinterp_side_by_side")
   parser.add_argument("--skip_devinterp", action="store_true", help="our half only (no comparison)")
