@@ -112,20 +112,19 @@ def update_cross_moments(m: CrossMoments, q_ExQ, s_ExS, active_E) -> CrossMoment
   other pair on part of the posterior (a covariance 0.05 against 0.089), and on which part depended on which
   samples shared its chunk."""
   q_ExQ, s_ExS = jnp.asarray(q_ExQ, m.mean_q.dtype), jnp.asarray(s_ExS, m.mean_q.dtype)
-  ok_E = active_E
   finite_q, finite_s = jnp.isfinite(q_ExQ), jnp.isfinite(s_ExS)
-  bad_q = m.bad_q | (ok_E[:, None] & ~finite_q)
-  bad_s = m.bad_s | (ok_E[:, None] & ~finite_s)
-  q = jnp.where(ok_E[:, None], jnp.where(finite_q, q_ExQ, m.mean_q), 0.0)
-  s = jnp.where(ok_E[:, None], jnp.where(finite_s, s_ExS, m.mean_s), 0.0)
-  count = m.count + ok_E.astype(jnp.int32)
+  bad_q = m.bad_q | (active_E[:, None] & ~finite_q)
+  bad_s = m.bad_s | (active_E[:, None] & ~finite_s)
+  q = jnp.where(active_E[:, None], jnp.where(finite_q, q_ExQ, m.mean_q), 0.0)
+  s = jnp.where(active_E[:, None], jnp.where(finite_s, s_ExS, m.mean_s), 0.0)
+  count = m.count + active_E.astype(jnp.int32)
   n = jnp.maximum(count, 1).astype(m.mean_q.dtype)[:, None]
   dq, ds = q - m.mean_q, s - m.mean_s
   mean_q, mean_s = m.mean_q + dq / n, m.mean_s + ds / n
   new = CrossMoments(count=count, mean_q=mean_q, m2_q=m.m2_q + dq * (q - mean_q), mean_s=mean_s,
                      m2_s=m.m2_s + ds * (s - mean_s), comoment=m.comoment + dq[:, :, None] * (s - mean_s)[:, None, :],
                      bad_q=bad_q, bad_s=bad_s)
-  kept = (jnp.where(expand_like(ok_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:]))
+  kept = (jnp.where(expand_like(active_E, new_a), new_a, old_a) for new_a, old_a in zip(new[1:], m[1:]))
   return CrossMoments(count, *kept)
 
 

@@ -79,8 +79,8 @@ class SGLDConfig:
 
   @property
   def num_mala_measurements(self) -> int:
-    """Moves whose MALA acceptance a run measures (`mala_measured`), one more gradient each."""
-    return -(-self.num_draws // self.mala_every) if self.measures_mala else 0
+    """Moves whose MALA acceptance a run measures (`mala_measured` over its blocks), one more gradient each."""
+    return sum(bool(self.mala_measured(block)) for block in range(self.num_draws + 1))
 
   def mala_measured(self, block):
     """Whether block `block`'s first move has its MALA acceptance measured (block: an int or an integer array,
