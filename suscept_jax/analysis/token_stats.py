@@ -313,15 +313,20 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
 
   Two noises move a cell: the chains (K of them, shared by every cell: chain k of each component sees the same
   batches, and the dataset-level χ comes from the same chains) and which few contexts of each dataset were
-  observed (shared by the components). Each resample redraws both with replacement and its deviation from the
-  point is placed about the point (`structure.interval_about`), widened for the few draws: a cell's for the few
-  chains and the few contexts of its dataset (`structure.small_sample_widening`); the slope's, which pools every
-  dataset's contexts, for the few chains only, its contexts' by `structure.bootstrap_spread_correction` (with
-  both widened its interval held the true slope in 98–100 % of runs, too wide; with neither 91 %). Noise in
-  δh·mean per-token χ flattens a least-squares slope (and the shared chains tie the two axes' noise), so the
-  slope is corrected by the cells' mean noise (co)variances, taken at each resample's own noise level as
-  `structure.corrected_scores` does. Coverage on synthetic truths: `benchmarks/additivity_calibration.py`
-  (correct_slope=False: the plain least-squares slope's resamples, for that comparison).
+  observed (shared by the components). Each resample redraws both with replacement. The contexts' spread is taken
+  over their chain means, which also differ by the chains' noise at each context: that part (the chains ×
+  contexts interaction mean square / K) is counted by the chains already, so it is taken out of the contexts'
+  variance, and the contexts' resamples are shrunk to what is left, by one factor per dataset pooled over the
+  components (a cell's own factor rests on too few contexts). A cell's deviation is placed about the point
+  (`structure.interval_about`), widened for the few chains and the few contexts of its dataset
+  (`structure.small_sample_widening`). Noise in δh·mean per-token χ flattens a least-squares slope (and the
+  shared chains tie the two axes' noise), so the slope is corrected by the cells' mean noise (co)variances, taken
+  at each resample's own noise level as `structure.corrected_scores` does; since that correction is not linear in
+  the noise, the slope is resampled unwidened and its deviations widened after, by the widenings' mean weighted by
+  how much of the slope's spread each noise makes (the chains' `small_sample_widening`; the contexts', pooled
+  over every dataset, `structure.bootstrap_spread_correction`). Coverage and width on synthetic truths:
+  `benchmarks/additivity_calibration.py` (correct_slope=False: the plain least-squares slope's resamples, for
+  that comparison).
 
   Shape letters: C components, K chains, O observed contexts, P probes (= datasets), D datasets, N cells."""
   ctx_CxKxO = np.asarray(context_chi_CxKxO, np.float64)
@@ -343,7 +348,15 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
     dx, dy = x_CxKxD - x0_CxD[:, None], y_CxKxD - y0_CxD[:, None]
     by_chains = lambda a, b: _nanmean(a * b, axis=1) * valid_C[:, None] / (valid_C[:, None] - 1) / valid_C[:, None]
     var_x_chains, cov_xy = by_chains(dx, dx), by_chains(dx, dy)
-    var_x_contexts = delta_h ** 2 * np.stack([ctx_CxO[:, m].var(-1, ddof=1) / len(m) for m in members], -1)
+    # the chain-mean contexts' spread, and the chains' noise in it (their interaction with the contexts / K)
+    spread_CxD = np.stack([ctx_CxO[:, m].var(-1, ddof=1) for m in members], -1)
+    within_CxKxO = ctx_CxKxO - ctx_CxO[:, None]
+    chains_in_spread_CxD = np.stack([_nanmean(within_CxKxO[..., m].var(-1, ddof=1), axis=1) for m in members],
+                                    -1) / (valid_C[:, None] - 1)
+    var_x_contexts = delta_h ** 2 * (spread_CxD - chains_in_spread_CxD) / n_D
+  counted = np.isfinite(chains_in_spread_CxD)
+  contexts_shrink_D = np.sqrt(np.clip(1 - np.where(counted, chains_in_spread_CxD, 0).sum(0)
+                                      / np.maximum(np.where(counted, spread_CxD, 0).sum(0), 1e-300), 0, 1))
   w_K = structure.small_sample_widening(K, level)
   w_D = np.array([structure.small_sample_widening(n, level) for n in n_D])
   c_D = np.array([structure.bootstrap_spread_correction(n) for n in n_D])
@@ -365,22 +378,27 @@ def additivity_intervals(joined, context_chi_CxKxO, dataset_chi_PxCxK, context_d
         var_x - noise_x(chains_scale, contexts_scale_D), structure.MIN_RELIABILITY * var_x)
 
   rng = np.random.default_rng(seed)
-  xs, ys, slopes = [], [], []
+  xs, ys, slopes, slopes_by_chains, slopes_by_contexts = [], [], [], [], []
+  scale_K, scale_D = structure.resampled_noise_scale(1.0, K), structure.resampled_noise_scale(1.0, n_D)
   for _ in range(num_resamples):
     chains = rng.integers(0, K, K)
     contexts = [rng.choice(m, len(m)) for m in members]
     x_chains, y_chains = chain_mean(x_CxKxD, chains), chain_mean(y_CxKxD, chains)
     dx_K = np.where(np.isfinite(x_chains), x_chains, x0_CxD) - x0_CxD
     dy_K = np.where(np.isfinite(y_chains), y_chains, y0_CxD) - y0_CxD
-    dx_D = over_contexts(ctx_CxO, contexts) - x0_CxD
+    dx_D = contexts_shrink_D * (over_contexts(ctx_CxO, contexts) - x0_CxD)
     xs.append((x0_CxD + w_K * dx_K + w_D * dx_D)[cells]), ys.append((y0_CxD + w_K * dy_K)[cells])
-    slopes.append(slope(x0_CxD + w_K * dx_K + c_D * dx_D, y0_CxD + w_K * dy_K,
-                        structure.resampled_noise_scale(w_K, K), structure.resampled_noise_scale(c_D, n_D)))
+    slopes.append(slope(x0_CxD + dx_K + dx_D, y0_CxD + dy_K, scale_K, scale_D))
+    slopes_by_chains.append(slope(x0_CxD + dx_K, y0_CxD + dy_K, scale_K, 1.0))
+    slopes_by_contexts.append(slope(x0_CxD + dx_D, y0_CxD, 1.0, scale_D))
+  v_K, v_D = np.nanvar(slopes_by_chains), np.nanvar(slopes_by_contexts)
+  widening = np.sqrt((w_K ** 2 * v_K + np.mean(c_D ** 2) * v_D) / (v_K + v_D)) if v_K + v_D > 0 else 1.0
   x_N, y_N = joined.predicted.to_numpy(np.float64), joined.chi.to_numpy(np.float64)
   xs, ys = np.array(xs), np.array(ys)
   point = slope(x0_CxD, y0_CxD, 1.0, 1.0)
   return AdditivityIntervals(
-      slope_corrected=float(point), slope_interval=structure.interval_about(point, np.array(slopes), level),
+      slope_corrected=float(point),
+      slope_interval=structure.interval_about(point, widening * np.array(slopes), level),
       predicted_interval_Nx2=structure.interval_about(x_N, xs, level),
       chi_interval_Nx2=structure.interval_about(y_N, ys, level),
       difference_interval_Nx2=structure.interval_about(y_N - x_N, ys - xs, level), level=level,
