@@ -161,6 +161,11 @@ def main(argv):
   specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
   component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
+  store = results.ResultsDir(out)
+  if not _OVERWRITE.value:
+    settings, respelled = pipeline.recorded_spellings(settings, store)
+    for line in respelled:
+      print(line)
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "contexts_seed",
                                                   "batch_size", "delta_h", "dataset_chi", "max_contexts", "numerics")},
                      "sgld": dataclasses.asdict(settings["sgld"]), **cli.mala_setting(settings["sgld"]),
@@ -169,7 +174,6 @@ def main(argv):
                      "run_dir": str(Path(target.run_dir).resolve())}
   distributed.check_same_settings({**number_settings, "run_dir": None, "overwrite": _OVERWRITE.value,
                                    "dry_run": _DRY_RUN.value, "views": settings["views"]}, num_processes)
-  store = results.ResultsDir(out)
   store.check_writable(write=not _DRY_RUN.value)
   if process_index == 0 and not _DRY_RUN.value:
     store.claim("per_token")

@@ -101,6 +101,36 @@ def check_datasets(specs) -> None:
     sources.check_spec(repeats.split_spec(spec)[0])
 
 
+def recorded_spellings(settings: dict, store) -> tuple[dict, list[str]]:
+  """`settings` with its base and probes spelled as the results directory `store` recorded them wherever a
+  request names the same local data by another spelling of its path (`$PWD/data/x.jsonl` for `data/x.jsonl`):
+  a rerun then reuses those results rather than computing a probe again under a second name or refusing the
+  base as another setting. Returns the settings and a line per spec respelled; a directory without results, or
+  a spec that names other data, changes nothing (the data's fingerprints are still compared later)."""
+  if not store.holds_results():
+    return settings, []
+  config = store.config()
+  recorded = config["settings"]
+  known = list(dict.fromkeys([*recorded.get("probes", []),
+                              *(p for scope in config.get("scopes", []) for p in scope.get("probes", []))]))
+
+  def respell(spec: str, candidates) -> str:
+    if spec in candidates:
+      return spec
+    inner, marked = repeats.split_spec(spec)
+    for other in candidates:
+      other_inner, other_marked = repeats.split_spec(other)
+      if other_marked == marked and sources.same_local_data(inner, other_inner):
+        return other
+    return spec
+
+  base = respell(settings["base"], [recorded["base"]] if "base" in recorded else [])
+  probes = [respell(p, known) for p in settings["probes"]]
+  respelled = [(a, b) for a, b in zip([settings["base"], *settings["probes"]], [base, *probes]) if a != b]
+  notes = [f"{a!r} names the data {store.path} holds as {b!r}: taken under that name" for a, b in respelled]
+  return {**settings, "base": base, "probes": list(dict.fromkeys(probes))}, notes
+
+
 def contexts_fingerprint(spec: str, tokenizer, context_length: int, max_contexts, *,
                          identity: str = "content") -> str:
   """Identity of the contexts a spec gives (its data files or hub revision, the tokenizer, the packing),

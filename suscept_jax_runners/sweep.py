@@ -134,12 +134,16 @@ def main(argv):
   component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   preset = presets.get_preset(settings["preset"])
+  out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
+  if not _OVERWRITE.value:
+    settings, respelled = pipeline.recorded_spellings(settings, out)
+    for line in respelled:
+      print(line)
   scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
   # First across processes, so that all stop together (paths left out: hosts may mount the shared directories
   # at other paths).
   distributed.check_same_settings({**number_settings(settings, target), "run_dir": None, **scope,
                                    "overwrite": _OVERWRITE.value, "dry_run": _DRY_RUN.value}, num_processes)
-  out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
   out.check_writable(write=not _DRY_RUN.value)
   if process_index == 0 and not _DRY_RUN.value:
     out.claim("sweep")

@@ -229,3 +229,35 @@ def test_an_interrupt_or_a_program_too_large_ends_with_a_message_not_a_traceback
   assert all(s in proc.stderr for s in says) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
   verbose, _ = run([sys.executable, "-c", script, "--verbosity=1"])
   assert verbose.returncode == status and "Traceback" in verbose.stderr  # the traceback on request
+
+
+def test_another_spelling_of_a_recorded_path_takes_the_recorded_name(tmp_path, monkeypatch):
+  """`$PWD/data/x.jsonl` for `data/x.jsonl`: the same file, so a rerun reuses the results under the recorded name
+  (a probe) instead of computing them again, or refusing the base as another setting. Anything else is left."""
+  from suscept_jax import results
+  from suscept_jax.data import sources
+  from suscept_jax_runners import pipeline
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "data").mkdir()
+  for name in ("x", "y", "b"):
+    helpers.write_jsonl(tmp_path / "data" / f"{name}.jsonl", ["one document", "another"])
+  spelled = {"data/x.jsonl": [str(tmp_path / "data" / "x.jsonl"), "./data/x.jsonl", "data/../data/x.jsonl",
+                              "file:data/x.jsonl"]}
+  assert all(sources.same_local_data("data/x.jsonl", other) for other in spelled["data/x.jsonl"])
+  assert not sources.same_local_data("data/x.jsonl", "data/y.jsonl")
+  assert not sources.same_local_data("data/x.jsonl", "data/x.jsonl?column=content")  # another column
+  assert not sources.same_local_data("data/x.jsonl", "data/gone.jsonl") and not sources.same_local_data("code", "code")
+  store = results.ResultsDir(tmp_path / "out")
+  recorded = {"base": "data/b.jsonl", "probes": ["data/x.jsonl", "repeats:data/y.jsonl"]}
+  request = {"base": str(tmp_path / "data" / "b.jsonl"), "probes": ["./data/x.jsonl", "data/y.jsonl", "hf:imdb"]}
+  assert pipeline.recorded_spellings(request, store) == (request, [])  # nothing recorded yet
+  store.start(recorded, {"probes": ["data/x.jsonl"]}, kind="per_token")
+  (store.units / "chunk_0000.json").write_text("{}"), (store.units / "chunk_0000.npz").write_bytes(b"")  # one unit
+  settings, notes = pipeline.recorded_spellings(request, store)
+  # 'data/y.jsonl' is the file under 'repeats:data/y.jsonl', but other contexts (each with a repeated span)
+  assert settings == {"base": "data/b.jsonl", "probes": ["data/x.jsonl", "data/y.jsonl", "hf:imdb"]}, settings
+  assert notes == [f"{str(tmp_path / 'data' / 'b.jsonl')!r} names the data {store.path} holds as 'data/b.jsonl': "
+                   "taken under that name",
+                   f"'./data/x.jsonl' names the data {store.path} holds as 'data/x.jsonl': taken under that name"]
+  twice, _ = pipeline.recorded_spellings({**request, "probes": ["data/x.jsonl", "./data/x.jsonl"]}, store)
+  assert twice["probes"] == ["data/x.jsonl"]  # one file asked for under two spellings: computed once

@@ -101,13 +101,16 @@ def test_sweep_end_to_end_and_resume_after_kill(tiny):
   moved = json.loads(elsewhere.read_text())
   moved["environment"] = {**moved["environment"], "jax": "0.11.2", "backend": "gpu"}
   elsewhere.write_text(json.dumps(moved))
+  # The base and one probe spelled as paths relative to the working directory: the same files, the same units.
+  relative = {k: os.path.relpath(data[k], REPO) for k in ("mix", "math")}
   grown = subprocess.run(
-      [*sweep_cmd(run_dir, tok, data, straight),
-       f"--probes={data['math']},{data['prose']},{data['mix']},{data['math2']}",
+      [*sweep_cmd(run_dir, tok, data, straight), f"--base={relative['mix']}",
+       f"--probes={relative['math']},{data['prose']},{data['mix']},{data['math2']}",
        "--components=l0h0,l1h1,l1 attn,l0h1", "--steps=20,40", "--microbatch_size=2"], cwd=REPO, env=env(),
       capture_output=True, text=True, timeout=600)
   assert grown.returncode == 0, grown.stderr[-3000:]
   assert "4 unit(s) to run, 3 finished unit(s) reused" in grown.stdout  # (new probe, new component) × 2 checkpoints
+  assert f"{relative['math']!r} names the data {straight} holds as {str(data['math'])!r}" in grown.stdout
   here = results.environment_label(results.environment())
   listed = ", ".join(sorted([f"{here} (6 units)", "jax 0.11.2 on gpu (1 unit)"]))
   assert f"units computed under 2 environments: {listed}; cells" in (straight / "summary.txt").read_text()

@@ -117,6 +117,19 @@ def check_spec(spec: str) -> DatasetSpec:
   return parsed
 
 
+def same_local_data(spec_a: str, spec_b: str) -> bool:
+  """Whether two specs name one local file or folder by two spellings of its path (`data/x.jsonl`,
+  `./data/x.jsonl`, `$PWD/data/x.jsonl`, `file:data/x.jsonl`), with the same options: the same dataset. False
+  for anything else (corpora, hub and TFDS names, a path that no longer exists, a spec that no longer parses)."""
+  try:
+    a, b = parse_spec(spec_a), parse_spec(spec_b)
+    local = lambda parsed: parsed.kind == "file" or (parsed.kind == "hf" and _looks_like_path(parsed.target))
+    return (a.kind == b.kind and local(a) and dict(a.options) == dict(b.options)
+            and os.path.samefile(os.path.expanduser(a.target), os.path.expanduser(b.target)))
+  except (ValueError, OSError):
+    return False
+
+
 def corpus_names() -> list[str]:
   """Names of the offline corpora (built by `python -m experiments.build_corpora`, or on first use)."""
   corpora = importlib.import_module("suscept_jax.data.corpora")
