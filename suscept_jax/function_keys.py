@@ -52,20 +52,29 @@ def traced_key(fn, *example_args, gradient: bool = False) -> str:
   traces by function identity and would hand back the stale one. With `gradient`, the trace of the gradient
   with respect to the first argument is digested too: a custom_jvp or custom_vjp rule (absent from the forward
   trace) is part of what the SGLD step computes, and a setting only such a rule read, changed, reran the old
-  chains. Costs 0.01 s (forward) and 0.06 s (with the gradient) for the demo's loss, 0.05 and 0.27 s for the
-  paper model's, once per run."""
+  chains. Costs 0.01 s (forward) and 0.06 s (with the gradient) for the demo's loss on an idle core (0.11 and
+  0.5 s with two draw programs compiling beside it), 0.05 and 0.27 s for the paper model's; a sampler run
+  traces once for all its programs (`sampler.trace_functions`)."""
+  return traced_keys(fn, *example_args, gradient=gradient)[-1]
+
+
+def traced_keys(fn, *example_args, gradient: bool = True) -> tuple[str, ...]:
+  """(`traced_key` of the forward[, `traced_key` with the gradient]) from one trace of the forward: for a caller
+  that needs both (the sampler: its forward programs' key and its draw program's)."""
   args = jax.tree.map(abstract, example_args)
   digest = hashlib.blake2b(digest_size=16)
   _digest_jaxpr(digest, jax.make_jaxpr(lambda *a: fn(*a))(*args))
-  if gradient:
-    summed = lambda first, *rest: jnp.sum(fn(first, *rest))
-    try:
-      closed = jax.make_jaxpr(jax.grad(summed, allow_int=True))(*args)
-    except Exception:  # noqa: BLE001 (a loss that cannot be differentiated fails where the step differentiates it)
-      digest.update(b"no gradient")
-    else:
-      _digest_jaxpr(digest, closed)
-  return digest.hexdigest()
+  forward = digest.hexdigest()  # (the digest goes on from here: hexdigest does not end it)
+  if not gradient:
+    return (forward,)
+  summed = lambda first, *rest: jnp.sum(fn(first, *rest))
+  try:
+    closed = jax.make_jaxpr(jax.grad(summed, allow_int=True))(*args)
+  except Exception:  # noqa: BLE001 (a loss that cannot be differentiated fails where the step differentiates it)
+    digest.update(b"no gradient")
+  else:
+    _digest_jaxpr(digest, closed)
+  return forward, digest.hexdigest()
 
 
 def _digest_jaxpr(digest, closed) -> None:
