@@ -150,8 +150,9 @@ def main(argv=None):
         f"{'cells':>6s} {'width':>6s} {'off':>6s}")
   for setting in SETTINGS:
     f = coverage(setting, trials)
+    plain_held = f"{f['held plain']:6.2f}" if setting.plain else f"{'-':>6s}"  # (not computed for the grid)
     print(f"{setting.label:34s} {f['true slope']:6.2f} {f['slope']:6.2f} {f['plain slope']:6.2f} {f['held']:6.2f} "
-          f"{f['held plain']:6.2f} {f['slope width']:6.2f} {f['cells held']:6.2f} {f['cells width']:6.2f} "
+          f"{plain_held} {f['slope width']:6.2f} {f['cells held']:6.2f} {f['cells width']:6.2f} "
           f"{f['off line']:6.2f}", flush=True)
   print("slope: mean corrected slope; plain: mean least-squares slope; held: share of runs whose slope interval "
         "held the true slope (corrected, plain); width: mean interval width over 2·1.96 × the estimates' spread "
