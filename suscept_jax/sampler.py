@@ -358,7 +358,7 @@ def _run_program(loss_fn: Callable, params, component_names, masks_C, hyper_C: s
                  base_name: str = "base data", observed=None, token_loss_fn=None,
                  observed_microbatch: int | None = None, pair_split: int | None = None, plan_only: bool = False,
                  device_bytes: int | None = None, shared_table: _SharedTable | None = None,
-                 traced: "Traced | None" = None) -> SamplerOutput | ProgramMemory:
+                 traced: Traced | None = None) -> SamplerOutput | ProgramMemory:
   """`run` for components sharing one compiled program, differentiating the leaves in `free` (None: all).
 
   observed, token_loss_fn: contexts [O, ...] whose per-token losses are observed at every draw.
