@@ -150,22 +150,16 @@ def main(argv):
 
   import numpy as np
 
-  from suscept_jax.models import components as components_lib
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
   from suscept_jax import checkpoints, results
   target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
   step = target.check_steps(None)[-1] if settings["step"] is None else target.check_steps([settings["step"]])[0]
   model_cfg = target.model_config
-  specs = settings["components"] or components_lib.default_components(model_cfg)
-  specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
-  component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
+  specs, component_masks = pipeline.measured_components(settings["components"], model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   store = results.ResultsDir(out)
-  if not _OVERWRITE.value:
-    settings, respelled = pipeline.recorded_spellings(settings, store)
-    for line in respelled:
-      print(line)
+  settings = pipeline.take_recorded_spellings(settings, store, overwrite=_OVERWRITE.value)
   number_settings = {**{k: settings[k] for k in ("base", "probes", "contexts_per_dataset", "seed", "contexts_seed",
                                                   "batch_size", "delta_h", "dataset_chi", "max_contexts", "numerics")},
                      "sgld": dataclasses.asdict(settings["sgld"]), **cli.mala_setting(settings["sgld"]),

@@ -15,7 +15,9 @@ import numpy as np
 from suscept_jax import checkpoints, training
 from suscept_jax.data import corpora, packing, repeats, sources
 from suscept_jax.data import tokenizer as tokenizers_lib
+from suscept_jax.models import components as components_lib
 from suscept_jax.models import config as model_config
+from suscept_jax.models import transformer
 from suscept_jax.models.config import ModelConfig
 from suscept_jax_runners import presets
 
@@ -99,6 +101,25 @@ def check_datasets(specs) -> None:
   """Every dataset spec names something that exists (no data is read): fail in seconds, not after work."""
   for spec in specs:
     sources.check_spec(repeats.split_spec(spec)[0])
+
+
+def measured_components(requested, model_cfg: ModelConfig) -> tuple[list[str], dict]:
+  """The component specs a run measures, "full" first and then `requested` (None or empty: every head) each
+  once, with their masks (spec -> mask pytree)."""
+  specs = requested or components_lib.default_components(model_cfg)
+  specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
+  return specs, components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
+
+
+def take_recorded_spellings(settings: dict, store, *, overwrite: bool) -> dict:
+  """`recorded_spellings` as a runner applies it: not when the results are to be overwritten, and each spec
+  respelled said in a line."""
+  if overwrite:
+    return settings
+  settings, notes = recorded_spellings(settings, store)
+  for line in notes:
+    print(line)
+  return settings
 
 
 def recorded_spellings(settings: dict, store) -> tuple[dict, list[str]]:

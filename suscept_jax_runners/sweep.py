@@ -123,22 +123,16 @@ def main(argv):
 
   # Everything else that can be checked without work, before anything is written.
   from suscept_jax import results
-  from suscept_jax.models import components as components_lib
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
   target = pipeline.resolve_target(settings["preset"], settings["run_dir"], settings["tokenizer"])
   steps = target.check_steps(settings["checkpoint_steps"])
   model_cfg = target.model_config
-  specs = settings["components"] or components_lib.default_components(model_cfg)
-  specs = ["full"] + [s for s in dict.fromkeys(specs) if s != "full"]
-  component_masks = components_lib.component_masks(specs, transformer.param_shapes(model_cfg), model_cfg)
+  specs, component_masks = pipeline.measured_components(settings["components"], model_cfg)
   pipeline.check_datasets([settings["base"]] + settings["probes"])
   preset = presets.get_preset(settings["preset"])
   out = results.ResultsDir(_OUTPUT.value or preset.output_dir)
-  if not _OVERWRITE.value:
-    settings, respelled = pipeline.recorded_spellings(settings, out)
-    for line in respelled:
-      print(line)
+  settings = pipeline.take_recorded_spellings(settings, out, overwrite=_OVERWRITE.value)
   scope = {"checkpoint_steps": steps, "probes": settings["probes"], "components": specs}
   # First across processes, so that all stop together (paths left out: hosts may mount the shared directories
   # at other paths).
