@@ -202,8 +202,9 @@ def _block_moves(loss_fn, plan: Plan, masks_CxF, view: FreeView, entries: Entrie
     def half():  # at w: towards w'; at w' (is_eval): back towards w, with the G of the first move's end
       choose = lambda old, new: jax.tree.map(lambda a, b: jnp.where(is_eval, a, b), old, new)
       precond = sgld.preconditioner_of(choose(state.square_avg, moved.state.square_avg), config)
-      return sgld.mala_half(state.position, choose(start, moved.state.position), moved.losses_n.mean(),
-                            moved.grad_F, view.anchor_F, masks_CxF[comp], precond, config, hyper).astype(jnp.float32)
+      here = sgld.Evaluated(position=state.position, loss=moved.losses_n.mean(), grad=moved.grad_F)
+      return sgld.mala_half(here, choose(start, moved.state.position), view.anchor_F, masks_CxF[comp], precond,
+                            config, hyper).astype(jnp.float32)
 
     return _Iteration(state=moved.state, losses_n=moved.losses_n,
                       mala_half=jax.lax.cond(half_wanted, half, lambda: jnp.zeros((), jnp.float32)))

@@ -132,8 +132,17 @@ def energy(loss, position, anchor, config: SGLDConfig, hyper: Hyper | None = Non
   return h.nbeta * loss + 0.5 * h.localization * sq(diff) + 0.5 * config.weight_decay * sq(position)
 
 
-def mala_half(frm, to, loss, grad, anchor, mask, precond, config: SGLDConfig, hyper: Hyper | None = None):
-  """U(frm) − log q(to | frm): the part of the MALA log-ratio computed at `frm` (its batch loss and gradient).
+class Evaluated(NamedTuple):
+  """A position with its batch loss and the gradient of that loss: what MALA's log-ratio needs at each end of a
+  move (both ends on the move's own batch)."""
+
+  position: Any
+  loss: Any  # L_B(position)
+  grad: Any  # ∇L_B(position), shaped like position
+
+
+def mala_half(frm: Evaluated, to, anchor, mask, precond, config: SGLDConfig, hyper: Hyper | None = None):
+  """U(frm) − log q(to | frm): the part of the MALA log-ratio computed at `frm`.
 
   log α(w → w') = half(w, w') − half(w', w), so a sampler can compute each half when it has that point's
   gradient (the second from one more gradient at w' on the same batch, `chunks._block_moves`) and keep only a
@@ -142,12 +151,12 @@ def mala_half(frm, to, loss, grad, anchor, mask, precond, config: SGLDConfig, hy
   """
   h = hyper or hyper_of(config)
   eps = h.step_size * config.noise_level ** 2
-  w, w_to, g, w0 = (ravel(t) for t in (frm, to, grad, anchor))
-  free = ravel(jax.tree.map(lambda m, x: jnp.broadcast_to(m, jnp.shape(x)), mask, frm))
+  w, w_to, g, w0 = (ravel(t) for t in (frm.position, to, frm.grad, anchor))
+  free = ravel(jax.tree.map(lambda m, x: jnp.broadcast_to(m, jnp.shape(x)), mask, frm.position))
   precond = ravel(precond) if precond is not None else 1.0
   proposal_sq = (w_to - w + 0.5 * h.step_size * precond * drift(w, g, w0, config, h)) ** 2 / precond
   log_q = -jnp.sum(jnp.where(free, proposal_sq, 0.0)) / (2 * eps)  # log density (up to a constant) of `to`
-  return energy(loss, w, w0, config, h) - log_q
+  return energy(frm.loss, w, w0, config, h) - log_q
 
 
 def ravel(tree):
@@ -163,12 +172,13 @@ def acceptance_of(log_ratio):
   return jnp.minimum(1.0, jnp.exp(jnp.minimum(log_ratio, 0.0)))
 
 
-def mala_acceptance(w, w_new, loss, loss_new, grad, grad_new, anchor, mask, precond, config: SGLDConfig,
+def mala_acceptance(before: Evaluated, after: Evaluated, anchor, mask, precond, config: SGLDConfig,
                     hyper: Hyper | None = None):
-  """Metropolis-adjusted acceptance probability of the move w → w_new (a diagnostic; healthy ≈ 0.9).
+  """Metropolis-adjusted acceptance probability of the move before → after (a diagnostic; healthy ≈ 0.9).
 
   Both losses and gradients must come from the same batch. The proposal is the (preconditioned)
   Langevin step restricted to the free coordinates; G is held fixed over the move.
   """
-  return acceptance_of(mala_half(w, w_new, loss, grad, anchor, mask, precond, config, hyper)
-                       - mala_half(w_new, w, loss_new, grad_new, anchor, mask, precond, config, hyper))
+  there = mala_half(before, after.position, anchor, mask, precond, config, hyper)
+  back = mala_half(after, before.position, anchor, mask, precond, config, hyper)
+  return acceptance_of(there - back)

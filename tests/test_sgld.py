@@ -227,8 +227,8 @@ def test_the_preconditioned_mala_ratio_by_hand():
   config = sj.SGLDConfig(step_size=0.01, nbeta=10.0, localization=2.0, sampler="rmsprop_sgld")
   G, anchor, mask = {"w": jnp.array([25 / 3])}, {"w": jnp.array([0.5])}, {"w": np.array([True])}
   w, w_to = {"w": jnp.array([1.0])}, {"w": jnp.array([1.02])}
-  there = sgld.mala_half(w, w_to, 0.3, {"w": jnp.array([0.2])}, anchor, mask, G, config)
-  back = sgld.mala_half(w_to, w, 0.31, {"w": jnp.array([0.25])}, anchor, mask, G, config)
+  there = sgld.mala_half(sgld.Evaluated(w, 0.3, {"w": jnp.array([0.2])}), w_to, anchor, mask, G, config)
+  back = sgld.mala_half(sgld.Evaluated(w_to, 0.31, {"w": jnp.array([0.25])}), w, anchor, mask, G, config)
   assert float(there - back) == pytest.approx(-0.091788, abs=2e-5)
 
 
@@ -308,8 +308,9 @@ def test_mala_trace_is_each_measured_move_rebuilt_by_hand(variant, between, batc
     if is_first and block >= 1 and (block - 1) % mala_every == 0:
       assert config.mala_measured(block)
       new_loss, new_grad = loss_grad(new.position, batch)
-      expected[block - 1] = sgld.mala_acceptance(state.position, new.position, loss, new_loss, grad, new_grad,
-                                                 w_star, mask, sgld.preconditioner(state, grad, config)[1], config)
+      expected[block - 1] = sgld.mala_acceptance(
+          sgld.Evaluated(state.position, loss, grad), sgld.Evaluated(new.position, new_loss, new_grad), w_star, mask,
+          sgld.preconditioner(state, grad, config)[1], config)
     elif is_first:
       assert not config.mala_measured(block)
     state = new
