@@ -753,3 +753,29 @@ def test_a_report_on_one_pc_leaves_out_the_planes_of_two(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match="trajectories need 2 principal components; 1 analysed"):
     structure_plots.plot_trajectories(scores, np.array(list("aabb")), np.arange(4), tmp_path / "t.png",
                                       stable_k=[True])
+
+
+def test_the_same_rows_listed_in_another_order_get_the_same_noise_floor_and_angles():
+  """A sweep grown probe by probe lists its rows in the order probes were first asked for, a run of them all at
+  once in another: the stability test must not depend on that. Rows are permuted within each checkpoint (the
+  chains a checkpoint's probes share are drawn once per checkpoint); the floors, angles and flips must match.
+  While the noise was drawn in listing order, the independent floor moved (here 21.5 → 23.6)."""
+  rng = np.random.default_rng(3)
+  R, H, K, checkpoints = 12, 6, 4, 3
+  per_chain = (np.outer(rng.normal(size=R), rng.normal(size=H))[..., None]
+               + 10 ** rng.normal(size=(R, H, 1)) * rng.normal(size=(R, H, K)))
+  shared_R = np.repeat(np.arange(checkpoints), R // checkpoints)
+  order = np.concatenate([c * (R // checkpoints) + rng.permutation(R // checkpoints) for c in range(checkpoints)])
+
+  def stability(rows):
+    chains = per_chain[rows]
+    X, stderr = chains.mean(-1), chains.std(-1, ddof=1) / np.sqrt(K)
+    return st.bootstrap_stability(X, st.chain_resampler(chains, shared_R[rows]), 2, stderr_RxH=stderr,
+                                  num_resamples=20)
+
+  listed, reordered = stability(np.arange(R)), stability(order)
+  assert not np.array_equal(order, np.arange(R))
+  for field in ("independent_noise_floor", "correlated_noise_floor", "noise_floor"):
+    assert getattr(reordered, field) == pytest.approx(getattr(listed, field), rel=1e-9), field
+  np.testing.assert_allclose(reordered.median_angle_deg_k, listed.median_angle_deg_k, rtol=1e-9)
+  np.testing.assert_allclose(reordered.orientation_flip_k, listed.orientation_flip_k)

@@ -277,9 +277,17 @@ def top_singular_quantile(noise_BxRxH: np.ndarray, column_scale_H=None, *, centr
 
 
 def independent_noise(stderr_RxH: np.ndarray, num_draws: int, rng) -> np.ndarray:
-  """[B, R, H] draws of N(0, stderr²), independent per cell."""
+  """[B, R, H] draws of N(0, stderr²), independent per cell.
+
+  The rows take their draws in the order of their stderr rows sorted, not in the order they are listed: the
+  same rows listed in another order (a sweep grown probe by probe against one run at once) get the same noise,
+  so the same noise floor (listing order alone moved it by up to 15 % at few draws)."""
   err = np.asarray(stderr_RxH, np.float64)
-  return err * rng.standard_normal((num_draws,) + err.shape)
+  canonical_R = np.lexsort(err.reshape(err.shape[0], -1).T[::-1])  # rows sorted, column 0 the primary key
+  draws = rng.standard_normal((num_draws,) + err.shape)
+  noise = np.empty_like(draws)
+  noise[:, canonical_R] = draws
+  return err * noise
 
 
 def resampled_noise(X_RxH: np.ndarray, resamples_BxRxH: np.ndarray, stderr_RxH: np.ndarray) -> np.ndarray:
