@@ -1,5 +1,6 @@
 """Named settings for the runners: `demo` (a 2-core CPU, minutes) and `paper` (Baker et al., App. C)."""
 import dataclasses
+import os
 
 from suscept_jax.sgld_config import SGLDConfig
 from suscept_jax.train_config import PAPER_CHECKPOINT_STEPS, TrainConfig
@@ -34,7 +35,7 @@ class Preset:
   microbatch_size: int | str | None  # None: whole batches; "auto": the largest that fits
   max_contexts: int | None  # per sweep dataset (base and probes), after tokenization; training uses all
   output_dir: str
-  sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep)
+  sgld_note: str = ""  # where the SGLD settings come from (printed by the sweep; `sgld_note_for`)
   trains_itself: bool = False  # the runners build corpora, tokenizer and model in run_dir when missing
   train_repeat_fraction: float = 0.0  # share of training contexts given a repeated span (data/repeats.py)
   per_token_sgld: SGLDConfig = SGLDConfig(num_draws=100)  # per-token runs (paper App. C.3: 100 draws)
@@ -81,3 +82,13 @@ def get_preset(name: str) -> Preset:
   if name not in PRESETS:
     raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
   return PRESETS[name]
+
+
+def sgld_note_for(preset: Preset, run_dir) -> str:
+  """The preset's note on its SGLD settings where it speaks of the run it names (the demo's note is about the
+  demo model), else a line saying they are the preset's, to be checked on this model."""
+  own_run = preset.run_dir is not None and run_dir is not None and (
+      os.path.realpath(preset.run_dir) == os.path.realpath(run_dir))
+  if own_run or preset.run_dir is None:
+    return preset.sgld_note
+  return "the preset's settings, not calibrated for this model: check them with `python -m experiments.calibrate`"

@@ -149,7 +149,8 @@ def main(argv):
                        legacy=cli.LEGACY_SETTINGS)
   config = settings["sgld"]
   by_flags = [f for f in ("step_size", "nbeta", "localization") if getattr(config, f) != getattr(preset.sgld, f)]
-  note = f"{', '.join(by_flags)} set by flags" if by_flags else preset.sgld_note  # (what the printed line shows)
+  note = (f"{', '.join(by_flags)} set by flags" if by_flags  # (what the printed line shows)
+          else presets.sgld_note_for(preset, target.run_dir))
   if _DRY_RUN.value:
     planned = out.plan(steps, settings["probes"], specs, None) if not _OVERWRITE.value else \
         [(s, settings["probes"], specs) for s in steps]
@@ -226,7 +227,7 @@ def main(argv):
   mixed = results.mixed_environments_note(out.environments())
   text += f"\n{mixed}" if mixed else ""
   atomic_write_bytes(out.path / "summary.txt", (text + "\n").encode())
-  print(text)
+  print(terminal_summary(table, text, out.path / "summary.txt"))
   flagged = int((table.status != "ok").sum())
   print(f"\nresults: {out.path}/results.csv ({len(table)} rows; {flagged} flagged, {num_warnings} warning(s) "
         f"this run); "
@@ -235,6 +236,23 @@ def main(argv):
     print(f"note: {out.path / results.REPORT_FILES[0]} was made from the table before this run's "
           f"{len(planned)} unit(s): run experiments.analyze again to bring it up to date")
   print(f"total time {time.perf_counter() - t_start:.0f} s")
+
+
+WARNINGS_PRINTED = 20  # a sweep of the paper's shape at few draws printed ≈ 800 warning lines; the table keeps all
+SUMMARY_LINES_PRINTED = 80  # a longer summary is shown at its last checkpoint only (the paper's shape: 4,500 lines)
+
+
+def terminal_summary(table, text: str, path) -> str:
+  """What the terminal gets of the summary `text` written to `path`: all of it up to `SUMMARY_LINES_PRINTED`
+  lines, else the summary of the last checkpoint and a line saying where the rest is."""
+  lines = text.count("\n") + 1
+  if lines <= SUMMARY_LINES_PRINTED:
+    return text
+  from suscept_jax.analysis import summary
+  last = max(table.checkpoint)
+  return (summary.summary_text(table[table.checkpoint == last])
+          + f"\n\n(the last checkpoint, {last}, of {table.checkpoint.nunique()}: every checkpoint and its flags are "
+            f"in {path}, {lines} lines)")
 
 
 def process_units(planned, steps, specs, component_masks, param_shapes, process_index: int,
@@ -308,8 +326,12 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
             chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
             progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
       for w in caught:
-        warn_above(bar, f"checkpoint {step}: {w.message}")
         num_warnings += 1
+        if num_warnings <= WARNINGS_PRINTED:
+          warn_above(bar, f"checkpoint {step}: {w.message}")
+        elif num_warnings == WARNINGS_PRINTED + 1:
+          warn_above(bar, f"more warnings than {WARNINGS_PRINTED}: the rest are not printed (each flagged cell's "
+                          f"reasons are in its status column and in summary.txt)")
       arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
       meta["params_digest"] = checkpoints.params_digest(params)  # (a resume checks it against the run's weights)
       meta["microbatch_size"] = settings["microbatch_size"]  # not a number setting: see NOT_COMPARED

@@ -261,3 +261,36 @@ def test_another_spelling_of_a_recorded_path_takes_the_recorded_name(tmp_path, m
                    f"'./data/x.jsonl' names the data {store.path} holds as 'data/x.jsonl': taken under that name"]
   twice, _ = pipeline.recorded_spellings({**request, "probes": ["data/x.jsonl", "./data/x.jsonl"]}, store)
   assert twice["probes"] == ["data/x.jsonl"]  # one file asked for under two spellings: computed once
+
+
+def test_a_long_summary_reaches_the_terminal_as_its_last_checkpoint_and_where_the_rest_is(tmp_path):
+  """A sweep of the paper's shape wrote a 4,500-line summary and echoed all of it; now a summary over
+  SUMMARY_LINES_PRINTED lines shows its last checkpoint (with that checkpoint's flags) and names the file."""
+  import pandas as pd
+  from suscept_jax.analysis import summary
+  from suscept_jax_runners import sweep
+  rows = [{"checkpoint": s, "probe": f"d{p}", "component": c, "chi": 1e-4, "chi_ci95": 1e-5, "llc": 1.0,
+           "llc_ci95": 0.1, "num_chains_used": 4, "realised_delta_h": 0.1, "status": "ok" if s else "R̂ 1.2 > 1.1"}
+          for s in (0, 100, 200) for p in range(3) for c in ("full", "l0h0")]
+  small = pd.DataFrame(rows)
+  text = summary.summary_text(small)
+  assert sweep.terminal_summary(small, text, tmp_path / "summary.txt") == text  # short: all of it
+  big = pd.DataFrame([{**r, "checkpoint": r["checkpoint"] + 1000 * k} for k in range(30) for r in rows])
+  text = summary.summary_text(big)
+  shown = sweep.terminal_summary(big, text, tmp_path / "summary.txt")
+  assert text.count("\n") > sweep.SUMMARY_LINES_PRINTED > shown.count("\n")
+  assert "checkpoint 29200" in shown and "checkpoint 29100" not in shown
+  assert f"of 90: every checkpoint and its flags are in {tmp_path / 'summary.txt'}" in shown
+
+
+def test_the_demo_presets_note_on_its_step_size_speaks_of_its_own_model_only(tmp_path, monkeypatch):
+  """The demo's note (no ε of `calibrate` passes on the demo model) was printed for any run under the preset."""
+  from suscept_jax_runners import presets
+  demo = presets.get_preset("demo")
+  monkeypatch.chdir(REPO)  # (the preset's run directory is relative to where the runners start)
+  assert presets.sgld_note_for(demo, demo.run_dir) == demo.sgld_note
+  assert presets.sgld_note_for(demo, str(REPO / demo.run_dir)) == demo.sgld_note  # another spelling of it
+  other = presets.sgld_note_for(demo, tmp_path / "train")
+  assert "demo" not in other and "not calibrated for this model" in other and "experiments.calibrate" in other
+  paper = presets.get_preset("paper")
+  assert presets.sgld_note_for(paper, tmp_path / "train") == paper.sgld_note  # (names no run of its own)

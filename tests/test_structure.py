@@ -232,9 +232,11 @@ def test_labels_unrelated_to_the_pcs_rarely_get_an_interval_excluding_zero():
 def test_a_pc_whose_sign_resamples_flip_says_so():
   X, stderr, per_chain, groups = shared_chain_noise(0)
   stab = st.bootstrap_stability(X, st.chain_resampler(per_chain, shared_chains_R=groups), 2, num_resamples=30)
-  stab = stab._replace(orientation_flip_k=np.array([st.ORIENTATION_NOTE / 2, 0.28]))
+  stab = stab._replace(orientation_flip_k=np.array([st.ORIENTATION_NOTE / 2, 0.28]), stable_k=np.array([True, False]))
   first, second = stab.describe()[:2]
   assert "sign flips" not in first and second.endswith("; its sign flips in 28 % of resamples"), stab.describe()
+  steady = stab._replace(stable_k=np.array([True, True])).describe()[1]  # ("stable … its sign flips" contradicted)
+  assert "-> stable; its span holds, but its sign flips in 28 % of resamples" in steady, steady
   assert stab._replace(orientation_flip_k=None).sign_note(1) == ""
 
 

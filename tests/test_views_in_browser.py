@@ -113,3 +113,35 @@ def test_a_page_with_figures_renders_visibly(tmp_path):
   blank.write_text("<html><body></body></html>")
   browser.screenshot(blank, tmp_path / "blank.png")
   assert browser.pixel_summary(tmp_path / "blank.png")["ink"] < 0.001  # the measure tells blank from not
+
+
+def test_the_reports_results_table_filters_by_the_words_typed_and_by_flags(tmp_path):
+  """The report's results table (7,140 rows at the paper's shape) shows only the rows holding every word typed,
+  and with the box ticked only flagged ones; the count says how many. Typed and ticked here by a script, as a
+  person would: the input and change events the page listens to."""
+  import pandas as pd
+  from suscept_jax.analysis import report
+  table = pd.DataFrame([{"checkpoint": s, "probe": p, "component": c, "chi": 0.1, "chi_ci95": 0.05,
+                         "status": "ESS 30 < 50" if (c == "l1h2" and s == 100) else "ok"}
+                        for s in (0, 100) for p in ("code", "repeats:code", "legal") for c in ("full", "l1h2")])
+  typed = """<script>
+  const box = document.getElementById('results-filter');
+  box.value = 'L1H2 code'; box.dispatchEvent(new Event('input'));
+  document.body.setAttribute('data-words', document.getElementById('results-count').textContent);
+  const tick = document.getElementById('results-flagged');
+  tick.checked = true; tick.dispatchEvent(new Event('change'));
+  document.body.setAttribute('data-flagged', document.getElementById('results-count').textContent);
+  for (const r of document.querySelectorAll('#results tbody tr')) {
+    r.setAttribute('data-shown', r.style.display !== 'none');
+  }
+  </script></body>"""
+  page = pages.index_html("report", [("Results table", report._table_html(table))])
+  page = page.replace("</body>", report._SORT_SCRIPT + report._FILTER_SCRIPT + typed)
+  path = tmp_path / "report.html"
+  path.write_text(page)
+  dom, errors = browser.dump_dom(path)
+  assert not errors, errors
+  assert 'data-words="showing 4 of 12 rows"' in dom  # l1h2 of code and repeats:code, at both checkpoints
+  assert 'data-flagged="showing 2 of 12 rows"' in dom  # of those, the flagged ones: checkpoint 100
+  shown = re.findall(r'<tr class="(\w*)" data-shown="true">(.*?)</tr>', dom)
+  assert len(shown) == 2 and all(cls == "flagged" and "l1h2" in row and ">100<" in row for cls, row in shown), shown

@@ -32,6 +32,31 @@ for (const table of document.querySelectorAll('table.sortable')) {
 }
 </script>"""
 
+# Rows of the results table shown when every word typed is in them (and, ticked, only flagged rows): the paper's
+# sweep puts 7,140 rows in the page.
+_FILTER_SCRIPT = """<script>
+(() => {
+  const table = document.getElementById('results'), box = document.getElementById('results-filter');
+  if (!table || !box) return;
+  const flaggedOnly = document.getElementById('results-flagged'), count = document.getElementById('results-count');
+  const rows = Array.from(table.tBodies[0].rows);
+  const texts = rows.map(r => Array.from(r.cells, c => c.textContent).join(' | ').toLowerCase());
+  const apply = () => {
+    const words = box.value.toLowerCase().split(/\\s+/).filter(w => w);
+    let shown = 0;
+    rows.forEach((r, i) => {
+      const keep = (!flaggedOnly.checked || r.classList.contains('flagged')) && words.every(w => texts[i].includes(w));
+      r.style.display = keep ? '' : 'none';
+      shown += keep;
+    });
+    count.textContent = `showing ${shown} of ${rows.length} rows`;
+  };
+  box.addEventListener('input', apply);
+  flaggedOnly.addEventListener('change', apply);
+  apply();
+})();
+</script>"""
+
 TABLE_SHOWN = ["checkpoint", "probe", "component", "chi", "chi_ci95", "llc", "llc_ci95", "num_chains_used",
                "num_diverged", "r_hat", "ess_bulk", "mala_acceptance", "status"]
 
@@ -59,6 +84,9 @@ def _table_html(table) -> str:
   return (f'<p class="meta">{len(table)} cells, {int((table.status != "ok").sum())} flagged (rows in orange; the '
           f'status column names every failed test, and those shown in a column here are red there: R̂, ESS, MALA, '
           f'divergences, a negative LLC, an undefined χ). Click a header to sort.</p>'
+          f'<p><input type="search" id="results-filter" size="40" placeholder="filter: words every row shown holds">'
+          f' <label><input type="checkbox" id="results-flagged"> flagged only</label>'
+          f' <span class="meta" id="results-count"></span></p>'
           f'<div style="max-height: 480px; overflow: auto">'
           f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
           f'</table></div>')
@@ -156,7 +184,7 @@ def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_r
                                   "#results td { white-space: nowrap; } "
                                   "#results td:last-child { white-space: normal; min-width: 24em; "
                                   "font-size: 0.8em; }\n</style>")
-  page = page.replace("</body>", _SORT_SCRIPT + "\n</body>")
+  page = page.replace("</body>", _SORT_SCRIPT + "\n" + _FILTER_SCRIPT + "\n</body>")
   from suscept_jax.paths import atomic_write_bytes
   atomic_write_bytes(out_path, page.encode())
   for line in findings:  # (the same lines as the page's findings: a TPU VM has no browser)

@@ -239,10 +239,15 @@ class Stability(NamedTuple):
     return bool(np.isfinite(self.noise_floor) and self.noise_floor >= self.ceiling)
 
   def sign_note(self, j: int) -> str:
-    """'; its sign flips in x % of resamples' when PC j's orientation is that uncertain (`ORIENTATION_NOTE`)."""
+    """'; its sign flips in x % of resamples' when PC j's orientation is that uncertain (`ORIENTATION_NOTE`); of a
+    stable PC, said as its span holding while its sign does not ("stable … its sign flips" read as a
+    contradiction)."""
     if self.orientation_flip_k is None or self.orientation_flip_k[j] < ORIENTATION_NOTE:
       return ""
-    return f"; its sign flips in {100 * self.orientation_flip_k[j]:.0f} % of resamples"
+    share = f"{100 * self.orientation_flip_k[j]:.0f} %"
+    if self.stable_k[j]:
+      return f"; its span holds, but its sign flips in {share} of resamples (read the sign of its r with care)"
+    return f"; its sign flips in {share} of resamples"
 
   def describe(self) -> list[str]:
     cos = np.median(self.pc_cosine_Bxk, 0)

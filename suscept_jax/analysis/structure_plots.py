@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from suscept_jax.analysis.plots import _symlog_steps, pyplot, save_figure
+from suscept_jax.analysis.plots import _symlog_steps, pyplot, save_figure, series_colours
 
 
 def head_label(component: str) -> str:
@@ -96,23 +96,28 @@ def plot_trajectories(scores_Rxk, datasets_R, checkpoints_R, path, *, pairs=((0,
   pairs = [p for p in pairs if max(p) < analysed]
   if not pairs:
     raise ValueError(f"trajectories need 2 principal components; {analysed} analysed")
-  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs), 4), squeeze=False, layout="constrained")
-  cmap = plt.get_cmap("tab10")
+  fig, axes = plt.subplots(1, len(pairs), figsize=(4.6 * len(pairs) + 1.4, 4), squeeze=False, layout="constrained")
+  datasets = list(dict.fromkeys(datasets_R.tolist()))
   for ax, (a, b) in zip(axes[0], pairs):
-    for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
+    for d, colour in zip(datasets, series_colours(len(datasets))):
       rows = np.flatnonzero(datasets_R == d)
       rows = rows[np.argsort(checkpoints_R[rows])]
       x, y = scores_Rxk[rows, a], scores_Rxk[rows, b]
-      ax.plot(x, y, "-", color=cmap(i % 10), lw=1, label=d)
-      ax.plot(x[:1], y[:1], "o", color=cmap(i % 10), ms=4, mfc="white")
-      ax.plot(x[-1:], y[-1:], "s", color=cmap(i % 10), ms=5)
+      ax.plot(x, y, "-", color=colour, lw=1, label=d)
+      ax.plot(x[:1], y[:1], "o", color=colour, ms=4, mfc="white")
+      ax.plot(x[-1:], y[-1:], "s", color=colour, ms=5)
     ax.set_xlabel(pc_name(a, stable_k))
     ax.set_ylabel(pc_name(b, stable_k))
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-  axes[0, 0].legend(fontsize=6, frameon=False)
+  _legend_beside(fig, axes[0, 0])
   fig.suptitle("trajectories π_d(t) (○ first checkpoint, ■ last)", fontsize=9)
   return save_figure(fig, path)
+
+
+def _legend_beside(fig, ax) -> None:
+  """The datasets' legend to the right of the panels (inside the first one it covered its lines)."""
+  fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=6, frameon=False)
 
 
 def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, path, *, intervals_Rxkx2=None,
@@ -120,20 +125,20 @@ def plot_pc_time_series(scores_Rxk, datasets_R, checkpoints_R, num_pcs: int, pat
   """Each dataset's score on PC1..k against checkpoint (Fig. 15); with `intervals_Rxkx2`
   (`structure.score_intervals`), a band for each row's 95 % interval."""
   plt = pyplot()
-  fig, axes = plt.subplots(1, num_pcs, figsize=(3.8 * num_pcs, 3.2), squeeze=False, layout="constrained")
-  cmap = plt.get_cmap("tab10")
+  fig, axes = plt.subplots(1, num_pcs, figsize=(3.8 * num_pcs + 1.4, 3.2), squeeze=False, layout="constrained")
+  datasets = list(dict.fromkeys(datasets_R.tolist()))
   for j, ax in enumerate(axes[0]):
-    for i, d in enumerate(dict.fromkeys(datasets_R.tolist())):
+    for d, colour in zip(datasets, series_colours(len(datasets))):
       rows = np.flatnonzero(datasets_R == d)
       rows = rows[np.argsort(checkpoints_R[rows])]
-      ax.plot(checkpoints_R[rows], scores_Rxk[rows, j], ".-", color=cmap(i % 10), lw=1, label=d)
+      ax.plot(checkpoints_R[rows], scores_Rxk[rows, j], ".-", color=colour, lw=1, label=d)
       if intervals_Rxkx2 is not None:
         ax.fill_between(checkpoints_R[rows], intervals_Rxkx2[rows, j, 0], intervals_Rxkx2[rows, j, 1],
-                        color=cmap(i % 10), alpha=0.12, lw=0)
+                        color=colour, alpha=0.12 if len(datasets) <= 10 else 0.06, lw=0)
     _symlog_steps(ax, checkpoints_R)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"{pc_name(j, stable_k)} score")
-  axes[0, 0].legend(fontsize=6, frameon=False)
+  _legend_beside(fig, axes[0, 0])
   if intervals_Rxkx2 is not None:
     fig.suptitle("PC scores over training; bands: 95 % intervals of the noiseless matrix's scores", fontsize=8)
   return save_figure(fig, path)

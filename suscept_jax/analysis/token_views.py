@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from suscept_jax.analysis.pages import page, table_html
-from suscept_jax.analysis.plots import pyplot, save_figure
+from suscept_jax.analysis.plots import pyplot, save_figure, series_colours
 from suscept_jax.analysis.structure import excludes_zero
 from suscept_jax.analysis.token_stats import (BIMODAL_MIN_DELTA_BIC, BIMODAL_MIN_SEPARATION, BIMODAL_MIN_WEIGHT,
                                               bimodality, clear_of_zero, head_rows, umap_embedding)
@@ -323,10 +323,9 @@ def plot_position_profiles(table, path, bands=None) -> Path:
   plt = pyplot()
   heads = [c for c in dict.fromkeys(table.component) if c != "full"]
   fig, (ax_mean, ax_var) = plt.subplots(1, 2, figsize=(9, 3.3))
-  cmap = plt.get_cmap("tab10")
-  for i, head in enumerate(heads):
+  for head, colour in zip(heads, series_colours(len(heads))):
     g = table[table.component == head].groupby("position").chi
-    style = dict(color=cmap(i % 10), lw=1.0, ls="-" if head.startswith("l0") else "--")
+    style = dict(color=colour, lw=1.0, ls="-" if head.startswith("l0") else "--")
     ax_mean.plot(g.mean().index, g.mean().to_numpy(), label=head, **style)
     if bands is None:
       ax_var.plot(g.var().index, g.var().to_numpy(), **style)
@@ -448,10 +447,10 @@ def plot_umap(table, path, *, seed: int = 0) -> Path:
   embedding, rows = umap_embedding(table, seed=seed)
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
-  cmap = plt.get_cmap("tab10")
-  for i, dataset in enumerate(dict.fromkeys(rows.dataset)):
+  datasets = list(dict.fromkeys(rows.dataset))
+  for dataset, colour in zip(datasets, series_colours(len(datasets))):
     mine = (rows.dataset == dataset).to_numpy()
-    ax.scatter(embedding[mine, 0], embedding[mine, 1], s=4, color=cmap(i % 10), label=dataset, alpha=0.7)
+    ax.scatter(embedding[mine, 0], embedding[mine, 1], s=4, color=colour, label=dataset, alpha=0.7)
   ax.set_xlabel("UMAP 1")
   ax.set_ylabel("UMAP 2")
   ax.set_title(f"per-token susceptibility vectors over {table.component.nunique() - 1} heads (UMAP)", fontsize=8)
