@@ -596,7 +596,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
                        "most extreme per-token χ, or all of that sign where fewer, as the pool columns say; in "
                        "brackets: how often each is in the pool" + (", and how many of those have a 95 % interval "
                                                                      "clear of 0" if chains else "") + ")",
-                       pages.table_html(frame))
+                       pages.table_html(frame, max_rows=len(frame)))  # (every row: 224 at the paper's shape)
   if "totals" in views:
     sections["totals"], paths = render_totals(Path(out), table, info, heads)
     written.extend(paths)

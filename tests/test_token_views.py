@@ -120,6 +120,13 @@ def test_bimodality_test_finds_two_modes_and_only_then():
   assert "<b>not bimodal</b>" in one and "nearest mode" not in one and one.count("not a mode") == 2
   with pytest.raises(ValueError, match="token 'zz' does not occur"):
     ts.pick_histogram_token(table, ["h"], "zz")
+  # A frequent token whose small second mode fails the test has the larger ΔBIC (it grows with the occurrences):
+  # the view shows the token that passes (at the paper's shape it showed '\n', "not bimodal").
+  frequent = np.r_[rng.normal(0, 0.2, 1900), rng.normal(3, 0.2, 100)]
+  crowded = _table({"two": two, "frequent": frequent})
+  assert ts.bimodal_tokens(crowded, "h").token.iloc[0] == "frequent"
+  assert not ts.bimodality(frequent)["bimodal"]
+  assert ts.pick_histogram_token(crowded, ["h"])[1] == "two"
 
 
 def test_top_tokens_and_totals():
@@ -177,6 +184,13 @@ def test_additivity_slope_and_r_on_exact_sums():
       dataset_rows.append({"component": head, "probe": d, "chi": 0.1 * values.mean()})
   joined, slope, r = ts.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
   assert len(joined) == 6 and slope == pytest.approx(1.0) and r == pytest.approx(1.0)
+  # "full" is not fitted (the paper's Fig. 9 plots the heads): its cells far off the line change nothing
+  for d in ("p", "q", "r"):
+    rows.append(_table({"x": rng.normal(size=50)}, component="full", dataset=d))
+    dataset_rows.append({"component": "full", "probe": d, "chi": 5.0})
+  with_full = ts.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1)
+  assert "full" not in set(with_full[0].component) and with_full[1:] == pytest.approx((slope, r))
+  assert ts.additivity(pd.concat(rows), pd.DataFrame(dataset_rows), 0.1, leave_out=())[1] != pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("slope,scatter", [(1.0, 0.0), (1.6, 0.5)])
@@ -403,3 +417,13 @@ def test_umap_of_susceptibility_vectors_separates_two_kinds_of_tokens(tmp_path):
   np.fill_diagonal(distances, np.inf)
   assert (labels[distances.argmin(1)] == labels).mean() > 0.95  # each token's nearest neighbour: same kind
   assert tv.plot_umap(table, tmp_path / "u.png").stat().st_size > 5000
+
+
+def test_a_long_table_scrolls_and_a_cut_one_says_so():
+  """The top-tokens table at the paper's shape (224 rows) was cut at 200 without a word."""
+  from suscept_jax.analysis import pages
+  short, long = pd.DataFrame({"a": range(5)}), pd.DataFrame({"a": range(224)})
+  assert "overflow" not in pages.table_html(short) and "rows.</p>" not in pages.table_html(short)
+  cut = pages.table_html(long)
+  assert "overflow: auto" in cut and cut.count("<td>") == 200 and "The first 200 of 224 rows." in cut
+  assert pages.table_html(long, max_rows=len(long)).count("<td>") == 224

@@ -39,8 +39,19 @@ def embedded_png(path, alt: str) -> str:
   return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" style="max-width: 100%">'
 
 
+SCROLLED_ROWS = 25  # a longer table sits in a box of its own height that scrolls (Table 1 at the paper's shape:
+# 238 rows, four screens of the index)
+
+
 def table_html(frame, max_rows: int = 200) -> str:
-  return frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
+  """An HTML table of `frame`'s first `max_rows` rows (saying so when there are more), in a scrolling box when
+  it is longer than `SCROLLED_ROWS`."""
+  table = frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
+  if len(frame) > SCROLLED_ROWS:
+    table = f'<div style="max-height: 480px; overflow: auto">{table}</div>'
+  if len(frame) > max_rows:
+    table += f'<p class="meta">The first {max_rows} of {len(frame)} rows.</p>'
+  return table
 
 
 def link_list(links) -> str:

@@ -235,13 +235,14 @@ def plot_token_histogram(table, head: str, token: str, path) -> Path:
 
 
 def plot_additivity(joined, slope: float, r: float, path, intervals=None) -> Path:
-  """Dataset-level χ against δh·mean per-token χ, one point per component × dataset; with `intervals`
-  (`token_stats.additivity_intervals`) each point's error bars on both axes, a ring on the cells off the line,
-  and the corrected slope with its interval in the title."""
+  """Dataset-level χ against δh·mean per-token χ, one point per head × dataset (`token_stats.additivity`); with
+  `intervals` (`token_stats.additivity_intervals`) each point's error bars on both axes, a ring on the cells off
+  the line, and the corrected slope with its interval in the title."""
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(4.8, 4.2))
-  for comp, g in joined.groupby("component", sort=False):
-    dots = ax.scatter(g.predicted, g.chi, s=16, label=comp, zorder=3)
+  comps = list(dict.fromkeys(joined.component))
+  for (comp, g), colour in zip(joined.groupby("component", sort=False), series_colours(len(comps))):
+    dots = ax.scatter(g.predicted, g.chi, s=16, label=comp, zorder=3, color=colour)
     if intervals is not None:
       rows = g.index.to_numpy()
       ax.errorbar(g.predicted, g.chi, xerr=_error_bars(g.predicted, intervals.predicted_interval_Nx2[rows]),
@@ -259,7 +260,7 @@ def plot_additivity(joined, slope: float, r: float, path, intervals=None) -> Pat
     axis.set_major_locator(plt.MaxNLocator(5))
   ax.ticklabel_format(style="sci", scilimits=(-2, 3))
   ax.set_title(additivity_line(slope, r, intervals), fontsize=8)
-  ax.legend(fontsize=6, ncol=2, frameon=False)
+  ax.legend(fontsize=6, ncol=1 if len(comps) <= 10 else 2, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
   return save_figure(fig, path)
 
 
@@ -448,11 +449,17 @@ def plot_umap(table, path, *, seed: int = 0) -> Path:
   plt = pyplot()
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   datasets = list(dict.fromkeys(rows.dataset))
-  for dataset, colour in zip(datasets, series_colours(len(datasets))):
-    mine = (rows.dataset == dataset).to_numpy()
-    ax.scatter(embedding[mine, 0], embedding[mine, 1], s=4, color=colour, label=dataset, alpha=0.7)
+  colours = series_colours(len(datasets))
+  index_of = {d: i for i, d in enumerate(datasets)}
+  # One scatter in a shuffled order: drawn dataset by dataset, the last two (70,000 points at the paper's shape)
+  # covered the others.
+  order = np.random.default_rng(seed).permutation(len(rows))
+  ax.scatter(embedding[order, 0], embedding[order, 1], s=3, alpha=0.5, lw=0,
+             color=[colours[index_of[d]] for d in rows.dataset.to_numpy()[order]])
+  for dataset, colour in zip(datasets, colours):
+    ax.scatter([], [], s=12, color=colour, label=dataset)
   ax.set_xlabel("UMAP 1")
   ax.set_ylabel("UMAP 2")
   ax.set_title(f"per-token susceptibility vectors over {table.component.nunique() - 1} heads (UMAP)", fontsize=8)
-  ax.legend(fontsize=6, markerscale=3, frameon=False)
+  ax.legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1))
   return save_figure(fig, path)
