@@ -34,6 +34,19 @@ def finished(tiny, tmp_path_factory):
   return out, proc
 
 
+def test_a_warning_every_chunk_repeats_is_printed_once(finished):
+  """Each chunk re-runs the same chains, so their warnings (ESS, R̂) came once per chunk: 42 identical lines at
+  the paper's 14 chunks. Each is printed once, with a line counting the repeats; every chunk's record keeps all."""
+  out, proc = finished
+  printed = [line.split(": ", 1)[1] for line in proc.stderr.splitlines() if line.startswith("warning: chunk ")]
+  recorded = [w for unit in sorted((out / "units").glob("chunk_*.json"))
+              for w in json.loads(unit.read_text())["warnings"]]
+  assert len(list((out / "units").glob("chunk_*.json"))) == 3  # (6 contexts, 2 per chunk)
+  assert printed and len(printed) == len(set(printed)), printed
+  repeats = len(recorded) - len(set(recorded))
+  assert repeats > 0 and f"({repeats} warning(s) repeated by later chunks" in proc.stdout, (recorded, proc.stdout)
+
+
 def test_token_table_holds_every_token_of_every_chosen_context(tiny, finished):
   out, _ = finished
   table = pd.read_parquet(out / "tokens.parquet")
@@ -75,7 +88,8 @@ def test_the_chains_kept_for_the_additivity_intervals_match_the_table(finished):
   for p, probe in enumerate(info["datasets"]):
     np.testing.assert_allclose(dataset_PxCxK[p].mean(-1), dataset[probe][info["components"]].to_numpy(), rtol=1e-6)
   heading = json.loads((out / "views" / "sections.json").read_text())["additivity"][0]
-  assert heading.startswith("Additivity (eq. 45): slope ") and heading.endswith(" of 4 off the line"), heading  # (2 heads × 2 datasets: "full" is not fitted)
+  # (2 heads × 2 datasets: "full" is not fitted)
+  assert heading.startswith("Additivity (eq. 45): slope ") and heading.endswith(" of 4 off the line"), heading
   assert "a" + heading[1:] in finished[1].stdout.splitlines()  # and the line in the terminal
 
 
