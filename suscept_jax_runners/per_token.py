@@ -525,6 +525,21 @@ def render_totals(out: Path, table, info, heads) -> tuple:
   return ("Total positive and negative χ", body + pages.embedded_png(written[0], "totals by token")), written
 
 
+def sampling_html(out: Path) -> str:
+  """The index's first section: each warning of the sampling behind every view (R̂, ESS, divergences, …), once
+  (every chunk re-runs the same chains); at the paper's shape they were on the terminal only."""
+  import html
+
+  from suscept_jax import results
+  store = results.ResultsDir(out)
+  said = dict.fromkeys(w for name in store.finished_units(prefix="chunk_")
+                       for w in store.unit_meta(name).get("warnings", []))
+  if not said:
+    return "<p>No warnings: every component's chains passed the status tests (README: Status and warnings).</p>"
+  return (f"<p class='warn'>{len(said)} warning(s) from the chains behind every view (each also printed by the "
+          f"run):</p><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in said) + "</ul>")
+
+
 def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: bool = False) -> list[Path]:
   """Every requested view of a per-token results directory (see suscept_jax.analysis.token_views), and
   index.html over them. With `keep_other_views` (--views_only), the index keeps the sections of views
@@ -542,6 +557,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
   table = pd.read_parquet(path)
   info = json.loads((Path(out) / "per_token.json").read_text())
   all_heads = [c for c in info["components"] if c != "full"]
+  named = bool(heads)
   if heads:
     missing = [h for h in heads if h not in info["components"]]
     if missing:
@@ -555,6 +571,9 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       layers.setdefault(h.split("h")[0], h)
     chosen = (list(layers.values()) + [h for h in ranked if h not in layers.values()])[:3]
     heads = [h for h in all_heads if h in chosen] or info["components"][:1]  # (shown in the model's order)
+  shown = (f'<p class="meta">Heads shown: {", ".join(heads)} of {len(all_heads)} ('
+           + ("named by --view_heads" if named else "the most responsive head of each layer by mean |χ| over the "
+              "tokens, then the next; --view_heads names others") + ").</p>")
   views_dir = Path(out) / "views"
   views_dir.mkdir(parents=True, exist_ok=True)
   written, sections, chains = [], {}, chains_by_component(Path(out), info["components"])
@@ -574,7 +593,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
                                           captions=[f"{dataset} · context {c}" for c in contexts_ids],
                                           stderr_HxOxJ=per_head("chi_stderr")))
       links.append((name, dataset, f"({len(contexts_ids)} contexts, {len(keys)} tokens)"))
-    sections["highlight"] = ("Highlighted text", pages.link_list(links))
+    sections["highlight"] = ("Highlighted text", pages.link_list(links) + shown)
   if "extremes" in views:
     links = []
     for h in heads:
@@ -582,7 +601,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
       write(name, tv.extreme_tokens_html(table, h, title=f"most positive and negative per-token χ of {h}",
                                          num_chains=chains.get(h)))
       links.append((name, h, ""))
-    sections["extremes"] = ("Top-100 positive and negative tokens in context", pages.link_list(links))
+    sections["extremes"] = ("Top-100 positive and negative tokens in context", pages.link_list(links) + shown)
     for stale in set(views_dir.glob("extremes_*.html")) - set(written):  # heads of an earlier render: unlinked
       stale.unlink()
   if "top" in views:
@@ -647,7 +666,7 @@ def render_views(out: Path, views, *, heads=None, token=None, keep_other_views: 
   sections = {v: sections[v] for v in ALL_VIEWS if v in sections}  # one order, whatever was rendered when
   atomic_write_bytes(kept_path, json.dumps(sections).encode())
   write("index.html", pages.index_html(f"per-token susceptibilities at checkpoint {info['checkpoint']}",
-                                    list(sections.values())))
+                                    [("Sampling", sampling_html(Path(out)))] + list(sections.values())))
   return written
 
 

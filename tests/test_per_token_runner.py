@@ -1,5 +1,6 @@
 """The per-token runner on the tiny trained run: the token table, resumption, two processes, the views, and bad
 input."""
+import html
 import json
 import re
 import subprocess
@@ -45,6 +46,13 @@ def test_a_warning_every_chunk_repeats_is_printed_once(finished):
   assert printed and len(printed) == len(set(printed)), printed
   repeats = len(recorded) - len(set(recorded))
   assert repeats > 0 and f"({repeats} warning(s) repeated by later chunks" in proc.stdout, (recorded, proc.stdout)
+  # the views' index says them too, once each, first (at the paper's shape they were on the terminal only), and
+  # which heads its text views show and why
+  index = (out / "views" / "index.html").read_text()
+  assert index.index("<h2>Sampling</h2>") < index.index("<h2>Highlighted text</h2>")
+  assert f"{len(set(recorded))} warning(s) from the chains" in index
+  assert all(index.count(html.escape(w)) == 1 for w in set(recorded)), recorded
+  assert index.count("Heads shown: l0h0, l1h1 of 2 (the most responsive head of each layer") == 2
 
 
 def test_token_table_holds_every_token_of_every_chosen_context(tiny, finished):
