@@ -52,3 +52,12 @@ def test_the_sweep_figures_draw_at_the_papers_shape(tmp_path):
   scores = np.random.default_rng(1).normal(size=(70, 3))
   assert structure_plots.plot_trajectories(scores, datasets, steps, tmp_path / "t.png").stat().st_size > 10_000
   assert structure_plots.plot_pc_time_series(scores, datasets, steps, 3, tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_a_sweep_of_full_alone_draws_without_warnings(tmp_path):
+  import warnings
+  table = pd.DataFrame([{"checkpoint": s, "probe": "p", "component": "full", "chi": 0.1 * s, "chi_ci95": 0.5,
+                         "llc": 1.0, "llc_ci95": 0.1, "status": "ok"} for s in (0, 10, 100)])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert all(p.stat().st_size > 5_000 for p in plots.sweep_figures(table, tmp_path))

@@ -139,7 +139,7 @@ def plot_chi_over_training(table, path) -> Path:
         target.tick_params(axis="y", labelsize=7)
         _heads_ylim(target, y)
       else:
-        shown.append(y)
+        shown += [y] if heads else [y - e, y + e]  # (a sweep of "full" alone: its band sets the limits)
     _heads_ylim(ax, np.concatenate(reach + shown) if reach or shown else [])
     ax.axhline(0, color="grey", lw=0.5)
     _symlog_steps(ax, table.checkpoint)
@@ -188,8 +188,9 @@ def plot_llc_over_training(table, path) -> Path:
     ax.set_title(title + (f"\nflagged{share[ax]}" if share[ax] else ""), fontsize=10)
     ax.set_xlabel("checkpoint step")
     ax.set_ylabel(ylabel)
-  ax_heads.legend(fontsize=7, ncol=1 if len(heads) <= 10 else 2, frameon=False, loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0))  # (beside the panel: inside it covered the values)
+  if heads:  # (beside the panel: inside it covered the values)
+    ax_heads.legend(fontsize=7, ncol=1 if len(heads) <= 10 else 2, frameon=False, loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
   path = Path(path)
   return save_figure(fig, path)
