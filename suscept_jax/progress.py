@@ -31,6 +31,32 @@ def warn_above(bar, message: str) -> None:
     logging.getLogger("suscept_jax").warning(message)
 
 
+class WarningsShown:
+  """The warnings a runner prints above its bar: each message once (every chunk of a per-token run re-runs the
+  same chains: 42 identical lines at the paper's 14 chunks) and at most `limit` of them (a sweep of the paper's
+  shape at few draws gave ≈ 800); all are counted, and every one is kept in the results where the user looks."""
+
+  def __init__(self, limit: int = 20):
+    self.limit = limit
+    self.count = 0  # every warning given
+    self.repeats = 0  # of messages already printed
+    self._seen: set[str] = set()
+
+  def say(self, bar, message, *, where: str = "") -> None:
+    """Print `message` (prefixed with `where`) unless it was printed before or the limit is reached."""
+    text = str(message)
+    self.count += 1
+    if text in self._seen:
+      self.repeats += 1
+      return
+    self._seen.add(text)
+    if len(self._seen) <= self.limit:
+      warn_above(bar, f"{where}: {text}" if where else text)
+    elif len(self._seen) == self.limit + 1:
+      warn_above(bar, f"more warnings than {self.limit}: the rest are not printed (each flagged cell's reasons "
+                      f"are in its status column and in summary.txt)")
+
+
 @functools.cache
 def _paced_bar_class():
   from tqdm.auto import tqdm

@@ -267,7 +267,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
   from suscept_jax.data import tokenizer as tokenizers_lib
   from suscept_jax.models import transformer
   from suscept_jax.paths import atomic_write_bytes, atomic_write_json
-  from suscept_jax.progress import progress_bar, warn_above
+  from suscept_jax.progress import WarningsShown, progress_bar
   model_cfg, config = target.model_config, settings["sgld"]
   params = checkpoints.load_params(target.run_dir, step)
   digest = checkpoints.params_digest(params)
@@ -287,7 +287,7 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
     todo = [i for i in todo if i in own]
     mesh = distributed.local_mesh()
     print(f"{line} ({len(todo)} to run); {distributed.IF_A_PROCESS_DIES}")
-  said = {}  # warning -> how many chunks gave it
+  shown = WarningsShown()
   with progress_bar(len(todo) * config.num_steps, "per-token", smoothing=0.05,  # rate and ETA over the chunks
                     waiting="compiling") as bar:  # closed also when a chunk fails
     for i in todo:
@@ -302,10 +302,8 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
             seed=settings["seed"], checkpoint_id=step,
             probes=probes if (probes and i == 0) else None, progress=bar, mesh=mesh,
             base_name=f"base data {settings['base']!r}")
-      for w in caught:  # (each chunk re-runs the same chains: their warnings once, the chunk's own each time)
-        if str(w.message) not in said:
-          warn_above(bar, f"chunk {i}: {w.message}")
-        said[str(w.message)] = said.get(str(w.message), 0) + 1
+      for w in caught:  # (each chunk re-runs the same chains: their warnings once)
+        shown.say(bar, w.message, where=f"chunk {i}")
       keep = slice(0, min(chunk, num - i * chunk))
       arrays = {"chi": res.chi[:, keep], "chi_stderr": res.chi_stderr[:, keep], "loss_at_star": res.loss_at_star[keep],
                 "context_chi_CxKxO": res.context_means_per_chain()[:, :, keep],
@@ -327,10 +325,9 @@ def compute(store, settings, *, target, step, component_masks, base, contexts, l
         meta["dataset_rows"] = res.dataset.records()
         meta["realised_delta_h"] = res.dataset.realised_delta_h
       store.write_unit(name, arrays, meta)
-  repeated = sum(n - 1 for n in said.values())
-  if repeated:
-    print(f"({repeated} warning(s) repeated by later chunks, which re-run the same chains, were not printed again; "
-          f"every chunk's are in its unit's record)")
+  if shown.repeats:
+    print(f"({shown.repeats} warning(s) repeated by later chunks, which re-run the same chains, were not printed "
+          f"again; every chunk's are in its unit's record)")
   if process_index != 0:
     return
   if num_processes > 1:

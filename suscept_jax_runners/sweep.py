@@ -238,7 +238,6 @@ def main(argv):
   print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 
-WARNINGS_PRINTED = 20  # a sweep of the paper's shape at few draws printed ≈ 800 warning lines; the table keeps all
 SUMMARY_LINES_PRINTED = 80  # a longer summary is shown at its last checkpoint only (the paper's shape: 4,500 lines)
 
 
@@ -294,7 +293,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
 
   import numpy as np
   from suscept_jax import api, checkpoints, results
-  from suscept_jax.progress import progress_bar, warn_above
+  from suscept_jax.progress import WarningsShown, progress_bar
   from suscept_jax.analysis import head_scores
   from suscept_jax.models import transformer
   from suscept_jax_runners import pipeline
@@ -314,7 +313,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
   with progress_bar(len(planned) * config.num_steps, "sweep", smoothing=0.05,  # closed also when a unit fails
                     waiting="loading data, compiling") as bar:
     names = [results.unit_name(step, probes, comps) for step, probes, comps in planned]
-    num_warnings = 0
+    shown = WarningsShown()
     for i, (step, probes, comps) in enumerate(planned):
       bar.set_description(f"checkpoint {step}")
       params = checkpoints.load_params(target.run_dir, step)
@@ -326,12 +325,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
             chi_form=settings["chi_form"], microbatch_size=settings["microbatch_size"], checkpoint_id=step,
             progress=bar, mesh=mesh, base_name=f"base data {settings['base']!r}")
       for w in caught:
-        num_warnings += 1
-        if num_warnings <= WARNINGS_PRINTED:
-          warn_above(bar, f"checkpoint {step}: {w.message}")
-        elif num_warnings == WARNINGS_PRINTED + 1:
-          warn_above(bar, f"more warnings than {WARNINGS_PRINTED}: the rest are not printed (each flagged cell's "
-                          f"reasons are in its status column and in summary.txt)")
+        shown.say(bar, f"checkpoint {step}: {w.message}")
       arrays, meta = results.unit_from_result(step, res, probe_fingerprints=probe_fps)
       meta["params_digest"] = checkpoints.params_digest(params)  # (a resume checks it against the run's weights)
       meta["microbatch_size"] = settings["microbatch_size"]  # not a number setting: see NOT_COMPARED
@@ -343,7 +337,7 @@ def run_units(planned, out, target, *, tokenizer, settings, component_masks, pro
       if writes_table:
         out.write_table()
         out.write_progress(names[i + 1:])
-  return num_warnings
+  return shown.count
 
 
 if __name__ == "__main__":

@@ -119,3 +119,17 @@ def test_a_warning_during_a_run_gets_its_own_line_above_the_bar(capsys, caplog):
   warn_above(None, "no bar shown")  # without a bar: to the log
   warn_above(progress_bar(10, "quiet", enabled=False), "bar disabled")
   assert [r.getMessage() for r in caplog.records] == ["no bar shown", "bar disabled"]
+
+
+def test_warnings_shown_prints_each_message_once_and_at_most_the_limit(caplog):
+  """The runners' warnings above the bar (with no bar shown: through logging): repeats once, then a line at the
+  limit, and every one counted."""
+  from suscept_jax.progress import WarningsShown
+  shown = WarningsShown(limit=3)
+  with caplog.at_level("WARNING", logger="suscept_jax"):
+    for i, message in enumerate(["a", "b", "a", "c", "d", "e", "b"]):
+      shown.say(None, message, where=f"chunk {i}")
+  said = [r.getMessage() for r in caplog.records]
+  assert said[:3] == ["chunk 0: a", "chunk 1: b", "chunk 3: c"] and len(said) == 4
+  assert said[3].startswith("more warnings than 3: the rest are not printed")
+  assert shown.count == 7 and shown.repeats == 2

@@ -43,12 +43,17 @@ SCROLLED_ROWS = 25  # a longer table sits in a box of its own height that scroll
 # 238 rows, four screens of the index)
 
 
+def scrolling(inner: str) -> str:
+  """`inner` in a box of its own height that scrolls (a long table within a page)."""
+  return f'<div style="max-height: 480px; overflow: auto">{inner}</div>'
+
+
 def table_html(frame, max_rows: int = 200) -> str:
   """An HTML table of `frame`'s first `max_rows` rows (saying so when there are more), in a scrolling box when
   it is longer than `SCROLLED_ROWS`."""
   table = frame.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.4g}", escape=True)
   if len(frame) > SCROLLED_ROWS:
-    table = f'<div style="max-height: 480px; overflow: auto">{table}</div>'
+    table = scrolling(table)
   if len(frame) > max_rows:
     table += f'<p class="meta">The first {max_rows} of {len(frame)} rows.</p>'
   return table

@@ -18,7 +18,7 @@ import numpy as np
 
 from suscept_jax import health, results
 from suscept_jax.analysis import plots, response, structure, structure_plots
-from suscept_jax.analysis.pages import embedded_png, index_html
+from suscept_jax.analysis.pages import embedded_png, index_html, scrolling
 
 _SORT_SCRIPT = """<script>
 for (const table of document.querySelectorAll('table.sortable')) {
@@ -87,9 +87,8 @@ def _table_html(table) -> str:
           f'<p><input type="search" id="results-filter" size="40" placeholder="filter: words every row shown holds">'
           f' <label><input type="checkbox" id="results-flagged"> flagged only</label>'
           f' <span class="meta" id="results-count"></span></p>'
-          f'<div style="max-height: 480px; overflow: auto">'
-          f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-          f'</table></div>')
+          + scrolling(f'<table class="sortable" id="results"><thead><tr>{head}</tr></thead>'
+                      f'<tbody>{"".join(body)}</tbody></table>'))
 
 
 def build(results_dirs, out_path, *, num_pcs: int = 3, per_token_dir=None, num_resamples: int = 200,
